@@ -1,0 +1,128 @@
+"""One frozen dataclass per layer of the engine: cache, scheduler, model, engine."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "kb": 1e3,
+    "m": 1e6,
+    "mb": 1e6,
+    "g": 1e9,
+    "gb": 1e9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+    "t": 1e12,
+    "tb": 1e12,
+}
+
+
+def parse_memory_budget(value: str | float | int) -> float:
+    """Parse a KV memory budget: a fraction in (0, 1] of free memory, or a byte count.
+
+    Accepts numbers and strings such as "0.3", "512MiB", "2GB", "1e9". Returns the fraction
+    as a float <= 1, or the byte count as a float > 1.
+    """
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([a-zA-Z]*)\s*", str(value))
+        if not match or match.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError(
+                f"kv cache memory {value!r} is neither a fraction in (0, 1] nor a size like 2GiB"
+            )
+        try:
+            number = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+        except ValueError:
+            raise ValueError(f"kv cache memory {value!r} is not a number") from None
+    if number <= 0:
+        raise ValueError(f"kv cache memory must be positive, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """Paged KV cache: block size, pool size, prefix reuse."""
+
+    block_size: int = 16
+    # A fraction in (0, 1] of the memory free after loading weights, or bytes (> 1). None: the
+    # device default (CPU 0.2, CUDA 0.9).
+    kv_cache_memory: str | float | None = None
+    # Overrides the memory budget with an exact block count (tests, the simulator).
+    num_blocks: int | None = None
+    enable_prefix_caching: bool = True
+    # "sha256" (collision-safe, stable across processes) or "builtin" (faster, per-process).
+    prefix_hash: str = "sha256"
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two >= 1, got {self.block_size}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if self.kv_cache_memory is not None:
+            parse_memory_budget(self.kv_cache_memory)
+        if self.prefix_hash not in ("sha256", "builtin"):
+            raise ValueError(f"prefix_hash must be 'sha256' or 'builtin', got {self.prefix_hash!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Token-budget continuous batching."""
+
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    enable_chunked_prefill: bool = True
+    # Cap on the tokens one prefill may take in a step (0: no cap beyond the budget), so that long
+    # prompts do not stall the decodes batched with them.
+    long_prefill_token_threshold: int = 0
+    policy: str = "fcfs"
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(
+                f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"
+            )
+        if self.long_prefill_token_threshold < 0:
+            raise ValueError(
+                "long_prefill_token_threshold must be >= 0, got "
+                f"{self.long_prefill_token_threshold}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Which model to load and how: a local Hugging Face directory, dtype, device, context."""
+
+    model: str | None = None  # None: the bundled demo model
+    tokenizer: str | None = None  # defaults to the model directory
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_model_len: int | None = None  # None: the model's own context length
+    seed: int = 0
+    # Number of CPU threads for torch (0: leave torch's default).
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"):
+            raise ValueError(f"dtype {self.dtype!r} is not one of auto, bfloat16, float16, float32")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything one engine instance needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Check the KV manager's integrity invariant after every step (slow; tests and debugging).
+    debug_check_integrity: bool = False

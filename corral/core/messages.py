@@ -1,0 +1,77 @@
+"""The plain messages between the scheduler and an executor (model or simulated)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from corral.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequestData:
+    """A request the executor has no state for: first scheduled, or resumed after preemption."""
+
+    request_id: str
+    token_ids: list[int]  # prompt + output so far; the executor keeps its own copy from here on
+    num_prompt_tokens: int
+    sampling_params: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int
+    eos_token_ids: frozenset[int] = frozenset()
+    adapter_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRequestData:
+    """A request the executor already holds: only what changed since its last step."""
+
+    request_id: str
+    new_block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerOutput:
+    """One step's plan. Requests run in the order new_requests then cached_requests.
+
+    num_scheduled_tokens[r] tokens of request r are computed this step, starting at its
+    num_computed_tokens; a request whose chunk reaches the end of its tokens gets a token sampled.
+    """
+
+    new_requests: list[NewRequestData]
+    cached_requests: list[CachedRequestData]
+    num_scheduled_tokens: dict[str, int]
+    total_num_scheduled_tokens: int
+    # Requests the executor must forget before this step (finished, aborted, preempted).
+    finished_request_ids: set[str] = field(default_factory=set)
+    preempted_request_ids: set[str] = field(default_factory=set)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.total_num_scheduled_tokens == 0
+
+
+class TokenLogprobs(NamedTuple):
+    """Logprobs at one position: the chosen token first, then the top N (ids, logprobs, ranks)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    ranks: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOutput:
+    """What an executor returns for one SchedulerOutput."""
+
+    # Sampled token ids per request that reached the end of its tokens this step.
+    sampled_token_ids: dict[str, list[int]]
+    # Per sampled token, when the request asked for logprobs.
+    logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)
+    # Per prompt position computed this step (position p scores prompt token p+1), when asked.
+    prompt_logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)
+    # Time the step took on the executor's clock (virtual in the simulator).
+    step_time_s: float = 0.0
+
+
+EMPTY_MODEL_OUTPUT = ModelOutput(sampled_token_ids={})

@@ -1,0 +1,322 @@
+"""Scheduler: token-budget continuous batching over the KV cache manager (torch-free).
+
+There is no prefill phase and no decode phase. Each request has num_computed_tokens and
+num_tokens; each step hands out at most max_num_batched_tokens so that computed catches up with
+total. Chunked prefill, mixed batches, prefix hits and preemption all follow from that rule.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from corral.config import SchedulerConfig
+from corral.core.kv_cache import KVCacheManager
+from corral.core.messages import (
+    CachedRequestData,
+    ModelOutput,
+    NewRequestData,
+    SchedulerOutput,
+    TokenLogprobs,
+)
+from corral.core.policies import SchedulingPolicy, make_policy
+from corral.core.stop import check_stop
+from corral.request import Request, RequestStatus
+
+
+@dataclass(slots=True)
+class RequestUpdate:
+    """What one step changed for one request, for the engine's output processing."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    logprobs: list[TokenLogprobs] | None = None
+    prompt_logprobs: list[TokenLogprobs] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_preemptions: int
+    prefix_query_tokens: int
+    prefix_hit_tokens: int
+
+
+class Scheduler:
+    """Decides, each step, which requests compute how many tokens, within the token budget,
+    max_num_seqs, and the KV blocks available; preempts by recompute when blocks run out."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        kv_manager: KVCacheManager,
+        max_model_len: int,
+        *,
+        policy: SchedulingPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not config.enable_chunked_prefill and config.max_num_batched_tokens < max_model_len:
+            raise ValueError(
+                f"without chunked prefill, max_num_batched_tokens "
+                f"({config.max_num_batched_tokens}) must be >= max_model_len ({max_model_len})"
+            )
+        self.config = config
+        self.kv = kv_manager
+        self.max_model_len = max_model_len
+        self.policy = policy if policy is not None else make_policy(config.policy)
+        self.clock = clock
+        self.requests: dict[str, Request] = {}
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+        # Finished/aborted since the last schedule(); the executor drops their state.
+        self._finished_ids: set[str] = set()
+
+    # ----- requests in and out -------------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        """Queue a request. Its prompt must fit the context (Request validates that)."""
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        self.requests[request.request_id] = request
+        self.policy.add_waiting(request)
+
+    def finish_requests(
+        self, request_ids: Iterable[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED
+    ) -> list[Request]:
+        """Finish requests now (abort, or a stop string found by the output processor), returning
+        their blocks at once. Unknown or already finished ids are ignored."""
+        finished = []
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is None:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.policy.remove_waiting(request)
+            request.status = status
+            self._release(request)
+            finished.append(request)
+        return finished
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return self.policy.num_waiting()
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            num_running=len(self.running),
+            num_waiting=self.policy.num_waiting(),
+            kv_cache_usage=self.kv.usage,
+            num_preemptions=self.num_preemptions,
+            prefix_query_tokens=self.kv.num_query_tokens,
+            prefix_hit_tokens=self.kv.num_hit_tokens,
+        )
+
+    # ----- one step ------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        """Plan one step: running requests first (in policy order), then admit waiting ones."""
+        budget = self.config.max_num_batched_tokens
+        num_scheduled: dict[str, int] = {}
+        cached_block_ids: dict[str, list[int]] = {}
+        admitted: dict[str, Request] = {}
+        preempted: list[Request] = []
+
+        def unschedule(victim: Request) -> None:
+            nonlocal budget
+            budget += num_scheduled.pop(victim.request_id, 0)
+            cached_block_ids.pop(victim.request_id, None)
+            admitted.pop(victim.request_id, None)
+
+        for request in list(self.policy.order_running(self.running, self.clock())):
+            if budget == 0:
+                break
+            if request.status != RequestStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            num_new = self._num_tokens_to_schedule(request, budget)
+            if num_new == 0:
+                continue
+            while True:
+                block_ids = self.kv.allocate_slots(request, num_new)
+                if block_ids is not None:
+                    break
+                victim = self.policy.select_victim(self.running)
+                self._preempt(victim)
+                preempted.append(victim)
+                unschedule(victim)
+                if victim is request:
+                    break
+            if block_ids is None:
+                continue
+            num_scheduled[request.request_id] = num_new
+            cached_block_ids[request.request_id] = block_ids
+            budget -= num_new
+
+        while not preempted and budget > 0:
+            request = self.policy.peek_waiting()
+            if request is None:
+                break
+            if len(self.running) >= self.config.max_num_seqs:
+                if self._preempt_for(request, preempted, unschedule):
+                    continue
+                break
+            prefix = self.kv.match_prefix(request)
+            num_new = request.num_tokens - prefix.num_tokens
+            if not self.config.enable_chunked_prefill and num_new > budget:
+                break
+            num_new = self._cap(num_new, budget)
+            block_ids = self.kv.allocate_slots(request, num_new, prefix)
+            if block_ids is None:
+                if self._preempt_for(request, preempted, unschedule):
+                    continue
+                break
+            self.policy.pop_waiting()
+            self._admit(request, prefix.num_tokens)
+            num_scheduled[request.request_id] = num_new
+            admitted[request.request_id] = request
+            budget -= num_new
+
+        self.policy.on_step(num_scheduled, self.requests)
+        return self._build_output(num_scheduled, admitted, cached_block_ids, preempted)
+
+    def update(
+        self, scheduler_output: SchedulerOutput, model_output: ModelOutput
+    ) -> list[RequestUpdate]:
+        """Advance the books after the executor ran scheduler_output: computed counts, sampled
+        tokens, stop checks, prefix-cache registration. Returns what changed per request."""
+        updates = []
+        sampled = model_output.sampled_token_ids
+        for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
+            request = self.requests.get(request_id)
+            if request is None or request.status != RequestStatus.RUNNING:
+                continue  # finished or aborted while the step ran
+            request.num_computed_tokens += num_tokens
+            new_token_ids: list[int] = []
+            for token_id in sampled.get(request_id, ()):
+                request.append_output_token(token_id)
+                new_token_ids.append(token_id)
+                if check_stop(request, self.max_model_len):
+                    break
+            self.kv.cache_blocks(request)
+            prompt_logprobs = model_output.prompt_logprobs.get(request_id)
+            if not new_token_ids and prompt_logprobs is None:
+                continue
+            logprobs = model_output.logprobs.get(request_id)
+            if logprobs is not None:
+                logprobs = logprobs[: len(new_token_ids)]
+            updates.append(
+                RequestUpdate(
+                    request_id,
+                    new_token_ids,
+                    request.status.finish_reason,
+                    request.stop_reason,
+                    logprobs,
+                    prompt_logprobs,
+                )
+            )
+            if request.is_finished:
+                self.running.remove(request)
+                self._release(request)
+        return updates
+
+    # ----- internals -----------------------------------------------------------------------
+
+    def _cap(self, num_tokens: int, budget: int) -> int:
+        threshold = self.config.long_prefill_token_threshold
+        if threshold:
+            num_tokens = min(num_tokens, threshold)
+        return min(num_tokens, budget)
+
+    def _num_tokens_to_schedule(self, request: Request, budget: int) -> int:
+        return self._cap(request.num_tokens - request.num_computed_tokens, budget)
+
+    def _admit(self, request: Request, num_hit_tokens: int) -> None:
+        request.num_computed_tokens = num_hit_tokens
+        if request.num_cached_tokens < 0:
+            request.num_cached_tokens = num_hit_tokens
+            self.kv.num_query_tokens += request.num_tokens
+            self.kv.num_hit_tokens += num_hit_tokens
+        if request.first_scheduled_time is None:
+            request.first_scheduled_time = self.clock()
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
+
+    def _preempt(self, request: Request) -> None:
+        """Preempt by recompute: drop the request's KV, keep its tokens, queue it again."""
+        self.running.remove(request)
+        self.kv.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.policy.requeue_preempted(request)
+
+    def _preempt_for(
+        self,
+        candidate: Request,
+        preempted: list[Request],
+        unschedule: Callable[[Request], None],
+    ) -> bool:
+        """Let the policy preempt running requests in favour of a waiting candidate."""
+        victims = self.policy.victims_for(candidate, self.running)
+        for victim in victims:
+            self._preempt(victim)
+            preempted.append(victim)
+            unschedule(victim)
+        return bool(victims)
+
+    def _release(self, request: Request) -> None:
+        self.kv.free(request)
+        del self.requests[request.request_id]
+        self._finished_ids.add(request.request_id)
+
+    def _build_output(
+        self,
+        num_scheduled: dict[str, int],
+        admitted: dict[str, Request],
+        cached_block_ids: dict[str, list[int]],
+        preempted: list[Request],
+    ) -> SchedulerOutput:
+        new_requests = [
+            NewRequestData(
+                request_id=request.request_id,
+                token_ids=list(request.all_token_ids),
+                num_prompt_tokens=request.num_prompt_tokens,
+                sampling_params=request.sampling_params,
+                block_ids=self.kv.block_ids(request.request_id),
+                num_computed_tokens=request.num_computed_tokens,
+                eos_token_ids=request.eos_token_ids,
+                adapter_id=request.adapter_id,
+            )
+            for request in admitted.values()
+        ]
+        cached_requests = [
+            CachedRequestData(
+                request_id=request_id,
+                new_block_ids=block_ids,
+                num_computed_tokens=self.requests[request_id].num_computed_tokens,
+            )
+            for request_id, block_ids in cached_block_ids.items()
+        ]
+        finished_ids, self._finished_ids = self._finished_ids, set()
+        return SchedulerOutput(
+            new_requests=new_requests,
+            cached_requests=cached_requests,
+            num_scheduled_tokens=num_scheduled,
+            total_num_scheduled_tokens=sum(num_scheduled.values()),
+            finished_request_ids=finished_ids,
+            preempted_request_ids={request.request_id for request in preempted},
+        )

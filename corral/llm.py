@@ -1,0 +1,136 @@
+"""LLM: the offline API, shaped like vLLM's so that users can switch."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from corral.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from corral.engine.llm_engine import LLMEngine, PromptType
+from corral.outputs import RequestOutput
+from corral.sampling_params import OutputKind, SamplingParams
+
+_CONFIG_FIELDS = {
+    ModelConfig: set(ModelConfig.__dataclass_fields__),
+    CacheConfig: set(CacheConfig.__dataclass_fields__),
+    SchedulerConfig: set(SchedulerConfig.__dataclass_fields__),
+}
+
+
+def engine_config_from_kwargs(**kwargs: Any) -> EngineConfig:
+    """Build an EngineConfig from flat keyword arguments (model=..., block_size=..., ...).
+
+    `scheduling_policy` is accepted for `policy`. Unknown names raise ValueError.
+    """
+    if "scheduling_policy" in kwargs:
+        kwargs["policy"] = kwargs.pop("scheduling_policy")
+    debug = bool(kwargs.pop("debug_check_integrity", False))
+    parts: dict[type, dict[str, Any]] = {cls: {} for cls in _CONFIG_FIELDS}
+    for name, value in kwargs.items():
+        owner = next((cls for cls, fields in _CONFIG_FIELDS.items() if name in fields), None)
+        if owner is None:
+            raise ValueError(f"unknown engine option {name!r}")
+        parts[owner][name] = value
+    return EngineConfig(
+        model=ModelConfig(**parts[ModelConfig]),
+        cache=CacheConfig(**parts[CacheConfig]),
+        scheduler=SchedulerConfig(**parts[SchedulerConfig]),
+        debug_check_integrity=debug,
+    )
+
+
+class LLM:
+    """Load a model once, then generate for batches of prompts with continuous batching.
+
+    LLM(model="path/to/hf-dir", dtype="bfloat16", max_num_seqs=64, ...) accepts every field of
+    ModelConfig, CacheConfig and SchedulerConfig as a keyword. model=None uses the bundled demo.
+    """
+
+    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+        self.engine = LLMEngine(engine_config_from_kwargs(model=model, **kwargs))
+        self._ids = itertools.count()
+
+    def get_tokenizer(self):  # -> corral.engine.tokenizer.Tokenizer
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Generate for each prompt (text, token ids, or {"prompt_token_ids": [...]}); returns one
+        RequestOutput per prompt, in order."""
+        if isinstance(prompts, (str, dict)) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
+            prompts = [prompts]  # type: ignore[list-item]
+        prompts = list(prompts)  # type: ignore[arg-type]
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            params_list = [sampling_params or SamplingParams()] * len(prompts)
+        else:
+            params_list = list(sampling_params)
+            if len(params_list) != len(prompts):
+                raise ValueError(
+                    f"got {len(params_list)} sampling params for {len(prompts)} prompts"
+                )
+        order: dict[str, int] = {}
+        try:
+            for index, (prompt, params) in enumerate(zip(prompts, params_list)):
+                request_id = str(next(self._ids))
+                self.engine.add_request(
+                    request_id, prompt, params.clone(output_kind=OutputKind.FINAL_ONLY)
+                )
+                order[request_id] = index
+        except Exception:
+            self.engine.abort_request(list(order))
+            raise
+        return self._run(order, use_tqdm)
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """Generate replies to one conversation (a list of {"role", "content"}) or to several."""
+        conversations = messages if messages and isinstance(messages[0], list) else [messages]
+        tokenizer = self.engine.tokenizer
+        prompts = [
+            {
+                "prompt_token_ids": tokenizer.encode_chat(
+                    conversation,  # type: ignore[arg-type]
+                    chat_template=chat_template,
+                    add_generation_prompt=add_generation_prompt,
+                )
+            }
+            for conversation in conversations
+        ]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _run(self, order: dict[str, int], use_tqdm: bool) -> list[RequestOutput]:
+        results: list[RequestOutput | None] = [None] * len(order)
+        progress = None
+        if use_tqdm:
+            from tqdm import tqdm
+
+            progress = tqdm(total=len(order), desc="Generating", unit="req", dynamic_ncols=True)
+        try:
+            while self.engine.has_unfinished_requests():
+                for output in self.engine.step():
+                    if output.finished and output.request_id in order:
+                        results[order[output.request_id]] = output
+                        if progress is not None:
+                            progress.update(1)
+        except BaseException:
+            self.engine.abort_request(list(order))
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+        return [result for result in results if result is not None]

@@ -1,0 +1,205 @@
+"""ModelExecutor: runs a SchedulerOutput through the model on the paged KV cache and samples."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from corral.config import CacheConfig, ModelConfig, parse_memory_budget
+from corral.core.messages import ModelOutput, SchedulerOutput, TokenLogprobs
+from corral.model.arch import ModelArch
+from corral.model.device import dtype_bytes, free_memory_bytes, resolve_device, resolve_dtype
+from corral.model.loader import load_model
+from corral.model.models.llama import LlamaFamilyModel
+from corral.model.sampler import Sampler, SamplingRow, gather_logprobs
+from corral.model.step_inputs import RequestState, build_step_inputs
+
+logger = logging.getLogger(__name__)
+
+# Prompt-logprob rows are scored in chunks of this many positions to bound the logits' memory.
+_PROMPT_LOGPROB_CHUNK = 256
+
+
+class ModelExecutor:
+    """Owns the model weights, the KV cache tensors and each running request's token state."""
+
+    def __init__(
+        self,
+        model: LlamaFamilyModel,
+        num_blocks: int,
+        block_size: int,
+        seed: int = 0,
+    ) -> None:
+        self.model = model
+        self.device = model.device
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        arch = model.arch
+        shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
+        # Zeroed, not empty: padded decode slots are masked, but 0 * NaN would still poison them.
+        self.kv_caches = [
+            (
+                torch.zeros(shape, dtype=model.dtype, device=self.device),
+                torch.zeros(shape, dtype=model.dtype, device=self.device),
+            )
+            for _ in range(arch.num_layers)
+        ]
+        self.sampler = Sampler(seed, self.device)
+        self.states: dict[str, RequestState] = {}
+
+    @classmethod
+    def create(
+        cls,
+        model_dir: str | Path,
+        arch: ModelArch,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        max_model_len: int,
+        max_num_seqs: int,
+    ) -> ModelExecutor:
+        """Load the weights, then size the KV pool from the memory budget (or num_blocks)."""
+        device = resolve_device(model_config.device)
+        dtype = resolve_dtype(model_config.dtype, arch.dtype, device)
+        if model_config.num_threads:
+            torch.set_num_threads(model_config.num_threads)
+        torch.manual_seed(model_config.seed)
+        model = load_model(model_dir, arch, dtype, device, max_model_len)
+        block_size = cache_config.block_size
+        bytes_per_block = arch.kv_bytes_per_token(dtype_bytes(dtype)) * block_size
+        num_blocks = cache_config.num_blocks
+        if num_blocks is None:
+            num_blocks = _num_blocks_from_budget(
+                cache_config.kv_cache_memory, device, bytes_per_block
+            )
+            # More blocks than max_num_seqs full-length requests can hold would never be used.
+            useful = max_num_seqs * -(-max_model_len // block_size)
+            if num_blocks > useful:
+                num_blocks = useful
+        if num_blocks < -(-max_model_len // block_size) and cache_config.num_blocks is None:
+            logger.warning(
+                "the KV pool (%d blocks) cannot hold one request of max_model_len %d tokens",
+                num_blocks,
+                max_model_len,
+            )
+        logger.info(
+            "KV cache: %d blocks x %d tokens = %d tokens, %.1f MiB on %s",
+            num_blocks,
+            block_size,
+            num_blocks * block_size,
+            num_blocks * bytes_per_block / 2**20,
+            device,
+        )
+        return cls(model, num_blocks, block_size, seed=model_config.seed)
+
+    @torch.inference_mode()
+    def execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:
+        """Run one step: update request states, compute the scheduled tokens, sample the requests
+        whose tokens are now all computed, score prompt logprobs where asked."""
+        self._update_states(scheduler_output)
+        scheduled = [
+            (self.states[request_id], num_tokens)
+            for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items()
+        ]
+        if not scheduled:
+            return ModelOutput(sampled_token_ids={})
+        # Single-token chunks take the batched decode path; they go first.
+        scheduled.sort(key=lambda item: item[1] != 1)
+        num_decodes = sum(1 for _, num_tokens in scheduled if num_tokens == 1)
+        inputs = build_step_inputs(
+            scheduled, num_decodes, self.block_size, self.model.arch.sliding_window, self.device
+        )
+        hidden = self.model.forward(
+            inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata
+        )
+        sample_rows: list[int] = []
+        sample_states: list[RequestState] = []
+        prompt_logprobs: dict[str, list[TokenLogprobs]] = {}
+        for (state, num_tokens), (row_start, row_end) in zip(scheduled, inputs.row_ranges):
+            start = state.num_computed_tokens
+            if state.params.prompt_logprobs is not None and start < state.num_prompt_tokens - 1:
+                prompt_logprobs[state.request_id] = self._prompt_logprobs(
+                    state, hidden[row_start:row_end], start
+                )
+            if start + num_tokens == len(state.token_ids):
+                sample_rows.append(row_end - 1)
+                sample_states.append(state)
+        sampled_token_ids: dict[str, list[int]] = {}
+        logprobs: dict[str, list[TokenLogprobs]] = {}
+        if sample_rows:
+            logits = self.model.compute_logits(hidden[sample_rows])
+            rows = [
+                SamplingRow(
+                    state.params,
+                    state.token_ids[: state.num_prompt_tokens],
+                    state.output_token_ids,
+                    state.stop_token_ids,
+                )
+                for state in sample_states
+            ]
+            result = self.sampler(logits, rows)
+            for state, token_id, token_logprobs in zip(
+                sample_states, result.token_ids, result.logprobs
+            ):
+                state.token_ids.append(token_id)
+                sampled_token_ids[state.request_id] = [token_id]
+                if token_logprobs is not None:
+                    logprobs[state.request_id] = [token_logprobs]
+        for state, num_tokens in scheduled:
+            state.num_computed_tokens += num_tokens
+        return ModelOutput(sampled_token_ids, logprobs, prompt_logprobs)
+
+    def _update_states(self, scheduler_output: SchedulerOutput) -> None:
+        for request_id in scheduler_output.finished_request_ids:
+            self.states.pop(request_id, None)
+        for request_id in scheduler_output.preempted_request_ids:
+            self.states.pop(request_id, None)
+        for new in scheduler_output.new_requests:
+            stop_ids = set(new.sampling_params.stop_token_ids) | set(new.eos_token_ids)
+            self.states[new.request_id] = RequestState(
+                request_id=new.request_id,
+                token_ids=list(new.token_ids),
+                num_prompt_tokens=new.num_prompt_tokens,
+                params=new.sampling_params,
+                block_ids=list(new.block_ids),
+                num_computed_tokens=new.num_computed_tokens,
+                stop_token_ids=frozenset(stop_ids),
+            )
+        for cached in scheduler_output.cached_requests:
+            state = self.states[cached.request_id]
+            state.block_ids.extend(cached.new_block_ids)
+            state.num_computed_tokens = cached.num_computed_tokens
+
+    def _prompt_logprobs(
+        self, state: RequestState, hidden: torch.Tensor, start: int
+    ) -> list[TokenLogprobs]:
+        """Position p scores prompt token p + 1, for p in [start, min(end, num_prompt - 1))."""
+        num_positions = min(hidden.shape[0], state.num_prompt_tokens - 1 - start)
+        num_top = state.params.prompt_logprobs or 0
+        results = []
+        for offset in range(0, num_positions, _PROMPT_LOGPROB_CHUNK):
+            count = min(_PROMPT_LOGPROB_CHUNK, num_positions - offset)
+            logprobs = torch.log_softmax(
+                self.model.compute_logits(hidden[offset : offset + count]), dim=-1
+            )
+            for index in range(count):
+                target = state.token_ids[start + offset + index + 1]
+                results.append(gather_logprobs(logprobs[index], target, num_top))
+        return results
+
+
+def _num_blocks_from_budget(
+    budget: str | float | None, device: torch.device, bytes_per_block: int
+) -> int:
+    value = parse_memory_budget(
+        budget if budget is not None else (0.9 if device.type == "cuda" else 0.2)
+    )
+    num_bytes = value * free_memory_bytes(device) if value <= 1 else value
+    num_blocks = int(num_bytes // bytes_per_block)
+    if num_blocks < 1:
+        raise ValueError(
+            f"kv cache memory {budget!r} ({int(num_bytes)} bytes) is less than one block "
+            f"({bytes_per_block} bytes)"
+        )
+    return num_blocks

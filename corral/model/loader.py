@@ -1,0 +1,54 @@
+"""Load a Hugging Face model directory (config.json + one or sharded *.safetensors)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from corral.model.arch import ModelArch
+from corral.model.models.llama import LlamaFamilyModel
+
+logger = logging.getLogger(__name__)
+
+
+def safetensors_files(model_dir: str | Path) -> list[Path]:
+    """The checkpoint's shards, from model.safetensors.index.json or a glob."""
+    directory = Path(model_dir)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [directory / name for name in sorted(set(weight_map.values()))]
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(
+            f"{model_dir} has no *.safetensors weights (other formats are not supported)"
+        )
+    return files
+
+
+def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                yield name, handle.get_tensor(name)
+
+
+def load_model(
+    model_dir: str | Path, arch: ModelArch, dtype: torch.dtype, device: torch.device, max_len: int
+) -> LlamaFamilyModel:
+    model = LlamaFamilyModel(arch, dtype, device, max_len)
+    files = safetensors_files(model_dir)
+    model.load_weights(iter_safetensors(files))
+    logger.info(
+        "loaded %s (%.1fM parameters, %s) from %d file(s)",
+        arch.architecture,
+        arch.num_params() / 1e6,
+        str(dtype).removeprefix("torch."),
+        len(files),
+    )
+    return model

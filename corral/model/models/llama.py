@@ -1,0 +1,171 @@
+"""The Llama family (Llama 2/3, Mistral, Qwen2): one decoder with optional qkv/o/mlp biases.
+
+Weights are plain tensors, fused at load time: q|k|v into one matmul and gate|up into another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from corral.model.arch import ModelArch
+from corral.model.layers.attention import AttentionMetadata, paged_attention
+from corral.model.layers.linear import linear, rms_norm
+from corral.model.layers.rotary import RotaryEmbedding
+
+
+class DecoderLayerWeights:
+    __slots__ = (
+        "input_norm",
+        "qkv",
+        "qkv_bias",
+        "o",
+        "o_bias",
+        "post_norm",
+        "gate_up",
+        "gate_up_bias",
+        "down",
+        "down_bias",
+    )
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, None)
+
+
+# Hugging Face parameter names inside one decoder layer -> (fused weight, slot in the fusion).
+_LAYER_PARTS = {
+    "self_attn.q_proj": ("qkv", 0),
+    "self_attn.k_proj": ("qkv", 1),
+    "self_attn.v_proj": ("qkv", 2),
+    "self_attn.o_proj": ("o", None),
+    "mlp.gate_proj": ("gate_up", 0),
+    "mlp.up_proj": ("gate_up", 1),
+    "mlp.down_proj": ("down", None),
+    "input_layernorm": ("input_norm", None),
+    "post_attention_layernorm": ("post_norm", None),
+}
+_NUM_FUSED_PARTS = {"qkv": 3, "gate_up": 2}
+
+
+class LlamaFamilyModel:
+    """A decoder-only transformer: embed, N x (attention + SwiGLU MLP), final norm, LM head."""
+
+    def __init__(self, arch: ModelArch, dtype: torch.dtype, device: torch.device, max_len: int):
+        self.arch = arch
+        self.dtype = dtype
+        self.device = device
+        self.layers = [DecoderLayerWeights() for _ in range(arch.num_layers)]
+        self.embed_tokens: torch.Tensor | None = None
+        self.final_norm: torch.Tensor | None = None
+        self.lm_head: torch.Tensor | None = None
+        self.rotary = RotaryEmbedding(
+            arch.head_dim, max_len, arch.rope_theta, arch.rope_scaling, dtype, device
+        )
+        self.scale = arch.head_dim**-0.5
+
+    # ----- loading -------------------------------------------------------------------------
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Take Hugging Face-named tensors, cast and fuse them; raise on missing or unknown ones."""
+        pending: dict[tuple[int, str, str], list[torch.Tensor | None]] = {}
+        unknown = []
+        for name, tensor in named_tensors:
+            if name.endswith("rotary_emb.inv_freq"):
+                continue
+            tensor = tensor.to(device=self.device, dtype=self.dtype)
+            if name == "model.embed_tokens.weight":
+                self.embed_tokens = tensor
+            elif name == "model.norm.weight":
+                self.final_norm = tensor
+            elif name == "lm_head.weight":
+                self.lm_head = tensor
+            elif name.startswith("model.layers."):
+                if not self._load_layer_part(name, tensor, pending):
+                    unknown.append(name)
+            else:
+                unknown.append(name)
+        if unknown:
+            raise ValueError(f"unexpected weights in checkpoint: {', '.join(unknown[:5])}")
+        for (index, target, kind), parts in pending.items():
+            if any(part is None for part in parts):
+                raise ValueError(f"layer {index}: incomplete {target} {kind}s in checkpoint")
+            setattr(
+                self.layers[index],
+                target + ("_bias" if kind == "bias" else ""),
+                torch.cat(parts, dim=0),
+            )  # type: ignore[arg-type]
+        if self.arch.tie_word_embeddings or self.lm_head is None:
+            self.lm_head = self.embed_tokens
+        self._check_complete()
+
+    def _load_layer_part(self, name: str, tensor: torch.Tensor, pending: dict) -> bool:
+        _, _, index_text, rest = name.split(".", 3)
+        part, _, kind = rest.rpartition(".")
+        if part not in _LAYER_PARTS or kind not in ("weight", "bias"):
+            return False
+        index = int(index_text)
+        target, slot = _LAYER_PARTS[part]
+        if slot is None:
+            attribute = target if kind == "weight" else target + "_bias"
+            setattr(self.layers[index], attribute, tensor)
+        else:
+            key = (index, target, kind)
+            parts = pending.setdefault(key, [None] * _NUM_FUSED_PARTS[target])
+            parts[slot] = tensor
+        return True
+
+    def _check_complete(self) -> None:
+        arch = self.arch
+        missing = [name for name in ("embed_tokens", "final_norm") if getattr(self, name) is None]
+        required = ["input_norm", "qkv", "o", "post_norm", "gate_up", "down"]
+        if arch.qkv_bias:
+            required.append("qkv_bias")
+        if arch.o_bias:
+            required.append("o_bias")
+        if arch.mlp_bias:
+            required += ["gate_up_bias", "down_bias"]
+        for index, layer in enumerate(self.layers):
+            missing += [f"layer {index} {n}" for n in required if getattr(layer, n) is None]
+        if missing:
+            raise ValueError(f"checkpoint is missing weights: {', '.join(missing[:6])}")
+
+    # ----- forward -------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Hidden states after the final norm, [num_tokens, hidden_size]."""
+        arch = self.arch
+        num_tokens = input_ids.shape[0]
+        q_size, kv_size, eps = arch.q_size, arch.kv_size, arch.rms_norm_eps
+        hidden = self.embed_tokens[input_ids]
+        for layer, (key_cache, value_cache) in zip(self.layers, kv_caches, strict=True):
+            normed = rms_norm(hidden, layer.input_norm, eps)
+            qkv = linear(normed, layer.qkv, layer.qkv_bias)
+            query, key, value = qkv.split([q_size, kv_size, kv_size], dim=-1)
+            query = self.rotary.apply(
+                query.view(num_tokens, arch.num_heads, arch.head_dim), positions
+            )
+            key = self.rotary.apply(
+                key.view(num_tokens, arch.num_kv_heads, arch.head_dim), positions
+            )
+            value = value.view(num_tokens, arch.num_kv_heads, arch.head_dim)
+            attended = paged_attention(
+                query, key, value, key_cache, value_cache, metadata, self.scale
+            )
+            hidden = hidden + linear(attended.view(num_tokens, q_size), layer.o, layer.o_bias)
+            normed = rms_norm(hidden, layer.post_norm, eps)
+            gate, up = linear(normed, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+            hidden = hidden + linear(F.silu(gate) * up, layer.down, layer.down_bias)
+        return rms_norm(hidden, self.final_norm, eps)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits in float32, [num_rows, vocab_size]."""
+        return linear(hidden, self.lm_head).float()

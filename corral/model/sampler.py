@@ -1,0 +1,188 @@
+"""Sampler: logits processing (bias, min_tokens, penalties), greedy and random sampling, logprobs.
+
+Seeded requests draw from a generator seeded by (seed, output position), so a sample depends on
+nothing but the request's own logits, seed and position: not on its batch mates, not on
+preemption. Logprobs are those of the model's raw distribution, before any processing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from corral.core.messages import TokenLogprobs
+from corral.sampling_params import SamplingParams
+
+# Candidates examined before falling back to a full sort for top-p (exact either way).
+_TOP_P_CANDIDATES = 1024
+_MASK64 = (1 << 64) - 1
+
+
+def position_seed(seed: int, position: int) -> int:
+    """Mix (seed, position) into a 63-bit generator seed (splitmix64 finalizer)."""
+    z = (seed * 0x9E3779B97F4A7C15 + position + 1) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) & ((1 << 63) - 1)
+
+
+@dataclass(slots=True)
+class SamplingRow:
+    """What the sampler needs to know about one request at one step."""
+
+    params: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    stop_token_ids: frozenset[
+        int
+    ]  # EOS (unless ignored) and stop_token_ids, masked under min_tokens
+
+
+@dataclass(slots=True)
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs | None]
+
+
+class Sampler:
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.device = device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+        """Sample one token per row of logits [num_rows, vocab] (float32, modified in place)."""
+        want_logprobs = [row.params.logprobs is not None for row in rows]
+        raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
+        self._process(logits, rows)
+        token_ids = self._sample(logits, rows)
+        logprobs: list[TokenLogprobs | None] = [None] * len(rows)
+        if raw_logprobs is not None:
+            for index, row in enumerate(rows):
+                if want_logprobs[index]:
+                    logprobs[index] = gather_logprobs(
+                        raw_logprobs[index], token_ids[index], row.params.logprobs or 0
+                    )
+        return SamplerOutput(token_ids, logprobs)
+
+    def _process(self, logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+        vocab_size = logits.shape[-1]
+        for index, row in enumerate(rows):
+            params = row.params
+            values = logits[index]
+            if params.logit_bias:
+                ids = [t for t in params.logit_bias if 0 <= t < vocab_size]
+                bias = torch.tensor([params.logit_bias[t] for t in ids], device=logits.device)
+                values[ids] += bias
+            if len(row.output_token_ids) < params.min_tokens and row.stop_token_ids:
+                values[[t for t in row.stop_token_ids if t < vocab_size]] = float("-inf")
+            if params.repetition_penalty != 1.0:
+                seen = torch.tensor(
+                    sorted(set(row.prompt_token_ids) | set(row.output_token_ids)),
+                    device=logits.device,
+                )
+                picked = values[seen]
+                penalty = params.repetition_penalty
+                values[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+            if (params.frequency_penalty or params.presence_penalty) and row.output_token_ids:
+                counts = torch.bincount(
+                    torch.tensor(row.output_token_ids, device=logits.device),
+                    minlength=vocab_size,
+                )[:vocab_size].to(logits.dtype)
+                values -= params.frequency_penalty * counts
+                values -= params.presence_penalty * (counts > 0).to(logits.dtype)
+
+    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
+        greedy = [i for i, row in enumerate(rows) if row.params.is_greedy]
+        random = [i for i, row in enumerate(rows) if not row.params.is_greedy]
+        token_ids = [0] * len(rows)
+        if greedy:
+            picked = (
+                logits[greedy].argmax(dim=-1).tolist()
+                if len(greedy) < len(rows)
+                else (logits.argmax(dim=-1).tolist())
+            )
+            for i, token_id in zip(greedy, picked, strict=True):
+                token_ids[i] = token_id
+        if random:
+            subset = logits[random] if len(random) < len(rows) else logits
+            params = [rows[i].params for i in random]
+            temperatures = torch.tensor([p.temperature for p in params], device=logits.device)
+            subset = subset / temperatures.unsqueeze(1)
+            _apply_top_k_top_p(subset, params)
+            _apply_min_p(subset, params)
+            probs = torch.softmax(subset, dim=-1)
+            noise = self._exponential_noise(probs, [rows[i] for i in random])
+            picked = (probs / noise).argmax(dim=-1).tolist()
+            for i, token_id in zip(random, picked, strict=True):
+                token_ids[i] = token_id
+        return token_ids
+
+    def _exponential_noise(self, probs: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """Exp(1) noise per element; argmax(p / noise) is a sample from p (the exponential race)."""
+        noise = torch.empty_like(probs)
+        unseeded = [i for i, row in enumerate(rows) if row.params.seed is None]
+        if unseeded:
+            draws = torch.empty(
+                (len(unseeded), probs.shape[1]), dtype=probs.dtype, device=probs.device
+            ).exponential_(generator=self.generator)
+            noise[unseeded] = draws
+        for i, row in enumerate(rows):
+            if row.params.seed is not None:
+                generator = torch.Generator(device=probs.device)
+                generator.manual_seed(position_seed(row.params.seed, len(row.output_token_ids)))
+                noise[i].exponential_(generator=generator)
+        return noise
+
+
+def _apply_top_k_top_p(logits: torch.Tensor, params: list[SamplingParams]) -> None:
+    """Mask, per row, everything outside the top_k and outside the top_p nucleus (in place)."""
+    vocab_size = logits.shape[-1]
+    for index, param in enumerate(params):
+        top_k = min(param.top_k, vocab_size) if param.top_k else 0
+        if not top_k and param.top_p >= 1.0:
+            continue
+        values = logits[index]
+        num_candidates = top_k or min(_TOP_P_CANDIDATES, vocab_size)
+        top_values, top_ids = values.topk(num_candidates)
+        keep = torch.ones(num_candidates, dtype=torch.bool, device=logits.device)
+        if param.top_p < 1.0:
+            probs = torch.exp(top_values - torch.logsumexp(values, dim=-1))
+            cumulative = probs.cumsum(dim=-1)
+            if not top_k and num_candidates < vocab_size and cumulative[-1] < param.top_p:
+                top_values, top_ids = values.sort(descending=True)  # nucleus is wider: full sort
+                probs = torch.exp(top_values - torch.logsumexp(values, dim=-1))
+                cumulative = probs.cumsum(dim=-1)
+                keep = torch.ones(vocab_size, dtype=torch.bool, device=logits.device)
+            keep &= (cumulative - probs) < param.top_p
+            keep[0] = True
+        kept_values = torch.where(keep, top_values, float("-inf"))
+        values.fill_(float("-inf"))
+        values.scatter_(0, top_ids, kept_values)
+
+
+def _apply_min_p(logits: torch.Tensor, params: list[SamplingParams]) -> None:
+    rows = [i for i, p in enumerate(params) if p.min_p > 0]
+    if not rows:
+        return
+    min_p = torch.tensor([params[i].min_p for i in rows], device=logits.device).unsqueeze(1)
+    subset = logits[rows]
+    probs = torch.softmax(subset, dim=-1)
+    threshold = probs.max(dim=-1, keepdim=True).values * min_p
+    logits[rows] = subset.masked_fill(probs < threshold, float("-inf"))
+
+
+def gather_logprobs(logprobs: torch.Tensor, token_id: int, num_top: int) -> TokenLogprobs:
+    """The token's logprob and rank in one row of log-probabilities, then the top num_top."""
+    chosen = logprobs[token_id]
+    rank = int((logprobs > chosen).sum().item()) + 1
+    ids = [token_id]
+    values = [float(chosen.item())]
+    ranks = [rank]
+    if num_top:
+        top_values, top_ids = logprobs.topk(num_top)
+        ids += top_ids.tolist()
+        values += top_values.tolist()
+        ranks += list(range(1, num_top + 1))
+    return TokenLogprobs(ids, values, ranks)

@@ -1,0 +1,149 @@
+"""Request: the control plane's record of one sequence being generated (torch-free)."""
+
+from __future__ import annotations
+
+import enum
+import time
+
+from corral.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.IntEnum):
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    # Everything from here on is finished.
+    FINISHED_STOPPED = 10
+    FINISHED_LENGTH = 11
+    FINISHED_ABORTED = 12
+
+    @property
+    def is_finished(self) -> bool:
+        return self >= RequestStatus.FINISHED_STOPPED
+
+    @property
+    def finish_reason(self) -> str | None:
+        return _FINISH_REASONS.get(self)
+
+
+_FINISH_REASONS = {
+    RequestStatus.FINISHED_STOPPED: "stop",
+    RequestStatus.FINISHED_LENGTH: "length",
+    RequestStatus.FINISHED_ABORTED: "abort",
+}
+
+
+class Request:
+    """One sequence: its tokens, how far the KV cache has computed them, and its state.
+
+    Invariant: 0 <= num_computed_tokens <= num_tokens == len(all_token_ids). Each step the
+    scheduler gives the request some of the num_tokens - num_computed_tokens tokens it still needs;
+    prefix-cache hits advance num_computed_tokens for free, preemption by recompute resets it to 0.
+    """
+
+    __slots__ = (
+        "request_id",
+        "prompt_token_ids",
+        "sampling_params",
+        "eos_token_ids",
+        "arrival_time",
+        "priority",
+        "client_id",
+        "cache_salt",
+        "adapter_id",
+        "max_tokens",
+        "all_token_ids",
+        "num_prompt_tokens",
+        "num_computed_tokens",
+        "num_cached_tokens",
+        "status",
+        "stop_reason",
+        "num_preemptions",
+        "stop_token_id_set",
+        "first_scheduled_time",
+        "deadline_s",
+        "predicted_num_output_tokens",
+        "block_hashes",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling_params: SamplingParams,
+        *,
+        eos_token_ids: frozenset[int] = frozenset(),
+        max_model_len: int,
+        arrival_time: float | None = None,
+        priority: int = 0,
+        client_id: str | None = None,
+        cache_salt: str | None = None,
+        adapter_id: str | None = None,
+        deadline_s: float | None = None,
+    ) -> None:
+        if not prompt_token_ids:
+            raise ValueError(f"request {request_id!r}: the prompt is empty (0 tokens)")
+        num_prompt_tokens = len(prompt_token_ids)
+        room = max_model_len - num_prompt_tokens
+        if room < 1:
+            raise ValueError(
+                f"request {request_id!r}: the prompt has {num_prompt_tokens} tokens, which leaves "
+                f"no room to generate within the context length of {max_model_len} tokens"
+            )
+        requested = sampling_params.max_tokens
+        if requested is not None and requested > room:
+            raise ValueError(
+                f"request {request_id!r}: {num_prompt_tokens} prompt tokens + {requested} "
+                f"requested completion tokens exceed the context length of {max_model_len} tokens"
+            )
+        self.request_id = request_id
+        self.prompt_token_ids = list(prompt_token_ids)
+        self.sampling_params = sampling_params
+        self.eos_token_ids = eos_token_ids
+        self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
+        self.priority = priority
+        self.client_id = client_id
+        self.cache_salt = cache_salt
+        self.adapter_id = adapter_id
+        self.deadline_s = deadline_s
+        self.max_tokens = room if requested is None else requested
+        self.all_token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = num_prompt_tokens
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = -1  # prefix-cache hit length at first scheduling; -1: not yet
+        self.status = RequestStatus.WAITING
+        self.stop_reason: int | str | None = None
+        self.num_preemptions = 0
+        self.first_scheduled_time: float | None = None
+        self.predicted_num_output_tokens: int | None = None
+        # Chained hashes of the request's full blocks, filled in by the KV cache manager.
+        self.block_hashes: list[bytes | int] = []
+        stop_ids = set(sampling_params.stop_token_ids)
+        if not sampling_params.ignore_eos:
+            stop_ids |= eos_token_ids
+        self.stop_token_id_set = frozenset(stop_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.all_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.all_token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.all_token_ids[self.num_prompt_tokens :]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+    def append_output_token(self, token_id: int) -> None:
+        self.all_token_ids.append(token_id)
+
+    def __repr__(self) -> str:
+        return (
+            f"Request({self.request_id!r}, status={self.status.name}, "
+            f"computed={self.num_computed_tokens}/{self.num_tokens})"
+        )
