@@ -51,6 +51,13 @@ class LLM:
         self.engine = LLMEngine(engine_config_from_kwargs(model=model, **kwargs))
         self._ids = itertools.count()
 
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLM:
+        llm = cls.__new__(cls)
+        llm.engine = LLMEngine(config)
+        llm._ids = itertools.count()
+        return llm
+
     def get_tokenizer(self):  # -> corral.engine.tokenizer.Tokenizer
         return self.engine.tokenizer
 

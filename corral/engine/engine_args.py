@@ -1,0 +1,70 @@
+"""Command-line flags for every engine option, shared by `serve`, `generate` and `bench`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from corral.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    model, cache, sched = ModelConfig(), CacheConfig(), SchedulerConfig()
+    group = parser.add_argument_group("engine")
+    group.add_argument("--model", default=None, help="Hugging Face model directory (default: demo)")
+    group.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --model)")
+    group.add_argument("--dtype", default=model.dtype, help="auto, bfloat16, float16, float32")
+    group.add_argument("--device", default=model.device, help="auto, cpu, cuda, cuda:N")
+    group.add_argument("--max-model-len", type=int, default=None, help="context length cap")
+    group.add_argument("--seed", type=int, default=model.seed)
+    group.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0: default)")
+    group.add_argument("--block-size", type=int, default=cache.block_size)
+    group.add_argument(
+        "--kv-cache-memory",
+        default=None,
+        help="KV pool budget: a fraction of free memory (0.3) or a size (2GiB, 500MB)",
+    )
+    group.add_argument("--num-kv-blocks", type=int, default=None, help="exact KV pool size")
+    group.add_argument(
+        "--no-prefix-caching", action="store_true", help="disable automatic prefix caching"
+    )
+    group.add_argument("--max-num-seqs", type=int, default=sched.max_num_seqs)
+    group.add_argument("--max-num-batched-tokens", type=int, default=sched.max_num_batched_tokens)
+    group.add_argument("--no-chunked-prefill", action="store_true")
+    group.add_argument(
+        "--long-prefill-token-threshold", type=int, default=sched.long_prefill_token_threshold
+    )
+    group.add_argument("--scheduling-policy", default=sched.policy)
+    group.add_argument("--debug-check-integrity", action="store_true")
+
+
+def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> EngineConfig:
+    model = ModelConfig(
+        model=args.model,
+        tokenizer=args.tokenizer,
+        dtype=args.dtype,
+        device=args.device,
+        max_model_len=args.max_model_len,
+        seed=args.seed,
+        num_threads=args.num_threads,
+    )
+    cache = CacheConfig(
+        block_size=args.block_size,
+        kv_cache_memory=args.kv_cache_memory,
+        num_blocks=args.num_kv_blocks,
+        enable_prefix_caching=not args.no_prefix_caching,
+    )
+    scheduler = SchedulerConfig(
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        enable_chunked_prefill=not args.no_chunked_prefill,
+        long_prefill_token_threshold=args.long_prefill_token_threshold,
+        policy=args.scheduling_policy,
+    )
+    return EngineConfig(
+        model=model,
+        cache=cache,
+        scheduler=scheduler,
+        debug_check_integrity=args.debug_check_integrity,
+        **overrides,
+    )

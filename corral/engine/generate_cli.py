@@ -1,0 +1,75 @@
+"""`corral generate`: generate offline for prompts given as arguments, a file, or stdin."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from corral.engine.engine_args import add_engine_arguments, engine_config_from_args
+from corral.sampling_params import SamplingParams
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompts", nargs="*", help="prompts (default: one per line on stdin)")
+    parser.add_argument("--prompts-file", help="a file with one prompt per line")
+    parser.add_argument("--chat", action="store_true", help="treat each prompt as a user message")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--sample-seed", type=int, default=None, help="per-request sampling seed")
+    parser.add_argument("--n", type=int, default=1)
+    parser.add_argument("--stop", action="append", default=[])
+    parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    add_engine_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from corral.llm import LLM
+
+    prompts = list(args.prompts)
+    if args.prompts_file:
+        with open(args.prompts_file) as handle:
+            prompts += [line.rstrip("\n") for line in handle if line.strip()]
+    if not prompts:
+        prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not prompts:
+        print("corral generate: no prompts given", file=sys.stderr)
+        return 2
+    params = SamplingParams(
+        n=args.n,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.sample_seed,
+        stop=args.stop,
+    )
+    llm = LLM.from_config(engine_config_from_args(args))
+    if args.chat:
+        outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
+    else:
+        outputs = llm.generate(prompts, params)
+    for prompt, output in zip(prompts, outputs):
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "prompt": prompt,
+                        "outputs": [
+                            {
+                                "text": c.text,
+                                "token_ids": c.token_ids,
+                                "finish_reason": c.finish_reason,
+                            }
+                            for c in output.outputs
+                        ],
+                    }
+                )
+            )
+        else:
+            for completion in output.outputs:
+                print(f"{prompt}{completion.text}")
+                print(f"[{completion.finish_reason}, {len(completion.token_ids)} tokens]")
+    return 0

@@ -1,0 +1,44 @@
+"""transformers as the oracle: greedy continuations and their per-step logits."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+
+@lru_cache(maxsize=8)
+def hf_model(path: Path, dtype: str = "float32"):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model.eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+@torch.inference_mode()
+def hf_greedy(path: Path, prompt: list[int], max_tokens: int, dtype: str = "float32"):
+    """(token ids, log-softmax rows [max_tokens, vocab]) of transformers' greedy generate."""
+    model = hf_model(path, dtype)
+    result = model.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=max_tokens,
+        min_new_tokens=max_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    tokens = result.sequences[0, len(prompt) :].tolist()
+    logprobs = torch.log_softmax(torch.cat(result.logits).float(), dim=-1)
+    return tokens, logprobs
+
+
+@torch.inference_mode()
+def hf_prompt_logprobs(path: Path, prompt: list[int]) -> torch.Tensor:
+    """log-softmax of the logits at every prompt position [len(prompt), vocab]."""
+    logits = hf_model(path)(torch.tensor([prompt])).logits[0]
+    return torch.log_softmax(logits.float(), dim=-1)
