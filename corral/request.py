@@ -85,16 +85,12 @@ class Request:
             raise ValueError(f"request {request_id!r}: the prompt is empty (0 tokens)")
         num_prompt_tokens = len(prompt_token_ids)
         room = max_model_len - num_prompt_tokens
-        if room < 1:
-            raise ValueError(
-                f"request {request_id!r}: the prompt has {num_prompt_tokens} tokens, which leaves "
-                f"no room to generate within the context length of {max_model_len} tokens"
-            )
         requested = sampling_params.max_tokens
-        if requested is not None and requested > room:
+        if room < 1 or (requested is not None and requested > room):
             raise ValueError(
-                f"request {request_id!r}: {num_prompt_tokens} prompt tokens + {requested} "
-                f"requested completion tokens exceed the context length of {max_model_len} tokens"
+                f"request {request_id!r}: {num_prompt_tokens} prompt tokens + "
+                f"{requested if requested is not None else 'at least 1'} requested completion "
+                f"tokens exceed the context length of {max_model_len} tokens"
             )
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
