@@ -64,7 +64,7 @@ class OutputProcessor:
         samples = []
         for index, child_id in enumerate(child_ids):
             detokenizer = None
-            if self.tokenizer is not None:
+            if self.tokenizer is not None and params.detokenize:
                 detokenizer = IncrementalDetokenizer(
                     self.tokenizer,
                     prompt_token_ids,
@@ -154,10 +154,13 @@ class OutputProcessor:
             position: PositionLogprobs = {}
             for token_id, logprob, rank in zip(entry.token_ids, entry.logprobs, entry.ranks):
                 if token_id not in position:
-                    text = self.tokenizer.token_text(token_id) if self.tokenizer else None
+                    text = self._token_text(token_id)
                     position[token_id] = Logprob(logprob, rank, text)
             result.append(position)
         return result
+
+    def _token_text(self, token_id: int) -> str | None:
+        return self.tokenizer.token_text(token_id) if self.tokenizer is not None else None
 
     def _make_output(self, tracked: _Tracked) -> RequestOutput | None:
         finished = all(sample.finish_reason is not None for sample in tracked.samples)

@@ -81,6 +81,7 @@ def build_step_inputs(
         decode = DecodeBatch(
             num_decodes=num_decodes,
             block_table=torch.tensor(padded, dtype=torch.int64, device=device),
+            seq_lens=(positions_tensor + 1).to(device),
             mask=mask.view(num_decodes, 1, 1, -1).to(device),
         )
         row_ranges.extend((row, row + 1) for row in range(num_decodes))
@@ -110,7 +111,10 @@ def build_step_inputs(
         row_ranges.append((row, row + num_tokens))
         row += num_tokens
     metadata = AttentionMetadata(
-        slot_mapping=torch.cat(slots).to(device), decode=decode, prefills=prefills
+        slot_mapping=torch.cat(slots).to(device),
+        decode=decode,
+        prefills=prefills,
+        sliding_window=sliding_window,
     )
     return StepInputs(
         input_ids=torch.tensor(token_ids, dtype=torch.int64, device=device),

@@ -125,3 +125,18 @@ def test_seeded_sampling_does_not_depend_on_the_batch(tiny_model):
     )
     assert results[3].outputs[0].token_ids == alone.token_ids
     assert results[3].outputs[0].text == alone.text
+
+
+def test_greedy_identical_without_cpu_kernels(family, monkeypatch):
+    """The PyTorch fallback path (no C++ toolchain) gives the same tokens."""
+    from corral.model.layers import attention, linear
+
+    monkeypatch.setattr(attention, "cpu_kernels", lambda: None)
+    monkeypatch.setattr(linear, "cpu_kernels", lambda: None)
+    name, path, prompts, oracle, _ = family
+    llm = LLM(
+        model=str(path), dtype="float32", num_blocks=64, block_size=16, max_num_batched_tokens=48
+    )
+    outputs = corral_greedy(llm, prompts)
+    for prompt, output, (tokens, _) in zip(prompts, outputs, oracle):
+        assert output.outputs[0].token_ids == tokens, f"{name}: prompt of {len(prompt)} tokens"

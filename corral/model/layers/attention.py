@@ -2,6 +2,9 @@
 
 The flattened batch holds the decode tokens first (one query each), then each prefill chunk as a
 contiguous run of rows. Metadata is built once per step and shared by every layer.
+
+CPU: decodes use the C++ kernel that reads the paged cache in place (corral.model.kernels), and
+prefill chunks use chunked matmul attention. CUDA (or no kernels): gathered blocks + SDPA.
 """
 
 from __future__ import annotations
@@ -10,6 +13,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from corral.model.kernels import cpu_kernels
+
+# Prefill queries are processed this many at a time on CPU, bounding the float32 score matrix.
+_QUERY_CHUNK = 128
 
 
 @dataclass(slots=True)
@@ -30,6 +38,7 @@ class DecodeBatch:
 
     num_decodes: int
     block_table: torch.Tensor  # int64 [num_decodes, max_num_blocks], padded with block 0
+    seq_lens: torch.Tensor  # int64 [num_decodes]: tokens to attend to, the query's own included
     mask: torch.Tensor  # bool [num_decodes, 1, 1, max_num_blocks * block_size]
 
 
@@ -38,6 +47,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # int64 [num_tokens]: where each token's K and V are written
     decode: DecodeBatch | None
     prefills: list[PrefillSpan]
+    sliding_window: int | None = None
 
 
 def write_kv(
@@ -69,43 +79,121 @@ def paged_attention(
     head_dim]. The new K and V are written to the cache first.
     """
     write_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
-    num_kv_heads, head_dim = key.shape[1], key.shape[2]
     output = torch.empty_like(query)
+    on_cpu = query.device.type == "cpu"
+    kernels = cpu_kernels() if on_cpu else None
     decode = metadata.decode
     if decode is not None:
         rows = decode.num_decodes
-        num_slots = decode.mask.shape[-1]
-        keys = key_cache[decode.block_table].view(rows, num_slots, num_kv_heads, head_dim)
-        values = value_cache[decode.block_table].view(rows, num_slots, num_kv_heads, head_dim)
-        attended = F.scaled_dot_product_attention(
-            query[:rows].unsqueeze(2),
-            keys.transpose(1, 2),
-            values.transpose(1, 2),
-            attn_mask=decode.mask,
-            scale=scale,
-            enable_gqa=True,
-        )
-        output[:rows] = attended.squeeze(2)
-    for span in metadata.prefills:
-        start, end = span.row_start, span.row_end
-        queries = query[start:end].transpose(0, 1)
-        if span.mask is None:
-            keys = key[start:end].transpose(0, 1)
-            values = value[start:end].transpose(0, 1)
-            attended = F.scaled_dot_product_attention(
-                queries, keys, values, is_causal=True, scale=scale, enable_gqa=True
+        if kernels is not None:
+            kernels.paged_decode_attention(
+                output[:rows],
+                query[:rows],
+                key_cache,
+                value_cache,
+                decode.block_table,
+                decode.seq_lens,
+                scale,
+                metadata.sliding_window or 0,
             )
         else:
-            kv_len = span.mask.shape[-1]
-            keys = key_cache[span.block_ids].view(-1, num_kv_heads, head_dim)[:kv_len]
-            values = value_cache[span.block_ids].view(-1, num_kv_heads, head_dim)[:kv_len]
-            attended = F.scaled_dot_product_attention(
-                queries,
-                keys.transpose(0, 1),
-                values.transpose(0, 1),
-                attn_mask=span.mask,
-                scale=scale,
-                enable_gqa=True,
-            )
-        output[start:end] = attended.transpose(0, 1)
+            output[:rows] = _decode_gathered(query[:rows], key_cache, value_cache, decode, scale)
+    for span in metadata.prefills:
+        start, end = span.row_start, span.row_end
+        if span.mask is None:
+            keys, values = key[start:end], value[start:end]
+        else:
+            keys, values = _gather_context(key_cache, value_cache, span)
+        attend = _prefill_matmul if on_cpu else _prefill_sdpa
+        output[start:end] = attend(query[start:end], keys, values, span, scale)
     return output
+
+
+def _gather_context(
+    key_cache: torch.Tensor, value_cache: torch.Tensor, span: PrefillSpan
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of positions [0, context_len + num_query), [kv_len, num_kv_heads, dim]."""
+    num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
+    kv_len = span.context_len + span.row_end - span.row_start
+    keys = key_cache.index_select(0, span.block_ids).view(-1, num_kv_heads, head_dim)
+    values = value_cache.index_select(0, span.block_ids).view(-1, num_kv_heads, head_dim)
+    return keys[:kv_len], values[:kv_len]
+
+
+def _decode_gathered(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    decode: DecodeBatch,
+    scale: float,
+) -> torch.Tensor:
+    rows = decode.num_decodes
+    num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
+    num_slots = decode.mask.shape[-1]
+    flat_table = decode.block_table.view(-1)
+    keys = key_cache.index_select(0, flat_table).view(rows, num_slots, num_kv_heads, head_dim)
+    values = value_cache.index_select(0, flat_table).view(rows, num_slots, num_kv_heads, head_dim)
+    attended = F.scaled_dot_product_attention(
+        query.unsqueeze(2),
+        keys.transpose(1, 2),
+        values.transpose(1, 2),
+        attn_mask=decode.mask,
+        scale=scale,
+        enable_gqa=True,
+    )
+    return attended.squeeze(2)
+
+
+def _prefill_sdpa(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, span: PrefillSpan, scale: float
+) -> torch.Tensor:
+    attended = F.scaled_dot_product_attention(
+        query.transpose(0, 1),
+        keys.transpose(0, 1),
+        values.transpose(0, 1),
+        attn_mask=span.mask,
+        is_causal=span.mask is None,
+        scale=scale,
+        enable_gqa=True,
+    )
+    return attended.transpose(0, 1)
+
+
+def _prefill_matmul(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, span: PrefillSpan, scale: float
+) -> torch.Tensor:
+    """Matmul attention in query chunks; grouped query heads share one matmul per KV head, and
+    each chunk only reads the keys up to its last query's position."""
+    num_query, num_heads, head_dim = query.shape
+    num_kv_heads = keys.shape[1]
+    group = num_heads // num_kv_heads
+    context = span.context_len
+    # [num_kv_heads, group, num_query, head_dim] and [num_kv_heads, kv_len, head_dim]
+    grouped = query.view(num_query, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)
+    keys_t = keys.permute(1, 2, 0)
+    values_h = values.transpose(0, 1)
+    output = torch.empty(
+        num_kv_heads, group, num_query, head_dim, dtype=query.dtype, device=query.device
+    )
+    for first in range(0, num_query, _QUERY_CHUNK):
+        last = min(first + _QUERY_CHUNK, num_query)
+        kv_end = context + last
+        chunk = grouped[:, :, first:last].reshape(num_kv_heads, group * (last - first), head_dim)
+        scores = torch.bmm(chunk, keys_t[:, :, :kv_end]).float().mul_(scale)
+        scores = scores.view(num_kv_heads, group, last - first, kv_end)
+        if span.mask is None:
+            allowed = _causal_mask(first, last, kv_end, query.device)
+        else:
+            allowed = span.mask[first:last, :kv_end]
+        scores.masked_fill_(~allowed, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(query.dtype)
+        probs = probs.view(num_kv_heads, group * (last - first), kv_end)
+        attended = torch.bmm(probs, values_h[:, :kv_end])
+        output[:, :, first:last] = attended.view(num_kv_heads, group, last - first, head_dim)
+    return output.permute(2, 0, 1, 3).reshape(num_query, num_heads, head_dim)
+
+
+def _causal_mask(first: int, last: int, kv_end: int, device: torch.device) -> torch.Tensor:
+    """Queries at positions [first, last) of a fresh prompt may see keys [0, position]."""
+    positions = torch.arange(first, last, device=device).unsqueeze(1)
+    return torch.arange(kv_end, device=device).unsqueeze(0) <= positions

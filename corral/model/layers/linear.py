@@ -5,9 +5,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from corral.model.kernels import cpu_kernels
+
+# Up to this many rows, bfloat16 CPU linears use the kernel that streams each weight row once.
+_MAX_KERNEL_ROWS = 2
+
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [num_tokens, in] @ weight[out, in].T (+ bias)."""
+    if x.shape[0] <= _MAX_KERNEL_ROWS and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+        kernels = cpu_kernels()
+        if kernels is not None:
+            return kernels.few_row_linear(x.contiguous(), weight, bias)
     return F.linear(x, weight, bias)
 
 

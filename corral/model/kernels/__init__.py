@@ -1,0 +1,71 @@
+"""Optional C++ kernels for the CPU decode path, compiled once per machine at first use.
+
+CORRAL_CPU_KERNELS=0 disables them; without a C++ toolchain corral falls back to PyTorch ops
+(slower, same results up to floating-point rounding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+_lock = threading.Lock()
+_state: dict[str, ModuleType | None] = {}
+
+
+def _cpu_signature() -> str:
+    """Kernels are built with -march=native: key the build by the CPU's feature flags."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        pass
+    text = platform.machine() + flags + _SOURCE.read_text()
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cpu_kernels() -> ModuleType | None:
+    """The compiled kernel module, or None when disabled or unavailable (logged once)."""
+    with _lock:
+        if "module" in _state:
+            return _state["module"]
+        module = None
+        if os.environ.get("CORRAL_CPU_KERNELS", "1") != "0":
+            module = _build()
+        _state["module"] = module
+        return module
+
+
+def _build() -> ModuleType | None:
+    from corral.demo import cache_dir
+
+    # ninja is installed next to the interpreter, which need not be on PATH (.venv/bin/python).
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    try:
+        from torch.utils.cpp_extension import load
+
+        build_dir = cache_dir() / "kernels" / _cpu_signature()
+        build_dir.mkdir(parents=True, exist_ok=True)
+        logger.info("loading corral CPU kernels (compiled on first use) from %s", build_dir)
+        return load(
+            name=f"corral_cpu_kernels_{_cpu_signature()}",
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+    except Exception as error:  # no compiler, no ninja, unsupported flags...
+        logger.warning("corral CPU kernels unavailable, using PyTorch ops instead: %s", error)
+        return None

@@ -1,0 +1,280 @@
+// CPU kernels for corral's decode path: attention that reads the paged KV cache in place, and
+// a matrix-vector product for few-row bfloat16 linears (the single-request decode case).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+inline float to_float(float x) { return x; }
+inline float to_float(at::BFloat16 x) { return static_cast<float>(x); }
+inline float to_float(at::Half x) { return static_cast<float>(x); }
+
+// exp(x) as 2^n * e^r with |r| <= ln2 / 2 and a degree-6 Taylor polynomial (relative error
+// ~1e-7); branch-free so that loops over it vectorize. Arguments below -87 give 0.
+inline float fast_exp(float x) {
+  x = std::max(x, -87.f);
+  const float t = x * 1.4426950408889634f;
+  // Round to nearest by adding and subtracting 1.5 * 2^23 (|t| < 2^22 here).
+  const float n = (t + 12582912.f) - 12582912.f;
+  const float r = (t - n) * 0.6931471805599453f;
+  const float p =
+      1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r / 720)))));
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+template <typename T>
+inline float dot_float(const float* a, const T* b, int64_t n) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * to_float(b[i]);
+  return sum;
+}
+
+// Per-thread scratch for a block of keys converted to float.
+inline std::vector<float>& buffer_keys(int64_t size) {
+  thread_local std::vector<float> keys;
+  if (static_cast<int64_t>(keys.size()) < size) keys.resize(size);
+  return keys;
+}
+
+// One (request, kv head) of decode attention with an online softmax over the request's blocks.
+// query rows [num_heads, head_dim]; caches [num_blocks, block_size, num_kv_heads, head_dim].
+// kHeadDim > 0 fixes head_dim at compile time (so the inner loops unroll); 0 reads it at run time.
+template <typename T, int64_t kHeadDim>
+void decode_one(T* out, const T* query, const T* key_cache, const T* value_cache,
+                const int64_t* blocks, int64_t seq_len, int64_t kv_head, int64_t group,
+                int64_t num_kv_heads, int64_t runtime_head_dim, int64_t block_size, float scale,
+                int64_t window, std::vector<float>& buffer) {
+  const int64_t head_dim = kHeadDim > 0 ? kHeadDim : runtime_head_dim;
+  const int64_t token_stride = num_kv_heads * head_dim;
+  buffer.assign(group * head_dim * 2 + group * block_size + head_dim + 2 * group, 0.f);
+  float* q = buffer.data();                   // [group, head_dim], scaled
+  float* acc = q + group * head_dim;          // [group, head_dim]
+  float* scores = acc + group * head_dim;      // [group, block_size]
+  float* value = scores + group * block_size; // [head_dim]
+  float* running_max = value + head_dim;      // [group]
+  float* running_sum = running_max + group;   // [group]
+  for (int64_t g = 0; g < group; ++g) {
+    const T* row = query + (kv_head * group + g) * head_dim;
+    for (int64_t i = 0; i < head_dim; ++i) q[g * head_dim + i] = to_float(row[i]) * scale;
+    running_max[g] = -std::numeric_limits<float>::infinity();
+  }
+  const int64_t start = window > 0 ? std::max<int64_t>(0, seq_len - window) : 0;
+  std::vector<float>& keys_f = buffer_keys(block_size * head_dim);
+  for (int64_t block = start / block_size; block * block_size < seq_len; ++block) {
+    const int64_t base = block * block_size;
+    const int64_t first = std::max<int64_t>(start - base, 0);
+    const int64_t last = std::min<int64_t>(block_size, seq_len - base);
+    const int64_t offset = (blocks[block] * block_size * num_kv_heads + kv_head) * head_dim;
+    const T* keys = key_cache + offset;
+    const T* values = value_cache + offset;
+    for (int64_t t = first; t < last; ++t) {
+      const T* k = keys + t * token_stride;
+      float* kf = keys_f.data() + t * head_dim;
+#pragma omp simd
+      for (int64_t i = 0; i < head_dim; ++i) kf[i] = to_float(k[i]);
+    }
+    for (int64_t g = 0; g < group; ++g) {
+      float* s = scores + g * block_size;
+      float block_max = -std::numeric_limits<float>::infinity();
+      for (int64_t t = first; t < last; ++t) {
+        s[t] = dot_float(q + g * head_dim, keys_f.data() + t * head_dim, head_dim);
+        block_max = std::max(block_max, s[t]);
+      }
+      const float new_max = std::max(running_max[g], block_max);
+      const float correction =
+          running_max[g] == -std::numeric_limits<float>::infinity()
+              ? 0.f
+              : fast_exp(running_max[g] - new_max);
+      running_sum[g] *= correction;
+      float* a = acc + g * head_dim;
+#pragma omp simd
+      for (int64_t i = 0; i < head_dim; ++i) a[i] *= correction;
+      float block_sum = 0.f;
+#pragma omp simd reduction(+ : block_sum)
+      for (int64_t t = first; t < last; ++t) {
+        s[t] = fast_exp(s[t] - new_max);
+        block_sum += s[t];
+      }
+      running_sum[g] += block_sum;
+      running_max[g] = new_max;
+    }
+    for (int64_t t = first; t < last; ++t) {
+      const T* v = values + t * token_stride;
+#pragma omp simd
+      for (int64_t i = 0; i < head_dim; ++i) value[i] = to_float(v[i]);
+      for (int64_t g = 0; g < group; ++g) {
+        const float p = scores[g * block_size + t];
+        float* a = acc + g * head_dim;
+#pragma omp simd
+        for (int64_t i = 0; i < head_dim; ++i) a[i] += p * value[i];
+      }
+    }
+  }
+  for (int64_t g = 0; g < group; ++g) {
+    T* row = out + (kv_head * group + g) * head_dim;
+    const float inverse = 1.f / running_sum[g];
+    for (int64_t i = 0; i < head_dim; ++i) row[i] = static_cast<T>(acc[g * head_dim + i] * inverse);
+  }
+}
+
+template <typename T>
+inline float dot_rows(const T* a, const T* b, int64_t n) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += to_float(a[i]) * to_float(b[i]);
+  return sum;
+}
+
+#if defined(__AVX512BF16__)
+template <>
+inline float dot_rows<at::BFloat16>(const at::BFloat16* a, const at::BFloat16* b, int64_t n) {
+  __m512 acc0 = _mm512_setzero_ps();
+  __m512 acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(a + i),
+                            (__m512bh)_mm512_loadu_si512(b + i));
+    acc1 = _mm512_dpbf16_ps(acc1, (__m512bh)_mm512_loadu_si512(a + i + 32),
+                            (__m512bh)_mm512_loadu_si512(b + i + 32));
+  }
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(a + i),
+                            (__m512bh)_mm512_loadu_si512(b + i));
+  }
+  float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  for (; i < n; ++i) sum += static_cast<float>(a[i]) * static_cast<float>(b[i]);
+  return sum;
+}
+#endif
+
+}  // namespace
+
+// out [num_seqs, num_heads, head_dim] = attention of each sequence's single query over its first
+// seq_lens[i] cached tokens (the query's own K/V must already be written).
+void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tensor key_cache,
+                            torch::Tensor value_cache, torch::Tensor block_table,
+                            torch::Tensor seq_lens, double scale, int64_t window) {
+  TORCH_CHECK(query.is_contiguous() && out.is_contiguous(), "query/out must be contiguous");
+  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), "caches not contiguous");
+  TORCH_CHECK(block_table.scalar_type() == torch::kInt64 && block_table.is_contiguous());
+  TORCH_CHECK(seq_lens.scalar_type() == torch::kInt64 && seq_lens.is_contiguous());
+  const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
+  const int64_t block_size = key_cache.size(1), num_kv_heads = key_cache.size(2);
+  const int64_t group = num_heads / num_kv_heads;
+  const int64_t max_blocks = block_table.size(1);
+  const int64_t* table = block_table.data_ptr<int64_t>();
+  const int64_t* lengths = seq_lens.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "decode", [&] {
+    scalar_t* out_ptr = out.data_ptr<scalar_t>();
+    const scalar_t* q_ptr = query.data_ptr<scalar_t>();
+    const scalar_t* k_ptr = key_cache.data_ptr<scalar_t>();
+    const scalar_t* v_ptr = value_cache.data_ptr<scalar_t>();
+    at::parallel_for(0, num_seqs * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> buffer;
+      auto run = head_dim == 64    ? &decode_one<scalar_t, 64>
+                 : head_dim == 128 ? &decode_one<scalar_t, 128>
+                                   : &decode_one<scalar_t, 0>;
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t seq = item / num_kv_heads, kv_head = item % num_kv_heads;
+        run(out_ptr + seq * num_heads * head_dim, q_ptr + seq * num_heads * head_dim, k_ptr, v_ptr,
+                             table + seq * max_blocks, lengths[seq], kv_head, group, num_kv_heads,
+                             head_dim, block_size, static_cast<float>(scale), window, buffer);
+      }
+    });
+  });
+}
+
+// out[r, n] = x[r] . weight[n] (+ bias[n]) for 4 consecutive weight rows at once: four
+// independent accumulator chains, and each x chunk loaded once for the four rows.
+template <typename T>
+inline void dot_four_rows(const T* x, const T* w, int64_t in, float* sums) {
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+  const T* w1 = w + in;
+  const T* w2 = w + 2 * in;
+  const T* w3 = w + 3 * in;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t i = 0; i < in; ++i) {
+    const float xi = to_float(x[i]);
+    s0 += xi * to_float(w[i]);
+    s1 += xi * to_float(w1[i]);
+    s2 += xi * to_float(w2[i]);
+    s3 += xi * to_float(w3[i]);
+  }
+  sums[0] = s0, sums[1] = s1, sums[2] = s2, sums[3] = s3;
+}
+
+#if defined(__AVX512BF16__)
+template <>
+inline void dot_four_rows<at::BFloat16>(const at::BFloat16* x, const at::BFloat16* w, int64_t in,
+                                        float* sums) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+  int64_t i = 0;
+  for (; i + 32 <= in; i += 32) {
+    const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + i);
+    for (int r = 0; r < 4; ++r) {
+      acc[r] = _mm512_dpbf16_ps(acc[r], xv, (__m512bh)_mm512_loadu_si512(w + r * in + i));
+    }
+  }
+  for (int r = 0; r < 4; ++r) {
+    float sum = _mm512_reduce_add_ps(acc[r]);
+    for (int64_t j = i; j < in; ++j) sum += static_cast<float>(x[j]) * static_cast<float>(w[r * in + j]);
+    sums[r] = sum;
+  }
+}
+#endif
+
+// x [rows, in] @ weight[out, in]^T (+ bias), for few rows: each weight row is read once.
+torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
+                             c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "x and weight must be contiguous");
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x and weight dtypes differ");
+  const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
+  auto out = torch::empty({rows, out_features}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear", [&] {
+    const scalar_t* x_ptr = x.data_ptr<scalar_t>();
+    const scalar_t* w_ptr = weight.data_ptr<scalar_t>();
+    const scalar_t* b_ptr = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
+    scalar_t* o_ptr = out.data_ptr<scalar_t>();
+    const int64_t num_quads = (out_features + 3) / 4;
+    at::parallel_for(0, num_quads, 16, [&](int64_t begin, int64_t end) {
+      float sums[4];
+      for (int64_t quad = begin; quad < end; ++quad) {
+        const int64_t n0 = quad * 4;
+        const int64_t count = std::min<int64_t>(4, out_features - n0);
+        for (int64_t r = 0; r < rows; ++r) {
+          const scalar_t* x_row = x_ptr + r * in;
+          if (count == 4) {
+            dot_four_rows<scalar_t>(x_row, w_ptr + n0 * in, in, sums);
+          } else {
+            for (int64_t j = 0; j < count; ++j) sums[j] = dot_rows<scalar_t>(x_row, w_ptr + (n0 + j) * in, in);
+          }
+          for (int64_t j = 0; j < count; ++j) {
+            const float b = b_ptr ? to_float(b_ptr[n0 + j]) : 0.f;
+            o_ptr[r * out_features + n0 + j] = static_cast<scalar_t>(sums[j] + b);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("paged_decode_attention", &paged_decode_attention, "decode attention over paged KV");
+  m.def("few_row_linear", &few_row_linear, "x @ weight.T for few rows");
+}

@@ -1,0 +1,136 @@
+"""Every attention path (CPU kernel, gathered SDPA, chunked matmul, SDPA prefill) against a naive
+reference, with and without cached context and sliding windows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corral.model.kernels import cpu_kernels
+from corral.model.layers import attention as attn
+from corral.model.layers.attention import AttentionMetadata, DecodeBatch, PrefillSpan
+
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, NUM_BLOCKS = 6, 2, 16, 4, 64
+
+
+def reference(query, keys, values, positions, window):
+    """query [H, D] at `position` over keys/values [S, Hkv, D], plain softmax in float64."""
+    group = NUM_HEADS // NUM_KV_HEADS
+    outputs = []
+    for q, position in zip(query, positions):
+        lo = max(0, position + 1 - window) if window else 0
+        k = keys[lo : position + 1].double().repeat_interleave(group, dim=1)
+        v = values[lo : position + 1].double().repeat_interleave(group, dim=1)
+        weights = torch.softmax(torch.einsum("hd,shd->hs", q.double(), k) * HEAD_DIM**-0.5, -1)
+        outputs.append(torch.einsum("hs,shd->hd", weights, v))
+    return torch.stack(outputs)
+
+
+def make_cache(dtype):
+    generator = torch.Generator().manual_seed(0)
+    shape = (NUM_BLOCKS, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
+    return (
+        torch.randn(shape, generator=generator).to(dtype),
+        torch.randn(shape, generator=generator).to(dtype),
+    )
+
+
+def sequence_kv(cache, block_ids, length):
+    return cache[torch.tensor(block_ids)].reshape(-1, NUM_KV_HEADS, HEAD_DIM)[:length]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_decode_paths(dtype, tolerance, window, use_kernel, monkeypatch):
+    if use_kernel and cpu_kernels() is None:
+        pytest.skip("CPU kernels unavailable")
+    if not use_kernel:
+        monkeypatch.setattr(attn, "cpu_kernels", lambda: None)
+    key_cache, value_cache = make_cache(dtype)
+    seq_lens = [1, 7, 13, 22]
+    tables = [[3], [9, 4], [10, 11, 12, 40], [20, 21, 22, 23, 24, 25]]
+    width = max(map(len, tables))
+    table = torch.tensor([t + [0] * (width - len(t)) for t in tables])
+    lens = torch.tensor(seq_lens)
+    mask = torch.arange(width * BLOCK_SIZE)[None, :] < lens[:, None]
+    if window:
+        mask &= torch.arange(width * BLOCK_SIZE)[None, :] >= (lens - window)[:, None]
+    decode = DecodeBatch(len(seq_lens), table, lens, mask.view(len(seq_lens), 1, 1, -1))
+    query = torch.randn(len(seq_lens), NUM_HEADS, HEAD_DIM).to(dtype)
+    # The new tokens' K/V: write them through the same path the model uses.
+    slots = torch.tensor(
+        [
+            t[(n - 1) // BLOCK_SIZE] * BLOCK_SIZE + (n - 1) % BLOCK_SIZE
+            for t, n in zip(tables, seq_lens)
+        ]
+    )
+    key = torch.randn(len(seq_lens), NUM_KV_HEADS, HEAD_DIM).to(dtype)
+    value = torch.randn(len(seq_lens), NUM_KV_HEADS, HEAD_DIM).to(dtype)
+    metadata = AttentionMetadata(slots, decode, [], window)
+    output = attn.paged_attention(
+        query, key, value, key_cache, value_cache, metadata, HEAD_DIM**-0.5
+    )
+    for row, (blocks, length) in enumerate(zip(tables, seq_lens)):
+        expected = reference(
+            query[row : row + 1],
+            sequence_kv(key_cache, blocks, length),
+            sequence_kv(value_cache, blocks, length),
+            [length - 1],
+            window,
+        )
+        torch.testing.assert_close(
+            output[row].double(), expected[0], atol=tolerance, rtol=tolerance
+        )
+
+
+@pytest.mark.parametrize("window", [None, 7])
+@pytest.mark.parametrize("context_len", [0, 9])
+@pytest.mark.parametrize("path", ["matmul", "sdpa"])
+def test_prefill_paths(window, context_len, path, monkeypatch):
+    if path == "sdpa":  # the CUDA path, checked here on CPU
+        monkeypatch.setattr(attn, "_prefill_matmul", attn._prefill_sdpa)
+    monkeypatch.setattr(attn, "_QUERY_CHUNK", 4)  # several chunks even for short prompts
+    key_cache, value_cache = make_cache(torch.float32)
+    num_query = 11
+    blocks = [5, 6, 7, 8, 30]
+    end = context_len + num_query
+    positions = torch.arange(context_len, end)
+    mask = None
+    if context_len or window:
+        mask = torch.arange(end)[None, :] <= positions[:, None]
+        if window:
+            mask &= torch.arange(end)[None, :] > (positions - window)[:, None]
+    span = PrefillSpan(0, num_query, context_len, torch.tensor(blocks), mask)
+    slots = torch.tensor(
+        [blocks[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in positions.tolist()]
+    )
+    query = torch.randn(num_query, NUM_HEADS, HEAD_DIM)
+    key = torch.randn(num_query, NUM_KV_HEADS, HEAD_DIM)
+    value = torch.randn(num_query, NUM_KV_HEADS, HEAD_DIM)
+    metadata = AttentionMetadata(slots, None, [span], window)
+    output = attn.paged_attention(
+        query, key, value, key_cache, value_cache, metadata, HEAD_DIM**-0.5
+    )
+    expected = reference(
+        query,
+        sequence_kv(key_cache, blocks, end),
+        sequence_kv(value_cache, blocks, end),
+        positions.tolist(),
+        window,
+    )
+    torch.testing.assert_close(output.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_few_row_linear_kernel_matches_float_reference():
+    kernels = cpu_kernels()
+    if kernels is None:
+        pytest.skip("CPU kernels unavailable")
+    generator = torch.Generator().manual_seed(1)
+    for rows, size_in, size_out in [(1, 64, 37), (2, 576, 960), (1, 100, 8)]:
+        weight = torch.randn(size_out, size_in, generator=generator).bfloat16()
+        x = torch.randn(rows, size_in, generator=generator).bfloat16()
+        bias = torch.randn(size_out, generator=generator).bfloat16()
+        expected = x.double() @ weight.double().T + bias.double()
+        got = kernels.few_row_linear(x, weight, bias).double()
+        torch.testing.assert_close(got, expected, atol=0.05, rtol=0.01)
