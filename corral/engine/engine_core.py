@@ -1,0 +1,71 @@
+"""EngineCore: one instance's scheduler and executor. Token ids in, token ids out.
+
+It knows nothing of text: the frontend (InputProcessor, OutputProcessor) tokenizes, fans out
+n > 1, detokenizes and finds stop strings, so the core can run in its own process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from corral.config import EngineConfig
+from corral.core.kv_cache import KVCacheManager
+from corral.core.scheduler import RequestUpdate, Scheduler, SchedulerStats
+from corral.model.arch import ModelArch
+from corral.request import Request, RequestStatus
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    """Owns the KV cache manager, the scheduler and the model executor of one instance."""
+
+    def __init__(
+        self, config: EngineConfig, model_dir: str | Path, arch: ModelArch, max_model_len: int
+    ) -> None:
+        from corral.model.executor import ModelExecutor
+
+        self.config = config
+        self.executor = ModelExecutor.create(
+            model_dir,
+            arch,
+            config.model,
+            config.cache,
+            max_model_len,
+            config.scheduler.max_num_seqs,
+        )
+        self.kv_manager = KVCacheManager(
+            self.executor.num_blocks,
+            config.cache.block_size,
+            enable_prefix_caching=config.cache.enable_prefix_caching,
+            prefix_hash=config.cache.prefix_hash,
+        )
+        self.scheduler = Scheduler(config.scheduler, self.kv_manager, max_model_len)
+
+    def add_request(self, request: Request) -> None:
+        """Queue a validated request (see InputProcessor)."""
+        self.scheduler.add_request(request)
+
+    def finish_requests(
+        self, request_ids: Iterable[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED
+    ) -> None:
+        """Abort (or stop) requests now; their KV blocks return at once."""
+        self.scheduler.finish_requests(request_ids, status)
+
+    def step(self) -> list[RequestUpdate]:
+        """One step: schedule, run the model, advance the books."""
+        scheduler_output = self.scheduler.schedule()
+        # Called even when nothing is scheduled: the executor must still drop finished requests.
+        model_output = self.executor.execute(scheduler_output)
+        updates = self.scheduler.update(scheduler_output, model_output)
+        if self.config.debug_check_integrity:
+            self.kv_manager.check_integrity()
+        return updates
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def stats(self) -> SchedulerStats:
+        return self.scheduler.stats()

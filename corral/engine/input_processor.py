@@ -1,0 +1,109 @@
+"""InputProcessor: prompts -> validated scheduler Requests (tokenization, limits, n > 1 fan-out).
+
+It needs the tokenizer and the model's shape but not its weights, so the HTTP process uses it
+while the engine core runs elsewhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from corral.config import EngineConfig
+from corral.engine.tokenizer import Tokenizer
+from corral.model.arch import ModelArch
+from corral.request import Request
+from corral.sampling_params import SamplingParams
+
+# A prompt: text, token ids, or a dict with "prompt" or "prompt_token_ids".
+PromptType = str | list[int] | Mapping[str, Any]
+
+
+class InputProcessor:
+    def __init__(self, config: EngineConfig) -> None:
+        from corral.demo import resolve_model_dir
+
+        self.config = config
+        self.model_dir = Path(resolve_model_dir(config.model.model))
+        self.arch = ModelArch.from_dir(self.model_dir)
+        self.tokenizer = Tokenizer(config.model.tokenizer or self.model_dir)
+        self.max_model_len = self._resolve_max_model_len()
+        self.vocab_size = self.arch.vocab_size
+        eos = self.tokenizer.eos_token_id
+        self.eos_token_ids = frozenset(self.arch.eos_token_ids) or (
+            frozenset([eos]) if eos is not None else frozenset()
+        )
+
+    def _resolve_max_model_len(self) -> int:
+        limit = self.arch.max_position_embeddings
+        asked = self.config.model.max_model_len
+        if asked is None:
+            return limit
+        if asked > limit:
+            raise ValueError(
+                f"max_model_len {asked} exceeds the model's max_position_embeddings ({limit})"
+            )
+        return asked
+
+    def tokenize_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        """Normalize a prompt to (text or None, token ids), validating the ids."""
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer.encode(prompt)
+        if isinstance(prompt, Mapping):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), self.check_token_ids(prompt["prompt_token_ids"])
+            if "prompt" in prompt:
+                return prompt["prompt"], self.tokenizer.encode(prompt["prompt"])
+            raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+        return None, self.check_token_ids(prompt)
+
+    def check_token_ids(self, token_ids: Any) -> list[int]:
+        token_ids = list(token_ids)
+        for token_id in token_ids:
+            if not isinstance(token_id, int) or isinstance(token_id, bool):
+                raise ValueError(f"prompt token id {token_id!r} is not an integer")
+            if not 0 <= token_id < self.vocab_size:
+                raise ValueError(
+                    f"prompt token id {token_id} is out of range [0, {self.vocab_size})"
+                )
+        return token_ids
+
+    def make_requests(
+        self,
+        request_id: str,
+        token_ids: list[int],
+        params: SamplingParams,
+        *,
+        arrival_time: float | None = None,
+        priority: int = 0,
+        client_id: str | None = None,
+        cache_salt: str | None = None,
+        deadline_s: float | None = None,
+    ) -> list[Request]:
+        """One scheduler Request per sample; child i of n > 1 is "{i}_{request_id}" with seed
+        seed + i. Raises ValueError naming the value and the limit when the prompt does not fit."""
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        children = []
+        for index in range(params.n):
+            child_id = request_id if params.n == 1 else f"{index}_{request_id}"
+            child_params = params
+            if params.n > 1:
+                seed = None if params.seed is None else params.seed + index
+                child_params = params.clone(n=1, seed=seed)
+            children.append(
+                Request(
+                    child_id,
+                    token_ids,
+                    child_params,
+                    eos_token_ids=self.eos_token_ids,
+                    max_model_len=self.max_model_len,
+                    arrival_time=arrival,
+                    priority=priority,
+                    client_id=client_id,
+                    cache_salt=cache_salt,
+                    deadline_s=deadline_s,
+                )
+            )
+        return children
