@@ -59,6 +59,13 @@ class CacheConfig:
     enable_prefix_caching: bool = True
     # "sha256" (collision-safe, stable across processes) or "builtin" (faster, per-process).
     prefix_hash: str = "sha256"
+    # Stored KV values: "auto" (the model dtype), "int8" or "fp8" (per-token-per-head scales).
+    kv_cache_dtype: str = "auto"
+    # Host-memory tier below the device pool (bytes or a fraction of free memory; None: none).
+    host_cache_memory: str | float | None = None
+    # Disk tier below the host tier: a directory (None: none) and its byte budget.
+    disk_cache_dir: str | None = None
+    disk_cache_max_bytes: str | float = "10GiB"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -69,6 +76,18 @@ class CacheConfig:
             parse_memory_budget(self.kv_cache_memory)
         if self.prefix_hash not in ("sha256", "builtin"):
             raise ValueError(f"prefix_hash must be 'sha256' or 'builtin', got {self.prefix_hash!r}")
+        if self.kv_cache_dtype not in ("auto", "int8", "fp8", "fp8_e4m3"):
+            raise ValueError(
+                f"kv_cache_dtype must be auto, int8 or fp8, got {self.kv_cache_dtype!r}"
+            )
+        if self.host_cache_memory is not None:
+            parse_memory_budget(self.host_cache_memory)
+        if self.disk_cache_dir is not None:
+            parse_memory_budget(self.disk_cache_max_bytes)
+            if self.host_cache_memory is None:
+                raise ValueError("disk_cache_dir needs a host tier too (host_cache_memory)")
+            if self.prefix_hash != "sha256":
+                raise ValueError("the disk KV tier needs prefix_hash='sha256' (stable hashes)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +101,14 @@ class SchedulerConfig:
     # prompts do not stall the decodes batched with them.
     long_prefill_token_threshold: int = 0
     policy: str = "fcfs"
+    # KV reserved at admission: "none" (on demand), "max" (worst case), "predicted" (S3); a spec
+    # string with options, e.g. "predicted:headroom=0.2" (corral/core/reservation.py).
+    kv_reservation: str = "none"
+    # A saved output-length predictor (corral predictor train); sets
+    # Request.predicted_num_output_tokens at admission for sjf/srpt and kv_reservation.
+    length_predictor: str | None = None
+    # What preemption does to the victim's KV: "recompute" (drop it) or "swap" (host tier).
+    preemption_mode: str = "recompute"
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -89,6 +116,10 @@ class SchedulerConfig:
         if self.max_num_batched_tokens < 1:
             raise ValueError(
                 f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"
+            )
+        if self.preemption_mode not in ("recompute", "swap"):
+            raise ValueError(
+                f"preemption_mode must be 'recompute' or 'swap', got {self.preemption_mode!r}"
             )
         if self.long_prefill_token_threshold < 0:
             raise ValueError(

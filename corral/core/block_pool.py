@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class KVBlock:
@@ -45,6 +45,9 @@ class BlockPool:
         )
         self._cached: dict[bytes | int, KVBlock] = {}
         self.num_evictions = 0
+        # Called with (block_id, block_hash) just before a cached block's hash is dropped on
+        # reuse, so its contents can be saved to a lower tier first.
+        self.evict_listener: Callable[[int, bytes | int], None] | None = None
 
     @property
     def num_free_blocks(self) -> int:
@@ -115,12 +118,14 @@ class BlockPool:
         dropped = 0
         for block in list(self._cached.values()):
             if block.ref_count == 0:
-                self._evict(block)
+                self._evict(block, notify=False)
                 dropped += 1
         return dropped
 
-    def _evict(self, block: KVBlock) -> None:
+    def _evict(self, block: KVBlock, *, notify: bool = True) -> None:
         assert block.block_hash is not None
+        if notify and self.evict_listener is not None:
+            self.evict_listener(block.block_id, block.block_hash)
         del self._cached[block.block_hash]
         block.block_hash = None
         self.num_evictions += 1

@@ -6,14 +6,21 @@ from typing import NamedTuple
 
 from corral.core.block_hash import BLOCK_HASH_FNS, BlockHash
 from corral.core.block_pool import BlockPool, KVBlock
+from corral.core.kv_offload import KVOffloader
+from corral.core.kv_tiers import DiskTier, HostTier
+from corral.core.kv_transfer import KVTransferPlan, PromotionResult
 from corral.request import Request
 
 
 class PrefixMatch(NamedTuple):
-    """Cached blocks covering a request's first num_tokens tokens (num_tokens = blocks * size)."""
+    """Cached blocks covering a request's first num_tokens tokens: device blocks first, then
+    blocks found in the host tier (host_hashes, loaded into new device blocks on allocation).
+    waiting: further blocks are being read from disk; admitting later saves recomputing them."""
 
     blocks: list[KVBlock]
     num_tokens: int
+    host_hashes: list[BlockHash] = []
+    waiting: bool = False
 
 
 NO_MATCH = PrefixMatch([], 0)
@@ -38,9 +45,16 @@ class KVCacheManager:
         *,
         enable_prefix_caching: bool = True,
         prefix_hash: str = "sha256",
+        num_host_slots: int = 0,
+        disk_tier: DiskTier | None = None,
     ) -> None:
         self.block_size = block_size
         self.pool = BlockPool(num_blocks)
+        self.offloader: KVOffloader | None = None
+        if num_host_slots > 0:
+            self.offloader = KVOffloader(self.pool, HostTier(num_host_slots), disk_tier)
+        elif disk_tier is not None:
+            raise ValueError("a disk KV tier needs a host tier (host_cache_memory) above it")
         self.enable_prefix_caching = enable_prefix_caching
         self._hash_fn = BLOCK_HASH_FNS[prefix_hash]
         self._req_blocks: dict[str, list[KVBlock]] = {}
@@ -87,7 +101,14 @@ class KVCacheManager:
             if block is None:
                 break
             hits.append(block)
-        return PrefixMatch(hits, len(hits) * self.block_size)
+        host_hashes: list[BlockHash] = []
+        waiting = False
+        if self.offloader is not None:
+            host_hashes, waiting = self.offloader.match(
+                request.block_hashes[len(hits) : max_num_blocks]
+            )
+        num_tokens = (len(hits) + len(host_hashes)) * self.block_size
+        return PrefixMatch(hits, num_tokens, host_hashes, waiting)
 
     def allocate_slots(
         self, request: Request, num_new_tokens: int, prefix: PrefixMatch | None = None
@@ -107,12 +128,18 @@ class KVCacheManager:
         num_needed = num_required - (len(held) if held else 0) - len(hits)
         if num_needed > self.pool.num_free_blocks - self.pool.evictable_count(hits):
             return None
+        host_hashes = prefix.host_hashes if prefix else []
+        if host_hashes:
+            assert self.offloader is not None
+            self.offloader.pin_host_hits(host_hashes)
         self.pool.touch(hits)
         new_blocks = self.pool.allocate(max(num_needed, 0))
+        if host_hashes:
+            self.offloader.load_host_hits(host_hashes, new_blocks[: len(host_hashes)])
         appended = hits + new_blocks
         if held is None:
             self._req_blocks[request_id] = appended
-            self._num_registered[request_id] = len(hits)
+            self._num_registered[request_id] = len(hits) + len(host_hashes)
         else:
             held.extend(appended)
         return [block.block_id for block in appended]
@@ -134,11 +161,58 @@ class KVCacheManager:
         self._num_registered[request.request_id] = num_full
 
     def free(self, request: Request) -> None:
-        """Return all the request's blocks (cached ones stay reusable until evicted)."""
-        blocks = self._req_blocks.pop(request.request_id, None)
-        self._num_registered.pop(request.request_id, None)
+        """Return all the request's blocks (cached ones stay reusable until evicted), and any
+        host slots holding it swapped out."""
+        self._release_device(request.request_id)
+        if self.offloader is not None:
+            self.offloader.drop_swapped(request.request_id)
+
+    def _release_device(self, request_id: str) -> None:
+        blocks = self._req_blocks.pop(request_id, None)
+        self._num_registered.pop(request_id, None)
         if blocks:
             self.pool.release(reversed(blocks))
+
+    # ----- swapping (preemption mode "swap") -------------------------------------------------
+
+    def swap_out(self, request: Request) -> bool:
+        """Move a running request's blocks to the host tier and free them on the device.
+        False, changing nothing, when there is no host tier or it has no room."""
+        blocks = self._req_blocks.get(request.request_id)
+        if self.offloader is None or not blocks:
+            return False
+        if not self.offloader.swap_out(request.request_id, blocks):
+            return False
+        self._release_device(request.request_id)
+        return True
+
+    def is_swapped(self, request: Request) -> bool:
+        return self.offloader is not None and self.offloader.is_swapped(request.request_id)
+
+    def swap_in(self, request: Request, num_new_tokens: int) -> list[int] | None:
+        """Bring a swapped request back with room for num_new_tokens more; its block table (in
+        new device blocks) or None, changing nothing, when the pool is short."""
+        assert self.offloader is not None
+        num_swapped = self.offloader.num_swapped_blocks(request.request_id)
+        total = request.num_computed_tokens + num_new_tokens
+        num_needed = max(cdiv(total, self.block_size), num_swapped)
+        if num_needed > self.pool.num_free_blocks:
+            return None
+        blocks = self.pool.allocate(num_needed)
+        self.offloader.swap_in(request.request_id, blocks)
+        self._req_blocks[request.request_id] = blocks
+        self._num_registered[request.request_id] = 0
+        return [block.block_id for block in blocks]
+
+    # ----- lower tiers -------------------------------------------------------------------------
+
+    def take_transfer_plan(self) -> KVTransferPlan | None:
+        """The block copies ordered since the last call (the executor runs them first)."""
+        return self.offloader.take_plan() if self.offloader is not None else None
+
+    def finish_promotions(self, results: list[PromotionResult]) -> None:
+        if self.offloader is not None and results:
+            self.offloader.finish_promotions(results)
 
     def reset_prefix_cache(self) -> int:
         return self.pool.reset_prefix_cache()
@@ -147,6 +221,8 @@ class KVCacheManager:
         """Assert free + cached-evictable + in-use == total, and that every block's reference count
         equals the number of block tables holding it. Raises AssertionError on a violation."""
         self.pool.check_integrity()
+        if self.offloader is not None:
+            self.offloader.check_integrity()
         holders: dict[int, int] = {}
         for request_id, blocks in self._req_blocks.items():
             ids = [block.block_id for block in blocks]

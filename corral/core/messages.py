@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from corral.core.kv_transfer import KVTransferPlan, PromotionResult
 from corral.sampling_params import SamplingParams
 
 
@@ -46,6 +47,8 @@ class SchedulerOutput:
     # Requests the executor must forget before this step (finished, aborted, preempted).
     finished_request_ids: set[str] = field(default_factory=set)
     preempted_request_ids: set[str] = field(default_factory=set)
+    # Block copies between KV tiers, run before the forward pass (None: no lower tiers).
+    kv_transfers: KVTransferPlan | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -72,6 +75,8 @@ class ModelOutput:
     prompt_logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)
     # Time the step took on the executor's clock (virtual in the simulator).
     step_time_s: float = 0.0
+    # Disk -> host reads that finished since the last step.
+    finished_promotions: list[PromotionResult] = field(default_factory=list)
 
 
 EMPTY_MODEL_OUTPUT = ModelOutput(sampled_token_ids={})

@@ -21,6 +21,9 @@ from corral.core.messages import (
     TokenLogprobs,
 )
 from corral.core.policies import SchedulingPolicy, make_policy
+from corral.core.preemption import PREEMPTION_MODES
+from corral.core.reservation import AdmissionGate, make_reservation
+from corral.core.slo import SLOStats, SLOTracker
 from corral.core.stop import check_stop
 from corral.request import Request, RequestStatus
 
@@ -69,7 +72,12 @@ class Scheduler:
         self.kv = kv_manager
         self.max_model_len = max_model_len
         self.policy = policy if policy is not None else make_policy(config.policy)
+        self.preemption = PREEMPTION_MODES.get(config.preemption_mode)()
         self.clock = clock
+        self.policy.bind(clock)
+        self.reservation = make_reservation(config.kv_reservation)
+        # Waits, starvation and SLO attainment, whatever the policy (slo_stats()).
+        self.slo = SLOTracker(clock)
         self.requests: dict[str, Request] = {}
         self.running: list[Request] = []
         self.num_preemptions = 0
@@ -84,6 +92,7 @@ class Scheduler:
             raise ValueError(f"request id {request.request_id!r} is already in use")
         self.requests[request.request_id] = request
         self.policy.add_waiting(request)
+        self.slo.on_arrival(request)
 
     def finish_requests(
         self, request_ids: Iterable[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED
@@ -100,6 +109,7 @@ class Scheduler:
             else:
                 self.policy.remove_waiting(request)
             request.status = status
+            self.slo.on_finished(request, aborted=status == RequestStatus.FINISHED_ABORTED)
             self._release(request)
             finished.append(request)
         return finished
@@ -124,6 +134,10 @@ class Scheduler:
             prefix_query_tokens=self.kv.num_query_tokens,
             prefix_hit_tokens=self.kv.num_hit_tokens,
         )
+
+    def slo_stats(self) -> SLOStats:
+        """Queue waits, starvation and per-class SLO attainment so far (see corral/core/slo.py)."""
+        return self.slo.snapshot()
 
     # ----- one step ------------------------------------------------------------------------
 
@@ -165,6 +179,7 @@ class Scheduler:
             cached_block_ids[request.request_id] = block_ids
             budget -= num_new
 
+        gate: AdmissionGate | None = None
         while not preempted and budget > 0:
             request = self.policy.peek_waiting()
             if request is None:
@@ -173,18 +188,35 @@ class Scheduler:
                 if self._preempt_for(request, preempted, unschedule):
                     continue
                 break
-            prefix = self.kv.match_prefix(request)
-            num_new = request.num_tokens - prefix.num_tokens
-            if not self.config.enable_chunked_prefill and num_new > budget:
+            if gate is None:
+                gate = self.reservation.gate(self.running, self.kv)
+            if not gate.try_admit(request):
+                if self._preempt_for(request, preempted, unschedule):
+                    continue
                 break
-            num_new = self._cap(num_new, budget)
-            block_ids = self.kv.allocate_slots(request, num_new, prefix)
+            if self.kv.is_swapped(request):
+                num_computed = request.num_computed_tokens
+                num_new = request.num_tokens - num_computed
+                if not self.config.enable_chunked_prefill and num_new > budget:
+                    break
+                num_new = self._cap(num_new, budget)
+                block_ids = self.kv.swap_in(request, num_new)
+            else:
+                prefix = self.kv.match_prefix(request)
+                if prefix.waiting:
+                    break  # its prefix is being read from disk: admit it once it is in memory
+                num_computed = prefix.num_tokens
+                num_new = request.num_tokens - num_computed
+                if not self.config.enable_chunked_prefill and num_new > budget:
+                    break
+                num_new = self._cap(num_new, budget)
+                block_ids = self.kv.allocate_slots(request, num_new, prefix)
             if block_ids is None:
                 if self._preempt_for(request, preempted, unschedule):
                     continue
                 break
             self.policy.pop_waiting()
-            self._admit(request, prefix.num_tokens)
+            self._admit(request, num_computed)
             num_scheduled[request.request_id] = num_new
             admitted[request.request_id] = request
             budget -= num_new
@@ -197,6 +229,7 @@ class Scheduler:
     ) -> list[RequestUpdate]:
         """Advance the books after the executor ran scheduler_output: computed counts, sampled
         tokens, stop checks, prefix-cache registration. Returns what changed per request."""
+        self.kv.finish_promotions(model_output.finished_promotions)
         updates = []
         sampled = model_output.sampled_token_ids
         for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
@@ -211,6 +244,8 @@ class Scheduler:
                 if check_stop(request, self.max_model_len):
                     break
             self.kv.cache_blocks(request)
+            if new_token_ids:
+                self.slo.on_token(request)
             prompt_logprobs = model_output.prompt_logprobs.get(request_id)
             if not new_token_ids and prompt_logprobs is None:
                 continue
@@ -229,6 +264,7 @@ class Scheduler:
             )
             if request.is_finished:
                 self.running.remove(request)
+                self.slo.on_finished(request, aborted=False)
                 self._release(request)
         return updates
 
@@ -243,26 +279,30 @@ class Scheduler:
     def _num_tokens_to_schedule(self, request: Request, budget: int) -> int:
         return self._cap(request.num_tokens - request.num_computed_tokens, budget)
 
-    def _admit(self, request: Request, num_hit_tokens: int) -> None:
-        request.num_computed_tokens = num_hit_tokens
+    def _admit(self, request: Request, num_computed_tokens: int) -> None:
+        """Start running a request whose first num_computed_tokens are in its blocks (prefix
+        hits, or everything it had computed when it was swapped out)."""
+        request.num_computed_tokens = num_computed_tokens
         if request.num_cached_tokens < 0:
-            request.num_cached_tokens = num_hit_tokens
+            request.num_cached_tokens = num_computed_tokens
             self.kv.num_query_tokens += request.num_tokens
-            self.kv.num_hit_tokens += num_hit_tokens
+            self.kv.num_hit_tokens += num_computed_tokens
         if request.first_scheduled_time is None:
             request.first_scheduled_time = self.clock()
         request.status = RequestStatus.RUNNING
         self.running.append(request)
+        self.slo.on_admitted(request)
 
     def _preempt(self, request: Request) -> None:
-        """Preempt by recompute: drop the request's KV, keep its tokens, queue it again."""
+        """Take the request's blocks (the preemption mode decides: recompute or swap), keep its
+        tokens, queue it again."""
         self.running.remove(request)
-        self.kv.free(request)
+        self.preemption.preempt(self.kv, request)
         request.status = RequestStatus.PREEMPTED
-        request.num_computed_tokens = 0
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.policy.requeue_preempted(request)
+        self.slo.on_preempted(request)
 
     def _preempt_for(
         self,
@@ -279,6 +319,7 @@ class Scheduler:
         return bool(victims)
 
     def _release(self, request: Request) -> None:
+        self.policy.on_request_finished(request)
         self.kv.free(request)
         del self.requests[request.request_id]
         self._finished_ids.add(request.request_id)
@@ -319,4 +360,5 @@ class Scheduler:
             total_num_scheduled_tokens=sum(num_scheduled.values()),
             finished_request_ids=finished_ids,
             preempted_request_ids={request.request_id for request in preempted},
+            kv_transfers=self.kv.take_transfer_plan(),
         )

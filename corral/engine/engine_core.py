@@ -10,8 +10,9 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from corral.config import EngineConfig
+from corral.config import EngineConfig, parse_memory_budget
 from corral.core.kv_cache import KVCacheManager
+from corral.core.kv_tiers import DiskTier
 from corral.core.scheduler import RequestUpdate, Scheduler, SchedulerStats
 from corral.model.arch import ModelArch
 from corral.request import Request, RequestStatus
@@ -36,11 +37,21 @@ class EngineCore:
             max_model_len,
             config.scheduler.max_num_seqs,
         )
+        storage = self.executor.storage
+        disk_tier = None
+        if storage.disk is not None:
+            disk_tier = DiskTier(
+                int(parse_memory_budget(config.cache.disk_cache_max_bytes)),
+                storage.spec.bytes_per_block(),
+                storage.disk.existing_hashes(),
+            )
         self.kv_manager = KVCacheManager(
             self.executor.num_blocks,
             config.cache.block_size,
             enable_prefix_caching=config.cache.enable_prefix_caching,
             prefix_hash=config.cache.prefix_hash,
+            num_host_slots=self.executor.num_host_slots,
+            disk_tier=disk_tier,
         )
         self.scheduler = Scheduler(config.scheduler, self.kv_manager, max_model_len)
 
@@ -69,3 +80,7 @@ class EngineCore:
 
     def stats(self) -> SchedulerStats:
         return self.scheduler.stats()
+
+    def flush(self) -> None:
+        """Wait for background KV writes (the disk tier) to reach their files."""
+        self.executor.storage.flush()

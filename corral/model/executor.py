@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import torch
 from corral.config import CacheConfig, ModelConfig, parse_memory_budget
 from corral.core.messages import ModelOutput, SchedulerOutput, TokenLogprobs
 from corral.model.arch import ModelArch
-from corral.model.device import dtype_bytes, free_memory_bytes, resolve_device, resolve_dtype
-from corral.model.loader import load_model
+from corral.model.device import free_memory_bytes, resolve_device, resolve_dtype
+from corral.model.kv_disk import DiskKVStore
+from corral.model.kv_storage import KVSpec, KVStorage, kv_storage_dtype
+from corral.model.loader import load_model, safetensors_files
 from corral.model.models.llama import LlamaFamilyModel
 from corral.model.sampler import Sampler, SamplingRow, gather_logprobs
 from corral.model.step_inputs import RequestState, build_step_inputs
@@ -25,27 +28,14 @@ _PROMPT_LOGPROB_CHUNK = 256
 class ModelExecutor:
     """Owns the model weights, the KV cache tensors and each running request's token state."""
 
-    def __init__(
-        self,
-        model: LlamaFamilyModel,
-        num_blocks: int,
-        block_size: int,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, model: LlamaFamilyModel, storage: KVStorage, seed: int = 0) -> None:
         self.model = model
         self.device = model.device
-        self.block_size = block_size
-        self.num_blocks = num_blocks
-        arch = model.arch
-        shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
-        # Zeroed, not empty: padded decode slots are masked, but 0 * NaN would still poison them.
-        self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=model.dtype, device=self.device),
-                torch.zeros(shape, dtype=model.dtype, device=self.device),
-            )
-            for _ in range(arch.num_layers)
-        ]
+        self.storage = storage
+        self.block_size = storage.spec.block_size
+        self.num_blocks = storage.values.shape[2]
+        self.num_host_slots = 0 if storage.host_values is None else storage.host_values.shape[0]
+        self.kv_caches = storage.layer_caches
         self.sampler = Sampler(seed, self.device)
         self.states: dict[str, RequestState] = {}
 
@@ -66,44 +56,73 @@ class ModelExecutor:
             torch.set_num_threads(model_config.num_threads)
         torch.manual_seed(model_config.seed)
         model = load_model(model_dir, arch, dtype, device, max_model_len)
-        block_size = cache_config.block_size
-        bytes_per_block = arch.kv_bytes_per_token(dtype_bytes(dtype)) * block_size
+        spec = KVSpec(
+            arch.num_layers,
+            cache_config.block_size,
+            arch.num_kv_heads,
+            arch.head_dim,
+            kv_storage_dtype(cache_config.kv_cache_dtype, dtype),
+            dtype,
+        )
+        bytes_per_block = spec.bytes_per_block()
         num_blocks = cache_config.num_blocks
         if num_blocks is None:
             num_blocks = _num_blocks_from_budget(
                 cache_config.kv_cache_memory, device, bytes_per_block
             )
             # More blocks than max_num_seqs full-length requests can hold would never be used.
-            useful = max_num_seqs * -(-max_model_len // block_size)
+            useful = max_num_seqs * -(-max_model_len // spec.block_size)
             if num_blocks > useful:
                 num_blocks = useful
-        if num_blocks < -(-max_model_len // block_size) and cache_config.num_blocks is None:
+        if num_blocks < -(-max_model_len // spec.block_size) and cache_config.num_blocks is None:
             logger.warning(
                 "the KV pool (%d blocks) cannot hold one request of max_model_len %d tokens",
                 num_blocks,
                 max_model_len,
             )
         logger.info(
-            "KV cache: %d blocks x %d tokens = %d tokens, %.1f MiB on %s",
+            "KV cache: %d blocks x %d tokens = %d tokens, %.1f MiB of %s on %s",
             num_blocks,
-            block_size,
-            num_blocks * block_size,
+            spec.block_size,
+            num_blocks * spec.block_size,
             num_blocks * bytes_per_block / 2**20,
+            str(spec.dtype).removeprefix("torch."),
             device,
         )
-        return cls(model, num_blocks, block_size, seed=model_config.seed)
+        num_host_slots = 0
+        if cache_config.host_cache_memory is not None:
+            budget = parse_memory_budget(cache_config.host_cache_memory)
+            host_bytes = budget * free_memory_bytes(torch.device("cpu")) if budget <= 1 else budget
+            num_host_slots = int(host_bytes // bytes_per_block)
+            logger.info(
+                "KV host tier: %d blocks (%.1f MiB)",
+                num_host_slots,
+                num_host_slots * bytes_per_block / 2**20,
+            )
+        disk = None
+        if cache_config.disk_cache_dir is not None:
+            disk = DiskKVStore(
+                cache_config.disk_cache_dir, kv_config_hash(model_dir, spec), bytes_per_block
+            )
+            logger.info(
+                "KV disk tier: %s (%d blocks found)", disk.directory, len(disk.existing_hashes())
+            )
+        storage = KVStorage(spec, num_blocks, device, num_host_slots, disk)
+        return cls(model, storage, seed=model_config.seed)
 
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:
         """Run one step: update request states, compute the scheduled tokens, sample the requests
         whose tokens are now all computed, score prompt logprobs where asked."""
         self._update_states(scheduler_output)
+        self.storage.apply(scheduler_output.kv_transfers)
+        finished_promotions = self.storage.finished_promotions()
         scheduled = [
             (self.states[request_id], num_tokens)
             for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items()
         ]
         if not scheduled:
-            return ModelOutput(sampled_token_ids={})
+            return ModelOutput(sampled_token_ids={}, finished_promotions=finished_promotions)
         # Single-token chunks take the batched decode path; they go first.
         scheduled.sort(key=lambda item: item[1] != 1)
         num_decodes = sum(1 for _, num_tokens in scheduled if num_tokens == 1)
@@ -148,7 +167,9 @@ class ModelExecutor:
                     logprobs[state.request_id] = [token_logprobs]
         for state, num_tokens in scheduled:
             state.num_computed_tokens += num_tokens
-        return ModelOutput(sampled_token_ids, logprobs, prompt_logprobs)
+        return ModelOutput(
+            sampled_token_ids, logprobs, prompt_logprobs, finished_promotions=finished_promotions
+        )
 
     def _update_states(self, scheduler_output: SchedulerOutput) -> None:
         for request_id in scheduler_output.finished_request_ids:
@@ -187,6 +208,18 @@ class ModelExecutor:
                 target = state.token_ids[start + offset + index + 1]
                 results.append(gather_logprobs(logprobs[index], target, num_top))
         return results
+
+
+def kv_config_hash(model_dir: str | Path, spec: KVSpec) -> str:
+    """Identifies the model and KV layout: disk-tier blocks are only reused under the same one."""
+    digest = hashlib.sha256(b"corral-kv-v1")
+    digest.update((Path(model_dir) / "config.json").read_bytes())
+    for path in safetensors_files(model_dir):
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+    digest.update(repr(spec).encode())
+    return digest.hexdigest()[:32]
 
 
 def _num_blocks_from_budget(

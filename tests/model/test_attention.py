@@ -8,7 +8,13 @@ import torch
 
 from corral.model.kernels import cpu_kernels
 from corral.model.layers import attention as attn
-from corral.model.layers.attention import AttentionMetadata, DecodeBatch, PrefillSpan
+from corral.model.layers.attention import (
+    AttentionMetadata,
+    DecodeBatch,
+    LayerKVCache,
+    PrefillSpan,
+)
+from corral.model.layers.kv_quant import dequantize_kv, quantize_kv
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, NUM_BLOCKS = 6, 2, 16, 4, 64
 
@@ -26,28 +32,53 @@ def reference(query, keys, values, positions, window):
     return torch.stack(outputs)
 
 
-def make_cache(dtype):
+def make_cache(dtype, kv_dtype=None) -> LayerKVCache:
+    """Random caches; kv_dtype int8/fp8 stores them quantized with per-token-head scales."""
     generator = torch.Generator().manual_seed(0)
     shape = (NUM_BLOCKS, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
+    key = torch.randn(shape, generator=generator).to(dtype)
+    value = torch.randn(shape, generator=generator).to(dtype)
+    if kv_dtype is None:
+        return LayerKVCache(key, value)
+    (qk, sk), (qv, sv) = (
+        quantize_kv(t.view(-1, NUM_KV_HEADS, HEAD_DIM), kv_dtype) for t in (key, value)
+    )
+    return LayerKVCache(qk.view(shape), qv.view(shape), sk.view(shape[:-1]), sv.view(shape[:-1]))
+
+
+def cache_contents(cache: LayerKVCache, dtype=torch.float64):
+    """The (dequantized) keys and values as the attention should see them."""
+    if not cache.quantized:
+        return cache.key.to(dtype), cache.value.to(dtype)
     return (
-        torch.randn(shape, generator=generator).to(dtype),
-        torch.randn(shape, generator=generator).to(dtype),
+        dequantize_kv(cache.key, cache.key_scale, torch.float32).to(dtype),
+        dequantize_kv(cache.value, cache.value_scale, torch.float32).to(dtype),
     )
 
 
-def sequence_kv(cache, block_ids, length):
-    return cache[torch.tensor(block_ids)].reshape(-1, NUM_KV_HEADS, HEAD_DIM)[:length]
+def sequence_kv(values, block_ids, length):
+    return values[torch.tensor(block_ids)].reshape(-1, NUM_KV_HEADS, HEAD_DIM)[:length]
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize(
+    "dtype, kv_dtype, tolerance",
+    [
+        (torch.float32, None, 1e-5),
+        (torch.bfloat16, None, 3e-2),
+        (torch.float32, torch.int8, 1e-5),
+        (torch.bfloat16, torch.int8, 3e-2),
+        (torch.float32, torch.float8_e4m3fn, 1e-5),
+    ],
+    ids=["fp32", "bf16", "fp32-int8kv", "bf16-int8kv", "fp32-fp8kv"],
+)
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("use_kernel", [True, False])
-def test_decode_paths(dtype, tolerance, window, use_kernel, monkeypatch):
+def test_decode_paths(dtype, kv_dtype, tolerance, window, use_kernel, monkeypatch):
     if use_kernel and cpu_kernels() is None:
         pytest.skip("CPU kernels unavailable")
     if not use_kernel:
         monkeypatch.setattr(attn, "cpu_kernels", lambda: None)
-    key_cache, value_cache = make_cache(dtype)
+    cache = make_cache(dtype, kv_dtype)
     seq_lens = [1, 7, 13, 22]
     tables = [[3], [9, 4], [10, 11, 12, 40], [20, 21, 22, 23, 24, 25]]
     width = max(map(len, tables))
@@ -68,14 +99,13 @@ def test_decode_paths(dtype, tolerance, window, use_kernel, monkeypatch):
     key = torch.randn(len(seq_lens), NUM_KV_HEADS, HEAD_DIM).to(dtype)
     value = torch.randn(len(seq_lens), NUM_KV_HEADS, HEAD_DIM).to(dtype)
     metadata = AttentionMetadata(slots, decode, [], window)
-    output = attn.paged_attention(
-        query, key, value, key_cache, value_cache, metadata, HEAD_DIM**-0.5
-    )
+    output = attn.paged_attention(query, key, value, cache, metadata, HEAD_DIM**-0.5)
+    keys, values = cache_contents(cache)  # after the write: includes the new tokens
     for row, (blocks, length) in enumerate(zip(tables, seq_lens)):
         expected = reference(
             query[row : row + 1],
-            sequence_kv(key_cache, blocks, length),
-            sequence_kv(value_cache, blocks, length),
+            sequence_kv(keys, blocks, length),
+            sequence_kv(values, blocks, length),
             [length - 1],
             window,
         )
@@ -87,11 +117,12 @@ def test_decode_paths(dtype, tolerance, window, use_kernel, monkeypatch):
 @pytest.mark.parametrize("window", [None, 7])
 @pytest.mark.parametrize("context_len", [0, 9])
 @pytest.mark.parametrize("path", ["matmul", "sdpa"])
-def test_prefill_paths(window, context_len, path, monkeypatch):
+@pytest.mark.parametrize("kv_dtype", [None, torch.int8])
+def test_prefill_paths(window, context_len, path, kv_dtype, monkeypatch):
     if path == "sdpa":  # the CUDA path, checked here on CPU
         monkeypatch.setattr(attn, "_prefill_matmul", attn._prefill_sdpa)
     monkeypatch.setattr(attn, "_QUERY_CHUNK", 4)  # several chunks even for short prompts
-    key_cache, value_cache = make_cache(torch.float32)
+    cache = make_cache(torch.float32, kv_dtype)
     num_query = 11
     blocks = [5, 6, 7, 8, 30]
     end = context_len + num_query
@@ -109,13 +140,16 @@ def test_prefill_paths(window, context_len, path, monkeypatch):
     key = torch.randn(num_query, NUM_KV_HEADS, HEAD_DIM)
     value = torch.randn(num_query, NUM_KV_HEADS, HEAD_DIM)
     metadata = AttentionMetadata(slots, None, [span], window)
-    output = attn.paged_attention(
-        query, key, value, key_cache, value_cache, metadata, HEAD_DIM**-0.5
-    )
+    output = attn.paged_attention(query, key, value, cache, metadata, HEAD_DIM**-0.5)
+    keys, values = cache_contents(cache)
+    if not context_len:  # a fresh prompt attends to its own unquantized K/V
+        keys, values = keys.clone(), values.clone()
+        keys.view(-1, NUM_KV_HEADS, HEAD_DIM)[slots] = key.double()
+        values.view(-1, NUM_KV_HEADS, HEAD_DIM)[slots] = value.double()
     expected = reference(
         query,
-        sequence_kv(key_cache, blocks, end),
-        sequence_kv(value_cache, blocks, end),
+        sequence_kv(keys, blocks, end),
+        sequence_kv(values, blocks, end),
         positions.tolist(),
         window,
     )
@@ -134,3 +168,13 @@ def test_few_row_linear_kernel_matches_float_reference():
         expected = x.double() @ weight.double().T + bias.double()
         got = kernels.few_row_linear(x, weight, bias).double()
         torch.testing.assert_close(got, expected, atol=0.05, rtol=0.01)
+
+
+def test_quantization_round_trip_error_is_bounded():
+    x = torch.randn(50, NUM_KV_HEADS, HEAD_DIM) * 3
+    for dtype, relative in ((torch.int8, 1 / 127), (torch.float8_e4m3fn, 1 / 8)):
+        values, scale = quantize_kv(x, dtype)
+        assert values.dtype == dtype and scale.dtype == torch.float16
+        error = (dequantize_kv(values, scale, torch.float32) - x).abs()
+        bound = x.abs().amax(-1, keepdim=True) * relative
+        assert (error <= bound + 1e-6).all()

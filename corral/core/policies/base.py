@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from corral.registry import Registry
 from corral.request import Request
@@ -14,7 +15,20 @@ class SchedulingPolicy(ABC):
 
     The scheduler owns the token budget and the KV blocks; a policy only decides order. The
     waiting queue lives in the policy so that each can use the structure its order needs.
+    The scheduler binds its clock (bind) so that policies that age requests or track deadlines
+    read the same time as the scheduler, virtual in tests and in the simulator.
     """
+
+    def __init__(self) -> None:
+        self._clock: Callable[[], float] = time.monotonic
+
+    def bind(self, clock: Callable[[], float]) -> None:
+        """Use the scheduler's clock (seconds, the time base of Request.arrival_time)."""
+        self._clock = clock
+
+    def now(self) -> float:
+        """The bound clock's current time in seconds."""
+        return self._clock()
 
     @abstractmethod
     def add_waiting(self, request: Request) -> None:
@@ -56,7 +70,13 @@ class SchedulingPolicy(ABC):
         return []
 
     def on_step(self, num_scheduled_tokens: dict[str, int], requests: dict[str, Request]) -> None:
-        """Bookkeeping after a step was scheduled (service counters, quanta, ...)."""
+        """Bookkeeping after a step was scheduled (service counters, quanta, ...).
+
+        Called before the step runs: a request samples a token this step exactly when
+        request.num_computed_tokens + num_scheduled_tokens[id] == request.num_tokens."""
+
+    def on_request_finished(self, request: Request) -> None:
+        """The request left the scheduler (finished or aborted): drop per-request state."""
 
 
 SCHEDULING_POLICIES: Registry[SchedulingPolicy] = Registry("scheduling policy")

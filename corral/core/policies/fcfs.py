@@ -15,6 +15,7 @@ class FCFSPolicy(SchedulingPolicy):
     request is the preemption victim."""
 
     def __init__(self) -> None:
+        super().__init__()
         # An ordered dict gives O(1) append, pop-front, push-front and removal by id.
         self._waiting: OrderedDict[str, Request] = OrderedDict()
 

@@ -18,6 +18,8 @@ namespace {
 inline float to_float(float x) { return x; }
 inline float to_float(at::BFloat16 x) { return static_cast<float>(x); }
 inline float to_float(at::Half x) { return static_cast<float>(x); }
+inline float to_float(int8_t x) { return static_cast<float>(x); }
+inline float to_float(double x) { return static_cast<float>(x); }
 
 // exp(x) as 2^n * e^r with |r| <= ln2 / 2 and a degree-6 Taylor polynomial (relative error
 // ~1e-7); branch-free so that loops over it vectorize. Arguments below -87 give 0.
@@ -53,8 +55,10 @@ inline std::vector<float>& buffer_keys(int64_t size) {
 // One (request, kv head) of decode attention with an online softmax over the request's blocks.
 // query rows [num_heads, head_dim]; caches [num_blocks, block_size, num_kv_heads, head_dim].
 // kHeadDim > 0 fixes head_dim at compile time (so the inner loops unroll); 0 reads it at run time.
-template <typename T, int64_t kHeadDim>
-void decode_one(T* out, const T* query, const T* key_cache, const T* value_cache,
+// C is the cache's element type: T itself, or int8_t with float16 scales per token and head.
+template <typename T, typename C, int64_t kHeadDim>
+void decode_one(T* out, const T* query, const C* key_cache, const C* value_cache,
+                const at::Half* key_scales, const at::Half* value_scales,
                 const int64_t* blocks, int64_t seq_len, int64_t kv_head, int64_t group,
                 int64_t num_kv_heads, int64_t runtime_head_dim, int64_t block_size, float scale,
                 int64_t window, std::vector<float>& buffer) {
@@ -78,14 +82,16 @@ void decode_one(T* out, const T* query, const T* key_cache, const T* value_cache
     const int64_t base = block * block_size;
     const int64_t first = std::max<int64_t>(start - base, 0);
     const int64_t last = std::min<int64_t>(block_size, seq_len - base);
-    const int64_t offset = (blocks[block] * block_size * num_kv_heads + kv_head) * head_dim;
-    const T* keys = key_cache + offset;
-    const T* values = value_cache + offset;
+    const int64_t scale_offset = blocks[block] * block_size * num_kv_heads + kv_head;
+    const int64_t offset = scale_offset * head_dim;
+    const C* keys = key_cache + offset;
+    const C* values = value_cache + offset;
     for (int64_t t = first; t < last; ++t) {
-      const T* k = keys + t * token_stride;
+      const C* k = keys + t * token_stride;
+      const float k_scale = key_scales ? to_float(key_scales[scale_offset + t * num_kv_heads]) : 1.f;
       float* kf = keys_f.data() + t * head_dim;
 #pragma omp simd
-      for (int64_t i = 0; i < head_dim; ++i) kf[i] = to_float(k[i]);
+      for (int64_t i = 0; i < head_dim; ++i) kf[i] = to_float(k[i]) * k_scale;
     }
     for (int64_t g = 0; g < group; ++g) {
       float* s = scores + g * block_size;
@@ -113,9 +119,11 @@ void decode_one(T* out, const T* query, const T* key_cache, const T* value_cache
       running_max[g] = new_max;
     }
     for (int64_t t = first; t < last; ++t) {
-      const T* v = values + t * token_stride;
+      const C* v = values + t * token_stride;
+      const float v_scale =
+          value_scales ? to_float(value_scales[scale_offset + t * num_kv_heads]) : 1.f;
 #pragma omp simd
-      for (int64_t i = 0; i < head_dim; ++i) value[i] = to_float(v[i]);
+      for (int64_t i = 0; i < head_dim; ++i) value[i] = to_float(v[i]) * v_scale;
       for (int64_t g = 0; g < group; ++g) {
         const float p = scores[g * block_size + t];
         float* a = acc + g * head_dim;
@@ -163,38 +171,62 @@ inline float dot_rows<at::BFloat16>(const at::BFloat16* a, const at::BFloat16* b
 
 }  // namespace
 
+template <typename T, typename C>
+void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Tensor& key_cache,
+                const torch::Tensor& value_cache, const at::Half* key_scales,
+                const at::Half* value_scales, const int64_t* table, const int64_t* lengths,
+                int64_t max_blocks, float scale, int64_t window) {
+  const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
+  const int64_t block_size = key_cache.size(1), num_kv_heads = key_cache.size(2);
+  const int64_t group = num_heads / num_kv_heads;
+  T* out_ptr = out.data_ptr<T>();
+  const T* q_ptr = query.data_ptr<T>();
+  const C* k_ptr = key_cache.data_ptr<C>();
+  const C* v_ptr = value_cache.data_ptr<C>();
+  at::parallel_for(0, num_seqs * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buffer;
+    auto run = head_dim == 64    ? &decode_one<T, C, 64>
+               : head_dim == 128 ? &decode_one<T, C, 128>
+                                 : &decode_one<T, C, 0>;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t seq = item / num_kv_heads, kv_head = item % num_kv_heads;
+      run(out_ptr + seq * num_heads * head_dim, q_ptr + seq * num_heads * head_dim, k_ptr, v_ptr,
+          key_scales, value_scales, table + seq * max_blocks, lengths[seq], kv_head, group,
+          num_kv_heads, head_dim, block_size, scale, window, buffer);
+    }
+  });
+}
+
 // out [num_seqs, num_heads, head_dim] = attention of each sequence's single query over its first
-// seq_lens[i] cached tokens (the query's own K/V must already be written).
+// seq_lens[i] cached tokens (the query's own K/V must already be written). Caches hold the
+// query's dtype, or int8 with float16 scales [num_blocks, block_size, num_kv_heads].
 void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tensor key_cache,
                             torch::Tensor value_cache, torch::Tensor block_table,
-                            torch::Tensor seq_lens, double scale, int64_t window) {
+                            torch::Tensor seq_lens, double scale, int64_t window,
+                            c10::optional<torch::Tensor> key_scale,
+                            c10::optional<torch::Tensor> value_scale) {
   TORCH_CHECK(query.is_contiguous() && out.is_contiguous(), "query/out must be contiguous");
   TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), "caches not contiguous");
   TORCH_CHECK(block_table.scalar_type() == torch::kInt64 && block_table.is_contiguous());
   TORCH_CHECK(seq_lens.scalar_type() == torch::kInt64 && seq_lens.is_contiguous());
-  const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
-  const int64_t block_size = key_cache.size(1), num_kv_heads = key_cache.size(2);
-  const int64_t group = num_heads / num_kv_heads;
-  const int64_t max_blocks = block_table.size(1);
+  const bool quantized = key_cache.scalar_type() == torch::kInt8;
+  TORCH_CHECK(quantized == key_scale.has_value() && quantized == value_scale.has_value(),
+              "int8 caches need scales, other caches none");
+  TORCH_CHECK(quantized || key_cache.scalar_type() == query.scalar_type(), "cache dtype");
+  const at::Half* key_scales = quantized ? key_scale->data_ptr<at::Half>() : nullptr;
+  const at::Half* value_scales = quantized ? value_scale->data_ptr<at::Half>() : nullptr;
   const int64_t* table = block_table.data_ptr<int64_t>();
   const int64_t* lengths = seq_lens.data_ptr<int64_t>();
+  const int64_t max_blocks = block_table.size(1);
+  const float scale_f = static_cast<float>(scale);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "decode", [&] {
-    scalar_t* out_ptr = out.data_ptr<scalar_t>();
-    const scalar_t* q_ptr = query.data_ptr<scalar_t>();
-    const scalar_t* k_ptr = key_cache.data_ptr<scalar_t>();
-    const scalar_t* v_ptr = value_cache.data_ptr<scalar_t>();
-    at::parallel_for(0, num_seqs * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> buffer;
-      auto run = head_dim == 64    ? &decode_one<scalar_t, 64>
-                 : head_dim == 128 ? &decode_one<scalar_t, 128>
-                                   : &decode_one<scalar_t, 0>;
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t seq = item / num_kv_heads, kv_head = item % num_kv_heads;
-        run(out_ptr + seq * num_heads * head_dim, q_ptr + seq * num_heads * head_dim, k_ptr, v_ptr,
-                             table + seq * max_blocks, lengths[seq], kv_head, group, num_kv_heads,
-                             head_dim, block_size, static_cast<float>(scale), window, buffer);
-      }
-    });
+    if (quantized) {
+      decode_all<scalar_t, int8_t>(out, query, key_cache, value_cache, key_scales, value_scales,
+                                   table, lengths, max_blocks, scale_f, window);
+    } else {
+      decode_all<scalar_t, scalar_t>(out, query, key_cache, value_cache, nullptr, nullptr,
+                                     table, lengths, max_blocks, scale_f, window);
+    }
   });
 }
 

@@ -5,6 +5,7 @@ contiguous run of rows. Metadata is built once per step and shared by every laye
 
 CPU: decodes use the C++ kernel that reads the paged cache in place (corral.model.kernels), and
 prefill chunks use chunked matmul attention. CUDA (or no kernels): gathered blocks + SDPA.
+Quantized caches (int8, fp8) are dequantized as they are read.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from corral.model.kernels import cpu_kernels
+from corral.model.layers.kv_quant import dequantize_kv, quantize_kv, raw_view
 
 # Prefill queries are processed this many at a time on CPU, bounding the float32 score matrix.
 _QUERY_CHUNK = 128
@@ -43,6 +45,21 @@ class DecodeBatch:
 
 
 @dataclass(slots=True)
+class LayerKVCache:
+    """One layer's paged cache: [num_blocks, block_size, num_kv_heads, head_dim] each, plus
+    float16 scales [num_blocks, block_size, num_kv_heads] when the values are quantized."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    key_scale: torch.Tensor | None = None
+    value_scale: torch.Tensor | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.key_scale is not None
+
+
+@dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # int64 [num_tokens]: where each token's K and V are written
     decode: DecodeBatch | None
@@ -51,37 +68,43 @@ class AttentionMetadata:
 
 
 def write_kv(
-    key: torch.Tensor,
-    value: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
+    key: torch.Tensor, value: torch.Tensor, cache: LayerKVCache, slot_mapping: torch.Tensor
 ) -> None:
     """Store each token's K and V ([num_tokens, num_kv_heads, head_dim]) at its slot."""
     num_kv_heads, head_dim = key.shape[1], key.shape[2]
-    key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
-    value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
+    for new, values, scales in (
+        (key, cache.key, cache.key_scale),
+        (value, cache.value, cache.value_scale),
+    ):
+        if scales is None:
+            values.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, new)
+        else:
+            quantized, scale = quantize_kv(new, values.dtype)
+            raw_view(values).view(-1, num_kv_heads, head_dim).index_copy_(
+                0, slot_mapping, raw_view(quantized)
+            )
+            scales.view(-1, num_kv_heads).index_copy_(0, slot_mapping, scale)
 
 
 def paged_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
+    cache: LayerKVCache,
     metadata: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:
     """Causal attention of every query token over its request's cached and new keys.
 
-    query [num_tokens, num_heads, head_dim]; key/value [num_tokens, num_kv_heads, head_dim];
-    caches [num_blocks, block_size, num_kv_heads, head_dim]. Returns [num_tokens, num_heads,
-    head_dim]. The new K and V are written to the cache first.
+    query [num_tokens, num_heads, head_dim]; key/value [num_tokens, num_kv_heads, head_dim].
+    Returns [num_tokens, num_heads, head_dim]. The new K and V are written to the cache first.
     """
-    write_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
+    write_kv(key, value, cache, metadata.slot_mapping)
     output = torch.empty_like(query)
     on_cpu = query.device.type == "cpu"
     kernels = cpu_kernels() if on_cpu else None
+    if kernels is not None and cache.key.dtype not in (query.dtype, torch.int8):
+        kernels = None  # fp8 values: the gathered path dequantizes them
     decode = metadata.decode
     if decode is not None:
         rows = decode.num_decodes
@@ -89,54 +112,63 @@ def paged_attention(
             kernels.paged_decode_attention(
                 output[:rows],
                 query[:rows],
-                key_cache,
-                value_cache,
+                cache.key,
+                cache.value,
                 decode.block_table,
                 decode.seq_lens,
                 scale,
                 metadata.sliding_window or 0,
+                cache.key_scale,
+                cache.value_scale,
             )
         else:
-            output[:rows] = _decode_gathered(query[:rows], key_cache, value_cache, decode, scale)
+            output[:rows] = _decode_gathered(query[:rows], cache, decode, scale)
     for span in metadata.prefills:
         start, end = span.row_start, span.row_end
-        if span.mask is None:
+        if span.context_len == 0:  # a fresh prompt: its own K/V, as computed (not quantized)
             keys, values = key[start:end], value[start:end]
         else:
-            keys, values = _gather_context(key_cache, value_cache, span)
+            keys, values = _gather_context(cache, span, query.dtype)
         attend = _prefill_matmul if on_cpu else _prefill_sdpa
         output[start:end] = attend(query[start:end], keys, values, span, scale)
     return output
 
 
+def _gather_blocks(
+    values: torch.Tensor, scales: torch.Tensor | None, block_ids: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """The blocks' slots in order, [len(block_ids) * block_size, num_kv_heads, head_dim]."""
+    num_kv_heads, head_dim = values.shape[2], values.shape[3]
+    gathered = raw_view(values).index_select(0, block_ids).view(values.dtype)
+    gathered = gathered.view(-1, num_kv_heads, head_dim)
+    if scales is None:
+        return gathered
+    return dequantize_kv(gathered, scales.index_select(0, block_ids).view(-1, num_kv_heads), dtype)
+
+
 def _gather_context(
-    key_cache: torch.Tensor, value_cache: torch.Tensor, span: PrefillSpan
+    cache: LayerKVCache, span: PrefillSpan, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of positions [0, context_len + num_query), [kv_len, num_kv_heads, dim]."""
-    num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
     kv_len = span.context_len + span.row_end - span.row_start
-    keys = key_cache.index_select(0, span.block_ids).view(-1, num_kv_heads, head_dim)
-    values = value_cache.index_select(0, span.block_ids).view(-1, num_kv_heads, head_dim)
+    keys = _gather_blocks(cache.key, cache.key_scale, span.block_ids, dtype)
+    values = _gather_blocks(cache.value, cache.value_scale, span.block_ids, dtype)
     return keys[:kv_len], values[:kv_len]
 
 
 def _decode_gathered(
-    query: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    decode: DecodeBatch,
-    scale: float,
+    query: torch.Tensor, cache: LayerKVCache, decode: DecodeBatch, scale: float
 ) -> torch.Tensor:
     rows = decode.num_decodes
-    num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
+    num_kv_heads, head_dim = cache.key.shape[2], cache.key.shape[3]
     num_slots = decode.mask.shape[-1]
     flat_table = decode.block_table.view(-1)
-    keys = key_cache.index_select(0, flat_table).view(rows, num_slots, num_kv_heads, head_dim)
-    values = value_cache.index_select(0, flat_table).view(rows, num_slots, num_kv_heads, head_dim)
+    keys = _gather_blocks(cache.key, cache.key_scale, flat_table, query.dtype)
+    values = _gather_blocks(cache.value, cache.value_scale, flat_table, query.dtype)
     attended = F.scaled_dot_product_attention(
         query.unsqueeze(2),
-        keys.transpose(1, 2),
-        values.transpose(1, 2),
+        keys.view(rows, num_slots, num_kv_heads, head_dim).transpose(1, 2),
+        values.view(rows, num_slots, num_kv_heads, head_dim).transpose(1, 2),
         attn_mask=decode.mask,
         scale=scale,
         enable_gqa=True,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from corral.model.arch import ModelArch
-from corral.model.layers.attention import AttentionMetadata, paged_attention
+from corral.model.layers.attention import AttentionMetadata, LayerKVCache, paged_attention
 from corral.model.layers.linear import linear, rms_norm
 from corral.model.layers.rotary import RotaryEmbedding
 
@@ -138,7 +138,7 @@ class LlamaFamilyModel:
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        kv_caches: list[LayerKVCache],
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
         """Hidden states after the final norm, [num_tokens, hidden_size]."""
@@ -146,7 +146,7 @@ class LlamaFamilyModel:
         num_tokens = input_ids.shape[0]
         q_size, kv_size, eps = arch.q_size, arch.kv_size, arch.rms_norm_eps
         hidden = self.embed_tokens[input_ids]
-        for layer, (key_cache, value_cache) in zip(self.layers, kv_caches, strict=True):
+        for layer, layer_cache in zip(self.layers, kv_caches, strict=True):
             normed = rms_norm(hidden, layer.input_norm, eps)
             qkv = linear(normed, layer.qkv, layer.qkv_bias)
             query, key, value = qkv.split([q_size, kv_size, kv_size], dim=-1)
@@ -157,9 +157,7 @@ class LlamaFamilyModel:
                 key.view(num_tokens, arch.num_kv_heads, arch.head_dim), positions
             )
             value = value.view(num_tokens, arch.num_kv_heads, arch.head_dim)
-            attended = paged_attention(
-                query, key, value, key_cache, value_cache, metadata, self.scale
-            )
+            attended = paged_attention(query, key, value, layer_cache, metadata, self.scale)
             hidden = hidden + linear(attended.view(num_tokens, q_size), layer.o, layer.o_bias)
             normed = rms_norm(hidden, layer.post_norm, eps)
             gate, up = linear(normed, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)

@@ -1,0 +1,37 @@
+"""Preemption modes, registered by name: what happens to a victim's KV when blocks run out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from corral.core.kv_cache import KVCacheManager
+from corral.registry import Registry
+from corral.request import Request
+
+
+class PreemptionMode(ABC):
+    @abstractmethod
+    def preempt(self, kv: KVCacheManager, request: Request) -> None:
+        """Take the request's blocks away; afterwards it holds none on the device."""
+
+
+PREEMPTION_MODES: Registry[PreemptionMode] = Registry("preemption mode")
+
+
+@PREEMPTION_MODES.register("recompute")
+class RecomputePreemption(PreemptionMode):
+    """Drop the KV and recompute it on resumption (its prefix may still hit the cache)."""
+
+    def preempt(self, kv: KVCacheManager, request: Request) -> None:
+        kv.free(request)
+        request.num_computed_tokens = 0
+
+
+@PREEMPTION_MODES.register("swap")
+class SwapPreemption(PreemptionMode):
+    """Copy the KV to the host tier and back on resumption (vLLM v0 swapping); falls back to
+    recompute when there is no host tier or no room in it."""
+
+    def preempt(self, kv: KVCacheManager, request: Request) -> None:
+        if not kv.swap_out(request):
+            RecomputePreemption().preempt(kv, request)

@@ -1,0 +1,213 @@
+"""Scheduling accounting shared by every policy: queue waits, starvation and SLO attainment.
+
+The scheduler reports each request's arrival, (re)admission, preemption, first token and end;
+the tracker keeps O(1) state per live request and counters per SLO class (Request.priority), and
+snapshot() returns a frozen SLOStats that the server's metrics can export (as_metrics).
+
+Times are on the scheduler's clock (virtual in tests and the simulator). A request meets its SLO
+when it finishes (not aborted) within every bound that applies: its class's ttft_s and e2e_s,
+and its own deadline_s (seconds after arrival, overriding the class's e2e_s).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from corral.request import Request
+
+# Distinct class labels kept before the rest fold into "other" (priority is user input).
+MAX_NUM_CLASSES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class SLOTarget:
+    """Latency bounds of one SLO class, in seconds; None leaves a bound unset."""
+
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ttft_s", "e2e_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"SLO target {name} must be > 0 s, got {value}")
+
+
+@dataclass(slots=True)
+class ClassStats:
+    """Counters of one SLO class. attained/num_with_slo is the class's attainment."""
+
+    num_finished: int = 0
+    num_aborted: int = 0
+    num_with_slo: int = 0
+    num_attained: int = 0
+    num_preemptions: int = 0
+    sum_queue_wait_s: float = 0.0
+    max_queue_wait_s: float = 0.0
+    sum_ttft_s: float = 0.0
+    sum_e2e_s: float = 0.0
+    max_e2e_s: float = 0.0
+
+    @property
+    def attainment(self) -> float | None:
+        return self.num_attained / self.num_with_slo if self.num_with_slo else None
+
+
+@dataclass(frozen=True, slots=True)
+class SLOStats:
+    """A snapshot: the longest wait seen, the longest current wait, and per-class counters."""
+
+    max_queue_wait_s: float
+    oldest_waiting_s: float
+    num_waiting: int
+    classes: Mapping[str, ClassStats] = field(default_factory=dict)
+
+    def as_metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """(name, labels, value) triples, ready for a Prometheus gauge per name."""
+        metrics: list[tuple[str, dict[str, str], float]] = [
+            ("scheduler_max_queue_wait_seconds", {}, self.max_queue_wait_s),
+            ("scheduler_oldest_waiting_seconds", {}, self.oldest_waiting_s),
+        ]
+        for name, stats in sorted(self.classes.items()):
+            labels = {"slo_class": name}
+            metrics += [
+                ("slo_requests_finished", labels, float(stats.num_finished)),
+                ("slo_requests_aborted", labels, float(stats.num_aborted)),
+                ("slo_requests_with_target", labels, float(stats.num_with_slo)),
+                ("slo_requests_attained", labels, float(stats.num_attained)),
+                ("slo_preemptions", labels, float(stats.num_preemptions)),
+                ("slo_max_queue_wait_seconds", labels, stats.max_queue_wait_s),
+                ("slo_max_e2e_seconds", labels, stats.max_e2e_s),
+            ]
+            if stats.attainment is not None:
+                metrics.append(("slo_attainment_ratio", labels, stats.attainment))
+        return metrics
+
+
+class _Live:
+    """Per-request state: since when it waits (None: running), its first token's time."""
+
+    __slots__ = ("queued_at", "first_token_at")
+
+    def __init__(self, queued_at: float) -> None:
+        self.queued_at: float | None = queued_at
+        self.first_token_at: float | None = None
+
+
+class SLOTracker:
+    """Counts waits, preemptions and SLO attainment per class. O(1) per event, O(log n) for the
+    oldest-waiting heap (lazy deletion)."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        targets: Mapping[int, SLOTarget] | None = None,
+        default_target: SLOTarget | None = None,
+    ) -> None:
+        self.clock = clock
+        self.targets = dict(targets or {})
+        self.default_target = default_target or SLOTarget()
+        self.classes: dict[str, ClassStats] = {}
+        self.max_queue_wait_s = 0.0
+        self._live: dict[str, _Live] = {}
+        # (queued_at, request_id); live iff _live[id].queued_at == queued_at
+        self._queued: list[tuple[float, str]] = []
+
+    def class_of(self, request: Request) -> ClassStats:
+        name = str(request.priority)
+        stats = self.classes.get(name)
+        if stats is None:
+            if len(self.classes) >= MAX_NUM_CLASSES:
+                name = "other"
+            stats = self.classes.setdefault(name, ClassStats())
+        return stats
+
+    # ----- events (called by the scheduler) ------------------------------------------------
+
+    def on_arrival(self, request: Request) -> None:
+        self._enqueue(request.request_id, request.arrival_time)
+
+    def on_preempted(self, request: Request) -> None:
+        self.class_of(request).num_preemptions += 1
+        self._enqueue(request.request_id, self.clock())
+
+    def on_admitted(self, request: Request) -> None:
+        live = self._live.get(request.request_id)
+        if live is None or live.queued_at is None:
+            return
+        wait_s = max(self.clock() - live.queued_at, 0.0)
+        live.queued_at = None
+        stats = self.class_of(request)
+        stats.sum_queue_wait_s += wait_s
+        stats.max_queue_wait_s = max(stats.max_queue_wait_s, wait_s)
+        self.max_queue_wait_s = max(self.max_queue_wait_s, wait_s)
+
+    def on_token(self, request: Request) -> None:
+        live = self._live.get(request.request_id)
+        if live is not None and live.first_token_at is None:
+            live.first_token_at = self.clock()
+
+    def on_finished(self, request: Request, aborted: bool) -> None:
+        live = self._live.pop(request.request_id, None)
+        if live is None:
+            return
+        stats = self.class_of(request)
+        if aborted:
+            stats.num_aborted += 1
+            return
+        now = self.clock()
+        e2e_s = now - request.arrival_time
+        ttft_s = (live.first_token_at if live.first_token_at is not None else now) - (
+            request.arrival_time
+        )
+        stats.num_finished += 1
+        stats.sum_e2e_s += e2e_s
+        stats.sum_ttft_s += ttft_s
+        stats.max_e2e_s = max(stats.max_e2e_s, e2e_s)
+        target = self.targets.get(request.priority, self.default_target)
+        e2e_bound = request.deadline_s if request.deadline_s is not None else target.e2e_s
+        if e2e_bound is None and target.ttft_s is None:
+            return
+        stats.num_with_slo += 1
+        met_e2e = e2e_bound is None or e2e_s <= e2e_bound
+        met_ttft = target.ttft_s is None or ttft_s <= target.ttft_s
+        stats.num_attained += int(met_e2e and met_ttft)
+
+    # ----- reading -------------------------------------------------------------------------
+
+    def oldest_waiting_s(self) -> float:
+        """How long the longest-waiting queued request has waited (0 when none waits)."""
+        heap = self._queued
+        while heap:
+            queued_at, request_id = heap[0]
+            live = self._live.get(request_id)
+            if live is not None and live.queued_at == queued_at:
+                return max(self.clock() - queued_at, 0.0)
+            heapq.heappop(heap)
+        return 0.0
+
+    def snapshot(self) -> SLOStats:
+        num_waiting = sum(1 for live in self._live.values() if live.queued_at is not None)
+        classes = {name: ClassStats(**_fields(stats)) for name, stats in self.classes.items()}
+        return SLOStats(self.max_queue_wait_s, self.oldest_waiting_s(), num_waiting, classes)
+
+    def _enqueue(self, request_id: str, queued_at: float) -> None:
+        live = self._live.get(request_id)
+        if live is None:
+            self._live[request_id] = _Live(queued_at)
+        else:
+            live.queued_at = queued_at
+        heapq.heappush(self._queued, (queued_at, request_id))
+        if len(self._queued) > 2 * len(self._live) + 64:
+            self._queued = [
+                (live.queued_at, rid)
+                for rid, live in self._live.items()
+                if live.queued_at is not None
+            ]
+            heapq.heapify(self._queued)
+
+
+def _fields(stats: ClassStats) -> dict[str, float | int]:
+    return {name: getattr(stats, name) for name in ClassStats.__dataclass_fields__}

@@ -1,0 +1,165 @@
+"""KVStorage: the KV cache tensors of one executor, and the copies between tiers.
+
+Device layout: values [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim] (2 = key,
+value), plus float16 scales [num_layers, 2, num_blocks, block_size, num_kv_heads] when the values
+are quantized; a block's data across all layers moves with one indexed copy. The host tier holds
+the same per-block data in slots [num_host_slots, num_layers, 2, block_size, ...].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from corral.core.kv_transfer import KVTransferPlan, PromotionResult
+from corral.model.kv_disk import DiskKVStore
+from corral.model.layers.attention import LayerKVCache
+from corral.model.layers.kv_quant import is_quantized, raw_view
+
+KV_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
+
+
+@dataclass(frozen=True, slots=True)
+class KVSpec:
+    num_layers: int
+    block_size: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype  # stored values
+    compute_dtype: torch.dtype  # the model's dtype
+
+    @property
+    def quantized(self) -> bool:
+        return is_quantized(self.dtype)
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        return (self.num_layers, 2, self.block_size, self.num_kv_heads, self.head_dim)
+
+    def bytes_per_block(self) -> int:
+        elements = self.num_layers * 2 * self.block_size * self.num_kv_heads
+        value_bytes = elements * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+        return value_bytes + (elements * 2 if self.quantized else 0)
+
+
+def kv_storage_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
+    if name == "auto":
+        return model_dtype
+    if name not in KV_DTYPES:
+        raise ValueError(f"kv_cache_dtype {name!r} is not one of auto, int8, fp8")
+    return KV_DTYPES[name]
+
+
+class KVStorage:
+    def __init__(
+        self,
+        spec: KVSpec,
+        num_blocks: int,
+        device: torch.device,
+        num_host_slots: int = 0,
+        disk: DiskKVStore | None = None,
+    ) -> None:
+        self.spec = spec
+        self.device = device
+        layers, bs, heads, dim = spec.num_layers, spec.block_size, spec.num_kv_heads, spec.head_dim
+        # Zeroed, not empty: padded decode slots are masked, but 0 * NaN would still poison them.
+        self.values = torch.zeros(
+            (layers, 2, num_blocks, bs, heads, dim), dtype=spec.dtype, device=device
+        )
+        self.scales = (
+            torch.zeros((layers, 2, num_blocks, bs, heads), dtype=torch.float16, device=device)
+            if spec.quantized
+            else None
+        )
+        self.layer_caches = [
+            LayerKVCache(
+                self.values[layer, 0],
+                self.values[layer, 1],
+                None if self.scales is None else self.scales[layer, 0],
+                None if self.scales is None else self.scales[layer, 1],
+            )
+            for layer in range(layers)
+        ]
+        pin = device.type == "cuda"
+        self.host_values = (
+            torch.zeros((num_host_slots, *spec.block_shape), dtype=spec.dtype, pin_memory=pin)
+            if num_host_slots
+            else None
+        )
+        self.host_scales = (
+            torch.zeros((num_host_slots, layers, 2, bs, heads), dtype=torch.float16, pin_memory=pin)
+            if num_host_slots and spec.quantized
+            else None
+        )
+        self.disk = disk
+
+    # ----- the plan ------------------------------------------------------------------------
+
+    def apply(self, plan: KVTransferPlan | None) -> None:
+        """Run one step's copies in the order the plan's contract gives."""
+        if not plan:
+            return
+        if self.disk is not None:
+            for slot, block_hash in plan.disk_writes:
+                self.disk.write(block_hash, self._slot_bytes(slot))
+        if plan.saves:
+            blocks, slots = zip(*plan.saves)
+            self._device_to_host(list(blocks), list(slots))
+        if plan.loads:
+            slots, blocks = zip(*plan.loads)
+            self._host_to_device(list(slots), list(blocks))
+        if self.disk is not None:
+            for block_hash, slot in plan.promotions:
+                self.disk.read(block_hash, slot, self._store_slot_bytes)
+            for block_hash in plan.disk_deletes:
+                self.disk.delete(block_hash)
+
+    def finished_promotions(self) -> list[PromotionResult]:
+        return self.disk.poll() if self.disk is not None else []
+
+    # ----- copies ----------------------------------------------------------------------------
+
+    def _device_to_host(self, blocks: list[int], slots: list[int]) -> None:
+        index = torch.tensor(blocks, device=self.device)
+        host_index = torch.tensor(slots)
+        gathered = raw_view(self.values).index_select(2, index).movedim(2, 0).cpu()
+        raw_view(self.host_values).index_copy_(0, host_index, gathered)
+        if self.scales is not None:
+            scales = self.scales.index_select(2, index).movedim(2, 0).cpu()
+            self.host_scales.index_copy_(0, host_index, scales)
+
+    def _host_to_device(self, slots: list[int], blocks: list[int]) -> None:
+        index = torch.tensor(blocks, device=self.device)
+        host_index = torch.tensor(slots)
+        data = raw_view(self.host_values).index_select(0, host_index).movedim(0, 2)
+        raw_view(self.values).index_copy_(2, index, data.to(self.device))
+        if self.scales is not None:
+            scales = self.host_scales.index_select(0, host_index).movedim(0, 2).to(self.device)
+            self.scales.index_copy_(2, index, scales)
+
+    def payload_nbytes(self) -> int:
+        return self.spec.bytes_per_block()
+
+    def _slot_bytes(self, slot: int) -> bytes:
+        parts = [self.host_values[slot].contiguous().view(torch.uint8).numpy().tobytes()]
+        if self.host_scales is not None:
+            parts.append(self.host_scales[slot].contiguous().view(torch.uint8).numpy().tobytes())
+        return b"".join(parts)
+
+    def _store_slot_bytes(self, slot: int, payload: bytes) -> None:
+        raw = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        values = self.host_values[slot]
+        value_bytes = values.numel() * values.element_size()
+        values.view(-1).view(torch.uint8).copy_(raw[:value_bytes])
+        if self.host_scales is not None:
+            self.host_scales[slot].view(-1).view(torch.uint8).copy_(raw[value_bytes:])
+
+    def flush(self) -> None:
+        if self.disk is not None:
+            self.disk.flush()
+
+
+def disk_store_for(root: str | Path, config_hash: str, spec: KVSpec) -> DiskKVStore:
+    return DiskKVStore(Path(root), config_hash, spec.bytes_per_block())
