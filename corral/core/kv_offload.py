@@ -19,6 +19,7 @@ class KVOffloader:
             self.plan.disk_deletes.extend(disk.evicted_on_start)
         pool.evict_listener = self.on_device_evict
         self.num_saves = self.num_loads = self.num_disk_writes = self.num_promotions = 0
+        self.num_swap_outs = self.num_failed_promotions = 0
 
     def take_plan(self) -> KVTransferPlan:
         """This step's transfers; a new step starts (slots used by it may be reused after)."""
@@ -71,6 +72,8 @@ class KVOffloader:
         host_hits: list[BlockHash] = []
         for index, block_hash in enumerate(hashes):
             if self.host.lookup(block_hash) is not None:
+                # Pinned for this step, so that promotions below cannot evict it.
+                self.host.touch(block_hash)
                 host_hits.append(block_hash)
                 continue
             if self.host.is_pending(block_hash):
@@ -81,7 +84,9 @@ class KVOffloader:
         return host_hits, False
 
     def _promote(self, hashes: list[BlockHash]) -> bool:
-        """Start disk -> host reads for the leading run of these hashes found on disk."""
+        """Start disk -> host reads for the leading run of these hashes found on disk. False when
+        none could start (no host slot free of this step's work): then nothing is worth waiting
+        for, and the rest of the prefix is recomputed."""
         started = False
         for block_hash in hashes:
             if self.disk is None or block_hash not in self.disk:
@@ -103,6 +108,7 @@ class KVOffloader:
             self.host.finish_pending(result.block_hash, result.ok)
             if not result.ok and self.disk is not None:
                 self.disk.discard(result.block_hash)  # missing or corrupt: never served
+                self.num_failed_promotions += 1
 
     def load_host_hits(self, hashes: list[BlockHash], blocks: list[KVBlock]) -> None:
         """Copy host-tier hits into freshly allocated device blocks (same order)."""
@@ -130,6 +136,7 @@ class KVOffloader:
             self.plan.saves.append((block.block_id, slot))
             slots.append(slot)
         self.host.hold_swapped(request_id, slots)
+        self.num_swap_outs += 1
         return True
 
     def swap_in(self, request_id: str, blocks: list[KVBlock]) -> None:

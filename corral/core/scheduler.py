@@ -48,6 +48,20 @@ class SchedulerStats:
     num_preemptions: int
     prefix_query_tokens: int
     prefix_hit_tokens: int
+    prefix_cache_evictions: int = 0
+    # Lower KV tiers (zero without them): blocks loaded back from host, read from disk,
+    # spilled to host and to disk, requests swapped out.
+    kv_host_loads: int = 0
+    kv_disk_reads: int = 0
+    kv_host_saves: int = 0
+    kv_disk_writes: int = 0
+    kv_swap_outs: int = 0
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return (
+            self.prefix_hit_tokens / self.prefix_query_tokens if self.prefix_query_tokens else 0.0
+        )
 
 
 class Scheduler:
@@ -126,6 +140,16 @@ class Scheduler:
         return self.policy.num_waiting()
 
     def stats(self) -> SchedulerStats:
+        offloader = self.kv.offloader
+        tiers = {}
+        if offloader is not None:
+            tiers = dict(
+                kv_host_loads=offloader.num_loads,
+                kv_disk_reads=offloader.num_promotions,
+                kv_host_saves=offloader.num_saves,
+                kv_disk_writes=offloader.num_disk_writes,
+                kv_swap_outs=offloader.num_swap_outs,
+            )
         return SchedulerStats(
             num_running=len(self.running),
             num_waiting=self.policy.num_waiting(),
@@ -133,6 +157,8 @@ class Scheduler:
             num_preemptions=self.num_preemptions,
             prefix_query_tokens=self.kv.num_query_tokens,
             prefix_hit_tokens=self.kv.num_hit_tokens,
+            prefix_cache_evictions=self.kv.pool.num_evictions,
+            **tiers,
         )
 
     def slo_stats(self) -> SLOStats:
@@ -180,7 +206,10 @@ class Scheduler:
             budget -= num_new
 
         gate: AdmissionGate | None = None
-        while not preempted and budget > 0:
+        # No admission in a step whose running requests ran out of blocks; a preemption the
+        # policy asks for (victims_for) frees room for the candidate in this very step.
+        can_admit = not preempted
+        while can_admit and budget > 0:
             request = self.policy.peek_waiting()
             if request is None:
                 break
