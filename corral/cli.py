@@ -1,5 +1,6 @@
 """corral's command line: `corral <command> ...`. Each command lives in its own module, which
-provides add_arguments(parser) and run(args) -> int."""
+provides add_arguments(parser) and run(args) -> int; only the invoked command's module is
+imported."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import importlib
 import logging
 import sys
 
-# command -> (module, one-line help). A module missing from this checkout is skipped.
+# command -> (module, one-line help)
 COMMANDS = {
     "serve": ("corral.serve.cli", "start the OpenAI-compatible server"),
     "generate": ("corral.engine.generate_cli", "generate text offline for prompts"),
@@ -18,25 +19,27 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with a command, that command's own arguments are added (its module loaded)."""
     parser = argparse.ArgumentParser(prog="corral", description="corral: LLM inference serving")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name and module_name.startswith(error.name):
-                continue
-            raise
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sub)
-        sub.set_defaults(handler=module.run)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(handler=module.run)
     return parser
 
 
+def _command_in(argv: list[str]) -> str | None:
+    return next((arg for arg in argv if arg in COMMANDS), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_in(argv)).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

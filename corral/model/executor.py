@@ -212,7 +212,7 @@ class ModelExecutor:
 
 def kv_config_hash(model_dir: str | Path, spec: KVSpec) -> str:
     """Identifies the model and KV layout: disk-tier blocks are only reused under the same one."""
-    digest = hashlib.sha256(b"corral-kv-v1")
+    digest = hashlib.sha256(b"corral-kv-v2")  # v2: keys transposed within blocks
     digest.update((Path(model_dir) / "config.json").read_bytes())
     for path in safetensors_files(model_dir):
         digest.update(f"{path.name}:{path.stat().st_size}".encode())

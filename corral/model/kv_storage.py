@@ -1,9 +1,10 @@
 """KVStorage: the KV cache tensors of one executor, and the copies between tiers.
 
-Device layout: values [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim] (2 = key,
-value), plus float16 scales [num_layers, 2, num_blocks, block_size, num_kv_heads] when the values
-are quantized; a block's data across all layers moves with one indexed copy. The host tier holds
-the same per-block data in slots [num_host_slots, num_layers, 2, block_size, ...].
+Device layout: values [num_layers, 2 (key, value), num_blocks, block_elements], each block viewed
+per layer as keys [num_kv_heads, head_dim, block_size] and values [block_size, num_kv_heads,
+head_dim] (see LayerKVCache); float16 scales [num_layers, 2, num_blocks, block_size, num_kv_heads]
+when the values are quantized. A block's data across all layers moves with one indexed copy. The
+host tier holds the same per-block data in slots [num_host_slots, num_layers, 2, ...].
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ class KVSpec:
         return is_quantized(self.dtype)
 
     @property
+    def block_elements(self) -> int:
+        return self.block_size * self.num_kv_heads * self.head_dim
+
+    @property
     def block_shape(self) -> tuple[int, ...]:
-        return (self.num_layers, 2, self.block_size, self.num_kv_heads, self.head_dim)
+        return (self.num_layers, 2, self.block_elements)
 
     def bytes_per_block(self) -> int:
         elements = self.num_layers * 2 * self.block_size * self.num_kv_heads
@@ -66,7 +71,7 @@ class KVStorage:
         layers, bs, heads, dim = spec.num_layers, spec.block_size, spec.num_kv_heads, spec.head_dim
         # Zeroed, not empty: padded decode slots are masked, but 0 * NaN would still poison them.
         self.values = torch.zeros(
-            (layers, 2, num_blocks, bs, heads, dim), dtype=spec.dtype, device=device
+            (layers, 2, num_blocks, spec.block_elements), dtype=spec.dtype, device=device
         )
         self.scales = (
             torch.zeros((layers, 2, num_blocks, bs, heads), dtype=torch.float16, device=device)
@@ -75,8 +80,8 @@ class KVStorage:
         )
         self.layer_caches = [
             LayerKVCache(
-                self.values[layer, 0],
-                self.values[layer, 1],
+                self.values[layer, 0].view(num_blocks, heads, dim, bs),
+                self.values[layer, 1].view(num_blocks, bs, heads, dim),
                 None if self.scales is None else self.scales[layer, 0],
                 None if self.scales is None else self.scales[layer, 1],
             )

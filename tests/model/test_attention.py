@@ -33,25 +33,32 @@ def reference(query, keys, values, positions, window):
 
 
 def make_cache(dtype, kv_dtype=None) -> LayerKVCache:
-    """Random caches; kv_dtype int8/fp8 stores them quantized with per-token-head scales."""
+    """Random caches in the engine's layout (keys transposed within blocks); kv_dtype int8/fp8
+    stores them quantized with per-token-head scales."""
     generator = torch.Generator().manual_seed(0)
     shape = (NUM_BLOCKS, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
     key = torch.randn(shape, generator=generator).to(dtype)
     value = torch.randn(shape, generator=generator).to(dtype)
-    if kv_dtype is None:
-        return LayerKVCache(key, value)
-    (qk, sk), (qv, sv) = (
-        quantize_kv(t.view(-1, NUM_KV_HEADS, HEAD_DIM), kv_dtype) for t in (key, value)
-    )
-    return LayerKVCache(qk.view(shape), qv.view(shape), sk.view(shape[:-1]), sv.view(shape[:-1]))
+    key_scale = value_scale = None
+    if kv_dtype is not None:
+        (key, key_scale), (value, value_scale) = (
+            quantize_kv(t.view(-1, NUM_KV_HEADS, HEAD_DIM), kv_dtype) for t in (key, value)
+        )
+        key, value = key.view(shape), value.view(shape)
+        key_scale, value_scale = key_scale.view(shape[:-1]), value_scale.view(shape[:-1])
+    key_t = key.view(torch.uint8) if kv_dtype == torch.float8_e4m3fn else key
+    key_t = key_t.permute(0, 2, 3, 1).contiguous().view(key.dtype)
+    return LayerKVCache(key_t, value, key_scale, value_scale)
 
 
 def cache_contents(cache: LayerKVCache, dtype=torch.float64):
-    """The (dequantized) keys and values as the attention should see them."""
+    """Keys and values [num_blocks, block_size, heads, dim], dequantized, in token order."""
+    key = cache.key.view(torch.uint8) if cache.key.dtype == torch.float8_e4m3fn else cache.key
+    key = key.permute(0, 3, 1, 2).contiguous().view(cache.key.dtype)
     if not cache.quantized:
-        return cache.key.to(dtype), cache.value.to(dtype)
+        return key.to(dtype), cache.value.to(dtype)
     return (
-        dequantize_kv(cache.key, cache.key_scale, torch.float32).to(dtype),
+        dequantize_kv(key, cache.key_scale, torch.float32).to(dtype),
         dequantize_kv(cache.value, cache.value_scale, torch.float32).to(dtype),
     )
 

@@ -38,66 +38,66 @@ inline float fast_exp(float x) {
 }
 
 template <typename T>
-inline float dot_float(const float* a, const T* b, int64_t n) {
+inline float dot_rows(const T* a, const T* b, int64_t n) {
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * to_float(b[i]);
+  for (int64_t i = 0; i < n; ++i) sum += to_float(a[i]) * to_float(b[i]);
   return sum;
 }
 
-// Per-thread scratch for a block of keys converted to float.
-inline std::vector<float>& buffer_keys(int64_t size) {
-  thread_local std::vector<float> keys;
-  if (static_cast<int64_t>(keys.size()) < size) keys.resize(size);
-  return keys;
-}
-
 // One (request, kv head) of decode attention with an online softmax over the request's blocks.
-// query rows [num_heads, head_dim]; caches [num_blocks, block_size, num_kv_heads, head_dim].
-// kHeadDim > 0 fixes head_dim at compile time (so the inner loops unroll); 0 reads it at run time.
-// C is the cache's element type: T itself, or int8_t with float16 scales per token and head.
-template <typename T, typename C, int64_t kHeadDim>
+// query rows [num_heads, head_dim]; keys stored transposed per block [num_blocks, num_kv_heads,
+// head_dim, block_size]; values [num_blocks, block_size, num_kv_heads, head_dim]; C is the
+// cache's element type: T itself, or int8_t with float16 scales [num_blocks, block_size,
+// num_kv_heads]. kHeadDim/kBlock > 0 fix those sizes at compile time (0: read at run time).
+template <typename T, typename C, int64_t kHeadDim, int64_t kBlock>
 void decode_one(T* out, const T* query, const C* key_cache, const C* value_cache,
                 const at::Half* key_scales, const at::Half* value_scales,
                 const int64_t* blocks, int64_t seq_len, int64_t kv_head, int64_t group,
-                int64_t num_kv_heads, int64_t runtime_head_dim, int64_t block_size, float scale,
-                int64_t window, std::vector<float>& buffer) {
+                int64_t num_kv_heads, int64_t runtime_head_dim, int64_t runtime_block_size,
+                float scale, int64_t window, std::vector<float>& buffer) {
   const int64_t head_dim = kHeadDim > 0 ? kHeadDim : runtime_head_dim;
-  const int64_t token_stride = num_kv_heads * head_dim;
-  buffer.assign(group * head_dim * 2 + group * block_size + head_dim + 2 * group, 0.f);
+  const int64_t block_size = kBlock > 0 ? kBlock : runtime_block_size;
+  const int64_t value_stride = num_kv_heads * head_dim;
+  buffer.assign(group * head_dim * 2 + group * block_size + block_size + head_dim + 2 * group, 0.f);
   float* q = buffer.data();                   // [group, head_dim], scaled
   float* acc = q + group * head_dim;          // [group, head_dim]
-  float* scores = acc + group * head_dim;      // [group, block_size]
-  float* value = scores + group * block_size; // [head_dim]
+  float* scores = acc + group * head_dim;     // [group, block_size]
+  float* row = scores + group * block_size;   // [block_size]: one key dimension, converted
+  float* value = row + block_size;            // [head_dim]
   float* running_max = value + head_dim;      // [group]
   float* running_sum = running_max + group;   // [group]
   for (int64_t g = 0; g < group; ++g) {
-    const T* row = query + (kv_head * group + g) * head_dim;
-    for (int64_t i = 0; i < head_dim; ++i) q[g * head_dim + i] = to_float(row[i]) * scale;
+    const T* query_row = query + (kv_head * group + g) * head_dim;
+    for (int64_t i = 0; i < head_dim; ++i) q[g * head_dim + i] = to_float(query_row[i]) * scale;
     running_max[g] = -std::numeric_limits<float>::infinity();
   }
   const int64_t start = window > 0 ? std::max<int64_t>(0, seq_len - window) : 0;
-  std::vector<float>& keys_f = buffer_keys(block_size * head_dim);
   for (int64_t block = start / block_size; block * block_size < seq_len; ++block) {
     const int64_t base = block * block_size;
     const int64_t first = std::max<int64_t>(start - base, 0);
     const int64_t last = std::min<int64_t>(block_size, seq_len - base);
-    const int64_t scale_offset = blocks[block] * block_size * num_kv_heads + kv_head;
-    const int64_t offset = scale_offset * head_dim;
-    const C* keys = key_cache + offset;
-    const C* values = value_cache + offset;
-    for (int64_t t = first; t < last; ++t) {
-      const C* k = keys + t * token_stride;
-      const float k_scale = key_scales ? to_float(key_scales[scale_offset + t * num_kv_heads]) : 1.f;
-      float* kf = keys_f.data() + t * head_dim;
+    const int64_t block_id = blocks[block];
+    const C* keys = key_cache + (block_id * num_kv_heads + kv_head) * head_dim * block_size;
+    for (int64_t i = 0; i < group * block_size; ++i) scores[i] = 0.f;
+    // scores[g][t] = sum_d q[g][d] * key[d][t]: vector work over the block's tokens.
+    for (int64_t d = 0; d < head_dim; ++d) {
+      const C* key_row = keys + d * block_size;
 #pragma omp simd
-      for (int64_t i = 0; i < head_dim; ++i) kf[i] = to_float(k[i]) * k_scale;
+      for (int64_t t = 0; t < block_size; ++t) row[t] = to_float(key_row[t]);
+      for (int64_t g = 0; g < group; ++g) {
+        const float qd = q[g * head_dim + d];
+        float* s = scores + g * block_size;
+#pragma omp simd
+        for (int64_t t = 0; t < block_size; ++t) s[t] += qd * row[t];
+      }
     }
+    const int64_t scale_base = block_id * block_size * num_kv_heads + kv_head;
     for (int64_t g = 0; g < group; ++g) {
       float* s = scores + g * block_size;
       float block_max = -std::numeric_limits<float>::infinity();
       for (int64_t t = first; t < last; ++t) {
-        s[t] = dot_float(q + g * head_dim, keys_f.data() + t * head_dim, head_dim);
+        if (key_scales) s[t] *= to_float(key_scales[scale_base + t * num_kv_heads]);
         block_max = std::max(block_max, s[t]);
       }
       const float new_max = std::max(running_max[g], block_max);
@@ -118,10 +118,11 @@ void decode_one(T* out, const T* query, const C* key_cache, const C* value_cache
       running_sum[g] += block_sum;
       running_max[g] = new_max;
     }
+    const C* values = value_cache + (block_id * block_size * num_kv_heads + kv_head) * head_dim;
     for (int64_t t = first; t < last; ++t) {
-      const C* v = values + t * token_stride;
+      const C* v = values + t * value_stride;
       const float v_scale =
-          value_scales ? to_float(value_scales[scale_offset + t * num_kv_heads]) : 1.f;
+          value_scales ? to_float(value_scales[scale_base + t * num_kv_heads]) : 1.f;
 #pragma omp simd
       for (int64_t i = 0; i < head_dim; ++i) value[i] = to_float(v[i]) * v_scale;
       for (int64_t g = 0; g < group; ++g) {
@@ -133,43 +134,13 @@ void decode_one(T* out, const T* query, const C* key_cache, const C* value_cache
     }
   }
   for (int64_t g = 0; g < group; ++g) {
-    T* row = out + (kv_head * group + g) * head_dim;
+    T* out_row = out + (kv_head * group + g) * head_dim;
     const float inverse = 1.f / running_sum[g];
-    for (int64_t i = 0; i < head_dim; ++i) row[i] = static_cast<T>(acc[g * head_dim + i] * inverse);
+    for (int64_t i = 0; i < head_dim; ++i) {
+      out_row[i] = static_cast<T>(acc[g * head_dim + i] * inverse);
+    }
   }
 }
-
-template <typename T>
-inline float dot_rows(const T* a, const T* b, int64_t n) {
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += to_float(a[i]) * to_float(b[i]);
-  return sum;
-}
-
-#if defined(__AVX512BF16__)
-template <>
-inline float dot_rows<at::BFloat16>(const at::BFloat16* a, const at::BFloat16* b, int64_t n) {
-  __m512 acc0 = _mm512_setzero_ps();
-  __m512 acc1 = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 64 <= n; i += 64) {
-    acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(a + i),
-                            (__m512bh)_mm512_loadu_si512(b + i));
-    acc1 = _mm512_dpbf16_ps(acc1, (__m512bh)_mm512_loadu_si512(a + i + 32),
-                            (__m512bh)_mm512_loadu_si512(b + i + 32));
-  }
-  for (; i + 32 <= n; i += 32) {
-    acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(a + i),
-                            (__m512bh)_mm512_loadu_si512(b + i));
-  }
-  float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-  for (; i < n; ++i) sum += static_cast<float>(a[i]) * static_cast<float>(b[i]);
-  return sum;
-}
-#endif
-
-}  // namespace
 
 template <typename T, typename C>
 void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Tensor& key_cache,
@@ -177,7 +148,7 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
                 const at::Half* value_scales, const int64_t* table, const int64_t* lengths,
                 int64_t max_blocks, float scale, int64_t window) {
   const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
-  const int64_t block_size = key_cache.size(1), num_kv_heads = key_cache.size(2);
+  const int64_t num_kv_heads = value_cache.size(2), block_size = value_cache.size(1);
   const int64_t group = num_heads / num_kv_heads;
   T* out_ptr = out.data_ptr<T>();
   const T* q_ptr = query.data_ptr<T>();
@@ -185,9 +156,10 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
   const C* v_ptr = value_cache.data_ptr<C>();
   at::parallel_for(0, num_seqs * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer;
-    auto run = head_dim == 64    ? &decode_one<T, C, 64>
-               : head_dim == 128 ? &decode_one<T, C, 128>
-                                 : &decode_one<T, C, 0>;
+    auto run = block_size != 16  ? &decode_one<T, C, 0, 0>
+               : head_dim == 64  ? &decode_one<T, C, 64, 16>
+               : head_dim == 128 ? &decode_one<T, C, 128, 16>
+                                 : &decode_one<T, C, 0, 16>;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t seq = item / num_kv_heads, kv_head = item % num_kv_heads;
       run(out_ptr + seq * num_heads * head_dim, q_ptr + seq * num_heads * head_dim, k_ptr, v_ptr,
@@ -196,6 +168,8 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
     }
   });
 }
+
+}  // namespace
 
 // out [num_seqs, num_heads, head_dim] = attention of each sequence's single query over its first
 // seq_lens[i] cached tokens (the query's own K/V must already be written). Caches hold the

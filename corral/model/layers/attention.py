@@ -46,8 +46,11 @@ class DecodeBatch:
 
 @dataclass(slots=True)
 class LayerKVCache:
-    """One layer's paged cache: [num_blocks, block_size, num_kv_heads, head_dim] each, plus
-    float16 scales [num_blocks, block_size, num_kv_heads] when the values are quantized."""
+    """One layer's paged cache. Keys are stored transposed within each block, [num_blocks,
+    num_kv_heads, head_dim, block_size], so that one head's scores for all of a block's tokens
+    accumulate as vector operations over head_dim; values as rows, [num_blocks, block_size,
+    num_kv_heads, head_dim]. Quantized caches add float16 scales [num_blocks, block_size,
+    num_kv_heads] for each."""
 
     key: torch.Tensor
     value: torch.Tensor
@@ -57,6 +60,10 @@ class LayerKVCache:
     @property
     def quantized(self) -> bool:
         return self.key_scale is not None
+
+    @property
+    def block_size(self) -> int:
+        return self.value.shape[1]
 
 
 @dataclass(slots=True)
@@ -72,18 +79,16 @@ def write_kv(
 ) -> None:
     """Store each token's K and V ([num_tokens, num_kv_heads, head_dim]) at its slot."""
     num_kv_heads, head_dim = key.shape[1], key.shape[2]
-    for new, values, scales in (
-        (key, cache.key, cache.key_scale),
-        (value, cache.value, cache.value_scale),
-    ):
-        if scales is None:
-            values.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, new)
-        else:
-            quantized, scale = quantize_kv(new, values.dtype)
-            raw_view(values).view(-1, num_kv_heads, head_dim).index_copy_(
-                0, slot_mapping, raw_view(quantized)
-            )
-            scales.view(-1, num_kv_heads).index_copy_(0, slot_mapping, scale)
+    if cache.quantized:
+        key, key_scale = quantize_kv(key, cache.key.dtype)
+        value, value_scale = quantize_kv(value, cache.value.dtype)
+        cache.key_scale.view(-1, num_kv_heads).index_copy_(0, slot_mapping, key_scale)
+        cache.value_scale.view(-1, num_kv_heads).index_copy_(0, slot_mapping, value_scale)
+    block_size = cache.block_size
+    raw_view(cache.key)[slot_mapping // block_size, :, :, slot_mapping % block_size] = raw_view(key)
+    raw_view(cache.value).view(-1, num_kv_heads, head_dim).index_copy_(
+        0, slot_mapping, raw_view(value)
+    )
 
 
 def paged_attention(
@@ -134,16 +139,28 @@ def paged_attention(
     return output
 
 
-def _gather_blocks(
-    values: torch.Tensor, scales: torch.Tensor | None, block_ids: torch.Tensor, dtype: torch.dtype
+def _gather_keys(cache: LayerKVCache, block_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The blocks' keys in token order, [len(block_ids) * block_size, num_kv_heads, head_dim]."""
+    blocks = raw_view(cache.key).index_select(0, block_ids).view(cache.key.dtype)
+    keys = blocks.permute(0, 3, 1, 2).reshape(-1, blocks.shape[1], blocks.shape[2])
+    return _dequantize(keys, cache.key_scale, block_ids, dtype)
+
+
+def _gather_values(
+    cache: LayerKVCache, block_ids: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
-    """The blocks' slots in order, [len(block_ids) * block_size, num_kv_heads, head_dim]."""
-    num_kv_heads, head_dim = values.shape[2], values.shape[3]
-    gathered = raw_view(values).index_select(0, block_ids).view(values.dtype)
-    gathered = gathered.view(-1, num_kv_heads, head_dim)
+    num_kv_heads, head_dim = cache.value.shape[2], cache.value.shape[3]
+    values = raw_view(cache.value).index_select(0, block_ids).view(cache.value.dtype)
+    return _dequantize(values.view(-1, num_kv_heads, head_dim), cache.value_scale, block_ids, dtype)
+
+
+def _dequantize(
+    gathered: torch.Tensor, scales: torch.Tensor | None, block_ids: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     if scales is None:
         return gathered
-    return dequantize_kv(gathered, scales.index_select(0, block_ids).view(-1, num_kv_heads), dtype)
+    block_scales = scales.index_select(0, block_ids).view(-1, gathered.shape[1])
+    return dequantize_kv(gathered, block_scales, dtype)
 
 
 def _gather_context(
@@ -151,8 +168,8 @@ def _gather_context(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of positions [0, context_len + num_query), [kv_len, num_kv_heads, dim]."""
     kv_len = span.context_len + span.row_end - span.row_start
-    keys = _gather_blocks(cache.key, cache.key_scale, span.block_ids, dtype)
-    values = _gather_blocks(cache.value, cache.value_scale, span.block_ids, dtype)
+    keys = _gather_keys(cache, span.block_ids, dtype)
+    values = _gather_values(cache, span.block_ids, dtype)
     return keys[:kv_len], values[:kv_len]
 
 
@@ -160,11 +177,11 @@ def _decode_gathered(
     query: torch.Tensor, cache: LayerKVCache, decode: DecodeBatch, scale: float
 ) -> torch.Tensor:
     rows = decode.num_decodes
-    num_kv_heads, head_dim = cache.key.shape[2], cache.key.shape[3]
+    num_kv_heads, head_dim = cache.value.shape[2], cache.value.shape[3]
     num_slots = decode.mask.shape[-1]
     flat_table = decode.block_table.view(-1)
-    keys = _gather_blocks(cache.key, cache.key_scale, flat_table, query.dtype)
-    values = _gather_blocks(cache.value, cache.value_scale, flat_table, query.dtype)
+    keys = _gather_keys(cache, flat_table, query.dtype)
+    values = _gather_values(cache, flat_table, query.dtype)
     attended = F.scaled_dot_product_attention(
         query.unsqueeze(2),
         keys.view(rows, num_slots, num_kv_heads, head_dim).transpose(1, 2),
