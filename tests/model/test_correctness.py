@@ -130,9 +130,10 @@ def test_seeded_sampling_does_not_depend_on_the_batch(tiny_model):
 def test_greedy_identical_without_cpu_kernels(family, monkeypatch):
     """The PyTorch fallback path (no C++ toolchain) gives the same tokens."""
     from corral.model.layers import attention, linear
+    from corral.model.models import llama
 
-    monkeypatch.setattr(attention, "cpu_kernels", lambda: None)
-    monkeypatch.setattr(linear, "cpu_kernels", lambda: None)
+    for module in (attention, linear, llama):
+        monkeypatch.setattr(module, "cpu_kernels", lambda: None)
     name, path, prompts, oracle, _ = family
     llm = LLM(
         model=str(path), dtype="float32", num_blocks=64, block_size=16, max_num_batched_tokens=48

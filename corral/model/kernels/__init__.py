@@ -17,7 +17,7 @@ from types import ModuleType
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+_SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.cpp", "cpu_fused.cpp")]
 _lock = threading.Lock()
 _state: dict[str, ModuleType | None] = {}
 
@@ -30,7 +30,7 @@ def _cpu_signature() -> str:
             flags = next((line for line in cpuinfo if line.startswith("flags")), "")
     except OSError:
         pass
-    text = platform.machine() + flags + _SOURCE.read_text()
+    text = platform.machine() + flags + "".join(source.read_text() for source in _SOURCES)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -61,7 +61,7 @@ def _build() -> ModuleType | None:
         logger.info("loading corral CPU kernels (compiled on first use) from %s", build_dir)
         return load(
             name=f"corral_cpu_kernels_{_cpu_signature()}",
-            sources=[str(_SOURCE)],
+            sources=[str(source) for source in _SOURCES],
             extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
             build_directory=str(build_dir),
             verbose=False,

@@ -280,7 +280,17 @@ torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
   return out;
 }
 
+// Defined in cpu_fused.cpp.
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps,
+                       c10::optional<torch::Tensor> residual);
+void rotary_inplace(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
+                    torch::Tensor sin, int64_t num_heads, int64_t head_dim);
+torch::Tensor silu_and_mul(torch::Tensor gate_up);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, "decode attention over paged KV");
   m.def("few_row_linear", &few_row_linear, "x @ weight.T for few rows");
+  m.def("rms_norm", &rms_norm, "RMSNorm, optionally adding a residual in place first");
+  m.def("rotary_inplace", &rotary_inplace, "rotary embedding of q and k heads in place");
+  m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");
 }

@@ -11,9 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from corral.model.arch import ModelArch
+from corral.model.kernels import cpu_kernels
 from corral.model.layers.attention import AttentionMetadata, LayerKVCache, paged_attention
 from corral.model.layers.linear import linear, rms_norm
 from corral.model.layers.rotary import RotaryEmbedding
+
+# Steps of at most this many tokens use the fused CPU path (dispatch overhead dominates them).
+_MAX_FUSED_TOKENS = 16
 
 
 class DecoderLayerWeights:
@@ -142,6 +146,10 @@ class LlamaFamilyModel:
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
         """Hidden states after the final norm, [num_tokens, hidden_size]."""
+        if input_ids.shape[0] <= _MAX_FUSED_TOKENS and self.device.type == "cpu":
+            kernels = cpu_kernels()
+            if kernels is not None:
+                return self._forward_fused(kernels, input_ids, positions, kv_caches, metadata)
         arch = self.arch
         num_tokens = input_ids.shape[0]
         q_size, kv_size, eps = arch.q_size, arch.kv_size, arch.rms_norm_eps
@@ -163,6 +171,43 @@ class LlamaFamilyModel:
             gate, up = linear(normed, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
             hidden = hidden + linear(F.silu(gate) * up, layer.down, layer.down_bias)
         return rms_norm(hidden, self.final_norm, eps)
+
+    def _forward_fused(
+        self,
+        kernels,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[LayerKVCache],
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """The same computation with fused CPU ops (residual add + norm, in-place rotary,
+        silu-and-mul): a few calls per layer instead of dozens, for small (decode) steps."""
+        arch = self.arch
+        num_tokens = input_ids.shape[0]
+        q_size, kv_size, eps = arch.q_size, arch.kv_size, arch.rms_norm_eps
+        num_rotated = arch.num_heads + arch.num_kv_heads
+        residual = self.embed_tokens[input_ids]
+        delta = None  # added to the residual by the next norm
+        for layer, layer_cache in zip(self.layers, kv_caches, strict=True):
+            normed = kernels.rms_norm(
+                delta if delta is not None else residual,
+                layer.input_norm,
+                eps,
+                residual if delta is not None else None,
+            )
+            qkv = linear(normed, layer.qkv, layer.qkv_bias)
+            kernels.rotary_inplace(
+                qkv, positions, self.rotary.cos, self.rotary.sin, num_rotated, arch.head_dim
+            )
+            query = qkv[:, :q_size].contiguous().view(num_tokens, arch.num_heads, arch.head_dim)
+            key = qkv[:, q_size : q_size + kv_size].view(num_tokens, arch.num_kv_heads, -1)
+            value = qkv[:, q_size + kv_size :].view(num_tokens, arch.num_kv_heads, -1)
+            attended = paged_attention(query, key, value, layer_cache, metadata, self.scale)
+            delta = linear(attended.view(num_tokens, q_size), layer.o, layer.o_bias)
+            normed = kernels.rms_norm(delta, layer.post_norm, eps, residual)
+            gate_up = linear(normed, layer.gate_up, layer.gate_up_bias)
+            delta = linear(kernels.silu_and_mul(gate_up), layer.down, layer.down_bias)
+        return kernels.rms_norm(delta, self.final_norm, eps, residual)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits in float32, [num_rows, vocab_size]."""
