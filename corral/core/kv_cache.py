@@ -129,13 +129,15 @@ class KVCacheManager:
         if num_needed > self.pool.num_free_blocks - self.pool.evictable_count(hits):
             return None
         host_hashes = prefix.host_hashes if prefix else []
+        offloader = self.offloader
         if host_hashes:
-            assert self.offloader is not None
-            self.offloader.pin_host_hits(host_hashes)
+            assert offloader is not None
+            offloader.pin_host_hits(host_hashes)
         self.pool.touch(hits)
         new_blocks = self.pool.allocate(max(num_needed, 0))
         if host_hashes:
-            self.offloader.load_host_hits(host_hashes, new_blocks[: len(host_hashes)])
+            assert offloader is not None
+            offloader.load_host_hits(host_hashes, new_blocks[: len(host_hashes)])
         appended = hits + new_blocks
         if held is None:
             self._req_blocks[request_id] = appended
