@@ -21,12 +21,19 @@ serve: $(STAMP)
 	$(BIN)/corral serve $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	# Passive OpenMP waits: spinning threads cost several-fold on shared or busy cores.
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q $(ARGS)
+
+# Retrain the bundled demo models (tokenizer, corral-demo, corral-demo-draft) on CPU, then measure
+# their decode speed into the model cards. About 30 min on 2 free cores, about an hour when shared.
+demo-models: $(STAMP)
+	$(BIN)/python -m corral.demo.train $(ARGS)
+	$(BIN)/python benchmarks/demo_models.py --update-cards
 
 lint: $(STAMP)
 	$(BIN)/ruff check corral tests benchmarks
 	$(BIN)/ruff format --check corral tests benchmarks
-	$(BIN)/mypy corral/core
+	$(BIN)/mypy --follow-imports=silent corral/core
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -61,6 +61,10 @@ class LLM:
     def get_tokenizer(self):  # -> corral.engine.tokenizer.Tokenizer
         return self.engine.tokenizer
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """The model's recommended sampling (generation_config.json) over SamplingParams()."""
+        return self.engine.input_processor.default_sampling_params()
+
     def generate(
         self,
         prompts: PromptType | Sequence[PromptType],
@@ -69,14 +73,16 @@ class LLM:
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
         """Generate for each prompt (text, token ids, or {"prompt_token_ids": [...]}); returns one
-        RequestOutput per prompt, in order."""
+        RequestOutput per prompt, in order. Without sampling_params, the model's defaults."""
         if isinstance(prompts, (str, dict)) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
             prompts = [prompts]  # type: ignore[list-item]
         prompts = list(prompts)  # type: ignore[arg-type]
-        if sampling_params is None or isinstance(sampling_params, SamplingParams):
-            params_list = [sampling_params or SamplingParams()] * len(prompts)
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
+        if isinstance(sampling_params, SamplingParams):
+            params_list = [sampling_params] * len(prompts)
         else:
             params_list = list(sampling_params)
             if len(params_list) != len(prompts):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -54,3 +56,27 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int):  # -> PreTraine
         chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,
     )
+
+
+def save_tokenizer(tokenizer, out_dir: str | Path, model_max_length: int) -> Path:
+    """Save tokenizer.json and a tokenizer_config.json that holds the chat template itself.
+
+    The config names the class and keys that transformers 4.x and 5.x both read
+    (PreTrainedTokenizerFast, additional_special_tokens), and the model's context length.
+    """
+    out_dir = Path(out_dir)
+    tokenizer.save_pretrained(out_dir, save_jinja_files=False)
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    extra = config.pop("extra_special_tokens", None)
+    if isinstance(extra, list):
+        config["additional_special_tokens"] = extra
+    config.pop("backend", None)
+    config.update(
+        tokenizer_class="PreTrainedTokenizerFast",
+        model_max_length=model_max_length,
+        chat_template=tokenizer.chat_template,
+    )
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    (out_dir / "chat_template.jinja").unlink(missing_ok=True)
+    return out_dir

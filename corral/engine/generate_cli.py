@@ -7,7 +7,6 @@ import json
 import sys
 
 from corral.engine.engine_args import add_engine_arguments, engine_config_from_args
-from corral.sampling_params import SamplingParams
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,9 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts-file", help="a file with one prompt per line")
     parser.add_argument("--chat", action="store_true", help="treat each prompt as a user message")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
+    # Unset sampling flags take the model's generation_config.json values; temperature is 0
+    # (greedy) when neither sets it.
+    parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--repetition-penalty", type=float, default=None)
     parser.add_argument("--sample-seed", type=int, default=None, help="per-request sampling seed")
     parser.add_argument("--n", type=int, default=1)
     parser.add_argument("--stop", action="append", default=[])
@@ -37,16 +39,21 @@ def run(args: argparse.Namespace) -> int:
     if not prompts:
         print("corral generate: no prompts given", file=sys.stderr)
         return 2
-    params = SamplingParams(
+    llm = LLM.from_config(engine_config_from_args(args))
+    defaults = llm.engine.input_processor.generation_defaults
+    temperature = args.temperature
+    if temperature is None and "temperature" not in defaults:
+        temperature = 0.0
+    params = llm.engine.input_processor.default_sampling_params(
         n=args.n,
         max_tokens=args.max_tokens,
-        temperature=args.temperature,
+        temperature=temperature,
         top_p=args.top_p,
         top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
         seed=args.sample_seed,
         stop=args.stop,
     )
-    llm = LLM.from_config(engine_config_from_args(args))
     if args.chat:
         outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
     else:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.config import EngineConfig
+from corral.engine.generation_defaults import load_generation_defaults
 from corral.engine.tokenizer import Tokenizer
 from corral.model.arch import ModelArch
 from corral.request import Request
@@ -31,10 +32,23 @@ class InputProcessor:
         self.tokenizer = Tokenizer(config.model.tokenizer or self.model_dir)
         self.max_model_len = self._resolve_max_model_len()
         self.vocab_size = self.arch.vocab_size
+        self.generation_defaults = load_generation_defaults(self.model_dir)
         eos = self.tokenizer.eos_token_id
         self.eos_token_ids = frozenset(self.arch.eos_token_ids) or (
             frozenset([eos]) if eos is not None else frozenset()
         )
+        # Output-length predictor (--length-predictor) for sjf/srpt and KV reservation.
+        self.length_predictor = None
+        if config.scheduler.length_predictor:
+            from corral.core.length_predictor import load_predictor
+
+            self.length_predictor = load_predictor(config.scheduler.length_predictor)
+
+    def default_sampling_params(self, **explicit: Any) -> SamplingParams:
+        """SamplingParams with the model's generation_config.json defaults under the fields
+        given explicitly (None values count as not given)."""
+        given = {name: value for name, value in explicit.items() if value is not None}
+        return SamplingParams(**{**self.generation_defaults, **given})
 
     def _resolve_max_model_len(self) -> int:
         limit = self.arch.max_position_embeddings
@@ -81,10 +95,17 @@ class InputProcessor:
         client_id: str | None = None,
         cache_salt: str | None = None,
         deadline_s: float | None = None,
+        predicted_num_output_tokens: int | None = None,
     ) -> list[Request]:
         """One scheduler Request per sample; child i of n > 1 is "{i}_{request_id}" with seed
-        seed + i. Raises ValueError naming the value and the limit when the prompt does not fit."""
+        seed + i. Raises ValueError naming the value and the limit when the prompt does not fit.
+
+        predicted_num_output_tokens: a known or externally predicted output length; without one,
+        the length predictor (if configured) predicts it from the prompt's text."""
         arrival = time.monotonic() if arrival_time is None else arrival_time
+        if predicted_num_output_tokens is None and self.length_predictor is not None:
+            text = self.tokenizer.decode(token_ids)
+            predicted_num_output_tokens = self.length_predictor.predict_one(text)
         children = []
         for index in range(params.n):
             child_id = request_id if params.n == 1 else f"{index}_{request_id}"
@@ -106,4 +127,5 @@ class InputProcessor:
                     deadline_s=deadline_s,
                 )
             )
+            children[-1].predicted_num_output_tokens = predicted_num_output_tokens
         return children

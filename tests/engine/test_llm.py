@@ -194,3 +194,22 @@ def test_generate_command(tiny_model, capsys):
     assert code == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert '"finish_reason": "length"' in line and '"prompt": "The answer is"' in line
+
+
+def test_generation_config_supplies_sampling_defaults(tiny_model, tmp_path):
+    import json
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model, model_dir)
+    config_path = model_dir / "generation_config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config.update(repetition_penalty=1.3, temperature=0.0, max_new_tokens=5)
+    config_path.write_text(json.dumps(config))
+    llm = LLM(model=str(model_dir), dtype="float32", num_blocks=32)
+    defaults = llm.get_default_sampling_params()
+    assert (defaults.repetition_penalty, defaults.temperature, defaults.max_tokens) == (1.3, 0, 5)
+    output = llm.generate("The answer is", use_tqdm=False)[0].outputs[0]
+    assert len(output.token_ids) == 5
+    explicit = llm.engine.input_processor.default_sampling_params(max_tokens=3, top_p=None)
+    assert explicit.max_tokens == 3 and explicit.top_p == 1.0 and explicit.repetition_penalty == 1.3
