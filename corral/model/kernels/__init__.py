@@ -58,10 +58,18 @@ def _build() -> ModuleType | None:
 
         build_dir = cache_dir() / "kernels" / _cpu_signature()
         build_dir.mkdir(parents=True, exist_ok=True)
+        # Compile copies kept in the (content-keyed) build directory: ninja records source paths,
+        # so checkouts sharing a cache would otherwise rebuild each other's kernels.
+        sources = []
+        for source in _SOURCES:
+            copy = build_dir / source.name
+            if not copy.is_file() or copy.read_text() != source.read_text():
+                copy.write_text(source.read_text())
+            sources.append(str(copy))
         logger.info("loading corral CPU kernels (compiled on first use) from %s", build_dir)
         return load(
             name=f"corral_cpu_kernels_{_cpu_signature()}",
-            sources=[str(source) for source in _SOURCES],
+            sources=sources,
             extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
             build_directory=str(build_dir),
             verbose=False,

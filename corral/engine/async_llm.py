@@ -1,0 +1,359 @@
+"""AsyncLLM: the asynchronous engine of the server. Tokenization, n > 1 fan-out, detokenization
+and stop strings run here (InputProcessor, OutputProcessor, as in LLMEngine); the EngineCore runs
+behind an EngineCoreClient, usually in its own process.
+
+    engine = await AsyncLLM.create(config)
+    async for output in engine.generate("Hello", SamplingParams(max_tokens=8), "req-1"):
+        ...
+
+A request is validated and admitted synchronously by add_request (ValueError for bad input,
+EngineOverloadedError past the queue bounds, EngineDeadError when the core is gone), so a server
+can answer 4xx/503 before it starts a response. Leaving the iteration early aborts the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from corral.config import EngineConfig
+from corral.core.scheduler import SchedulerStats
+from corral.engine.core_client import (
+    EngineCoreClient,
+    EngineCoreOutputs,
+    EngineDeadError,
+    make_core_client,
+)
+from corral.engine.input_processor import InputProcessor, PromptType
+from corral.engine.output_processor import OutputProcessor
+from corral.engine.request_stats import IterationStats, RequestStatsTracker
+from corral.engine.request_stream import RequestStream
+from corral.outputs import RequestOutput
+from corral.request import RequestStatus
+from corral.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AsyncLLM",
+    "EngineDeadError",
+    "EngineOverloadedError",
+    "IterationStats",
+    "RequestStream",
+]
+
+
+class EngineOverloadedError(RuntimeError):
+    """The waiting queue is full; retry after retry_after_s."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+StatLogger = Callable[[IterationStats], None]
+
+
+class AsyncLLM:
+    """One model instance behind an async API: admit, stream, abort, health, stats."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        client: EngineCoreClient | None = None,
+        multiprocess: bool = True,
+        heartbeat_timeout_s: float = 30.0,
+        step_timeout_s: float | None = None,
+        max_queued_requests: int | None = None,
+        max_queued_tokens: int | None = None,
+    ) -> None:
+        for name, value in (
+            ("max_queued_requests", max_queued_requests),
+            ("max_queued_tokens", max_queued_tokens),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.config = config
+        launched = None
+        if client is None and multiprocess:
+            # The engine process loads the model while this one loads the tokenizer.
+            from corral.engine.core_process import MultiProcessCoreClient
+
+            client = launched = MultiProcessCoreClient(
+                config, heartbeat_timeout_s=heartbeat_timeout_s, step_timeout_s=step_timeout_s
+            )
+            launched.launch()
+        try:
+            self.input_processor = InputProcessor(config)
+        except BaseException:
+            if launched is not None:
+                launched.process.kill()
+            raise
+        self.tokenizer = self.input_processor.tokenizer
+        self.model_dir = self.input_processor.model_dir
+        self.max_model_len = self.input_processor.max_model_len
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self.client = client or make_core_client(config, self.max_model_len, multiprocess=False)
+        self.max_queued_requests = max_queued_requests
+        self.max_queued_tokens = max_queued_tokens
+        self.stat_loggers: list[StatLogger] = []
+        self.last_stats: SchedulerStats | None = None
+        self.last_output_time: float | None = None
+        self._streams: dict[str, RequestStream] = {}
+        self._tracker = RequestStatsTracker()
+        # child id -> prompt tokens, for children not yet scheduled (the waiting queue).
+        self._queued: dict[str, int] = {}
+        self.num_queued_tokens = 0
+        self._output_task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @classmethod
+    async def create(cls, config: EngineConfig, **kwargs: Any) -> AsyncLLM:
+        """Build the frontend and start the core (waits until the model is loaded)."""
+        engine = cls(config, **kwargs)
+        await engine.start()
+        return engine
+
+    async def start(self) -> None:
+        """Start the core and wait until it has loaded the model."""
+        info = await self.client.start()
+        if info.max_model_len != self.max_model_len:
+            await self.client.shutdown()
+            raise RuntimeError(
+                f"the engine core's max_model_len ({info.max_model_len}) differs from the "
+                f"frontend's ({self.max_model_len})"
+            )
+        self._output_task = asyncio.create_task(self._output_loop(), name="corral-outputs")
+
+    # ----- requests --------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams,
+        *,
+        priority: int = 0,
+        client_id: str | None = None,
+        cache_salt: str | None = None,
+        arrival_time: float | None = None,
+    ) -> RequestStream:
+        """Validate and admit a request; returns the stream of its outputs.
+
+        Raises ValueError (bad input: the message names the value and the limit),
+        EngineOverloadedError (queue full: retry later) or EngineDeadError.
+        """
+        self.check_health()
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        text, token_ids = self.input_processor.tokenize_prompt(prompt)
+        children = self.input_processor.make_requests(
+            request_id,
+            token_ids,
+            params,
+            arrival_time=arrival_time,
+            priority=priority,
+            client_id=client_id,
+            cache_salt=cache_salt,
+        )
+        child_ids = [child.request_id for child in children]
+        for child_id in child_ids:  # n > 1 children are "{i}_{id}": ids must not collide
+            if self.output_processor.parent_of(child_id) is not None:
+                raise ValueError(f"request id {child_id!r} is already in use")
+        self._admit(len(children), len(token_ids))
+        arrival = children[0].arrival_time
+        self.output_processor.add_request(request_id, child_ids, text, token_ids, params, arrival)
+        stream = RequestStream(request_id, params.output_kind)
+        self._streams[request_id] = stream
+        self._idle.clear()
+        for child_id in child_ids:
+            self._tracker.add(child_id, arrival, len(token_ids))
+            self._queued[child_id] = len(token_ids)
+        self.num_queued_tokens += len(token_ids) * len(child_ids)
+        self.client.add_requests(children)
+        return stream
+
+    def _admit(self, num_children: int, num_prompt_tokens: int) -> None:
+        """Refuse what could never fit the queue (ValueError) or does not fit it now."""
+        num_tokens = num_children * num_prompt_tokens
+        limit, tokens_limit = self.max_queued_requests, self.max_queued_tokens
+        if limit is not None and num_children > limit:
+            raise ValueError(
+                f"n = {num_children} samples exceed the server's queue bound of {limit} requests "
+                f"(--max-queued-requests)"
+            )
+        if tokens_limit is not None and num_tokens > tokens_limit:
+            raise ValueError(
+                f"{num_children} x {num_prompt_tokens} prompt tokens exceed the server's queue "
+                f"bound of {tokens_limit} tokens (--max-queued-tokens)"
+            )
+        if limit is not None and len(self._queued) + num_children > limit:
+            raise EngineOverloadedError(
+                f"the server is overloaded: {len(self._queued)} requests are waiting "
+                f"(bound: {limit}); retry later"
+            )
+        if tokens_limit is not None and self.num_queued_tokens + num_tokens > tokens_limit:
+            raise EngineOverloadedError(
+                f"the server is overloaded: {self.num_queued_tokens} prompt tokens are waiting "
+                f"(bound: {tokens_limit}); retry later"
+            )
+
+    async def generate(
+        self,
+        prompt: PromptType,
+        params: SamplingParams,
+        request_id: str,
+        **request_fields: Any,
+    ) -> AsyncIterator[RequestOutput]:
+        """Admit a request and yield its outputs (per params.output_kind) until it finishes.
+        Stopping the iteration early (or cancelling the task) aborts the request."""
+        stream = self.add_request(request_id, prompt, params, **request_fields)
+        async for output in self.iterate(stream):
+            yield output
+
+    async def iterate(self, stream: RequestStream) -> AsyncIterator[RequestOutput]:
+        """Yield a stream's outputs; abort its request if the consumer stops early."""
+        try:
+            async for output in stream:
+                yield output
+        finally:
+            if not stream.finished:
+                self.abort(stream.request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request now: the core drops it and its KV blocks return to the pool."""
+        child_ids = self.output_processor.child_ids(request_id)
+        if not child_ids:
+            return
+        self.client.finish_requests(child_ids, RequestStatus.FINISHED_ABORTED)
+        output = self.output_processor.abort(request_id)
+        stats = IterationStats(self.last_stats)
+        for child_id in child_ids:
+            self._dequeue(child_id)
+            self._tracker.finish(child_id, "abort", time.monotonic(), stats)
+        self._log_stats(stats)
+        stream = self._streams.pop(request_id, None)
+        if stream is not None and output is not None:
+            stream.put(output)
+        self._update_idle()
+
+    # ----- health and stats ------------------------------------------------------------------
+
+    @property
+    def dead_reason(self) -> str | None:
+        return self.client.dead_reason
+
+    @property
+    def is_healthy(self) -> bool:
+        return self.client.dead_reason is None
+
+    def check_health(self) -> None:
+        """Raise EngineDeadError if the core has died or stalled."""
+        if self.client.dead_reason is not None:
+            raise EngineDeadError(self.client.dead_reason)
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self._streams)
+
+    @property
+    def num_queued_requests(self) -> int:
+        return len(self._queued)
+
+    async def wait_until_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until no request is in flight; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def shutdown(self) -> None:
+        """Stop the core; requests still in flight fail with EngineDeadError."""
+        await self.client.shutdown()
+        if self._output_task is not None:
+            self._output_task.cancel()
+            await asyncio.gather(self._output_task, return_exceptions=True)
+        self._fail_all(EngineDeadError(self.client.dead_reason or "engine shut down"))
+
+    # ----- the output loop -------------------------------------------------------------------
+
+    async def _output_loop(self) -> None:
+        try:
+            while True:
+                self._process(await self.client.get_outputs())
+        except EngineDeadError as error:
+            self._fail_all(error)
+        except Exception as error:  # a bug here must not leave requests hanging
+            logger.exception("the output loop failed")
+            self.client._mark_dead(f"the frontend's output loop failed: {error!r}")
+            self._fail_all(EngineDeadError(str(error)))
+
+    def _process(self, core_outputs: EngineCoreOutputs) -> None:
+        now = time.monotonic()
+        self.last_stats = core_outputs.stats
+        self.last_output_time = now
+        stats = IterationStats(core_outputs.stats)
+        for started in core_outputs.started:
+            self._tracker.started(started.request_id, started.first_scheduled_time)
+            self._dequeue(started.request_id)
+        for request_id, message in core_outputs.rejected:
+            self._reject(request_id, message)
+        outputs, stopped = self.output_processor.process(core_outputs.updates)
+        if stopped:
+            self.client.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
+        for update in core_outputs.updates:
+            if update.finish_reason is not None:
+                self._dequeue(update.request_id)
+            self._tracker.update(update, now, stats)
+        for child_id in stopped:
+            self._tracker.finish(child_id, "stop", now, stats)
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is None:
+                continue
+            stream.put(output)
+            if output.finished:
+                del self._streams[output.request_id]
+        self._log_stats(stats)
+        self._update_idle()
+
+    def _dequeue(self, child_id: str) -> None:
+        num_tokens = self._queued.pop(child_id, None)
+        if num_tokens is not None:
+            self.num_queued_tokens -= num_tokens
+
+    def _reject(self, child_id: str, message: str) -> None:
+        parent = self.output_processor.parent_of(child_id)
+        if parent is None:
+            return
+        stream = self._streams.pop(parent, None)  # so the abort's output does not reach it
+        self.abort(parent)
+        if stream is not None:
+            stream.fail(ValueError(message))
+
+    def _fail_all(self, error: Exception) -> None:
+        for request_id, stream in list(self._streams.items()):
+            self.output_processor.abort(request_id)
+            stream.fail(error)
+        self._streams.clear()
+        self._tracker.clear()
+        self._queued.clear()
+        self.num_queued_tokens = 0
+        self._update_idle()
+
+    def _log_stats(self, stats: IterationStats) -> None:
+        for stat_logger in self.stat_loggers:
+            try:
+                stat_logger(stats)
+            except Exception:
+                logger.exception("a stat logger failed")
+
+    def _update_idle(self) -> None:
+        if not self._streams:
+            self._idle.set()

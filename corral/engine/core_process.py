@@ -1,0 +1,317 @@
+"""The EngineCore in a process of its own, and the client that talks to it.
+
+IPC: two multiprocessing queues (spawn context). A queue's put() hands the object to a feeder
+thread that pickles and writes it, so neither side ever blocks on a send; the frontend reads
+outputs on a dedicated thread and hands them to its event loop. The core loop sends a batch per
+step, and fresh stats when idle; a heartbeat thread in the core process says every
+`heartbeat_interval_s` that the process is alive and how long the loop's current iteration has
+run. The client declares the core dead when its process exits, when no message arrives within
+`heartbeat_timeout_s` (frozen or deadlocked), or when one iteration runs past `step_timeout_s`
+(the loop is stuck; a slow CPU step is not mistaken for that while it is under the limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from typing import Any
+
+from corral.config import EngineConfig
+from corral.engine.core_client import (
+    AddRequests,
+    CoreFailed,
+    CoreInfo,
+    EngineCoreClient,
+    EngineCoreOutputs,
+    FinishRequests,
+    Heartbeat,
+    Shutdown,
+    UtilityCall,
+    UtilityResult,
+)
+from corral.engine.core_runner import CoreRunner
+
+logger = logging.getLogger(__name__)
+
+
+# ----- the core process --------------------------------------------------------------------
+
+
+def run_core_process(
+    config: EngineConfig,
+    max_model_len: int | None,
+    inputs: multiprocessing.Queue,
+    outputs: multiprocessing.Queue,
+    heartbeat_interval_s: float,
+    parent_pid: int,
+) -> None:
+    """The engine process: build the core, then loop until told to stop or orphaned."""
+    # Ctrl-C reaches the whole process group; the frontend decides when the core stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    outputs.cancel_join_thread()
+    _close_write_end(inputs)  # the server's death then reads as EOF here
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        runner = CoreRunner.build(config, max_model_len)
+    except BaseException as error:
+        outputs.put(CoreFailed(f"engine core failed to start: {error!r}"))
+        _flush(outputs)
+        return
+    outputs.put(runner.info)
+    heartbeat = _HeartbeatThread(outputs, heartbeat_interval_s)
+    heartbeat.start()
+    try:
+        _core_loop(runner, inputs, outputs, heartbeat, parent_pid)
+    except BaseException:
+        reason = "engine core loop failed:\n" + traceback.format_exc()
+        logger.error(reason)
+        outputs.put(CoreFailed(reason))
+    heartbeat.stop()
+    try:
+        flush_kv = getattr(runner.core, "flush", None)  # background KV writes (a disk tier)
+        if flush_kv is not None:
+            flush_kv()
+    except Exception:
+        logger.exception("flushing the KV cache's writes failed")
+    _flush(outputs)
+
+
+class _HeartbeatThread(threading.Thread):
+    """Says every interval that the process is alive and how long the loop has been busy."""
+
+    def __init__(self, outputs: multiprocessing.Queue, interval_s: float) -> None:
+        super().__init__(name="corral-core-heartbeat", daemon=True)
+        self.outputs = outputs
+        self.interval_s = interval_s
+        # Set by the loop while it handles messages or steps; None while it waits for work.
+        self.busy_since: float | None = None
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            busy_since = self.busy_since
+            busy_s = None if busy_since is None else time.monotonic() - busy_since
+            self.outputs.put(Heartbeat(busy_s))
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def _core_loop(
+    runner: CoreRunner,
+    inputs: multiprocessing.Queue,
+    outputs: multiprocessing.Queue,
+    heartbeat: _HeartbeatThread,
+    parent_pid: int,
+) -> None:
+    interval_s = heartbeat.interval_s
+    last_sent = time.monotonic()
+    while True:
+        heartbeat.busy_since = None
+        messages = _receive(inputs, 0.0 if runner.has_work() else interval_s)
+        heartbeat.busy_since = time.monotonic()
+        for message in messages:
+            if isinstance(message, Shutdown):
+                return
+            reply = runner.handle(message)
+            if reply is not None:
+                outputs.put(reply)
+        now = time.monotonic()
+        if runner.has_work():
+            outputs.put(runner.step())
+            last_sent = time.monotonic()
+        elif now - last_sent >= interval_s:
+            outputs.put(runner.outputs([]))  # idle: fresh stats (aborts change them)
+            last_sent = now
+            if os.getppid() != parent_pid:
+                logger.error("the server process is gone; engine core exiting")
+                return
+
+
+def _receive(inputs: multiprocessing.Queue, timeout_s: float) -> list[Any]:
+    """Everything queued now; waits up to timeout_s for the first message when none is."""
+    messages = []
+    try:
+        if timeout_s > 0:
+            messages.append(inputs.get(timeout=timeout_s))
+        while True:
+            messages.append(inputs.get_nowait())
+    except queue.Empty:
+        pass
+    return messages
+
+
+def _close_write_end(q: multiprocessing.Queue) -> None:
+    """Close this process's copy of a queue's write end (a queue it only reads)."""
+    writer = getattr(q, "_writer", None)
+    if writer is not None:
+        writer.close()
+
+
+def _flush(outputs: multiprocessing.Queue) -> None:
+    outputs.close()
+    outputs.join_thread()
+
+
+class MultiProcessCoreClient(EngineCoreClient):
+    """Runs the EngineCore loop in its own (spawned) process. launch() starts the process early
+    (model loading then overlaps the frontend's own start-up); start() waits until it is ready."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        max_model_len: int | None = None,
+        *,
+        heartbeat_timeout_s: float = 30.0,
+        step_timeout_s: float | None = None,
+        startup_timeout_s: float = 900.0,
+    ) -> None:
+        super().__init__()
+        if heartbeat_timeout_s <= 0:
+            raise ValueError(f"heartbeat_timeout_s must be > 0, got {heartbeat_timeout_s}")
+        if step_timeout_s is not None and step_timeout_s <= 0:
+            raise ValueError(f"step_timeout_s must be > 0 (or None), got {step_timeout_s}")
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.step_timeout_s = step_timeout_s
+        self.startup_timeout_s = startup_timeout_s
+        context = multiprocessing.get_context("spawn")
+        self._inputs: multiprocessing.Queue = context.Queue()
+        self._outputs: multiprocessing.Queue = context.Queue()
+        self._inputs.cancel_join_thread()
+        self.process = context.Process(
+            target=run_core_process,
+            args=(
+                config,
+                max_model_len,
+                self._inputs,
+                self._outputs,
+                min(1.0, heartbeat_timeout_s / 5),
+                os.getpid(),
+            ),
+            name="corral-engine-core",
+            daemon=True,
+        )
+        self._messages: asyncio.Queue[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def launch(self) -> None:
+        """Start the engine process (it loads the model meanwhile); idempotent."""
+        if self.process.pid is None:
+            self.process.start()
+            # Only the core writes outputs: without this process's copy of the pipe's write end,
+            # a core that dies mid-message gives the reader EOF instead of a read that never ends.
+            _close_write_end(self._outputs)
+
+    async def start(self) -> CoreInfo:
+        self._loop = asyncio.get_running_loop()
+        self._messages = asyncio.Queue()
+        self.launch()
+        self._reader = threading.Thread(target=self._read, name="corral-core-reader", daemon=True)
+        self._reader.start()
+        try:
+            first = await asyncio.wait_for(self._messages.get(), self.startup_timeout_s)
+        except asyncio.TimeoutError:
+            await self.shutdown()
+            raise RuntimeError(
+                f"the engine core did not start within {self.startup_timeout_s:.0f} s"
+            ) from None
+        if not isinstance(first, CoreInfo):
+            reason = first.reason if isinstance(first, CoreFailed) else repr(first)
+            await self.shutdown()
+            raise RuntimeError(reason)
+        self.info = first
+        self._ready.set()
+        return first
+
+    def send(self, message: AddRequests | FinishRequests | UtilityCall | Shutdown) -> None:
+        self._inputs.put(message)
+
+    async def _next_message(self) -> EngineCoreOutputs | UtilityResult | CoreFailed:
+        assert self._messages is not None, "start() first"
+        return await self._messages.get()
+
+    def _read(self) -> None:
+        """Reader thread: hand each message to the event loop; watch liveness and heartbeats."""
+        poll_s = min(0.1, self.heartbeat_timeout_s / 10)
+        last_seen = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                message = self._outputs.get(timeout=poll_s)
+            except queue.Empty:
+                message = None
+            except (EOFError, OSError) as error:  # the core's end of the pipe closed
+                self.process.join(1.0)
+                if self.process.is_alive():
+                    self._die(f"the engine core's output pipe broke: {error!r}")
+                else:
+                    self._die(f"the engine core process exited (exit code {self.process.exitcode})")
+                return
+            now = time.monotonic()
+            if message is not None:
+                last_seen = now
+                if isinstance(message, Heartbeat):
+                    busy_s, limit = message.busy_s, self.step_timeout_s
+                    if busy_s is not None and limit is not None and busy_s > limit:
+                        self._die(
+                            f"the engine core loop stalled: one step has run for {busy_s:.1f} s "
+                            f"(step timeout {limit:g} s)"
+                        )
+                        self.process.kill()
+                        return
+                    continue
+                self._deliver(message)
+                if isinstance(message, CoreFailed):
+                    return
+                continue
+            if not self.process.is_alive():
+                self._die(f"the engine core process exited (exit code {self.process.exitcode})")
+                return
+            if self._ready.is_set() and now - last_seen > self.heartbeat_timeout_s:
+                self._die(
+                    f"the engine core stalled: no heartbeat for {now - last_seen:.1f} s "
+                    f"(heartbeat timeout {self.heartbeat_timeout_s:g} s)"
+                )
+                self.process.kill()  # a core that comes back half-way would be worse
+                return
+
+    def _deliver(self, message: Any) -> None:
+        assert self._loop is not None and self._messages is not None
+        try:
+            self._loop.call_soon_threadsafe(self._messages.put_nowait, message)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            self._stopping.set()
+
+    def _die(self, reason: str) -> None:
+        if not self._stopping.is_set():
+            self._deliver(CoreFailed(reason))
+
+    async def shutdown(self, timeout_s: float = 10.0) -> None:
+        self._stopping.set()
+        if self.process.pid is not None and self.process.is_alive():
+            self.send(Shutdown())
+            await asyncio.to_thread(self.process.join, timeout_s)
+            if self.process.is_alive():
+                self.process.kill()
+                await asyncio.to_thread(self.process.join, 5.0)
+        if self._reader is not None:
+            await asyncio.to_thread(self._reader.join, 1.0)
+        if self.dead_reason is None:
+            self._mark_dead("engine core shut down", expected=True)
+        for q in (self._inputs, self._outputs):
+            q.close()

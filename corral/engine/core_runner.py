@@ -1,0 +1,131 @@
+"""CoreRunner: an EngineCore plus what both core clients need around it: applying the client's
+messages, stepping, reporting when each request is first scheduled, and a few utilities."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from corral.config import EngineConfig
+from corral.engine.core_client import (
+    AddRequests,
+    CoreInfo,
+    EngineCoreOutputs,
+    FinishRequests,
+    RequestStarted,
+    UtilityCall,
+    UtilityResult,
+)
+from corral.request import Request
+
+
+class CoreRunner:
+    """An EngineCore plus the bookkeeping both clients need: applying messages, stepping, and
+    reporting when each request is first scheduled."""
+
+    def __init__(self, core: Any, max_model_len: int) -> None:
+        self.core = core  # corral.engine.engine_core.EngineCore
+        self.info = CoreInfo(
+            num_blocks=core.kv_manager.num_blocks,
+            block_size=core.kv_manager.block_size,
+            max_model_len=max_model_len,
+        )
+        # Requests added but not yet scheduled once (their queue time is still unknown).
+        self._unstarted: dict[str, Request] = {}
+        self._rejected: list[tuple[str, str]] = []
+
+    @classmethod
+    def build(cls, config: EngineConfig, max_model_len: int | None = None) -> CoreRunner:
+        """Load the model and build the core (slow: seconds to minutes). max_model_len None:
+        the configured one, else the model's (the frontend checks that they agree)."""
+        from corral.demo import resolve_model_dir
+        from corral.engine.engine_core import EngineCore
+        from corral.model.arch import ModelArch
+
+        model_dir = resolve_model_dir(config.model.model)
+        arch = ModelArch.from_dir(model_dir)
+        if max_model_len is None:
+            max_model_len = config.model.max_model_len or arch.max_position_embeddings
+        core = EngineCore(config, model_dir, arch, max_model_len)
+        _warm_up_kernels(core)
+        return cls(core, max_model_len)
+
+    def has_work(self) -> bool:
+        return self.core.has_unfinished_requests()
+
+    def handle(self, message: AddRequests | FinishRequests | UtilityCall) -> UtilityResult | None:
+        """Apply one message. A request the core refuses is reported, never raised."""
+        if isinstance(message, AddRequests):
+            for request in message.requests:
+                try:
+                    self.core.add_request(request)
+                    self._unstarted[request.request_id] = request
+                except ValueError as error:
+                    self._rejected.append((request.request_id, str(error)))
+            return None
+        if isinstance(message, FinishRequests):
+            self.core.finish_requests(message.request_ids, message.status)
+            for request_id in message.request_ids:
+                self._unstarted.pop(request_id, None)
+            return None
+        return self._call(message)
+
+    def step(self) -> EngineCoreOutputs:
+        """One engine step, with the stats after it."""
+        updates = self.core.step() if self.core.has_unfinished_requests() else []
+        return self.outputs(updates)
+
+    def outputs(self, updates: list) -> EngineCoreOutputs:
+        started = []
+        if self._unstarted:
+            for request_id, request in list(self._unstarted.items()):
+                if request.first_scheduled_time is not None:
+                    started.append(
+                        RequestStarted(
+                            request_id,
+                            request.first_scheduled_time,
+                            max(request.num_cached_tokens, 0),
+                        )
+                    )
+                    del self._unstarted[request_id]
+        rejected, self._rejected = self._rejected, []
+        return EngineCoreOutputs(updates, self.core.stats(), started, rejected, time.monotonic())
+
+    # ----- utilities, for tests and operators ----------------------------------------------
+
+    UTILITIES = ("kv_state", "check_integrity", "reset_prefix_cache", "sleep")
+
+    def _call(self, call: UtilityCall) -> UtilityResult:
+        if call.method not in self.UTILITIES:
+            return UtilityResult(call.call_id, error=f"unknown utility {call.method!r}")
+        try:
+            return UtilityResult(call.call_id, getattr(self, "_" + call.method)(*call.args))
+        except Exception as error:
+            return UtilityResult(call.call_id, error=f"{call.method} failed: {error!r}")
+
+    def _kv_state(self) -> dict[str, int]:
+        kv = self.core.kv_manager
+        return {
+            "num_blocks": kv.num_blocks,
+            "num_free_blocks": kv.num_free_blocks,
+            "num_requests": len(self.core.scheduler.requests),
+        }
+
+    def _check_integrity(self) -> dict[str, int]:
+        self.core.kv_manager.check_integrity()
+        return self._kv_state()
+
+    def _reset_prefix_cache(self) -> int:
+        return self.core.kv_manager.reset_prefix_cache()
+
+    def _sleep(self, seconds: float) -> None:
+        """Block the loop (fault injection: a stalled step)."""
+        time.sleep(seconds)
+
+
+def _warm_up_kernels(core: Any) -> None:
+    """Compile or load the CPU kernels now, so the first request does not stall the loop."""
+    if getattr(core.executor, "device", None) is not None and core.executor.device.type == "cpu":
+        from corral.model.kernels import cpu_kernels
+
+        cpu_kernels()

@@ -1,0 +1,141 @@
+"""The FastAPI application: OpenAI endpoints, tokenizer endpoints, health, version, metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+import corral
+from corral.engine.async_llm import AsyncLLM
+from corral.serve.chat import create_chat_completion, message_dicts, render_chat
+from corral.serve.completions import create_completion
+from corral.serve.errors import APIError, install_error_handlers
+from corral.serve.logprobs import TokenTexts
+from corral.serve.metrics import CONTENT_TYPE, ServerMetrics
+from corral.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+)
+from corral.serve.security import APIKeyMiddleware, read_json_body
+from corral.serve.state import ServerConfig, ServerState
+from corral.serve.streaming import json_response
+from corral.serve.validation import ModelLimits, parse_body
+
+logger = logging.getLogger(__name__)
+
+
+def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = True) -> FastAPI:
+    """The server around an AsyncLLM. With start_engine, the app's lifespan starts the engine
+    core and shuts it down (after uvicorn has drained the requests in flight)."""
+    model_name = config.served_model_name or engine.model_dir.name
+    metrics = ServerMetrics(model_name)
+    limits = ModelLimits(
+        engine.input_processor.vocab_size,
+        engine.max_model_len,
+        engine.input_processor.generation_defaults,
+    )
+    token_texts = TokenTexts(engine.tokenizer)
+    state = ServerState(engine, config, model_name, limits, metrics, token_texts)
+    engine.stat_loggers.append(metrics.observe)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if start_engine:
+            await engine.start()
+        logger.info("serving %s (max_model_len %d)", model_name, engine.max_model_len)
+        try:
+            yield
+        finally:
+            state.draining = True
+            if start_engine:
+                await engine.shutdown()
+
+    app = FastAPI(title="corral", version=corral.__version__, lifespan=lifespan)
+    app.state.server = state
+    install_error_handlers(app)
+    if config.api_keys:
+        app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)
+
+    async def body(request: Request) -> object:
+        if state.draining:
+            raise APIError(503, "the server is shutting down", code="shutting_down")
+        return await read_json_body(request, config.max_request_body_bytes)
+
+    def client_id(request: Request, user: str | None) -> str | None:
+        return user or getattr(request.state, "api_key_identity", None)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        req = parse_body(CompletionRequest, await body(request))
+        return await create_completion(state, req, request, client_id(request, req.user))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        req = parse_body(ChatCompletionRequest, await body(request))
+        return await create_chat_completion(state, req, request, client_id(request, req.user))
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        card = ModelCard(
+            id=model_name, root=str(engine.model_dir), max_model_len=engine.max_model_len
+        )
+        return json_response(ModelList(data=[card]))
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        req = parse_body(TokenizeRequest, await body(request))
+        state.check_model(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise APIError(400, "send exactly one of prompt and messages", param="prompt")
+        tokenizer = engine.tokenizer
+        if req.messages is not None:
+            token_ids = render_chat(
+                tokenizer, message_dicts(req.messages), req.add_generation_prompt
+            )
+        else:
+            token_ids = tokenizer.encode(
+                req.prompt or "", add_special_tokens=req.add_special_tokens
+            )
+        return JSONResponse(
+            {"tokens": token_ids, "count": len(token_ids), "max_model_len": engine.max_model_len}
+        )
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Response:
+        req = parse_body(DetokenizeRequest, await body(request))
+        state.check_model(req.model)
+        engine.input_processor.check_token_ids(req.tokens)
+        return JSONResponse({"prompt": engine.tokenizer.decode(req.tokens)})
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not engine.is_healthy:
+            raise APIError(503, f"the engine is not running: {engine.dead_reason}", code="dead")
+        if state.draining:
+            raise APIError(503, "the server is shutting down", code="shutting_down")
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> Response:
+        return JSONResponse({"version": corral.__version__})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(engine.is_healthy), media_type=CONTENT_TYPE)
+
+    if engine.config.debug_check_integrity:
+
+        @app.get("/debug/kv")
+        async def debug_kv() -> Response:
+            """The KV pool after check_integrity() (only with --debug-check-integrity)."""
+            return JSONResponse(await engine.client.call_utility("check_integrity"))
+
+    return app

@@ -1,0 +1,212 @@
+"""POST /v1/chat/completions: the model's own chat template (or a default), streaming deltas."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from corral.engine.async_llm import RequestStream
+from corral.engine.tokenizer import Tokenizer
+from corral.outputs import CompletionOutput
+from corral.serve.errors import bad_request
+from corral.serve.logprobs import chat_logprobs
+from corral.serve.protocol import (
+    ChatChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatMessage,
+    ChatMessageOut,
+    ChatStreamChoice,
+    DeltaMessage,
+    UsageInfo,
+)
+from corral.serve.state import ServerState
+from corral.serve.streaming import (
+    collect_final,
+    event_stream,
+    json_response,
+    merge_streams,
+    run_until_disconnected,
+    sse,
+)
+from corral.serve.validation import chat_params
+
+_THREAD_TEMPLATE_CHARS = 16384
+
+
+def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as the template expects them: role and text content (text parts joined)."""
+    result = []
+    for index, message in enumerate(messages):
+        content = message.content
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if part.type != "text" or part.text is None:
+                    raise bad_request(
+                        f"messages[{index}]: content part type {part.type!r} is not supported "
+                        f"(only 'text')",
+                        "messages",
+                    )
+                texts.append(part.text)
+            content = "\n".join(texts)
+        entry: dict[str, Any] = {"role": message.role, "content": content or ""}
+        if message.name is not None:
+            entry["name"] = message.name
+        result.append(entry)
+    return result
+
+
+def render_chat(
+    tokenizer: Tokenizer,
+    messages: list[dict[str, Any]],
+    add_generation_prompt: bool,
+    continue_final_message: bool = False,
+) -> list[int]:
+    """Template and tokenize; a template that refuses the conversation gives a 400."""
+    kwargs: dict[str, Any] = {"add_generation_prompt": add_generation_prompt}
+    if continue_final_message:
+        if add_generation_prompt:
+            raise bad_request(
+                "continue_final_message needs add_generation_prompt set to false",
+                "continue_final_message",
+            )
+        kwargs["continue_final_message"] = True
+    try:
+        return tokenizer.encode_chat(messages, **kwargs)
+    except Exception as error:  # jinja raises many types, raise_exception() among them
+        raise bad_request(f"the chat template refused the messages: {error}", "messages") from None
+
+
+async def create_chat_completion(
+    state: ServerState, req: ChatCompletionRequest, raw: Request, client_id: str | None
+) -> Response:
+    state.check_model(req.model)
+    params = chat_params(req, state.limits)
+    messages = message_dicts(req.messages)
+    render = (
+        render_chat,
+        state.engine.tokenizer,
+        messages,
+        req.add_generation_prompt,
+        req.continue_final_message,
+    )
+    if sum(len(m["content"]) for m in messages) > _THREAD_TEMPLATE_CHARS:
+        token_ids = await asyncio.to_thread(*render)
+    else:
+        token_ids = render[0](*render[1:])
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    streams = await state.admit(
+        request_id,
+        [{"prompt_token_ids": token_ids}],
+        params,
+        priority=req.priority,
+        client_id=client_id,
+        cache_salt=req.cache_salt,
+    )
+    formatter = _ChatFormatter(state, req, request_id)
+    if req.stream:
+        return event_stream(formatter.stream(streams[0]))
+    return await run_until_disconnected(
+        raw,
+        collect_final(state.engine, streams),
+        lambda finals: json_response(formatter.response(finals[0])),
+    )
+
+
+class _ChatFormatter:
+    def __init__(self, state: ServerState, req: ChatCompletionRequest, request_id: str) -> None:
+        self.state = state
+        self.req = req
+        self.request_id = request_id
+        self.created = int(time.time())
+        self.token_text = state.token_texts
+
+    def _logprobs(self, completion: CompletionOutput) -> ChatLogprobs | None:
+        if not self.req.logprobs or completion.logprobs is None:
+            return None
+        num_top = self.req.top_logprobs or 0
+        return chat_logprobs(completion.token_ids, completion.logprobs, num_top, self.token_text)
+
+    def response(self, final: Any) -> ChatCompletionResponse:
+        choices = [
+            ChatChoice(
+                index=completion.index,
+                message=ChatMessageOut(content=completion.text),
+                logprobs=self._logprobs(completion),
+                finish_reason=completion.finish_reason,
+                stop_reason=completion.stop_reason,
+            )
+            for completion in final.outputs
+        ]
+        self.state.log_output(final.request_id, [c.text for c in final.outputs])
+        num_prompt = len(final.prompt_token_ids)
+        num_generated = sum(len(c.token_ids) for c in final.outputs)
+        usage = UsageInfo(
+            prompt_tokens=num_prompt,
+            completion_tokens=num_generated,
+            total_tokens=num_prompt + num_generated,
+        )
+        return ChatCompletionResponse(
+            id=self.request_id, model=self.state.model_name, choices=choices, usage=usage
+        )
+
+    async def stream(self, stream: RequestStream) -> AsyncIterator[bytes]:
+        options = self.req.stream_options
+        include_usage = bool(options and options.include_usage)
+        continuous = include_usage and bool(options and options.continuous_usage_stats)
+        started: set[int] = set()
+        num_prompt = num_generated = 0
+        async for _, output in merge_streams(self.state.engine, [stream]):
+            num_prompt = len(output.prompt_token_ids)
+            choices = []
+            for completion in output.outputs:
+                if completion.index not in started:
+                    started.add(completion.index)
+                    first = DeltaMessage(role="assistant", content="")
+                    yield sse(self._chunk([ChatStreamChoice(index=completion.index, delta=first)]))
+                num_generated += len(completion.token_ids)
+                has_logprobs = bool(self.req.logprobs and completion.token_ids)
+                if not completion.text and completion.finish_reason is None and not has_logprobs:
+                    continue
+                choices.append(
+                    ChatStreamChoice(
+                        index=completion.index,
+                        delta=DeltaMessage(content=completion.text),
+                        logprobs=self._logprobs(completion),
+                        finish_reason=completion.finish_reason,
+                        stop_reason=completion.stop_reason,
+                    )
+                )
+            if choices:
+                usage = self._usage(num_prompt, num_generated) if continuous else None
+                yield sse(self._chunk(choices, usage))
+        if include_usage:
+            yield sse(self._chunk([], self._usage(num_prompt, num_generated)))
+
+    @staticmethod
+    def _usage(num_prompt: int, num_generated: int) -> UsageInfo:
+        return UsageInfo(
+            prompt_tokens=num_prompt,
+            completion_tokens=num_generated,
+            total_tokens=num_prompt + num_generated,
+        )
+
+    def _chunk(
+        self, choices: list[ChatStreamChoice], usage: UsageInfo | None = None
+    ) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self.request_id,
+            created=self.created,
+            model=self.state.model_name,
+            choices=choices,
+            usage=usage,
+        )

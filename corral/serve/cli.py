@@ -1,0 +1,118 @@
+"""`corral serve`: the OpenAI-compatible server (FastAPI + uvicorn; the engine core runs in its
+own process). SIGTERM or Ctrl-C drains: no new requests, running ones finish, then exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from corral.engine.engine_args import add_engine_arguments, engine_config_from_args
+from corral.serve.config import ServerConfig
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "CORRAL_API_KEY"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ServerConfig()
+    group = parser.add_argument_group("server")
+    group.add_argument("--host", default=defaults.host, help="address to bind (default: loopback)")
+    group.add_argument("--port", type=int, default=defaults.port)
+    group.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' on every endpoint but /health; repeat for "
+        f"several keys (default: env {API_KEY_ENV}, comma-separated)",
+    )
+    group.add_argument(
+        "--served-model-name", default=None, help="model id in the API (default: directory name)"
+    )
+    group.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=None,
+        help="requests (samples) admitted but not yet scheduled; past it: 503 + Retry-After",
+    )
+    group.add_argument(
+        "--max-queued-tokens",
+        type=int,
+        default=None,
+        help="prompt tokens of requests admitted but not yet scheduled; past it: 503",
+    )
+    group.add_argument(
+        "--heartbeat-timeout-s",
+        type=float,
+        default=defaults.heartbeat_timeout_s,
+        help="declare the engine dead when its process sends no heartbeat this long",
+    )
+    group.add_argument(
+        "--step-timeout-s",
+        type=float,
+        default=defaults.step_timeout_s,
+        help="declare the engine dead when one step runs longer (0: never)",
+    )
+    group.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        default=defaults.max_request_body_bytes,
+        help="larger bodies get 413",
+    )
+    group.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=defaults.drain_timeout_s,
+        help="on SIGTERM, wait this long for running requests before cancelling them",
+    )
+    group.add_argument(
+        "--log-requests", action="store_true", help="log prompts and outputs (off by default)"
+    )
+    group.add_argument("--no-access-log", action="store_true", help="no per-request access log")
+    add_engine_arguments(parser)
+
+
+def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
+    keys = list(args.api_key or [])
+    if not keys and os.environ.get(API_KEY_ENV):
+        keys = [key.strip() for key in os.environ[API_KEY_ENV].split(",") if key.strip()]
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        api_keys=tuple(keys),
+        max_queued_requests=args.max_queued_requests,
+        max_queued_tokens=args.max_queued_tokens,
+        heartbeat_timeout_s=args.heartbeat_timeout_s,
+        step_timeout_s=args.step_timeout_s or None,
+        max_request_body_bytes=args.max_request_body_bytes,
+        log_requests=args.log_requests,
+        served_model_name=args.served_model_name,
+        drain_timeout_s=args.drain_timeout_s,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from corral.engine.async_llm import AsyncLLM
+    from corral.serve.app import build_app
+    from corral.serve.server import serve
+
+    config = server_config_from_args(args)
+    engine = AsyncLLM(
+        engine_config_from_args(args),
+        multiprocess=True,
+        heartbeat_timeout_s=config.heartbeat_timeout_s,
+        step_timeout_s=config.step_timeout_s,
+        max_queued_requests=config.max_queued_requests,
+        max_queued_tokens=config.max_queued_tokens,
+    )
+    app = build_app(engine, config)
+    if config.api_keys:
+        logger.info("API key required (%d key(s) configured)", len(config.api_keys))
+    started = serve(
+        app,
+        config,
+        log_level=getattr(args, "log_level", "INFO").lower(),
+        access_log=not args.no_access_log,
+    )
+    return 0 if started else 1

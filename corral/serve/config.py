@@ -1,0 +1,38 @@
+"""ServerConfig: what `corral serve` adds to the engine's options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """What `corral serve` adds to the engine's options."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Never shown in a repr or a log.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    max_queued_requests: int | None = None
+    max_queued_tokens: int | None = None
+    heartbeat_timeout_s: float = 30.0
+    # One engine step (or utility call) running longer than this: the loop is stuck. None: off.
+    step_timeout_s: float | None = 300.0
+    max_request_body_bytes: int = 16 * 2**20
+    log_requests: bool = False
+    served_model_name: str | None = None
+    drain_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.heartbeat_timeout_s <= 0:
+            raise ValueError(f"heartbeat_timeout_s must be > 0, got {self.heartbeat_timeout_s}")
+        if self.step_timeout_s is not None and self.step_timeout_s <= 0:
+            raise ValueError(f"step_timeout_s must be > 0 or None, got {self.step_timeout_s}")
+        if self.max_request_body_bytes < 1024:
+            raise ValueError(
+                f"max_request_body_bytes must be >= 1024, got {self.max_request_body_bytes}"
+            )
+        if any(not key for key in self.api_keys):
+            raise ValueError("an API key must not be empty")

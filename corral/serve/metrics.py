@@ -1,0 +1,161 @@
+"""Prometheus metrics, named like vLLM's with a `corral:` prefix (vllm:x -> corral:x), so that
+existing dashboards translate by a prefix. Each server has its own registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from corral.core.scheduler import SchedulerStats
+from corral.engine.request_stats import IterationStats
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS_S = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+_TOKEN_LATENCY_BUCKETS_S = (
+    0.001, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
+    0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+_REQUEST_LATENCY_BUCKETS_S = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
+    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+
+
+class ServerMetrics:
+    """The server's metrics; `observe` is an AsyncLLM stat logger."""
+
+    def __init__(self, model_name: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["model_name"]
+        values = {"model_name": model_name}
+        registry = self.registry
+
+        def gauge(name: str, doc: str) -> Any:
+            return Gauge(name, doc, labels, registry=registry).labels(**values)
+
+        def counter(name: str, doc: str) -> Any:
+            return Counter(name, doc, labels, registry=registry).labels(**values)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Any:
+            return Histogram(name, doc, labels, buckets=buckets, registry=registry).labels(**values)
+
+        self._values = values
+        self.num_running = gauge("corral:num_requests_running", "Requests in the running batch.")
+        self.num_waiting = gauge("corral:num_requests_waiting", "Requests waiting to run.")
+        self.kv_usage = gauge("corral:kv_cache_usage_perc", "Fraction of KV blocks in use (0-1).")
+        self.engine_healthy = gauge("corral:engine_healthy", "1 while the engine core is alive.")
+        self.prefix_queries = counter(
+            "corral:prefix_cache_queries", "Prompt tokens looked up in the prefix cache."
+        )
+        self.prefix_hits = counter(
+            "corral:prefix_cache_hits", "Prompt tokens found in the prefix cache."
+        )
+        self.preemptions = counter("corral:num_preemptions", "Preemptions (cumulative).")
+        self.prompt_tokens = counter("corral:prompt_tokens", "Prompt tokens of started requests.")
+        self.generation_tokens = counter("corral:generation_tokens", "Generated tokens.")
+        self.request_success = Counter(
+            "corral:request_success",
+            "Finished requests by finish reason.",
+            ["model_name", "finished_reason"],
+            registry=registry,
+        )
+        self.request_rejected = Counter(
+            "corral:request_rejected",
+            "Requests refused before admission, by HTTP status.",
+            ["model_name", "status"],
+            registry=registry,
+        )
+        self.ttft = histogram(
+            "corral:time_to_first_token_seconds", "Time to first token.", _LATENCY_BUCKETS_S
+        )
+        self.itl = histogram(
+            "corral:inter_token_latency_seconds", "Time between tokens.", _TOKEN_LATENCY_BUCKETS_S
+        )
+        self.tpot = histogram(
+            "corral:time_per_output_token_seconds",
+            "Mean time per output token of each finished request.",
+            _TOKEN_LATENCY_BUCKETS_S,
+        )
+        self.e2e = histogram(
+            "corral:e2e_request_latency_seconds",
+            "Arrival to finish.",
+            _REQUEST_LATENCY_BUCKETS_S,
+        )
+        self.queue_time = histogram(
+            "corral:request_queue_time_seconds",
+            "Arrival to first scheduled.",
+            _REQUEST_LATENCY_BUCKETS_S,
+        )
+        self.prompt_len = histogram(
+            "corral:request_prompt_tokens", "Prompt tokens per request.", _token_buckets()
+        )
+        self.generation_len = histogram(
+            "corral:request_generation_tokens", "Generated tokens per request.", _token_buckets()
+        )
+        self._last: SchedulerStats | None = None
+        self.engine_healthy.set(1)
+
+    def observe(self, stats: IterationStats) -> None:
+        """Apply one batch of engine stats (an AsyncLLM stat logger)."""
+        if stats.scheduler is not None:
+            self._scheduler(stats.scheduler)
+        if stats.num_prompt_tokens:
+            self.prompt_tokens.inc(stats.num_prompt_tokens)
+        if stats.num_generation_tokens:
+            self.generation_tokens.inc(stats.num_generation_tokens)
+        for value in stats.time_to_first_tokens_s:
+            self.ttft.observe(value)
+        for value in stats.inter_token_latencies_s:
+            self.itl.observe(value)
+        for finished in stats.finished:
+            self.request_success.labels(
+                finished_reason=finished.finish_reason, **self._values
+            ).inc()
+            self.e2e.observe(finished.e2e_latency_s)
+            if finished.queue_time_s is not None:
+                self.queue_time.observe(finished.queue_time_s)
+            if finished.time_per_output_token_s is not None:
+                self.tpot.observe(finished.time_per_output_token_s)
+            self.prompt_len.observe(finished.num_prompt_tokens)
+            self.generation_len.observe(finished.num_generation_tokens)
+
+    def _scheduler(self, stats: SchedulerStats) -> None:
+        self.num_running.set(stats.num_running)
+        self.num_waiting.set(stats.num_waiting)
+        self.kv_usage.set(stats.kv_cache_usage)
+        last = self._last
+        # The scheduler's counters are cumulative; Prometheus counters take increments.
+        for metric, now, before in (
+            (self.preemptions, stats.num_preemptions, last.num_preemptions if last else 0),
+            (
+                self.prefix_queries,
+                stats.prefix_query_tokens,
+                last.prefix_query_tokens if last else 0,
+            ),
+            (self.prefix_hits, stats.prefix_hit_tokens, last.prefix_hit_tokens if last else 0),
+        ):
+            if now > before:
+                metric.inc(now - before)
+        self._last = stats
+
+    def count_rejected(self, error: Any) -> None:
+        status = getattr(error, "status_code", 500)
+        self.request_rejected.labels(status=str(status), **self._values).inc()
+
+    def render(self, engine_alive: bool) -> bytes:
+        self.engine_healthy.set(1 if engine_alive else 0)
+        return generate_latest(self.registry)
+
+
+def _token_buckets() -> tuple[float, ...]:
+    buckets, value = [], 1
+    while value <= 2**20:
+        buckets += [value, 2 * value, 5 * value]
+        value *= 10
+    return tuple(float(b) for b in buckets)

@@ -1,0 +1,87 @@
+"""API keys (constant-time, never logged) and request-body limits."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from corral.serve.errors import APIError
+
+# Endpoints a load balancer or orchestrator probes without credentials.
+OPEN_PATHS = frozenset({"/health"})
+
+
+def key_identity(api_key: str) -> str:
+    """A stable, non-reversible name for an API key (the client id of its requests)."""
+    return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
+class APIKeyMiddleware:
+    """Refuses (401) every request but those to OPEN_PATHS without `Authorization: Bearer <key>`
+    for one of the keys; records the key's identity in request.state.api_key_identity."""
+
+    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...]) -> None:
+        self.app = app
+        self._keys = [(key.encode(), key_identity(key)) for key in api_keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._keys or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        token = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    token = credentials.strip()
+                break
+        identity = None
+        for key, key_id in self._keys:
+            # Every key is compared, the whole length: the time says nothing about the keys.
+            if hmac.compare_digest(token, key):
+                identity = key_id
+        if identity is None:
+            error = APIError(
+                401,
+                "missing or invalid API key: send the header 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await error.response()(scope, receive, send)
+            return
+        scope.setdefault("state", {})["api_key_identity"] = identity
+        await self.app(scope, receive, send)
+
+
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """The decoded JSON body: 413 past max_bytes (checked before reading when the length is
+    declared), 400 when it is not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(int(declared), max_bytes)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise _too_large(len(body), max_bytes, at_least=True)
+    if not body:
+        raise APIError(400, "the request body is empty; send a JSON object")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, deep nesting
+        raise APIError(400, f"the request body is not valid JSON: {error}") from None
+
+
+def _too_large(num_bytes: int, max_bytes: int, at_least: bool = False) -> APIError:
+    size = f"{'more than ' if at_least else ''}{num_bytes if not at_least else max_bytes} bytes"
+    return APIError(
+        413,
+        f"the request body ({size}) exceeds the limit of {max_bytes} bytes "
+        f"(--max-request-body-bytes)",
+        code="request_too_large",
+    )

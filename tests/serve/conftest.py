@@ -1,0 +1,154 @@
+"""A live `corral serve` in a subprocess on loopback, for the server tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+API_KEY = "test-key-0123456789"
+# Generous: on a loaded 2-core machine a server (two processes, torch in both) takes a while.
+STARTUP_TIMEOUT_S = 300.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_kernels_built() -> None:
+    """Compile (or load) the CPU kernels once here, so that no server or engine start-up below
+    spends minutes compiling them on a fresh machine."""
+    from corral.model.kernels import cpu_kernels
+
+    cpu_kernels()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m corral.cli serve ...` with its log in a file; the engine core is its child."""
+
+    def __init__(self, model: Path, log_path: Path, *extra_args: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        args = [
+            sys.executable,
+            "-m",
+            "corral.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(self.port),
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "512",
+            "--num-threads",
+            "1",
+            *extra_args,
+        ]
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ, CORRAL_API_KEY="", TOKENIZERS_PARALLELISM="false")
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"corral serve exited ({self.process.returncode}):\n{self.log()}")
+            try:
+                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"corral serve did not become healthy:\n{self.log()}")
+
+    def engine_pid(self) -> int:
+        """The engine core process: the server's spawned child (not multiprocessing's resource
+        tracker)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = [
+            int(pid)
+            for pid in children.read_text().split()
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(pids) == 1, f"expected one engine process, found {pids}"
+        return pids[0]
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def start_server(tiny_model, tmp_path_factory):
+    """start_server(*args) -> a ready ServerProcess on the tiny model; stopped at module end."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the server tests use /proc and POSIX signals")
+    servers: list[ServerProcess] = []
+
+    def start(*args: str, wait: bool = True) -> ServerProcess:
+        log = tmp_path_factory.mktemp("server") / "server.log"
+        server = ServerProcess(tiny_model, log, *args)
+        servers.append(server)
+        if wait:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="package")
+def server(tiny_model, tmp_path_factory):
+    """The shared server of the API, bad-input, overload and disconnect tests."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the server tests use /proc and POSIX signals")
+    server = ServerProcess(
+        tiny_model,
+        tmp_path_factory.mktemp("server") / "server.log",
+        "--api-key",
+        API_KEY,
+        "--num-kv-blocks",
+        "96",
+        "--max-num-seqs",
+        "8",
+        "--max-queued-requests",
+        "6",
+        "--served-model-name",
+        "tiny",
+        "--max-request-body-bytes",
+        "200000",
+        "--debug-check-integrity",
+    )
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def auth(key: str = API_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
