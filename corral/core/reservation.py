@@ -14,6 +14,7 @@ Counts are in blocks; shared prefix blocks are counted per holder (a conservativ
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -99,7 +100,7 @@ class PredictedReservation(KVReservation):
         if predicted is None:
             num_output = request.max_tokens
         else:
-            num_output = min(int(predicted * (1 + self.headroom)) + 1, request.max_tokens)
+            num_output = min(math.ceil(predicted * (1 + self.headroom)), request.max_tokens)
         return max(request.num_prompt_tokens + num_output, request.num_tokens)
 
 

@@ -88,10 +88,11 @@ class Scheduler:
         self.policy = policy if policy is not None else make_policy(config.policy)
         self.preemption = PREEMPTION_MODES.get(config.preemption_mode)()
         self.clock = clock
-        self.policy.bind(clock)
+        # Policy and accounting read self.clock: assigning another clock moves them too.
+        self.policy.bind(lambda: self.clock())
         self.reservation = make_reservation(config.kv_reservation)
         # Waits, starvation and SLO attainment, whatever the policy (slo_stats()).
-        self.slo = SLOTracker(clock)
+        self.slo = SLOTracker(lambda: self.clock())
         self.requests: dict[str, Request] = {}
         self.running: list[Request] = []
         self.num_preemptions = 0
@@ -206,21 +207,17 @@ class Scheduler:
             budget -= num_new
 
         gate: AdmissionGate | None = None
-        # No admission in a step whose running requests ran out of blocks; a preemption the
-        # policy asks for (victims_for) frees room for the candidate in this very step.
+        # No admission after running out of blocks; victims_for frees room in this very step.
         can_admit = not preempted
         while can_admit and budget > 0:
-            request = self.policy.peek_waiting()
-            if request is None:
+            candidate = self.policy.peek_waiting()
+            if candidate is None:
                 break
-            if len(self.running) >= self.config.max_num_seqs:
+            request = candidate
+            gate = gate or self.reservation.gate(self.running, self.kv)
+            if len(self.running) >= self.config.max_num_seqs or not gate.try_admit(request):
                 if self._preempt_for(request, preempted, unschedule):
-                    continue
-                break
-            if gate is None:
-                gate = self.reservation.gate(self.running, self.kv)
-            if not gate.try_admit(request):
-                if self._preempt_for(request, preempted, unschedule):
+                    gate = None  # the victims' blocks are free again
                     continue
                 break
             if self.kv.is_swapped(request):

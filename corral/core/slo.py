@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from corral.request import Request
 
@@ -190,7 +190,7 @@ class SLOTracker:
 
     def snapshot(self) -> SLOStats:
         num_waiting = sum(1 for live in self._live.values() if live.queued_at is not None)
-        classes = {name: ClassStats(**_fields(stats)) for name, stats in self.classes.items()}
+        classes = {name: replace(stats) for name, stats in self.classes.items()}
         return SLOStats(self.max_queue_wait_s, self.oldest_waiting_s(), num_waiting, classes)
 
     def _enqueue(self, request_id: str, queued_at: float) -> None:
@@ -207,7 +207,3 @@ class SLOTracker:
                 if live.queued_at is not None
             ]
             heapq.heapify(self._queued)
-
-
-def _fields(stats: ClassStats) -> dict[str, float | int]:
-    return {name: getattr(stats, name) for name in ClassStats.__dataclass_fields__}

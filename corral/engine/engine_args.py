@@ -28,13 +28,38 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--no-prefix-caching", action="store_true", help="disable automatic prefix caching"
     )
+    group.add_argument(
+        "--kv-cache-dtype", default=cache.kv_cache_dtype, help="auto, int8, fp8 (quantized KV)"
+    )
+    group.add_argument(
+        "--host-cache-memory", default=None, help="host-memory KV tier: a fraction or a size"
+    )
+    group.add_argument("--disk-cache-dir", default=None, help="disk KV tier directory")
+    group.add_argument("--disk-cache-max-bytes", default=cache.disk_cache_max_bytes)
+    group.add_argument(
+        "--preemption-mode", default="recompute", help="recompute, or swap (needs a host tier)"
+    )
     group.add_argument("--max-num-seqs", type=int, default=sched.max_num_seqs)
     group.add_argument("--max-num-batched-tokens", type=int, default=sched.max_num_batched_tokens)
     group.add_argument("--no-chunked-prefill", action="store_true")
     group.add_argument(
         "--long-prefill-token-threshold", type=int, default=sched.long_prefill_token_threshold
     )
-    group.add_argument("--scheduling-policy", default=sched.policy)
+    group.add_argument(
+        "--scheduling-policy",
+        default=sched.policy,
+        help="fcfs, priority, sjf, srpt, mlfq, fair, edf; options as NAME:key=value,...",
+    )
+    group.add_argument(
+        "--kv-reservation",
+        default=sched.kv_reservation,
+        help="KV reserved at admission: none, max, predicted[:headroom=0.1] (S3)",
+    )
+    group.add_argument(
+        "--length-predictor",
+        default=None,
+        help="output-length predictor file (corral predictor train) for sjf/srpt/reservation",
+    )
     group.add_argument("--debug-check-integrity", action="store_true")
 
 
@@ -53,6 +78,10 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         kv_cache_memory=args.kv_cache_memory,
         num_blocks=args.num_kv_blocks,
         enable_prefix_caching=not args.no_prefix_caching,
+        kv_cache_dtype=args.kv_cache_dtype,
+        host_cache_memory=args.host_cache_memory,
+        disk_cache_dir=args.disk_cache_dir,
+        disk_cache_max_bytes=args.disk_cache_max_bytes,
     )
     scheduler = SchedulerConfig(
         max_num_seqs=args.max_num_seqs,
@@ -60,6 +89,9 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         enable_chunked_prefill=not args.no_chunked_prefill,
         long_prefill_token_threshold=args.long_prefill_token_threshold,
         policy=args.scheduling_policy,
+        preemption_mode=args.preemption_mode,
+        kv_reservation=args.kv_reservation,
+        length_predictor=args.length_predictor,
     )
     return EngineConfig(
         model=model,

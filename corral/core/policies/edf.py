@@ -24,24 +24,26 @@ def parse_class_deadlines(value: str | dict[int, float] | None) -> dict[int, flo
     """{priority: seconds} from a dict or from "0:2.5|1:30" (the option-string form)."""
     if value is None or value == "":
         return {}
+    items: list[tuple[int, float]] = []
     if isinstance(value, dict):
-        items = list(value.items())
+        items = [(int(k), float(v)) for k, v in value.items()]
     else:
-        items = []
         for part in str(value).split("|"):
             key, sep, seconds = part.partition(":")
+            if not sep:
+                raise ValueError(
+                    f"class deadline {part!r} is not PRIORITY:SECONDS (e.g. 0:2.5|1:30)"
+                )
             try:
                 items.append((int(key), float(seconds)))
             except ValueError:
                 raise ValueError(
                     f"class deadline {part!r} is not PRIORITY:SECONDS (e.g. 0:2.5|1:30)"
                 ) from None
-            if not sep:
-                raise ValueError(f"class deadline {part!r} is not PRIORITY:SECONDS")
-    deadlines = {int(k): float(v) for k, v in items}
-    for key, seconds in deadlines.items():
-        if not seconds > 0:
-            raise ValueError(f"the deadline of class {key} must be > 0 s, got {seconds}")
+    deadlines = dict(items)
+    for priority, deadline_s in deadlines.items():
+        if not deadline_s > 0:
+            raise ValueError(f"the deadline of class {priority} must be > 0 s, got {deadline_s}")
     return deadlines
 
 

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from corral.core.policies.base import SCHEDULING_POLICIES, SchedulingPolicy
 from corral.request import Request
 
-
 # Idle clients' counters kept before those at or below the lift floor are forgotten.
 _MAX_IDLE_COUNTERS = 4096
 
@@ -48,6 +47,9 @@ class VTCPolicy(SchedulingPolicy):
         self._sequence = itertools.count()
         self._last_served_counter = 0.0
         self._charged_input: set[str] = set()
+        # Running requests per client (admitted, not yet finished or preempted).
+        self._running: dict[str, str] = {}
+        self._num_running: dict[str, int] = {}
         self._num_waiting = 0
 
     @staticmethod
@@ -70,6 +72,15 @@ class VTCPolicy(SchedulingPolicy):
             heapq.heappop(heap)
         return heap[0][2] if heap else None
 
+    def _lift_floor(self) -> float:
+        """The least counter among backlogged clients, else among clients with running
+        requests, else the counter of the client served last."""
+        least = self._min_client()
+        if least is not None:
+            return self.counters[least]
+        running = [self.counters[c] for c, n in self._num_running.items() if n > 0]
+        return min(running) if running else self._last_served_counter
+
     def _charge(self, client: str, amount: float) -> None:
         self.counters[client] = self.counters.get(client, 0.0) + amount
         if client in self._live_entry:
@@ -82,8 +93,7 @@ class VTCPolicy(SchedulingPolicy):
         queue = self._queues.setdefault(client, OrderedDict())
         if not queue:
             # Newly backlogged: lift the counter so idle time earns no credit.
-            least = self._min_client()
-            floor = self.counters[least] if least is not None else self._last_served_counter
+            floor = self._lift_floor()
             self.counters[client] = max(self.counters.get(client, 0.0), floor)
             self._push_client(client)
             if len(self.counters) > _MAX_IDLE_COUNTERS + len(self._live_entry):
@@ -93,6 +103,7 @@ class VTCPolicy(SchedulingPolicy):
 
     def requeue_preempted(self, request: Request) -> None:
         client = self.client_of(request)
+        self._stop_running(request)
         queue = self._queues.setdefault(client, OrderedDict())
         queue[request.request_id] = request
         queue.move_to_end(request.request_id, last=False)
@@ -113,13 +124,15 @@ class VTCPolicy(SchedulingPolicy):
             raise IndexError("no request is waiting")
         request = self._queues[client].popitem(last=False)[1]
         self._num_waiting -= 1
-        self._last_served_counter = self.counters[client]
+        self._running[request.request_id] = client
+        self._num_running[client] = self._num_running.get(client, 0) + 1
         if not self._queues[client]:
             del self._live_entry[client], self._queues[client]
         if request.request_id not in self._charged_input:
             # Charged at admission, so that several admissions in one step see the change.
             self._charged_input.add(request.request_id)
             self._charge(client, self.input_weight * request.num_prompt_tokens)
+        self._last_served_counter = self.counters[client]
         return request
 
     def remove_waiting(self, request: Request) -> bool:
@@ -164,8 +177,16 @@ class VTCPolicy(SchedulingPolicy):
         """Drop counters that a return would lift anyway (idle clients at or below the floor),
         so that many one-off client ids do not grow memory without bound."""
         for client in [c for c, v in self.counters.items() if v <= floor]:
-            if client not in self._live_entry:
+            if client not in self._live_entry and client not in self._num_running:
                 del self.counters[client]
+
+    def _stop_running(self, request: Request) -> None:
+        client = self._running.pop(request.request_id, None)
+        if client is not None:
+            self._num_running[client] -= 1
+            if not self._num_running[client]:
+                del self._num_running[client]
 
     def on_request_finished(self, request: Request) -> None:
         self._charged_input.discard(request.request_id)
+        self._stop_running(request)

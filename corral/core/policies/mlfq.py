@@ -9,6 +9,11 @@ a request that uses up its quantum is demoted one level. Every step, requests of
 get the budget first, and a waiting request of a higher level preempts running work of a lower
 one (token-level preemption). A request that has waited promote_after_s at a lower level is
 promoted to the top level (FastServe's starvation guard).
+
+FastServe swaps a victim's KV to host memory; preemption here may be by recompute, so two guards
+keep it from thrashing: a running request is preempted only after it has generated
+min_tokens_before_preempt tokens since its admission (default: the top quantum), and a request
+promoted for starvation is not preempted again.
 """
 
 from __future__ import annotations
@@ -24,19 +29,22 @@ from corral.request import Request
 class _State:
     """Per-request MLFQ state: level, tokens generated at that level, when it was queued."""
 
-    __slots__ = ("level", "num_served", "queued_at")
+    __slots__ = ("level", "num_served", "queued_at", "num_since_admitted", "is_protected")
 
     def __init__(self, level: int, queued_at: float) -> None:
         self.level = level
         self.num_served = 0
         self.queued_at = queued_at
+        self.num_since_admitted = 0
+        self.is_protected = False
 
 
 @SCHEDULING_POLICIES.register("mlfq")
 class MLFQPolicy(SchedulingPolicy):
     """Options: num_levels (4), base_quantum (16 tokens), quantum_ratio (2),
     prefill_tokens_per_token (32: prompt tokens that cost as much as one generated token),
-    promote_after_s (30; none disables promotion), preempt (true)."""
+    promote_after_s (30; none disables promotion), preempt (true), min_tokens_before_preempt
+    (none: base_quantum)."""
 
     def __init__(
         self,
@@ -46,6 +54,7 @@ class MLFQPolicy(SchedulingPolicy):
         prefill_tokens_per_token: float = 32.0,
         promote_after_s: float | None = 30.0,
         preempt: bool = True,
+        min_tokens_before_preempt: int | None = None,
     ) -> None:
         super().__init__()
         if num_levels < 1 or base_quantum < 1 or quantum_ratio < 1 or prefill_tokens_per_token <= 0:
@@ -65,6 +74,11 @@ class MLFQPolicy(SchedulingPolicy):
         self.prefill_tokens_per_token = float(prefill_tokens_per_token)
         self.promote_after_s = math.inf if promote_after_s is None else float(promote_after_s)
         self.preempt = bool(preempt)
+        self.min_tokens_before_preempt = (
+            int(base_quantum)
+            if min_tokens_before_preempt is None
+            else int(min_tokens_before_preempt)
+        )
         # levels[i]: waiting requests of level i in the order they were queued (oldest first).
         self._levels: list[OrderedDict[str, Request]] = [
             OrderedDict() for _ in range(self.num_levels)
@@ -123,6 +137,7 @@ class MLFQPolicy(SchedulingPolicy):
                     break
                 del queue[request.request_id]
                 state.level, state.num_served, state.queued_at = 0, 0, now
+                state.is_protected = True
                 self._levels[0][request.request_id] = request
                 self.num_promotions += 1
 
@@ -137,7 +152,9 @@ class MLFQPolicy(SchedulingPolicy):
         for queue in self._levels:
             if queue:
                 self._num_waiting -= 1
-                return queue.popitem(last=False)[1]
+                request = queue.popitem(last=False)[1]
+                self._states[request.request_id].num_since_admitted = 0
+                return request
         raise IndexError("no request is waiting")
 
     def remove_waiting(self, request: Request) -> bool:
@@ -159,13 +176,23 @@ class MLFQPolicy(SchedulingPolicy):
     def order_running(self, running: list[Request], now: float) -> Sequence[Request]:
         return sorted(running, key=self._rank)
 
+    def _is_preemptible(self, request: Request) -> bool:
+        state = self._states.get(request.request_id)
+        return state is None or (
+            not state.is_protected and state.num_since_admitted >= self.min_tokens_before_preempt
+        )
+
     def select_victim(self, running: list[Request]) -> Request:
-        return max(running, key=self._rank)
+        unprotected = [r for r in running if not self._states[r.request_id].is_protected]
+        return max(unprotected or running, key=self._rank)
 
     def victims_for(self, candidate: Request, running: list[Request]) -> list[Request]:
-        if not self.preempt or not running:
+        if not self.preempt:
             return []
-        victim = max(running, key=self._rank)
+        eligible = [r for r in running if self._is_preemptible(r)]
+        if not eligible:
+            return []
+        victim = max(eligible, key=self._rank)
         return [victim] if self._rank(victim)[0] > self.level_of(candidate) else []
 
     def on_step(self, num_scheduled_tokens: dict[str, int], requests: dict[str, Request]) -> None:
@@ -176,6 +203,7 @@ class MLFQPolicy(SchedulingPolicy):
                 continue  # a prefill chunk that samples nothing
             state = self._states[request_id]
             state.num_served += 1
+            state.num_since_admitted += 1
             if state.num_served >= self.quanta[state.level]:
                 state.level += 1
                 state.num_served = 0
