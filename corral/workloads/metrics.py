@@ -1,0 +1,177 @@
+"""Per-request records and the summary that `corral bench` and `corral simulate` both report.
+
+Definitions (all times on one clock, in seconds):
+- TTFT = time of the first output chunk - arrival time;
+- end-to-end latency (E2E) = time of the last output chunk - arrival time;
+- TPOT = (E2E - TTFT) / (output tokens - 1), for requests with at least 2 output tokens;
+- ITL (inter-token latency) = gaps between consecutive chunks of one request, pooled over all
+  requests (a chunk may carry several tokens when a server batches its stream);
+- throughputs divide totals over completed requests by the run's duration (first arrival to
+  last token, unless the caller gives the measured wall time);
+- goodput = completed requests meeting every SLO bound, per second of duration.
+Percentiles interpolate linearly between order statistics (numpy's default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from corral.workloads.slo import SLO
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What a client observed for one request."""
+
+    request_id: str
+    arrival_time_s: float
+    num_prompt_tokens: int
+    num_output_tokens: int = 0
+    # When each output chunk arrived (one per token in the simulator).
+    token_times_s: Sequence[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def is_ok(self) -> bool:
+        return self.error is None and len(self.token_times_s) > 0
+
+    @property
+    def ttft_s(self) -> float:
+        return self.token_times_s[0] - self.arrival_time_s
+
+    @property
+    def e2e_s(self) -> float:
+        return self.token_times_s[-1] - self.arrival_time_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        if self.num_output_tokens < 2:
+            return None
+        return (self.token_times_s[-1] - self.token_times_s[0]) / (self.num_output_tokens - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyStats:
+    """Milliseconds; all None when no request had the metric."""
+
+    mean_ms: float | None
+    median_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    count: int
+
+    @classmethod
+    def of(cls, values_s: np.ndarray) -> LatencyStats:
+        if values_s.size == 0:
+            return cls(None, None, None, None, None, 0)
+        ms = values_s * 1e3
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(float(ms.mean()), float(p50), float(p90), float(p99), float(ms.max()), ms.size)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSummary:
+    num_completed: int
+    num_failed: int
+    duration_s: float
+    total_input_tokens: int
+    total_output_tokens: int
+    request_throughput: float
+    input_throughput: float
+    output_throughput: float
+    total_token_throughput: float
+    ttft: LatencyStats
+    tpot: LatencyStats
+    itl: LatencyStats
+    e2e: LatencyStats
+    slo: str
+    num_slo_met: int | None
+    goodput: float | None
+    errors: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(
+    records: Sequence[RequestRecord], *, duration_s: float | None = None, slo: SLO | None = None
+) -> MetricsSummary:
+    """Aggregate per-request records into the report's numbers (see the module docstring)."""
+    done = [record for record in records if record.is_ok]
+    errors: dict[str, int] = {}
+    for record in records:
+        if not record.is_ok:
+            message = record.error or "no output"
+            errors[message] = errors.get(message, 0) + 1
+    if duration_s is None:
+        starts = [record.arrival_time_s for record in records]
+        ends = [record.token_times_s[-1] for record in done]
+        duration_s = (max(ends) - min(starts)) if done else 0.0
+    ttft = np.array([record.ttft_s for record in done], dtype=np.float64)
+    e2e = np.array([record.e2e_s for record in done], dtype=np.float64)
+    tpots = [record.tpot_s for record in done]
+    tpot = np.array([value for value in tpots if value is not None], dtype=np.float64)
+    gaps = [np.diff(np.asarray(record.token_times_s, dtype=np.float64)) for record in done]
+    itl = np.concatenate(gaps) if gaps else np.empty(0)
+    num_in = sum(record.num_prompt_tokens for record in done)
+    num_out = sum(record.num_output_tokens for record in done)
+    per_s = (lambda count: count / duration_s) if duration_s > 0 else (lambda count: 0.0)
+    num_met = goodput = None
+    if slo is not None and not slo.is_empty:
+        num_met = sum(slo.is_met(t, p, e) for t, p, e in zip(ttft.tolist(), tpots, e2e.tolist()))
+        goodput = per_s(num_met)
+    return MetricsSummary(
+        num_completed=len(done),
+        num_failed=len(records) - len(done),
+        duration_s=duration_s,
+        total_input_tokens=num_in,
+        total_output_tokens=num_out,
+        request_throughput=per_s(len(done)),
+        input_throughput=per_s(num_in),
+        output_throughput=per_s(num_out),
+        total_token_throughput=per_s(num_in + num_out),
+        ttft=LatencyStats.of(ttft),
+        tpot=LatencyStats.of(tpot),
+        itl=LatencyStats.of(itl),
+        e2e=LatencyStats.of(e2e),
+        slo=slo.describe() if slo is not None else "none",
+        num_slo_met=num_met,
+        goodput=goodput,
+        errors=errors,
+    )
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_summary(summary: MetricsSummary, title: str) -> str:
+    """The fixed-width table both `corral bench` and `corral simulate` print."""
+    lines = [
+        f"{'=' * 20} {title} {'=' * 20}",
+        f"{'Requests completed / failed:':<40}{summary.num_completed} / {summary.num_failed}",
+        f"{'Duration (s):':<40}{summary.duration_s:.2f}",
+        f"{'Total input / output tokens:':<40}"
+        f"{summary.total_input_tokens} / {summary.total_output_tokens}",
+        f"{'Request throughput (req/s):':<40}{summary.request_throughput:.3f}",
+        f"{'Input token throughput (tok/s):':<40}{summary.input_throughput:.2f}",
+        f"{'Output token throughput (tok/s):':<40}{summary.output_throughput:.2f}",
+        f"{'Total token throughput (tok/s):':<40}{summary.total_token_throughput:.2f}",
+    ]
+    if summary.goodput is not None:
+        lines.append(
+            f"{'Goodput (req/s):':<40}{summary.goodput:.3f} "
+            f"({summary.num_slo_met}/{summary.num_completed} met {summary.slo})"
+        )
+    lines.append(f"{'(ms)':<10}{'mean':>11}{'median':>11}{'p90':>11}{'p99':>11}{'max':>11}")
+    for name in ("ttft", "tpot", "itl", "e2e"):
+        stats: LatencyStats = getattr(summary, name)
+        cells = (stats.mean_ms, stats.median_ms, stats.p90_ms, stats.p99_ms, stats.max_ms)
+        lines.append(f"{name.upper():<10}" + "".join(f"{_cell(v):>11}" for v in cells))
+    for message, count in sorted(summary.errors.items()):
+        lines.append(f"error x{count}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""WorkloadOptions: every knob of a workload, for build_workload (and the CLI flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from corral.workloads.arrivals import ArrivalOptions
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadOptions:
+    """Which dataset, how many requests, when they arrive, and how their lengths are scaled.
+
+    Dataset-specific fields are ignored by the datasets that do not use them.
+    """
+
+    dataset: str = "random"
+    # None: the whole dataset (a trace, gsm8k, a JSONL file) or 1000 (generated datasets).
+    num_requests: int | None = None
+    seed: int = 0
+    # None: the dataset's own timestamps for traces, else all at once.
+    arrival: ArrivalOptions | None = None
+    data_dir: str | None = None  # default: CORRAL_DATA_DIR or <repo>/../shared/data
+    dataset_path: str | None = None  # a JSONL file, or another CSV/JSONL for a named dataset
+    tokenizer: str | None = None  # a tokenizer directory for text datasets; None: word hashes
+    vocab_size: int = 32000
+    # Length scaling (for small machines): multiply trace/random lengths, then cap them.
+    length_scale: float = 1.0
+    max_prompt_len: int | None = None
+    max_output_len: int | None = None
+    max_model_len: int | None = None  # prompt + output must fit; prompts are cut to fit
+    # random and shared-prefix: mean prompt (suffix) and output lengths in tokens.
+    input_len: int = 512
+    output_len: int = 128
+    range_ratio: float = 0.0  # uniform lengths in [mean * (1 - r), mean * (1 + r)]
+    length_distribution: str = "uniform"  # uniform | lognormal (sigma = range_ratio)
+    prefix_len: int = 0  # random: a prefix shared by all; shared-prefix: the system prompt
+    num_groups: int = 8  # shared-prefix: distinct system prompts
+    # Traces: skip the first trace_offset requests, keep each with probability sample_fraction.
+    trace_offset: int = 0
+    sample_fraction: float = 1.0
+    # gsm8k: split and number of worked examples before each question (a shared prefix).
+    split: str = "test"
+    num_shots: int = 0
+    # multi-turn: turns per conversation and the pause before each follow-up.
+    num_turns: int = 4
+    think_time_s: float = 0.0
+    # gsm8k and jsonl: force every output length to this many tokens.
+    fixed_output_len: int | None = None
+    # Tag requests with client ids client-0..client-(n-1) and priorities 0..n-1, drawn at
+    # random (seeded) per request, or per conversation for multi-turn; 0 leaves them unset.
+    num_clients: int = 0
+    num_priorities: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "num_requests": (self.num_requests is None or self.num_requests >= 1, ">= 1"),
+            "vocab_size": (self.vocab_size >= 2, ">= 2"),
+            "length_scale": (self.length_scale > 0, "> 0"),
+            "input_len": (self.input_len >= 1, ">= 1"),
+            "output_len": (self.output_len >= 1, ">= 1"),
+            "range_ratio": (self.range_ratio >= 0, ">= 0"),
+            "prefix_len": (self.prefix_len >= 0, ">= 0"),
+            "num_groups": (self.num_groups >= 1, ">= 1"),
+            "trace_offset": (self.trace_offset >= 0, ">= 0"),
+            "sample_fraction": (0 < self.sample_fraction <= 1, "in (0, 1]"),
+            "num_shots": (self.num_shots >= 0, ">= 0"),
+            "num_turns": (self.num_turns >= 1, ">= 1"),
+            "think_time_s": (self.think_time_s >= 0, ">= 0"),
+            "num_clients": (self.num_clients >= 0, ">= 0"),
+            "num_priorities": (self.num_priorities >= 0, ">= 0"),
+        }
+        for name, (ok, rule) in checks.items():
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+        for name in ("max_prompt_len", "max_output_len", "max_model_len", "fixed_output_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.length_distribution not in ("uniform", "lognormal"):
+            raise ValueError(
+                "length_distribution must be uniform or lognormal, got "
+                f"{self.length_distribution!r}"
+            )
