@@ -1,0 +1,132 @@
+"""OpenAI request bodies for one RequestSpec: completions (text or token ids) or chat, and the
+context a later turn of a conversation builds on (its parent's prompt plus the real reply)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.workloads import RequestSpec, Workload
+
+ENDPOINT_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+PROMPT_FORMATS = ("auto", "text", "ids")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """How specs become request bodies.
+
+    prompt_format: auto sends a spec's text when it has some, else its token ids (completions
+    only); text and ids force one. force_output_len sends ignore_eos=true with
+    max_tokens=spec.num_output_tokens, so every request generates exactly that many tokens.
+    """
+
+    endpoint: str = "completions"
+    model: str = ""
+    prompt_format: str = "auto"
+    temperature: float = 0.0
+    force_output_len: bool = True
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.endpoint not in ENDPOINT_PATHS:
+            raise ValueError(
+                f"endpoint must be one of {sorted(ENDPOINT_PATHS)}, got {self.endpoint}"
+            )
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(
+                f"prompt format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}"
+            )
+        if self.endpoint == "chat" and self.prompt_format == "ids":
+            raise ValueError("the chat endpoint takes text; token-id prompts need completions")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+
+    @property
+    def path(self) -> str:
+        return ENDPOINT_PATHS[self.endpoint]
+
+    @property
+    def is_chat(self) -> bool:
+        return self.endpoint == "chat"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnContext:
+    """What a request sent, so that the next turn can append the reply and its own message."""
+
+    prompt_text: str | None = None
+    messages: tuple[dict[str, str], ...] = ()
+
+    def with_reply(self, reply: str) -> TurnContext:
+        if self.messages:
+            return TurnContext(None, (*self.messages, {"role": "assistant", "content": reply}))
+        return TurnContext((self.prompt_text or "") + reply, ())
+
+
+def check_workload(workload: Workload, options: RequestOptions) -> None:
+    """ValueError when the workload cannot be sent as options ask (text needed but absent)."""
+    needs_text = options.is_chat or options.prompt_format == "text"
+    missing = [spec.request_id for spec in workload if spec.prompt is None]
+    if needs_text and missing:
+        raise ValueError(
+            f"the {workload.name} workload has no prompt text (e.g. {missing[0]!r}); use "
+            f"--endpoint completions with --prompt-format auto or ids (token-id prompts)"
+        )
+
+
+def new_turn_text(spec: RequestSpec) -> str | None:
+    """The text a later turn adds after the previous reply: from the line of its new user
+    message to the end of its prompt (None when the spec does not say)."""
+    if spec.prompt is None or spec.new_prompt is None:
+        return None
+    at = spec.prompt.rfind(spec.new_prompt)
+    if at < 0:
+        return None
+    start = spec.prompt.rfind("\n", 0, at)
+    return spec.prompt[start:] if start >= 0 else None
+
+
+def _completion_prompt(
+    spec: RequestSpec, workload: Workload, options: RequestOptions, parent: TurnContext | None
+) -> tuple[Any, TurnContext]:
+    if options.prompt_format == "ids" or (options.prompt_format == "auto" and spec.prompt is None):
+        return workload.token_ids(spec), TurnContext()
+    text = spec.prompt or ""
+    if parent is not None and parent.prompt_text is not None:
+        addition = new_turn_text(spec)
+        if addition is not None:
+            text = parent.prompt_text + addition
+    return text, TurnContext(text, ())
+
+
+def _chat_messages(spec: RequestSpec, parent: TurnContext | None) -> tuple[dict[str, str], ...]:
+    message = {"role": "user", "content": spec.new_prompt or spec.prompt or ""}
+    if parent is not None and parent.messages:
+        return (*parent.messages, message)
+    return (message,)
+
+
+def build_payload(
+    spec: RequestSpec, workload: Workload, options: RequestOptions, parent: TurnContext | None
+) -> tuple[dict[str, Any], TurnContext]:
+    """The JSON body for spec and the context it sent. parent: the previous turn's context with
+    its reply (multi-turn), or None."""
+    body: dict[str, Any] = {
+        "model": options.model,
+        "max_tokens": spec.num_output_tokens,
+        "temperature": options.temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if options.force_output_len:
+        body["ignore_eos"] = True
+    if options.is_chat:
+        messages = _chat_messages(spec, parent)
+        body["messages"] = list(messages)
+        context = TurnContext(None, messages)
+    else:
+        body["prompt"], context = _completion_prompt(spec, workload, options, parent)
+    body.update(options.extra_body)
+    return body, context

@@ -1,0 +1,50 @@
+"""The reference setup of corral's published numbers: a random-weight model shaped like
+SmolLM-135M, and the Azure LLM conversation trace (2023) scaled for a small machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from corral.workloads import ArrivalOptions, WorkloadOptions
+
+
+def smollm_shaped_model(cache: Path | None = None) -> Path:
+    """A random-weight model shaped like SmolLM-135M (bf16 on disk), built once and reused.
+
+    Its tokenizer is a 2048-token BPE trained on corral's own sources (ids above 2047 decode to
+    nothing); the benchmarks send token ids and ignore EOS, so only the shapes matter."""
+    from corral.demo import _fallback_corpus, cache_dir
+    from corral.demo.bpe import train_byte_level_bpe
+    from corral.demo.random_model import SMOLLM_135M_SHAPE, build_random_model
+
+    target = (cache or cache_dir()) / "bench-smollm-135m-random"
+    if not (target / "config.json").is_file():
+        tokenizer = train_byte_level_bpe(_fallback_corpus(), vocab_size=2048)
+        shape: dict[str, Any] = dict(SMOLLM_135M_SHAPE)
+        build_random_model(
+            target, seed=0, dtype="bfloat16", initializer_range=0.02, tokenizer=tokenizer, **shape
+        )
+    return target
+
+
+def azure_conv_options(
+    num_requests: int,
+    length_scale: float,
+    max_model_len: int,
+    *,
+    vocab_size: int = 49152,
+    arrival: ArrivalOptions | None = None,
+    seed: int = 0,
+) -> WorkloadOptions:
+    """The first num_requests requests of the Azure conversation trace, lengths multiplied by
+    length_scale (at least 1 token) and the prompt cut so prompt + output <= max_model_len."""
+    return WorkloadOptions(
+        dataset="azure-conv",
+        num_requests=num_requests,
+        length_scale=length_scale,
+        max_model_len=max_model_len,
+        vocab_size=vocab_size,
+        arrival=arrival,
+        seed=seed,
+    )

@@ -1,0 +1,84 @@
+"""The report of a `corral bench serve` run: the shared summary table (corral.workloads.metrics)
+plus what only a client sees (how output tokens were counted, outputs that missed their forced
+length, how late requests went out), and the JSON document with every record."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from corral.bench.client import ServeRun
+from corral.workloads.metrics import MetricsSummary, format_summary, summarize
+from corral.workloads.slo import SLO
+
+
+@dataclass(frozen=True, slots=True)
+class ServeReport:
+    summary: MetricsSummary
+    run: ServeRun
+    token_sources: dict[str, int]  # usage | chunks -> completed requests counted that way
+    num_wrong_length: int  # completed requests whose output differs from the forced length
+    send_delay_ms: tuple[float, float, float]  # mean, p99, max over every sent request
+
+    def format(self, title: str, max_num_error_lines: int = 8) -> str:
+        """The summary table with the client's own lines appended; the most frequent
+        max_num_error_lines distinct errors are listed (every one is in to_dict's records)."""
+        summary = self.summary
+        if len(summary.errors) > max_num_error_lines:
+            ranked = sorted(summary.errors.items(), key=lambda item: (-item[1], item[0]))
+            shown = dict(ranked[:max_num_error_lines])
+            rest = ranked[max_num_error_lines:]
+            shown[f"... {len(rest)} more distinct errors (see --result-json)"] = sum(
+                count for _, count in rest
+            )
+            summary = replace(summary, errors=shown)
+        sources = ", ".join(f"{name} {count}" for name, count in sorted(self.token_sources.items()))
+        mean, p99, peak = self.send_delay_ms
+        lines = [
+            format_summary(summary, title),
+            f"{'Output tokens counted from:':<40}{sources or '-'}",
+            f"{'Outputs not of the forced length:':<40}{self.num_wrong_length}",
+            f"{'Send delay vs plan (ms) mean/p99/max:':<40}{mean:.1f} / {p99:.1f} / {peak:.1f}",
+            f"{'Max requests in flight:':<40}{self.run.max_in_flight}",
+        ]
+        return "\n".join(lines)
+
+    def to_dict(self, *, with_records: bool = True, **metadata: Any) -> dict[str, Any]:
+        """JSON-ready: metadata, the summary, the client's extras, and every request's record."""
+        mean, p99, peak = self.send_delay_ms
+        document = {
+            **metadata,
+            "summary": self.summary.to_dict(),
+            "output_token_sources": self.token_sources,
+            "num_wrong_output_length": self.num_wrong_length,
+            "send_delay_ms": {"mean": mean, "p99": p99, "max": peak},
+            "max_in_flight": self.run.max_in_flight,
+        }
+        if with_records:
+            document["records"] = [record.to_dict() for record in self.run.records]
+        return document
+
+
+def build_report(
+    run: ServeRun, slo: SLO | None = None, *, force_output_len: bool = True
+) -> ServeReport:
+    """Summarize a run over its measured wall time (start to the end of the last request)."""
+    records = [record.record for record in run.records]
+    summary = summarize(records, duration_s=run.duration_s, slo=slo)
+    done = [record for record in run.records if record.record.is_ok]
+    sources = Counter(record.output_token_source for record in done)
+    wrong = 0
+    if force_output_len:
+        wrong = sum(
+            record.record.num_output_tokens != record.num_expected_output_tokens for record in done
+        )
+    delays = np.array([record.send_delay_s * 1e3 for record in run.records], dtype=np.float64)
+    delay = (
+        (float(delays.mean()), float(np.percentile(delays, 99)), float(delays.max()))
+        if delays.size
+        else (0.0, 0.0, 0.0)
+    )
+    return ServeReport(summary, run, dict(sources), wrong, delay)
