@@ -1,0 +1,255 @@
+"""Simulator fidelity: the same workload through the real engine and through `corral simulate`.
+
+1. Profile the real engine on this machine (corral.sim.profile; or reuse --profile).
+2. For each request rate: replay a scaled Azure-conversation workload on the real engine
+   (benchmarks/sim_replay.py) --real-repeats times, alternating rates, and simulate it once (it is
+   deterministic) on one instance with the `profiled` cost model and the same scheduler settings.
+3. Report the simulator's relative error against the mean of the real runs, with their range,
+   on mean and p99 TTFT, mean TPOT and throughput; and, per real run, the profile's error on that
+   run's own steps (which separates cost-model error from a machine that drifted).
+
+    .venv/bin/python -m benchmarks.sim_fidelity --rates 0.4,0.8 --out fidelity.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from benchmarks.common import smollm_shaped_model
+from benchmarks.sim_replay import replay
+from corral.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from corral.sim.api import simulate_result
+from corral.sim.cost.profiled import ProfiledCostModel
+from corral.sim.deployment import DeploymentOptions
+from corral.sim.profile import ProfileGrid, ShapeRecorder, profile_engine
+from corral.sim.report import build_report
+from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
+from corral.workloads.metrics import MetricsSummary, summarize
+
+METRICS = {
+    "mean TTFT (ms)": lambda s: s.ttft.mean_ms,
+    "p99 TTFT (ms)": lambda s: s.ttft.p99_ms,
+    "mean TPOT (ms)": lambda s: s.tpot.mean_ms,
+    "p99 TPOT (ms)": lambda s: s.tpot.p99_ms,
+    "mean E2E (ms)": lambda s: s.e2e.mean_ms,
+    "output tok/s": lambda s: s.output_throughput,
+    "requests/s": lambda s: s.request_throughput,
+}
+
+
+def workload_at(rate: float, args: argparse.Namespace, vocab_size: int):
+    base = WorkloadOptions(
+        dataset="azure-conv",
+        num_requests=args.num_requests,
+        length_scale=args.length_scale,
+        max_model_len=args.max_model_len,
+        vocab_size=vocab_size,
+        trace_offset=args.trace_offset,
+        seed=args.seed,
+    )
+    span = build_workload(base).duration_s
+    scale = (args.num_requests - 1) / rate / span
+    options = WorkloadOptions(
+        **{**_fields(base), "arrival": ArrivalOptions("trace", time_scale=scale)}
+    )
+    return build_workload(options), scale
+
+
+def _fields(options: WorkloadOptions) -> dict:
+    return {name: getattr(options, name) for name in options.__dataclass_fields__}
+
+
+def step_level_error(profile: ProfiledCostModel, shapes: list, times: list[float]) -> dict:
+    """The profiled model's error on the replay's own steps (shape -> measured time), overall
+    and for decode-only steps and steps with prefill tokens; keeps the raw steps too."""
+    pairs = [(shape, t) for shape, t in zip(shapes, times) if shape is not None and t > 0]
+
+    def summary(group: list) -> dict:
+        errors = [profile.step_time_s(shape) / t - 1 for shape, t in group]
+        if not errors:
+            return {"num_steps": 0}
+        predicted = sum(profile.step_time_s(shape) for shape, _ in group)
+        return {
+            "num_steps": len(errors),
+            "mean_rel_error": sum(errors) / len(errors),
+            "mean_abs_rel_error": sum(map(abs, errors)) / len(errors),
+            "total_time_ratio": predicted / sum(t for _, t in group),
+        }
+
+    result = summary(pairs)
+    result["decode_only"] = summary([p for p in pairs if p[0].num_prefill_tokens == 0])
+    result["with_prefill"] = summary([p for p in pairs if p[0].num_prefill_tokens > 0])
+    result["steps"] = [[list(shape), t] for shape, t in pairs]
+    return result
+
+
+def compare(reals: list[MetricsSummary], sim: MetricsSummary) -> dict:
+    """Each metric: the mean over the real runs, their range, the simulation, its error."""
+    rows = {}
+    for name, get in METRICS.items():
+        values = [get(real) for real in reals]
+        r, s = sum(values) / len(values), get(sim)
+        rows[name] = {
+            "real": r,
+            "real_min": min(values),
+            "real_max": max(values),
+            "sim": s,
+            "error": (s - r) / r if r else None,
+        }
+    return rows
+
+
+def warm_up(engine) -> None:
+    """One request through a fresh engine, so that first-use costs stay out of the replays."""
+    from corral.sampling_params import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False)
+    engine.add_request("warm-up", {"prompt_token_ids": list(range(1, 200))}, params)
+    while engine.has_unfinished_requests():
+        engine.step()
+
+
+def replay_once(engine, workload, profile: ProfiledCostModel, clock: str) -> dict:
+    load_before = os.getloadavg()[0]
+    recorder = ShapeRecorder(engine.core.executor)
+    recorder.shapes = []
+    engine.core.executor = recorder
+    try:
+        records, duration_s, step_times = replay(engine, workload, clock=clock)
+    finally:
+        engine.core.executor = recorder.inner
+    return {
+        "summary": summarize(records),
+        "duration_s": duration_s,
+        "load": [load_before, os.getloadavg()[0]],
+        "step_error": step_level_error(profile, recorder.shapes, step_times),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default=None, help="default: SmolLM-135M-shaped random")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rates", default="0.4,0.8", help="requests/s, comma-separated")
+    parser.add_argument("--num-requests", type=int, default=100)
+    parser.add_argument("--trace-offset", type=int, default=0)
+    parser.add_argument("--length-scale", type=float, default=0.125)
+    parser.add_argument("--max-model-len", type=int, default=1024)
+    parser.add_argument("--max-num-seqs", type=int, default=32)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
+    parser.add_argument("--num-kv-blocks", type=int, default=1024)
+    parser.add_argument("--profile", default=None, help="reuse this profile instead of profiling")
+    parser.add_argument("--profile-out", default="/tmp/corral-fidelity-profile.json")
+    parser.add_argument("--repeats", type=int, default=2, help="profile grid passes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--real-repeats", type=int, default=3, help="real replays per rate (alternating rates)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: real time (a quiet machine); cpu: process CPU time (a shared machine)",
+    )
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    model_dir = args.model_dir or str(smollm_shaped_model())
+    config = EngineConfig(
+        model=ModelConfig(
+            model=model_dir,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            num_threads=args.threads,
+            seed=args.seed,
+        ),
+        cache=CacheConfig(num_blocks=args.num_kv_blocks),
+        scheduler=SchedulerConfig(
+            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens
+        ),
+    )
+    if args.profile:
+        profile_path = args.profile
+    else:
+        start = time.perf_counter()
+        grid = ProfileGrid(
+            context_lens=(32, 256, 768), prefill_lens=(16, 64, 128, 256, 512), repeats=args.repeats
+        )
+        model = profile_engine(config, grid, progress=print, clock=args.clock)
+        model.save(args.profile_out)
+        profile_path = args.profile_out
+        fit = model.metadata["fit"]
+        print(
+            f"profiled in {time.perf_counter() - start:.0f} s: {fit['num_samples']} steps, "
+            f"fit mean |error| {fit['mean_abs_rel_error']:.1%}"
+        )
+    profile = ProfiledCostModel.load(profile_path)
+    from corral.engine.llm_engine import LLMEngine
+
+    engine = LLMEngine(config)
+    vocab_size = engine.arch.vocab_size
+    deployment = DeploymentOptions(
+        cost_model="profiled",
+        profile_path=profile_path,
+        scheduler=config.scheduler,
+        num_blocks=args.num_kv_blocks,
+        max_model_len=args.max_model_len,
+    )
+    results = {
+        "args": vars(args) | {"out": str(args.out)},
+        "profile_fit": profile.metadata.get("fit"),
+        "rates": {},
+    }
+    rates = [float(r) for r in args.rates.split(",")]
+    workloads = {rate: workload_at(rate, args, vocab_size) for rate in rates}
+    warm_up(engine)
+    runs: dict[float, list[dict]] = {rate: [] for rate in rates}
+    for repeat in range(args.real_repeats):
+        for rate in rates:
+            run = replay_once(engine, workloads[rate][0], profile, args.clock)
+            runs[rate].append(run)
+            error = run["step_error"]
+            print(
+                f"rate {rate} repeat {repeat + 1}: real {run['duration_s']:.0f} s "
+                f"({args.clock} clock, load {run['load'][0]:.1f} -> {run['load'][1]:.1f}); "
+                f"profile on its {error['num_steps']} steps: mean error "
+                f"{error['mean_rel_error']:+.1%}, mean |error| {error['mean_abs_rel_error']:.1%}"
+            )
+    for rate in rates:
+        workload, scale = workloads[rate]
+        sim_result = simulate_result(workload, deployment)
+        sim = build_report(sim_result).summary
+        reals = [run["summary"] for run in runs[rate]]
+        rows = compare(reals, sim)
+        results["rates"][str(rate)] = {
+            "time_scale": scale,
+            "runs": [
+                {key: value for key, value in run.items() if key != "summary"}
+                | {"summary": run["summary"].to_dict()}
+                for run in runs[rate]
+            ],
+            "sim_wall_s": sim_result.wall_time_s,
+            "metrics": rows,
+            "sim_summary": sim.to_dict(),
+        }
+        print(
+            f"\nrate {rate} req/s (azure-conv x{args.length_scale} lengths, trace gaps "
+            f"x{scale:.2f}, {len(workload)} requests), {len(reals)} real runs vs one simulation "
+            f"({sim_result.wall_time_s:.2f} s)"
+        )
+        print(f"{'metric':<18}{'real mean':>10}{'real range':>18}{'sim':>10}{'error':>9}")
+        for name, row in rows.items():
+            error = "-" if row["error"] is None else f"{row['error']:+.1%}"
+            spread = f"{row['real_min']:.1f}-{row['real_max']:.1f}"
+            print(f"{name:<18}{row['real']:>10.1f}{spread:>18}{row['sim']:>10.1f}{error:>9}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Command-line flags of `corral simulate`: the deployment (instances, cost model, scheduler)."""
+
+from __future__ import annotations
+
+import argparse
+
+from corral.config import SchedulerConfig
+from corral.sim.cost.hardware import list_hardware
+from corral.sim.deployment import DeploymentOptions
+from corral.sim.router import ROUTER_POLICIES
+
+
+def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults, sched = DeploymentOptions(), SchedulerConfig()
+    group = parser.add_argument_group("deployment")
+    group.add_argument(
+        "--cost-model",
+        choices=("roofline", "profiled"),
+        default=None,
+        help="default: profiled with --profile, else roofline",
+    )
+    group.add_argument("--profile", default=None, help="a profile from `corral simulate profile`")
+    group.add_argument(
+        "--model",
+        default=defaults.model,
+        help="model shape for roofline: a known name or a config.json / model dir",
+    )
+    group.add_argument(
+        "--hardware", default=defaults.hardware, help=f"{', '.join(list_hardware())} or a JSON spec"
+    )
+    group.add_argument("--tp", type=int, default=1, help="tensor-parallel devices per instance")
+    group.add_argument("--dtype-bytes", type=int, default=defaults.dtype_bytes)
+    group.add_argument("--step-overhead-ms", type=float, default=None)
+    group.add_argument("--num-instances", type=int, default=defaults.num_instances)
+    group.add_argument("--num-prefill-instances", type=int, default=0)
+    group.add_argument("--num-decode-instances", type=int, default=0)
+    group.add_argument("--router", choices=ROUTER_POLICIES.names(), default=defaults.router)
+    group.add_argument("--max-num-seqs", type=int, default=sched.max_num_seqs)
+    group.add_argument("--max-num-batched-tokens", type=int, default=sched.max_num_batched_tokens)
+    group.add_argument("--no-chunked-prefill", action="store_true")
+    group.add_argument("--long-prefill-token-threshold", type=int, default=0)
+    group.add_argument("--scheduling-policy", default=sched.policy)
+    group.add_argument(
+        "--kv-reservation",
+        default=sched.kv_reservation,
+        help="none | max | predicted[:options] (corral/core/reservation.py)",
+    )
+    group.add_argument("--length-predictor", default=None, help="a saved length predictor")
+    group.add_argument("--block-size", type=int, default=defaults.block_size)
+    group.add_argument("--num-kv-blocks", type=int, default=None, help="default: from memory")
+    group.add_argument("--memory-utilization", type=float, default=defaults.memory_utilization)
+    group.add_argument("--max-model-len", type=int, default=None)
+    group.add_argument("--no-prefix-caching", action="store_true")
+    group.add_argument(
+        "--kv-transfer-gb-s", type=float, default=50.0, help="prefill -> decode KV bandwidth, GB/s"
+    )
+    group.add_argument("--kv-transfer-latency-ms", type=float, default=0.0)
+    group.add_argument("--price-per-device-hour", type=float, default=None)
+    group.add_argument("--sim-seed", type=int, default=0, help="router randomness")
+    group.add_argument("--kv-sample-interval-s", type=float, default=1.0)
+    group.add_argument(
+        "--check-integrity",
+        action="store_true",
+        help="check every KV manager after every step (slow)",
+    )
+
+
+def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
+    cost_model = args.cost_model or ("profiled" if args.profile else "roofline")
+    scheduler = SchedulerConfig(
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        enable_chunked_prefill=not args.no_chunked_prefill,
+        long_prefill_token_threshold=args.long_prefill_token_threshold,
+        policy=args.scheduling_policy,
+        kv_reservation=args.kv_reservation,
+        length_predictor=args.length_predictor,
+    )
+    return DeploymentOptions(
+        cost_model=cost_model,
+        profile_path=args.profile,
+        model=args.model,
+        hardware=args.hardware,
+        tensor_parallel_size=args.tp,
+        dtype_bytes=args.dtype_bytes,
+        step_overhead_s=None if args.step_overhead_ms is None else args.step_overhead_ms / 1e3,
+        num_instances=args.num_instances,
+        num_prefill_instances=args.num_prefill_instances,
+        num_decode_instances=args.num_decode_instances,
+        router=args.router,
+        scheduler=scheduler,
+        block_size=args.block_size,
+        num_blocks=args.num_kv_blocks,
+        memory_utilization=args.memory_utilization,
+        max_model_len=args.max_model_len,
+        enable_prefix_caching=not args.no_prefix_caching,
+        kv_transfer_bandwidth_bytes_per_s=args.kv_transfer_gb_s * 1e9,
+        kv_transfer_latency_s=args.kv_transfer_latency_ms / 1e3,
+        price_per_device_hour=args.price_per_device_hour,
+        seed=args.sim_seed,
+        kv_sample_interval_s=args.kv_sample_interval_s,
+        check_integrity=args.check_integrity,
+    )

@@ -1,0 +1,249 @@
+"""ClusterSimulator: a discrete-event simulation of instances behind a router, on one clock.
+
+Events, in time order; at equal times arrivals come first, then KV-transfer completions, then
+step ends, then step starts, so a step that starts at t sees every request that arrived by t.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from corral.request import Request
+from corral.sampling_params import SamplingParams
+from corral.sim.config import ClusterSpec
+from corral.sim.instance import SimInstance
+from corral.sim.router import RouterPolicy, make_router
+from corral.workloads.metrics import RequestRecord
+from corral.workloads.spec import RequestSpec, Workload, check_lengths
+from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID
+
+_ARRIVAL, _TRANSFER, _STEP_END, _WAKE = 0, 1, 2, 3
+
+
+@dataclass(slots=True)
+class SimResult:
+    records: list[RequestRecord]
+    instances: list[SimInstance]
+    end_time_s: float
+    wall_time_s: float
+    num_events: int
+    spec: ClusterSpec
+    # request id -> the instances it ran on (prefill instance first when disaggregated)
+    routes: dict[str, list[int]]
+
+
+RequestHook = Callable[[Request, RequestSpec], None]
+
+
+class ClusterSimulator:
+    """request_hook, if given, sees every Request the simulator creates (with its spec) before
+    it is routed: a place to set fields a policy reads, such as predicted_num_output_tokens or
+    deadline_s. Disaggregated requests are seen twice (prefill side, then decode side)."""
+
+    def __init__(
+        self, spec: ClusterSpec, workload: Workload, request_hook: RequestHook | None = None
+    ) -> None:
+        self.spec = spec
+        self.workload = workload
+        self.request_hook = request_hook
+        self.now = 0.0
+        self.instances = [
+            SimInstance(index, instance_spec, self._clock, spec.kv_sample_interval_s)
+            for index, instance_spec in enumerate(spec.instances)
+        ]
+        self.max_model_len = min(s.max_model_len for s in spec.instances)
+        check_lengths(workload.specs, self.max_model_len)
+        if spec.is_disaggregated:
+            self.prefill_pool = [i for i in self.instances if i.spec.role == "prefill"]
+            self.decode_pool = [i for i in self.instances if i.spec.role == "decode"]
+        else:
+            self.prefill_pool = self.decode_pool = self.instances
+        self.prefill_router: RouterPolicy = make_router(spec.router, self.prefill_pool, spec.seed)
+        self.decode_router: RouterPolicy = (
+            make_router(spec.router, self.decode_pool, spec.seed + 1)
+            if spec.is_disaggregated
+            else self.prefill_router
+        )
+        self.records: dict[str, RequestRecord] = {}
+        self._specs = {request_spec.request_id: request_spec for request_spec in workload.specs}
+        self._children: dict[str, list[RequestSpec]] = {}
+        self._finished: set[str] = set()
+        self._heap: list[tuple] = []
+        self._seq = itertools.count()
+        self._params: dict[int, SamplingParams] = {}
+        self._prompt_ids: dict[str, list[int]] = {}
+        self.routes: dict[str, list[int]] = {}
+        self._check_integrity = spec.check_integrity
+
+    def _clock(self) -> float:
+        return self.now
+
+    def _push(self, when: float, kind: int, payload: object) -> None:
+        heapq.heappush(self._heap, (when, kind, next(self._seq), payload))
+
+    def _sampling_params(self, max_tokens: int) -> SamplingParams:
+        params = self._params.get(max_tokens)
+        if params is None:
+            params = SamplingParams(
+                temperature=0.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False
+            )
+            self._params[max_tokens] = params
+        return params
+
+    # ----- the loop --------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        """Simulate until every request finished; returns the per-request records."""
+        wall_start = time.perf_counter()
+        starters = []
+        for request_spec in self.workload.specs:
+            parent = request_spec.parent_request_id
+            if parent is not None and parent in self._specs:
+                self._children.setdefault(parent, []).append(request_spec)
+            else:
+                starters.append(request_spec)
+        heap = self._heap
+        num_events = 0
+        next_index, num_starters = 0, len(starters)
+        while heap or next_index < num_starters:
+            num_events += 1
+            if next_index < num_starters and (
+                not heap or starters[next_index].arrival_time_s <= heap[0][0]
+            ):
+                request_spec = starters[next_index]
+                next_index += 1
+                self.now = request_spec.arrival_time_s
+                self._arrive(request_spec)
+                continue
+            when, kind, _, payload = heapq.heappop(heap)
+            self.now = when
+            if kind == _STEP_END:
+                self._end_step(*payload)
+            elif kind == _WAKE:
+                instance = payload
+                instance.is_wake_pending = False
+                if not instance.is_busy:
+                    self._start_step(instance)
+            elif kind == _ARRIVAL:
+                self._arrive(payload)
+            else:
+                self._transfer_done(payload)
+        if len(self._finished) != len(self.workload.specs):
+            missing = len(self.workload.specs) - len(self._finished)
+            raise RuntimeError(f"the simulation ended with {missing} requests unfinished")
+        records = [self.records[s.request_id] for s in self.workload.specs]
+        return SimResult(
+            records,
+            self.instances,
+            self.now,
+            time.perf_counter() - wall_start,
+            num_events,
+            self.spec,
+            self.routes,
+        )
+
+    def _arrive(self, request_spec: RequestSpec) -> None:
+        now = self.now
+        token_ids = self.workload.token_ids(request_spec)
+        self.records[request_spec.request_id] = RequestRecord(
+            request_spec.request_id, now, request_spec.num_prompt_tokens, 0, array("d")
+        )
+        max_tokens = request_spec.num_output_tokens
+        if self.spec.is_disaggregated:
+            self._prompt_ids[request_spec.request_id] = token_ids
+            max_tokens = 1
+        request = Request(
+            request_spec.request_id,
+            token_ids,
+            self._sampling_params(max_tokens),
+            max_model_len=self.max_model_len,
+            arrival_time=now,
+            priority=request_spec.priority,
+            client_id=request_spec.client_id,
+        )
+        if self.request_hook is not None:
+            self.request_hook(request, request_spec)
+        pool = self.prefill_pool
+        self._assign(pool[self.prefill_router.select(request)], request)
+
+    def _assign(self, instance: SimInstance, request: Request) -> None:
+        instance.add_request(request)
+        self.routes.setdefault(request.request_id, []).append(instance.index)
+        if not instance.is_busy and not instance.is_wake_pending:
+            instance.is_wake_pending = True
+            self._push(self.now, _WAKE, instance)
+
+    def _start_step(self, instance: SimInstance) -> None:
+        now = self.now
+        step = instance.begin_step(now)
+        if step is not None:
+            entry = (now + step[1].step_time_s, _STEP_END, next(self._seq), (instance, *step))
+            heapq.heappush(self._heap, entry)
+
+    def _end_step(self, instance: SimInstance, scheduler_output, model_output) -> None:
+        now = self.now
+        records = self.records
+        is_prefill = instance.is_prefill
+        for update in instance.end_step(scheduler_output, model_output):
+            record = records[update.request_id]
+            num_new = len(update.new_token_ids)
+            if num_new:
+                record.num_output_tokens += num_new
+                record.token_times_s.append(now)  # type: ignore[attr-defined]
+            if update.finish_reason is not None:
+                request_spec = self._specs[update.request_id]
+                if is_prefill and request_spec.num_output_tokens > 1:
+                    self._start_transfer(instance, request_spec)
+                else:
+                    self._finish(request_spec)
+        if self._check_integrity:
+            instance.kv.check_integrity()
+        if instance.scheduler.has_unfinished_requests():
+            self._start_step(instance)
+
+    def _finish(self, request_spec: RequestSpec) -> None:
+        request_id = request_spec.request_id
+        if request_id in self._finished:
+            raise RuntimeError(f"request {request_id!r} finished twice")
+        record = self.records[request_id]
+        if record.num_output_tokens != request_spec.num_output_tokens:
+            raise RuntimeError(
+                f"request {request_id!r} finished with {record.num_output_tokens} of "
+                f"{request_spec.num_output_tokens} tokens"
+            )
+        self._finished.add(request_id)
+        for child in self._children.pop(request_id, ()):
+            self._push(self.now + child.think_time_s, _ARRIVAL, child)
+
+    # ----- disaggregation --------------------------------------------------------------------
+
+    def _start_transfer(self, source: SimInstance, request_spec: RequestSpec) -> None:
+        num_bytes = source.spec.kv_bytes_per_token * request_spec.num_prompt_tokens
+        delay_s = (
+            num_bytes / self.spec.kv_transfer_bandwidth_bytes_per_s
+            + self.spec.kv_transfer_latency_s
+        )
+        self._push(self.now + delay_s, _TRANSFER, request_spec)
+
+    def _transfer_done(self, request_spec: RequestSpec) -> None:
+        token_ids = self._prompt_ids.pop(request_spec.request_id)
+        token_ids.append(PLACEHOLDER_TOKEN_ID)
+        request = Request(
+            request_spec.request_id,
+            token_ids,
+            self._sampling_params(request_spec.num_output_tokens - 1),
+            max_model_len=self.max_model_len,
+            arrival_time=self.now,
+            priority=request_spec.priority,
+            client_id=request_spec.client_id,
+        )
+        if self.request_hook is not None:
+            self.request_hook(request, request_spec)
+        instance = self.decode_pool[self.decode_router.select(request)]
+        instance.kv.expect_external(request.request_id, request_spec.num_prompt_tokens)
+        self._assign(instance, request)

@@ -1,0 +1,78 @@
+"""InstanceSpec and ClusterSpec: what the cluster simulator runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from corral.config import SchedulerConfig
+from corral.sim.cost.base import CostModel
+
+ROLES = ("mixed", "prefill", "decode")
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """One engine instance: its scheduler and KV pool, its step-time model, and the devices
+    it occupies (for cost and energy)."""
+
+    cost_model: CostModel
+    num_blocks: int
+    max_model_len: int
+    block_size: int = 16
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    enable_prefix_caching: bool = True
+    # "builtin" hashing is per-process and fast; the simulator is one process.
+    prefix_hash: str = "builtin"
+    role: str = "mixed"  # mixed | prefill | decode (disaggregation)
+    label: str = "instance"
+    num_devices: int = 1
+    price_per_device_hour: float | None = None
+    busy_power_w: float | None = None  # per device, while a step runs
+    idle_power_w: float | None = None  # per device, otherwise
+    kv_bytes_per_token: int = 0  # for KV transfers between pools
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"instance role {self.role!r} is not one of {ROLES}")
+        if self.num_blocks * self.block_size < self.max_model_len:
+            raise ValueError(
+                f"a KV pool of {self.num_blocks} blocks x {self.block_size} tokens cannot hold "
+                f"one request of max_model_len {self.max_model_len} tokens"
+            )
+        if self.num_devices < 1:
+            raise ValueError(f"num_devices must be >= 1, got {self.num_devices}")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """Instances behind a router. With prefill and decode instances (and no mixed ones) the
+    cluster is disaggregated: each request is prefilled on a prefill instance, which produces
+    its first token, its KV moves to a decode instance (bytes / bandwidth + latency), and the
+    decode instance generates the rest."""
+
+    instances: tuple[InstanceSpec, ...]
+    router: str = "round-robin"
+    seed: int = 0
+    kv_transfer_bandwidth_bytes_per_s: float = 50e9
+    kv_transfer_latency_s: float = 0.0
+    # Instances record their KV usage at most this often (virtual seconds).
+    kv_sample_interval_s: float = 1.0
+    # Check every KV manager's integrity after every step (slow: tests, debugging).
+    check_integrity: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.instances:
+            raise ValueError("a cluster needs at least one instance")
+        roles = {spec.role for spec in self.instances}
+        if roles & {"prefill", "decode"} and roles != {"prefill", "decode"}:
+            raise ValueError(
+                f"a disaggregated cluster needs prefill and decode instances only, got {roles}"
+            )
+        if not self.kv_transfer_bandwidth_bytes_per_s > 0:
+            raise ValueError("kv_transfer_bandwidth_bytes_per_s must be > 0")
+        if not self.kv_sample_interval_s > 0:
+            raise ValueError("kv_sample_interval_s must be > 0")
+
+    @property
+    def is_disaggregated(self) -> bool:
+        return self.instances[0].role != "mixed"

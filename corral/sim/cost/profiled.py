@@ -1,0 +1,167 @@
+"""`profiled`: a step-time regressor fitted to the real engine's measured steps on a machine.
+
+`corral simulate profile` writes the file this loads (JSON): the feature names and fitted
+coefficients, the engine settings it was measured with, the model's shape, the raw samples (so
+the fit can be redone), and the fit's error on them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from corral.sim.batch import BatchShape
+from corral.sim.cost.base import COST_MODELS, CostModel, CostModelOptions
+from corral.sim.cost.features import feature_fn, feature_rows, is_signed
+from corral.sim.cost.fit import fit_signed
+
+PROFILE_KIND = "corral-step-profile"
+PROFILE_VERSION = 1
+DEFAULT_FEATURES = (
+    "intercept",
+    "tokens",
+    "tokens_over_16",
+    "tokens_over_64",
+    "tokens_over_256",
+    "prefill_requests",
+    "prefill_attention_pairs",
+    "decode_context_tokens",
+    "decode_padded_context_tokens",
+    "sampled_requests",
+)
+
+
+@COST_MODELS.register("profiled")
+class ProfiledCostModel(CostModel):
+    """step_time_s = sum_j coefficient_j * feature_j(batch), floored at min_step_s."""
+
+    def __init__(
+        self,
+        features: Sequence[str],
+        coefficients: Sequence[float],
+        *,
+        min_step_s: float = 0.0,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if len(features) != len(coefficients):
+            raise ValueError(
+                f"{len(features)} features but {len(coefficients)} coefficients in the profile"
+            )
+        self.features = list(features)
+        self.coefficients = [float(c) for c in coefficients]
+        self.min_step_s = min_step_s
+        self.metadata = metadata or {}
+        self._terms = [
+            (feature_fn(name), c) for name, c in zip(self.features, self.coefficients) if c
+        ]
+
+    @classmethod
+    def from_options(cls, options: CostModelOptions) -> CostModel:
+        if not options.profile_path:
+            raise ValueError("the profiled cost model needs a profile file (--profile PATH)")
+        return cls.load(options.profile_path)
+
+    def step_time_s(self, batch: BatchShape) -> float:
+        total = 0.0
+        for fn, coefficient in self._terms:
+            total += coefficient * fn(batch)
+        return total if total > self.min_step_s else self.min_step_s
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "profiled",
+            "coefficients": dict(zip(self.features, self.coefficients)),
+            "engine": self.metadata.get("engine"),
+            "fit": self.metadata.get("fit"),
+        }
+
+    # ----- fitting and files ---------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        samples: Sequence[tuple[BatchShape, float]],
+        features: Sequence[str] = DEFAULT_FEATURES,
+        metadata: dict[str, Any] | None = None,
+        outlier_mads: float | None = 4.0,
+    ) -> ProfiledCostModel:
+        """Fit to (batch, measured seconds) samples, minimizing relative squared error.
+
+        With outlier_mads, samples whose relative residual lies more than that many median
+        absolute deviations from the median residual (steps slowed by another process on a
+        shared machine) are dropped and the fit is redone, twice at most. The reported errors
+        cover every sample.
+        """
+        if len(samples) < len(features):
+            raise ValueError(f"{len(samples)} samples cannot fit {len(features)} features")
+        batches = [batch for batch, _ in samples]
+        times = np.array([time_s for _, time_s in samples])
+        rows = np.asarray(feature_rows(features, batches))
+        signed = [is_signed(f) for f in features]
+        keep = np.ones(len(times), dtype=bool)
+        for _ in range(3 if outlier_mads else 1):
+            coefficients = fit_signed(rows[keep], times[keep], signed, 1.0 / times[keep])
+            residuals = rows @ coefficients / times - 1.0
+            if not outlier_mads:
+                break
+            median = np.median(residuals[keep])
+            mad = max(float(np.median(np.abs(residuals[keep] - median))), 1e-3)
+            new_keep = np.abs(residuals - median) <= outlier_mads * mad
+            if new_keep.sum() < len(features) or np.array_equal(new_keep, keep):
+                break
+            keep = new_keep
+        model = cls(features, coefficients.tolist(), min_step_s=float(times.min()) * 0.5)
+        errors = np.array([model.step_time_s(b) for b in batches]) / times - 1.0
+        model.metadata = dict(metadata or {})
+        model.metadata["fit"] = {
+            "num_samples": len(samples),
+            "num_outliers_dropped": int((~keep).sum()),
+            "mean_abs_rel_error": float(np.abs(errors).mean()),
+            "median_abs_rel_error": float(np.median(np.abs(errors))),
+            "p90_abs_rel_error": float(np.percentile(np.abs(errors), 90)),
+            "mean_rel_error": float(errors.mean()),
+        }
+        model.metadata["samples"] = [[list(b), t] for b, t in zip(batches, times.tolist())]
+        return model
+
+    def save(self, path: str | Path) -> None:
+        document = {
+            "kind": PROFILE_KIND,
+            "version": PROFILE_VERSION,
+            "features": self.features,
+            "coefficients": self.coefficients,
+            "min_step_s": self.min_step_s,
+            **self.metadata,
+        }
+        Path(path).write_text(json.dumps(document, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProfiledCostModel:
+        """Read a profile file; ValueError when it is not one."""
+        try:
+            document = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"profile {path} does not exist") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"profile {path} is not JSON: {error}") from None
+        if not isinstance(document, dict) or document.get("kind") != PROFILE_KIND:
+            raise ValueError(f"{path} is not a corral step profile (kind {PROFILE_KIND!r})")
+        metadata = {
+            key: value
+            for key, value in document.items()
+            if key not in ("kind", "version", "features", "coefficients", "min_step_s")
+        }
+        return cls(
+            document["features"],
+            document["coefficients"],
+            min_step_s=float(document.get("min_step_s", 0.0)),
+            metadata=metadata,
+        )
+
+    def samples(self) -> list[tuple[BatchShape, float]]:
+        """The measured samples stored with the profile (empty for a hand-written one)."""
+        return [(BatchShape(*shape), time_s) for shape, time_s in self.metadata.get("samples", [])]

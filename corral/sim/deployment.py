@@ -1,0 +1,168 @@
+"""DeploymentOptions -> ClusterSpec: cost model, KV pool size, devices, price and power."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from corral.config import SchedulerConfig
+from corral.model.arch import ModelArch
+from corral.sim.config import ClusterSpec, InstanceSpec
+from corral.sim.cost import CostModelOptions, make_cost_model
+from corral.sim.cost.hardware import HardwareSpec, load_hardware
+from corral.sim.cost.profiled import ProfiledCostModel
+from corral.sim.model_shapes import load_model_shape
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentOptions:
+    """How the simulated cluster is built. With num_prefill_instances and num_decode_instances
+    both > 0 the cluster is disaggregated (num_instances is then ignored)."""
+
+    cost_model: str = "roofline"
+    profile_path: str | None = None
+    model: str = "llama-3.1-8b"
+    hardware: str = "h100"
+    tensor_parallel_size: int = 1
+    dtype_bytes: int = 2
+    step_overhead_s: float | None = None
+    num_instances: int = 1
+    num_prefill_instances: int = 0
+    num_decode_instances: int = 0
+    router: str = "least-outstanding"
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    block_size: int = 16
+    num_blocks: int | None = None
+    memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    kv_transfer_bandwidth_bytes_per_s: float = 50e9
+    kv_transfer_latency_s: float = 0.0
+    price_per_device_hour: float | None = None
+    seed: int = 0
+    kv_sample_interval_s: float = 1.0
+    check_integrity: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_instances < 1:
+            raise ValueError(f"num_instances must be >= 1, got {self.num_instances}")
+        if (self.num_prefill_instances > 0) != (self.num_decode_instances > 0):
+            raise ValueError(
+                "disaggregation needs both --num-prefill-instances and --num-decode-instances"
+            )
+        if not 0 < self.memory_utilization <= 1:
+            raise ValueError(f"memory_utilization must be in (0, 1], got {self.memory_utilization}")
+
+    def with_changes(self, **changes: object) -> DeploymentOptions:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def kv_blocks_for(arch: ModelArch, hardware: HardwareSpec, options: DeploymentOptions) -> int:
+    """Blocks that fit in tp devices' memory x utilization after the weights (KV heads are
+    replicated when tp exceeds them)."""
+    tp = options.tensor_parallel_size
+    memory = tp * hardware.memory_bytes * options.memory_utilization
+    weights = arch.num_params() * options.dtype_bytes
+    replication = max(1, tp // arch.num_kv_heads)
+    bytes_per_block = (
+        arch.kv_bytes_per_token(options.dtype_bytes) * replication * options.block_size
+    )
+    num_blocks = int((memory - weights) // bytes_per_block)
+    if num_blocks < 1:
+        raise ValueError(
+            f"{arch.num_params() / 1e9:.1f}B parameters ({weights / 1e9:.1f} GB) leave no KV "
+            f"memory on {tp} x {hardware.name} at utilization {options.memory_utilization}"
+        )
+    return num_blocks
+
+
+def _profiled_instance(options: DeploymentOptions) -> dict:
+    if not options.profile_path:
+        raise ValueError("the profiled cost model needs --profile PATH")
+    model = ProfiledCostModel.load(options.profile_path)
+    engine = model.metadata.get("engine", {})
+    arch_fields = model.metadata.get("arch")
+    kv_bytes = 0
+    if arch_fields:
+        arch = ModelArch(**{**arch_fields, "eos_token_ids": tuple(arch_fields["eos_token_ids"])})
+        kv_bytes = arch.kv_bytes_per_token(int(engine.get("dtype_bytes", options.dtype_bytes)))
+    num_blocks = options.num_blocks or engine.get("num_blocks")
+    max_model_len = options.max_model_len or engine.get("max_model_len")
+    if not num_blocks or not max_model_len:
+        raise ValueError(
+            "the profile names no KV pool size; pass --num-kv-blocks and --max-model-len"
+        )
+    return dict(
+        cost_model=model,
+        num_blocks=int(num_blocks),
+        max_model_len=int(max_model_len),
+        label=str(engine.get("label", "profiled")),
+        price_per_device_hour=options.price_per_device_hour,
+        kv_bytes_per_token=kv_bytes,
+    )
+
+
+def _roofline_instance(options: DeploymentOptions) -> dict:
+    arch = load_model_shape(options.model)
+    hardware = load_hardware(options.hardware)
+    cost_model = make_cost_model(
+        "roofline",
+        CostModelOptions(
+            arch=arch,
+            hardware=hardware,
+            tensor_parallel_size=options.tensor_parallel_size,
+            dtype_bytes=options.dtype_bytes,
+            step_overhead_s=options.step_overhead_s,
+        ),
+    )
+    max_model_len = options.max_model_len or min(arch.max_position_embeddings, 32768)
+    tp = options.tensor_parallel_size
+    return dict(
+        cost_model=cost_model,
+        num_blocks=options.num_blocks or kv_blocks_for(arch, hardware, options),
+        max_model_len=max_model_len,
+        label=f"{hardware.name.split('-')[0]}x{tp}",
+        num_devices=tp,
+        price_per_device_hour=(
+            options.price_per_device_hour
+            if options.price_per_device_hour is not None
+            else hardware.price_per_hour
+        ),
+        busy_power_w=hardware.max_power_w,
+        idle_power_w=hardware.idle_power_w,
+        kv_bytes_per_token=arch.kv_bytes_per_token(options.dtype_bytes),
+    )
+
+
+# Per cost model: the instance fields it determines (pool size, devices, price, power).
+_INSTANCE_FIELDS = {"profiled": _profiled_instance, "roofline": _roofline_instance}
+
+
+def build_cluster(options: DeploymentOptions) -> ClusterSpec:
+    """The ClusterSpec for these options (ValueError for impossible ones)."""
+    builder = _INSTANCE_FIELDS.get(options.cost_model)
+    if builder is None:
+        known = ", ".join(sorted(_INSTANCE_FIELDS))
+        raise ValueError(f"unknown cost model {options.cost_model!r}; known: {known}")
+    fields = builder(options)
+    common = dict(
+        block_size=options.block_size,
+        scheduler=options.scheduler,
+        enable_prefix_caching=options.enable_prefix_caching,
+        **fields,
+    )
+    if options.num_prefill_instances:
+        instances = tuple(
+            [InstanceSpec(role="prefill", **common)] * options.num_prefill_instances
+            + [InstanceSpec(role="decode", **common)] * options.num_decode_instances
+        )
+    else:
+        instances = tuple([InstanceSpec(**common)] * options.num_instances)
+    return ClusterSpec(
+        instances=instances,
+        router=options.router,
+        seed=options.seed,
+        kv_transfer_bandwidth_bytes_per_s=options.kv_transfer_bandwidth_bytes_per_s,
+        kv_transfer_latency_s=options.kv_transfer_latency_s,
+        kv_sample_interval_s=options.kv_sample_interval_s,
+        check_integrity=options.check_integrity,
+    )

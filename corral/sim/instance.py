@@ -1,0 +1,115 @@
+"""SimInstance: one engine instance on the virtual clock (real scheduler + KV manager)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from corral.core.messages import ModelOutput, SchedulerOutput
+from corral.core.scheduler import RequestUpdate, Scheduler
+from corral.request import Request
+from corral.sim.config import InstanceSpec
+from corral.sim.executor import SimExecutor
+from corral.sim.kv import SimKVCacheManager
+
+
+class SimInstance:
+    """A step is begin_step (schedule + cost) at time t and end_step (update) at t + step time.
+
+    Requests added while a step runs wait for the next one, as in a real engine loop.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        spec: InstanceSpec,
+        clock: Callable[[], float],
+        kv_sample_interval_s: float = 1.0,
+    ) -> None:
+        self.index = index
+        self.spec = spec
+        self.kv = SimKVCacheManager(
+            spec.num_blocks,
+            spec.block_size,
+            enable_prefix_caching=spec.enable_prefix_caching,
+            prefix_hash=spec.prefix_hash,
+        )
+        self.scheduler = Scheduler(spec.scheduler, self.kv, spec.max_model_len, clock=clock)
+        self.executor = SimExecutor(spec.cost_model)
+        self.is_busy = False
+        self.is_wake_pending = False
+        self.is_prefill = spec.role == "prefill"
+        # Tokens of queued (not yet admitted) requests, for KV-load routing.
+        self.num_waiting_tokens = 0
+        self.num_assigned = 0
+        self.num_steps = 0
+        self.num_batched_tokens = 0
+        self.busy_time_s = 0.0
+        self.kv_usage_time_s = 0.0  # integral of KV usage over busy time
+        self.max_kv_usage = 0.0
+        self.kv_samples: list[tuple[float, float]] = []
+        self._sample_interval_s = kv_sample_interval_s
+        self._next_sample_s = 0.0
+
+    @property
+    def num_blocks(self) -> int:
+        return self.spec.num_blocks
+
+    @property
+    def block_size(self) -> int:
+        return self.spec.block_size
+
+    @property
+    def num_outstanding_requests(self) -> int:
+        return len(self.scheduler.requests)
+
+    @property
+    def kv_load(self) -> float:
+        """(Blocks in use + blocks the queued prompts need) / pool size."""
+        pool = self.kv.pool
+        used = pool.num_blocks - pool.num_free_blocks
+        return (used + self.num_waiting_tokens / self.spec.block_size) / pool.num_blocks
+
+    def add_request(self, request: Request) -> None:
+        self.scheduler.add_request(request)
+        self.num_waiting_tokens += request.num_tokens
+        self.num_assigned += 1
+
+    def begin_step(self, now: float) -> tuple[SchedulerOutput, ModelOutput] | None:
+        """Schedule and cost one step at `now`; None when there was nothing to run."""
+        scheduler_output = self.scheduler.schedule()
+        model_output = self.executor.execute(scheduler_output)
+        if scheduler_output.total_num_scheduled_tokens == 0:
+            if self.scheduler.has_unfinished_requests():
+                raise RuntimeError(
+                    f"instance {self.index} holds {self.num_outstanding_requests} requests but "
+                    "scheduled nothing; the KV pool or the token budget is too small"
+                )
+            return None
+        kv = self.kv
+        for new in scheduler_output.new_requests:
+            self.num_waiting_tokens -= len(new.token_ids)
+            if kv.has_pending_external:
+                kv.on_admitted(new.request_id)
+        if scheduler_output.preempted_request_ids:
+            requests = self.scheduler.requests
+            for request_id in scheduler_output.preempted_request_ids:
+                self.num_waiting_tokens += requests[request_id].num_tokens
+        step_s = model_output.step_time_s
+        usage = self.kv.usage
+        self.is_busy = True
+        self.num_steps += 1
+        self.num_batched_tokens += scheduler_output.total_num_scheduled_tokens
+        self.busy_time_s += step_s
+        self.kv_usage_time_s += usage * step_s
+        if usage > self.max_kv_usage:
+            self.max_kv_usage = usage
+        if now >= self._next_sample_s:
+            self.kv_samples.append((now, usage))
+            self._next_sample_s = now + self._sample_interval_s
+        return scheduler_output, model_output
+
+    def end_step(
+        self, scheduler_output: SchedulerOutput, model_output: ModelOutput
+    ) -> list[RequestUpdate]:
+        self.is_busy = False
+        return self.scheduler.update(scheduler_output, model_output)

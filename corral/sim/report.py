@@ -1,0 +1,144 @@
+"""SimReport: the bench tool's metrics plus what only a simulator sees (per-instance busy time,
+KV usage over time, cost, energy) and how fast the simulation ran."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from corral.sim.cluster import SimResult
+from corral.sim.instance import SimInstance
+from corral.workloads.metrics import MetricsSummary, format_summary, summarize
+from corral.workloads.slo import SLO
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceReport:
+    index: int
+    label: str
+    role: str
+    num_devices: int
+    num_assigned: int
+    num_steps: int
+    num_batched_tokens: int
+    busy_time_s: float
+    utilization: float  # busy time / duration
+    mean_kv_usage: float  # time-averaged over the duration
+    max_kv_usage: float
+    num_preemptions: int
+    prefix_hit_rate: float | None  # cached / queried prompt tokens (excluding transferred KV)
+    cost_usd: float | None
+    energy_j: float | None
+    kv_samples: list[tuple[float, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class SimReport:
+    summary: MetricsSummary
+    instances: list[InstanceReport]
+    duration_s: float
+    wall_time_s: float
+    num_events: int
+    cost_usd: float | None
+    energy_kwh: float | None
+
+    @property
+    def simulated_requests_per_wall_s(self) -> float:
+        count = self.summary.num_completed + self.summary.num_failed
+        return count / self.wall_time_s if self.wall_time_s > 0 else float("inf")
+
+    def to_dict(self, *, with_kv_samples: bool = True) -> dict:
+        document = asdict(self)
+        document["simulated_requests_per_wall_s"] = self.simulated_requests_per_wall_s
+        if not with_kv_samples:
+            for instance in document["instances"]:
+                instance.pop("kv_samples")
+        return document
+
+
+def _instance_report(instance: SimInstance, duration_s: float) -> InstanceReport:
+    spec = instance.spec
+    idle_s = max(0.0, duration_s - instance.busy_time_s)
+    energy = None
+    if spec.busy_power_w is not None and spec.idle_power_w is not None:
+        energy = spec.num_devices * (
+            spec.busy_power_w * instance.busy_time_s + spec.idle_power_w * idle_s
+        )
+    cost = None
+    if spec.price_per_device_hour is not None:
+        cost = spec.num_devices * spec.price_per_device_hour * duration_s / 3600.0
+    kv = instance.kv
+    queried = kv.num_query_tokens
+    hits = kv.num_hit_tokens - kv.num_external_tokens
+    return InstanceReport(
+        index=instance.index,
+        label=spec.label,
+        role=spec.role,
+        num_devices=spec.num_devices,
+        num_assigned=instance.num_assigned,
+        num_steps=instance.num_steps,
+        num_batched_tokens=instance.num_batched_tokens,
+        busy_time_s=instance.busy_time_s,
+        utilization=instance.busy_time_s / duration_s if duration_s > 0 else 0.0,
+        mean_kv_usage=instance.kv_usage_time_s / duration_s if duration_s > 0 else 0.0,
+        max_kv_usage=instance.max_kv_usage,
+        num_preemptions=instance.scheduler.num_preemptions,
+        prefix_hit_rate=hits / queried if queried else None,
+        cost_usd=cost,
+        energy_j=energy,
+        kv_samples=instance.kv_samples,
+    )
+
+
+def build_report(result: SimResult, slo: SLO | None = None) -> SimReport:
+    summary = summarize(result.records, slo=slo)
+    duration_s = summary.duration_s
+    instances = [_instance_report(instance, duration_s) for instance in result.instances]
+    costs = [i.cost_usd for i in instances]
+    energies = [i.energy_j for i in instances]
+    return SimReport(
+        summary=summary,
+        instances=instances,
+        duration_s=duration_s,
+        wall_time_s=result.wall_time_s,
+        num_events=result.num_events,
+        cost_usd=sum(costs) if None not in costs else None,  # type: ignore[arg-type]
+        energy_kwh=sum(energies) / 3.6e6 if None not in energies else None,  # type: ignore[arg-type]
+    )
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(report: SimReport, title: str = "corral simulate", max_rows: int = 16) -> str:
+    lines = [format_summary(report.summary, title), ""]
+    lines.append(
+        f"{'inst':>5} {'label':<16}{'role':<8}{'reqs':>7}{'steps':>9}{'util':>7}"
+        f"{'kv mean':>9}{'kv max':>8}{'preempt':>9}{'hit rate':>9}"
+    )
+    shown = report.instances
+    if len(shown) > max_rows:
+        shown = shown[: max_rows // 2] + shown[-max_rows // 2 :]
+    for i, instance in enumerate(shown):
+        if len(report.instances) > max_rows and i == max_rows // 2:
+            lines.append(f"{'...':>5} ({len(report.instances) - max_rows} more)")
+        lines.append(
+            f"{instance.index:>5} {instance.label[:15]:<16}{instance.role:<8}"
+            f"{instance.num_assigned:>7}{instance.num_steps:>9}{instance.utilization:>7.1%}"
+            f"{instance.mean_kv_usage:>9.1%}{instance.max_kv_usage:>8.1%}"
+            f"{instance.num_preemptions:>9}{_fmt(instance.prefix_hit_rate, '>9.1%'):>9}"
+        )
+    utilizations = [i.utilization for i in report.instances]
+    lines.append(
+        f"utilization min/mean/max: {min(utilizations):.1%} / "
+        f"{sum(utilizations) / len(utilizations):.1%} / {max(utilizations):.1%}"
+    )
+    lines.append(
+        f"cost: {_fmt(report.cost_usd, '.2f')} USD   energy: {_fmt(report.energy_kwh, '.3f')} kWh"
+    )
+    lines.append(
+        f"simulated {report.summary.num_completed} requests ({report.num_events} events) in "
+        f"{report.wall_time_s:.2f} s wall: {report.simulated_requests_per_wall_s:.0f} requests "
+        f"per wall-second"
+    )
+    return "\n".join(lines)
