@@ -10,8 +10,14 @@ from corral.config import CacheConfig, parse_memory_budget
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("0.25", 0.25), (0.5, 0.5), ("512MiB", 512 * 2**20), ("2GB", 2e9), ("1e6", 1e6),
-     ("3 KiB", 3072.0)],
+    [
+        ("0.25", 0.25),
+        (0.5, 0.5),
+        ("512MiB", 512 * 2**20),
+        ("2GB", 2e9),
+        ("1e6", 1e6),
+        ("3 KiB", 3072.0),
+    ],
 )
 def test_memory_budget_parsing(text, expected):
     assert parse_memory_budget(text) == expected
@@ -34,8 +40,14 @@ def test_pool_is_sized_from_a_byte_budget_and_logged(tiny_model, caplog):
 
 
 def test_fraction_budget_is_capped_at_what_requests_could_use(tiny_model):
-    llm = LLM(model=str(tiny_model), dtype="float32", kv_cache_memory=0.5, max_num_seqs=2,
-              max_model_len=64, block_size=16)
+    llm = LLM(
+        model=str(tiny_model),
+        dtype="float32",
+        kv_cache_memory=0.5,
+        max_num_seqs=2,
+        max_model_len=64,
+        block_size=16,
+    )
     assert llm.engine.kv_manager.num_blocks == 2 * 64 // 16
 
 

@@ -12,8 +12,9 @@ def test_completion_defaults_fill_unset_fields_only():
     params = completion_params(CompletionRequest(model="m", prompt="hi", max_tokens=None), LIMITS)
     assert (params.repetition_penalty, params.temperature, params.max_tokens) == (1.3, 0.2, 7)
     explicit = completion_params(
-        CompletionRequest(model="m", prompt="hi", repetition_penalty=1.0, temperature=0.0,
-                          max_tokens=3),
+        CompletionRequest(
+            model="m", prompt="hi", repetition_penalty=1.0, temperature=0.0, max_tokens=3
+        ),
         LIMITS,
     )
     assert (explicit.repetition_penalty, explicit.temperature, explicit.max_tokens) == (1.0, 0, 3)
