@@ -38,6 +38,8 @@ class RequestUpdate:
     stop_reason: int | str | None = None
     logprobs: list[TokenLogprobs] | None = None
     prompt_logprobs: list[TokenLogprobs] | None = None
+    # Prompt tokens served from the prefix cache (any tier) at first scheduling; -1: unknown.
+    num_cached_tokens: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +288,7 @@ class Scheduler:
                     request.stop_reason,
                     logprobs,
                     prompt_logprobs,
+                    request.num_cached_tokens,
                 )
             )
             if request.is_finished:

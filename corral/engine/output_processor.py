@@ -112,6 +112,8 @@ class OutputProcessor:
                 tracked.prompt_logprobs.extend(self._position_logprobs(prompt_logprobs))
             if update.new_token_ids and tracked.first_token_time is None:
                 tracked.first_token_time = now
+            if parent[1] == 0 and update.num_cached_tokens > tracked.num_cached_tokens:
+                tracked.num_cached_tokens = update.num_cached_tokens
             if sample.finish_reason is not None:
                 continue  # a stop string ended it; tokens from the same step are dropped
             self._apply_tokens(sample, update)

@@ -17,7 +17,12 @@ from types import ModuleType
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.cpp", "cpu_fused.cpp")]
+_SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.cpp", "cpu_fused.cpp", "cpu_kv_write.cpp")]
+# -fopenmp makes at::parallel_for parallel (without it ATen's header falls back to a serial loop);
+# the extension then links libgomp.so.1, the runtime torch has already loaded, so
+# torch.set_num_threads governs the kernels' threads too.
+_CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+_LDFLAGS = ["-fopenmp"]
 _lock = threading.Lock()
 _state: dict[str, ModuleType | None] = {}
 
@@ -30,7 +35,8 @@ def _cpu_signature() -> str:
             flags = next((line for line in cpuinfo if line.startswith("flags")), "")
     except OSError:
         pass
-    text = platform.machine() + flags + "".join(source.read_text() for source in _SOURCES)
+    text = platform.machine() + flags + " ".join(_CFLAGS + _LDFLAGS)
+    text += "".join(source.read_text() for source in _SOURCES)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -70,7 +76,8 @@ def _build() -> ModuleType | None:
         return load(
             name=f"corral_cpu_kernels_{_cpu_signature()}",
             sources=sources,
-            extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
+            extra_cflags=_CFLAGS,
+            extra_ldflags=_LDFLAGS,
             build_directory=str(build_dir),
             verbose=False,
         )

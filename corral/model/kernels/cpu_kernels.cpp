@@ -286,6 +286,9 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps,
 void rotary_inplace(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
                     torch::Tensor sin, int64_t num_heads, int64_t head_dim);
 torch::Tensor silu_and_mul(torch::Tensor gate_up);
+// Defined in cpu_kv_write.cpp.
+void write_kv_cache(torch::Tensor key, torch::Tensor value, torch::Tensor key_cache,
+                    torch::Tensor value_cache, torch::Tensor slot_mapping);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, "decode attention over paged KV");
@@ -293,4 +296,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm, optionally adding a residual in place first");
   m.def("rotary_inplace", &rotary_inplace, "rotary embedding of q and k heads in place");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");
+  m.def("write_kv_cache", &write_kv_cache, "store new tokens' K and V at their slots");
 }

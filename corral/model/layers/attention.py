@@ -84,6 +84,16 @@ def write_kv(
         value, value_scale = quantize_kv(value, cache.value.dtype)
         cache.key_scale.view(-1, num_kv_heads).index_copy_(0, slot_mapping, key_scale)
         cache.value_scale.view(-1, num_kv_heads).index_copy_(0, slot_mapping, value_scale)
+    kernels = cpu_kernels() if key.device.type == "cpu" else None
+    if kernels is not None:
+        kernels.write_kv_cache(
+            raw_view(key).contiguous(),
+            raw_view(value).contiguous(),
+            raw_view(cache.key),
+            raw_view(cache.value),
+            slot_mapping,
+        )
+        return
     block_size = cache.block_size
     raw_view(cache.key)[slot_mapping // block_size, :, :, slot_mapping % block_size] = raw_view(key)
     raw_view(cache.value).view(-1, num_kv_heads, head_dim).index_copy_(
