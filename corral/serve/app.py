@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 import corral
 from corral.engine.async_llm import AsyncLLM
+from corral.serve.cache_isolation import tenant_cache_salt
 from corral.serve.chat import create_chat_completion, message_dicts, render_chat
 from corral.serve.completions import create_completion
 from corral.serve.errors import APIError, install_error_handlers
@@ -27,7 +28,7 @@ from corral.serve.protocol import (
 from corral.serve.security import APIKeyMiddleware, read_json_body
 from corral.serve.state import ServerConfig, ServerState
 from corral.serve.streaming import json_response
-from corral.serve.validation import ModelLimits, parse_body
+from corral.serve.validation import ModelLimits, check_cache_salt, parse_body
 
 logger = logging.getLogger(__name__)
 
@@ -69,18 +70,23 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
             raise APIError(503, "the server is shutting down", code="shutting_down")
         return await read_json_body(request, config.max_request_body_bytes)
 
-    def client_id(request: Request, user: str | None) -> str | None:
-        return user or getattr(request.state, "api_key_identity", None)
+    def client_id(request: Request, req: CompletionRequest | ChatCompletionRequest) -> str | None:
+        key_identity = getattr(request.state, "api_key_identity", None)
+        check_cache_salt(req.cache_salt)
+        req.cache_salt = tenant_cache_salt(
+            config.cache_isolation, key_identity, req.user, req.cache_salt
+        )
+        return req.user or key_identity
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req = parse_body(CompletionRequest, await body(request))
-        return await create_completion(state, req, request, client_id(request, req.user))
+        return await create_completion(state, req, request, client_id(request, req))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         req = parse_body(ChatCompletionRequest, await body(request))
-        return await create_chat_completion(state, req, request, client_id(request, req.user))
+        return await create_chat_completion(state, req, request, client_id(request, req))
 
     @app.get("/v1/models")
     async def models() -> Response:

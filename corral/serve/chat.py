@@ -26,6 +26,7 @@ from corral.serve.protocol import (
     ChatMessageOut,
     ChatStreamChoice,
     DeltaMessage,
+    PromptTokensDetails,
     UsageInfo,
 )
 from corral.serve.state import ServerState
@@ -154,6 +155,7 @@ class _ChatFormatter:
             prompt_tokens=num_prompt,
             completion_tokens=num_generated,
             total_tokens=num_prompt + num_generated,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=final.num_cached_tokens),
         )
         return ChatCompletionResponse(
             id=self.request_id, model=self.state.model_name, choices=choices, usage=usage

@@ -8,6 +8,7 @@ import logging
 import os
 
 from corral.engine.engine_args import add_engine_arguments, engine_config_from_args
+from corral.serve.cache_isolation import CACHE_ISOLATION_MODES
 from corral.serve.config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--log-requests", action="store_true", help="log prompts and outputs (off by default)"
     )
+    group.add_argument(
+        "--cache-isolation",
+        choices=CACHE_ISOLATION_MODES,
+        default=defaults.cache_isolation,
+        help="separate prefix caches per tenant so no client can time another's prompts: "
+        "api-key (per key), user (per `user` field, else key); default none",
+    )
     group.add_argument("--no-access-log", action="store_true", help="no per-request access log")
     add_engine_arguments(parser)
 
@@ -89,6 +97,7 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
         log_requests=args.log_requests,
         served_model_name=args.served_model_name,
         drain_timeout_s=args.drain_timeout_s,
+        cache_isolation=args.cache_isolation,
     )
 
 

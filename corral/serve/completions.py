@@ -17,6 +17,7 @@ from corral.serve.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    PromptTokensDetails,
     UsageInfo,
 )
 from corral.serve.state import ServerState
@@ -109,6 +110,9 @@ class _Formatter:
             prompt_tokens=num_prompt,
             completion_tokens=num_generated,
             total_tokens=num_prompt + num_generated,
+            prompt_tokens_details=PromptTokensDetails(
+                cached_tokens=sum(output.num_cached_tokens for output in finals)
+            ),
         )
         return CompletionResponse(
             id=self.request_id, model=self.state.model_name, choices=choices, usage=usage

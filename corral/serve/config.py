@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from corral.serve.cache_isolation import CACHE_ISOLATION_MODES
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -22,6 +24,8 @@ class ServerConfig:
     log_requests: bool = False
     served_model_name: str | None = None
     drain_timeout_s: float = 120.0
+    # Prefix-cache namespace per tenant: none | api-key | user (corral.serve.cache_isolation).
+    cache_isolation: str = "none"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -33,6 +37,11 @@ class ServerConfig:
         if self.max_request_body_bytes < 1024:
             raise ValueError(
                 f"max_request_body_bytes must be >= 1024, got {self.max_request_body_bytes}"
+            )
+        if self.cache_isolation not in CACHE_ISOLATION_MODES:
+            raise ValueError(
+                f"cache_isolation must be one of {CACHE_ISOLATION_MODES}, "
+                f"got {self.cache_isolation!r}"
             )
         if any(not key for key in self.api_keys):
             raise ValueError("an API key must not be empty")

@@ -114,10 +114,16 @@ class DetokenizeRequest(_Request):
 # ----- responses ---------------------------------------------------------------------------------
 
 
+class PromptTokensDetails(_Response):
+    # Prompt tokens whose KV came from the prefix cache (any tier) instead of being computed.
+    cached_tokens: int = 0
+
+
 class UsageInfo(_Response):
     prompt_tokens: int
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class CompletionLogprobs(_Response):

@@ -93,12 +93,7 @@ def _common_params(req: CompletionRequest | ChatCompletionRequest, limits: Model
             _check_token_id("logit_bias", token_id, limits)
             _check_range(f"logit_bias[{key}]", bias, -100.0, 100.0)
             logit_bias[token_id] = bias
-    if req.cache_salt is not None and not 0 < len(req.cache_salt) <= MAX_CACHE_SALT_CHARS:
-        raise bad_request(
-            f"cache_salt must have 1 to {MAX_CACHE_SALT_CHARS} characters, "
-            f"got {len(req.cache_salt)}",
-            "cache_salt",
-        )
+    check_cache_salt(req.cache_salt)
     params: dict[str, Any] = dict(
         n=req.n,
         stop=stop,
@@ -216,3 +211,12 @@ def completion_prompts(req: CompletionRequest, limits: ModelLimits) -> list[str 
             for token_id in item:
                 _check_token_id("prompt", token_id, limits)
     return prompts
+
+
+def check_cache_salt(cache_salt: str | None) -> None:
+    """400 unless the salt is absent or 1 to MAX_CACHE_SALT_CHARS characters."""
+    if cache_salt is not None and not 0 < len(cache_salt) <= MAX_CACHE_SALT_CHARS:
+        raise bad_request(
+            f"cache_salt must have 1 to {MAX_CACHE_SALT_CHARS} characters, got {len(cache_salt)}",
+            "cache_salt",
+        )
