@@ -17,7 +17,10 @@ from types import ModuleType
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.cpp", "cpu_fused.cpp", "cpu_kv_write.cpp")]
+_SOURCES = [
+    Path(__file__).with_name(name)
+    for name in ("cpu_kernels.cpp", "cpu_fused.cpp", "cpu_kv_write.cpp")
+]
 # -fopenmp makes at::parallel_for parallel (without it ATen's header falls back to a serial loop);
 # the extension then links libgomp.so.1, the runtime torch has already loaded, so
 # torch.set_num_threads governs the kernels' threads too.
