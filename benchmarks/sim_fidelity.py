@@ -8,15 +8,21 @@
    on mean and p99 TTFT, mean TPOT and throughput; and, per real run, the profile's error on that
    run's own steps (which separates cost-model error from a machine that drifted).
 
+--target serve replays through a real `corral serve` (same engine settings) measured by
+`corral bench` over HTTP, instead of the in-process engine (no step-level error then).
+
     .venv/bin/python -m benchmarks.sim_fidelity --rates 0.4,0.8 --out fidelity.json
+    .venv/bin/python -m benchmarks.sim_fidelity --target serve --profile fidelity-profile.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
+import zlib
 from pathlib import Path
 
 from benchmarks.common import smollm_shaped_model
@@ -57,6 +63,17 @@ def workload_at(rate: float, args: argparse.Namespace, vocab_size: int):
         **{**_fields(base), "arrival": ArrivalOptions("trace", time_scale=scale)}
     )
     return build_workload(options), scale
+
+
+def fresh_ids(workload, salt: int):
+    """The same requests (lengths, arrivals) with other synthetic token ids, so that a repeat on
+    a long-lived engine never hits the prefix cache of an earlier run (a fresh simulation
+    would not)."""
+    specs = [
+        dataclasses.replace(spec, token_seed=zlib.crc32(f"{salt}:{spec.token_seed}".encode()))
+        for spec in workload.specs
+    ]
+    return dataclasses.replace(workload, specs=specs)
 
 
 def _fields(options: WorkloadOptions) -> dict:
@@ -130,6 +147,33 @@ def replay_once(engine, workload, profile: ProfiledCostModel, clock: str) -> dic
     }
 
 
+def serve_once(url: str, model_name: str, workload) -> dict:
+    """The workload against a running `corral serve`, timed by `corral bench` (token ids)."""
+    from corral.bench.payload import RequestOptions
+    from corral.bench.serve import ServeTarget, run_serve_benchmark
+
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    target = ServeTarget(url, show_progress=False)
+    report, _ = run_serve_benchmark(workload, RequestOptions(model=model_name), target)
+    return {
+        "summary": report.summary,
+        "duration_s": time.perf_counter() - start,
+        "load": [load_before, os.getloadavg()[0]],
+        "step_error": None,
+    }
+
+
+def server_args(config: EngineConfig, args: argparse.Namespace) -> list[str]:
+    return [
+        "--model", config.model.model, "--dtype", args.dtype,
+        "--max-model-len", str(args.max_model_len), "--num-threads", str(args.threads),
+        "--seed", str(args.seed), "--num-kv-blocks", str(args.num_kv_blocks),
+        "--max-num-seqs", str(args.max_num_seqs),
+        "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default=None, help="default: SmolLM-135M-shaped random")
@@ -155,6 +199,12 @@ def main() -> None:
         choices=("wall", "cpu"),
         default="wall",
         help="wall: real time (a quiet machine); cpu: process CPU time (a shared machine)",
+    )
+    parser.add_argument(
+        "--target",
+        choices=("engine", "serve"),
+        default="engine",
+        help="engine: the in-process LLMEngine; serve: `corral serve` over HTTP, via corral bench",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -206,19 +256,41 @@ def main() -> None:
     }
     rates = [float(r) for r in args.rates.split(",")]
     workloads = {rate: workload_at(rate, args, vocab_size) for rate in rates}
-    warm_up(engine)
     runs: dict[float, list[dict]] = {rate: [] for rate in rates}
-    for repeat in range(args.real_repeats):
-        for rate in rates:
-            run = replay_once(engine, workloads[rate][0], profile, args.clock)
-            runs[rate].append(run)
-            error = run["step_error"]
-            print(
-                f"rate {rate} repeat {repeat + 1}: real {run['duration_s']:.0f} s "
-                f"({args.clock} clock, load {run['load'][0]:.1f} -> {run['load'][1]:.1f}); "
-                f"profile on its {error['num_steps']} steps: mean error "
-                f"{error['mean_rel_error']:+.1%}, mean |error| {error['mean_abs_rel_error']:.1%}"
-            )
+
+    def run_all(run_one) -> None:
+        for repeat in range(args.real_repeats):
+            for rate in rates:
+                run = run_one(fresh_ids(workloads[rate][0], 1 + repeat))
+                runs[rate].append(run)
+                error = run["step_error"]
+                on_steps = (
+                    ""
+                    if error is None
+                    else f"; profile on its {error['num_steps']} steps: mean error "
+                    f"{error['mean_rel_error']:+.1%}, mean |error| "
+                    f"{error['mean_abs_rel_error']:.1%}"
+                )
+                print(
+                    f"rate {rate} repeat {repeat + 1} ({args.target}): real "
+                    f"{run['duration_s']:.0f} s (load {run['load'][0]:.1f} -> "
+                    f"{run['load'][1]:.1f}){on_steps}",
+                    flush=True,
+                )
+
+    if args.target == "engine":
+        warm_up(engine)
+        run_all(lambda workload: replay_once(engine, workload, profile, args.clock))
+    else:
+        from benchmarks.serve_reference import ServerProcess
+
+        del engine
+        log = Path("/tmp/corral-fidelity-serve.log")
+        with ServerProcess(server_args(config, args), log) as server:
+            model_name = Path(model_dir).name
+            warm = fresh_ids(workloads[rates[0]][0], 0)
+            serve_once(server.url, model_name, dataclasses.replace(warm, specs=warm.specs[:2]))
+            run_all(lambda workload: serve_once(server.url, model_name, workload))
     for rate in rates:
         workload, scale = workloads[rate]
         sim_result = simulate_result(workload, deployment)

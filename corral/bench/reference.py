@@ -28,6 +28,27 @@ def smollm_shaped_model(cache: Path | None = None) -> Path:
     return target
 
 
+def smollm_shaped_text_model(cache: Path | None = None) -> Path:
+    """The SmolLM-135M shape with the demo model's tokenizer (a 4096-token BPE trained on GSM8K,
+    so real questions tokenize compactly) and a 4096-token context (SmolLM-135M has 2048), for
+    benchmarks that send real text with long shared prefixes (8-shot GSM8K is about 1,300
+    tokens). Random weights, bf16, built once and reused."""
+    from transformers import PreTrainedTokenizerFast
+
+    from corral.demo import cache_dir
+    from corral.demo.random_model import SMOLLM_135M_SHAPE, build_random_model
+
+    target = (cache or cache_dir()) / "bench-smollm-135m-random-text"
+    if not (target / "config.json").is_file():
+        demo = Path(__file__).resolve().parents[1] / "demo" / "models" / "corral-demo"
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(demo), model_max_length=4096)
+        shape: dict[str, Any] = dict(SMOLLM_135M_SHAPE, max_position_embeddings=4096)
+        build_random_model(
+            target, seed=0, dtype="bfloat16", initializer_range=0.02, tokenizer=tokenizer, **shape
+        )
+    return target
+
+
 def azure_conv_options(
     num_requests: int,
     length_scale: float,

@@ -57,6 +57,27 @@ class ServerMetrics:
             "corral:prefix_cache_hits", "Prompt tokens found in the prefix cache."
         )
         self.preemptions = counter("corral:num_preemptions", "Preemptions (cumulative).")
+        self.prefix_evictions = counter(
+            "corral:prefix_cache_evictions", "Cached blocks evicted from the device pool."
+        )
+        # SchedulerStats field -> counter, for the KV tiers too (zero without them).
+        self._cumulative = {
+            "num_preemptions": self.preemptions,
+            "prefix_query_tokens": self.prefix_queries,
+            "prefix_hit_tokens": self.prefix_hits,
+            "prefix_cache_evictions": self.prefix_evictions,
+            "kv_host_loads": counter(
+                "corral:kv_host_tier_loads", "Blocks loaded back from the host-memory tier."
+            ),
+            "kv_disk_reads": counter(
+                "corral:kv_disk_tier_reads", "Blocks read from the disk tier."
+            ),
+            "kv_host_saves": counter(
+                "corral:kv_host_tier_saves", "Blocks spilled from the device pool to host memory."
+            ),
+            "kv_disk_writes": counter("corral:kv_disk_tier_writes", "Blocks written to disk."),
+            "kv_swap_outs": counter("corral:kv_swap_outs", "Requests swapped out to host memory."),
+        }
         self.prompt_tokens = counter("corral:prompt_tokens", "Prompt tokens of started requests.")
         self.generation_tokens = counter("corral:generation_tokens", "Generated tokens.")
         self.request_success = Counter(
@@ -131,15 +152,9 @@ class ServerMetrics:
         self.kv_usage.set(stats.kv_cache_usage)
         last = self._last
         # The scheduler's counters are cumulative; Prometheus counters take increments.
-        for metric, now, before in (
-            (self.preemptions, stats.num_preemptions, last.num_preemptions if last else 0),
-            (
-                self.prefix_queries,
-                stats.prefix_query_tokens,
-                last.prefix_query_tokens if last else 0,
-            ),
-            (self.prefix_hits, stats.prefix_hit_tokens, last.prefix_hit_tokens if last else 0),
-        ):
+        for field_name, metric in self._cumulative.items():
+            now = getattr(stats, field_name)
+            before = getattr(last, field_name) if last else 0
             if now > before:
                 metric.inc(now - before)
         self._last = stats
