@@ -230,9 +230,14 @@ inline void dot_four_rows<at::BFloat16>(const at::BFloat16* x, const at::BFloat1
   __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                    _mm512_setzero_ps()};
   int64_t i = 0;
+  // The quad's rows are contiguous (4 * in elements); prefetch the same offsets kPrefetchQuads
+  // quads ahead so the next rows are on their way while these are multiplied.
+  constexpr int64_t kPrefetchQuads = 4;
+  const at::BFloat16* ahead = w + kPrefetchQuads * 4 * in;
   for (; i + 32 <= in; i += 32) {
     const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + i);
     for (int r = 0; r < 4; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + r * in + i), _MM_HINT_T0);
       acc[r] = _mm512_dpbf16_ps(acc[r], xv, (__m512bh)_mm512_loadu_si512(w + r * in + i));
     }
   }
