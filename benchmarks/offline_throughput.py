@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--decode-rounds", type=int, default=5)
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.threads:
@@ -71,6 +72,7 @@ def main() -> None:
         engine = engine_config_from_kwargs(
             model=str(model_dir),
             dtype=dtype,
+            device=args.device,
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             kv_cache_memory="4GiB",

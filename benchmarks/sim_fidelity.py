@@ -260,8 +260,9 @@ def main() -> None:
 
     def run_all(run_one) -> None:
         for repeat in range(args.real_repeats):
-            for rate in rates:
-                run = run_one(fresh_ids(workloads[rate][0], 1 + repeat))
+            for index, rate in enumerate(rates):
+                # Ids never repeat across runs: each run starts with nothing of it cached.
+                run = run_one(fresh_ids(workloads[rate][0], 1 + repeat * len(rates) + index))
                 runs[rate].append(run)
                 error = run["step_error"]
                 on_steps = (

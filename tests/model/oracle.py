@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+# Tier-3 tests run corral on this device (the oracle always runs on CPU in float32 or bf16):
+# CORRAL_TEST_DEVICE=cuda checks the CUDA path against the same oracle.
+TEST_DEVICE = os.environ.get("CORRAL_TEST_DEVICE", "cpu")
 
 
 @lru_cache(maxsize=8)

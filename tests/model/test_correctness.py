@@ -9,7 +9,7 @@ import torch
 
 from corral import LLM, SamplingParams
 from tests.conftest import TINY_MODELS
-from tests.model.oracle import hf_greedy, hf_prompt_logprobs
+from tests.model.oracle import TEST_DEVICE, hf_greedy, hf_prompt_logprobs
 
 MAX_TOKENS = 12
 
@@ -32,7 +32,7 @@ def corral_greedy(llm: LLM, prompts, max_tokens=MAX_TOKENS, logprobs=None):
 def family(request, tiny_model_factory):
     """(name, model dir, oracle outputs) per family; oracle computed once per module."""
     path = tiny_model_factory(request.param)
-    llm = LLM(model=str(path), dtype="float32", num_blocks=256, block_size=16)
+    llm = LLM(device=TEST_DEVICE, model=str(path), dtype="float32", num_blocks=256, block_size=16)
     prompts = mixed_prompts(llm.engine.vocab_size)
     oracle = [hf_greedy(path, prompt, MAX_TOKENS) for prompt in prompts]
     return request.param, path, prompts, oracle, llm
@@ -62,7 +62,9 @@ def test_greedy_matches_transformers_with_close_logprobs(family):
 )
 def test_greedy_identical_under_scheduling_pressure(family, options):
     name, path, prompts, oracle, _ = family
-    llm = LLM(model=str(path), dtype="float32", **{"num_blocks": 256, **options})
+    llm = LLM(
+        device=TEST_DEVICE, model=str(path), dtype="float32", **{"num_blocks": 256, **options}
+    )
     llm.engine.config  # noqa: B018
     outputs = corral_greedy(llm, prompts)
     for prompt, output, (tokens, _) in zip(prompts, outputs, oracle):
@@ -74,7 +76,13 @@ def test_greedy_identical_under_scheduling_pressure(family, options):
 
 
 def test_prompt_logprobs_match_transformers(tiny_model):
-    llm = LLM(model=str(tiny_model), dtype="float32", num_blocks=64, max_num_batched_tokens=16)
+    llm = LLM(
+        device=TEST_DEVICE,
+        model=str(tiny_model),
+        dtype="float32",
+        num_blocks=64,
+        max_num_batched_tokens=16,
+    )
     prompt = mixed_prompts(llm.engine.vocab_size)[5]  # 64 tokens, computed in 4 chunks
     params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=3)
     output = llm.generate({"prompt_token_ids": prompt}, params, use_tqdm=False)[0]
@@ -92,7 +100,7 @@ def test_prompt_logprobs_match_transformers(tiny_model):
 
 def test_bf16_diverges_only_between_near_ties(tiny_model_factory):
     path = tiny_model_factory("llama")
-    llm = LLM(model=str(path), dtype="bfloat16", num_blocks=256)
+    llm = LLM(device=TEST_DEVICE, model=str(path), dtype="bfloat16", num_blocks=256)
     prompts = mixed_prompts(llm.engine.vocab_size, seed=3)
     outputs = corral_greedy(llm, prompts, logprobs=5)
     for prompt, output in zip(prompts, outputs):
@@ -108,10 +116,14 @@ def test_bf16_diverges_only_between_near_ties(tiny_model_factory):
 def test_seeded_sampling_does_not_depend_on_the_batch(tiny_model):
     prompt = {"prompt_token_ids": [5, 17, 33, 2, 9, 101, 77]}
     seeded = SamplingParams(temperature=1.0, top_p=0.95, seed=1234, max_tokens=16)
-    alone_llm = LLM(model=str(tiny_model), dtype="float32", num_blocks=128)
+    alone_llm = LLM(device=TEST_DEVICE, model=str(tiny_model), dtype="float32", num_blocks=128)
     alone = alone_llm.generate(prompt, seeded, use_tqdm=False)[0].outputs[0]
     busy_llm = LLM(
-        model=str(tiny_model), dtype="float32", num_blocks=128, max_num_batched_tokens=40
+        device=TEST_DEVICE,
+        model=str(tiny_model),
+        dtype="float32",
+        num_blocks=128,
+        max_num_batched_tokens=40,
     )
     vocab = busy_llm.engine.vocab_size
     others = [
@@ -136,7 +148,12 @@ def test_greedy_identical_without_cpu_kernels(family, monkeypatch):
         monkeypatch.setattr(module, "cpu_kernels", lambda: None)
     name, path, prompts, oracle, _ = family
     llm = LLM(
-        model=str(path), dtype="float32", num_blocks=64, block_size=16, max_num_batched_tokens=48
+        device=TEST_DEVICE,
+        model=str(path),
+        dtype="float32",
+        num_blocks=64,
+        block_size=16,
+        max_num_batched_tokens=48,
     )
     outputs = corral_greedy(llm, prompts)
     for prompt, output, (tokens, _) in zip(prompts, outputs, oracle):
