@@ -142,6 +142,7 @@ class AsyncLLM:
         client_id: str | None = None,
         cache_salt: str | None = None,
         arrival_time: float | None = None,
+        deadline_s: float | None = None,
     ) -> RequestStream:
         """Validate and admit a request; returns the stream of its outputs.
 
@@ -160,6 +161,7 @@ class AsyncLLM:
             priority=priority,
             client_id=client_id,
             cache_salt=cache_salt,
+            deadline_s=deadline_s,
         )
         child_ids = [child.request_id for child in children]
         for child_id in child_ids:  # n > 1 children are "{i}_{id}": ids must not collide

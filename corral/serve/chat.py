@@ -112,6 +112,7 @@ async def create_chat_completion(
         priority=req.priority,
         client_id=client_id,
         cache_salt=req.cache_salt,
+        deadline_s=req.deadline_s,
     )
     formatter = _ChatFormatter(state, req, request_id)
     if req.stream:

@@ -46,6 +46,7 @@ async def create_completion(
         priority=req.priority,
         client_id=client_id,
         cache_salt=req.cache_salt,
+        deadline_s=req.deadline_s,
     )
     formatter = _Formatter(state, req, request_id)
     if req.stream:

@@ -48,6 +48,8 @@ class _SamplingFields(_Request):
     skip_special_tokens: StrictBool = True
     priority: StrictInt = 0
     cache_salt: StrictStr | None = None
+    # Seconds after arrival by which the request should finish (the edf policy's deadline).
+    deadline_s: float | None = None
 
 
 class CompletionRequest(_SamplingFields):

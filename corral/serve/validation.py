@@ -16,6 +16,7 @@ MAX_N = 128
 MAX_STOP_STRINGS = 32
 MAX_PROMPTS_PER_REQUEST = 256
 MAX_CACHE_SALT_CHARS = 256
+MAX_DEADLINE_S = 7 * 24 * 3600.0
 _INT64 = 2**63
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -94,6 +95,8 @@ def _common_params(req: CompletionRequest | ChatCompletionRequest, limits: Model
             _check_range(f"logit_bias[{key}]", bias, -100.0, 100.0)
             logit_bias[token_id] = bias
     check_cache_salt(req.cache_salt)
+    if req.deadline_s is not None:
+        _check_range("deadline_s", req.deadline_s, 0.0, MAX_DEADLINE_S, low_open=True)
     params: dict[str, Any] = dict(
         n=req.n,
         stop=stop,
