@@ -40,7 +40,7 @@ from corral.workloads.slo import SLO, parse_slo
 def benchmark_model_dir() -> str:
     """A small random Llama (128 hidden, 4 layers, 2048 positions, bf16) with the demo
     tokenizer, built once into corral's cache: the same model whatever the bundled demo is."""
-    from corral.demo import BUNDLED_MODELS_DIR, DEFAULT_MODEL_NAME, cache_dir
+    from corral.demo import BUNDLED_MODELS_DIR, DEFAULT_MODEL_NAME, TINY_LLAMA_SHAPE, cache_dir
 
     target = cache_dir() / "bench-policies-llama-v1"
     if not (target / "config.json").is_file():
@@ -54,13 +54,7 @@ def benchmark_model_dir() -> str:
             seed=0,
             dtype="bfloat16",
             tokenizer=tokenizer,
-            hidden_size=128,
-            intermediate_size=384,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
+            **TINY_LLAMA_SHAPE,
         )
     return str(target)
 

@@ -47,6 +47,19 @@ def default_model_dir() -> Path:
     return target
 
 
+# The fallback default model's shape (also the policy benchmarks' model): small enough to build
+# and run in seconds on a CPU.
+TINY_LLAMA_SHAPE = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
+
+
 def _fallback_corpus() -> list[str]:
     """Real text that ships with corral: its own source files."""
     package = Path(__file__).parent.parent
@@ -67,13 +80,7 @@ def _build_fallback(target: Path) -> None:
             seed=0,
             dtype="bfloat16",
             tokenizer=tokenizer,
-            hidden_size=128,
-            intermediate_size=384,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
+            **TINY_LLAMA_SHAPE,
         )
         try:
             staging.rename(target)

@@ -83,20 +83,26 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         disk_cache_dir=args.disk_cache_dir,
         disk_cache_max_bytes=args.disk_cache_max_bytes,
     )
-    scheduler = SchedulerConfig(
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        enable_chunked_prefill=not args.no_chunked_prefill,
-        long_prefill_token_threshold=args.long_prefill_token_threshold,
-        policy=args.scheduling_policy,
-        preemption_mode=args.preemption_mode,
-        kv_reservation=args.kv_reservation,
-        length_predictor=args.length_predictor,
-    )
+    scheduler = scheduler_config_from_args(args)
     return EngineConfig(
         model=model,
         cache=cache,
         scheduler=scheduler,
         debug_check_integrity=args.debug_check_integrity,
         **overrides,
+    )
+
+
+def scheduler_config_from_args(args: argparse.Namespace) -> SchedulerConfig:
+    """The scheduler's flags (shared by `corral serve`, `corral generate` and `corral simulate`;
+    commands without --preemption-mode get recompute)."""
+    return SchedulerConfig(
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        enable_chunked_prefill=not args.no_chunked_prefill,
+        long_prefill_token_threshold=args.long_prefill_token_threshold,
+        policy=args.scheduling_policy,
+        preemption_mode=getattr(args, "preemption_mode", "recompute"),
+        kv_reservation=args.kv_reservation,
+        length_predictor=args.length_predictor,
     )

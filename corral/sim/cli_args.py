@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from corral.config import SchedulerConfig
+from corral.engine.engine_args import scheduler_config_from_args
 from corral.sim.cost.hardware import list_hardware
 from corral.sim.deployment import DeploymentOptions
 from corral.sim.router import ROUTER_POLICIES
@@ -67,15 +68,7 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
 
 def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
     cost_model = args.cost_model or ("profiled" if args.profile else "roofline")
-    scheduler = SchedulerConfig(
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        enable_chunked_prefill=not args.no_chunked_prefill,
-        long_prefill_token_threshold=args.long_prefill_token_threshold,
-        policy=args.scheduling_policy,
-        kv_reservation=args.kv_reservation,
-        length_predictor=args.length_predictor,
-    )
+    scheduler = scheduler_config_from_args(args)
     return DeploymentOptions(
         cost_model=cost_model,
         profile_path=args.profile,
