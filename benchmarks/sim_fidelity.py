@@ -190,6 +190,9 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="reuse this profile instead of profiling")
     parser.add_argument("--profile-out", default="/tmp/corral-fidelity-profile.json")
     parser.add_argument("--repeats", type=int, default=2, help="profile grid passes")
+    parser.add_argument(
+        "--idle-gap-s", type=float, default=0.0, help="profile: pause before every timed step"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--real-repeats", type=int, default=3, help="real replays per rate (alternating rates)"
@@ -229,7 +232,9 @@ def main() -> None:
         grid = ProfileGrid(
             context_lens=(32, 256, 768), prefill_lens=(16, 64, 128, 256, 512), repeats=args.repeats
         )
-        model = profile_engine(config, grid, progress=print, clock=args.clock)
+        model = profile_engine(
+            config, grid, progress=print, clock=args.clock, idle_gap_s=args.idle_gap_s
+        )
         model.save(args.profile_out)
         profile_path = args.profile_out
         fit = model.metadata["fit"]

@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="wall",
         help="time steps by wall clock, or by process CPU time (a shared, noisy machine)",
     )
+    profile.add_argument(
+        "--idle-gap-s",
+        type=float,
+        default=0.0,
+        help="pause this long before every timed step, as a served engine idles between "
+        "arrivals (0: back to back)",
+    )
     profile.set_defaults(sim_handler=_profile)
 
     search = commands.add_parser("search", help="cheapest deployment meeting the SLOs")
@@ -130,7 +137,11 @@ def _profile(args: argparse.Namespace) -> int:
         grid = replace(grid, repeats=args.repeats)
     config = engine_config_from_args(args)
     model = profile_engine(
-        config, grid, progress=lambda message: logger.info(message), clock=args.clock
+        config,
+        grid,
+        progress=lambda message: logger.info(message),
+        clock=args.clock,
+        idle_gap_s=args.idle_gap_s,
     )
     model.save(args.out)
     fit = model.metadata["fit"]

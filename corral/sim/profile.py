@@ -87,10 +87,17 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 
 
 class EngineProfiler:
-    def __init__(self, config: EngineConfig, seed: int = 0, clock: str = "wall") -> None:
+    def __init__(
+        self, config: EngineConfig, seed: int = 0, clock: str = "wall", idle_gap_s: float = 0.0
+    ) -> None:
         if clock not in CLOCKS:
             raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+        if idle_gap_s < 0:
+            raise ValueError(f"idle_gap_s must be >= 0, got {idle_gap_s}")
         self.timer = CLOCKS[clock]
+        # A pause before every recorded step: a served engine idles between arrivals, and on a
+        # shared CPU its weights and threads are cold again when the next step starts.
+        self.idle_gap_s = idle_gap_s
         from corral.engine.llm_engine import LLMEngine
 
         self.engine = LLMEngine(config)
@@ -122,6 +129,8 @@ class EngineProfiler:
         return request_id
 
     def _step(self, record: bool = True) -> None:
+        if record and self.idle_gap_s:
+            time.sleep(self.idle_gap_s)
         start = self.timer()
         self.engine.step()
         elapsed = self.timer() - start
@@ -181,9 +190,11 @@ def profile_engine(
     grid: ProfileGrid,
     progress: Callable[[str], None] | None = None,
     clock: str = "wall",
+    idle_gap_s: float = 0.0,
 ) -> ProfiledCostModel:
-    """Run the grid on the real engine and fit the profiled cost model (with its metadata)."""
-    profiler = EngineProfiler(config, seed=config.model.seed, clock=clock)
+    """Run the grid on the real engine and fit the profiled cost model (with its metadata);
+    idle_gap_s pauses before every timed step (see EngineProfiler)."""
+    profiler = EngineProfiler(config, seed=config.model.seed, clock=clock, idle_gap_s=idle_gap_s)
     engine = profiler.engine
     start = time.perf_counter()
     profiler.run(grid, progress)
@@ -207,6 +218,7 @@ def profile_engine(
         "arch": arch,
         "grid": asdict(grid),
         "clock": clock,
+        "idle_gap_s": idle_gap_s,
         "profile_wall_s": time.perf_counter() - start,
     }
     logger.info("fitting %d samples", len(profiler.samples))

@@ -103,7 +103,9 @@ def test_profile_a_tiny_engine_and_simulate_with_it(tiny_model, tmp_path):
         decode_steps=3,
         repeats=1,
     )
-    model = profile_engine(config, grid)
+    with pytest.raises(ValueError, match="idle_gap_s"):
+        profile_engine(config, grid, idle_gap_s=-1.0)
+    model = profile_engine(config, grid, idle_gap_s=0.001)
     path = tmp_path / "profile.json"
     model.save(path)
     loaded = ProfiledCostModel.load(path)
@@ -112,6 +114,7 @@ def test_profile_a_tiny_engine_and_simulate_with_it(tiny_model, tmp_path):
     assert {s.num_decode_requests for s, _ in samples} >= {1, 4}
     assert any(s.num_prefill_tokens and s.num_decode_requests for s, _ in samples)  # mixed
     assert loaded.metadata["engine"]["num_blocks"] == 128
+    assert loaded.metadata["idle_gap_s"] == 0.001
     assert loaded.metadata["fit"]["num_samples"] == len(samples)
     work = build_workload(
         WorkloadOptions(
