@@ -9,23 +9,39 @@ from typing import Any
 from corral.workloads import ArrivalOptions, WorkloadOptions
 
 
+def _smollm_shaped(name: str, make_tokenizer: Any, cache: Path | None, **overrides: Any) -> Path:
+    """A random-weight bf16 model of SmolLM-135M's shape (with overrides) under corral's cache,
+    built once (tokenizer from make_tokenizer()) and reused."""
+    from corral.demo import cache_dir
+    from corral.demo.random_model import SMOLLM_135M_SHAPE, build_random_model
+
+    target = (cache or cache_dir()) / name
+    if not (target / "config.json").is_file():
+        shape: dict[str, Any] = dict(SMOLLM_135M_SHAPE, **overrides)
+        build_random_model(
+            target,
+            seed=0,
+            dtype="bfloat16",
+            initializer_range=0.02,
+            tokenizer=make_tokenizer(),
+            **shape,
+        )
+    return target
+
+
 def smollm_shaped_model(cache: Path | None = None) -> Path:
     """A random-weight model shaped like SmolLM-135M (bf16 on disk), built once and reused.
 
     Its tokenizer is a 2048-token BPE trained on corral's own sources (ids above 2047 decode to
     nothing); the benchmarks send token ids and ignore EOS, so only the shapes matter."""
-    from corral.demo import _fallback_corpus, cache_dir
-    from corral.demo.bpe import train_byte_level_bpe
-    from corral.demo.random_model import SMOLLM_135M_SHAPE, build_random_model
 
-    target = (cache or cache_dir()) / "bench-smollm-135m-random"
-    if not (target / "config.json").is_file():
-        tokenizer = train_byte_level_bpe(_fallback_corpus(), vocab_size=2048)
-        shape: dict[str, Any] = dict(SMOLLM_135M_SHAPE)
-        build_random_model(
-            target, seed=0, dtype="bfloat16", initializer_range=0.02, tokenizer=tokenizer, **shape
-        )
-    return target
+    def tokenizer() -> Any:
+        from corral.demo import _fallback_corpus
+        from corral.demo.bpe import train_byte_level_bpe
+
+        return train_byte_level_bpe(_fallback_corpus(), vocab_size=2048)
+
+    return _smollm_shaped("bench-smollm-135m-random", tokenizer, cache)
 
 
 def smollm_shaped_text_model(cache: Path | None = None) -> Path:
@@ -33,20 +49,18 @@ def smollm_shaped_text_model(cache: Path | None = None) -> Path:
     so real questions tokenize compactly) and a 4096-token context (SmolLM-135M has 2048), for
     benchmarks that send real text with long shared prefixes (8-shot GSM8K is about 1,300
     tokens). Random weights, bf16, built once and reused."""
-    from transformers import PreTrainedTokenizerFast
 
-    from corral.demo import cache_dir
-    from corral.demo.random_model import SMOLLM_135M_SHAPE, build_random_model
+    def tokenizer() -> Any:
+        from transformers import PreTrainedTokenizerFast
 
-    target = (cache or cache_dir()) / "bench-smollm-135m-random-text"
-    if not (target / "config.json").is_file():
-        demo = Path(__file__).resolve().parents[1] / "demo" / "models" / "corral-demo"
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(demo), model_max_length=4096)
-        shape: dict[str, Any] = dict(SMOLLM_135M_SHAPE, max_position_embeddings=4096)
-        build_random_model(
-            target, seed=0, dtype="bfloat16", initializer_range=0.02, tokenizer=tokenizer, **shape
-        )
-    return target
+        from corral.demo import BUNDLED_MODELS_DIR, DEFAULT_MODEL_NAME
+
+        demo = BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME
+        return PreTrainedTokenizerFast.from_pretrained(str(demo), model_max_length=4096)
+
+    return _smollm_shaped(
+        "bench-smollm-135m-random-text", tokenizer, cache, max_position_embeddings=4096
+    )
 
 
 def azure_conv_options(

@@ -70,7 +70,10 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
             raise APIError(503, "the server is shutting down", code="shutting_down")
         return await read_json_body(request, config.max_request_body_bytes)
 
-    def client_id(request: Request, req: CompletionRequest | ChatCompletionRequest) -> str | None:
+    def apply_tenant(
+        request: Request, req: CompletionRequest | ChatCompletionRequest
+    ) -> str | None:
+        """Salt req's cache by tenant (--cache-isolation); returns the scheduler's client id."""
         key_identity = getattr(request.state, "api_key_identity", None)
         check_cache_salt(req.cache_salt)
         req.cache_salt = tenant_cache_salt(
@@ -81,12 +84,12 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req = parse_body(CompletionRequest, await body(request))
-        return await create_completion(state, req, request, client_id(request, req))
+        return await create_completion(state, req, request, apply_tenant(request, req))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         req = parse_body(ChatCompletionRequest, await body(request))
-        return await create_chat_completion(state, req, request, client_id(request, req))
+        return await create_chat_completion(state, req, request, apply_tenant(request, req))
 
     @app.get("/v1/models")
     async def models() -> Response:

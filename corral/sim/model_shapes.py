@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from corral.demo.random_model import SMOLLM_135M_SHAPE
 from corral.model.arch import ModelArch
 
 _LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu"}
@@ -57,18 +58,7 @@ MODEL_SHAPES: dict[str, dict[str, Any]] = {
         vocab_size=152064,
         max_position_embeddings=32768,
     ),
-    # HuggingFaceTB/SmolLM-135M (corral.demo.random_model.SMOLLM_135M_SHAPE)
-    "smollm-135m": _LLAMA
-    | dict(
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-    ),
+    "smollm-135m": _LLAMA | SMOLLM_135M_SHAPE,
 }
 
 
