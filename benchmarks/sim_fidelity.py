@@ -47,18 +47,27 @@ METRICS = {
 }
 
 
-def workload_at(rate: float, args: argparse.Namespace, vocab_size: int):
+def workload_at(
+    rate: float,
+    args: argparse.Namespace,
+    vocab_size: int,
+    trace_offset: int | None = None,
+    num_requests: int | None = None,
+):
+    """The first num_requests requests of the Azure conversation trace from trace_offset (default:
+    --num-requests, --trace-offset), their gaps rescaled to a mean of `rate` requests/s."""
+    num_requests = num_requests or args.num_requests
     base = WorkloadOptions(
         dataset="azure-conv",
-        num_requests=args.num_requests,
+        num_requests=num_requests,
         length_scale=args.length_scale,
         max_model_len=args.max_model_len,
         vocab_size=vocab_size,
-        trace_offset=args.trace_offset,
+        trace_offset=args.trace_offset if trace_offset is None else trace_offset,
         seed=args.seed,
     )
     span = build_workload(base).duration_s
-    scale = (args.num_requests - 1) / rate / span
+    scale = (num_requests - 1) / rate / span
     options = WorkloadOptions(
         **{**_fields(base), "arrival": ArrivalOptions("trace", time_scale=scale)}
     )
@@ -158,6 +167,12 @@ def serve_once(url: str, model_name: str, workload) -> dict:
     report, _ = run_serve_benchmark(workload, RequestOptions(model=model_name), target)
     return {
         "summary": report.summary,
+        # Per request: sent (seconds since the run's start), TTFT and E2E (seconds).
+        "requests": [
+            [r.record.arrival_time_s, r.record.ttft_s, r.record.e2e_s, r.record.num_output_tokens]
+            for r in report.run.records
+            if r.record.is_ok
+        ],
         "duration_s": time.perf_counter() - start,
         "load": [load_before, os.getloadavg()[0]],
         "step_error": None,
@@ -171,10 +186,10 @@ def server_args(config: EngineConfig, args: argparse.Namespace) -> list[str]:
         "--seed", str(args.seed), "--num-kv-blocks", str(args.num_kv_blocks),
         "--max-num-seqs", str(args.max_num_seqs),
         "--max-num-batched-tokens", str(args.max_num_batched_tokens),
-    ]  # fmt: skip
+    ] + (["--step-log", str(args.step_log)] if args.step_log else [])  # fmt: skip
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default=None, help="default: SmolLM-135M-shaped random")
     parser.add_argument("--dtype", default="bfloat16")
@@ -193,6 +208,22 @@ def main() -> None:
     parser.add_argument(
         "--idle-gap-s", type=float, default=0.0, help="profile: pause before every timed step"
     )
+    parser.add_argument(
+        "--calibration-requests",
+        type=int,
+        default=0,
+        help="first serve this many other requests of the trace (from --calibration-offset) "
+        "with a step log, and simulate also with a profile fitted to that log (0: no)",
+    )
+    parser.add_argument("--calibration-offset", type=int, default=1000)
+    parser.add_argument("--calibration-rate", type=float, default=0.6)
+    parser.add_argument("--calibrated-profile-out", default="/tmp/corral-fidelity-calibrated.json")
+    parser.add_argument(
+        "--step-log",
+        type=Path,
+        default=Path("/tmp/corral-fidelity-steps.jsonl"),
+        help="the engine's step log (rewritten each run)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--real-repeats", type=int, default=3, help="real replays per rate (alternating rates)"
@@ -210,8 +241,37 @@ def main() -> None:
         help="engine: the in-process LLMEngine; serve: `corral serve` over HTTP, via corral bench",
     )
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def engine_side_ttft(requests: list[dict], window: tuple[float, float]) -> dict:
+    """From the step log, the engine's own view of the requests added within window: frontend
+    arrival -> added to the core -> first token out of a step."""
+    inside = [r for r in requests if window[0] <= r["add"] <= window[1]]
+    if not inside:
+        return {"num_requests": 0}
+    count = len(inside)
+    return {
+        "num_requests": count,
+        "mean_ttft_ms": 1e3 * sum(r["first"] - r["arrival"] for r in inside) / count,
+        "mean_arrival_to_add_ms": 1e3 * sum(r["add"] - r["arrival"] for r in inside) / count,
+    }
+
+
+def print_table(rows: dict) -> None:
+    print(f"{'metric':<18}{'real mean':>10}{'real range':>18}{'sim':>10}{'error':>9}")
+    for name, row in rows.items():
+        error = "-" if row["error"] is None else f"{row['error']:+.1%}"
+        spread = f"{row['real_min']:.1f}-{row['real_max']:.1f}"
+        print(f"{name:<18}{row['real']:>10.1f}{spread:>18}{row['sim']:>10.1f}{error:>9}")
+
+
+def main() -> None:
+    args = parse_args()
     model_dir = args.model_dir or str(smollm_shaped_model())
+    calibrating = args.calibration_requests > 0
+    if calibrating:
+        args.step_log.unlink(missing_ok=True)
     config = EngineConfig(
         model=ModelConfig(
             model=model_dir,
@@ -224,6 +284,7 @@ def main() -> None:
         scheduler=SchedulerConfig(
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens
         ),
+        step_log_path=str(args.step_log) if calibrating else None,
     )
     if args.profile:
         profile_path = args.profile
@@ -233,7 +294,11 @@ def main() -> None:
             context_lens=(32, 256, 768), prefill_lens=(16, 64, 128, 256, 512), repeats=args.repeats
         )
         model = profile_engine(
-            config, grid, progress=print, clock=args.clock, idle_gap_s=args.idle_gap_s
+            dataclasses.replace(config, step_log_path=None),
+            grid,
+            progress=print,
+            clock=args.clock,
+            idle_gap_s=args.idle_gap_s,
         )
         model.save(args.profile_out)
         profile_path = args.profile_out
@@ -247,27 +312,41 @@ def main() -> None:
 
     engine = LLMEngine(config)
     vocab_size = engine.arch.vocab_size
-    deployment = DeploymentOptions(
-        cost_model="profiled",
-        profile_path=profile_path,
-        scheduler=config.scheduler,
-        num_blocks=args.num_kv_blocks,
-        max_model_len=args.max_model_len,
-    )
     results = {
-        "args": vars(args) | {"out": str(args.out)},
+        "args": {key: str(value) if isinstance(value, Path) else value
+                 for key, value in vars(args).items()},
         "profile_fit": profile.metadata.get("fit"),
         "rates": {},
-    }
+    }  # fmt: skip
     rates = [float(r) for r in args.rates.split(",")]
     workloads = {rate: workload_at(rate, args, vocab_size) for rate in rates}
     runs: dict[float, list[dict]] = {rate: [] for rate in rates}
+    calibration_window: list[float] = []
 
     def run_all(run_one) -> None:
+        if calibrating:
+            calibration, _ = workload_at(
+                args.calibration_rate,
+                args,
+                vocab_size,
+                args.calibration_offset,
+                args.calibration_requests,
+            )
+            calibration_window.append(time.monotonic())
+            run = run_one(fresh_ids(calibration, 0xC0FFEE))
+            calibration_window.append(time.monotonic())
+            print(
+                f"calibration: {len(calibration)} requests (trace offset "
+                f"{args.calibration_offset}) at {args.calibration_rate} req/s in "
+                f"{run['duration_s']:.0f} s",
+                flush=True,
+            )
         for repeat in range(args.real_repeats):
             for index, rate in enumerate(rates):
                 # Ids never repeat across runs: each run starts with nothing of it cached.
+                start = time.monotonic()
                 run = run_one(fresh_ids(workloads[rate][0], 1 + repeat * len(rates) + index))
+                run["window"] = [start, time.monotonic()]
                 runs[rate].append(run)
                 error = run["step_error"]
                 on_steps = (
@@ -287,6 +366,7 @@ def main() -> None:
     if args.target == "engine":
         warm_up(engine)
         run_all(lambda workload: replay_once(engine, workload, profile, args.clock))
+        engine.core.flush()
     else:
         from benchmarks.serve_reference import ServerProcess
 
@@ -297,33 +377,69 @@ def main() -> None:
             warm = fresh_ids(workloads[rates[0]][0], 0)
             serve_once(server.url, model_name, dataclasses.replace(warm, specs=warm.specs[:2]))
             run_all(lambda workload: serve_once(server.url, model_name, workload))
+    profiles = {"grid profile": profile_path}
+    logged_requests: list[dict] = []
+    if calibrating:
+        from corral.engine.step_log import read_step_log
+        from corral.sim.profile_log import profile_from_step_logs
+
+        calibrated = profile_from_step_logs([args.step_log], *calibration_window)
+        calibrated.save(args.calibrated_profile_out)
+        fit = calibrated.metadata["fit"]
+        print(
+            f"calibrated profile: {fit['num_samples']} logged steps, fit mean |error| "
+            f"{fit['mean_abs_rel_error']:.1%} -> {args.calibrated_profile_out}"
+        )
+        results["calibrated_profile_fit"] = fit
+        profiles["serve-calibrated profile"] = args.calibrated_profile_out
+        logged_requests = read_step_log(args.step_log)[2]
     for rate in rates:
         workload, scale = workloads[rate]
-        sim_result = simulate_result(workload, deployment)
-        sim = build_report(sim_result).summary
         reals = [run["summary"] for run in runs[rate]]
-        rows = compare(reals, sim)
-        results["rates"][str(rate)] = {
+        entry = results["rates"][str(rate)] = {
             "time_scale": scale,
             "runs": [
                 {key: value for key, value in run.items() if key != "summary"}
                 | {"summary": run["summary"].to_dict()}
+                | (
+                    {"engine_side": engine_side_ttft(logged_requests, run["window"])}
+                    if logged_requests
+                    else {}
+                )
                 for run in runs[rate]
             ],
-            "sim_wall_s": sim_result.wall_time_s,
-            "metrics": rows,
-            "sim_summary": sim.to_dict(),
+            "profiles": {},
         }
-        print(
-            f"\nrate {rate} req/s (azure-conv x{args.length_scale} lengths, trace gaps "
-            f"x{scale:.2f}, {len(workload)} requests), {len(reals)} real runs vs one simulation "
-            f"({sim_result.wall_time_s:.2f} s)"
-        )
-        print(f"{'metric':<18}{'real mean':>10}{'real range':>18}{'sim':>10}{'error':>9}")
-        for name, row in rows.items():
-            error = "-" if row["error"] is None else f"{row['error']:+.1%}"
-            spread = f"{row['real_min']:.1f}-{row['real_max']:.1f}"
-            print(f"{name:<18}{row['real']:>10.1f}{spread:>18}{row['sim']:>10.1f}{error:>9}")
+        for name, path in profiles.items():
+            deployment = DeploymentOptions(
+                cost_model="profiled",
+                profile_path=path,
+                scheduler=config.scheduler,
+                num_blocks=args.num_kv_blocks,
+                max_model_len=args.max_model_len,
+            )
+            sim_result = simulate_result(workload, deployment)
+            sim = build_report(sim_result).summary
+            rows = compare(reals, sim)
+            entry["profiles"][name] = {
+                "sim_wall_s": sim_result.wall_time_s,
+                "metrics": rows,
+                "sim_summary": sim.to_dict(),
+            }
+            print(
+                f"\nrate {rate} req/s (azure-conv x{args.length_scale} lengths, trace gaps "
+                f"x{scale:.2f}, {len(workload)} requests), {len(reals)} real runs vs one "
+                f"simulation with the {name} ({sim_result.wall_time_s:.2f} s)"
+            )
+            print_table(rows)
+        for run, logged in zip(runs[rate], entry["runs"]):
+            side = logged.get("engine_side")
+            if side and side["num_requests"]:
+                print(
+                    f"a run's mean TTFT: client {run['summary'].ttft.mean_ms:.1f} ms, engine "
+                    f"(step log) {side['mean_ttft_ms']:.1f} ms, of which frontend arrival -> "
+                    f"core {side['mean_arrival_to_add_ms']:.1f} ms"
+                )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))

@@ -157,3 +157,5 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Check the KV manager's integrity invariant after every step (slow; tests and debugging).
     debug_check_integrity: bool = False
+    # Append every step's shape and duration here (JSON lines; corral.engine.step_log).
+    step_log_path: str | None = None

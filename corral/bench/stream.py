@@ -7,7 +7,10 @@ completions' `text`, chat's `delta.content`. A choice whose text is empty counts
 whose text the server holds back, such as half of a UTF-8 character), except a chat chunk that
 only announces the role and a chunk that only carries a finish_reason. Chunks without choices
 (the final usage chunk) are not events. If a stream has choices but none qualified (a single
-token with no text), the first chunk with choices is the event.
+token with no text), the first chunk with choices is the event. A finish chunk without text
+does count when the usage reports more output tokens than there were events: it carried the last
+token, whose text was empty (a random-weight model's tokens often decode to nothing), and
+without it the stream would seem to end a token early (shortening E2E and TPOT).
 
 The output token count is the usage the server reports (stream_options.include_usage), else
 the number of events, and the record says which was used.
@@ -63,6 +66,7 @@ def parse_stream(
     times: list[float] = []
     texts: list[str] = []
     first_choice_time: float | None = None
+    textless_finish_time: float | None = None  # the last finish chunk that was not an event
     usage: dict[str, Any] | None = None
     num_chunks = 0
     error: str | None = None
@@ -94,21 +98,32 @@ def parse_stream(
         num_chunks += 1
         if first_choice_time is None:
             first_choice_time = time_s
-        is_event = False
+        is_event = is_finish = False
         for choice in choices:
             text, counts = _choice_text(choice, is_chat)
             is_event = is_event or counts
+            is_finish = is_finish or choice.get("finish_reason") is not None
             if keep_text and text:
                 texts.append(text)
         if is_event:
             times.append(time_s)
+        elif is_finish:
+            textless_finish_time = time_s
+    num_usage_output_tokens = _int_or_none(usage, "completion_tokens")
+    if (
+        textless_finish_time is not None
+        and num_usage_output_tokens is not None
+        and len(times) < num_usage_output_tokens
+        and (not times or textless_finish_time > times[-1])
+    ):
+        times.append(textless_finish_time)
     if not times and first_choice_time is not None:
         times.append(first_choice_time)
     return ParsedStream(
         event_times_s=times,
         text="".join(texts),
         num_usage_prompt_tokens=_int_or_none(usage, "prompt_tokens"),
-        num_usage_output_tokens=_int_or_none(usage, "completion_tokens"),
+        num_usage_output_tokens=num_usage_output_tokens,
         num_chunks=num_chunks,
         is_done=is_done,
         error=error,

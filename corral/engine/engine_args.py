@@ -60,6 +60,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="output-length predictor file (corral predictor train) for sjf/srpt/reservation",
     )
+    group.add_argument(
+        "--step-log",
+        default=None,
+        help="append each step's batch shape and duration to this JSON-lines file (fit the "
+        "simulator to real serving: corral simulate profile --from-step-log)",
+    )
     group.add_argument("--debug-check-integrity", action="store_true")
 
 
@@ -89,6 +95,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         cache=cache,
         scheduler=scheduler,
         debug_check_integrity=args.debug_check_integrity,
+        step_log_path=args.step_log,
         **overrides,
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -55,6 +56,12 @@ class EngineCore:
             disk_tier=disk_tier,
         )
         self.scheduler = Scheduler(config.scheduler, self.kv_manager, max_model_len)
+        self.step_log = None
+        if config.step_log_path:
+            from corral.engine.step_log import StepLog, describe_engine
+
+            engine = describe_engine(config, model_dir, arch, self.executor, max_model_len)
+            self.step_log = StepLog(config.step_log_path, engine, arch)
         # Everything built so far (weights' Python wrappers, tokenizer tables, imported modules)
         # lives as long as the engine: keep it out of the cyclic collector, whose full passes
         # over it otherwise cost several percent of every decode step.
@@ -64,21 +71,37 @@ class EngineCore:
     def add_request(self, request: Request) -> None:
         """Queue a validated request (see InputProcessor)."""
         self.scheduler.add_request(request)
+        if self.step_log is not None:
+            self.step_log.request_added(
+                request.request_id, request.arrival_time, request.num_prompt_tokens
+            )
 
     def finish_requests(
         self, request_ids: Iterable[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED
     ) -> None:
         """Abort (or stop) requests now; their KV blocks return at once."""
+        if self.step_log is not None:
+            request_ids = list(request_ids)
+            self.step_log.requests_finished(request_ids)
         self.scheduler.finish_requests(request_ids, status)
 
     def step(self) -> list[RequestUpdate]:
         """One step: schedule, run the model, advance the books."""
+        start = time.monotonic() if self.step_log is not None else 0.0
         scheduler_output = self.scheduler.schedule()
         # Called even when nothing is scheduled: the executor must still drop finished requests.
         model_output = self.executor.execute(scheduler_output)
         updates = self.scheduler.update(scheduler_output, model_output)
         if self.config.debug_check_integrity:
             self.kv_manager.check_integrity()
+        if self.step_log is not None:
+            self.step_log.step(
+                scheduler_output,
+                start,
+                time.monotonic(),
+                self.has_unfinished_requests(),
+                (update.request_id for update in updates if update.new_token_ids),
+            )
         return updates
 
     def has_unfinished_requests(self) -> bool:
@@ -88,5 +111,9 @@ class EngineCore:
         return self.scheduler.stats()
 
     def flush(self) -> None:
-        """Wait for background KV writes (the disk tier) to reach their files."""
+        """Wait for background KV writes (the disk tier) to reach their files; close the step
+        log."""
         self.executor.storage.flush()
+        if self.step_log is not None:
+            self.step_log.close()
+            self.step_log = None

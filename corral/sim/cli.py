@@ -61,6 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pause this long before every timed step, as a served engine idles between "
         "arrivals (0: back to back)",
     )
+    profile.add_argument(
+        "--from-step-log",
+        nargs="+",
+        default=None,
+        metavar="LOG",
+        help="fit to these step logs of a real server (corral serve --step-log) instead of "
+        "running the grid; the engine flags are then ignored",
+    )
     profile.set_defaults(sim_handler=_profile)
 
     search = commands.add_parser("search", help="cheapest deployment meeting the SLOs")
@@ -132,17 +140,21 @@ def _profile(args: argparse.Namespace) -> int:
     from corral.engine.engine_args import engine_config_from_args
     from corral.sim.profile import QUICK_GRID, ProfileGrid, profile_engine
 
-    grid = QUICK_GRID if args.grid == "quick" else ProfileGrid()
-    if args.repeats is not None:
-        grid = replace(grid, repeats=args.repeats)
-    config = engine_config_from_args(args)
-    model = profile_engine(
-        config,
-        grid,
-        progress=lambda message: logger.info(message),
-        clock=args.clock,
-        idle_gap_s=args.idle_gap_s,
-    )
+    if args.from_step_log:
+        from corral.sim.profile_log import profile_from_step_logs
+
+        model = profile_from_step_logs(args.from_step_log)
+    else:
+        grid = QUICK_GRID if args.grid == "quick" else ProfileGrid()
+        if args.repeats is not None:
+            grid = replace(grid, repeats=args.repeats)
+        model = profile_engine(
+            engine_config_from_args(args),
+            grid,
+            progress=lambda message: logger.info(message),
+            clock=args.clock,
+            idle_gap_s=args.idle_gap_s,
+        )
     model.save(args.out)
     fit = model.metadata["fit"]
     print(

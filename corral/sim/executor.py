@@ -23,7 +23,8 @@ class SimExecutor:
     from the cost model and is returned in ModelOutput.step_time_s (virtual seconds).
     """
 
-    def __init__(self, cost_model: CostModel) -> None:
+    def __init__(self, cost_model: CostModel | None) -> None:
+        # None: shapes only (every step takes 0 s), for recording a real engine's steps.
         self.cost_model = cost_model
         self._states: dict[str, list[int]] = {}
         self.last_batch: BatchShape | None = None
@@ -69,6 +70,5 @@ class SimExecutor:
             p_tokens, p_requests, p_context, p_pairs, d_requests, d_context, d_max, len(sampled)
         )
         self.last_batch = batch
-        return ModelOutput(
-            sampled, _NO_LOGPROBS, _NO_LOGPROBS, self.cost_model.step_time_s(batch), ()
-        )
+        step_time_s = 0.0 if self.cost_model is None else self.cost_model.step_time_s(batch)
+        return ModelOutput(sampled, _NO_LOGPROBS, _NO_LOGPROBS, step_time_s, ())

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 from corral.config import EngineConfig
 from corral.core.messages import ModelOutput, SchedulerOutput
 from corral.sim.batch import BatchShape
-from corral.sim.cost.base import CostModel, CostModelOptions
 from corral.sim.cost.profiled import ProfiledCostModel
 from corral.sim.executor import SimExecutor
 
@@ -51,21 +50,12 @@ QUICK_GRID = ProfileGrid(
 )
 
 
-class _NoCost(CostModel):
-    @classmethod
-    def from_options(cls, options: CostModelOptions) -> CostModel:
-        return cls()
-
-    def step_time_s(self, batch: BatchShape) -> float:
-        return 0.0
-
-
 class ShapeRecorder:
     """Stands in for the engine's executor: forwards every call, and notes each step's shape."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
-        self.shadow = SimExecutor(_NoCost())
+        self.shadow = SimExecutor(None)
         self.last: BatchShape | None = None
         # When a list, every step's shape is appended (None for an empty step).
         self.shapes: list[BatchShape | None] | None = None
@@ -198,23 +188,14 @@ def profile_engine(
     engine = profiler.engine
     start = time.perf_counter()
     profiler.run(grid, progress)
-    import torch
+    from corral.engine.step_log import describe_engine
 
+    core = engine.core
     arch = asdict(engine.arch)
     metadata = {
-        "engine": {
-            "model": str(engine.model_dir),
-            "dtype": str(engine.executor.model.dtype).replace("torch.", ""),
-            "dtype_bytes": engine.executor.model.dtype.itemsize,
-            "device": str(engine.executor.device),
-            "num_threads": torch.get_num_threads(),
-            "block_size": config.cache.block_size,
-            "num_blocks": engine.executor.num_blocks,
-            "max_model_len": engine.max_model_len,
-            "max_num_seqs": config.scheduler.max_num_seqs,
-            "max_num_batched_tokens": config.scheduler.max_num_batched_tokens,
-            "label": f"{engine.model_dir.name}-{engine.executor.device}",
-        },
+        "engine": describe_engine(
+            engine.config, engine.model_dir, engine.arch, core.executor.inner, engine.max_model_len
+        ),
         "arch": arch,
         "grid": asdict(grid),
         "clock": clock,

@@ -32,6 +32,20 @@ def test_completion_events_include_empty_text_tokens_but_not_finish_only_chunks(
     assert parsed.num_chunks == 4 and parsed.is_done and parsed.error is None
 
 
+def test_a_textless_last_token_arriving_with_the_finish_reason_is_an_event():
+    # Every token decodes to "" and the last one comes with finish_reason: the usage says there
+    # were three tokens, so the finish chunk carried the third.
+    chunks = [completion_chunk(""), completion_chunk(""), completion_chunk("", "length")]
+    parsed = parse_stream(timed(*chunks, usage_chunk(5, 3), DONE_LINE), is_chat=False)
+    assert parsed.event_times_s == [0.0, 1.0, 2.0]
+    # Without usage the count is unknown: a finish-only chunk stays out.
+    no_usage = parse_stream(timed(*chunks, DONE_LINE), is_chat=False)
+    assert no_usage.event_times_s == [0.0, 1.0]
+    chat = [chat_chunk("", role="assistant"), chat_chunk(""), chat_chunk(None, finish="length")]
+    parsed = parse_stream(timed(*chat, usage_chunk(5, 2), DONE_LINE), is_chat=True)
+    assert parsed.event_times_s == [1.0, 2.0]
+
+
 def test_chat_role_chunk_is_not_an_event():
     parsed = parse_stream(
         timed(
