@@ -11,6 +11,12 @@
 --target serve replays through a real `corral serve` (same engine settings) measured by
 `corral bench` over HTTP, instead of the in-process engine (no step-level error then).
 
+--calibration-requests N also serves N other requests of the trace (from --calibration-offset),
+in slices before each real run, with the engine's step log on, and simulates with a second
+profile fitted to the steps of those slices (corral.sim.profile_log): the cost model measured in
+the serving regime itself, on requests the compared runs do not contain. The step log also gives
+each run's engine-side TTFT (so the HTTP path's share of the client's TTFT is reported).
+
     .venv/bin/python -m benchmarks.sim_fidelity --rates 0.4,0.8 --out fidelity.json
     .venv/bin/python -m benchmarks.sim_fidelity --target serve --profile fidelity-profile.json
 """
@@ -83,6 +89,21 @@ def fresh_ids(workload, salt: int):
         for spec in workload.specs
     ]
     return dataclasses.replace(workload, specs=specs)
+
+
+def split_workload(workload, num_parts: int) -> list:
+    """Consecutive slices of a workload, each rebased to start at 0."""
+    specs, parts = workload.specs, []
+    for index in range(num_parts):
+        part = specs[index * len(specs) // num_parts : (index + 1) * len(specs) // num_parts]
+        if part:
+            start = part[0].arrival_time_s
+            rebased = [
+                dataclasses.replace(spec, arrival_time_s=spec.arrival_time_s - start)
+                for spec in part
+            ]
+            parts.append(dataclasses.replace(workload, specs=rebased))
+    return parts
 
 
 def _fields(options: WorkloadOptions) -> dict:
@@ -212,8 +233,12 @@ def parse_args() -> argparse.Namespace:
         "--calibration-requests",
         type=int,
         default=0,
-        help="first serve this many other requests of the trace (from --calibration-offset) "
-        "with a step log, and simulate also with a profile fitted to that log (0: no)",
+        help="also serve this many other requests of the trace (from --calibration-offset), "
+        "in slices before each real run, with a step log; simulate also with a profile fitted "
+        "to the log of those slices (0: no)",
+    )
+    parser.add_argument(
+        "--fit-target", choices=("mean", "typical"), default="mean", help="see ProfiledCostModel"
     )
     parser.add_argument("--calibration-offset", type=int, default=1000)
     parser.add_argument("--calibration-rate", type=float, default=0.6)
@@ -299,6 +324,7 @@ def main() -> None:
             progress=print,
             clock=args.clock,
             idle_gap_s=args.idle_gap_s,
+            fit_target=args.fit_target,
         )
         model.save(args.profile_out)
         profile_path = args.profile_out
@@ -310,7 +336,9 @@ def main() -> None:
     profile = ProfiledCostModel.load(profile_path)
     from corral.engine.llm_engine import LLMEngine
 
-    engine = LLMEngine(config)
+    # In process only for --target engine (the server logs its own steps otherwise).
+    engine_log = config if args.target == "engine" else None
+    engine = LLMEngine(engine_log or dataclasses.replace(config, step_log_path=None))
     vocab_size = engine.arch.vocab_size
     results = {
         "args": {key: str(value) if isinstance(value, Path) else value
@@ -321,28 +349,39 @@ def main() -> None:
     rates = [float(r) for r in args.rates.split(",")]
     workloads = {rate: workload_at(rate, args, vocab_size) for rate in rates}
     runs: dict[float, list[dict]] = {rate: [] for rate in rates}
-    calibration_window: list[float] = []
+    calibration_windows: list[tuple[float, float]] = []
+    calibration_parts = []
+    if calibrating:
+        calibration, _ = workload_at(
+            args.calibration_rate,
+            args,
+            vocab_size,
+            args.calibration_offset,
+            args.calibration_requests,
+        )
+        calibration_parts = split_workload(
+            fresh_ids(calibration, 0xC0FFEE), args.real_repeats * len(rates)
+        )
 
-    def run_all(run_one) -> None:
-        if calibrating:
-            calibration, _ = workload_at(
-                args.calibration_rate,
-                args,
-                vocab_size,
-                args.calibration_offset,
-                args.calibration_requests,
-            )
-            calibration_window.append(time.monotonic())
-            run = run_one(fresh_ids(calibration, 0xC0FFEE))
-            calibration_window.append(time.monotonic())
+    def calibrate(run_one) -> None:
+        """One slice of the calibration requests (the machine's speed drifts over minutes, so
+        the calibration is spread over the same period as the real runs)."""
+        if calibration_parts:
+            part = calibration_parts.pop(0)
+            start = time.monotonic()
+            run = run_one(part)
+            calibration_windows.append((start, time.monotonic()))
             print(
-                f"calibration: {len(calibration)} requests (trace offset "
-                f"{args.calibration_offset}) at {args.calibration_rate} req/s in "
+                f"calibration slice: {len(part)} requests (trace offset "
+                f"{args.calibration_offset}, {args.calibration_rate} req/s) in "
                 f"{run['duration_s']:.0f} s",
                 flush=True,
             )
+
+    def run_all(run_one) -> None:
         for repeat in range(args.real_repeats):
             for index, rate in enumerate(rates):
+                calibrate(run_one)
                 # Ids never repeat across runs: each run starts with nothing of it cached.
                 start = time.monotonic()
                 run = run_one(fresh_ids(workloads[rate][0], 1 + repeat * len(rates) + index))
@@ -383,7 +422,9 @@ def main() -> None:
         from corral.engine.step_log import read_step_log
         from corral.sim.profile_log import profile_from_step_logs
 
-        calibrated = profile_from_step_logs([args.step_log], *calibration_window)
+        calibrated = profile_from_step_logs(
+            [args.step_log], fit_target=args.fit_target, windows=calibration_windows
+        )
         calibrated.save(args.calibrated_profile_out)
         fit = calibrated.metadata["fit"]
         print(

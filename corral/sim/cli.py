@@ -62,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "arrivals (0: back to back)",
     )
     profile.add_argument(
+        "--fit-target",
+        choices=("mean", "typical"),
+        default="mean",
+        help="mean: predict each shape's mean step time (latencies add up); typical: its "
+        "uncontended time, dropping steps slowed by other processes",
+    )
+    profile.add_argument(
         "--from-step-log",
         nargs="+",
         default=None,
@@ -143,7 +150,7 @@ def _profile(args: argparse.Namespace) -> int:
     if args.from_step_log:
         from corral.sim.profile_log import profile_from_step_logs
 
-        model = profile_from_step_logs(args.from_step_log)
+        model = profile_from_step_logs(args.from_step_log, fit_target=args.fit_target)
     else:
         grid = QUICK_GRID if args.grid == "quick" else ProfileGrid()
         if args.repeats is not None:
@@ -154,6 +161,7 @@ def _profile(args: argparse.Namespace) -> int:
             progress=lambda message: logger.info(message),
             clock=args.clock,
             idle_gap_s=args.idle_gap_s,
+            fit_target=args.fit_target,
         )
     model.save(args.out)
     fit = model.metadata["fit"]

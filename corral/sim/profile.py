@@ -181,9 +181,11 @@ def profile_engine(
     progress: Callable[[str], None] | None = None,
     clock: str = "wall",
     idle_gap_s: float = 0.0,
+    fit_target: str = "mean",
 ) -> ProfiledCostModel:
     """Run the grid on the real engine and fit the profiled cost model (with its metadata);
-    idle_gap_s pauses before every timed step (see EngineProfiler)."""
+    idle_gap_s pauses before every timed step (see EngineProfiler); fit_target: see
+    ProfiledCostModel.fit."""
     profiler = EngineProfiler(config, seed=config.model.seed, clock=clock, idle_gap_s=idle_gap_s)
     engine = profiler.engine
     start = time.perf_counter()
@@ -203,4 +205,4 @@ def profile_engine(
         "profile_wall_s": time.perf_counter() - start,
     }
     logger.info("fitting %d samples", len(profiler.samples))
-    return ProfiledCostModel.fit(profiler.samples, metadata=metadata)
+    return ProfiledCostModel.fit(profiler.samples, metadata=metadata, target=fit_target)

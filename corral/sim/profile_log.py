@@ -41,9 +41,12 @@ def profile_from_step_logs(
     paths: Sequence[str | Path],
     since: float | None = None,
     until: float | None = None,
+    fit_target: str = "mean",
+    windows: Sequence[tuple[float, float]] | None = None,
 ) -> ProfiledCostModel:
     """Fit a profile to the steps of one or more step logs (of one engine configuration),
-    optionally only those that started within [since, until] (time.monotonic() seconds)."""
+    optionally only those that started within [since, until], or within any of windows
+    (time.monotonic() seconds); fit_target: see ProfiledCostModel.fit."""
     if not paths:
         raise ValueError("no step log given")
     header: dict[str, Any] | None = None
@@ -57,18 +60,16 @@ def profile_from_step_logs(
                 f"({log_header['engine']} vs {header['engine']})"
             )
         header = log_header
-        steps = [
-            step
-            for step in steps
-            if (since is None or step["t"] >= since) and (until is None or step["t"] <= until)
-        ]
-        samples += step_samples(steps)
-        num_requests += sum(
-            1
-            for request in requests
-            if (since is None or request["add"] >= since)
-            and (until is None or request["add"] <= until)
-        )
+
+        def inside(t: float) -> bool:
+            if (since is not None and t < since) or (until is not None and t > until):
+                return False
+            return windows is None or any(start <= t <= end for start, end in windows)
+
+        # Samples are taken over the whole log (a step's overhead is the gap after it), then
+        # kept by when the step started.
+        samples += [sample for step, sample in zip(steps, step_samples(steps)) if inside(step["t"])]
+        num_requests += sum(1 for request in requests if inside(request["add"]))
     assert header is not None
     if not samples:
         raise ValueError(f"no steps in {', '.join(map(str, paths))} (within the time window)")
@@ -79,7 +80,8 @@ def profile_from_step_logs(
             "step_logs": [str(path) for path in paths],
             "since": since,
             "until": until,
+            "windows": [list(window) for window in windows] if windows is not None else None,
             "num_requests": num_requests,
         },
     }
-    return ProfiledCostModel.fit(samples, metadata=metadata)
+    return ProfiledCostModel.fit(samples, metadata=metadata, target=fit_target)

@@ -90,6 +90,11 @@ def test_time_window_and_mismatched_or_foreign_logs(tmp_path):
     assert 0 < later.metadata["fit"]["num_samples"] < len(steps)
     with pytest.raises(ValueError, match="no steps"):
         profile_from_step_logs([log], since=logged[-1]["t"] + 1)
+    first, last = logged[:8], logged[-8:]
+    windows = [(first[0]["t"], first[-1]["t"]), (last[0]["t"], last[-1]["t"])]
+    two = profile_from_step_logs([log], windows=windows, fit_target="typical")
+    assert two.metadata["fit"]["num_samples"] == 16 and two.metadata["fit"]["target"] == "typical"
+    assert two.metadata["source"]["windows"] == [list(window) for window in windows]
     other = tmp_path / "other.jsonl"
     write_log(other, steps, engine=ENGINE | {"num_blocks": 32})
     with pytest.raises(ValueError, match="other engine settings"):
