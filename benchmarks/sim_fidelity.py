@@ -433,6 +433,15 @@ def main() -> None:
         )
         results["calibrated_profile_fit"] = fit
         profiles["serve-calibrated profile"] = args.calibrated_profile_out
+        # A diagnostic, not a prediction: the cost model fitted to the compared runs' own steps
+        # leaves only the simulator's own error (scheduling, timing of arrivals and outputs).
+        compared = [tuple(run["window"]) for rate_runs in runs.values() for run in rate_runs]
+        oracle = profile_from_step_logs(
+            [args.step_log], fit_target=args.fit_target, windows=compared
+        )
+        oracle_path = str(Path(args.calibrated_profile_out).with_suffix(".oracle.json"))
+        oracle.save(oracle_path)
+        profiles["oracle profile (the compared runs' own steps)"] = oracle_path
         logged_requests = read_step_log(args.step_log)[2]
     for rate in rates:
         workload, scale = workloads[rate]
