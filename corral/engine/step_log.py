@@ -67,7 +67,7 @@ class StepLog:
         self._shapes = SimExecutor(None)
         self._last_end: float | None = None
         self._busy = False
-        # request id -> (arrival, added), until the request's first token.
+        # request id -> (arrival, added, number of prompt tokens), until its first token.
         self._waiting_first: dict[str, tuple[float, float, int]] = {}
         header = {"kind": STEP_LOG_KIND, "version": STEP_LOG_VERSION, "engine": engine}
         self._write(header | {"arch": asdict(arch)})
