@@ -120,6 +120,11 @@ class KVCacheManager:
         """
         request_id = request.request_id
         held = self._req_blocks.get(request_id)
+        if prefix is None and held is not None:
+            # A running request whose new tokens fit in the blocks it holds (most decodes).
+            num_required = cdiv(request.num_computed_tokens + num_new_tokens, self.block_size)
+            if num_required <= len(held):
+                return []
         hits = prefix.blocks if prefix else []
         if hits and held:
             raise RuntimeError(f"{request} already holds blocks; a prefix hit must come first")
