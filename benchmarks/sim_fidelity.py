@@ -28,10 +28,16 @@ import dataclasses
 import json
 import os
 import time
-import zlib
 from pathlib import Path
 
 from benchmarks.common import smollm_shaped_model
+from benchmarks.sim_fidelity_report import (
+    compare,
+    engine_side_ttft,
+    print_table,
+    step_level_error,
+)
+from benchmarks.sim_fidelity_workloads import fresh_ids, split_workload, workload_at
 from benchmarks.sim_replay import replay
 from corral.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from corral.sim.api import simulate_result
@@ -39,115 +45,7 @@ from corral.sim.cost.profiled import ProfiledCostModel
 from corral.sim.deployment import DeploymentOptions
 from corral.sim.profile import ProfileGrid, ShapeRecorder, profile_engine
 from corral.sim.report import build_report
-from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
-from corral.workloads.metrics import MetricsSummary, summarize
-
-METRICS = {
-    "mean TTFT (ms)": lambda s: s.ttft.mean_ms,
-    "p99 TTFT (ms)": lambda s: s.ttft.p99_ms,
-    "mean TPOT (ms)": lambda s: s.tpot.mean_ms,
-    "p99 TPOT (ms)": lambda s: s.tpot.p99_ms,
-    "mean E2E (ms)": lambda s: s.e2e.mean_ms,
-    "output tok/s": lambda s: s.output_throughput,
-    "requests/s": lambda s: s.request_throughput,
-}
-
-
-def workload_at(
-    rate: float,
-    args: argparse.Namespace,
-    vocab_size: int,
-    trace_offset: int | None = None,
-    num_requests: int | None = None,
-):
-    """The first num_requests requests of the Azure conversation trace from trace_offset (default:
-    --num-requests, --trace-offset), their gaps rescaled to a mean of `rate` requests/s."""
-    num_requests = num_requests or args.num_requests
-    base = WorkloadOptions(
-        dataset="azure-conv",
-        num_requests=num_requests,
-        length_scale=args.length_scale,
-        max_model_len=args.max_model_len,
-        vocab_size=vocab_size,
-        trace_offset=args.trace_offset if trace_offset is None else trace_offset,
-        seed=args.seed,
-    )
-    span = build_workload(base).duration_s
-    scale = (num_requests - 1) / rate / span
-    options = WorkloadOptions(
-        **{**_fields(base), "arrival": ArrivalOptions("trace", time_scale=scale)}
-    )
-    return build_workload(options), scale
-
-
-def fresh_ids(workload, salt: int):
-    """The same requests (lengths, arrivals) with other synthetic token ids, so that a repeat on
-    a long-lived engine never hits the prefix cache of an earlier run (a fresh simulation
-    would not)."""
-    specs = [
-        dataclasses.replace(spec, token_seed=zlib.crc32(f"{salt}:{spec.token_seed}".encode()))
-        for spec in workload.specs
-    ]
-    return dataclasses.replace(workload, specs=specs)
-
-
-def split_workload(workload, num_parts: int) -> list:
-    """Consecutive slices of a workload, each rebased to start at 0."""
-    specs, parts = workload.specs, []
-    for index in range(num_parts):
-        part = specs[index * len(specs) // num_parts : (index + 1) * len(specs) // num_parts]
-        if part:
-            start = part[0].arrival_time_s
-            rebased = [
-                dataclasses.replace(spec, arrival_time_s=spec.arrival_time_s - start)
-                for spec in part
-            ]
-            parts.append(dataclasses.replace(workload, specs=rebased))
-    return parts
-
-
-def _fields(options: WorkloadOptions) -> dict:
-    return {name: getattr(options, name) for name in options.__dataclass_fields__}
-
-
-def step_level_error(profile: ProfiledCostModel, shapes: list, times: list[float]) -> dict:
-    """The profiled model's error on the replay's own steps (shape -> measured time), overall
-    and for decode-only steps and steps with prefill tokens; keeps the raw steps too."""
-    pairs = [(shape, t) for shape, t in zip(shapes, times) if shape is not None and t > 0]
-
-    def summary(group: list) -> dict:
-        errors = [profile.step_time_s(shape) / t - 1 for shape, t in group]
-        if not errors:
-            return {"num_steps": 0}
-        predicted = sum(profile.step_time_s(shape) for shape, _ in group)
-        return {
-            "num_steps": len(errors),
-            "mean_rel_error": sum(errors) / len(errors),
-            "mean_abs_rel_error": sum(map(abs, errors)) / len(errors),
-            "total_time_ratio": predicted / sum(t for _, t in group),
-        }
-
-    result = summary(pairs)
-    result["decode_only"] = summary([p for p in pairs if p[0].num_prefill_tokens == 0])
-    result["with_prefill"] = summary([p for p in pairs if p[0].num_prefill_tokens > 0])
-    result["steps"] = [[list(shape), t] for shape, t in pairs]
-    return result
-
-
-def compare(reals: list[MetricsSummary], sim: MetricsSummary) -> dict:
-    """Each metric: the mean over the real runs, their range, the simulation, its error."""
-    rows = {}
-    for name, get in METRICS.items():
-        values = [get(real) for real in reals]
-        r, s = sum(values) / len(values), get(sim)
-        rows[name] = {
-            "real": r,
-            "real_min": min(values),
-            "real_max": max(values),
-            "sim": s,
-            "error": (s - r) / r if r else None,
-        }
-    return rows
+from corral.workloads.metrics import summarize
 
 
 def warm_up(engine) -> None:
@@ -267,28 +165,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args()
-
-
-def engine_side_ttft(requests: list[dict], window: tuple[float, float]) -> dict:
-    """From the step log, the engine's own view of the requests added within window: frontend
-    arrival -> added to the core -> first token out of a step."""
-    inside = [r for r in requests if window[0] <= r["add"] <= window[1]]
-    if not inside:
-        return {"num_requests": 0}
-    count = len(inside)
-    return {
-        "num_requests": count,
-        "mean_ttft_ms": 1e3 * sum(r["first"] - r["arrival"] for r in inside) / count,
-        "mean_arrival_to_add_ms": 1e3 * sum(r["add"] - r["arrival"] for r in inside) / count,
-    }
-
-
-def print_table(rows: dict) -> None:
-    print(f"{'metric':<18}{'real mean':>10}{'real range':>18}{'sim':>10}{'error':>9}")
-    for name, row in rows.items():
-        error = "-" if row["error"] is None else f"{row['error']:+.1%}"
-        spread = f"{row['real_min']:.1f}-{row['real_max']:.1f}"
-        print(f"{name:<18}{row['real']:>10.1f}{spread:>18}{row['sim']:>10.1f}{error:>9}")
 
 
 def main() -> None:
