@@ -28,6 +28,7 @@ from benchmarks.policies_common import (
     save_json,
     summarize_run,
 )
+from benchmarks.sim_replay import stamp_outputs
 from corral.core.messages import SchedulerOutput
 from corral.engine.llm_engine import LLMEngine
 from corral.llm import engine_config_from_kwargs
@@ -135,13 +136,7 @@ def replay(
             if step_samples is not None:
                 step_samples.append((scheduler_output, time.process_time() - started_s))
             clock.after_step(scheduler_output)
-            stamp = clock()
-            for output in outputs:
-                num_new = len(output.outputs[0].token_ids)
-                if num_new:
-                    record = records[output.request_id]
-                    record.num_output_tokens += num_new
-                    record.token_times_s.append(stamp)  # type: ignore[attr-defined]
+            stamp_outputs(records, outputs, clock())
         elif next_index < len(specs):
             clock.skip_to(specs[next_index].arrival_time_s * time_scale)
     return [records[spec.request_id] for spec in specs], clock()

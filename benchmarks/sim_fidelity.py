@@ -212,9 +212,10 @@ def main() -> None:
     profile = ProfiledCostModel.load(profile_path)
     from corral.engine.llm_engine import LLMEngine
 
-    # In process only for --target engine (the server logs its own steps otherwise).
-    engine_log = config if args.target == "engine" else None
-    engine = LLMEngine(engine_log or dataclasses.replace(config, step_log_path=None))
+    # The in-process engine logs its steps only for --target engine (else the server does).
+    engine = LLMEngine(
+        config if args.target == "engine" else dataclasses.replace(config, step_log_path=None)
+    )
     vocab_size = engine.arch.vocab_size
     results = {
         "args": {key: str(value) if isinstance(value, Path) else value

@@ -57,6 +57,17 @@ class _CPUClock:
         self.time_s = max(self.time_s, when_s)
 
 
+def stamp_outputs(records: dict[str, RequestRecord], outputs: list, stamp: float) -> None:
+    """Count one engine step's streamed (DELTA) outputs into their requests' records, each new
+    chunk at time `stamp`."""
+    for output in outputs:
+        num_new = len(output.outputs[0].token_ids)
+        if num_new:
+            record = records[output.request_id]
+            record.num_output_tokens += num_new
+            record.token_times_s.append(stamp)  # type: ignore[attr-defined]
+
+
 def replay(
     engine, workload: Workload, clock: str = "wall"
 ) -> tuple[list[RequestRecord], float, list[float]]:
@@ -92,12 +103,7 @@ def replay(
         if engine.has_unfinished_requests():
             outputs, stamp, elapsed = timer.step(engine)
             step_times.append(elapsed)
-            for output in outputs:
-                num_new = len(output.outputs[0].token_ids)
-                if num_new:
-                    record = records[output.request_id]
-                    record.num_output_tokens += num_new
-                    record.token_times_s.append(stamp)  # type: ignore[attr-defined]
+            stamp_outputs(records, outputs, stamp)
         elif next_index < len(specs):
             timer.idle_until(specs[next_index].arrival_time_s)
     return [records[spec.request_id] for spec in specs], timer.now(), step_times

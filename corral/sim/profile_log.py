@@ -39,14 +39,12 @@ def step_samples(steps: Sequence[dict]) -> list[tuple[BatchShape, float]]:
 
 def profile_from_step_logs(
     paths: Sequence[str | Path],
-    since: float | None = None,
-    until: float | None = None,
     fit_target: str = "mean",
     windows: Sequence[tuple[float, float]] | None = None,
 ) -> ProfiledCostModel:
     """Fit a profile to the steps of one or more step logs (of one engine configuration),
-    optionally only those that started within [since, until], or within any of windows
-    (time.monotonic() seconds); fit_target: see ProfiledCostModel.fit."""
+    optionally only those that started within one of windows ((start, end) time.monotonic()
+    seconds, ends included); fit_target: see ProfiledCostModel.fit."""
     if not paths:
         raise ValueError("no step log given")
     header: dict[str, Any] | None = None
@@ -62,8 +60,6 @@ def profile_from_step_logs(
         header = log_header
 
         def inside(t: float) -> bool:
-            if (since is not None and t < since) or (until is not None and t > until):
-                return False
             return windows is None or any(start <= t <= end for start, end in windows)
 
         # Samples are taken over the whole log (a step's overhead is the gap after it), then
@@ -78,8 +74,6 @@ def profile_from_step_logs(
         "arch": header["arch"],
         "source": {
             "step_logs": [str(path) for path in paths],
-            "since": since,
-            "until": until,
             "windows": [list(window) for window in windows] if windows is not None else None,
             "num_requests": num_requests,
         },

@@ -86,10 +86,10 @@ def test_time_window_and_mismatched_or_foreign_logs(tmp_path):
     write_log(log, steps)
     _, logged, _ = read_step_log(log)
     middle = logged[len(logged) // 2]["t"]
-    later = profile_from_step_logs([log], since=middle)
+    later = profile_from_step_logs([log], windows=[(middle, float("inf"))])
     assert 0 < later.metadata["fit"]["num_samples"] < len(steps)
     with pytest.raises(ValueError, match="no steps"):
-        profile_from_step_logs([log], since=logged[-1]["t"] + 1)
+        profile_from_step_logs([log], windows=[(logged[-1]["t"] + 1, float("inf"))])
     first, last = logged[:8], logged[-8:]
     windows = [(first[0]["t"], first[-1]["t"]), (last[0]["t"], last[-1]["t"])]
     two = profile_from_step_logs([log], windows=windows, fit_target="typical")
