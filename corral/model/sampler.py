@@ -3,6 +3,10 @@
 Seeded requests draw from a generator seeded by (seed, output position), so a sample depends on
 nothing but the request's own logits, seed and position: not on its batch mates, not on
 preemption. Logprobs are those of the model's raw distribution, before any processing.
+
+A temperature below GREEDY_BELOW_TEMPERATURE samples greedily, as temperature 0 does: the limit of
+sampling as the temperature goes to 0, and dividing logits by a tinier one overflows to inf (NaN
+probabilities).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from corral.sampling_params import SamplingParams
 # Candidates examined before falling back to a full sort for top-p (exact either way).
 _TOP_P_CANDIDATES = 1024
 _MASK64 = (1 << 64) - 1
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 def position_seed(seed: int, position: int) -> int:
@@ -94,8 +99,8 @@ class Sampler:
                 values -= params.presence_penalty * (counts > 0).to(logits.dtype)
 
     def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
-        greedy = [i for i, row in enumerate(rows) if row.params.is_greedy]
-        random = [i for i, row in enumerate(rows) if not row.params.is_greedy]
+        greedy = [i for i, row in enumerate(rows) if _samples_greedily(row.params)]
+        random = [i for i, row in enumerate(rows) if not _samples_greedily(row.params)]
         token_ids = [0] * len(rows)
         if greedy:
             picked = (
@@ -134,6 +139,10 @@ class Sampler:
                 generator.manual_seed(position_seed(row.params.seed, len(row.output_token_ids)))
                 noise[i].exponential_(generator=generator)
         return noise
+
+
+def _samples_greedily(params: SamplingParams) -> bool:
+    return params.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 def _apply_top_k_top_p(logits: torch.Tensor, params: list[SamplingParams]) -> None:
