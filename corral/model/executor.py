@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -13,8 +12,9 @@ from corral.core.messages import ModelOutput, SchedulerOutput, TokenLogprobs
 from corral.model.arch import ModelArch
 from corral.model.device import free_memory_bytes, resolve_device, resolve_dtype
 from corral.model.kv_disk import DiskKVStore
+from corral.model.kv_identity import kv_config_hash
 from corral.model.kv_storage import KVSpec, KVStorage, kv_storage_dtype
-from corral.model.loader import load_model, safetensors_files
+from corral.model.loader import load_model
 from corral.model.models.llama import LlamaFamilyModel
 from corral.model.sampler import Sampler, SamplingRow, gather_logprobs
 from corral.model.step_inputs import RequestState, build_step_inputs
@@ -208,18 +208,6 @@ class ModelExecutor:
                 target = state.token_ids[start + offset + index + 1]
                 results.append(gather_logprobs(logprobs[index], target, num_top))
         return results
-
-
-def kv_config_hash(model_dir: str | Path, spec: KVSpec) -> str:
-    """Identifies the model and KV layout: disk-tier blocks are only reused under the same one."""
-    digest = hashlib.sha256(b"corral-kv-v2")  # v2: keys transposed within blocks
-    digest.update((Path(model_dir) / "config.json").read_bytes())
-    for path in safetensors_files(model_dir):
-        digest.update(f"{path.name}:{path.stat().st_size}".encode())
-        with open(path, "rb") as handle:
-            digest.update(handle.read(1 << 20))
-    digest.update(repr(spec).encode())
-    return digest.hexdigest()[:32]
 
 
 def _num_blocks_from_budget(
