@@ -41,7 +41,9 @@ from corral.workloads.slo import SLO, parse_slo
 def benchmark_model_dir() -> str:
     """A small random Llama (128 hidden, 4 layers, 2048 positions, bf16) with the demo
     tokenizer, built once into corral's cache: the same model whatever the bundled demo is."""
-    from corral.demo import BUNDLED_MODELS_DIR, DEFAULT_MODEL_NAME, TINY_LLAMA_SHAPE, cache_dir
+    from corral.demo import BUNDLED_MODELS_DIR, DEFAULT_MODEL_NAME
+    from corral.demo.fallback import TINY_LLAMA_SHAPE
+    from corral.paths import cache_dir
 
     target = cache_dir() / "bench-policies-llama-v1"
     if not (target / "config.json").is_file():

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from corral.core.length_predictor import LENGTH_PREDICTORS, FeatureConfig
-from corral.core.length_predictor.dataset import gsm8k_samples, lengths_of, split
-from corral.core.length_predictor.metrics import kendall_tau
-from corral.core.length_predictor.regression import ridge
-from corral.core.length_predictor.units import WordUnit
+from corral.predict import LENGTH_PREDICTORS, FeatureConfig
+from corral.predict.dataset import gsm8k_samples, lengths_of, split
+from corral.predict.metrics import kendall_tau
+from corral.predict.regression import ridge
+from corral.predict.units import WordUnit
 from corral.workloads import ArrivalOptions, RequestSpec, Workload, WorkloadOptions, build_workload
 from corral.workloads.metrics import MetricsSummary, RequestRecord, summarize
 from corral.workloads.slo import SLO

@@ -40,13 +40,14 @@ def bench_model(num_layers: int) -> Path:
     """The random SmolLM-135M-shaped model, or the same shape with fewer layers (built once)."""
     if num_layers == 30:
         return smollm_shaped_model()
-    from corral.demo import _fallback_corpus, cache_dir
     from corral.demo.bpe import train_byte_level_bpe
+    from corral.demo.fallback import fallback_corpus
     from corral.demo.random_model import SMOLLM_135M_SHAPE, build_random_model
+    from corral.paths import cache_dir
 
     target = cache_dir() / f"bench-smollm-135m-random-{num_layers}l"
     if not (target / "config.json").is_file():
-        tokenizer = train_byte_level_bpe(_fallback_corpus(), vocab_size=2048)
+        tokenizer = train_byte_level_bpe(fallback_corpus(), vocab_size=2048)
         shape = dict(SMOLLM_135M_SHAPE, num_hidden_layers=num_layers)
         build_random_model(
             target, seed=0, dtype="bfloat16", initializer_range=0.02, tokenizer=tokenizer, **shape

@@ -15,7 +15,7 @@ COMMANDS = {
     "generate": ("corral.engine.generate_cli", "generate text offline for prompts"),
     "bench": ("corral.bench.cli", "benchmark a server or the engine"),
     "simulate": ("corral.sim.cli", "simulate serving on a virtual clock"),
-    "predictor": ("corral.core.length_predictor.cli", "train and evaluate length predictors"),
+    "predictor": ("corral.predict.cli", "train and evaluate length predictors"),
 }
 
 

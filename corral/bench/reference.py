@@ -12,8 +12,8 @@ from corral.workloads import ArrivalOptions, WorkloadOptions
 def _smollm_shaped(name: str, make_tokenizer: Any, cache: Path | None, **overrides: Any) -> Path:
     """A random-weight bf16 model of SmolLM-135M's shape (with overrides) under corral's cache,
     built once (tokenizer from make_tokenizer()) and reused."""
-    from corral.demo import cache_dir
     from corral.demo.random_model import SMOLLM_135M_SHAPE, build_random_model
+    from corral.paths import cache_dir
 
     target = (cache or cache_dir()) / name
     if not (target / "config.json").is_file():
@@ -36,10 +36,10 @@ def smollm_shaped_model(cache: Path | None = None) -> Path:
     nothing); the benchmarks send token ids and ignore EOS, so only the shapes matter."""
 
     def tokenizer() -> Any:
-        from corral.demo import _fallback_corpus
         from corral.demo.bpe import train_byte_level_bpe
+        from corral.demo.fallback import fallback_corpus
 
-        return train_byte_level_bpe(_fallback_corpus(), vocab_size=2048)
+        return train_byte_level_bpe(fallback_corpus(), vocab_size=2048)
 
     return _smollm_shaped("bench-smollm-135m-random", tokenizer, cache)
 

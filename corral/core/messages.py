@@ -1,4 +1,5 @@
-"""The plain messages between the scheduler and an executor (model or simulated)."""
+"""The plain messages of the control plane: between the scheduler and an executor (model or
+simulated), and from the scheduler to the engine (a step's RequestUpdates, SchedulerStats)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,41 @@ class ModelOutput:
 
 
 EMPTY_MODEL_OUTPUT = ModelOutput(sampled_token_ids={})
+
+
+@dataclass(slots=True)
+class RequestUpdate:
+    """What one step changed for one request, for the engine's output processing."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    logprobs: list[TokenLogprobs] | None = None
+    prompt_logprobs: list[TokenLogprobs] | None = None
+    # Prompt tokens served from the prefix cache (any tier) at first scheduling; -1: unknown.
+    num_cached_tokens: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_preemptions: int
+    prefix_query_tokens: int
+    prefix_hit_tokens: int
+    prefix_cache_evictions: int = 0
+    # Lower KV tiers (zero without them): blocks loaded back from host, read from disk,
+    # spilled to host and to disk, requests swapped out.
+    kv_host_loads: int = 0
+    kv_disk_reads: int = 0
+    kv_host_saves: int = 0
+    kv_disk_writes: int = 0
+    kv_swap_outs: int = 0
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return (
+            self.prefix_hit_tokens / self.prefix_query_tokens if self.prefix_query_tokens else 0.0
+        )

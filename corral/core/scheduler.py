@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from corral.config import SchedulerConfig
 from corral.core.kv_cache import KVCacheManager
@@ -17,8 +16,9 @@ from corral.core.messages import (
     CachedRequestData,
     ModelOutput,
     NewRequestData,
+    RequestUpdate,
     SchedulerOutput,
-    TokenLogprobs,
+    SchedulerStats,
 )
 from corral.core.policies import SchedulingPolicy, make_policy
 from corral.core.preemption import PREEMPTION_MODES
@@ -26,44 +26,6 @@ from corral.core.reservation import AdmissionGate, make_reservation
 from corral.core.slo import SLOStats, SLOTracker
 from corral.core.stop import check_stop
 from corral.request import Request, RequestStatus
-
-
-@dataclass(slots=True)
-class RequestUpdate:
-    """What one step changed for one request, for the engine's output processing."""
-
-    request_id: str
-    new_token_ids: list[int]
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-    logprobs: list[TokenLogprobs] | None = None
-    prompt_logprobs: list[TokenLogprobs] | None = None
-    # Prompt tokens served from the prefix cache (any tier) at first scheduling; -1: unknown.
-    num_cached_tokens: int = -1
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_preemptions: int
-    prefix_query_tokens: int
-    prefix_hit_tokens: int
-    prefix_cache_evictions: int = 0
-    # Lower KV tiers (zero without them): blocks loaded back from host, read from disk,
-    # spilled to host and to disk, requests swapped out.
-    kv_host_loads: int = 0
-    kv_disk_reads: int = 0
-    kv_host_saves: int = 0
-    kv_disk_writes: int = 0
-    kv_swap_outs: int = 0
-
-    @property
-    def prefix_hit_rate(self) -> float:
-        return (
-            self.prefix_hit_tokens / self.prefix_query_tokens if self.prefix_query_tokens else 0.0
-        )
 
 
 class Scheduler:

@@ -7,14 +7,13 @@ removed and its closing `#### N` line rewritten as the sentence "The answer is N
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-GSM8K_SPLITS = ("train", "test")
+from corral.workloads.data import gsm8k_records
+
 _ANNOTATION = re.compile(r"<<[^<>]*>>")
 _FINAL_ANSWER = re.compile(r"\n?####\s*(.+?)\s*$")
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
@@ -25,22 +24,6 @@ class Example(NamedTuple):
 
     question: str
     answer: str
-
-
-def default_data_dir() -> Path:
-    """$CORRAL_DATA_DIR, else <repo>/../shared/data."""
-    import corral
-
-    env = os.environ.get("CORRAL_DATA_DIR")
-    return Path(env) if env else Path(corral.__file__).resolve().parents[2] / "shared" / "data"
-
-
-def gsm8k_path(split: str, data_dir: str | Path | None = None) -> Path:
-    """The jsonl file of a GSM8K split; ValueError for an unknown split."""
-    if split not in GSM8K_SPLITS:
-        raise ValueError(f"gsm8k split {split!r} is not one of {GSM8K_SPLITS}")
-    base = Path(data_dir) if data_dir is not None else default_data_dir()
-    return base / "gsm8k" / f"{split}.jsonl"
 
 
 def clean_answer(answer: str) -> str:
@@ -56,18 +39,10 @@ def load_gsm8k(
     split: str, data_dir: str | Path | None = None, max_num_examples: int | None = None
 ) -> list[Example]:
     """The cleaned examples of one split, in file order (FileNotFoundError when absent)."""
-    path = gsm8k_path(split, data_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"GSM8K {split} split not found at {path} (set CORRAL_DATA_DIR)")
-    examples = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if max_num_examples is not None and len(examples) >= max_num_examples:
-                break
-            if line.strip():
-                record = json.loads(line)
-                examples.append(Example(record["question"].strip(), clean_answer(record["answer"])))
-    return examples
+    return [
+        Example(record["question"].strip(), clean_answer(record["answer"]))
+        for record in gsm8k_records(split, data_dir, max_num_examples)
+    ]
 
 
 def to_messages(example: Example, *, with_answer: bool = True) -> list[dict[str, str]]:

@@ -20,13 +20,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from corral.config import EngineConfig
-from corral.core.scheduler import SchedulerStats
-from corral.engine.core_client import (
-    EngineCoreClient,
-    EngineCoreOutputs,
-    EngineDeadError,
-    make_core_client,
-)
+from corral.core.messages import SchedulerStats
+from corral.engine.core_client import EngineCoreClient, EngineDeadError, InProcessCoreClient
+from corral.engine.core_messages import EngineCoreOutputs
 from corral.engine.input_processor import InputProcessor, PromptType
 from corral.engine.output_processor import OutputProcessor
 from corral.engine.request_stats import IterationStats, RequestStatsTracker
@@ -97,7 +93,7 @@ class AsyncLLM:
         self.model_dir = self.input_processor.model_dir
         self.max_model_len = self.input_processor.max_model_len
         self.output_processor = OutputProcessor(self.tokenizer)
-        self.client = client or make_core_client(config, self.max_model_len, multiprocess=False)
+        self.client = client or InProcessCoreClient(config, self.max_model_len)
         self.max_queued_requests = max_queued_requests
         self.max_queued_tokens = max_queued_tokens
         self.stat_loggers: list[StatLogger] = []
@@ -109,8 +105,6 @@ class AsyncLLM:
         self._queued: dict[str, int] = {}
         self.num_queued_tokens = 0
         self._output_task: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     @classmethod
     async def create(cls, config: EngineConfig, **kwargs: Any) -> AsyncLLM:
@@ -172,7 +166,6 @@ class AsyncLLM:
         self.output_processor.add_request(request_id, child_ids, text, token_ids, params, arrival)
         stream = RequestStream(request_id, params.output_kind)
         self._streams[request_id] = stream
-        self._idle.clear()
         for child_id in child_ids:
             self._tracker.add(child_id, arrival, len(token_ids))
             self._queued[child_id] = len(token_ids)
@@ -242,7 +235,6 @@ class AsyncLLM:
         stream = self._streams.pop(request_id, None)
         if stream is not None and output is not None:
             stream.put(output)
-        self._update_idle()
 
     # ----- health and stats ------------------------------------------------------------------
 
@@ -266,14 +258,6 @@ class AsyncLLM:
     @property
     def num_queued_requests(self) -> int:
         return len(self._queued)
-
-    async def wait_until_idle(self, timeout_s: float | None = None) -> bool:
-        """Wait until no request is in flight; False on timeout."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            return False
-        return True
 
     async def shutdown(self) -> None:
         """Stop the core; requests still in flight fail with EngineDeadError."""
@@ -323,7 +307,6 @@ class AsyncLLM:
             if output.finished:
                 del self._streams[output.request_id]
         self._log_stats(stats)
-        self._update_idle()
 
     def _dequeue(self, child_id: str) -> None:
         num_tokens = self._queued.pop(child_id, None)
@@ -347,7 +330,6 @@ class AsyncLLM:
         self._tracker.clear()
         self._queued.clear()
         self.num_queued_tokens = 0
-        self._update_idle()
 
     def _log_stats(self, stats: IterationStats) -> None:
         for stat_logger in self.stat_loggers:
@@ -355,7 +337,3 @@ class AsyncLLM:
                 stat_logger(stats)
             except Exception:
                 logger.exception("a stat logger failed")
-
-    def _update_idle(self) -> None:
-        if not self._streams:
-            self._idle.set()

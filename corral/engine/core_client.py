@@ -1,5 +1,6 @@
-"""The typed interface between the frontend (AsyncLLM) and an EngineCore, and its two
-implementations: in the same process (tests, notebooks) and in a process of its own (the server).
+"""The typed interface between the frontend (AsyncLLM) and an EngineCore, and its in-process
+implementation (tests, notebooks); the server's, with the core in a process of its own, is in
+core_process.py. The messages themselves are in core_messages.py.
 
 Requests and aborts go in without waiting; batches of RequestUpdates, with the scheduler's stats,
 come out. Neither side ever waits on the other: sends are queued, and the frontend reads outputs
@@ -9,14 +10,28 @@ with `await get_outputs()`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import queue
+import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Any
 
 from corral.config import EngineConfig
-from corral.core.scheduler import RequestUpdate, SchedulerStats
+from corral.engine.core_loop import CoreLoop
+from corral.engine.core_messages import (
+    AddRequests,
+    CoreFailed,
+    CoreInfo,
+    CoreInput,
+    CoreOutput,
+    EngineCoreOutputs,
+    FinishRequests,
+    Shutdown,
+    UtilityCall,
+    UtilityResult,
+)
 from corral.request import Request, RequestStatus
 
 logger = logging.getLogger(__name__)
@@ -24,89 +39,6 @@ logger = logging.getLogger(__name__)
 
 class EngineDeadError(RuntimeError):
     """The engine core died or stalled; every request in flight fails with this."""
-
-
-# ----- messages into the core ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AddRequests:
-    requests: list[Request]
-
-
-@dataclass(frozen=True, slots=True)
-class FinishRequests:
-    request_ids: list[str]
-    status: RequestStatus = RequestStatus.FINISHED_ABORTED
-
-
-@dataclass(frozen=True, slots=True)
-class UtilityCall:
-    """Ask the core for something outside the step loop (see CoreRunner.UTILITIES)."""
-
-    call_id: int
-    method: str
-    args: tuple[Any, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Shutdown:
-    pass
-
-
-# ----- messages out of the core ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CoreInfo:
-    """Sent once, when the core has loaded the model and is ready for requests."""
-
-    num_blocks: int
-    block_size: int
-    max_model_len: int
-
-
-@dataclass(frozen=True, slots=True)
-class CoreFailed:
-    """The core could not start, or its loop raised: the reason, for the error messages."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RequestStarted:
-    """A request was scheduled for the first time (for queue-time metrics and cached tokens)."""
-
-    request_id: str
-    first_scheduled_time: float
-    num_cached_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class EngineCoreOutputs:
-    """One step's updates (possibly none: a heartbeat) and the scheduler's stats after it."""
-
-    updates: list[RequestUpdate]
-    stats: SchedulerStats
-    started: list[RequestStarted] = field(default_factory=list)
-    # (request id, message) for requests the core refused (a bug upstream: the frontend validates).
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-    timestamp_s: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """From the core process's heartbeat thread: the process is alive, and its loop has been busy
-    with the current iteration (a step, or a utility call) for busy_s (None: it is waiting)."""
-
-    busy_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class UtilityResult:
-    call_id: int
-    result: Any = None
-    error: str | None = None
 
 
 # ----- the interface ---------------------------------------------------------------------------
@@ -127,7 +59,7 @@ class EngineCoreClient(ABC):
         cannot start."""
 
     @abstractmethod
-    def send(self, message: AddRequests | FinishRequests | UtilityCall | Shutdown) -> None:
+    def send(self, message: CoreInput) -> None:
         """Queue a message for the core; returns at once."""
 
     @abstractmethod
@@ -201,94 +133,58 @@ class EngineCoreClient(ABC):
 
 
 class InProcessCoreClient(EngineCoreClient):
-    """The core in this process; each step runs in a worker thread so the event loop stays free.
-
-    Messages are applied between steps, on the event loop, so the core never sees two threads.
-    """
+    """The core in a thread of this process (tests, notebooks): the same CoreLoop as the core
+    process, fed by a thread-safe queue; only that thread ever touches the core."""
 
     def __init__(self, config: EngineConfig, max_model_len: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.max_model_len = max_model_len
-        self.runner = None  # CoreRunner, built in start()
-        self._inbox: list[AddRequests | FinishRequests | UtilityCall | Shutdown] = []
-        self._wake = asyncio.Event()
-        self._messages: asyncio.Queue[EngineCoreOutputs | UtilityResult | CoreFailed] = (
-            asyncio.Queue()
-        )
-        self._task: asyncio.Task[None] | None = None
+        self._inbox: queue.Queue[CoreInput] = queue.Queue()
+        self._messages: asyncio.Queue[CoreOutput] = asyncio.Queue()
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> CoreInfo:
-        from corral.engine.core_runner import CoreRunner
+        core_loop = await asyncio.to_thread(CoreLoop.build, self.config, self.max_model_len)
+        self.info = core_loop.info
+        event_loop = asyncio.get_running_loop()
 
-        self.runner = await asyncio.to_thread(CoreRunner.build, self.config, self.max_model_len)
-        self.info = self.runner.info
-        self._task = asyncio.create_task(self._loop(), name="corral-core-in-process")
+        def deliver(message: CoreOutput) -> None:
+            # A closed event loop raises RuntimeError: nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
+                event_loop.call_soon_threadsafe(self._messages.put_nowait, message)
+
+        def run() -> None:
+            try:
+                core_loop.run(
+                    self._inbox, deliver, idle_interval_s=1.0, should_exit=event_loop.is_closed
+                )
+            except Exception as error:  # the core's state is unknown now: stop serving
+                logger.exception("engine core loop failed")
+                deliver(CoreFailed(f"engine core loop failed: {error!r}"))
+
+        self._thread = threading.Thread(target=run, name="corral-core-in-process", daemon=True)
+        self._thread.start()
         return self.info
 
-    def send(self, message: AddRequests | FinishRequests | UtilityCall | Shutdown) -> None:
-        self._inbox.append(message)
-        self._wake.set()
+    def send(self, message: CoreInput) -> None:
+        self._inbox.put(message)
 
     async def _next_message(self) -> EngineCoreOutputs | UtilityResult | CoreFailed:
-        return await self._messages.get()
-
-    async def _loop(self) -> None:
-        runner = self.runner
-        assert runner is not None
-        try:
-            while True:
-                inbox, self._inbox = self._inbox, []
-                for message in inbox:
-                    if isinstance(message, Shutdown):
-                        return
-                    reply = runner.handle(message)
-                    if reply is not None:
-                        self._messages.put_nowait(reply)
-                if runner.has_work():
-                    self._messages.put_nowait(await asyncio.to_thread(runner.step))
-                elif not self._inbox:
-                    self._wake.clear()
-                    await self._wake.wait()
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # the core's state is unknown now: stop serving
-            logger.exception("engine core loop failed")
-            self._messages.put_nowait(CoreFailed(f"engine core loop failed: {error!r}"))
+        while True:
+            message = await self._messages.get()
+            if isinstance(message, EngineCoreOutputs | UtilityResult | CoreFailed):
+                return message
 
     def kill(self, reason: str = "engine core killed") -> None:
-        """Stop the loop as if the core had died (fault-injection for tests)."""
-        if self._task is not None:
-            self._task.cancel()
+        """Stop the core as if it had died (fault injection for tests): its loop ends after the
+        current step, and every request in flight fails with reason."""
+        self.send(Shutdown())
         self._messages.put_nowait(CoreFailed(reason))
 
     async def shutdown(self, timeout_s: float = 10.0) -> None:
-        if self._task is not None and not self._task.done():
+        if self._thread is not None and self._thread.is_alive():
             self.send(Shutdown())
-            try:
-                await asyncio.wait_for(self._task, timeout_s)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                self._task.cancel()
+            await asyncio.to_thread(self._thread.join, timeout_s)
         if self.dead_reason is None:
             self._mark_dead("engine core shut down", expected=True)
-
-
-def make_core_client(
-    config: EngineConfig,
-    max_model_len: int | None,
-    *,
-    multiprocess: bool = True,
-    heartbeat_timeout_s: float = 30.0,
-    step_timeout_s: float | None = None,
-) -> EngineCoreClient:
-    """The multi-process client (the server's), or the in-process one."""
-    if not multiprocess:
-        return InProcessCoreClient(config, max_model_len)  # type: ignore[arg-type]
-    from corral.engine.core_process import MultiProcessCoreClient
-
-    return MultiProcessCoreClient(
-        config,
-        max_model_len,
-        heartbeat_timeout_s=heartbeat_timeout_s,
-        step_timeout_s=step_timeout_s,
-    )

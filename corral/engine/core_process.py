@@ -24,19 +24,17 @@ import traceback
 from typing import Any
 
 from corral.config import EngineConfig
-from corral.engine.core_client import (
-    AddRequests,
+from corral.engine.core_client import EngineCoreClient
+from corral.engine.core_loop import CoreLoop
+from corral.engine.core_messages import (
     CoreFailed,
     CoreInfo,
-    EngineCoreClient,
+    CoreInput,
     EngineCoreOutputs,
-    FinishRequests,
     Heartbeat,
     Shutdown,
-    UtilityCall,
     UtilityResult,
 )
-from corral.engine.core_runner import CoreRunner
 
 logger = logging.getLogger(__name__)
 
@@ -61,23 +59,32 @@ def run_core_process(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        runner = CoreRunner.build(config, max_model_len)
+        core_loop = CoreLoop.build(config, max_model_len)
     except BaseException as error:
         outputs.put(CoreFailed(f"engine core failed to start: {error!r}"))
         _flush(outputs)
         return
-    outputs.put(runner.info)
-    heartbeat = _HeartbeatThread(outputs, heartbeat_interval_s)
+    outputs.put(core_loop.info)
+    heartbeat = _HeartbeatThread(core_loop, outputs, heartbeat_interval_s)
     heartbeat.start()
+
+    def is_orphaned() -> bool:
+        if os.getppid() == parent_pid:
+            return False
+        logger.error("the server process is gone; engine core exiting")
+        return True
+
     try:
-        _core_loop(runner, inputs, outputs, heartbeat, parent_pid)
+        core_loop.run(
+            inputs, outputs.put, idle_interval_s=heartbeat_interval_s, should_exit=is_orphaned
+        )
     except BaseException:
         reason = "engine core loop failed:\n" + traceback.format_exc()
         logger.error(reason)
         outputs.put(CoreFailed(reason))
     heartbeat.stop()
     try:
-        flush_kv = getattr(runner.core, "flush", None)  # background KV writes (a disk tier)
+        flush_kv = getattr(core_loop.core, "flush", None)  # background KV writes (a disk tier)
         if flush_kv is not None:
             flush_kv()
     except Exception:
@@ -88,66 +95,23 @@ def run_core_process(
 class _HeartbeatThread(threading.Thread):
     """Says every interval that the process is alive and how long the loop has been busy."""
 
-    def __init__(self, outputs: multiprocessing.Queue, interval_s: float) -> None:
+    def __init__(
+        self, core_loop: CoreLoop, outputs: multiprocessing.Queue, interval_s: float
+    ) -> None:
         super().__init__(name="corral-core-heartbeat", daemon=True)
+        self.core_loop = core_loop
         self.outputs = outputs
         self.interval_s = interval_s
-        # Set by the loop while it handles messages or steps; None while it waits for work.
-        self.busy_since: float | None = None
         self._stopped = threading.Event()
 
     def run(self) -> None:
         while not self._stopped.wait(self.interval_s):
-            busy_since = self.busy_since
+            busy_since = self.core_loop.busy_since
             busy_s = None if busy_since is None else time.monotonic() - busy_since
             self.outputs.put(Heartbeat(busy_s))
 
     def stop(self) -> None:
         self._stopped.set()
-
-
-def _core_loop(
-    runner: CoreRunner,
-    inputs: multiprocessing.Queue,
-    outputs: multiprocessing.Queue,
-    heartbeat: _HeartbeatThread,
-    parent_pid: int,
-) -> None:
-    interval_s = heartbeat.interval_s
-    last_sent = time.monotonic()
-    while True:
-        heartbeat.busy_since = None
-        messages = _receive(inputs, 0.0 if runner.has_work() else interval_s)
-        heartbeat.busy_since = time.monotonic()
-        for message in messages:
-            if isinstance(message, Shutdown):
-                return
-            reply = runner.handle(message)
-            if reply is not None:
-                outputs.put(reply)
-        now = time.monotonic()
-        if runner.has_work():
-            outputs.put(runner.step())
-            last_sent = time.monotonic()
-        elif now - last_sent >= interval_s:
-            outputs.put(runner.outputs([]))  # idle: fresh stats (aborts change them)
-            last_sent = now
-            if os.getppid() != parent_pid:
-                logger.error("the server process is gone; engine core exiting")
-                return
-
-
-def _receive(inputs: multiprocessing.Queue, timeout_s: float) -> list[Any]:
-    """Everything queued now; waits up to timeout_s for the first message when none is."""
-    messages = []
-    try:
-        if timeout_s > 0:
-            messages.append(inputs.get(timeout=timeout_s))
-        while True:
-            messages.append(inputs.get_nowait())
-    except queue.Empty:
-        pass
-    return messages
 
 
 def _close_write_end(q: multiprocessing.Queue) -> None:
@@ -239,7 +203,7 @@ class MultiProcessCoreClient(EngineCoreClient):
         self._ready.set()
         return first
 
-    def send(self, message: AddRequests | FinishRequests | UtilityCall | Shutdown) -> None:
+    def send(self, message: CoreInput) -> None:
         self._inputs.put(message)
 
     async def _next_message(self) -> EngineCoreOutputs | UtilityResult | CoreFailed:

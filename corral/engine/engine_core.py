@@ -15,7 +15,8 @@ from pathlib import Path
 from corral.config import EngineConfig, parse_memory_budget
 from corral.core.kv_cache import KVCacheManager
 from corral.core.kv_tiers import DiskTier
-from corral.core.scheduler import RequestUpdate, Scheduler, SchedulerStats
+from corral.core.messages import RequestUpdate, SchedulerStats
+from corral.core.scheduler import Scheduler
 from corral.model.arch import ModelArch
 from corral.request import Request, RequestStatus
 

@@ -24,7 +24,7 @@ PromptType = str | list[int] | Mapping[str, Any]
 
 class InputProcessor:
     def __init__(self, config: EngineConfig) -> None:
-        from corral.demo import resolve_model_dir
+        from corral.model.resolve import resolve_model_dir
 
         self.config = config
         self.model_dir = Path(resolve_model_dir(config.model.model))
@@ -40,7 +40,7 @@ class InputProcessor:
         # Output-length predictor (--length-predictor) for sjf/srpt and KV reservation.
         self.length_predictor = None
         if config.scheduler.length_predictor:
-            from corral.core.length_predictor import load_predictor
+            from corral.predict import load_predictor
 
             self.length_predictor = load_predictor(config.scheduler.length_predictor)
 

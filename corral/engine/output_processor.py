@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from corral.core.messages import TokenLogprobs
-from corral.core.scheduler import RequestUpdate
+from corral.core.messages import RequestUpdate, TokenLogprobs
 from corral.engine.detokenizer import IncrementalDetokenizer
 from corral.engine.tokenizer import Tokenizer
 from corral.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from corral.core.scheduler import RequestUpdate, SchedulerStats
+from corral.core.messages import RequestUpdate, SchedulerStats
 
 
 @dataclass(slots=True)

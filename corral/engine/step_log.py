@@ -26,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from corral.core.batch_shape import BatchShapeCounter
 from corral.core.messages import SchedulerOutput
 
 STEP_LOG_KIND = "corral-step-log"
@@ -58,13 +59,11 @@ class StepLog:
     """Appends the engine's steps to a JSON-lines file (see the module docstring)."""
 
     def __init__(self, path: str | Path, engine: dict[str, Any], arch: Any) -> None:
-        from corral.sim.executor import SimExecutor
-
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", buffering=1 << 16)
-        # Counts each step's shape exactly as the simulator will (no cost model: shapes only).
-        self._shapes = SimExecutor(None)
+        # Counts each step's shape exactly as the simulator's executor does.
+        self._shapes = BatchShapeCounter()
         self._last_end: float | None = None
         self._busy = False
         # request id -> (arrival, added, number of prompt tokens), until its first token.
@@ -99,8 +98,7 @@ class StepLog:
                 if first is not None:
                     self._write({"arrival": first[0], "add": first[1], "first": end,
                                  "prompt": first[2]})  # fmt: skip
-        self._shapes.execute(scheduler_output)
-        shape = self._shapes.last_batch
+        shape, _ = self._shapes.count(scheduler_output)
         if shape is not None:
             gap = None if self._last_end is None else start - self._last_end
             self._write({"t": start, "s": end - start, "gap": gap, "busy": self._busy,

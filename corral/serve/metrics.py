@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from corral.core.scheduler import SchedulerStats
+from corral.core.messages import SchedulerStats
 from corral.engine.request_stats import IterationStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from corral.core.messages import ModelOutput, SchedulerOutput
-from corral.core.scheduler import RequestUpdate, Scheduler
+from corral.core.messages import ModelOutput, RequestUpdate, SchedulerOutput
+from corral.core.scheduler import Scheduler
 from corral.request import Request
 from corral.sim.config import InstanceSpec
 from corral.sim.executor import SimExecutor

@@ -4,7 +4,7 @@ The engine (corral.engine.llm_engine.LLMEngine) runs a grid of batch shapes: bat
 prefills after a cached prefix, decode batches of several sizes at several context lengths, and
 mixed steps (a prefill joining running decodes). Each engine.step() is timed whole (schedule,
 forward, sample, output processing), as a replayed request experiences it, and paired with the
-step's BatchShape (read by a SimExecutor shadowing the real executor). A regression is then
+step's BatchShape (counted by a BatchShapeCounter shadowing the real executor). A regression is then
 fitted (ProfiledCostModel.fit) and saved with the samples.
 """
 
@@ -18,10 +18,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from corral.config import EngineConfig
+from corral.core.batch_shape import BatchShape, BatchShapeCounter
 from corral.core.messages import ModelOutput, SchedulerOutput
-from corral.sim.batch import BatchShape
 from corral.sim.cost.profiled import ProfiledCostModel
-from corral.sim.executor import SimExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +54,13 @@ class ShapeRecorder:
 
     def __init__(self, inner) -> None:
         self.inner = inner
-        self.shadow = SimExecutor(None)
+        self.counter = BatchShapeCounter()
         self.last: BatchShape | None = None
         # When a list, every step's shape is appended (None for an empty step).
         self.shapes: list[BatchShape | None] | None = None
 
     def execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:
-        self.shadow.execute(scheduler_output)
-        self.last = self.shadow.last_batch
+        self.last, _ = self.counter.count(scheduler_output)
         if self.shapes is not None:
             self.shapes.append(self.last)
         return self.inner.execute(scheduler_output)

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from corral.core.batch_shape import BatchShape
 from corral.engine.step_log import read_step_log
-from corral.sim.batch import BatchShape
 from corral.sim.cost.profiled import ProfiledCostModel
 
 

@@ -1,27 +1,44 @@
-"""Where the shared data sets live: CORRAL_DATA_DIR, else <repo>/../shared/data."""
+"""Reading the shared data sets: JSONL files and GSM8K's splits (one reader for the benchmark
+workloads, the demo models' training and the length predictors)."""
 
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
+from typing import Any
 
-import corral
+from corral.paths import data_file, default_data_dir
+
+__all__ = ["GSM8K_SPLITS", "data_file", "default_data_dir", "gsm8k_records", "read_jsonl"]
+
+GSM8K_SPLITS = ("train", "test")
+# Solutions written by models to GSM8K's test questions (a length predictor's training data).
+GSM8K_MODEL_SOLUTIONS = "example_model_solutions"
 
 
-def default_data_dir() -> Path:
-    env = os.environ.get("CORRAL_DATA_DIR")
-    if env:
-        return Path(env)
-    return Path(corral.__file__).resolve().parents[2] / "shared" / "data"
+def read_jsonl(path: str | Path, max_num_records: int | None = None) -> list[dict[str, Any]]:
+    """The records of a JSONL file (blank lines skipped); ValueError names a malformed line."""
+    records: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if max_num_records is not None and len(records) >= max_num_records:
+                break
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number} is not valid JSON: {error}") from None
+    return records
 
 
-def data_file(data_dir: str | None, *parts: str) -> Path:
-    """A file under the data directory; FileNotFoundError names the path and the override."""
-    path = Path(data_dir) if data_dir else default_data_dir()
-    path = path.joinpath(*parts)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist; set CORRAL_DATA_DIR (or --data-dir) to the folder holding "
-            f"{'/'.join(parts[:-1]) or parts[-1]}"
+def gsm8k_records(
+    split: str, data_dir: str | Path | None = None, max_num_records: int | None = None
+) -> list[dict[str, Any]]:
+    """The raw records of a GSM8K split ("train", "test", or the model solutions file), in file
+    order. ValueError for an unknown split; FileNotFoundError names the file and the override."""
+    if split not in (*GSM8K_SPLITS, GSM8K_MODEL_SOLUTIONS):
+        raise ValueError(
+            f"gsm8k split {split!r} is not one of {(*GSM8K_SPLITS, GSM8K_MODEL_SOLUTIONS)}"
         )
-    return path
+    return read_jsonl(data_file(data_dir, "gsm8k", f"{split}.jsonl"), max_num_records)

@@ -10,8 +10,8 @@ from datetime import datetime
 import numpy as np
 import pytest
 
+from corral.paths import data_file
 from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
-from corral.workloads.data import data_file
 from tests.bench.scripted import run_scripted, token_script
 
 

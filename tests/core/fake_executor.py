@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from corral.core.messages import ModelOutput, SchedulerOutput
-from corral.core.scheduler import RequestUpdate, Scheduler
+from corral.core.messages import ModelOutput, RequestUpdate, SchedulerOutput
+from corral.core.scheduler import Scheduler
 
 
 class FakeExecutor:

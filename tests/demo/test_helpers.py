@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.demo.corpus import Example, clean_answer, corpus_words, gsm8k_path
+from corral.demo.corpus import Example, clean_answer, corpus_words, load_gsm8k
 from corral.demo.evaluate import tokens_per_step
 from corral.demo.fluency import known_word_share, max_loop_repeats
 
@@ -19,7 +19,7 @@ def test_clean_answer_drops_annotations_and_rewrites_the_final_line() -> None:
 
 def test_unknown_split_is_refused() -> None:
     with pytest.raises(ValueError, match="validation"):
-        gsm8k_path("validation")
+        load_gsm8k("validation")
 
 
 @pytest.mark.parametrize(

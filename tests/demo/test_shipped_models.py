@@ -88,7 +88,7 @@ def test_generation_config_recommends_the_tested_settings(shipped_dir: Path) -> 
 
 
 def test_default_model_is_the_trained_demo(target_dir: Path) -> None:
-    from corral.demo import default_model_dir, resolve_model_dir
+    from corral.model.resolve import default_model_dir, resolve_model_dir
 
     assert default_model_dir() == target_dir
     assert resolve_model_dir(None) == target_dir

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from corral.core.batch_shape import BatchShape
 from corral.model.arch import ModelArch
-from corral.sim.batch import BatchShape
 from corral.sim.cost import CostModelOptions, make_cost_model
 from corral.sim.cost.hardware import HardwareSpec, list_hardware, load_hardware
 from corral.sim.cost.profiled import ProfiledCostModel

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from corral.config import SchedulerConfig
+from corral.core.batch_shape import BatchShape
 from corral.core.kv_cache import KVCacheManager
 from corral.core.scheduler import Scheduler
-from corral.sim.batch import BatchShape
 from corral.sim.cost.profiled import ProfiledCostModel
 from corral.sim.executor import SimExecutor
 from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from corral.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from corral.core.batch_shape import BatchShape
 from corral.engine.step_log import STEP_LOG_KIND, read_step_log
-from corral.sim.batch import BatchShape
 from corral.sim.cost.profiled import ProfiledCostModel
 from corral.sim.profile_log import profile_from_step_logs, step_samples
 from tests.sim.test_cli_and_profile import main

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from corral.paths import default_data_dir
 from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
-from corral.workloads.data import default_data_dir
 from corral.workloads.datasets.azure import parse_timestamp_s, read_trace
 from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID, WordHashEncoder, synthetic_token_ids
 

@@ -19,9 +19,9 @@ class TransformersBackend(OfflineBackend):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from corral.demo import resolve_model_dir
         from corral.model.arch import ModelArch
         from corral.model.device import resolve_device, resolve_dtype
+        from corral.model.resolve import resolve_model_dir
 
         super().__init__(options)
         model = options.engine.model

@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from corral.bench.offline.backends import BackendOptions, make_backend
     from corral.bench.offline.measure import measure_throughput, workload_requests
     from corral.bench.serve_cli import write_json
-    from corral.demo import resolve_model_dir
     from corral.model.arch import ModelArch
+    from corral.model.resolve import resolve_model_dir
     from corral.workloads import build_workload
 
     names = backend_names(args.backend)

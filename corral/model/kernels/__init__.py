@@ -56,7 +56,7 @@ def cpu_kernels() -> ModuleType | None:
 
 
 def _build() -> ModuleType | None:
-    from corral.demo import cache_dir
+    from corral.paths import cache_dir
 
     # ninja is installed next to the interpreter, which need not be on PATH (.venv/bin/python).
     bin_dir = str(Path(sys.executable).parent)

@@ -6,8 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from corral.core.batch_shape import BatchShape
 from corral.registry import Registry
-from corral.sim.batch import BatchShape
 
 if TYPE_CHECKING:
     from corral.model.arch import ModelArch

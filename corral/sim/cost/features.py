@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from corral.sim.batch import BatchShape
+from corral.core.batch_shape import BatchShape
 
 FeatureFn = Callable[[BatchShape], float]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from corral.sim.batch import BatchShape
+from corral.core.batch_shape import BatchShape
 from corral.sim.cost.base import COST_MODELS, CostModel, CostModelOptions
 from corral.sim.cost.features import feature_fn, feature_rows, is_signed
 from corral.sim.cost.fit import fit_signed

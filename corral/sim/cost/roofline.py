@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from corral.core.batch_shape import BatchShape
 from corral.model.arch import ModelArch
-from corral.sim.batch import BatchShape
 from corral.sim.cost.base import COST_MODELS, CostModel, CostModelOptions
 from corral.sim.cost.hardware import HardwareSpec
 

@@ -11,7 +11,7 @@ import random
 from datetime import date
 from pathlib import Path
 
-from corral.workloads.data import data_file
+from corral.paths import data_file
 from corral.workloads.datasets.base import DATASETS, Dataset, Draft
 from corral.workloads.options import WorkloadOptions
 from corral.workloads.tokens import TextEncoder

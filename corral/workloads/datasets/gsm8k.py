@@ -7,29 +7,12 @@ the reference solution under the workload's encoder, unless fixed_output_len is 
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
-from corral.workloads.data import data_file
+from corral.workloads.data import gsm8k_records, read_jsonl
 from corral.workloads.datasets.base import DATASETS, Dataset, Draft
 from corral.workloads.options import WorkloadOptions
 from corral.workloads.tokens import TextEncoder
-
-_FOLDER = "gsm8k"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    records = []
-    with open(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not valid JSON: {error}") from None
-    return records
 
 
 def format_example(question: str, answer: str | None) -> str:
@@ -46,15 +29,14 @@ class GSM8K(Dataset):
     ) -> list[Draft]:
         if options.split not in ("train", "test"):
             raise ValueError(f"gsm8k split must be train or test, got {options.split!r}")
-        path = (
-            Path(options.dataset_path)
+        records = (
+            read_jsonl(options.dataset_path)
             if options.dataset_path
-            else data_file(options.data_dir, _FOLDER, f"{options.split}.jsonl")
+            else gsm8k_records(options.split, options.data_dir)
         )
-        records = read_jsonl(path)
         shots = ""
         if options.num_shots:
-            train = read_jsonl(data_file(options.data_dir, _FOLDER, "train.jsonl"))
+            train = gsm8k_records("train", options.data_dir)
             if options.num_shots > len(train):
                 raise ValueError(
                     f"num_shots {options.num_shots} exceeds the {len(train)} train examples"

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from corral.core.length_predictor.embeddings import EmbeddingSource
-from corral.core.length_predictor.units import LengthUnit, words
+from corral.predict.embeddings import EmbeddingSource
+from corral.predict.units import LengthUnit, words
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _SENTENCE = re.compile(r"[.!?]+(?:\s|$)")

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from corral.core.length_predictor.base import LENGTH_PREDICTORS, LengthPredictor
-from corral.core.length_predictor.features import FeatureMatrix
-from corral.core.length_predictor.optim import adam
+from corral.predict.base import LENGTH_PREDICTORS, LengthPredictor
+from corral.predict.features import FeatureMatrix
+from corral.predict.optim import adam
 
 OBJECTIVES = ("pairwise", "listwise")
 _NUM_QUANTILES = 101

@@ -13,7 +13,6 @@ train.jsonl and test.jsonl.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-import corral
-from corral.core.length_predictor.units import LengthUnit
+from corral.predict.units import LengthUnit
+from corral.workloads.data import GSM8K_MODEL_SOLUTIONS, GSM8K_SPLITS, gsm8k_records
 
 GSM8K_MODELS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
 GSM8K_SOURCES = ("model", "reference")
@@ -34,14 +33,6 @@ class LengthSample:
     output_len: int
     group: str = ""
     source: str = ""
-
-
-def default_data_dir() -> Path:
-    """CORRAL_DATA_DIR, else <repo>/../shared/data."""
-    env = os.environ.get("CORRAL_DATA_DIR")
-    if env:
-        return Path(env)
-    return Path(corral.__file__).resolve().parents[2] / "shared" / "data"
 
 
 def read_jsonl(path: str | Path, unit: LengthUnit | None = None) -> list[LengthSample]:
@@ -93,31 +84,18 @@ def gsm8k_samples(
     the missing file and the CORRAL_DATA_DIR override."""
     if source not in GSM8K_SOURCES:
         raise ValueError(f"gsm8k source {source!r} is not one of {GSM8K_SOURCES}")
-    folder = (Path(data_dir) if data_dir else default_data_dir()) / "gsm8k"
-    names = (
-        ["example_model_solutions.jsonl"] if source == "model" else ["train.jsonl", "test.jsonl"]
-    )
     samples = []
-    for name in names:
-        path = folder / name
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} does not exist; set CORRAL_DATA_DIR to the data folder"
-            )
-        with path.open() as file:
-            for line in file:
-                row = json.loads(line)
-                question = row["question"]
-                if source == "model":
-                    for model in GSM8K_MODELS:
-                        solution = row[model]["solution"]
-                        samples.append(
-                            LengthSample(question, unit.count(solution), question, model)
-                        )
-                else:
-                    samples.append(
-                        LengthSample(question, unit.count(row["answer"]), question, "reference")
-                    )
+    if source == "model":
+        for row in gsm8k_records(GSM8K_MODEL_SOLUTIONS, data_dir):
+            question = row["question"]
+            for model in GSM8K_MODELS:
+                solution = row[model]["solution"]
+                samples.append(LengthSample(question, unit.count(solution), question, model))
+        return samples
+    for split_name in GSM8K_SPLITS:
+        for row in gsm8k_records(split_name, data_dir):
+            question = row["question"]
+            samples.append(LengthSample(question, unit.count(row["answer"]), question, "reference"))
     return samples
 
 

@@ -1,27 +1,43 @@
-"""CoreRunner: an EngineCore plus what both core clients need around it: applying the client's
-messages, stepping, reporting when each request is first scheduled, and a few utilities."""
+"""CoreLoop: an EngineCore behind an inbox. It applies the client's messages, steps while there
+is work, reports when each request is first scheduled, and answers a few utility calls. The same
+loop runs in a thread of the frontend's process (InProcessCoreClient) and in a process of its own
+(MultiProcessCoreClient); only the inbox and the send function differ."""
 
 from __future__ import annotations
 
+import queue
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from corral.config import EngineConfig
-from corral.engine.core_client import (
+from corral.engine.core_messages import (
     AddRequests,
     CoreInfo,
+    CoreInput,
+    CoreOutput,
     EngineCoreOutputs,
     FinishRequests,
     RequestStarted,
+    Shutdown,
     UtilityCall,
     UtilityResult,
 )
 from corral.request import Request
 
 
-class CoreRunner:
-    """An EngineCore plus the bookkeeping both clients need: applying messages, stepping, and
-    reporting when each request is first scheduled."""
+class Inbox(Protocol):
+    """A queue of messages into the core: queue.Queue and multiprocessing.Queue both fit."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> CoreInput: ...
+
+    def get_nowait(self) -> CoreInput: ...
+
+
+class CoreLoop:
+    """Runs one EngineCore on the messages of an inbox (see run())."""
+
+    UTILITIES = ("kv_state", "check_integrity", "reset_prefix_cache", "sleep")
 
     def __init__(self, core: Any, max_model_len: int) -> None:
         self.core = core  # corral.engine.engine_core.EngineCore
@@ -30,17 +46,19 @@ class CoreRunner:
             block_size=core.kv_manager.block_size,
             max_model_len=max_model_len,
         )
+        # When the current iteration (messages, then a step) began; None while waiting for work.
+        self.busy_since: float | None = None
         # Requests added but not yet scheduled once (their queue time is still unknown).
         self._unstarted: dict[str, Request] = {}
         self._rejected: list[tuple[str, str]] = []
 
     @classmethod
-    def build(cls, config: EngineConfig, max_model_len: int | None = None) -> CoreRunner:
+    def build(cls, config: EngineConfig, max_model_len: int | None = None) -> CoreLoop:
         """Load the model and build the core (slow: seconds to minutes). max_model_len None:
         the configured one, else the model's (the frontend checks that they agree)."""
-        from corral.demo import resolve_model_dir
         from corral.engine.engine_core import EngineCore
         from corral.model.arch import ModelArch
+        from corral.model.resolve import resolve_model_dir
 
         model_dir = resolve_model_dir(config.model.model)
         arch = ModelArch.from_dir(model_dir)
@@ -49,6 +67,39 @@ class CoreRunner:
         core = EngineCore(config, model_dir, arch, max_model_len)
         _warm_up_kernels(core)
         return cls(core, max_model_len)
+
+    def run(
+        self,
+        inbox: Inbox,
+        send: Callable[[CoreOutput], None],
+        *,
+        idle_interval_s: float,
+        should_exit: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Apply messages and step until a Shutdown arrives or should_exit() (nobody listens
+        any more: checked once an iteration).
+
+        Between steps, everything queued is applied; while there is no work, the loop waits on
+        the inbox and sends fresh stats (aborts change them) every idle_interval_s.
+        """
+        last_sent = time.monotonic()
+        while not should_exit():
+            self.busy_since = None
+            messages = _receive(inbox, 0.0 if self.has_work() else idle_interval_s)
+            self.busy_since = time.monotonic()
+            for message in messages:
+                if isinstance(message, Shutdown):
+                    return
+                reply = self.handle(message)
+                if reply is not None:
+                    send(reply)
+            now = time.monotonic()
+            if self.has_work():
+                send(self.step())
+                last_sent = time.monotonic()
+            elif now - last_sent >= idle_interval_s:
+                send(self.outputs([]))
+                last_sent = now
 
     def has_work(self) -> bool:
         return self.core.has_unfinished_requests()
@@ -76,6 +127,7 @@ class CoreRunner:
         return self.outputs(updates)
 
     def outputs(self, updates: list) -> EngineCoreOutputs:
+        """Updates, the requests first scheduled since the last call, and the stats now."""
         started = []
         if self._unstarted:
             for request_id, request in list(self._unstarted.items()):
@@ -92,8 +144,6 @@ class CoreRunner:
         return EngineCoreOutputs(updates, self.core.stats(), started, rejected, time.monotonic())
 
     # ----- utilities, for tests and operators ----------------------------------------------
-
-    UTILITIES = ("kv_state", "check_integrity", "reset_prefix_cache", "sleep")
 
     def _call(self, call: UtilityCall) -> UtilityResult:
         if call.method not in self.UTILITIES:
@@ -121,6 +171,19 @@ class CoreRunner:
     def _sleep(self, seconds: float) -> None:
         """Block the loop (fault injection: a stalled step)."""
         time.sleep(seconds)
+
+
+def _receive(inbox: Inbox, timeout_s: float) -> list[CoreInput]:
+    """Everything queued now; waits up to timeout_s for the first message when none is."""
+    messages = []
+    try:
+        if timeout_s > 0:
+            messages.append(inbox.get(timeout=timeout_s))
+        while True:
+            messages.append(inbox.get_nowait())
+    except queue.Empty:
+        pass
+    return messages
 
 
 def _warm_up_kernels(core: Any) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from corral.core.length_predictor.base import LENGTH_PREDICTORS, LengthPredictor
-from corral.core.length_predictor.features import FeatureMatrix
+from corral.predict.base import LENGTH_PREDICTORS, LengthPredictor
+from corral.predict.features import FeatureMatrix
 
 
 def ridge(features: np.ndarray, targets: np.ndarray, l2: float) -> tuple[np.ndarray, float]:

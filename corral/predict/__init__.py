@@ -10,8 +10,8 @@ on a JSONL of (prompt, output length) pairs and saves it as a small .npz; the en
 with --length-predictor and sets Request.predicted_num_output_tokens at admission.
 """
 
-from corral.core.length_predictor import bucket, ranking, regression  # noqa: F401
-from corral.core.length_predictor.base import LENGTH_PREDICTORS, LengthPredictor, load_predictor
-from corral.core.length_predictor.features import FeatureConfig
+from corral.predict import bucket, ranking, regression  # noqa: F401
+from corral.predict.base import LENGTH_PREDICTORS, LengthPredictor, load_predictor
+from corral.predict.features import FeatureConfig
 
 __all__ = ["LENGTH_PREDICTORS", "FeatureConfig", "LengthPredictor", "load_predictor"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from corral.core.length_predictor import LENGTH_PREDICTORS, FeatureConfig, load_predictor
-from corral.core.length_predictor.embeddings import HiddenStateEmbedder
+from corral.predict import LENGTH_PREDICTORS, FeatureConfig, load_predictor
+from corral.predict.embeddings import HiddenStateEmbedder
 from corral.sampling_params import SamplingParams
 
 PROMPTS = ["Give a brief answer about bees.", "Give an essay answer about tides and maps."]

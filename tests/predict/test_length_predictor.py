@@ -12,11 +12,12 @@ import random
 import numpy as np
 import pytest
 
-from corral.core.length_predictor import LENGTH_PREDICTORS, FeatureConfig, load_predictor
-from corral.core.length_predictor import cli as predictor_cli
-from corral.core.length_predictor.dataset import default_data_dir, gsm8k_samples, lengths_of, split
-from corral.core.length_predictor.metrics import bucket_accuracy, kendall_tau, mean_absolute_error
-from corral.core.length_predictor.units import WordUnit
+from corral.paths import default_data_dir
+from corral.predict import LENGTH_PREDICTORS, FeatureConfig, load_predictor
+from corral.predict import cli as predictor_cli
+from corral.predict.dataset import gsm8k_samples, lengths_of, split
+from corral.predict.metrics import bucket_accuracy, kendall_tau, mean_absolute_error
+from corral.predict.units import WordUnit
 
 STYLES = {"brief": 10, "detailed": 60, "essay": 250}
 TOPICS = ["rivers", "trains", "bread", "stars", "chess", "bees", "tides", "glass", "maps", "owls"]

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from corral.core.length_predictor.embeddings import EmbeddingSource
-from corral.core.length_predictor.features import (
+from corral.predict.embeddings import EmbeddingSource
+from corral.predict.features import (
     FeatureConfig,
     FeatureMatrix,
     Standardizer,
     featurize,
 )
-from corral.core.length_predictor.units import LengthUnit, make_unit
+from corral.predict.units import LengthUnit, make_unit
 from corral.registry import Registry
 
 FORMAT_VERSION = 1
@@ -135,7 +135,7 @@ class LengthPredictor(ABC):
         if self.features.embedding_model is None:
             return None
         if self._embedder is None:
-            from corral.core.length_predictor.embeddings import HiddenStateEmbedder
+            from corral.predict.embeddings import HiddenStateEmbedder
 
             self._embedder = HiddenStateEmbedder(self.features.embedding_model)
         return self._embedder

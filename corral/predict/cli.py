@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from corral.core.length_predictor.base import LENGTH_PREDICTORS, LengthPredictor, load_predictor
-from corral.core.length_predictor.bucket import quantile_edges
-from corral.core.length_predictor.dataset import (
+from corral.predict.base import LENGTH_PREDICTORS, LengthPredictor, load_predictor
+from corral.predict.bucket import quantile_edges
+from corral.predict.dataset import (
     GSM8K_SOURCES,
     LengthSample,
     gsm8k_samples,
@@ -30,10 +30,10 @@ from corral.core.length_predictor.dataset import (
     split,
     write_jsonl,
 )
-from corral.core.length_predictor.features import FEATURE_SETS, FeatureConfig
-from corral.core.length_predictor.metrics import Evaluation, evaluate
-from corral.core.length_predictor.ranking import OBJECTIVES
-from corral.core.length_predictor.units import make_unit
+from corral.predict.features import FEATURE_SETS, FeatureConfig
+from corral.predict.metrics import Evaluation, evaluate
+from corral.predict.ranking import OBJECTIVES
+from corral.predict.units import make_unit
 
 NUM_REPORT_BUCKETS = 4
 

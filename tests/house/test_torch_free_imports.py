@@ -1,0 +1,45 @@
+"""The control plane, the simulator and the length predictors never import torch: every module
+of those packages is imported in a fresh interpreter, and torch must not be loaded after."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import corral
+
+TORCH_FREE_PACKAGES = ("corral.core", "corral.sim", "corral.predict", "corral.workloads")
+
+
+def _modules(package: str) -> list[str]:
+    root = Path(corral.__file__).parent.joinpath(*package.split(".")[1:])
+    names = [package]
+    for info in pkgutil.walk_packages([str(root)], prefix=package + "."):
+        names.append(info.name)
+    return names
+
+
+def test_every_module_is_found() -> None:
+    modules = _modules("corral.core")
+    assert "corral.core.scheduler" in modules
+    assert "corral.core.policies.fcfs" in modules
+    assert len(_modules("corral.sim")) > 10
+
+
+def test_control_plane_and_simulator_import_no_torch() -> None:
+    modules = [name for package in TORCH_FREE_PACKAGES for name in _modules(package)]
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    if 'torch' in sys.modules:\n"
+        "        print('torch imported by', name); sys.exit(1)\n"
+        "print('ok', len(sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok")
