@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 from corral.engine.engine_args import add_engine_arguments, engine_config_from_args
 from corral.serve.cache_isolation import CACHE_ISOLATION_MODES
@@ -106,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
     from corral.serve.app import build_app
     from corral.serve.server import serve
 
-    config = server_config_from_args(args)
+    try:
+        config = server_config_from_args(args)
+    except ValueError as error:  # a flag combination refused before anything starts
+        print(f"corral serve: {error}", file=sys.stderr)
+        return 2
     engine = AsyncLLM(
         engine_config_from_args(args),
         multiprocess=True,

@@ -45,3 +45,9 @@ class ServerConfig:
             )
         if any(not key for key in self.api_keys):
             raise ValueError("an API key must not be empty")
+        if self.cache_isolation == "api-key" and not self.api_keys:
+            raise ValueError(
+                "cache isolation 'api-key' needs API keys (--api-key or the environment "
+                "variable CORRAL_API_KEY); without them every request would share one cache "
+                "namespace"
+            )

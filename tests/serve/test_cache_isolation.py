@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from corral.cli import main
 from corral.engine.async_llm import AsyncLLM
 from corral.llm import engine_config_from_kwargs
 from corral.serve.app import build_app
@@ -68,5 +69,39 @@ def test_tenant_salt_derivation():
     assert tenant_cache_salt("user", "key-a", "u1", None) != tenant_cache_salt(
         "user", "key-a", "u2", None
     )
+    # user mode: a (key, user) pair per namespace, so no key joins another key's users.
+    assert tenant_cache_salt("user", "key-a", "u1", None) != tenant_cache_salt(
+        "user", "key-b", "u1", None
+    )
+    assert tenant_cache_salt("user", None, "u1", None) != tenant_cache_salt(
+        "user", "key-a", "u1", None
+    )
+    # Separators in user text cannot pass for another tenant's (user, salt) pair.
+    assert tenant_cache_salt("user", None, "a\0b", "c") != tenant_cache_salt(
+        "user", None, "a", "b\0c"
+    )
+    # Any string encodes, a lone surrogate included.
+    assert tenant_cache_salt("user", "key-a", "\ud800", None).startswith("tenant-")
     with pytest.raises(ValueError, match="cache isolation"):
         tenant_cache_salt("tenant", "k", None, None)
+
+
+def test_user_isolation_keeps_keys_apart_within_one_user_name(tiny_model):
+    with _app(tiny_model, "user") as client:
+        assert _cached_tokens(client, KEYS[0], user="alice") == 0
+        assert _cached_tokens(client, KEYS[0], user="alice") == 64
+        # Another key claiming the same user name does not join that namespace.
+        assert _cached_tokens(client, KEYS[1], user="alice") == 0
+        assert _cached_tokens(client, KEYS[0], user="bob") == 0
+
+
+def test_api_key_isolation_without_keys_is_refused_at_start_up(capsys, monkeypatch):
+    with pytest.raises(ValueError, match="'api-key' needs API keys"):
+        ServerConfig(cache_isolation="api-key")
+    ServerConfig(cache_isolation="api-key", api_keys=KEYS[:1])
+    ServerConfig(cache_isolation="user")  # user names alone still namespace
+    monkeypatch.delenv("CORRAL_API_KEY", raising=False)
+    # corral serve stops before starting the engine, with the reason and no traceback.
+    assert main(["serve", "--model", "unused", "--cache-isolation", "api-key"]) == 2
+    error = capsys.readouterr().err
+    assert "'api-key' needs API keys" in error and "Traceback" not in error
