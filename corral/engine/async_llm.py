@@ -93,7 +93,7 @@ class AsyncLLM:
         self.model_dir = self.input_processor.model_dir
         self.max_model_len = self.input_processor.max_model_len
         self.output_processor = OutputProcessor(self.tokenizer)
-        self.client = client or InProcessCoreClient(config, self.max_model_len)
+        self.client = client or InProcessCoreClient(config)
         self.max_queued_requests = max_queued_requests
         self.max_queued_tokens = max_queued_tokens
         self.stat_loggers: list[StatLogger] = []

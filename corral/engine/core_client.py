@@ -136,16 +136,15 @@ class InProcessCoreClient(EngineCoreClient):
     """The core in a thread of this process (tests, notebooks): the same CoreLoop as the core
     process, fed by a thread-safe queue; only that thread ever touches the core."""
 
-    def __init__(self, config: EngineConfig, max_model_len: int | None = None) -> None:
+    def __init__(self, config: EngineConfig) -> None:
         super().__init__()
         self.config = config
-        self.max_model_len = max_model_len
         self._inbox: queue.Queue[CoreInput] = queue.Queue()
         self._messages: asyncio.Queue[CoreOutput] = asyncio.Queue()
         self._thread: threading.Thread | None = None
 
     async def start(self) -> CoreInfo:
-        core_loop = await asyncio.to_thread(CoreLoop.build, self.config, self.max_model_len)
+        core_loop = await asyncio.to_thread(CoreLoop.build, self.config)
         self.info = core_loop.info
         event_loop = asyncio.get_running_loop()
 

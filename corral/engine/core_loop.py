@@ -53,17 +53,12 @@ class CoreLoop:
         self._rejected: list[tuple[str, str]] = []
 
     @classmethod
-    def build(cls, config: EngineConfig, max_model_len: int | None = None) -> CoreLoop:
-        """Load the model and build the core (slow: seconds to minutes). max_model_len None:
-        the configured one, else the model's (the frontend checks that they agree)."""
+    def build(cls, config: EngineConfig) -> CoreLoop:
+        """Load the model and build the core (slow: seconds to minutes)."""
         from corral.engine.engine_core import EngineCore
-        from corral.model.arch import ModelArch
-        from corral.model.resolve import resolve_model_dir
+        from corral.model.resolve import resolve_model
 
-        model_dir = resolve_model_dir(config.model.model)
-        arch = ModelArch.from_dir(model_dir)
-        if max_model_len is None:
-            max_model_len = config.model.max_model_len or arch.max_position_embeddings
+        model_dir, arch, max_model_len = resolve_model(config.model)
         core = EngineCore(config, model_dir, arch, max_model_len)
         _warm_up_kernels(core)
         return cls(core, max_model_len)

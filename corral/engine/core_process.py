@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 def run_core_process(
     config: EngineConfig,
-    max_model_len: int | None,
     inputs: multiprocessing.Queue,
     outputs: multiprocessing.Queue,
     heartbeat_interval_s: float,
@@ -59,7 +58,7 @@ def run_core_process(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        core_loop = CoreLoop.build(config, max_model_len)
+        core_loop = CoreLoop.build(config)
     except BaseException as error:
         outputs.put(CoreFailed(f"engine core failed to start: {error!r}"))
         _flush(outputs)
@@ -133,7 +132,6 @@ class MultiProcessCoreClient(EngineCoreClient):
     def __init__(
         self,
         config: EngineConfig,
-        max_model_len: int | None = None,
         *,
         heartbeat_timeout_s: float = 30.0,
         step_timeout_s: float | None = None,
@@ -155,7 +153,6 @@ class MultiProcessCoreClient(EngineCoreClient):
             target=run_core_process,
             args=(
                 config,
-                max_model_len,
                 self._inputs,
                 self._outputs,
                 min(1.0, heartbeat_timeout_s / 5),

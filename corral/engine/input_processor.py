@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from corral.config import EngineConfig
 from corral.engine.generation_defaults import load_generation_defaults
 from corral.engine.tokenizer import Tokenizer
-from corral.model.arch import ModelArch
+from corral.model.resolve import resolve_model
 from corral.request import Request
 from corral.sampling_params import SamplingParams
 
@@ -24,13 +23,9 @@ PromptType = str | list[int] | Mapping[str, Any]
 
 class InputProcessor:
     def __init__(self, config: EngineConfig) -> None:
-        from corral.model.resolve import resolve_model_dir
-
         self.config = config
-        self.model_dir = Path(resolve_model_dir(config.model.model))
-        self.arch = ModelArch.from_dir(self.model_dir)
+        self.model_dir, self.arch, self.max_model_len = resolve_model(config.model)
         self.tokenizer = Tokenizer(config.model.tokenizer or self.model_dir)
-        self.max_model_len = self._resolve_max_model_len()
         self.vocab_size = self.arch.vocab_size
         self.generation_defaults = load_generation_defaults(self.model_dir)
         eos = self.tokenizer.eos_token_id
@@ -49,17 +44,6 @@ class InputProcessor:
         given explicitly (None values count as not given)."""
         given = {name: value for name, value in explicit.items() if value is not None}
         return SamplingParams(**{**self.generation_defaults, **given})
-
-    def _resolve_max_model_len(self) -> int:
-        limit = self.arch.max_position_embeddings
-        asked = self.config.model.max_model_len
-        if asked is None:
-            return limit
-        if asked > limit:
-            raise ValueError(
-                f"max_model_len {asked} exceeds the model's max_position_embeddings ({limit})"
-            )
-        return asked
 
     def tokenize_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         """Normalize a prompt to (text or None, token ids), validating the ids."""

@@ -1,11 +1,34 @@
-"""Which model directory a config names: a local path, a bundled model's name, or None for the
-default model. corral never downloads weights."""
+"""Which model a config names (a local path, a bundled model's name, or None for the default
+model) and the context length it is served with. corral never downloads weights."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
+from corral.config import ModelConfig
 from corral.demo import BUNDLED_MODELS_DIR, DEFAULT_MODEL_NAME
+from corral.model.arch import ModelArch
+
+
+class ResolvedModel(NamedTuple):
+    model_dir: Path
+    arch: ModelArch
+    max_model_len: int
+
+
+def resolve_model(config: ModelConfig) -> ResolvedModel:
+    """The model's directory, its architecture, and the context length: the configured one,
+    else the model's own; ValueError when the configured one exceeds the model's."""
+    model_dir = resolve_model_dir(config.model)
+    arch = ModelArch.from_dir(model_dir)
+    limit = arch.max_position_embeddings
+    asked = config.max_model_len
+    if asked is not None and asked > limit:
+        raise ValueError(
+            f"max_model_len {asked} exceeds the model's max_position_embeddings ({limit})"
+        )
+    return ResolvedModel(model_dir, arch, asked if asked is not None else limit)
 
 
 def resolve_model_dir(model: str | None) -> Path:
