@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from corral.core.kv_stats import KVCacheStats
+
 
 class KVBlock:
     """One block of block_size token slots in the device KV cache."""
@@ -35,7 +37,7 @@ class BlockPool:
     cached block is evicted in LRU order. All operations are O(1) per block.
     """
 
-    def __init__(self, num_blocks: int) -> None:
+    def __init__(self, num_blocks: int, stats: KVCacheStats | None = None) -> None:
         if num_blocks < 1:
             raise ValueError(f"a block pool needs at least 1 block, got {num_blocks}")
         self.num_blocks = num_blocks
@@ -44,7 +46,7 @@ class BlockPool:
             (block.block_id, block) for block in self.blocks
         )
         self._cached: dict[bytes | int, KVBlock] = {}
-        self.num_evictions = 0
+        self.stats = stats if stats is not None else KVCacheStats()
         # Called with (block_id, block_hash) just before a cached block's hash is dropped on
         # reuse, so its contents can be saved to a lower tier first.
         self.evict_listener: Callable[[int, bytes | int], None] | None = None
@@ -128,7 +130,7 @@ class BlockPool:
             self.evict_listener(block.block_id, block.block_hash)
         del self._cached[block.block_hash]
         block.block_hash = None
-        self.num_evictions += 1
+        self.stats.prefix_cache_evictions += 1
 
     def check_integrity(self) -> tuple[int, int, int]:
         """Check the state invariant; returns (num_free, num_cached_evictable, num_in_use).

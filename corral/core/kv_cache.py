@@ -7,8 +7,9 @@ from typing import NamedTuple
 from corral.core.block_hash import BLOCK_HASH_FNS, BlockHash
 from corral.core.block_pool import BlockPool, KVBlock
 from corral.core.kv_offload import KVOffloader
+from corral.core.kv_stats import KVCacheStats
 from corral.core.kv_tiers import DiskTier, HostTier
-from corral.core.kv_transfer import KVTransferPlan, PromotionResult
+from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
 from corral.request import Request
 
 
@@ -49,7 +50,8 @@ class KVCacheManager:
         disk_tier: DiskTier | None = None,
     ) -> None:
         self.block_size = block_size
-        self.pool = BlockPool(num_blocks)
+        self.stats = KVCacheStats()
+        self.pool = BlockPool(num_blocks, self.stats)
         self.offloader: KVOffloader | None = None
         if num_host_slots > 0:
             self.offloader = KVOffloader(self.pool, HostTier(num_host_slots), disk_tier)
@@ -60,9 +62,6 @@ class KVCacheManager:
         self._req_blocks: dict[str, list[KVBlock]] = {}
         # How many leading blocks of each request are registered in the prefix cache.
         self._num_registered: dict[str, int] = {}
-        # Prefix-cache statistics, counted by the scheduler once per admitted request.
-        self.num_query_tokens = 0
-        self.num_hit_tokens = 0
 
     @property
     def num_blocks(self) -> int:
@@ -217,9 +216,9 @@ class KVCacheManager:
         """The block copies ordered since the last call (the executor runs them first)."""
         return self.offloader.take_plan() if self.offloader is not None else None
 
-    def finish_promotions(self, results: list[PromotionResult]) -> None:
+    def finish_disk_reads(self, results: list[DiskReadResult]) -> None:
         if self.offloader is not None and results:
-            self.offloader.finish_promotions(results)
+            self.offloader.finish_disk_reads(results)
 
     def reset_prefix_cache(self) -> int:
         return self.pool.reset_prefix_cache()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from corral.core.block_hash import BlockHash
 from corral.core.block_pool import BlockPool, KVBlock
 from corral.core.kv_tiers import DiskTier, HostTier
-from corral.core.kv_transfer import KVTransferPlan, PromotionResult
+from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
 
 
 class KVOffloader:
@@ -18,8 +18,7 @@ class KVOffloader:
         if disk is not None:
             self.plan.disk_deletes.extend(disk.evicted_on_start)
         pool.evict_listener = self.on_device_evict
-        self.num_saves = self.num_loads = self.num_disk_writes = self.num_promotions = 0
-        self.num_swap_outs = self.num_failed_promotions = 0
+        self.stats = pool.stats
 
     def take_plan(self) -> KVTransferPlan:
         """This step's transfers; a new step starts (slots used by it may be reused after)."""
@@ -42,7 +41,7 @@ class KVOffloader:
             return
         self.plan.saves.append((block_id, slot))
         host.cache(block_hash, slot)
-        self.num_saves += 1
+        self.stats.host_saves += 1
 
     def _take_host_slot(self) -> int | None:
         taken = self.host.take_slot()
@@ -61,29 +60,29 @@ class KVOffloader:
             return
         self.plan.disk_writes.append((slot, block_hash))
         self.plan.disk_deletes.extend(self.disk.add(block_hash))
-        self.num_disk_writes += 1
+        self.stats.disk_writes += 1
 
     # ----- lower-tier prefix hits ----------------------------------------------------------
 
     def match(self, hashes: list[BlockHash]) -> tuple[list[BlockHash], bool]:
         """Continue a prefix match below the device pool: (host hits in order, waiting). waiting
-        is True when some following blocks are being read from disk (promotions were started
+        is True when some following blocks are being read from disk (disk reads were started
         now or earlier): the request should wait for them rather than recompute."""
         host_hits: list[BlockHash] = []
         for index, block_hash in enumerate(hashes):
             if self.host.lookup(block_hash) is not None:
-                # Pinned for this step, so that promotions below cannot evict it.
+                # Pinned for this step, so that disk reads below cannot evict it.
                 self.host.touch(block_hash)
                 host_hits.append(block_hash)
                 continue
             if self.host.is_pending(block_hash):
                 return host_hits, True
             if self.disk is not None and block_hash in self.disk:
-                return host_hits, self._promote(hashes[index:])
+                return host_hits, self._start_disk_reads(hashes[index:])
             break
         return host_hits, False
 
-    def _promote(self, hashes: list[BlockHash]) -> bool:
+    def _start_disk_reads(self, hashes: list[BlockHash]) -> bool:
         """Start disk -> host reads for the leading run of these hashes found on disk. False when
         none could start (no host slot free of this step's work): then nothing is worth waiting
         for, and the rest of the prefix is recomputed."""
@@ -98,24 +97,24 @@ class KVOffloader:
                 break
             self.disk.touch(block_hash)
             self.host.begin_pending(block_hash, slot)
-            self.plan.promotions.append((block_hash, slot))
-            self.num_promotions += 1
+            self.plan.disk_reads.append((block_hash, slot))
+            self.stats.disk_reads += 1
             started = True
         return started
 
-    def finish_promotions(self, results: list[PromotionResult]) -> None:
+    def finish_disk_reads(self, results: list[DiskReadResult]) -> None:
         for result in results:
             self.host.finish_pending(result.block_hash, result.ok)
             if not result.ok and self.disk is not None:
                 self.disk.discard(result.block_hash)  # missing or corrupt: never served
-                self.num_failed_promotions += 1
+                self.stats.failed_disk_reads += 1
 
     def load_host_hits(self, hashes: list[BlockHash], blocks: list[KVBlock]) -> None:
         """Copy host-tier hits into freshly allocated device blocks (same order)."""
         for block_hash, block in zip(hashes, blocks, strict=True):
             self.plan.loads.append((self.host.touch(block_hash), block.block_id))
             self.pool.register(block, block_hash)
-            self.num_loads += 1
+            self.stats.host_loads += 1
 
     def pin_host_hits(self, hashes: list[BlockHash]) -> None:
         """Keep these host entries from being evicted by allocations later this step."""
@@ -136,7 +135,7 @@ class KVOffloader:
             self.plan.saves.append((block.block_id, slot))
             slots.append(slot)
         self.host.hold_swapped(request_id, slots)
-        self.num_swap_outs += 1
+        self.stats.swap_outs += 1
         return True
 
     def swap_in(self, request_id: str, blocks: list[KVBlock]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from corral.core.kv_transfer import KVTransferPlan, PromotionResult
+from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
 from corral.sampling_params import SamplingParams
 
 
@@ -77,7 +77,7 @@ class ModelOutput:
     # Time the step took on the executor's clock (virtual in the simulator).
     step_time_s: float = 0.0
     # Disk -> host reads that finished since the last step.
-    finished_promotions: list[PromotionResult] = field(default_factory=list)
+    finished_disk_reads: list[DiskReadResult] = field(default_factory=list)
 
 
 EMPTY_MODEL_OUTPUT = ModelOutput(sampled_token_ids={})

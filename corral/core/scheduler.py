@@ -105,25 +105,21 @@ class Scheduler:
         return self.policy.num_waiting()
 
     def stats(self) -> SchedulerStats:
-        offloader = self.kv.offloader
-        tiers = {}
-        if offloader is not None:
-            tiers = dict(
-                kv_host_loads=offloader.num_loads,
-                kv_disk_reads=offloader.num_promotions,
-                kv_host_saves=offloader.num_saves,
-                kv_disk_writes=offloader.num_disk_writes,
-                kv_swap_outs=offloader.num_swap_outs,
-            )
+        """Queue sizes, KV usage and the KV manager's counters now."""
+        kv = self.kv.stats
         return SchedulerStats(
             num_running=len(self.running),
             num_waiting=self.policy.num_waiting(),
             kv_cache_usage=self.kv.usage,
             num_preemptions=self.num_preemptions,
-            prefix_query_tokens=self.kv.num_query_tokens,
-            prefix_hit_tokens=self.kv.num_hit_tokens,
-            prefix_cache_evictions=self.kv.pool.num_evictions,
-            **tiers,
+            prefix_query_tokens=kv.prefix_query_tokens,
+            prefix_hit_tokens=kv.prefix_hit_tokens,
+            prefix_cache_evictions=kv.prefix_cache_evictions,
+            kv_host_loads=kv.host_loads,
+            kv_disk_reads=kv.disk_reads,
+            kv_host_saves=kv.host_saves,
+            kv_disk_writes=kv.disk_writes,
+            kv_swap_outs=kv.swap_outs,
         )
 
     def slo_stats(self) -> SLOStats:
@@ -219,7 +215,7 @@ class Scheduler:
     ) -> list[RequestUpdate]:
         """Advance the books after the executor ran scheduler_output: computed counts, sampled
         tokens, stop checks, prefix-cache registration. Returns what changed per request."""
-        self.kv.finish_promotions(model_output.finished_promotions)
+        self.kv.finish_disk_reads(model_output.finished_disk_reads)
         updates = []
         sampled = model_output.sampled_token_ids
         for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
@@ -276,8 +272,8 @@ class Scheduler:
         request.num_computed_tokens = num_computed_tokens
         if request.num_cached_tokens < 0:
             request.num_cached_tokens = num_computed_tokens
-            self.kv.num_query_tokens += request.num_tokens
-            self.kv.num_hit_tokens += num_computed_tokens
+            self.kv.stats.prefix_query_tokens += request.num_tokens
+            self.kv.stats.prefix_hit_tokens += num_computed_tokens
         if request.first_scheduled_time is None:
             request.first_scheduled_time = self.clock()
         request.status = RequestStatus.RUNNING

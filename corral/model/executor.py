@@ -116,13 +116,13 @@ class ModelExecutor:
         whose tokens are now all computed, score prompt logprobs where asked."""
         self._update_states(scheduler_output)
         self.storage.apply(scheduler_output.kv_transfers)
-        finished_promotions = self.storage.finished_promotions()
+        finished_disk_reads = self.storage.finished_disk_reads()
         scheduled = [
             (self.states[request_id], num_tokens)
             for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items()
         ]
         if not scheduled:
-            return ModelOutput(sampled_token_ids={}, finished_promotions=finished_promotions)
+            return ModelOutput(sampled_token_ids={}, finished_disk_reads=finished_disk_reads)
         # Single-token chunks take the batched decode path; they go first.
         scheduled.sort(key=lambda item: item[1] != 1)
         num_decodes = sum(1 for _, num_tokens in scheduled if num_tokens == 1)
@@ -168,7 +168,7 @@ class ModelExecutor:
         for state, num_tokens in scheduled:
             state.num_computed_tokens += num_tokens
         return ModelOutput(
-            sampled_token_ids, logprobs, prompt_logprobs, finished_promotions=finished_promotions
+            sampled_token_ids, logprobs, prompt_logprobs, finished_disk_reads=finished_disk_reads
         )
 
     def _update_states(self, scheduler_output: SchedulerOutput) -> None:

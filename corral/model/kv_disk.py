@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from corral.core.kv_transfer import PromotionResult
+from corral.core.kv_transfer import DiskReadResult
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class DiskKVStore:
         self.payload_nbytes = payload_nbytes
         # One worker: writes, deletes and reads of a block run in the order they were issued.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corral-kv-disk")
-        self._finished: queue.SimpleQueue[PromotionResult] = queue.SimpleQueue()
+        self._finished: queue.SimpleQueue[DiskReadResult] = queue.SimpleQueue()
         self._pending: list[Future] = []
         self.num_corrupt = 0
 
@@ -62,7 +62,7 @@ class DiskKVStore:
         result (ok or not) is reported by poll()."""
         self._track(self._worker.submit(self._read, block_hash, slot, sink))
 
-    def poll(self) -> list[PromotionResult]:
+    def poll(self) -> list[DiskReadResult]:
         results = []
         while True:
             try:
@@ -115,7 +115,7 @@ class DiskKVStore:
             self.num_corrupt += 1
             logger.warning("KV block file %s is missing or corrupt; recomputing it", path.name)
             path.unlink(missing_ok=True)
-        self._finished.put(PromotionResult(block_hash, slot, ok))
+        self._finished.put(DiskReadResult(block_hash, slot, ok))
 
     def _valid(self, data: bytes, block_hash: bytes) -> bool:
         if len(data) < _HEADER.size:

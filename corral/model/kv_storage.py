@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from corral.core.kv_transfer import KVTransferPlan, PromotionResult
+from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
 from corral.model.kv_disk import DiskKVStore
 from corral.model.layers.attention import LayerKVCache
 from corral.model.layers.kv_quant import is_quantized, raw_view
@@ -116,12 +116,12 @@ class KVStorage:
             slots, blocks = zip(*plan.loads)
             self._host_to_device(list(slots), list(blocks))
         if self.disk is not None:
-            for block_hash, slot in plan.promotions:
+            for block_hash, slot in plan.disk_reads:
                 self.disk.read(block_hash, slot, self._store_slot_bytes)
             for block_hash in plan.disk_deletes:
                 self.disk.delete(block_hash)
 
-    def finished_promotions(self) -> list[PromotionResult]:
+    def finished_disk_reads(self) -> list[DiskReadResult]:
         return self.disk.poll() if self.disk is not None else []
 
     # ----- copies ----------------------------------------------------------------------------

@@ -67,8 +67,8 @@ def _instance_report(instance: SimInstance, duration_s: float) -> InstanceReport
     if spec.price_per_device_hour is not None:
         cost = spec.num_devices * spec.price_per_device_hour * duration_s / 3600.0
     kv = instance.kv
-    queried = kv.num_query_tokens
-    hits = kv.num_hit_tokens - kv.num_external_tokens
+    queried = kv.stats.prefix_query_tokens
+    hits = kv.stats.prefix_hit_tokens - kv.num_external_tokens
     return InstanceReport(
         index=instance.index,
         label=spec.label,

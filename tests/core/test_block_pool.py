@@ -24,7 +24,7 @@ def test_released_blocks_join_the_tail_and_cached_ones_evict_in_lru_order():
     (taken,) = pool.allocate(1)
     assert taken is b and b.block_hash is None
     assert pool.lookup(b"hb") is None and pool.lookup(b"ha") is a
-    assert pool.num_evictions == 1
+    assert pool.stats.prefix_cache_evictions == 1
 
 
 def test_touch_revives_an_evictable_block_and_counts_references():

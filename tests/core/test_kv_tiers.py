@@ -1,10 +1,10 @@
-"""Lower-tier bookkeeping without torch: spill chains, plan order, promotions, swaps."""
+"""Lower-tier bookkeeping without torch: spill chains, plan order, disk reads, swaps."""
 
 from __future__ import annotations
 
 from corral.core.kv_cache import KVCacheManager
 from corral.core.kv_tiers import DiskTier, HostTier
-from corral.core.kv_transfer import PromotionResult
+from corral.core.kv_transfer import DiskReadResult
 from tests.core.helpers import make_request
 
 
@@ -48,7 +48,7 @@ def test_device_evictions_spill_to_host_then_disk_in_plan_order():
     manager.check_integrity()
 
 
-def test_disk_hits_wait_for_promotions_then_load():
+def test_disk_hits_wait_for_disk_reads_then_load():
     disk = DiskTier(max_bytes=10 * 100, block_bytes=100)
     manager = KVCacheManager(4, 4, num_host_slots=2, disk_tier=disk)
     first = make_request(list(range(1, 10)))
@@ -58,15 +58,15 @@ def test_disk_hits_wait_for_promotions_then_load():
     match = manager.match_prefix(again)
     assert match.waiting and match.num_tokens == 0
     plan = manager.take_transfer_plan()
-    assert 1 <= len(plan.promotions) <= 2
+    assert 1 <= len(plan.disk_reads) <= 2
     # Still in flight: keep waiting.
     assert manager.match_prefix(again).waiting
     manager.take_transfer_plan()
-    manager.finish_promotions([PromotionResult(h, slot, True) for h, slot in plan.promotions])
+    manager.finish_disk_reads([DiskReadResult(h, slot, True) for h, slot in plan.disk_reads])
     match = manager.match_prefix(again)
-    if match.waiting:  # the second block was only promoted now
-        manager.finish_promotions(
-            [PromotionResult(h, s, True) for h, s in manager.take_transfer_plan().promotions]
+    if match.waiting:  # the second block was only read from disk now
+        manager.finish_disk_reads(
+            [DiskReadResult(h, s, True) for h, s in manager.take_transfer_plan().disk_reads]
         )
         match = manager.match_prefix(again)
     assert not match.waiting and match.num_tokens == 8 and len(match.host_hashes) == 2
@@ -75,7 +75,7 @@ def test_disk_hits_wait_for_promotions_then_load():
     manager.check_integrity()
 
 
-def test_failed_promotion_is_dropped_from_disk_and_recomputed():
+def test_failed_disk_read_is_dropped_from_disk_and_recomputed():
     disk = DiskTier(max_bytes=10 * 100, block_bytes=100)
     manager = KVCacheManager(3, 4, num_host_slots=2, disk_tier=disk)
     first = make_request(list(range(1, 6)))
@@ -84,7 +84,7 @@ def test_failed_promotion_is_dropped_from_disk_and_recomputed():
     request = make_request(list(range(1, 6)))
     assert manager.match_prefix(request).waiting
     plan = manager.take_transfer_plan()
-    manager.finish_promotions([PromotionResult(h, s, False) for h, s in plan.promotions])
+    manager.finish_disk_reads([DiskReadResult(h, s, False) for h, s in plan.disk_reads])
     match = manager.match_prefix(request)
     assert not match.waiting and match.num_tokens == 0
     manager.check_integrity()

@@ -55,13 +55,13 @@ def test_salt_and_adapter_never_share(tiny_model):
     prompt = {"prompt_token_ids": list(range(10, 60))}
 
     def run(request_id, **fields):
-        before = engine.kv_manager.num_hit_tokens
+        before = engine.kv_manager.stats.prefix_hit_tokens
         engine.add_request(request_id, prompt, GREEDY, **fields)
         tokens = []
         while engine.has_unfinished_requests():
             for output in engine.step():
                 tokens = output.outputs[0].token_ids
-        return tokens, engine.kv_manager.num_hit_tokens - before
+        return tokens, engine.kv_manager.stats.prefix_hit_tokens - before
 
     first, hits = run("a", cache_salt="tenant-a")
     assert hits == 0

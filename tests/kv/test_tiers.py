@@ -113,7 +113,7 @@ def test_corrupt_or_truncated_disk_blocks_are_recomputed(tiny_model, expected, t
     restarted.engine.core.flush()
     storage = restarted.engine.executor.storage
     assert storage.disk.num_corrupt >= 1
-    assert restarted.engine.kv_manager.offloader.num_failed_promotions >= 1
+    assert restarted.engine.kv_manager.stats.failed_disk_reads >= 1
     restarted.engine.kv_manager.check_integrity()
 
 

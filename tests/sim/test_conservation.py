@@ -118,7 +118,7 @@ def test_multi_turn_follow_ups_wait_for_their_parent():
                 parent.token_times_s[-1] + 0.5
             )
     # Prefix-aware routing keeps a conversation on one instance: later turns hit the cache.
-    assert sum(i.kv.num_hit_tokens for i in result.instances) > 0
+    assert sum(i.kv.stats.prefix_hit_tokens for i in result.instances) > 0
 
 
 def test_too_long_requests_are_refused_up_front():

@@ -61,7 +61,7 @@ def test_prefix_cache_hit_skips_the_shared_blocks():
         ),
     )
     assert result.records[1].ttft_s == pytest.approx(0.018)
-    assert result.instances[0].kv.num_hit_tokens == 32
+    assert result.instances[0].kv.stats.prefix_hit_tokens == 32
 
 
 def test_request_hook_sees_every_request_before_routing():
