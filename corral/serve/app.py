@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 
 import corral
 from corral.engine.async_llm import AsyncLLM
@@ -17,18 +17,27 @@ from corral.serve.completions import create_completion
 from corral.serve.errors import APIError, install_error_handlers
 from corral.serve.logprobs import TokenTexts
 from corral.serve.metrics import CONTENT_TYPE, ServerMetrics
+from corral.serve.openapi import errors, install_openapi, post_json
 from corral.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    TokenizeRequest,
+)
+from corral.serve.responses import (
+    ChatCompletionResponse,
+    CompletionResponse,
+    DetokenizeResponse,
+    KVState,
     ModelCard,
     ModelList,
-    TokenizeRequest,
+    TokenizeResponse,
+    VersionResponse,
 )
 from corral.serve.security import APIKeyMiddleware, read_json_body
 from corral.serve.state import ServerConfig, ServerState
 from corral.serve.streaming import json_response
-from corral.serve.validation import ModelLimits, check_cache_salt, parse_body
+from corral.serve.validation import ModelLimits, parse_body
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +71,11 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
     app = FastAPI(title="corral", version=corral.__version__, lifespan=lifespan)
     app.state.server = state
     install_error_handlers(app)
+    install_openapi(
+        app,
+        [CompletionRequest, ChatCompletionRequest, TokenizeRequest, DetokenizeRequest],
+        has_api_keys=bool(config.api_keys),
+    )
     if config.api_keys:
         app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)
 
@@ -75,30 +89,32 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
     ) -> str | None:
         """Salt req's cache by tenant (--cache-isolation); returns the scheduler's client id."""
         key_identity = getattr(request.state, "api_key_identity", None)
-        check_cache_salt(req.cache_salt)
         req.cache_salt = tenant_cache_salt(
             config.cache_isolation, key_identity, req.user, req.cache_salt
         )
         return req.user or key_identity
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", **post_json(CompletionRequest, CompletionResponse, streams=True))
     async def completions(request: Request) -> Response:
         req = parse_body(CompletionRequest, await body(request))
         return await create_completion(state, req, request, apply_tenant(request, req))
 
-    @app.post("/v1/chat/completions")
+    @app.post(
+        "/v1/chat/completions",
+        **post_json(ChatCompletionRequest, ChatCompletionResponse, streams=True),
+    )
     async def chat_completions(request: Request) -> Response:
         req = parse_body(ChatCompletionRequest, await body(request))
         return await create_chat_completion(state, req, request, apply_tenant(request, req))
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelList, responses=errors(401))
     async def models() -> Response:
         card = ModelCard(
             id=model_name, root=str(engine.model_dir), max_model_len=engine.max_model_len
         )
         return json_response(ModelList(data=[card]))
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", **post_json(TokenizeRequest, TokenizeResponse))
     async def tokenize(request: Request) -> Response:
         req = parse_body(TokenizeRequest, await body(request))
         state.check_model(req.model)
@@ -113,18 +129,24 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
             token_ids = tokenizer.encode(
                 req.prompt or "", add_special_tokens=req.add_special_tokens
             )
-        return JSONResponse(
-            {"tokens": token_ids, "count": len(token_ids), "max_model_len": engine.max_model_len}
+        return json_response(
+            TokenizeResponse(
+                tokens=token_ids, count=len(token_ids), max_model_len=engine.max_model_len
+            )
         )
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", **post_json(DetokenizeRequest, DetokenizeResponse))
     async def detokenize(request: Request) -> Response:
         req = parse_body(DetokenizeRequest, await body(request))
         state.check_model(req.model)
         engine.input_processor.check_token_ids(req.tokens)
-        return JSONResponse({"prompt": engine.tokenizer.decode(req.tokens)})
+        return json_response(DetokenizeResponse(prompt=engine.tokenizer.decode(req.tokens)))
 
-    @app.get("/health")
+    @app.get(
+        "/health",
+        response_class=Response,
+        responses={200: {"description": "alive and serving (empty body)"}, **errors(503)},
+    )
     async def health() -> Response:
         if not engine.is_healthy:
             raise APIError(503, f"the engine is not running: {engine.dead_reason}", code="dead")
@@ -132,19 +154,24 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
             raise APIError(503, "the server is shutting down", code="shutting_down")
         return Response(status_code=200)
 
-    @app.get("/version")
+    @app.get("/version", response_model=VersionResponse, responses=errors(401))
     async def version() -> Response:
-        return JSONResponse({"version": corral.__version__})
+        return json_response(VersionResponse(version=corral.__version__))
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=errors(401))
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(engine.is_healthy), media_type=CONTENT_TYPE)
 
     if engine.config.debug_check_integrity:
 
-        @app.get("/debug/kv")
+        @app.get("/debug/kv", response_model=KVState, responses=errors(401, 503))
         async def debug_kv() -> Response:
-            """The KV pool after check_integrity() (only with --debug-check-integrity)."""
-            return JSONResponse(await engine.client.call_utility("check_integrity"))
+            """The KV pool after check_integrity() (only with --debug-check-integrity); a
+            failed check is a 500 naming the broken invariant."""
+            try:
+                state = await engine.client.call_utility("check_integrity")
+            except RuntimeError as error:
+                raise APIError(500, str(error), code="kv_integrity") from None
+            return json_response(KVState(**state))
 
     return app

@@ -16,13 +16,12 @@ from corral.engine.tokenizer import Tokenizer
 from corral.outputs import CompletionOutput
 from corral.serve.errors import bad_request
 from corral.serve.logprobs import chat_logprobs
-from corral.serve.protocol import (
+from corral.serve.protocol import ChatCompletionRequest, ChatMessage
+from corral.serve.responses import (
     ChatChoice,
     ChatCompletionChunk,
-    ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprobs,
-    ChatMessage,
     ChatMessageOut,
     ChatStreamChoice,
     DeltaMessage,

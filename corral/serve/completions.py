@@ -12,10 +12,10 @@ from fastapi.responses import Response
 from corral.engine.async_llm import RequestStream
 from corral.outputs import CompletionOutput, RequestOutput
 from corral.serve.logprobs import completion_logprobs
-from corral.serve.protocol import (
+from corral.serve.protocol import CompletionRequest
+from corral.serve.responses import (
     CompletionChoice,
     CompletionLogprobs,
-    CompletionRequest,
     CompletionResponse,
     PromptTokensDetails,
     UsageInfo,

@@ -13,7 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.engine.async_llm import EngineOverloadedError
 from corral.engine.core_client import EngineDeadError
-from corral.serve.protocol import ErrorInfo, ErrorResponse
+from corral.serve.constraints import RULE_ERROR
+from corral.serve.responses import ErrorInfo, ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -60,30 +61,42 @@ def bad_request(message: str, param: str | None = None) -> APIError:
 
 
 def from_validation_error(error: ValidationError | RequestValidationError) -> APIError:
-    """A pydantic error as a 400 naming the field, the problem and the value received."""
+    """A pydantic error as a 400 naming the field, the problem (with the limit, for a
+    corral.serve.constraints rule) and the value received."""
     problems = error.errors()
     first = problems[0] if problems else {}
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
-    # Union members add their type to the path (e.g. prompt.str); keep the field names.
-    loc = [part for part in loc if not _is_type_name(part)]
-    param = ".".join(loc) or None
+    # Union members add their type to the path (e.g. prompt, list[int], 3); "body" is FastAPI's.
+    loc = [part for part in first.get("loc", ()) if part != "body" and not _is_type_name(part)]
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    path = path.removeprefix(".")
+    # The request field: the path up to the first list index or map key.
+    names = []
+    for part in loc:
+        if not (isinstance(part, str) and part.isidentifier()):
+            break
+        names.append(part)
+    param = ".".join(names) or None
     if first.get("type") == "extra_forbidden":
-        message = f"unrecognized request argument {param!r}"
+        message = f"unrecognized request argument {path!r}"
     elif first.get("type") == "missing":
-        message = f"{param}: field required"
+        message = f"{path}: field required"
+    elif first.get("type") == RULE_ERROR:
+        message = f"{path or 'body'} {first.get('msg')}"
     else:
         value = first.get("input")
         shown = (
             repr(value) if not isinstance(value, (dict, list)) or len(str(value)) < 80 else "..."
         )
-        message = f"{param or 'body'}: {first.get('msg', 'invalid value')} (got {shown})"
+        message = f"{path or 'body'}: {first.get('msg', 'invalid value')} (got {shown})"
     if len(problems) > 1:
         message += f" (and {len(problems) - 1} more problem(s))"
     return APIError(400, message, param=param)
 
 
-def _is_type_name(part: str) -> bool:
-    return part in ("str", "int", "float", "bool", "list[str]", "list[int]") or "[" in part
+def _is_type_name(part: object) -> bool:
+    return isinstance(part, str) and (
+        part in ("str", "int", "float", "bool", "list[str]", "list[int]") or "[" in part
+    )
 
 
 def error_for_exception(error: BaseException) -> APIError:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from corral.outputs import Logprob, PositionLogprobs
-from corral.serve.protocol import ChatLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob
+from corral.serve.responses import ChatLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob
 
 _REPLACEMENT = "\ufffd"
 

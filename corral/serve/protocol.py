@@ -1,235 +1,207 @@
-"""The OpenAI-compatible request and response bodies (pydantic). Requests refuse unknown fields,
-NaN and infinity; ranges are checked in corral.serve.validation with OpenAI's field names."""
+"""The OpenAI-compatible request bodies (pydantic): they validate every request and make the
+request schemas of /openapi.json, so the documented bounds are the enforced ones.
+
+Requests refuse unknown fields, NaN and infinity, and take JSON types strictly (no "0.5" for a
+number, no true for 1). Static bounds are corral.serve.constraints rules on the fields; limits that
+depend on the served model (vocabulary size, context length) or on the server's flags (queue
+bound) are checked per request in corral.serve.validation and the engine, and the fields'
+descriptions say so.
+"""
 
 from __future__ import annotations
 
-import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, Tag
+
+from corral.sampling_params import MAX_LOGPROBS
+from corral.serve.constraints import (
+    by_json_type,
+    digit_keys,
+    in_range,
+    max_chars,
+    max_items,
+    not_empty,
+)
+
+MAX_N = 128
+MAX_STOP_STRINGS = 32
+MAX_PROMPTS_PER_REQUEST = 256
+MAX_CACHE_SALT_CHARS = 256
+MAX_DEADLINE_S = 7 * 24 * 3600.0
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+_IN_VOCAB = "token ids must be in [0, the model's vocabulary size) (checked per request)"
+_FITS_CONTEXT = (
+    "prompt tokens + max_tokens must fit the model's context length (max_model_len in "
+    "GET /v1/models; checked per request)"
+)
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class _Response(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class StreamOptions(_Request):
-    include_usage: StrictBool = False
-    continuous_usage_stats: StrictBool = False
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+def _text_or_list_tag(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "str"
+    return "list[str]" if isinstance(value, list) else None
+
+
+StopString = Annotated[str, not_empty("is empty; stop strings must not be empty", text=True)]
+Stop = Annotated[
+    Annotated[StopString, Tag("str")]
+    | Annotated[list[StopString], max_items(MAX_STOP_STRINGS, "strings"), Tag("list[str]")],
+    by_json_type(_text_or_list_tag, "stop_type", "must be a string or a list of strings"),
+]
+LogitBias = Annotated[dict[str, Annotated[float, in_range(-100.0, 100.0)]], digit_keys("token ids")]
+MaxTokens = Annotated[int, in_range(1), Field(description=_FITS_CONTEXT)]
+NumLogprobs = Annotated[int, in_range(0, MAX_LOGPROBS)]
 
 
 class _SamplingFields(_Request):
     """Fields shared by completions and chat: OpenAI's, then the common extras."""
 
-    model: StrictStr | None = None
-    n: StrictInt = 1
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[StrictStr, float] | None = None
-    stream: StrictBool = False
+    model: str | None = Field(None, description="the served model's id; others get 404")
+    n: Annotated[int, in_range(1, MAX_N)] = Field(
+        1, description="also at most the server's --max-queued-requests, when set"
+    )
+    temperature: Annotated[float, in_range(0.0, 2.0)] | None = None
+    top_p: Annotated[float, in_range(0.0, 1.0, low_open=True)] | None = None
+    stop: Stop | None = None
+    seed: Annotated[int, in_range(INT64_MIN, INT64_MAX)] | None = None
+    presence_penalty: Annotated[float, in_range(-2.0, 2.0)] | None = None
+    frequency_penalty: Annotated[float, in_range(-2.0, 2.0)] | None = None
+    logit_bias: LogitBias | None = Field(None, description=_IN_VOCAB)
+    stream: bool = False
     stream_options: StreamOptions | None = None
-    user: StrictStr | None = None
+    user: str | None = None
     # Extras (vLLM's names).
-    top_k: StrictInt | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    min_tokens: StrictInt = 0
-    ignore_eos: StrictBool = False
-    stop_token_ids: list[StrictInt] | None = None
-    include_stop_str_in_output: StrictBool = False
-    skip_special_tokens: StrictBool = True
-    priority: StrictInt = 0
-    cache_salt: StrictStr | None = None
-    # Seconds after arrival by which the request should finish (the edf policy's deadline).
-    deadline_s: float | None = None
+    top_k: Annotated[int, in_range(-1)] | None = Field(
+        None, description="-1 or 0: off; else at most the model's vocabulary size (per request)"
+    )
+    min_p: Annotated[float, in_range(0.0, 1.0)] | None = None
+    repetition_penalty: Annotated[float, in_range(0.0, 2.0, low_open=True)] | None = None
+    min_tokens: Annotated[int, in_range(0)] = Field(
+        0, description="at most max_tokens and the model's context length (per request)"
+    )
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = Field(None, description=_IN_VOCAB)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    priority: Annotated[int, in_range(INT64_MIN, INT64_MAX)] = 0
+    cache_salt: Annotated[str, max_chars(MAX_CACHE_SALT_CHARS)] | None = None
+    deadline_s: Annotated[float, in_range(0.0, MAX_DEADLINE_S, low_open=True)] | None = Field(
+        None, description="seconds after arrival by which the request should finish (edf policy)"
+    )
+
+
+def _prompt_tag(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "str"
+    if not isinstance(value, list):
+        return None
+    first = value[0] if value else None
+    if isinstance(first, str):
+        return "list[str]"
+    return "list[list[int]]" if isinstance(first, list) else "list[int]"
+
+
+TokenIds = Annotated[list[int], not_empty(), Field(description=_IN_VOCAB)]
+Prompt = Annotated[
+    Annotated[str, Tag("str")]
+    | Annotated[
+        list[str], not_empty(), max_items(MAX_PROMPTS_PER_REQUEST, "prompts"), Tag("list[str]")
+    ]
+    | Annotated[TokenIds, Tag("list[int]")]
+    | Annotated[
+        list[TokenIds],
+        not_empty(),
+        max_items(MAX_PROMPTS_PER_REQUEST, "prompts"),
+        Tag("list[list[int]]"),
+    ],
+    by_json_type(
+        _prompt_tag,
+        "prompt_type",
+        "must be a string, a list of strings, a list of token ids or a list of token-id lists",
+    ),
+]
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
-    suffix: StrictStr | None = None
-    max_tokens: StrictInt | None = 16
-    logprobs: StrictInt | None = None
-    echo: StrictBool = False
-    best_of: StrictInt | None = None
-    prompt_logprobs: StrictInt | None = None
+    prompt: Prompt = Field(
+        description=f"{MAX_PROMPTS_PER_REQUEST} completions per request at most (prompts x n); "
+        + _FITS_CONTEXT
+    )
+    suffix: str | None = Field(None, description="not supported: any value gets 400")
+    max_tokens: MaxTokens | None = 16
+    logprobs: NumLogprobs | None = None
+    echo: bool = False
+    best_of: Annotated[int, in_range(1, MAX_N)] | None = Field(
+        None, description="only supported equal to n"
+    )
+    prompt_logprobs: NumLogprobs | None = None
 
 
 class TextPart(_Request):
-    type: StrictStr
-    text: StrictStr | None = None
     model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="only 'text' is supported")
+    text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[TextPart] | None = None
-    name: StrictStr | None = None
+    content: str | list[TextPart] | None = None
+    name: str | None = None
 
 
 class ResponseFormat(_Request):
-    type: StrictStr
+    type: str = Field(description="only 'text' is supported")
     json_schema: dict[str, Any] | None = None
 
 
+Messages = Annotated[list[ChatMessage], not_empty("must hold at least one message")]
+
+
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[ChatMessage]
-    max_tokens: StrictInt | None = None
-    max_completion_tokens: StrictInt | None = None
-    logprobs: StrictBool = False
-    top_logprobs: StrictInt | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: StrictStr | dict[str, Any] | None = None
+    messages: Messages = Field(description=_FITS_CONTEXT)
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
+    logprobs: bool = False
+    top_logprobs: NumLogprobs | None = Field(None, description="needs logprobs: true")
+    tools: list[dict[str, Any]] | None = Field(None, description="not supported unless empty")
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description="only 'none' and 'auto' are accepted"
+    )
     response_format: ResponseFormat | None = None
     # Accepted and ignored: they change nothing here.
-    parallel_tool_calls: StrictBool | None = None
-    store: StrictBool | None = None
+    parallel_tool_calls: bool | None = None
+    store: bool | None = None
     metadata: dict[str, Any] | None = None
-    service_tier: StrictStr | None = None
+    service_tier: str | None = None
     # Extras.
-    add_generation_prompt: StrictBool = True
-    continue_final_message: StrictBool = False
+    add_generation_prompt: bool = True
+    continue_final_message: bool = Field(False, description="needs add_generation_prompt: false")
 
 
 class TokenizeRequest(_Request):
-    model: StrictStr | None = None
-    prompt: StrictStr | None = None
+    """Exactly one of prompt and messages."""
+
+    model: str | None = None
+    prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    add_special_tokens: StrictBool = True
-    add_generation_prompt: StrictBool = True
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
 
 
 class DetokenizeRequest(_Request):
-    model: StrictStr | None = None
-    tokens: list[StrictInt]
-
-
-# ----- responses ---------------------------------------------------------------------------------
-
-
-class PromptTokensDetails(_Response):
-    # Prompt tokens whose KV came from the prefix cache (any tier) instead of being computed.
-    cached_tokens: int = 0
-
-
-class UsageInfo(_Response):
-    prompt_tokens: int
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: PromptTokensDetails | None = None
-
-
-class CompletionLogprobs(_Response):
-    text_offset: list[int] = Field(default_factory=list)
-    token_logprobs: list[float | None] = Field(default_factory=list)
-    tokens: list[str] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
-
-
-class CompletionChoice(_Response):
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-
-
-class CompletionResponse(_Response):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[CompletionChoice]
-    usage: UsageInfo | None = None
-
-
-class TopLogprob(_Response):
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
-
-
-class TokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob] = Field(default_factory=list)
-
-
-class ChatLogprobs(_Response):
-    content: list[TokenLogprob] | None = None
-
-
-class ChatMessageOut(_Response):
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-
-
-class ChatChoice(_Response):
-    index: int
-    message: ChatMessageOut
-    logprobs: ChatLogprobs | None = None
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-
-
-class ChatCompletionResponse(_Response):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[ChatChoice]
-    usage: UsageInfo
-
-
-class DeltaMessage(_Response):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatStreamChoice(_Response):
-    index: int
-    delta: DeltaMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-
-
-class ChatCompletionChunk(_Response):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatStreamChoice]
-    usage: UsageInfo | None = None
-
-
-class ModelCard(_Response):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    owned_by: str = "corral"
-    root: str | None = None
-    max_model_len: int | None = None
-
-
-class ModelList(_Response):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class ErrorInfo(_Response):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(_Response):
-    error: ErrorInfo
+    model: str | None = None
+    tokens: list[int] = Field(description=_IN_VOCAB)
