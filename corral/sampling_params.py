@@ -101,10 +101,6 @@ class SamplingParams:
                         f"logit_bias for token {token_id} must be in [-100, 100], got {bias}"
                     )
 
-    @property
-    def is_greedy(self) -> bool:
-        return self.temperature == 0.0
-
     def clone(self, **changes: object) -> SamplingParams:
         """A copy with some fields replaced (validated again)."""
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}

@@ -24,6 +24,7 @@ from corral.core.policies import SchedulingPolicy, make_policy
 from corral.core.preemption import PREEMPTION_MODES
 from corral.core.reservation import AdmissionGate, make_reservation
 from corral.core.slo import SLOStats, SLOTracker
+from corral.core.step_plan import StepPlan
 from corral.core.stop import check_stop
 from corral.request import Request, RequestStatus
 
@@ -129,63 +130,58 @@ class Scheduler:
     # ----- one step ------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
-        """Plan one step: running requests first (in policy order), then admit waiting ones."""
-        budget = self.config.max_num_batched_tokens
-        num_scheduled: dict[str, int] = {}
-        cached_block_ids: dict[str, list[int]] = {}
-        admitted: dict[str, Request] = {}
-        preempted: list[Request] = []
+        """Plan one step: running requests first (in policy order), then admit waiting ones
+        while budget, max_num_seqs, the reservation gate and the KV blocks allow."""
+        step = StepPlan(self.config.max_num_batched_tokens)
+        self._schedule_running(step)
+        # No admission after running out of blocks; victims_for frees room in this very step.
+        if not step.preempted:
+            self._admit_waiting(step)
+        self.policy.on_step(step.num_scheduled, self.requests)
+        return self._build_output(step)
 
-        def unschedule(victim: Request) -> None:
-            nonlocal budget
-            budget += num_scheduled.pop(victim.request_id, 0)
-            cached_block_ids.pop(victim.request_id, None)
-            admitted.pop(victim.request_id, None)
-
+    def _schedule_running(self, step: StepPlan) -> None:
+        """Give each running request its next chunk; preempt the policy's victims while the
+        KV blocks run out (a request may be its own victim)."""
         for request in list(self.policy.order_running(self.running, self.clock())):
-            if budget == 0:
+            if step.budget == 0:
                 break
             if request.status != RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            num_new = self._num_tokens_to_schedule(request, budget)
+            num_new = self._num_tokens_to_schedule(request, step.budget)
             if num_new == 0:
                 continue
             while True:
                 block_ids = self.kv.allocate_slots(request, num_new)
                 if block_ids is not None:
+                    step.schedule_running(request, num_new, block_ids)
                     break
                 victim = self.policy.select_victim(self.running)
                 self._preempt(victim)
-                preempted.append(victim)
-                unschedule(victim)
+                step.unschedule(victim)
                 if victim is request:
                     break
-            if block_ids is None:
-                continue
-            num_scheduled[request.request_id] = num_new
-            cached_block_ids[request.request_id] = block_ids
-            budget -= num_new
 
+    def _admit_waiting(self, step: StepPlan) -> None:
+        """Admit waiting requests in policy order (swapped-out ones resume from host memory,
+        the others start after their prefix-cache hit)."""
         gate: AdmissionGate | None = None
-        # No admission after running out of blocks; victims_for frees room in this very step.
-        can_admit = not preempted
-        while can_admit and budget > 0:
-            candidate = self.policy.peek_waiting()
-            if candidate is None:
+        while step.budget > 0:
+            request = self.policy.peek_waiting()
+            if request is None:
                 break
-            request = candidate
             gate = gate or self.reservation.gate(self.running, self.kv)
             if len(self.running) >= self.config.max_num_seqs or not gate.try_admit(request):
-                if self._preempt_for(request, preempted, unschedule):
+                if self._preempt_for(request, step):
                     gate = None  # the victims' blocks are free again
                     continue
                 break
             if self.kv.is_swapped(request):
                 num_computed = request.num_computed_tokens
                 num_new = request.num_tokens - num_computed
-                if not self.config.enable_chunked_prefill and num_new > budget:
+                if not self.config.enable_chunked_prefill and num_new > step.budget:
                     break
-                num_new = self._cap(num_new, budget)
+                num_new = self._cap(num_new, step.budget)
                 block_ids = self.kv.swap_in(request, num_new)
             else:
                 prefix = self.kv.match_prefix(request)
@@ -193,22 +189,17 @@ class Scheduler:
                     break  # its prefix is being read from disk: admit it once it is in memory
                 num_computed = prefix.num_tokens
                 num_new = request.num_tokens - num_computed
-                if not self.config.enable_chunked_prefill and num_new > budget:
+                if not self.config.enable_chunked_prefill and num_new > step.budget:
                     break
-                num_new = self._cap(num_new, budget)
+                num_new = self._cap(num_new, step.budget)
                 block_ids = self.kv.allocate_slots(request, num_new, prefix)
             if block_ids is None:
-                if self._preempt_for(request, preempted, unschedule):
+                if self._preempt_for(request, step):
                     continue
                 break
             self.policy.pop_waiting()
             self._admit(request, num_computed)
-            num_scheduled[request.request_id] = num_new
-            admitted[request.request_id] = request
-            budget -= num_new
-
-        self.policy.on_step(num_scheduled, self.requests)
-        return self._build_output(num_scheduled, admitted, cached_block_ids, preempted)
+            step.schedule_admitted(request, num_new)
 
     def update(
         self, scheduler_output: SchedulerOutput, model_output: ModelOutput
@@ -291,18 +282,12 @@ class Scheduler:
         self.policy.requeue_preempted(request)
         self.slo.on_preempted(request)
 
-    def _preempt_for(
-        self,
-        candidate: Request,
-        preempted: list[Request],
-        unschedule: Callable[[Request], None],
-    ) -> bool:
+    def _preempt_for(self, candidate: Request, step: StepPlan) -> bool:
         """Let the policy preempt running requests in favour of a waiting candidate."""
         victims = self.policy.victims_for(candidate, self.running)
         for victim in victims:
             self._preempt(victim)
-            preempted.append(victim)
-            unschedule(victim)
+            step.unschedule(victim)
         return bool(victims)
 
     def _release(self, request: Request) -> None:
@@ -311,13 +296,7 @@ class Scheduler:
         del self.requests[request.request_id]
         self._finished_ids.add(request.request_id)
 
-    def _build_output(
-        self,
-        num_scheduled: dict[str, int],
-        admitted: dict[str, Request],
-        cached_block_ids: dict[str, list[int]],
-        preempted: list[Request],
-    ) -> SchedulerOutput:
+    def _build_output(self, step: StepPlan) -> SchedulerOutput:
         new_requests = [
             NewRequestData(
                 request_id=request.request_id,
@@ -329,7 +308,7 @@ class Scheduler:
                 eos_token_ids=request.eos_token_ids,
                 adapter_id=request.adapter_id,
             )
-            for request in admitted.values()
+            for request in step.admitted.values()
         ]
         cached_requests = [
             CachedRequestData(
@@ -337,15 +316,15 @@ class Scheduler:
                 new_block_ids=block_ids,
                 num_computed_tokens=self.requests[request_id].num_computed_tokens,
             )
-            for request_id, block_ids in cached_block_ids.items()
+            for request_id, block_ids in step.new_block_ids.items()
         ]
         finished_ids, self._finished_ids = self._finished_ids, set()
         return SchedulerOutput(
             new_requests=new_requests,
             cached_requests=cached_requests,
-            num_scheduled_tokens=num_scheduled,
-            total_num_scheduled_tokens=sum(num_scheduled.values()),
+            num_scheduled_tokens=step.num_scheduled,
+            total_num_scheduled_tokens=sum(step.num_scheduled.values()),
             finished_request_ids=finished_ids,
-            preempted_request_ids={request.request_id for request in preempted},
+            preempted_request_ids={request.request_id for request in step.preempted},
             kv_transfers=self.kv.take_transfer_plan(),
         )

@@ -98,7 +98,6 @@ class AsyncLLM:
         self.max_queued_tokens = max_queued_tokens
         self.stat_loggers: list[StatLogger] = []
         self.last_stats: SchedulerStats | None = None
-        self.last_output_time: float | None = None
         self._streams: dict[str, RequestStream] = {}
         self._tracker = RequestStatsTracker()
         # child id -> prompt tokens, for children not yet scheduled (the waiting queue).
@@ -255,10 +254,6 @@ class AsyncLLM:
     def num_unfinished_requests(self) -> int:
         return len(self._streams)
 
-    @property
-    def num_queued_requests(self) -> int:
-        return len(self._queued)
-
     async def shutdown(self) -> None:
         """Stop the core; requests still in flight fail with EngineDeadError."""
         await self.client.shutdown()
@@ -283,7 +278,6 @@ class AsyncLLM:
     def _process(self, core_outputs: EngineCoreOutputs) -> None:
         now = time.monotonic()
         self.last_stats = core_outputs.stats
-        self.last_output_time = now
         stats = IterationStats(core_outputs.stats)
         for started in core_outputs.started:
             self._tracker.started(started.request_id, started.first_scheduled_time)

@@ -10,7 +10,6 @@ host tier holds the same per-block data in slots [num_host_slots, num_layers, 2,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -164,7 +163,3 @@ class KVStorage:
     def flush(self) -> None:
         if self.disk is not None:
             self.disk.flush()
-
-
-def disk_store_for(root: str | Path, config_hash: str, spec: KVSpec) -> DiskKVStore:
-    return DiskKVStore(Path(root), config_hash, spec.bytes_per_block())

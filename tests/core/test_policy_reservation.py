@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.core.policies.queue import KeyedQueue
+from corral.core.policies.keyed_queue import KeyedQueue
 from corral.core.reservation import make_reservation
 from tests.core.policy_driver import Driver, VirtualClock, job, make_policy_scheduler
 

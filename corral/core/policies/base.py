@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from corral.registry import Registry
 from corral.request import Request
@@ -52,10 +52,6 @@ class SchedulingPolicy(ABC):
 
     @abstractmethod
     def num_waiting(self) -> int: ...
-
-    @abstractmethod
-    def iter_waiting(self) -> Iterator[Request]:
-        """Waiting requests in admission order."""
 
     def order_running(self, running: list[Request], now: float) -> Sequence[Request]:
         """The order in which running requests receive this step's token budget."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterator
 
 from corral.core.policies.base import SCHEDULING_POLICIES, SchedulingPolicy
 from corral.request import Request
@@ -148,10 +147,6 @@ class VTCPolicy(SchedulingPolicy):
 
     def num_waiting(self) -> int:
         return self._num_waiting
-
-    def iter_waiting(self) -> Iterator[Request]:
-        for client in sorted(self._live_entry, key=lambda c: self.counters[c]):
-            yield from self._queues[client].values()
 
     # ----- service accounting ---------------------------------------------------------------
 

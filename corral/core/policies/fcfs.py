@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
 
 from corral.core.policies.base import SCHEDULING_POLICIES, SchedulingPolicy
 from corral.request import Request
@@ -39,6 +38,3 @@ class FCFSPolicy(SchedulingPolicy):
 
     def num_waiting(self) -> int:
         return len(self._waiting)
-
-    def iter_waiting(self) -> Iterator[Request]:
-        return iter(self._waiting.values())

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from corral.core.policies.base import SCHEDULING_POLICIES, SchedulingPolicy
 from corral.request import Request
@@ -166,10 +166,6 @@ class MLFQPolicy(SchedulingPolicy):
 
     def num_waiting(self) -> int:
         return self._num_waiting
-
-    def iter_waiting(self) -> Iterator[Request]:
-        for queue in self._levels:
-            yield from queue.values()
 
     # ----- running set ----------------------------------------------------------------------
 

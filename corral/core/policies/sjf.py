@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from corral.core.policies.base import SCHEDULING_POLICIES
-from corral.core.policies.keyed import KeyedPolicy
+from corral.core.policies.keyed_policy import KeyedPolicy
 from corral.core.policies.lengths import predicted_output_tokens, predicted_remaining_tokens
 from corral.request import Request
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from corral.core.policies.base import SCHEDULING_POLICIES
-from corral.core.policies.keyed import KeyedPolicy
+from corral.core.policies.keyed_policy import KeyedPolicy
 from corral.core.policies.lengths import predicted_remaining_tokens
 from corral.request import Request
 

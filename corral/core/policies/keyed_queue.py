@@ -67,9 +67,6 @@ class KeyedQueue:
         self._maybe_compact()
         return True
 
-    def key_of(self, request: Request) -> Any:
-        return self._live[request.request_id][0]
-
     def __iter__(self) -> Iterator[Request]:
         """Queued requests in key order (sorts: for inspection, not for hot paths)."""
         return (entry[2] for entry in sorted(self._live.values(), key=lambda e: e[:2]))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Iterator
 from typing import Any
 
 from corral.core.policies.base import SchedulingPolicy
-from corral.core.policies.queue import KeyedQueue
+from corral.core.policies.keyed_queue import KeyedQueue
 from corral.request import Request
 
 
@@ -81,14 +80,6 @@ class KeyedPolicy(SchedulingPolicy):
 
     def num_waiting(self) -> int:
         return len(self._queue)
-
-    def iter_waiting(self) -> Iterator[Request]:
-        now = self.now()
-        overdue = [r for r in self._by_arrival if self.is_overdue(r, now)]
-        overdue_ids = {r.request_id for r in overdue}
-        rest = (r for r in self._queue if r.request_id not in overdue_ids)
-        yield from overdue
-        yield from rest
 
     # ----- starvation ----------------------------------------------------------------------
 

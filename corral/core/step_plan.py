@@ -1,0 +1,39 @@
+"""StepPlan: Scheduler.schedule()'s working state for one step (torch-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from corral.request import Request
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """What one step will compute, built up by schedule(): the token budget left, the tokens
+    per scheduled request, the new blocks of running requests, the requests admitted, and those
+    preempted. A preempted request is taken out of the plan and its tokens go back to the
+    budget."""
+
+    budget: int
+    num_scheduled: dict[str, int] = field(default_factory=dict)
+    # Running requests scheduled this step -> blocks allocated to them this step.
+    new_block_ids: dict[str, list[int]] = field(default_factory=dict)
+    admitted: dict[str, Request] = field(default_factory=dict)
+    preempted: list[Request] = field(default_factory=list)
+
+    def schedule_running(self, request: Request, num_tokens: int, block_ids: list[int]) -> None:
+        self.num_scheduled[request.request_id] = num_tokens
+        self.new_block_ids[request.request_id] = block_ids
+        self.budget -= num_tokens
+
+    def schedule_admitted(self, request: Request, num_tokens: int) -> None:
+        self.num_scheduled[request.request_id] = num_tokens
+        self.admitted[request.request_id] = request
+        self.budget -= num_tokens
+
+    def unschedule(self, victim: Request) -> None:
+        """Note a preemption: the victim leaves the plan, its tokens return to the budget."""
+        self.preempted.append(victim)
+        self.budget += self.num_scheduled.pop(victim.request_id, 0)
+        self.new_block_ids.pop(victim.request_id, None)
+        self.admitted.pop(victim.request_id, None)
