@@ -108,7 +108,7 @@ class OutputProcessor:
             sample = tracked.samples[parent[1]]
             prompt_logprobs = update.prompt_logprobs if parent[1] == 0 else None
             if prompt_logprobs is not None and tracked.prompt_logprobs is not None:
-                tracked.prompt_logprobs.extend(self._position_logprobs(prompt_logprobs))
+                self._extend_prompt_logprobs(tracked, prompt_logprobs)
             if update.new_token_ids and tracked.first_token_time is None:
                 tracked.first_token_time = now
             if parent[1] == 0 and update.num_cached_tokens > tracked.num_cached_tokens:
@@ -148,6 +148,26 @@ class OutputProcessor:
                 sample.logprobs.append(position)
                 chosen = next(iter(position.values()))
                 sample.cumulative_logprob = (sample.cumulative_logprob or 0.0) + chosen.logprob
+
+    def _extend_prompt_logprobs(self, tracked: _Tracked, entries: list[TokenLogprobs]) -> None:
+        """Invariant: prompt_logprobs[p] scores prompt token p, once per position (entry 0 is
+        None); the executor reports each position once, even across preemptions."""
+        positions = tracked.prompt_logprobs
+        assert positions is not None
+        prompt = tracked.prompt_token_ids
+        if len(positions) + len(entries) > len(prompt):
+            raise RuntimeError(
+                f"request {tracked.request_id!r}: {len(positions) + len(entries)} prompt logprob "
+                f"positions for a prompt of {len(prompt)} tokens (positions reported twice)"
+            )
+        for entry in entries:
+            position = len(positions)
+            if entry.token_ids[0] != prompt[position]:
+                raise RuntimeError(
+                    f"request {tracked.request_id!r}: prompt logprobs at position {position} "
+                    f"score token {entry.token_ids[0]}, not the prompt's {prompt[position]}"
+                )
+            positions.extend(self._position_logprobs([entry]))
 
     def _position_logprobs(self, entries: list[TokenLogprobs]) -> list[PositionLogprobs]:
         result = []

@@ -38,6 +38,9 @@ class ModelExecutor:
         self.kv_caches = storage.layer_caches
         self.sampler = Sampler(seed, self.device)
         self.states: dict[str, RequestState] = {}
+        # Prompt positions [0, n) already scored per request that asked for prompt logprobs.
+        # Unlike states, it survives preemption: a recomputed prompt is never scored twice.
+        self.num_prompt_logprobs_scored: dict[str, int] = {}
 
     @classmethod
     def create(
@@ -137,10 +140,15 @@ class ModelExecutor:
         prompt_logprobs: dict[str, list[TokenLogprobs]] = {}
         for (state, num_tokens), (row_start, row_end) in zip(scheduled, inputs.row_ranges):
             start = state.num_computed_tokens
-            if state.params.prompt_logprobs is not None and start < state.num_prompt_tokens - 1:
-                prompt_logprobs[state.request_id] = self._prompt_logprobs(
-                    state, hidden[row_start:row_end], start
-                )
+            if state.params.prompt_logprobs is not None:
+                scored = self.num_prompt_logprobs_scored.get(state.request_id, 0)
+                first = max(start, scored)
+                if first < min(start + num_tokens, state.num_prompt_tokens - 1):
+                    entries = self._prompt_logprobs(
+                        state, hidden[row_start + first - start : row_end], first
+                    )
+                    prompt_logprobs[state.request_id] = entries
+                    self.num_prompt_logprobs_scored[state.request_id] = first + len(entries)
             if start + num_tokens == len(state.token_ids):
                 sample_rows.append(row_end - 1)
                 sample_states.append(state)
@@ -174,6 +182,7 @@ class ModelExecutor:
     def _update_states(self, scheduler_output: SchedulerOutput) -> None:
         for request_id in scheduler_output.finished_request_ids:
             self.states.pop(request_id, None)
+            self.num_prompt_logprobs_scored.pop(request_id, None)
         for request_id in scheduler_output.preempted_request_ids:
             self.states.pop(request_id, None)
         for new in scheduler_output.new_requests:

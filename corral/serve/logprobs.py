@@ -60,7 +60,15 @@ class TokenTexts:
 
 
 def _chosen(position: PositionLogprobs, token_id: int) -> Logprob:
-    return position.get(token_id) or next(iter(position.values()))
+    """The engine puts the token at each position into that position's logprobs; a miss means
+    positions and tokens are misaligned (a bug), never a value to substitute."""
+    chosen = position.get(token_id)
+    if chosen is None:
+        raise RuntimeError(
+            f"internal error: no logprob for token {token_id} at its position "
+            f"(the position holds tokens {sorted(position)})"
+        )
+    return chosen
 
 
 def _top(position: PositionLogprobs, num_top: int) -> list[tuple[int, Logprob]]:
