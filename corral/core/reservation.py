@@ -33,7 +33,12 @@ class AdmissionGate:
         self.num_spare_blocks = kv.num_free_blocks - sum(self._outstanding(r) for r in running)
 
     def _outstanding(self, request: Request) -> int:
-        num_reserved = cdiv(self._reservation.reserved_tokens(request), self._kv.block_size)
+        # Capped at the pool: a larger reservation could never be admitted (the request is
+        # finished as "length" if it really grows that far).
+        num_reserved = min(
+            cdiv(self._reservation.reserved_tokens(request), self._kv.block_size),
+            self._kv.num_blocks,
+        )
         return max(num_reserved - self._kv.num_blocks_held(request.request_id), 0)
 
     def try_admit(self, request: Request) -> bool:

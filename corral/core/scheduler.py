@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 from corral.config import SchedulerConfig
 from corral.core.kv_cache import KVCacheManager
+from corral.core.kv_capacity import check_fits_kv_pool, kv_pool_capacity_tokens
 from corral.core.messages import (
     CachedRequestData,
     ModelOutput,
@@ -27,6 +28,9 @@ from corral.core.slo import SLOStats, SLOTracker
 from corral.core.step_plan import StepPlan
 from corral.core.stop import check_stop
 from corral.request import Request, RequestStatus
+
+# The stop_reason of a request finished because its next tokens would not fit the whole KV pool.
+KV_POOL_FULL = "kv_pool_full"
 
 
 class Scheduler:
@@ -63,6 +67,9 @@ class Scheduler:
         self.num_preemptions = 0
         # Finished/aborted since the last schedule(); the executor drops their state.
         self._finished_ids: set[str] = set()
+        # Requests that outgrew the KV pool in schedule(); update() reports them.
+        self._outgrown: list[Request] = []
+        self.capacity_tokens = kv_pool_capacity_tokens(kv_manager.num_blocks, kv_manager.block_size)
 
     # ----- requests in and out -------------------------------------------------------------
 
@@ -70,6 +77,13 @@ class Scheduler:
         """Queue a request. Its prompt must fit the context (Request validates that)."""
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in use")
+        check_fits_kv_pool(
+            request.num_prompt_tokens,
+            request.max_tokens,
+            self.kv.num_blocks,
+            self.kv.block_size,
+            self.config.kv_reservation,
+        )
         self.requests[request.request_id] = request
         self.policy.add_waiting(request)
         self.slo.on_arrival(request)
@@ -151,6 +165,9 @@ class Scheduler:
             num_new = self._num_tokens_to_schedule(request, step.budget)
             if num_new == 0:
                 continue
+            if request.num_computed_tokens + num_new > self.capacity_tokens:
+                self._finish_outgrown(request)
+                continue
             while True:
                 block_ids = self.kv.allocate_slots(request, num_new)
                 if block_ids is not None:
@@ -207,7 +224,8 @@ class Scheduler:
         """Advance the books after the executor ran scheduler_output: computed counts, sampled
         tokens, stop checks, prefix-cache registration. Returns what changed per request."""
         self.kv.finish_disk_reads(model_output.finished_disk_reads)
-        updates = []
+        updates = [self._outgrown_update(request) for request in self._outgrown]
+        self._outgrown.clear()
         sampled = model_output.sampled_token_ids
         for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
             request = self.requests.get(request_id)
@@ -281,6 +299,25 @@ class Scheduler:
         self.num_preemptions += 1
         self.policy.requeue_preempted(request)
         self.slo.on_preempted(request)
+
+    def _finish_outgrown(self, request: Request) -> None:
+        """A running request whose next tokens would exceed the whole KV pool can never run
+        again: finish it as "length" (as at the context length), reported by update()."""
+        self.running.remove(request)
+        request.status = RequestStatus.FINISHED_LENGTH
+        request.stop_reason = KV_POOL_FULL
+        self.slo.on_finished(request, aborted=False)
+        self._release(request)
+        self._outgrown.append(request)
+
+    def _outgrown_update(self, request: Request) -> RequestUpdate:
+        return RequestUpdate(
+            request.request_id,
+            [],
+            request.status.finish_reason,
+            request.stop_reason,
+            num_cached_tokens=request.num_cached_tokens,
+        )
 
     def _preempt_for(self, candidate: Request, step: StepPlan) -> bool:
         """Let the policy preempt running requests in favour of a waiting candidate."""

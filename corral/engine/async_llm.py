@@ -115,6 +115,7 @@ class AsyncLLM:
     async def start(self) -> None:
         """Start the core and wait until it has loaded the model."""
         info = await self.client.start()
+        self.input_processor.set_kv_pool(info.num_blocks, info.block_size)
         if info.max_model_len != self.max_model_len:
             await self.client.shutdown()
             raise RuntimeError(
@@ -156,6 +157,7 @@ class AsyncLLM:
             cache_salt=cache_salt,
             deadline_s=deadline_s,
         )
+        self.input_processor.check_fits_kv_pool(children[0])
         child_ids = [child.request_id for child in children]
         for child_id in child_ids:  # n > 1 children are "{i}_{id}": ids must not collide
             if self.output_processor.parent_of(child_id) is not None:

@@ -25,6 +25,10 @@ from corral.engine.core_messages import (
 )
 from corral.request import Request
 
+# How long a loop whose requests can make no progress waits for a message before trying again
+# (requests waiting for a disk read, which the executor reports on a later step).
+STALLED_WAIT_S = 0.002
+
 
 class Inbox(Protocol):
     """A queue of messages into the core: queue.Queue and multiprocessing.Queue both fit."""
@@ -78,9 +82,14 @@ class CoreLoop:
         the inbox and sends fresh stats (aborts change them) every idle_interval_s.
         """
         last_sent = time.monotonic()
+        is_stalled = False  # the last step had work but could compute nothing
         while not should_exit():
             self.busy_since = None
-            messages = _receive(inbox, 0.0 if self.has_work() else idle_interval_s)
+            if not self.has_work():
+                wait_s = idle_interval_s
+            else:
+                wait_s = STALLED_WAIT_S if is_stalled else 0.0
+            messages = _receive(inbox, wait_s)
             self.busy_since = time.monotonic()
             for message in messages:
                 if isinstance(message, Shutdown):
@@ -89,9 +98,18 @@ class CoreLoop:
                 if reply is not None:
                     send(reply)
             now = time.monotonic()
+            is_stalled = False
             if self.has_work():
-                send(self.step())
-                last_sent = time.monotonic()
+                outputs = self.step()
+                is_stalled = not (self.core.last_step_num_tokens or outputs.updates)
+                # A stalled step changes nothing worth sending at once (a spinning loop would
+                # send thousands a second): it goes out only as the periodic stats.
+                if not is_stalled or outputs.started or outputs.rejected:
+                    send(outputs)
+                    last_sent = time.monotonic()
+                elif now - last_sent >= idle_interval_s:
+                    send(outputs)
+                    last_sent = now
             elif now - last_sent >= idle_interval_s:
                 send(self.outputs([]))
                 last_sent = now

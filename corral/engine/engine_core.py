@@ -57,6 +57,8 @@ class EngineCore:
             disk_tier=disk_tier,
         )
         self.scheduler = Scheduler(config.scheduler, self.kv_manager, max_model_len)
+        # Tokens computed by the last step (0: nothing could run, e.g. a disk read pending).
+        self.last_step_num_tokens = 0
         self.step_log = None
         if config.step_log_path:
             from corral.engine.step_log import StepLog, describe_engine
@@ -90,6 +92,7 @@ class EngineCore:
         """One step: schedule, run the model, advance the books."""
         start = time.monotonic() if self.step_log is not None else 0.0
         scheduler_output = self.scheduler.schedule()
+        self.last_step_num_tokens = scheduler_output.total_num_scheduled_tokens
         # Called even when nothing is scheduled: the executor must still drop finished requests.
         model_output = self.executor.execute(scheduler_output)
         updates = self.scheduler.update(scheduler_output, model_output)

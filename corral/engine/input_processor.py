@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from corral.config import EngineConfig
+from corral.core.kv_capacity import check_fits_kv_pool
 from corral.engine.generation_defaults import load_generation_defaults
 from corral.engine.tokenizer import Tokenizer
 from corral.model.resolve import resolve_model
@@ -26,6 +27,8 @@ class InputProcessor:
         self.config = config
         self.model_dir, self.arch, self.max_model_len = resolve_model(config.model)
         self.tokenizer = Tokenizer(config.model.tokenizer or self.model_dir)
+        # (num_blocks, block_size) of the core's KV pool, once the core has started.
+        self.kv_pool: tuple[int, int] | None = None
         self.vocab_size = self.arch.vocab_size
         self.generation_defaults = load_generation_defaults(self.model_dir)
         eos = self.tokenizer.eos_token_id
@@ -38,6 +41,21 @@ class InputProcessor:
             from corral.predict import load_predictor
 
             self.length_predictor = load_predictor(config.scheduler.length_predictor)
+
+    def set_kv_pool(self, num_blocks: int, block_size: int) -> None:
+        """The core's KV pool, once known: requests that can never fit it are refused."""
+        self.kv_pool = (num_blocks, block_size)
+
+    def check_fits_kv_pool(self, request: Request) -> None:
+        """ValueError naming the prompt tokens, max_tokens, the pool's capacity and the flags
+        that size it, when the request could never run (see corral/core/kv_capacity.py)."""
+        if self.kv_pool is not None:
+            check_fits_kv_pool(
+                request.num_prompt_tokens,
+                request.max_tokens,
+                *self.kv_pool,
+                self.config.scheduler.kv_reservation,
+            )
 
     def default_sampling_params(self, **explicit: Any) -> SamplingParams:
         """SamplingParams with the model's generation_config.json defaults under the fields

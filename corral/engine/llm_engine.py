@@ -30,6 +30,8 @@ class LLMEngine:
         self.max_model_len = self.input_processor.max_model_len
         self.vocab_size = self.input_processor.vocab_size
         self.core = EngineCore(config, self.model_dir, self.arch, self.max_model_len)
+        kv = self.core.kv_manager
+        self.input_processor.set_kv_pool(kv.num_blocks, kv.block_size)
         self.output_processor = OutputProcessor(self.tokenizer)
 
     @property
@@ -64,6 +66,7 @@ class LLMEngine:
         children = self.input_processor.make_requests(
             request_id, token_ids, params, **request_fields
         )
+        self.input_processor.check_fits_kv_pool(children[0])
         self.output_processor.add_request(
             request_id,
             [c.request_id for c in children],

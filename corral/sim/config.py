@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from corral.config import SchedulerConfig
+from corral.core.kv_capacity import kv_pool_refusal
 from corral.sim.cost.base import CostModel
 
 ROLES = ("mixed", "prefill", "decode")
@@ -34,11 +35,10 @@ class InstanceSpec:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"instance role {self.role!r} is not one of {ROLES}")
-        if self.num_blocks * self.block_size < self.max_model_len:
-            raise ValueError(
-                f"a KV pool of {self.num_blocks} blocks x {self.block_size} tokens cannot hold "
-                f"one request of max_model_len {self.max_model_len} tokens"
-            )
+        # The engine's admission rule, for the longest request the context allows.
+        refusal = kv_pool_refusal(self.max_model_len - 1, 1, self.num_blocks, self.block_size)
+        if refusal is not None:
+            raise ValueError(f"max_model_len {self.max_model_len}: {refusal}")
         if self.num_devices < 1:
             raise ValueError(f"num_devices must be >= 1, got {self.num_devices}")
 
