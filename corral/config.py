@@ -159,3 +159,12 @@ class EngineConfig:
     debug_check_integrity: bool = False
     # Append every step's shape and duration here (JSON lines; corral.engine.step_log).
     step_log_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scheduler.preemption_mode == "swap" and self.cache.host_cache_memory is None:
+            raise ValueError(
+                "preemption_mode 'swap' (--preemption-mode swap) moves a preempted request's KV "
+                "to the host tier, and there is none: size one with host_cache_memory "
+                "(--host-cache-memory, a fraction of free memory or a size such as 4GiB), "
+                "or use preemption_mode 'recompute'"
+            )

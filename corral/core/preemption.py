@@ -30,7 +30,7 @@ class RecomputePreemption(PreemptionMode):
 @PREEMPTION_MODES.register("swap")
 class SwapPreemption(PreemptionMode):
     """Copy the KV to the host tier and back on resumption (vLLM v0 swapping); falls back to
-    recompute when there is no host tier or no room in it."""
+    recompute when the host tier has no room (EngineConfig refuses swap without a host tier)."""
 
     def preempt(self, kv: KVCacheManager, request: Request) -> None:
         if not kv.swap_out(request):

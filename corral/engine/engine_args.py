@@ -37,7 +37,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--disk-cache-dir", default=None, help="disk KV tier directory")
     group.add_argument("--disk-cache-max-bytes", default=cache.disk_cache_max_bytes)
     group.add_argument(
-        "--preemption-mode", default="recompute", help="recompute, or swap (needs a host tier)"
+        "--preemption-mode",
+        default="recompute",
+        choices=("recompute", "swap"),
+        help="recompute, or swap to the host tier (refused without --host-cache-memory)",
     )
     group.add_argument("--max-num-seqs", type=int, default=sched.max_num_seqs)
     group.add_argument("--max-num-batched-tokens", type=int, default=sched.max_num_batched_tokens)

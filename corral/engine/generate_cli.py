@@ -39,7 +39,12 @@ def run(args: argparse.Namespace) -> int:
     if not prompts:
         print("corral generate: no prompts given", file=sys.stderr)
         return 2
-    llm = LLM.from_config(engine_config_from_args(args))
+    try:
+        engine_config = engine_config_from_args(args)
+    except ValueError as error:  # a flag combination refused before the model loads
+        print(f"corral generate: {error}", file=sys.stderr)
+        return 2
+    llm = LLM.from_config(engine_config)
     defaults = llm.engine.input_processor.generation_defaults
     temperature = args.temperature
     if temperature is None and "temperature" not in defaults:

@@ -97,6 +97,11 @@ class ModelExecutor:
             budget = parse_memory_budget(cache_config.host_cache_memory)
             host_bytes = budget * free_memory_bytes(torch.device("cpu")) if budget <= 1 else budget
             num_host_slots = int(host_bytes // bytes_per_block)
+            if num_host_slots < 1:
+                raise ValueError(
+                    f"host cache memory {cache_config.host_cache_memory!r} ({int(host_bytes)} "
+                    f"bytes) is less than one KV block ({bytes_per_block} bytes)"
+                )
             logger.info(
                 "KV host tier: %d blocks (%.1f MiB)",
                 num_host_slots,

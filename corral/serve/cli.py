@@ -109,11 +109,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = server_config_from_args(args)
+        engine_config = engine_config_from_args(args)
     except ValueError as error:  # a flag combination refused before anything starts
         print(f"corral serve: {error}", file=sys.stderr)
         return 2
     engine = AsyncLLM(
-        engine_config_from_args(args),
+        engine_config,
         multiprocess=True,
         heartbeat_timeout_s=config.heartbeat_timeout_s,
         step_timeout_s=config.step_timeout_s,
