@@ -1,1 +1,2 @@
-"""The OpenAI-compatible HTTP server (`corral serve`)."""
+"""The OpenAI-compatible HTTP server (`corral serve`): routes, request validation and OpenAPI
+schemas, streaming, errors, metrics, API keys and cache isolation, over an AsyncLLM."""
