@@ -23,6 +23,7 @@ from corral.engine.core_messages import (
     UtilityCall,
     UtilityResult,
 )
+from corral.engine.fault_injection import Fault
 from corral.request import Request
 
 # How long a loop whose requests can make no progress waits for a message before trying again
@@ -52,6 +53,8 @@ class CoreLoop:
         )
         # When the current iteration (messages, then a step) began; None while waiting for work.
         self.busy_since: float | None = None
+        self.fault = Fault.from_env()  # None unless CORRAL_FAULT is set (tests, drills)
+        self.num_steps = 0
         # Requests added but not yet scheduled once (their queue time is still unknown).
         self._unstarted: dict[str, Request] = {}
         self._rejected: list[tuple[str, str]] = []
@@ -136,6 +139,9 @@ class CoreLoop:
 
     def step(self) -> EngineCoreOutputs:
         """One engine step, with the stats after it."""
+        self.num_steps += 1
+        if self.fault is not None:
+            self.fault.before_step(self.num_steps)
         updates = self.core.step() if self.core.has_unfinished_requests() else []
         return self.outputs(updates)
 
