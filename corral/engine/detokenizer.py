@@ -22,6 +22,7 @@ class IncrementalDetokenizer:
         skip_special_tokens: bool = True,
         stop: list[str] | None = None,
         include_stop_str_in_output: bool = False,
+        min_tokens: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
@@ -31,6 +32,10 @@ class IncrementalDetokenizer:
         self.output_text = ""
         self.stop = stop or []
         self.include_stop = include_stop_str_in_output
+        # Stop strings end a request only once min_tokens output tokens exist (as stop token ids
+        # do, corral/core/stop.py): one completed by the min_tokens-th token counts.
+        self.min_tokens = min_tokens
+        self.num_output_tokens = 0
         # Characters withheld from streaming: they might turn out to start a stop string.
         self.holdback = 0 if self.include_stop or not self.stop else max(map(len, self.stop)) - 1
 
@@ -38,11 +43,14 @@ class IncrementalDetokenizer:
         """Append tokens; returns the stop string if one now appears (text is cut at it)."""
         for token_id in token_ids:
             self.token_ids.append(token_id)
+            self.num_output_tokens += 1
             delta = self._decode_delta()
             if not delta:
                 continue
             search_from = max(0, len(self.output_text) - self._max_stop_len() + 1)
             self.output_text += delta
+            if self.num_output_tokens < self.min_tokens:
+                continue
             stop = self._find_stop(search_from)
             if stop is not None:
                 return stop
