@@ -30,12 +30,12 @@ from benchmarks.policies_common import (
 )
 from benchmarks.sim_replay import stamp_outputs
 from corral.core.messages import SchedulerOutput
+from corral.core.slo_target import SLO, parse_slo
 from corral.engine.llm_engine import LLMEngine
 from corral.llm import engine_config_from_kwargs
 from corral.sampling_params import OutputKind, SamplingParams
 from corral.workloads import Workload
 from corral.workloads.metrics import RequestRecord
-from corral.workloads.slo import SLO, parse_slo
 
 
 def benchmark_model_dir() -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from corral.core.slo_target import SLO
 from corral.predict import LENGTH_PREDICTORS, FeatureConfig
 from corral.predict.dataset import gsm8k_samples, lengths_of, split
 from corral.predict.metrics import kendall_tau
@@ -26,7 +27,6 @@ from corral.predict.regression import ridge
 from corral.predict.units import WordUnit
 from corral.workloads import ArrivalOptions, RequestSpec, Workload, WorkloadOptions, build_workload
 from corral.workloads.metrics import MetricsSummary, RequestRecord, summarize
-from corral.workloads.slo import SLO
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +121,9 @@ def prediction_tau(specs: list[RequestSpec], predicted: dict[str, int]) -> float
 
 def deadline_s(spec: RequestSpec, slo: SLO) -> float | None:
     """A request's end-to-end deadline implied by the TTFT and TPOT bounds (for edf)."""
-    if slo.ttft_ms is None or slo.tpot_ms is None:
+    if slo.ttft_s is None or slo.tpot_s is None:
         return None
-    return (slo.ttft_ms + slo.tpot_ms * max(spec.num_output_tokens - 1, 0)) / 1e3
+    return slo.ttft_s + slo.tpot_s * max(spec.num_output_tokens - 1, 0)
 
 
 @dataclass

@@ -17,10 +17,10 @@ import zlib
 
 import numpy as np
 
+from corral.core.slo_target import SLO
 from corral.workloads import RequestSpec, Workload
 from corral.workloads.arrivals import PoissonArrivals
 from corral.workloads.metrics import RequestRecord
-from corral.workloads.slo import SLO
 
 
 def two_client_workload(

@@ -14,9 +14,9 @@ import argparse
 from benchmarks.policies_common import azure_workload, predictions_for
 from benchmarks.policies_sim import simulate
 from corral.config import SchedulerConfig
+from corral.core.slo_target import SLO
 from corral.sim.deployment import DeploymentOptions, build_cluster
 from corral.workloads.metrics import summarize
-from corral.workloads.slo import SLO
 
 RUNS = [
     ("none", "none", None),

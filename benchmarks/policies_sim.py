@@ -29,6 +29,7 @@ from benchmarks.policies_common import (
 from corral.config import SchedulerConfig
 from corral.core.kv_cache import KVCacheManager
 from corral.core.scheduler import Scheduler
+from corral.core.slo_target import SLO, parse_slo
 from corral.request import Request
 from corral.sampling_params import SamplingParams
 from corral.sim.config import InstanceSpec
@@ -36,7 +37,6 @@ from corral.sim.deployment import DeploymentOptions, build_cluster
 from corral.sim.executor import SimExecutor
 from corral.workloads import Workload
 from corral.workloads.metrics import RequestRecord
-from corral.workloads.slo import SLO, parse_slo
 from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID
 
 # End of sequence, distinct from the simulator's placeholder token.

@@ -38,8 +38,8 @@ from corral.bench.sweep import (
     pool_repeats,
     run_sweep,
 )
+from corral.core.slo_target import parse_slo
 from corral.workloads import ArrivalOptions, build_workload
-from corral.workloads.slo import parse_slo
 
 REPO = Path(__file__).resolve().parents[1]
 

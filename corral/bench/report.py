@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from corral.bench.client import ServeRun
+from corral.core.slo_target import SLO
 from corral.workloads.metrics import MetricsSummary, format_summary, summarize
-from corral.workloads.slo import SLO
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,8 @@ from corral.bench.client import ServeClient
 from corral.bench.payload import RequestOptions
 from corral.bench.report import ServeReport, build_report
 from corral.bench.transport import HttpTransport
+from corral.core.slo_target import SLO
 from corral.workloads import Workload
-from corral.workloads.slo import SLO
 
 logger = logging.getLogger(__name__)
 

@@ -113,9 +113,9 @@ def write_json(path: str, document: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from corral.bench.serve import run_serve_benchmark
+    from corral.core.slo_target import parse_slo
     from corral.workloads import build_workload
     from corral.workloads.cli_args import workload_options_from_args
-    from corral.workloads.slo import parse_slo
 
     workload = build_workload(workload_options_from_args(args))
     slo = parse_slo(args.slo)

@@ -17,8 +17,8 @@ from corral.bench.client import ServeRun
 from corral.bench.payload import RequestOptions
 from corral.bench.report import ServeReport, build_report
 from corral.bench.serve import ServeTarget
+from corral.core.slo_target import SLO
 from corral.workloads import ArrivalOptions, Workload, WorkloadOptions, build_workload
-from corral.workloads.slo import SLO
 
 
 @dataclass(frozen=True, slots=True)

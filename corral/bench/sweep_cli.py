@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
         write_json,
     )
     from corral.bench.sweep import format_sweep, http_point_runner, pool_repeats, run_sweep
+    from corral.core.slo_target import parse_slo
     from corral.workloads import build_workload
     from corral.workloads.cli_args import workload_options_from_args
-    from corral.workloads.slo import parse_slo
 
     workload_options = workload_options_from_args(args)
     options = request_options_from_args(args)

@@ -1,12 +1,14 @@
 """Scheduling accounting shared by every policy: queue waits, starvation and SLO attainment.
 
-The scheduler reports each request's arrival, (re)admission, preemption, first token and end;
-the tracker keeps O(1) state per live request and counters per SLO class (Request.priority), and
-snapshot() returns a frozen SLOStats that the server's metrics can export (as_metrics).
+The scheduler reports each request's arrival, (re)admission, preemption, tokens and end; the
+tracker keeps O(1) state per live request (its RequestTimes and since when it waits) and counters
+per SLO class (Request.priority), and snapshot() returns a frozen SLOStats that the server's
+metrics can export (as_metrics).
 
 Times are on the scheduler's clock (virtual in tests and the simulator). A request meets its SLO
-when it finishes (not aborted) within every bound that applies: its class's ttft_s and e2e_s,
-and its own deadline_s (seconds after arrival, overriding the class's e2e_s).
+when it finishes (not aborted) within every bound that applies: its class's SLO (ttft_s, tpot_s,
+e2e_s; TPOT is first to last token over the output tokens after the first, met by one-token
+outputs) and its own deadline_s (seconds after arrival, overriding the class's e2e_s).
 """
 
 from __future__ import annotations
@@ -15,24 +17,12 @@ import heapq
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from corral.core.request_times import RequestTimes
+from corral.core.slo_target import SLO
 from corral.request import Request
 
 # Distinct class labels kept before the rest fold into "other" (priority is user input).
 MAX_NUM_CLASSES = 64
-
-
-@dataclass(frozen=True, slots=True)
-class SLOTarget:
-    """Latency bounds of one SLO class, in seconds; None leaves a bound unset."""
-
-    ttft_s: float | None = None
-    e2e_s: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("ttft_s", "e2e_s"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"SLO target {name} must be > 0 s, got {value}")
 
 
 @dataclass(slots=True)
@@ -87,13 +77,13 @@ class SLOStats:
 
 
 class _Live:
-    """Per-request state: since when it waits (None: running), its first token's time."""
+    """Per-request state: since when it waits (None: running), its timeline."""
 
-    __slots__ = ("queued_at", "first_token_at")
+    __slots__ = ("queued_at", "times")
 
-    def __init__(self, queued_at: float) -> None:
+    def __init__(self, queued_at: float, arrival_s: float) -> None:
         self.queued_at: float | None = queued_at
-        self.first_token_at: float | None = None
+        self.times = RequestTimes(arrival_s)
 
 
 class SLOTracker:
@@ -103,12 +93,12 @@ class SLOTracker:
     def __init__(
         self,
         clock: Callable[[], float],
-        targets: Mapping[int, SLOTarget] | None = None,
-        default_target: SLOTarget | None = None,
+        targets: Mapping[int, SLO] | None = None,
+        default_target: SLO | None = None,
     ) -> None:
         self.clock = clock
         self.targets = dict(targets or {})
-        self.default_target = default_target or SLOTarget()
+        self.default_target = default_target or SLO()
         self.classes: dict[str, ClassStats] = {}
         self.max_queue_wait_s = 0.0
         self._live: dict[str, _Live] = {}
@@ -127,11 +117,11 @@ class SLOTracker:
     # ----- events (called by the scheduler) ------------------------------------------------
 
     def on_arrival(self, request: Request) -> None:
-        self._enqueue(request.request_id, request.arrival_time)
+        self._enqueue(request, request.arrival_time)
 
     def on_preempted(self, request: Request) -> None:
         self.class_of(request).num_preemptions += 1
-        self._enqueue(request.request_id, self.clock())
+        self._enqueue(request, self.clock())
 
     def on_admitted(self, request: Request) -> None:
         live = self._live.get(request.request_id)
@@ -146,8 +136,9 @@ class SLOTracker:
 
     def on_token(self, request: Request) -> None:
         live = self._live.get(request.request_id)
-        if live is not None and live.first_token_at is None:
-            live.first_token_at = self.clock()
+        if live is not None:
+            times = live.times
+            times.add_tokens(self.clock(), request.num_output_tokens - times.num_output_tokens)
 
     def on_finished(self, request: Request, aborted: bool) -> None:
         live = self._live.pop(request.request_id, None)
@@ -157,23 +148,22 @@ class SLOTracker:
         if aborted:
             stats.num_aborted += 1
             return
-        now = self.clock()
-        e2e_s = now - request.arrival_time
-        ttft_s = (live.first_token_at if live.first_token_at is not None else now) - (
-            request.arrival_time
-        )
+        times = live.times
+        e2e_s = times.finish(self.clock())
+        ttft_s = times.ttft_s if times.ttft_s is not None else e2e_s
         stats.num_finished += 1
         stats.sum_e2e_s += e2e_s
         stats.sum_ttft_s += ttft_s
         stats.max_e2e_s = max(stats.max_e2e_s, e2e_s)
         target = self.targets.get(request.priority, self.default_target)
-        e2e_bound = request.deadline_s if request.deadline_s is not None else target.e2e_s
-        if e2e_bound is None and target.ttft_s is None:
+        deadline_s = request.deadline_s
+        if deadline_s is None and target.is_empty:
             return
         stats.num_with_slo += 1
-        met_e2e = e2e_bound is None or e2e_s <= e2e_bound
-        met_ttft = target.ttft_s is None or ttft_s <= target.ttft_s
-        stats.num_attained += int(met_e2e and met_ttft)
+        if deadline_s is not None:
+            target = replace(target, e2e_s=None)
+        met_deadline = deadline_s is None or e2e_s <= deadline_s
+        stats.num_attained += int(met_deadline and target.is_met(ttft_s, times.tpot_s, e2e_s))
 
     # ----- reading -------------------------------------------------------------------------
 
@@ -193,10 +183,11 @@ class SLOTracker:
         classes = {name: replace(stats) for name, stats in self.classes.items()}
         return SLOStats(self.max_queue_wait_s, self.oldest_waiting_s(), num_waiting, classes)
 
-    def _enqueue(self, request_id: str, queued_at: float) -> None:
+    def _enqueue(self, request: Request, queued_at: float) -> None:
+        request_id = request.request_id
         live = self._live.get(request_id)
         if live is None:
-            self._live[request_id] = _Live(queued_at)
+            self._live[request_id] = _Live(queued_at, request.arrival_time)
         else:
             live.queued_at = queued_at
         heapq.heappush(self._queued, (queued_at, request_id))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from corral.core.messages import RequestUpdate, SchedulerStats
+from corral.core.request_times import RequestTimes
 
 
 @dataclass(slots=True)
@@ -33,29 +34,20 @@ class IterationStats:
     finished: list[FinishedRequestStats] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class _Timing:
-    arrival_time: float
-    num_prompt_tokens: int
-    first_scheduled_time: float | None = None
-    first_token_time: float | None = None
-    last_token_time: float | None = None
-    num_tokens: int = 0
-
-
 class RequestStatsTracker:
-    """Timing of each unfinished sample, keyed by its scheduler (child) request id."""
+    """Timing of each unfinished sample, keyed by its scheduler (child) request id: its
+    RequestTimes (frontend clock) and its number of prompt tokens."""
 
     def __init__(self) -> None:
-        self._timings: dict[str, _Timing] = {}
+        self._timings: dict[str, tuple[RequestTimes, int]] = {}
 
     def add(self, request_id: str, arrival_time: float, num_prompt_tokens: int) -> None:
-        self._timings[request_id] = _Timing(arrival_time, num_prompt_tokens)
+        self._timings[request_id] = (RequestTimes(arrival_time), num_prompt_tokens)
 
     def started(self, request_id: str, first_scheduled_time: float) -> None:
         timing = self._timings.get(request_id)
         if timing is not None:
-            timing.first_scheduled_time = first_scheduled_time
+            timing[0].first_scheduled_s = first_scheduled_time
 
     def update(self, update: RequestUpdate, now: float, stats: IterationStats) -> None:
         """Count the update's tokens (TTFT for the first, inter-token latency after it) and
@@ -63,16 +55,16 @@ class RequestStatsTracker:
         timing = self._timings.get(update.request_id)
         if timing is None:
             return
+        times, num_prompt_tokens = timing
         if update.new_token_ids:
             stats.num_generation_tokens += len(update.new_token_ids)
-            if timing.first_token_time is None:
-                timing.first_token_time = now
-                stats.num_prompt_tokens += timing.num_prompt_tokens
-                stats.time_to_first_tokens_s.append(now - timing.arrival_time)
-            else:
-                stats.inter_token_latencies_s.append(now - (timing.last_token_time or now))
-            timing.last_token_time = now
-            timing.num_tokens += len(update.new_token_ids)
+            previous_token_s = times.last_token_s
+            times.add_tokens(now, len(update.new_token_ids))
+            if previous_token_s is not None:
+                stats.inter_token_latencies_s.append(now - previous_token_s)
+            elif (ttft_s := times.ttft_s) is not None:
+                stats.num_prompt_tokens += num_prompt_tokens
+                stats.time_to_first_tokens_s.append(ttft_s)
         if update.finish_reason is not None:
             self.finish(update.request_id, update.finish_reason, now, stats)
 
@@ -80,20 +72,16 @@ class RequestStatsTracker:
         timing = self._timings.pop(request_id, None)
         if timing is None:
             return
-        queue_time = None
-        if timing.first_scheduled_time is not None:
-            queue_time = max(0.0, timing.first_scheduled_time - timing.arrival_time)
-        per_token = None
-        if timing.num_tokens > 1 and timing.first_token_time and timing.last_token_time:
-            per_token = (timing.last_token_time - timing.first_token_time) / (timing.num_tokens - 1)
+        times, num_prompt_tokens = timing
+        e2e_s = times.finish(now)
         stats.finished.append(
             FinishedRequestStats(
                 reason,
-                now - timing.arrival_time,
-                queue_time,
-                per_token,
-                timing.num_prompt_tokens,
-                timing.num_tokens,
+                e2e_s,
+                times.queue_time_s,
+                times.tpot_s,
+                num_prompt_tokens,
+                times.num_output_tokens,
             )
         )
 

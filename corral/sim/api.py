@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from corral.core.slo_target import SLO
 from corral.sim.cluster import ClusterSimulator, RequestHook, SimResult
 from corral.sim.deployment import DeploymentOptions, build_cluster
 from corral.sim.report import SimReport, build_report
-from corral.workloads.slo import SLO
 from corral.workloads.spec import Workload
 
 

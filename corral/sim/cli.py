@@ -17,9 +17,9 @@ import json
 import logging
 from pathlib import Path
 
+from corral.core.slo_target import parse_slo
 from corral.sim.cli_args import add_deployment_arguments, deployment_options_from_args
 from corral.workloads.cli_args import add_workload_arguments, workload_options_from_args
-from corral.workloads.slo import parse_slo
 
 logger = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from corral.core.slo_target import SLO
 from corral.sim.cluster import SimResult
 from corral.sim.instance import SimInstance
 from corral.workloads.metrics import MetricsSummary, format_summary, summarize
-from corral.workloads.slo import SLO
 
 
 @dataclass(frozen=True, slots=True)

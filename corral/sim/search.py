@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from corral.core.slo_target import SLO
 from corral.sim.api import simulate
 from corral.sim.cost.hardware import load_hardware
 from corral.sim.deployment import DeploymentOptions
-from corral.workloads.slo import SLO
 from corral.workloads.spec import Workload
 
 

@@ -1,6 +1,6 @@
 """Per-request records and the summary that `corral bench` and `corral simulate` both report.
 
-Definitions (all times on one clock, in seconds):
+Definitions (all times on one clock, in seconds; computed by corral/core/request_times.py):
 - TTFT = time of the first output chunk - arrival time;
 - end-to-end latency (E2E) = time of the last output chunk - arrival time;
 - TPOT = (E2E - TTFT) / (output tokens - 1), for requests with at least 2 output tokens;
@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from corral.workloads.slo import SLO
+from corral.core.request_times import RequestTimes
+from corral.core.slo_target import SLO
 
 
 @dataclass(slots=True)
@@ -39,18 +40,29 @@ class RequestRecord:
         return self.error is None and len(self.token_times_s) > 0
 
     @property
-    def ttft_s(self) -> float:
-        return self.token_times_s[0] - self.arrival_time_s
+    def times(self) -> RequestTimes:
+        """The record as a RequestTimes: the first and the last chunk are the first and the last
+        token (no first or last token when no chunk came)."""
+        chunks_s = self.token_times_s
+        has_chunks = len(chunks_s) > 0
+        return RequestTimes(
+            self.arrival_time_s,
+            first_token_s=chunks_s[0] if has_chunks else None,
+            last_token_s=chunks_s[-1] if has_chunks else None,
+            num_output_tokens=self.num_output_tokens,
+        )
 
     @property
-    def e2e_s(self) -> float:
-        return self.token_times_s[-1] - self.arrival_time_s
+    def ttft_s(self) -> float | None:
+        return self.times.ttft_s
+
+    @property
+    def e2e_s(self) -> float | None:
+        return self.times.e2e_s
 
     @property
     def tpot_s(self) -> float | None:
-        if self.num_output_tokens < 2:
-            return None
-        return (self.token_times_s[-1] - self.token_times_s[0]) / (self.num_output_tokens - 1)
+        return self.times.tpot_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +123,10 @@ def summarize(
         starts = [record.arrival_time_s for record in records]
         ends = [record.token_times_s[-1] for record in done]
         duration_s = (max(ends) - min(starts)) if done else 0.0
-    ttft = np.array([record.ttft_s for record in done], dtype=np.float64)
-    e2e = np.array([record.e2e_s for record in done], dtype=np.float64)
-    tpots = [record.tpot_s for record in done]
+    times = [record.times for record in done]
+    ttft = np.array([t.ttft_s for t in times], dtype=np.float64)
+    e2e = np.array([t.e2e_s for t in times], dtype=np.float64)
+    tpots = [t.tpot_s for t in times]
     tpot = np.array([value for value in tpots if value is not None], dtype=np.float64)
     gaps = [np.diff(np.asarray(record.token_times_s, dtype=np.float64)) for record in done]
     itl = np.concatenate(gaps) if gaps else np.empty(0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from corral.bench.report import build_report
-from corral.workloads.slo import SLO
+from corral.core.slo_target import SLO
 from tests.bench.scripted import Script, run_scripted, text_specs, token_script
 
 # r_i arrives at 0.5 * i; its first token after TTFTS[i], then one token every GAPS[i].
@@ -34,7 +34,7 @@ def test_known_schedule_gives_exact_ttft_tpot_percentiles_and_goodput():
     # The last request ends at 2.0 + 1.0 + 4 * 0.05 = 3.2 s.
     assert run.duration_s == pytest.approx(3.2)
 
-    report = build_report(run, SLO(ttft_ms=350, tpot_ms=35))
+    report = build_report(run, SLO(ttft_s=0.35, tpot_s=0.035))
     s = report.summary
     assert s.num_completed == 5 and s.num_failed == 0
     assert s.ttft.mean_ms == pytest.approx(400)

@@ -21,8 +21,8 @@ from corral.bench.sweep import (
     workload_at_rate,
 )
 from corral.bench.timeline import in_flight, output_throughput
+from corral.core.slo_target import SLO
 from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
-from corral.workloads.slo import SLO
 from tests.bench.scripted import (
     ScriptedTransport,
     VirtualClock,
@@ -47,7 +47,7 @@ def scripted_point(workload, target: ServeTarget):
         clock=clock,
     )
     run = asyncio.run(clock.run(client.run()))
-    return build_report(run, SLO(ttft_ms=250))
+    return build_report(run, SLO(ttft_s=0.25))
 
 
 def random_options(**changes) -> WorkloadOptions:
@@ -120,7 +120,7 @@ def test_repeats_pool_their_records_and_durations():
     target = ServeTarget("http://unused:1", show_progress=False)
     options = random_options(arrival=ArrivalOptions("poisson", rate=4.0))
     repeats = [run_sweep(options, target, scripted_point, request_rates=[2.0, 4.0])] * 2
-    pooled = pool_repeats(repeats, SLO(ttft_ms=250))
+    pooled = pool_repeats(repeats, SLO(ttft_s=0.25))
     assert [p.value for p in pooled] == [2.0, 4.0]
     for point, first in zip(pooled, repeats[0]):
         run = point.report.run

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from corral.core.policies import make_policy
-from corral.core.slo import SLOTarget, SLOTracker
+from corral.core.slo import SLOTracker
+from corral.core.slo_target import SLO
 from tests.core.policy_driver import Driver, VirtualClock, job, make_policy_scheduler
 
 
@@ -51,7 +52,7 @@ def test_expired_requests_yield_to_those_that_can_still_make_it():
 
 def test_slo_tracker_counts_per_class_attainment_waits_and_aborts():
     clock = VirtualClock()
-    tracker = SLOTracker(clock, targets={1: SLOTarget(ttft_s=1.0, e2e_s=10.0)})
+    tracker = SLOTracker(clock, targets={1: SLO(ttft_s=1.0, e2e_s=10.0)})
     fast, slow, aborted = job(0.0, 2, priority=1), job(0.0, 2, priority=1), job(0.0, 2)
     for request in (fast, slow, aborted):
         tracker.on_arrival(request)
@@ -86,4 +87,4 @@ def test_bad_options_are_clear_errors():
     with pytest.raises(ValueError, match="not key=value"):
         make_policy("mlfq:num_levels")
     with pytest.raises(ValueError, match="SLO target ttft_s must be > 0"):
-        SLOTarget(ttft_s=0)
+        SLO(ttft_s=0)

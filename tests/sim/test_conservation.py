@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from corral.core.slo_target import SLO
 from corral.sim.config import ClusterSpec
 from corral.sim.report import build_report
 from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
-from corral.workloads.slo import SLO
 from tests.sim.helpers import instance, run
 
 
@@ -37,11 +37,11 @@ def cluster(router: str = "power-of-two", num_instances: int = 3, **instance_fie
 
 
 def test_same_seed_same_metrics_to_the_last_digit():
-    first = build_report(run(cluster(), random_workload()), SLO(ttft_ms=100, tpot_ms=30))
-    second = build_report(run(cluster(), random_workload()), SLO(ttft_ms=100, tpot_ms=30))
+    first = build_report(run(cluster(), random_workload()), SLO(ttft_s=0.1, tpot_s=0.03))
+    second = build_report(run(cluster(), random_workload()), SLO(ttft_s=0.1, tpot_s=0.03))
     assert first.summary.to_dict() == second.summary.to_dict()
     assert first.instances == second.instances
-    other = build_report(run(cluster(), random_workload(seed=1)), SLO(ttft_ms=100, tpot_ms=30))
+    other = build_report(run(cluster(), random_workload(seed=1)), SLO(ttft_s=0.1, tpot_s=0.03))
     assert other.summary.to_dict() != first.summary.to_dict()
 
 

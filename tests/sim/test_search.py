@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from corral.core.slo_target import SLO
 from corral.sim.deployment import DeploymentOptions
 from corral.sim.search import format_search, search
 from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
-from corral.workloads.slo import SLO
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def result():
     return search(
         work,
         base,
-        SLO(ttft_ms=300, tpot_ms=40),
+        SLO(ttft_s=0.3, tpot_s=0.04),
         hardware_menu=["a100", "h100"],
         tp_menu=[1, 2],
         instance_menu=[1, 2, 4, 8],
@@ -62,7 +62,7 @@ def test_models_that_do_not_fit_are_skipped():
     outcome = search(
         work,
         DeploymentOptions(model="llama-3.1-70b", max_model_len=2048),
-        SLO(ttft_ms=1000),
+        SLO(ttft_s=1.0),
         hardware_menu=["l40s"],
         tp_menu=[1],
         instance_menu=[1, 2],

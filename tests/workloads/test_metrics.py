@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from corral.core.slo_target import SLO, parse_slo
 from corral.workloads.metrics import RequestRecord, format_summary, summarize
-from corral.workloads.slo import SLO, parse_slo
 
 
 def scripted() -> list[RequestRecord]:
@@ -42,22 +42,22 @@ def test_exact_latencies_and_throughputs():
 
 
 def test_goodput_counts_requests_meeting_every_bound():
-    summary = summarize(scripted(), slo=SLO(ttft_ms=200, tpot_ms=150))
+    summary = summarize(scripted(), slo=SLO(ttft_s=0.2, tpot_s=0.15))
     # a meets both; b misses TTFT; c has no TPOT (met) and TTFT 50
     assert summary.num_slo_met == 2
     assert summary.goodput == pytest.approx(2 / 2.05)
-    summary = summarize(scripted(), duration_s=4.0, slo=SLO(e2e_ms=450))
+    summary = summarize(scripted(), duration_s=4.0, slo=SLO(e2e_s=0.45))
     assert summary.num_slo_met == 2 and summary.goodput == pytest.approx(0.5)
 
 
 def test_summary_table_names_every_metric():
-    text = format_summary(summarize(scripted(), slo=SLO(ttft_ms=200)), "test")
+    text = format_summary(summarize(scripted(), slo=SLO(ttft_s=0.2)), "test")
     for label in ("TTFT", "TPOT", "ITL", "E2E", "Goodput", "error x1: HTTP 503"):
         assert label in text
 
 
 def test_slo_parsing():
-    assert parse_slo("ttft_ms=200, tpot_ms=50") == SLO(ttft_ms=200.0, tpot_ms=50.0)
+    assert parse_slo("ttft_ms=200, tpot_ms=50") == SLO(ttft_s=0.2, tpot_s=0.05)
     assert parse_slo("").is_empty
     with pytest.raises(ValueError, match="ttft_ms=MS"):
         parse_slo("latency=3")
