@@ -43,7 +43,10 @@ def load_model(
 ) -> LlamaFamilyModel:
     model = LlamaFamilyModel(arch, dtype, device, max_len)
     files = safetensors_files(model_dir)
-    model.load_weights(iter_safetensors(files))
+    try:
+        model.load_weights(iter_safetensors(files))
+    except ValueError as error:
+        raise ValueError(f"{model_dir}: {error}") from error
     logger.info(
         "loaded %s (%.1fM parameters, %s) from %d file(s)",
         arch.architecture,

@@ -101,8 +101,14 @@ class LlamaFamilyModel:
                 target + ("_bias" if kind == "bias" else ""),
                 torch.cat(parts, dim=0),
             )  # type: ignore[arg-type]
-        if self.arch.tie_word_embeddings or self.lm_head is None:
+        if self.arch.tie_word_embeddings:
             self.lm_head = self.embed_tokens
+        elif self.lm_head is None:
+            raise ValueError(
+                "checkpoint is missing weights: lm_head.weight (config.json has "
+                "tie_word_embeddings false, so the output head is a tensor of its own, not the "
+                "embeddings)"
+            )
         self._check_complete()
 
     def _load_layer_part(self, name: str, tensor: torch.Tensor, pending: dict) -> bool:
