@@ -6,9 +6,11 @@ behind an EngineCoreClient, usually in its own process.
     async for output in engine.generate("Hello", SamplingParams(max_tokens=8), "req-1"):
         ...
 
-A request is validated and admitted synchronously by add_request (ValueError for bad input,
+A request is validated and admitted by add_request (ValueError for bad input,
 EngineOverloadedError past the queue bounds, EngineDeadError when the core is gone), so a server
 can answer 4xx/503 before it starts a response. Leaving the iteration early aborts the request.
+On the event loop, admit with add_request_async: it runs the length predictor (if any) in a
+worker thread first, so that a slow prediction never stalls the loop.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from corral.config import EngineConfig
@@ -104,6 +107,9 @@ class AsyncLLM:
         self._queued: dict[str, int] = {}
         self.num_queued_tokens = 0
         self._output_task: asyncio.Task[None] | None = None
+        # One thread: predictions run one at a time, as they did on the loop (predictors need
+        # not be thread-safe). Created on the first prediction.
+        self._predict_pool: ThreadPoolExecutor | None = None
 
     @classmethod
     async def create(cls, config: EngineConfig, **kwargs: Any) -> AsyncLLM:
@@ -137,8 +143,11 @@ class AsyncLLM:
         cache_salt: str | None = None,
         arrival_time: float | None = None,
         deadline_s: float | None = None,
+        predicted_num_output_tokens: int | None = None,
     ) -> RequestStream:
-        """Validate and admit a request; returns the stream of its outputs.
+        """Validate and admit a request; returns the stream of its outputs. Without
+        predicted_num_output_tokens the length predictor (if any) runs here, on the caller's
+        thread: from the event loop, use add_request_async.
 
         Raises ValueError (bad input: the message names the value and the limit),
         EngineOverloadedError (queue full: retry later) or EngineDeadError.
@@ -156,6 +165,7 @@ class AsyncLLM:
             client_id=client_id,
             cache_salt=cache_salt,
             deadline_s=deadline_s,
+            predicted_num_output_tokens=predicted_num_output_tokens,
         )
         self.input_processor.check_fits_kv_pool(children[0])
         child_ids = [child.request_id for child in children]
@@ -173,6 +183,27 @@ class AsyncLLM:
         self.num_queued_tokens += len(token_ids) * len(child_ids)
         self.client.add_requests(children)
         return stream
+
+    async def add_request_async(
+        self, request_id: str, prompt: PromptType, params: SamplingParams, **request_fields: Any
+    ) -> RequestStream:
+        """add_request, with the length prediction (if any) made in a worker thread so that the
+        event loop keeps serving meanwhile. Same errors as add_request."""
+        if self.input_processor.length_predictor is None:
+            return self.add_request(request_id, prompt, params, **request_fields)
+        self.check_health()
+        if request_fields.get("arrival_time") is None:
+            request_fields["arrival_time"] = time.monotonic()
+        text, token_ids = self.input_processor.tokenize_prompt(prompt)
+        if self._predict_pool is None:
+            self._predict_pool = ThreadPoolExecutor(1, thread_name_prefix="corral-predict")
+        predicted = await asyncio.get_running_loop().run_in_executor(
+            self._predict_pool, self.input_processor.predict_num_output_tokens, token_ids
+        )
+        tokenized = {"prompt": text, "prompt_token_ids": token_ids}
+        return self.add_request(
+            request_id, tokenized, params, predicted_num_output_tokens=predicted, **request_fields
+        )
 
     def _admit(self, num_children: int, num_prompt_tokens: int) -> None:
         """Refuse what could never fit the queue (ValueError) or does not fit it now."""
@@ -208,7 +239,7 @@ class AsyncLLM:
     ) -> AsyncIterator[RequestOutput]:
         """Admit a request and yield its outputs (per params.output_kind) until it finishes.
         Stopping the iteration early (or cancelling the task) aborts the request."""
-        stream = self.add_request(request_id, prompt, params, **request_fields)
+        stream = await self.add_request_async(request_id, prompt, params, **request_fields)
         async for output in self.iterate(stream):
             yield output
 
@@ -259,6 +290,8 @@ class AsyncLLM:
     async def shutdown(self) -> None:
         """Stop the core; requests still in flight fail with EngineDeadError."""
         await self.client.shutdown()
+        if self._predict_pool is not None:
+            self._predict_pool.shutdown(wait=False, cancel_futures=True)
         if self._output_task is not None:
             self._output_task.cancel()
             await asyncio.gather(self._output_task, return_exceptions=True)

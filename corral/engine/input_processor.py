@@ -57,6 +57,13 @@ class InputProcessor:
                 self.config.scheduler.kv_reservation,
             )
 
+    def predict_num_output_tokens(self, token_ids: list[int]) -> int | None:
+        """The length predictor's output length for the prompt's text (None without one). It
+        can be slow: AsyncLLM runs it in a worker thread, off the event loop."""
+        if self.length_predictor is None:
+            return None
+        return self.length_predictor.predict_one(self.tokenizer.decode(token_ids))
+
     def default_sampling_params(self, **explicit: Any) -> SamplingParams:
         """SamplingParams with the model's generation_config.json defaults under the fields
         given explicitly (None values count as not given)."""
@@ -105,9 +112,8 @@ class InputProcessor:
         predicted_num_output_tokens: a known or externally predicted output length; without one,
         the length predictor (if configured) predicts it from the prompt's text."""
         arrival = time.monotonic() if arrival_time is None else arrival_time
-        if predicted_num_output_tokens is None and self.length_predictor is not None:
-            text = self.tokenizer.decode(token_ids)
-            predicted_num_output_tokens = self.length_predictor.predict_one(text)
+        if predicted_num_output_tokens is None:
+            predicted_num_output_tokens = self.predict_num_output_tokens(token_ids)
         children = []
         for index in range(params.n):
             child_id = request_id if params.n == 1 else f"{index}_{request_id}"

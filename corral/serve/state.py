@@ -58,7 +58,9 @@ class ServerState:
                     prompt = {"prompt": prompt, "prompt_token_ids": token_ids}
                 request_id = base_id if len(prompts) == 1 else f"{base_id}-{index}"
                 streams.append(
-                    self.engine.add_request(request_id, prompt, params, **request_fields)
+                    await self.engine.add_request_async(
+                        request_id, prompt, params, **request_fields
+                    )
                 )
                 if self.config.log_requests:
                     logger.info("request %s: prompt %r, %s", request_id, prompt, params)
