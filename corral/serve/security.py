@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 
 from fastapi import Request
@@ -14,6 +15,9 @@ from corral.serve.errors import APIError
 
 # Endpoints a load balancer or orchestrator probes without credentials.
 OPEN_PATHS = frozenset({"/health"})
+# What a surrogate code point looks like in a body: a \uD800-\uDFFF escape, or its UTF-8-style
+# bytes (json.loads decodes bytes with surrogatepass). Bodies without it need no walk.
+_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def key_identity(api_key: str) -> str:
@@ -72,9 +76,34 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
     if not body:
         raise APIError(400, "the request body is empty; send a JSON object")
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, deep nesting
         raise APIError(400, f"the request body is not valid JSON: {error}") from None
+    if _SURROGATE_HINT.search(body):
+        _refuse_lone_surrogates(data)
+    return data
+
+
+def _refuse_lone_surrogates(data: Any) -> None:
+    """400 if a string (or key) holds a lone surrogate: JSON lets "\\ud800" through, but it is
+    no Unicode character, and no tokenizer, template or UTF-8 response can carry it."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise APIError(
+                    400,
+                    f"the request body holds a lone surrogate ({item[error.start]!r} at "
+                    f"character {error.start} of a string); JSON text must be valid Unicode",
+                ) from None
 
 
 def _too_large(num_bytes: int, max_bytes: int, at_least: bool = False) -> APIError:

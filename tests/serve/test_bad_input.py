@@ -110,8 +110,11 @@ def test_bad_request_is_refused_with_a_clear_message(server, path, body, status,
         (b"", "empty"),
         (b"[" * 50000 + b"]" * 50000, "not valid JSON"),
         (b'{"prompt": "\xff\xfe"}', "not valid JSON"),
+        (b'{"prompt": "a\\ud800b"}', "lone surrogate"),
+        (b'{"prompt": "a", "stop": ["\\udfff"]}', "lone surrogate"),
+        (b'{"prompt": "\xed\xa0\x80"}', "lone surrogate"),
     ],
-    ids=["nan", "truncated", "empty", "deep", "bad-utf8"],
+    ids=["nan", "truncated", "empty", "deep", "bad-utf8", "surrogate", "surrogate-stop", "cesu"],
 )
 def test_malformed_bodies_get_400(server, raw, fragment):
     response = httpx.post(
