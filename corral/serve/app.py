@@ -25,6 +25,7 @@ from corral.serve.protocol import (
     TokenizeRequest,
 )
 from corral.serve.responses import (
+    ChatCompletionChunk,
     ChatCompletionResponse,
     CompletionResponse,
     DetokenizeResponse,
@@ -74,6 +75,7 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
     install_openapi(
         app,
         [CompletionRequest, ChatCompletionRequest, TokenizeRequest, DetokenizeRequest],
+        [ChatCompletionChunk],
         has_api_keys=bool(config.api_keys),
     )
     if config.api_keys:
@@ -94,14 +96,17 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
         )
         return req.user or key_identity
 
-    @app.post("/v1/completions", **post_json(CompletionRequest, CompletionResponse, streams=True))
+    @app.post(
+        "/v1/completions",
+        **post_json(CompletionRequest, CompletionResponse, chunk_model=CompletionResponse),
+    )
     async def completions(request: Request) -> Response:
         req = parse_body(CompletionRequest, await body(request))
         return await create_completion(state, req, request, apply_tenant(request, req))
 
     @app.post(
         "/v1/chat/completions",
-        **post_json(ChatCompletionRequest, ChatCompletionResponse, streams=True),
+        **post_json(ChatCompletionRequest, ChatCompletionResponse, chunk_model=ChatCompletionChunk),
     )
     async def chat_completions(request: Request) -> Response:
         req = parse_body(ChatCompletionRequest, await body(request))

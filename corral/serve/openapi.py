@@ -24,8 +24,8 @@ _ERRORS = {
     503: "overloaded (Retry-After), engine not running, or shutting down",
 }
 _SSE = (
-    "with stream: true, server-sent events: one `data: <JSON chunk>` per delta (the chunk has "
-    "the non-streaming response's shape, or an error object), then `data: [DONE]`"
+    "with stream: true, server-sent events: one `data: <JSON chunk>` per delta (or an error "
+    "object, if the request fails after the answer has started), then `data: [DONE]`"
 )
 
 
@@ -34,15 +34,34 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse, "description": _ERRORS[status]} for status in statuses}
 
 
+def _event(chunk_model: type[BaseModel]) -> dict[str, Any]:
+    """The schema of one server-sent event (OpenAPI 3.1: `schema` describes each event)."""
+    chunk = {"$ref": _REF.format(model=chunk_model.__name__)}
+    error = {"$ref": _REF.format(model=ErrorResponse.__name__)}
+    json_data = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"anyOf": [chunk, error]},
+    }
+    data = {"oneOf": [{"const": "[DONE]"}, json_data]}
+    return {"type": "object", "required": ["data"], "properties": {"data": data}}
+
+
 def post_json(
-    request_model: type[BaseModel], response_model: type[BaseModel], *, streams: bool = False
+    request_model: type[BaseModel],
+    response_model: type[BaseModel],
+    *,
+    chunk_model: type[BaseModel] | None = None,
 ) -> dict[str, Any]:
     """Route arguments documenting a POST whose body is request_model and whose answer is
-    response_model (or, if it streams, server-sent events)."""
+    response_model, or with stream: true server-sent events of chunk_model (when given; it must
+    be among install_openapi's response_models)."""
     responses = errors(400, 401, 404, 413, 503)
-    if streams:
-        responses[200] = {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
-        responses[200]["description"] = _SSE
+    if chunk_model is not None:
+        responses[200] = {
+            "description": _SSE,
+            "content": {"text/event-stream": {"schema": _event(chunk_model)}},
+        }
     schema = {"$ref": _REF.format(model=request_model.__name__)}
     return {
         "response_model": response_model,
@@ -54,10 +73,15 @@ def post_json(
 
 
 def install_openapi(
-    app: FastAPI, request_models: list[type[BaseModel]], *, has_api_keys: bool
+    app: FastAPI,
+    request_models: list[type[BaseModel]],
+    response_models: list[type[BaseModel]],
+    *,
+    has_api_keys: bool,
 ) -> None:
-    """app.openapi() adds request_models' schemas (validation mode) to the components and, with
-    API keys, the bearer scheme to every operation outside OPEN_PATHS."""
+    """app.openapi() adds the schemas of request_models (as validated) and of response_models
+    that no route names (as serialized: stream chunks) to the components and, with API keys,
+    the bearer scheme to every operation outside OPEN_PATHS."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -65,14 +89,15 @@ def install_openapi(
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
-        _, definitions = models_json_schema(
-            [(model, "validation") for model in request_models], ref_template=_REF
-        )
+        models = [(model, "validation") for model in request_models]
+        models += [(model, "serialization") for model in response_models]
+        _, definitions = models_json_schema(models, ref_template=_REF)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for name, definition in definitions.get("$defs", {}).items():
-            if components.get(name, definition) != definition:
+            # A response model FastAPI already wrote (it leaves out serialized defaults).
+            existing = components.setdefault(name, definition)
+            if existing.get("properties", {}).keys() != definition.get("properties", {}).keys():
                 raise RuntimeError(f"two schemas named {name!r} in /openapi.json")
-            components[name] = definition
         if has_api_keys:
             schemes = schema["components"].setdefault("securitySchemes", {})
             schemes["bearer"] = {"type": "http", "scheme": "bearer"}

@@ -152,3 +152,29 @@ def server(tiny_model, tmp_path_factory):
 
 def auth(key: str = API_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="package")
+def fuzz_server(tiny_model, tmp_path_factory):
+    """The server the fuzz tests send their cases to (tests/serve/fuzz_support.py)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the server tests use /proc and POSIX signals")
+    from tests.serve.fuzz_support import SERVER_ARGS
+
+    log = tmp_path_factory.mktemp("fuzz-server") / "server.log"
+    server = ServerProcess(tiny_model, log, "--api-key", API_KEY, *SERVER_ARGS)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="package")
+def fuzz_tally():
+    """What the fuzz tests sent and got, written out at the end when CORRAL_FUZZ_REPORT is set."""
+    from tests.serve.fuzz_support import Tally
+
+    tally = Tally()
+    yield tally
+    tally.write()
