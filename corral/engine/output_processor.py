@@ -26,6 +26,8 @@ class _Sample:
     # How much was already sent, for delta outputs.
     num_sent_tokens: int = 0
     num_sent_chars: int = 0
+    # Its finish was sent (delta outputs): a finished sample is sent exactly once.
+    is_finish_sent: bool = False
 
 
 @dataclass(slots=True)
@@ -196,9 +198,10 @@ class OutputProcessor:
             token_ids, logprobs = sample.token_ids, sample.logprobs
             if kind == OutputKind.DELTA:
                 if sample.num_sent_tokens == len(token_ids) and (
-                    sample.num_sent_chars == len(text) and not done
+                    sample.num_sent_chars == len(text) and (not done or sample.is_finish_sent)
                 ):
                     continue
+                sample.is_finish_sent = done
                 text = text[sample.num_sent_chars :]
                 token_ids = token_ids[sample.num_sent_tokens :]
                 if logprobs is not None:
