@@ -36,8 +36,9 @@ class IncrementalDetokenizer:
         # do, corral/core/stop.py): one completed by the min_tokens-th token counts.
         self.min_tokens = min_tokens
         self.num_output_tokens = 0
+        self.max_stop_len = max(map(len, self.stop)) if self.stop else 0
         # Characters withheld from streaming: they might turn out to start a stop string.
-        self.holdback = 0 if self.include_stop or not self.stop else max(map(len, self.stop)) - 1
+        self.holdback = 0 if self.include_stop or not self.stop else self.max_stop_len - 1
 
     def add_tokens(self, token_ids: list[int]) -> str | None:
         """Append tokens; returns the stop string if one now appears (text is cut at it)."""
@@ -47,11 +48,11 @@ class IncrementalDetokenizer:
             delta = self._decode_delta()
             if not delta:
                 continue
-            search_from = max(0, len(self.output_text) - self._max_stop_len() + 1)
+            num_old_chars = len(self.output_text)
             self.output_text += delta
             if self.num_output_tokens < self.min_tokens:
                 continue
-            stop = self._find_stop(search_from)
+            stop = self._find_stop(num_old_chars)
             if stop is not None:
                 return stop
         return None
@@ -83,14 +84,13 @@ class IncrementalDetokenizer:
         self.read_offset = len(self.token_ids)
         return full[len(prefix) :]
 
-    def _max_stop_len(self) -> int:
-        return max(map(len, self.stop)) if self.stop else 0
-
-    def _find_stop(self, search_from: int) -> str | None:
-        """Cut the text at the earliest stop string found at or after search_from."""
+    def _find_stop(self, num_old_chars: int) -> str | None:
+        """Cut the text at the earliest stop string that the newest characters (those after
+        num_old_chars) complete. Only those count: one completed earlier either ended the
+        request then or, before min_tokens, did not count."""
         found = None
         for stop in self.stop:
-            index = self.output_text.find(stop, search_from)
+            index = self.output_text.find(stop, max(0, num_old_chars - len(stop) + 1))
             if index >= 0 and (found is None or index < found[0]):
                 found = (index, stop)
         if found is None:

@@ -61,3 +61,23 @@ def test_detokenizer_counts_output_tokens_for_min_tokens(tokenizer_dir):
     count, text = _stop_at(tokenizer, token_ids, len(token_ids))
     assert count == len(token_ids)
     assert text == tokenizer.decode(token_ids)[: -len("apples")]
+
+
+def test_a_short_stop_string_completed_before_min_tokens_never_counts(tokenizer_dir):
+    """With stop strings of different lengths, the search window of the longer one must not
+    find a shorter one that an earlier token (before min_tokens) completed (found by the soak:
+    the request then stopped at min_tokens and cut its text back)."""
+    tokenizer = Tokenizer(tokenizer_dir)
+    token_ids = tokenizer.encode(" a = b c d e f g h", add_special_tokens=False)
+    text = tokenizer.decode(token_ids)
+    first_eq = next(
+        count
+        for count in range(1, len(token_ids) + 1)
+        if "=" in tokenizer.decode(token_ids[:count])
+    )
+    detokenizer = IncrementalDetokenizer(
+        tokenizer, [], stop=["=", " apples and pears"], min_tokens=first_eq + 2
+    )
+    for token_id in token_ids:
+        assert detokenizer.add_tokens([token_id]) is None
+    assert detokenizer.output_text == text
