@@ -167,7 +167,6 @@ class AsyncLLM:
             deadline_s=deadline_s,
             predicted_num_output_tokens=predicted_num_output_tokens,
         )
-        self.input_processor.check_fits_kv_pool(children[0])
         child_ids = [child.request_id for child in children]
         for child_id in child_ids:  # n > 1 children are "{i}_{id}": ids must not collide
             if self.output_processor.parent_of(child_id) is not None:

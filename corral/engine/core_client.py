@@ -170,10 +170,8 @@ class InProcessCoreClient(EngineCoreClient):
         self._inbox.put(message)
 
     async def _next_message(self) -> EngineCoreOutputs | UtilityResult | CoreFailed:
-        while True:
-            message = await self._messages.get()
-            if isinstance(message, EngineCoreOutputs | UtilityResult | CoreFailed):
-                return message
+        # The loop sends only outputs and utility results here (no CoreInfo, no heartbeats).
+        return await self._messages.get()  # type: ignore[return-value]
 
     def kill(self, reason: str = "engine core killed") -> None:
         """Stop the core as if it had died (fault injection for tests): its loop ends after the

@@ -46,17 +46,6 @@ class InputProcessor:
         """The core's KV pool, once known: requests that can never fit it are refused."""
         self.kv_pool = (num_blocks, block_size)
 
-    def check_fits_kv_pool(self, request: Request) -> None:
-        """ValueError naming the prompt tokens, max_tokens, the pool's capacity and the flags
-        that size it, when the request could never run (see corral/core/kv_capacity.py)."""
-        if self.kv_pool is not None:
-            check_fits_kv_pool(
-                request.num_prompt_tokens,
-                request.max_tokens,
-                *self.kv_pool,
-                self.config.scheduler.kv_reservation,
-            )
-
     def predict_num_output_tokens(self, token_ids: list[int]) -> int | None:
         """The length predictor's output length for the prompt's text (None without one). It
         can be slow: AsyncLLM runs it in a worker thread, off the event loop."""
@@ -107,7 +96,8 @@ class InputProcessor:
         predicted_num_output_tokens: int | None = None,
     ) -> list[Request]:
         """One scheduler Request per sample; child i of n > 1 is "{i}_{request_id}" with seed
-        seed + i. Raises ValueError naming the value and the limit when the prompt does not fit.
+        seed + i. Raises ValueError naming the value and the limit when the prompt does not fit the
+        context or could never run in the core's KV pool.
 
         predicted_num_output_tokens: a known or externally predicted output length; without one,
         the length predictor (if configured) predicts it from the prompt's text."""
@@ -136,4 +126,12 @@ class InputProcessor:
                 )
             )
             children[-1].predicted_num_output_tokens = predicted_num_output_tokens
+        if self.kv_pool is not None:  # the rule of corral/core/kv_capacity.py
+            first = children[0]
+            check_fits_kv_pool(
+                first.num_prompt_tokens,
+                first.max_tokens,
+                *self.kv_pool,
+                self.config.scheduler.kv_reservation,
+            )
         return children

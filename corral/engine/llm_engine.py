@@ -66,7 +66,6 @@ class LLMEngine:
         children = self.input_processor.make_requests(
             request_id, token_ids, params, **request_fields
         )
-        self.input_processor.check_fits_kv_pool(children[0])
         self.output_processor.add_request(
             request_id,
             [c.request_id for c in children],
