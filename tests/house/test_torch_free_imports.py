@@ -28,8 +28,8 @@ def test_every_module_is_found() -> None:
     assert len(_modules("corral.sim")) > 10
 
 
-def test_control_plane_and_simulator_import_no_torch() -> None:
-    modules = [name for package in TORCH_FREE_PACKAGES for name in _modules(package)]
+def _import_in_fresh_interpreter(modules: list[str]) -> subprocess.CompletedProcess[str]:
+    """Imports modules in order; exits 1 naming the first after which torch is loaded."""
     script = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
@@ -38,8 +38,19 @@ def test_control_plane_and_simulator_import_no_torch() -> None:
         "        print('torch imported by', name); sys.exit(1)\n"
         "print('ok', len(sys.modules))\n"
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )
+
+
+def test_control_plane_and_simulator_import_no_torch() -> None:
+    modules = [name for package in TORCH_FREE_PACKAGES for name in _modules(package)]
+    result = _import_in_fresh_interpreter(modules)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("ok")
+
+
+def test_the_check_catches_a_module_that_imports_torch() -> None:
+    result = _import_in_fresh_interpreter(["corral.core.scheduler", "corral.model.executor"])
+    assert result.returncode == 1
+    assert "torch imported by corral.model.executor" in result.stdout
