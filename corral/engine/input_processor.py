@@ -110,7 +110,9 @@ class InputProcessor:
             child_params = params
             if params.n > 1:
                 seed = None if params.seed is None else params.seed + index
-                child_params = params.clone(n=1, seed=seed)
+                # The prompt is scored once, by child 0 (the output processor reads only its).
+                prompt_logprobs = params.prompt_logprobs if index == 0 else None
+                child_params = params.clone(n=1, seed=seed, prompt_logprobs=prompt_logprobs)
             children.append(
                 Request(
                     child_id,

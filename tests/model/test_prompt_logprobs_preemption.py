@@ -65,3 +65,27 @@ def test_output_processor_refuses_prompt_positions_reported_twice():
 def test_output_processor_refuses_prompt_logprobs_of_another_token():
     with pytest.raises(RuntimeError, match="position 2 score token 6, not the prompt's 7"):
         _processor().process([_update([6, 6])])
+
+
+def test_n_samples_score_the_prompt_once_with_the_same_values(tiny_model):
+    llm = LLM(model=str(tiny_model), dtype="float32", device=TEST_DEVICE)
+    prompt = [5, 6, 7, 8, 9, 10]
+    params = {"max_tokens": 3, "prompt_logprobs": 2, "temperature": 0.5, "seed": 1}
+    one = llm.generate([prompt], SamplingParams(**params))[0]
+    two = llm.generate([prompt], SamplingParams(n=2, **params))[0]
+    assert len(two.prompt_logprobs) == len(prompt)
+    for ours, alone in zip(two.prompt_logprobs[1:], one.prompt_logprobs[1:]):
+        assert list(ours) == list(alone)  # the same tokens, in the same order
+        for token_id, logprob in ours.items():
+            assert logprob.logprob == pytest.approx(alone[token_id].logprob, abs=1e-5)
+    scored = []
+    original = llm.engine.executor.execute
+
+    def recording(scheduler_output):
+        output = original(scheduler_output)
+        scored.extend(output.prompt_logprobs)
+        return output
+
+    llm.engine.executor.execute = recording
+    llm.generate([prompt], SamplingParams(n=3, **params))
+    assert scored and all(request_id.startswith("0_") for request_id in scored)
