@@ -121,9 +121,7 @@ def prediction_tau(specs: list[RequestSpec], predicted: dict[str, int]) -> float
 
 def deadline_s(spec: RequestSpec, slo: SLO) -> float | None:
     """A request's end-to-end deadline implied by the TTFT and TPOT bounds (for edf)."""
-    if slo.ttft_s is None or slo.tpot_s is None:
-        return None
-    return slo.ttft_s + slo.tpot_s * max(spec.num_output_tokens - 1, 0)
+    return slo.deadline_s(spec.num_output_tokens)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.core.slo_target import SLO
 from corral.workloads import RequestSpec, Workload
 
 ENDPOINT_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
@@ -20,6 +21,8 @@ class RequestOptions:
     prompt_format: auto sends a spec's text when it has some, else its token ids (completions
     only); text and ids force one. force_output_len sends ignore_eos=true with
     max_tokens=spec.num_output_tokens, so every request generates exactly that many tokens.
+    A spec's client and priority go out as `user` and `priority` (when set); deadline_slo sends
+    each request's `deadline_s`, the end-to-end deadline its TTFT and TPOT bounds imply (edf).
     """
 
     endpoint: str = "completions"
@@ -28,6 +31,7 @@ class RequestOptions:
     temperature: float = 0.0
     force_output_len: bool = True
     extra_body: Mapping[str, Any] = field(default_factory=dict)
+    deadline_slo: SLO | None = None
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINT_PATHS:
@@ -42,6 +46,11 @@ class RequestOptions:
             raise ValueError("the chat endpoint takes text; token-id prompts need completions")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        slo = self.deadline_slo
+        if slo is not None and (slo.ttft_s is None or slo.tpot_s is None):
+            raise ValueError(
+                f"deadlines come from the SLO's ttft and tpot bounds; {slo.describe()!r} lacks one"
+            )
 
     @property
     def path(self) -> str:
@@ -122,6 +131,12 @@ def build_payload(
     }
     if options.force_output_len:
         body["ignore_eos"] = True
+    if spec.client_id is not None:
+        body["user"] = spec.client_id
+    if spec.priority:
+        body["priority"] = spec.priority
+    if options.deadline_slo is not None:
+        body["deadline_s"] = options.deadline_slo.deadline_s(spec.num_output_tokens)
     if options.is_chat:
         messages = _chat_messages(spec, parent)
         body["messages"] = list(messages)

@@ -54,6 +54,12 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
     group.add_argument("--slo", default=None, help="ttft_ms=...,tpot_ms=...,e2e_ms=...")
+    group.add_argument(
+        "--send-deadlines",
+        action="store_true",
+        help="send each request's deadline_s (ttft + tpot x (output tokens - 1) from --slo), "
+        "for the edf policy; --num-clients and --num-priorities are sent as user and priority",
+    )
     group.add_argument("--result-json", default=None, help="write the report and records here")
     add_workload_arguments(parser)
 
@@ -67,7 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def request_options_from_args(args: argparse.Namespace) -> RequestOptions:
+    from corral.core.slo_target import parse_slo
+
+    if args.send_deadlines and not args.slo:
+        raise ValueError("--send-deadlines needs --slo with ttft_ms and tpot_ms")
     return RequestOptions(
+        deadline_slo=parse_slo(args.slo) if args.send_deadlines else None,
         endpoint=args.endpoint,
         model=args.model or "",
         prompt_format=args.prompt_format,

@@ -42,6 +42,13 @@ class SLO:
             return False
         return not (self.e2e_s is not None and e2e_s > self.e2e_s)
 
+    def deadline_s(self, num_output_tokens: int) -> float | None:
+        """The end-to-end deadline that the TTFT and TPOT bounds imply for a request of
+        num_output_tokens (an edf deadline); None without both bounds."""
+        if self.ttft_s is None or self.tpot_s is None:
+            return None
+        return self.ttft_s + self.tpot_s * max(num_output_tokens - 1, 0)
+
     def describe(self) -> str:
         """The bounds in parse_slo's syntax ('ttft_ms<=200,tpot_ms<=50'), or 'none'."""
         parts = [

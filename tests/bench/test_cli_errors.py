@@ -26,6 +26,15 @@ SERVE = ["bench", "serve", "--no-progress", "--dataset", "random", "--num-reques
             ["--base-url", "http://127.0.0.1:9", "--model", "m", "--request-timeout-s", "0"],
             "--request-timeout-s must be > 0",
         ),
+        (
+            ["--base-url", "http://127.0.0.1:9", "--model", "m", "--send-deadlines"],
+            "--send-deadlines needs --slo with ttft_ms and tpot_ms",
+        ),
+        (
+            ["--base-url", "http://127.0.0.1:9", "--model", "m", "--send-deadlines"]
+            + ["--slo", "e2e_ms=900"],
+            "lacks one",
+        ),
     ],
 )
 def test_serve_rejects_bad_input(extra, message, caplog):

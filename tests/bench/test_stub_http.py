@@ -104,3 +104,23 @@ def test_connection_refused_is_counted_for_every_request():
     assert all("ClientConnectorError" in r.record.error for r in report.run.records)
     with pytest.raises(ValueError, match="pass --model"):
         fetch_model_name(ServeTarget(f"http://127.0.0.1:{port}", show_progress=False))
+
+
+def test_clients_priorities_and_deadlines_reach_the_server(stub):
+    """What fair, priority and edf need goes over the wire: user, priority, deadline_s."""
+    from corral.core.slo_target import parse_slo
+
+    specs = [
+        RequestSpec("a", 0.0, 5, 4, prompt="ok:4:0:0", client_id="client-1", priority=2),
+        RequestSpec("b", 0.0, 5, 6, prompt="ok:6:0:0"),
+    ]
+    slo = parse_slo("ttft_ms=200,tpot_ms=50")
+    bench(stub.base_url, Workload("stub", specs), deadline_slo=slo)
+    bodies = {body["prompt"]: body for _, _, body in stub.received[-2:]}
+    first, second = bodies["ok:4:0:0"], bodies["ok:6:0:0"]
+    assert first["user"] == "client-1" and first["priority"] == 2
+    assert "user" not in second and "priority" not in second
+    assert first["deadline_s"] == pytest.approx(0.2 + 3 * 0.05)
+    assert second["deadline_s"] == pytest.approx(0.2 + 5 * 0.05)
+    with pytest.raises(ValueError, match="ttft and tpot"):
+        RequestOptions(deadline_slo=parse_slo("e2e_ms=1000"))
