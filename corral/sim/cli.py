@@ -18,7 +18,11 @@ import logging
 from pathlib import Path
 
 from corral.core.slo_target import parse_slo
-from corral.sim.cli_args import add_deployment_arguments, deployment_options_from_args
+from corral.sim.cli_args import (
+    add_deployment_arguments,
+    deployment_options_from_args,
+    length_hook_from_args,
+)
 from corral.workloads.cli_args import add_workload_arguments, workload_options_from_args
 
 logger = logging.getLogger(__name__)
@@ -112,8 +116,10 @@ def _run(args: argparse.Namespace) -> int:
 
     workload = build_workload(workload_options_from_args(args))
     slo = parse_slo(args.slo)
-    cluster = build_cluster(deployment_options_from_args(args))
-    result = ClusterSimulator(cluster, workload).run()
+    deployment = deployment_options_from_args(args)
+    hook = length_hook_from_args(args, workload, deployment)
+    cluster = build_cluster(deployment)
+    result = ClusterSimulator(cluster, workload, hook).run()
     report = build_report(result, slo)
     print(format_report(report, f"corral simulate: {workload.name}"))
     if args.result_json:
@@ -179,10 +185,12 @@ def _search(args: argparse.Namespace) -> int:
     from corral.workloads import build_workload
 
     workload = build_workload(workload_options_from_args(args))
+    deployment = deployment_options_from_args(args)
     result = search(
         workload,
-        deployment_options_from_args(args),
+        deployment,
         parse_slo(args.slo),
+        request_hook=length_hook_from_args(args, workload, deployment),
         hardware_menu=[h.strip() for h in args.hardware_menu.split(",") if h.strip()],
         tp_menu=args.tp_menu,
         instance_menu=args.instances_menu,

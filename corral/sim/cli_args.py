@@ -6,9 +6,11 @@ import argparse
 
 from corral.config import SchedulerConfig
 from corral.engine.engine_args import scheduler_config_from_args
+from corral.sim.cluster import RequestHook
 from corral.sim.cost.hardware import list_hardware
 from corral.sim.deployment import DeploymentOptions
 from corral.sim.router import ROUTER_POLICIES
+from corral.workloads.spec import Workload
 
 
 def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +48,17 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
         default=sched.kv_reservation,
         help="none | max | predicted[:options] (corral/core/reservation.py)",
     )
-    group.add_argument("--length-predictor", default=None, help="a saved length predictor")
+    group.add_argument(
+        "--length-predictor",
+        default=None,
+        help="a saved length predictor (corral predictor train), applied to each prompt's text",
+    )
+    group.add_argument(
+        "--length-oracle",
+        action="store_true",
+        help="predict each request's true output length (sjf/srpt/predicted need this or "
+        "--length-predictor)",
+    )
     group.add_argument("--block-size", type=int, default=defaults.block_size)
     group.add_argument("--num-kv-blocks", type=int, default=None, help="default: from memory")
     group.add_argument("--memory-utilization", type=float, default=defaults.memory_utilization)
@@ -94,3 +106,12 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         kv_sample_interval_s=args.kv_sample_interval_s,
         check_integrity=args.check_integrity,
     )
+
+
+def length_hook_from_args(
+    args: argparse.Namespace, workload: Workload, deployment: DeploymentOptions
+) -> RequestHook | None:
+    """The request hook of --length-predictor / --length-oracle (see corral/sim/lengths.py)."""
+    from corral.sim.lengths import length_hook
+
+    return length_hook(workload, deployment.scheduler, args.length_predictor, args.length_oracle)

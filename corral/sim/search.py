@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from corral.core.slo_target import SLO
 from corral.sim.api import simulate
+from corral.sim.cluster import RequestHook
 from corral.sim.cost.hardware import load_hardware
 from corral.sim.deployment import DeploymentOptions
 from corral.workloads.spec import Workload
@@ -66,11 +67,12 @@ def _evaluate(
     hardware: str,
     tp: int,
     num_instances: int,
+    request_hook: RequestHook | None = None,
 ) -> SearchPoint:
     options = base.with_changes(
         hardware=hardware, tensor_parallel_size=tp, num_instances=num_instances
     )
-    report = simulate(workload, options, slo)
+    report = simulate(workload, options, slo, request_hook)
     summary = report.summary
     attainment = (summary.num_slo_met or 0) / len(workload)
     price = options.price_per_device_hour
@@ -100,6 +102,7 @@ def search(
     instance_menu: Sequence[int],
     target_attainment: float = 0.9,
     progress: Callable[[SearchPoint], None] | None = None,
+    request_hook: RequestHook | None = None,
 ) -> SearchResult:
     """Simulate the menu (binary search per hardware and tp) and pick the cheapest that meets
     the SLOs at the target attainment."""
@@ -119,7 +122,14 @@ def search(
                 middle = (low + high) // 2
                 try:
                     point = _evaluate(
-                        workload, base, slo, target_attainment, hardware, tp, counts[middle]
+                        workload,
+                        base,
+                        slo,
+                        target_attainment,
+                        hardware,
+                        tp,
+                        counts[middle],
+                        request_hook,
                     )
                 except ValueError as error:
                     infeasible[f"{hardware}/tp{tp}"] = str(error)
