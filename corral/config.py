@@ -109,6 +109,10 @@ class SchedulerConfig:
     length_predictor: str | None = None
     # What preemption does to the victim's KV: "recompute" (drop it) or "swap" (host tier).
     preemption_mode: str = "recompute"
+    # SLO targets for attainment accounting (corral/core/slo.py): a default for every class and
+    # per-class ones "PRIORITY:ttft_ms=..,tpot_ms=..,e2e_ms=.." (corral/core/slo_target.py).
+    slo: str | None = None
+    slo_classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -121,6 +125,9 @@ class SchedulerConfig:
             raise ValueError(
                 f"preemption_mode must be 'recompute' or 'swap', got {self.preemption_mode!r}"
             )
+        from corral.core.slo_target import parse_slo_classes
+
+        parse_slo_classes(self.slo, self.slo_classes)  # ValueError names a bad item
         if self.long_prefill_token_threshold < 0:
             raise ValueError(
                 "long_prefill_token_threshold must be >= 0, got "

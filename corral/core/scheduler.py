@@ -25,6 +25,7 @@ from corral.core.policies import SchedulingPolicy, make_policy
 from corral.core.preemption import PREEMPTION_MODES
 from corral.core.reservation import AdmissionGate, make_reservation
 from corral.core.slo import SLOStats, SLOTracker
+from corral.core.slo_target import parse_slo_classes
 from corral.core.step_plan import StepPlan
 from corral.core.stop import check_stop
 from corral.request import Request, RequestStatus
@@ -61,7 +62,8 @@ class Scheduler:
         self.policy.bind(lambda: self.clock())
         self.reservation = make_reservation(config.kv_reservation)
         # Waits, starvation and SLO attainment, whatever the policy (slo_stats()).
-        self.slo = SLOTracker(lambda: self.clock())
+        default_target, class_targets = parse_slo_classes(config.slo, config.slo_classes)
+        self.slo = SLOTracker(lambda: self.clock(), class_targets, default_target)
         self.requests: dict[str, Request] = {}
         self.running: list[Request] = []
         self.num_preemptions = 0

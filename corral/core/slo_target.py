@@ -79,3 +79,25 @@ def parse_slo(text: str | None) -> SLO:
             raise ValueError(f"SLO {key} must be > 0 ms, got {value_ms}")
         values_s[_KEYS_MS[key]] = value_ms / 1e3
     return SLO(**values_s)
+
+
+def parse_slo_classes(default: str | None, classes: tuple[str, ...]) -> tuple[SLO, dict[int, SLO]]:
+    """The scheduler's SLO targets: a default for every class (parse_slo syntax) and per-class
+    ones, each "PRIORITY:ttft_ms=..,tpot_ms=..,e2e_ms=.." (the class is Request.priority).
+    ValueError names the offending item."""
+    targets: dict[int, SLO] = {}
+    for item in classes:
+        label, sep, text = item.partition(":")
+        try:
+            priority = int(label)
+        except ValueError:
+            priority = None
+        if not sep or priority is None:
+            raise ValueError(
+                f"SLO class {item!r} is not PRIORITY:ttft_ms=..,tpot_ms=..,e2e_ms=.. "
+                "(PRIORITY an integer, the request's priority)"
+            )
+        if priority in targets:
+            raise ValueError(f"SLO class {priority} is given twice")
+        targets[priority] = parse_slo(text)
+    return parse_slo(default), targets

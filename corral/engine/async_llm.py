@@ -24,6 +24,7 @@ from typing import Any
 
 from corral.config import EngineConfig
 from corral.core.messages import SchedulerStats
+from corral.core.slo import SLOStats
 from corral.engine.core_client import EngineCoreClient, EngineDeadError, InProcessCoreClient
 from corral.engine.core_messages import EngineCoreOutputs
 from corral.engine.input_processor import InputProcessor, PromptType
@@ -276,6 +277,11 @@ class AsyncLLM:
     @property
     def is_healthy(self) -> bool:
         return self.client.dead_reason is None
+
+    async def slo_stats(self) -> SLOStats:
+        """The scheduler's queue waits and per-class SLO attainment so far (a utility call:
+        nothing is added to the step path)."""
+        return await self.client.call_utility("slo_stats")
 
     def check_health(self) -> None:
         """Raise EngineDeadError if the core has died or stalled."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from corral.config import EngineConfig
+from corral.core.slo import SLOStats
 from corral.engine.core_messages import (
     AddRequests,
     CoreInfo,
@@ -42,7 +43,7 @@ class Inbox(Protocol):
 class CoreLoop:
     """Runs one EngineCore on the messages of an inbox (see run())."""
 
-    UTILITIES = ("kv_state", "check_integrity", "reset_prefix_cache", "sleep")
+    UTILITIES = ("kv_state", "check_integrity", "reset_prefix_cache", "sleep", "slo_stats")
 
     def __init__(self, core: Any, max_model_len: int) -> None:
         self.core = core  # corral.engine.engine_core.EngineCore
@@ -183,6 +184,9 @@ class CoreLoop:
     def _check_integrity(self) -> dict[str, int]:
         self.core.kv_manager.check_integrity()
         return self._kv_state()
+
+    def _slo_stats(self) -> SLOStats:
+        return self.core.scheduler.slo_stats()
 
     def _reset_prefix_cache(self) -> int:
         return self.core.kv_manager.reset_prefix_cache()

@@ -64,6 +64,19 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="output-length predictor file (corral predictor train) for sjf/srpt/reservation",
     )
     group.add_argument(
+        "--slo",
+        default=None,
+        help="SLO target of every class, ttft_ms=..,tpot_ms=..,e2e_ms=.. (attainment on /metrics)",
+    )
+    group.add_argument(
+        "--slo-class",
+        action="append",
+        default=None,
+        metavar="PRIORITY:TARGETS",
+        help="SLO target of one class (requests of that priority), e.g. 0:ttft_ms=200,tpot_ms=50; "
+        "repeatable",
+    )
+    group.add_argument(
         "--step-log",
         default=None,
         help="append each step's batch shape and duration to this JSON-lines file (fit the "
@@ -115,4 +128,7 @@ def scheduler_config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         preemption_mode=getattr(args, "preemption_mode", "recompute"),
         kv_reservation=args.kv_reservation,
         length_predictor=args.length_predictor,
+        # The simulator's --slo (goodput) is the same default target.
+        slo=getattr(args, "slo", None),
+        slo_classes=tuple(getattr(args, "slo_class", None) or ()),
     )

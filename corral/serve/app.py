@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -41,6 +42,9 @@ from corral.serve.streaming import json_response
 from corral.serve.validation import ModelLimits, parse_body
 
 logger = logging.getLogger(__name__)
+
+# How long /metrics waits for the core's SLO counters before answering without them.
+SLO_STATS_TIMEOUT_S = 2.0
 
 
 def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = True) -> FastAPI:
@@ -165,6 +169,10 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=errors(401))
     async def prometheus_metrics() -> Response:
+        if engine.is_healthy:
+            # A busy or dead core: the series keep their last values.
+            with contextlib.suppress(asyncio.TimeoutError, RuntimeError):
+                metrics.set_slo(await asyncio.wait_for(engine.slo_stats(), SLO_STATS_TIMEOUT_S))
         return Response(metrics.render(engine.is_healthy), media_type=CONTENT_TYPE)
 
     if engine.config.debug_check_integrity:

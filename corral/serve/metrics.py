@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from corral.core.messages import SchedulerStats
+from corral.core.slo import SLOStats
 from corral.engine.request_stats import IterationStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -25,6 +26,20 @@ _REQUEST_LATENCY_BUCKETS_S = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
+
+
+_SLO_DOCS = {
+    "scheduler_max_queue_wait_seconds": "Longest queue wait seen so far.",
+    "scheduler_oldest_waiting_seconds": "How long the oldest waiting request has waited.",
+    "slo_requests_finished": "Finished requests of the class (cumulative).",
+    "slo_requests_aborted": "Aborted requests of the class (cumulative).",
+    "slo_requests_with_target": "Finished requests of the class that had an SLO target.",
+    "slo_requests_attained": "Finished requests of the class that met every bound.",
+    "slo_preemptions": "Preemptions of the class's requests (cumulative).",
+    "slo_max_queue_wait_seconds": "Longest queue wait of the class.",
+    "slo_max_e2e_seconds": "Longest end-to-end latency of the class.",
+    "slo_attainment_ratio": "attained / with target, for the class (--slo, --slo-class).",
+}
 
 
 class ServerMetrics:
@@ -120,6 +135,7 @@ class ServerMetrics:
             "corral:request_generation_tokens", "Generated tokens per request.", _token_buckets()
         )
         self._last: SchedulerStats | None = None
+        self._slo_gauges: dict[str, Any] = {}
         self.engine_healthy.set(1)
 
     def observe(self, stats: IterationStats) -> None:
@@ -162,6 +178,19 @@ class ServerMetrics:
     def count_rejected(self, error: Any) -> None:
         status = getattr(error, "status_code", 500)
         self.request_rejected.labels(status=str(status), **self._values).inc()
+
+    def set_slo(self, slo: SLOStats) -> None:
+        """The scheduler's waits and per-class SLO attainment (corral:slo_*{slo_class=...}),
+        read from the core when /metrics is scraped (nothing on the step path)."""
+        for name, labels, value in slo.as_metrics():
+            key = "corral:" + name
+            gauge = self._slo_gauges.get(key)
+            if gauge is None:
+                gauge = Gauge(
+                    key, _SLO_DOCS.get(name, name), ["model_name", *labels], registry=self.registry
+                )
+                self._slo_gauges[key] = gauge
+            gauge.labels(**self._values, **labels).set(value)
 
     def render(self, engine_alive: bool) -> bytes:
         self.engine_healthy.set(1 if engine_alive else 0)

@@ -59,6 +59,14 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
         help="predict each request's true output length (sjf/srpt/predicted need this or "
         "--length-predictor)",
     )
+    group.add_argument(
+        "--slo-class",
+        action="append",
+        default=None,
+        metavar="PRIORITY:TARGETS",
+        help="SLO target of one priority class for the schedulers' attainment accounting "
+        "(--slo is every class's)",
+    )
     group.add_argument("--block-size", type=int, default=defaults.block_size)
     group.add_argument("--num-kv-blocks", type=int, default=None, help="default: from memory")
     group.add_argument("--memory-utilization", type=float, default=defaults.memory_utilization)
