@@ -38,6 +38,11 @@ from corral.engine.core_messages import (
 
 logger = logging.getLogger(__name__)
 
+# The core process's exit status after its loop failed (the reason goes out as CoreFailed first).
+FAILED_EXIT_CODE = 1
+# How long the reader waits for each message a dead core left in the pipe.
+EXIT_DRAIN_POLL_S = 0.05
+
 
 # ----- the core process --------------------------------------------------------------------
 
@@ -52,7 +57,6 @@ def run_core_process(
     """The engine process: build the core, then loop until told to stop or orphaned."""
     # Ctrl-C reaches the whole process group; the frontend decides when the core stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    outputs.cancel_join_thread()
     _close_write_end(inputs)  # the server's death then reads as EOF here
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -71,13 +75,16 @@ def run_core_process(
         if os.getppid() == parent_pid:
             return False
         logger.error("the server process is gone; engine core exiting")
+        outputs.cancel_join_thread()  # nobody reads: exiting must not wait for the pipe
         return True
 
+    failed = False
     try:
         core_loop.run(
             inputs, outputs.put, idle_interval_s=heartbeat_interval_s, should_exit=is_orphaned
         )
     except BaseException:
+        failed = True
         reason = "engine core loop failed:\n" + traceback.format_exc()
         logger.error(reason)
         outputs.put(CoreFailed(reason))
@@ -89,6 +96,10 @@ def run_core_process(
     except Exception:
         logger.exception("flushing the KV cache's writes failed")
     _flush(outputs)
+    if failed:
+        # The reason is sent; skip the interpreter's teardown, which can abort (SIGABRT) on
+        # native threads of a core left in an unknown state.
+        os._exit(FAILED_EXIT_CODE)
 
 
 class _HeartbeatThread(threading.Thread):
@@ -221,7 +232,7 @@ class MultiProcessCoreClient(EngineCoreClient):
                 if self.process.is_alive():
                     self._die(f"the engine core's output pipe broke: {error!r}")
                 else:
-                    self._die(f"the engine core process exited (exit code {self.process.exitcode})")
+                    self._exited()
                 return
             now = time.monotonic()
             if message is not None:
@@ -241,7 +252,7 @@ class MultiProcessCoreClient(EngineCoreClient):
                     return
                 continue
             if not self.process.is_alive():
-                self._die(f"the engine core process exited (exit code {self.process.exitcode})")
+                self._exited()
                 return
             if self._ready.is_set() and now - last_seen > self.heartbeat_timeout_s:
                 self._die(
@@ -250,6 +261,22 @@ class MultiProcessCoreClient(EngineCoreClient):
                 )
                 self.process.kill()  # a core that comes back half-way would be worse
                 return
+
+    def _exited(self) -> None:
+        """The core process is gone. What it wrote before exiting may still be in the pipe (the
+        poll above can time out just before it arrives): deliver it, so that a CoreFailed names
+        the cause, then report the exit."""
+        while True:
+            try:
+                message = self._outputs.get(timeout=EXIT_DRAIN_POLL_S)
+            except (queue.Empty, EOFError, OSError):
+                break
+            if isinstance(message, Heartbeat):
+                continue
+            self._deliver(message)
+            if isinstance(message, CoreFailed):
+                return
+        self._die(f"the engine core process exited (exit code {self.process.exitcode})")
 
     def _deliver(self, message: Any) -> None:
         assert self._loop is not None and self._messages is not None
