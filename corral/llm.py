@@ -6,7 +6,13 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from corral.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from corral.config import (
+    CacheConfig,
+    EngineConfig,
+    ModelConfig,
+    SchedulerConfig,
+    SpeculativeConfig,
+)
 from corral.engine.llm_engine import LLMEngine, PromptType
 from corral.outputs import RequestOutput
 from corral.sampling_params import OutputKind, SamplingParams
@@ -15,6 +21,15 @@ _CONFIG_FIELDS = {
     ModelConfig: set(ModelConfig.__dataclass_fields__),
     CacheConfig: set(CacheConfig.__dataclass_fields__),
     SchedulerConfig: set(SchedulerConfig.__dataclass_fields__),
+}
+# Keyword -> SpeculativeConfig field (vLLM's names where it has them).
+SPECULATIVE_KWARGS = {
+    "speculative_method": "method",
+    "num_speculative_tokens": "num_tokens",
+    "speculative_model": "model",
+    "speculative_tokens_rule": "num_tokens_rule",
+    "speculative_ngram_min": "ngram_min",
+    "speculative_ngram_max": "ngram_max",
 }
 
 
@@ -26,6 +41,13 @@ def engine_config_from_kwargs(**kwargs: Any) -> EngineConfig:
     if "scheduling_policy" in kwargs:
         kwargs["policy"] = kwargs.pop("scheduling_policy")
     debug = bool(kwargs.pop("debug_check_integrity", False))
+    speculative = {
+        SPECULATIVE_KWARGS[name]: kwargs.pop(name)
+        for name in list(kwargs)
+        if name in SPECULATIVE_KWARGS
+    }
+    if "num_tokens" in speculative:
+        speculative["num_speculative_tokens"] = speculative.pop("num_tokens")
     parts: dict[type, dict[str, Any]] = {cls: {} for cls in _CONFIG_FIELDS}
     for name, value in kwargs.items():
         owner = next((cls for cls, fields in _CONFIG_FIELDS.items() if name in fields), None)
@@ -36,6 +58,7 @@ def engine_config_from_kwargs(**kwargs: Any) -> EngineConfig:
         model=ModelConfig(**parts[ModelConfig]),
         cache=CacheConfig(**parts[CacheConfig]),
         scheduler=SchedulerConfig(**parts[SchedulerConfig]),
+        speculative=SpeculativeConfig(**speculative),
         debug_check_integrity=debug,
     )
 
@@ -44,7 +67,9 @@ class LLM:
     """Load a model once, then generate for batches of prompts with continuous batching.
 
     LLM(model="path/to/hf-dir", dtype="bfloat16", max_num_seqs=64, ...) accepts every field of
-    ModelConfig, CacheConfig and SchedulerConfig as a keyword. model=None uses the bundled demo.
+    ModelConfig, CacheConfig and SchedulerConfig as a keyword, and speculative decoding as
+    speculative_method=, num_speculative_tokens=, speculative_model= (and speculative_tokens_rule=,
+    speculative_ngram_min=, speculative_ngram_max=). model=None uses the bundled demo.
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:

@@ -64,6 +64,7 @@ class Request:
         "deadline_s",
         "predicted_num_output_tokens",
         "block_hashes",
+        "spec_token_ids",
     )
 
     def __init__(
@@ -114,6 +115,8 @@ class Request:
         self.predicted_num_output_tokens: int | None = None
         # Chained hashes of the request's full blocks, filled in by the KV cache manager.
         self.block_hashes: list[bytes | int] = []
+        # Draft tokens proposed after the last step, not yet verified (not in all_token_ids).
+        self.spec_token_ids: list[int] = []
         stop_ids = set(sampling_params.stop_token_ids)
         if not sampling_params.ignore_eos:
             stop_ids |= eos_token_ids

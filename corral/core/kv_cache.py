@@ -166,6 +166,23 @@ class KVCacheManager:
             self.pool.register(blocks[index], request.block_hashes[index])
         self._num_registered[request.request_id] = num_full
 
+    def free_excess_blocks(self, request: Request, num_tokens: int) -> bool:
+        """Return the request's blocks beyond the first cdiv(num_tokens, block_size): they hold
+        only tokens that were given up (rejected draft tokens), never prefix-cached ones.
+        True when some were freed."""
+        blocks = self._req_blocks.get(request.request_id)
+        if not blocks:
+            return False
+        num_keep = cdiv(num_tokens, self.block_size)
+        if len(blocks) <= num_keep:
+            return False
+        if num_keep < self._num_registered[request.request_id]:
+            raise RuntimeError(f"{request}: would free registered blocks (keep {num_keep})")
+        excess = blocks[num_keep:]
+        del blocks[num_keep:]
+        self.pool.release(reversed(excess))
+        return True
+
     def free(self, request: Request) -> None:
         """Return all the request's blocks (cached ones stay reusable until evicted), and any
         host slots holding it swapped out."""

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
 from corral.sampling_params import SamplingParams
+from corral.spec.stats import SpecDecodeStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,9 @@ class CachedRequestData:
     request_id: str
     new_block_ids: list[int]
     num_computed_tokens: int
+    # Set when blocks at the end of the table were freed since the request's last step (they
+    # held only rejected draft tokens): keep this many, then append new_block_ids.
+    num_kept_blocks: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,11 @@ class SchedulerOutput:
     preempted_request_ids: set[str] = field(default_factory=set)
     # Block copies between KV tiers, run before the forward pass (None: no lower tiers).
     kv_transfers: KVTransferPlan | None = None
+    # Speculative decoding: draft tokens scheduled for verification, per request. They are the
+    # last len(spec_token_ids[r]) of num_scheduled_tokens[r], after the request's real tokens.
+    spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    # How many tokens to propose, after this step's verification, for each request that samples.
+    num_spec_tokens_to_propose: dict[str, int] = field(default_factory=dict)
 
     @property
     def is_empty(self) -> bool:
@@ -68,7 +77,8 @@ class TokenLogprobs(NamedTuple):
 class ModelOutput:
     """What an executor returns for one SchedulerOutput."""
 
-    # Sampled token ids per request that reached the end of its tokens this step.
+    # Sampled token ids per request that reached the end of its tokens this step: one, or with
+    # draft tokens scheduled, the accepted drafts then one token of the target's (1 to k + 1).
     sampled_token_ids: dict[str, list[int]]
     # Per sampled token, when the request asked for logprobs.
     logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)
@@ -78,6 +88,10 @@ class ModelOutput:
     step_time_s: float = 0.0
     # Disk -> host reads that finished since the last step.
     finished_disk_reads: list[DiskReadResult] = field(default_factory=list)
+    # Speculative decoding: next draft tokens per request (num_spec_tokens_to_propose at most),
+    # and the part of step_time_s spent proposing them.
+    spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    propose_time_s: float = 0.0
 
 
 EMPTY_MODEL_OUTPUT = ModelOutput(sampled_token_ids={})
@@ -113,6 +127,8 @@ class SchedulerStats:
     kv_host_saves: int = 0
     kv_disk_writes: int = 0
     kv_swap_outs: int = 0
+    # Speculative decoding counters (None: off).
+    spec_decode: SpecDecodeStats | None = None
 
     @property
     def prefix_hit_rate(self) -> float:

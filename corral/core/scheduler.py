@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from corral.config import SchedulerConfig
+from corral.config import SchedulerConfig, SpeculativeConfig
 from corral.core.kv_cache import KVCacheManager
 from corral.core.kv_capacity import check_fits_kv_pool, kv_pool_capacity_tokens
 from corral.core.messages import (
@@ -26,6 +26,7 @@ from corral.core.preemption import PREEMPTION_MODES
 from corral.core.reservation import AdmissionGate, make_reservation
 from corral.core.slo import SLOStats, SLOTracker
 from corral.core.slo_target import parse_slo_classes
+from corral.core.spec_decode import SpecDecodeScheduling
 from corral.core.step_plan import StepPlan
 from corral.core.stop import check_stop
 from corral.request import Request, RequestStatus
@@ -46,6 +47,7 @@ class Scheduler:
         *,
         policy: SchedulingPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        speculative: SpeculativeConfig | None = None,
     ) -> None:
         if not config.enable_chunked_prefill and config.max_num_batched_tokens < max_model_len:
             raise ValueError(
@@ -72,6 +74,12 @@ class Scheduler:
         # Requests that outgrew the KV pool in schedule(); update() reports them.
         self._outgrown: list[Request] = []
         self.capacity_tokens = kv_pool_capacity_tokens(kv_manager.num_blocks, kv_manager.block_size)
+        # Speculative decoding (None: off): draft tokens in the plan, rollback after the step.
+        self.spec: SpecDecodeScheduling | None = None
+        if speculative is not None and speculative.is_enabled:
+            self.spec = SpecDecodeScheduling(
+                speculative, kv_manager, max_model_len, self.capacity_tokens
+            )
 
     # ----- requests in and out -------------------------------------------------------------
 
@@ -137,6 +145,7 @@ class Scheduler:
             kv_host_saves=kv.host_saves,
             kv_disk_writes=kv.disk_writes,
             kv_swap_outs=kv.swap_outs,
+            spec_decode=self.spec.controller.stats.copy() if self.spec is not None else None,
         )
 
     def slo_stats(self) -> SLOStats:
@@ -154,7 +163,8 @@ class Scheduler:
         if not step.preempted:
             self._admit_waiting(step)
         self.policy.on_step(step.num_scheduled, self.requests)
-        return self._build_output(step)
+        to_propose = self.spec.add_drafts(step, self.requests) if self.spec is not None else {}
+        return self._build_output(step, to_propose)
 
     def _schedule_running(self, step: StepPlan) -> None:
         """Give each running request its next chunk; preempt the policy's victims while the
@@ -229,17 +239,26 @@ class Scheduler:
         updates = [self._outgrown_update(request) for request in self._outgrown]
         self._outgrown.clear()
         sampled = model_output.sampled_token_ids
+        spec = self.spec
+        if spec is not None:
+            spec.observe(scheduler_output, model_output)
         for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
             request = self.requests.get(request_id)
             if request is None or request.status != RequestStatus.RUNNING:
                 continue  # finished or aborted while the step ran
-            request.num_computed_tokens += num_tokens
             new_token_ids: list[int] = []
             for token_id in sampled.get(request_id, ()):
                 request.append_output_token(token_id)
                 new_token_ids.append(token_id)
                 if check_stop(request, self.max_model_len):
                     break
+            if spec is None:
+                request.num_computed_tokens += num_tokens
+            else:
+                drafts = scheduler_output.spec_token_ids.get(request_id, [])
+                num_sampled = len(sampled.get(request_id, ()))
+                spec.settle(request, num_tokens, drafts, num_sampled)
+                spec.take_proposals(request, model_output)
             self.kv.cache_blocks(request)
             if new_token_ids:
                 self.slo.on_token(request)
@@ -295,6 +314,8 @@ class Scheduler:
         """Take the request's blocks (the preemption mode decides: recompute or swap), keep its
         tokens, queue it again."""
         self.running.remove(request)
+        if self.spec is not None:
+            self.spec.forget(request)
         self.preemption.preempt(self.kv, request)
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
@@ -331,11 +352,13 @@ class Scheduler:
 
     def _release(self, request: Request) -> None:
         self.policy.on_request_finished(request)
+        if self.spec is not None:
+            self.spec.forget(request)
         self.kv.free(request)
         del self.requests[request.request_id]
         self._finished_ids.add(request.request_id)
 
-    def _build_output(self, step: StepPlan) -> SchedulerOutput:
+    def _build_output(self, step: StepPlan, to_propose: dict[str, int]) -> SchedulerOutput:
         new_requests = [
             NewRequestData(
                 request_id=request.request_id,
@@ -349,11 +372,13 @@ class Scheduler:
             )
             for request in step.admitted.values()
         ]
+        trimmed = self.spec.trimmed_block_tables if self.spec is not None else {}
         cached_requests = [
             CachedRequestData(
                 request_id=request_id,
                 new_block_ids=block_ids,
                 num_computed_tokens=self.requests[request_id].num_computed_tokens,
+                num_kept_blocks=trimmed.pop(request_id, None) if trimmed else None,
             )
             for request_id, block_ids in step.new_block_ids.items()
         ]
@@ -366,4 +391,6 @@ class Scheduler:
             finished_request_ids=finished_ids,
             preempted_request_ids={request.request_id for request in step.preempted},
             kv_transfers=self.kv.take_transfer_plan(),
+            spec_token_ids=step.spec_token_ids,
+            num_spec_tokens_to_propose=to_propose,
         )

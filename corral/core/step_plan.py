@@ -20,6 +20,8 @@ class StepPlan:
     new_block_ids: dict[str, list[int]] = field(default_factory=dict)
     admitted: dict[str, Request] = field(default_factory=dict)
     preempted: list[Request] = field(default_factory=list)
+    # Draft tokens scheduled for verification (speculative decoding), per request.
+    spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
 
     def schedule_running(self, request: Request, num_tokens: int, block_ids: list[int]) -> None:
         self.num_scheduled[request.request_id] = num_tokens
@@ -30,6 +32,15 @@ class StepPlan:
         self.num_scheduled[request.request_id] = num_tokens
         self.admitted[request.request_id] = request
         self.budget -= num_tokens
+
+    def schedule_drafts(self, request: Request, drafts: list[int], block_ids: list[int]) -> None:
+        """Append draft tokens to a request scheduled this step (after its real tokens)."""
+        request_id = request.request_id
+        self.num_scheduled[request_id] += len(drafts)
+        self.spec_token_ids[request_id] = drafts
+        if request_id in self.new_block_ids:
+            self.new_block_ids[request_id].extend(block_ids)
+        self.budget -= len(drafts)
 
     def unschedule(self, victim: Request) -> None:
         """Note a preemption: the victim leaves the plan, its tokens return to the budget."""

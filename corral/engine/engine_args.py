@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from corral.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from corral.config import (
+    CacheConfig,
+    EngineConfig,
+    ModelConfig,
+    SchedulerConfig,
+    SpeculativeConfig,
+)
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +89,50 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "simulator to real serving: corral simulate profile --from-step-log)",
     )
     group.add_argument("--debug-check-integrity", action="store_true")
+    add_speculative_arguments(parser)
+
+
+def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
+    """Speculative decoding's flags (corral serve, generate and simulate)."""
+    group = parser.add_argument_group("speculative decoding")
+    group.add_argument(
+        "--speculative-method",
+        default=None,
+        help="propose draft tokens with: ngram (prompt lookup), suffix (suffix trees over the "
+        "request and recent outputs), draft (a small model, --speculative-model); default off",
+    )
+    group.add_argument(
+        "--num-speculative-tokens",
+        type=int,
+        default=4,
+        help="the most draft tokens per request and step (K, default 4)",
+    )
+    group.add_argument(
+        "--speculative-model",
+        default=None,
+        help="the draft model of --speculative-method draft: a directory or a bundled name "
+        "(corral-demo-draft)",
+    )
+    group.add_argument(
+        "--speculative-tokens-rule",
+        choices=("adaptive", "fixed"),
+        default="adaptive",
+        help="adaptive (default): K per request and step from measured acceptance and step "
+        "cost, down to 0 when speculation would cost throughput; fixed: always K",
+    )
+    group.add_argument("--speculative-ngram-min", type=int, default=2)
+    group.add_argument("--speculative-ngram-max", type=int, default=4)
+
+
+def speculative_config_from_args(args: argparse.Namespace) -> SpeculativeConfig:
+    return SpeculativeConfig(
+        method=args.speculative_method,
+        num_speculative_tokens=args.num_speculative_tokens,
+        model=args.speculative_model,
+        num_tokens_rule=args.speculative_tokens_rule,
+        ngram_min=args.speculative_ngram_min,
+        ngram_max=args.speculative_ngram_max,
+    )
 
 
 def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> EngineConfig:
@@ -110,6 +160,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         model=model,
         cache=cache,
         scheduler=scheduler,
+        speculative=speculative_config_from_args(args),
         debug_check_integrity=args.debug_check_integrity,
         step_log_path=args.step_log,
         **overrides,

@@ -6,6 +6,7 @@ n > 1, detokenizes and finds stop strings, so the core can run in its own proces
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import time
@@ -39,6 +40,7 @@ class EngineCore:
             config.cache,
             max_model_len,
             config.scheduler.max_num_seqs,
+            config.speculative,
         )
         storage = self.executor.storage
         disk_tier = None
@@ -56,7 +58,9 @@ class EngineCore:
             num_host_slots=self.executor.num_host_slots,
             disk_tier=disk_tier,
         )
-        self.scheduler = Scheduler(config.scheduler, self.kv_manager, max_model_len)
+        self.scheduler = Scheduler(
+            config.scheduler, self.kv_manager, max_model_len, speculative=config.speculative
+        )
         # Tokens computed by the last step (0: nothing could run, e.g. a disk read pending).
         self.last_step_num_tokens = 0
         self.step_log = None
@@ -90,11 +94,14 @@ class EngineCore:
 
     def step(self) -> list[RequestUpdate]:
         """One step: schedule, run the model, advance the books."""
-        start = time.monotonic() if self.step_log is not None else 0.0
+        start = time.monotonic()
         scheduler_output = self.scheduler.schedule()
         self.last_step_num_tokens = scheduler_output.total_num_scheduled_tokens
         # Called even when nothing is scheduled: the executor must still drop finished requests.
         model_output = self.executor.execute(scheduler_output)
+        if self.scheduler.spec is not None:
+            # The speculative controller prices whole steps (scheduling included).
+            model_output = dataclasses.replace(model_output, step_time_s=time.monotonic() - start)
         updates = self.scheduler.update(scheduler_output, model_output)
         if self.config.debug_check_integrity:
             self.kv_manager.check_integrity()

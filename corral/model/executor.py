@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
 
-from corral.config import CacheConfig, ModelConfig, parse_memory_budget
+from corral.config import CacheConfig, ModelConfig, SpeculativeConfig, parse_memory_budget
 from corral.core.messages import ModelOutput, SchedulerOutput, TokenLogprobs
 from corral.model.arch import ModelArch
 from corral.model.device import free_memory_bytes, resolve_device, resolve_dtype
@@ -18,6 +19,8 @@ from corral.model.loader import load_model
 from corral.model.models.llama import LlamaFamilyModel
 from corral.model.sampler import Sampler, SamplingRow, gather_logprobs
 from corral.model.step_inputs import RequestState, build_step_inputs
+from corral.spec.proposer import ProposalRequest, Proposer
+from corral.spec.verify import VerifyGroup, verify
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,13 @@ _PROMPT_LOGPROB_CHUNK = 256
 class ModelExecutor:
     """Owns the model weights, the KV cache tensors and each running request's token state."""
 
-    def __init__(self, model: LlamaFamilyModel, storage: KVStorage, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: LlamaFamilyModel,
+        storage: KVStorage,
+        seed: int = 0,
+        proposer: Proposer | None = None,
+    ) -> None:
         self.model = model
         self.device = model.device
         self.storage = storage
@@ -41,6 +50,8 @@ class ModelExecutor:
         # Prompt positions [0, n) already scored per request that asked for prompt logprobs.
         # Unlike states, it survives preemption: a recomputed prompt is never scored twice.
         self.num_prompt_logprobs_scored: dict[str, int] = {}
+        # Speculative decoding's proposer (None: off); it runs after each step's sampling.
+        self.proposer = proposer
 
     @classmethod
     def create(
@@ -51,6 +62,7 @@ class ModelExecutor:
         cache_config: CacheConfig,
         max_model_len: int,
         max_num_seqs: int,
+        speculative: SpeculativeConfig | None = None,
     ) -> ModelExecutor:
         """Load the weights, then size the KV pool from the memory budget (or num_blocks)."""
         device = resolve_device(model_config.device)
@@ -116,21 +128,42 @@ class ModelExecutor:
                 "KV disk tier: %s (%d blocks found)", disk.directory, len(disk.existing_hashes())
             )
         storage = KVStorage(spec, num_blocks, device, num_host_slots, disk)
-        return cls(model, storage, seed=model_config.seed)
+        proposer = None
+        if speculative is not None and speculative.is_enabled:
+            from corral.spec.factory import make_proposer
+
+            proposer = make_proposer(
+                speculative,
+                vocab_size=arch.vocab_size,
+                dtype=dtype,
+                device=device,
+                num_blocks=num_blocks,
+                block_size=spec.block_size,
+                max_model_len=max_model_len,
+            )
+        return cls(model, storage, seed=model_config.seed, proposer=proposer)
 
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:
-        """Run one step: update request states, compute the scheduled tokens, sample the requests
-        whose tokens are now all computed, score prompt logprobs where asked."""
+        """Run one step: update request states, compute the scheduled tokens (draft tokens
+        after the real ones), sample or verify for the requests whose tokens are now all
+        computed, score prompt logprobs where asked, propose the next drafts."""
         self._update_states(scheduler_output)
         self.storage.apply(scheduler_output.kv_transfers)
         finished_disk_reads = self.storage.finished_disk_reads()
+        drafts = scheduler_output.spec_token_ids
         scheduled = [
             (self.states[request_id], num_tokens)
             for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items()
         ]
         if not scheduled:
             return ModelOutput(sampled_token_ids={}, finished_disk_reads=finished_disk_reads)
+        # Drafts ride at the end of their request's tokens for this step only.
+        num_verified = {}
+        for request_id, draft_ids in drafts.items():
+            state = self.states[request_id]
+            num_verified[request_id] = len(state.token_ids)
+            state.token_ids.extend(draft_ids)
         # Single-token chunks take the batched decode path; they go first.
         scheduled.sort(key=lambda item: item[1] != 1)
         num_decodes = sum(1 for _, num_tokens in scheduled if num_tokens == 1)
@@ -155,34 +188,102 @@ class ModelExecutor:
                     prompt_logprobs[state.request_id] = entries
                     self.num_prompt_logprobs_scored[state.request_id] = first + len(entries)
             if start + num_tokens == len(state.token_ids):
-                sample_rows.append(row_end - 1)
+                num_drafts = len(drafts.get(state.request_id, ()))
+                sample_rows.extend(range(row_end - 1 - num_drafts, row_end))
                 sample_states.append(state)
+        for request_id, length in num_verified.items():
+            del self.states[request_id].token_ids[length:]
         sampled_token_ids: dict[str, list[int]] = {}
         logprobs: dict[str, list[TokenLogprobs]] = {}
         if sample_rows:
             logits = self.model.compute_logits(hidden[sample_rows])
-            rows = [
-                SamplingRow(
-                    state.params,
-                    state.token_ids[: state.num_prompt_tokens],
-                    state.output_token_ids,
-                    state.stop_token_ids,
-                )
-                for state in sample_states
-            ]
-            result = self.sampler(logits, rows)
-            for state, token_id, token_logprobs in zip(
-                sample_states, result.token_ids, result.logprobs
-            ):
-                state.token_ids.append(token_id)
-                sampled_token_ids[state.request_id] = [token_id]
-                if token_logprobs is not None:
-                    logprobs[state.request_id] = [token_logprobs]
+            if drafts:
+                self._verify(logits, sample_states, drafts, sampled_token_ids, logprobs)
+            else:
+                self._sample(logits, sample_states, sampled_token_ids, logprobs)
         for state, num_tokens in scheduled:
-            state.num_computed_tokens += num_tokens
+            num_drafts = len(drafts.get(state.request_id, ()))
+            num_accepted = len(sampled_token_ids.get(state.request_id, ())) - 1
+            state.num_computed_tokens += num_tokens - num_drafts + max(num_accepted, 0)
+        spec_token_ids: dict[str, list[int]] = {}
+        propose_time_s = 0.0
+        if self.proposer is not None and scheduler_output.num_spec_tokens_to_propose:
+            propose_start = time.perf_counter()
+            spec_token_ids = self._propose(scheduler_output.num_spec_tokens_to_propose)
+            propose_time_s = time.perf_counter() - propose_start
         return ModelOutput(
-            sampled_token_ids, logprobs, prompt_logprobs, finished_disk_reads=finished_disk_reads
+            sampled_token_ids,
+            logprobs,
+            prompt_logprobs,
+            finished_disk_reads=finished_disk_reads,
+            spec_token_ids=spec_token_ids,
+            propose_time_s=propose_time_s,
         )
+
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        states: list[RequestState],
+        sampled_token_ids: dict[str, list[int]],
+        logprobs: dict[str, list[TokenLogprobs]],
+    ) -> None:
+        """One token per request, from one logits row each."""
+        result = self.sampler(logits, [_sampling_row(state) for state in states])
+        for state, token_id, token_logprobs in zip(states, result.token_ids, result.logprobs):
+            state.token_ids.append(token_id)
+            sampled_token_ids[state.request_id] = [token_id]
+            if token_logprobs is not None:
+                logprobs[state.request_id] = [token_logprobs]
+
+    def _verify(
+        self,
+        logits: torch.Tensor,
+        states: list[RequestState],
+        drafts: dict[str, list[int]],
+        sampled_token_ids: dict[str, list[int]],
+        logprobs: dict[str, list[TokenLogprobs]],
+    ) -> None:
+        """Accept or reject each request's drafts (k + 1 logits rows each; see spec/verify.py)."""
+        groups = []
+        for state in states:
+            draft_ids = drafts.get(state.request_id, [])
+            draft_probs = state.draft_probs
+            if draft_probs is not None:
+                draft_probs = draft_probs[: len(draft_ids)]
+            groups.append(VerifyGroup(_sampling_row(state), draft_ids, draft_probs))
+        for state, result in zip(states, verify(self.sampler, logits, groups)):
+            state.token_ids.extend(result.token_ids)
+            sampled_token_ids[state.request_id] = result.token_ids
+            if result.logprobs is not None:
+                logprobs[state.request_id] = result.logprobs
+
+    def _propose(self, num_to_propose: dict[str, int]) -> dict[str, list[int]]:
+        """The next drafts of each request that sampled this step (its verified tokens)."""
+        assert self.proposer is not None
+        requests = []
+        for request_id, max_num_tokens in num_to_propose.items():
+            state = self.states.get(request_id)
+            if state is None or max_num_tokens <= 0:
+                continue
+            state.draft_probs = None
+            if state.token_ids[-1] in state.stop_token_ids:
+                continue  # it stops here (unless min_tokens says otherwise; no loss either way)
+            requests.append(
+                ProposalRequest(
+                    request_id,
+                    state.token_ids,
+                    state.num_prompt_tokens,
+                    max_num_tokens,
+                    state.params,
+                )
+            )
+        proposals = self.proposer.propose(requests) if requests else {}
+        spec_token_ids = {}
+        for request_id, proposal in proposals.items():
+            if proposal.token_ids:
+                spec_token_ids[request_id] = list(proposal.token_ids)
+                self.states[request_id].draft_probs = proposal.probs
+        return spec_token_ids
 
     def _update_states(self, scheduler_output: SchedulerOutput) -> None:
         for request_id in scheduler_output.finished_request_ids:
@@ -190,6 +291,9 @@ class ModelExecutor:
             self.num_prompt_logprobs_scored.pop(request_id, None)
         for request_id in scheduler_output.preempted_request_ids:
             self.states.pop(request_id, None)
+        if self.proposer is not None:
+            self.proposer.forget(scheduler_output.finished_request_ids, finished=True)
+            self.proposer.forget(scheduler_output.preempted_request_ids, finished=False)
         for new in scheduler_output.new_requests:
             stop_ids = set(new.sampling_params.stop_token_ids) | set(new.eos_token_ids)
             self.states[new.request_id] = RequestState(
@@ -203,6 +307,8 @@ class ModelExecutor:
             )
         for cached in scheduler_output.cached_requests:
             state = self.states[cached.request_id]
+            if cached.num_kept_blocks is not None:
+                del state.block_ids[cached.num_kept_blocks :]
             state.block_ids.extend(cached.new_block_ids)
             state.num_computed_tokens = cached.num_computed_tokens
 
@@ -222,6 +328,15 @@ class ModelExecutor:
                 target = state.token_ids[start + offset + index + 1]
                 results.append(gather_logprobs(logprobs[index], target, num_top))
         return results
+
+
+def _sampling_row(state: RequestState) -> SamplingRow:
+    return SamplingRow(
+        state.params,
+        state.token_ids[: state.num_prompt_tokens],
+        state.output_token_ids,
+        state.stop_token_ids,
+    )
 
 
 def _num_blocks_from_budget(

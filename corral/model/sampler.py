@@ -60,7 +60,7 @@ class Sampler:
         """Sample one token per row of logits [num_rows, vocab] (float32, modified in place)."""
         want_logprobs = [row.params.logprobs is not None for row in rows]
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
-        self._process(logits, rows)
+        self.process(logits, rows)
         token_ids = self._sample(logits, rows)
         logprobs: list[TokenLogprobs | None] = [None] * len(rows)
         if raw_logprobs is not None:
@@ -71,7 +71,8 @@ class Sampler:
                     )
         return SamplerOutput(token_ids, logprobs)
 
-    def _process(self, logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    def process(self, logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+        """Logit bias, min_tokens, repetition/frequency/presence penalties, per row, in place."""
         vocab_size = logits.shape[-1]
         for index, row in enumerate(rows):
             params = row.params
@@ -99,8 +100,8 @@ class Sampler:
                 values -= params.presence_penalty * (counts > 0).to(logits.dtype)
 
     def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
-        greedy = [i for i, row in enumerate(rows) if _samples_greedily(row.params)]
-        random = [i for i, row in enumerate(rows) if not _samples_greedily(row.params)]
+        greedy = [i for i, row in enumerate(rows) if samples_greedily(row.params)]
+        random = [i for i, row in enumerate(rows) if not samples_greedily(row.params)]
         token_ids = [0] * len(rows)
         if greedy:
             picked = (
@@ -112,12 +113,7 @@ class Sampler:
                 token_ids[i] = token_id
         if random:
             subset = logits[random] if len(random) < len(rows) else logits
-            params = [rows[i].params for i in random]
-            temperatures = torch.tensor([p.temperature for p in params], device=logits.device)
-            subset = subset / temperatures.unsqueeze(1)
-            _apply_top_k_top_p(subset, params)
-            _apply_min_p(subset, params)
-            probs = torch.softmax(subset, dim=-1)
+            probs = sampling_probs(subset, [rows[i].params for i in random])
             noise = self._exponential_noise(probs, [rows[i] for i in random])
             picked = (probs / noise).argmax(dim=-1).tolist()
             for i, token_id in zip(random, picked, strict=True):
@@ -135,14 +131,29 @@ class Sampler:
             noise[unseeded] = draws
         for i, row in enumerate(rows):
             if row.params.seed is not None:
-                generator = torch.Generator(device=probs.device)
-                generator.manual_seed(position_seed(row.params.seed, len(row.output_token_ids)))
-                noise[i].exponential_(generator=generator)
+                seed = position_seed(row.params.seed, len(row.output_token_ids))
+                noise[i].exponential_(generator=self.seeded_generator(seed))
         return noise
 
+    def seeded_generator(self, seed: int) -> torch.Generator:
+        """A generator on the sampler's device seeded with seed (one per seeded draw)."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed)
+        return generator
 
-def _samples_greedily(params: SamplingParams) -> bool:
+
+def samples_greedily(params: SamplingParams) -> bool:
     return params.temperature < GREEDY_BELOW_TEMPERATURE
+
+
+def sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """The distribution each row is sampled from: processed logits [rows, vocab] divided by the
+    temperature, cut to top_k / top_p / min_p, softmaxed (logits are not modified)."""
+    temperatures = torch.tensor([p.temperature for p in params], device=logits.device)
+    scaled = logits / temperatures.unsqueeze(1)
+    _apply_top_k_top_p(scaled, params)
+    _apply_min_p(scaled, params)
+    return torch.softmax(scaled, dim=-1)
 
 
 def _apply_top_k_top_p(logits: torch.Tensor, params: list[SamplingParams]) -> None:

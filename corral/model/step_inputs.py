@@ -21,6 +21,8 @@ class RequestState:
     block_ids: list[int]
     num_computed_tokens: int
     stop_token_ids: frozenset[int]
+    # The distribution the pending drafts were drawn from ([k, vocab]; None: point masses).
+    draft_probs: torch.Tensor | None = None
 
     @property
     def output_token_ids(self) -> list[int]:

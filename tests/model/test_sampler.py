@@ -36,14 +36,14 @@ def test_repetition_penalty_matches_its_definition():
     logits = torch.tensor([[2.0, -1.0, 1.5, 0.5]])
     processed = logits.clone()
     sampler = Sampler(0, torch.device("cpu"))
-    sampler._process(processed, [row(prompt=[0], output=[1], repetition_penalty=2.0)])
+    sampler.process(processed, [row(prompt=[0], output=[1], repetition_penalty=2.0)])
     torch.testing.assert_close(processed, torch.tensor([[1.0, -2.0, 1.5, 0.5]]))
 
 
 def test_frequency_and_presence_penalties_use_output_counts_only():
     logits = torch.zeros(1, 4)
     sampler = Sampler(0, torch.device("cpu"))
-    sampler._process(
+    sampler.process(
         logits,
         [row(prompt=[3, 3], output=[1, 1, 2], frequency_penalty=0.5, presence_penalty=0.25)],
     )

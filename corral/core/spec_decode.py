@@ -1,0 +1,110 @@
+"""The scheduler's half of speculative decoding (torch-free).
+
+Each step, after the ordinary plan is made, every request that samples this step is a candidate:
+the controller (corral/spec/controller.py) grants it K draft tokens. The request verifies up to K
+of the drafts it holds (proposed after its last step) and the executor proposes K new ones after
+verifying. Draft tokens are more tokens to compute: they take budget and KV slots. After the step,
+num_computed_tokens is rolled back past the rejected drafts and blocks holding only rejected
+tokens go back to the pool; a block is registered in the prefix cache only once all its tokens
+are verified (cache_blocks looks at computed, verified tokens only).
+"""
+
+from __future__ import annotations
+
+from corral.config import SpeculativeConfig
+from corral.core.kv_cache import KVCacheManager
+from corral.core.messages import ModelOutput, SchedulerOutput
+from corral.core.step_plan import StepPlan
+from corral.request import Request
+from corral.spec.controller import SpecController
+
+
+class SpecDecodeScheduling:
+    """Adds draft tokens to a step plan and settles them after the step."""
+
+    def __init__(
+        self,
+        config: SpeculativeConfig,
+        kv: KVCacheManager,
+        max_model_len: int,
+        capacity_tokens: int,
+    ) -> None:
+        self.config = config
+        self.kv = kv
+        self.max_model_len = max_model_len
+        self.capacity_tokens = capacity_tokens
+        self.controller = SpecController(config.num_speculative_tokens, config.num_tokens_rule)
+        # Requests whose block tables were cut since the executor last heard of them -> length.
+        self.trimmed_block_tables: dict[str, int] = {}
+
+    def add_drafts(self, step: StepPlan, requests: dict[str, Request]) -> dict[str, int]:
+        """Schedule draft tokens into the step; returns how many tokens to propose next, per
+        request that samples this step."""
+        candidates: dict[str, int] = {}
+        for request_id, num_tokens in step.num_scheduled.items():
+            request = requests[request_id]
+            end = request.num_computed_tokens + num_tokens
+            if end != request.num_tokens:
+                continue  # a prefill chunk: nothing is sampled, nothing to verify
+            max_k = min(
+                self.config.num_speculative_tokens,
+                request.max_tokens - request.num_output_tokens - 1,
+                self.max_model_len - request.num_tokens - 1,
+                self.capacity_tokens - end,
+            )
+            candidates[request_id] = max(max_k, 0)
+        if not candidates:
+            return {}
+        plan = self.controller.plan(
+            candidates,
+            sum(step.num_scheduled.values()),
+            len(candidates),
+            step.budget,
+        )
+        for request_id, k in plan.items():
+            request = requests[request_id]
+            drafts = request.spec_token_ids[:k]
+            if not drafts or step.budget < len(drafts):
+                continue
+            num_tokens = step.num_scheduled[request_id] + len(drafts)
+            block_ids = self.kv.allocate_slots(request, num_tokens)
+            if block_ids is None:
+                continue  # no room: verify nothing, never preempt for a guess
+            step.schedule_drafts(request, drafts, block_ids)
+        return plan
+
+    def settle(
+        self, request: Request, num_scheduled: int, drafts: list[int], num_sampled: int
+    ) -> None:
+        """After the step: num_sampled tokens were appended (accepted drafts, then the target's
+        own, cut short where a stop condition hit). Roll back past the rejected drafts."""
+        num_accepted = max(num_sampled - 1, 0)
+        if num_sampled and drafts:
+            self.controller.record(request.request_id, len(drafts), num_accepted)
+        num_rejected = len(drafts) - min(num_accepted, len(drafts))
+        request.num_computed_tokens = min(
+            request.num_computed_tokens + num_scheduled - num_rejected, request.num_tokens
+        )
+        if num_rejected and self.kv.free_excess_blocks(request, request.num_tokens):
+            self.trimmed_block_tables[request.request_id] = self.kv.num_blocks_held(
+                request.request_id
+            )
+
+    def take_proposals(self, request: Request, model_output: ModelOutput) -> None:
+        request.spec_token_ids = model_output.spec_token_ids.get(request.request_id, [])
+
+    def observe(self, scheduler_output: SchedulerOutput, model_output: ModelOutput) -> None:
+        """Learn the step's cost (wall-clock in the engine, virtual in the simulator)."""
+        self.controller.observe_step(
+            scheduler_output.total_num_scheduled_tokens,
+            model_output.step_time_s,
+            model_output.propose_time_s,
+            sum(len(ids) for ids in model_output.spec_token_ids.values()),
+        )
+
+    def forget(self, request: Request) -> None:
+        """The request finished or was preempted (the executor drops its block table)."""
+        request.spec_token_ids = []
+        self.trimmed_block_tables.pop(request.request_id, None)
+        if request.is_finished:
+            self.controller.forget(request.request_id)

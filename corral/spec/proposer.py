@@ -1,0 +1,53 @@
+"""The proposer plug-in interface (torch-free): a proposer guesses the next tokens of running
+requests; the target model verifies them in one forward pass."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from corral.registry import Registry
+from corral.sampling_params import SamplingParams
+
+
+@dataclass(slots=True)
+class ProposalRequest:
+    """One request to propose for. token_ids are its verified tokens (prompt then output); the
+    proposer returns at most max_num_tokens tokens that would follow them."""
+
+    request_id: str
+    token_ids: list[int]
+    num_prompt_tokens: int
+    max_num_tokens: int
+    params: SamplingParams
+
+
+class Proposal(NamedTuple):
+    """Proposed token ids and, for a proposer that samples them, the distribution each was drawn
+    from (a [len(token_ids), vocab] tensor of probabilities; None: each token was chosen
+    deterministically, a point mass, which is what greedy requests always get)."""
+
+    token_ids: list[int]
+    probs: Any = None
+
+
+class Proposer(ABC):
+    """Guesses continuations. Stateless proposers ignore forget(); stateful ones (a draft model's
+    KV, a suffix tree over recent outputs) drop what they keep for the given requests."""
+
+    # Set by the registry's name; shown in metrics.
+    name: str = ""
+
+    @abstractmethod
+    def propose(self, requests: list[ProposalRequest]) -> dict[str, Proposal]:
+        """Proposals per request id; a request may be missing or get fewer tokens than asked
+        (nothing worth proposing). Never more than max_num_tokens."""
+
+    def forget(self, request_ids: Iterable[str], finished: bool) -> None:
+        """Drop per-request state: the requests finished (finished=True; their outputs may feed
+        later proposals) or were preempted (finished=False; they come back later)."""
+
+
+PROPOSERS: Registry[Proposer] = Registry("speculative method")
