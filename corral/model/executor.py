@@ -18,7 +18,7 @@ from corral.model.kv_storage import KVSpec, KVStorage, kv_storage_dtype
 from corral.model.loader import load_model
 from corral.model.models.llama import LlamaFamilyModel
 from corral.model.sampler import Sampler, SamplingRow, gather_logprobs
-from corral.model.step_inputs import RequestState, build_step_inputs
+from corral.model.step_inputs import RequestState, batch_order, build_step_inputs
 from corral.spec.proposer import ProposalRequest, Proposer
 from corral.spec.verify import VerifyGroup, verify
 
@@ -164,11 +164,10 @@ class ModelExecutor:
             state = self.states[request_id]
             num_verified[request_id] = len(state.token_ids)
             state.token_ids.extend(draft_ids)
-        # Single-token chunks take the batched decode path; they go first.
-        scheduled.sort(key=lambda item: item[1] != 1)
-        num_decodes = sum(1 for _, num_tokens in scheduled if num_tokens == 1)
+        # Short chunks (decodes, verifications) take the batched decode path; they go first.
+        scheduled = batch_order(scheduled)
         inputs = build_step_inputs(
-            scheduled, num_decodes, self.block_size, self.model.arch.sliding_window, self.device
+            scheduled, self.block_size, self.model.arch.sliding_window, self.device
         )
         hidden = self.model.forward(
             inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata

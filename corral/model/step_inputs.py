@@ -38,14 +38,28 @@ class StepInputs:
     row_ranges: list[tuple[int, int]]
 
 
+# Chunks of at most this many tokens run as decode rows (one row per token, each attending to
+# its request's cached keys up to its own position): verification chunks of speculative
+# decoding and short catch-ups take the paged decode kernel instead of gathered matmuls.
+MAX_DECODE_ROW_TOKENS = 8
+
+
+def runs_as_decode_rows(num_tokens: int) -> bool:
+    return num_tokens <= MAX_DECODE_ROW_TOKENS
+
+
+def batch_order(scheduled: list[tuple[RequestState, int]]) -> list[tuple[RequestState, int]]:
+    """The order build_step_inputs wants: decode-row chunks first (stable otherwise)."""
+    return sorted(scheduled, key=lambda item: not runs_as_decode_rows(item[1]))
+
+
 def build_step_inputs(
     scheduled: list[tuple[RequestState, int]],
-    num_decodes: int,
     block_size: int,
     sliding_window: int | None,
     device: torch.device,
 ) -> StepInputs:
-    """scheduled: (state, num_tokens) in batch order, the first num_decodes with one token each.
+    """scheduled: (state, num_tokens) in batch_order(): chunks that run as decode rows first.
 
     Token t of a request sits at position num_computed_tokens + t and is written to slot
     block_ids[position // block_size] * block_size + position % block_size.
@@ -55,14 +69,22 @@ def build_step_inputs(
     slots: list[torch.Tensor] = []
     row_ranges: list[tuple[int, int]] = []
     decode = None
-    if num_decodes:
-        decode_states = [state for state, _ in scheduled[:num_decodes]]
-        decode_positions = [state.num_computed_tokens for state in decode_states]
-        token_ids.extend(state.token_ids[p] for state, p in zip(decode_states, decode_positions))
-        decode_table = [
-            state.block_ids[: p // block_size + 1]
-            for state, p in zip(decode_states, decode_positions)
-        ]
+    num_decode_chunks = 0
+    while num_decode_chunks < len(scheduled) and runs_as_decode_rows(
+        scheduled[num_decode_chunks][1]
+    ):
+        num_decode_chunks += 1
+    if num_decode_chunks:
+        decode_positions: list[int] = []
+        decode_table: list[list[int]] = []
+        for state, num_tokens in scheduled[:num_decode_chunks]:
+            start = state.num_computed_tokens
+            row_ranges.append((len(decode_positions), len(decode_positions) + num_tokens))
+            token_ids.extend(state.token_ids[start : start + num_tokens])
+            for p in range(start, start + num_tokens):
+                decode_positions.append(p)
+                decode_table.append(state.block_ids[: p // block_size + 1])
+        num_decodes = len(decode_positions)
         positions_tensor = torch.tensor(decode_positions, dtype=torch.int64)
         positions.append(positions_tensor)
         slots.append(
@@ -86,10 +108,9 @@ def build_step_inputs(
             seq_lens=(positions_tensor + 1).to(device),
             mask=mask.view(num_decodes, 1, 1, -1).to(device),
         )
-        row_ranges.extend((row, row + 1) for row in range(num_decodes))
     prefills = []
-    row = num_decodes
-    for state, num_tokens in scheduled[num_decodes:]:
+    row = row_ranges[-1][1] if row_ranges else 0
+    for state, num_tokens in scheduled[num_decode_chunks:]:
         start = state.num_computed_tokens
         end = start + num_tokens
         token_ids.extend(state.token_ids[start:end])

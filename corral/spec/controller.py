@@ -12,6 +12,7 @@ gets K.
 from __future__ import annotations
 
 import heapq
+import statistics
 
 from corral.spec.stats import SpecDecodeStats
 from corral.spec.step_cost import StepCostEstimate
@@ -26,6 +27,11 @@ MIN_GAIN_FACTOR = 1.02
 # that acceptance and proposal cost stay measured (costs at most 1/PROBE_INTERVAL_STEPS of a
 # step's few tokens).
 PROBE_INTERVAL_STEPS = 64
+# Proposal cost per token: the median of the first samples, then an EWMA of samples clipped to a
+# multiple of the estimate.
+PROPOSE_COST_WARMUP_SAMPLES = 8
+PROPOSE_COST_EWMA = 0.1
+PROPOSE_COST_CLIP = 3.0
 NUM_PROBE_REQUESTS = 4
 
 
@@ -53,6 +59,7 @@ class SpecController:
         # Proposal cost per proposed token, EWMA (seconds).
         self.propose_s_per_token = 0.0
         self.num_steps_without_drafts = 0
+        self._propose_warmup: list[float] = []
 
     # ----- learning -----------------------------------------------------------------------
 
@@ -71,10 +78,17 @@ class SpecController:
         """One step's cost: num_tokens scheduled; step_time_s in all, of which propose_time_s
         went to proposing num_proposed tokens for the next step."""
         self.step_cost.observe(num_tokens, step_time_s - propose_time_s)
-        if num_proposed > 0:
-            sample = propose_time_s / num_proposed
-            weight = 0.1 if self.propose_s_per_token else 1.0
-            self.propose_s_per_token += weight * (sample - self.propose_s_per_token)
+        if num_proposed <= 0:
+            return
+        sample = propose_time_s / num_proposed
+        warmup = self._propose_warmup
+        if len(warmup) < PROPOSE_COST_WARMUP_SAMPLES:
+            warmup.append(sample)
+            self.propose_s_per_token = statistics.median(warmup)
+            return
+        # Clipped: one-off costs (a draft model prefilling a new prompt) are not per token.
+        sample = min(sample, PROPOSE_COST_CLIP * self.propose_s_per_token)
+        self.propose_s_per_token += PROPOSE_COST_EWMA * (sample - self.propose_s_per_token)
 
     def forget(self, request_id: str) -> None:
         self._per_request.pop(request_id, None)

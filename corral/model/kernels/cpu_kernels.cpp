@@ -1,5 +1,6 @@
 // CPU kernels for corral's decode path: attention that reads the paged KV cache in place, and
 // a matrix-vector product for few-row bfloat16 linears (the single-request decode case).
+#include <type_traits>
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -42,6 +43,20 @@ inline float dot_rows(const T* a, const T* b, int64_t n) {
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) sum += to_float(a[i]) * to_float(b[i]);
+  return sum;
+}
+
+// dot_rows with the summation order fixed (see dot_four_rows): the same bits for any T.
+template <typename T>
+inline float dot_rows_fixed(const T* a, const T* b, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int64_t l = 0; l < 16; ++l) acc[l] += to_float(a[i + l]) * to_float(b[i + l]);
+  }
+  float sum = 0.f;
+  for (int64_t l = 0; l < 16; ++l) sum += acc[l];
+  for (; i < n; ++i) sum += to_float(a[i]) * to_float(b[i]);
   return sum;
 }
 
@@ -205,22 +220,30 @@ void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tenso
 }
 
 // out[r, n] = x[r] . weight[n] (+ bias[n]) for 4 consecutive weight rows at once: four
-// independent accumulator chains, and each x chunk loaded once for the four rows.
+// independent accumulator chains, and each x chunk loaded once for the four rows. The sums run
+// in kDotLanes explicit lanes, reduced in a fixed order, so the result is the same bits for any
+// T holding the same values (bfloat16 read directly, or converted to float first).
+constexpr int64_t kDotLanes = 16;
+
 template <typename T>
 inline void dot_four_rows(const T* x, const T* w, int64_t in, float* sums) {
-  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-  const T* w1 = w + in;
-  const T* w2 = w + 2 * in;
-  const T* w3 = w + 3 * in;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-  for (int64_t i = 0; i < in; ++i) {
-    const float xi = to_float(x[i]);
-    s0 += xi * to_float(w[i]);
-    s1 += xi * to_float(w1[i]);
-    s2 += xi * to_float(w2[i]);
-    s3 += xi * to_float(w3[i]);
+  float acc[4][kDotLanes] = {};
+  int64_t i = 0;
+  for (; i + kDotLanes <= in; i += kDotLanes) {
+    for (int64_t l = 0; l < kDotLanes; ++l) {
+      const float xi = to_float(x[i + l]);
+      acc[0][l] += xi * to_float(w[i + l]);
+      acc[1][l] += xi * to_float(w[in + i + l]);
+      acc[2][l] += xi * to_float(w[2 * in + i + l]);
+      acc[3][l] += xi * to_float(w[3 * in + i + l]);
+    }
   }
-  sums[0] = s0, sums[1] = s1, sums[2] = s2, sums[3] = s3;
+  for (int64_t r = 0; r < 4; ++r) {
+    float sum = 0.f;
+    for (int64_t l = 0; l < kDotLanes; ++l) sum += acc[r][l];
+    for (int64_t j = i; j < in; ++j) sum += to_float(x[j]) * to_float(w[r * in + j]);
+    sums[r] = sum;
+  }
 }
 
 #if defined(__AVX512BF16__)
@@ -249,6 +272,44 @@ inline void dot_four_rows<at::BFloat16>(const at::BFloat16* x, const at::BFloat1
 }
 #endif
 
+// Several rows of 16-bit x without native 16-bit dot products: x is converted to float once,
+// and each quad of weight rows once (into a per-thread buffer), then every x row takes four
+// float dot products against it. The conversions no longer scale with the number of rows, and
+// each row's sums are formed exactly as the one-row path forms them (the same dot functions on
+// the same values), so a row's output does not depend on how many rows share the call.
+template <typename T>
+void few_row_linear_converted(const T* x_ptr, const T* w_ptr, const T* b_ptr, T* o_ptr,
+                              int64_t rows, int64_t in, int64_t out_features) {
+  std::vector<float> x_float(rows * in);
+  for (int64_t i = 0; i < rows * in; ++i) x_float[i] = to_float(x_ptr[i]);
+  const int64_t num_quads = (out_features + 3) / 4;
+  at::parallel_for(0, num_quads, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> w_float(4 * in);
+    float sums[4];
+    for (int64_t quad = begin; quad < end; ++quad) {
+      const int64_t n0 = quad * 4;
+      const int64_t count = std::min<int64_t>(4, out_features - n0);
+      const T* w_quad = w_ptr + n0 * in;
+#pragma omp simd
+      for (int64_t i = 0; i < count * in; ++i) w_float[i] = to_float(w_quad[i]);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* x_row = x_float.data() + r * in;
+        if (count == 4) {
+          dot_four_rows<float>(x_row, w_float.data(), in, sums);
+        } else {
+          for (int64_t j = 0; j < count; ++j) {
+            sums[j] = dot_rows_fixed<float>(x_row, w_float.data() + j * in, in);
+          }
+        }
+        for (int64_t j = 0; j < count; ++j) {
+          const float b = b_ptr ? to_float(b_ptr[n0 + j]) : 0.f;
+          o_ptr[r * out_features + n0 + j] = static_cast<T>(sums[j] + b);
+        }
+      }
+    }
+  });
+}
+
 // x [rows, in] @ weight[out, in]^T (+ bias), for few rows: each weight row is read once.
 torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
                              c10::optional<torch::Tensor> bias) {
@@ -261,6 +322,15 @@ torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
     const scalar_t* w_ptr = weight.data_ptr<scalar_t>();
     const scalar_t* b_ptr = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
     scalar_t* o_ptr = out.data_ptr<scalar_t>();
+#if defined(__AVX512BF16__)
+    constexpr bool kNativeDot = std::is_same_v<scalar_t, at::BFloat16>;
+#else
+    constexpr bool kNativeDot = false;
+#endif
+    if (rows > 1 && !kNativeDot && !std::is_same_v<scalar_t, float>) {
+      few_row_linear_converted<scalar_t>(x_ptr, w_ptr, b_ptr, o_ptr, rows, in, out_features);
+      return;
+    }
     const int64_t num_quads = (out_features + 3) / 4;
     at::parallel_for(0, num_quads, 16, [&](int64_t begin, int64_t end) {
       float sums[4];
@@ -272,7 +342,9 @@ torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
           if (count == 4) {
             dot_four_rows<scalar_t>(x_row, w_ptr + n0 * in, in, sums);
           } else {
-            for (int64_t j = 0; j < count; ++j) sums[j] = dot_rows<scalar_t>(x_row, w_ptr + (n0 + j) * in, in);
+            for (int64_t j = 0; j < count; ++j) {
+              sums[j] = dot_rows_fixed<scalar_t>(x_row, w_ptr + (n0 + j) * in, in);
+            }
           }
           for (int64_t j = 0; j < count; ++j) {
             const float b = b_ptr ? to_float(b_ptr[n0 + j]) : 0.f;

@@ -32,7 +32,7 @@ from corral.model.sampler import (
     samples_greedily,
     sampling_probs,
 )
-from corral.model.step_inputs import RequestState, build_step_inputs
+from corral.model.step_inputs import RequestState, build_step_inputs, runs_as_decode_rows
 from corral.request import Request
 from corral.sampling_params import SamplingParams
 from corral.spec.proposer import PROPOSERS, Proposal, ProposalRequest, Proposer
@@ -183,12 +183,13 @@ class DraftProposer(Proposer):
             (draft.state, len(draft.state.token_ids) - draft.state.num_computed_tokens)
             for _, draft in active
         ]
-        order = sorted(range(len(scheduled)), key=lambda i: scheduled[i][1] != 1)
+        order = sorted(
+            range(len(scheduled)), key=lambda i: not runs_as_decode_rows(scheduled[i][1])
+        )
         scheduled = [scheduled[i] for i in order]
         active = [active[i] for i in order]
-        num_decodes = sum(1 for _, n in scheduled if n == 1)
         inputs = build_step_inputs(
-            scheduled, num_decodes, self.block_size, self.model.arch.sliding_window, self.device
+            scheduled, self.block_size, self.model.arch.sliding_window, self.device
         )
         hidden = self.model.forward(
             inputs.input_ids, inputs.positions, self.storage.layer_caches, inputs.metadata
@@ -206,14 +207,16 @@ class DraftProposer(Proposer):
                     frozenset(),
                 )
             )
-        self.sampler.process(logits, rows)
+        if any(_needs_processing(request.params) for request, _ in active):
+            self.sampler.process(logits, rows)
+        argmax = logits.argmax(dim=-1).tolist()
         for index, (request, draft) in enumerate(active):
             state = draft.state
             state.num_computed_tokens = len(state.token_ids)
             draft.book.num_computed_tokens = state.num_computed_tokens
             params = request.params
             if samples_greedily(params):
-                token_id = int(logits[index].argmax().item())
+                token_id = argmax[index]
             else:
                 q = sampling_probs(logits[index : index + 1], [params])[0]
                 token_id = self._draw(q, params, len(rows[index].output_token_ids))
@@ -230,3 +233,13 @@ class DraftProposer(Proposer):
             seed = position_seed(params.seed, position)
             noise.exponential_(generator=self.sampler.seeded_generator(seed))
         return int((q / noise).argmax().item())
+
+
+def _needs_processing(params: SamplingParams) -> bool:
+    """Whether the sampler's logit processing changes anything for a draft row."""
+    return bool(
+        params.logit_bias
+        or params.repetition_penalty != 1.0
+        or params.frequency_penalty
+        or params.presence_penalty
+    )

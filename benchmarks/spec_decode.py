@@ -1,0 +1,151 @@
+"""Speculative decoding on the bundled demo models: tokens/s of each proposer against
+speculation off, in the same run, single-request and batched, with acceptance figures.
+
+Workloads (greedy, EOS respected; every configuration must produce the same tokens as off, which
+this script checks):
+- gsm8k: held-out GSM8K test questions in the chat template, up to --max-tokens tokens;
+- repeat: a regenerate turn, the question, the model's own earlier answer, and the same question
+  again: the reply largely repeats text already in the prompt (an edit / retry workload).
+
+Concurrency 1 sends the prompts one after another; concurrency C submits C at once
+(max_num_seqs=C) and measures the batch until all finish. Fixed-K rows (K=4) are shown next to
+the adaptive rule. OpenMP waits passively.
+
+    .venv/bin/python benchmarks/spec_decode.py                      # full table
+    .venv/bin/python benchmarks/spec_decode.py --quick              # fewer prompts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from corral import LLM, SamplingParams  # noqa: E402
+from corral.model.cpu_features import has_native_bf16_matmul  # noqa: E402
+from corral.workloads.data import gsm8k_records  # noqa: E402
+
+CONFIGS: dict[str, dict] = {
+    "off": {},
+    "ngram": dict(speculative_method="ngram"),
+    "suffix": dict(speculative_method="suffix"),
+    "draft": dict(speculative_method="draft", speculative_model="corral-demo-draft"),
+    "ngram K=4 fixed": dict(speculative_method="ngram", speculative_tokens_rule="fixed"),
+    "suffix K=4 fixed": dict(speculative_method="suffix", speculative_tokens_rule="fixed"),
+    "draft K=4 fixed": dict(
+        speculative_method="draft",
+        speculative_model="corral-demo-draft",
+        speculative_tokens_rule="fixed",
+    ),
+}
+
+
+def chat(question: str, answer: str | None = None, again: bool = False) -> str:
+    text = f"<|begin|><|user|>{question}<|end|><|assistant|>"
+    if answer is not None:
+        text += f"{answer}<|end|><|user|>{question}<|end|><|assistant|>" if again else answer
+    return text
+
+
+def workloads(num_prompts: int, max_tokens: int) -> dict[str, tuple[list[str], int]]:
+    questions = [r["question"].strip() for r in gsm8k_records("test", max_num_records=num_prompts)]
+    first = LLM().generate(
+        [chat(q) for q in questions],
+        SamplingParams(temperature=0, max_tokens=96),
+        use_tqdm=False,
+    )
+    repeat = [chat(q, o.outputs[0].text, again=True) for q, o in zip(questions, first)]
+    return {"gsm8k": ([chat(q) for q in questions], max_tokens), "repeat": (repeat, 96)}
+
+
+def run_once(llm: LLM, prompts: list[str], max_tokens: int, concurrency: int):
+    params = SamplingParams(temperature=0, max_tokens=max_tokens)
+    outputs = []
+    start = time.perf_counter()
+    for first in range(0, len(prompts), concurrency):
+        outputs += llm.generate(prompts[first : first + concurrency], params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    return elapsed, [o.outputs[0].token_ids for o in outputs]
+
+
+def spec_counts(llm: LLM) -> tuple[int, int, int]:
+    stats = llm.engine.scheduler.stats().spec_decode
+    if stats is None:
+        return 0, 0, 0
+    return stats.num_drafts, stats.num_draft_tokens, stats.num_accepted_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-prompts", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--concurrency", default="1,32")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="8 prompts, 1 repeat")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = parser.parse_args()
+    if args.quick:
+        args.num_prompts, args.repeats = 8, 1
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    names = args.configs.split(",")
+    print(
+        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"native bf16 matmul: {has_native_bf16_matmul()}, torch {torch.__version__}"
+    )
+    loads = workloads(args.num_prompts, args.max_tokens)
+    rows = []
+    engines = {name: LLM(max_num_seqs=max(concurrencies), **CONFIGS[name]) for name in names}
+    for llm in engines.values():
+        run_once(llm, list(loads["gsm8k"][0][:2]), 8, 2)  # warm-up
+    for workload, (prompts, max_tokens) in loads.items():
+        for concurrency in concurrencies:
+            reference = None
+            base_rate = None
+            for name in names:
+                llm = engines[name]
+                times = []
+                before = spec_counts(llm)
+                for _ in range(args.repeats):
+                    elapsed, tokens = run_once(llm, prompts, max_tokens, concurrency)
+                    times.append(elapsed)
+                    if reference is None:
+                        reference = tokens
+                    elif tokens != reference:
+                        raise SystemExit(f"{name}: outputs differ from speculation off")
+                after = spec_counts(llm)
+                drafts, draft_tokens, accepted = (a - b for a, b in zip(after, before))
+                num_tokens = sum(len(t) for t in reference)
+                rate = num_tokens / statistics.median(times)
+                base_rate = base_rate or rate
+                row = dict(
+                    workload=workload,
+                    concurrency=concurrency,
+                    config=name,
+                    output_tokens_per_s=round(rate, 1),
+                    speedup=round(rate / base_rate, 3),
+                    acceptance_rate=round(accepted / draft_tokens, 3) if draft_tokens else None,
+                    mean_accepted_length=round(1 + accepted / drafts, 3) if drafts else None,
+                    draft_tokens_per_output_token=round(draft_tokens / num_tokens / args.repeats, 3),
+                )
+                rows.append(row)
+                print(
+                    f"| {workload} | {concurrency} | {name} | {row['output_tokens_per_s']} | "
+                    f"{row['speedup']:.2f}x | {row['acceptance_rate']} | "
+                    f"{row['mean_accepted_length']} | {row['draft_tokens_per_output_token']} |",
+                    flush=True,
+                )
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
