@@ -42,6 +42,7 @@ PRESSURE = {
     "plain": dict(num_blocks=256),
     "chunked": dict(num_blocks=256, max_num_batched_tokens=32),
     "preemption": dict(num_blocks=80, block_size=4),
+    "swap": dict(num_blocks=80, block_size=4, host_cache_memory="8MiB", preemption_mode="swap"),
 }
 
 
@@ -82,8 +83,10 @@ def test_greedy_identical_to_transformers(setup, method, pressure):
     assert stats.num_draft_tokens > 0
     if method == "draft-self":
         assert stats.num_accepted_tokens > 0.9 * stats.num_draft_tokens
-    if pressure == "preemption":
+    if pressure in ("preemption", "swap"):
         assert llm.engine.scheduler.num_preemptions > 0
+    if pressure == "swap":
+        assert llm.engine.scheduler.stats().kv_swap_outs > 0
     kv = llm.engine.kv_manager
     kv.check_integrity()
     assert kv.num_free_blocks == kv.num_blocks

@@ -125,7 +125,9 @@ def test_random_load_keeps_kv_integrity(seed: int) -> None:
     preempt (recompute or swap), prefix sharing: integrity after every step, exact outputs."""
     rng = random.Random(seed)
     swap = seed % 2 == 1
+    policy = ("fcfs", "priority", "mlfq", "fair", "edf")[seed % 5]
     scheduler = make_scheduler(
+        policy=policy,
         num_blocks=40,
         block_size=4,
         rule="fixed" if seed % 3 else "adaptive",
@@ -150,7 +152,11 @@ def test_random_load_keeps_kv_integrity(seed: int) -> None:
             max_tokens = rng.randrange(1, 30)
             request_id = f"s{next_id}"
             next_id += 1
-            scheduler.add_request(make_request(prompt, max_tokens, request_id=request_id))
+            request = make_request(prompt, max_tokens, request_id=request_id)
+            request.priority = rng.randrange(3)
+            request.client_id = f"c{rng.randrange(3)}"
+            request.deadline_s = rng.random() * 10
+            scheduler.add_request(request)
             expected[request_id] = target_continuation(prompt, max_tokens)
         if scheduler.requests and rng.random() < 0.02:
             victim = rng.choice(sorted(scheduler.requests))
