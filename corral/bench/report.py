@@ -1,6 +1,7 @@
 """The report of a `corral bench serve` run: the shared summary table (corral.workloads.metrics)
 plus what only a client sees (how output tokens were counted, outputs that missed their forced
-length, how late requests went out), and the JSON document with every record."""
+length, how late requests went out, the server's speculative decoding acceptance over the run
+when it exports those counters), and the JSON document with every record."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from corral.bench.client import ServeRun
+from corral.bench.spec_decode import SpecDecodeCounts
 from corral.core.slo_target import SLO
 from corral.workloads.metrics import MetricsSummary, format_summary, summarize
 
@@ -22,6 +24,9 @@ class ServeReport:
     token_sources: dict[str, int]  # usage | chunks -> completed requests counted that way
     num_wrong_length: int  # completed requests whose output differs from the forced length
     send_delay_ms: tuple[float, float, float]  # mean, p99, max over every sent request
+    # The server's speculative decoding counters over the run (/metrics after - before); None
+    # when it exports none (speculation off, or no /metrics).
+    spec_decode: SpecDecodeCounts | None = None
 
     def format(self, title: str, max_num_error_lines: int = 8) -> str:
         """The summary table with the client's own lines appended; the most frequent
@@ -44,6 +49,18 @@ class ServeReport:
             f"{'Send delay vs plan (ms) mean/p99/max:':<40}{mean:.1f} / {p99:.1f} / {peak:.1f}",
             f"{'Max requests in flight:':<40}{self.run.max_in_flight}",
         ]
+        spec = self.spec_decode
+        if spec is not None:
+            rate, length = spec.acceptance_rate, spec.mean_accepted_length
+            positions = " / ".join(f"{value:.2f}" for value in spec.per_position_acceptance)
+            lines += [
+                f"{'Spec decode acceptance rate:':<40}{'-' if rate is None else f'{rate:.3f}'}",
+                f"{'Spec decode mean accepted length:':<40}"
+                f"{'-' if length is None else f'{length:.2f}'}",
+                f"{'Spec decode drafts / draft tokens:':<40}"
+                f"{spec.num_drafts} / {spec.num_draft_tokens}",
+                f"{'Spec decode acceptance per position:':<40}{positions or '-'}",
+            ]
         return "\n".join(lines)
 
     def to_dict(self, *, with_records: bool = True, **metadata: Any) -> dict[str, Any]:
@@ -56,6 +73,7 @@ class ServeReport:
             "num_wrong_output_length": self.num_wrong_length,
             "send_delay_ms": {"mean": mean, "p99": p99, "max": peak},
             "max_in_flight": self.run.max_in_flight,
+            "spec_decode": self.spec_decode.to_dict() if self.spec_decode is not None else None,
         }
         if with_records:
             document["records"] = [record.to_dict() for record in self.run.records]
@@ -63,9 +81,14 @@ class ServeReport:
 
 
 def build_report(
-    run: ServeRun, slo: SLO | None = None, *, force_output_len: bool = True
+    run: ServeRun,
+    slo: SLO | None = None,
+    *,
+    force_output_len: bool = True,
+    spec_decode: SpecDecodeCounts | None = None,
 ) -> ServeReport:
-    """Summarize a run over its measured wall time (start to the end of the last request)."""
+    """Summarize a run over its measured wall time (start to the end of the last request);
+    spec_decode: the server's speculative decoding counters over the run, if it has them."""
     records = [record.record for record in run.records]
     summary = summarize(records, duration_s=run.duration_s, slo=slo)
     done = [record for record in run.records if record.record.is_ok]
@@ -81,4 +104,4 @@ def build_report(
         if delays.size
         else (0.0, 0.0, 0.0)
     )
-    return ServeReport(summary, run, dict(sources), wrong, delay)
+    return ServeReport(summary, run, dict(sources), wrong, delay, spec_decode)

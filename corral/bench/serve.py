@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from corral.bench.client import ServeClient
 from corral.bench.payload import RequestOptions
 from corral.bench.report import ServeReport, build_report
+from corral.bench.spec_decode import scrape_spec_counts
 from corral.bench.transport import HttpTransport
 from corral.core.slo_target import SLO
 from corral.workloads import Workload
@@ -100,11 +101,16 @@ async def _run(
         if target.num_warmup_requests:
             for error in await client.warmup(target.num_warmup_requests):
                 logger.warning("warm-up request failed: %s", error)
+        # The server's speculative decoding counters around the measured run (not the warm-up).
+        spec_before = await scrape_spec_counts(transport)
         try:
             run = await client.run()
         finally:
             progress.close()
-    return build_report(run, slo, force_output_len=options.force_output_len), options
+        spec_after = await scrape_spec_counts(transport) if spec_before is not None else None
+    spec = spec_after - spec_before if spec_before is not None and spec_after is not None else None
+    report = build_report(run, slo, force_output_len=options.force_output_len, spec_decode=spec)
+    return report, options
 
 
 def run_serve_benchmark(

@@ -113,7 +113,9 @@ def pool_repeats(
             max(one.max_in_flight for one in runs),
         )
         first = same_load[0]
-        report = build_report(run, slo, force_output_len=force_output_len)
+        specs = [p.report.spec_decode for p in same_load if p.report.spec_decode is not None]
+        spec = sum(specs[1:], specs[0]) if specs and len(specs) == len(same_load) else None
+        report = build_report(run, slo, force_output_len=force_output_len, spec_decode=spec)
         pooled.append(SweepPoint(first.kind, first.value, first.time_scale, report))
     return pooled
 

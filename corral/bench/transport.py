@@ -99,3 +99,11 @@ class HttpTransport:
                 body = (await response.text(errors="replace"))[:300]
                 raise RuntimeError(f"GET {path} answered HTTP {response.status}: {body}")
             return await response.json(content_type=None)
+
+    async def get_text(self, path: str) -> str:
+        """GET path and return its body as text (raises on a non-200 status)."""
+        async with self._session.get(self.base_url + path) as response:
+            body = await response.text(errors="replace")
+            if response.status != 200:
+                raise RuntimeError(f"GET {path} answered HTTP {response.status}: {body[:300]}")
+            return body

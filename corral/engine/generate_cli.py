@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from corral.engine.engine_args import add_engine_arguments, engine_config_from_args
+
+if TYPE_CHECKING:
+    from corral.spec.stats import SpecDecodeStats
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,4 +88,23 @@ def run(args: argparse.Namespace) -> int:
             for completion in output.outputs:
                 print(f"{prompt}{completion.text}")
                 print(f"[{completion.finish_reason}, {len(completion.token_ids)} tokens]")
+    spec = llm.engine.scheduler.stats().spec_decode
+    if spec is not None:
+        print(spec_decode_summary(engine_config.speculative.method, spec), file=sys.stderr)
     return 0
+
+
+def spec_decode_summary(method: str | None, stats: SpecDecodeStats) -> str:
+    """One line on speculative decoding over the run: acceptance rate, mean accepted length
+    (tokens per verification round), acceptance per draft position."""
+    if not stats.num_draft_tokens:
+        return f"speculative decoding ({method}): no draft tokens proposed"
+    positions = ", ".join(
+        f"{count / stats.num_drafts:.2f}" for count in stats.num_accepted_tokens_per_pos
+    )
+    return (
+        f"speculative decoding ({method}): acceptance rate {stats.acceptance_rate:.1%} "
+        f"({stats.num_accepted_tokens}/{stats.num_draft_tokens} draft tokens), mean accepted "
+        f"length {stats.mean_accepted_length:.2f} over {stats.num_drafts} rounds, per position "
+        f"[{positions}]"
+    )

@@ -51,7 +51,10 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
     """The server around an AsyncLLM. With start_engine, the app's lifespan starts the engine
     core and shuts it down (after uvicorn has drained the requests in flight)."""
     model_name = config.served_model_name or engine.model_dir.name
-    metrics = ServerMetrics(model_name)
+    speculative = engine.config.speculative
+    metrics = ServerMetrics(
+        model_name, speculative.num_speculative_tokens if speculative.is_enabled else None
+    )
     limits = ModelLimits(
         engine.input_processor.vocab_size,
         engine.max_model_len,

@@ -11,6 +11,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from corral.core.messages import SchedulerStats
 from corral.core.slo import SLOStats
 from corral.engine.request_stats import IterationStats
+from corral.spec.stats import SpecDecodeStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -45,7 +46,11 @@ _SLO_DOCS = {
 class ServerMetrics:
     """The server's metrics; `observe` is an AsyncLLM stat logger."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, num_speculative_tokens: int | None = None) -> None:
+        """num_speculative_tokens: the server's K when speculative decoding is on (its
+        corral:spec_decode_* counters exist from the start, positions 0..K-1 at zero); None: off,
+        and no spec_decode series at all (as vLLM, which registers them only with a spec config).
+        """
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model_name"]
         values = {"model_name": model_name}
@@ -135,6 +140,9 @@ class ServerMetrics:
             "corral:request_generation_tokens", "Generated tokens per request.", _token_buckets()
         )
         self._last: SchedulerStats | None = None
+        self.spec_decode: SpecDecodeMetrics | None = None
+        if num_speculative_tokens is not None:
+            self.spec_decode = SpecDecodeMetrics(registry, values, num_speculative_tokens)
         self._slo_gauges: dict[str, Any] = {}
         self.engine_healthy.set(1)
 
@@ -173,6 +181,10 @@ class ServerMetrics:
             before = getattr(last, field_name) if last else 0
             if now > before:
                 metric.inc(now - before)
+        if stats.spec_decode is not None:
+            if self.spec_decode is None:  # not announced at construction: series from now on
+                self.spec_decode = SpecDecodeMetrics(self.registry, self._values, 0)
+            self.spec_decode.observe(stats.spec_decode)
         self._last = stats
 
     def count_rejected(self, error: Any) -> None:
@@ -195,6 +207,61 @@ class ServerMetrics:
     def render(self, engine_alive: bool) -> bytes:
         self.engine_healthy.set(1 if engine_alive else 0)
         return generate_latest(self.registry)
+
+
+class SpecDecodeMetrics:
+    """vLLM's speculative decoding counters (vllm:spec_decode_* -> corral:spec_decode_*), fed
+    the scheduler's cumulative SpecDecodeStats snapshots: drafts (verification rounds), draft
+    tokens scored, draft tokens accepted, and accepted tokens per draft position."""
+
+    def __init__(
+        self, registry: CollectorRegistry, values: dict[str, str], num_positions: int
+    ) -> None:
+        def counter(name: str, doc: str) -> Any:
+            return Counter(name, doc, list(values), registry=registry).labels(**values)
+
+        self._values = values
+        self.num_drafts = counter(
+            "corral:spec_decode_num_drafts", "Speculative verification rounds (request-steps)."
+        )
+        self.num_draft_tokens = counter(
+            "corral:spec_decode_num_draft_tokens", "Draft tokens scored by the target model."
+        )
+        self.num_accepted_tokens = counter(
+            "corral:spec_decode_num_accepted_tokens", "Draft tokens accepted."
+        )
+        self._per_pos = Counter(
+            "corral:spec_decode_num_accepted_tokens_per_pos",
+            "Rounds whose draft token at position (0-based) was accepted.",
+            [*values, "position"],
+            registry=registry,
+        )
+        self.accepted_per_pos: list[Any] = []
+        self._grow(num_positions)
+        self._last = SpecDecodeStats()
+
+    def _grow(self, num_positions: int) -> None:
+        while len(self.accepted_per_pos) < num_positions:
+            position = str(len(self.accepted_per_pos))
+            self.accepted_per_pos.append(self._per_pos.labels(position=position, **self._values))
+
+    def observe(self, stats: SpecDecodeStats) -> None:
+        """Apply one cumulative snapshot (counters move by the increase since the last one)."""
+        last = self._last
+        for metric, now, before in (
+            (self.num_drafts, stats.num_drafts, last.num_drafts),
+            (self.num_draft_tokens, stats.num_draft_tokens, last.num_draft_tokens),
+            (self.num_accepted_tokens, stats.num_accepted_tokens, last.num_accepted_tokens),
+        ):
+            if now > before:
+                metric.inc(now - before)
+        per_pos, last_per_pos = stats.num_accepted_tokens_per_pos, last.num_accepted_tokens_per_pos
+        self._grow(len(per_pos))
+        for position, now in enumerate(per_pos):
+            before = last_per_pos[position] if position < len(last_per_pos) else 0
+            if now > before:
+                self.accepted_per_pos[position].inc(now - before)
+        self._last = stats
 
 
 def _token_buckets() -> tuple[float, ...]:

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from corral.bench.spec_decode import SpecDecodeCounts
 from corral.config import EngineConfig
 from corral.registry import Registry
 
@@ -46,6 +47,11 @@ class OfflineBackend(ABC):
     def generate(self, prompts: Sequence[list[int]], output_lens: Sequence[int]) -> int:
         """Generate output_lens[i] tokens after prompts[i]; returns the output tokens that count
         (the ones asked for; padding rows of a static batch do not count)."""
+
+    def spec_decode_counts(self) -> SpecDecodeCounts | None:
+        """Cumulative speculative decoding counters so far; None when the backend does not
+        speculate."""
+        return None
 
     def warmup(self) -> None:
         """One small generation, so one-time costs stay out of the timings."""

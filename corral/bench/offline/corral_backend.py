@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from corral.bench.offline.backends import OFFLINE_BACKENDS, BackendOptions, OfflineBackend
+from corral.bench.spec_decode import SpecDecodeCounts
 
 
 @OFFLINE_BACKENDS.register("corral")
@@ -26,6 +27,11 @@ class CorralBackend(OfflineBackend):
         model = self.options.engine.model
         dtype = resolve_dtype(model.dtype, self.llm.engine.arch.dtype, resolve_device(model.device))
         return str(dtype).removeprefix("torch.")
+
+    def spec_decode_counts(self) -> SpecDecodeCounts | None:
+        """The scheduler's speculative decoding counters (--speculative-method); None when off."""
+        stats = self.llm.engine.scheduler.stats().spec_decode
+        return SpecDecodeCounts.from_stats(stats) if stats is not None else None
 
     def generate(self, prompts: Sequence[list[int]], output_lens: Sequence[int]) -> int:
         from corral import SamplingParams

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from corral.bench.offline.backends import OfflineBackend
+from corral.bench.spec_decode import SpecDecodeCounts
 from corral.workloads import Workload
 from corral.workloads.tokens import synthetic_token_ids
 
@@ -23,6 +24,8 @@ class ThroughputResult:
     num_prompt_tokens: int
     num_output_tokens: int
     elapsed_s: float
+    # Speculative decoding over the timed part (None: the backend does not speculate).
+    spec_decode: SpecDecodeCounts | None = None
 
     @property
     def requests_per_s(self) -> float:
@@ -41,14 +44,30 @@ class ThroughputResult:
             "requests_per_s": self.requests_per_s,
             "output_tokens_per_s": self.output_tokens_per_s,
             "total_tokens_per_s": self.total_tokens_per_s,
+            "spec_decode": _spec_dict(self.spec_decode),
         }
 
     def describe(self) -> str:
         return (
             f"{self.backend} ({self.dtype}): {self.requests_per_s:.2f} req/s, "
             f"{self.output_tokens_per_s:.1f} output tok/s, {self.total_tokens_per_s:.1f} total "
-            f"tok/s ({self.elapsed_s:.1f} s)"
+            f"tok/s ({self.elapsed_s:.1f} s)" + _spec_line(self.spec_decode)
         )
+
+
+def _spec_dict(counts: SpecDecodeCounts | None) -> dict[str, Any] | None:
+    return counts.to_dict() if counts is not None else None
+
+
+def _spec_line(counts: SpecDecodeCounts | None) -> str:
+    return f"\n  speculative decoding: {counts.describe()}" if counts is not None else ""
+
+
+def _spec_since(
+    backend: OfflineBackend, before: SpecDecodeCounts | None
+) -> SpecDecodeCounts | None:
+    after = backend.spec_decode_counts()
+    return after - before if after is not None and before is not None else None
 
 
 def workload_requests(workload: Workload) -> tuple[list[list[int]], list[int]]:
@@ -62,11 +81,15 @@ def measure_throughput(
 ) -> ThroughputResult:
     """Warm up, then time one generate() over all requests (submitted at once)."""
     backend.warmup()
+    spec_before = backend.spec_decode_counts()
     start = time.perf_counter()
     num_output = backend.generate(prompts, output_lens)
     elapsed = time.perf_counter() - start
     num_prompt = sum(len(p) for p in prompts)
-    return ThroughputResult(name, backend.dtype_name, len(prompts), num_prompt, num_output, elapsed)
+    spec = _spec_since(backend, spec_before)
+    return ThroughputResult(
+        name, backend.dtype_name, len(prompts), num_prompt, num_output, elapsed, spec
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +100,8 @@ class LatencyResult:
     input_len: int
     output_len: int
     iteration_s: list[float]
+    # Speculative decoding over the timed iterations (None: the backend does not speculate).
+    spec_decode: SpecDecodeCounts | None = None
 
     def percentiles_ms(self) -> dict[str, float]:
         ms = np.asarray(self.iteration_s) * 1e3
@@ -90,7 +115,10 @@ class LatencyResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"latency_ms": self.percentiles_ms()}
+        return asdict(self) | {
+            "latency_ms": self.percentiles_ms(),
+            "spec_decode": _spec_dict(self.spec_decode),
+        }
 
     def describe(self) -> str:
         stats = self.percentiles_ms()
@@ -99,7 +127,7 @@ class LatencyResult:
         return (
             f"{self.backend} ({self.dtype}), batch {self.batch_size} x ({self.input_len} in, "
             f"{self.output_len} out), {len(self.iteration_s)} iterations: latency ms {cells}; "
-            f"{tokens_per_s:.1f} output tok/s at the mean"
+            f"{tokens_per_s:.1f} output tok/s at the mean" + _spec_line(self.spec_decode)
         )
 
 
@@ -131,8 +159,12 @@ def measure_latency(
     for _ in range(num_warmup_iters):
         backend.generate(prompts, lens)
     times = []
+    spec_before = backend.spec_decode_counts()
     for _ in range(num_iters):
         start = time.perf_counter()
         backend.generate(prompts, lens)
         times.append(time.perf_counter() - start)
-    return LatencyResult(name, backend.dtype_name, len(prompts), len(prompts[0]), output_len, times)
+    spec = _spec_since(backend, spec_before)
+    return LatencyResult(
+        name, backend.dtype_name, len(prompts), len(prompts[0]), output_len, times, spec
+    )
