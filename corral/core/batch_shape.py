@@ -4,14 +4,23 @@ count steps with the same code)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from corral.core.messages import SchedulerOutput
 
+# corral.model.step_inputs.MAX_DECODE_ROW_TOKENS (that module needs torch; a test checks that
+# the two agree): chunks of at most this many tokens run as decode rows.
+MAX_DECODE_ROW_TOKENS = 8
+
 
 class BatchShape(NamedTuple):
     """One step's work. A chunk of exactly one token is a decode (as in the model executor);
-    any longer chunk is a prefill chunk.
+    a verification chunk of speculative decoding (the request's real tokens then its k draft
+    tokens) of at most MAX_DECODE_ROW_TOKENS tokens is that many decodes, one per position; any
+    other chunk is a prefill chunk. (The executor runs every chunk of at most
+    MAX_DECODE_ROW_TOKENS tokens as decode rows; short chunks without drafts, rare, are still
+    counted as prefill chunks here, as the profiles on record were fitted.)
 
     Attention work counts (query, key) pairs: a prefill chunk of q tokens after c cached tokens
     attends q * c + q * (q + 1) / 2 pairs; a decode at context c attends c + 1 keys.
@@ -24,7 +33,9 @@ class BatchShape(NamedTuple):
     num_decode_requests: int = 0
     decode_context_tokens: int = 0  # sum of c + 1 over decodes
     max_decode_context: int = 0  # max of c + 1 over decodes
-    num_sampled: int = 0  # requests whose chunk reached their last token
+    # Positions sampled: one per request whose chunk reached its last token, plus one per draft
+    # token verified (its logits are computed too).
+    num_sampled: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -51,19 +62,38 @@ class BatchShape(NamedTuple):
 
 class BatchShapeCounter:
     """Follows the requests of a stream of SchedulerOutputs, as an executor does, keeping per
-    request [num_tokens, num_computed_tokens], and counts each step's BatchShape."""
+    request [num_tokens, num_computed_tokens], and counts each step's BatchShape.
+
+    Speculative decoding: a request's chunk is its real tokens then its draft tokens
+    (SchedulerOutput.spec_token_ids); it samples when its real tokens reach the end, at k + 1
+    positions. As in the model executor, a verification chunk of at most MAX_DECODE_ROW_TOKENS
+    tokens runs as that many decode rows (row i attends context + i + 1 keys); a longer one is
+    a prefill chunk.
+    How many drafts were accepted is the executor's decision: settle() applies it (num_tokens
+    grows by accepted + 1, num_computed by the real tokens + accepted). A caller that never
+    settles (the step log) is put right from the next SchedulerOutput's num_computed_tokens.
+    """
 
     def __init__(self) -> None:
         self._states: dict[str, list[int]] = {}
+        # Requests that verified drafts in the last counted step and were not settled yet.
+        self._unsettled: set[str] = set()
 
     @property
     def num_requests(self) -> int:
         return len(self._states)
 
+    def num_tokens_of(self, request_id: str) -> int:
+        """A followed request's tokens (prompt + output) as counted so far."""
+        return self._states[request_id][0]
+
     def count(self, scheduler_output: SchedulerOutput) -> tuple[BatchShape | None, list[str]]:
         """The step's shape (None when nothing was scheduled) and the ids of the requests whose
-        chunk reaches their last token (each gets one token sampled, counted here)."""
+        chunk reaches their last token (each gets one token sampled, counted here, and with
+        drafts as many more as settle() is told)."""
         states = self._states
+        if self._unsettled:
+            self._resync(scheduler_output)
         for request_id in scheduler_output.finished_request_ids:
             states.pop(request_id, None)
         for request_id in scheduler_output.preempted_request_ids:
@@ -73,6 +103,7 @@ class BatchShapeCounter:
         sampled_ids: list[str] = []
         p_tokens = p_requests = p_context = p_pairs = 0
         d_requests = d_context = d_max = 0
+        num_drafts = 0
         for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
             state = states[request_id]
             context = state[1]
@@ -81,6 +112,12 @@ class BatchShapeCounter:
                 d_context += context + 1
                 if context >= d_max:
                     d_max = context + 1
+            elif num_tokens <= MAX_DECODE_ROW_TOKENS and context + num_tokens > state[0]:
+                # A verification chunk: one decode row per token, row i at context + i.
+                d_requests += num_tokens
+                d_context += num_tokens * context + num_tokens * (num_tokens + 1) // 2
+                if context + num_tokens > d_max:
+                    d_max = context + num_tokens
             else:
                 p_tokens += num_tokens
                 p_requests += 1
@@ -91,9 +128,53 @@ class BatchShapeCounter:
             if context == state[0]:
                 sampled_ids.append(request_id)
                 state[0] += 1
+            elif context > state[0]:
+                # The chunk carries context - end drafts after the request's last real token.
+                end = state[0]
+                num_drafts += context - end
+                self._unsettled.add(request_id)
+                sampled_ids.append(request_id)
+                state[1] = end
+                state[0] = end + 1
         if not scheduler_output.num_scheduled_tokens:
             return None, sampled_ids
         shape = BatchShape(
-            p_tokens, p_requests, p_context, p_pairs, d_requests, d_context, d_max, len(sampled_ids)
+            p_tokens,
+            p_requests,
+            p_context,
+            p_pairs,
+            d_requests,
+            d_context,
+            d_max,
+            len(sampled_ids) + num_drafts,
         )
         return shape, sampled_ids
+
+    def settle(self, num_accepted: Mapping[str, int]) -> None:
+        """After the last counted step: num_accepted[r] of request r's drafts were accepted
+        (r absent: none). Call once per step that carried drafts, before the next count()."""
+        states = self._states
+        for request_id in self._unsettled:
+            accepted = num_accepted.get(request_id, 0)
+            state = states.get(request_id)
+            if accepted and state is not None:
+                state[0] += accepted
+                state[1] += accepted
+        self._unsettled.clear()
+
+    def _resync(self, scheduler_output: SchedulerOutput) -> None:
+        """Unsettled requests take the computed count the scheduler reports; after a step that
+        sampled, a request's tokens are its computed tokens plus the one sampled last."""
+        unsettled = self._unsettled
+        states = self._states
+        for cached in scheduler_output.cached_requests:
+            if cached.request_id in unsettled:
+                unsettled.discard(cached.request_id)
+                state = states.get(cached.request_id)
+                if state is not None:
+                    state[1] = cached.num_computed_tokens
+                    state[0] = cached.num_computed_tokens + 1
+        for request_id in scheduler_output.finished_request_ids:
+            unsettled.discard(request_id)
+        for request_id in scheduler_output.preempted_request_ids:
+            unsettled.discard(request_id)

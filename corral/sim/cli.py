@@ -126,6 +126,9 @@ def _run(args: argparse.Namespace) -> int:
         document = report.to_dict()
         document["workload"] = workload.description
         document["cost_model"] = cluster.instances[0].cost_model.describe()
+        speculation = cluster.instances[0].speculation
+        if speculation is not None:
+            document["speculation"] = speculation.describe()
         document["records"] = [
             {
                 "request_id": r.request_id,

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 
 from corral.config import SchedulerConfig
-from corral.engine.engine_args import scheduler_config_from_args
+from corral.engine.engine_args import (
+    add_speculative_arguments,
+    scheduler_config_from_args,
+    speculative_config_from_args,
+)
 from corral.sim.cluster import RequestHook
 from corral.sim.cost.hardware import list_hardware
 from corral.sim.deployment import DeploymentOptions
 from corral.sim.router import ROUTER_POLICIES
+from corral.sim.spec import SpecSimConfig
 from corral.workloads.spec import Workload
 
 
@@ -84,6 +89,76 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="check every KV manager after every step (slow)",
     )
+    add_speculative_arguments(parser)
+    add_spec_sim_arguments(parser)
+
+
+def add_spec_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    """What stands in for the proposer and the verifier (docs/speculative-sim.md)."""
+    group = parser.add_argument_group("speculative decoding, simulated")
+    group.add_argument(
+        "--spec-acceptance",
+        default=None,
+        help="acceptance per draft position, conditional on the earlier ones: 0.72 (every "
+        "position) or 0.8,0.7,0.6 (the last holds for later ones); default: the method's, "
+        "measured on the real engine (draft 0.72)",
+    )
+    group.add_argument(
+        "--spec-draft-profile",
+        default=None,
+        help="a profile of the draft model (corral simulate profile): prices each draft pass",
+    )
+    group.add_argument(
+        "--spec-draft-cost-ratio",
+        type=float,
+        default=None,
+        help="without --spec-draft-profile, a draft pass costs this times the target's cost "
+        "model on the same batch (default 0.38)",
+    )
+    group.add_argument(
+        "--spec-propose-ms-per-step",
+        type=float,
+        default=None,
+        help="proposer time per step that proposes, ms (added to any draft passes)",
+    )
+    group.add_argument(
+        "--spec-propose-ms-per-token",
+        type=float,
+        default=None,
+        help="proposer time per proposed token, ms (ngram, suffix: measured defaults)",
+    )
+    group.add_argument(
+        "--spec-proposal-rate",
+        type=float,
+        default=None,
+        help="the chance that a request asked to propose gets a proposal (ngram, suffix: "
+        "measured defaults; draft 1)",
+    )
+
+
+def spec_sim_config_from_args(args: argparse.Namespace) -> SpecSimConfig | None:
+    """The simulated speculation of the flags (None without --speculative-method)."""
+    from corral.sim.spec import SIMULATED_DRAFT_MODEL, make_spec_sim_config, parse_acceptance
+
+    if args.speculative_method is None:
+        return None
+    if args.speculative_method == "draft" and not args.speculative_model:
+        args = argparse.Namespace(**{**vars(args), "speculative_model": SIMULATED_DRAFT_MODEL})
+    draft_cost_model = None
+    if args.spec_draft_profile:
+        from corral.sim.cost.profiled import ProfiledCostModel
+
+        draft_cost_model = ProfiledCostModel.load(args.spec_draft_profile)
+    per_step, per_token = args.spec_propose_ms_per_step, args.spec_propose_ms_per_token
+    return make_spec_sim_config(
+        speculative_config_from_args(args),
+        parse_acceptance(args.spec_acceptance) if args.spec_acceptance else None,
+        draft_cost_model=draft_cost_model,
+        draft_cost_ratio=args.spec_draft_cost_ratio,
+        propose_s_per_step=None if per_step is None else per_step / 1e3,
+        propose_s_per_token=None if per_token is None else per_token / 1e3,
+        proposal_rate=args.spec_proposal_rate,
+    )
 
 
 def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
@@ -113,6 +188,7 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         seed=args.sim_seed,
         kv_sample_interval_s=args.kv_sample_interval_s,
         check_integrity=args.check_integrity,
+        speculation=spec_sim_config_from_args(args),
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from corral.config import SchedulerConfig
 from corral.core.kv_capacity import kv_pool_refusal
 from corral.sim.cost.base import CostModel
+from corral.sim.spec import SpecSimConfig
 
 ROLES = ("mixed", "prefill", "decode")
 
@@ -31,6 +32,7 @@ class InstanceSpec:
     busy_power_w: float | None = None  # per device, while a step runs
     idle_power_w: float | None = None  # per device, otherwise
     kv_bytes_per_token: int = 0  # for KV transfers between pools
+    speculation: SpecSimConfig | None = None  # speculative decoding (None: off)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

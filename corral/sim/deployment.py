@@ -11,6 +11,7 @@ from corral.sim.cost import CostModelOptions, make_cost_model
 from corral.sim.cost.hardware import HardwareSpec, load_hardware
 from corral.sim.cost.profiled import ProfiledCostModel
 from corral.sim.model_shapes import load_model_shape
+from corral.sim.spec import SpecSimConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,8 @@ class DeploymentOptions:
     seed: int = 0
     kv_sample_interval_s: float = 1.0
     check_integrity: bool = False
+    # Speculative decoding (corral/sim/spec.py; None: off).
+    speculation: SpecSimConfig | None = None
 
     def __post_init__(self) -> None:
         if self.num_instances < 1:
@@ -148,6 +151,7 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         block_size=options.block_size,
         scheduler=options.scheduler,
         enable_prefix_caching=options.enable_prefix_caching,
+        speculation=options.speculation,
         **fields,
     )
     if options.num_prefill_instances:

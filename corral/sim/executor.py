@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from types import MappingProxyType
 
 from corral.core.batch_shape import BatchShape, BatchShapeCounter
 from corral.core.messages import ModelOutput, SchedulerOutput
 from corral.sim.cost.base import CostModel
+from corral.sim.spec import MAX_NUM_DRAFT_POSITIONS, SpecSimConfig, draft_pass_shapes
 from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID
 
-# Shared and never mutated: the scheduler only iterates over sampled token lists.
-_PLACEHOLDER = [PLACEHOLDER_TOKEN_ID]
+# Shared and never mutated: the scheduler only iterates over sampled token lists and slices
+# draft lists. _PLACEHOLDERS[n] holds n placeholder tokens.
+_PLACEHOLDERS = [[PLACEHOLDER_TOKEN_ID] * n for n in range(MAX_NUM_DRAFT_POSITIONS + 2)]
+_PLACEHOLDER = _PLACEHOLDERS[1]
 # Read-only empties for the ModelOutput fields a simulated step never fills.
 _NO_LOGPROBS: MappingProxyType = MappingProxyType({})
 
@@ -21,12 +25,25 @@ class SimExecutor:
     Follows each request it was told about (BatchShapeCounter); samples the placeholder token for
     each request whose chunk reaches its last token; the step time comes from the cost model and
     is returned in ModelOutput.step_time_s (virtual seconds).
+
+    With speculation (corral/sim/spec.py): a request that verifies k drafts gets accepted + 1
+    placeholder tokens, accepted drawn from the acceptance model with a seeded RNG; requests
+    asked to propose get that many placeholder drafts, and the proposer's time is added to the
+    step and reported as propose_time_s.
     """
 
-    def __init__(self, cost_model: CostModel) -> None:
+    def __init__(
+        self, cost_model: CostModel, speculation: SpecSimConfig | None = None, seed: int = 0
+    ) -> None:
         self.cost_model = cost_model
+        self.speculation = speculation
         self._counter = BatchShapeCounter()
         self.last_batch: BatchShape | None = None
+        self._rng = random.Random(seed)
+        # Draft model: request id -> (verified tokens at its last proposal, k proposed then).
+        self._draft_synced: dict[str, tuple[int, int]] = {}
+        # Draft model: request id -> drafts accepted in its last verification since then.
+        self._draft_accepted: dict[str, int] = {}
 
     @property
     def num_requests(self) -> int:
@@ -35,9 +52,104 @@ class SimExecutor:
     def execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:
         """Advance every scheduled request's computed count and time the step."""
         batch, sampled_ids = self._counter.count(scheduler_output)
+        if self.speculation is not None:
+            return self._execute_speculative(scheduler_output, batch, sampled_ids)
         sampled = dict.fromkeys(sampled_ids, _PLACEHOLDER)
         self.last_batch = batch
         if batch is None:
             return ModelOutput(sampled_token_ids=sampled)
         step_time_s = self.cost_model.step_time_s(batch)
         return ModelOutput(sampled, _NO_LOGPROBS, _NO_LOGPROBS, step_time_s, ())
+
+    def num_accepted(self, num_drafts: int) -> int:
+        """Draw how many of num_drafts drafts the target accepts (a run from the first)."""
+        assert self.speculation is not None
+        acceptance = self.speculation.acceptance_by_position
+        random_ = self._rng.random
+        accepted = 0
+        while accepted < num_drafts and random_() < acceptance[accepted]:
+            accepted += 1
+        return accepted
+
+    def _execute_speculative(
+        self, scheduler_output: SchedulerOutput, batch: BatchShape | None, sampled_ids: list[str]
+    ) -> ModelOutput:
+        speculation = self.speculation
+        assert speculation is not None
+        self.last_batch = batch
+        sampled = dict.fromkeys(sampled_ids, _PLACEHOLDER)
+        if speculation.is_draft_model:
+            for request_id in scheduler_output.finished_request_ids:
+                self._forget(request_id)
+            for request_id in scheduler_output.preempted_request_ids:
+                self._forget(request_id)
+        if scheduler_output.spec_token_ids:
+            accepted_by_id: dict[str, int] = {}
+            for request_id, drafts in scheduler_output.spec_token_ids.items():
+                accepted = self.num_accepted(len(drafts))
+                accepted_by_id[request_id] = accepted
+                sampled[request_id] = _PLACEHOLDERS[accepted + 1]
+            self._counter.settle(accepted_by_id)
+            if speculation.is_draft_model:
+                self._draft_accepted.update(accepted_by_id)
+        if batch is None:
+            return ModelOutput(sampled_token_ids=sampled)
+        step_time_s = self.cost_model.step_time_s(batch)
+        proposals = {
+            request_id: _PLACEHOLDERS[k]
+            for request_id, k in scheduler_output.num_spec_tokens_to_propose.items()
+            if k > 0 and request_id in sampled
+        }
+        if speculation.proposal_rate < 1.0 and proposals:
+            random_, rate = self._rng.random, speculation.proposal_rate
+            proposals = {rid: drafts for rid, drafts in proposals.items() if random_() < rate}
+        propose_time_s = self._propose_time_s(proposals) if proposals else 0.0
+        return ModelOutput(
+            sampled,
+            _NO_LOGPROBS,
+            _NO_LOGPROBS,
+            step_time_s + propose_time_s,
+            (),
+            spec_token_ids=proposals,
+            propose_time_s=propose_time_s,
+        )
+
+    def _forget(self, request_id: str) -> None:
+        self._draft_synced.pop(request_id, None)
+        self._draft_accepted.pop(request_id, None)
+
+    def _propose_time_s(self, proposals: dict[str, list[int]]) -> float:
+        speculation = self.speculation
+        assert speculation is not None
+        num_proposed = sum(len(drafts) for drafts in proposals.values())
+        time_s = speculation.propose_s_per_step + speculation.propose_s_per_token * num_proposed
+        if speculation.is_draft_model:
+            time_s += self._draft_time_s(proposals)
+        return time_s
+
+    def _draft_time_s(self, proposals: dict[str, list[int]]) -> float:
+        """The draft model's passes. It catches up on the verified tokens it has not computed:
+        all of them for a request it has not seen; else those past its last proposal, less the
+        drafts it fed itself that were then accepted (it computed all but its last draft)."""
+        speculation = self.speculation
+        assert speculation is not None
+        counter = self._counter
+        synced = self._draft_synced
+        requests = []
+        for request_id, drafts in proposals.items():
+            num_verified = counter.num_tokens_of(request_id)
+            last = synced.get(request_id)
+            if last is None:
+                num_catch_up = num_verified
+            else:
+                accepted = self._draft_accepted.pop(request_id, 0)
+                num_catch_up = num_verified - last[0] - min(accepted, last[1] - 1)
+            k = len(drafts)
+            synced[request_id] = (num_verified, k)
+            requests.append((k, max(num_catch_up, 1), num_verified))
+        model = speculation.draft_cost_model
+        shapes = draft_pass_shapes(requests)
+        if model is not None:
+            return sum(model.step_time_s(shape) for shape in shapes)
+        target = self.cost_model
+        return speculation.draft_cost_ratio * sum(target.step_time_s(shape) for shape in shapes)

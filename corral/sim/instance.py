@@ -24,6 +24,7 @@ class SimInstance:
         spec: InstanceSpec,
         clock: Callable[[], float],
         kv_sample_interval_s: float = 1.0,
+        seed: int = 0,
     ) -> None:
         self.index = index
         self.spec = spec
@@ -33,8 +34,16 @@ class SimInstance:
             enable_prefix_caching=spec.enable_prefix_caching,
             prefix_hash=spec.prefix_hash,
         )
-        self.scheduler = Scheduler(spec.scheduler, self.kv, spec.max_model_len, clock=clock)
-        self.executor = SimExecutor(spec.cost_model)
+        speculation = spec.speculation
+        self.scheduler = Scheduler(
+            spec.scheduler,
+            self.kv,
+            spec.max_model_len,
+            clock=clock,
+            speculative=speculation.config if speculation is not None else None,
+        )
+        # Each instance draws its acceptances from its own stream (seed, index).
+        self.executor = SimExecutor(spec.cost_model, speculation, seed=seed * 1_000_003 + index)
         self.is_busy = False
         self.is_wake_pending = False
         self.is_prefill = spec.role == "prefill"

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from corral.core.slo_target import SLO
 from corral.sim.cluster import SimResult
 from corral.sim.instance import SimInstance
+from corral.sim.spec import merge_spec_stats, spec_stats_dict
+from corral.spec.stats import SpecDecodeStats
 from corral.workloads.metrics import MetricsSummary, format_summary, summarize
 
 
@@ -29,6 +31,7 @@ class InstanceReport:
     cost_usd: float | None
     energy_j: float | None
     kv_samples: list[tuple[float, float]]
+    spec_decode: SpecDecodeStats | None = None  # speculative decoding counters (None: off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,7 @@ class SimReport:
     num_events: int
     cost_usd: float | None
     energy_kwh: float | None
+    spec_decode: SpecDecodeStats | None = None  # summed over the instances (None: off)
 
     @property
     def simulated_requests_per_wall_s(self) -> float:
@@ -52,6 +56,12 @@ class SimReport:
         if not with_kv_samples:
             for instance in document["instances"]:
                 instance.pop("kv_samples")
+        # The counters and the derived rates (acceptance rate, mean accepted length).
+        if self.spec_decode is not None:
+            document["spec_decode"] = spec_stats_dict(self.spec_decode)
+        for instance, row in zip(self.instances, document["instances"]):
+            if instance.spec_decode is not None:
+                row["spec_decode"] = spec_stats_dict(instance.spec_decode)
         return document
 
 
@@ -86,6 +96,9 @@ def _instance_report(instance: SimInstance, duration_s: float) -> InstanceReport
         cost_usd=cost,
         energy_j=energy,
         kv_samples=instance.kv_samples,
+        spec_decode=instance.scheduler.stats().spec_decode
+        if instance.scheduler.spec is not None
+        else None,
     )
 
 
@@ -103,6 +116,7 @@ def build_report(result: SimResult, slo: SLO | None = None) -> SimReport:
         num_events=result.num_events,
         cost_usd=sum(costs) if None not in costs else None,  # type: ignore[arg-type]
         energy_kwh=sum(energies) / 3.6e6 if None not in energies else None,  # type: ignore[arg-type]
+        spec_decode=merge_spec_stats(i.spec_decode for i in instances),
     )
 
 
@@ -133,6 +147,17 @@ def format_report(report: SimReport, title: str = "corral simulate", max_rows: i
         f"utilization min/mean/max: {min(utilizations):.1%} / "
         f"{sum(utilizations) / len(utilizations):.1%} / {max(utilizations):.1%}"
     )
+    spec = report.spec_decode
+    if spec is not None:
+        mean_k = (
+            spec.num_planned_tokens / spec.num_planned_requests if spec.num_planned_requests else 0
+        )
+        lines.append(
+            f"speculative decoding: {spec.num_drafts} verification rounds, acceptance "
+            f"{spec.acceptance_rate:.1%} ({spec.num_accepted_tokens} of {spec.num_draft_tokens} "
+            f"draft tokens), mean accepted length {spec.mean_accepted_length:.2f} tokens per "
+            f"round, mean K planned {mean_k:.2f} ({spec.num_planned_requests} request-steps)"
+        )
     lines.append(
         f"cost: {_fmt(report.cost_usd, '.2f')} USD   energy: {_fmt(report.energy_kwh, '.3f')} kWh"
     )
