@@ -134,7 +134,9 @@ def main() -> None:
                     speedup=round(rate / base_rate, 3),
                     acceptance_rate=round(accepted / draft_tokens, 3) if draft_tokens else None,
                     mean_accepted_length=round(1 + accepted / drafts, 3) if drafts else None,
-                    draft_tokens_per_output_token=round(draft_tokens / num_tokens / args.repeats, 3),
+                    draft_tokens_per_output_token=round(
+                        draft_tokens / num_tokens / args.repeats, 3
+                    ),
                 )
                 rows.append(row)
                 print(

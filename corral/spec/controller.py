@@ -1,19 +1,29 @@
-"""How many tokens each request speculates this step (torch-free; scheduler and simulator).
+"""How many draft tokens each request verifies and proposes per step (torch-free; scheduler and
+simulator).
 
-Rule "fixed": always K. Rule "adaptive" (the default) keeps speculation from ever costing
-throughput: with a request's measured acceptance alpha (the chance that a draft token is accepted
-given that the ones before it were), its j-th draft token yields alpha^j tokens in expectation and
-costs one more token of verification plus its proposal. Draft tokens are granted, best expected
-yield first, while each one's yield per second beats the step's tokens per second so far; a batch
-where verification is dear (large, compute-bound) gets none, a lone request with a good proposer
-gets K.
+Rule "fixed": always K. Rule "adaptive" (the default) keeps speculation from costing throughput.
+With a request's measured acceptance alpha (the chance that a draft token stands given that the
+ones before it did), its j-th draft token yields alpha^j tokens in expectation. Each step makes
+two decisions with the same greedy rule: draft tokens are granted, best expected yield first,
+while each one's yield per second of its cost beats the step's tokens per second so far.
+
+- Verify: how many of the drafts a request already holds to score now. Their proposal is paid
+  for; a draft costs one more token of the target's step (the slope of a live fit of step time
+  on tokens, corral/spec/step_cost.py).
+- Propose: how many drafts to ask for, to verify next step. A draft costs its verification plus
+  its proposal (corral/spec/propose_cost.py: per token, and per pass for a draft model, where
+  one more pass is paid by whichever request first needs that depth).
+
+A large compute-bound batch gets none, a lone request with a good proposer gets K. After
+PROBE_INTERVAL_STEPS steps without speculation a few requests propose one draft and verify it
+the next step, so that acceptance stays measured.
 """
 
 from __future__ import annotations
 
-import heapq
-import statistics
+from typing import NamedTuple
 
+from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.stats import SpecDecodeStats
 from corral.spec.step_cost import StepCostEstimate
 
@@ -23,16 +33,22 @@ PRIOR_ACCEPTANCE = 0.6
 PRIOR_WEIGHT_TRIALS = 8.0
 # A draft token must beat the running tokens per second by this factor (hysteresis against noise).
 MIN_GAIN_FACTOR = 1.02
-# After this many steps without speculation, a few requests speculate one token for a step, so
-# that acceptance and proposal cost stay measured (costs at most 1/PROBE_INTERVAL_STEPS of a
-# step's few tokens).
 PROBE_INTERVAL_STEPS = 64
-# Proposal cost per token: the median of the first samples, then an EWMA of samples clipped to a
-# multiple of the estimate.
-PROPOSE_COST_WARMUP_SAMPLES = 8
-PROPOSE_COST_EWMA = 0.1
-PROPOSE_COST_CLIP = 3.0
 NUM_PROBE_REQUESTS = 4
+
+
+class Candidate(NamedTuple):
+    """A request that samples this step: the drafts it holds, and the most it may take."""
+
+    num_held: int
+    max_num_tokens: int
+
+
+class SpecPlan(NamedTuple):
+    """Drafts to verify now and drafts to propose for the next step, per request id."""
+
+    verify: dict[str, int]
+    propose: dict[str, int]
 
 
 class _Acceptance:
@@ -57,9 +73,10 @@ class SpecController:
         self._global = _Acceptance()
         self._per_request: dict[str, _Acceptance] = {}
         # Proposal cost per proposed token, EWMA (seconds).
-        self.propose_s_per_token = 0.0
+        self.propose_cost = ProposeCostEstimate()
         self.num_steps_without_drafts = 0
-        self._propose_warmup: list[float] = []
+        self._probed: set[str] = set()
+        self._last_num_passes = 0
 
     # ----- learning -----------------------------------------------------------------------
 
@@ -78,17 +95,8 @@ class SpecController:
         """One step's cost: num_tokens scheduled; step_time_s in all, of which propose_time_s
         went to proposing num_proposed tokens for the next step."""
         self.step_cost.observe(num_tokens, step_time_s - propose_time_s)
-        if num_proposed <= 0:
-            return
-        sample = propose_time_s / num_proposed
-        warmup = self._propose_warmup
-        if len(warmup) < PROPOSE_COST_WARMUP_SAMPLES:
-            warmup.append(sample)
-            self.propose_s_per_token = statistics.median(warmup)
-            return
-        # Clipped: one-off costs (a draft model prefilling a new prompt) are not per token.
-        sample = min(sample, PROPOSE_COST_CLIP * self.propose_s_per_token)
-        self.propose_s_per_token += PROPOSE_COST_EWMA * (sample - self.propose_s_per_token)
+        if num_proposed > 0:
+            self.propose_cost.observe(max(self._last_num_passes, 1), num_proposed, propose_time_s)
 
     def forget(self, request_id: str) -> None:
         self._per_request.pop(request_id, None)
@@ -108,64 +116,116 @@ class SpecController:
 
     def plan(
         self,
-        candidates: dict[str, int],
+        candidates: dict[str, Candidate],
         num_scheduled_tokens: int,
         num_sampled: int,
         budget: int,
-    ) -> dict[str, int]:
-        """K per candidate request id (absent: 0). candidates maps each request that samples
-        this step to the most draft tokens it may take; the step computes num_scheduled_tokens
-        without speculation and samples num_sampled tokens; budget caps the draft tokens."""
+    ) -> SpecPlan:
+        """Drafts to verify now (at most held, within budget) and to propose next, per
+        candidate. The step computes num_scheduled_tokens without drafts and samples
+        num_sampled tokens."""
         if self.rule == "fixed":
-            plan: dict[str, int] = {}
-            for request_id, max_k in candidates.items():
-                k = min(max_k, self.max_num_tokens, budget)
-                if k > 0:
-                    plan[request_id] = k
-                    budget -= k
-        else:
-            plan = self._plan_adaptive(candidates, num_scheduled_tokens, num_sampled, budget)
-            if plan:
-                self.num_steps_without_drafts = 0
-            else:
-                self.num_steps_without_drafts += 1
-                if self.num_steps_without_drafts >= PROBE_INTERVAL_STEPS:
-                    self.num_steps_without_drafts = 0
-                    probes = [rid for rid, max_k in candidates.items() if max_k > 0]
-                    plan = dict.fromkeys(probes[: min(NUM_PROBE_REQUESTS, budget)], 1)
-        self.stats.num_planned_requests += len(plan)
-        self.stats.num_planned_tokens += sum(plan.values())
-        return plan
-
-    def _plan_adaptive(
-        self, candidates: dict[str, int], num_scheduled_tokens: int, num_sampled: int, budget: int
-    ) -> dict[str, int]:
+            verify: dict[str, int] = {}
+            propose: dict[str, int] = {}
+            for request_id, (num_held, max_k) in candidates.items():
+                k = min(max_k, self.max_num_tokens)
+                if k <= 0:
+                    continue
+                propose[request_id] = k
+                use = min(k, num_held, budget)
+                if use > 0:
+                    verify[request_id] = use
+                    budget -= use
+            return self._count(SpecPlan(verify, propose))
         if not self.step_cost.is_ready:
-            # Nothing measured yet: one draft token each, to start learning.
-            return {rid: 1 for rid, max_k in list(candidates.items())[:budget] if max_k > 0}
+            # Nothing measured yet: one draft each, to start learning.
+            return self._count(SpecPlan({}, {rid: 1 for rid, c in candidates.items() if c[1] > 0}))
         fixed_s, per_token_s = self.step_cost.coefficients()
         tokens = float(max(num_sampled, 1))
         time_s = fixed_s + per_token_s * num_scheduled_tokens
-        cost_s = per_token_s + self.propose_s_per_token
-        if time_s <= 0:
-            return {}
-        # Max-heap of (-yield, request id, j, alpha): the next draft token each request could take.
-        heap: list[tuple[float, str, int, float]] = []
-        for request_id, max_k in candidates.items():
-            if max_k > 0:
-                alpha = self.acceptance(request_id)
-                heap.append((-alpha, request_id, 1, alpha))
-        heapq.heapify(heap)
-        plan: dict[str, int] = {}
-        while heap and budget > 0:
-            negative_yield, request_id, j, alpha = heapq.heappop(heap)
-            gain = -negative_yield
-            if gain * time_s <= MIN_GAIN_FACTOR * tokens * cost_s:
-                break  # sorted by yield: no later token can pay either
-            tokens += gain
-            time_s += cost_s
-            plan[request_id] = j
-            budget -= 1
-            if j < min(candidates[request_id], self.max_num_tokens):
-                heapq.heappush(heap, (-gain * alpha, request_id, j + 1, alpha))
+        verify_limits = {
+            rid: min(c.num_held, c.max_num_tokens, self.max_num_tokens)
+            for rid, c in candidates.items()
+        }
+        verify, tokens, time_s = self._grant(
+            verify_limits, tokens, time_s, per_token_s, 0.0, budget
+        )
+        for request_id in self._probed:
+            held = verify_limits.get(request_id, 0)
+            if held > 0 and request_id not in verify and sum(verify.values()) < budget:
+                verify[request_id] = 1  # a probe's draft is always verified
+        self._probed = set()
+        pass_s, token_s = self.propose_cost.coefficients()
+        propose_limits = {
+            rid: min(c.max_num_tokens, self.max_num_tokens) for rid, c in candidates.items()
+        }
+        propose, _, _ = self._grant(
+            propose_limits, tokens, time_s, per_token_s + token_s, pass_s, None
+        )
+        if verify or propose:
+            self.num_steps_without_drafts = 0
+        else:
+            self.num_steps_without_drafts += 1
+            if self.num_steps_without_drafts >= PROBE_INTERVAL_STEPS:
+                self.num_steps_without_drafts = 0
+                probes = [rid for rid, limit in propose_limits.items() if limit > 0]
+                propose = dict.fromkeys(probes[:NUM_PROBE_REQUESTS], 1)
+                self._probed = set(propose)
+        return self._count(SpecPlan(verify, propose))
+
+    def _count(self, plan: SpecPlan) -> SpecPlan:
+        self.stats.num_planned_requests += len(plan.propose)
+        self.stats.num_planned_tokens += sum(plan.propose.values())
+        self._last_num_passes = max(plan.propose.values(), default=0)
         return plan
+
+    def _grant(
+        self,
+        limits: dict[str, int],
+        tokens: float,
+        time_s: float,
+        token_cost_s: float,
+        pass_cost_s: float,
+        budget: int | None,
+    ) -> tuple[dict[str, int], float, float]:
+        """Depth by depth: at depth j, the requests granted j - 1 (all at j = 1) are ranked by
+        the yield alpha^j of their j-th draft; the number granted is the one that maximises
+        tokens per second with one more pass (pass_cost_s) and token_cost_s per draft. Stops at
+        the first depth where no number beats the current rate. Returns (grants, tokens,
+        time_s)."""
+        granted: dict[str, int] = {}
+        if time_s <= 0:
+            return granted, tokens, time_s
+        alphas = {rid: self.acceptance(rid) for rid, limit in limits.items() if limit > 0}
+        yields = dict(alphas)  # alpha^j of each request at the current depth
+        level = list(alphas)
+        remaining = budget
+        for j in range(1, self.max_num_tokens + 1):
+            level = [rid for rid in level if limits[rid] >= j]
+            if not level or remaining == 0:
+                break
+            level.sort(key=lambda rid: -yields[rid])
+            if remaining is not None:
+                level = level[:remaining]
+            best_count, best_tokens, best_time = 0, tokens, time_s
+            gain_sum = 0.0
+            for count, rid in enumerate(level, 1):
+                gain_sum += yields[rid]
+                new_tokens = tokens + gain_sum
+                new_time = time_s + pass_cost_s + count * token_cost_s
+                if new_tokens * best_time > best_tokens * new_time:
+                    best_count, best_tokens, best_time = count, new_tokens, new_time
+            # The depth's drafts must yield, per second they cost, MIN_GAIN_FACTOR times the
+            # step's rate so far (hysteresis against noise in the estimates).
+            if best_count == 0 or (best_tokens - tokens) * time_s <= (
+                MIN_GAIN_FACTOR * tokens * (best_time - time_s)
+            ):
+                break
+            level = level[:best_count]
+            for rid in level:
+                granted[rid] = j
+                yields[rid] *= alphas[rid]
+            tokens, time_s = best_tokens, best_time
+            if remaining is not None:
+                remaining -= best_count
+        return granted, tokens, time_s

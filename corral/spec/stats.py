@@ -13,7 +13,7 @@ class SpecDecodeStats:
     num_accepted_tokens: int = 0
     # [j]: rounds whose draft token j (0-based) was accepted.
     num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
-    # Per request-step: how many were asked to speculate, and how many tokens were planned.
+    # Proposals asked for: request-steps, and draft tokens in them.
     num_planned_requests: int = 0
     num_planned_tokens: int = 0
 

@@ -1,9 +1,10 @@
 """The adaptive number of draft tokens (torch-free): it follows measured acceptance and step
-cost, and gives none where verification costs more than it yields."""
+and proposal costs, and gives none where verification costs more than it yields."""
 
 from __future__ import annotations
 
-from corral.spec.controller import PROBE_INTERVAL_STEPS, SpecController
+from corral.spec.controller import PROBE_INTERVAL_STEPS, Candidate, SpecController
+from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.step_cost import StepCostEstimate
 
 
@@ -16,6 +17,10 @@ def feed_acceptance(controller: SpecController, request_id: str, rate_in_10: int
     for round_index in range(50):
         accepted = 1 if round_index % 10 < rate_in_10 else 0
         controller.record(request_id, 1, accepted)
+
+
+def candidates(names, num_held: int = 4, max_k: int = 4) -> dict[str, Candidate]:
+    return {name: Candidate(num_held, max_k) for name in names}
 
 
 def test_step_cost_fit_recovers_a_line() -> None:
@@ -37,26 +42,51 @@ def test_step_cost_without_spread_uses_the_prior() -> None:
     assert abs(fixed + 10 * slope - 0.012) < 1e-9
 
 
+def test_propose_cost_separates_passes_from_tokens() -> None:
+    estimate = ProposeCostEstimate()
+    for passes, tokens in [(1, 1), (4, 4), (1, 32), (4, 128), (2, 16), (3, 3), (2, 64)] * 3:
+        estimate.observe(passes, tokens, 0.0005 * passes + 0.00002 * tokens)
+    pass_s, token_s = estimate.coefficients()
+    assert abs(pass_s - 0.0005) < 5e-5
+    assert abs(token_s - 0.00002) < 5e-6
+
+
 def test_fixed_rule_gives_k_within_budget() -> None:
     controller = SpecController(4, "fixed")
-    plan = controller.plan({"a": 4, "b": 2, "c": 4}, 3, 3, budget=7)
-    assert plan == {"a": 4, "b": 2, "c": 1}
+    plan = controller.plan(
+        {"a": Candidate(4, 4), "b": Candidate(4, 2), "c": Candidate(4, 4)}, 3, 3, budget=7
+    )
+    assert plan.verify == {"a": 4, "b": 2, "c": 1}
+    assert plan.propose == {"a": 4, "b": 2, "c": 4}
 
 
 def test_lone_request_on_overhead_bound_steps_gets_k() -> None:
     controller = SpecController(4)
     feed_costs(controller, fixed_s=0.002, per_token_s=0.00002)
     feed_acceptance(controller, "a", 8)
-    assert controller.plan({"a": 4}, 1, 1, budget=100) == {"a": 4}
+    plan = controller.plan(candidates(["a"]), 1, 1, budget=100)
+    assert plan.verify == {"a": 4} and plan.propose == {"a": 4}
 
 
 def test_large_compute_bound_batch_gets_none() -> None:
     controller = SpecController(4)
     feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
-    candidates = {f"r{i}": 4 for i in range(32)}
-    for request_id in candidates:
+    names = [f"r{i}" for i in range(32)]
+    for request_id in names:
         feed_acceptance(controller, request_id, 6)
-    assert controller.plan(candidates, 32, 32, budget=1000) == {}
+    assert controller.plan(candidates(names), 32, 32, budget=1000) == ({}, {})
+
+
+def test_held_drafts_are_verified_when_proposing_more_would_not_pay() -> None:
+    """A proposal already paid for costs only its verification."""
+    controller = SpecController(4)
+    feed_costs(controller, fixed_s=0.002, per_token_s=0.00005)
+    for _ in range(20):
+        controller.propose_cost.observe(1, 1, 0.004)  # proposing is dear: 4 ms a token
+    feed_acceptance(controller, "a", 7)
+    plan = controller.plan(candidates(["a"], num_held=3), 1, 1, budget=100)
+    assert plan.verify == {"a": 3}
+    assert plan.propose == {}
 
 
 def test_better_acceptance_gets_more_tokens() -> None:
@@ -64,8 +94,26 @@ def test_better_acceptance_gets_more_tokens() -> None:
     feed_costs(controller, fixed_s=0.002, per_token_s=0.0001)
     feed_acceptance(controller, "good", 9)
     feed_acceptance(controller, "poor", 2)
-    plan = controller.plan({"good": 6, "poor": 6}, 2, 2, budget=100)
-    assert plan.get("good", 0) > plan.get("poor", 0)
+    plan = controller.plan(candidates(["good", "poor"], 6, 6), 2, 2, budget=100)
+    assert plan.propose.get("good", 0) > plan.propose.get("poor", 0)
+
+
+def test_a_draft_pass_is_shared_by_the_batch() -> None:
+    """A draft model costs per pass, whatever the batch: 1.5 ms a pass is worth paying for 32
+    requests on 10 ms steps; the same 1.5 ms charged per drafted token is not."""
+
+    def num_planned(pass_s: float, token_s: float) -> int:
+        controller = SpecController(4)
+        feed_costs(controller, fixed_s=0.010, per_token_s=0.00001)
+        for passes, tokens in [(1, 1), (1, 16), (2, 2), (2, 32), (4, 8), (3, 30)] * 4:
+            controller.propose_cost.observe(passes, tokens, pass_s * passes + token_s * tokens)
+        names = [f"r{i}" for i in range(32)]
+        for name in names:
+            feed_acceptance(controller, name, 8)
+        return len(controller.plan(candidates(names, 0), 32, 32, budget=1000).propose)
+
+    assert num_planned(pass_s=0.0015, token_s=0.000001) == 32
+    assert num_planned(pass_s=0.0, token_s=0.0015) == 0
 
 
 def test_plan_respects_each_requests_cap_and_budget() -> None:
@@ -73,20 +121,23 @@ def test_plan_respects_each_requests_cap_and_budget() -> None:
     feed_costs(controller, fixed_s=0.01, per_token_s=0.0)
     feed_acceptance(controller, "a", 10)
     feed_acceptance(controller, "b", 10)
-    plan = controller.plan({"a": 2, "b": 8}, 2, 2, budget=5)
-    assert plan["a"] <= 2 and sum(plan.values()) == 5
+    plan = controller.plan({"a": Candidate(8, 2), "b": Candidate(8, 8)}, 2, 2, budget=5)
+    assert plan.verify["a"] <= 2 and sum(plan.verify.values()) == 5
 
 
-def test_probes_keep_learning_after_a_long_pause() -> None:
+def test_probes_propose_then_verify() -> None:
     controller = SpecController(4)
     feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
     for request_id in ("a", "b"):
         feed_acceptance(controller, request_id, 0)
     plans = [
-        controller.plan({"a": 4, "b": 4}, 2, 2, budget=100) for _ in range(PROBE_INTERVAL_STEPS)
+        controller.plan(candidates(["a", "b"], 0), 2, 2, budget=100)
+        for _ in range(PROBE_INTERVAL_STEPS)
     ]
-    assert all(plan == {} for plan in plans[:-1])
-    assert plans[-1] == {"a": 1, "b": 1}
+    assert all(plan == ({}, {}) for plan in plans[:-1])
+    assert plans[-1].propose == {"a": 1, "b": 1}
+    # Next step they hold one draft each: it is verified although it would not pay.
+    assert controller.plan(candidates(["a", "b"], 1), 2, 2, budget=100).verify == {"a": 1, "b": 1}
 
 
 def test_acceptance_shrinks_toward_the_proposers_rate() -> None:
