@@ -9,7 +9,10 @@ this script checks):
 
 Concurrency 1 sends the prompts one after another; concurrency C submits C at once
 (max_num_seqs=C) and measures the batch until all finish. Fixed-K rows (K=4) are shown next to
-the adaptive rule. OpenMP waits passively.
+the adaptive rule. Two rates: output tokens per second end to end (prefill included), and the
+decode rate, (output tokens - first tokens) / (time - time of the same run with max_tokens=1),
+which is the part speculation changes (the demo-model cards measure decode the same way).
+Median of --repeats. OpenMP waits passively.
 
     .venv/bin/python benchmarks/spec_decode.py                      # full table
     .venv/bin/python benchmarks/spec_decode.py --quick              # fewer prompts
@@ -67,7 +70,7 @@ def workloads(num_prompts: int, max_tokens: int) -> dict[str, tuple[list[str], i
 
 
 def run_once(llm: LLM, prompts: list[str], max_tokens: int, concurrency: int):
-    params = SamplingParams(temperature=0, max_tokens=max_tokens)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=max_tokens == 1)
     outputs = []
     start = time.perf_counter()
     for first in range(0, len(prompts), concurrency):
@@ -102,6 +105,11 @@ def main() -> None:
         f"native bf16 matmul: {has_native_bf16_matmul()}, torch {torch.__version__}"
     )
     loads = workloads(args.num_prompts, args.max_tokens)
+    print(
+        "| workload | concurrency | configuration | output tok/s | vs off | decode tok/s | "
+        "vs off | acceptance | mean accepted length | drafts per output token |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     engines = {name: LLM(max_num_seqs=max(concurrencies), **CONFIGS[name]) for name in names}
     for llm in engines.values():
@@ -109,12 +117,14 @@ def main() -> None:
     for workload, (prompts, max_tokens) in loads.items():
         for concurrency in concurrencies:
             reference = None
-            base_rate = None
+            base_rate = base_decode = None
             for name in names:
                 llm = engines[name]
                 times = []
+                first_times = []
                 before = spec_counts(llm)
                 for _ in range(args.repeats):
+                    first_times.append(run_once(llm, prompts, 1, concurrency)[0])
                     elapsed, tokens = run_once(llm, prompts, max_tokens, concurrency)
                     times.append(elapsed)
                     if reference is None:
@@ -125,13 +135,19 @@ def main() -> None:
                 drafts, draft_tokens, accepted = (a - b for a, b in zip(after, before))
                 num_tokens = sum(len(t) for t in reference)
                 rate = num_tokens / statistics.median(times)
+                decode_rate = (num_tokens - len(prompts)) / (
+                    statistics.median(times) - statistics.median(first_times)
+                )
                 base_rate = base_rate or rate
+                base_decode = base_decode or decode_rate
                 row = dict(
                     workload=workload,
                     concurrency=concurrency,
                     config=name,
                     output_tokens_per_s=round(rate, 1),
                     speedup=round(rate / base_rate, 3),
+                    decode_tokens_per_s=round(decode_rate, 1),
+                    decode_speedup=round(decode_rate / base_decode, 3),
                     acceptance_rate=round(accepted / draft_tokens, 3) if draft_tokens else None,
                     mean_accepted_length=round(1 + accepted / drafts, 3) if drafts else None,
                     draft_tokens_per_output_token=round(
@@ -141,7 +157,8 @@ def main() -> None:
                 rows.append(row)
                 print(
                     f"| {workload} | {concurrency} | {name} | {row['output_tokens_per_s']} | "
-                    f"{row['speedup']:.2f}x | {row['acceptance_rate']} | "
+                    f"{row['speedup']:.2f}x | {row['decode_tokens_per_s']} | "
+                    f"{row['decode_speedup']:.2f}x | {row['acceptance_rate']} | "
                     f"{row['mean_accepted_length']} | {row['draft_tokens_per_output_token']} |",
                     flush=True,
                 )

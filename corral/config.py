@@ -180,9 +180,10 @@ class SpeculativeConfig:
             import corral.spec.proposers  # noqa: F401  (registers ngram, suffix)
 
             PROPOSERS.get(self.method)  # ValueError lists the known ones
-        if not 1 <= self.num_speculative_tokens <= 16:
+        if not 1 <= self.num_speculative_tokens <= 15:
+            # 15 drafts and the real token: the longest chunk that runs as decode rows.
             raise ValueError(
-                f"num_speculative_tokens must be in [1, 16], got {self.num_speculative_tokens}"
+                f"num_speculative_tokens must be in [1, 15], got {self.num_speculative_tokens}"
             )
         if self.method == "draft" and not self.model:
             raise ValueError(

@@ -11,7 +11,7 @@ from corral.core.messages import SchedulerOutput
 
 # corral.model.step_inputs.MAX_DECODE_ROW_TOKENS (that module needs torch; a test checks that
 # the two agree): chunks of at most this many tokens run as decode rows.
-MAX_DECODE_ROW_TOKENS = 8
+MAX_DECODE_ROW_TOKENS = 16
 
 
 class BatchShape(NamedTuple):

@@ -12,11 +12,13 @@ are verified (cache_blocks looks at computed, verified tokens only).
 from __future__ import annotations
 
 from corral.config import SpeculativeConfig
+from corral.core.batch_shape import MAX_DECODE_ROW_TOKENS
 from corral.core.kv_cache import KVCacheManager
 from corral.core.messages import ModelOutput, SchedulerOutput
 from corral.core.step_plan import StepPlan
 from corral.request import Request
-from corral.spec.controller import SpecController
+from corral.spec.controller import Candidate, SpecController
+from corral.spec.step_cost import split_tokens
 
 
 class SpecDecodeScheduling:
@@ -40,7 +42,7 @@ class SpecDecodeScheduling:
     def add_drafts(self, step: StepPlan, requests: dict[str, Request]) -> dict[str, int]:
         """Schedule draft tokens into the step; returns how many tokens to propose next, per
         request that samples this step."""
-        candidates: dict[str, int] = {}
+        candidates: dict[str, Candidate] = {}
         for request_id, num_tokens in step.num_scheduled.items():
             request = requests[request_id]
             end = request.num_computed_tokens + num_tokens
@@ -48,20 +50,17 @@ class SpecDecodeScheduling:
                 continue  # a prefill chunk: nothing is sampled, nothing to verify
             max_k = min(
                 self.config.num_speculative_tokens,
+                MAX_DECODE_ROW_TOKENS - num_tokens,
                 request.max_tokens - request.num_output_tokens - 1,
                 self.max_model_len - request.num_tokens - 1,
                 self.capacity_tokens - end,
             )
-            candidates[request_id] = max(max_k, 0)
+            candidates[request_id] = Candidate(len(request.spec_token_ids), max(max_k, 0))
         if not candidates:
             return {}
-        plan = self.controller.plan(
-            candidates,
-            sum(step.num_scheduled.values()),
-            len(candidates),
-            step.budget,
-        )
-        for request_id, k in plan.items():
+        num_row_tokens, num_prefill_tokens = split_tokens(tuple(step.num_scheduled.values()))
+        plan = self.controller.plan(candidates, num_row_tokens, num_prefill_tokens, step.budget)
+        for request_id, k in plan.verify.items():
             request = requests[request_id]
             drafts = request.spec_token_ids[:k]
             if not drafts or step.budget < len(drafts):
@@ -71,7 +70,7 @@ class SpecDecodeScheduling:
             if block_ids is None:
                 continue  # no room: verify nothing, never preempt for a guess
             step.schedule_drafts(request, drafts, block_ids)
-        return plan
+        return plan.propose
 
     def settle(
         self, request: Request, num_scheduled: int, drafts: list[int], num_sampled: int
@@ -96,7 +95,7 @@ class SpecDecodeScheduling:
     def observe(self, scheduler_output: SchedulerOutput, model_output: ModelOutput) -> None:
         """Learn the step's cost (wall-clock in the engine, virtual in the simulator)."""
         self.controller.observe_step(
-            scheduler_output.total_num_scheduled_tokens,
+            *split_tokens(tuple(scheduler_output.num_scheduled_tokens.values())),
             model_output.step_time_s,
             model_output.propose_time_s,
             sum(len(ids) for ids in model_output.spec_token_ids.values()),

@@ -41,7 +41,7 @@ class StepInputs:
 # Chunks of at most this many tokens run as decode rows (one row per token, each attending to
 # its request's cached keys up to its own position): verification chunks of speculative
 # decoding and short catch-ups take the paged decode kernel instead of gathered matmuls.
-MAX_DECODE_ROW_TOKENS = 8
+MAX_DECODE_ROW_TOKENS = 16
 
 
 def runs_as_decode_rows(num_tokens: int) -> bool:

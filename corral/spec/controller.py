@@ -90,11 +90,17 @@ class SpecController:
             acceptance.trials += trials
 
     def observe_step(
-        self, num_tokens: int, step_time_s: float, propose_time_s: float, num_proposed: int
+        self,
+        num_row_tokens: int,
+        num_prefill_tokens: int,
+        step_time_s: float,
+        propose_time_s: float,
+        num_proposed: int,
     ) -> None:
-        """One step's cost: num_tokens scheduled; step_time_s in all, of which propose_time_s
-        went to proposing num_proposed tokens for the next step."""
-        self.step_cost.observe(num_tokens, step_time_s - propose_time_s)
+        """One step's cost: its row and prefill tokens (corral/spec/step_cost.py); step_time_s
+        in all, of which propose_time_s went to proposing num_proposed tokens for the next
+        step."""
+        self.step_cost.observe(num_row_tokens, num_prefill_tokens, step_time_s - propose_time_s)
         if num_proposed > 0:
             self.propose_cost.observe(max(self._last_num_passes, 1), num_proposed, propose_time_s)
 
@@ -117,13 +123,13 @@ class SpecController:
     def plan(
         self,
         candidates: dict[str, Candidate],
-        num_scheduled_tokens: int,
-        num_sampled: int,
+        num_row_tokens: int,
+        num_prefill_tokens: int,
         budget: int,
     ) -> SpecPlan:
         """Drafts to verify now (at most held, within budget) and to propose next, per
-        candidate. The step computes num_scheduled_tokens without drafts and samples
-        num_sampled tokens."""
+        candidate. Without drafts the step computes num_row_tokens in short chunks (decodes)
+        and num_prefill_tokens in long ones, and samples one token per candidate."""
         if self.rule == "fixed":
             verify: dict[str, int] = {}
             propose: dict[str, int] = {}
@@ -140,9 +146,9 @@ class SpecController:
         if not self.step_cost.is_ready:
             # Nothing measured yet: one draft each, to start learning.
             return self._count(SpecPlan({}, {rid: 1 for rid, c in candidates.items() if c[1] > 0}))
-        fixed_s, per_token_s = self.step_cost.coefficients()
-        tokens = float(max(num_sampled, 1))
-        time_s = fixed_s + per_token_s * num_scheduled_tokens
+        fixed_s, per_token_s, per_prefill_s = self.step_cost.coefficients()
+        tokens = float(max(len(candidates), 1))
+        time_s = fixed_s + per_token_s * num_row_tokens + per_prefill_s * num_prefill_tokens
         verify_limits = {
             rid: min(c.num_held, c.max_num_tokens, self.max_num_tokens)
             for rid, c in candidates.items()

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from corral.config import SchedulerConfig, SpeculativeConfig
-from corral.core.batch_shape import BatchShape, BatchShapeCounter
+from corral.core.batch_shape import MAX_DECODE_ROW_TOKENS, BatchShape, BatchShapeCounter
 from corral.core.kv_cache import KVCacheManager
 from corral.core.scheduler import Scheduler
 from corral.sim.config import ClusterSpec
@@ -353,15 +353,20 @@ def test_decode_row_limit_is_the_executors():
     assert MAX_DECODE_ROW_TOKENS == step_inputs.MAX_DECODE_ROW_TOKENS
 
 
-def test_long_verification_chunk_is_a_prefill_chunk():
-    spec = speculation(k=12, acceptance=(1.0,))
+def test_verification_chunks_stay_within_decode_rows():
+    """The scheduler caps drafts so that a verification chunk always runs as decode rows (the
+    step-cost fit prices draft tokens as row tokens)."""
+    spec = speculation(k=15, acceptance=(1.0,))
     scheduler = make_scheduler(spec)
     executor = SimExecutor(OVERHEAD_BOUND, spec)
-    request = make_request(10, max_tokens=40, ignore_eos=True)
+    request = make_request(10, max_tokens=60, ignore_eos=True)
     scheduler.add_request(request)
     steps: list = []
     drive(scheduler, executor, steps)
-    scheduled, _, batch = next(step for step in steps if step[0].spec_token_ids)
-    num_tokens = scheduled.num_scheduled_tokens[request.request_id]
-    assert num_tokens == 13
-    assert batch == BatchShape.of_chunks([(13, 10, True)])._replace(num_sampled=13)
+    verifying = [step for step in steps if step[0].spec_token_ids]
+    assert verifying
+    for scheduled, _, batch in verifying:
+        num_tokens = scheduled.num_scheduled_tokens[request.request_id]
+        assert num_tokens <= MAX_DECODE_ROW_TOKENS
+        assert batch.num_prefill_tokens == 0
+    assert max(s[0].num_scheduled_tokens[request.request_id] for s in verifying) == 16

@@ -10,7 +10,7 @@ from corral.spec.step_cost import StepCostEstimate
 
 def feed_costs(controller: SpecController, fixed_s: float, per_token_s: float) -> None:
     for num_tokens in (1, 2, 5, 8, 16, 32, 64, 100, 160, 3, 40):
-        controller.observe_step(num_tokens, fixed_s + per_token_s * num_tokens, 0.0, 0)
+        controller.observe_step(num_tokens, 0, fixed_s + per_token_s * num_tokens, 0.0, 0)
 
 
 def feed_acceptance(controller: SpecController, request_id: str, rate_in_10: int) -> None:
@@ -26,8 +26,8 @@ def candidates(names, num_held: int = 4, max_k: int = 4) -> dict[str, Candidate]
 def test_step_cost_fit_recovers_a_line() -> None:
     estimate = StepCostEstimate()
     for num_tokens in range(1, 200, 7):
-        estimate.observe(num_tokens, 0.002 + 0.0001 * num_tokens)
-    fixed, slope = estimate.coefficients()
+        estimate.observe(num_tokens, 0, 0.002 + 0.0001 * num_tokens)
+    fixed, slope, _ = estimate.coefficients()
     assert abs(fixed - 0.002) < 2e-4
     assert abs(slope - 0.0001) < 1e-5
 
@@ -35,8 +35,8 @@ def test_step_cost_fit_recovers_a_line() -> None:
 def test_step_cost_without_spread_uses_the_prior() -> None:
     estimate = StepCostEstimate(prior_per_token_fraction=1 / 50)
     for _ in range(20):
-        estimate.observe(10, 0.012)
-    fixed, slope = estimate.coefficients()
+        estimate.observe(10, 0, 0.012)
+    fixed, slope, _ = estimate.coefficients()
     # t = fixed * (1 + n / 50) at n = 10, t = 0.012  =>  fixed = 0.01, slope = 0.0002.
     assert abs(slope - 0.0002) < 2e-5
     assert abs(fixed + 10 * slope - 0.012) < 1e-9
@@ -51,10 +51,21 @@ def test_propose_cost_separates_passes_from_tokens() -> None:
     assert abs(token_s - 0.00002) < 5e-6
 
 
+def test_step_cost_separates_row_tokens_from_prefill_tokens() -> None:
+    """Verification tokens run as decode rows: their cost is not a prefill token's."""
+    estimate = StepCostEstimate()
+    for rows, prefill in [(1, 0), (5, 0), (1, 100), (3, 300), (32, 0), (2, 50), (16, 0)] * 3:
+        estimate.observe(rows, prefill, 0.001 + 0.00005 * rows + 0.0006 * prefill)
+    fixed, per_row, per_prefill = estimate.coefficients()
+    assert abs(fixed - 0.001) < 1e-4
+    assert abs(per_row - 0.00005) < 1e-5
+    assert abs(per_prefill - 0.0006) < 1e-5
+
+
 def test_fixed_rule_gives_k_within_budget() -> None:
     controller = SpecController(4, "fixed")
     plan = controller.plan(
-        {"a": Candidate(4, 4), "b": Candidate(4, 2), "c": Candidate(4, 4)}, 3, 3, budget=7
+        {"a": Candidate(4, 4), "b": Candidate(4, 2), "c": Candidate(4, 4)}, 3, 0, budget=7
     )
     assert plan.verify == {"a": 4, "b": 2, "c": 1}
     assert plan.propose == {"a": 4, "b": 2, "c": 4}
@@ -64,7 +75,7 @@ def test_lone_request_on_overhead_bound_steps_gets_k() -> None:
     controller = SpecController(4)
     feed_costs(controller, fixed_s=0.002, per_token_s=0.00002)
     feed_acceptance(controller, "a", 8)
-    plan = controller.plan(candidates(["a"]), 1, 1, budget=100)
+    plan = controller.plan(candidates(["a"]), 1, 0, budget=100)
     assert plan.verify == {"a": 4} and plan.propose == {"a": 4}
 
 
@@ -74,7 +85,7 @@ def test_large_compute_bound_batch_gets_none() -> None:
     names = [f"r{i}" for i in range(32)]
     for request_id in names:
         feed_acceptance(controller, request_id, 6)
-    assert controller.plan(candidates(names), 32, 32, budget=1000) == ({}, {})
+    assert controller.plan(candidates(names), 32, 0, budget=1000) == ({}, {})
 
 
 def test_held_drafts_are_verified_when_proposing_more_would_not_pay() -> None:
@@ -84,7 +95,7 @@ def test_held_drafts_are_verified_when_proposing_more_would_not_pay() -> None:
     for _ in range(20):
         controller.propose_cost.observe(1, 1, 0.004)  # proposing is dear: 4 ms a token
     feed_acceptance(controller, "a", 7)
-    plan = controller.plan(candidates(["a"], num_held=3), 1, 1, budget=100)
+    plan = controller.plan(candidates(["a"], num_held=3), 1, 0, budget=100)
     assert plan.verify == {"a": 3}
     assert plan.propose == {}
 
@@ -94,7 +105,7 @@ def test_better_acceptance_gets_more_tokens() -> None:
     feed_costs(controller, fixed_s=0.002, per_token_s=0.0001)
     feed_acceptance(controller, "good", 9)
     feed_acceptance(controller, "poor", 2)
-    plan = controller.plan(candidates(["good", "poor"], 6, 6), 2, 2, budget=100)
+    plan = controller.plan(candidates(["good", "poor"], 6, 6), 2, 0, budget=100)
     assert plan.propose.get("good", 0) > plan.propose.get("poor", 0)
 
 
@@ -110,7 +121,7 @@ def test_a_draft_pass_is_shared_by_the_batch() -> None:
         names = [f"r{i}" for i in range(32)]
         for name in names:
             feed_acceptance(controller, name, 8)
-        return len(controller.plan(candidates(names, 0), 32, 32, budget=1000).propose)
+        return len(controller.plan(candidates(names, 0), 32, 0, budget=1000).propose)
 
     assert num_planned(pass_s=0.0015, token_s=0.000001) == 32
     assert num_planned(pass_s=0.0, token_s=0.0015) == 0
@@ -121,7 +132,7 @@ def test_plan_respects_each_requests_cap_and_budget() -> None:
     feed_costs(controller, fixed_s=0.01, per_token_s=0.0)
     feed_acceptance(controller, "a", 10)
     feed_acceptance(controller, "b", 10)
-    plan = controller.plan({"a": Candidate(8, 2), "b": Candidate(8, 8)}, 2, 2, budget=5)
+    plan = controller.plan({"a": Candidate(8, 2), "b": Candidate(8, 8)}, 2, 0, budget=5)
     assert plan.verify["a"] <= 2 and sum(plan.verify.values()) == 5
 
 
@@ -131,13 +142,13 @@ def test_probes_propose_then_verify() -> None:
     for request_id in ("a", "b"):
         feed_acceptance(controller, request_id, 0)
     plans = [
-        controller.plan(candidates(["a", "b"], 0), 2, 2, budget=100)
+        controller.plan(candidates(["a", "b"], 0), 2, 0, budget=100)
         for _ in range(PROBE_INTERVAL_STEPS)
     ]
     assert all(plan == ({}, {}) for plan in plans[:-1])
     assert plans[-1].propose == {"a": 1, "b": 1}
     # Next step they hold one draft each: it is verified although it would not pay.
-    assert controller.plan(candidates(["a", "b"], 1), 2, 2, budget=100).verify == {"a": 1, "b": 1}
+    assert controller.plan(candidates(["a", "b"], 1), 2, 0, budget=100).verify == {"a": 1, "b": 1}
 
 
 def test_acceptance_shrinks_toward_the_proposers_rate() -> None:

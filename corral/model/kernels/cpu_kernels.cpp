@@ -10,11 +10,21 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX512BF16__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
 namespace {
+
+// The least work (multiply-adds) a parallel chunk gets: below it, waking a second thread (tens
+// of microseconds with passive OpenMP waits) costs more than it saves (measured on a 2-core
+// Zen 4: a 5M multiply-add linear takes as long on two threads as on one).
+constexpr int64_t kMinParallelWork = 1 << 22;
+
+// Weight quads per parallel chunk of a few-row linear: at least 16, and kMinParallelWork.
+inline int64_t linear_grain(int64_t rows, int64_t in) {
+  return std::max<int64_t>(16, kMinParallelWork / std::max<int64_t>(1, 4 * in * rows));
+}
 
 inline float to_float(float x) { return x; }
 inline float to_float(at::BFloat16 x) { return static_cast<float>(x); }
@@ -169,7 +179,14 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
   const T* q_ptr = query.data_ptr<T>();
   const C* k_ptr = key_cache.data_ptr<C>();
   const C* v_ptr = value_cache.data_ptr<C>();
-  at::parallel_for(0, num_seqs * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
+  // Split only work worth waking another thread for (a wake-up costs tens of microseconds with
+  // passive OpenMP waits): chunks of at least kMinParallelWork multiply-adds.
+  int64_t total_len = 0;
+  for (int64_t seq = 0; seq < num_seqs; ++seq) total_len += lengths[seq];
+  const int64_t work_per_item =
+      std::max<int64_t>(1, 2 * group * head_dim * total_len / std::max<int64_t>(1, num_seqs));
+  const int64_t grain = std::max<int64_t>(1, kMinParallelWork / work_per_item);
+  at::parallel_for(0, num_seqs * num_kv_heads, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer;
     auto run = block_size != 16  ? &decode_one<T, C, 0, 0>
                : head_dim == 64  ? &decode_one<T, C, 64, 16>
@@ -246,6 +263,69 @@ inline void dot_four_rows(const T* x, const T* w, int64_t in, float* sums) {
   }
 }
 
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+inline __m256 load_eight(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_eight(const at::BFloat16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+inline __m256 load_eight(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// Two accumulators per weight row (eight independent FMA chains), 16 elements a step; the lanes
+// are then added in a fixed order, so float, bfloat16 and float16 inputs of equal values give
+// equal bits (the few-row path converts to float first; the one-row path does not).
+template <typename T>
+inline void dot_four_rows_avx2(const T* x, const T* w, int64_t in, float* sums) {
+  __m256 acc[4][2];
+  for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= in; i += 16) {
+    const __m256 x0 = load_eight(x + i);
+    const __m256 x1 = load_eight(x + i + 8);
+    for (int r = 0; r < 4; ++r) {
+      acc[r][0] = _mm256_fmadd_ps(x0, load_eight(w + r * in + i), acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(x1, load_eight(w + r * in + i + 8), acc[r][1]);
+    }
+  }
+  // The four rows' lanes reduced together in a fixed tree: pairwise adds within 128-bit
+  // halves (hadd twice), then the two halves.
+  const __m256 r0 = _mm256_add_ps(acc[0][0], acc[0][1]);
+  const __m256 r1 = _mm256_add_ps(acc[1][0], acc[1][1]);
+  const __m256 r2 = _mm256_add_ps(acc[2][0], acc[2][1]);
+  const __m256 r3 = _mm256_add_ps(acc[3][0], acc[3][1]);
+  const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(r0, r1), _mm256_hadd_ps(r2, r3));
+  const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1));
+  _mm_storeu_ps(sums, quad);
+  if (i < in) {
+    for (int r = 0; r < 4; ++r) {
+      float sum = sums[r];
+      for (int64_t j = i; j < in; ++j) sum += to_float(x[j]) * to_float(w[r * in + j]);
+      sums[r] = sum;
+    }
+  }
+}
+
+template <>
+inline void dot_four_rows<float>(const float* x, const float* w, int64_t in, float* sums) {
+  dot_four_rows_avx2(x, w, in, sums);
+}
+template <>
+inline void dot_four_rows<at::Half>(const at::Half* x, const at::Half* w, int64_t in,
+                                    float* sums) {
+  dot_four_rows_avx2(x, w, in, sums);
+}
+#if !defined(__AVX512BF16__)
+template <>
+inline void dot_four_rows<at::BFloat16>(const at::BFloat16* x, const at::BFloat16* w, int64_t in,
+                                        float* sums) {
+  dot_four_rows_avx2(x, w, in, sums);
+}
+#endif
+#endif
+
 #if defined(__AVX512BF16__)
 template <>
 inline void dot_four_rows<at::BFloat16>(const at::BFloat16* x, const at::BFloat16* w, int64_t in,
@@ -272,6 +352,18 @@ inline void dot_four_rows<at::BFloat16>(const at::BFloat16* x, const at::BFloat1
 }
 #endif
 
+// dst[i] = float(src[i]) for i < n, eight at a time where AVX2 is there.
+template <typename T>
+inline void convert_to_float(const T* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  if constexpr (!std::is_same_v<T, double>) {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_eight(src + i));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = to_float(src[i]);
+}
+
 // Several rows of 16-bit x without native 16-bit dot products: x is converted to float once,
 // and each quad of weight rows once (into a per-thread buffer), then every x row takes four
 // float dot products against it. The conversions no longer scale with the number of rows, and
@@ -281,17 +373,16 @@ template <typename T>
 void few_row_linear_converted(const T* x_ptr, const T* w_ptr, const T* b_ptr, T* o_ptr,
                               int64_t rows, int64_t in, int64_t out_features) {
   std::vector<float> x_float(rows * in);
-  for (int64_t i = 0; i < rows * in; ++i) x_float[i] = to_float(x_ptr[i]);
+  convert_to_float(x_ptr, x_float.data(), rows * in);
   const int64_t num_quads = (out_features + 3) / 4;
-  at::parallel_for(0, num_quads, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_quads, linear_grain(rows, in), [&](int64_t begin, int64_t end) {
     std::vector<float> w_float(4 * in);
     float sums[4];
     for (int64_t quad = begin; quad < end; ++quad) {
       const int64_t n0 = quad * 4;
       const int64_t count = std::min<int64_t>(4, out_features - n0);
       const T* w_quad = w_ptr + n0 * in;
-#pragma omp simd
-      for (int64_t i = 0; i < count * in; ++i) w_float[i] = to_float(w_quad[i]);
+      convert_to_float(w_quad, w_float.data(), count * in);
       for (int64_t r = 0; r < rows; ++r) {
         const float* x_row = x_float.data() + r * in;
         if (count == 4) {
@@ -332,7 +423,7 @@ torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
       return;
     }
     const int64_t num_quads = (out_features + 3) / 4;
-    at::parallel_for(0, num_quads, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, num_quads, linear_grain(rows, in), [&](int64_t begin, int64_t end) {
       float sums[4];
       for (int64_t quad = begin; quad < end; ++quad) {
         const int64_t n0 = quad * 4;
