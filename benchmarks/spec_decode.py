@@ -1,8 +1,10 @@
 """Speculative decoding on the bundled demo models: tokens/s of each proposer against
 speculation off, in the same run, single-request and batched, with acceptance figures.
 
-Workloads (greedy, EOS respected; every configuration must produce the same tokens as off, which
-this script checks):
+Workloads (greedy, EOS respected; alone, every configuration must produce exactly the tokens of
+speculation off, which this script checks; in a batch, bf16 sums over a different number of
+rows can break near-ties differently, as any batch composition can, so the share of identical
+outputs is reported instead):
 - gsm8k: held-out GSM8K test questions in the chat template, up to --max-tokens tokens;
 - repeat: a regenerate turn, the question, the model's own earlier answer, and the same question
   again: the reply largely repeats text already in the prompt (an edit / retry workload).
@@ -107,9 +109,10 @@ def main() -> None:
     loads = workloads(args.num_prompts, args.max_tokens)
     print(
         "| workload | concurrency | configuration | output tok/s | vs off | decode tok/s | "
-        "vs off | acceptance | mean accepted length | drafts per output token |"
+        "vs off | acceptance | mean accepted length | drafts per output token | "
+        "outputs identical to off |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     engines = {name: LLM(max_num_seqs=max(concurrencies), **CONFIGS[name]) for name in names}
     for llm in engines.values():
@@ -129,11 +132,12 @@ def main() -> None:
                     times.append(elapsed)
                     if reference is None:
                         reference = tokens
-                    elif tokens != reference:
+                    elif concurrency == 1 and tokens != reference:
                         raise SystemExit(f"{name}: outputs differ from speculation off")
+                    identical = sum(a == b for a, b in zip(tokens, reference)) / len(tokens)
                 after = spec_counts(llm)
                 drafts, draft_tokens, accepted = (a - b for a, b in zip(after, before))
-                num_tokens = sum(len(t) for t in reference)
+                num_tokens = sum(len(t) for t in tokens)
                 rate = num_tokens / statistics.median(times)
                 decode_rate = (num_tokens - len(prompts)) / (
                     statistics.median(times) - statistics.median(first_times)
@@ -150,6 +154,7 @@ def main() -> None:
                     decode_speedup=round(decode_rate / base_decode, 3),
                     acceptance_rate=round(accepted / draft_tokens, 3) if draft_tokens else None,
                     mean_accepted_length=round(1 + accepted / drafts, 3) if drafts else None,
+                    identical_outputs=round(identical, 3),
                     draft_tokens_per_output_token=round(
                         draft_tokens / num_tokens / args.repeats, 3
                     ),
@@ -159,7 +164,8 @@ def main() -> None:
                     f"| {workload} | {concurrency} | {name} | {row['output_tokens_per_s']} | "
                     f"{row['speedup']:.2f}x | {row['decode_tokens_per_s']} | "
                     f"{row['decode_speedup']:.2f}x | {row['acceptance_rate']} | "
-                    f"{row['mean_accepted_length']} | {row['draft_tokens_per_output_token']} |",
+                    f"{row['mean_accepted_length']} | {row['draft_tokens_per_output_token']} | "
+                    f"{row['identical_outputs']:.0%} |",
                     flush=True,
                 )
     if args.json is not None:

@@ -34,6 +34,7 @@ PRIOR_WEIGHT_TRIALS = 8.0
 # A draft token must beat the running tokens per second by this factor (hysteresis against noise).
 MIN_GAIN_FACTOR = 1.02
 PROBE_INTERVAL_STEPS = 64
+MAX_PROBE_INTERVAL = 4096
 NUM_PROBE_REQUESTS = 4
 
 
@@ -71,11 +72,15 @@ class SpecController:
         self.step_cost = StepCostEstimate()
         self.stats = SpecDecodeStats()
         self._global = _Acceptance()
+        # [j]: verification rounds with a draft at 0-based depth j, and those that accepted it.
+        self._rounds_at_depth: list[int] = []
+        self._accepted_at_depth: list[int] = []
         self._per_request: dict[str, _Acceptance] = {}
         # Proposal cost per proposed token, EWMA (seconds).
         self.propose_cost = ProposeCostEstimate()
         self.num_steps_without_drafts = 0
         self._probed: set[str] = set()
+        self.probe_interval_steps = PROBE_INTERVAL_STEPS
         self._last_num_passes = 0
 
     # ----- learning -----------------------------------------------------------------------
@@ -83,6 +88,14 @@ class SpecController:
     def record(self, request_id: str, num_draft_tokens: int, num_accepted: int) -> None:
         """A verification round of request_id: num_draft_tokens scored, num_accepted accepted."""
         self.stats.record(num_draft_tokens, num_accepted)
+        rounds, accepted = self._rounds_at_depth, self._accepted_at_depth
+        if len(rounds) < num_draft_tokens:
+            rounds.extend([0] * (num_draft_tokens - len(rounds)))
+            accepted.extend([0] * (num_draft_tokens - len(accepted)))
+        for depth in range(num_draft_tokens):
+            rounds[depth] += 1
+        for depth in range(num_accepted):
+            accepted[depth] += 1
         # Trials: every accepted token, and the rejected one after them if there was one.
         trials = min(num_accepted + 1, num_draft_tokens)
         for acceptance in (self._global, self._per_request.setdefault(request_id, _Acceptance())):
@@ -107,16 +120,36 @@ class SpecController:
     def forget(self, request_id: str) -> None:
         self._per_request.pop(request_id, None)
 
-    def acceptance(self, request_id: str) -> float:
+    def acceptance(self, request_id: str | None) -> float:
         """The request's estimated per-token acceptance, shrunk toward the proposer's."""
         g = self._global
         prior = (g.successes + PRIOR_ACCEPTANCE * PRIOR_WEIGHT_TRIALS) / (
             g.trials + PRIOR_WEIGHT_TRIALS
         )
-        own = self._per_request.get(request_id)
+        own = self._per_request.get(request_id) if request_id is not None else None
         if own is None:
             return prior
         return (own.successes + prior * PRIOR_WEIGHT_TRIALS) / (own.trials + PRIOR_WEIGHT_TRIALS)
+
+    def depth_yields(self, request_id: str, max_depth: int) -> list[float]:
+        """Expected yield of the request's draft at each depth 1..max_depth: the proposer's
+        measured chance that a round's first j drafts all stand (each shrunk toward the prior
+        geometric PRIOR_ACCEPTANCE^j), scaled by the request's acceptance relative to the
+        proposer's. Acceptance often rises with depth (a proposer that got the first tokens right
+        is on the right track), which one geometric rate would miss."""
+        global_alpha = self.acceptance(None)
+        scale = self.acceptance(request_id) / global_alpha if global_alpha > 0 else 1.0
+        yields = []
+        prior = 1.0
+        for depth in range(max_depth):
+            prior *= global_alpha
+            rounds = self._rounds_at_depth[depth] if depth < len(self._rounds_at_depth) else 0
+            accepted = self._accepted_at_depth[depth] if depth < len(self._accepted_at_depth) else 0
+            measured = (accepted + prior * PRIOR_WEIGHT_TRIALS) / (rounds + PRIOR_WEIGHT_TRIALS)
+            # Deeper drafts never yield more than shallower ones.
+            value = min(1.0, scale * measured, yields[-1] if yields else 1.0)
+            yields.append(value)
+        return yields
 
     # ----- deciding -----------------------------------------------------------------------
 
@@ -156,6 +189,7 @@ class SpecController:
         verify, tokens, time_s = self._grant(
             verify_limits, tokens, time_s, per_token_s, 0.0, budget
         )
+        chose_drafts = bool(verify)
         for request_id in self._probed:
             held = verify_limits.get(request_id, 0)
             if held > 0 and request_id not in verify and sum(verify.values()) < budget:
@@ -168,12 +202,16 @@ class SpecController:
         propose, _, _ = self._grant(
             propose_limits, tokens, time_s, per_token_s + token_s, pass_s, None
         )
-        if verify or propose:
+        if chose_drafts or propose:
             self.num_steps_without_drafts = 0
+            self.probe_interval_steps = PROBE_INTERVAL_STEPS
         else:
             self.num_steps_without_drafts += 1
-            if self.num_steps_without_drafts >= PROBE_INTERVAL_STEPS:
+            if self.num_steps_without_drafts >= self.probe_interval_steps:
                 self.num_steps_without_drafts = 0
+                # Probes that keep finding nothing worth it come ever more rarely (a draft
+                # model's probe costs a catch-up over the whole sequence).
+                self.probe_interval_steps = min(2 * self.probe_interval_steps, MAX_PROBE_INTERVAL)
                 probes = [rid for rid, limit in propose_limits.items() if limit > 0]
                 propose = dict.fromkeys(probes[:NUM_PROBE_REQUESTS], 1)
                 self._probed = set(propose)
@@ -202,14 +240,16 @@ class SpecController:
         granted: dict[str, int] = {}
         if time_s <= 0:
             return granted, tokens, time_s
-        alphas = {rid: self.acceptance(rid) for rid, limit in limits.items() if limit > 0}
-        yields = dict(alphas)  # alpha^j of each request at the current depth
-        level = list(alphas)
+        depth_yields = {
+            rid: self.depth_yields(rid, limit) for rid, limit in limits.items() if limit > 0
+        }
+        level = list(depth_yields)
         remaining = budget
         for j in range(1, self.max_num_tokens + 1):
             level = [rid for rid in level if limits[rid] >= j]
             if not level or remaining == 0:
                 break
+            yields = {rid: depth_yields[rid][j - 1] for rid in level}
             level.sort(key=lambda rid: -yields[rid])
             if remaining is not None:
                 level = level[:remaining]
@@ -230,7 +270,6 @@ class SpecController:
             level = level[:best_count]
             for rid in level:
                 granted[rid] = j
-                yields[rid] *= alphas[rid]
             tokens, time_s = best_tokens, best_time
             if remaining is not None:
                 remaining -= best_count

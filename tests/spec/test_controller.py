@@ -3,6 +3,8 @@ and proposal costs, and gives none where verification costs more than it yields.
 
 from __future__ import annotations
 
+import pytest
+
 from corral.spec.controller import PROBE_INTERVAL_STEPS, Candidate, SpecController
 from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.step_cost import StepCostEstimate
@@ -159,3 +161,34 @@ def test_acceptance_shrinks_toward_the_proposers_rate() -> None:
     assert controller.acceptance("new") > 0.9
     controller.record("new", 4, 0)
     assert controller.acceptance("new") < controller.acceptance("old")
+
+
+def test_depth_yields_follow_the_measured_profile() -> None:
+    """A proposer whose later drafts stand more often than its first (conditional acceptance
+    0.5 then 0.9): the yield at depth 3 is near 0.5 * 0.9 * 0.9, not 0.5^3."""
+    controller = SpecController(4)
+    for index in range(400):
+        if index % 2:
+            controller.record("r", 3, 0)
+        else:
+            controller.record("r", 3, 3 if index % 20 else 1)
+    yields = controller.depth_yields("r", 3)
+    assert yields[0] == pytest.approx(0.5, abs=0.05)
+    assert yields[2] == pytest.approx(0.45, abs=0.06)
+    assert yields[2] > 2 * 0.5**3
+    assert yields == sorted(yields, reverse=True)
+
+
+def test_fruitless_probes_back_off() -> None:
+    controller = SpecController(4)
+    feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
+    names = [f"r{i}" for i in range(32)]
+    for name in names:
+        feed_acceptance(controller, name, 0)
+    probe_steps = []
+    for step in range(64 + 128 + 256 + 5):
+        held = 1 if probe_steps and probe_steps[-1] == step - 1 else 0
+        plan = controller.plan(candidates(names, held), 32, 0, budget=1000)
+        if plan.propose:
+            probe_steps.append(step)
+    assert probe_steps[:3] == [63, 63 + 128, 63 + 128 + 256]
