@@ -72,6 +72,9 @@ def workloads(num_prompts: int, max_tokens: int) -> dict[str, tuple[list[str], i
 
 
 def run_once(llm: LLM, prompts: list[str], max_tokens: int, concurrency: int):
+    # Every run starts from an empty prefix cache: blocks cached by another configuration's
+    # batches hold KV computed in another order, whose bf16 bits may differ.
+    llm.engine.kv_manager.reset_prefix_cache()
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=max_tokens == 1)
     outputs = []
     start = time.perf_counter()

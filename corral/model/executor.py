@@ -174,6 +174,7 @@ class ModelExecutor:
         )
         sample_rows: list[int] = []
         sample_states: list[RequestState] = []
+        first_rows: dict[str, int] = {}  # request id -> its first sampled row of hidden
         prompt_logprobs: dict[str, list[TokenLogprobs]] = {}
         for (state, num_tokens), (row_start, row_end) in zip(scheduled, inputs.row_ranges):
             start = state.num_computed_tokens
@@ -188,6 +189,7 @@ class ModelExecutor:
                     self.num_prompt_logprobs_scored[state.request_id] = first + len(entries)
             if start + num_tokens == len(state.token_ids):
                 num_drafts = len(drafts.get(state.request_id, ()))
+                first_rows[state.request_id] = row_end - 1 - num_drafts
                 sample_rows.extend(range(row_end - 1 - num_drafts, row_end))
                 sample_states.append(state)
         for request_id, length in num_verified.items():
@@ -208,7 +210,15 @@ class ModelExecutor:
         propose_time_s = 0.0
         if self.proposer is not None and scheduler_output.num_spec_tokens_to_propose:
             propose_start = time.perf_counter()
-            spec_token_ids = self._propose(scheduler_output.num_spec_tokens_to_propose)
+            hidden_states = None
+            if self.proposer.needs_hidden_states:
+                hidden_states = {
+                    request_id: hidden[first : first + len(sampled_token_ids[request_id])]
+                    for request_id, first in first_rows.items()
+                }
+            spec_token_ids = self._propose(
+                scheduler_output.num_spec_tokens_to_propose, hidden_states
+            )
             propose_time_s = time.perf_counter() - propose_start
         return ModelOutput(
             sampled_token_ids,
@@ -256,8 +266,13 @@ class ModelExecutor:
             if result.logprobs is not None:
                 logprobs[state.request_id] = result.logprobs
 
-    def _propose(self, num_to_propose: dict[str, int]) -> dict[str, list[int]]:
-        """The next drafts of each request that sampled this step (its verified tokens)."""
+    def _propose(
+        self,
+        num_to_propose: dict[str, int],
+        hidden_states: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, list[int]]:
+        """The next drafts of each request that sampled this step (its verified tokens, and the
+        target's hidden states there for proposers that need them)."""
         assert self.proposer is not None
         requests = []
         for request_id, max_num_tokens in num_to_propose.items():
@@ -274,6 +289,7 @@ class ModelExecutor:
                     state.num_prompt_tokens,
                     max_num_tokens,
                     state.params,
+                    hidden_states.get(request_id) if hidden_states is not None else None,
                 )
             )
         proposals = self.proposer.propose(requests) if requests else {}

@@ -177,8 +177,9 @@ class SpecController:
                     budget -= use
             return self._count(SpecPlan(verify, propose))
         if not self.step_cost.is_ready:
-            # Nothing measured yet: one draft each, to start learning.
-            return self._count(SpecPlan({}, {rid: 1 for rid, c in candidates.items() if c[1] > 0}))
+            # Nothing measured yet: a few requests propose one draft each, to start learning.
+            starters = [rid for rid, c in candidates.items() if c.max_num_tokens > 0]
+            return self._count(SpecPlan({}, dict.fromkeys(starters[:NUM_PROBE_REQUESTS], 1)))
         fixed_s, per_token_s, per_prefill_s = self.step_cost.coefficients()
         tokens = float(max(len(candidates), 1))
         time_s = fixed_s + per_token_s * num_row_tokens + per_prefill_s * num_prefill_tokens

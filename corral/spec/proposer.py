@@ -22,6 +22,10 @@ class ProposalRequest:
     num_prompt_tokens: int
     max_num_tokens: int
     params: SamplingParams
+    # For proposers with needs_hidden_states (EAGLE-style heads): the target's final hidden
+    # states [n, hidden_size] at the positions computed and verified this step (the real token
+    # and the accepted drafts), the last one being the position the next token follows.
+    hidden_states: Any = None
 
 
 class Proposal(NamedTuple):
@@ -39,6 +43,8 @@ class Proposer(ABC):
 
     # Set by the registry's name; shown in metrics.
     name: str = ""
+    # True: the executor passes the target's hidden states in ProposalRequest.hidden_states.
+    needs_hidden_states: bool = False
 
     @abstractmethod
     def propose(self, requests: list[ProposalRequest]) -> dict[str, Proposal]:

@@ -178,3 +178,28 @@ def test_bad_speculative_options_are_refused():
         LLM(speculative_method="draft")
     with pytest.raises(ValueError, match="num_speculative_tokens"):
         LLM(speculative_method="ngram", num_speculative_tokens=0)
+
+
+def test_hidden_states_reach_a_proposer_that_asks(setup):
+    """The interface left open for EAGLE-style heads: a proposer with needs_hidden_states gets
+    the target's final hidden states at the positions verified this step, one per token."""
+    llm = make_llm(setup, "draft-self", num_blocks=256)
+    proposer = llm.engine.core.executor.proposer
+    proposer.needs_hidden_states = True
+    seen: list[tuple[int, int, int]] = []
+    original = proposer.propose
+
+    def recording(requests):
+        for request in requests:
+            seen.append((len(request.token_ids), *request.hidden_states.shape))
+        return original(requests)
+
+    proposer.propose = recording
+    greedy(llm, repetitive_prompts(llm.engine.vocab_size)[:1])
+    hidden_size = llm.engine.arch.hidden_size
+    assert seen and all(width == hidden_size for _, _, width in seen)
+    # Consecutive proposals of one request: the rows are the tokens added in between.
+    lengths = [length for length, _, _ in seen]
+    rows = [count for _, count, _ in seen]
+    assert all(rows[i + 1] == lengths[i + 1] - lengths[i] for i in range(len(seen) - 1))
+    assert max(rows) > 1  # rounds accepted drafts (the draft is the target itself)
