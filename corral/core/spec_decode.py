@@ -38,6 +38,9 @@ class SpecDecodeScheduling:
         self.controller = SpecController(config.num_speculative_tokens, config.num_tokens_rule)
         # Requests whose block tables were cut since the executor last heard of them -> length.
         self.trimmed_block_tables: dict[str, int] = {}
+        # Request id -> its num_tokens when it was last asked to propose (what the proposer has
+        # seen of it; dropped when it finishes or is preempted, as the proposer's state is).
+        self._proposed_upto: dict[str, int] = {}
 
     def add_drafts(self, step: StepPlan, requests: dict[str, Request]) -> dict[str, int]:
         """Schedule draft tokens into the step; returns how many tokens to propose next, per
@@ -55,7 +58,13 @@ class SpecDecodeScheduling:
                 self.max_model_len - request.num_tokens - 1,
                 self.capacity_tokens - end,
             )
-            candidates[request_id] = Candidate(len(request.spec_token_ids), max(max_k, 0))
+            behind = request.num_tokens - self._proposed_upto.get(request_id, 0)
+            candidates[request_id] = Candidate(
+                len(request.spec_token_ids),
+                max(max_k, 0),
+                behind,
+                request.max_tokens - request.num_output_tokens,
+            )
         if not candidates:
             return {}
         num_row_tokens, num_prefill_tokens = split_tokens(tuple(step.num_scheduled.values()))
@@ -70,6 +79,9 @@ class SpecDecodeScheduling:
             if block_ids is None:
                 continue  # no room: verify nothing, never preempt for a guess
             step.schedule_drafts(request, drafts, block_ids)
+        for request_id in plan.propose:
+            # The proposer syncs to the tokens this step verifies (about one more than now).
+            self._proposed_upto[request_id] = requests[request_id].num_tokens
         return plan.propose
 
     def settle(
@@ -105,5 +117,6 @@ class SpecDecodeScheduling:
         """The request finished or was preempted (the executor drops its block table)."""
         request.spec_token_ids = []
         self.trimmed_block_tables.pop(request.request_id, None)
+        self._proposed_upto.pop(request.request_id, None)
         if request.is_finished:
             self.controller.forget(request.request_id)

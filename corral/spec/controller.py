@@ -35,14 +35,24 @@ PRIOR_WEIGHT_TRIALS = 8.0
 MIN_GAIN_FACTOR = 1.02
 PROBE_INTERVAL_STEPS = 64
 MAX_PROBE_INTERVAL = 4096
+# A proposer's catch-up on tokens it has not seen (a draft model's prefill of a request's prompt)
+# is paid once and serves the request's later proposals: it is spread over the steps the request
+# may still run, at most CATCHUP_HORIZON_STEPS (assuming about two tokens a step). The tokens a
+# proposer syncs every step anyway are not catch-up.
+CATCHUP_HORIZON_STEPS = 32
+NUM_TOKENS_SYNCED_PER_STEP = 2
 NUM_PROBE_REQUESTS = 4
 
 
 class Candidate(NamedTuple):
-    """A request that samples this step: the drafts it holds, and the most it may take."""
+    """A request that samples this step: the drafts it holds, the most it may take, how many of
+    its tokens the proposer has not seen (it catches up on them before proposing), and how many
+    output tokens it may still produce."""
 
     num_held: int
     max_num_tokens: int
+    num_tokens_behind: int = 0
+    num_remaining_tokens: int = 1 << 30
 
 
 class SpecPlan(NamedTuple):
@@ -82,6 +92,8 @@ class SpecController:
         self._probed: set[str] = set()
         self.probe_interval_steps = PROBE_INTERVAL_STEPS
         self._last_num_passes = 0
+        self._last_catchup_tokens = 0
+        self._global_alpha = PRIOR_ACCEPTANCE
 
     # ----- learning -----------------------------------------------------------------------
 
@@ -115,7 +127,12 @@ class SpecController:
         step."""
         self.step_cost.observe(num_row_tokens, num_prefill_tokens, step_time_s - propose_time_s)
         if num_proposed > 0:
-            self.propose_cost.observe(max(self._last_num_passes, 1), num_proposed, propose_time_s)
+            self.propose_cost.observe(
+                max(self._last_num_passes, 1),
+                num_proposed,
+                propose_time_s,
+                self._last_catchup_tokens,
+            )
 
     def forget(self, request_id: str) -> None:
         self._per_request.pop(request_id, None)
@@ -131,25 +148,40 @@ class SpecController:
             return prior
         return (own.successes + prior * PRIOR_WEIGHT_TRIALS) / (own.trials + PRIOR_WEIGHT_TRIALS)
 
-    def depth_yields(self, request_id: str, max_depth: int) -> list[float]:
+    def depth_yields(
+        self, request_id: str, max_depth: int, profile: list[float] | None = None
+    ) -> list[float]:
         """Expected yield of the request's draft at each depth 1..max_depth: the proposer's
-        measured chance that a round's first j drafts all stand (each shrunk toward the prior
-        geometric PRIOR_ACCEPTANCE^j), scaled by the request's acceptance relative to the
-        proposer's. Acceptance often rises with depth (a proposer that got the first tokens right
-        is on the right track), which one geometric rate would miss."""
-        global_alpha = self.acceptance(None)
+        measured chance that a round's first j drafts all stand (depth_profile), scaled by the
+        request's acceptance relative to the proposer's, never rising with depth. Acceptance
+        often rises with depth (a proposer that got the first tokens right is on the right
+        track), which one geometric rate would miss."""
+        if profile is None:
+            profile = self.depth_profile(max_depth)
+        global_alpha = self._global_alpha
         scale = self.acceptance(request_id) / global_alpha if global_alpha > 0 else 1.0
         yields = []
+        last = 1.0
+        for depth in range(max_depth):
+            last = min(1.0, scale * profile[depth], last)
+            yields.append(last)
+        return yields
+
+    def depth_profile(self, max_depth: int) -> list[float]:
+        """[j - 1]: the proposer's measured chance that a round's first j drafts all stand,
+        each shrunk toward the geometric prior alpha^j (alpha: its pooled acceptance)."""
+        global_alpha = self._global_alpha = self.acceptance(None)
+        profile = []
         prior = 1.0
+        rounds, accepted = self._rounds_at_depth, self._accepted_at_depth
         for depth in range(max_depth):
             prior *= global_alpha
-            rounds = self._rounds_at_depth[depth] if depth < len(self._rounds_at_depth) else 0
-            accepted = self._accepted_at_depth[depth] if depth < len(self._accepted_at_depth) else 0
-            measured = (accepted + prior * PRIOR_WEIGHT_TRIALS) / (rounds + PRIOR_WEIGHT_TRIALS)
-            # Deeper drafts never yield more than shallower ones.
-            value = min(1.0, scale * measured, yields[-1] if yields else 1.0)
-            yields.append(value)
-        return yields
+            num_rounds = rounds[depth] if depth < len(rounds) else 0
+            num_accepted = accepted[depth] if depth < len(accepted) else 0
+            profile.append(
+                (num_accepted + prior * PRIOR_WEIGHT_TRIALS) / (num_rounds + PRIOR_WEIGHT_TRIALS)
+            )
+        return profile
 
     # ----- deciding -----------------------------------------------------------------------
 
@@ -166,7 +198,7 @@ class SpecController:
         if self.rule == "fixed":
             verify: dict[str, int] = {}
             propose: dict[str, int] = {}
-            for request_id, (num_held, max_k) in candidates.items():
+            for request_id, (num_held, max_k, *_) in candidates.items():
                 k = min(max_k, self.max_num_tokens)
                 if k <= 0:
                     continue
@@ -187,8 +219,9 @@ class SpecController:
             rid: min(c.num_held, c.max_num_tokens, self.max_num_tokens)
             for rid, c in candidates.items()
         }
+        profile = self.depth_profile(self.max_num_tokens)
         verify, tokens, time_s = self._grant(
-            verify_limits, tokens, time_s, per_token_s, 0.0, budget
+            verify_limits, tokens, time_s, per_token_s, 0.0, budget, None, profile
         )
         chose_drafts = bool(verify)
         for request_id in self._probed:
@@ -196,12 +229,22 @@ class SpecController:
             if held > 0 and request_id not in verify and sum(verify.values()) < budget:
                 verify[request_id] = 1  # a probe's draft is always verified
         self._probed = set()
-        pass_s, token_s = self.propose_cost.coefficients()
+        pass_s, token_s, catchup_s = self.propose_cost.coefficients()
         propose_limits = {
             rid: min(c.max_num_tokens, self.max_num_tokens) for rid, c in candidates.items()
         }
+        start_costs = {
+            rid: catchup_s * _catchup_tokens(c) / _horizon_steps(c) for rid, c in candidates.items()
+        }
         propose, _, _ = self._grant(
-            propose_limits, tokens, time_s, per_token_s + token_s, pass_s, None
+            propose_limits,
+            tokens,
+            time_s,
+            per_token_s + token_s,
+            pass_s,
+            None,
+            start_costs,
+            profile,
         )
         if chose_drafts or propose:
             self.num_steps_without_drafts = 0
@@ -213,9 +256,14 @@ class SpecController:
                 # Probes that keep finding nothing worth it come ever more rarely (a draft
                 # model's probe costs a catch-up over the whole sequence).
                 self.probe_interval_steps = min(2 * self.probe_interval_steps, MAX_PROBE_INTERVAL)
-                probes = [rid for rid, limit in propose_limits.items() if limit > 0]
+                # The cheapest to probe: the requests the proposer is least behind on.
+                probes = sorted(
+                    (rid for rid, limit in propose_limits.items() if limit > 0),
+                    key=lambda rid: candidates[rid].num_tokens_behind,
+                )
                 propose = dict.fromkeys(probes[:NUM_PROBE_REQUESTS], 1)
                 self._probed = set(propose)
+        self._last_catchup_tokens = sum(_catchup_tokens(candidates[rid]) for rid in propose)
         return self._count(SpecPlan(verify, propose))
 
     def _count(self, plan: SpecPlan) -> SpecPlan:
@@ -232,17 +280,23 @@ class SpecController:
         token_cost_s: float,
         pass_cost_s: float,
         budget: int | None,
+        start_costs: dict[str, float] | None = None,
+        profile: list[float] | None = None,
     ) -> tuple[dict[str, int], float, float]:
         """Depth by depth: at depth j, the requests granted j - 1 (all at j = 1) are ranked by
-        the yield alpha^j of their j-th draft; the number granted is the one that maximises
-        tokens per second with one more pass (pass_cost_s) and token_cost_s per draft. Stops at
+        the yield of their j-th draft per second of its cost; the number granted is the one that
+        maximises tokens per second with one more pass (pass_cost_s), token_cost_s per draft,
+        and at depth 1 each request's start_costs (its share of a proposer's catch-up). Stops at
         the first depth where no number beats the current rate. Returns (grants, tokens,
         time_s)."""
         granted: dict[str, int] = {}
         if time_s <= 0:
             return granted, tokens, time_s
+        profile = profile if profile is not None else self.depth_profile(self.max_num_tokens)
         depth_yields = {
-            rid: self.depth_yields(rid, limit) for rid, limit in limits.items() if limit > 0
+            rid: self.depth_yields(rid, limit, profile)
+            for rid, limit in limits.items()
+            if limit > 0
         }
         level = list(depth_yields)
         remaining = budget
@@ -251,15 +305,20 @@ class SpecController:
             if not level or remaining == 0:
                 break
             yields = {rid: depth_yields[rid][j - 1] for rid in level}
-            level.sort(key=lambda rid: -yields[rid])
+            costs = {
+                rid: token_cost_s + (start_costs.get(rid, 0.0) if start_costs and j == 1 else 0.0)
+                for rid in level
+            }
+            level.sort(key=lambda rid: -yields[rid] / costs[rid] if costs[rid] > 0 else -1e30)
             if remaining is not None:
                 level = level[:remaining]
             best_count, best_tokens, best_time = 0, tokens, time_s
-            gain_sum = 0.0
+            gain_sum = cost_sum = 0.0
             for count, rid in enumerate(level, 1):
                 gain_sum += yields[rid]
+                cost_sum += costs[rid]
                 new_tokens = tokens + gain_sum
-                new_time = time_s + pass_cost_s + count * token_cost_s
+                new_time = time_s + pass_cost_s + cost_sum
                 if new_tokens * best_time > best_tokens * new_time:
                     best_count, best_tokens, best_time = count, new_tokens, new_time
             # The depth's drafts must yield, per second they cost, MIN_GAIN_FACTOR times the
@@ -275,3 +334,11 @@ class SpecController:
             if remaining is not None:
                 remaining -= best_count
         return granted, tokens, time_s
+
+
+def _catchup_tokens(candidate: Candidate) -> int:
+    return max(candidate.num_tokens_behind - NUM_TOKENS_SYNCED_PER_STEP, 0)
+
+
+def _horizon_steps(candidate: Candidate) -> float:
+    return max(1.0, min(candidate.num_remaining_tokens / 2, CATCHUP_HORIZON_STEPS))

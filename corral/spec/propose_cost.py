@@ -1,59 +1,92 @@
-"""What proposing costs (torch-free): propose_time = pass_s * num_passes + token_s * num_tokens,
-fitted online. A draft model runs one forward pass per draft position over every request still
-proposing (num_passes = the largest K); n-gram and suffix lookups cost per token and a fixed
-amount per step (num_passes = 1)."""
+"""What proposing costs (torch-free): propose_time = pass_s * num_passes + token_s * num_tokens
++ catchup_s * num_catchup_tokens, fitted online. A draft model runs one forward pass per draft
+position over every request still proposing (num_passes = the largest K), and first catches up
+on the tokens it has not seen (a request's whole prompt when it starts proposing, the tokens
+since its last proposal when it resumes); n-gram and suffix lookups cost per token and a fixed
+amount per step (num_passes = 1), and their catch-up (indexing new tokens) next to nothing."""
 
 from __future__ import annotations
 
-# Samples after which a new one is clipped to this multiple of the prediction (one-off costs,
-# such as a draft model prefilling a new prompt, are neither per pass nor per token).
+# Samples after which a new one is clipped to this multiple of the prediction (noise, and costs
+# the features miss).
 WARMUP_SAMPLES = 8
 CLIP_FACTOR = 3.0
+NUM_FEATURES = 3
 
 
 class ProposeCostEstimate:
-    """Exponentially weighted least squares on (passes, tokens) without intercept, with a small
-    ridge so that collinear data (one request: passes == tokens) still gives an answer."""
+    """Exponentially weighted least squares on (passes, tokens, catch-up tokens) without
+    intercept, with a small ridge relative to each feature's scale so that collinear data (one
+    request: passes == tokens) still gives an answer."""
 
     def __init__(self, decay: float = 0.98, ridge: float = 1e-3) -> None:
         self.decay = decay
         self.ridge = ridge
-        self._pp = self._pt = self._tt = self._py = self._ty = 0.0
+        # Weighted sums of x_i x_j (upper triangle, row-major) and x_i y.
+        self._xx = [[0.0] * NUM_FEATURES for _ in range(NUM_FEATURES)]
+        self._xy = [0.0] * NUM_FEATURES
         self.num_observations = 0
+        self._cached: tuple[float, float, float] | None = None
 
-    def observe(self, num_passes: int, num_tokens: int, propose_time_s: float) -> None:
+    def observe(
+        self, num_passes: int, num_tokens: int, propose_time_s: float, num_catchup_tokens: int = 0
+    ) -> None:
         if num_passes <= 0 or num_tokens <= 0 or propose_time_s <= 0:
             return
+        features = (float(num_passes), float(num_tokens), float(num_catchup_tokens))
         if self.num_observations >= WARMUP_SAMPLES:
-            propose_time_s = min(
-                propose_time_s, CLIP_FACTOR * self.predict_s(num_passes, num_tokens)
-            )
+            limit = CLIP_FACTOR * self.predict_s(num_passes, num_tokens, num_catchup_tokens)
+            propose_time_s = min(propose_time_s, limit)
         d = self.decay
-        p, t = float(num_passes), float(num_tokens)
-        self._pp = self._pp * d + p * p
-        self._pt = self._pt * d + p * t
-        self._tt = self._tt * d + t * t
-        self._py = self._py * d + p * propose_time_s
-        self._ty = self._ty * d + t * propose_time_s
+        for i in range(NUM_FEATURES):
+            self._xy[i] = self._xy[i] * d + features[i] * propose_time_s
+            for j in range(NUM_FEATURES):
+                self._xx[i][j] = self._xx[i][j] * d + features[i] * features[j]
         self.num_observations += 1
+        self._cached = None
 
-    def coefficients(self) -> tuple[float, float]:
-        """(pass_s, token_s), both >= 0."""
+    def coefficients(self) -> tuple[float, float, float]:
+        """The fitted coefficients (recomputed only after a new observation)."""
+        if self._cached is None:
+            self._cached = self._fit()
+        return self._cached
+
+    def _fit(self) -> tuple[float, float, float]:
+        """(pass_s, token_s, catchup_s), all >= 0: least squares over the features with a
+        positive coefficient (a negative one is dropped and the rest refitted)."""
         if self.num_observations == 0:
-            return 0.0, 0.0
-        # Ridge relative to each feature's own scale (units differ: passes vs tokens).
-        a11 = self._pp * (1 + self.ridge)
-        a22 = self._tt * (1 + self.ridge)
-        a12 = self._pt
-        det = a11 * a22 - a12 * a12
-        pass_s = (self._py * a22 - self._ty * a12) / det
-        token_s = (self._ty * a11 - self._py * a12) / det
-        if pass_s < 0:
-            return 0.0, max(self._ty / a22, 0.0)
-        if token_s < 0:
-            return max(self._py / a11, 0.0), 0.0
-        return pass_s, token_s
+            return 0.0, 0.0, 0.0
+        active = [i for i in range(NUM_FEATURES) if self._xx[i][i] > 0]
+        while active:
+            solution = self._solve(active)
+            negative = [i for i, value in zip(active, solution) if value < 0]
+            if not negative:
+                result = [0.0] * NUM_FEATURES
+                for i, value in zip(active, solution):
+                    result[i] = value
+                return result[0], result[1], result[2]
+            active = [i for i in active if i not in negative]
+        return 0.0, 0.0, 0.0
 
-    def predict_s(self, num_passes: int, num_tokens: int) -> float:
-        pass_s, token_s = self.coefficients()
-        return pass_s * num_passes + token_s * num_tokens
+    def _solve(self, active: list[int]) -> list[float]:
+        """Ridge normal equations on the active features (Gaussian elimination, n <= 3)."""
+        n = len(active)
+        matrix = [
+            [self._xx[i][j] * (1 + self.ridge if i == j else 1.0) for j in active] + [self._xy[i]]
+            for i in active
+        ]
+        for col in range(n):
+            pivot = max(range(col, n), key=lambda row: abs(matrix[row][col]))
+            matrix[col], matrix[pivot] = matrix[pivot], matrix[col]
+            if matrix[col][col] == 0:
+                return [0.0] * n
+            for row in range(n):
+                if row != col:
+                    factor = matrix[row][col] / matrix[col][col]
+                    for k in range(col, n + 1):
+                        matrix[row][k] -= factor * matrix[col][k]
+        return [matrix[i][n] / matrix[i][i] for i in range(n)]
+
+    def predict_s(self, num_passes: int, num_tokens: int, num_catchup_tokens: int = 0) -> float:
+        pass_s, token_s, catchup_s = self.coefficients()
+        return pass_s * num_passes + token_s * num_tokens + catchup_s * num_catchup_tokens

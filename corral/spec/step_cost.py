@@ -48,6 +48,7 @@ class StepCostEstimate:
         # Weighted sums: weight, x1, x2, x1^2, x1 x2, x2^2, t, x1 t, x2 t.
         self._sums = [0.0] * 9
         self.num_observations = 0
+        self._cached: tuple[float, float, float] | None = None
 
     def observe(self, num_row_tokens: int, num_prefill_tokens: int, step_time_s: float) -> None:
         """Record one step: its row and prefill tokens and the time it took."""
@@ -58,12 +59,19 @@ class StepCostEstimate:
         terms = (1.0, x1, x2, x1 * x1, x1 * x2, x2 * x2, t, x1 * t, x2 * t)
         self._sums = [s * d + term for s, term in zip(self._sums, terms)]
         self.num_observations += 1
+        self._cached = None
 
     @property
     def is_ready(self) -> bool:
         return self.num_observations > 0
 
     def coefficients(self) -> tuple[float, float, float]:
+        """The fitted coefficients (recomputed only after a new observation)."""
+        if self._cached is None:
+            self._cached = self._fit()
+        return self._cached
+
+    def _fit(self) -> tuple[float, float, float]:
         """(fixed_s, per_row_token_s, per_prefill_token_s), all >= 0."""
         w, s1, s2, s11, s12, s22, st, s1t, s2t = self._sums
         if w == 0:

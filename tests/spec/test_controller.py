@@ -48,7 +48,7 @@ def test_propose_cost_separates_passes_from_tokens() -> None:
     estimate = ProposeCostEstimate()
     for passes, tokens in [(1, 1), (4, 4), (1, 32), (4, 128), (2, 16), (3, 3), (2, 64)] * 3:
         estimate.observe(passes, tokens, 0.0005 * passes + 0.00002 * tokens)
-    pass_s, token_s = estimate.coefficients()
+    pass_s, token_s, _ = estimate.coefficients()
     assert abs(pass_s - 0.0005) < 5e-5
     assert abs(token_s - 0.00002) < 5e-6
 
@@ -192,3 +192,24 @@ def test_fruitless_probes_back_off() -> None:
         if plan.propose:
             probe_steps.append(step)
     assert probe_steps[:3] == [63, 63 + 128, 63 + 128 + 256]
+
+
+def test_catching_up_on_a_long_prompt_must_pay_for_itself() -> None:
+    """A draft model first prefills what it has not seen: starting a request 300 tokens behind
+    with 10 tokens to go does not pay where resuming one in sync does."""
+    controller = SpecController(4)
+    feed_costs(controller, fixed_s=0.002, per_token_s=0.0001)
+    for passes, tokens, catchup in [(1, 1, 0), (2, 4, 0), (1, 2, 200), (3, 3, 0), (1, 1, 400)] * 4:
+        controller.propose_cost.observe(
+            passes, tokens, 0.0002 * passes + 0.00002 * tokens + 0.0001 * catchup, catchup
+        )
+    feed_acceptance(controller, "synced", 8)
+    feed_acceptance(controller, "behind", 8)
+    plan = controller.plan(
+        {"synced": Candidate(0, 4, 1, 10), "behind": Candidate(0, 4, 300, 10)}, 2, 0, budget=100
+    )
+    assert "synced" in plan.propose
+    assert "behind" not in plan.propose
+    # With a long way to go the same catch-up is worth it.
+    plan = controller.plan({"behind": Candidate(0, 4, 300, 400)}, 1, 0, budget=100)
+    assert "behind" in plan.propose
