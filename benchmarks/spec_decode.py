@@ -14,7 +14,7 @@ Concurrency 1 sends the prompts one after another; concurrency C submits C at on
 the adaptive rule. Two rates: output tokens per second end to end (prefill included), and the
 decode rate, (output tokens - first tokens) / (time - time of the same run with max_tokens=1),
 which is the part speculation changes (the demo-model cards measure decode the same way).
-Median of --repeats. OpenMP waits passively.
+Median of --repeats; the configurations take turns within each repeat. OpenMP waits passively.
 
     .venv/bin/python benchmarks/spec_decode.py                      # full table
     .venv/bin/python benchmarks/spec_decode.py --quick              # fewer prompts
@@ -122,28 +122,32 @@ def main() -> None:
         run_once(llm, list(loads["gsm8k"][0][:2]), 8, 2)  # warm-up
     for workload, (prompts, max_tokens) in loads.items():
         for concurrency in concurrencies:
-            reference = None
+            # Configurations take turns within each repeat, so that drift in the machine's speed
+            # (shared cores) falls on all of them alike.
+            times: dict[str, list[float]] = {name: [] for name in names}
+            first_times: dict[str, list[float]] = {name: [] for name in names}
+            outputs: dict[str, list[list[int]]] = {}
+            before = {name: spec_counts(engines[name]) for name in names}
+            for _ in range(args.repeats):
+                for name in names:
+                    llm = engines[name]
+                    first_times[name].append(run_once(llm, prompts, 1, concurrency)[0])
+                    elapsed, outputs[name] = run_once(llm, prompts, max_tokens, concurrency)
+                    times[name].append(elapsed)
+            reference = outputs[names[0]]
             base_rate = base_decode = None
             for name in names:
-                llm = engines[name]
-                times = []
-                first_times = []
-                before = spec_counts(llm)
-                for _ in range(args.repeats):
-                    first_times.append(run_once(llm, prompts, 1, concurrency)[0])
-                    elapsed, tokens = run_once(llm, prompts, max_tokens, concurrency)
-                    times.append(elapsed)
-                    if reference is None:
-                        reference = tokens
-                    elif concurrency == 1 and tokens != reference:
-                        raise SystemExit(f"{name}: outputs differ from speculation off")
-                    identical = sum(a == b for a, b in zip(tokens, reference)) / len(tokens)
-                after = spec_counts(llm)
-                drafts, draft_tokens, accepted = (a - b for a, b in zip(after, before))
+                tokens = outputs[name]
+                if concurrency == 1 and tokens != reference:
+                    raise SystemExit(f"{name}: outputs differ from {names[0]}")
+                identical = sum(a == b for a, b in zip(tokens, reference)) / len(tokens)
+                after = spec_counts(engines[name])
+                drafts, draft_tokens, accepted = (a - b for a, b in zip(after, before[name]))
                 num_tokens = sum(len(t) for t in tokens)
-                rate = num_tokens / statistics.median(times)
+                elapsed = statistics.median(times[name])
+                rate = num_tokens / elapsed
                 decode_rate = (num_tokens - len(prompts)) / (
-                    statistics.median(times) - statistics.median(first_times)
+                    elapsed - statistics.median(first_times[name])
                 )
                 base_rate = base_rate or rate
                 base_decode = base_decode or decode_rate
