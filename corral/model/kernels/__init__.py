@@ -33,8 +33,10 @@ logger = logging.getLogger(__name__)
 
 _SOURCES = [
     Path(__file__).with_name(name)
-    for name in ("cpu_kernels.cpp", "cpu_fused.cpp", "cpu_kv_write.cpp")
+    for name in ("cpu_kernels.cpp", "cpu_linear.cpp", "cpu_fused.cpp", "cpu_kv_write.cpp")
 ]
+# Included by the sources: copied beside them into the build directory, part of the signature.
+_HEADERS = [Path(__file__).with_name("cpu_common.h")]
 # -fopenmp makes at::parallel_for parallel (without it ATen's header falls back to a serial loop);
 # the extension then links libgomp.so.1, the runtime torch has already loaded, so
 # torch.set_num_threads governs the kernels' threads too.
@@ -58,7 +60,7 @@ def _cpu_signature() -> str:
     except OSError:
         pass
     text = platform.machine() + flags + " ".join(_CFLAGS + _LDFLAGS)
-    text += "".join(source.read_text() for source in _SOURCES)
+    text += "".join(source.read_text() for source in _SOURCES + _HEADERS)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -85,6 +87,7 @@ def _build() -> ModuleType | None:
             cache_dir() / "kernels" / signature,
             cflags=_CFLAGS,
             ldflags=_LDFLAGS,
+            headers=_HEADERS,
         )
     except Exception as error:  # no compiler, no ninja, unsupported flags, lock timeout...
         logger.warning("corral CPU kernels unavailable, using PyTorch ops instead: %s", error)
@@ -98,6 +101,7 @@ def load_extension(
     *,
     cflags: list[str],
     ldflags: list[str],
+    headers: list[Path] | None = None,
     lock_timeout_s: float = BUILD_LOCK_TIMEOUT_S,
 ) -> ModuleType:
     """Import the C++ extension `name` from build_dir, building it from sources first if needed."""
@@ -107,7 +111,7 @@ def load_extension(
     library = build_dir / f"{name}.so"
     stamp = build_dir / _STAMP_NAME
     text = name + " ".join(cflags + ldflags) + torch.__version__ + sys.version + platform.machine()
-    text += "".join(source.read_text() for source in sources)
+    text += "".join(source.read_text() for source in [*(headers or []), *sources])
     signature = hashlib.sha256(text.encode()).hexdigest()
     if _is_built(library, stamp, signature):
         return _import_library(name, library)
@@ -119,7 +123,7 @@ def load_extension(
         if stale.exists():
             logger.warning("removing %s, left behind by a process killed while building", stale)
             stale.unlink(missing_ok=True)
-        module = _build_locked(name, sources, build_dir, cflags, ldflags)
+        module = _build_locked(name, sources, build_dir, cflags, ldflags, headers or [])
         partial = stamp.with_suffix(".partial")
         partial.write_text(signature)
         partial.replace(stamp)
@@ -143,7 +147,12 @@ def _import_library(name: str, library: Path) -> ModuleType:
 
 
 def _build_locked(
-    name: str, sources: list[Path], build_dir: Path, cflags: list[str], ldflags: list[str]
+    name: str,
+    sources: list[Path],
+    build_dir: Path,
+    cflags: list[str],
+    ldflags: list[str],
+    headers: list[Path],
 ) -> ModuleType:
     from torch.utils.cpp_extension import load
 
@@ -154,11 +163,12 @@ def _build_locked(
     # Compile copies kept in the (content-keyed) build directory: ninja records source paths,
     # so checkouts sharing a cache would otherwise rebuild each other's kernels.
     copies = []
-    for source in sources:
+    for source in [*(headers or []), *sources]:
         copy = build_dir / source.name
         if not copy.is_file() or copy.read_text() != source.read_text():
             copy.write_text(source.read_text())
-        copies.append(str(copy))
+        if source.suffix == ".cpp":
+            copies.append(str(copy))
     logger.info("building %s in %s (a minute the first time)", name, build_dir)
     return load(
         name=name,

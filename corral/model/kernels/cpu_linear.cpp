@@ -1,0 +1,248 @@
+// The few-row linear of corral's CPU decode path: x [rows, in] @ weight[out, in]^T for the row
+// counts of decode and verification steps, with a row's result independent of the row count.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX512BF16__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+#include "cpu_common.h"
+
+using corral_cpu::linear_grain;
+using corral_cpu::to_float;
+
+namespace {
+
+// dot_rows with the summation order fixed (see dot_four_rows): the same bits for any T.
+template <typename T>
+inline float dot_rows_fixed(const T* a, const T* b, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int64_t l = 0; l < 16; ++l) acc[l] += to_float(a[i + l]) * to_float(b[i + l]);
+  }
+  float sum = 0.f;
+  for (int64_t l = 0; l < 16; ++l) sum += acc[l];
+  for (; i < n; ++i) sum += to_float(a[i]) * to_float(b[i]);
+  return sum;
+}
+
+// out[r, n] = x[r] . weight[n] (+ bias[n]) for 4 consecutive weight rows at once: four
+// independent accumulator chains, and each x chunk loaded once for the four rows. The sums run
+// in kDotLanes explicit lanes, reduced in a fixed order, so the result is the same bits for any
+// T holding the same values (bfloat16 read directly, or converted to float first).
+constexpr int64_t kDotLanes = 16;
+
+template <typename T>
+inline void dot_four_rows(const T* x, const T* w, int64_t in, float* sums) {
+  float acc[4][kDotLanes] = {};
+  int64_t i = 0;
+  for (; i + kDotLanes <= in; i += kDotLanes) {
+    for (int64_t l = 0; l < kDotLanes; ++l) {
+      const float xi = to_float(x[i + l]);
+      acc[0][l] += xi * to_float(w[i + l]);
+      acc[1][l] += xi * to_float(w[in + i + l]);
+      acc[2][l] += xi * to_float(w[2 * in + i + l]);
+      acc[3][l] += xi * to_float(w[3 * in + i + l]);
+    }
+  }
+  for (int64_t r = 0; r < 4; ++r) {
+    float sum = 0.f;
+    for (int64_t l = 0; l < kDotLanes; ++l) sum += acc[r][l];
+    for (int64_t j = i; j < in; ++j) sum += to_float(x[j]) * to_float(w[r * in + j]);
+    sums[r] = sum;
+  }
+}
+
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+inline __m256 load_eight(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_eight(const at::BFloat16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+inline __m256 load_eight(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// Two accumulators per weight row (eight independent FMA chains), 16 elements a step; the lanes
+// are then added in a fixed order, so float, bfloat16 and float16 inputs of equal values give
+// equal bits (the few-row path converts to float first; the one-row path does not).
+template <typename T>
+inline void dot_four_rows_avx2(const T* x, const T* w, int64_t in, float* sums) {
+  __m256 acc[4][2];
+  for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= in; i += 16) {
+    const __m256 x0 = load_eight(x + i);
+    const __m256 x1 = load_eight(x + i + 8);
+    for (int r = 0; r < 4; ++r) {
+      acc[r][0] = _mm256_fmadd_ps(x0, load_eight(w + r * in + i), acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(x1, load_eight(w + r * in + i + 8), acc[r][1]);
+    }
+  }
+  // The four rows' lanes reduced together in a fixed tree: pairwise adds within 128-bit
+  // halves (hadd twice), then the two halves.
+  const __m256 r0 = _mm256_add_ps(acc[0][0], acc[0][1]);
+  const __m256 r1 = _mm256_add_ps(acc[1][0], acc[1][1]);
+  const __m256 r2 = _mm256_add_ps(acc[2][0], acc[2][1]);
+  const __m256 r3 = _mm256_add_ps(acc[3][0], acc[3][1]);
+  const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(r0, r1), _mm256_hadd_ps(r2, r3));
+  const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1));
+  _mm_storeu_ps(sums, quad);
+  if (i < in) {
+    for (int r = 0; r < 4; ++r) {
+      float sum = sums[r];
+      for (int64_t j = i; j < in; ++j) sum += to_float(x[j]) * to_float(w[r * in + j]);
+      sums[r] = sum;
+    }
+  }
+}
+
+template <>
+inline void dot_four_rows<float>(const float* x, const float* w, int64_t in, float* sums) {
+  dot_four_rows_avx2(x, w, in, sums);
+}
+template <>
+inline void dot_four_rows<at::Half>(const at::Half* x, const at::Half* w, int64_t in,
+                                    float* sums) {
+  dot_four_rows_avx2(x, w, in, sums);
+}
+#if !defined(__AVX512BF16__)
+template <>
+inline void dot_four_rows<at::BFloat16>(const at::BFloat16* x, const at::BFloat16* w, int64_t in,
+                                        float* sums) {
+  dot_four_rows_avx2(x, w, in, sums);
+}
+#endif
+#endif
+
+#if defined(__AVX512BF16__)
+template <>
+inline void dot_four_rows<at::BFloat16>(const at::BFloat16* x, const at::BFloat16* w, int64_t in,
+                                        float* sums) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+  int64_t i = 0;
+  // The quad's rows are contiguous (4 * in elements); prefetch the same offsets kPrefetchQuads
+  // quads ahead so the next rows are on their way while these are multiplied.
+  constexpr int64_t kPrefetchQuads = 4;
+  const at::BFloat16* ahead = w + kPrefetchQuads * 4 * in;
+  for (; i + 32 <= in; i += 32) {
+    const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + i);
+    for (int r = 0; r < 4; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + r * in + i), _MM_HINT_T0);
+      acc[r] = _mm512_dpbf16_ps(acc[r], xv, (__m512bh)_mm512_loadu_si512(w + r * in + i));
+    }
+  }
+  for (int r = 0; r < 4; ++r) {
+    float sum = _mm512_reduce_add_ps(acc[r]);
+    for (int64_t j = i; j < in; ++j) sum += static_cast<float>(x[j]) * static_cast<float>(w[r * in + j]);
+    sums[r] = sum;
+  }
+}
+#endif
+
+// dst[i] = float(src[i]) for i < n, eight at a time where AVX2 is there.
+template <typename T>
+inline void convert_to_float(const T* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  if constexpr (!std::is_same_v<T, double>) {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_eight(src + i));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = to_float(src[i]);
+}
+
+// Several rows of 16-bit x without native 16-bit dot products: x is converted to float once,
+// and each quad of weight rows once (into a per-thread buffer), then every x row takes four
+// float dot products against it. The conversions no longer scale with the number of rows, and
+// each row's sums are formed exactly as the one-row path forms them (the same dot functions on
+// the same values), so a row's output does not depend on how many rows share the call.
+template <typename T>
+void few_row_linear_converted(const T* x_ptr, const T* w_ptr, const T* b_ptr, T* o_ptr,
+                              int64_t rows, int64_t in, int64_t out_features) {
+  std::vector<float> x_float(rows * in);
+  convert_to_float(x_ptr, x_float.data(), rows * in);
+  const int64_t num_quads = (out_features + 3) / 4;
+  at::parallel_for(0, num_quads, linear_grain(rows, in), [&](int64_t begin, int64_t end) {
+    std::vector<float> w_float(4 * in);
+    float sums[4];
+    for (int64_t quad = begin; quad < end; ++quad) {
+      const int64_t n0 = quad * 4;
+      const int64_t count = std::min<int64_t>(4, out_features - n0);
+      const T* w_quad = w_ptr + n0 * in;
+      convert_to_float(w_quad, w_float.data(), count * in);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* x_row = x_float.data() + r * in;
+        if (count == 4) {
+          dot_four_rows<float>(x_row, w_float.data(), in, sums);
+        } else {
+          for (int64_t j = 0; j < count; ++j) {
+            sums[j] = dot_rows_fixed<float>(x_row, w_float.data() + j * in, in);
+          }
+        }
+        for (int64_t j = 0; j < count; ++j) {
+          const float b = b_ptr ? to_float(b_ptr[n0 + j]) : 0.f;
+          o_ptr[r * out_features + n0 + j] = static_cast<T>(sums[j] + b);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// x [rows, in] @ weight[out, in]^T (+ bias), for few rows: each weight row is read once.
+torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
+                             c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "x and weight must be contiguous");
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x and weight dtypes differ");
+  const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
+  auto out = torch::empty({rows, out_features}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear", [&] {
+    const scalar_t* x_ptr = x.data_ptr<scalar_t>();
+    const scalar_t* w_ptr = weight.data_ptr<scalar_t>();
+    const scalar_t* b_ptr = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
+    scalar_t* o_ptr = out.data_ptr<scalar_t>();
+#if defined(__AVX512BF16__)
+    constexpr bool kNativeDot = std::is_same_v<scalar_t, at::BFloat16>;
+#else
+    constexpr bool kNativeDot = false;
+#endif
+    if (rows > 1 && !kNativeDot && !std::is_same_v<scalar_t, float>) {
+      few_row_linear_converted<scalar_t>(x_ptr, w_ptr, b_ptr, o_ptr, rows, in, out_features);
+      return;
+    }
+    const int64_t num_quads = (out_features + 3) / 4;
+    at::parallel_for(0, num_quads, linear_grain(rows, in), [&](int64_t begin, int64_t end) {
+      float sums[4];
+      for (int64_t quad = begin; quad < end; ++quad) {
+        const int64_t n0 = quad * 4;
+        const int64_t count = std::min<int64_t>(4, out_features - n0);
+        for (int64_t r = 0; r < rows; ++r) {
+          const scalar_t* x_row = x_ptr + r * in;
+          if (count == 4) {
+            dot_four_rows<scalar_t>(x_row, w_ptr + n0 * in, in, sums);
+          } else {
+            for (int64_t j = 0; j < count; ++j) {
+              sums[j] = dot_rows_fixed<scalar_t>(x_row, w_ptr + (n0 + j) * in, in);
+            }
+          }
+          for (int64_t j = 0; j < count; ++j) {
+            const float b = b_ptr ? to_float(b_ptr[n0 + j]) : 0.f;
+            o_ptr[r * out_features + n0 + j] = static_cast<scalar_t>(sums[j] + b);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
