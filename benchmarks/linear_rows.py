@@ -16,7 +16,7 @@ from corral.model.cpu_features import cpu_flags, has_native_bf16_matmul
 from corral.model.kernels import cpu_kernels
 
 SHAPES = [(1536, 256), (256, 768), (4096, 256)]  # gate_up, down, lm_head of corral-demo
-ROWS = [1, 2, 4, 5, 8, 16, 32]
+ROWS = [1, 2, 4, 5, 8, 16, 32, 64, 256]
 
 
 def time_us(fn, repeats: int = 300) -> float:

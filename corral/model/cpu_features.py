@@ -20,7 +20,7 @@ def cpu_flags() -> frozenset[str]:
 
 def has_native_bf16_matmul() -> bool:
     """AMX or AVX512-BF16: oneDNN's bfloat16 GEMMs run in hardware, and beat a row-streaming
-    kernel beyond a couple of rows. Without them, PyTorch converts and is slower at every batch
-    size a decode or verification step has (benchmarks/linear_rows.py)."""
+    kernel beyond a couple of rows. Without them, PyTorch converts and is slower at every row
+    count measured, 1 to 256 (benchmarks/linear_rows.py)."""
     flags = cpu_flags()
     return "amx_bf16" in flags or "avx512_bf16" in flags

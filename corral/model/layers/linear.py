@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from corral.model.cpu_features import has_native_bf16_matmul
 from corral.model.kernels import cpu_kernels
 
-# Up to this many rows, bfloat16 CPU linears use the kernel that streams each weight row once:
-# a couple where the CPU multiplies bf16 natively, else the sizes of decode and verification
-# steps (measured: benchmarks/linear_rows.py).
-_MAX_KERNEL_ROWS = 2 if has_native_bf16_matmul() else 32
+# Up to this many rows, bfloat16 CPU linears use corral's kernel: a couple where the CPU
+# multiplies bf16 natively (oneDNN is faster beyond), every size where it does not (the kernel
+# beats F.linear 2-5x at 1 to 256 rows there: benchmarks/linear_rows.py).
+_MAX_KERNEL_ROWS = 2 if has_native_bf16_matmul() else 1 << 30
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
