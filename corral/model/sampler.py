@@ -131,15 +131,24 @@ class Sampler:
             noise[unseeded] = draws
         for i, row in enumerate(rows):
             if row.params.seed is not None:
-                seed = position_seed(row.params.seed, len(row.output_token_ids))
-                noise[i].exponential_(generator=self.seeded_generator(seed))
+                generator = self.position_generator(row.params.seed, len(row.output_token_ids))
+                noise[i].exponential_(generator=generator)
         return noise
 
-    def seeded_generator(self, seed: int) -> torch.Generator:
-        """A generator on the sampler's device seeded with seed (one per seeded draw)."""
+    def position_generator(self, seed: int, position: int) -> torch.Generator:
+        """The generator of a seeded request's draw at output position `position`."""
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed)
+        generator.manual_seed(position_seed(seed, position))
         return generator
+
+    def race_sample(self, weights: torch.Tensor, seed: int | None, position: int) -> int:
+        """One sample from weights [vocab] (unnormalised) by the exponential race, with the noise
+        this sampler draws at that output position: the seeded request's own, or the shared
+        generator's. Speculative verification and draft models draw with it."""
+        noise = torch.empty_like(weights)
+        generator = self.generator if seed is None else self.position_generator(seed, position)
+        noise.exponential_(generator=generator)
+        return int((weights / noise).argmax().item())
 
 
 def samples_greedily(params: SamplingParams) -> bool:

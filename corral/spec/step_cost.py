@@ -94,7 +94,3 @@ class StepCostEstimate:
         slope1, slope2 = max(slope1, 0.0), max(slope2, 0.0)
         fixed = max(mt - slope1 * m1 - slope2 * m2, 0.0)
         return fixed, slope1, slope2
-
-    def predict_s(self, num_row_tokens: int, num_prefill_tokens: int = 0) -> float:
-        fixed, per_row, per_prefill = self.coefficients()
-        return fixed + per_row * num_row_tokens + per_prefill * num_prefill_tokens

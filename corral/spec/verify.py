@@ -34,7 +34,6 @@ from corral.model.sampler import (
     Sampler,
     SamplingRow,
     gather_logprobs,
-    position_seed,
     samples_greedily,
     sampling_probs,
 )
@@ -123,10 +122,10 @@ def _accept_sampled(
     probs_of: dict[int, torch.Tensor],
     start: int,
 ) -> list[int]:
-    token_ids = []
     seed = group.row.params.seed
     if seed is not None:
         return _accept_coupled(sampler, group, rows, probs_of, start, seed)
+    token_ids = []
     for i, draft in enumerate(group.draft_token_ids):
         p = probs_of[start + i]
         position = len(rows[start + i].output_token_ids)
@@ -143,10 +142,10 @@ def _accept_sampled(
             residual = torch.clamp(p - group.draft_probs[i].to(p.dtype), min=0.0)
         if float(residual.sum()) <= 0.0:
             residual = p
-        token_ids.append(_draw(sampler, residual, seed, position))
+        token_ids.append(sampler.race_sample(residual, None, position))
         return token_ids
     last = start + len(group.draft_token_ids)
-    token_ids.append(_draw(sampler, probs_of[last], seed, len(rows[last].output_token_ids)))
+    token_ids.append(sampler.race_sample(probs_of[last], None, len(rows[last].output_token_ids)))
     return token_ids
 
 
@@ -161,19 +160,8 @@ def _accept_coupled(
     token_ids = []
     for i in range(len(group.draft_token_ids) + 1):
         row = start + i
-        token_id = _draw(sampler, probs_of[row], seed, len(rows[row].output_token_ids))
+        token_id = sampler.race_sample(probs_of[row], seed, len(rows[row].output_token_ids))
         token_ids.append(token_id)
         if i == len(group.draft_token_ids) or token_id != group.draft_token_ids[i]:
             break
     return token_ids
-
-
-def _draw(sampler: Sampler, weights: torch.Tensor, seed: int | None, position: int) -> int:
-    """A sample from weights (unnormalised) by the exponential race, with the noise the ordinary
-    sampler would use at this output position."""
-    noise = torch.empty_like(weights)
-    if seed is None:
-        noise.exponential_(generator=sampler.generator)
-    else:
-        noise.exponential_(generator=sampler.seeded_generator(position_seed(seed, position)))
-    return int((weights / noise).argmax().item())

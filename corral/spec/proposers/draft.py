@@ -28,7 +28,6 @@ from corral.model.models.llama import LlamaFamilyModel
 from corral.model.sampler import (
     Sampler,
     SamplingRow,
-    position_seed,
     samples_greedily,
     sampling_probs,
 )
@@ -196,22 +195,22 @@ class DraftProposer(Proposer):
         )
         last_rows = [row_end - 1 for _, row_end in inputs.row_ranges]
         logits = self.model.compute_logits(hidden[last_rows])
-        rows = []
-        for request, draft in active:
-            output = draft.state.token_ids[request.num_prompt_tokens :]
-            rows.append(
+        if any(_needs_processing(request.params) for request, _ in active):
+            rows = [
                 SamplingRow(
                     request.params,
                     request.token_ids[: request.num_prompt_tokens],
-                    output,
+                    draft.state.token_ids[request.num_prompt_tokens :],
                     frozenset(),
                 )
-            )
-        if any(_needs_processing(request.params) for request, _ in active):
+                for request, draft in active
+            ]
             self.sampler.process(logits, rows)
         argmax = logits.argmax(dim=-1).tolist()
         for index, (request, draft) in enumerate(active):
             state = draft.state
+            # The output position this draft stands at (the target draws it with the same noise).
+            position = len(state.token_ids) - request.num_prompt_tokens
             state.num_computed_tokens = len(state.token_ids)
             draft.book.num_computed_tokens = state.num_computed_tokens
             params = request.params
@@ -219,20 +218,10 @@ class DraftProposer(Proposer):
                 token_id = argmax[index]
             else:
                 q = sampling_probs(logits[index : index + 1], [params])[0]
-                token_id = self._draw(q, params, len(rows[index].output_token_ids))
+                token_id = self.sampler.race_sample(q, params.seed, position)
                 probs[request.request_id].append(q)
             state.token_ids.append(token_id)
             proposed[request.request_id].append(token_id)
-
-    def _draw(self, q: torch.Tensor, params: SamplingParams, position: int) -> int:
-        noise = torch.empty_like(q)
-        if params.seed is None:
-            noise.exponential_(generator=self.sampler.generator)
-        else:
-            # The noise the target draws this output position with (coupled verification).
-            seed = position_seed(params.seed, position)
-            noise.exponential_(generator=self.sampler.seeded_generator(seed))
-        return int((q / noise).argmax().item())
 
 
 def _needs_processing(params: SamplingParams) -> bool:
