@@ -1,0 +1,1 @@
+"""Structured output: constrained decoding, tool-call parsing and reasoning parsing."""
