@@ -217,6 +217,8 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    # The grammar library for structured output (corral/structured/backend.py).
+    structured_output_backend: str = "xgrammar"
     # Check the KV manager's integrity invariant after every step (slow; tests and debugging).
     debug_check_integrity: bool = False
     # Append every step's shape and duration here (JSON lines; corral.engine.step_log).

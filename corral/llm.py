@@ -41,6 +41,7 @@ def engine_config_from_kwargs(**kwargs: Any) -> EngineConfig:
     if "scheduling_policy" in kwargs:
         kwargs["policy"] = kwargs.pop("scheduling_policy")
     debug = bool(kwargs.pop("debug_check_integrity", False))
+    structured_backend = kwargs.pop("structured_output_backend", "xgrammar")
     speculative = {
         SPECULATIVE_KWARGS[name]: kwargs.pop(name)
         for name in list(kwargs)
@@ -59,6 +60,7 @@ def engine_config_from_kwargs(**kwargs: Any) -> EngineConfig:
         cache=CacheConfig(**parts[CacheConfig]),
         scheduler=SchedulerConfig(**parts[SchedulerConfig]),
         speculative=SpeculativeConfig(**speculative),
+        structured_output_backend=structured_backend,
         debug_check_integrity=debug,
     )
 
@@ -69,7 +71,8 @@ class LLM:
     LLM(model="path/to/hf-dir", dtype="bfloat16", max_num_seqs=64, ...) accepts every field of
     ModelConfig, CacheConfig and SchedulerConfig as a keyword, and speculative decoding as
     speculative_method=, num_speculative_tokens=, speculative_model= (and speculative_tokens_rule=,
-    speculative_ngram_min=, speculative_ngram_max=). model=None uses the bundled demo.
+    speculative_ngram_min=, speculative_ngram_max=), and structured_output_backend= (the grammar
+    library of SamplingParams(structured_output=...)). model=None uses the bundled demo.
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:

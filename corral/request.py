@@ -16,6 +16,8 @@ class RequestStatus(enum.IntEnum):
     FINISHED_STOPPED = 10
     FINISHED_LENGTH = 11
     FINISHED_ABORTED = 12
+    # It cannot go on (its grammar allows no token); stop_reason says why.
+    FINISHED_ERROR = 13
 
     @property
     def is_finished(self) -> bool:
@@ -30,6 +32,7 @@ _FINISH_REASONS = {
     RequestStatus.FINISHED_STOPPED: "stop",
     RequestStatus.FINISHED_LENGTH: "length",
     RequestStatus.FINISHED_ABORTED: "abort",
+    RequestStatus.FINISHED_ERROR: "error",
 }
 
 
@@ -65,6 +68,7 @@ class Request:
         "predicted_num_output_tokens",
         "block_hashes",
         "spec_token_ids",
+        "grammar",
     )
 
     def __init__(
@@ -117,6 +121,8 @@ class Request:
         self.block_hashes: list[bytes | int] = []
         # Draft tokens proposed after the last step, not yet verified (not in all_token_ids).
         self.spec_token_ids: list[int] = []
+        # The compiled structured-output grammar (opaque; set by the engine before scheduling).
+        self.grammar: object | None = None
         stop_ids = set(sampling_params.stop_token_ids)
         if not sampling_params.ignore_eos:
             stop_ids |= eos_token_ids

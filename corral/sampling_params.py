@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from corral.structured.params import ReasoningParams, StructuredOutputParams
+
 MAX_LOGPROBS = 20
 
 
@@ -52,6 +54,10 @@ class SamplingParams:
     # False: return token ids only (text stays empty; stop strings are then refused).
     detokenize: bool = True
     output_kind: OutputKind = OutputKind.CUMULATIVE
+    # The output's shape: a JSON schema, a regex, a grammar... (corral/structured/params.py).
+    structured_output: StructuredOutputParams | None = None
+    # A reasoning model's thinking block: where it ends, and its token budget.
+    reasoning: ReasoningParams | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -94,6 +100,17 @@ class SamplingParams:
             raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise ValueError(f"stop_token_ids must be non-negative ints, got {self.stop_token_ids}")
+        if self.structured_output is not None:
+            if self.ignore_eos:
+                raise ValueError(
+                    "ignore_eos cannot be combined with structured output: a finished grammar "
+                    "allows only the end-of-sequence token"
+                )
+            if self.min_tokens:
+                raise ValueError(
+                    f"min_tokens ({self.min_tokens}) cannot be combined with structured output: "
+                    "the grammar decides where the output ends"
+                )
         if self.logit_bias:
             for token_id, bias in self.logit_bias.items():
                 if not -100 <= bias <= 100:

@@ -23,6 +23,8 @@ class NewRequestData:
     num_computed_tokens: int
     eos_token_ids: frozenset[int] = frozenset()
     adapter_id: str | None = None
+    # The compiled structured-output grammar (opaque to the control plane), if any.
+    grammar: object | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,8 @@ class ModelOutput:
     # and the part of step_time_s spent proposing them.
     spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
     propose_time_s: float = 0.0
+    # Requests that cannot go on (their grammar allows no token), with the reason.
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 EMPTY_MODEL_OUTPUT = ModelOutput(sampled_token_ids={})

@@ -247,6 +247,9 @@ class Scheduler:
             if request is None or request.status != RequestStatus.RUNNING:
                 continue  # finished or aborted while the step ran
             new_token_ids: list[int] = []
+            failure = model_output.failed.get(request_id) if model_output.failed else None
+            if failure is not None:
+                request.status, request.stop_reason = RequestStatus.FINISHED_ERROR, failure
             for token_id in sampled.get(request_id, ()):
                 request.append_output_token(token_id)
                 new_token_ids.append(token_id)
@@ -263,7 +266,7 @@ class Scheduler:
             if new_token_ids:
                 self.slo.on_token(request)
             prompt_logprobs = model_output.prompt_logprobs.get(request_id)
-            if not new_token_ids and prompt_logprobs is None:
+            if not new_token_ids and prompt_logprobs is None and failure is None:
                 continue
             logprobs = model_output.logprobs.get(request_id)
             if logprobs is not None:
@@ -369,6 +372,7 @@ class Scheduler:
                 num_computed_tokens=request.num_computed_tokens,
                 eos_token_ids=request.eos_token_ids,
                 adapter_id=request.adapter_id,
+                grammar=request.grammar,
             )
             for request in step.admitted.values()
         ]

@@ -189,7 +189,8 @@ class AsyncLLM:
     ) -> RequestStream:
         """add_request, with the length prediction (if any) made in a worker thread so that the
         event loop keeps serving meanwhile. Same errors as add_request."""
-        if self.input_processor.length_predictor is None:
+        constrained = params.structured_output is not None
+        if self.input_processor.length_predictor is None and not constrained:
             return self.add_request(request_id, prompt, params, **request_fields)
         self.check_health()
         if request_fields.get("arrival_time") is None:
@@ -197,7 +198,12 @@ class AsyncLLM:
         text, token_ids = self.input_processor.tokenize_prompt(prompt)
         if self._predict_pool is None:
             self._predict_pool = ThreadPoolExecutor(1, thread_name_prefix="corral-predict")
-        predicted = await asyncio.get_running_loop().run_in_executor(
+        loop = asyncio.get_running_loop()
+        if constrained:
+            await loop.run_in_executor(
+                self._predict_pool, self.input_processor.check_output_constraint, params
+            )
+        predicted = await loop.run_in_executor(
             self._predict_pool, self.input_processor.predict_num_output_tokens, token_ids
         )
         tokenized = {"prompt": text, "prompt_token_ids": token_ids}

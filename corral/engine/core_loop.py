@@ -150,6 +150,11 @@ class CoreLoop:
         """Updates, the requests first scheduled since the last call, and the stats now."""
         started = []
         if self._unstarted:
+            for update in updates:
+                if update.finish_reason is not None and update.request_id in self._unstarted:
+                    request = self._unstarted[update.request_id]
+                    if request.first_scheduled_time is None:  # refused before scheduling
+                        del self._unstarted[update.request_id]
             for request_id, request in list(self._unstarted.items()):
                 if request.first_scheduled_time is not None:
                     started.append(

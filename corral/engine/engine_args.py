@@ -89,6 +89,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "simulator to real serving: corral simulate profile --from-step-log)",
     )
     group.add_argument("--debug-check-integrity", action="store_true")
+    group.add_argument(
+        "--structured-output-backend",
+        default="xgrammar",
+        help="the grammar library that enforces response_format, guided_* and forced tool "
+        "calls (default xgrammar)",
+    )
     add_speculative_arguments(parser)
 
 
@@ -161,6 +167,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         cache=cache,
         scheduler=scheduler,
         speculative=speculative_config_from_args(args),
+        structured_output_backend=args.structured_output_backend,
         debug_check_integrity=args.debug_check_integrity,
         step_log_path=args.step_log,
         **overrides,

@@ -20,6 +20,7 @@ from corral.core.messages import RequestUpdate, SchedulerStats
 from corral.core.scheduler import Scheduler
 from corral.model.arch import ModelArch
 from corral.request import Request, RequestStatus
+from corral.structured.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,13 @@ class EngineCore:
         self.scheduler = Scheduler(
             config.scheduler, self.kv_manager, max_model_len, speculative=config.speculative
         )
+        tokenizer_path = config.model.tokenizer or str(model_dir)
+        self.structured = StructuredOutputManager(
+            lambda: _hf_tokenizer(tokenizer_path),
+            arch.vocab_size,
+            sorted(arch.eos_token_ids),
+            config.structured_output_backend,
+        )
         # Tokens computed by the last step (0: nothing could run, e.g. a disk read pending).
         self.last_step_num_tokens = 0
         self.step_log = None
@@ -76,8 +84,13 @@ class EngineCore:
         gc.freeze()
 
     def add_request(self, request: Request) -> None:
-        """Queue a validated request (see InputProcessor)."""
-        self.scheduler.add_request(request)
+        """Queue a validated request (see InputProcessor); one with an output constraint waits
+        for its grammar's compile (off this thread) before the scheduler sees it."""
+        if self.structured.needs_constraint(request):
+            self.executor.grammar_backend = self.structured.backend
+            self.structured.submit(request)
+        else:
+            self.scheduler.add_request(request)
         if self.step_log is not None:
             self.step_log.request_added(
                 request.request_id, request.arrival_time, request.num_prompt_tokens
@@ -87,14 +100,17 @@ class EngineCore:
         self, request_ids: Iterable[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED
     ) -> None:
         """Abort (or stop) requests now; their KV blocks return at once."""
+        request_ids = list(request_ids)
         if self.step_log is not None:
-            request_ids = list(request_ids)
             self.step_log.requests_finished(request_ids)
+        if self.structured.num_pending:
+            self.structured.discard(request_ids)
         self.scheduler.finish_requests(request_ids, status)
 
     def step(self) -> list[RequestUpdate]:
         """One step: schedule, run the model, advance the books."""
         start = time.monotonic()
+        refused = self._admit_compiled() if self.structured.num_pending else []
         scheduler_output = self.scheduler.schedule()
         self.last_step_num_tokens = scheduler_output.total_num_scheduled_tokens
         # Called even when nothing is scheduled: the executor must still drop finished requests.
@@ -103,6 +119,8 @@ class EngineCore:
             # The speculative controller prices whole steps (scheduling included).
             model_output = dataclasses.replace(model_output, step_time_s=time.monotonic() - start)
         updates = self.scheduler.update(scheduler_output, model_output)
+        if refused:
+            updates = refused + updates
         if self.config.debug_check_integrity:
             self.kv_manager.check_integrity()
         if self.step_log is not None:
@@ -115,8 +133,24 @@ class EngineCore:
             )
         return updates
 
+    def _admit_compiled(self) -> list[RequestUpdate]:
+        """Requests whose grammar compiled go to the scheduler; a failed compile finishes its
+        request with finish reason "error" and the library's reason."""
+        refused = []
+        for outcome in self.structured.collect():
+            if outcome.error is None:
+                self.scheduler.add_request(outcome.request)
+                continue
+            request = outcome.request
+            request.status = RequestStatus.FINISHED_ERROR
+            request.stop_reason = outcome.error
+            refused.append(
+                RequestUpdate(request.request_id, [], "error", f"grammar: {outcome.error}")
+            )
+        return refused
+
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self.structured.num_pending > 0
 
     def stats(self) -> SchedulerStats:
         return self.scheduler.stats()
@@ -125,6 +159,13 @@ class EngineCore:
         """Wait for background KV writes (the disk tier) to reach their files; close the step
         log."""
         self.executor.storage.flush()
+        self.structured.shutdown()
         if self.step_log is not None:
             self.step_log.close()
             self.step_log = None
+
+
+def _hf_tokenizer(path: str):  # -> transformers.PreTrainedTokenizerBase
+    from corral.engine.tokenizer import Tokenizer
+
+    return Tokenizer(path).hf

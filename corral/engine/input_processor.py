@@ -35,12 +35,37 @@ class InputProcessor:
         self.eos_token_ids = frozenset(self.arch.eos_token_ids) or (
             frozenset([eos]) if eos is not None else frozenset()
         )
+        # Structured output constraints the grammar library accepted (by cache key).
+        self._checked_constraints: set[tuple[str, ...]] = set()
         # Output-length predictor (--length-predictor) for sjf/srpt and KV reservation.
         self.length_predictor = None
         if config.scheduler.length_predictor:
             from corral.predict import load_predictor
 
             self.length_predictor = load_predictor(config.scheduler.length_predictor)
+
+    def check_output_constraint(self, params: SamplingParams) -> None:
+        """Refuse a structured output constraint the grammar library cannot compile, or
+        reasoning token ids outside the vocabulary (ValueError naming the field and the
+        library's reason). The first call imports the library (seconds): from the event loop,
+        run it in a worker thread (AsyncLLM.add_request_async does)."""
+        constraint = params.structured_output
+        if constraint is not None:
+            key = constraint.cache_key()
+            if key not in self._checked_constraints:
+                from corral.structured.manager import GRAMMAR_BACKENDS
+
+                GRAMMAR_BACKENDS.get(self.config.structured_output_backend).check(constraint)
+                if len(self._checked_constraints) >= 1024:
+                    self._checked_constraints.clear()
+                self._checked_constraints.add(key)
+        reasoning = params.reasoning
+        if reasoning is not None:
+            for token_id in (*reasoning.start_token_ids, *reasoning.end_token_ids):
+                if not 0 <= token_id < self.vocab_size:
+                    raise ValueError(
+                        f"reasoning token id {token_id} is out of range [0, {self.vocab_size})"
+                    )
 
     def set_kv_pool(self, num_blocks: int, block_size: int) -> None:
         """The core's KV pool, once known: requests that can never fit it are refused."""
@@ -102,6 +127,7 @@ class InputProcessor:
         predicted_num_output_tokens: a known or externally predicted output length; without one,
         the length predictor (if configured) predicts it from the prompt's text."""
         arrival = time.monotonic() if arrival_time is None else arrival_time
+        self.check_output_constraint(params)
         if predicted_num_output_tokens is None:
             predicted_num_output_tokens = self.predict_num_output_tokens(token_ids)
         children = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,10 +18,11 @@ from corral.model.kv_identity import kv_config_hash
 from corral.model.kv_storage import KVSpec, KVStorage, kv_storage_dtype
 from corral.model.loader import load_model
 from corral.model.models.llama import LlamaFamilyModel
-from corral.model.sampler import Sampler, SamplingRow, gather_logprobs
+from corral.model.sampler import Sampler, gather_logprobs
+from corral.model.sampling_step import sample, verify_drafts
 from corral.model.step_inputs import RequestState, batch_order, build_step_inputs
 from corral.spec.proposer import ProposalRequest, Proposer
-from corral.spec.verify import VerifyGroup, verify
+from corral.structured.constraint import new_constraint
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ class ModelExecutor:
         self.num_prompt_logprobs_scored: dict[str, int] = {}
         # Speculative decoding's proposer (None: off); it runs after each step's sampling.
         self.proposer = proposer
+        # Structured output's grammar backend (corral/structured/), set by the engine core.
+        self.grammar_backend: Any = None
 
     @classmethod
     def create(
@@ -196,12 +200,15 @@ class ModelExecutor:
             del self.states[request_id].token_ids[length:]
         sampled_token_ids: dict[str, list[int]] = {}
         logprobs: dict[str, list[TokenLogprobs]] = {}
+        failed: dict[str, str] = {}
         if sample_rows:
             logits = self.model.compute_logits(hidden[sample_rows])
+            backend = self.grammar_backend
             if drafts:
-                self._verify(logits, sample_states, drafts, sampled_token_ids, logprobs)
+                samples = verify_drafts(self.sampler, backend, logits, sample_states, drafts)
             else:
-                self._sample(logits, sample_states, sampled_token_ids, logprobs)
+                samples = sample(self.sampler, backend, logits, sample_states)
+            sampled_token_ids, logprobs, failed = samples
         for state, num_tokens in scheduled:
             num_drafts = len(drafts.get(state.request_id, ()))
             num_accepted = len(sampled_token_ids.get(state.request_id, ())) - 1
@@ -227,44 +234,8 @@ class ModelExecutor:
             finished_disk_reads=finished_disk_reads,
             spec_token_ids=spec_token_ids,
             propose_time_s=propose_time_s,
+            failed=failed,
         )
-
-    def _sample(
-        self,
-        logits: torch.Tensor,
-        states: list[RequestState],
-        sampled_token_ids: dict[str, list[int]],
-        logprobs: dict[str, list[TokenLogprobs]],
-    ) -> None:
-        """One token per request, from one logits row each."""
-        result = self.sampler(logits, [_sampling_row(state) for state in states])
-        for state, token_id, token_logprobs in zip(states, result.token_ids, result.logprobs):
-            state.token_ids.append(token_id)
-            sampled_token_ids[state.request_id] = [token_id]
-            if token_logprobs is not None:
-                logprobs[state.request_id] = [token_logprobs]
-
-    def _verify(
-        self,
-        logits: torch.Tensor,
-        states: list[RequestState],
-        drafts: dict[str, list[int]],
-        sampled_token_ids: dict[str, list[int]],
-        logprobs: dict[str, list[TokenLogprobs]],
-    ) -> None:
-        """Accept or reject each request's drafts (k + 1 logits rows each; see spec/verify.py)."""
-        groups = []
-        for state in states:
-            draft_ids = drafts.get(state.request_id, [])
-            draft_probs = state.draft_probs
-            if draft_probs is not None:
-                draft_probs = draft_probs[: len(draft_ids)]
-            groups.append(VerifyGroup(_sampling_row(state), draft_ids, draft_probs))
-        for state, result in zip(states, verify(self.sampler, logits, groups)):
-            state.token_ids.extend(result.token_ids)
-            sampled_token_ids[state.request_id] = result.token_ids
-            if result.logprobs is not None:
-                logprobs[state.request_id] = result.logprobs
 
     def _propose(
         self,
@@ -311,7 +282,7 @@ class ModelExecutor:
             self.proposer.forget(scheduler_output.preempted_request_ids, finished=False)
         for new in scheduler_output.new_requests:
             stop_ids = set(new.sampling_params.stop_token_ids) | set(new.eos_token_ids)
-            self.states[new.request_id] = RequestState(
+            state = RequestState(
                 request_id=new.request_id,
                 token_ids=list(new.token_ids),
                 num_prompt_tokens=new.num_prompt_tokens,
@@ -320,6 +291,14 @@ class ModelExecutor:
                 num_computed_tokens=new.num_computed_tokens,
                 stop_token_ids=frozenset(stop_ids),
             )
+            params = new.sampling_params
+            if params.structured_output is not None or params.reasoning is not None:
+                state.constraint = new_constraint(
+                    self.grammar_backend, new.grammar, params.reasoning, sorted(stop_ids)
+                )
+                for token_id in state.output_token_ids:  # resumed after preemption
+                    state.constraint.accept(token_id)
+            self.states[new.request_id] = state
         for cached in scheduler_output.cached_requests:
             state = self.states[cached.request_id]
             if cached.num_kept_blocks is not None:
@@ -343,15 +322,6 @@ class ModelExecutor:
                 target = state.token_ids[start + offset + index + 1]
                 results.append(gather_logprobs(logprobs[index], target, num_top))
         return results
-
-
-def _sampling_row(state: RequestState) -> SamplingRow:
-    return SamplingRow(
-        state.params,
-        state.token_ids[: state.num_prompt_tokens],
-        state.output_token_ids,
-        state.stop_token_ids,
-    )
 
 
 def _num_blocks_from_budget(

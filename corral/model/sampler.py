@@ -12,11 +12,15 @@ probabilities).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from corral.core.messages import TokenLogprobs
 from corral.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from corral.structured.masking import TokenMask
 
 # Candidates examined before falling back to a full sort for top-p (exact either way).
 _TOP_P_CANDIDATES = 1024
@@ -56,11 +60,14 @@ class Sampler:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
-    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
-        """Sample one token per row of logits [num_rows, vocab] (float32, modified in place)."""
+    def __call__(
+        self, logits: torch.Tensor, rows: list[SamplingRow], mask: TokenMask | None = None
+    ) -> SamplerOutput:
+        """Sample one token per row of logits [num_rows, vocab] (float32, modified in place);
+        mask: the grammar's allowed tokens per row, if any."""
         want_logprobs = [row.params.logprobs is not None for row in rows]
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
-        self.process(logits, rows)
+        self.process(logits, rows, mask)
         token_ids = self._sample(logits, rows)
         logprobs: list[TokenLogprobs | None] = [None] * len(rows)
         if raw_logprobs is not None:
@@ -71,8 +78,13 @@ class Sampler:
                     )
         return SamplerOutput(token_ids, logprobs)
 
-    def process(self, logits: torch.Tensor, rows: list[SamplingRow]) -> None:
-        """Logit bias, min_tokens, repetition/frequency/presence penalties, per row, in place."""
+    def process(
+        self, logits: torch.Tensor, rows: list[SamplingRow], mask: TokenMask | None = None
+    ) -> None:
+        """Grammar mask, logit bias, min_tokens, repetition/frequency/presence penalties, per
+        row, in place."""
+        if mask is not None:
+            mask.apply(logits)
         vocab_size = logits.shape[-1]
         for index, row in enumerate(rows):
             params = row.params

@@ -8,6 +8,7 @@ import torch
 
 from corral.model.layers.attention import AttentionMetadata, DecodeBatch, PrefillSpan
 from corral.sampling_params import SamplingParams
+from corral.structured.constraint import OutputConstraint
 
 
 @dataclass(slots=True)
@@ -23,6 +24,8 @@ class RequestState:
     stop_token_ids: frozenset[int]
     # The distribution the pending drafts were drawn from ([k, vocab]; None: point masses).
     draft_probs: torch.Tensor | None = None
+    # The grammar / reasoning budget on its next token (corral/structured/constraint.py).
+    constraint: OutputConstraint | None = None
 
     @property
     def output_token_ids(self) -> list[int]:

@@ -26,6 +26,7 @@ been accepted; p is the distribution the ordinary sampler would draw from at tha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -37,6 +38,9 @@ from corral.model.sampler import (
     samples_greedily,
     sampling_probs,
 )
+
+if TYPE_CHECKING:
+    from corral.structured.masking import TokenMask
 
 
 @dataclass(slots=True)
@@ -54,9 +58,15 @@ class VerifyResult:
     logprobs: list[TokenLogprobs] | None
 
 
-def verify(sampler: Sampler, logits: torch.Tensor, groups: list[VerifyGroup]) -> list[VerifyResult]:
+def verify(
+    sampler: Sampler,
+    logits: torch.Tensor,
+    groups: list[VerifyGroup],
+    mask: TokenMask | None = None,
+) -> list[VerifyResult]:
     """logits: [sum(k_g + 1), vocab] float32, the groups' rows back to back (modified in place).
-    A group without drafts is ordinary sampling of one token."""
+    A group without drafts is ordinary sampling of one token. mask: grammar masks per row (see
+    corral/structured/masking.py)."""
     rows: list[SamplingRow] = []
     starts: list[int] = []
     for group in groups:
@@ -71,7 +81,7 @@ def verify(sampler: Sampler, logits: torch.Tensor, groups: list[VerifyGroup]) ->
             )
     want_logprobs = any(group.row.params.logprobs is not None for group in groups)
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
-    sampler.process(logits, rows)
+    sampler.process(logits, rows, mask)
     greedy_rows = [
         r
         for g, start in zip(groups, starts)
