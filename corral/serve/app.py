@@ -62,6 +62,14 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
     )
     token_texts = TokenTexts(engine.tokenizer)
     state = ServerState(engine, config, model_name, limits, metrics, token_texts)
+    if config.tool_call_parser is not None:
+        from corral.structured.tool_parsers import TOOL_CALL_PARSERS
+
+        state.tool_parser = TOOL_CALL_PARSERS.get(config.tool_call_parser)()
+    if config.reasoning_parser is not None:
+        from corral.structured.reasoning_parsers import REASONING_PARSERS
+
+        state.reasoning_parser = REASONING_PARSERS.get(config.reasoning_parser)()
     engine.stat_loggers.append(metrics.observe)
 
     @contextlib.asynccontextmanager

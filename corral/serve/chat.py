@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from corral.engine.async_llm import RequestStream
 from corral.engine.tokenizer import Tokenizer
 from corral.outputs import CompletionOutput
+from corral.serve.chat_output import ChoiceStream, finish_reason, merge_deltas, parse_choice
 from corral.serve.errors import bad_request
 from corral.serve.logprobs import chat_logprobs
 from corral.serve.protocol import ChatCompletionRequest, ChatMessage
@@ -37,7 +38,13 @@ from corral.serve.streaming import (
     run_until_disconnected,
     sse,
 )
-from corral.serve.validation import chat_params
+from corral.serve.structured import (
+    OutputSetup,
+    output_setup,
+    reasoning_params,
+    tool_schema_checks,
+)
+from corral.serve.validation import chat_params, with_output_constraint
 
 _THREAD_TEMPLATE_CHARS = 16384
 
@@ -61,6 +68,10 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"role": message.role, "content": content or ""}
         if message.name is not None:
             entry["name"] = message.name
+        if message.tool_calls:
+            entry["tool_calls"] = message.tool_calls
+        if message.tool_call_id is not None:
+            entry["tool_call_id"] = message.tool_call_id
         result.append(entry)
     return result
 
@@ -70,9 +81,13 @@ def render_chat(
     messages: list[dict[str, Any]],
     add_generation_prompt: bool,
     continue_final_message: bool = False,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
-    """Template and tokenize; a template that refuses the conversation gives a 400."""
+    """Template and tokenize (with the tools, for templates that render them); a template
+    that refuses the conversation gives a 400."""
     kwargs: dict[str, Any] = {"add_generation_prompt": add_generation_prompt}
+    if tools:
+        kwargs["tools"] = tools
     if continue_final_message:
         if add_generation_prompt:
             raise bad_request(
@@ -91,13 +106,31 @@ async def create_chat_completion(
 ) -> Response:
     state.check_model(req.model)
     params = chat_params(req, state.limits)
+    tool_parser = state.tool_parser
+    setup = output_setup(req, tool_parser.call_format if tool_parser is not None else None)
+    reasoning = reasoning_params(
+        state.reasoning_parser,
+        lambda text: state.engine.tokenizer.encode(text, add_special_tokens=False),
+        req.max_reasoning_tokens,
+        setup.constraint is not None,
+    )
+    params = with_output_constraint(params, setup.constraint, reasoning)
+    if setup.tools_active and not setup.forced_tools:
+        # No grammar holds the calls: check the parameter schemas (off the event loop).
+        for check in tool_schema_checks(req):
+            await asyncio.to_thread(
+                state.engine.input_processor.check_output_constraint,
+                params.clone(structured_output=check),
+            )
     messages = message_dicts(req.messages)
+    tools = [tool.model_dump(exclude_none=True) for tool in req.tools or []]
     render = (
         render_chat,
         state.engine.tokenizer,
         messages,
         req.add_generation_prompt,
         req.continue_final_message,
+        tools if setup.tools_active else None,
     )
     if sum(len(m["content"]) for m in messages) > _THREAD_TEMPLATE_CHARS:
         token_ids = await asyncio.to_thread(*render)
@@ -113,7 +146,7 @@ async def create_chat_completion(
         cache_salt=req.cache_salt,
         deadline_s=req.deadline_s,
     )
-    formatter = _ChatFormatter(state, req, request_id)
+    formatter = _ChatFormatter(state, req, request_id, setup)
     if req.stream:
         return event_stream(formatter.stream(streams[0]))
     return await run_until_disconnected(
@@ -124,12 +157,16 @@ async def create_chat_completion(
 
 
 class _ChatFormatter:
-    def __init__(self, state: ServerState, req: ChatCompletionRequest, request_id: str) -> None:
+    def __init__(
+        self, state: ServerState, req: ChatCompletionRequest, request_id: str, setup: OutputSetup
+    ) -> None:
         self.state = state
         self.req = req
         self.request_id = request_id
         self.created = int(time.time())
         self.token_text = state.token_texts
+        self.reasoning_parser = state.reasoning_parser
+        self.tool_parser = state.tool_parser if setup.tools_active else None
 
     def _logprobs(self, completion: CompletionOutput) -> ChatLogprobs | None:
         if not self.req.logprobs or completion.logprobs is None:
@@ -138,16 +175,23 @@ class _ChatFormatter:
         return chat_logprobs(completion.token_ids, completion.logprobs, num_top, self.token_text)
 
     def response(self, final: Any) -> ChatCompletionResponse:
-        choices = [
-            ChatChoice(
-                index=completion.index,
-                message=ChatMessageOut(content=completion.text),
-                logprobs=self._logprobs(completion),
-                finish_reason=completion.finish_reason,
-                stop_reason=completion.stop_reason,
+        choices = []
+        for completion in final.outputs:
+            parsed = parse_choice(completion.text, self.reasoning_parser, self.tool_parser)
+            message = ChatMessageOut(
+                content=parsed.content,
+                reasoning_content=parsed.reasoning_content,
+                tool_calls=parsed.tool_calls,
             )
-            for completion in final.outputs
-        ]
+            choices.append(
+                ChatChoice(
+                    index=completion.index,
+                    message=message,
+                    logprobs=self._logprobs(completion),
+                    finish_reason=finish_reason(completion.finish_reason, bool(parsed.tool_calls)),
+                    stop_reason=completion.stop_reason,
+                )
+            )
         self.state.log_output(final.request_id, [c.text for c in final.outputs])
         num_prompt = len(final.prompt_token_ids)
         num_generated = sum(len(c.token_ids) for c in final.outputs)
@@ -165,26 +209,42 @@ class _ChatFormatter:
         options = self.req.stream_options
         include_usage = bool(options and options.include_usage)
         continuous = include_usage and bool(options and options.continuous_usage_stats)
-        started: set[int] = set()
+        parsers: dict[int, ChoiceStream] = {}
         num_prompt = num_generated = 0
         async for _, output in merge_streams(self.state.engine, [stream]):
             num_prompt = len(output.prompt_token_ids)
             choices = []
             for completion in output.outputs:
-                if completion.index not in started:
-                    started.add(completion.index)
+                parser = parsers.get(completion.index)
+                if parser is None:
+                    parser = parsers[completion.index] = ChoiceStream(
+                        self.reasoning_parser, self.tool_parser
+                    )
                     first = DeltaMessage(role="assistant", content="")
                     yield sse(self._chunk([ChatStreamChoice(index=completion.index, delta=first)]))
                 num_generated += len(completion.token_ids)
                 has_logprobs = bool(self.req.logprobs and completion.token_ids)
                 if not completion.text and completion.finish_reason is None and not has_logprobs:
                     continue
+                if parser.is_plain:
+                    delta: DeltaMessage | None = DeltaMessage(content=completion.text)
+                else:
+                    pieces = parser.feed(completion.text)
+                    if completion.finish_reason is not None:
+                        pieces += parser.finish()
+                    delta = merge_deltas(pieces)
+                    if delta is None:
+                        if not has_logprobs and completion.finish_reason is None:
+                            continue
+                        delta = DeltaMessage()
                 choices.append(
                     ChatStreamChoice(
                         index=completion.index,
-                        delta=DeltaMessage(content=completion.text),
+                        delta=delta,
                         logprobs=self._logprobs(completion),
-                        finish_reason=completion.finish_reason,
+                        finish_reason=finish_reason(
+                            completion.finish_reason, parser.num_tool_calls > 0
+                        ),
                         stop_reason=completion.stop_reason,
                     )
                 )

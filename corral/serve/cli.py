@@ -79,6 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "api-key (per key), user (per `user` field, else key); default none",
     )
     group.add_argument("--no-access-log", action="store_true", help="no per-request access log")
+    group.add_argument(
+        "--tool-call-parser",
+        default=defaults.tool_call_parser,
+        help="how the model writes tool calls: hermes (<tool_call> JSON, Qwen and the demo "
+        "model), llama3_json, mistral ([TOOL_CALLS]); 'none' refuses tools",
+    )
+    group.add_argument(
+        "--reasoning-parser",
+        default=None,
+        help="separate reasoning_content: think (<think>...</think> written by the model) or "
+        "deepseek_r1 (the prompt opens <think>); default off",
+    )
     add_engine_arguments(parser)
 
 
@@ -99,6 +111,8 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
         served_model_name=args.served_model_name,
         drain_timeout_s=args.drain_timeout_s,
         cache_isolation=args.cache_isolation,
+        tool_call_parser=None if args.tool_call_parser == "none" else args.tool_call_parser,
+        reasoning_parser=args.reasoning_parser,
     )
 
 

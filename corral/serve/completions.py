@@ -29,7 +29,8 @@ from corral.serve.streaming import (
     run_until_disconnected,
     sse,
 )
-from corral.serve.validation import completion_params, completion_prompts
+from corral.serve.structured import output_setup
+from corral.serve.validation import completion_params, completion_prompts, with_output_constraint
 
 
 async def create_completion(
@@ -37,6 +38,7 @@ async def create_completion(
 ) -> Response:
     state.check_model(req.model)
     params = completion_params(req, state.limits)
+    params = with_output_constraint(params, output_setup(req, None).constraint, None)
     prompts = completion_prompts(req, state.limits)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     streams = await state.admit(

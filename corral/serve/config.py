@@ -26,6 +26,10 @@ class ServerConfig:
     drain_timeout_s: float = 120.0
     # Prefix-cache namespace per tenant: none | api-key | user (corral.serve.cache_isolation).
     cache_isolation: str = "none"
+    # Finds tool calls in outputs (corral/structured/tool_parsers); None: tools refused.
+    tool_call_parser: str | None = "hermes"
+    # Separates reasoning_content (corral/structured/reasoning_parsers); None: off.
+    reasoning_parser: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -43,6 +47,13 @@ class ServerConfig:
                 f"cache_isolation must be one of {CACHE_ISOLATION_MODES}, "
                 f"got {self.cache_isolation!r}"
             )
+        from corral.structured.reasoning_parsers import REASONING_PARSERS
+        from corral.structured.tool_parsers import TOOL_CALL_PARSERS
+
+        if self.tool_call_parser is not None:
+            TOOL_CALL_PARSERS.get(self.tool_call_parser)  # ValueError naming the known ones
+        if self.reasoning_parser is not None:
+            REASONING_PARSERS.get(self.reasoning_parser)
         if any(not key for key in self.api_keys):
             raise ValueError("an API key must not be empty")
         if self.cache_isolation == "api-key" and not self.api_keys:

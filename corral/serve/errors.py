@@ -104,7 +104,8 @@ def error_for_exception(error: BaseException) -> APIError:
     if isinstance(error, APIError):
         return error
     if isinstance(error, ValueError):
-        return APIError(400, str(error))
+        field = getattr(error, "field", None)  # a GrammarError names the request field
+        return APIError(400, str(error), param=field)
     if isinstance(error, EngineOverloadedError):
         retry = str(max(1, round(error.retry_after_s)))
         return APIError(503, str(error), code="overloaded", headers={"Retry-After": retry})

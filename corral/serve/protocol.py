@@ -23,6 +23,7 @@ from corral.serve.constraints import (
     max_items,
     not_empty,
 )
+from corral.serve.structured_protocol import GuidedFields, ResponseFormat, ToolChoice, Tools
 
 MAX_N = 128
 MAX_STOP_STRINGS = 32
@@ -64,8 +65,9 @@ MaxTokens = Annotated[int, in_range(1), Field(description=_FITS_CONTEXT)]
 NumLogprobs = Annotated[int, in_range(0, MAX_LOGPROBS)]
 
 
-class _SamplingFields(_Request):
-    """Fields shared by completions and chat: OpenAI's, then the common extras."""
+class _SamplingFields(_Request, GuidedFields):
+    """Fields shared by completions and chat: OpenAI's, then the common extras (the guided_*
+    structured output fields come from GuidedFields)."""
 
     model: str | None = Field(None, description="the served model's id; others get 404")
     n: Annotated[int, in_range(1, MAX_N)] = Field(
@@ -146,6 +148,7 @@ class CompletionRequest(_SamplingFields):
         None, description="only supported equal to n"
     )
     prompt_logprobs: NumLogprobs | None = None
+    response_format: ResponseFormat | None = None
 
 
 class TextPart(_Request):
@@ -161,11 +164,9 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
-
-
-class ResponseFormat(_Request):
-    type: str = Field(description="only 'text' is supported")
-    json_schema: dict[str, Any] | None = None
+    # An assistant's earlier calls (OpenAI shape) and a tool result's call id.
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 Messages = Annotated[list[ChatMessage], not_empty("must hold at least one message")]
@@ -177,13 +178,15 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
     top_logprobs: NumLogprobs | None = Field(None, description="needs logprobs: true")
-    tools: list[dict[str, Any]] | None = Field(None, description="not supported unless empty")
-    tool_choice: str | dict[str, Any] | None = Field(
-        None, description="only 'none' and 'auto' are accepted"
+    tools: Tools | None = Field(None, description="functions the model may call")
+    tool_choice: ToolChoice | None = Field(
+        None,
+        description="none, auto (the default with tools: the model decides, the server's "
+        "--tool-call-parser finds calls), required or a named function (forced by a grammar)",
     )
+    parallel_tool_calls: bool | None = Field(None, description="default true")
     response_format: ResponseFormat | None = None
     # Accepted and ignored: they change nothing here.
-    parallel_tool_calls: bool | None = None
     store: bool | None = None
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None

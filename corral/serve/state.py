@@ -30,6 +30,9 @@ class ServerState:
     metrics: ServerMetrics
     token_texts: TokenTexts
     draining: bool = False
+    # --tool-call-parser and --reasoning-parser (instances; None: off).
+    tool_parser: Any = None
+    reasoning_parser: Any = None
 
     def check_model(self, name: str | None) -> None:
         """404 unless the request names the served model (or no model)."""

@@ -99,6 +99,19 @@ def _check_max_tokens(name: str, value: int | None, min_tokens: int) -> None:
         raise bad_request(f"min_tokens ({min_tokens}) must be <= {name} ({value})", "min_tokens")
 
 
+def with_output_constraint(
+    params: SamplingParams, constraint: Any, reasoning: Any
+) -> SamplingParams:
+    """params with a structured output constraint and reasoning block (400 for a combination
+    that cannot work, such as ignore_eos with a grammar)."""
+    if constraint is None and reasoning is None:
+        return params
+    try:
+        return params.clone(structured_output=constraint, reasoning=reasoning)
+    except ValueError as error:
+        raise APIError(400, str(error)) from None
+
+
 def _build(params: dict[str, Any], limits: ModelLimits) -> SamplingParams:
     for name, value in limits.sampling_defaults.items():
         if params.get(name) is None:
@@ -128,16 +141,8 @@ def completion_params(req: CompletionRequest, limits: ModelLimits) -> SamplingPa
 
 
 def chat_params(req: ChatCompletionRequest, limits: ModelLimits) -> SamplingParams:
-    """SamplingParams of a /v1/chat/completions request (refuses tools and JSON modes)."""
-    if req.tools:
-        raise bad_request(f"tools are not supported (got {len(req.tools)} tools)", "tools")
-    if req.tool_choice not in (None, "none", "auto"):
-        raise bad_request(f"tool_choice {req.tool_choice!r} is not supported", "tool_choice")
-    if req.response_format is not None and req.response_format.type != "text":
-        raise bad_request(
-            f"response_format type {req.response_format.type!r} is not supported (only 'text')",
-            "response_format",
-        )
+    """SamplingParams of a /v1/chat/completions request, before its output constraint (see
+    corral.serve.structured)."""
     if req.top_logprobs and not req.logprobs:
         raise bad_request(
             f"top_logprobs ({req.top_logprobs}) needs logprobs set to true", "top_logprobs"

@@ -37,6 +37,8 @@ class StructuredOutputParams:
     grammar_syntax: GrammarSyntax = "ebnf"
     structural_tag: str | None = None
     whitespace: Whitespace = "compact"
+    # Where the constraint came from (a request field), for error messages; not compiled.
+    source: str | None = None
 
     def __post_init__(self) -> None:
         if self.choice is not None and not isinstance(self.choice, tuple):

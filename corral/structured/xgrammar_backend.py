@@ -35,17 +35,40 @@ def _reason(error: Exception) -> str:
 
 def _schema(params: StructuredOutputParams) -> str:
     """The JSON schema text, checked to be JSON (a str) or serializable (a dict)."""
+    field = params.source or "json_schema"
     value = params.json
     if isinstance(value, str):
         try:
             loaded = json.loads(value)
         except json.JSONDecodeError as error:
-            raise GrammarError("json_schema", f"not valid JSON: {error}") from None
+            raise GrammarError(field, f"not valid JSON: {error}") from None
     else:
         loaded = value
     if not isinstance(loaded, (dict, bool)):
-        raise GrammarError("json_schema", f"must be an object, got {type(loaded).__name__}")
+        raise GrammarError(field, f"must be an object, got {type(loaded).__name__}")
     return json.dumps(loaded)
+
+
+def _compact_tag(text: str) -> str:
+    """A structural tag whose JSON contents allow one whitespace character at a time (unless
+    they say otherwise); text that is not JSON is left for the library to refuse."""
+    try:
+        tag = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "json_schema" and "max_whitespace_cnt" not in node:
+                node["max_whitespace_cnt"] = 1
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(tag)
+    return json.dumps(tag)
 
 
 def _choice_ebnf(choices: tuple[str, ...]) -> str:
@@ -58,7 +81,7 @@ def _grammar(params: StructuredOutputParams) -> Any:
     import xgrammar as xgr
 
     kind = params.kind
-    field = _FIELDS[kind]
+    field = params.source or _FIELDS[kind]
     whitespace = {} if params.whitespace == "any" else _COMPACT
     try:
         if kind == "json":
@@ -74,7 +97,10 @@ def _grammar(params: StructuredOutputParams) -> Any:
             if params.grammar_syntax == "lark":
                 return xgr.Grammar.from_lark(text)
             return xgr.Grammar.from_ebnf(text)
-        return xgr.Grammar.from_structural_tag(params.structural_tag)
+        tag = params.structural_tag or ""
+        if params.whitespace == "compact":
+            tag = _compact_tag(tag)
+        return xgr.Grammar.from_structural_tag(tag)
     except GrammarError:
         raise
     except Exception as error:  # the library raises RuntimeError, ValueError, pydantic errors
@@ -101,7 +127,7 @@ class XGrammarBackend(GrammarBackend):
         try:
             return self._compiler.compile_grammar(grammar)
         except Exception as error:
-            raise GrammarError(_FIELDS[params.kind], _reason(error)) from None
+            raise GrammarError(params.source or _FIELDS[params.kind], _reason(error)) from None
 
     @staticmethod
     def check(params: StructuredOutputParams) -> None:
