@@ -16,11 +16,38 @@ ASSISTANT_TOKEN = "<|assistant|>"
 SYSTEM_TOKEN = "<|system|>"
 SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN]
 
-# Each turn: <|role|>content<|end|>; the generation prompt opens an assistant turn.
+# Each turn: <|role|>content<|end|>; the generation prompt opens an assistant turn. With tools, a
+# system turn first lists them (one JSON object a line) and how to call them. An assistant's calls
+# follow its content, one a line, as <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>
+# (the hermes parser's format); a tool's result is a user turn
+# <tool_response>\n...\n</tool_response> (the tokenizer has no tool role token). A conversation
+# without tools renders as it did before tools were added.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}"
+    "{{ '<|system|>You can call these tools. To call one, write <tool_call>\n"
+    '{"name": <a tool name>, "arguments": <its arguments as a JSON object>}\n</tool_call>'
+    ". Tools:' }}"
+    "{% for tool in tools %}"
+    "{{ '\n' + (tool['function'] if tool['function'] is defined else tool) | tojson }}"
+    "{% endfor %}"
+    "{{ '<|end|>' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '<|user|><tool_response>\n' + (message['content'] or '') + '\n</tool_response><|end|>' }}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>' + (message['content'] or '') }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% set function = call['function'] if call['function'] is defined else call %}"
+    "{% set arguments = function['arguments'] %}"
+    "{% if not loop.first or message['content'] %}{{ '\n' }}{% endif %}"
+    "{{ '<tool_call>\n{\"name\": ' + function['name'] | tojson + ', \"arguments\": ' }}"
+    "{{ arguments if arguments is string else arguments | tojson }}"
+    "{{ '}\n</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|end|>' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )

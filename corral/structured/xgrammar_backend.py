@@ -26,6 +26,10 @@ _FIELDS = {
     "structural_tag": "structural_tag",
 }
 _COMPACT = {"any_whitespace": False, "separators": (", ", ": ")}
+# xgrammar 0.2.9 writes the characters of a length-bounded string as [^"\\\r\n], which lets
+# raw control characters (invalid in JSON strings) through; JSON's own class replaces it.
+_LOOSE_STRING_CHARS = '[^\\"\\\\\\r\\n]'
+_JSON_STRING_CHARS = '[^\\0-\\x1f\\"\\\\]'
 
 
 def _reason(error: Exception) -> str:
@@ -49,26 +53,38 @@ def _schema(params: StructuredOutputParams) -> str:
     return json.dumps(loaded)
 
 
-def _compact_tag(text: str) -> str:
-    """A structural tag whose JSON contents allow one whitespace character at a time (unless
-    they say otherwise); text that is not JSON is left for the library to refuse."""
+def _json_grammar(schema: str, whitespace: str) -> Any:
+    """The grammar of a JSON schema (strict: undeclared properties refused), with JSON's own
+    string characters."""
+    import xgrammar as xgr
+
+    options = {} if whitespace == "any" else _COMPACT
+    grammar = xgr.Grammar.from_json_schema(schema, strict_mode=True, **options)
+    text = str(grammar)
+    fixed = text.replace(_LOOSE_STRING_CHARS, _JSON_STRING_CHARS)
+    return grammar if fixed == text else xgr.Grammar.from_ebnf(fixed)
+
+
+def _json_as_grammar(text: str, whitespace: str) -> str:
+    """A structural tag whose plain json_schema contents are replaced by their grammar (the
+    whitespace rule and string characters of _json_grammar); text that is not JSON is left for
+    the library to refuse."""
     try:
         tag = json.loads(text)
     except json.JSONDecodeError:
         return text
 
-    def visit(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "json_schema" and "max_whitespace_cnt" not in node:
-                node["max_whitespace_cnt"] = 1
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
+    def visit(node: Any) -> Any:
+        if isinstance(node, list):
+            return [visit(value) for value in node]
+        if not isinstance(node, dict):
+            return node
+        if node.get("type") == "json_schema" and set(node) <= {"type", "json_schema"}:
+            schema = json.dumps(node["json_schema"])
+            return {"type": "grammar", "grammar": str(_json_grammar(schema, whitespace))}
+        return {key: visit(value) for key, value in node.items()}
 
-    visit(tag)
-    return json.dumps(tag)
+    return json.dumps(visit(tag))
 
 
 def _choice_ebnf(choices: tuple[str, ...]) -> str:
@@ -82,12 +98,11 @@ def _grammar(params: StructuredOutputParams) -> Any:
 
     kind = params.kind
     field = params.source or _FIELDS[kind]
-    whitespace = {} if params.whitespace == "any" else _COMPACT
     try:
         if kind == "json":
-            return xgr.Grammar.from_json_schema(_schema(params), strict_mode=True, **whitespace)
+            return _json_grammar(_schema(params), params.whitespace)
         if kind == "json_object":
-            return xgr.Grammar.from_json_schema('{"type": "object"}', **whitespace)
+            return _json_grammar('{"type": "object"}', params.whitespace)
         if kind == "regex":
             return xgr.Grammar.from_regex(params.regex)
         if kind == "choice":
@@ -97,10 +112,9 @@ def _grammar(params: StructuredOutputParams) -> Any:
             if params.grammar_syntax == "lark":
                 return xgr.Grammar.from_lark(text)
             return xgr.Grammar.from_ebnf(text)
-        tag = params.structural_tag or ""
-        if params.whitespace == "compact":
-            tag = _compact_tag(tag)
-        return xgr.Grammar.from_structural_tag(tag)
+        return xgr.Grammar.from_structural_tag(
+            _json_as_grammar(params.structural_tag or "", params.whitespace)
+        )
     except GrammarError:
         raise
     except Exception as error:  # the library raises RuntimeError, ValueError, pydantic errors
@@ -140,8 +154,7 @@ class XGrammarBackend(GrammarBackend):
             xgr.GrammarMatcher(
                 compiled,
                 override_stop_tokens=list(stop_token_ids) or None,
-                max_rollback_tokens=max_rollback_tokens,
-            )
+            )  # rollback is unlimited in xgrammar >= 0.2 (max_rollback_tokens is deprecated)
         )
 
     @staticmethod
@@ -154,7 +167,9 @@ class XGrammarBackend(GrammarBackend):
     def apply_bitmask(logits: Any, bitmask: Any, row_indices: list[int]) -> None:
         import xgrammar as xgr
 
-        xgr.apply_token_bitmask_inplace(logits, bitmask, indices=row_indices)
+        # The CPU kernel by name: "auto" would import triton (and print its teardown noise).
+        backend = "cpu" if logits.device.type == "cpu" else "auto"
+        xgr.apply_token_bitmask_inplace(logits, bitmask, indices=row_indices, backend=backend)
 
 
 class _XGrammarMatcher:
