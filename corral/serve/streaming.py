@@ -19,7 +19,7 @@ from starlette.responses import Response, StreamingResponse
 
 from corral.engine.async_llm import AsyncLLM, RequestStream
 from corral.outputs import RequestOutput
-from corral.serve.errors import error_for_exception
+from corral.serve.errors import APIError, error_for_exception
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,12 @@ async def collect_final(engine: AsyncLLM, streams: list[RequestStream]) -> list[
     finals: list[RequestOutput | None] = [None] * len(streams)
     async for index, output in merge_streams(engine, streams):
         finals[index] = output
-    return [final for final in finals if final is not None]
+    results = [final for final in finals if final is not None]
+    for final in results:
+        for completion in final.outputs:
+            if completion.finish_reason == "error":  # e.g. a grammar the vocabulary cannot meet
+                raise APIError(400, f"the request cannot be completed: {completion.stop_reason}")
+    return results
 
 
 async def _wait_for_disconnect(request: Request) -> None:
