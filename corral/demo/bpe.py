@@ -25,9 +25,9 @@ SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, SYSTEM_TOKEN, USER_TOKEN, ASS
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% if tools %}"
-    "{{ '<|system|>You can call these tools. To call one, write <tool_call>\n"
-    '{"name": <a tool name>, "arguments": <its arguments as a JSON object>}\n</tool_call>'
-    ". Tools:' }}"
+    "{{ '<|system|>Call a tool as <tool_call>\n"
+    '{"name": ..., "arguments": {...}}\n</tool_call>. Tools:'
+    "' }}"
     "{% for tool in tools %}"
     "{{ '\n' + (tool['function'] if tool['function'] is defined else tool) | tojson }}"
     "{% endfor %}"
