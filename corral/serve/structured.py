@@ -34,13 +34,25 @@ def guided_constraint(req: GuidedFields) -> tuple[StructuredOutputParams | None,
     name, value = next(iter(given.items()))
     whitespace = req.guided_whitespace
     if name == "guided_json":
-        return StructuredOutputParams(json=value, whitespace=whitespace), name
+        return StructuredOutputParams(json=_schema_text(value, name), whitespace=whitespace), name
     if name == "guided_regex":
         return StructuredOutputParams(regex=value), name
     if name == "guided_choice":
         return StructuredOutputParams(choice=tuple(value)), name
     syntax = req.guided_grammar_syntax
     return StructuredOutputParams(grammar=value, grammar_syntax=syntax), name
+
+
+def _schema_text(schema: dict[str, Any] | str, field: str) -> str:
+    """A schema as JSON text: the engine process gets a string, which pickles at any nesting
+    depth (a deeply nested dict does not, and a message that fails to pickle is dropped by the
+    queue's feeder thread, leaving its request waiting forever)."""
+    if isinstance(schema, str):
+        return schema
+    try:
+        return json.dumps(schema)
+    except RecursionError:
+        raise bad_request(f"{field}: the schema is nested too deeply", field) from None
 
 
 def response_format_constraint(
@@ -59,10 +71,9 @@ def response_format_constraint(
                 "response_format type 'json_schema' needs json_schema.schema",
                 "response_format.json_schema",
             )
-        return (
-            StructuredOutputParams(json=spec.schema_, whitespace=whitespace),
-            "response_format.json_schema.schema",
-        )
+        field = "response_format.json_schema.schema"
+        schema = _schema_text(spec.schema_, field)
+        return StructuredOutputParams(json=schema, whitespace=whitespace), field
     if response_format.format is None:
         raise bad_request(
             "response_format type 'structural_tag' needs format", "response_format.format"

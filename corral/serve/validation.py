@@ -106,10 +106,13 @@ def with_output_constraint(
     that cannot work, such as ignore_eos with a grammar)."""
     if constraint is None and reasoning is None:
         return params
+    # The fields SamplingParams refuses with a constraint, in the order it checks them.
+    conflicting = [name for name in ("ignore_eos", "min_tokens") if getattr(params, name)]
     try:
         return params.clone(structured_output=constraint, reasoning=reasoning)
     except ValueError as error:
-        raise APIError(400, str(error)) from None
+        param = conflicting[0] if constraint is not None and conflicting else None
+        raise APIError(400, str(error), param=param) from None
 
 
 def _build(params: dict[str, Any], limits: ModelLimits) -> SamplingParams:
