@@ -70,7 +70,7 @@ def check_answer(path: str, body: Any, response: httpx.Response, server_log: str
     if path in ("/v1/completions", "/v1/chat/completions"):
         assert len(answer["choices"]) == _expected_choices(path, body), (body, answer)
         for choice in answer["choices"]:
-            assert choice["finish_reason"] in ("stop", "length"), (body, choice)
+            assert choice["finish_reason"] in ("stop", "length", "tool_calls"), (body, choice)
     elif path == "/tokenize":
         assert answer["count"] == len(answer["tokens"])
     elif path == "/detokenize":
