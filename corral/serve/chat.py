@@ -115,8 +115,8 @@ async def create_chat_completion(
         setup.constraint is not None,
     )
     params = with_output_constraint(params, setup.constraint, reasoning)
-    if setup.tools_active and not setup.forced_tools:
-        # No grammar holds the calls: check the parameter schemas (off the event loop).
+    if setup.tools_active:
+        # Each parameter schema on its own, so that a 400 names the tool (off the event loop).
         for check in tool_schema_checks(req):
             await asyncio.to_thread(
                 state.engine.input_processor.check_output_constraint,

@@ -14,6 +14,7 @@ from typing import Any
 
 from corral.structured.backend import GRAMMAR_BACKENDS, GrammarBackend, GrammarError
 from corral.structured.params import StructuredOutputParams
+from corral.structured.schema_check import unsupported_schema_problem
 
 # xgrammar's C++ errors start "[hh:mm:ss] /path/file.cc:123: "; the rest is the reason.
 _LOCATION = re.compile(r"^\[[0-9:]+\]\s+\S+:\d+:\s*")
@@ -50,6 +51,12 @@ def _schema(params: StructuredOutputParams) -> str:
         loaded = value
     if not isinstance(loaded, (dict, bool)):
         raise GrammarError(field, f"must be an object, got {type(loaded).__name__}")
+    try:
+        problem = unsupported_schema_problem(loaded)
+    except RecursionError:
+        problem = "the schema is nested too deeply"
+    if problem is not None:
+        raise GrammarError(field, problem)
     return json.dumps(loaded)
 
 

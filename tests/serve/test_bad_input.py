@@ -64,10 +64,10 @@ CASES = [
     (CHAT, {"messages": HI, "tools": [{"type": "function"}]}, 400, ["tools"], "tools"),
     (
         CHAT,
-        {"messages": HI, "response_format": {"type": "json_object"}},
+        {"messages": HI, "response_format": {"type": "xml"}},
         400,
         ["response_format", "json_object"],
-        "response_format",
+        "response_format.type",
     ),
     (
         CHAT,

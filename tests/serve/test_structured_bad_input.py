@@ -104,12 +104,12 @@ CASES = [
         "tools[0].function.parameters",
         ["nope"],
     ),
-    # A forced call compiles all tools into one grammar: the error names "tools".
+    # Each tool's schema is checked on its own first, forced call or not: the error names it.
     (
         "bad-parameters-required",
         CHAT,
         {"tools": [ADD, BAD_PARAMETERS], "tool_choice": "required"},
-        "tools",
+        "tools[1].function.parameters",
         ["nope"],
     ),
     ("duplicate-tool-names", CHAT, {"tools": [ADD, ADD]}, "tools", ["unique", "add"]),
