@@ -39,7 +39,7 @@ def sample(
     result = StepSamples({}, {}, {})
     constraints = [state.constraint for state in states]
     mask = sample_mask(backend, constraints, logits.shape[-1]) if backend is not None else None
-    empty = mask.take_empty_rows() if mask is not None else set()
+    empty = mask.take_empty_rows(logits.shape[-1]) if mask is not None else set()
     output = sampler(logits, [sampling_row(state) for state in states], mask)
     for row, state in enumerate(states):
         token_id = output.token_ids[row]
@@ -77,7 +77,7 @@ def verify_drafts(
     if backend is not None:
         pairs = [(state.constraint, group.draft_token_ids) for state, group in zip(states, groups)]
         mask, num_walked = verify_mask(backend, pairs, logits.shape[-1])
-    empty = mask.take_empty_rows() if mask is not None else set()
+    empty = mask.take_empty_rows(logits.shape[-1]) if mask is not None else set()
     first_row = 0
     verified = verify(sampler, logits, groups, mask)
     for state, group, outcome, walked in zip(states, groups, verified, num_walked):

@@ -65,6 +65,13 @@ class GrammarBackend:
             self._cache.popitem(last=False)
         return compiled
 
+    def cached(self, params: StructuredOutputParams) -> Any | None:
+        """The compiled grammar if it is in the cache (no compile), else None."""
+        compiled = self._cache.get(params.cache_key())
+        if compiled is not None:
+            self._cache.move_to_end(params.cache_key())
+        return compiled
+
     def _compile(self, params: StructuredOutputParams) -> Any:
         raise NotImplementedError
 
@@ -83,11 +90,6 @@ class GrammarBackend:
     @staticmethod
     def bitmask(num_rows: int, vocab_size: int) -> Any:
         """An all-allowed int32 bitmask tensor [num_rows, ceil(vocab_size / 32)]."""
-        raise NotImplementedError
-
-    @staticmethod
-    def apply_bitmask(logits: Any, bitmask: Any, row_indices: list[int]) -> None:
-        """Set logits[r, t] to -inf where bit t of bitmask[r] is 0, for r in row_indices."""
         raise NotImplementedError
 
 

@@ -62,9 +62,11 @@ class StructuredOutputManager:
         params = request.sampling_params.structured_output
         backend = self.backend
         future: Future[Any]
-        if params is None:
+        compiled = backend.cached(params) if params is not None else None
+        if params is None or compiled is not None:
+            # Nothing to compile: ready at this step (a worker thread would wait for the GIL).
             future = Future()
-            future.set_result(None)
+            future.set_result(compiled)
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.max_num_compile_threads, "corral-grammar")

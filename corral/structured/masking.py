@@ -9,9 +9,11 @@ drafts only where the grammar allows them, and the tokens that stand are accepte
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from corral.structured.constraint import OutputConstraint
@@ -19,29 +21,71 @@ from corral.structured.constraint import OutputConstraint
 NO_TOKEN_ALLOWED = "the output's grammar allows no token of this model's vocabulary here"
 
 
+# Unpacking the int32 words as bytes reads bit t % 32 of word t // 32 as bit t % 8 of byte t // 8
+# only on little-endian machines; elsewhere the bits are shifted out in torch.
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_BIT_SHIFTS = torch.arange(32, dtype=torch.int32)
+
+
 @dataclass(slots=True)
 class TokenMask:
-    """A step's bitmask [num_rows, words]; rows in row_indices are constrained."""
+    """A step's bitmask [num_rows, words] (bit t % 32 of word t // 32 allows token t, the
+    layout xgrammar and llguidance share); rows in row_indices are constrained."""
 
     backend: Any
     bitmask: torch.Tensor
     row_indices: list[int] = field(default_factory=list)
+    _allowed: np.ndarray | None = None  # bool [len(row_indices), vocab], unpacked once
+
+    def allowed(self, vocab_size: int) -> np.ndarray:
+        """The constrained rows' allowed tokens as booleans [len(row_indices), vocab_size]."""
+        if self._allowed is None or self._allowed.shape[1] != vocab_size:
+            words = self.bitmask.cpu().numpy()[self.row_indices]
+            if _LITTLE_ENDIAN:
+                bits = np.unpackbits(
+                    words.view(np.uint8), axis=1, bitorder="little", count=vocab_size
+                )
+            else:
+                shifted = (torch.from_numpy(words).unsqueeze(-1) >> _BIT_SHIFTS) & 1
+                bits = shifted.view(len(words), -1)[:, :vocab_size].to(torch.uint8).numpy()
+            self._allowed = bits.view(np.bool_)
+        return self._allowed
 
     def apply(self, logits: torch.Tensor) -> None:
         """Set the logits of disallowed tokens to -inf in the constrained rows (in place)."""
-        if self.row_indices:
-            self.backend.apply_bitmask(logits, self.bitmask, self.row_indices)
+        if not self.row_indices:
+            return
+        disallowed = ~self.allowed(logits.shape[1])
+        every_row = len(self.row_indices) == logits.shape[0]
+        if logits.device.type == "cpu" and logits.is_contiguous():
+            values = logits.numpy()  # shares memory: numpy's masked copy is the fastest here
+            if every_row:
+                np.copyto(values, -np.inf, where=disallowed)
+            else:
+                rows = values[self.row_indices]
+                np.copyto(rows, -np.inf, where=disallowed)
+                values[self.row_indices] = rows
+            return
+        mask = torch.from_numpy(disallowed).to(logits.device)
+        if every_row:
+            logits.masked_fill_(mask, float("-inf"))
+            return
+        rows = torch.tensor(self.row_indices, device=logits.device)
+        logits.index_copy_(0, rows, logits.index_select(0, rows).masked_fill_(mask, float("-inf")))
 
-    def take_empty_rows(self) -> set[int]:
+    def take_empty_rows(self, vocab_size: int) -> set[int]:
         """Constrained rows that allow no token at all, removed from the mask (their requests
         fail; their samples are discarded)."""
         if not self.row_indices:
             return set()
-        rows = torch.tensor(self.row_indices)
-        empty = (self.bitmask[rows] == 0).all(dim=1)
-        found = {self.row_indices[i] for i in empty.nonzero().flatten().tolist()}
-        if found:
-            self.row_indices = [row for row in self.row_indices if row not in found]
+        allowed = self.allowed(vocab_size)
+        empty = np.flatnonzero(~allowed.any(axis=1)).tolist()
+        if not empty:
+            return set()
+        found = {self.row_indices[i] for i in empty}
+        keep = [i for i, row in enumerate(self.row_indices) if row not in found]
+        self.row_indices = [self.row_indices[i] for i in keep]
+        self._allowed = allowed[keep]
         return found
 
 

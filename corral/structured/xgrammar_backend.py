@@ -170,14 +170,6 @@ class XGrammarBackend(GrammarBackend):
 
         return xgr.allocate_token_bitmask(num_rows, vocab_size)
 
-    @staticmethod
-    def apply_bitmask(logits: Any, bitmask: Any, row_indices: list[int]) -> None:
-        import xgrammar as xgr
-
-        # The CPU kernel by name: "auto" would import triton (and print its teardown noise).
-        backend = "cpu" if logits.device.type == "cpu" else "auto"
-        xgr.apply_token_bitmask_inplace(logits, bitmask, indices=row_indices, backend=backend)
-
 
 class _XGrammarMatcher:
     __slots__ = ("_matcher",)
