@@ -21,7 +21,7 @@ from benchmarks.structured_output_schemas import (
 from corral.engine.tokenizer import Tokenizer
 from corral.model.arch import ModelArch
 from corral.structured.constraint import MAX_ROLLBACK_TOKENS, new_constraint
-from corral.structured.masking import sample_mask
+from corral.structured.masking import TokenMask, sample_mask
 from corral.structured.params import StructuredOutputParams
 from corral.structured.xgrammar_backend import XGrammarBackend
 
@@ -270,7 +270,7 @@ def measure_step_path(
             t0 = clock()
             mask = sample_mask(backend, [constraints[i] for i in live], arch.vocab_size)
             t1 = clock()
-            if mask is None or mask.take_empty_rows():
+            if mask is None or mask.take_empty_rows(arch.vocab_size):
                 raise SystemExit(f"{workload}: a replayed output left its grammar")
             t2 = clock()
             mask.apply(logits[: len(live)])
@@ -298,8 +298,8 @@ def measure_step_path(
 
 
 def measure_apply(vocab_size: int, batches: tuple[int, ...]) -> list[dict[str, Any]]:
-    """XGrammarBackend.apply_bitmask on float32 logits [batch, vocab] by how many tokens each
-    row allows: its cost follows the number of masked tokens (microseconds per call)."""
+    """corral's TokenMask.apply (numpy unpack and masked fill, what the engine runs) on float32
+    logits [batch, vocab] by how many tokens each row allows (microseconds per call)."""
     rows = []
     for batch in batches:
         for allowed in ("all", "half", "one"):
@@ -313,7 +313,7 @@ def measure_apply(vocab_size: int, batches: tuple[int, ...]) -> list[dict[str, A
             for _ in range(7):
                 start = time.perf_counter()
                 for _ in range(50):
-                    XGrammarBackend.apply_bitmask(logits, bitmask, indices)
+                    TokenMask(None, bitmask, list(indices)).apply(logits)
                 samples.append((time.perf_counter() - start) / 50)
             us = statistics.median(samples[1:]) * 1e6
             rows.append(dict(batch=batch, allowed=allowed, us_per_call=round(us, 1)))
@@ -384,7 +384,7 @@ def print_step(rows: list[dict[str, Any]], decode_us: dict[str, float]) -> None:
 
 
 def print_apply(rows: list[dict[str, Any]]) -> None:
-    print("\n| batch | tokens allowed per row | apply_bitmask us/call | us/row |")
+    print("\n| batch | tokens allowed per row | TokenMask.apply us/call | us/row |")
     print("|---|---|---|---|")
     for row in rows:
         per_row = row["us_per_call"] / row["batch"]
