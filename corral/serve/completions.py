@@ -11,7 +11,6 @@ from fastapi.responses import Response
 
 from corral.engine.async_llm import RequestStream
 from corral.outputs import CompletionOutput, RequestOutput
-from corral.serve.errors import bad_request
 from corral.serve.logprobs import completion_logprobs
 from corral.serve.protocol import CompletionRequest
 from corral.serve.responses import (
@@ -39,12 +38,6 @@ async def create_completion(
 ) -> Response:
     state.check_model(req.model)
     params = completion_params(req, state.limits)
-    if req.max_reasoning_tokens is not None:
-        raise bad_request(
-            "max_reasoning_tokens applies to chat completions (the reasoning block is a chat "
-            "model's), not to /v1/completions",
-            "max_reasoning_tokens",
-        )
     params = with_output_constraint(params, output_setup(req, None).constraint, None)
     prompts = completion_prompts(req, state.limits)
     request_id = f"cmpl-{uuid.uuid4().hex}"

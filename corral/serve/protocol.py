@@ -23,7 +23,13 @@ from corral.serve.constraints import (
     max_items,
     not_empty,
 )
-from corral.serve.structured_protocol import GuidedFields, ResponseFormat, ToolChoice, Tools
+from corral.serve.structured_protocol import (
+    GuidedFields,
+    MaxReasoningTokens,
+    ResponseFormat,
+    ToolChoice,
+    Tools,
+)
 
 MAX_N = 128
 MAX_STOP_STRINGS = 32
@@ -185,6 +191,11 @@ class ChatCompletionRequest(_SamplingFields):
         "--tool-call-parser finds calls), required or a named function (forced by a grammar)",
     )
     parallel_tool_calls: bool | None = Field(None, description="default true")
+    max_reasoning_tokens: MaxReasoningTokens | None = Field(
+        None,
+        description="close the reasoning block after this many tokens (needs the server's "
+        "--reasoning-parser)",
+    )
     response_format: ResponseFormat | None = None
     # Accepted and ignored: they change nothing here.
     store: bool | None = None

@@ -88,7 +88,6 @@ class GuidedFields(BaseModel):
     guided_whitespace: Literal["compact", "any"] = Field(
         "compact", description="JSON whitespace: compact (one space after : and ,) or any"
     )
-    max_reasoning_tokens: Annotated[int, in_range(0)] | None = Field(
-        None,
-        description="close the reasoning block after this many tokens (needs --reasoning-parser)",
-    )
+
+
+MaxReasoningTokens = Annotated[int, in_range(0)]
