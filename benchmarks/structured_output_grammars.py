@@ -20,7 +20,8 @@ from benchmarks.structured_output_schemas import (
 )
 from corral.engine.tokenizer import Tokenizer
 from corral.model.arch import ModelArch
-from corral.structured.constraint import MAX_ROLLBACK_TOKENS, new_constraint
+from corral.structured.bitmask import new_bitmask
+from corral.structured.constraint import new_constraint
 from corral.structured.masking import TokenMask, sample_mask
 from corral.structured.params import StructuredOutputParams
 from corral.structured.xgrammar_backend import XGrammarBackend
@@ -154,9 +155,7 @@ def _matchers(hf: Any, arch: ModelArch, params: StructuredOutputParams) -> dict[
     libraries: dict[str, tuple] = {
         "xgrammar": (
             # The bare library matcher, made as XGrammarBackend.matcher makes it.
-            lambda: xgr.GrammarMatcher(
-                compiled, override_stop_tokens=stop_ids, max_rollback_tokens=MAX_ROLLBACK_TOKENS
-            ),
+            lambda: xgr.GrammarMatcher(compiled, override_stop_tokens=stop_ids),
             lambda m, bitmask: m.fill_next_token_bitmask(bitmask, 0),
             lambda m, token_id: m.accept_token(token_id),
         ),
@@ -268,7 +267,7 @@ def measure_step_path(
         for position in range(max(len(tokens) for tokens in sequences)):
             live = [i for i, tokens in enumerate(sequences) if position < len(tokens)]
             t0 = clock()
-            mask = sample_mask(backend, [constraints[i] for i in live], arch.vocab_size)
+            mask = sample_mask([constraints[i] for i in live], arch.vocab_size)
             t1 = clock()
             if mask is None or mask.take_empty_rows(arch.vocab_size):
                 raise SystemExit(f"{workload}: a replayed output left its grammar")
@@ -304,7 +303,7 @@ def measure_apply(vocab_size: int, batches: tuple[int, ...]) -> list[dict[str, A
     for batch in batches:
         for allowed in ("all", "half", "one"):
             logits = torch.randn(batch, vocab_size)
-            bitmask = XGrammarBackend.bitmask(batch, vocab_size)
+            bitmask = new_bitmask(batch, vocab_size)
             if allowed != "all":
                 bitmask.fill_(0x55555555 if allowed == "half" else 0)
                 bitmask[:, 0] |= 1
@@ -313,7 +312,7 @@ def measure_apply(vocab_size: int, batches: tuple[int, ...]) -> list[dict[str, A
             for _ in range(7):
                 start = time.perf_counter()
                 for _ in range(50):
-                    TokenMask(None, bitmask, list(indices)).apply(logits)
+                    TokenMask(bitmask, list(indices)).apply(logits)
                 samples.append((time.perf_counter() - start) / 50)
             us = statistics.median(samples[1:]) * 1e6
             rows.append(dict(batch=batch, allowed=allowed, us_per_call=round(us, 1)))

@@ -17,6 +17,7 @@ from corral.engine.tokenizer import Tokenizer
 from corral.model.resolve import resolve_model
 from corral.request import Request
 from corral.sampling_params import SamplingParams
+from corral.structured.params import StructuredOutputParams
 
 # A prompt: text, token ids, or a dict with "prompt" or "prompt_token_ids".
 PromptType = str | list[int] | Mapping[str, Any]
@@ -49,16 +50,8 @@ class InputProcessor:
         reasoning token ids outside the vocabulary (ValueError naming the field and the
         library's reason). The first call imports the library (seconds): from the event loop,
         run it in a worker thread (AsyncLLM.add_request_async does)."""
-        constraint = params.structured_output
-        if constraint is not None:
-            key = constraint.cache_key()
-            if key not in self._checked_constraints:
-                from corral.structured.manager import GRAMMAR_BACKENDS
-
-                GRAMMAR_BACKENDS.get(self.config.structured_output_backend).check(constraint)
-                if len(self._checked_constraints) >= 1024:
-                    self._checked_constraints.clear()
-                self._checked_constraints.add(key)
+        if params.structured_output is not None:
+            self.check_structured_output(params.structured_output)
         reasoning = params.reasoning
         if reasoning is not None:
             for token_id in (*reasoning.start_token_ids, *reasoning.end_token_ids):
@@ -66,6 +59,18 @@ class InputProcessor:
                     raise ValueError(
                         f"reasoning token id {token_id} is out of range [0, {self.vocab_size})"
                     )
+
+    def check_structured_output(self, constraint: StructuredOutputParams) -> None:
+        """Refuse a constraint the grammar library cannot compile (remembered once accepted)."""
+        key = constraint.cache_key()
+        if key in self._checked_constraints:
+            return
+        from corral.structured.manager import GRAMMAR_BACKENDS
+
+        GRAMMAR_BACKENDS.get(self.config.structured_output_backend).check(constraint)
+        if len(self._checked_constraints) >= 1024:
+            self._checked_constraints.clear()
+        self._checked_constraints.add(key)
 
     def set_kv_pool(self, num_blocks: int, block_size: int) -> None:
         """The core's KV pool, once known: requests that can never fit it are refused."""

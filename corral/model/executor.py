@@ -203,11 +203,10 @@ class ModelExecutor:
         failed: dict[str, str] = {}
         if sample_rows:
             logits = self.model.compute_logits(hidden[sample_rows])
-            backend = self.grammar_backend
             if drafts:
-                samples = verify_drafts(self.sampler, backend, logits, sample_states, drafts)
+                samples = verify_drafts(self.sampler, logits, sample_states, drafts)
             else:
-                samples = sample(self.sampler, backend, logits, sample_states)
+                samples = sample(self.sampler, logits, sample_states)
             sampled_token_ids, logprobs, failed = samples
         for state, num_tokens in scheduled:
             num_drafts = len(drafts.get(state.request_id, ()))

@@ -4,7 +4,7 @@ stand; a request whose grammar allows no token fails with a reason instead of sa
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -32,13 +32,11 @@ def sampling_row(state: RequestState) -> SamplingRow:
     )
 
 
-def sample(
-    sampler: Sampler, backend: Any, logits: torch.Tensor, states: list[RequestState]
-) -> StepSamples:
+def sample(sampler: Sampler, logits: torch.Tensor, states: list[RequestState]) -> StepSamples:
     """One token per request, from one logits row each."""
     result = StepSamples({}, {}, {})
     constraints = [state.constraint for state in states]
-    mask = sample_mask(backend, constraints, logits.shape[-1]) if backend is not None else None
+    mask = sample_mask(constraints, logits.shape[-1])
     empty = mask.take_empty_rows(logits.shape[-1]) if mask is not None else set()
     output = sampler(logits, [sampling_row(state) for state in states], mask)
     for row, state in enumerate(states):
@@ -59,7 +57,6 @@ def sample(
 
 def verify_drafts(
     sampler: Sampler,
-    backend: Any,
     logits: torch.Tensor,
     states: list[RequestState],
     drafts: dict[str, list[int]],
@@ -73,10 +70,8 @@ def verify_drafts(
         if draft_probs is not None:
             draft_probs = draft_probs[: len(draft_ids)]
         groups.append(VerifyGroup(sampling_row(state), draft_ids, draft_probs))
-    mask, num_walked = None, [0] * len(states)
-    if backend is not None:
-        pairs = [(state.constraint, group.draft_token_ids) for state, group in zip(states, groups)]
-        mask, num_walked = verify_mask(backend, pairs, logits.shape[-1])
+    pairs = [(state.constraint, group.draft_token_ids) for state, group in zip(states, groups)]
+    mask, num_walked = verify_mask(pairs, logits.shape[-1])
     empty = mask.take_empty_rows(logits.shape[-1]) if mask is not None else set()
     first_row = 0
     verified = verify(sampler, logits, groups, mask)

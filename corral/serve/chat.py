@@ -118,10 +118,7 @@ async def create_chat_completion(
     if setup.tools_active:
         # Each parameter schema on its own, so that a 400 names the tool (off the event loop).
         for check in tool_schema_checks(req):
-            await asyncio.to_thread(
-                state.engine.input_processor.check_output_constraint,
-                params.clone(structured_output=check),
-            )
+            await asyncio.to_thread(state.engine.input_processor.check_structured_output, check)
     messages = message_dicts(req.messages)
     tools = [tool.model_dump(exclude_none=True) for tool in req.tools or []]
     render = (

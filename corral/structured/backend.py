@@ -32,10 +32,8 @@ class Matcher(Protocol):
         """Advance by one token; False (and no change) if the grammar forbids it."""
 
     def rollback(self, num_tokens: int) -> None:
-        """Undo the last num_tokens accepted tokens."""
-
-    def is_terminated(self) -> bool:
-        """The grammar is complete and a stop token was accepted."""
+        """Undo the last num_tokens accepted tokens (as many as speculative decoding
+        verifies: up to 15)."""
 
 
 class GrammarBackend:
@@ -54,22 +52,21 @@ class GrammarBackend:
     def compile(self, params: StructuredOutputParams) -> Any:
         """The compiled grammar (cached); raises GrammarError. Thread-safe enough: a race
         compiles twice and keeps one."""
-        key = params.cache_key()
-        compiled = self._cache.get(key)
+        compiled = self.cached(params)
         if compiled is not None:
-            self._cache.move_to_end(key)
             return compiled
         compiled = self._compile(params)
-        self._cache[key] = compiled
+        self._cache[params.cache_key()] = compiled
         while len(self._cache) > self.max_num_cached:
             self._cache.popitem(last=False)
         return compiled
 
     def cached(self, params: StructuredOutputParams) -> Any | None:
         """The compiled grammar if it is in the cache (no compile), else None."""
-        compiled = self._cache.get(params.cache_key())
+        key = params.cache_key()
+        compiled = self._cache.get(key)
         if compiled is not None:
-            self._cache.move_to_end(params.cache_key())
+            self._cache.move_to_end(key)
         return compiled
 
     def _compile(self, params: StructuredOutputParams) -> Any:
@@ -81,15 +78,8 @@ class GrammarBackend:
         the frontend's admission)."""
         raise NotImplementedError
 
-    def matcher(
-        self, compiled: Any, stop_token_ids: list[int], max_rollback_tokens: int
-    ) -> Matcher:
+    def matcher(self, compiled: Any, stop_token_ids: list[int]) -> Matcher:
         """A fresh matcher at the start of the grammar; stop_token_ids end the output."""
-        raise NotImplementedError
-
-    @staticmethod
-    def bitmask(num_rows: int, vocab_size: int) -> Any:
-        """An all-allowed int32 bitmask tensor [num_rows, ceil(vocab_size / 32)]."""
         raise NotImplementedError
 
 

@@ -15,10 +15,8 @@ import enum
 from typing import Any
 
 from corral.structured.backend import Matcher
+from corral.structured.bitmask import set_bit
 from corral.structured.params import ReasoningParams
-
-# Speculative decoding verifies at most 15 drafts (config.SpeculativeConfig).
-MAX_ROLLBACK_TOKENS = 16
 
 
 class Phase(enum.IntEnum):
@@ -123,12 +121,5 @@ def new_constraint(
     """A constraint at the start of a request's output."""
     matcher = None
     if compiled is not None:
-        matcher = backend.matcher(compiled, stop_token_ids, MAX_ROLLBACK_TOKENS)
+        matcher = backend.matcher(compiled, stop_token_ids)
     return OutputConstraint(matcher, reasoning)
-
-
-def set_bit(bitmask: Any, row: int, token_id: int) -> None:
-    """Allow token_id in one row of an int32 bitmask (bit token_id % 32 of word token_id // 32)."""
-    word = int(bitmask[row, token_id // 32]) & 0xFFFFFFFF
-    word |= 1 << (token_id % 32)
-    bitmask[row, token_id // 32] = word - (1 << 32) if word >= 1 << 31 else word

@@ -1,7 +1,7 @@
 """Grammar masks over a step's logits rows (data plane, torch).
 
 The executor asks for one bitmask per step covering the rows it samples from; only the rows of
-constrained requests are filled and masked, all in one call to the backend's kernel. With
+constrained requests are filled and masked, all at once (numpy unpack, one masked copy). With
 speculative drafts, a request's k + 1 rows are filled by walking its constraint through the
 drafts (row i: the tokens allowed after draft i), then rolled back; verification then accepts
 drafts only where the grammar allows them, and the tokens that stand are accepted for real.
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
+from corral.structured.bitmask import allows, new_bitmask, set_bit
 from corral.structured.constraint import OutputConstraint
 
 NO_TOKEN_ALLOWED = "the output's grammar allows no token of this model's vocabulary here"
@@ -29,10 +29,9 @@ _BIT_SHIFTS = torch.arange(32, dtype=torch.int32)
 
 @dataclass(slots=True)
 class TokenMask:
-    """A step's bitmask [num_rows, words] (bit t % 32 of word t // 32 allows token t, the
-    layout xgrammar and llguidance share); rows in row_indices are constrained."""
+    """A step's bitmask [num_rows, words] (corral/structured/bitmask.py); rows in row_indices
+    are constrained."""
 
-    backend: Any
     bitmask: torch.Tensor
     row_indices: list[int] = field(default_factory=list)
     _allowed: np.ndarray | None = None  # bool [len(row_indices), vocab], unpacked once
@@ -89,13 +88,11 @@ class TokenMask:
         return found
 
 
-def sample_mask(
-    backend: Any, constraints: list[OutputConstraint | None], vocab_size: int
-) -> TokenMask | None:
+def sample_mask(constraints: list[OutputConstraint | None], vocab_size: int) -> TokenMask | None:
     """One row per request (None: unconstrained); None when no row is constrained."""
     if not any(c is not None for c in constraints):
         return None
-    mask = TokenMask(backend, backend.bitmask(len(constraints), vocab_size))
+    mask = TokenMask(new_bitmask(len(constraints), vocab_size))
     for row, constraint in enumerate(constraints):
         if constraint is not None and constraint.fill(mask.bitmask, row):
             mask.row_indices.append(row)
@@ -103,9 +100,7 @@ def sample_mask(
 
 
 def verify_mask(
-    backend: Any,
-    groups: list[tuple[OutputConstraint | None, list[int]]],
-    vocab_size: int,
+    groups: list[tuple[OutputConstraint | None, list[int]]], vocab_size: int
 ) -> tuple[TokenMask | None, list[int]]:
     """Rows for (constraint, drafts) groups of len(drafts) + 1 rows each, back to back. Returns
     the mask and, per group, how many drafts were walked into its constraint (roll them back
@@ -114,42 +109,36 @@ def verify_mask(
     if not any(c is not None for c, _ in groups):
         return None, [0] * len(groups)
     num_rows = sum(len(drafts) + 1 for _, drafts in groups)
-    mask = TokenMask(backend, backend.bitmask(num_rows, vocab_size))
+    mask = TokenMask(new_bitmask(num_rows, vocab_size))
     walked = []
     start = 0
     for constraint, drafts in groups:
         num_walked = 0
         if constraint is not None:
             row = start
-            if constraint.fill(mask.bitmask, row):
-                mask.row_indices.append(row)
+            constrained = _fill(mask, constraint, row)
             for draft in drafts:
-                if not _row_allows(mask, row, draft) or not constraint.accept(draft):
+                forbidden = constrained and not allows(mask.bitmask, row, draft)
+                if forbidden or not constraint.accept(draft):
                     break
                 num_walked += 1
                 row += 1
-                if constraint.fill(mask.bitmask, row):
-                    if (mask.bitmask[row] == 0).all():
-                        # A dead end after this draft: forbid the draft instead.
-                        constraint.rollback(1)
-                        num_walked -= 1
-                        mask.bitmask[row].fill_(-1)
-                        _clear_bit(mask.bitmask, row - 1, draft)
-                        break
-                    mask.row_indices.append(row)
+                constrained = _fill(mask, constraint, row)
+                if constrained and not bool(mask.bitmask[row].any()):
+                    # A dead end after this draft: forbid the draft instead.
+                    constraint.rollback(1)
+                    num_walked -= 1
+                    mask.row_indices.pop()
+                    set_bit(mask.bitmask, row - 1, draft, allowed=False)
+                    break
         walked.append(num_walked)
         start += len(drafts) + 1
     return mask, walked
 
 
-def _row_allows(mask: TokenMask, row: int, token_id: int) -> bool:
-    if row not in mask.row_indices[-1:]:
-        return True  # unconstrained row
-    word = int(mask.bitmask[row, token_id // 32])
-    return bool((word >> (token_id % 32)) & 1)
-
-
-def _clear_bit(bitmask: torch.Tensor, row: int, token_id: int) -> None:
-    word = int(bitmask[row, token_id // 32]) & 0xFFFFFFFF
-    word &= ~(1 << (token_id % 32)) & 0xFFFFFFFF
-    bitmask[row, token_id // 32] = word - (1 << 32) if word >= 1 << 31 else word
+def _fill(mask: TokenMask, constraint: OutputConstraint, row: int) -> bool:
+    """Fill one row from the constraint; whether the row is constrained."""
+    if constraint.fill(mask.bitmask, row):
+        mask.row_indices.append(row)
+        return True
+    return False

@@ -154,21 +154,15 @@ class XGrammarBackend(GrammarBackend):
     def check(params: StructuredOutputParams) -> None:
         _grammar(params)
 
-    def matcher(self, compiled: Any, stop_token_ids: list[int], max_rollback_tokens: int) -> Any:
+    def matcher(self, compiled: Any, stop_token_ids: list[int]) -> Any:
         import xgrammar as xgr
 
         return _XGrammarMatcher(
             xgr.GrammarMatcher(
                 compiled,
                 override_stop_tokens=list(stop_token_ids) or None,
-            )  # rollback is unlimited in xgrammar >= 0.2 (max_rollback_tokens is deprecated)
+            )  # rollback depth is unlimited in xgrammar >= 0.2
         )
-
-    @staticmethod
-    def bitmask(num_rows: int, vocab_size: int) -> Any:
-        import xgrammar as xgr
-
-        return xgr.allocate_token_bitmask(num_rows, vocab_size)
 
 
 class _XGrammarMatcher:
@@ -186,6 +180,3 @@ class _XGrammarMatcher:
     def rollback(self, num_tokens: int) -> None:
         if num_tokens:
             self._matcher.rollback(num_tokens)
-
-    def is_terminated(self) -> bool:
-        return bool(self._matcher.is_terminated())
