@@ -9,6 +9,7 @@ calls, so that a grammar can force one.
 from __future__ import annotations
 
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 
@@ -85,3 +86,35 @@ def partial_marker_len(text: str, marker: str) -> int:
         if text.endswith(marker[:size]):
             return size
     return 0
+
+
+class BufferedStream(ABC):
+    """An incremental parser of one output: feed() each new piece of text, then finish() once.
+    Text waits in _buf until _advance() can decide it; deltas collect in _out."""
+
+    def __init__(self) -> None:
+        self._buf = ""  # not yet consumed
+        self._out: list[StreamDelta] = []
+
+    def feed(self, delta_text: str) -> list[StreamDelta]:
+        """The deltas that `delta_text` (the next piece of the output) makes certain."""
+        self._buf += delta_text
+        self._advance(is_final=False)
+        return self._take()
+
+    def finish(self) -> list[StreamDelta]:
+        """The deltas left at the end of the output, held-back text included."""
+        self._advance(is_final=True)
+        self._at_end()
+        return self._take()
+
+    @abstractmethod
+    def _advance(self, is_final: bool) -> None:
+        """Consume what the buffer decides (all of it when is_final)."""
+
+    def _at_end(self) -> None:
+        """Flush what only the end of the output decides."""
+
+    def _take(self) -> list[StreamDelta]:
+        out, self._out = self._out, []
+        return out

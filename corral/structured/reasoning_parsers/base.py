@@ -12,7 +12,7 @@ from enum import Enum
 from typing import ClassVar, NamedTuple
 
 from corral.registry import Registry
-from corral.structured.tool_calls import StreamDelta, partial_marker_len
+from corral.structured.tool_calls import BufferedStream, StreamDelta, partial_marker_len
 
 
 class ExtractedReasoning(NamedTuple):
@@ -29,29 +29,17 @@ class _State(Enum):
     CONTENT = "content"  # verbatim
 
 
-class ReasoningStream:
+class ReasoningStream(BufferedStream):
     """The incremental parser of one output. feed() each new piece of text, then finish() once."""
 
     def __init__(self, start_text: str, end_text: str, starts_in_reasoning: bool) -> None:
+        super().__init__()
         self._start_text = start_text
         self._end_text = end_text
         self._starts_in_reasoning = starts_in_reasoning
         self._state = _State.START
-        self._buf = ""  # not yet consumed
-        self._out: list[StreamDelta] = []
         self._has_reasoning = False  # some reasoning has been emitted
         self._reasoning_ws = ""  # whitespace at the end of the reasoning so far, held back
-
-    def feed(self, delta_text: str) -> list[StreamDelta]:
-        """The deltas that `delta_text` (the next piece of the output) makes certain."""
-        self._buf += delta_text
-        self._advance(is_final=False)
-        return self._take()
-
-    def finish(self) -> list[StreamDelta]:
-        """The deltas left at the end of the output, held-back text included."""
-        self._advance(is_final=True)
-        return self._take()
 
     def _advance(self, is_final: bool) -> None:
         while True:
@@ -99,10 +87,6 @@ class ReasoningStream:
             self._has_reasoning = True
         self._reasoning_ws = text[len(text.rstrip()) :]
         self._out.append(StreamDelta(reasoning_content=body))
-
-    def _take(self) -> list[StreamDelta]:
-        out, self._out = self._out, []
-        return out
 
 
 class ReasoningParser:

@@ -20,6 +20,7 @@ from typing import ClassVar, NamedTuple
 
 from corral.registry import Registry
 from corral.structured.tool_calls import (
+    BufferedStream,
     CallFormat,
     ExtractedToolCalls,
     StreamDelta,
@@ -116,20 +117,12 @@ def parse_call(value: object) -> ParsedCall | None:
     return ParsedCall(name, json.dumps(arguments, ensure_ascii=False))
 
 
-class ToolCallStream(ABC):
+class ToolCallStream(BufferedStream):
     """The parser of one streamed output. feed() each new piece of text, then finish() once."""
 
     def __init__(self) -> None:
-        self._out: list[StreamDelta] = []
+        super().__init__()
         self.num_calls = 0
-
-    @abstractmethod
-    def feed(self, delta_text: str) -> list[StreamDelta]:
-        """The deltas that `delta_text` (the next piece of the output) makes certain."""
-
-    @abstractmethod
-    def finish(self) -> list[StreamDelta]:
-        """The deltas left at the end of the output, held-back text included."""
 
     def _emit_content(self, text: str) -> None:
         if text:
@@ -142,10 +135,6 @@ class ToolCallStream(ABC):
         self._out.append(StreamDelta(tool_calls=[head]))
         body = ToolCallDelta(index=index, id=None, name=None, arguments=call.arguments)
         self._out.append(StreamDelta(tool_calls=[body]))
-
-    def _take(self) -> list[StreamDelta]:
-        out, self._out = self._out, []
-        return out
 
 
 def collect(deltas: list[StreamDelta]) -> ExtractedToolCalls:
@@ -189,12 +178,41 @@ class BlockResult(NamedTuple):
     end: int
 
 
+NOT_A_BLOCK = BlockResult(None, 0)
+
+
 class CallBlock(ABC):
-    """Reads the text after one call marker, which only grows between calls of advance()."""
+    """Reads the text after one call marker, which only grows between calls of advance().
+    The block opens (after JSON whitespace) with a JSON value starting with `opener`."""
+
+    opener: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._span: JsonSpan | None = None
 
     @abstractmethod
     def advance(self, text: str, is_final: bool) -> BlockResult | None:
         """The block's result once `text` decides it (always, when is_final), else None."""
+
+    def _json_end(self, text: str, is_final: bool) -> int | BlockResult | None:
+        """Where the opening JSON value ends in text; NOT_A_BLOCK if the text does not open
+        with `opener` (or, at the end of the output, the value never closes); None while
+        undecided."""
+        if self._span is None:
+            first = NON_WS.search(text)
+            if first is None:
+                return NOT_A_BLOCK if is_final else None
+            if text[first.start()] != self.opener:
+                return NOT_A_BLOCK
+            self._span = JsonSpan(first.start())
+        end = self._span.end(text)
+        if end is None:
+            return NOT_A_BLOCK if is_final else None
+        return end
+
+    def _json_text(self, text: str, end: int) -> str:
+        assert self._span is not None
+        return text[self._span.start : end]
 
 
 class MarkedCallStream(ToolCallStream):
@@ -208,22 +226,15 @@ class MarkedCallStream(ToolCallStream):
         super().__init__()
         self._marker = marker
         self._new_block = new_block
-        self._buf = ""  # not yet consumed: content text, or the text after a block's marker
+        # _buf holds content text, or the text after a block's marker.
         self._block: CallBlock | None = None
         self._pending_ws = ""  # whitespace that opens the current stretch of content
         self._stretch_has_text = False
 
-    def feed(self, delta_text: str) -> list[StreamDelta]:
-        self._buf += delta_text
-        self._advance(is_final=False)
-        return self._take()
-
-    def finish(self) -> list[StreamDelta]:
-        self._advance(is_final=True)
+    def _at_end(self) -> None:
         if self.num_calls == 0:
             self._emit_content(self._pending_ws)
         self._pending_ws = ""
-        return self._take()
 
     def _advance(self, is_final: bool) -> None:
         while True:

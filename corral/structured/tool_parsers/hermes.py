@@ -10,10 +10,10 @@ from __future__ import annotations
 from corral.structured.tool_calls import CallFormat
 from corral.structured.tool_parsers.base import (
     NON_WS,
+    NOT_A_BLOCK,
     TOOL_CALL_PARSERS,
     BlockResult,
     CallBlock,
-    JsonSpan,
     MarkedCallStream,
     ParsedCall,
     ToolCallParser,
@@ -29,25 +29,20 @@ CLOSE_TAG = "</tool_call>"
 class _HermesBlock(CallBlock):
     """`{call}` then `</tool_call>`, JSON whitespace around the object."""
 
+    opener = "{"
+
     def __init__(self) -> None:
-        self._span: JsonSpan | None = None
+        super().__init__()
         self._call: ParsedCall | None = None
 
     def advance(self, text: str, is_final: bool) -> BlockResult | None:
-        if self._span is None:
-            first = NON_WS.search(text)
-            if first is None:
-                return BlockResult(None, 0) if is_final else None
-            if text[first.start()] != "{":
-                return BlockResult(None, 0)
-            self._span = JsonSpan(first.start())
-        end = self._span.end(text)
-        if end is None:
-            return BlockResult(None, 0) if is_final else None
+        end = self._json_end(text, is_final)
+        if not isinstance(end, int):
+            return end
         if self._call is None:
-            self._call = parse_call(load_json(text[self._span.start : end]))
+            self._call = parse_call(load_json(self._json_text(text, end)))
             if self._call is None:
-                return BlockResult(None, 0)
+                return NOT_A_BLOCK
         after = NON_WS.search(text, end)
         if after is None:  # only whitespace after the object: the end of the output ends the call
             return BlockResult([self._call], len(text)) if is_final else None
@@ -57,7 +52,7 @@ class _HermesBlock(CallBlock):
         rest = text[tag_start:]
         if len(rest) < len(CLOSE_TAG) and CLOSE_TAG.startswith(rest) and not is_final:
             return None
-        return BlockResult(None, 0)
+        return NOT_A_BLOCK
 
 
 @TOOL_CALL_PARSERS.register("hermes")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from corral.structured.tool_calls import CallFormat, StreamDelta
+from corral.structured.tool_calls import CallFormat
 from corral.structured.tool_parsers.base import (
     NON_WS,
     TOOL_CALL_PARSERS,
@@ -37,18 +37,8 @@ class Llama3JsonStream(ToolCallStream):
     def __init__(self) -> None:
         super().__init__()
         self._state = _State.START
-        self._buf = ""  # not yet consumed
         self._head = ""  # consumed before the first object (whitespace, tag): content if it fails
         self._span: JsonSpan | None = None
-
-    def feed(self, delta_text: str) -> list[StreamDelta]:
-        self._buf += delta_text
-        self._advance(is_final=False)
-        return self._take()
-
-    def finish(self) -> list[StreamDelta]:
-        self._advance(is_final=True)
-        return self._take()
 
     def _advance(self, is_final: bool) -> None:
         while True:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from corral.structured.tool_calls import CallFormat
 from corral.structured.tool_parsers.base import (
-    NON_WS,
+    NOT_A_BLOCK,
     TOOL_CALL_PARSERS,
     BlockResult,
     CallBlock,
-    JsonSpan,
     MarkedCallStream,
     ToolCallParser,
     ToolCallStream,
@@ -26,26 +25,18 @@ MARKER = "[TOOL_CALLS]"
 class _MistralBlock(CallBlock):
     """`[call, ...]`, JSON whitespace before the array."""
 
-    def __init__(self) -> None:
-        self._span: JsonSpan | None = None
+    opener = "["
 
     def advance(self, text: str, is_final: bool) -> BlockResult | None:
-        if self._span is None:
-            first = NON_WS.search(text)
-            if first is None:
-                return BlockResult(None, 0) if is_final else None
-            if text[first.start()] != "[":
-                return BlockResult(None, 0)
-            self._span = JsonSpan(first.start())
-        end = self._span.end(text)
-        if end is None:
-            return BlockResult(None, 0) if is_final else None
-        value = load_json(text[self._span.start : end])
+        end = self._json_end(text, is_final)
+        if not isinstance(end, int):
+            return end
+        value = load_json(self._json_text(text, end))
         if not isinstance(value, list) or not value:
-            return BlockResult(None, 0)
+            return NOT_A_BLOCK
         calls = [parse_call(element) for element in value]
         if any(call is None for call in calls):
-            return BlockResult(None, 0)
+            return NOT_A_BLOCK
         return BlockResult([call for call in calls if call is not None], end)
 
 
