@@ -14,64 +14,8 @@ import pytest
 from corral import LLM, SamplingParams
 from corral.structured.params import StructuredOutputParams
 from tests.model.oracle import TEST_DEVICE
+from tests.structured.schemas import REGEXES, SCHEMAS
 
-SCHEMAS = {
-    "nested": {
-        "type": "object",
-        "properties": {
-            "user": {
-                "type": "object",
-                "properties": {
-                    "id": {"type": "integer", "minimum": 1, "maximum": 999},
-                    "tags": {
-                        "type": "array",
-                        "items": {"type": "string", "maxLength": 6},
-                        "maxItems": 3,
-                    },
-                },
-                "required": ["id", "tags"],
-            }
-        },
-        "required": ["user"],
-    },
-    "enums": {
-        "type": "object",
-        "properties": {
-            "color": {"enum": ["red", "green", "blue"]},
-            "size": {"enum": [1, 2, 3, None]},
-            "ok": {"type": "boolean"},
-        },
-        "required": ["color", "size", "ok"],
-    },
-    "bounded-numbers": {
-        "type": "object",
-        "properties": {
-            "n": {"type": "integer", "minimum": -5, "maximum": 40},
-            "k": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10},
-        },
-        "required": ["n", "k"],
-    },
-    "optional-fields": {
-        "type": "object",
-        "properties": {
-            "a": {"type": "boolean"},
-            "b": {"type": "string", "maxLength": 4},
-            "c": {"type": "null"},
-        },
-        "required": ["a"],
-    },
-    "any-of": {
-        "anyOf": [
-            {
-                "type": "object",
-                "properties": {"kind": {"const": "x"}, "v": {"type": "boolean"}},
-                "required": ["kind", "v"],
-            },
-            {"type": "array", "items": {"enum": [0, 1]}, "minItems": 1, "maxItems": 4},
-        ]
-    },
-}
-REGEXES = [r"[0-9]{3}-[a-z]{2,4}", r"(yes|no|maybe)!", r"[A-Z][a-z]{0,5} [0-9]{1,2}"]
 MAX_TOKENS = 120
 
 
