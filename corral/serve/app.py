@@ -1,4 +1,5 @@
-"""The FastAPI application: OpenAI endpoints, tokenizer endpoints, health, version, metrics."""
+"""The FastAPI application: OpenAI endpoints, tokenizer endpoints, health, version, metrics,
+LoRA adapter loading (corral.serve.lora_admin)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from corral.serve.chat import create_chat_completion, message_dicts, render_chat
 from corral.serve.completions import create_completion
 from corral.serve.errors import APIError, install_error_handlers
 from corral.serve.logprobs import TokenTexts
+from corral.serve.lora_admin import install_lora_routes
 from corral.serve.metrics import CONTENT_TYPE, ServerMetrics
 from corral.serve.openapi import errors, install_openapi, post_json
 from corral.serve.protocol import (
@@ -31,7 +33,6 @@ from corral.serve.responses import (
     CompletionResponse,
     DetokenizeResponse,
     KVState,
-    ModelCard,
     ModelList,
     TokenizeResponse,
     VersionResponse,
@@ -51,9 +52,11 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
     """The server around an AsyncLLM. With start_engine, the app's lifespan starts the engine
     core and shuts it down (after uvicorn has drained the requests in flight)."""
     model_name = config.served_model_name or engine.model_dir.name
-    speculative = engine.config.speculative
+    speculative, lora = engine.config.speculative, engine.config.lora
     metrics = ServerMetrics(
-        model_name, speculative.num_speculative_tokens if speculative.is_enabled else None
+        model_name,
+        speculative.num_speculative_tokens if speculative.is_enabled else None,
+        lora.max_loras if lora.is_enabled else None,
     )
     limits = ModelLimits(
         engine.input_processor.vocab_size,
@@ -62,6 +65,11 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
     )
     token_texts = TokenTexts(engine.tokenizer)
     state = ServerState(engine, config, model_name, limits, metrics, token_texts)
+    adapters = engine.input_processor.adapters
+    if adapters is not None and adapters.get(model_name) is not None:
+        logger.warning(
+            "LoRA adapter %r has the served model's name: it selects the base", model_name
+        )
     if config.tool_call_parser is not None:
         from corral.structured.tool_parsers import TOOL_CALL_PARSERS
 
@@ -87,12 +95,6 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
     app = FastAPI(title="corral", version=corral.__version__, lifespan=lifespan)
     app.state.server = state
     install_error_handlers(app)
-    install_openapi(
-        app,
-        [CompletionRequest, ChatCompletionRequest, TokenizeRequest, DetokenizeRequest],
-        [ChatCompletionChunk],
-        has_api_keys=bool(config.api_keys),
-    )
     if config.api_keys:
         app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)
 
@@ -129,15 +131,14 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
 
     @app.get("/v1/models", response_model=ModelList, responses=errors(401))
     async def models() -> Response:
-        card = ModelCard(
-            id=model_name, root=str(engine.model_dir), max_model_len=engine.max_model_len
-        )
-        return json_response(ModelList(data=[card]))
+        return json_response(ModelList(data=state.model_cards()))
+
+    lora_models = install_lora_routes(app, state, body)
 
     @app.post("/tokenize", **post_json(TokenizeRequest, TokenizeResponse))
     async def tokenize(request: Request) -> Response:
         req = parse_body(TokenizeRequest, await body(request))
-        state.check_model(req.model)
+        state.select_model(req.model)
         if (req.prompt is None) == (req.messages is None):
             raise APIError(400, "send exactly one of prompt and messages", param="prompt")
         tokenizer = engine.tokenizer
@@ -158,7 +159,7 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
     @app.post("/detokenize", **post_json(DetokenizeRequest, DetokenizeResponse))
     async def detokenize(request: Request) -> Response:
         req = parse_body(DetokenizeRequest, await body(request))
-        state.check_model(req.model)
+        state.select_model(req.model)
         engine.input_processor.check_token_ids(req.tokens)
         return json_response(DetokenizeResponse(prompt=engine.tokenizer.decode(req.tokens)))
 
@@ -198,4 +199,11 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
                 raise APIError(500, str(error), code="kv_integrity") from None
             return json_response(KVState(**state))
 
+    install_openapi(
+        app,
+        [CompletionRequest, ChatCompletionRequest, TokenizeRequest, DetokenizeRequest]
+        + lora_models,
+        [ChatCompletionChunk],
+        has_api_keys=bool(config.api_keys),
+    )
     return app

@@ -104,7 +104,7 @@ def render_chat(
 async def create_chat_completion(
     state: ServerState, req: ChatCompletionRequest, raw: Request, client_id: str | None
 ) -> Response:
-    state.check_model(req.model)
+    adapter = state.select_model(req.model)
     params = chat_params(req, state.limits)
     tool_parser = state.tool_parser
     setup = output_setup(req, tool_parser.call_format if tool_parser is not None else None)
@@ -142,6 +142,7 @@ async def create_chat_completion(
         client_id=client_id,
         cache_salt=req.cache_salt,
         deadline_s=req.deadline_s,
+        lora_request=adapter,
     )
     formatter = _ChatFormatter(state, req, request_id, setup)
     if req.stream:
@@ -162,6 +163,8 @@ class _ChatFormatter:
         self.request_id = request_id
         self.created = int(time.time())
         self.token_text = state.token_texts
+        # Echoed in every response: the LoRA adapter's name for an adapter's request.
+        self.model = req.model or state.model_name
         self.reasoning_parser = state.reasoning_parser
         self.tool_parser = state.tool_parser if setup.tools_active else None
 
@@ -199,7 +202,7 @@ class _ChatFormatter:
             prompt_tokens_details=PromptTokensDetails(cached_tokens=final.num_cached_tokens),
         )
         return ChatCompletionResponse(
-            id=self.request_id, model=self.state.model_name, choices=choices, usage=usage
+            id=self.request_id, model=self.model, choices=choices, usage=usage
         )
 
     async def stream(self, stream: RequestStream) -> AsyncIterator[bytes]:
@@ -265,7 +268,7 @@ class _ChatFormatter:
         return ChatCompletionChunk(
             id=self.request_id,
             created=self.created,
-            model=self.state.model_name,
+            model=self.model,
             choices=choices,
             usage=usage,
         )

@@ -15,6 +15,7 @@ from corral.serve.config import ServerConfig
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "CORRAL_API_KEY"
+RUNTIME_LORA_ENV = "CORRAL_ALLOW_RUNTIME_LORA_UPDATING"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +92,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="separate reasoning_content: think (<think>...</think> written by the model) or "
         "deepseek_r1 (the prompt opens <think>); default off",
     )
+    group.add_argument(
+        "--allow-runtime-lora-updating",
+        action="store_true",
+        help="answer POST /v1/load_lora_adapter and /v1/unload_lora_adapter (needs "
+        f"--enable-lora; default: env {RUNTIME_LORA_ENV}=1, else off)",
+    )
     add_engine_arguments(parser)
 
 
@@ -113,6 +120,8 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
         cache_isolation=args.cache_isolation,
         tool_call_parser=None if args.tool_call_parser == "none" else args.tool_call_parser,
         reasoning_parser=args.reasoning_parser,
+        allow_runtime_lora_updating=args.allow_runtime_lora_updating
+        or os.environ.get(RUNTIME_LORA_ENV, "").lower() in ("1", "true"),
     )
 
 

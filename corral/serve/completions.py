@@ -36,7 +36,7 @@ from corral.serve.validation import completion_params, completion_prompts, with_
 async def create_completion(
     state: ServerState, req: CompletionRequest, raw: Request, client_id: str | None
 ) -> Response:
-    state.check_model(req.model)
+    adapter = state.select_model(req.model)
     params = completion_params(req, state.limits)
     params = with_output_constraint(params, output_setup(req, None).constraint, None)
     prompts = completion_prompts(req, state.limits)
@@ -49,6 +49,7 @@ async def create_completion(
         client_id=client_id,
         cache_salt=req.cache_salt,
         deadline_s=req.deadline_s,
+        lora_request=adapter,
     )
     formatter = _Formatter(state, req, request_id)
     if req.stream:
@@ -67,6 +68,8 @@ class _Formatter:
         self.request_id = request_id
         self.created = int(time.time())
         self.token_text = state.token_texts
+        # Echoed in every response: the LoRA adapter's name for an adapter's request.
+        self.model = req.model or state.model_name
 
     def _prompt_text(self, output: RequestOutput) -> str:
         if output.prompt is not None:
@@ -118,7 +121,7 @@ class _Formatter:
             ),
         )
         return CompletionResponse(
-            id=self.request_id, model=self.state.model_name, choices=choices, usage=usage
+            id=self.request_id, model=self.model, choices=choices, usage=usage
         )
 
     async def stream(self, streams: list[RequestStream]) -> AsyncIterator[bytes]:
@@ -167,7 +170,7 @@ class _Formatter:
         return CompletionResponse(
             id=self.request_id,
             created=self.created,
-            model=self.state.model_name,
+            model=self.model,
             choices=choices,
             usage=usage,
         )

@@ -30,6 +30,8 @@ class ServerConfig:
     tool_call_parser: str | None = "hermes"
     # Separates reasoning_content (corral/structured/reasoning_parsers); None: off.
     reasoning_parser: str | None = None
+    # POST /v1/load_lora_adapter and /v1/unload_lora_adapter answer (else 404).
+    allow_runtime_lora_updating: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

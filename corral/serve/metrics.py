@@ -11,6 +11,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from corral.core.messages import SchedulerStats
 from corral.core.slo import SLOStats
 from corral.engine.request_stats import IterationStats
+from corral.serve.lora_metrics import LoRAMetrics
 from corral.spec.stats import SpecDecodeStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -46,10 +47,17 @@ _SLO_DOCS = {
 class ServerMetrics:
     """The server's metrics; `observe` is an AsyncLLM stat logger."""
 
-    def __init__(self, model_name: str, num_speculative_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        num_speculative_tokens: int | None = None,
+        max_loras: int | None = None,
+    ) -> None:
         """num_speculative_tokens: the server's K when speculative decoding is on (its
         corral:spec_decode_* counters exist from the start, positions 0..K-1 at zero); None: off,
         and no spec_decode series at all (as vLLM, which registers them only with a spec config).
+        max_loras: the engine's adapter slots when LoRA is on (the corral:lora_* series exist
+        from the start); None: off, no lora series.
         """
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model_name"]
@@ -143,6 +151,9 @@ class ServerMetrics:
         self.spec_decode: SpecDecodeMetrics | None = None
         if num_speculative_tokens is not None:
             self.spec_decode = SpecDecodeMetrics(registry, values, num_speculative_tokens)
+        self.lora: LoRAMetrics | None = None
+        if max_loras is not None:
+            self.lora = LoRAMetrics(registry, values, max_loras)
         self._slo_gauges: dict[str, Any] = {}
         self.engine_healthy.set(1)
 
@@ -185,6 +196,10 @@ class ServerMetrics:
             if self.spec_decode is None:  # not announced at construction: series from now on
                 self.spec_decode = SpecDecodeMetrics(self.registry, self._values, 0)
             self.spec_decode.observe(stats.spec_decode)
+        if stats.lora is not None:
+            if self.lora is None:  # not announced at construction
+                self.lora = LoRAMetrics(self.registry, self._values, None)
+            self.lora.observe(stats.lora)
         self._last = stats
 
     def count_rejected(self, error: Any) -> None:

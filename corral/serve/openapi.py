@@ -19,7 +19,7 @@ _REF = "#/components/schemas/{model}"
 _ERRORS = {
     400: "bad input: the message names the field, the value and the limit",
     401: "missing or invalid API key (only when the server has keys)",
-    404: "another model than the served one",
+    404: "a model that is neither the served one nor a loaded LoRA adapter",
     413: "body over --max-request-body-bytes",
     503: "overloaded (Retry-After), engine not running, or shutting down",
 }
@@ -29,9 +29,15 @@ _SSE = (
 )
 
 
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAI-style error object under each status."""
-    return {status: {"model": ErrorResponse, "description": _ERRORS[status]} for status in statuses}
+def errors(
+    *statuses: int, descriptions: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """The OpenAI-style error object under each status (descriptions: a route's own, in place
+    of the common ones)."""
+    described = {**_ERRORS, **(descriptions or {})}
+    return {
+        status: {"model": ErrorResponse, "description": described[status]} for status in statuses
+    }
 
 
 def _event(chunk_model: type[BaseModel]) -> dict[str, Any]:
@@ -52,11 +58,13 @@ def post_json(
     response_model: type[BaseModel],
     *,
     chunk_model: type[BaseModel] | None = None,
+    error_descriptions: dict[int, str] | None = None,
 ) -> dict[str, Any]:
     """Route arguments documenting a POST whose body is request_model and whose answer is
     response_model, or with stream: true server-sent events of chunk_model (when given; it must
-    be among install_openapi's response_models)."""
-    responses = errors(400, 401, 404, 413, 503)
+    be among install_openapi's response_models); error_descriptions: the route's own meaning of
+    a status."""
+    responses = errors(400, 401, 404, 413, 503, descriptions=error_descriptions)
     if chunk_model is not None:
         responses[200] = {
             "description": _SSE,

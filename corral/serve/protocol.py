@@ -75,7 +75,11 @@ class _SamplingFields(_Request, GuidedFields):
     """Fields shared by completions and chat: OpenAI's, then the common extras (the guided_*
     structured output fields come from GuidedFields)."""
 
-    model: str | None = Field(None, description="the served model's id; others get 404")
+    model: str | None = Field(
+        None,
+        description="the served model's id or a loaded LoRA adapter's (GET /v1/models lists "
+        "them); others get 404",
+    )
     n: Annotated[int, in_range(1, MAX_N)] = Field(
         1, description="also at most the server's --max-queued-requests, when set"
     )

@@ -140,6 +140,8 @@ class ModelCard(_Response):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "corral"
     root: str | None = None
+    # A LoRA adapter's base model (None for the served model itself).
+    parent: str | None = None
     max_model_len: int | None = None
 
 

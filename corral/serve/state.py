@@ -1,4 +1,5 @@
-"""The state the server's handlers share: engine, configuration, limits, model name, metrics."""
+"""The state the server's handlers share: engine, configuration, limits, model name, metrics;
+which model (base or LoRA adapter) a request selects."""
 
 from __future__ import annotations
 
@@ -8,17 +9,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.engine.async_llm import AsyncLLM, RequestStream
+from corral.lora.adapter import AdapterError
 from corral.sampling_params import SamplingParams
 from corral.serve.config import ServerConfig
 from corral.serve.errors import APIError, error_for_exception
 from corral.serve.logprobs import TokenTexts
 from corral.serve.metrics import ServerMetrics
+from corral.serve.responses import ModelCard
 from corral.serve.validation import ModelLimits
 
 logger = logging.getLogger(__name__)
 
 # Prompts longer than this (characters) are tokenized off the event loop.
 _THREAD_TOKENIZE_CHARS = 4096
+
+
+def model_not_found(name: str) -> APIError:
+    return APIError(
+        404,
+        f"the model {name!r} does not exist (GET /v1/models lists the served model and its "
+        "LoRA adapters)",
+        param="model",
+        code="model_not_found",
+    )
 
 
 @dataclass(slots=True)
@@ -34,15 +47,35 @@ class ServerState:
     tool_parser: Any = None
     reasoning_parser: Any = None
 
-    def check_model(self, name: str | None) -> None:
-        """404 unless the request names the served model (or no model)."""
-        if name is not None and name != self.model_name:
-            raise APIError(
-                404,
-                f"the model {name!r} does not exist; this server serves {self.model_name!r}",
-                param="model",
-                code="model_not_found",
+    def select_model(self, name: str | None) -> str | None:
+        """The LoRA adapter a request's `model` selects: None for the served model (or no
+        model), the adapter's name for a loaded adapter; 404 for any other name."""
+        if name is None or name == self.model_name:
+            return None
+        adapters = self.engine.input_processor.adapters
+        if adapters is not None and adapters.get(name) is not None:
+            return name
+        raise model_not_found(name)
+
+    def model_cards(self) -> list[ModelCard]:
+        """The served model, then each loaded LoRA adapter (its parent: the served model)."""
+        engine = self.engine
+        cards = [
+            ModelCard(
+                id=self.model_name, root=str(engine.model_dir), max_model_len=engine.max_model_len
             )
+        ]
+        adapters = engine.input_processor.adapters
+        for adapter in adapters.adapters() if adapters is not None else []:
+            cards.append(
+                ModelCard(
+                    id=adapter.name,
+                    root=adapter.path,
+                    parent=self.model_name,
+                    max_model_len=engine.max_model_len,
+                )
+            )
+        return cards
 
     async def admit(
         self,
@@ -52,7 +85,8 @@ class ServerState:
         **request_fields: Any,
     ) -> list[RequestStream]:
         """Admit one engine request per prompt, all or none. Raises APIError (400 bad input,
-        503 overloaded or engine dead)."""
+        404 the LoRA adapter named by lora_request was unloaded since select_model, 503
+        overloaded or engine dead)."""
         streams: list[RequestStream] = []
         try:
             for index, prompt in enumerate(prompts):
@@ -71,6 +105,9 @@ class ServerState:
             for stream in streams:
                 self.engine.abort(stream.request_id)
             api_error = error_for_exception(error) if isinstance(error, Exception) else None
+            adapter = request_fields.get("lora_request")
+            if isinstance(error, AdapterError) and isinstance(adapter, str):
+                api_error = model_not_found(adapter)  # unloaded since select_model
             if api_error is None:
                 raise
             self.metrics.count_rejected(api_error)
