@@ -19,11 +19,13 @@ _EXPORTS = {
     "RequestOutput": "corral.outputs",
     "CompletionOutput": "corral.outputs",
     "Logprob": "corral.outputs",
+    "LoRARequest": "corral.lora.adapter",
 }
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
     from corral.llm import LLM  # noqa: F401
+    from corral.lora.adapter import LoRARequest  # noqa: F401
     from corral.outputs import CompletionOutput, Logprob, RequestOutput  # noqa: F401
     from corral.sampling_params import SamplingParams  # noqa: F401
 

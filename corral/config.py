@@ -210,6 +210,42 @@ class SpeculativeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoRAConfig:
+    """Multi-LoRA serving (corral/lora): compute slots, host cache, rank limit, admission."""
+
+    enable_lora: bool = False
+    max_loras: int = 4  # adapters resident in the compute pool at once (its slots)
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None  # host-memory LRU cache of adapters; None: 4 x max_loras
+    # Admission may start requests of resident adapters ahead of one waiting for a slot, at
+    # most this many times in a row for that request (then it waits for a slot to free).
+    max_num_lora_bypasses: int = 32
+    # Adapters served from the start: (name, PEFT directory) pairs (--lora-modules name=path).
+    lora_modules: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("max_loras", "max_lora_rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})"
+            )
+        if self.max_num_lora_bypasses < 0:
+            raise ValueError(
+                f"max_num_lora_bypasses must be >= 0, got {self.max_num_lora_bypasses}"
+            )
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.enable_lora or bool(self.lora_modules)
+
+    @property
+    def num_cpu_loras(self) -> int:
+        return self.max_cpu_loras if self.max_cpu_loras is not None else 4 * self.max_loras
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything one engine instance needs."""
 
@@ -217,6 +253,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     # The grammar library for structured output (corral/structured/backend.py).
     structured_output_backend: str = "xgrammar"
     # Check the KV manager's integrity invariant after every step (slow; tests and debugging).

@@ -9,11 +9,13 @@ from typing import Any
 from corral.config import (
     CacheConfig,
     EngineConfig,
+    LoRAConfig,
     ModelConfig,
     SchedulerConfig,
     SpeculativeConfig,
 )
 from corral.engine.llm_engine import LLMEngine, PromptType
+from corral.lora.adapter import LoRARequest
 from corral.outputs import RequestOutput
 from corral.sampling_params import OutputKind, SamplingParams
 
@@ -21,6 +23,7 @@ _CONFIG_FIELDS = {
     ModelConfig: set(ModelConfig.__dataclass_fields__),
     CacheConfig: set(CacheConfig.__dataclass_fields__),
     SchedulerConfig: set(SchedulerConfig.__dataclass_fields__),
+    LoRAConfig: set(LoRAConfig.__dataclass_fields__),
 }
 # Keyword -> SpeculativeConfig field (vLLM's names where it has them).
 SPECULATIVE_KWARGS = {
@@ -54,12 +57,15 @@ def engine_config_from_kwargs(**kwargs: Any) -> EngineConfig:
         owner = next((cls for cls, fields in _CONFIG_FIELDS.items() if name in fields), None)
         if owner is None:
             raise ValueError(f"unknown engine option {name!r}")
+        if name == "lora_modules" and isinstance(value, dict):
+            value = tuple(value.items())
         parts[owner][name] = value
     return EngineConfig(
         model=ModelConfig(**parts[ModelConfig]),
         cache=CacheConfig(**parts[CacheConfig]),
         scheduler=SchedulerConfig(**parts[SchedulerConfig]),
         speculative=SpeculativeConfig(**speculative),
+        lora=LoRAConfig(**parts[LoRAConfig]),
         structured_output_backend=structured_backend,
         debug_check_integrity=debug,
     )
@@ -72,7 +78,9 @@ class LLM:
     ModelConfig, CacheConfig and SchedulerConfig as a keyword, and speculative decoding as
     speculative_method=, num_speculative_tokens=, speculative_model= (and speculative_tokens_rule=,
     speculative_ngram_min=, speculative_ngram_max=), and structured_output_backend= (the grammar
-    library of SamplingParams(structured_output=...)). model=None uses the bundled demo.
+    library of SamplingParams(structured_output=...)), and multi-LoRA as enable_lora=, max_loras=,
+    max_lora_rank=, max_cpu_loras=, lora_modules=((name, path), ...). model=None uses the
+    bundled demo.
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
@@ -99,9 +107,12 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         *,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | str | Sequence[LoRARequest | str | None] | None = None,
     ) -> list[RequestOutput]:
         """Generate for each prompt (text, token ids, or {"prompt_token_ids": [...]}); returns one
-        RequestOutput per prompt, in order. Without sampling_params, the model's defaults."""
+        RequestOutput per prompt, in order. Without sampling_params, the model's defaults.
+        lora_request: the LoRA adapter of every prompt, or one per prompt (None: the base
+        model); an adapter's name, or LoRARequest(name, path) (checked and loaded on first use)."""
         if isinstance(prompts, (str, dict)) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
@@ -117,12 +128,21 @@ class LLM:
                 raise ValueError(
                     f"got {len(params_list)} sampling params for {len(prompts)} prompts"
                 )
+        if lora_request is None or isinstance(lora_request, (str, LoRARequest)):
+            lora_list = [lora_request] * len(prompts)
+        else:
+            lora_list = list(lora_request)
+            if len(lora_list) != len(prompts):
+                raise ValueError(f"got {len(lora_list)} LoRA requests for {len(prompts)} prompts")
         order: dict[str, int] = {}
         try:
             for index, (prompt, params) in enumerate(zip(prompts, params_list)):
                 request_id = str(next(self._ids))
                 self.engine.add_request(
-                    request_id, prompt, params.clone(output_kind=OutputKind.FINAL_ONLY)
+                    request_id,
+                    prompt,
+                    params.clone(output_kind=OutputKind.FINAL_ONLY),
+                    lora_request=lora_list[index],
                 )
                 order[request_id] = index
         except Exception:

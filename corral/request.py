@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import TYPE_CHECKING
 
 from corral.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from corral.lora.adapter import AdapterRef
 
 
 class RequestStatus(enum.IntEnum):
@@ -69,6 +73,8 @@ class Request:
         "block_hashes",
         "spec_token_ids",
         "grammar",
+        "lora",
+        "lora_slot",
     )
 
     def __init__(
@@ -85,6 +91,7 @@ class Request:
         cache_salt: str | None = None,
         adapter_id: str | None = None,
         deadline_s: float | None = None,
+        lora: AdapterRef | None = None,
     ) -> None:
         if not prompt_token_ids:
             raise ValueError(f"request {request_id!r}: the prompt is empty (0 tokens)")
@@ -105,7 +112,11 @@ class Request:
         self.priority = priority
         self.client_id = client_id
         self.cache_salt = cache_salt
-        self.adapter_id = adapter_id
+        # The LoRA adapter it generates with (None: the base model); its key is the adapter
+        # identity in prefix-cache block hashes.
+        self.lora = lora
+        self.adapter_id = lora.key if lora is not None else adapter_id
+        self.lora_slot: int | None = None  # its adapter's compute slot while it runs
         self.deadline_s = deadline_s
         self.max_tokens = room if requested is None else requested
         self.all_token_ids = list(prompt_token_ids)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from corral.core.adapter_residency import AdapterPlan, AdapterStats
 from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
 from corral.sampling_params import SamplingParams
 from corral.spec.stats import SpecDecodeStats
@@ -25,6 +26,8 @@ class NewRequestData:
     adapter_id: str | None = None
     # The compiled structured-output grammar (opaque to the control plane), if any.
     grammar: object | None = None
+    # The compute slot of its LoRA adapter (None: the base model).
+    lora_slot: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,8 @@ class SchedulerOutput:
     spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
     # How many tokens to propose, after this step's verification, for each request that samples.
     num_spec_tokens_to_propose: dict[str, int] = field(default_factory=dict)
+    # LoRA adapters to copy into compute slots (and host-cache entries to drop) before the step.
+    adapter_plan: AdapterPlan | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -133,6 +138,8 @@ class SchedulerStats:
     kv_swap_outs: int = 0
     # Speculative decoding counters (None: off).
     spec_decode: SpecDecodeStats | None = None
+    # Multi-LoRA counters (None: off).
+    lora: AdapterStats | None = None
 
     @property
     def prefix_hit_rate(self) -> float:

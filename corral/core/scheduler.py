@@ -10,13 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from corral.config import SchedulerConfig, SpeculativeConfig
+from corral.config import LoRAConfig, SchedulerConfig, SpeculativeConfig
+from corral.core.adapter_admission import AdapterAdmission
 from corral.core.kv_cache import KVCacheManager
 from corral.core.kv_capacity import check_fits_kv_pool, kv_pool_capacity_tokens
 from corral.core.messages import (
-    CachedRequestData,
     ModelOutput,
-    NewRequestData,
     RequestUpdate,
     SchedulerOutput,
     SchedulerStats,
@@ -48,6 +47,7 @@ class Scheduler:
         policy: SchedulingPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         speculative: SpeculativeConfig | None = None,
+        lora: LoRAConfig | None = None,
     ) -> None:
         if not config.enable_chunked_prefill and config.max_num_batched_tokens < max_model_len:
             raise ValueError(
@@ -80,6 +80,8 @@ class Scheduler:
             self.spec = SpecDecodeScheduling(
                 speculative, kv_manager, max_model_len, self.capacity_tokens
             )
+        # Multi-LoRA (None: off): adapter slots, host cache, adapter-aware admission.
+        self.adapters = AdapterAdmission(lora) if lora is not None and lora.is_enabled else None
 
     # ----- requests in and out -------------------------------------------------------------
 
@@ -87,6 +89,8 @@ class Scheduler:
         """Queue a request. Its prompt must fit the context (Request validates that)."""
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in use")
+        if request.lora is not None and self.adapters is None:
+            raise ValueError(f"request {request.request_id!r} names a LoRA adapter; LoRA is off")
         check_fits_kv_pool(
             request.num_prompt_tokens,
             request.max_tokens,
@@ -110,8 +114,8 @@ class Scheduler:
                 continue
             if request.status == RequestStatus.RUNNING:
                 self.running.remove(request)
-            else:
-                self.policy.remove_waiting(request)
+            elif not self.policy.remove_waiting(request) and self.adapters is not None:
+                self.adapters.remove_waiting(request)
             request.status = status
             self.slo.on_finished(request, aborted=status == RequestStatus.FINISHED_ABORTED)
             self._release(request)
@@ -127,14 +131,15 @@ class Scheduler:
 
     @property
     def num_waiting(self) -> int:
-        return self.policy.num_waiting()
+        blocked = self.adapters.num_blocked if self.adapters is not None else 0
+        return self.policy.num_waiting() + blocked
 
     def stats(self) -> SchedulerStats:
         """Queue sizes, KV usage and the KV manager's counters now."""
         kv = self.kv.stats
         return SchedulerStats(
             num_running=len(self.running),
-            num_waiting=self.policy.num_waiting(),
+            num_waiting=self.num_waiting,
             kv_cache_usage=self.kv.usage,
             num_preemptions=self.num_preemptions,
             prefix_query_tokens=kv.prefix_query_tokens,
@@ -146,6 +151,7 @@ class Scheduler:
             kv_disk_writes=kv.disk_writes,
             kv_swap_outs=kv.swap_outs,
             spec_decode=self.spec.controller.stats.copy() if self.spec is not None else None,
+            lora=self.adapters.stats() if self.adapters is not None else None,
         )
 
     def slo_stats(self) -> SLOStats:
@@ -195,8 +201,9 @@ class Scheduler:
         """Admit waiting requests in policy order (swapped-out ones resume from host memory,
         the others start after their prefix-cache hit)."""
         gate: AdmissionGate | None = None
+        adapters = self.adapters
         while step.budget > 0:
-            request = self.policy.peek_waiting()
+            request = adapters.peek(self.policy) if adapters else self.policy.peek_waiting()
             if request is None:
                 break
             gate = gate or self.reservation.gate(self.running, self.kv)
@@ -226,7 +233,10 @@ class Scheduler:
                 if self._preempt_for(request, step):
                     continue
                 break
-            self.policy.pop_waiting()
+            if adapters:
+                adapters.pop(self.policy, request)
+            else:
+                self.policy.pop_waiting()
             self._admit(request, num_computed)
             step.schedule_admitted(request, num_new)
 
@@ -310,6 +320,8 @@ class Scheduler:
         if request.first_scheduled_time is None:
             request.first_scheduled_time = self.clock()
         request.status = RequestStatus.RUNNING
+        if self.adapters is not None:
+            self.adapters.start(request)
         self.running.append(request)
         self.slo.on_admitted(request)
 
@@ -319,6 +331,8 @@ class Scheduler:
         self.running.remove(request)
         if self.spec is not None:
             self.spec.forget(request)
+        if self.adapters is not None:
+            self.adapters.stop(request)
         self.preemption.preempt(self.kv, request)
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
@@ -357,35 +371,16 @@ class Scheduler:
         self.policy.on_request_finished(request)
         if self.spec is not None:
             self.spec.forget(request)
+        if self.adapters is not None:
+            self.adapters.stop(request)
         self.kv.free(request)
         del self.requests[request.request_id]
         self._finished_ids.add(request.request_id)
 
     def _build_output(self, step: StepPlan, to_propose: dict[str, int]) -> SchedulerOutput:
-        new_requests = [
-            NewRequestData(
-                request_id=request.request_id,
-                token_ids=list(request.all_token_ids),
-                num_prompt_tokens=request.num_prompt_tokens,
-                sampling_params=request.sampling_params,
-                block_ids=self.kv.block_ids(request.request_id),
-                num_computed_tokens=request.num_computed_tokens,
-                eos_token_ids=request.eos_token_ids,
-                adapter_id=request.adapter_id,
-                grammar=request.grammar,
-            )
-            for request in step.admitted.values()
-        ]
         trimmed = self.spec.trimmed_block_tables if self.spec is not None else {}
-        cached_requests = [
-            CachedRequestData(
-                request_id=request_id,
-                new_block_ids=block_ids,
-                num_computed_tokens=self.requests[request_id].num_computed_tokens,
-                num_kept_blocks=trimmed.pop(request_id, None) if trimmed else None,
-            )
-            for request_id, block_ids in step.new_block_ids.items()
-        ]
+        new_requests = step.new_request_data(self.kv.block_ids)
+        cached_requests = step.cached_request_data(self.requests, trimmed)
         finished_ids, self._finished_ids = self._finished_ids, set()
         return SchedulerOutput(
             new_requests=new_requests,
@@ -397,4 +392,5 @@ class Scheduler:
             kv_transfers=self.kv.take_transfer_plan(),
             spec_token_ids=step.spec_token_ids,
             num_spec_tokens_to_propose=to_propose,
+            adapter_plan=self.adapters.take_plan() if self.adapters is not None else None,
         )

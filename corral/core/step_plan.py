@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from corral.core.messages import CachedRequestData, NewRequestData
 from corral.request import Request
 
 
@@ -48,3 +50,37 @@ class StepPlan:
         self.budget += self.num_scheduled.pop(victim.request_id, 0)
         self.new_block_ids.pop(victim.request_id, None)
         self.admitted.pop(victim.request_id, None)
+
+    def new_request_data(self, block_ids_of: Callable[[str], list[int]]) -> list[NewRequestData]:
+        """The admitted requests as the executor first sees them (block_ids_of: the KV
+        manager's block table of a request)."""
+        return [
+            NewRequestData(
+                request_id=request.request_id,
+                token_ids=list(request.all_token_ids),
+                num_prompt_tokens=request.num_prompt_tokens,
+                sampling_params=request.sampling_params,
+                block_ids=block_ids_of(request.request_id),
+                num_computed_tokens=request.num_computed_tokens,
+                eos_token_ids=request.eos_token_ids,
+                adapter_id=request.adapter_id,
+                grammar=request.grammar,
+                lora_slot=request.lora_slot,
+            )
+            for request in self.admitted.values()
+        ]
+
+    def cached_request_data(
+        self, requests: dict[str, Request], trimmed: dict[str, int]
+    ) -> list[CachedRequestData]:
+        """The running requests' changes (trimmed: block tables cut back by rejected drafts,
+        consumed here)."""
+        return [
+            CachedRequestData(
+                request_id=request_id,
+                new_block_ids=block_ids,
+                num_computed_tokens=requests[request_id].num_computed_tokens,
+                num_kept_blocks=trimmed.pop(request_id, None) if trimmed else None,
+            )
+            for request_id, block_ids in self.new_block_ids.items()
+        ]

@@ -31,6 +31,7 @@ from corral.engine.input_processor import InputProcessor, PromptType
 from corral.engine.output_processor import OutputProcessor
 from corral.engine.request_stats import IterationStats, RequestStatsTracker
 from corral.engine.request_stream import RequestStream
+from corral.lora.adapter import LoRARequest
 from corral.outputs import RequestOutput
 from corral.request import RequestStatus
 from corral.sampling_params import SamplingParams
@@ -145,6 +146,7 @@ class AsyncLLM:
         arrival_time: float | None = None,
         deadline_s: float | None = None,
         predicted_num_output_tokens: int | None = None,
+        lora_request: LoRARequest | str | None = None,
     ) -> RequestStream:
         """Validate and admit a request; returns the stream of its outputs. Without
         predicted_num_output_tokens the length predictor (if any) runs here, on the caller's
@@ -167,6 +169,7 @@ class AsyncLLM:
             cache_salt=cache_salt,
             deadline_s=deadline_s,
             predicted_num_output_tokens=predicted_num_output_tokens,
+            lora_request=lora_request,
         )
         child_ids = [child.request_id for child in children]
         for child_id in child_ids:  # n > 1 children are "{i}_{id}": ids must not collide

@@ -8,6 +8,7 @@ from typing import Any
 from corral.config import (
     CacheConfig,
     EngineConfig,
+    LoRAConfig,
     ModelConfig,
     SchedulerConfig,
     SpeculativeConfig,
@@ -96,6 +97,72 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "calls (default xgrammar)",
     )
     add_speculative_arguments(parser)
+    add_lora_arguments(parser)
+
+
+def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
+    """Multi-LoRA's flags (corral serve, generate and simulate)."""
+    lora = LoRAConfig()
+    group = parser.add_argument_group("multi-LoRA")
+    group.add_argument(
+        "--lora-modules",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="LoRA adapters (PEFT directories) to serve, each selected by `model: NAME`",
+    )
+    group.add_argument(
+        "--enable-lora",
+        action="store_true",
+        help="serve LoRA adapters (implied by --lora-modules; needed for adapters loaded later)",
+    )
+    group.add_argument(
+        "--max-loras",
+        type=int,
+        default=lora.max_loras,
+        help=f"adapters resident in the compute pool at once (default {lora.max_loras})",
+    )
+    group.add_argument(
+        "--max-lora-rank",
+        type=int,
+        default=lora.max_lora_rank,
+        help=f"the largest adapter rank served (default {lora.max_lora_rank})",
+    )
+    group.add_argument(
+        "--max-cpu-loras",
+        type=int,
+        default=None,
+        help="adapters kept in the host-memory LRU cache (default 4 x --max-loras)",
+    )
+    group.add_argument(
+        "--max-num-lora-bypasses",
+        type=int,
+        default=lora.max_num_lora_bypasses,
+        help="how often requests of resident adapters may start ahead of one waiting for an "
+        f"adapter slot (fairness bound, default {lora.max_num_lora_bypasses})",
+    )
+
+
+def parse_lora_modules(values: list[str]) -> tuple[tuple[str, str], ...]:
+    """NAME=PATH items -> pairs; ValueError naming a malformed item."""
+    pairs = []
+    for item in values:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--lora-modules item {item!r} is not NAME=PATH")
+        pairs.append((name, path))
+    return tuple(pairs)
+
+
+def lora_config_from_args(args: argparse.Namespace) -> LoRAConfig:
+    return LoRAConfig(
+        enable_lora=args.enable_lora,
+        max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
+        max_cpu_loras=args.max_cpu_loras,
+        max_num_lora_bypasses=args.max_num_lora_bypasses,
+        lora_modules=parse_lora_modules(args.lora_modules),
+    )
 
 
 def add_speculative_arguments(parser: argparse.ArgumentParser) -> None:
@@ -167,6 +234,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         cache=cache,
         scheduler=scheduler,
         speculative=speculative_config_from_args(args),
+        lora=lora_config_from_args(args),
         structured_output_backend=args.structured_output_backend,
         debug_check_integrity=args.debug_check_integrity,
         step_log_path=args.step_log,

@@ -42,6 +42,7 @@ class EngineCore:
             max_model_len,
             config.scheduler.max_num_seqs,
             config.speculative,
+            config.lora,
         )
         storage = self.executor.storage
         disk_tier = None
@@ -60,7 +61,11 @@ class EngineCore:
             disk_tier=disk_tier,
         )
         self.scheduler = Scheduler(
-            config.scheduler, self.kv_manager, max_model_len, speculative=config.speculative
+            config.scheduler,
+            self.kv_manager,
+            max_model_len,
+            speculative=config.speculative,
+            lora=config.lora,
         )
         tokenizer_path = config.model.tokenizer or str(model_dir)
         self.structured = StructuredOutputManager(

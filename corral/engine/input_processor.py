@@ -14,6 +14,8 @@ from corral.config import EngineConfig
 from corral.core.kv_capacity import check_fits_kv_pool
 from corral.engine.generation_defaults import load_generation_defaults
 from corral.engine.tokenizer import Tokenizer
+from corral.lora.adapter import AdapterError, AdapterRef, LoRARequest
+from corral.lora.registry import AdapterRegistry
 from corral.model.resolve import resolve_model
 from corral.request import Request
 from corral.sampling_params import SamplingParams
@@ -38,6 +40,12 @@ class InputProcessor:
         )
         # Structured output constraints the grammar library accepted (by cache key).
         self._checked_constraints: set[tuple[str, ...]] = set()
+        # LoRA adapters requests may name (None: LoRA is off).
+        self.adapters: AdapterRegistry | None = None
+        if config.lora.is_enabled:
+            self.adapters = AdapterRegistry(self.arch, config.lora.max_lora_rank)
+            for name, path in config.lora.lora_modules:
+                self.adapters.add(name, path)
         # Output-length predictor (--length-predictor) for sjf/srpt and KV reservation.
         self.length_predictor = None
         if config.scheduler.length_predictor:
@@ -71,6 +79,21 @@ class InputProcessor:
         if len(self._checked_constraints) >= 1024:
             self._checked_constraints.clear()
         self._checked_constraints.add(key)
+
+    def resolve_adapter(self, lora_request: LoRARequest | str | None) -> AdapterRef | None:
+        """The checked adapter a request names (None: the base model). Raises AdapterError
+        (a ValueError) for an unknown or unservable adapter, or when LoRA is off."""
+        if lora_request is None:
+            return None
+        name = lora_request if isinstance(lora_request, str) else lora_request.name
+        if self.adapters is None:
+            raise AdapterError(
+                f"the request names LoRA adapter {name!r}, but LoRA is off (enable_lora, "
+                "--enable-lora or --lora-modules)"
+            )
+        if isinstance(lora_request, str):
+            return self.adapters.resolve(lora_request)
+        return self.adapters.resolve(lora_request.name, lora_request.path)
 
     def set_kv_pool(self, num_blocks: int, block_size: int) -> None:
         """The core's KV pool, once known: requests that can never fit it are refused."""
@@ -124,15 +147,18 @@ class InputProcessor:
         cache_salt: str | None = None,
         deadline_s: float | None = None,
         predicted_num_output_tokens: int | None = None,
+        lora_request: LoRARequest | str | None = None,
     ) -> list[Request]:
         """One scheduler Request per sample; child i of n > 1 is "{i}_{request_id}" with seed
         seed + i. Raises ValueError naming the value and the limit when the prompt does not fit the
         context or could never run in the core's KV pool.
 
         predicted_num_output_tokens: a known or externally predicted output length; without one,
-        the length predictor (if configured) predicts it from the prompt's text."""
+        the length predictor (if configured) predicts it from the prompt's text.
+        lora_request: an adapter's name, or a LoRARequest (registered on first use)."""
         arrival = time.monotonic() if arrival_time is None else arrival_time
         self.check_output_constraint(params)
+        adapter = self.resolve_adapter(lora_request)
         if predicted_num_output_tokens is None:
             predicted_num_output_tokens = self.predict_num_output_tokens(token_ids)
         children = []
@@ -156,6 +182,7 @@ class InputProcessor:
                     client_id=client_id,
                     cache_salt=cache_salt,
                     deadline_s=deadline_s,
+                    lora=adapter,
                 )
             )
             children[-1].predicted_num_output_tokens = predicted_num_output_tokens

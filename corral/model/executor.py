@@ -9,8 +9,16 @@ from typing import Any
 
 import torch
 
-from corral.config import CacheConfig, ModelConfig, SpeculativeConfig, parse_memory_budget
+from corral.config import (
+    CacheConfig,
+    LoRAConfig,
+    ModelConfig,
+    SpeculativeConfig,
+    parse_memory_budget,
+)
 from corral.core.messages import ModelOutput, SchedulerOutput, TokenLogprobs
+from corral.lora.memory import AdapterMemory
+from corral.lora.step import LoRAStep
 from corral.model.arch import ModelArch
 from corral.model.device import free_memory_bytes, resolve_device, resolve_dtype
 from corral.model.kv_disk import DiskKVStore
@@ -39,6 +47,7 @@ class ModelExecutor:
         storage: KVStorage,
         seed: int = 0,
         proposer: Proposer | None = None,
+        adapters: AdapterMemory | None = None,
     ) -> None:
         self.model = model
         self.device = model.device
@@ -56,6 +65,8 @@ class ModelExecutor:
         self.proposer = proposer
         # Structured output's grammar backend (corral/structured/), set by the engine core.
         self.grammar_backend: Any = None
+        # Multi-LoRA's host cache and compute slots (None: off).
+        self.adapters = adapters
 
     @classmethod
     def create(
@@ -67,6 +78,7 @@ class ModelExecutor:
         max_model_len: int,
         max_num_seqs: int,
         speculative: SpeculativeConfig | None = None,
+        lora: LoRAConfig | None = None,
     ) -> ModelExecutor:
         """Load the weights, then size the KV pool from the memory budget (or num_blocks)."""
         device = resolve_device(model_config.device)
@@ -145,7 +157,10 @@ class ModelExecutor:
                 block_size=spec.block_size,
                 max_model_len=max_model_len,
             )
-        return cls(model, storage, seed=model_config.seed, proposer=proposer)
+        adapters = None
+        if lora is not None and lora.is_enabled:
+            adapters = AdapterMemory(arch, lora.max_loras, lora.max_lora_rank, dtype, device)
+        return cls(model, storage, seed=model_config.seed, proposer=proposer, adapters=adapters)
 
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:
@@ -154,6 +169,9 @@ class ModelExecutor:
         computed, score prompt logprobs where asked, propose the next drafts."""
         self._update_states(scheduler_output)
         self.storage.apply(scheduler_output.kv_transfers)
+        if scheduler_output.adapter_plan is not None:
+            assert self.adapters is not None, "an adapter plan for an executor without LoRA"
+            self.adapters.apply(scheduler_output.adapter_plan)
         finished_disk_reads = self.storage.finished_disk_reads()
         drafts = scheduler_output.spec_token_ids
         scheduled = [
@@ -174,7 +192,11 @@ class ModelExecutor:
             scheduled, self.block_size, self.model.arch.sliding_window, self.device
         )
         hidden = self.model.forward(
-            inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata
+            inputs.input_ids,
+            inputs.positions,
+            self.kv_caches,
+            inputs.metadata,
+            self._lora_step(scheduled, inputs.row_ranges),
         )
         sample_rows: list[int] = []
         sample_states: list[RequestState] = []
@@ -236,6 +258,19 @@ class ModelExecutor:
             failed=failed,
         )
 
+    def _lora_step(
+        self, scheduled: list[tuple[RequestState, int]], row_ranges: list[tuple[int, int]]
+    ) -> LoRAStep | None:
+        """The step's adapter layout: None when no scheduled request uses an adapter."""
+        if self.adapters is None or all(state.lora_slot is None for state, _ in scheduled):
+            return None
+        row_slots = [-1] * row_ranges[-1][1]
+        for (state, _), (row_start, row_end) in zip(scheduled, row_ranges):
+            if state.lora_slot is not None:
+                row_slots[row_start:row_end] = [state.lora_slot] * (row_end - row_start)
+        batch = self.adapters.batch(row_slots)
+        return None if batch is None else LoRAStep(self.adapters.slots.layers, batch)
+
     def _propose(
         self,
         num_to_propose: dict[str, int],
@@ -289,6 +324,7 @@ class ModelExecutor:
                 block_ids=list(new.block_ids),
                 num_computed_tokens=new.num_computed_tokens,
                 stop_token_ids=frozenset(stop_ids),
+                lora_slot=new.lora_slot,
             )
             params = new.sampling_params
             if params.structured_output is not None or params.reasoning is not None:

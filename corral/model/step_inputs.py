@@ -26,6 +26,8 @@ class RequestState:
     draft_probs: torch.Tensor | None = None
     # The grammar / reasoning budget on its next token (corral/structured/constraint.py).
     constraint: OutputConstraint | None = None
+    # The compute slot of its LoRA adapter (None: the base model).
+    lora_slot: int | None = None
 
     @property
     def output_token_ids(self) -> list[int]:

@@ -33,7 +33,13 @@ logger = logging.getLogger(__name__)
 
 _SOURCES = [
     Path(__file__).with_name(name)
-    for name in ("cpu_kernels.cpp", "cpu_linear.cpp", "cpu_fused.cpp", "cpu_kv_write.cpp")
+    for name in (
+        "cpu_kernels.cpp",
+        "cpu_linear.cpp",
+        "cpu_fused.cpp",
+        "cpu_kv_write.cpp",
+        "cpu_lora.cpp",
+    )
 ]
 # Included by the sources: copied beside them into the build directory, part of the signature.
 _HEADERS = [Path(__file__).with_name("cpu_common.h")]

@@ -219,6 +219,10 @@ torch::Tensor silu_and_mul(torch::Tensor gate_up);
 // Defined in cpu_kv_write.cpp.
 void write_kv_cache(torch::Tensor key, torch::Tensor value, torch::Tensor key_cache,
                     torch::Tensor value_cache, torch::Tensor slot_mapping);
+// Defined in cpu_lora.cpp.
+void lora_shrink_expand(torch::Tensor out, torch::Tensor x, torch::Tensor a, torch::Tensor b,
+                        torch::Tensor part_offsets, torch::Tensor rows, torch::Tensor seg_starts,
+                        torch::Tensor seg_slots, torch::Tensor seg_ranks);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, "decode attention over paged KV");
@@ -227,4 +231,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rotary_inplace", &rotary_inplace, "rotary embedding of q and k heads in place");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");
   m.def("write_kv_cache", &write_kv_cache, "store new tokens' K and V at their slots");
+  m.def("lora_shrink_expand", &lora_shrink_expand, "out[rows] += B_slot A_slot x per segment");
 }

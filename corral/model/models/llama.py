@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from corral.lora.step import LoRAStep
 from corral.model.arch import ModelArch
 from corral.model.kernels import cpu_kernels
 from corral.model.layers.attention import AttentionMetadata, LayerKVCache, paged_attention
@@ -150,19 +151,23 @@ class LlamaFamilyModel:
         positions: torch.Tensor,
         kv_caches: list[LayerKVCache],
         metadata: AttentionMetadata,
+        lora: LoRAStep | None = None,
     ) -> torch.Tensor:
-        """Hidden states after the final norm, [num_tokens, hidden_size]."""
+        """Hidden states after the final norm, [num_tokens, hidden_size]. With lora, each
+        row's adapter delta is added to every fused linear's output (corral/lora/apply.py)."""
         if input_ids.shape[0] <= _MAX_FUSED_TOKENS and self.device.type == "cpu":
             kernels = cpu_kernels()
             if kernels is not None:
-                return self._forward_fused(kernels, input_ids, positions, kv_caches, metadata)
+                return self._forward_fused(kernels, input_ids, positions, kv_caches, metadata, lora)
         arch = self.arch
         num_tokens = input_ids.shape[0]
         q_size, kv_size, eps = arch.q_size, arch.kv_size, arch.rms_norm_eps
         hidden = self.embed_tokens[input_ids]
-        for layer, layer_cache in zip(self.layers, kv_caches, strict=True):
+        for index, (layer, layer_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
             normed = rms_norm(hidden, layer.input_norm, eps)
             qkv = linear(normed, layer.qkv, layer.qkv_bias)
+            if lora is not None:
+                lora.add(index, "qkv", qkv, normed)
             query, key, value = qkv.split([q_size, kv_size, kv_size], dim=-1)
             query = self.rotary.apply(
                 query.view(num_tokens, arch.num_heads, arch.head_dim), positions
@@ -172,10 +177,21 @@ class LlamaFamilyModel:
             )
             value = value.view(num_tokens, arch.num_kv_heads, arch.head_dim)
             attended = paged_attention(query, key, value, layer_cache, metadata, self.scale)
-            hidden = hidden + linear(attended.view(num_tokens, q_size), layer.o, layer.o_bias)
+            attended = attended.view(num_tokens, q_size)
+            out = linear(attended, layer.o, layer.o_bias)
+            if lora is not None:
+                lora.add(index, "o", out, attended)
+            hidden = hidden + out
             normed = rms_norm(hidden, layer.post_norm, eps)
-            gate, up = linear(normed, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
-            hidden = hidden + linear(F.silu(gate) * up, layer.down, layer.down_bias)
+            gate_up = linear(normed, layer.gate_up, layer.gate_up_bias)
+            if lora is not None:
+                lora.add(index, "gate_up", gate_up, normed)
+            gate, up = gate_up.chunk(2, dim=-1)
+            activated = F.silu(gate) * up
+            out = linear(activated, layer.down, layer.down_bias)
+            if lora is not None:
+                lora.add(index, "down", out, activated)
+            hidden = hidden + out
         return rms_norm(hidden, self.final_norm, eps)
 
     def _forward_fused(
@@ -185,6 +201,7 @@ class LlamaFamilyModel:
         positions: torch.Tensor,
         kv_caches: list[LayerKVCache],
         metadata: AttentionMetadata,
+        lora: LoRAStep | None = None,
     ) -> torch.Tensor:
         """The same computation with fused CPU ops (residual add + norm, in-place rotary,
         silu-and-mul): a few calls per layer instead of dozens, for small (decode) steps."""
@@ -194,7 +211,7 @@ class LlamaFamilyModel:
         num_rotated = arch.num_heads + arch.num_kv_heads
         residual = self.embed_tokens[input_ids]
         delta = None  # added to the residual by the next norm
-        for layer, layer_cache in zip(self.layers, kv_caches, strict=True):
+        for index, (layer, layer_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
             normed = kernels.rms_norm(
                 delta if delta is not None else residual,
                 layer.input_norm,
@@ -202,6 +219,8 @@ class LlamaFamilyModel:
                 residual if delta is not None else None,
             )
             qkv = linear(normed, layer.qkv, layer.qkv_bias)
+            if lora is not None:
+                lora.add(index, "qkv", qkv, normed)
             kernels.rotary_inplace(
                 qkv, positions, self.rotary.cos, self.rotary.sin, num_rotated, arch.head_dim
             )
@@ -209,10 +228,18 @@ class LlamaFamilyModel:
             key = qkv[:, q_size : q_size + kv_size].view(num_tokens, arch.num_kv_heads, -1)
             value = qkv[:, q_size + kv_size :].view(num_tokens, arch.num_kv_heads, -1)
             attended = paged_attention(query, key, value, layer_cache, metadata, self.scale)
-            delta = linear(attended.view(num_tokens, q_size), layer.o, layer.o_bias)
+            attended = attended.view(num_tokens, q_size)
+            delta = linear(attended, layer.o, layer.o_bias)
+            if lora is not None:
+                lora.add(index, "o", delta, attended)
             normed = kernels.rms_norm(delta, layer.post_norm, eps, residual)
             gate_up = linear(normed, layer.gate_up, layer.gate_up_bias)
-            delta = linear(kernels.silu_and_mul(gate_up), layer.down, layer.down_bias)
+            if lora is not None:
+                lora.add(index, "gate_up", gate_up, normed)
+            activated = kernels.silu_and_mul(gate_up)
+            delta = linear(activated, layer.down, layer.down_bias)
+            if lora is not None:
+                lora.add(index, "down", delta, activated)
         return kernels.rms_norm(delta, self.final_norm, eps, residual)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Multi-LoRA serving: adapters from PEFT directories, batched application, adapter memory."""
