@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=1)
     parser.add_argument("--stop", action="append", default=[])
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    parser.add_argument(
+        "--lora", default=None, metavar="NAME", help="generate with this --lora-modules adapter"
+    )
     add_engine_arguments(parser)
 
 
@@ -64,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
         stop=args.stop,
     )
     if args.chat:
-        outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
+        outputs = llm.chat(
+            [[{"role": "user", "content": p}] for p in prompts], params, lora_request=args.lora
+        )
     else:
-        outputs = llm.generate(prompts, params)
+        outputs = llm.generate(prompts, params, lora_request=args.lora)
     for prompt, output in zip(prompts, outputs):
         if args.json:
             print(
