@@ -10,9 +10,19 @@
                                                   num_instances=8, router="least-outstanding"))
     report.summary.ttft.p99_ms, report.cost_usd, report.instances[0].utilization
 
+    # multi-LoRA: 32 adapters of rank 16, Zipf-popular, 4 slots per instance
+    from corral.config import LoRAConfig
+    from corral.sim.lora import LoRASimOptions
+
+    lora = LoRASimOptions(LoRAConfig(enable_lora=True, max_loras=4), num_adapters=32,
+                          distribution="zipf:1.0")
+    report = simulate(workload, DeploymentOptions(model="llama-3.1-8b", lora=lora))
+    report.lora.num_loads, report.lora.load_time_s
+
 Pieces: executor.SimExecutor (the executor contract, a cost model for the time), cost/ (the
 `profiled` and `roofline` cost models, hardware specs), instance.SimInstance (a Scheduler +
 KVCacheManager on the virtual clock), router (routing policies), cluster.ClusterSimulator (the
 event loop, disaggregation), report, search (capacity planning), profile (measuring the real
-engine), cli (`corral simulate`). See docs/simulator.md.
+engine), lora (multi-LoRA: adapters for the workload, loads and compute priced), cli (`corral
+simulate`). See docs/simulator.md.
 """

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from corral.config import SchedulerConfig
 from corral.engine.engine_args import (
+    add_lora_arguments,
     add_speculative_arguments,
+    lora_config_from_args,
     scheduler_config_from_args,
     speculative_config_from_args,
 )
 from corral.sim.cluster import RequestHook
 from corral.sim.cost.hardware import list_hardware
+from corral.sim.cost.lora import DEFAULT_SEGMENT_OVERHEAD_S
 from corral.sim.deployment import DeploymentOptions
+from corral.sim.lora import LoRASimOptions
 from corral.sim.router import ROUTER_POLICIES
 from corral.sim.spec import SpecSimConfig
 from corral.workloads.spec import Workload
@@ -91,6 +96,81 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_speculative_arguments(parser)
     add_spec_sim_arguments(parser)
+    add_lora_arguments(parser)
+    add_lora_sim_arguments(parser)
+
+
+def add_lora_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    """The workload's adapters and the assumptions of their price (docs/simulator.md)."""
+    defaults = LoRASimOptions()
+    group = parser.add_argument_group("multi-LoRA, simulated")
+    group.add_argument(
+        "--lora-num-adapters",
+        type=int,
+        default=0,
+        help="synthetic adapters adapter-0.. the requests use (0: none; turns LoRA on)",
+    )
+    group.add_argument(
+        "--lora-rank",
+        type=int,
+        default=defaults.rank,
+        help=f"their rank, on all 7 target modules (default {defaults.rank})",
+    )
+    group.add_argument(
+        "--lora-distribution",
+        default=defaults.distribution,
+        help="which adapter a request uses: uniform or zipf:S (adapter i weighs 1/(i+1)^S)",
+    )
+    group.add_argument(
+        "--lora-base-fraction",
+        type=float,
+        default=defaults.base_fraction,
+        help="share of requests (conversations) on the base model (default 0)",
+    )
+    group.add_argument("--lora-seed", type=int, default=defaults.seed)
+    group.add_argument(
+        "--lora-segment-overhead-us",
+        type=float,
+        default=DEFAULT_SEGMENT_OVERHEAD_S * 1e6,
+        help="fixed time per adapter segment per step, us (an assumption, default "
+        f"{DEFAULT_SEGMENT_OVERHEAD_S * 1e6:g})",
+    )
+    group.add_argument(
+        "--lora-disk-gb-s",
+        type=float,
+        default=None,
+        help="adapter file read rate, GB/s (default: the hardware spec's)",
+    )
+    group.add_argument(
+        "--lora-h2d-gb-s",
+        type=float,
+        default=None,
+        help="adapter copy rate host to device, GB/s (default: the hardware spec's)",
+    )
+
+
+def lora_sim_options_from_args(args: argparse.Namespace) -> LoRASimOptions | None:
+    """Multi-LoRA of the flags (None: off, without --lora-num-adapters, --enable-lora or
+    --lora-modules)."""
+    config = lora_config_from_args(args)
+    if args.lora_num_adapters > 0:
+        config = replace(config, enable_lora=True)
+    if not config.is_enabled:
+        return None
+    disk, host_to_device = args.lora_disk_gb_s, args.lora_h2d_gb_s
+    return LoRASimOptions(
+        config=config,
+        num_adapters=args.lora_num_adapters,
+        rank=args.lora_rank,
+        distribution=args.lora_distribution,
+        base_fraction=args.lora_base_fraction,
+        seed=args.lora_seed,
+        segment_overhead_s=args.lora_segment_overhead_us / 1e6,
+        disk_read_bandwidth_bytes_per_s=None if disk is None else disk * 1e9,
+        host_to_device_bandwidth_bytes_per_s=(
+            None if host_to_device is None else host_to_device * 1e9
+        ),
+    )
 
 
 def add_spec_sim_arguments(parser: argparse.ArgumentParser) -> None:
@@ -189,6 +269,7 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         kv_sample_interval_s=args.kv_sample_interval_s,
         check_integrity=args.check_integrity,
         speculation=spec_sim_config_from_args(args),
+        lora=lora_sim_options_from_args(args),
     )
 
 

@@ -79,6 +79,9 @@ class ClusterSimulator:
         self._prompt_ids: dict[str, list[int]] = {}
         self.routes: dict[str, list[int]] = {}
         self._check_integrity = spec.check_integrity
+        assignment = spec.adapter_assignment
+        # request id -> its LoRA adapter (absent or None: the base model)
+        self._adapters = assignment.assign(workload.specs) if assignment is not None else {}
 
     def _clock(self) -> float:
         return self.now
@@ -165,6 +168,7 @@ class ClusterSimulator:
             arrival_time=now,
             priority=request_spec.priority,
             client_id=request_spec.client_id,
+            lora=self._adapters.get(request_spec.request_id),
         )
         if self.request_hook is not None:
             self.request_hook(request, request_spec)
@@ -203,6 +207,8 @@ class ClusterSimulator:
                     self._finish(request_spec)
         if self._check_integrity:
             instance.kv.check_integrity()
+            if instance.scheduler.adapters is not None:
+                instance.scheduler.adapters.residency.check_integrity()
         if instance.scheduler.has_unfinished_requests():
             self._start_step(instance)
 
@@ -241,6 +247,7 @@ class ClusterSimulator:
             arrival_time=self.now,
             priority=request_spec.priority,
             client_id=request_spec.client_id,
+            lora=self._adapters.get(request_spec.request_id),
         )
         if self.request_hook is not None:
             self.request_hook(request, request_spec)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from corral.config import SchedulerConfig
 from corral.core.kv_capacity import kv_pool_refusal
 from corral.sim.cost.base import CostModel
+from corral.sim.lora import InstanceLoRA
+from corral.sim.lora_workload import AdapterAssignment
 from corral.sim.spec import SpecSimConfig
 
 ROLES = ("mixed", "prefill", "decode")
@@ -33,6 +35,7 @@ class InstanceSpec:
     idle_power_w: float | None = None  # per device, otherwise
     kv_bytes_per_token: int = 0  # for KV transfers between pools
     speculation: SpecSimConfig | None = None  # speculative decoding (None: off)
+    lora: InstanceLoRA | None = None  # multi-LoRA (None: off)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -59,8 +62,11 @@ class ClusterSpec:
     kv_transfer_latency_s: float = 0.0
     # Instances record their KV usage at most this often (virtual seconds).
     kv_sample_interval_s: float = 1.0
-    # Check every KV manager's integrity after every step (slow: tests, debugging).
+    # Check every KV manager's (and adapter residency's) integrity after every step (slow:
+    # tests, debugging).
     check_integrity: bool = False
+    # Which LoRA adapter each request uses (None: every request uses the base model).
+    adapter_assignment: AdapterAssignment | None = None
 
     def __post_init__(self) -> None:
         if not self.instances:
@@ -74,6 +80,8 @@ class ClusterSpec:
             raise ValueError("kv_transfer_bandwidth_bytes_per_s must be > 0")
         if not self.kv_sample_interval_s > 0:
             raise ValueError("kv_sample_interval_s must be > 0")
+        if self.adapter_assignment is not None and any(s.lora is None for s in self.instances):
+            raise ValueError("requests with LoRA adapters need every instance to run LoRA")
 
     @property
     def is_disaggregated(self) -> bool:

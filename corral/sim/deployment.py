@@ -7,9 +7,16 @@ from dataclasses import dataclass, field, replace
 from corral.config import SchedulerConfig
 from corral.model.arch import ModelArch
 from corral.sim.config import ClusterSpec, InstanceSpec
-from corral.sim.cost import CostModelOptions, make_cost_model
-from corral.sim.cost.hardware import HardwareSpec, load_hardware
+from corral.sim.cost import CostModel, CostModelOptions, make_cost_model
+from corral.sim.cost.adapter_loads import AdapterLoadCost
+from corral.sim.cost.hardware import (
+    DEFAULT_DISK_READ_BANDWIDTH_BYTES_PER_S,
+    DEFAULT_HOST_TO_DEVICE_BANDWIDTH_BYTES_PER_S,
+    HardwareSpec,
+    load_hardware,
+)
 from corral.sim.cost.profiled import ProfiledCostModel
+from corral.sim.lora import LoRASimOptions, build_lora
 from corral.sim.model_shapes import load_model_shape
 from corral.sim.spec import SpecSimConfig
 
@@ -44,6 +51,8 @@ class DeploymentOptions:
     check_integrity: bool = False
     # Speculative decoding (corral/sim/spec.py; None: off).
     speculation: SpecSimConfig | None = None
+    # Multi-LoRA: adapter slots and admission, the workload's adapters (corral/sim/lora.py).
+    lora: LoRASimOptions | None = None
 
     def __post_init__(self) -> None:
         if self.num_instances < 1:
@@ -104,6 +113,25 @@ def _profiled_instance(options: DeploymentOptions) -> dict:
     )
 
 
+def _profiled_adapter_loads(model: ProfiledCostModel, segment_overhead_s: float) -> AdapterLoadCost:
+    """A profile names no host link: on a CPU device an adapter load is a host memory copy
+    (read and write) at the bandwidth the fit implies (ProfiledCostModel.lora_cost); on an
+    accelerator, the default PCIe 4.0 rate. Disk reads at the default rate."""
+    host_to_device = DEFAULT_HOST_TO_DEVICE_BANDWIDTH_BYTES_PER_S
+    if str(model.metadata.get("engine", {}).get("device", "")).startswith("cpu"):
+        host_to_device = model.lora_cost(segment_overhead_s).bytes_per_s / 2
+    return AdapterLoadCost(DEFAULT_DISK_READ_BANDWIDTH_BYTES_PER_S, host_to_device)
+
+
+def _default_adapter_loads(options: DeploymentOptions, cost_model: CostModel) -> AdapterLoadCost:
+    if isinstance(cost_model, ProfiledCostModel):
+        assert options.lora is not None
+        return _profiled_adapter_loads(cost_model, options.lora.segment_overhead_s)
+    return AdapterLoadCost.from_hardware(
+        load_hardware(options.hardware), options.tensor_parallel_size
+    )
+
+
 def _roofline_instance(options: DeploymentOptions) -> dict:
     arch = load_model_shape(options.model)
     hardware = load_hardware(options.hardware)
@@ -147,11 +175,17 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         known = ", ".join(sorted(_INSTANCE_FIELDS))
         raise ValueError(f"unknown cost model {options.cost_model!r}; known: {known}")
     fields = builder(options)
+    lora = assignment = None
+    if options.lora is not None:
+        cost_model = fields["cost_model"]
+        default_loads = _default_adapter_loads(options, cost_model)
+        lora, assignment = build_lora(options.lora, cost_model, default_loads)
     common = dict(
         block_size=options.block_size,
         scheduler=options.scheduler,
         enable_prefix_caching=options.enable_prefix_caching,
         speculation=options.speculation,
+        lora=lora,
         **fields,
     )
     if options.num_prefill_instances:
@@ -169,4 +203,5 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         kv_transfer_latency_s=options.kv_transfer_latency_s,
         kv_sample_interval_s=options.kv_sample_interval_s,
         check_integrity=options.check_integrity,
+        adapter_assignment=assignment,
     )

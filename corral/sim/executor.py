@@ -8,6 +8,7 @@ from types import MappingProxyType
 from corral.core.batch_shape import BatchShape, BatchShapeCounter
 from corral.core.messages import ModelOutput, SchedulerOutput
 from corral.sim.cost.base import CostModel
+from corral.sim.lora_step import LoRAStepPricer
 from corral.sim.spec import MAX_NUM_DRAFT_POSITIONS, SpecSimConfig, draft_pass_shapes
 from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID
 
@@ -30,13 +31,22 @@ class SimExecutor:
     placeholder tokens, accepted drawn from the acceptance model with a seeded RNG; requests
     asked to propose get that many placeholder drafts, and the proposer's time is added to the
     step and reported as propose_time_s.
+
+    With LoRA (corral/sim/lora_step.py): the step's adapter loads (its AdapterPlan) and the
+    compute of its adapter tokens are added to the step time (the draft model, if any, runs
+    without adapters).
     """
 
     def __init__(
-        self, cost_model: CostModel, speculation: SpecSimConfig | None = None, seed: int = 0
+        self,
+        cost_model: CostModel,
+        speculation: SpecSimConfig | None = None,
+        seed: int = 0,
+        lora: LoRAStepPricer | None = None,
     ) -> None:
         self.cost_model = cost_model
         self.speculation = speculation
+        self.lora = lora
         self._counter = BatchShapeCounter()
         self.last_batch: BatchShape | None = None
         self._rng = random.Random(seed)
@@ -52,13 +62,16 @@ class SimExecutor:
     def execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:
         """Advance every scheduled request's computed count and time the step."""
         batch, sampled_ids = self._counter.count(scheduler_output)
+        lora_s = self.lora.step_time_s(scheduler_output) if self.lora is not None else 0.0
         if self.speculation is not None:
-            return self._execute_speculative(scheduler_output, batch, sampled_ids)
+            return self._execute_speculative(scheduler_output, batch, sampled_ids, lora_s)
         sampled = dict.fromkeys(sampled_ids, _PLACEHOLDER)
         self.last_batch = batch
         if batch is None:
             return ModelOutput(sampled_token_ids=sampled)
         step_time_s = self.cost_model.step_time_s(batch)
+        if lora_s:
+            step_time_s += lora_s
         return ModelOutput(sampled, _NO_LOGPROBS, _NO_LOGPROBS, step_time_s, ())
 
     def num_accepted(self, num_drafts: int) -> int:
@@ -72,7 +85,11 @@ class SimExecutor:
         return accepted
 
     def _execute_speculative(
-        self, scheduler_output: SchedulerOutput, batch: BatchShape | None, sampled_ids: list[str]
+        self,
+        scheduler_output: SchedulerOutput,
+        batch: BatchShape | None,
+        sampled_ids: list[str],
+        lora_s: float = 0.0,
     ) -> ModelOutput:
         speculation = self.speculation
         assert speculation is not None
@@ -95,6 +112,8 @@ class SimExecutor:
         if batch is None:
             return ModelOutput(sampled_token_ids=sampled)
         step_time_s = self.cost_model.step_time_s(batch)
+        if lora_s:
+            step_time_s += lora_s
         proposals = {
             request_id: _PLACEHOLDERS[k]
             for request_id, k in scheduler_output.num_spec_tokens_to_propose.items()

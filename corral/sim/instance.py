@@ -41,9 +41,15 @@ class SimInstance:
             spec.max_model_len,
             clock=clock,
             speculative=speculation.config if speculation is not None else None,
+            lora=spec.lora.config if spec.lora is not None else None,
         )
         # Each instance draws its acceptances from its own stream (seed, index).
-        self.executor = SimExecutor(spec.cost_model, speculation, seed=seed * 1_000_003 + index)
+        self.executor = SimExecutor(
+            spec.cost_model,
+            speculation,
+            seed=seed * 1_000_003 + index,
+            lora=spec.lora.pricer() if spec.lora is not None else None,
+        )
         self.is_busy = False
         self.is_wake_pending = False
         self.is_prefill = spec.role == "prefill"

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from corral.core.slo_target import SLO
 from corral.sim.cluster import SimResult
 from corral.sim.instance import SimInstance
+from corral.sim.lora import SimLoRAStats, format_lora_stats, merge_lora_stats
 from corral.sim.spec import merge_spec_stats, spec_stats_dict
 from corral.spec.stats import SpecDecodeStats
 from corral.workloads.metrics import MetricsSummary, format_summary, summarize
@@ -32,6 +33,7 @@ class InstanceReport:
     energy_j: float | None
     kv_samples: list[tuple[float, float]]
     spec_decode: SpecDecodeStats | None = None  # speculative decoding counters (None: off)
+    lora: SimLoRAStats | None = None  # multi-LoRA counters (None: off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,7 @@ class SimReport:
     cost_usd: float | None
     energy_kwh: float | None
     spec_decode: SpecDecodeStats | None = None  # summed over the instances (None: off)
+    lora: SimLoRAStats | None = None  # summed over the instances (None: off)
 
     @property
     def simulated_requests_per_wall_s(self) -> float:
@@ -99,7 +102,15 @@ def _instance_report(instance: SimInstance, duration_s: float) -> InstanceReport
         spec_decode=instance.scheduler.stats().spec_decode
         if instance.scheduler.spec is not None
         else None,
+        lora=_lora_stats(instance),
     )
+
+
+def _lora_stats(instance: SimInstance) -> SimLoRAStats | None:
+    adapters, pricer = instance.scheduler.adapters, instance.executor.lora
+    if adapters is None or pricer is None:
+        return None
+    return SimLoRAStats.of(adapters.stats(), pricer)
 
 
 def build_report(result: SimResult, slo: SLO | None = None) -> SimReport:
@@ -117,6 +128,7 @@ def build_report(result: SimResult, slo: SLO | None = None) -> SimReport:
         cost_usd=sum(costs) if None not in costs else None,  # type: ignore[arg-type]
         energy_kwh=sum(energies) / 3.6e6 if None not in energies else None,  # type: ignore[arg-type]
         spec_decode=merge_spec_stats(i.spec_decode for i in instances),
+        lora=merge_lora_stats(i.lora for i in instances),
     )
 
 
@@ -158,6 +170,9 @@ def format_report(report: SimReport, title: str = "corral simulate", max_rows: i
             f"draft tokens), mean accepted length {spec.mean_accepted_length:.2f} tokens per "
             f"round, mean K planned {mean_k:.2f} ({spec.num_planned_requests} request-steps)"
         )
+    if report.lora is not None:
+        busy_time_s = sum(i.busy_time_s for i in report.instances)
+        lines.append(format_lora_stats(report.lora, busy_time_s))
     lines.append(
         f"cost: {_fmt(report.cost_usd, '.2f')} USD   energy: {_fmt(report.energy_kwh, '.3f')} kWh"
     )

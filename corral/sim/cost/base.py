@@ -12,6 +12,7 @@ from corral.registry import Registry
 if TYPE_CHECKING:
     from corral.model.arch import ModelArch
     from corral.sim.cost.hardware import HardwareSpec
+    from corral.sim.cost.lora import LoRACost
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,11 @@ class CostModel(ABC):
     @abstractmethod
     def step_time_s(self, batch: BatchShape) -> float:
         """Seconds for one engine step computing this batch (schedule + forward + sample)."""
+
+    def lora_cost(self, segment_overhead_s: float) -> LoRACost:
+        """The LoRA compute term for this model (corral/sim/cost/lora.py): the adapters' FLOPs
+        and bytes at this model's rates; ValueError when it cannot tell them."""
+        raise ValueError(f"the {type(self).__name__} cost model cannot price LoRA compute")
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary for reports."""

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 HARDWARE_DIR = Path(__file__).resolve().parents[1] / "hardware"
+# LoRA adapter loads, where a spec names no rates (see the fields' comments).
+DEFAULT_HOST_TO_DEVICE_BANDWIDTH_BYTES_PER_S = 32e9
+DEFAULT_DISK_READ_BANDWIDTH_BYTES_PER_S = 2e9
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,16 @@ class HardwareSpec:
     bandwidth_efficiency: float = 0.8
     # Fixed CPU time per engine step (scheduling, launches, sampling), an assumption.
     step_overhead_s: float = 0.0
+    # LoRA adapter loads (corral/sim/cost/adapter_loads.py). Host to device: the device's host
+    # link, one direction (PCIe 4.0 x16 nominally moves 32 GB/s, PCIe 5.0 x16 64 GB/s; pinned
+    # copies reach most of it, pageable ones less). The default is PCIe 4.0's nominal rate; for
+    # a CPU "device" the copy is a host memory copy (a measured CPU spec sets half its read
+    # bandwidth: a copy reads and writes). Disk: sequential reads of an adapter's file. The
+    # default, 2 GB/s, is an assumption: below the 3.5-7 GB/s that PCIe 4.0 NVMe data sheets
+    # quote, since reading a small file also opens it and parses its header; a network volume
+    # is slower. Neither rate was measured here.
+    host_to_device_bandwidth_bytes_per_s: float = DEFAULT_HOST_TO_DEVICE_BANDWIDTH_BYTES_PER_S
+    disk_read_bandwidth_bytes_per_s: float = DEFAULT_DISK_READ_BANDWIDTH_BYTES_PER_S
     max_power_w: float | None = None
     idle_power_w: float | None = None
     price_per_hour: float | None = None  # per device
@@ -40,7 +53,13 @@ class HardwareSpec:
     def __post_init__(self) -> None:
         if not self.peak_flops or any(value <= 0 for value in self.peak_flops.values()):
             raise ValueError(f"hardware {self.name!r}: peak_flops must be positive per dtype")
-        for name in ("memory_bytes", "memory_bandwidth_bytes_per_s"):
+        positive = (
+            "memory_bytes",
+            "memory_bandwidth_bytes_per_s",
+            "host_to_device_bandwidth_bytes_per_s",
+            "disk_read_bandwidth_bytes_per_s",
+        )
+        for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"hardware {self.name!r}: {name} must be > 0")
         for name in ("flops_efficiency", "bandwidth_efficiency"):

@@ -43,6 +43,8 @@ def measure_cpu(num_threads: int = 0, size: int = 2048, repeats: int = 5) -> Har
         peak_flops=peaks,
         memory_bytes=memory,
         memory_bandwidth_bytes_per_s=bandwidth,
+        # The "device" is host memory: an adapter load is a memory copy (read + write).
+        host_to_device_bandwidth_bytes_per_s=bandwidth / 2,
         flops_efficiency=1.0,
         bandwidth_efficiency=1.0,
         max_devices_per_instance=1,
@@ -54,5 +56,7 @@ def measure_cpu(num_threads: int = 0, size: int = 2048, repeats: int = 5) -> Har
             f"1-minute load average {load:.1f} while measuring",
         ),
         notes="Measured peaks are already achievable values, so both efficiencies are 1. "
+        "Adapter loads host to device are host memory copies at half the read bandwidth "
+        "(an estimate, not measured); disk reads at the default 2 GB/s (an assumption). "
         "No power or price: energy and cost are not reported for this device.",
     )

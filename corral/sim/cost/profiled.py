@@ -8,6 +8,7 @@ the fit can be redone), and the fit's error on them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,12 @@ from typing import Any
 import numpy as np
 
 from corral.core.batch_shape import BatchShape
+from corral.model.arch import ModelArch
 from corral.sim.cost.base import COST_MODELS, CostModel, CostModelOptions
 from corral.sim.cost.features import feature_fn, feature_rows, is_signed
 from corral.sim.cost.fit import fit_signed
+from corral.sim.cost.lora import LoRACost
+from corral.sim.cost.roofline import layer_params
 
 PROFILE_KIND = "corral-step-profile"
 PROFILE_VERSION = 1
@@ -72,6 +76,43 @@ class ProfiledCostModel(CostModel):
         for fn, coefficient in self._terms:
             total += coefficient * fn(batch)
         return total if total > self.min_step_s else self.min_step_s
+
+    @property
+    def model_arch(self) -> ModelArch | None:
+        """The profiled model's shape, when the profile records it."""
+        fields = self.metadata.get("arch")
+        if not fields:
+            return None
+        return ModelArch(**{**fields, "eos_token_ids": tuple(fields["eos_token_ids"])})
+
+    def lora_cost(self, segment_overhead_s: float) -> LoRACost:
+        """The roofline's analytic LoRA term (corral/sim/cost/lora.py), not fitted: no profile
+        holds LoRA steps. Its rates are those the fit implies for the base model: FLOP/s, the
+        base model's linear FLOPs per token (2 x decoder parameters) over the fitted time of
+        one more token in a large batch (the tokens coefficient plus every hinge's); bandwidth,
+        the base weights' bytes over the fitted intercept, which also holds the step's fixed CPU
+        time, so adapter reads are priced slower than they run (none when the intercept is 0)."""
+        arch = self.model_arch
+        if arch is None:
+            raise ValueError("the profile records no model shape; LoRA compute cannot be priced")
+        coefficients = dict(zip(self.features, self.coefficients))
+        token_s = sum(
+            value
+            for name, value in coefficients.items()
+            if name == "tokens" or name.startswith("tokens_over_")
+        )
+        if token_s <= 0:
+            raise ValueError("the profile has no positive per-token time to price LoRA FLOPs")
+        dtype_bytes = int(self.metadata.get("engine", {}).get("dtype_bytes", 2))
+        weight_bytes = (layer_params(arch) + arch.hidden_size * arch.vocab_size) * dtype_bytes
+        intercept_s = coefficients.get("intercept", 0.0)
+        return LoRACost.for_arch(
+            arch,
+            dtype_bytes=dtype_bytes,
+            flops_per_s=2 * layer_params(arch) / token_s,
+            bytes_per_s=weight_bytes / intercept_s if intercept_s > 0 else math.inf,
+            segment_overhead_s=segment_overhead_s,
+        )
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,8 @@ tensor-parallel all-reduces and a fixed CPU overhead:
 - tensor parallelism (tp devices): weights, heads and KV heads split tp ways; two ring
   all-reduces of tokens * hidden * dtype bytes per layer, 2 (tp - 1) / tp of the payload over
   the per-direction link bandwidth plus 2 (tp - 1) link latencies each.
-Peaks are scaled by the spec's achievable-efficiency factors.
+Peaks are scaled by the spec's achievable-efficiency factors. LoRA adapters add their own
+operator group at the same rates (corral/sim/cost/lora.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from corral.core.batch_shape import BatchShape
 from corral.model.arch import ModelArch
 from corral.sim.cost.base import COST_MODELS, CostModel, CostModelOptions
 from corral.sim.cost.hardware import HardwareSpec
+from corral.sim.cost.lora import LoRACost
 
 _DTYPE_NAMES = {1: "float8", 2: "bfloat16", 4: "float32"}
 
@@ -103,6 +105,17 @@ class RooflineCostModel(CostModel):
         )
         comm = num_tokens * self._comm_s_per_token + self._comm_fixed_s
         return self._overhead_s + linear + attention + comm
+
+    def lora_cost(self, segment_overhead_s: float) -> LoRACost:
+        """The adapters at this roofline's achievable FLOP/s and bandwidth, split tp ways."""
+        return LoRACost.for_arch(
+            self.arch,
+            dtype_bytes=self.dtype_bytes,
+            flops_per_s=self._flops,
+            bytes_per_s=self._bandwidth,
+            segment_overhead_s=segment_overhead_s,
+            tensor_parallel_size=self.tp,
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
