@@ -15,6 +15,7 @@ ADAPTERS = {
         r=16,
         lora_alpha=32,
         target_modules=["gate_proj", "up_proj", "down_proj"],
+        rank_pattern={"up_proj": 4},
         alpha_pattern={"down_proj": 8},
     ),
 }
