@@ -2,6 +2,14 @@
 // segment of rows sharing an adapter slot, a shrink h = A_slot x (rank values per fused part)
 // and an expand out += B_slot h, both accumulated in float32, in one call for all segments.
 // Layouts and semantics: corral/lora/apply.py (add_lora_reference is the PyTorch reference).
+//
+// Work is split into tiles of up to kTileRows rows of one segment (each row is in at most one
+// segment, so tiles write disjoint rows and may run in parallel). Per tile: x rows converted to
+// float once; the shrink takes M A rows by N x rows per step (about eight FMA chains at any
+// tile size); the expand transposes 8 output columns of B into a float panel [rank][8] and adds
+// outer products h[j] * panel[j], so no horizontal sums are needed; the delta is rounded to the
+// dtype and added as the reference does. AVX2/FMA (AVX-512F in the shrink where compiled for
+// it), with plain loops otherwise. Only the first `rank` values of an adapter are ever read.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -24,10 +32,17 @@ namespace {
 
 // Rows of one segment processed together: each A and B row is read once per tile.
 constexpr int64_t kTileRows = 8;
-// Output columns whose expand sums are formed and reduced together.
-constexpr int64_t kOutBlock = 8;
+// Output columns of an expand panel (one AVX2 vector).
+constexpr int64_t kPanel = 8;
 
 inline int64_t round_up8(int64_t n) { return (n + 7) / 8 * 8; }
+
+// out = round(float(out) + round(delta)) in T, as the reference's delta.to(dtype) and
+// index_add_ do it.
+template <typename T>
+inline void add_delta(T* out, float delta) {
+  *out = static_cast<T>(to_float(*out) + to_float(static_cast<T>(delta)));
+}
 
 #if defined(CORRAL_LORA_AVX2)
 inline __m256 load_eight(const float* p) { return _mm256_loadu_ps(p); }
@@ -45,12 +60,53 @@ inline float sum_lanes(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
 }
 
-// Lane k of the result: the sum of v[k]'s eight lanes.
-inline __m256 sum_lanes_of_eight(const __m256* v) {
-  const __m256 s0123 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
-  const __m256 s4567 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
-  return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20),
-                       _mm256_permute2f128_ps(s0123, s4567, 0x31));
+// bfloat16 bits (in the high halves) of v rounded to nearest even, as c10::BFloat16 rounds;
+// NaN becomes c10's quiet NaN.
+inline __m256i round_bf16_bits(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF)));
+  const __m256i truncated = _mm256_and_si256(rounded, _mm256_set1_epi32(0xFFFF0000u));
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(truncated, _mm256_set1_epi32(0x7FC00000), nan);
+}
+
+// The vector form of add_delta for eight consecutive elements.
+inline void add_delta_eight(float* out, __m256 delta) {
+  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), delta));
+}
+inline void add_delta_eight(at::BFloat16* out, __m256 delta) {
+  const __m256 rounded = _mm256_castsi256_ps(round_bf16_bits(delta));
+  const __m256i sum = round_bf16_bits(_mm256_add_ps(load_eight(out), rounded));
+  const __m256i packed = _mm256_packus_epi32(_mm256_srli_epi32(sum, 16), _mm256_setzero_si256());
+  const __m256i ordered = _mm256_permute4x64_epi64(packed, 0b11111000);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(ordered));
+}
+inline void add_delta_eight(at::Half* out, __m256 delta) {
+  constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __m256 rounded = _mm256_cvtph_ps(_mm256_cvtps_ph(delta, kNearest));
+  const __m256 sum = _mm256_add_ps(load_eight(out), rounded);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_cvtps_ph(sum, kNearest));
+}
+
+// r[k] (row k of an 8x8 block) becomes column k.
+inline void transpose_eight(__m256* r) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 #endif
 
@@ -75,61 +131,156 @@ inline void convert_to_float(const T* src, float* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = to_float(src[i]);
 }
 
-// sums[t] = a_row . xs[t] over in elements, for the N rows xs (float), each a_row chunk loaded
-// once for all N rows.
-template <int N, typename T>
-inline void dot_rows_tile(const T* a_row, const float* const* xs, int64_t in, float* sums) {
+// Shrink of M consecutive A rows (a, stride in) against N x rows (float):
+// h[t * h_stride + m] = a[m] . xs[t]. Each chunk of an A row is loaded once for the N rows, and
+// the M * N sums are independent FMA chains.
+template <int N, int M, typename T>
+inline void shrink_block(const T* a, int64_t in, const float* const* xs, float* h,
+                         int64_t h_stride) {
+  float sums[M][N] = {};
   int64_t i = 0;
-  float acc_tail[N] = {};
 #if defined(__AVX512F__)
   {
-    __m512 acc[N];
-    for (int t = 0; t < N; ++t) acc[t] = _mm512_setzero_ps();
+    __m512 acc[M][N];
+    for (int m = 0; m < M; ++m)
+      for (int t = 0; t < N; ++t) acc[m][t] = _mm512_setzero_ps();
     for (; i + 16 <= in; i += 16) {
-      const __m512 a = load_sixteen(a_row + i);
-      for (int t = 0; t < N; ++t) acc[t] = _mm512_fmadd_ps(a, _mm512_loadu_ps(xs[t] + i), acc[t]);
+      for (int m = 0; m < M; ++m) {
+        const __m512 av = load_sixteen(a + m * in + i);
+        for (int t = 0; t < N; ++t) {
+          acc[m][t] = _mm512_fmadd_ps(av, _mm512_loadu_ps(xs[t] + i), acc[m][t]);
+        }
+      }
     }
-    for (int t = 0; t < N; ++t) acc_tail[t] = _mm512_reduce_add_ps(acc[t]);
+    for (int m = 0; m < M; ++m)
+      for (int t = 0; t < N; ++t) sums[m][t] = _mm512_reduce_add_ps(acc[m][t]);
   }
 #endif
 #if defined(CORRAL_LORA_AVX2)
   {
-    __m256 acc[N];
-    for (int t = 0; t < N; ++t) acc[t] = _mm256_setzero_ps();
+    __m256 acc[M][N];
+    for (int m = 0; m < M; ++m)
+      for (int t = 0; t < N; ++t) acc[m][t] = _mm256_setzero_ps();
     for (; i + 8 <= in; i += 8) {
-      const __m256 a = load_eight(a_row + i);
-      for (int t = 0; t < N; ++t) acc[t] = _mm256_fmadd_ps(a, _mm256_loadu_ps(xs[t] + i), acc[t]);
+      for (int m = 0; m < M; ++m) {
+        const __m256 av = load_eight(a + m * in + i);
+        for (int t = 0; t < N; ++t) {
+          acc[m][t] = _mm256_fmadd_ps(av, _mm256_loadu_ps(xs[t] + i), acc[m][t]);
+        }
+      }
     }
-    for (int t = 0; t < N; ++t) acc_tail[t] += sum_lanes(acc[t]);
+    for (int m = 0; m < M; ++m)
+      for (int t = 0; t < N; ++t) sums[m][t] += sum_lanes(acc[m][t]);
   }
 #endif
   for (; i < in; ++i) {
-    const float a = to_float(a_row[i]);
-    for (int t = 0; t < N; ++t) acc_tail[t] += a * xs[t][i];
+    for (int m = 0; m < M; ++m) {
+      const float av = to_float(a[m * in + i]);
+      for (int t = 0; t < N; ++t) sums[m][t] += av * xs[t][i];
+    }
   }
-  for (int t = 0; t < N; ++t) sums[t] = acc_tail[t];
+  for (int m = 0; m < M; ++m)
+    for (int t = 0; t < N; ++t) h[t * h_stride + m] = sums[m][t];
+}
+
+// One part's shrink, A rows [0, rank) of a_part, for N x rows: about eight chains at any N.
+template <int N, typename T>
+void shrink_part(const T* a_part, int64_t rank, int64_t in, const float* const* xs, float* h,
+                 int64_t h_stride) {
+  constexpr int M = N == 1 ? 8 : N == 2 ? 4 : N <= 4 ? 2 : 1;
+  int64_t j = 0;
+  for (; j + M <= rank; j += M) shrink_block<N, M>(a_part + j * in, in, xs, h + j, h_stride);
+  for (; j < rank; ++j) shrink_block<N, 1>(a_part + j * in, in, xs, h + j, h_stride);
 }
 
 template <typename T>
-inline void dot_rows_any(const T* a_row, const float* const* xs, int64_t n, int64_t in,
-                         float* sums) {
+void shrink_part_rows(int64_t n, const T* a_part, int64_t rank, int64_t in, const float* const* xs,
+                      float* h, int64_t h_stride) {
   switch (n) {
-    case 1: dot_rows_tile<1>(a_row, xs, in, sums); break;
-    case 2: dot_rows_tile<2>(a_row, xs, in, sums); break;
-    case 3: dot_rows_tile<3>(a_row, xs, in, sums); break;
-    case 4: dot_rows_tile<4>(a_row, xs, in, sums); break;
-    case 5: dot_rows_tile<5>(a_row, xs, in, sums); break;
-    case 6: dot_rows_tile<6>(a_row, xs, in, sums); break;
-    case 7: dot_rows_tile<7>(a_row, xs, in, sums); break;
-    default: dot_rows_tile<8>(a_row, xs, in, sums); break;
+    case 1: shrink_part<1>(a_part, rank, in, xs, h, h_stride); break;
+    case 2: shrink_part<2>(a_part, rank, in, xs, h, h_stride); break;
+    case 3: shrink_part<3>(a_part, rank, in, xs, h, h_stride); break;
+    case 4: shrink_part<4>(a_part, rank, in, xs, h, h_stride); break;
+    case 5: shrink_part<5>(a_part, rank, in, xs, h, h_stride); break;
+    case 6: shrink_part<6>(a_part, rank, in, xs, h, h_stride); break;
+    case 7: shrink_part<7>(a_part, rank, in, xs, h, h_stride); break;
+    default: shrink_part<8>(a_part, rank, in, xs, h, h_stride); break;
   }
 }
 
-// out[row] += round(delta) for one output element, as the reference's index_add_ does it.
+// Expand of one part's columns for one row, without vectors: out[o] += b[o, :rank] . h.
 template <typename T>
-inline void add_delta(T* out, float delta) {
-  *out = static_cast<T>(to_float(*out) + to_float(static_cast<T>(delta)));
+void expand_columns_scalar(const T* b, int64_t max_rank, int64_t rank, const float* h, T* out,
+                           int64_t columns) {
+  for (int64_t o = 0; o < columns; ++o) {
+    float sum = 0.f;
+    for (int64_t j = 0; j < rank; ++j) sum += to_float(b[o * max_rank + j]) * h[j];
+    add_delta(out + o, sum);
+  }
 }
+
+#if defined(CORRAL_LORA_AVX2)
+// bt[j * 8 + k] = b[k, j] as float for an 8-column panel, j < rank_pad (zero from rank on: B's
+// padding is never read).
+template <typename T>
+void transpose_panel(const T* b, int64_t max_rank, int64_t rank, int64_t rank_pad, float* bt) {
+  for (int64_t j0 = 0; j0 < rank_pad; j0 += 8) {
+    __m256 r[8];
+    if (j0 + 8 <= rank) {
+      for (int k = 0; k < 8; ++k) r[k] = load_eight(b + k * max_rank + j0);
+    } else {
+      alignas(32) float tail[8];
+      for (int k = 0; k < 8; ++k) {
+        for (int64_t j = 0; j < 8; ++j) {
+          tail[j] = j0 + j < rank ? to_float(b[k * max_rank + j0 + j]) : 0.f;
+        }
+        r[k] = _mm256_load_ps(tail);
+      }
+    }
+    transpose_eight(r);
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(bt + (j0 + j) * 8, r[j]);
+  }
+}
+
+// out_rows[t][0, 8) += sum_j h[t * h_stride + j] * bt[j] (outer products, rank_pad a multiple
+// of 8); K chains per row keep about eight FMA chains in flight for any N.
+template <int N, typename T>
+void expand_panel(const float* bt, int64_t rank_pad, const float* h, int64_t h_stride,
+                  T* const* out_rows, int64_t column) {
+  constexpr int K = N <= 2 ? 4 : N <= 4 ? 2 : 1;
+  __m256 acc[N][K];
+  for (int t = 0; t < N; ++t)
+    for (int k = 0; k < K; ++k) acc[t][k] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < rank_pad; j += K) {
+    for (int k = 0; k < K; ++k) {
+      const __m256 bj = _mm256_loadu_ps(bt + (j + k) * 8);
+      for (int t = 0; t < N; ++t) {
+        acc[t][k] = _mm256_fmadd_ps(_mm256_broadcast_ss(h + t * h_stride + j + k), bj, acc[t][k]);
+      }
+    }
+  }
+  for (int t = 0; t < N; ++t) {
+    __m256 delta = acc[t][0];
+    for (int k = 1; k < K; ++k) delta = _mm256_add_ps(delta, acc[t][k]);
+    add_delta_eight(out_rows[t] + column, delta);
+  }
+}
+
+template <typename T>
+void expand_panel_rows(int64_t n, const float* bt, int64_t rank_pad, const float* h,
+                       int64_t h_stride, T* const* out_rows, int64_t column) {
+  switch (n) {
+    case 1: expand_panel<1>(bt, rank_pad, h, h_stride, out_rows, column); break;
+    case 2: expand_panel<2>(bt, rank_pad, h, h_stride, out_rows, column); break;
+    case 3: expand_panel<3>(bt, rank_pad, h, h_stride, out_rows, column); break;
+    case 4: expand_panel<4>(bt, rank_pad, h, h_stride, out_rows, column); break;
+    case 5: expand_panel<5>(bt, rank_pad, h, h_stride, out_rows, column); break;
+    case 6: expand_panel<6>(bt, rank_pad, h, h_stride, out_rows, column); break;
+    case 7: expand_panel<7>(bt, rank_pad, h, h_stride, out_rows, column); break;
+    default: expand_panel<8>(bt, rank_pad, h, h_stride, out_rows, column); break;
+  }
+}
+#endif
 
 struct Problem {
   int64_t in, out_features, num_parts, max_rank, a_slot_stride, b_slot_stride;
@@ -140,78 +291,61 @@ struct Problem {
   const int64_t* seg_ranks;
 };
 
+// Per-thread buffers, grown as needed.
+struct Scratch {
+  std::vector<float> x, h, bt;
+};
+
 // One tile: rows[begin:end] of segment seg (at most kTileRows rows).
 template <typename T>
 void lora_tile(const Problem& p, T* out, const T* x, const T* a, const T* b, int64_t seg,
-               int64_t begin, int64_t end) {
+               int64_t begin, int64_t end, Scratch& scratch) {
   const int64_t n = end - begin, rank = p.seg_ranks[seg];
   if (n <= 0 || rank == 0) return;
   const int64_t in = p.in, rank_pad = round_up8(rank), h_stride = p.num_parts * rank_pad;
   const T* a_slot = a + p.seg_slots[seg] * p.a_slot_stride;
   const T* b_slot = b + p.seg_slots[seg] * p.b_slot_stride;
+  T* out_rows[kTileRows];
+  for (int64_t t = 0; t < n; ++t) out_rows[t] = out + p.rows[begin + t] * p.out_features;
 
   // The tile's x rows as float (converted once; float32 x is read in place).
-  std::vector<float> x_float;
   const float* xs[kTileRows];
   if constexpr (std::is_same_v<T, float>) {
     for (int64_t t = 0; t < n; ++t) xs[t] = x + p.rows[begin + t] * in;
   } else {
-    x_float.resize(n * in);
+    if (static_cast<int64_t>(scratch.x.size()) < n * in) scratch.x.resize(n * in);
     for (int64_t t = 0; t < n; ++t) {
-      convert_to_float(x + p.rows[begin + t] * in, x_float.data() + t * in, in);
-      xs[t] = x_float.data() + t * in;
+      convert_to_float(x + p.rows[begin + t] * in, scratch.x.data() + t * in, in);
+      xs[t] = scratch.x.data() + t * in;
     }
   }
 
-  // Shrink: h[t][part * rank_pad + j] = A[part * max_rank + j] . x[t] for j < rank; zero above.
-  std::vector<float> h(n * h_stride, 0.f);
-  float sums[kTileRows];
+  // Shrink: h[t * h_stride + part * rank_pad + j] = A[part * max_rank + j] . x[t] for j < rank,
+  // zero for rank <= j < rank_pad.
+  scratch.h.assign(n * h_stride, 0.f);
+  float* h = scratch.h.data();
   for (int64_t part = 0; part < p.num_parts; ++part) {
-    for (int64_t j = 0; j < rank; ++j) {
-      dot_rows_any(a_slot + (part * p.max_rank + j) * in, xs, n, in, sums);
-      for (int64_t t = 0; t < n; ++t) h[t * h_stride + part * rank_pad + j] = sums[t];
-    }
+    shrink_part_rows(n, a_slot + part * p.max_rank * in, rank, in, xs, h + part * rank_pad,
+                     h_stride);
   }
 
-  // Expand: delta[t][o] = B[o, :rank] . h[t][part(o) * rank_pad, +rank), kOutBlock columns at a
-  // time; the block's B rows are converted once (zero-padded to rank_pad, never read above rank).
-  std::vector<float> b_float(kOutBlock * rank_pad, 0.f);
-  int64_t part = 0;
-  for (int64_t o0 = 0; o0 < p.out_features; o0 += kOutBlock) {
-    const int64_t count = std::min(kOutBlock, p.out_features - o0);
-    int64_t h_offset[kOutBlock];
-    for (int64_t k = 0; k < count; ++k) {
-      while (o0 + k >= p.part_offsets[part + 1]) ++part;
-      h_offset[k] = part * rank_pad;
-      convert_to_float(b_slot + (o0 + k) * p.max_rank, b_float.data() + k * rank_pad, rank);
-    }
-    for (int64_t t = 0; t < n; ++t) {
-      const float* h_row = h.data() + t * h_stride;
-      T* out_row = out + p.rows[begin + t] * p.out_features + o0;
+  // Expand, part by part: delta[t][o] = B[o, :rank] . h[t][part * rank_pad, + rank).
+  if (static_cast<int64_t>(scratch.bt.size()) < kPanel * rank_pad) {
+    scratch.bt.resize(kPanel * rank_pad);
+  }
+  for (int64_t part = 0; part < p.num_parts; ++part) {
+    const int64_t low = p.part_offsets[part], high = p.part_offsets[part + 1];
+    const float* h_part = h + part * rank_pad;
+    int64_t o = low;
 #if defined(CORRAL_LORA_AVX2)
-      if (count == kOutBlock) {
-        __m256 acc[kOutBlock];
-        for (int64_t k = 0; k < kOutBlock; ++k) {
-          const float* bk = b_float.data() + k * rank_pad;
-          const float* hk = h_row + h_offset[k];
-          acc[k] = _mm256_mul_ps(_mm256_loadu_ps(bk), _mm256_loadu_ps(hk));
-          for (int64_t j = 8; j < rank_pad; j += 8) {
-            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(bk + j), _mm256_loadu_ps(hk + j), acc[k]);
-          }
-        }
-        float delta[kOutBlock];
-        _mm256_storeu_ps(delta, sum_lanes_of_eight(acc));
-        for (int64_t k = 0; k < kOutBlock; ++k) add_delta(out_row + k, delta[k]);
-        continue;
-      }
+    for (; o + kPanel <= high; o += kPanel) {
+      transpose_panel(b_slot + o * p.max_rank, p.max_rank, rank, rank_pad, scratch.bt.data());
+      expand_panel_rows(n, scratch.bt.data(), rank_pad, h_part, h_stride, out_rows, o);
+    }
 #endif
-      for (int64_t k = 0; k < count; ++k) {
-        const float* bk = b_float.data() + k * rank_pad;
-        const float* hk = h_row + h_offset[k];
-        float sum = 0.f;
-        for (int64_t j = 0; j < rank; ++j) sum += bk[j] * hk[j];
-        add_delta(out_row + k, sum);
-      }
+    for (int64_t t = 0; t < n && o < high; ++t) {
+      expand_columns_scalar(b_slot + o * p.max_rank, p.max_rank, rank, h_part + t * h_stride,
+                            out_rows[t] + o, high - o);
     }
   }
 }
@@ -325,10 +459,11 @@ void lora_shrink_expand(torch::Tensor out, torch::Tensor x, torch::Tensor a, tor
     const T* a_ptr = a.data_ptr<T>();
     const T* b_ptr = b.data_ptr<T>();
     at::parallel_for(0, num_items, grain, [&](int64_t first, int64_t last) {
+      Scratch scratch;
       for (int64_t item = first; item < last; ++item) {
         const int64_t g = item_seg[item], begin = item_begin[item];
         const int64_t end = std::min(begin + kTileRows, starts[g + 1]);
-        lora_tile<T>(problem, out_ptr, x_ptr, a_ptr, b_ptr, g, begin, end);
+        lora_tile<T>(problem, out_ptr, x_ptr, a_ptr, b_ptr, g, begin, end, scratch);
       }
     });
   };
