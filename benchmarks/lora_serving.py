@@ -3,7 +3,8 @@ in every batch, against the base model alone and against weights with one adapte
 
 Model: a random SmolLM-135M-shaped model (bf16). Workload: 32 requests submitted at once
 (max_num_seqs 32: concurrency 32), each 128 random prompt tokens and exactly 128 output tokens
-(greedy, EOS ignored); fresh prompts every round, so no prefix-cache hits. Configurations:
+(greedy, EOS ignored); fresh prompts for every run and the prefix cache reset before it, so no
+prefix-cache hits (the LoRA configurations share one engine). Configurations:
   base         the base model, LoRA off
   base+lora    LoRA on (16 slots), every request on the base model (the cost of the switch)
   N adapters   request i uses adapter i mod N (N = 1, 4, 16; all resident, 16 slots)
@@ -15,7 +16,7 @@ are taken within a round, then the median over rounds. Adapter loads are timed a
 after the first read, so this is the parse-and-copy cost, not a disk's) and warm (from the
 host cache into a slot).
 
-    .venv/bin/python benchmarks/lora_serving.py                 # about 6 minutes on 2 cores
+    .venv/bin/python benchmarks/lora_serving.py                 # about 15 minutes on 2 cores
     .venv/bin/python benchmarks/lora_serving.py --quick         # smoke test
 """
 
@@ -74,6 +75,7 @@ def _prompts(num: int, length: int, vocab_size: int, seed: int) -> list[dict]:
 
 
 def _run(llm: LLM, prompts: list[dict], params: SamplingParams, loras: list | None) -> float:
+    llm.engine.kv_manager.reset_prefix_cache()
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False, lora_request=loras)
     elapsed = time.perf_counter() - start
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--output-tokens", type=int, default=128)
     parser.add_argument("--adapter-counts", default="1,4,16")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one round")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -163,10 +165,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratios: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(args.rounds):
         order = names[round_index % len(names) :] + names[: round_index % len(names)]
-        prompts = _prompts(args.num_requests, args.prompt_tokens, arch.vocab_size, round_index)
         this_round = {}
         for name in order:
             llm, loras = configs[name]
+            # Fresh prompts for every run: engines that share a prefix cache never hit it.
+            seed = round_index * len(names) + names.index(name)
+            prompts = _prompts(args.num_requests, args.prompt_tokens, arch.vocab_size, seed)
             this_round[name] = _run(llm, prompts, params, loras)
             throughput[name].append(this_round[name])
         for name in names:
