@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from corral.cluster.routing import ROUTER_POLICIES
 from corral.config import SchedulerConfig
 from corral.engine.engine_args import (
     add_lora_arguments,
@@ -18,7 +19,6 @@ from corral.sim.cost.hardware import list_hardware
 from corral.sim.cost.lora import DEFAULT_SEGMENT_OVERHEAD_S
 from corral.sim.deployment import DeploymentOptions
 from corral.sim.lora import LoRASimOptions
-from corral.sim.router import ROUTER_POLICIES
 from corral.sim.spec import SpecSimConfig
 from corral.workloads.spec import Workload
 

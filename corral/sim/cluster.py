@@ -13,11 +13,11 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from corral.cluster.routing import RouterPolicy, RoutingRequest, make_router
 from corral.request import Request
 from corral.sampling_params import SamplingParams
 from corral.sim.config import ClusterSpec
 from corral.sim.instance import SimInstance
-from corral.sim.router import RouterPolicy, make_router
 from corral.workloads.metrics import RequestRecord
 from corral.workloads.spec import RequestSpec, Workload, check_lengths
 from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID
@@ -38,6 +38,11 @@ class SimResult:
 
 
 RequestHook = Callable[[Request, RequestSpec], None]
+
+
+def routing_request(request: Request) -> RoutingRequest:
+    """What the router sees of a request: its prompt and its block hashes' extra keys."""
+    return RoutingRequest(request.prompt_token_ids, request.adapter_id, request.cache_salt)
 
 
 class ClusterSimulator:
@@ -63,9 +68,9 @@ class ClusterSimulator:
             self.decode_pool = [i for i in self.instances if i.spec.role == "decode"]
         else:
             self.prefill_pool = self.decode_pool = self.instances
-        self.prefill_router: RouterPolicy = make_router(spec.router, self.prefill_pool, spec.seed)
-        self.decode_router: RouterPolicy = (
-            make_router(spec.router, self.decode_pool, spec.seed + 1)
+        self.prefill_router = self._make_router(self.prefill_pool, spec.seed)
+        self.decode_router = (
+            self._make_router(self.decode_pool, spec.seed + 1)
             if spec.is_disaggregated
             else self.prefill_router
         )
@@ -82,6 +87,10 @@ class ClusterSimulator:
         assignment = spec.adapter_assignment
         # request id -> its LoRA adapter (absent or None: the base model)
         self._adapters = assignment.assign(workload.specs) if assignment is not None else {}
+
+    def _make_router(self, pool: list[SimInstance], seed: int) -> RouterPolicy:
+        """The shared policy over the pool, hashing prompts as the pool's KV managers do."""
+        return make_router(self.spec.router, pool, seed, prefix_hash=pool[0].spec.prefix_hash)
 
     def _clock(self) -> float:
         return self.now
@@ -173,7 +182,7 @@ class ClusterSimulator:
         if self.request_hook is not None:
             self.request_hook(request, request_spec)
         pool = self.prefill_pool
-        self._assign(pool[self.prefill_router.select(request)], request)
+        self._assign(pool[self.prefill_router.select(routing_request(request))], request)
 
     def _assign(self, instance: SimInstance, request: Request) -> None:
         instance.add_request(request)
@@ -251,6 +260,6 @@ class ClusterSimulator:
         )
         if self.request_hook is not None:
             self.request_hook(request, request_spec)
-        instance = self.decode_pool[self.decode_router.select(request)]
+        instance = self.decode_pool[self.decode_router.select(routing_request(request))]
         instance.kv.expect_external(request.request_id, request_spec.num_prompt_tokens)
         self._assign(instance, request)

@@ -1,4 +1,4 @@
-"""Router policies on a scripted imbalance."""
+"""Router policies (corral/cluster/routing.py) on a scripted imbalance, and in the simulator."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from corral.request import Request
-from corral.sampling_params import SamplingParams
+from corral.cluster.routing import RoutingRequest, make_router
 from corral.sim.config import ClusterSpec
-from corral.sim.router import make_router
 from tests.sim.helpers import instance, run, spec, workload
 
 
@@ -21,8 +19,8 @@ class Load:
     block_size: int = 4
 
 
-def request(token_ids, request_id="r") -> Request:
-    return Request(request_id, list(token_ids), SamplingParams(max_tokens=1), max_model_len=4096)
+def request(token_ids) -> RoutingRequest:
+    return RoutingRequest(list(token_ids))
 
 
 # Instance 0 is swamped with requests, 1 is nearly full of KV but has few, 2 is light.

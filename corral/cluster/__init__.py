@@ -1,0 +1,1 @@
+"""Cluster level: routing policies shared with the simulator, the router, replicas."""
