@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 _SIZE_UNITS = {
     "": 1,
@@ -246,6 +247,66 @@ class LoRAConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KVEventsConfig:
+    """KV cache events for routers (vLLM's --kv-events-config, same JSON keys): a ZMQ PUB socket
+    streams the prefix cache's stored/removed blocks, a ROUTER socket replays recent batches and
+    answers a snapshot request (docs/server.md, corral/serve/kv_events_publisher.py)."""
+
+    enable_kv_cache_events: bool = False
+    publisher: str | None = None  # "zmq" or "null"; None: zmq when enabled
+    endpoint: str = "tcp://*:5557"  # bound when it has * (or is ipc/inproc), else connected
+    replay_endpoint: str | None = None  # bound; None: no replay, no snapshot
+    buffer_steps: int = 10_000  # batches kept for replay
+    hwm: int = 100_000  # the PUB socket's high-water mark
+    max_queue_size: int = 100_000  # batches waiting for the publisher thread
+    topic: str = ""
+    # corral's own keys: block hashes as vLLM's default uint64 ("int") or the sha256 digest
+    # ("bytes"); events as tagged arrays (vLLM before its map switch) or tagged maps ("map").
+    block_hash_format: str = "int"
+    event_encoding: str = "array"
+
+    def __post_init__(self) -> None:
+        if self.publisher is None:
+            object.__setattr__(self, "publisher", "zmq" if self.enable_kv_cache_events else "null")
+        if self.publisher not in ("zmq", "null"):
+            raise ValueError(f"kv events publisher must be 'zmq' or 'null', got {self.publisher!r}")
+        if self.block_hash_format not in ("int", "bytes"):
+            raise ValueError(
+                f"kv events block_hash_format must be 'int' or 'bytes', got "
+                f"{self.block_hash_format!r}"
+            )
+        if self.event_encoding not in ("array", "map"):
+            raise ValueError(
+                f"kv events event_encoding must be 'array' or 'map', got {self.event_encoding!r}"
+            )
+        for name in ("buffer_steps", "hwm", "max_queue_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"kv events {name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_json(cls, text: str) -> KVEventsConfig:
+        """Parse --kv-events-config; ValueError names a malformed text or an unknown key."""
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--kv-events-config is not JSON ({error}): {text!r}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"--kv-events-config must be a JSON object, got {text!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"--kv-events-config: unknown keys {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**values)
+        except TypeError as error:  # a value of the wrong type
+            raise ValueError(f"--kv-events-config {text!r}: {error}") from None
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.enable_kv_cache_events and self.publisher == "zmq"
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything one engine instance needs."""
 
@@ -260,6 +321,8 @@ class EngineConfig:
     debug_check_integrity: bool = False
     # Append every step's shape and duration here (JSON lines; corral.engine.step_log).
     step_log_path: str | None = None
+    # KV cache events for routers (off by default; --kv-events-config).
+    kv_events: KVEventsConfig = field(default_factory=KVEventsConfig)
 
     def __post_init__(self) -> None:
         if self.scheduler.preemption_mode == "swap" and self.cache.host_cache_memory is None:

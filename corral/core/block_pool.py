@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from corral.core.kv_events import KVEventBuffer
 from corral.core.kv_stats import KVCacheStats
 
 
@@ -50,6 +51,8 @@ class BlockPool:
         # Called with (block_id, block_hash) just before a cached block's hash is dropped on
         # reuse, so its contents can be saved to a lower tier first.
         self.evict_listener: Callable[[int, bytes | int], None] | None = None
+        # Records removals (evictions, resets) when KV events are on (KVCacheManager sets it).
+        self.events: KVEventBuffer | None = None
 
     @property
     def num_free_blocks(self) -> int:
@@ -122,12 +125,16 @@ class BlockPool:
             if block.ref_count == 0:
                 self._evict(block, notify=False)
                 dropped += 1
+        if self.events is not None and not self._cached:
+            self.events.record_cleared()
         return dropped
 
     def _evict(self, block: KVBlock, *, notify: bool = True) -> None:
         assert block.block_hash is not None
         if notify and self.evict_listener is not None:
             self.evict_listener(block.block_id, block.block_hash)
+        if self.events is not None:
+            self.events.record_removed(block.block_hash)
         del self._cached[block.block_hash]
         block.block_hash = None
         self.stats.prefix_cache_evictions += 1

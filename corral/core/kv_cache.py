@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 from corral.core.block_hash import BLOCK_HASH_FNS, BlockHash
 from corral.core.block_pool import BlockPool, KVBlock
+from corral.core.kv_events import KVEvent, KVEventBuffer
 from corral.core.kv_offload import KVOffloader
 from corral.core.kv_stats import KVCacheStats
 from corral.core.kv_tiers import DiskTier, HostTier
@@ -48,10 +49,14 @@ class KVCacheManager:
         prefix_hash: str = "sha256",
         num_host_slots: int = 0,
         disk_tier: DiskTier | None = None,
+        enable_kv_events: bool = False,
     ) -> None:
         self.block_size = block_size
         self.stats = KVCacheStats()
         self.pool = BlockPool(num_blocks, self.stats)
+        # KV events (corral/core/kv_events.py): None, and no cost, unless enabled.
+        self.events = KVEventBuffer(block_size) if enable_kv_events else None
+        self.pool.events = self.events
         self.offloader: KVOffloader | None = None
         if num_host_slots > 0:
             self.offloader = KVOffloader(self.pool, HostTier(num_host_slots), disk_tier)
@@ -142,6 +147,9 @@ class KVCacheManager:
         if host_hashes:
             assert offloader is not None
             offloader.load_host_hits(host_hashes, new_blocks[: len(host_hashes)])
+            if self.events is not None:  # fresh blocks: those holding their hash were loaded
+                loaded = [block.block_hash == h for block, h in zip(new_blocks, host_hashes)]
+                self._record_stored(request, len(hits), loaded)
         appended = hits + new_blocks
         if held is None:
             self._req_blocks[request_id] = appended
@@ -162,8 +170,18 @@ class KVCacheManager:
         if num_full <= start:
             return
         self._extend_hashes(request, num_full)
-        for index in range(start, num_full):
-            self.pool.register(blocks[index], request.block_hashes[index])
+        if self.events is None:
+            for index in range(start, num_full):
+                self.pool.register(blocks[index], request.block_hashes[index])
+        else:
+            # register() is True for a block registered now, False when another block holds
+            # the hash (a block registered before already holds it, and is skipped).
+            registered = [
+                blocks[index].block_hash is None
+                and self.pool.register(blocks[index], request.block_hashes[index])
+                for index in range(start, num_full)
+            ]
+            self._record_stored(request, start, registered)
         self._num_registered[request.request_id] = num_full
 
     def free_excess_blocks(self, request: Request, num_tokens: int) -> bool:
@@ -238,7 +256,27 @@ class KVCacheManager:
             self.offloader.finish_disk_reads(results)
 
     def reset_prefix_cache(self) -> int:
+        """Forget every cached block no request holds; returns how many were dropped."""
         return self.pool.reset_prefix_cache()
+
+    def take_kv_events(self) -> list[KVEvent]:
+        """The KV events since the last call (empty when they are off)."""
+        return self.events.take() if self.events is not None else []
+
+    def _record_stored(self, request: Request, first_index: int, registered: list[bool]) -> None:
+        """Record the request's blocks first_index + i with registered[i] (entered the prefix
+        cache just now) as BlockStored events, one per consecutive run."""
+        assert self.events is not None
+        hashes, tokens = request.block_hashes, request.all_token_ids
+        lora_name = request.lora.name if request.lora is not None else request.adapter_id
+        run_start = first_index
+        for offset, is_new in enumerate(registered):
+            if not is_new:
+                index = first_index + offset
+                self.events.record_stored(hashes, run_start, index, tokens, lora_name)
+                run_start = index + 1
+        stop = first_index + len(registered)
+        self.events.record_stored(hashes, run_start, stop, tokens, lora_name)
 
     def check_integrity(self) -> None:
         """Assert free + cached-evictable + in-use == total, and that every block's reference count

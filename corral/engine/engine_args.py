@@ -8,6 +8,7 @@ from typing import Any
 from corral.config import (
     CacheConfig,
     EngineConfig,
+    KVEventsConfig,
     LoRAConfig,
     ModelConfig,
     SchedulerConfig,
@@ -88,6 +89,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="append each step's batch shape and duration to this JSON-lines file (fit the "
         "simulator to real serving: corral simulate profile --from-step-log)",
+    )
+    group.add_argument(
+        "--kv-events-config",
+        default=None,
+        metavar="JSON",
+        help="publish KV cache events for routers, as vLLM does (same JSON keys), e.g. "
+        '\'{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557", '
+        '"replay_endpoint": "tcp://*:5558", "topic": "kv-events"}\' (docs/server.md)',
     )
     group.add_argument("--debug-check-integrity", action="store_true")
     group.add_argument(
@@ -238,8 +247,14 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         structured_output_backend=args.structured_output_backend,
         debug_check_integrity=args.debug_check_integrity,
         step_log_path=args.step_log,
+        kv_events=kv_events_config_from_args(args),
         **overrides,
     )
+
+
+def kv_events_config_from_args(args: argparse.Namespace) -> KVEventsConfig:
+    text = getattr(args, "kv_events_config", None)
+    return KVEventsConfig.from_json(text) if text else KVEventsConfig()
 
 
 def scheduler_config_from_args(args: argparse.Namespace) -> SchedulerConfig:

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corral.config import EngineConfig, parse_memory_budget
 from corral.core.kv_cache import KVCacheManager
@@ -21,6 +22,9 @@ from corral.core.scheduler import Scheduler
 from corral.model.arch import ModelArch
 from corral.request import Request, RequestStatus
 from corral.structured.manager import StructuredOutputManager
+
+if TYPE_CHECKING:
+    from corral.serve.kv_events_publisher import KVEventsPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +63,14 @@ class EngineCore:
             prefix_hash=config.cache.prefix_hash,
             num_host_slots=self.executor.num_host_slots,
             disk_tier=disk_tier,
+            enable_kv_events=config.kv_events.is_enabled,
         )
+        # KV events for routers (--kv-events-config): sockets and a thread, only when enabled.
+        self.kv_events_publisher: KVEventsPublisher | None = None
+        if config.kv_events.is_enabled:
+            from corral.serve.kv_events_publisher import KVEventsPublisher
+
+            self.kv_events_publisher = KVEventsPublisher(config.kv_events)
         self.scheduler = Scheduler(
             config.scheduler,
             self.kv_manager,
@@ -128,6 +139,8 @@ class EngineCore:
             updates = refused + updates
         if self.config.debug_check_integrity:
             self.kv_manager.check_integrity()
+        if self.kv_events_publisher is not None:
+            self.publish_kv_events()
         if self.step_log is not None:
             self.step_log.step(
                 scheduler_output,
@@ -158,13 +171,29 @@ class EngineCore:
         return self.scheduler.has_unfinished_requests() or self.structured.num_pending > 0
 
     def stats(self) -> SchedulerStats:
+        """The scheduler's counters now. The core loop asks after every step and periodically
+        while idle, so KV events recorded between steps (reset_prefix_cache) go out here."""
+        if self.kv_events_publisher is not None:
+            self.publish_kv_events()
         return self.scheduler.stats()
 
+    def publish_kv_events(self) -> None:
+        """Hand the KV events recorded since the last call to the publisher (its thread sends
+        them; this only queues)."""
+        assert self.kv_events_publisher is not None
+        events = self.kv_manager.take_kv_events()
+        if events:
+            self.kv_events_publisher.publish(time.time(), events)
+
     def flush(self) -> None:
-        """Wait for background KV writes (the disk tier) to reach their files; close the step
-        log."""
+        """Wait for background KV writes (the disk tier) to reach their files; send the last KV
+        events and close their sockets; close the step log."""
         self.executor.storage.flush()
         self.structured.shutdown()
+        if self.kv_events_publisher is not None:
+            self.publish_kv_events()
+            self.kv_events_publisher.shutdown()
+            self.kv_events_publisher = None
         if self.step_log is not None:
             self.step_log.close()
             self.step_log = None

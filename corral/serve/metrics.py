@@ -1,5 +1,8 @@
 """Prometheus metrics, named like vLLM's with a `corral:` prefix (vllm:x -> corral:x), so that
-existing dashboards translate by a prefix. Each server has its own registry."""
+existing dashboards translate by a prefix. The series routers read (llm-d, Dynamo, the vLLM
+router: queue, running batch, KV usage, prefix cache, preemptions) are also exported under their
+vLLM names and labels (model_name, engine="0"), with the same values. Each server has its own
+registry."""
 
 from __future__ import annotations
 
@@ -28,6 +31,40 @@ _REQUEST_LATENCY_BUCKETS_S = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
+
+
+# Series also exported as vllm:<name>, as vLLM's PrometheusStatLogger names them (counters gain
+# _total on the page, from prometheus_client, in both prefixes).
+VLLM_NAMES = frozenset(
+    (
+        "num_requests_running",
+        "num_requests_waiting",
+        "kv_cache_usage_perc",
+        "prefix_cache_queries",
+        "prefix_cache_hits",
+        "num_preemptions",
+    )
+)
+# vLLM's labels: the served model and the engine index (corral: one engine per server).
+VLLM_LABELS = ("model_name", "engine")
+VLLM_ENGINE = "0"
+
+
+class _Twins:
+    """A corral: series and its vllm: twin, moved together (one update, two series)."""
+
+    __slots__ = ("series",)
+
+    def __init__(self, *series: Any) -> None:
+        self.series = series
+
+    def set(self, value: float) -> None:
+        for one in self.series:
+            one.set(value)
+
+    def inc(self, amount: float = 1) -> None:
+        for one in self.series:
+            one.inc(amount)
 
 
 _SLO_DOCS = {
@@ -64,11 +101,21 @@ class ServerMetrics:
         values = {"model_name": model_name}
         registry = self.registry
 
+        vllm_values = {"model_name": model_name, "engine": VLLM_ENGINE}
+
+        def with_vllm_twin(kind: Any, name: str, doc: str) -> Any:
+            series = kind(name, doc, labels, registry=registry).labels(**values)
+            short = name.removeprefix("corral:")
+            if short not in VLLM_NAMES:
+                return series
+            twin = kind("vllm:" + short, doc, VLLM_LABELS, registry=registry)
+            return _Twins(series, twin.labels(**vllm_values))
+
         def gauge(name: str, doc: str) -> Any:
-            return Gauge(name, doc, labels, registry=registry).labels(**values)
+            return with_vllm_twin(Gauge, name, doc)
 
         def counter(name: str, doc: str) -> Any:
-            return Counter(name, doc, labels, registry=registry).labels(**values)
+            return with_vllm_twin(Counter, name, doc)
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Any:
             return Histogram(name, doc, labels, buckets=buckets, registry=registry).labels(**values)
