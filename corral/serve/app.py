@@ -84,6 +84,9 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if start_engine:
             await engine.start()
+        if engine.input_processor.kv_pool is not None:
+            num_blocks, block_size = engine.input_processor.kv_pool
+            metrics.set_cache_config(block_size, num_blocks)
         logger.info("serving %s (max_model_len %d)", model_name, engine.max_model_len)
         try:
             yield

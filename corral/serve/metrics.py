@@ -249,6 +249,23 @@ class ServerMetrics:
             self.lora.observe(stats.lora)
         self._last = stats
 
+    def set_cache_config(self, block_size: int, num_blocks: int) -> None:
+        """The KV pool's geometry as vLLM's cache_config_info (an info gauge at 1 whose labels
+        carry block_size and num_gpu_blocks), under vllm: and corral:, for routers that size
+        their view of each replica's prefix cache from it."""
+        info = {"block_size": str(block_size), "num_gpu_blocks": str(num_blocks)}
+        for prefix, base in (
+            ("vllm:", {**self._values, "engine": VLLM_ENGINE}),
+            ("corral:", self._values),
+        ):
+            gauge = Gauge(
+                prefix + "cache_config_info",
+                "KV cache geometry (labels); value 1.",
+                [*base, *info],
+                registry=self.registry,
+            )
+            gauge.labels(**base, **info).set(1)
+
     def count_rejected(self, error: Any) -> None:
         status = getattr(error, "status_code", 500)
         self.request_rejected.labels(status=str(status), **self._values).inc()

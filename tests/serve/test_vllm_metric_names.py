@@ -81,3 +81,10 @@ def test_a_live_server_exports_them(server):
     assert values["vllm:prefix_cache_queries"] > 0
     assert 0 < values["vllm:prefix_cache_hits"] <= values["vllm:prefix_cache_queries"]
     assert 0 <= values["vllm:kv_cache_usage_perc"] <= 1
+    # The KV pool's geometry, as vLLM's cache_config_info labels (routers size their view of
+    # each replica's prefix cache from it).
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    for name in ("vllm:cache_config_info", "corral:cache_config_info"):
+        (sample,) = families[name].samples
+        assert sample.value == 1
+        assert int(sample.labels["block_size"]) > 0 and int(sample.labels["num_gpu_blocks"]) > 0
