@@ -1,5 +1,6 @@
-"""The control plane, the simulator and the length predictors never import torch: every module
-of those packages is imported in a fresh interpreter, and torch must not be loaded after."""
+"""The control plane, the simulator, the length predictors, the adapter checks and the routing
+policies never import torch: every module of those packages, and the listed modules, is imported
+in a fresh interpreter, and torch must not be loaded after."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ from pathlib import Path
 import corral
 
 TORCH_FREE_PACKAGES = ("corral.core", "corral.sim", "corral.predict", "corral.workloads")
+# Torch-free modules of packages that also hold torch code: the frontend's adapter checks, and
+# the routing policies the router and the simulator share.
+TORCH_FREE_MODULES = (
+    "corral.lora.adapter",
+    "corral.lora.registry",
+    "corral.cluster.routing",
+    "corral.cluster.prefix_index",
+)
 
 
 def _modules(package: str) -> list[str]:
@@ -45,6 +54,7 @@ def _import_in_fresh_interpreter(modules: list[str]) -> subprocess.CompletedProc
 
 def test_control_plane_and_simulator_import_no_torch() -> None:
     modules = [name for package in TORCH_FREE_PACKAGES for name in _modules(package)]
+    modules += TORCH_FREE_MODULES
     result = _import_in_fresh_interpreter(modules)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("ok")
