@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": ("corral.bench.cli", "benchmark a server or the engine"),
     "simulate": ("corral.sim.cli", "simulate serving on a virtual clock"),
     "predictor": ("corral.predict.cli", "train and evaluate length predictors"),
+    "router": ("corral.cluster.router_cli", "route requests over several corral serve replicas"),
 }
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from corral.cluster.launcher import add_replica_arguments
 from corral.engine.engine_args import add_engine_arguments, engine_config_from_args
 from corral.serve.cache_isolation import CACHE_ISOLATION_MODES
 from corral.serve.config import ServerConfig
@@ -99,6 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"--enable-lora; default: env {RUNTIME_LORA_ENV}=1, else off)",
     )
     add_engine_arguments(parser)
+    add_replica_arguments(parser)
 
 
 def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -126,6 +128,10 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "replicas", 1) != 1:  # N engines and the router in front
+        from corral.cluster.launcher import run_replicas
+
+        return run_replicas(args)
     from corral.engine.async_llm import AsyncLLM
     from corral.serve.app import build_app
     from corral.serve.server import serve

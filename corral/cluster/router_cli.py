@@ -1,0 +1,230 @@
+"""`corral router`: an OpenAI-compatible front over several `corral serve` replicas (or any
+server with the same API), routing each request by a policy of corral/cluster/routing.py.
+SIGTERM or Ctrl-C: stop accepting, let the requests in flight finish (--drain-timeout-s)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from corral.cluster.replicas import DEFAULT_BLOCK_SIZE, DEFAULT_NUM_BLOCKS
+from corral.cluster.router_app import RouterConfig
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "CORRAL_API_KEY"
+DEFAULT_POLICY = "least-outstanding"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("router")
+    group.add_argument(
+        "--backend",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="a replica's base URL (http://host:port); repeat for each replica",
+    )
+    add_routing_arguments(group)
+    group.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    group.add_argument("--port", type=int, default=8000)
+    group.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="MODEL_DIR",
+        help="model directory whose tokenizer and chat template turn prompts into tokens, for "
+        "prefix-aware (default: the replicas' model directory, when it is on this machine)",
+    )
+    group.add_argument(
+        "--backend-api-key",
+        default=None,
+        help=f"bearer key for the router's own /metrics scrapes (default: env {API_KEY_ENV}, "
+        "its first key); clients' Authorization headers are forwarded as sent",
+    )
+    group.add_argument("--drain-timeout-s", type=float, default=30.0)
+    group.add_argument("--no-access-log", action="store_true", help="no per-request access log")
+
+
+def add_routing_arguments(group: argparse._ArgumentGroup) -> None:
+    """The routing, health and failover flags (shared with `corral serve --replicas`)."""
+    from corral.cluster.routing import ROUTER_POLICIES
+
+    defaults = RouterConfig(backend_urls=("http://-",))
+    group.add_argument(
+        "--policy",
+        choices=ROUTER_POLICIES.names(),
+        default=DEFAULT_POLICY,
+        help=f"routing policy (default {DEFAULT_POLICY}; docs/router.md)",
+    )
+    group.add_argument(
+        "--poll-interval-s",
+        type=float,
+        default=defaults.poll_interval_s,
+        help="check each replica's /health and scrape its /metrics this often",
+    )
+    group.add_argument(
+        "--health-timeout-s",
+        type=float,
+        default=defaults.health_timeout_s,
+        help="a /health check not answered 200 within this fails",
+    )
+    group.add_argument(
+        "--unhealthy-after",
+        type=int,
+        default=defaults.unhealthy_after,
+        help="failed checks in a row that take a replica out of the rotation",
+    )
+    group.add_argument(
+        "--healthy-after",
+        type=int,
+        default=defaults.healthy_after,
+        help="healthy checks in a row that bring a replica that left back",
+    )
+    group.add_argument(
+        "--max-retries",
+        type=int,
+        default=defaults.max_retries,
+        help="moves of a request to another replica when one fails before answering",
+    )
+    group.add_argument(
+        "--router-block-size",
+        type=int,
+        default=None,
+        help=f"the replicas' KV block size for prefix-aware, until they report it in /metrics "
+        f"(default {DEFAULT_BLOCK_SIZE})",
+    )
+    group.add_argument(
+        "--router-num-blocks",
+        type=int,
+        default=None,
+        help=f"the replicas' KV pool size, bounding prefix-aware's estimate of each cache "
+        f"(default {DEFAULT_NUM_BLOCKS})",
+    )
+    group.add_argument(
+        "--max-imbalance",
+        type=int,
+        default=None,
+        help="prefix-aware: outstanding requests above the least loaded replica past which "
+        "the replica holding the prefix is passed over",
+    )
+
+
+def router_config_from_args(
+    args: argparse.Namespace, backend_urls: tuple[str, ...], **overrides: object
+) -> RouterConfig:
+    key = getattr(args, "backend_api_key", None) or os.environ.get(API_KEY_ENV, "")
+    fields: dict[str, object] = dict(
+        backend_urls=backend_urls,
+        policy=args.policy,
+        host=args.host,
+        port=args.port,
+        poll_interval_s=args.poll_interval_s,
+        health_timeout_s=args.health_timeout_s,
+        unhealthy_after=args.unhealthy_after,
+        healthy_after=args.healthy_after,
+        max_retries=args.max_retries,
+        backend_api_key=key.split(",")[0].strip() or None,
+        block_size=args.router_block_size or DEFAULT_BLOCK_SIZE,
+        num_blocks=args.router_num_blocks or DEFAULT_NUM_BLOCKS,
+        max_imbalance=args.max_imbalance,
+    )
+    fields.update(overrides)
+    return RouterConfig(**fields)  # type: ignore[arg-type]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = router_config_from_args(args, tuple(args.backend))
+        tokenizer = load_tokenizer(config, args.tokenizer)
+    except ValueError as error:
+        print(f"corral router: {error}", file=sys.stderr)
+        return 2
+    started = serve_router(
+        config,
+        tokenizer,
+        log_level=getattr(args, "log_level", "INFO").lower(),
+        access_log=not args.no_access_log,
+        drain_timeout_s=args.drain_timeout_s,
+    )
+    return 0 if started else 1
+
+
+def load_tokenizer(config: RouterConfig, model_dir: str | None):  # noqa: ANN201
+    """The tokenizer the policy needs (None for load-only policies); ValueError when a
+    prefix-aware router has none: not given and no replica names a local model directory."""
+    from corral.cluster.router_prompts import PROMPT_POLICIES
+    from corral.engine.tokenizer import Tokenizer
+
+    if config.policy not in PROMPT_POLICIES:
+        return None
+    if model_dir is None:
+        model_dir = _replica_model_dir(config)
+    if model_dir is None:
+        raise ValueError(
+            f"--policy {config.policy} tokenizes prompts: give --tokenizer MODEL_DIR (no "
+            "replica answered /v1/models with a model directory on this machine)"
+        )
+    logger.info("tokenizing prompts for routing with %s", model_dir)
+    return Tokenizer(model_dir)
+
+
+def _replica_model_dir(config: RouterConfig) -> str | None:
+    import httpx
+
+    headers = (
+        {"Authorization": f"Bearer {config.backend_api_key}"} if config.backend_api_key else {}
+    )
+    for url in config.backend_urls:
+        try:
+            response = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=5.0)
+            root = response.json()["data"][0]["root"]
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+            continue
+        if isinstance(root, str) and Path(root).is_dir():
+            return root
+    return None
+
+
+def serve_router(
+    config: RouterConfig,
+    tokenizer: object = None,
+    *,
+    log_level: str = "info",
+    access_log: bool = True,
+    drain_timeout_s: float = 30.0,
+) -> bool:
+    """Serve until SIGTERM / Ctrl-C and drained; False if it never started."""
+    import uvicorn
+
+    from corral.cluster.router_app import build_router_app
+
+    app = build_router_app(config, tokenizer)  # type: ignore[arg-type]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=log_level,
+            access_log=access_log,
+            timeout_graceful_shutdown=math.ceil(drain_timeout_s),
+        )
+    )
+    # uvicorn re-raises the signal that stopped it once drained, under the handler found at
+    # start: a no-op one there makes a drained shutdown return instead of dying by the signal.
+    previous = {sig: signal.signal(sig, _drained) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return server.started
+
+
+def _drained(sig: int, frame: FrameType | None) -> None:
+    logger.info("router shut down after %s", signal.Signals(sig).name)
