@@ -9,6 +9,7 @@ router's own (corral/cluster/router_metrics.py). Errors have corral serve's shap
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -21,7 +22,7 @@ from fastapi.responses import Response
 
 import corral
 from corral.cluster.health import HealthPoller, ReplicaSet
-from corral.cluster.prefix_index import PrefixIndex
+from corral.cluster.prefix_index import PrefixIndex, ReportedPrefixIndex
 from corral.cluster.proxy import Forwarder, request_headers
 from corral.cluster.replicas import DEFAULT_BLOCK_SIZE, DEFAULT_NUM_BLOCKS, make_replicas
 from corral.cluster.router_metrics import RouterMetrics
@@ -63,6 +64,11 @@ class RouterConfig:
     num_blocks: int = DEFAULT_NUM_BLOCKS
     prefix_hash: str = "sha256"
     max_imbalance: int | None = None  # prefix-aware's option (None: the policy's default)
+    # The replicas' KV-event streams, one "ENDPOINT[,REPLAY_ENDPOINT]" per backend, in order
+    # (empty: prefix-aware estimates each cache from the prompts routed there instead).
+    kv_events: tuple[str, ...] = ()
+    kv_events_topic: str = ""
+    kv_events_hash_format: str = "int"
     seed: int = 0
     max_request_body_bytes: int = ServerConfig().max_request_body_bytes
 
@@ -96,6 +102,19 @@ def build_router_app(
     prefix_index: the prefix-aware policy's index (default: its own EstimatedPrefixIndex).
     transport: how to reach the replicas (default: HTTP; tests pass a mock)."""
     metrics = RouterMetrics()
+    feeds = None
+    if config.kv_events:
+        from corral.cluster.kv_view import ExternalHashIndex, KVEventFeeds  # needs pyzmq
+
+        if len(config.kv_events) != len(config.backend_urls):
+            raise ValueError(
+                f"--kv-events was given {len(config.kv_events)} times for "
+                f"{len(config.backend_urls)} backends: give one per backend, in order"
+            )
+        if prefix_index is None:
+            prefix_index = ExternalHashIndex(config.kv_events_hash_format)
+        assert isinstance(prefix_index, ReportedPrefixIndex)
+        feeds = KVEventFeeds(config.kv_events, prefix_index, config.kv_events_topic)
     replicas = make_replicas(
         config.backend_urls,
         unhealthy_after=config.unhealthy_after,
@@ -136,9 +155,8 @@ def build_router_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await poller.check_all()
         prompts.base_model_names = await _served_model_names(replica_set, client, own_headers)
-        # KV-EVENTS HOOK: start here one corral/cluster/kv_events_client.py subscriber per
-        # replica feeding a ReportedPrefixIndex (passed to build_router_app as prefix_index):
-        # on_cleared(i) then the snapshot on connect, on_stored / on_removed per event.
+        if feeds is not None:  # each replica's snapshot, then its stored / removed events
+            feeds.start(asyncio.get_running_loop())
         poller.start()
         logger.info(
             "routing over %d replica(s) (%d healthy), policy %s",
@@ -151,11 +169,14 @@ def build_router_app(
         finally:
             await poller.stop()
             await client.aclose()
+            if feeds is not None:
+                feeds.stop()
 
     app = FastAPI(title="corral router", version=corral.__version__, lifespan=lifespan)
     app.state.replica_set = replica_set
     app.state.metrics = metrics
     app.state.poller = poller
+    app.state.prefix_index = prefix_index  # the reported one with --kv-events, else None
     install_error_handlers(app)
 
     async def routed(request: Request) -> Response:

@@ -49,6 +49,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--drain-timeout-s", type=float, default=30.0)
     group.add_argument("--no-access-log", action="store_true", help="no per-request access log")
+    group.add_argument(
+        "--kv-events",
+        action="append",
+        default=[],
+        metavar="ENDPOINT[,REPLAY]",
+        help="a replica's KV-event stream (its --kv-events-config endpoint and replay "
+        "endpoint, e.g. tcp://host:5557,tcp://host:5558); once per --backend, in the same "
+        "order: prefix-aware then routes by what the replicas report they cache",
+    )
+    group.add_argument("--kv-events-topic", default="", help="the replicas' KV-event topic")
+    group.add_argument(
+        "--kv-events-hash-format",
+        choices=("int", "bytes"),
+        default="int",
+        help="how the replicas send block hashes (their block_hash_format; default int)",
+    )
 
 
 def add_routing_arguments(group: argparse._ArgumentGroup) -> None:
@@ -133,6 +149,9 @@ def router_config_from_args(
         block_size=args.router_block_size or DEFAULT_BLOCK_SIZE,
         num_blocks=args.router_num_blocks or DEFAULT_NUM_BLOCKS,
         max_imbalance=args.max_imbalance,
+        kv_events=tuple(getattr(args, "kv_events", ())),
+        kv_events_topic=getattr(args, "kv_events_topic", ""),
+        kv_events_hash_format=getattr(args, "kv_events_hash_format", "int"),
     )
     fields.update(overrides)
     return RouterConfig(**fields)  # type: ignore[arg-type]
