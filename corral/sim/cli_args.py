@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from corral.cluster.autoscaling import AutoscalingConfig
 from corral.cluster.routing import ROUTER_POLICIES
 from corral.config import SchedulerConfig
 from corral.engine.engine_args import (
@@ -98,6 +99,51 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_sim_arguments(parser)
     add_lora_arguments(parser)
     add_lora_sim_arguments(parser)
+    add_autoscale_arguments(parser)
+
+
+def add_autoscale_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shared autoscaling policy over the simulated instances (docs/simulator.md)."""
+    from corral.sim.autoscale_spec import FALLBACK_COLD_START_S, measured_cold_start_s
+
+    measured = measured_cold_start_s()
+    default = (
+        f"{measured:.2f} s, measured by benchmarks/cold_start.py (docs/figures/cold_start.json)"
+        if measured is not None
+        else f"{FALLBACK_COLD_START_S:g} s, an assumption (no docs/figures/cold_start.json)"
+    )
+    group = parser.add_argument_group("autoscaling, simulated (simulate run)")
+    group.add_argument(
+        "--autoscale",
+        default=None,
+        metavar="SPEC",
+        help="autoscale the instances, e.g. target-ongoing:min=0,max=4,target=8,kv=0.9,"
+        "up_delay_s=5,down_delay_s=30 (keys: min, max, initial, target, kv, up_delay_s, "
+        "down_delay_s); the cluster starts with min(max, max(min, initial or --num-instances))",
+    )
+    group.add_argument(
+        "--cold-start-s",
+        type=float,
+        default=None,
+        help=f"virtual seconds from starting an instance to its first request (default: {default})",
+    )
+    group.add_argument(
+        "--autoscale-interval-s",
+        type=float,
+        default=1.0,
+        help="virtual seconds between autoscaling decisions (default 1)",
+    )
+
+
+def autoscale_config_from_args(args: argparse.Namespace) -> AutoscalingConfig | None:
+    """The --autoscale spec, parsed (None without it); ValueError for a bad one, or for it on a
+    subcommand that does not autoscale."""
+    spec = getattr(args, "autoscale", None)
+    if spec is None:
+        return None
+    if getattr(args, "sim_command", "run") != "run":
+        raise ValueError("--autoscale is for `corral simulate run`")
+    return AutoscalingConfig.parse(spec)
 
 
 def add_lora_sim_arguments(parser: argparse.ArgumentParser) -> None:
@@ -270,6 +316,9 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         check_integrity=args.check_integrity,
         speculation=spec_sim_config_from_args(args),
         lora=lora_sim_options_from_args(args),
+        autoscale=autoscale_config_from_args(args),
+        cold_start_s=getattr(args, "cold_start_s", None),
+        autoscale_interval_s=getattr(args, "autoscale_interval_s", 1.0),
     )
 
 

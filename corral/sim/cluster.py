@@ -1,7 +1,10 @@
 """ClusterSimulator: a discrete-event simulation of instances behind a router, on one clock.
 
 Events, in time order; at equal times arrivals come first, then KV-transfer completions, then
-step ends, then step starts, so a step that starts at t sees every request that arrived by t.
+step ends, then step starts, then autoscaling calls (decisions, instances starting to serve), so a
+step that starts at t sees every request that arrived by t and a decision at t sees the steps
+that ended by t. With ClusterSpec.autoscale set, a SimAutoscaler (corral/sim/autoscale.py) runs
+the shared autoscaling policy over the instances.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from dataclasses import dataclass
 from corral.cluster.routing import RouterPolicy, RoutingRequest, make_router
 from corral.request import Request
 from corral.sampling_params import SamplingParams
+from corral.sim.autoscale import AutoscaleResult, SimAutoscaler
 from corral.sim.config import ClusterSpec
 from corral.sim.instance import SimInstance
 from corral.workloads.metrics import RequestRecord
 from corral.workloads.spec import RequestSpec, Workload, check_lengths
 from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID
 
-_ARRIVAL, _TRANSFER, _STEP_END, _WAKE = 0, 1, 2, 3
+_ARRIVAL, _TRANSFER, _STEP_END, _WAKE, _CALL = 0, 1, 2, 3, 4
 
 
 @dataclass(slots=True)
@@ -35,6 +39,9 @@ class SimResult:
     spec: ClusterSpec
     # request id -> the instances it ran on (prefill instance first when disaggregated)
     routes: dict[str, list[int]]
+    # What the autoscaler did (None: not autoscaled). instances then lists every instance that
+    # was started, in start order (InstanceReport.index is its slot).
+    autoscale: AutoscaleResult | None = None
 
 
 RequestHook = Callable[[Request, RequestSpec], None]
@@ -87,6 +94,9 @@ class ClusterSimulator:
         assignment = spec.adapter_assignment
         # request id -> its LoRA adapter (absent or None: the base model)
         self._adapters = assignment.assign(workload.specs) if assignment is not None else {}
+        self.autoscaler = (
+            SimAutoscaler(self, spec.autoscale) if spec.autoscale is not None else None
+        )
 
     def _make_router(self, pool: list[SimInstance], seed: int) -> RouterPolicy:
         """The shared policy over the pool, hashing prompts as the pool's KV managers do."""
@@ -97,6 +107,10 @@ class ClusterSimulator:
 
     def _push(self, when: float, kind: int, payload: object) -> None:
         heapq.heappush(self._heap, (when, kind, next(self._seq), payload))
+
+    def call_at(self, when: float, call: Callable[[], None]) -> None:
+        """Run call() at virtual time `when` (after the other events at that time)."""
+        self._push(when, _CALL, call)
 
     def _sampling_params(self, max_tokens: int) -> SamplingParams:
         params = self._params.get(max_tokens)
@@ -120,6 +134,9 @@ class ClusterSimulator:
             else:
                 starters.append(request_spec)
         heap = self._heap
+        autoscaler = self.autoscaler
+        if autoscaler is not None:
+            autoscaler.start()
         num_events = 0
         next_index, num_starters = 0, len(starters)
         while heap or next_index < num_starters:
@@ -143,12 +160,25 @@ class ClusterSimulator:
                     self._start_step(instance)
             elif kind == _ARRIVAL:
                 self._arrive(payload)
-            else:
+            elif kind == _TRANSFER:
                 self._transfer_done(payload)
+            else:
+                payload()
         if len(self._finished) != len(self.workload.specs):
             missing = len(self.workload.specs) - len(self._finished)
             raise RuntimeError(f"the simulation ended with {missing} requests unfinished")
         records = [self.records[s.request_id] for s in self.workload.specs]
+        if autoscaler is not None:
+            return SimResult(
+                records,
+                autoscaler.instances,
+                autoscaler.end_s,
+                time.perf_counter() - wall_start,
+                num_events,
+                self.spec,
+                self.routes,
+                autoscaler.result(),
+            )
         return SimResult(
             records,
             self.instances,
@@ -181,6 +211,14 @@ class ClusterSimulator:
         )
         if self.request_hook is not None:
             self.request_hook(request, request_spec)
+        self._dispatch(request)
+
+    def _dispatch(self, request: Request) -> None:
+        """Route an arrived request, or hold it at the autoscaler while no instance serves."""
+        autoscaler = self.autoscaler
+        if autoscaler is not None and not autoscaler.can_route():
+            autoscaler.hold(request)
+            return
         pool = self.prefill_pool
         self._assign(pool[self.prefill_router.select(routing_request(request))], request)
 
@@ -220,6 +258,8 @@ class ClusterSimulator:
                 instance.scheduler.adapters.residency.check_integrity()
         if instance.scheduler.has_unfinished_requests():
             self._start_step(instance)
+        elif self.autoscaler is not None:
+            self.autoscaler.on_step_end(instance)
 
     def _finish(self, request_spec: RequestSpec) -> None:
         request_id = request_spec.request_id
@@ -232,6 +272,8 @@ class ClusterSimulator:
                 f"{request_spec.num_output_tokens} tokens"
             )
         self._finished.add(request_id)
+        if self.autoscaler is not None:
+            self.autoscaler.on_finish()
         for child in self._children.pop(request_id, ()):
             self._push(self.now + child.think_time_s, _ARRIVAL, child)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from corral.config import SchedulerConfig
 from corral.core.kv_capacity import kv_pool_refusal
+from corral.sim.autoscale_spec import SimAutoscaleSpec
 from corral.sim.cost.base import CostModel
 from corral.sim.lora import InstanceLoRA
 from corral.sim.lora_workload import AdapterAssignment
@@ -67,6 +68,9 @@ class ClusterSpec:
     check_integrity: bool = False
     # Which LoRA adapter each request uses (None: every request uses the base model).
     adapter_assignment: AdapterAssignment | None = None
+    # Autoscaling (None: every instance serves throughout). Then instances has one slot per
+    # max_replicas, of mixed instances (corral/sim/autoscale.py).
+    autoscale: SimAutoscaleSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.instances:
@@ -82,6 +86,15 @@ class ClusterSpec:
             raise ValueError("kv_sample_interval_s must be > 0")
         if self.adapter_assignment is not None and any(s.lora is None for s in self.instances):
             raise ValueError("requests with LoRA adapters need every instance to run LoRA")
+        if self.autoscale is not None:
+            if self.is_disaggregated:
+                raise ValueError("autoscaling covers clusters of mixed instances only")
+            max_replicas = self.autoscale.config.max_replicas
+            if len(self.instances) != max_replicas:
+                raise ValueError(
+                    f"an autoscaled cluster needs one instance per max_replicas ({max_replicas}), "
+                    f"got {len(self.instances)}"
+                )
 
     @property
     def is_disaggregated(self) -> bool:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from corral.cluster.autoscaling import AutoscalingConfig
 from corral.config import SchedulerConfig
 from corral.model.arch import ModelArch
+from corral.sim.autoscale_spec import SimAutoscaleSpec, default_cold_start_s
 from corral.sim.config import ClusterSpec, InstanceSpec
 from corral.sim.cost import CostModel, CostModelOptions, make_cost_model
 from corral.sim.cost.adapter_loads import AdapterLoadCost
@@ -53,6 +55,13 @@ class DeploymentOptions:
     speculation: SpecSimConfig | None = None
     # Multi-LoRA: adapter slots and admission, the workload's adapters (corral/sim/lora.py).
     lora: LoRASimOptions | None = None
+    # Autoscaling (None: num_instances serve throughout). The cluster then starts with
+    # autoscale.initial_count(num_instances) instances; a started one serves after cold_start_s
+    # (None: the measured default, corral/sim/autoscale_spec.py); decisions every
+    # autoscale_interval_s (virtual).
+    autoscale: AutoscalingConfig | None = None
+    cold_start_s: float | None = None
+    autoscale_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_instances < 1:
@@ -188,7 +197,19 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         lora=lora,
         **fields,
     )
-    if options.num_prefill_instances:
+    autoscale = None
+    if options.autoscale is not None:
+        if options.num_prefill_instances:
+            raise ValueError("--autoscale covers clusters of mixed instances only")
+        config = options.autoscale
+        autoscale = SimAutoscaleSpec(
+            config,
+            config.initial_count(options.num_instances),
+            default_cold_start_s() if options.cold_start_s is None else options.cold_start_s,
+            options.autoscale_interval_s,
+        )
+        instances = tuple([InstanceSpec(**common)] * config.max_replicas)
+    elif options.num_prefill_instances:
         instances = tuple(
             [InstanceSpec(role="prefill", **common)] * options.num_prefill_instances
             + [InstanceSpec(role="decode", **common)] * options.num_decode_instances
@@ -204,4 +225,5 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         kv_sample_interval_s=options.kv_sample_interval_s,
         check_integrity=options.check_integrity,
         adapter_assignment=assignment,
+        autoscale=autoscale,
     )

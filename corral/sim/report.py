@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from corral.core.slo_target import SLO
+from corral.sim.autoscale import AutoscaleResult
 from corral.sim.cluster import SimResult
 from corral.sim.instance import SimInstance
 from corral.sim.lora import SimLoRAStats, format_lora_stats, merge_lora_stats
@@ -37,6 +38,46 @@ class InstanceReport:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoscaleReport:
+    """What autoscaling cost and did. Instance-seconds count each instance from its start
+    decision (initial ones: time 0) to its removal or the last request's end (end_s);
+    fixed_fleet_instance_seconds is max_replicas instances over the same [0, end_s]."""
+
+    spec: str
+    cold_start_s: float
+    interval_s: float
+    end_s: float
+    instance_seconds: float
+    fixed_fleet_instance_seconds: float
+    max_replicas: int  # the most provisioned at once (starting + serving + draining)
+    mean_replicas: float  # provisioned, time-averaged over [0, end_s]
+    num_scale_ups: int
+    num_scale_downs: int
+    num_cold_starts: int
+    num_returned: int  # draining instances put back into service
+    timeline: list[tuple[float, int, int]]  # (time, provisioned, serving) after each change
+
+    @classmethod
+    def of(cls, result: AutoscaleResult) -> AutoscaleReport:
+        spec = result.spec
+        return cls(
+            spec=spec.config.to_spec(),
+            cold_start_s=spec.cold_start_s,
+            interval_s=spec.interval_s,
+            end_s=result.end_s,
+            instance_seconds=result.instance_seconds,
+            fixed_fleet_instance_seconds=spec.config.max_replicas * result.end_s,
+            max_replicas=result.max_replicas,
+            mean_replicas=result.mean_replicas,
+            num_scale_ups=result.num_scale_ups,
+            num_scale_downs=result.num_scale_downs,
+            num_cold_starts=result.num_cold_starts,
+            num_returned=result.num_returned,
+            timeline=result.timeline,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class SimReport:
     summary: MetricsSummary
     instances: list[InstanceReport]
@@ -47,6 +88,7 @@ class SimReport:
     energy_kwh: float | None
     spec_decode: SpecDecodeStats | None = None  # summed over the instances (None: off)
     lora: SimLoRAStats | None = None  # summed over the instances (None: off)
+    autoscale: AutoscaleReport | None = None  # None: not autoscaled
 
     @property
     def simulated_requests_per_wall_s(self) -> float:
@@ -68,8 +110,14 @@ class SimReport:
         return document
 
 
-def _instance_report(instance: SimInstance, duration_s: float) -> InstanceReport:
+def _instance_report(
+    instance: SimInstance, duration_s: float, active_s: float | None = None
+) -> InstanceReport:
+    """active_s: the time the instance existed (autoscaled), else it existed for duration_s;
+    utilization, mean KV usage, cost and idle energy are over that time."""
     spec = instance.spec
+    if active_s is not None:
+        duration_s = active_s
     idle_s = max(0.0, duration_s - instance.busy_time_s)
     energy = None
     if spec.busy_power_w is not None and spec.idle_power_w is not None:
@@ -116,7 +164,16 @@ def _lora_stats(instance: SimInstance) -> SimLoRAStats | None:
 def build_report(result: SimResult, slo: SLO | None = None) -> SimReport:
     summary = summarize(result.records, slo=slo)
     duration_s = summary.duration_s
-    instances = [_instance_report(instance, duration_s) for instance in result.instances]
+    autoscale = result.autoscale
+    if autoscale is None:
+        instances = [_instance_report(instance, duration_s) for instance in result.instances]
+    else:
+        instances = [
+            _instance_report(instance, duration_s, stop - start)
+            for instance, (start, stop) in zip(
+                result.instances, autoscale.instance_lifetimes_s, strict=True
+            )
+        ]
     costs = [i.cost_usd for i in instances]
     energies = [i.energy_j for i in instances]
     return SimReport(
@@ -129,6 +186,7 @@ def build_report(result: SimResult, slo: SLO | None = None) -> SimReport:
         energy_kwh=sum(energies) / 3.6e6 if None not in energies else None,  # type: ignore[arg-type]
         spec_decode=merge_spec_stats(i.spec_decode for i in instances),
         lora=merge_lora_stats(i.lora for i in instances),
+        autoscale=AutoscaleReport.of(autoscale) if autoscale is not None else None,
     )
 
 
@@ -173,6 +231,8 @@ def format_report(report: SimReport, title: str = "corral simulate", max_rows: i
     if report.lora is not None:
         busy_time_s = sum(i.busy_time_s for i in report.instances)
         lines.append(format_lora_stats(report.lora, busy_time_s))
+    if report.autoscale is not None:
+        lines.extend(format_autoscale(report.autoscale))
     lines.append(
         f"cost: {_fmt(report.cost_usd, '.2f')} USD   energy: {_fmt(report.energy_kwh, '.3f')} kWh"
     )
@@ -182,3 +242,18 @@ def format_report(report: SimReport, title: str = "corral simulate", max_rows: i
         f"per wall-second"
     )
     return "\n".join(lines)
+
+
+def format_autoscale(report: AutoscaleReport) -> list[str]:
+    fixed_s = report.fixed_fleet_instance_seconds
+    saved = f", {1 - report.instance_seconds / fixed_s:.1%} less" if fixed_s > 0 else ""
+    return [
+        f"autoscaling {report.spec}, cold start {report.cold_start_s:.2f} s, decisions every "
+        f"{report.interval_s:g} s",
+        f"  replicas: max {report.max_replicas}, mean {report.mean_replicas:.2f} over "
+        f"{report.end_s:.1f} s; {report.num_scale_ups} scale-ups, {report.num_scale_downs} "
+        f"scale-downs, {report.num_cold_starts} cold starts, {report.num_returned} returned "
+        "from draining",
+        f"  instance-seconds: {report.instance_seconds:.1f} (a fixed fleet of max_replicas: "
+        f"{fixed_s:.1f}{saved})",
+    ]
