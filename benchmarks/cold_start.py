@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import signal
 import socket
 import statistics
@@ -31,26 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import machine  # noqa: E402
+
 FIGURES = REPO / "docs" / "figures" / "cold_start.json"
 POLL_S = 0.02  # /health polling period: the resolution of ready_s
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.machine()
-    try:
-        names = [
-            line for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line
-        ]
-        cpu = names[0].split(":", 1)[1].strip() if names else cpu
-    except OSError:
-        pass
-    return dict(
-        cpu=cpu,
-        num_cores=os.cpu_count(),
-        load_average_1m=round(os.getloadavg()[0], 2),
-        python=platform.python_version(),
-        platform=platform.platform(),
-    )
 
 
 def free_port() -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,6 +39,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.common import machine  # noqa: E402
 from benchmarks.lora_adapters import write_merged_model, write_random_adapter  # noqa: E402
 from corral import LLM, SamplingParams  # noqa: E402
 from corral.lora.adapter import LoRARequest, inspect_adapter  # noqa: E402
@@ -48,24 +48,6 @@ from corral.lora.weights import load_adapter_weights  # noqa: E402
 from corral.model.arch import ModelArch  # noqa: E402
 
 TARGET_RATIO = 0.7  # 16 adapters: at least this fraction of base-only throughput
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.machine()
-    try:
-        names = [
-            line for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line
-        ]
-        cpu = names[0].split(":", 1)[1].strip() if names else cpu
-    except OSError:
-        pass
-    return dict(
-        cpu=cpu,
-        num_cores=os.cpu_count(),
-        torch_threads=torch.get_num_threads(),
-        load_average_1m=round(os.getloadavg()[0], 2),
-        torch=torch.__version__,
-    )
 
 
 def _prompts(num: int, length: int, vocab_size: int, seed: int) -> list[dict]:
@@ -190,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     loads = load_latencies(model_dir, adapter_dirs, args.rank)
     result = dict(
-        machine=machine(),
+        machine=machine(torch_threads=torch.get_num_threads(), torch=torch.__version__),
         settings=dict(vars(args), model=str(model_dir), json_out=None),
         rows=rows,
         adapter_load=loads,
