@@ -199,11 +199,16 @@ def test_least_outstanding_picks_the_idle_replica(make_router):
         next(line for line in lines if line.startswith("data: "))  # it runs now
         busy = [r.index for r in router.replicas if r.num_in_flight == 1]
         assert len(busy) == 1, "the long request finished before the check"
-        idle = [
-            _served_by(router, lambda: _complete(router.base_url, "Unicode text")) for _ in range(3)
-        ]
-        assert router.replicas[busy[0]].num_in_flight == 1, "the long request ended too early"
-        assert idle == [1 - busy[0]] * 3
+        # Only requests routed while the long one still runs count (on a fast machine it may
+        # end before all three were sent); at least the first is.
+        idle = []
+        for _ in range(3):
+            if router.replicas[busy[0]].num_in_flight != 1:
+                break
+            idle.append(
+                _served_by(router, lambda: _complete(router.base_url, "Unicode text", max_tokens=2))
+            )
+        assert idle and idle == [1 - busy[0]] * len(idle)
         for _ in lines:  # read it to its end
             pass
 
