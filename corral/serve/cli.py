@@ -9,6 +9,7 @@ import os
 import sys
 
 from corral.cluster.launcher import add_replica_arguments
+from corral.cluster.ray_cli import add_ray_arguments
 from corral.engine.engine_args import add_engine_arguments, engine_config_from_args
 from corral.serve.cache_isolation import CACHE_ISOLATION_MODES
 from corral.serve.config import ServerConfig
@@ -101,6 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_engine_arguments(parser)
     add_replica_arguments(parser)
+    add_ray_arguments(parser)
 
 
 def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -128,6 +130,10 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "ray", False):  # replicas as a Ray Serve application
+        from corral.cluster.ray_cli import run_ray
+
+        return run_ray(args)
     if getattr(args, "replicas", 1) != 1:  # N engines and the router in front
         from corral.cluster.launcher import run_replicas
 
