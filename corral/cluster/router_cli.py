@@ -8,10 +8,8 @@ import argparse
 import logging
 import math
 import os
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 
 from corral.cluster.replicas import DEFAULT_BLOCK_SIZE, DEFAULT_NUM_BLOCKS
 from corral.cluster.router_app import RouterConfig
@@ -222,6 +220,7 @@ def serve_router(
     import uvicorn
 
     from corral.cluster.router_app import build_router_app
+    from corral.serve.server import run_until_drained
 
     app = build_router_app(config, tokenizer)  # type: ignore[arg-type]
     server = uvicorn.Server(
@@ -234,16 +233,4 @@ def serve_router(
             timeout_graceful_shutdown=math.ceil(drain_timeout_s),
         )
     )
-    # uvicorn re-raises the signal that stopped it once drained, under the handler found at
-    # start: a no-op one there makes a drained shutdown return instead of dying by the signal.
-    previous = {sig: signal.signal(sig, _drained) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        server.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return server.started
-
-
-def _drained(sig: int, frame: FrameType | None) -> None:
-    logger.info("router shut down after %s", signal.Signals(sig).name)
+    return run_until_drained(server)

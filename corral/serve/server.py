@@ -49,8 +49,13 @@ def serve(
         ),
         app.state.server,
     )
-    # uvicorn re-raises the signal that stopped it once it has drained, under the handler found
-    # at start; a no-op one there makes a drained shutdown exit 0 instead of dying by the signal.
+    return run_until_drained(server)
+
+
+def run_until_drained(server: uvicorn.Server) -> bool:
+    """Run a uvicorn server to its drained end; True if it had started. uvicorn re-raises the
+    signal that stopped it once it has drained, under the handler found at start; a no-op one
+    there makes a drained shutdown return (exit 0) instead of dying by the signal."""
     previous = {sig: signal.signal(sig, _drained) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run()
