@@ -10,6 +10,7 @@ import sys
 import time
 import warnings
 from types import FrameType
+from typing import Any
 
 from corral.cluster.autoscaling import AutoscalingConfig
 from corral.cluster.ray_serve import (
@@ -138,7 +139,17 @@ def ray_config_from_args(args: argparse.Namespace) -> RayServeConfig:
         replica_num_cpus=args.replica_num_cpus,
         replica_num_gpus=args.replica_num_gpus,
         max_ongoing_requests=args.max_ongoing_requests,
+        policy=args.policy,
+        policy_options=policy_options_from_args(args),
+        max_retries=args.max_retries,
     )
+
+
+def policy_options_from_args(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
+    """The routing policy's own options given on the command line (--max-imbalance)."""
+    if getattr(args, "max_imbalance", None) is None:
+        return ()
+    return (("max_imbalance", args.max_imbalance),)
 
 
 def run_ray(args: argparse.Namespace) -> int:

@@ -2,12 +2,13 @@
 
 Each replica is a Ray actor holding one engine (corral.cluster.ray_replica.CorralReplica) that
 serves corral's OpenAI app; Ray places the replicas on the machines of the Ray cluster (each
-reserves --replica-num-cpus CPUs, and a GPU when the engine runs on CUDA), Ray Serve's HTTP
-proxy is the ingress and its router spreads requests over the replicas (power of two choices
-on their queue lengths). With autoscaling, Ray Serve's controller scales the replicas by
-corral's autoscaling policy (corral/cluster/autoscaling.py, the simulator's) on corral's queue
-and KV metrics (corral.cluster.ray_autoscaling); min 0 scales to zero when idle, and the next
-request waits for a replica to start (the cold start).
+reserves --replica-num-cpus CPUs, and a GPU when the engine runs on CUDA). Ray Serve's HTTP
+proxy hands requests to corral's ingress (corral.cluster.ray_ingress.CorralIngress), which
+calls the replicas through a handle whose request router runs corral's routing policy
+(--policy; corral.cluster.ray_routing). With autoscaling, Ray Serve's controller scales the
+replicas by corral's autoscaling policy (corral/cluster/autoscaling.py, the simulator's) on
+corral's queue and KV metrics (corral.cluster.ray_autoscaling); min 0 scales to zero when idle,
+and the next request waits for a replica to start (the cold start).
 
 The command line is corral.cluster.ray_cli. This module imports ray only when it builds the
 application, so `corral serve` works without it.
@@ -23,11 +24,16 @@ from typing import Any
 
 from corral.cluster.autoscaling import AutoscalingConfig
 from corral.cluster.ray_autoscaling import CorralAutoscalingPolicy
+from corral.cluster.replicas import DEFAULT_NUM_BLOCKS
 from corral.config import EngineConfig
 from corral.serve.config import ServerConfig
 
 APP_NAME = "corral"
 DEPLOYMENT_NAME = "CorralReplica"
+INGRESS_NAME = "CorralIngress"
+ROUTER_CLASS = "corral.cluster.ray_routing.CorralRequestRouter"
+# Requests one ingress replica holds at once (it only relays; Ray's proxies queue the rest).
+INGRESS_MAX_ONGOING_REQUESTS = 4096
 DEFAULT_METRICS_INTERVAL_S = 1.0
 # Ray deprecates AutoscalingConfig.metrics_interval_s for environment variables, yet (2.60) reads
 # only the field for the pushes that matter here.
@@ -51,8 +57,22 @@ class RayServeConfig:
     replica_num_cpus: float = 1.0
     replica_num_gpus: float | None = None  # None: 1 when the engine's device is CUDA, else 0
     max_ongoing_requests: int | None = None  # None: the engine's max_num_seqs
+    # corral's routing policy over the replicas (a corral.cluster.routing name) and its options.
+    policy: str = "least-outstanding"
+    policy_options: tuple[tuple[str, Any], ...] = ()
+    max_retries: int = 2  # moves of a request whose replica died before answering
+    num_ingress_replicas: int = 1
 
     def __post_init__(self) -> None:
+        from corral.cluster.routing import ROUTER_POLICIES
+
+        if self.policy not in ROUTER_POLICIES.names():
+            known = sorted(ROUTER_POLICIES.names())
+            raise ValueError(f"--policy must be one of {known}, got {self.policy!r}")
+        if self.max_retries < 0:
+            raise ValueError(f"--max-retries must be >= 0, got {self.max_retries}")
+        if self.num_ingress_replicas < 1:
+            raise ValueError(f"ingress replicas must be >= 1, got {self.num_ingress_replicas}")
         if self.num_replicas < 1:
             raise ValueError(f"--replicas must be >= 1, got {self.num_replicas}")
         if self.replica_num_cpus <= 0:
@@ -125,6 +145,18 @@ def deployment_options(
         # Loading a model can take minutes on a busy machine.
         "health_check_timeout_s": max(30.0, server_config.heartbeat_timeout_s),
     }
+    cache = engine_config.cache
+    options["request_router_config"] = {
+        "request_router_class": ROUTER_CLASS,
+        "request_router_kwargs": {
+            "policy": config.policy,
+            "block_size": cache.block_size,
+            "num_blocks": cache.num_blocks or DEFAULT_NUM_BLOCKS,
+            "prefix_hash": cache.prefix_hash,
+            "options": dict(config.policy_options),
+        },
+        "request_routing_stats_period_s": config.metrics_interval_s,
+    }
     autoscaling = config.ray_autoscaling_config()
     if autoscaling is not None:
         options["autoscaling_config"] = autoscaling
@@ -133,16 +165,45 @@ def deployment_options(
     return options
 
 
+def served_model_names(model_dir: Path, server_config: ServerConfig) -> tuple[str, ...]:
+    """The base model's name as the replicas serve it (any other `model` is an adapter)."""
+    return (server_config.served_model_name or model_dir.name,)
+
+
+def ingress_options(config: RayServeConfig) -> dict[str, Any]:
+    """Options of serve.deployment for corral's ingress: no CPU reserved (it relays and, for
+    prefix-aware, tokenizes), many requests at once."""
+    return {
+        "name": INGRESS_NAME,
+        "num_replicas": config.num_ingress_replicas,
+        "ray_actor_options": {"num_cpus": 0},
+        "max_ongoing_requests": INGRESS_MAX_ONGOING_REQUESTS,
+    }
+
+
 def build_application(
     engine_config: EngineConfig, server_config: ServerConfig, config: RayServeConfig
 ) -> Any:
-    """The Ray Serve application (serve.run it): the corral replicas, bound to their configs."""
+    """The Ray Serve application (serve.run it): corral's ingress in front of the corral
+    replicas, bound to their configs."""
     from ray import serve
 
+    from corral.cluster.ray_ingress import CorralIngress
     from corral.cluster.ray_replica import CorralReplica
+    from corral.model.resolve import resolve_model_dir
 
     options = deployment_options(engine_config, server_config, config)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", METRICS_INTERVAL_WARNING, DeprecationWarning)
         deployment: Any = serve.deployment(CorralReplica, **options)
-    return deployment.bind(replica_engine_config(engine_config, config), server_config)
+    replica_config = replica_engine_config(engine_config, config)
+    replicas = deployment.bind(replica_config, server_config)
+    model_dir = resolve_model_dir(replica_config.model.model)
+    ingress: Any = serve.deployment(CorralIngress, **ingress_options(config))
+    return ingress.bind(
+        replicas,
+        config.policy,
+        replica_config.model.tokenizer or str(model_dir),
+        served_model_names(model_dir, server_config),
+        config.max_retries,
+    )

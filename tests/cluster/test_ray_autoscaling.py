@@ -23,7 +23,7 @@ from corral.cluster.ray_autoscaling import (
 )
 from corral.cluster.ray_cli import ray_config_from_args
 from corral.cluster.ray_serve import RayServeConfig, deployment_options, replica_engine_config
-from corral.config import EngineConfig, ModelConfig, SchedulerConfig
+from corral.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from corral.serve.config import ServerConfig
 
 
@@ -115,6 +115,7 @@ def test_flags_fixed_or_autoscaled():
         (("--min-replicas", "3", "--max-replicas", "2"), "exceeds max_replicas"),
         (("--autoscale", "target-ongoing:maxx=2"), "unknown autoscaling key"),
         (("--replica-num-cpus", "0"), "--replica-num-cpus"),
+        (("--max-retries", "-1"), "--max-retries"),
     ):
         with pytest.raises(ValueError, match=message):
             ray_config_from_args(parse(*bad))
@@ -143,10 +144,31 @@ def test_deployment_options_reserve_the_replica_resources(tmp_path: Path, monkey
     assert replica_engine_config(cuda, config).model.model is None  # the bundled model
 
 
+def test_corral_routes_on_ray_with_the_engines_geometry():
+    """Ray's request router for the replicas is corral's, with --policy, its options and the
+    replicas' KV block size, pool and hash (so prefix-aware hashes prompts as they do)."""
+    args = parse("--policy", "prefix-aware", "--max-imbalance", "3", "--block-size", "32")
+    config = ray_config_from_args(args)
+    assert (config.policy, config.policy_options) == ("prefix-aware", (("max_imbalance", 3),))
+    engine = EngineConfig(cache=CacheConfig(block_size=32, num_blocks=100, prefix_hash="builtin"))
+    router = deployment_options(engine, ServerConfig(), config)["request_router_config"]
+    assert router["request_router_class"] == "corral.cluster.ray_routing.CorralRequestRouter"
+    assert router["request_router_kwargs"] == {
+        "policy": "prefix-aware", "block_size": 32, "num_blocks": 100,
+        "prefix_hash": "builtin", "options": {"max_imbalance": 3},
+    }  # fmt: skip
+    assert ray_config_from_args(parse()).policy == "least-outstanding"
+    with pytest.raises(ValueError, match="--policy must be one of"):
+        RayServeConfig(policy="random")
+
+
 @pytest.mark.filterwarnings("ignore:The `metrics_interval_s`:DeprecationWarning")
 def test_ray_accepts_the_autoscaling_config():
     serve_config = pytest.importorskip("ray.serve.config", reason="Ray Serve is not installed")
     config = RayServeConfig(autoscaling=AutoscalingConfig(min_replicas=0, max_replicas=2))
+    options = deployment_options(EngineConfig(), ServerConfig(), config)
+    router = serve_config.RequestRouterConfig(**options["request_router_config"])
+    assert router.request_routing_stats_period_s == config.metrics_interval_s
     parsed = serve_config.AutoscalingConfig(**config.ray_autoscaling_config())
     assert (parsed.min_replicas, parsed.max_replicas, parsed.metrics_interval_s) == (0, 2, 1.0)
     assert not parsed.policy.is_default_policy_function()

@@ -22,6 +22,7 @@ import openai
 import pytest
 
 from corral.cluster.autoscaling import AutoscalingConfig
+from corral.cluster.ray_messages import REPLICA_HEADER
 from corral.cluster.ray_serve import APP_NAME, DEPLOYMENT_NAME, RayServeConfig
 from corral.config import CacheConfig, EngineConfig, ModelConfig
 from corral.serve.config import ServerConfig
@@ -167,8 +168,21 @@ def app(ray_cluster) -> Iterator[str]:
 
 
 def test_two_replicas_serve_the_openai_client(tiny_model, app):
-    deploy(tiny_model, RayServeConfig(num_replicas=2))
+    """Through corral's ingress and its prefix-aware policy (Ray's request router for the
+    replicas is corral's): every conversation stays on the replica that cached its prefix."""
+    deploy(tiny_model, RayServeConfig(num_replicas=2, policy="prefix-aware"))
     assert num_running_replicas() == 2
+    replicas_of: dict[str, set[str]] = {}
+    for turn in range(3):
+        for family in ("apples", "rivers", "engines", "castles"):
+            history = f"A long story about {family}, told slowly and with care. " * 4
+            prompt = history + " ".join(f"turn {t} of {family}." for t in range(turn + 1))
+            body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": 2}
+            response = httpx.post(app + "/v1/completions", json=body, timeout=120)
+            assert response.status_code == 200, response.text
+            replicas_of.setdefault(family, set()).add(response.headers[REPLICA_HEADER])
+    assert all(len(names) == 1 for names in replicas_of.values()), replicas_of
+    assert len(set().union(*replicas_of.values())) == 2, replicas_of  # both replicas serve
     client = openai.OpenAI(base_url=app + "/v1", api_key="unused", max_retries=0, timeout=120)
     assert [model.id for model in client.models.list().data] == [MODEL_NAME]
 
@@ -201,6 +215,21 @@ def test_two_replicas_serve_the_openai_client(tiny_model, app):
     assert response.status_code == 400, response.text
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert httpx.get(app + "/health", timeout=60).status_code == 200
+
+    # A replica killed mid-stream: the stream ends with corral's error event and [DONE], never
+    # silently cut; the next request is served by the replica left.
+    body = {"model": MODEL_NAME, "prompt": "Once", "max_tokens": 400, "ignore_eos": True}
+    with httpx.stream("POST", app + "/v1/completions", json={**body, "stream": True}) as stream:
+        assert stream.status_code == 200
+        lines = stream.iter_lines()
+        events = [next(line for line in lines if line.startswith("data: "))]
+        victim = stream.headers[REPLICA_HEADER]
+        name = f"SERVE_REPLICA::{APP_NAME}#{DEPLOYMENT_NAME}#{victim}"
+        ray.kill(ray.get_actor(name, namespace="serve"))
+        events += [line for line in lines if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and '"replica_disconnected"' in events[-2], events[-3:]
+    response = httpx.post(app + "/v1/completions", json={**body, "max_tokens": 2}, timeout=120)
+    assert response.status_code == 200 and response.headers[REPLICA_HEADER] != victim
 
 
 def _load(
