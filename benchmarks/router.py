@@ -38,7 +38,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import sys
 import tempfile
 import threading
@@ -53,9 +52,8 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 
-from benchmarks.router_overhead import measure_overhead  # noqa: E402
+from benchmarks.router_overhead import router_overhead  # noqa: E402
 from benchmarks.router_procs import (  # noqa: E402
-    Child,
     CpuMeter,
     machine,
     routed_counts,
@@ -63,14 +61,14 @@ from benchmarks.router_procs import (  # noqa: E402
     start_replica,
     start_router,
     wait_idle,
+    wait_router_ready,
 )
-from benchmarks.router_sim import engine_side, fit_profile, simulate_run  # noqa: E402
+from benchmarks.router_report import aggregate, fmt, print_tables, targets  # noqa: E402
+from benchmarks.router_sim import simulate_runs  # noqa: E402
 from corral.workloads import ArrivalOptions, Workload, WorkloadOptions, build_workload  # noqa: E402
 
 POLICIES = ("round-robin", "least-outstanding", "prefix-aware")
 WORKLOADS = ("multi-turn", "shared-prefix")
-TARGET_SPEEDUP = 1.5  # prefix-aware vs round robin, mean TTFT, multi-turn
-TARGET_SIM_ERROR = 0.15  # |simulated / measured - 1|, mean TTFT
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -173,22 +171,6 @@ def warm_up(url: str, vocab: int) -> None:
         httpx.post(url + "/v1/completions", json=body, timeout=120).raise_for_status()
 
 
-def wait_router_ready(router: Child, num_replicas: int, timeout_s: float = 120.0) -> None:
-    """Until the router has every replica in its rotation."""
-    router.wait_healthy(timeout_s)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = httpx.get(router.url + "/metrics", timeout=10).text
-        healthy = [
-            line for line in text.splitlines()
-            if line.startswith("corral:router_replica_healthy{") and line.endswith(" 1.0")
-        ]  # fmt: skip
-        if len(healthy) >= num_replicas:
-            return
-        time.sleep(0.2)
-    raise RuntimeError("the router did not take in every replica")
-
-
 def run_once(
     router_url: str, replica_urls: list[str], workload: Workload
 ) -> tuple[dict[str, Any], list]:
@@ -236,145 +218,6 @@ def run_once(
         "cpu": cpu,
     }
     return result, report.run.records
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.fmean(present) if present else None
-
-
-def aggregate(runs: list[dict], policies: list[str], workloads: list[str]) -> list[dict]:
-    """One row per (workload, policy): the mean over rounds of each run's figures."""
-    rows = []
-    for kind in workloads:
-        for policy in policies:
-            mine = [r for r in runs if r["workload"] == kind and r["policy"] == policy]
-            if not mine:
-                continue
-            row: dict[str, Any] = {"workload": kind, "policy": policy, "num_runs": len(mine)}
-            for key in ("ttft_mean_ms", "ttft_p50_ms", "ttft_p99_ms", "tpot_mean_ms"):
-                row[key] = _mean([r[key] for r in mine])
-            row["engine_ttft_mean_ms"] = _mean([r.get("engine_ttft_mean_ms") for r in mine])
-            row["replica_busy"] = _mean([_mean(r.get("replica_busy", [])) for r in mine])
-            queried = sum(r["prompt_tokens_queried"] for r in mine)
-            hit_tokens = sum(
-                (r["prefix_hit_rate"] or 0) * r["prompt_tokens_queried"] for r in mine
-            )  # fmt: skip
-            row["prefix_hit_rate"] = hit_tokens / queried if queried else None
-            row["ttft_mean_ms_range"] = [min(r["ttft_mean_ms"] for r in mine),
-                                         max(r["ttft_mean_ms"] for r in mine)]  # fmt: skip
-            row["num_failed"] = sum(r["num_failed"] for r in mine)
-            row["num_contended"] = sum(r["contended"] for r in mine)
-            for which in ("sim", "sim_own_steps"):
-                sims = [r[which] for r in mine if r.get(which)]
-                if sims:
-                    row[f"{which}_ttft_mean_ms"] = _mean([s["ttft_mean_ms"] for s in sims])
-                    row[f"{which}_prefix_hit_rate"] = _mean([s["prefix_hit_rate"] for s in sims])
-                    row[f"{which}_error"] = row[f"{which}_ttft_mean_ms"] / row["ttft_mean_ms"] - 1
-            rows.append(row)
-    return rows
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def print_tables(rows: list[dict], overhead: dict | None) -> None:
-    print(
-        f"\n{'workload':<14}{'policy':<19}{'TTFT mean':>10}{'p50':>8}{'p99':>8}{'hit rate':>9}"
-        f"{'busy':>6}{'sim TTFT':>10}{'error':>8}{'sim hit':>8}{'own-steps err':>14}"
-    )
-    for r in rows:
-        print(
-            f"{r['workload']:<14}{r['policy']:<19}{_fmt(r['ttft_mean_ms'], '.1f'):>10}"
-            f"{_fmt(r['ttft_p50_ms'], '.1f'):>8}{_fmt(r['ttft_p99_ms'], '.1f'):>8}"
-            f"{_fmt(r['prefix_hit_rate'], '.1%'):>9}{_fmt(r.get('replica_busy'), '.0%'):>6}"
-            f"{_fmt(r.get('sim_ttft_mean_ms'), '.1f'):>10}"
-            f"{_fmt(r.get('sim_error'), '+.1%'):>8}{_fmt(r.get('sim_prefix_hit_rate'), '.1%'):>8}"
-            f"{_fmt(r.get('sim_own_steps_error'), '+.1%'):>14}"
-        )
-    if overhead:
-        print(f"\n{'path':<34}{'p50 ms':>8}{'p99 ms':>8}{'+p50':>8}{'+p99':>8}{'paired':>8}")
-        for r in overhead["rows"]:
-            print(
-                f"{r['path']:<34}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
-                f"{_fmt(r.get('overhead_p50_ms'), '+.2f'):>8}"
-                f"{_fmt(r.get('overhead_p99_ms'), '+.2f'):>8}"
-                f"{_fmt(r.get('paired_median_diff_ms'), '+.2f'):>8}"
-            )
-
-
-def targets(rows: list[dict]) -> dict[str, Any]:
-    by = {(r["workload"], r["policy"]): r for r in rows}
-    result: dict[str, Any] = {}
-    rr, pa = by.get(("multi-turn", "round-robin")), by.get(("multi-turn", "prefix-aware"))
-    if rr and pa:
-        speedup = rr["ttft_mean_ms"] / pa["ttft_mean_ms"]
-        result["multi_turn_speedup"] = {
-            "target": TARGET_SPEEDUP, "value": speedup, "met": speedup >= TARGET_SPEEDUP,
-        }  # fmt: skip
-    errors = {f"{r['workload']}/{r['policy']}": r.get("sim_error") for r in rows}
-    if errors and all(e is not None for e in errors.values()):
-        worst = max(abs(e) for e in errors.values())
-        result["sim_error"] = {
-            "target": TARGET_SIM_ERROR, "worst_abs": worst, "met": worst <= TARGET_SIM_ERROR,
-            "per_row": errors,
-        }  # fmt: skip
-    return result
-
-
-def router_overhead(
-    stack: ExitStack, url: str, model_dir: str, args: argparse.Namespace, work: Path
-) -> dict[str, Any]:
-    """Direct to the replica at url against round-robin and prefix-aware routers over it."""
-    routers = {}
-    for policy in ("round-robin", "prefix-aware"):
-        log = work / f"router-overhead-{policy}.log"
-        router = start_router([url], policy, model_dir, args.num_kv_blocks, log)
-        stack.callback(router.stop)
-        routers[policy] = router
-    for router in routers.values():
-        wait_router_ready(router, 1)
-    load_before = os.getloadavg()[0]
-    meter = CpuMeter()
-    overhead = measure_overhead(
-        {"direct (replica 0)": url}
-        | {f"router {p} (1 backend)": r.url for p, r in routers.items()},
-        args.overhead_requests,
-    )
-    overhead["load_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    overhead["cpu"] = meter.stop()
-    return overhead
-
-
-def simulate_runs(
-    runs: list[dict],
-    workloads_of_run: dict[int, Workload],
-    step_logs: list[Path],
-    args: argparse.Namespace,
-    num_replicas: int,
-    work: Path,
-) -> None:
-    """Per run: the engines' side from the step logs, and the simulator's prediction with a
-    profile fitted to the other runs' steps (sim) and to its own (sim_own_steps)."""
-    sim_settings = dict(
-        num_instances=num_replicas,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        num_blocks=args.num_kv_blocks,
-        max_model_len=args.max_model_len,
-    )
-    run_windows = [tuple(run["window"]) for run in runs]
-    for index, run in enumerate(runs):
-        run.update(engine_side(step_logs, run_windows[index]))
-        others = [w for j, w in enumerate(run_windows) if j != index]
-        for which, windows in (("sim", others), ("sim_own_steps", [run_windows[index]])):
-            if not windows:
-                continue
-            profile = fit_profile(step_logs, windows, work / f"profile-{which}-{index}.json")
-            run[which] = simulate_run(
-                workloads_of_run[index], run["policy"], profile["path"], **sim_settings
-            ) | {"profile": profile}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -452,7 +295,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         print(
                             f"round {round_index + 1} {kind:<13} {policy:<18} TTFT mean "
                             f"{run['ttft_mean_ms']:.1f} ms p99 {run['ttft_p99_ms']:.1f} ms, hit "
-                            f"rate {_fmt(run['prefix_hit_rate'], '.1%')}, routed "
+                            f"rate {fmt(run['prefix_hit_rate'], '.1%')}, routed "
                             f"{run['routed']}, {run['num_failed']} failed, "
                             f"{run['duration_s']:.0f} s, load {run['load_1m'][0]} -> "
                             f"{run['load_1m'][1]}, other jobs {foreign:.2f} cores",
@@ -465,8 +308,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     workloads_of_run[len(runs)] = workload
                     runs.append(run)
         if args.overhead_requests > 0:
-            overhead = router_overhead(stack, urls[0], model_dir, args, work)
-    simulate_runs(runs, workloads_of_run, step_logs, args, len(cores), work)
+            overhead = router_overhead(stack, urls[0], model_dir, args, work, step_logs[0])
+    request_paths = overhead.get("request_path_s", {}) if overhead else {}
+    simulate_runs(runs, workloads_of_run, step_logs, args, len(cores), work, request_paths)
     rows = aggregate(runs, policies, workloads)
     result.update(
         machine_end=machine(),

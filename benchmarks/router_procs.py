@@ -195,3 +195,19 @@ class CpuMeter:
             "ours_cores": round(ours, 3),
             "foreign_cores": round(max(0.0, busy - ours), 3),
         }
+
+
+def wait_router_ready(router: Child, num_replicas: int, timeout_s: float = 120.0) -> None:
+    """Until the router has every replica in its rotation."""
+    router.wait_healthy(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = httpx.get(router.url + "/metrics", timeout=10).text
+        healthy = [
+            line for line in text.splitlines()
+            if line.startswith("corral:router_replica_healthy{") and line.endswith(" 1.0")
+        ]  # fmt: skip
+        if len(healthy) >= num_replicas:
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the router did not take in every replica")

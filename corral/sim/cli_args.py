@@ -87,6 +87,14 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
         "--kv-transfer-gb-s", type=float, default=50.0, help="prefill -> decode KV bandwidth, GB/s"
     )
     group.add_argument("--kv-transfer-latency-ms", type=float, default=0.0)
+    group.add_argument(
+        "--request-path-ms",
+        type=float,
+        default=0.0,
+        help="time a request spends outside the engines (client, router, HTTP frontend) before "
+        "it reaches one; counted in TTFT and end-to-end latency (measure it: "
+        "benchmarks/request_path.py)",
+    )
     group.add_argument("--price-per-device-hour", type=float, default=None)
     group.add_argument("--sim-seed", type=int, default=0, help="router randomness")
     group.add_argument("--kv-sample-interval-s", type=float, default=1.0)
@@ -310,6 +318,7 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         enable_prefix_caching=not args.no_prefix_caching,
         kv_transfer_bandwidth_bytes_per_s=args.kv_transfer_gb_s * 1e9,
         kv_transfer_latency_s=args.kv_transfer_latency_ms / 1e3,
+        request_path_s=args.request_path_ms / 1e3,
         price_per_device_hour=args.price_per_device_hour,
         seed=args.sim_seed,
         kv_sample_interval_s=args.kv_sample_interval_s,

@@ -211,7 +211,10 @@ class ClusterSimulator:
         )
         if self.request_hook is not None:
             self.request_hook(request, request_spec)
-        self._dispatch(request)
+        if self.spec.request_path_s > 0:  # the client, router and frontend first
+            self.call_at(now + self.spec.request_path_s, lambda: self._dispatch(request))
+        else:
+            self._dispatch(request)
 
     def _dispatch(self, request: Request) -> None:
         """Route an arrived request, or hold it at the autoscaler while no instance serves."""

@@ -71,6 +71,10 @@ class ClusterSpec:
     # Autoscaling (None: every instance serves throughout). Then instances has one slot per
     # max_replicas, of mixed instances (corral/sim/autoscale.py).
     autoscale: SimAutoscaleSpec | None = None
+    # The request path outside the engines (client, router, HTTP frontend, tokenization): a
+    # request reaches its instance this long after it arrives; it counts in TTFT and end-to-end
+    # latency, not between tokens. Measure it on the real stack (benchmarks/request_path.py).
+    request_path_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.instances:
@@ -84,6 +88,8 @@ class ClusterSpec:
             raise ValueError("kv_transfer_bandwidth_bytes_per_s must be > 0")
         if not self.kv_sample_interval_s > 0:
             raise ValueError("kv_sample_interval_s must be > 0")
+        if not self.request_path_s >= 0:
+            raise ValueError(f"request_path_s must be >= 0, got {self.request_path_s}")
         if self.adapter_assignment is not None and any(s.lora is None for s in self.instances):
             raise ValueError("requests with LoRA adapters need every instance to run LoRA")
         if self.autoscale is not None:

@@ -47,6 +47,7 @@ class DeploymentOptions:
     enable_prefix_caching: bool = True
     kv_transfer_bandwidth_bytes_per_s: float = 50e9
     kv_transfer_latency_s: float = 0.0
+    request_path_s: float = 0.0  # ClusterSpec.request_path_s
     price_per_device_hour: float | None = None
     seed: int = 0
     kv_sample_interval_s: float = 1.0
@@ -226,4 +227,5 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         check_integrity=options.check_integrity,
         adapter_assignment=assignment,
         autoscale=autoscale,
+        request_path_s=options.request_path_s,
     )

@@ -37,8 +37,14 @@ def test_quick_run_writes_every_policy_and_the_overhead(tiny_model, tmp_path, ca
         assert row["ttft_mean_ms"] > 0 and row["ttft_p99_ms"] >= row["ttft_p50_ms"]
         assert 0 <= row["prefix_hit_rate"] <= 1
         assert row["sim_ttft_mean_ms"] > 0 and row["sim_own_steps_ttft_mean_ms"] > 0
+        # The measured request path is added to the engines' TTFT, nothing else changes.
+        assert row["sim_ttft_mean_ms"] >= row["sim_no_path_ttft_mean_ms"]
+    paths_s = written["overhead"]["request_path_s"]
+    assert set(paths_s) == set(POLICIES) and all(p >= 0 for p in paths_s.values())
     for run in written["runs"]:
         assert sum(run["routed"]) == run["num_requests"] == run["num_completed"]
+        assert run["sim"]["request_path_ms"] == pytest.approx(1e3 * paths_s[run["policy"]])
+        assert run["sim_no_path"]["request_path_ms"] == 0
     overhead = {row["path"]: row for row in written["overhead"]["rows"]}
     assert set(overhead) == {
         "direct (replica 0)",
