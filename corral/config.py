@@ -306,6 +306,45 @@ class KVEventsConfig:
         return self.enable_kv_cache_events and self.publisher == "zmq"
 
 
+KV_ROLES = ("prefill", "decode", "both")
+
+
+@dataclass(frozen=True, slots=True)
+class KVTransferConfig:
+    """Prefill/decode disaggregation (corral/kv_transfer): role None is off. A prefill (or both)
+    engine lends finished prompts' KV blocks from a transfer server on host:port (port 0: a free
+    one); a decode (or both) engine fetches them. lease_timeout_s: how long a lent block waits
+    for its decode engine before it is freed."""
+
+    role: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    transport: str = "tcp"
+    lease_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.role is not None and self.role not in KV_ROLES:
+            raise ValueError(f"kv role must be one of {KV_ROLES}, got {self.role!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"kv transfer port must be in 0..65535, got {self.port}")
+        if self.transport not in ("tcp", "shm"):
+            raise ValueError(f"kv transfer transport must be tcp or shm, got {self.transport!r}")
+        if not self.lease_timeout_s > 0:
+            raise ValueError(f"kv lease timeout must be > 0 s, got {self.lease_timeout_s}")
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.role is not None
+
+    @property
+    def lends(self) -> bool:
+        return self.role in ("prefill", "both")
+
+    @property
+    def fetches(self) -> bool:
+        return self.role in ("decode", "both")
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything one engine instance needs."""
@@ -323,8 +362,15 @@ class EngineConfig:
     step_log_path: str | None = None
     # KV cache events for routers (off by default; --kv-events-config).
     kv_events: KVEventsConfig = field(default_factory=KVEventsConfig)
+    # Prefill/decode disaggregation (off by default; --kv-role).
+    kv_transfer: KVTransferConfig = field(default_factory=KVTransferConfig)
 
     def __post_init__(self) -> None:
+        if self.kv_transfer.is_enabled and self.cache.prefix_hash != "sha256":
+            raise ValueError(
+                "KV transfer (--kv-role) matches blocks across engines by their hashes: it needs "
+                "prefix_hash 'sha256' (--prefix-hash sha256)"
+            )
         if self.scheduler.preemption_mode == "swap" and self.cache.host_cache_memory is None:
             raise ValueError(
                 "preemption_mode 'swap' (--preemption-mode swap) moves a preempted request's KV "

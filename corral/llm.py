@@ -9,6 +9,7 @@ from typing import Any
 from corral.config import (
     CacheConfig,
     EngineConfig,
+    KVTransferConfig,
     LoRAConfig,
     ModelConfig,
     SchedulerConfig,
@@ -34,6 +35,14 @@ SPECULATIVE_KWARGS = {
     "speculative_ngram_min": "ngram_min",
     "speculative_ngram_max": "ngram_max",
 }
+# Keyword -> KVTransferConfig field (disaggregation; the --kv-* flags' names).
+KV_TRANSFER_KWARGS = {
+    "kv_role": "role",
+    "kv_transfer_host": "host",
+    "kv_transfer_port": "port",
+    "kv_transfer_transport": "transport",
+    "kv_lease_timeout_s": "lease_timeout_s",
+}
 
 
 def engine_config_from_kwargs(**kwargs: Any) -> EngineConfig:
@@ -49,6 +58,11 @@ def engine_config_from_kwargs(**kwargs: Any) -> EngineConfig:
         SPECULATIVE_KWARGS[name]: kwargs.pop(name)
         for name in list(kwargs)
         if name in SPECULATIVE_KWARGS
+    }
+    kv_transfer = {
+        KV_TRANSFER_KWARGS[name]: kwargs.pop(name)
+        for name in list(kwargs)
+        if name in KV_TRANSFER_KWARGS
     }
     if "num_tokens" in speculative:
         speculative["num_speculative_tokens"] = speculative.pop("num_tokens")
@@ -68,6 +82,7 @@ def engine_config_from_kwargs(**kwargs: Any) -> EngineConfig:
         lora=LoRAConfig(**parts[LoRAConfig]),
         structured_output_backend=structured_backend,
         debug_check_integrity=debug,
+        kv_transfer=KVTransferConfig(**kv_transfer),
     )
 
 
@@ -79,8 +94,10 @@ class LLM:
     speculative_method=, num_speculative_tokens=, speculative_model= (and speculative_tokens_rule=,
     speculative_ngram_min=, speculative_ngram_max=), and structured_output_backend= (the grammar
     library of SamplingParams(structured_output=...)), and multi-LoRA as enable_lora=, max_loras=,
-    max_lora_rank=, max_cpu_loras=, lora_modules=((name, path), ...). model=None uses the
-    bundled demo.
+    max_lora_rank=, max_cpu_loras=, lora_modules=((name, path), ...), and disaggregation as
+    kv_role=, kv_transfer_host=, kv_transfer_port=, kv_transfer_transport=,
+    kv_lease_timeout_s= (then LLM.engine.add_request(..., kv_transfer_params=...)). model=None
+    uses the bundled demo.
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:

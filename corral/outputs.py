@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Logprob(NamedTuple):
@@ -43,3 +43,5 @@ class RequestOutput:
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     num_cached_tokens: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    # A prefill engine's lease for a decode engine (disaggregation), on the final output.
+    kv_transfer_params: dict[str, Any] | None = None

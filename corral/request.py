@@ -75,6 +75,7 @@ class Request:
         "grammar",
         "lora",
         "lora_slot",
+        "kv_transfer",
     )
 
     def __init__(
@@ -92,6 +93,7 @@ class Request:
         adapter_id: str | None = None,
         deadline_s: float | None = None,
         lora: AdapterRef | None = None,
+        kv_transfer: object | None = None,
     ) -> None:
         if not prompt_token_ids:
             raise ValueError(f"request {request_id!r}: the prompt is empty (0 tokens)")
@@ -117,6 +119,8 @@ class Request:
         self.lora = lora
         self.adapter_id = lora.key if lora is not None else adapter_id
         self.lora_slot: int | None = None  # its adapter's compute slot while it runs
+        # KV transfer between engines (corral.kv_transfer.params: RemoteDecode, RemotePrefill).
+        self.kv_transfer = kv_transfer
         self.deadline_s = deadline_s
         self.max_tokens = room if requested is None else requested
         self.all_token_ids = list(prompt_token_ids)

@@ -67,6 +67,8 @@ class KVCacheManager:
         self._req_blocks: dict[str, list[KVBlock]] = {}
         # How many leading blocks of each request are registered in the prefix cache.
         self._num_registered: dict[str, int] = {}
+        # Blocks held outside any request's table (KV transfer: leases, fetch targets).
+        self._holds: dict[str, list[KVBlock]] = {}
 
     @property
     def num_blocks(self) -> int:
@@ -157,6 +159,54 @@ class KVCacheManager:
         else:
             held.extend(appended)
         return [block.block_id for block in appended]
+
+    # ----- holds (KV transfer): references outside request tables ------------------------
+
+    def hold_request_blocks(self, holder_id: str, request: Request, num_blocks: int) -> list[int]:
+        """Add a reference to the request's first num_blocks blocks under holder_id (they
+        outlive the request until release_held). Returns their ids."""
+        blocks = self._req_blocks.get(request.request_id, [])[:num_blocks]
+        if len(blocks) < num_blocks:
+            raise RuntimeError(f"{request} holds {len(blocks)} blocks, not {num_blocks}")
+        self._add_hold(holder_id, blocks)
+        self.pool.touch(blocks)
+        return [block.block_id for block in blocks]
+
+    def allocate_held(self, holder_id: str, num_blocks: int) -> list[int] | None:
+        """num_blocks fresh blocks held under holder_id, or None when the pool lacks them."""
+        if num_blocks > self.pool.num_free_blocks:
+            return None
+        blocks = self.pool.allocate(num_blocks)
+        self._add_hold(holder_id, blocks)
+        return [block.block_id for block in blocks]
+
+    def register_held(self, holder_id: str, request: Request) -> None:
+        """Register held blocks (filled with the KV of the request's first blocks, in order)
+        in the prefix cache under the request's block hashes."""
+        blocks = self._holds[holder_id]
+        self._extend_hashes(request, len(blocks))
+        registered = [
+            block.block_hash is None and self.pool.register(block, block_hash)
+            for block, block_hash in zip(blocks, request.block_hashes)
+        ]
+        if self.events is not None:
+            self._record_stored(request, 0, registered)
+
+    def release_held(self, holder_id: str) -> None:
+        """Drop holder_id's references (unknown ids are ignored)."""
+        blocks = self._holds.pop(holder_id, None)
+        if blocks:
+            self.pool.release(reversed(blocks))
+
+    def request_block_hashes(self, request: Request, num_blocks: int) -> list[BlockHash]:
+        """The chained hashes of the request's first num_blocks blocks."""
+        self._extend_hashes(request, num_blocks)
+        return list(request.block_hashes[:num_blocks])
+
+    def _add_hold(self, holder_id: str, blocks: list[KVBlock]) -> None:
+        if holder_id in self._holds:
+            raise ValueError(f"{holder_id!r} already holds blocks")
+        self._holds[holder_id] = list(blocks)
 
     def cache_blocks(self, request: Request) -> None:
         """Register the request's newly full and computed blocks in the prefix cache."""
@@ -285,7 +335,7 @@ class KVCacheManager:
         if self.offloader is not None:
             self.offloader.check_integrity()
         holders: dict[int, int] = {}
-        for request_id, blocks in self._req_blocks.items():
+        for request_id, blocks in (*self._req_blocks.items(), *self._holds.items()):
             ids = [block.block_id for block in blocks]
             if len(set(ids)) != len(ids):
                 raise AssertionError(f"request {request_id!r} holds a block twice: {ids}")

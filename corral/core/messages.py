@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 from corral.core.adapter_residency import AdapterPlan, AdapterStats
 from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
+from corral.kv_transfer.messages import ConnectorEvents, ConnectorPlan, KVTransferStats
+from corral.kv_transfer.params import RemotePrefill
 from corral.sampling_params import SamplingParams
 from corral.spec.stats import SpecDecodeStats
 
@@ -66,6 +68,8 @@ class SchedulerOutput:
     num_spec_tokens_to_propose: dict[str, int] = field(default_factory=dict)
     # LoRA adapters to copy into compute slots (and host-cache entries to drop) before the step.
     adapter_plan: AdapterPlan | None = None
+    # KV transfer between engines (disaggregation): leases to open or expire, fetches to run.
+    connector_plan: ConnectorPlan | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -101,6 +105,8 @@ class ModelOutput:
     propose_time_s: float = 0.0
     # Requests that cannot go on (their grammar allows no token), with the reason.
     failed: dict[str, str] = field(default_factory=dict)
+    # KV transfer between engines: fetches finished, leases released.
+    connector_events: ConnectorEvents | None = None
 
 
 EMPTY_MODEL_OUTPUT = ModelOutput(sampled_token_ids={})
@@ -118,6 +124,8 @@ class RequestUpdate:
     prompt_logprobs: list[TokenLogprobs] | None = None
     # Prompt tokens served from the prefix cache (any tier) at first scheduling; -1: unknown.
     num_cached_tokens: int = -1
+    # A finished prefill's lease, for the decode engine (disaggregation; None otherwise).
+    kv_transfer_params: RemotePrefill | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +148,8 @@ class SchedulerStats:
     spec_decode: SpecDecodeStats | None = None
     # Multi-LoRA counters (None: off).
     lora: AdapterStats | None = None
+    # KV transfer between engines (None: off).
+    kv_transfer: KVTransferStats | None = None
 
     @property
     def prefix_hit_rate(self) -> float:

@@ -23,11 +23,13 @@ from corral.core.messages import (
 from corral.core.policies import SchedulingPolicy, make_policy
 from corral.core.preemption import PREEMPTION_MODES
 from corral.core.reservation import AdmissionGate, make_reservation
+from corral.core.scheduler_stats import scheduler_stats
 from corral.core.slo import SLOStats, SLOTracker
 from corral.core.slo_target import parse_slo_classes
 from corral.core.spec_decode import SpecDecodeScheduling
 from corral.core.step_plan import StepPlan
 from corral.core.stop import check_stop
+from corral.kv_transfer.scheduler_half import KVConnectorScheduler
 from corral.request import Request, RequestStatus
 
 # The stop_reason of a request finished because its next tokens would not fit the whole KV pool.
@@ -82,6 +84,9 @@ class Scheduler:
             )
         # Multi-LoRA (None: off): adapter slots, host cache, adapter-aware admission.
         self.adapters = AdapterAdmission(lora) if lora is not None and lora.is_enabled else None
+        # KV transfer between engines (None: off; corral.kv_transfer.scheduler_half). Set by
+        # the engine, which knows the transfer server's endpoint.
+        self.connector: KVConnectorScheduler | None = None
 
     # ----- requests in and out -------------------------------------------------------------
 
@@ -117,13 +122,16 @@ class Scheduler:
             elif not self.policy.remove_waiting(request) and self.adapters is not None:
                 self.adapters.remove_waiting(request)
             request.status = status
+            if self.connector is not None:
+                self.connector.on_aborted(request)
             self.slo.on_finished(request, aborted=status == RequestStatus.FINISHED_ABORTED)
             self._release(request)
             finished.append(request)
         return finished
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.requests)
+        """Requests to run, or KV transfers to hear of (leases, fetches)."""
+        return bool(self.requests) or (self.connector is not None and self.connector.has_pending())
 
     @property
     def num_running(self) -> int:
@@ -136,23 +144,7 @@ class Scheduler:
 
     def stats(self) -> SchedulerStats:
         """Queue sizes, KV usage and the KV manager's counters now."""
-        kv = self.kv.stats
-        return SchedulerStats(
-            num_running=len(self.running),
-            num_waiting=self.num_waiting,
-            kv_cache_usage=self.kv.usage,
-            num_preemptions=self.num_preemptions,
-            prefix_query_tokens=kv.prefix_query_tokens,
-            prefix_hit_tokens=kv.prefix_hit_tokens,
-            prefix_cache_evictions=kv.prefix_cache_evictions,
-            kv_host_loads=kv.host_loads,
-            kv_disk_reads=kv.disk_reads,
-            kv_host_saves=kv.host_saves,
-            kv_disk_writes=kv.disk_writes,
-            kv_swap_outs=kv.swap_outs,
-            spec_decode=self.spec.controller.stats.copy() if self.spec is not None else None,
-            lora=self.adapters.stats() if self.adapters is not None else None,
-        )
+        return scheduler_stats(self)
 
     def slo_stats(self) -> SLOStats:
         """Queue waits, starvation and per-class SLO attainment so far (see corral/core/slo.py)."""
@@ -219,6 +211,9 @@ class Scheduler:
                     break
                 num_new = self._cap(num_new, step.budget)
                 block_ids = self.kv.swap_in(request, num_new)
+            elif self.connector is not None and self.connector.try_park(request):
+                self._pop_waiting(request)  # back in the queue when its KV has arrived
+                continue
             else:
                 prefix = self.kv.match_prefix(request)
                 if prefix.waiting:
@@ -233,10 +228,7 @@ class Scheduler:
                 if self._preempt_for(request, step):
                     continue
                 break
-            if adapters:
-                adapters.pop(self.policy, request)
-            else:
-                self.policy.pop_waiting()
+            self._pop_waiting(request)
             self._admit(request, num_computed)
             step.schedule_admitted(request, num_new)
 
@@ -246,6 +238,9 @@ class Scheduler:
         """Advance the books after the executor ran scheduler_output: computed counts, sampled
         tokens, stop checks, prefix-cache registration. Returns what changed per request."""
         self.kv.finish_disk_reads(model_output.finished_disk_reads)
+        if self.connector is not None:
+            for fetched in self.connector.update(model_output.connector_events):
+                self.policy.requeue_preempted(fetched)
         updates = [self._outgrown_update(request) for request in self._outgrown]
         self._outgrown.clear()
         sampled = model_output.sampled_token_ids
@@ -278,6 +273,9 @@ class Scheduler:
             prompt_logprobs = model_output.prompt_logprobs.get(request_id)
             if not new_token_ids and prompt_logprobs is None and failure is None:
                 continue
+            lease = None
+            if request.is_finished and self.connector is not None:
+                lease = self.connector.on_finished(request)  # before its blocks are freed
             logprobs = model_output.logprobs.get(request_id)
             if logprobs is not None:
                 logprobs = logprobs[: len(new_token_ids)]
@@ -290,6 +288,7 @@ class Scheduler:
                     logprobs,
                     prompt_logprobs,
                     request.num_cached_tokens,
+                    lease,
                 )
             )
             if request.is_finished:
@@ -309,6 +308,13 @@ class Scheduler:
     def _num_tokens_to_schedule(self, request: Request, budget: int) -> int:
         return self._cap(request.num_tokens - request.num_computed_tokens, budget)
 
+    def _pop_waiting(self, request: Request) -> None:
+        """Take the request peek_waiting gave out of the waiting queue."""
+        if self.adapters is not None:
+            self.adapters.pop(self.policy, request)
+        else:
+            self.policy.pop_waiting()
+
     def _admit(self, request: Request, num_computed_tokens: int) -> None:
         """Start running a request whose first num_computed_tokens are in its blocks (prefix
         hits, or everything it had computed when it was swapped out)."""
@@ -322,6 +328,8 @@ class Scheduler:
         request.status = RequestStatus.RUNNING
         if self.adapters is not None:
             self.adapters.start(request)
+        if self.connector is not None:
+            self.connector.on_admitted(request)
         self.running.append(request)
         self.slo.on_admitted(request)
 
@@ -373,6 +381,8 @@ class Scheduler:
             self.spec.forget(request)
         if self.adapters is not None:
             self.adapters.stop(request)
+        if self.connector is not None:
+            self.connector.forget(request)
         self.kv.free(request)
         del self.requests[request.request_id]
         self._finished_ids.add(request.request_id)
@@ -393,4 +403,5 @@ class Scheduler:
             spec_token_ids=step.spec_token_ids,
             num_spec_tokens_to_propose=to_propose,
             adapter_plan=self.adapters.take_plan() if self.adapters is not None else None,
+            connector_plan=self.connector.take_plan() if self.connector is not None else None,
         )

@@ -147,6 +147,7 @@ class AsyncLLM:
         deadline_s: float | None = None,
         predicted_num_output_tokens: int | None = None,
         lora_request: LoRARequest | str | None = None,
+        kv_transfer_params: dict[str, Any] | None = None,
     ) -> RequestStream:
         """Validate and admit a request; returns the stream of its outputs. Without
         predicted_num_output_tokens the length predictor (if any) runs here, on the caller's
@@ -170,6 +171,7 @@ class AsyncLLM:
             deadline_s=deadline_s,
             predicted_num_output_tokens=predicted_num_output_tokens,
             lora_request=lora_request,
+            kv_transfer_params=kv_transfer_params,
         )
         child_ids = [child.request_id for child in children]
         for child_id in child_ids:  # n > 1 children are "{i}_{id}": ids must not collide

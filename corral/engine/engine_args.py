@@ -14,6 +14,7 @@ from corral.config import (
     SchedulerConfig,
     SpeculativeConfig,
 )
+from corral.kv_transfer.cli_args import add_kv_transfer_arguments, kv_transfer_config_from_args
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +108,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_speculative_arguments(parser)
     add_lora_arguments(parser)
+    add_kv_transfer_arguments(parser)
 
 
 def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
@@ -248,6 +250,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         debug_check_integrity=args.debug_check_integrity,
         step_log_path=args.step_log,
         kv_events=kv_events_config_from_args(args),
+        kv_transfer=kv_transfer_config_from_args(args),
         **overrides,
     )
 

@@ -78,6 +78,8 @@ class EngineCore:
             speculative=config.speculative,
             lora=config.lora,
         )
+        if config.kv_transfer.is_enabled:
+            self._start_kv_transfer(model_dir)
         tokenizer_path = config.model.tokenizer or str(model_dir)
         self.structured = StructuredOutputManager(
             lambda: _hf_tokenizer(tokenizer_path),
@@ -98,6 +100,27 @@ class EngineCore:
         # over it otherwise cost several percent of every decode step.
         gc.collect()
         gc.freeze()
+
+    def _start_kv_transfer(self, model_dir: str | Path) -> None:
+        """Disaggregation (--kv-role): the connector's worker half in the executor (with its
+        transfer server when this engine lends), its scheduler half in the scheduler."""
+        from corral.kv_transfer.scheduler_half import KVConnectorScheduler
+        from corral.kv_transfer.worker_half import KVConnectorWorker
+        from corral.model.kv_identity import kv_config_hash
+
+        storage = self.executor.storage
+        identity = kv_config_hash(model_dir, storage.spec)
+        worker = KVConnectorWorker(storage, self.config.kv_transfer, identity)
+        self.executor.connector = worker
+        self.scheduler.connector = KVConnectorScheduler(
+            self.config.kv_transfer,
+            self.kv_manager,
+            lambda: self.scheduler.clock(),
+            endpoint=worker.endpoint,
+            kv_identity=identity,
+        )
+        if worker.endpoint:
+            logger.info("KV transfer: lending on %s", worker.endpoint)
 
     def add_request(self, request: Request) -> None:
         """Queue a validated request (see InputProcessor); one with an output constraint waits

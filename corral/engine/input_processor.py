@@ -99,6 +99,25 @@ class InputProcessor:
         """The core's KV pool, once known: requests that can never fit it are refused."""
         self.kv_pool = (num_blocks, block_size)
 
+    def check_kv_transfer(self, value: dict[str, Any] | None, n: int) -> object | None:
+        """The request's kv_transfer_params, parsed; ValueError for bad ones, for n > 1, and
+        when this engine has no --kv-role for them."""
+        if value is None:
+            return None
+        from corral.kv_transfer.params import RemoteDecode, parse_kv_transfer_params
+
+        kv_transfer = parse_kv_transfer_params(value)
+        transfer = self.config.kv_transfer
+        if n != 1:
+            raise ValueError(f"kv_transfer_params needs n 1, got n {n}")
+        if isinstance(kv_transfer, RemoteDecode) and not transfer.lends:
+            raise ValueError(
+                f"do_remote_decode needs an engine with --kv-role prefill or both, not "
+                f"{transfer.role or 'none'}"
+            )
+        # A RemotePrefill on an engine that does not fetch is served by computing the prompt.
+        return kv_transfer
+
     def predict_num_output_tokens(self, token_ids: list[int]) -> int | None:
         """The length predictor's output length for the prompt's text (None without one). It
         can be slow: AsyncLLM runs it in a worker thread, off the event loop."""
@@ -148,6 +167,7 @@ class InputProcessor:
         deadline_s: float | None = None,
         predicted_num_output_tokens: int | None = None,
         lora_request: LoRARequest | str | None = None,
+        kv_transfer_params: dict[str, Any] | None = None,
     ) -> list[Request]:
         """One scheduler Request per sample; child i of n > 1 is "{i}_{request_id}" with seed
         seed + i. Raises ValueError naming the value and the limit when the prompt does not fit the
@@ -155,10 +175,12 @@ class InputProcessor:
 
         predicted_num_output_tokens: a known or externally predicted output length; without one,
         the length predictor (if configured) predicts it from the prompt's text.
-        lora_request: an adapter's name, or a LoRARequest (registered on first use)."""
+        lora_request: an adapter's name, or a LoRARequest (registered on first use).
+        kv_transfer_params: disaggregation (corral.kv_transfer.params), for n == 1 only."""
         arrival = time.monotonic() if arrival_time is None else arrival_time
         self.check_output_constraint(params)
         adapter = self.resolve_adapter(lora_request)
+        kv_transfer = self.check_kv_transfer(kv_transfer_params, params.n)
         if predicted_num_output_tokens is None:
             predicted_num_output_tokens = self.predict_num_output_tokens(token_ids)
         children = []
@@ -183,6 +205,7 @@ class InputProcessor:
                     cache_salt=cache_salt,
                     deadline_s=deadline_s,
                     lora=adapter,
+                    kv_transfer=kv_transfer,
                 )
             )
             children[-1].predicted_num_output_tokens = predicted_num_output_tokens

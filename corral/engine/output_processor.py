@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from corral.core.messages import RequestUpdate, TokenLogprobs
 from corral.engine.detokenizer import IncrementalDetokenizer
@@ -42,6 +43,7 @@ class _Tracked:
     first_token_time: float | None = None
     num_cached_tokens: int = 0
     child_ids: list[str] = field(default_factory=list)
+    kv_transfer_params: dict[str, Any] | None = None
 
 
 class OutputProcessor:
@@ -116,6 +118,8 @@ class OutputProcessor:
                 tracked.first_token_time = now
             if parent[1] == 0 and update.num_cached_tokens > tracked.num_cached_tokens:
                 tracked.num_cached_tokens = update.num_cached_tokens
+            if update.kv_transfer_params is not None:
+                tracked.kv_transfer_params = update.kv_transfer_params.to_json()
             if sample.finish_reason is not None:
                 continue  # a stop string ended it; tokens from the same step are dropped
             self._apply_tokens(sample, update)
@@ -228,6 +232,7 @@ class OutputProcessor:
             finished=finished,
             prompt_logprobs=list(prompt_logprobs) if prompt_logprobs is not None else None,
             num_cached_tokens=tracked.num_cached_tokens,
+            kv_transfer_params=tracked.kv_transfer_params,
         )
         output.metrics["arrival_time"] = tracked.arrival_time
         if tracked.first_token_time is not None:

@@ -17,6 +17,7 @@ from corral.config import (
     parse_memory_budget,
 )
 from corral.core.messages import ModelOutput, SchedulerOutput, TokenLogprobs
+from corral.kv_transfer.worker_half import KVConnectorWorker
 from corral.lora.memory import AdapterMemory
 from corral.lora.step import LoRAStep
 from corral.model.arch import ModelArch
@@ -67,6 +68,8 @@ class ModelExecutor:
         self.grammar_backend: Any = None
         # Multi-LoRA's host cache and compute slots (None: off).
         self.adapters = adapters
+        # KV transfer between engines (corral.kv_transfer.worker_half; set by the EngineCore).
+        self.connector: KVConnectorWorker | None = None
 
     @classmethod
     def create(
@@ -173,13 +176,21 @@ class ModelExecutor:
             assert self.adapters is not None, "an adapter plan for an executor without LoRA"
             self.adapters.apply(scheduler_output.adapter_plan)
         finished_disk_reads = self.storage.finished_disk_reads()
+        connector_events = None
+        if self.connector is not None:
+            self.connector.apply(scheduler_output.connector_plan)
+            connector_events = self.connector.poll()
         drafts = scheduler_output.spec_token_ids
         scheduled = [
             (self.states[request_id], num_tokens)
             for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items()
         ]
         if not scheduled:
-            return ModelOutput(sampled_token_ids={}, finished_disk_reads=finished_disk_reads)
+            return ModelOutput(
+                sampled_token_ids={},
+                finished_disk_reads=finished_disk_reads,
+                connector_events=connector_events,
+            )
         # Drafts ride at the end of their request's tokens for this step only.
         num_verified = {}
         for request_id, draft_ids in drafts.items():
@@ -256,6 +267,7 @@ class ModelExecutor:
             spec_token_ids=spec_token_ids,
             propose_time_s=propose_time_s,
             failed=failed,
+            connector_events=connector_events,
         )
 
     def _lora_step(

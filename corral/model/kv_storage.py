@@ -160,6 +160,40 @@ class KVStorage:
         if self.host_scales is not None:
             self.host_scales[slot].view(-1).view(torch.uint8).copy_(raw[value_bytes:])
 
+    # ----- device blocks as bytes (KV transfer between engines) -----------------------------
+
+    def read_blocks(self, block_ids: list[int]) -> bytes:
+        """The blocks' data across all layers: values [n, layers, 2, elements], then the
+        scales [n, layers, 2, block_size, heads] when quantized. Safe from another thread
+        while the blocks are referenced (nobody writes them)."""
+        index = torch.tensor(block_ids, device=self.device)
+        parts = [raw_view(self.values).index_select(2, index).movedim(2, 0).contiguous()]
+        if self.scales is not None:
+            parts.append(self.scales.index_select(2, index).movedim(2, 0).contiguous())
+        return b"".join(part.cpu().view(torch.uint8).numpy().tobytes() for part in parts)
+
+    def blocks_nbytes(self, num_blocks: int) -> int:
+        return num_blocks * self.spec.bytes_per_block()
+
+    def write_blocks(self, block_ids: list[int], payload: bytes) -> None:
+        """Write read_blocks' bytes of len(block_ids) blocks into these blocks."""
+        if len(payload) != self.blocks_nbytes(len(block_ids)):
+            raise ValueError(
+                f"{len(payload)} bytes for {len(block_ids)} blocks of "
+                f"{self.spec.bytes_per_block()} bytes"
+            )
+        index = torch.tensor(block_ids, device=self.device)
+        raw = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        values = raw_view(self.values)
+        shape = (len(block_ids), *values.shape[:2], values.shape[3])
+        value_bytes = values.element_size() * len(block_ids) * values[:, :, 0].numel()
+        data = raw[:value_bytes].view(values.dtype).view(shape).movedim(0, 2)
+        values.index_copy_(2, index, data.to(self.device))
+        if self.scales is not None:
+            scale_shape = (len(block_ids), *self.scales.shape[:2], *self.scales.shape[3:])
+            scales = raw[value_bytes:].view(torch.float16).view(scale_shape).movedim(0, 2)
+            self.scales.index_copy_(2, index, scales.to(self.device))
+
     def flush(self) -> None:
         if self.disk is not None:
             self.disk.flush()

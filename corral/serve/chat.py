@@ -143,6 +143,7 @@ async def create_chat_completion(
         cache_salt=req.cache_salt,
         deadline_s=req.deadline_s,
         lora_request=adapter,
+        kv_transfer_params=req.kv_transfer_params,
     )
     formatter = _ChatFormatter(state, req, request_id, setup)
     if req.stream:
@@ -202,7 +203,11 @@ class _ChatFormatter:
             prompt_tokens_details=PromptTokensDetails(cached_tokens=final.num_cached_tokens),
         )
         return ChatCompletionResponse(
-            id=self.request_id, model=self.model, choices=choices, usage=usage
+            id=self.request_id,
+            model=self.model,
+            choices=choices,
+            usage=usage,
+            kv_transfer_params=final.kv_transfer_params,
         )
 
     async def stream(self, stream: RequestStream) -> AsyncIterator[bytes]:

@@ -50,6 +50,7 @@ async def create_completion(
         cache_salt=req.cache_salt,
         deadline_s=req.deadline_s,
         lora_request=adapter,
+        kv_transfer_params=req.kv_transfer_params,
     )
     formatter = _Formatter(state, req, request_id)
     if req.stream:
@@ -121,7 +122,11 @@ class _Formatter:
             ),
         )
         return CompletionResponse(
-            id=self.request_id, model=self.model, choices=choices, usage=usage
+            id=self.request_id,
+            model=self.model,
+            choices=choices,
+            usage=usage,
+            kv_transfer_params=finals[0].kv_transfer_params if len(finals) == 1 else None,
         )
 
     async def stream(self, streams: list[RequestStream]) -> AsyncIterator[bytes]:

@@ -111,6 +111,11 @@ class _SamplingFields(_Request, GuidedFields):
     deadline_s: Annotated[float, in_range(0.0, MAX_DEADLINE_S, low_open=True)] | None = Field(
         None, description="seconds after arrival by which the request should finish (edf policy)"
     )
+    kv_transfer_params: dict[str, Any] | None = Field(
+        None,
+        description="disaggregation: {'do_remote_decode': true} to a --kv-role prefill engine; "
+        "its answer's kv_transfer_params to a decode engine (docs/disaggregation.md)",
+    )
 
 
 def _prompt_tag(value: Any) -> str | None:

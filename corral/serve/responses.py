@@ -4,7 +4,7 @@ response schemas of /openapi.json."""
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,6 +47,8 @@ class CompletionResponse(_Response):
     model: str
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
+    # A prefill engine's lease for the decode engine (disaggregation); absent otherwise.
+    kv_transfer_params: dict[str, Any] | None = None
 
 
 class TopLogprob(_Response):
@@ -96,6 +98,7 @@ class ChatCompletionResponse(_Response):
     model: str
     choices: list[ChatChoice]
     usage: UsageInfo
+    kv_transfer_params: dict[str, Any] | None = None
 
 
 class DeltaFunctionCall(_Response):

@@ -1,0 +1,199 @@
+"""KVConnectorScheduler: the scheduler's half of KV transfer (torch-free; docs/disaggregation.md).
+
+Prefill side: when a request that asked for remote decode (RemoteDecode) finishes normally, its
+full prompt blocks are lent under a fresh transfer id: the connector adds its own reference to
+them (KVCacheManager.hold_request_blocks) before the request frees its own, orders the worker
+half to open the lease, and the request's last update carries the RemotePrefill the decode
+engine needs. The reference is dropped only when the worker half reports the lease released
+(acked, failed, refused, or expired after lease_timeout_s, which this half decides).
+
+Decode side: a waiting request that carries a RemotePrefill is, before its first admission,
+parked: fresh blocks for the lease's blocks are held (allocate_held), the worker half fetches
+into them, and the request waits outside the queue. A fetch that succeeds registers the blocks
+in the prefix cache under the request's own block hashes and requeues the request, whose
+admission then finds them as prefix hits (the hold is dropped once it is admitted); one that
+fails (refused, corrupt, unreachable) frees them and requeues the request to compute its prompt
+itself. Every request is fetched for at most once; one whose lease does not fit (another model
+or layout, another block size, no free blocks) computes its prompt at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from corral.config import KVTransferConfig
+from corral.core.kv_cache import KVCacheManager
+from corral.kv_transfer.messages import (
+    ConnectorEvents,
+    ConnectorPlan,
+    FetchOrder,
+    KVTransferStats,
+    LeaseOrder,
+)
+from corral.kv_transfer.params import RemoteDecode, RemotePrefill
+from corral.request import Request, RequestStatus
+
+
+def lease_holder(transfer_id: str) -> str:
+    return f"lease:{transfer_id}"
+
+
+def fetch_holder(request_id: str) -> str:
+    return f"fetch:{request_id}"
+
+
+class KVConnectorScheduler:
+    """See the module docstring. endpoint and kv_identity: this engine's transfer server and
+    its model/layout identity (what a decode engine's lease must match)."""
+
+    def __init__(
+        self,
+        config: KVTransferConfig,
+        kv: KVCacheManager,
+        clock: Callable[[], float],
+        *,
+        endpoint: str,
+        kv_identity: str,
+    ) -> None:
+        self.config = config
+        self.kv = kv
+        self.clock = clock
+        self.endpoint = endpoint
+        self.kv_identity = kv_identity
+        self.stats = KVTransferStats()
+        self._lease_deadlines: dict[str, float] = {}  # open leases, not yet ordered to expire
+        self._num_leases_open = 0
+        self._parked: dict[str, Request] = {}  # fetching
+        self._fetched: set[str] = set()  # fetched blocks held until the request is admitted
+        self._tried: set[str] = set()
+        self._plan = ConnectorPlan()
+
+    # ----- prefill side --------------------------------------------------------------------
+
+    def on_finished(self, request: Request) -> RemotePrefill | None:
+        """Lend a finished RemoteDecode request's full prompt blocks (call before the request
+        frees its blocks); None when there is nothing to lend (aborted, errored, off, or a
+        prompt shorter than one block)."""
+        if not (self.config.lends and isinstance(request.kv_transfer, RemoteDecode)):
+            return None
+        if request.status in (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR):
+            return None
+        block_size = self.kv.block_size
+        num_blocks = min(request.num_prompt_tokens, request.num_computed_tokens) // block_size
+        if num_blocks == 0:
+            return None
+        transfer_id = f"{request.request_id}-{uuid.uuid4().hex[:12]}"
+        block_ids = self.kv.hold_request_blocks(lease_holder(transfer_id), request, num_blocks)
+        hashes = self.kv.request_block_hashes(request, num_blocks)
+        self._plan.leases.append(LeaseOrder(transfer_id, block_ids, hashes))
+        self._lease_deadlines[transfer_id] = self.clock() + self.config.lease_timeout_s
+        self._num_leases_open += 1
+        self.stats.num_leases += 1
+        return RemotePrefill(
+            transfer_id, self.endpoint, self.kv_identity, block_size, num_blocks,
+            self.config.transport,
+        )  # fmt: skip
+
+    # ----- decode side ---------------------------------------------------------------------
+
+    def try_park(self, request: Request) -> bool:
+        """Start fetching a waiting request's remote prompt KV: True when it is parked (the
+        caller takes it out of the waiting queue), False when it is admitted as usual."""
+        params = request.kv_transfer
+        if not isinstance(params, RemotePrefill) or request.request_id in self._tried:
+            return False
+        self._tried.add(request.request_id)
+        if not self.config.fetches:
+            return False
+        block_size = self.kv.block_size
+        num_blocks = min(params.num_blocks, (request.num_tokens - 1) // block_size)
+        fits = params.kv_identity == self.kv_identity and params.block_size == block_size
+        holder = fetch_holder(request.request_id)
+        block_ids = self.kv.allocate_held(holder, num_blocks) if fits and num_blocks else None
+        if block_ids is None:
+            self.stats.num_fetches_skipped += 1
+            return False
+        hashes = self.kv.request_block_hashes(request, num_blocks)
+        self._plan.fetches.append(FetchOrder(request.request_id, params, block_ids, hashes))
+        self._parked[request.request_id] = request
+        self.stats.num_fetches += 1
+        return True
+
+    def is_parked(self, request: Request) -> bool:
+        return request.request_id in self._parked
+
+    def on_admitted(self, request: Request) -> None:
+        """The request holds its prefix hits now: drop the fetch's own hold."""
+        if request.request_id in self._fetched:
+            self._fetched.discard(request.request_id)
+            self.kv.release_held(fetch_holder(request.request_id))
+
+    def on_aborted(self, request: Request) -> None:
+        """An aborted request: a running fetch is cancelled (its blocks stay held until the
+        worker half reports it), fetched blocks are let go."""
+        request_id = request.request_id
+        if request_id in self._parked:
+            self._plan.cancel.append(request_id)
+        self.on_admitted(request)
+        self._tried.discard(request_id)
+
+    # ----- both ----------------------------------------------------------------------------
+
+    def update(self, events: ConnectorEvents | None) -> list[Request]:
+        """Apply the worker half's reports; returns the parked requests to queue again."""
+        if not events:
+            return []
+        stats = self.stats
+        for released in events.released:
+            self.kv.release_held(lease_holder(released.transfer_id))
+            self._lease_deadlines.pop(released.transfer_id, None)
+            self._num_leases_open -= 1
+            if released.reason == "acked":
+                stats.num_leases_acked += 1
+            elif released.reason == "expired":
+                stats.num_leases_expired += 1
+            else:
+                stats.num_leases_failed += 1
+        requeue = []
+        for result in events.fetched:
+            request = self._parked.pop(result.request_id, None)
+            holder = fetch_holder(result.request_id)
+            alive = request is not None and request.status == RequestStatus.WAITING
+            if result.ok and alive:
+                assert request is not None
+                self.kv.register_held(holder, request)
+                self._fetched.add(result.request_id)
+                stats.num_fetches_ok += 1
+                stats.fetched_bytes += result.num_bytes
+                stats.fetch_seconds += result.seconds
+            else:
+                self.kv.release_held(holder)
+                if not result.ok:
+                    stats.num_fetches_failed += 1
+            if alive:
+                assert request is not None
+                requeue.append(request)
+            else:
+                self._tried.discard(result.request_id)
+        return requeue
+
+    def take_plan(self) -> ConnectorPlan | None:
+        """This step's orders (leases past their deadline are ordered to expire)."""
+        now = self.clock()
+        expired = [tid for tid, deadline in self._lease_deadlines.items() if deadline <= now]
+        for transfer_id in expired:
+            del self._lease_deadlines[transfer_id]
+            self._plan.expire.append(transfer_id)
+        if not self._plan:
+            return None
+        plan, self._plan = self._plan, ConnectorPlan()
+        return plan
+
+    def has_pending(self) -> bool:
+        """Leases open or fetches running: the engine loop keeps stepping to hear of them."""
+        return bool(self._num_leases_open or self._parked)
+
+    def forget(self, request: Request) -> None:
+        """The request left the scheduler (finished): its fetch bookkeeping goes."""
+        self._tried.discard(request.request_id)
