@@ -14,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from corral.core.messages import SchedulerStats
 from corral.core.slo import SLOStats
 from corral.engine.request_stats import IterationStats
+from corral.serve.kv_transfer_metrics import KVTransferMetrics
 from corral.serve.lora_metrics import LoRAMetrics
 from corral.spec.stats import SpecDecodeStats
 
@@ -198,6 +199,7 @@ class ServerMetrics:
         self.spec_decode: SpecDecodeMetrics | None = None
         if num_speculative_tokens is not None:
             self.spec_decode = SpecDecodeMetrics(registry, values, num_speculative_tokens)
+        self.kv_transfer: KVTransferMetrics | None = None
         self.lora: LoRAMetrics | None = None
         if max_loras is not None:
             self.lora = LoRAMetrics(registry, values, max_loras)
@@ -247,6 +249,10 @@ class ServerMetrics:
             if self.lora is None:  # not announced at construction
                 self.lora = LoRAMetrics(self.registry, self._values, None)
             self.lora.observe(stats.lora)
+        if stats.kv_transfer is not None:
+            if self.kv_transfer is None:
+                self.kv_transfer = KVTransferMetrics(self.registry, self._values)
+            self.kv_transfer.observe(stats.kv_transfer)
         self._last = stats
 
     def set_cache_config(self, block_size: int, num_blocks: int) -> None:
