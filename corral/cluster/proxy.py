@@ -54,16 +54,29 @@ def response_headers(response: httpx.Response) -> dict[str, str]:
 
 
 class Forwarder:
-    """Sends requests to the replicas the ReplicaSet chooses; see the module docstring."""
+    """Sends requests to the replicas the ReplicaSet chooses; see the module docstring.
+
+    retry_server_errors: move a request on any 5xx answer, not only a 503 (for requests the
+    router consumes itself and that are safe to run twice, such as a disaggregated router's
+    prefill leg). buffered: read every answer whole, streams included (the router reads it).
+    """
 
     def __init__(
-        self, replica_set: ReplicaSet, client: httpx.AsyncClient, *, max_retries: int
+        self,
+        replica_set: ReplicaSet,
+        client: httpx.AsyncClient,
+        *,
+        max_retries: int,
+        retry_server_errors: bool = False,
+        buffered: bool = False,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         self.replica_set = replica_set
         self.client = client
         self.max_retries = max_retries
+        self.retry_server_errors = retry_server_errors
+        self.buffered = buffered
         self.metrics = replica_set.metrics
 
     async def forward(
@@ -78,7 +91,7 @@ class Forwarder:
         outstanding requests), after up to max_retries moves; a 502/503 when none answered."""
         tried: set[int] = set()
         failed: tuple[Replica, str] | None = None
-        refusal: Response | None = None  # the last replica 503, passed on if nothing better
+        refusal: Response | None = None  # the last 5xx moved from, passed on if nothing better
         error: APIError | None = None
         for attempt in range(self.max_retries + 1):
             replica_set = self.replica_set
@@ -112,7 +125,8 @@ class Forwarder:
             except BaseException:  # cancelled (the client left)
                 replica.num_in_flight -= 1
                 raise
-            if response.status_code == 503 and attempt < self.max_retries:
+            status = response.status_code
+            if self._is_retried(status) and attempt < self.max_retries:
                 try:
                     content = await response.aread()
                 except httpx.HTTPError:
@@ -121,11 +135,12 @@ class Forwarder:
                     replica.num_in_flight -= 1
                     await response.aclose()
                 code = _error_code(content)
-                if code in _GONE_CODES:
+                if status == 503 and code in _GONE_CODES:
                     replica_set.eject(replica, f"replica {replica.url} answered 503 ({code})")
-                self.metrics.count_failure(replica, "unavailable")
-                failed = (replica, "unavailable")
-                refusal = Response(content, 503, headers=response_headers(response))
+                reason = "unavailable" if status == 503 else f"status_{status}"
+                self.metrics.count_failure(replica, reason)
+                failed = (replica, reason)
+                refusal = Response(content, status, headers=response_headers(response))
                 continue
             return await self._relay(replica, response)
         if refusal is not None:
@@ -139,10 +154,14 @@ class Forwarder:
             code="no_replica_available",
         )
 
+    def _is_retried(self, status: int) -> bool:
+        return status == 503 or (self.retry_server_errors and status >= 500)
+
     async def _relay(self, replica: Replica, response: httpx.Response) -> Response:
         """The replica's response to the client; owns response and the in-flight count."""
         relay = _Relay(replica, response, self.metrics)
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
+        is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
+        if is_stream and not self.buffered:
             return _RelayResponse(relay, response)
         try:
             content = await response.aread()

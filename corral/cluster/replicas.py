@@ -141,6 +141,8 @@ class Replica:
     # Requests the last scrape saw running or waiting beyond the router's own at that moment.
     num_external: int = 0
     last_error: str | None = field(default=None, repr=False)
+    # The pool it serves in a disaggregated router ("prefill" or "decode"); "" otherwise.
+    pool: str = ""
 
     @property
     def num_outstanding_requests(self) -> int:
@@ -170,8 +172,10 @@ def make_replicas(
     healthy_after: int,
     block_size: int = DEFAULT_BLOCK_SIZE,
     num_blocks: int = DEFAULT_NUM_BLOCKS,
+    pool: str = "",
 ) -> list[Replica]:
-    """One Replica per URL (trailing slashes dropped), out of the rotation until checked."""
+    """One Replica per URL (trailing slashes dropped), out of the rotation until checked;
+    pool names the pool they form in a disaggregated router."""
     if unhealthy_after < 1 or healthy_after < 1:
         raise ValueError(
             f"unhealthy_after and healthy_after must be >= 1, got {unhealthy_after} and "
@@ -184,6 +188,7 @@ def make_replicas(
             HealthState(unhealthy_after, healthy_after),
             block_size=block_size,
             num_blocks=num_blocks,
+            pool=pool,
         )
         for index, url in enumerate(urls)
     ]

@@ -5,11 +5,14 @@ POST /v1/completions and /v1/chat/completions go to the replica the routing poli
 GET /v1/models and /version, POST /tokenize and /detokenize go to the least loaded healthy
 replica. GET /health is 200 while at least one replica is in the rotation; GET /metrics is the
 router's own (corral/cluster/router_metrics.py). Errors have corral serve's shape.
+
+With prefill replicas (RouterConfig.prefill_urls) the router is disaggregated: completions run
+their prompt on a prefill replica first (corral/cluster/disaggregated.py), and the backend
+replicas are the decode pool, which every other route goes to as above.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -21,13 +24,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 import corral
-from corral.cluster.health import HealthPoller, ReplicaSet
-from corral.cluster.prefix_index import PrefixIndex, ReportedPrefixIndex
+from corral.cluster.health import ReplicaSet
+from corral.cluster.prefix_index import PrefixIndex
 from corral.cluster.proxy import Forwarder, request_headers
-from corral.cluster.replicas import DEFAULT_BLOCK_SIZE, DEFAULT_NUM_BLOCKS, make_replicas
+from corral.cluster.replica_pool import build_pool
+from corral.cluster.replicas import DEFAULT_BLOCK_SIZE, DEFAULT_NUM_BLOCKS
 from corral.cluster.router_metrics import RouterMetrics
 from corral.cluster.router_prompts import PromptReader
-from corral.cluster.routing import ROUTER_POLICIES, make_router
+from corral.cluster.routing import ROUTER_POLICIES
 from corral.engine.tokenizer import Tokenizer
 from corral.serve.config import ServerConfig
 from corral.serve.errors import APIError, install_error_handlers
@@ -41,7 +45,8 @@ ROUTED = ("/v1/completions", "/v1/chat/completions")
 
 @dataclass(frozen=True, slots=True)
 class RouterConfig:
-    """`corral router`'s settings (the flags of corral/cluster/router_cli.py)."""
+    """`corral router`'s settings (the flags of corral/cluster/router_cli.py). With
+    prefill_urls the router is disaggregated and backend_urls are its decode replicas."""
 
     backend_urls: tuple[str, ...]
     policy: str = "least-outstanding"
@@ -69,13 +74,16 @@ class RouterConfig:
     kv_events: tuple[str, ...] = ()
     kv_events_topic: str = ""
     kv_events_hash_format: str = "int"
+    # Prefill replicas (disaggregated mode, docs/router.md) and their KV-event streams.
+    prefill_urls: tuple[str, ...] = ()
+    prefill_kv_events: tuple[str, ...] = ()
     seed: int = 0
     max_request_body_bytes: int = ServerConfig().max_request_body_bytes
 
     def __post_init__(self) -> None:
         if not self.backend_urls:
             raise ValueError("the router needs at least one --backend URL")
-        for url in self.backend_urls:
+        for url in (*self.backend_urls, *self.prefill_urls):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"backend URL {url!r} must start with http:// or https://")
         if self.policy not in ROUTER_POLICIES.names():
@@ -90,6 +98,12 @@ class RouterConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.prefill_kv_events and not self.prefill_urls:
+            raise ValueError("prefill KV events need prefill replicas (--prefill-backend)")
+
+    @property
+    def is_disaggregated(self) -> bool:
+        return bool(self.prefill_urls)
 
 
 def build_router_app(
@@ -98,42 +112,11 @@ def build_router_app(
     prefix_index: PrefixIndex | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
-    """The router over config.backend_urls. tokenizer: for policies that read prompts.
+    """The router over config.backend_urls (behind config.prefill_urls' prefill legs when
+    disaggregated). tokenizer: for policies that read prompts.
     prefix_index: the prefix-aware policy's index (default: its own EstimatedPrefixIndex).
     transport: how to reach the replicas (default: HTTP; tests pass a mock)."""
-    metrics = RouterMetrics()
-    feeds = None
-    if config.kv_events:
-        from corral.cluster.kv_view import ExternalHashIndex, KVEventFeeds  # needs pyzmq
-
-        if len(config.kv_events) != len(config.backend_urls):
-            raise ValueError(
-                f"--kv-events was given {len(config.kv_events)} times for "
-                f"{len(config.backend_urls)} backends: give one per backend, in order"
-            )
-        if prefix_index is None:
-            prefix_index = ExternalHashIndex(config.kv_events_hash_format)
-        assert isinstance(prefix_index, ReportedPrefixIndex)
-        feeds = KVEventFeeds(config.kv_events, prefix_index, config.kv_events_topic)
-    replicas = make_replicas(
-        config.backend_urls,
-        unhealthy_after=config.unhealthy_after,
-        healthy_after=config.healthy_after,
-        block_size=config.block_size,
-        num_blocks=config.num_blocks,
-    )
-    metrics.track(replicas)
-    options = {} if config.max_imbalance is None else {"max_imbalance": config.max_imbalance}
-    policy = make_router(
-        config.policy,
-        replicas,
-        seed=config.seed,
-        prefix_index=prefix_index,
-        prefix_hash=config.prefix_hash,
-        **options,
-    )
-    replica_set = ReplicaSet(replicas, policy, metrics, prefix_index)
-    prompts = PromptReader(tokenizer)
+    metrics = RouterMetrics(with_pool_label=config.is_disaggregated)
     own_headers = (
         {"Authorization": f"Bearer {config.backend_api_key}"} if config.backend_api_key else {}
     )
@@ -142,48 +125,66 @@ def build_router_app(
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         transport=transport,
     )
-    poller = HealthPoller(
-        replica_set,
+    pool = build_pool(
+        config,
+        config.backend_urls,
+        config.kv_events,
+        metrics,
         client,
-        poll_interval_s=config.poll_interval_s,
-        health_timeout_s=config.health_timeout_s,
         headers=own_headers,
+        prefix_index=prefix_index,
+        pool="decode" if config.is_disaggregated else "",
     )
+    replica_set, replicas = pool.replica_set, pool.replicas
+    pools = [pool]
+    prompts = PromptReader(tokenizer)
     forwarder = Forwarder(replica_set, client, max_retries=config.max_retries)
+    disaggregation = None
+    if config.is_disaggregated:
+        from corral.cluster.disaggregated import build_disaggregation
+
+        disaggregation = build_disaggregation(
+            config, metrics, client, forwarder, headers=own_headers
+        )
+        pools.append(disaggregation.prefill_pool)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await poller.check_all()
+        for replica_pool in pools:
+            await replica_pool.open()
+            logger.info(
+                "routing over %d %sreplica(s) (%d healthy), policy %s",
+                len(replica_pool.replicas),
+                f"{replica_pool.name} " if replica_pool.name else "",
+                replica_pool.replica_set.num_available,
+                config.policy,
+            )
         prompts.base_model_names = await _served_model_names(replica_set, client, own_headers)
-        if feeds is not None:  # each replica's snapshot, then its stored / removed events
-            feeds.start(asyncio.get_running_loop())
-        poller.start()
-        logger.info(
-            "routing over %d replica(s) (%d healthy), policy %s",
-            len(replicas),
-            replica_set.num_available,
-            config.policy,
-        )
         try:
             yield
         finally:
-            await poller.stop()
+            for replica_pool in pools:
+                await replica_pool.close()
             await client.aclose()
-            if feeds is not None:
-                feeds.stop()
 
     app = FastAPI(title="corral router", version=corral.__version__, lifespan=lifespan)
-    app.state.replica_set = replica_set
+    app.state.replica_set = replica_set  # the decode replicas in disaggregated mode
     app.state.metrics = metrics
-    app.state.poller = poller
-    app.state.prefix_index = prefix_index  # the reported one with --kv-events, else None
+    app.state.poller = pool.poller
+    app.state.prefix_index = pool.prefix_index  # the reported one with --kv-events
+    app.state.disaggregation = disaggregation  # None unless disaggregated
     install_error_handlers(app)
 
     async def routed(request: Request) -> Response:
         route = request.url.path
         body = await _read_body(request, config.max_request_body_bytes)
-        routing = await prompts.read(route, _json_or_none(body) if tokenizer else None)
-        work = forwarder.forward("POST", route, request_headers(request.headers), body, routing)
+        payload = _json_or_none(body) if tokenizer or disaggregation else None
+        routing = await prompts.read(route, payload if tokenizer else None)
+        headers = request_headers(request.headers)
+        if disaggregation is None:
+            work = forwarder.forward("POST", route, headers, body, routing)
+        else:
+            work = disaggregation.forward(route, headers, body, payload, routing)
         return await run_until_disconnected(request, work, lambda response: response)
 
     async def passed(request: Request) -> Response:

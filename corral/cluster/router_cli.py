@@ -1,6 +1,8 @@
 """`corral router`: an OpenAI-compatible front over several `corral serve` replicas (or any
 server with the same API), routing each request by a policy of corral/cluster/routing.py.
-SIGTERM or Ctrl-C: stop accepting, let the requests in flight finish (--drain-timeout-s)."""
+With --prefill-backend and --decode-backend instead of --backend, it disaggregates prefill and
+decode (corral/cluster/disaggregated.py). SIGTERM or Ctrl-C: stop accepting, let the requests
+in flight finish (--drain-timeout-s)."""
 
 from __future__ import annotations
 
@@ -25,9 +27,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--backend",
         action="append",
-        required=True,
+        default=[],
         metavar="URL",
         help="a replica's base URL (http://host:port); repeat for each replica",
+    )
+    group.add_argument(
+        "--prefill-backend",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="disaggregated mode, with --decode-backend instead of --backend: a prefill "
+        "replica's base URL (corral serve --kv-role prefill); repeat for each",
+    )
+    group.add_argument(
+        "--decode-backend",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="disaggregated mode: a decode replica's base URL (corral serve --kv-role decode); "
+        "repeat for each",
     )
     add_routing_arguments(group)
     group.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
@@ -53,8 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ENDPOINT[,REPLAY]",
         help="a replica's KV-event stream (its --kv-events-config endpoint and replay "
-        "endpoint, e.g. tcp://host:5557,tcp://host:5558); once per --backend, in the same "
-        "order: prefix-aware then routes by what the replicas report they cache",
+        "endpoint, e.g. tcp://host:5557,tcp://host:5558); once per --backend (or "
+        "--decode-backend), in the same order: prefix-aware then routes by what the replicas "
+        "report they cache",
+    )
+    group.add_argument(
+        "--prefill-kv-events",
+        action="append",
+        default=[],
+        metavar="ENDPOINT[,REPLAY]",
+        help="as --kv-events, once per --prefill-backend, in the same order",
     )
     group.add_argument("--kv-events-topic", default="", help="the replicas' KV-event topic")
     group.add_argument(
@@ -129,6 +155,34 @@ def add_routing_arguments(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def backend_pools(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(backend or decode URLs, prefill URLs) from --backend, or from --prefill-backend and
+    --decode-backend (disaggregated); ValueError naming the flags when they do not fit."""
+    backends, prefill, decode = args.backend, args.prefill_backend, args.decode_backend
+    if backends and (prefill or decode):
+        raise ValueError(
+            "--backend cannot be mixed with --prefill-backend / --decode-backend: give "
+            "--backend URLs for a plain router, or both --prefill-backend and "
+            "--decode-backend URLs for a disaggregated one"
+        )
+    if prefill and not decode:
+        raise ValueError(
+            "disaggregated mode needs --decode-backend URLs too (only --prefill-backend given)"
+        )
+    if decode and not prefill:
+        raise ValueError(
+            "disaggregated mode needs --prefill-backend URLs too (only --decode-backend given)"
+        )
+    if not (backends or decode):
+        raise ValueError(
+            "give --backend URL (repeatable), or --prefill-backend URL and --decode-backend URL "
+            "(each repeatable) for disaggregated prefill/decode"
+        )
+    if args.prefill_kv_events and not prefill:
+        raise ValueError("--prefill-kv-events needs --prefill-backend URLs")
+    return tuple(backends or decode), tuple(prefill)
+
+
 def router_config_from_args(
     args: argparse.Namespace, backend_urls: tuple[str, ...], **overrides: object
 ) -> RouterConfig:
@@ -157,7 +211,13 @@ def router_config_from_args(
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = router_config_from_args(args, tuple(args.backend))
+        backend_urls, prefill_urls = backend_pools(args)
+        config = router_config_from_args(
+            args,
+            backend_urls,
+            prefill_urls=prefill_urls,
+            prefill_kv_events=tuple(args.prefill_kv_events),
+        )
         tokenizer = load_tokenizer(config, args.tokenizer)
     except ValueError as error:
         print(f"corral router: {error}", file=sys.stderr)
@@ -197,7 +257,7 @@ def _replica_model_dir(config: RouterConfig) -> str | None:
     headers = (
         {"Authorization": f"Bearer {config.backend_api_key}"} if config.backend_api_key else {}
     )
-    for url in config.backend_urls:
+    for url in (*config.backend_urls, *config.prefill_urls):
         try:
             response = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=5.0)
             root = response.json()["data"][0]["root"]
