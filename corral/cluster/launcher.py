@@ -31,7 +31,7 @@ STARTUP_TIMEOUT_S = 900.0
 _NOT_INHERITED = frozenset(
     ("replicas", "host", "port", "num_threads", "policy", "poll_interval_s", "health_timeout_s",
      "unhealthy_after", "healthy_after", "max_retries", "router_block_size", "router_num_blocks",
-     "max_imbalance", "help")
+     "max_imbalance", "help", "prefill_replicas", "kv_role", "kv_transfer_port")
 )  # fmt: skip
 _PR_SET_PDEATHSIG = 1
 
@@ -48,7 +48,27 @@ def add_replica_arguments(parser: argparse.ArgumentParser) -> None:
         help="start N corral serve processes, each pinned to its own share of the cores, with "
         "the router in front on --port (default 1: no router)",
     )
+    group.add_argument(
+        "--prefill-replicas",
+        type=int,
+        default=0,
+        help="of the N replicas, run this many with --kv-role prefill and the rest with "
+        "--kv-role decode, the router disaggregated in front (docs/disaggregation.md)",
+    )
     add_routing_arguments(group)
+
+
+def replica_roles(num_replicas: int, num_prefill: int) -> list[str]:
+    """Each replica's --kv-role: the first num_prefill prefill, the rest decode ("" for all
+    when num_prefill is 0: not disaggregated)."""
+    if num_prefill == 0:
+        return [""] * num_replicas
+    if not 0 < num_prefill < num_replicas:
+        raise ValueError(
+            f"--prefill-replicas {num_prefill} needs at least one decode replica among "
+            f"--replicas {num_replicas}"
+        )
+    return ["prefill"] * num_prefill + ["decode"] * (num_replicas - num_prefill)
 
 
 def split_cores(cores: Sequence[int], num_replicas: int) -> list[list[int]]:
@@ -120,14 +140,19 @@ def _child_setup(cores: list[int], parent_pid: int) -> Callable[[], None]:
 class ReplicaProcess:
     """One `corral serve` child on loopback, in its own process group."""
 
-    def __init__(self, index: int, flags: list[str], cores: list[int], log_level: str) -> None:
+    def __init__(
+        self, index: int, flags: list[str], cores: list[int], log_level: str, role: str = ""
+    ) -> None:
         self.index = index
+        self.role = role  # "prefill" or "decode" when disaggregated
         self.cores = cores
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "corral.cli", "--log-level", log_level, "serve", *flags]
         argv += ["--host", "127.0.0.1", "--port", str(self.port)]
         argv += ["--num-threads", str(len(cores))]
+        if role:
+            argv += ["--kv-role", role]
         self.process = subprocess.Popen(argv, preexec_fn=_child_setup(cores, os.getpid()))
         logger.info(
             "replica %d: pid %d, port %d, cores %s", index, self.process.pid, self.port, cores
@@ -192,6 +217,7 @@ def run_replicas(args: argparse.Namespace) -> int:
     try:
         shares = split_cores(sorted(os.sched_getaffinity(0)), args.replicas)
         flags = inherited_flags(parser, args)
+        roles = replica_roles(args.replicas, getattr(args, "prefill_replicas", 0))
     except ValueError as error:
         print(f"corral serve: {error}", file=sys.stderr)
         return 2
@@ -200,14 +226,17 @@ def run_replicas(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, _stop_starting) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for index, cores in enumerate(shares):
-            replicas.append(ReplicaProcess(index, flags, cores, args.log_level))
+            replicas.append(ReplicaProcess(index, flags, cores, args.log_level, roles[index]))
         wait_healthy(replicas, STARTUP_TIMEOUT_S)
         overrides: dict[str, object] = {"block_size": args.block_size}
         if args.num_kv_blocks:
             overrides["num_blocks"] = args.num_kv_blocks
         if api_keys:
             overrides["backend_api_key"] = api_keys[0]
-        urls = tuple(replica.url for replica in replicas)
+        urls = tuple(replica.url for replica in replicas if replica.role != "prefill")
+        prefill_urls = tuple(replica.url for replica in replicas if replica.role == "prefill")
+        if prefill_urls:
+            overrides["prefill_urls"] = prefill_urls
         config = router_config_from_args(args, urls, **overrides)
         tokenizer = load_tokenizer(config, args.tokenizer or args.model)
         for sig, handler in previous.items():

@@ -127,6 +127,8 @@ def autoscaling_config_from_args(args: argparse.Namespace) -> AutoscalingConfig 
 
 def ray_config_from_args(args: argparse.Namespace) -> RayServeConfig:
     num_replicas = getattr(args, "replicas", 1)  # the launcher's flag: a fixed count here
+    if getattr(args, "prefill_replicas", 0):
+        raise ValueError("--prefill-replicas (disaggregation) is not supported with --ray yet")
     autoscaling = autoscaling_config_from_args(args)
     if autoscaling is not None and num_replicas != 1:
         raise ValueError("give either --replicas (a fixed count) or autoscaling, not both")

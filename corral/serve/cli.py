@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         from corral.cluster.ray_cli import run_ray
 
         return run_ray(args)
-    if getattr(args, "replicas", 1) != 1:  # N engines and the router in front
+    if getattr(args, "replicas", 1) != 1 or getattr(args, "prefill_replicas", 0):
+        # N engines (prefill and decode ones when disaggregated) and the router in front
         from corral.cluster.launcher import run_replicas
 
         return run_replicas(args)

@@ -5,13 +5,18 @@ and chat; the metrics count the transfer; bad kv_transfer_params get a 400 namin
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
-from tests.serve.conftest import ServerProcess
+from tests.serve.conftest import ServerProcess, free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -60,7 +65,7 @@ def disaggregated(servers: dict[str, str], route: str, body: dict) -> httpx.Resp
 
 def metric(url: str, name: str) -> float:
     for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
-        if line.startswith(name + "_total{") or line.startswith(name + "{"):
+        if line.startswith((name + "_total{", name + "_total ", name + "{", name + " ")):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not on {url}/metrics")
 
@@ -109,3 +114,75 @@ def test_transfer_metrics_and_bad_params(servers):
         )
         assert response.status_code == 400, response.text
         assert message in response.json()["error"]["message"]
+
+
+def start(args: list[str], log_path) -> subprocess.Popen:
+    env = dict(os.environ, CORRAL_API_KEY="", TOKENIZERS_PARALLELISM="false")
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "corral.cli", *args],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log_path, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+        assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-4000:]
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.25)
+
+
+def stop(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(10)
+
+
+def routed_answer(url: str, body: dict) -> tuple[str, float]:
+    """The text through a disaggregated router, and its count of remote prefills."""
+    response = httpx.post(url + "/v1/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    remote = metric(url, "corral:router_remote_prefills")
+    return response.json()["choices"][0]["text"], remote
+
+
+def test_through_the_router_and_the_launcher(servers, tiny_model, tmp_path):
+    """`corral router --prefill-backend --decode-backend` over the prefill and decode servers,
+    and `corral serve --replicas 2 --prefill-replicas 1` (one command): the single server's
+    text, the prompt prefilled remotely."""
+    model = model_of(servers["single"])
+    body = {"model": model, "prompt": PROMPT, "max_tokens": 12, "temperature": 0}
+    body["ignore_eos"] = True
+    expected = httpx.post(servers["single"] + "/v1/completions", json=body, timeout=60).json()
+    expected_text = expected["choices"][0]["text"]
+
+    port = free_port()
+    router_args = ["router", "--port", str(port), "--prefill-backend", servers["prefill"]]
+    router_args += ["--decode-backend", servers["decode"]]
+    router = start(router_args, tmp_path / "router.log")
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", router, tmp_path / "router.log")
+        text, remote = routed_answer(f"http://127.0.0.1:{port}", body)
+        assert text == expected_text and remote >= 1
+    finally:
+        assert stop(router) == 0
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the launcher's two replicas need two cores")
+    port = free_port()
+    launcher_args = ["serve", "--replicas", "2", "--prefill-replicas", "1", "--port", str(port)]
+    launcher_args += ["--model", str(tiny_model), "--dtype", "float32", "--max-model-len", "512"]
+    launcher = start(launcher_args, tmp_path / "launcher.log")
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", launcher, tmp_path / "launcher.log")
+        text, remote = routed_answer(f"http://127.0.0.1:{port}", body)
+        assert text == expected_text and remote >= 1
+    finally:
+        assert stop(launcher) == 0, (tmp_path / "launcher.log").read_text()[-4000:]
