@@ -31,7 +31,8 @@ STARTUP_TIMEOUT_S = 900.0
 _NOT_INHERITED = frozenset(
     ("replicas", "host", "port", "num_threads", "policy", "poll_interval_s", "health_timeout_s",
      "unhealthy_after", "healthy_after", "max_retries", "router_block_size", "router_num_blocks",
-     "max_imbalance", "help", "prefill_replicas", "kv_role", "kv_transfer_port")
+     "max_imbalance", "help", "prefill_replicas", "kv_role", "kv_transfer_port",
+     "kv_events_config")
 )  # fmt: skip
 _PR_SET_PDEATHSIG = 1
 
@@ -56,6 +57,35 @@ def add_replica_arguments(parser: argparse.ArgumentParser) -> None:
         "--kv-role decode, the router disaggregated in front (docs/disaggregation.md)",
     )
     add_routing_arguments(group)
+
+
+def replica_kv_events(config_text: str | None, num_replicas: int) -> list[tuple[str, str]]:
+    """Per replica: its --kv-events-config (the given one on ports of its own, bound on every
+    interface) and the router's --kv-events ENDPOINT[,REPLAY] for it. Empty without events."""
+    import dataclasses
+    import json
+
+    from corral.config import KVEventsConfig
+
+    if not config_text:
+        return []
+    config = KVEventsConfig.from_json(config_text)
+    if not config.enable_kv_cache_events:
+        return []
+    result = []
+    for _ in range(num_replicas):
+        port = _free_port()
+        replay_port = _free_port() if config.replay_endpoint else None
+        mine = dataclasses.replace(
+            config,
+            endpoint=f"tcp://*:{port}",
+            replay_endpoint=f"tcp://*:{replay_port}" if replay_port else None,
+        )
+        router_side = f"tcp://127.0.0.1:{port}"
+        if replay_port:
+            router_side += f",tcp://127.0.0.1:{replay_port}"
+        result.append((json.dumps(dataclasses.asdict(mine)), router_side))
+    return result
 
 
 def replica_roles(num_replicas: int, num_prefill: int) -> list[str]:
@@ -210,6 +240,7 @@ def _stop_starting(sig: int, frame: FrameType | None) -> None:
 def run_replicas(args: argparse.Namespace) -> int:
     """`corral serve --replicas N`: start, wait, route until stopped, stop everything."""
     from corral.cluster.router_cli import load_tokenizer, router_config_from_args, serve_router
+    from corral.config import KVEventsConfig
     from corral.serve.cli import add_arguments as add_serve_arguments
 
     parser = argparse.ArgumentParser(add_help=False)
@@ -218,6 +249,7 @@ def run_replicas(args: argparse.Namespace) -> int:
         shares = split_cores(sorted(os.sched_getaffinity(0)), args.replicas)
         flags = inherited_flags(parser, args)
         roles = replica_roles(args.replicas, getattr(args, "prefill_replicas", 0))
+        kv_events = replica_kv_events(getattr(args, "kv_events_config", None), args.replicas)
     except ValueError as error:
         print(f"corral serve: {error}", file=sys.stderr)
         return 2
@@ -226,7 +258,9 @@ def run_replicas(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, _stop_starting) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for index, cores in enumerate(shares):
-            replicas.append(ReplicaProcess(index, flags, cores, args.log_level, roles[index]))
+            own = ["--kv-events-config", kv_events[index][0]] if kv_events else []
+            replica = ReplicaProcess(index, flags + own, cores, args.log_level, roles[index])
+            replicas.append(replica)
         wait_healthy(replicas, STARTUP_TIMEOUT_S)
         overrides: dict[str, object] = {"block_size": args.block_size}
         if args.num_kv_blocks:
@@ -237,6 +271,14 @@ def run_replicas(args: argparse.Namespace) -> int:
         prefill_urls = tuple(replica.url for replica in replicas if replica.role == "prefill")
         if prefill_urls:
             overrides["prefill_urls"] = prefill_urls
+        if kv_events:  # the router subscribes to each replica's stream
+            events = {r.url: kv_events[r.index][1] for r in replicas}
+            overrides["kv_events"] = tuple(events[url] for url in urls)
+            if prefill_urls:
+                overrides["prefill_kv_events"] = tuple(events[url] for url in prefill_urls)
+            config_json = KVEventsConfig.from_json(args.kv_events_config)
+            overrides["kv_events_topic"] = config_json.topic
+            overrides["kv_events_hash_format"] = config_json.block_hash_format
         config = router_config_from_args(args, urls, **overrides)
         tokenizer = load_tokenizer(config, args.tokenizer or args.model)
         for sig, handler in previous.items():
