@@ -21,8 +21,9 @@
 
 Pieces: executor.SimExecutor (the executor contract, a cost model for the time), cost/ (the
 `profiled` and `roofline` cost models, hardware specs), instance.SimInstance (a Scheduler +
-KVCacheManager on the virtual clock), router (routing policies), cluster.ClusterSimulator (the
-event loop, disaggregation), report, search (capacity planning), profile (measuring the real
-engine), lora (multi-LoRA: adapters for the workload, loads and compute priced), cli (`corral
-simulate`). See docs/simulator.md.
+KVCacheManager on the virtual clock), router (routing policies), cluster.ClusterSimulator (the event
+loop, disaggregation), kv_transfer_sim (corral's KV connector between prefill and decode instances,
+transfers in virtual time), report, search (capacity planning), profile (measuring the real engine),
+lora (multi-LoRA: adapters for the workload, loads and compute priced), cli (`corral simulate`). See
+docs/simulator.md.
 """

@@ -88,6 +88,13 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--kv-transfer-latency-ms", type=float, default=0.0)
     group.add_argument(
+        "--kv-lease-timeout-s",
+        type=float,
+        default=30.0,
+        help="disaggregated: a prefill instance frees lent KV blocks nobody fetched after this "
+        "long (virtual; corral serve's --kv-lease-timeout-s)",
+    )
+    group.add_argument(
         "--request-path-ms",
         type=float,
         default=0.0,
@@ -318,6 +325,7 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         enable_prefix_caching=not args.no_prefix_caching,
         kv_transfer_bandwidth_bytes_per_s=args.kv_transfer_gb_s * 1e9,
         kv_transfer_latency_s=args.kv_transfer_latency_ms / 1e3,
+        kv_lease_timeout_s=args.kv_lease_timeout_s,
         request_path_s=args.request_path_ms / 1e3,
         price_per_device_hour=args.price_per_device_hour,
         seed=args.sim_seed,

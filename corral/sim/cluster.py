@@ -1,14 +1,22 @@
 """ClusterSimulator: a discrete-event simulation of instances behind a router, on one clock.
 
-Events, in time order; at equal times arrivals come first, then KV-transfer completions, then
-step ends, then step starts, then autoscaling calls (decisions, instances starting to serve), so a
-step that starts at t sees every request that arrived by t and a decision at t sees the steps
-that ended by t. With ClusterSpec.autoscale set, a SimAutoscaler (corral/sim/autoscale.py) runs
-the shared autoscaling policy over the instances.
+Events, in time order; at equal times arrivals come first, then KV-transfer events (a fetch
+ending, a lease's deadline), then step ends, then step starts, then other calls (autoscaling
+decisions, instances starting to serve, requests leaving the request path), so a step that starts
+at t sees every request that arrived by t and a decision at t sees the steps that ended by t.
+With ClusterSpec.autoscale set, a SimAutoscaler (corral/sim/autoscale.py) runs the shared
+autoscaling policy over the instances.
+
+Disaggregated (prefill and decode instances), a request runs as the real router runs it
+(corral/cluster/disaggregated.py): on a prefill instance with max_tokens 1 and RemoteDecode,
+whose token the client never sees; then, with the RemotePrefill the prefill instance answered,
+as the client's request on a decode instance, which fetches the prompt's KV through corral's KV
+connector (corral/sim/kv_transfer_sim.py) and generates every output token.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import time
@@ -17,14 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from corral.cluster.routing import RouterPolicy, RoutingRequest, make_router
+from corral.core.messages import RequestUpdate
+from corral.kv_transfer.params import KVTransferRequest, RemoteDecode
 from corral.request import Request
 from corral.sampling_params import SamplingParams
 from corral.sim.autoscale import AutoscaleResult, SimAutoscaler
 from corral.sim.config import ClusterSpec
 from corral.sim.instance import SimInstance
+from corral.sim.kv_transfer_sim import SimKVLinks
 from corral.workloads.metrics import RequestRecord
 from corral.workloads.spec import RequestSpec, Workload, check_lengths
-from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID
 
 _ARRIVAL, _TRANSFER, _STEP_END, _WAKE, _CALL = 0, 1, 2, 3, 4
 
@@ -33,7 +43,7 @@ _ARRIVAL, _TRANSFER, _STEP_END, _WAKE, _CALL = 0, 1, 2, 3, 4
 class SimResult:
     records: list[RequestRecord]
     instances: list[SimInstance]
-    end_time_s: float
+    end_time_s: float  # when the last step ended
     wall_time_s: float
     num_events: int
     spec: ClusterSpec
@@ -55,7 +65,7 @@ def routing_request(request: Request) -> RoutingRequest:
 class ClusterSimulator:
     """request_hook, if given, sees every Request the simulator creates (with its spec) before
     it is routed: a place to set fields a policy reads, such as predicted_num_output_tokens or
-    deadline_s. Disaggregated requests are seen twice (prefill side, then decode side)."""
+    deadline_s. Disaggregated requests are seen twice (prefill leg, then decode leg)."""
 
     def __init__(
         self, spec: ClusterSpec, workload: Workload, request_hook: RequestHook | None = None
@@ -70,9 +80,19 @@ class ClusterSimulator:
         ]
         self.max_model_len = min(s.max_model_len for s in spec.instances)
         check_lengths(workload.specs, self.max_model_len)
+        self.kv_links: SimKVLinks | None = None
         if spec.is_disaggregated:
             self.prefill_pool = [i for i in self.instances if i.spec.role == "prefill"]
             self.decode_pool = [i for i in self.instances if i.spec.role == "decode"]
+            self.kv_links = SimKVLinks(
+                spec.kv_transfer_bandwidth_bytes_per_s,
+                spec.kv_transfer_latency_s,
+                self._clock,
+                self._transfer_at,
+            )
+            for instance in self.instances:
+                wake = functools.partial(self._wake, instance)
+                self.kv_links.connect(instance, spec.kv_lease_timeout_s, wake)
         else:
             self.prefill_pool = self.decode_pool = self.instances
         self.prefill_router = self._make_router(self.prefill_pool, spec.seed)
@@ -87,6 +107,7 @@ class ClusterSimulator:
         self._finished: set[str] = set()
         self._heap: list[tuple] = []
         self._seq = itertools.count()
+        self._last_step_end_s = 0.0
         self._params: dict[int, SamplingParams] = {}
         self._prompt_ids: dict[str, list[int]] = {}
         self.routes: dict[str, list[int]] = {}
@@ -111,6 +132,10 @@ class ClusterSimulator:
     def call_at(self, when: float, call: Callable[[], None]) -> None:
         """Run call() at virtual time `when` (after the other events at that time)."""
         self._push(when, _CALL, call)
+
+    def _transfer_at(self, when: float, call: Callable[[], None]) -> None:
+        """Run a KV-transfer event at `when` (before the steps that end then)."""
+        self._push(when, _TRANSFER, call)
 
     def _sampling_params(self, max_tokens: int) -> SamplingParams:
         params = self._params.get(max_tokens)
@@ -160,9 +185,7 @@ class ClusterSimulator:
                     self._start_step(instance)
             elif kind == _ARRIVAL:
                 self._arrive(payload)
-            elif kind == _TRANSFER:
-                self._transfer_done(payload)
-            else:
+            else:  # _TRANSFER, _CALL
                 payload()
         if len(self._finished) != len(self.workload.specs):
             missing = len(self.workload.specs) - len(self._finished)
@@ -182,7 +205,7 @@ class ClusterSimulator:
         return SimResult(
             records,
             self.instances,
-            self.now,
+            self._last_step_end_s,
             time.perf_counter() - wall_start,
             num_events,
             self.spec,
@@ -191,30 +214,43 @@ class ClusterSimulator:
 
     def _arrive(self, request_spec: RequestSpec) -> None:
         now = self.now
+        request_id = request_spec.request_id
         token_ids = self.workload.token_ids(request_spec)
-        self.records[request_spec.request_id] = RequestRecord(
-            request_spec.request_id, now, request_spec.num_prompt_tokens, 0, array("d")
+        self.records[request_id] = RequestRecord(
+            request_id, now, request_spec.num_prompt_tokens, 0, array("d")
         )
-        max_tokens = request_spec.num_output_tokens
-        if self.spec.is_disaggregated:
-            self._prompt_ids[request_spec.request_id] = token_ids
-            max_tokens = 1
+        if self.spec.is_disaggregated:  # the prefill leg; its token is not the client's
+            self._prompt_ids[request_id] = token_ids
+            request = self._request(request_spec, token_ids, 1, RemoteDecode())
+        else:
+            request = self._request(request_spec, token_ids, request_spec.num_output_tokens)
+        if self.spec.request_path_s > 0:  # the client, router and frontend first
+            self.call_at(now + self.spec.request_path_s, lambda: self._dispatch(request))
+        else:
+            self._dispatch(request)
+
+    def _request(
+        self,
+        request_spec: RequestSpec,
+        token_ids: list[int],
+        max_tokens: int,
+        kv_transfer: KVTransferRequest | None = None,
+    ) -> Request:
+        """The engine request of a spec (seen by the request hook)."""
         request = Request(
             request_spec.request_id,
             token_ids,
             self._sampling_params(max_tokens),
             max_model_len=self.max_model_len,
-            arrival_time=now,
+            arrival_time=self.now,
             priority=request_spec.priority,
             client_id=request_spec.client_id,
             lora=self._adapters.get(request_spec.request_id),
+            kv_transfer=kv_transfer,
         )
         if self.request_hook is not None:
             self.request_hook(request, request_spec)
-        if self.spec.request_path_s > 0:  # the client, router and frontend first
-            self.call_at(now + self.spec.request_path_s, lambda: self._dispatch(request))
-        else:
-            self._dispatch(request)
+        return request
 
     def _dispatch(self, request: Request) -> None:
         """Route an arrived request, or hold it at the autoscaler while no instance serves."""
@@ -228,6 +264,10 @@ class ClusterSimulator:
     def _assign(self, instance: SimInstance, request: Request) -> None:
         instance.add_request(request)
         self.routes.setdefault(request.request_id, []).append(instance.index)
+        self._wake(instance)
+
+    def _wake(self, instance: SimInstance) -> None:
+        """Make an idle instance step now (a busy one steps again when its step ends)."""
         if not instance.is_busy and not instance.is_wake_pending:
             instance.is_wake_pending = True
             self._push(self.now, _WAKE, instance)
@@ -241,20 +281,21 @@ class ClusterSimulator:
 
     def _end_step(self, instance: SimInstance, scheduler_output, model_output) -> None:
         now = self.now
+        self._last_step_end_s = now
         records = self.records
         is_prefill = instance.is_prefill
         for update in instance.end_step(scheduler_output, model_output):
+            if is_prefill:
+                if update.finish_reason is not None:
+                    self._start_decode(update)
+                continue
             record = records[update.request_id]
             num_new = len(update.new_token_ids)
             if num_new:
                 record.num_output_tokens += num_new
                 record.token_times_s.append(now)  # type: ignore[attr-defined]
             if update.finish_reason is not None:
-                request_spec = self._specs[update.request_id]
-                if is_prefill and request_spec.num_output_tokens > 1:
-                    self._start_transfer(instance, request_spec)
-                else:
-                    self._finish(request_spec)
+                self._finish(self._specs[update.request_id])
         if self._check_integrity:
             instance.kv.check_integrity()
             if instance.scheduler.adapters is not None:
@@ -282,29 +323,12 @@ class ClusterSimulator:
 
     # ----- disaggregation --------------------------------------------------------------------
 
-    def _start_transfer(self, source: SimInstance, request_spec: RequestSpec) -> None:
-        num_bytes = source.spec.kv_bytes_per_token * request_spec.num_prompt_tokens
-        delay_s = (
-            num_bytes / self.spec.kv_transfer_bandwidth_bytes_per_s
-            + self.spec.kv_transfer_latency_s
+    def _start_decode(self, update: RequestUpdate) -> None:
+        """The prefill leg finished: the client's request goes to a decode instance with the
+        prefill's lease (None when it lent nothing: the decode instance computes the prompt)."""
+        request_spec = self._specs[update.request_id]
+        token_ids = self._prompt_ids.pop(update.request_id)
+        request = self._request(
+            request_spec, token_ids, request_spec.num_output_tokens, update.kv_transfer_params
         )
-        self._push(self.now + delay_s, _TRANSFER, request_spec)
-
-    def _transfer_done(self, request_spec: RequestSpec) -> None:
-        token_ids = self._prompt_ids.pop(request_spec.request_id)
-        token_ids.append(PLACEHOLDER_TOKEN_ID)
-        request = Request(
-            request_spec.request_id,
-            token_ids,
-            self._sampling_params(request_spec.num_output_tokens - 1),
-            max_model_len=self.max_model_len,
-            arrival_time=self.now,
-            priority=request_spec.priority,
-            client_id=request_spec.client_id,
-            lora=self._adapters.get(request_spec.request_id),
-        )
-        if self.request_hook is not None:
-            self.request_hook(request, request_spec)
-        instance = self.decode_pool[self.decode_router.select(routing_request(request))]
-        instance.kv.expect_external(request.request_id, request_spec.num_prompt_tokens)
-        self._assign(instance, request)
+        self._assign(self.decode_pool[self.decode_router.select(routing_request(request))], request)

@@ -52,15 +52,19 @@ class InstanceSpec:
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
     """Instances behind a router. With prefill and decode instances (and no mixed ones) the
-    cluster is disaggregated: each request is prefilled on a prefill instance, which produces
-    its first token, its KV moves to a decode instance (bytes / bandwidth + latency), and the
-    decode instance generates the rest."""
+    cluster is disaggregated as corral serve --kv-role is: each request's prompt is computed on
+    a prefill instance (max_tokens 1; that token is not the client's), whose KV connector lends
+    its full prompt blocks; the decode instance's connector fetches them (blocks x block_size x
+    kv_bytes_per_token / bandwidth + latency), admits them as prefix hits, computes the rest of
+    the prompt (at least its last token) and generates every output token. A lease nobody
+    fetches is freed after kv_lease_timeout_s (corral/sim/kv_transfer_sim.py)."""
 
     instances: tuple[InstanceSpec, ...]
     router: str = "round-robin"
     seed: int = 0
     kv_transfer_bandwidth_bytes_per_s: float = 50e9
     kv_transfer_latency_s: float = 0.0
+    kv_lease_timeout_s: float = 30.0  # KVTransferConfig.lease_timeout_s (virtual seconds)
     # Instances record their KV usage at most this often (virtual seconds).
     kv_sample_interval_s: float = 1.0
     # Check every KV manager's (and adapter residency's) integrity after every step (slow:
@@ -86,6 +90,8 @@ class ClusterSpec:
             )
         if not self.kv_transfer_bandwidth_bytes_per_s > 0:
             raise ValueError("kv_transfer_bandwidth_bytes_per_s must be > 0")
+        if not self.kv_lease_timeout_s > 0:
+            raise ValueError(f"kv_lease_timeout_s must be > 0, got {self.kv_lease_timeout_s}")
         if not self.kv_sample_interval_s > 0:
             raise ValueError("kv_sample_interval_s must be > 0")
         if not self.request_path_s >= 0:

@@ -47,6 +47,7 @@ class DeploymentOptions:
     enable_prefix_caching: bool = True
     kv_transfer_bandwidth_bytes_per_s: float = 50e9
     kv_transfer_latency_s: float = 0.0
+    kv_lease_timeout_s: float = 30.0
     request_path_s: float = 0.0  # ClusterSpec.request_path_s
     price_per_device_hour: float | None = None
     seed: int = 0
@@ -223,6 +224,7 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         seed=options.seed,
         kv_transfer_bandwidth_bytes_per_s=options.kv_transfer_bandwidth_bytes_per_s,
         kv_transfer_latency_s=options.kv_transfer_latency_s,
+        kv_lease_timeout_s=options.kv_lease_timeout_s,
         kv_sample_interval_s=options.kv_sample_interval_s,
         check_integrity=options.check_integrity,
         adapter_assignment=assignment,

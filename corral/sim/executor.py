@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from corral.core.batch_shape import BatchShape, BatchShapeCounter
 from corral.core.messages import ModelOutput, SchedulerOutput
@@ -11,6 +13,9 @@ from corral.sim.cost.base import CostModel
 from corral.sim.lora_step import LoRAStepPricer
 from corral.sim.spec import MAX_NUM_DRAFT_POSITIONS, SpecSimConfig, draft_pass_shapes
 from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID
+
+if TYPE_CHECKING:
+    from corral.sim.kv_transfer_sim import SimKVConnectorWorker
 
 # Shared and never mutated: the scheduler only iterates over sampled token lists and slices
 # draft lists. _PLACEHOLDERS[n] holds n placeholder tokens.
@@ -35,6 +40,10 @@ class SimExecutor:
     With LoRA (corral/sim/lora_step.py): the step's adapter loads (its AdapterPlan) and the
     compute of its adapter tokens are added to the step time (the draft model, if any, runs
     without adapters).
+
+    With KV transfer (disaggregation, corral/sim/kv_transfer_sim.py): the step's ConnectorPlan
+    goes to the connector's worker half first, and what it reports since the last step rides in
+    ModelOutput.connector_events, as in the real executor; transfers add no step time.
     """
 
     def __init__(
@@ -54,6 +63,8 @@ class SimExecutor:
         self._draft_synced: dict[str, tuple[int, int]] = {}
         # Draft model: request id -> drafts accepted in its last verification since then.
         self._draft_accepted: dict[str, int] = {}
+        # KV transfer's worker half (None: off; set by SimKVLinks.connect).
+        self.connector: SimKVConnectorWorker | None = None
 
     @property
     def num_requests(self) -> int:
@@ -61,6 +72,15 @@ class SimExecutor:
 
     def execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:
         """Advance every scheduled request's computed count and time the step."""
+        connector = self.connector
+        if connector is None:
+            return self._execute(scheduler_output)
+        connector.apply(scheduler_output.connector_plan)
+        events = connector.poll()
+        model_output = self._execute(scheduler_output)
+        return replace(model_output, connector_events=events) if events else model_output
+
+    def _execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:
         batch, sampled_ids = self._counter.count(scheduler_output)
         lora_s = self.lora.step_time_s(scheduler_output) if self.lora is not None else 0.0
         if self.speculation is not None:

@@ -90,23 +90,26 @@ class SimInstance:
         self.num_assigned += 1
 
     def begin_step(self, now: float) -> tuple[SchedulerOutput, ModelOutput] | None:
-        """Schedule and cost one step at `now`; None when there was nothing to run."""
-        scheduler_output = self.scheduler.schedule()
+        """Schedule and cost one step at `now`; None when there was nothing to run. A step that
+        computes nothing but hears of KV transfers (ModelOutput.connector_events) takes no
+        time: the scheduler applies them at once."""
+        scheduler = self.scheduler
+        scheduler_output = scheduler.schedule()
         model_output = self.executor.execute(scheduler_output)
         if scheduler_output.total_num_scheduled_tokens == 0:
-            if self.scheduler.has_unfinished_requests():
+            if model_output.connector_events:
+                self.is_busy = True
+                return scheduler_output, model_output
+            if scheduler.has_unfinished_requests() and not self.is_waiting_for_transfers:
                 raise RuntimeError(
                     f"instance {self.index} holds {self.num_outstanding_requests} requests but "
                     "scheduled nothing; the KV pool or the token budget is too small"
                 )
             return None
-        kv = self.kv
         for new in scheduler_output.new_requests:
             self.num_waiting_tokens -= len(new.token_ids)
-            if kv.has_pending_external:
-                kv.on_admitted(new.request_id)
         if scheduler_output.preempted_request_ids:
-            requests = self.scheduler.requests
+            requests = scheduler.requests
             for request_id in scheduler_output.preempted_request_ids:
                 self.num_waiting_tokens += requests[request_id].num_tokens
         step_s = model_output.step_time_s
@@ -122,6 +125,12 @@ class SimInstance:
             self.kv_samples.append((now, usage))
             self._next_sample_s = now + self._sample_interval_s
         return scheduler_output, model_output
+
+    @property
+    def is_waiting_for_transfers(self) -> bool:
+        """Leases open or fetches running (disaggregation): the instance waits to be woken."""
+        connector = self.scheduler.connector
+        return connector is not None and connector.has_pending()
 
     def end_step(
         self, scheduler_output: SchedulerOutput, model_output: ModelOutput

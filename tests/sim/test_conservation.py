@@ -82,18 +82,28 @@ def test_blocks_add_up_under_heavy_preemption():
 
 
 def test_disaggregated_tokens_add_up():
+    # Prefill instances compute every prompt (no prefix cache); decode instances compute each
+    # prompt but its prefix hits (the fetched blocks) and every output token but the last.
     work = random_workload()
     pools = tuple(
-        [instance(role="prefill", enable_prefix_caching=False)] * 2
-        + [instance(role="decode", enable_prefix_caching=False)] * 2
+        [instance(role="prefill", enable_prefix_caching=False)] * 2 + [instance(role="decode")] * 2
     )
     result = run(ClusterSpec(pools, router="least-outstanding", check_integrity=True), work)
-    prefill = sum(i.num_batched_tokens for i in result.instances if i.spec.role == "prefill")
-    decode = sum(i.num_batched_tokens for i in result.instances if i.spec.role == "decode")
-    assert prefill == sum(s.num_prompt_tokens for s in work)
-    assert decode == sum(s.num_output_tokens - 1 for s in work)
+    prefills = [i for i in result.instances if i.spec.role == "prefill"]
+    decodes = [i for i in result.instances if i.spec.role == "decode"]
+    assert sum(i.num_batched_tokens for i in prefills) == sum(s.num_prompt_tokens for s in work)
+    assert sum(i.scheduler.num_preemptions for i in decodes) == 0
+    hits = sum(i.kv.stats.prefix_hit_tokens for i in decodes)
+    assert sum(i.kv.num_external_tokens for i in decodes) == sum(
+        (s.num_prompt_tokens - 1) // 16 * 16 for s in work
+    )
+    total = sum(s.num_prompt_tokens + s.num_output_tokens - 1 for s in work)
+    assert sum(i.num_batched_tokens for i in decodes) == total - hits
     for record, spec in zip(result.records, work):
         assert record.num_output_tokens == spec.num_output_tokens
+    for inst in result.instances:
+        assert inst.kv.pool.check_integrity()[2] == 0  # no block in use
+        assert not inst.scheduler.has_unfinished_requests()
 
 
 def test_multi_turn_follow_ups_wait_for_their_parent():
