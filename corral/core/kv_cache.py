@@ -174,10 +174,12 @@ class KVCacheManager:
 
     def allocate_held(self, holder_id: str, num_blocks: int) -> list[int] | None:
         """num_blocks fresh blocks held under holder_id, or None when the pool lacks them."""
+        if holder_id in self._holds:  # refused before any block is taken
+            raise ValueError(f"{holder_id!r} already holds blocks")
         if num_blocks > self.pool.num_free_blocks:
             return None
         blocks = self.pool.allocate(num_blocks)
-        self._add_hold(holder_id, blocks)
+        self._holds[holder_id] = blocks
         return [block.block_id for block in blocks]
 
     def register_held(self, holder_id: str, request: Request) -> None:

@@ -109,6 +109,8 @@ class KVConnectorScheduler:
         block_size = self.kv.block_size
         num_blocks = min(params.num_blocks, (request.num_tokens - 1) // block_size)
         fits = params.kv_identity == self.kv_identity and params.block_size == block_size
+        # A request of this id aborted while parked: its fetch still runs (a reused id).
+        fits = fits and request.request_id not in self._parked
         holder = fetch_holder(request.request_id)
         block_ids = self.kv.allocate_held(holder, num_blocks) if fits and num_blocks else None
         if block_ids is None:
@@ -174,8 +176,6 @@ class KVConnectorScheduler:
             if alive:
                 assert request is not None
                 requeue.append(request)
-            else:
-                self._tried.discard(result.request_id)
         return requeue
 
     def take_plan(self) -> ConnectorPlan | None:
