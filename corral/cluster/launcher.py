@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+from corral.cluster.supervisor import ReplicaSupervisor
+
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 900.0
@@ -32,7 +34,7 @@ _NOT_INHERITED = frozenset(
     ("replicas", "host", "port", "num_threads", "policy", "poll_interval_s", "health_timeout_s",
      "unhealthy_after", "healthy_after", "max_retries", "router_block_size", "router_num_blocks",
      "max_imbalance", "help", "prefill_replicas", "kv_role", "kv_transfer_port",
-     "kv_events_config")
+     "kv_events_config", "max_replica_restarts")
 )  # fmt: skip
 _PR_SET_PDEATHSIG = 1
 
@@ -48,6 +50,13 @@ def add_replica_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="start N corral serve processes, each pinned to its own share of the cores, with "
         "the router in front on --port (default 1: no router)",
+    )
+    group.add_argument(
+        "--max-replica-restarts",
+        type=int,
+        default=5,
+        help="restart a replica that exits while serving (same port and cores, backoff "
+        "doubling from 1 s) at most this many times (0: never)",
     )
     group.add_argument(
         "--prefill-replicas",
@@ -154,13 +163,19 @@ def _free_port() -> int:
 
 
 def _child_setup(cores: list[int], parent_pid: int) -> Callable[[], None]:
+    # Resolved here, in the parent: the child runs no imports and takes no Python locks (it may
+    # be forked from the supervisor's thread while another thread holds one).
+    prctl = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        prctl = ctypes.CDLL(None).prctl
+
     def setup() -> None:  # runs in the child between fork and exec
         os.setpgid(0, 0)
         os.sched_setaffinity(0, cores)
-        if sys.platform.startswith("linux"):
-            import ctypes
-
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
             if os.getppid() != parent_pid:  # the launcher died before prctl
                 os.kill(os.getpid(), signal.SIGKILL)
 
@@ -183,10 +198,23 @@ class ReplicaProcess:
         argv += ["--num-threads", str(len(cores))]
         if role:
             argv += ["--kv-role", role]
-        self.process = subprocess.Popen(argv, preexec_fn=_child_setup(cores, os.getpid()))
+        self.argv = argv
+        self.process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen:
+        process = subprocess.Popen(self.argv, preexec_fn=_child_setup(self.cores, os.getpid()))
         logger.info(
-            "replica %d: pid %d, port %d, cores %s", index, self.process.pid, self.port, cores
+            "replica %d: pid %d, port %d, cores %s", self.index, process.pid, self.port, self.cores
         )
+        return process
+
+    def restart(self) -> None:
+        """Start it again on the same port, cores and flags (whatever is left of the old one,
+        its engine core included, is killed first)."""
+        self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
+        self.process = self._spawn()
 
     def is_healthy(self) -> bool:
         import httpx
@@ -255,6 +283,7 @@ def run_replicas(args: argparse.Namespace) -> int:
         return 2
     api_keys = args.api_key or []
     replicas: list[ReplicaProcess] = []
+    supervisor: ReplicaSupervisor | None = None
     previous = {sig: signal.signal(sig, _stop_starting) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for index, cores in enumerate(shares):
@@ -283,6 +312,8 @@ def run_replicas(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(config, args.tokenizer or args.model)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        supervisor = ReplicaSupervisor(replicas, max_restarts=args.max_replica_restarts)
+        supervisor.start()
         started = serve_router(
             config,
             tokenizer,
@@ -302,6 +333,8 @@ def run_replicas(args: argparse.Namespace) -> int:
 
         for sig in previous:
             signal.signal(sig, force)
+        if supervisor is not None:
+            supervisor.stop()  # no restarts while stopping
         try:
             stop_replicas(replicas, grace_s=args.drain_timeout_s + 10.0)
         finally:

@@ -137,3 +137,27 @@ def test_killed_launcher_leaves_no_orphans(launcher):
     launcher.process.kill()  # no chance to clean up: the kernel tells the replicas
     launcher.process.wait(10)
     assert launcher.wait_all_gone(60) == [], launcher.log()
+
+
+def test_a_replica_that_dies_is_restarted_and_rejoins(launcher):
+    pid = launcher.process.pid
+    children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    victim = children[0]
+    os.killpg(victim, signal.SIGKILL)  # the server and its engine core, as an OOM kill would
+    body = {"prompt": "The quick brown fox", "max_tokens": 4, "temperature": 0}
+    url = launcher.base_url + "/v1/completions"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:  # served throughout by the other replica, then by both again
+        assert httpx.post(url, json=body, timeout=120).status_code == 200
+        metrics = httpx.get(launcher.base_url + "/metrics").text
+        healthy = [sample(metrics, "corral:router_replica_healthy", replica=r) for r in "01"]
+        children = [  # every thread's: the supervisor's thread starts the new one
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+        if healthy == [1.0, 1.0] and victim not in children and len(children) == 2:
+            break
+        assert time.monotonic() < deadline, (healthy, victim, children, launcher.log())
+        time.sleep(0.5)
+    assert "restarting it in" in launcher.log_path.read_text(errors="replace")
