@@ -80,7 +80,10 @@ class KVConnectorScheduler:
         if request.status in (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR):
             return None
         block_size = self.kv.block_size
-        num_blocks = min(request.num_prompt_tokens, request.num_computed_tokens) // block_size
+        # A decode engine computes at least the prompt's last token (for its logits): the block
+        # holding it would never be fetched.
+        num_computed = min(request.num_prompt_tokens, request.num_computed_tokens)
+        num_blocks = (num_computed - 1) // block_size
         if num_blocks == 0:
             return None
         transfer_id = f"{request.request_id}-{uuid.uuid4().hex[:12]}"
@@ -109,6 +112,10 @@ class KVConnectorScheduler:
         block_size = self.kv.block_size
         num_blocks = min(params.num_blocks, (request.num_tokens - 1) // block_size)
         fits = params.kv_identity == self.kv_identity and params.block_size == block_size
+        # Fetched blocks are used as prefix hits: none without prefix caching or with prompt
+        # logprobs (every prompt position is computed then).
+        fits = fits and self.kv.enable_prefix_caching
+        fits = fits and request.sampling_params.prompt_logprobs is None
         # A request of this id aborted while parked: its fetch still runs (a reused id).
         fits = fits and request.request_id not in self._parked
         holder = fetch_holder(request.request_id)

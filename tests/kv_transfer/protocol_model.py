@@ -130,7 +130,7 @@ class PrefillEngine(Engine):
         params = self.finish(request, status)
         if params is None:
             return None
-        assert params.num_blocks == request.num_prompt_tokens // BLOCK_SIZE
+        assert params.num_blocks == (request.num_prompt_tokens - 1) // BLOCK_SIZE
         prompt = request.prompt_token_ids
         content = tuple(block_content(prompt, index) for index in range(params.num_blocks))
         lent = Lent(params, prompt, block_ids[: params.num_blocks], content)

@@ -63,7 +63,7 @@ def prefill_then_decode(prefill: LLM, decode: LLM, request_id: str):
     lent = run(prefill, request_id, FIRST, kv_transfer_params={"do_remote_decode": True})
     prefill.engine.step()  # as a server's loop would: the lease opens in the next step
     params = lent.kv_transfer_params
-    assert params is not None and params["num_blocks"] == len(lent.prompt_token_ids) // 16
+    assert params is not None and params["num_blocks"] == (len(lent.prompt_token_ids) - 1) // 16
     output = run(decode, request_id, GREEDY, kv_transfer_params=params)
     drain(prefill)
     drain(decode)
@@ -77,7 +77,8 @@ def test_decode_after_remote_prefill_equals_one_engine(tiny_model, single):
     assert output.outputs[0].token_ids == expected
     assert lent.outputs[0].token_ids == expected[:1]  # the prefill's own first token agrees
     num_prompt = len(lent.prompt_token_ids)
-    num_fetched = min(lent.kv_transfer_params["num_blocks"], (num_prompt - 1) // 16)
+    num_fetched = lent.kv_transfer_params["num_blocks"]  # every lent block is used
+    assert num_fetched == (num_prompt - 1) // 16
     assert output.num_cached_tokens == 16 * num_fetched  # the fetched blocks were prefix hits
     lender = prefill.engine.scheduler.connector.stats
     fetcher = decode.engine.scheduler.connector.stats
