@@ -73,11 +73,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace, rate: float, vocab: int) -> Workload:
+    """The rate's workload: the same for both configurations, its own prompts per rate (the
+    replicas keep their prefix caches from one rate to the next)."""
     return build_workload(
         WorkloadOptions(
             dataset="azure-conv",
             num_requests=args.num_requests,
-            seed=7,
+            seed=7 + int(rate * 1000),
             arrival=ArrivalOptions("poisson", rate=rate),
             vocab_size=vocab,
             length_scale=args.length_scale,
