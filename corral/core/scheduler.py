@@ -241,7 +241,11 @@ class Scheduler:
         if self.connector is not None:
             for fetched in self.connector.update(model_output.connector_events):
                 self.policy.requeue_preempted(fetched)
-        updates = [self._outgrown_update(request) for request in self._outgrown]
+        updates = [
+            RequestUpdate(r.request_id, [], r.status.finish_reason, r.stop_reason,
+                          num_cached_tokens=r.num_cached_tokens)
+            for r in self._outgrown
+        ]  # fmt: skip
         self._outgrown.clear()
         sampled = model_output.sampled_token_ids
         spec = self.spec
@@ -357,15 +361,6 @@ class Scheduler:
         self.slo.on_finished(request, aborted=False)
         self._release(request)
         self._outgrown.append(request)
-
-    def _outgrown_update(self, request: Request) -> RequestUpdate:
-        return RequestUpdate(
-            request.request_id,
-            [],
-            request.status.finish_reason,
-            request.stop_reason,
-            num_cached_tokens=request.num_cached_tokens,
-        )
 
     def _preempt_for(self, candidate: Request, step: StepPlan) -> bool:
         """Let the policy preempt running requests in favour of a waiting candidate."""
