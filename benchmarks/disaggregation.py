@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -40,8 +39,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.disaggregation_sim import simulate_config  # noqa: E402
-from benchmarks.router import model_info, warm_up  # noqa: E402
-from benchmarks.router_procs import Child, CpuMeter, machine, start_replica, wait_idle  # noqa: E402
+from benchmarks.router import warm_up  # noqa: E402
+from benchmarks.router_procs import (  # noqa: E402
+    Child,
+    CpuMeter,
+    machine,
+    resolve_model,
+    run_stopping_on_sigterm,
+    start_replica,
+    wait_idle,
+)
 from benchmarks.router_sim import fit_profile  # noqa: E402
 from corral.workloads import ArrivalOptions, Workload, WorkloadOptions, build_workload  # noqa: E402
 
@@ -214,22 +221,11 @@ def run_config(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        return run_benchmark(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_stopping_on_sigterm(lambda: run_benchmark(args))
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    if args.model is None:
-        from corral.demo import BUNDLED_MODELS_DIR, DEFAULT_MODEL_NAME
-
-        args.model = str(BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME)
-    model_dir = str(Path(args.model).resolve())
-    vocab, max_positions = model_info(model_dir)
-    if args.max_model_len is None:
-        args.max_model_len = min(512, max_positions)
+    model_dir, vocab = resolve_model(args)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="corral-disagg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"machine_start": machine(), "settings": {

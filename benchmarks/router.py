@@ -37,10 +37,8 @@ import argparse
 import json
 import os
 import random
-import signal
 import sys
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -56,7 +54,9 @@ from benchmarks.router_overhead import router_overhead  # noqa: E402
 from benchmarks.router_procs import (  # noqa: E402
     CpuMeter,
     machine,
+    resolve_model,
     routed_counts,
+    run_stopping_on_sigterm,
     scrape,
     start_replica,
     start_router,
@@ -119,11 +119,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     elif args.json_out is None:
         args.json_out = REPO / "docs" / "figures" / "router.json"
     return args
-
-
-def model_info(model_dir: str) -> tuple[int, int]:
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    return int(config["vocab_size"]), int(config.get("max_position_embeddings", 2048))
 
 
 def build(kind: str, seed: int, args: argparse.Namespace, model_dir: str, vocab: int) -> Workload:
@@ -222,25 +217,11 @@ def run_once(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if threading.current_thread() is not threading.main_thread():
-        return run_benchmark(args)
-    # SIGTERM stops the replicas and routers too (the ExitStack unwinds).
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        return run_benchmark(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_stopping_on_sigterm(lambda: run_benchmark(args))
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    if args.model is None:
-        from corral.demo import BUNDLED_MODELS_DIR, DEFAULT_MODEL_NAME
-
-        args.model = str(BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME)
-    model_dir = str(Path(args.model).resolve())
-    vocab, max_positions = model_info(model_dir)
-    if args.max_model_len is None:
-        args.max_model_len = min(512, max_positions)
+    model_dir, vocab = resolve_model(args)
     policies = args.policies.split(",")
     workloads = args.workloads.split(",")
     cores = [int(c) for c in args.cores.split(",")]

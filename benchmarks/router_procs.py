@@ -11,8 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -211,3 +212,42 @@ def wait_router_ready(router: Child, num_replicas: int, timeout_s: float = 120.0
             return
         time.sleep(0.2)
     raise RuntimeError("the router did not take in every replica")
+
+
+def model_info(model_dir: str) -> tuple[int, int]:
+    """The model's vocabulary size and positions (config.json)."""
+    import json
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return int(config["vocab_size"]), int(config.get("max_position_embeddings", 2048))
+
+
+def resolve_model(args: Any) -> tuple[str, int]:
+    """args.model (default: the bundled demo) as an absolute directory and its vocabulary size;
+    args.max_model_len defaults to min(512, the model's positions)."""
+    if args.model is None:
+        from corral.demo import BUNDLED_MODELS_DIR, DEFAULT_MODEL_NAME
+
+        args.model = str(BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME)
+    model_dir = str(Path(args.model).resolve())
+    vocab, max_positions = model_info(model_dir)
+    if args.max_model_len is None:
+        args.max_model_len = min(512, max_positions)
+    return model_dir, vocab
+
+
+T = TypeVar("T")
+
+
+def run_stopping_on_sigterm(run: Callable[[], T]) -> T:
+    """run(), with SIGTERM raising SystemExit so that replicas and routers (ExitStacks) are
+    stopped too; as is off the main thread (no signal handlers there)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return run()
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -84,8 +84,7 @@ class Scheduler:
             )
         # Multi-LoRA (None: off): adapter slots, host cache, adapter-aware admission.
         self.adapters = AdapterAdmission(lora) if lora is not None and lora.is_enabled else None
-        # KV transfer between engines (None: off; corral.kv_transfer.scheduler_half). Set by
-        # the engine, which knows the transfer server's endpoint.
+        # KV transfer between engines (None: off; set by the engine, which knows its endpoint).
         self.connector: KVConnectorScheduler | None = None
 
     # ----- requests in and out -------------------------------------------------------------
@@ -129,8 +128,7 @@ class Scheduler:
             finished.append(request)
         return finished
 
-    def has_unfinished_requests(self) -> bool:
-        """Requests to run, or KV transfers to hear of (leases, fetches)."""
+    def has_unfinished_requests(self) -> bool:  # or KV transfers to hear of
         return bool(self.requests) or (self.connector is not None and self.connector.has_pending())
 
     @property
