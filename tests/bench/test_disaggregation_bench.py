@@ -17,7 +17,19 @@ pytestmark = [
 ]
 
 
-def test_quick_run_measures_both_configurations(tiny_model, tmp_path):
+def tiny_trace(folder) -> None:
+    """An Azure-format conversation trace of 12 requests (the real one is not in a fresh
+    clone's reach: CORRAL_DATA_DIR points here)."""
+    rows = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    for index in range(12):
+        rows.append(f"2023-11-16 18:00:{index:02d}.0000000,{300 + 70 * index},{40 + 8 * index}")
+    (folder / "azure-llm-2023").mkdir()
+    (folder / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv").write_text("\n".join(rows))
+
+
+def test_quick_run_measures_both_configurations(tiny_model, tmp_path, monkeypatch):
+    tiny_trace(tmp_path)
+    monkeypatch.setenv("CORRAL_DATA_DIR", str(tmp_path))
     cores = sorted(os.sched_getaffinity(0))
     cores = (cores * 2)[:2]
     out = tmp_path / "disaggregation.json"
