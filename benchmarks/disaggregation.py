@@ -46,6 +46,7 @@ from benchmarks.router_procs import (  # noqa: E402
     machine,
     resolve_model,
     run_stopping_on_sigterm,
+    scrape,
     start_replica,
     wait_idle,
 )
@@ -104,21 +105,13 @@ def start_router(config: str, urls: list[str], log: Path) -> Child:
     return Child(argv, log)
 
 
-def transfer_counters(url: str) -> dict[str, float]:
-    import httpx
-
-    wanted = {
-        "corral:kv_transfer_fetches_ok_total": "fetches_ok",
-        "corral:kv_transfer_fetches_failed_total": "fetches_failed",
-        "corral:kv_transfer_fetched_bytes_total": "bytes",
-        "corral:kv_transfer_fetch_seconds_total": "seconds",
-    }
-    found = dict.fromkeys(wanted.values(), 0.0)
-    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
-        name = line.split("{", 1)[0]
-        if name in wanted:
-            found[wanted[name]] = float(line.rsplit(" ", 1)[1])
-    return found
+# The decode replica's KV transfer counters (corral/serve/kv_transfer_metrics.py).
+TRANSFER_SERIES = {
+    "corral:kv_transfer_fetches_ok_total": "fetches_ok",
+    "corral:kv_transfer_fetches_failed_total": "fetches_failed",
+    "corral:kv_transfer_fetched_bytes_total": "bytes",
+    "corral:kv_transfer_fetch_seconds_total": "seconds",
+}
 
 
 def run_rate(
@@ -129,7 +122,7 @@ def run_rate(
     from corral.core.slo_target import SLO
 
     slo = SLO(ttft_s=args.slo_ttft_ms / 1e3, tpot_s=args.slo_tpot_ms / 1e3)
-    before = transfer_counters(urls[1]) if config == "disaggregated" else None
+    before = scrape(urls[1], TRANSFER_SERIES) if config == "disaggregated" else None
     meter = CpuMeter()
     start = time.monotonic()
     report, _ = run_serve_benchmark(
@@ -159,7 +152,7 @@ def run_rate(
         "cpu": cpu,
     }
     if before is not None:
-        after = transfer_counters(urls[1])
+        after = scrape(urls[1], TRANSFER_SERIES)
         delta = {key: after[key] - before[key] for key in after}
         fetched = delta["fetches_ok"]
         result["transfer"] = delta | {

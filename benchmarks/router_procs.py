@@ -108,15 +108,18 @@ def start_router(
 _SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$")
 
 
-def scrape(url: str) -> dict[str, float]:
-    """One replica's counters: prefix cache hits and queries (tokens), requests running and
-    waiting (vllm: names; labels summed)."""
-    wanted = {
-        "vllm:prefix_cache_hits_total": "hits",
-        "vllm:prefix_cache_queries_total": "queries",
-        "vllm:num_requests_running": "running",
-        "vllm:num_requests_waiting": "waiting",
-    }
+# Series name -> key: the prefix cache and queue series scrape() reads by default.
+REPLICA_SERIES = {
+    "vllm:prefix_cache_hits_total": "hits",
+    "vllm:prefix_cache_queries_total": "queries",
+    "vllm:num_requests_running": "running",
+    "vllm:num_requests_waiting": "waiting",
+}
+
+
+def scrape(url: str, wanted: dict[str, str] = REPLICA_SERIES) -> dict[str, float]:
+    """One replica's series under their keys (labels summed; 0 for a missing one): by default
+    prefix cache hits and queries (tokens), requests running and waiting."""
     values = dict.fromkeys(wanted.values(), 0.0)
     for line in httpx.get(url + "/metrics", timeout=10.0).text.splitlines():
         match = _SAMPLE.match(line)
