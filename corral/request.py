@@ -22,6 +22,9 @@ class RequestStatus(enum.IntEnum):
     FINISHED_ABORTED = 12
     # It cannot go on (its grammar allows no token); stop_reason says why.
     FINISHED_ERROR = 13
+    # It moved to another engine (live migration, corral/core/migration.py): not an end for the
+    # client, whose router continues it there.
+    FINISHED_MIGRATED = 14
 
     @property
     def is_finished(self) -> bool:
@@ -37,6 +40,7 @@ _FINISH_REASONS = {
     RequestStatus.FINISHED_LENGTH: "length",
     RequestStatus.FINISHED_ABORTED: "abort",
     RequestStatus.FINISHED_ERROR: "error",
+    RequestStatus.FINISHED_MIGRATED: "migrated",
 }
 
 
@@ -76,6 +80,7 @@ class Request:
         "lora",
         "lora_slot",
         "kv_transfer",
+        "migratable",
     )
 
     def __init__(
@@ -94,6 +99,7 @@ class Request:
         deadline_s: float | None = None,
         lora: AdapterRef | None = None,
         kv_transfer: object | None = None,
+        migratable: bool = False,
     ) -> None:
         if not prompt_token_ids:
             raise ValueError(f"request {request_id!r}: the prompt is empty (0 tokens)")
@@ -121,6 +127,8 @@ class Request:
         self.lora_slot: int | None = None  # its adapter's compute slot while it runs
         # KV transfer between engines (corral.kv_transfer.params: RemoteDecode, RemotePrefill).
         self.kv_transfer = kv_transfer
+        # Its client's router can continue it on another engine (live migration).
+        self.migratable = migratable
         self.deadline_s = deadline_s
         self.max_tokens = room if requested is None else requested
         self.all_token_ids = list(prompt_token_ids)

@@ -9,7 +9,7 @@ from typing import NamedTuple
 from corral.core.adapter_residency import AdapterPlan, AdapterStats
 from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
 from corral.kv_transfer.messages import ConnectorEvents, ConnectorPlan, KVTransferStats
-from corral.kv_transfer.params import RemotePrefill
+from corral.kv_transfer.params import RemotePrefill, Resume
 from corral.sampling_params import SamplingParams
 from corral.spec.stats import SpecDecodeStats
 
@@ -124,8 +124,9 @@ class RequestUpdate:
     prompt_logprobs: list[TokenLogprobs] | None = None
     # Prompt tokens served from the prefix cache (any tier) at first scheduling; -1: unknown.
     num_cached_tokens: int = -1
-    # A finished prefill's lease, for the decode engine (disaggregation; None otherwise).
-    kv_transfer_params: RemotePrefill | None = None
+    # A finished prefill's lease, for the decode engine (disaggregation), or a migrated
+    # request's output and lease, for the engine it moves to (None otherwise).
+    kv_transfer_params: RemotePrefill | Resume | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,7 +123,7 @@ class Scheduler:
             request.status = status
             if self.connector is not None:
                 self.connector.on_aborted(request)
-            self.slo.on_finished(request, aborted=status == RequestStatus.FINISHED_ABORTED)
+            self.slo.on_finished(request, aborted=status != RequestStatus.FINISHED_STOPPED)
             self._release(request)
             finished.append(request)
         return finished

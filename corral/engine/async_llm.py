@@ -148,6 +148,7 @@ class AsyncLLM:
         predicted_num_output_tokens: int | None = None,
         lora_request: LoRARequest | str | None = None,
         kv_transfer_params: dict[str, Any] | None = None,
+        migratable: bool = False,
     ) -> RequestStream:
         """Validate and admit a request; returns the stream of its outputs. Without
         predicted_num_output_tokens the length predictor (if any) runs here, on the caller's
@@ -172,6 +173,7 @@ class AsyncLLM:
             predicted_num_output_tokens=predicted_num_output_tokens,
             lora_request=lora_request,
             kv_transfer_params=kv_transfer_params,
+            migratable=migratable,
         )
         child_ids = [child.request_id for child in children]
         for child_id in child_ids:  # n > 1 children are "{i}_{id}": ids must not collide
@@ -179,7 +181,10 @@ class AsyncLLM:
                 raise ValueError(f"request id {child_id!r} is already in use")
         self._admit(len(children), len(token_ids))
         arrival = children[0].arrival_time
-        self.output_processor.add_request(request_id, child_ids, text, token_ids, params, arrival)
+        resumed = children[0].output_token_ids  # a migrated request's output so far
+        self.output_processor.add_request(
+            request_id, child_ids, text, token_ids, params, arrival, resumed
+        )
         stream = RequestStream(request_id, params.output_kind)
         self._streams[request_id] = stream
         for child_id in child_ids:
@@ -293,6 +298,17 @@ class AsyncLLM:
         """The scheduler's queue waits and per-class SLO attainment so far (a utility call:
         nothing is added to the step path)."""
         return await self.client.call_utility("slo_stats")
+
+    async def migrate_out(
+        self, max_num_requests: int = 1, request_ids: list[str] | None = None
+    ) -> list[str]:
+        """Live migration: move running migratable requests out of the engine (the named
+        ones, else up to max_num_requests holding the most KV); their streams end with finish
+        reason "migrated" and a Resume in kv_transfer_params. Returns the ids moved."""
+        self.check_health()
+        return await self.client.call_utility(
+            "migrate_out", max_num_requests, list(request_ids or ())
+        )
 
     def check_health(self) -> None:
         """Raise EngineDeadError if the core has died or stalled."""

@@ -43,7 +43,9 @@ class Inbox(Protocol):
 class CoreLoop:
     """Runs one EngineCore on the messages of an inbox (see run())."""
 
-    UTILITIES = ("kv_state", "check_integrity", "reset_prefix_cache", "sleep", "slo_stats")
+    UTILITIES = (
+        "kv_state", "check_integrity", "reset_prefix_cache", "sleep", "slo_stats", "migrate_out"
+    )  # fmt: skip
 
     def __init__(self, core: Any, max_model_len: int) -> None:
         self.core = core  # corral.engine.engine_core.EngineCore
@@ -192,6 +194,13 @@ class CoreLoop:
 
     def _slo_stats(self) -> SLOStats:
         return self.core.scheduler.slo_stats()
+
+    def _migrate_out(self, max_num_requests: int, request_ids: list[str]) -> list[str]:
+        """Live migration: the ids of the requests moved out; their updates (a Resume each)
+        go out with the next step's outputs."""
+        updates = self.core.migrate_out(max_num_requests, request_ids)
+        self.core.defer_updates(updates)
+        return [update.request_id for update in updates]
 
     def _reset_prefix_cache(self) -> int:
         return self.core.kv_manager.reset_prefix_cache()

@@ -89,6 +89,8 @@ class EngineCore:
         )
         # Tokens computed by the last step (0: nothing could run, e.g. a disk read pending).
         self.last_step_num_tokens = 0
+        # Updates made between steps (migrated requests), sent with the next step's.
+        self._pending_updates: list[RequestUpdate] = []
         self.step_log = None
         if config.step_log_path:
             from corral.engine.step_log import StepLog, describe_engine
@@ -146,10 +148,29 @@ class EngineCore:
             self.structured.discard(request_ids)
         self.scheduler.finish_requests(request_ids, status)
 
+    def migrate_out(
+        self, max_num_requests: int, request_ids: Iterable[str] = ()
+    ) -> list[RequestUpdate]:
+        """Move running requests out (live migration, corral/core/migration.py): the named ones
+        that may move, else up to max_num_requests of them. Returns their last updates (a
+        Resume each, finish reason "migrated")."""
+        from corral.core.migration import migrate_out
+
+        updates = migrate_out(self.scheduler, max_num_requests, request_ids)
+        if updates and self.step_log is not None:
+            self.step_log.requests_finished([update.request_id for update in updates])
+        return updates
+
+    def defer_updates(self, updates: list[RequestUpdate]) -> None:
+        """Send updates made between steps with the next step's."""
+        self._pending_updates.extend(updates)
+
     def step(self) -> list[RequestUpdate]:
         """One step: schedule, run the model, advance the books."""
         start = time.monotonic()
         refused = self._admit_compiled() if self.structured.num_pending else []
+        if self._pending_updates:
+            refused, self._pending_updates = self._pending_updates + refused, []
         scheduler_output = self.scheduler.schedule()
         self.last_step_num_tokens = scheduler_output.total_num_scheduled_tokens
         # Called even when nothing is scheduled: the executor must still drop finished requests.
@@ -191,7 +212,12 @@ class EngineCore:
         return refused
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self.structured.num_pending > 0
+        scheduler, structured = self.scheduler, self.structured
+        return (
+            scheduler.has_unfinished_requests()
+            or structured.num_pending > 0
+            or bool(self._pending_updates)
+        )
 
     def stats(self) -> SchedulerStats:
         """The scheduler's counters now. The core loop asks after every step and periodically

@@ -14,6 +14,7 @@ from corral.config import EngineConfig
 from corral.core.kv_capacity import check_fits_kv_pool
 from corral.engine.generation_defaults import load_generation_defaults
 from corral.engine.tokenizer import Tokenizer
+from corral.kv_transfer.params import Resume
 from corral.lora.adapter import AdapterError, AdapterRef, LoRARequest
 from corral.lora.registry import AdapterRegistry
 from corral.model.resolve import resolve_model
@@ -107,6 +108,8 @@ class InputProcessor:
         from corral.kv_transfer.params import RemoteDecode, parse_kv_transfer_params
 
         kv_transfer = parse_kv_transfer_params(value)
+        if isinstance(kv_transfer, Resume):
+            self.check_token_ids(kv_transfer.output_token_ids)
         transfer = self.config.kv_transfer
         if n != 1:
             raise ValueError(f"kv_transfer_params needs n 1, got n {n}")
@@ -168,6 +171,7 @@ class InputProcessor:
         predicted_num_output_tokens: int | None = None,
         lora_request: LoRARequest | str | None = None,
         kv_transfer_params: dict[str, Any] | None = None,
+        migratable: bool = False,
     ) -> list[Request]:
         """One scheduler Request per sample; child i of n > 1 is "{i}_{request_id}" with seed
         seed + i. Raises ValueError naming the value and the limit when the prompt does not fit the
@@ -176,11 +180,16 @@ class InputProcessor:
         predicted_num_output_tokens: a known or externally predicted output length; without one,
         the length predictor (if configured) predicts it from the prompt's text.
         lora_request: an adapter's name, or a LoRARequest (registered on first use).
-        kv_transfer_params: disaggregation (corral.kv_transfer.params), for n == 1 only."""
+        kv_transfer_params: disaggregation or a migrated request's Resume
+        (corral.kv_transfer.params), for n == 1 only.
+        migratable: the client's router can continue the request on another engine."""
         arrival = time.monotonic() if arrival_time is None else arrival_time
         self.check_output_constraint(params)
         adapter = self.resolve_adapter(lora_request)
         kv_transfer = self.check_kv_transfer(kv_transfer_params, params.n)
+        resumed: tuple[int, ...] = ()
+        if isinstance(kv_transfer, Resume):  # a migrated request goes on here
+            resumed, kv_transfer = kv_transfer.output_token_ids, kv_transfer.remote
         if predicted_num_output_tokens is None:
             predicted_num_output_tokens = self.predict_num_output_tokens(token_ids)
         children = []
@@ -206,9 +215,14 @@ class InputProcessor:
                     deadline_s=deadline_s,
                     lora=adapter,
                     kv_transfer=kv_transfer,
+                    migratable=migratable and params.n == 1,
                 )
             )
             children[-1].predicted_num_output_tokens = predicted_num_output_tokens
+        if resumed:
+            check_resumable(children[0], resumed, self.max_model_len)
+            for token_id in resumed:
+                children[0].append_output_token(token_id)
         if self.kv_pool is not None:  # the rule of corral/core/kv_capacity.py
             first = children[0]
             check_fits_kv_pool(
@@ -218,3 +232,19 @@ class InputProcessor:
                 self.config.scheduler.kv_reservation,
             )
         return children
+
+
+def check_resumable(
+    request: Request, output_token_ids: tuple[int, ...], max_model_len: int
+) -> None:
+    """A migrated request's output so far must leave it something to generate."""
+    if len(output_token_ids) >= request.max_tokens:
+        raise ValueError(
+            f"kv_transfer_params resumes {len(output_token_ids)} output tokens, but the request "
+            f"allows at most {request.max_tokens}: nothing is left to generate"
+        )
+    if request.num_prompt_tokens + len(output_token_ids) >= max_model_len:
+        raise ValueError(
+            f"{request.num_prompt_tokens} prompt + {len(output_token_ids)} resumed tokens fill "
+            f"the context length of {max_model_len} tokens"
+        )

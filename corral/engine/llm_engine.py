@@ -73,6 +73,7 @@ class LLMEngine:
             token_ids,
             params,
             children[0].arrival_time,
+            children[0].output_token_ids,  # a migrated request's output so far
         )
         for child in children:
             self.core.add_request(child)
@@ -91,6 +92,17 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return self.core.has_unfinished_requests()
+
+    def migrate_out(
+        self, max_num_requests: int = 1, request_ids: list[str] | None = None
+    ) -> list[RequestOutput]:
+        """Live migration: move running requests out (the named ones that may move, else up
+        to max_num_requests holding the most KV). Returns their final outputs: finish reason
+        "migrated", kv_transfer_params for add_request on the engine they move to (which needs
+        --kv-role decode or both to fetch the lent blocks; this one lends with prefill/both)."""
+        updates = self.core.migrate_out(max_num_requests, request_ids or ())
+        outputs, _ = self.output_processor.process(updates)
+        return outputs
 
     def step(self) -> list[RequestOutput]:
         """One engine step: schedule, run the model, advance the books, emit outputs."""

@@ -46,6 +46,19 @@ class _Tracked:
     kv_transfer_params: dict[str, Any] | None = None
 
 
+MIGRATED = "migrated"
+
+
+def _resume(sample: _Sample, token_ids: list[int]) -> None:
+    """Start a migrated sample where its first engine left it: the same detokenizer state
+    (so text held back there for a possible stop string is held back here), all of it sent."""
+    sample.token_ids = list(token_ids)
+    sample.num_sent_tokens = len(token_ids)
+    if sample.detokenizer is not None:
+        sample.detokenizer.add_tokens(sample.token_ids)
+        sample.num_sent_chars = len(sample.detokenizer.streamable_text(False))
+
+
 class OutputProcessor:
     """Turns per-step scheduler updates into user-facing outputs; detects stop strings."""
 
@@ -63,7 +76,10 @@ class OutputProcessor:
         prompt_token_ids: list[int],
         params: SamplingParams,
         arrival_time: float,
+        resumed_token_ids: list[int] | None = None,
     ) -> None:
+        """Track a request's samples. resumed_token_ids: a migrated request's output from the
+        engine it left (n == 1): already sent to the client, part of the final text."""
         samples = []
         for index, child_id in enumerate(child_ids):
             detokenizer = None
@@ -77,6 +93,8 @@ class OutputProcessor:
                     min_tokens=params.min_tokens,
                 )
             sample = _Sample(index, detokenizer)
+            if resumed_token_ids:
+                _resume(sample, resumed_token_ids)
             if params.logprobs is not None:
                 sample.logprobs = []
                 sample.cumulative_logprob = 0.0
@@ -132,7 +150,8 @@ class OutputProcessor:
                     stopped_children.append(update.request_id)
             elif update.finish_reason is not None:
                 sample.finish_reason, sample.stop_reason = update.finish_reason, update.stop_reason
-                if sample.detokenizer is not None:
+                # A migrated sample's held-back text goes on where it moves (see _resume).
+                if sample.detokenizer is not None and update.finish_reason != MIGRATED:
                     sample.detokenizer.flush()
             touched[tracked.request_id] = tracked
         outputs = [o for t in touched.values() if (o := self._make_output(t)) is not None]
@@ -198,7 +217,8 @@ class OutputProcessor:
         completions = []
         for sample in tracked.samples:
             done = sample.finish_reason is not None
-            text = sample.detokenizer.streamable_text(done) if sample.detokenizer else ""
+            ended = done and sample.finish_reason != MIGRATED
+            text = sample.detokenizer.streamable_text(ended) if sample.detokenizer else ""
             token_ids, logprobs = sample.token_ids, sample.logprobs
             if kind == OutputKind.DELTA:
                 if sample.num_sent_tokens == len(token_ids) and (

@@ -4,6 +4,10 @@
   and keep the prompt's KV blocks for a decode engine to fetch (a lease).
 - To a decode engine: the object the prefill engine answered (RemotePrefill.to_json()): fetch
   those blocks first, then decode; if the fetch fails the engine computes the prompt itself.
+- To the engine a running request migrates to (live migration, corral/core/migration.py): what
+  the source engine answered (Resume.to_json()): the output so far under
+  "resume_output_token_ids", and, when the source lent blocks, a RemotePrefill's fields for
+  them. The engine continues the request after those tokens as if it had generated them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 DO_REMOTE_DECODE = "do_remote_decode"
 DO_REMOTE_PREFILL = "do_remote_prefill"
+RESUME_OUTPUT_TOKEN_IDS = "resume_output_token_ids"
 TRANSPORTS = ("tcp", "shm")
 
 
@@ -44,7 +49,21 @@ class RemotePrefill:
         }
 
 
-KVTransferRequest = RemoteDecode | RemotePrefill
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Continue a request migrated from another engine: the tokens it generated there, and
+    where the KV of its computed full blocks waits (None: compute everything here)."""
+
+    output_token_ids: tuple[int, ...]
+    remote: RemotePrefill | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body = self.remote.to_json() if self.remote is not None else {}
+        body[RESUME_OUTPUT_TOKEN_IDS] = list(self.output_token_ids)
+        return body
+
+
+KVTransferRequest = RemoteDecode | RemotePrefill | Resume
 
 
 def parse_kv_transfer_params(value: object) -> KVTransferRequest | None:
@@ -53,6 +72,8 @@ def parse_kv_transfer_params(value: object) -> KVTransferRequest | None:
         return None
     if not isinstance(value, dict):
         raise ValueError(f"kv_transfer_params must be an object, got {type(value).__name__}")
+    if RESUME_OUTPUT_TOKEN_IDS in value:
+        return _parse_resume(value)
     if value.get(DO_REMOTE_DECODE):
         return RemoteDecode()
     if not value.get(DO_REMOTE_PREFILL):
@@ -74,6 +95,24 @@ def parse_kv_transfer_params(value: object) -> KVTransferRequest | None:
     if transport not in TRANSPORTS:
         raise ValueError(f"kv_transfer_params.transport must be one of {TRANSPORTS}")
     return RemotePrefill(**fields, transport=transport)
+
+
+def _parse_resume(value: dict[str, Any]) -> Resume:
+    token_ids = value[RESUME_OUTPUT_TOKEN_IDS]
+    if not isinstance(token_ids, list) or not token_ids:
+        raise ValueError(f"kv_transfer_params.{RESUME_OUTPUT_TOKEN_IDS} must be a non-empty list")
+    for token_id in token_ids:
+        if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
+            raise ValueError(
+                f"kv_transfer_params.{RESUME_OUTPUT_TOKEN_IDS} holds {token_id!r}, not a token id"
+            )
+    remote = None
+    if value.get(DO_REMOTE_PREFILL):
+        rest = {key: item for key, item in value.items() if key != RESUME_OUTPUT_TOKEN_IDS}
+        parsed = parse_kv_transfer_params(rest)
+        assert isinstance(parsed, RemotePrefill)
+        remote = parsed
+    return Resume(tuple(token_ids), remote)
 
 
 def endpoint_address(endpoint: str) -> tuple[str, int]:

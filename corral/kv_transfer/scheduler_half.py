@@ -79,12 +79,22 @@ class KVConnectorScheduler:
             return None
         if request.status in (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR):
             return None
-        block_size = self.kv.block_size
         # A decode engine computes at least the prompt's last token (for its logits): the block
         # holding it would never be fetched.
         num_computed = min(request.num_prompt_tokens, request.num_computed_tokens)
-        num_blocks = (num_computed - 1) // block_size
-        if num_blocks == 0:
+        return self._lend(request, (num_computed - 1) // self.kv.block_size)
+
+    def lend_running(self, request: Request) -> RemotePrefill | None:
+        """Live migration: lend a running request's computed full blocks, prompt and output
+        (call before the request frees its blocks); None when there is none or this engine
+        does not lend. The engine it moves to computes at least its last token."""
+        if not self.config.lends:
+            return None
+        num_computed = min(request.num_computed_tokens, request.num_tokens - 1)
+        return self._lend(request, num_computed // self.kv.block_size)
+
+    def _lend(self, request: Request, num_blocks: int) -> RemotePrefill | None:
+        if num_blocks <= 0:
             return None
         transfer_id = f"{request.request_id}-{uuid.uuid4().hex[:12]}"
         block_ids = self.kv.hold_request_blocks(lease_holder(transfer_id), request, num_blocks)
@@ -94,7 +104,7 @@ class KVConnectorScheduler:
         self._num_leases_open += 1
         self.stats.num_leases += 1
         return RemotePrefill(
-            transfer_id, self.endpoint, self.kv_identity, block_size, num_blocks,
+            transfer_id, self.endpoint, self.kv_identity, self.kv.block_size, num_blocks,
             self.config.transport,
         )  # fmt: skip
 

@@ -1,0 +1,83 @@
+"""Live migration, the source engine's side (Llumnix; docs/disaggregation.md#live-migration).
+
+A running request leaves this engine between two steps: the KV connector lends its computed
+full blocks (prompt and output) under a lease, the request finishes here with status
+FINISHED_MIGRATED (finish reason "migrated"), and its last update carries a Resume: the tokens
+it generated so far and the lease. The router hands that to another engine, which fetches the
+blocks, computes the few tokens after the last full block, and goes on generating; its output
+is the output this engine would have produced (greedy: token-identical), because the request's
+tokens, sampling parameters and length limits are the same there.
+
+A request may move when its client's router can continue it (Request.migratable), it is in its
+decode phase, and its state lives entirely in its tokens: no logprobs (their history stays
+here), no structured-output grammar, no seeded random sampling (the generator's position would
+not move with it). Torch-free: the simulator runs it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from corral.core.messages import RequestUpdate
+from corral.kv_transfer.params import Resume
+from corral.request import Request, RequestStatus
+
+if TYPE_CHECKING:
+    from corral.core.scheduler import Scheduler
+
+
+def is_migratable(request: Request) -> bool:
+    """Whether a request may move to another engine now (see the module docstring)."""
+    params = request.sampling_params
+    return (
+        request.migratable
+        and request.status == RequestStatus.RUNNING
+        and request.num_output_tokens > 0
+        and request.num_computed_tokens >= request.num_prompt_tokens
+        and request.num_output_tokens < request.max_tokens
+        and params.logprobs is None
+        and params.prompt_logprobs is None
+        and params.structured_output is None
+        and request.grammar is None
+        and (params.seed is None or params.temperature == 0)
+    )
+
+
+def choose_migrations(
+    running: Iterable[Request], max_num_requests: int, request_ids: Iterable[str] = ()
+) -> list[Request]:
+    """The running requests to move: those named in request_ids that may move, else up to
+    max_num_requests of the movable ones holding the most KV (each move frees the most
+    memory; Llumnix's choice for relieving a loaded instance)."""
+    movable = [request for request in running if is_migratable(request)]
+    wanted = set(request_ids)
+    if wanted:
+        return [request for request in movable if request.request_id in wanted]
+    movable.sort(key=lambda request: request.num_computed_tokens, reverse=True)
+    return movable[: max(0, max_num_requests)]
+
+
+def migrate_out(
+    scheduler: Scheduler, max_num_requests: int, request_ids: Iterable[str] = ()
+) -> list[RequestUpdate]:
+    """Move requests out of the scheduler (see choose_migrations): lend their blocks when a
+    KV connector lends, finish them as migrated, and return their last updates (a Resume
+    each). Their blocks return to this pool when the lease is acked or expires."""
+    updates = []
+    for request in choose_migrations(scheduler.running, max_num_requests, request_ids):
+        connector = scheduler.connector
+        remote = connector.lend_running(request) if connector is not None else None
+        resume = Resume(tuple(request.output_token_ids), remote)
+        scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_MIGRATED)
+        updates.append(
+            RequestUpdate(
+                request.request_id,
+                [],
+                RequestStatus.FINISHED_MIGRATED.finish_reason,
+                None,
+                num_cached_tokens=request.num_cached_tokens,
+                kv_transfer_params=resume,
+            )
+        )
+    return updates
