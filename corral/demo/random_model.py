@@ -22,6 +22,17 @@ SMOLLM_135M_SHAPE = dict(
     rope_theta=10000.0,
 )
 
+# architecture name -> transformers class prefix (<prefix>Config, <prefix>ForCausalLM).
+_FAMILIES = {
+    "llama": "Llama",
+    "mistral": "Mistral",
+    "qwen2": "Qwen2",
+    "qwen3": "Qwen3",
+    "mixtral": "Mixtral",
+    "qwen2_moe": "Qwen2Moe",
+    "qwen3_moe": "Qwen3Moe",
+}
+
 
 def build_random_model(
     out_dir: str | Path,
@@ -35,22 +46,18 @@ def build_random_model(
 ) -> Path:
     """Create config.json + model.safetensors (+ tokenizer files) for a random model.
 
-    architecture is "llama", "mistral" or "qwen2"; config_overrides are Hugging Face config fields.
+    architecture is a key of _FAMILIES ("llama", "mixtral", "qwen3_moe", ...); config_overrides are
+    Hugging Face config fields.
     """
     import torch
-    from transformers import (
-        LlamaConfig,
-        LlamaForCausalLM,
-        MistralConfig,
-        MistralForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
+    import transformers
 
     classes = {
-        "llama": (LlamaConfig, LlamaForCausalLM),
-        "mistral": (MistralConfig, MistralForCausalLM),
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        name: (
+            getattr(transformers, f"{prefix}Config"),
+            getattr(transformers, f"{prefix}ForCausalLM"),
+        )
+        for name, prefix in _FAMILIES.items()
     }
     if architecture not in classes:
         raise ValueError(f"architecture {architecture!r} is not one of {sorted(classes)}")

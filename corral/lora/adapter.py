@@ -164,6 +164,11 @@ def inspect_adapter(name: str, path: str | Path, arch: ModelArch, max_lora_rank:
                 f"{where}: tensor {tensor_name!r} is for layer {layer}; the base model has "
                 f"{arch.num_layers} layers"
             )
+        if arch.is_moe_layer(layer) and match.group(2) == "mlp":
+            raise AdapterError(
+                f"{where}: tensor {tensor_name!r} adapts the MLP of layer {layer}, which is a "
+                "mixture of experts in the base model (adapters of experts are not supported)"
+            )
         dtype, shape = entry.get("dtype"), entry.get("shape")
         if dtype not in _DTYPE_BYTES:
             raise AdapterError(f"{where}: tensor {tensor_name!r} has dtype {dtype}")

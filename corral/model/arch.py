@@ -14,7 +14,12 @@ SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
 }
+_MOE_KINDS = ("mixtral", "qwen2_moe", "qwen3_moe")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -24,7 +29,13 @@ class UnsupportedModelError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ModelArch:
-    """Everything about a decoder-only Llama-family model that the engine and the simulator use."""
+    """Everything about a decoder-only Llama-family model that the engine and the simulator use.
+
+    Mixture-of-experts models (num_experts > 0) replace the MLP of their sparse layers (see
+    is_moe_layer) by num_experts SwiGLU experts of moe_intermediate_size, of which each token uses
+    num_experts_per_tok, plus, where shared_expert_intermediate_size > 0, a shared SwiGLU expert
+    scaled by a sigmoid gate (Qwen2-MoE). Dense layers use intermediate_size.
+    """
 
     architecture: str
     vocab_size: int
@@ -46,6 +57,40 @@ class ModelArch:
     dtype: str | None = None  # the checkpoint's own dtype, e.g. "bfloat16"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    qk_norm: bool = False  # RMSNorm over head_dim on every query and key head (Qwen3)
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+    norm_topk_prob: bool = False  # renormalise the top-k routing weights to sum to 1
+    decoder_sparse_step: int = 1
+    mlp_only_layers: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        # JSON round trips (profiles, reports) hand lists back.
+        object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))
+        object.__setattr__(self, "mlp_only_layers", tuple(self.mlp_only_layers))
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0 and any(map(self.is_moe_layer, range(self.num_layers)))
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether decoder layer `index` has experts (every decoder_sparse_step-th layer that is
+        not in mlp_only_layers) or a dense MLP."""
+        return (
+            self.num_experts > 0
+            and index not in self.mlp_only_layers
+            and (index + 1) % self.decoder_sparse_step == 0
+        )
+
+    @property
+    def num_moe_layers(self) -> int:
+        return sum(map(self.is_moe_layer, range(self.num_layers)))
+
+    def expert_params(self) -> int:
+        """Parameters of one routed expert (gate, up and down projections)."""
+        return 3 * self.hidden_size * self.moe_intermediate_size
 
     @property
     def q_size(self) -> int:
@@ -56,15 +101,35 @@ class ModelArch:
         return self.num_kv_heads * self.head_dim
 
     def num_params(self) -> int:
-        """Parameter count (embeddings counted once when tied)."""
-        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        """Parameter count (embeddings counted once when tied; every expert counted)."""
+        return self._count_params(self.num_experts)
+
+    def num_active_params(self) -> int:
+        """Parameters one token computes with: num_params with num_experts_per_tok routed
+        experts per MoE layer instead of all of them (the same as num_params for dense models)."""
+        return self._count_params(self.num_experts_per_tok)
+
+    def _count_params(self, experts_per_layer: int) -> int:
+        h, v = self.hidden_size, self.vocab_size
         attention = h * (self.q_size + 2 * self.kv_size) + self.q_size * h
         if self.qkv_bias:
             attention += self.q_size + 2 * self.kv_size
-        mlp = 3 * h * i
-        layer = attention + mlp + 2 * h
+        if self.o_bias:
+            attention += h
+        if self.qk_norm:
+            attention += 2 * self.head_dim
+        dense_mlp = 3 * h * self.intermediate_size
+        if self.mlp_bias:
+            dense_mlp += 2 * self.intermediate_size + h
+        router = self.num_experts * h
+        moe_mlp = router + experts_per_layer * self.expert_params()
+        if self.shared_expert_intermediate_size:
+            moe_mlp += 3 * h * self.shared_expert_intermediate_size + h  # shared expert + its gate
+        num_moe = self.num_moe_layers
+        layers = self.num_layers * (attention + 2 * h)
+        layers += num_moe * moe_mlp + (self.num_layers - num_moe) * dense_mlp
         embeddings = v * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * layer + embeddings + h
+        return layers + embeddings + h
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """Bytes of K and V one token occupies across all layers."""
@@ -103,6 +168,7 @@ class ModelArch:
         head_dim = config.get("head_dim") or hidden_size // num_heads
         rope = _rope_parameters(config)
         kind = SUPPORTED_ARCHITECTURES[architecture]
+        attention_bias = bool(config.get("attention_bias", False))
         eos = _token_ids((generation_config or {}).get("eos_token_id", config.get("eos_token_id")))
         dtype = config.get("dtype") or config.get("torch_dtype")
         return cls(
@@ -119,14 +185,50 @@ class ModelArch:
             rope_theta=float(rope.pop("rope_theta", 10000.0)),
             rope_scaling=rope if rope.get("rope_type", "default") != "default" else None,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            qkv_bias=kind == "qwen2" or bool(config.get("attention_bias", False)),
-            o_bias=kind == "llama" and bool(config.get("attention_bias", False)),
+            qkv_bias=(
+                kind == "qwen2"
+                or (kind == "qwen2_moe" and bool(config.get("qkv_bias", True)))
+                or (kind in ("llama", "mistral", "qwen3", "qwen3_moe") and attention_bias)
+            ),
+            o_bias=kind in ("llama", "qwen3", "qwen3_moe") and attention_bias,
             mlp_bias=bool(config.get("mlp_bias", False)),
             sliding_window=_sliding_window(config, kind),
             dtype=str(dtype) if dtype else None,
             bos_token_id=config.get("bos_token_id"),
             eos_token_ids=eos,
+            qk_norm=kind in ("qwen3", "qwen3_moe"),
+            **_moe_fields(config, kind),
         )
+
+
+def _moe_fields(config: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The experts' shape and routing rule: Mixtral renormalises its top-k weights and has
+    experts in every layer; Qwen MoE models say both in their config."""
+    if kind not in _MOE_KINDS:
+        return {}
+    num_experts = config.get("num_experts")
+    if num_experts is None:  # Mixtral's name, and transformers 5's for Qwen3-MoE
+        num_experts = config.get("num_local_experts", 8)
+    fields: dict[str, Any] = dict(
+        num_experts=int(num_experts),
+        num_experts_per_tok=int(config.get("num_experts_per_tok", 2)),
+        moe_intermediate_size=int(
+            config["intermediate_size"] if kind == "mixtral" else config["moe_intermediate_size"]
+        ),
+        norm_topk_prob=kind == "mixtral" or bool(config.get("norm_topk_prob", False)),
+    )
+    if kind != "mixtral":
+        fields["decoder_sparse_step"] = int(config.get("decoder_sparse_step") or 1)
+        fields["mlp_only_layers"] = tuple(int(i) for i in config.get("mlp_only_layers") or ())
+    if kind == "qwen2_moe":
+        fields["shared_expert_intermediate_size"] = int(
+            config.get("shared_expert_intermediate_size") or 0
+        )
+    if fields["num_experts"] and not 0 < fields["num_experts_per_tok"] <= fields["num_experts"]:
+        raise UnsupportedModelError(
+            f"num_experts_per_tok {fields['num_experts_per_tok']} is not in [1, num_experts]"
+        )
+    return fields
 
 
 def _token_ids(value: Any) -> tuple[int, ...]:
@@ -156,10 +258,10 @@ def _rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
 
 def _sliding_window(config: dict[str, Any], kind: str) -> int | None:
     window = config.get("sliding_window")
-    if kind == "qwen2":
+    if kind in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
         if config.get("use_sliding_window"):
             raise UnsupportedModelError(
-                "use_sliding_window=true (Qwen2 per-layer sliding windows from max_window_layers) "
+                "use_sliding_window=true (Qwen per-layer sliding windows from max_window_layers) "
                 "is not supported yet"
             )
         return None

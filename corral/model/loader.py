@@ -48,9 +48,10 @@ def load_model(
     except ValueError as error:
         raise ValueError(f"{model_dir}: {error}") from error
     logger.info(
-        "loaded %s (%.1fM parameters, %s) from %d file(s)",
+        "loaded %s (%.1fM parameters, %.1fM active per token, %s) from %d file(s)",
         arch.architecture,
         arch.num_params() / 1e6,
+        arch.num_active_params() / 1e6,
         str(dtype).removeprefix("torch."),
         len(files),
     )

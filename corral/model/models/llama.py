@@ -1,4 +1,7 @@
-"""The Llama family (Llama 2/3, Mistral, Qwen2): one decoder with optional qkv/o/mlp biases.
+"""The Llama family (Llama 2/3, Mistral, Qwen2/3, and the Mixtral and Qwen MoE models): one
+decoder with optional qkv/o/mlp biases, optional per-head q/k RMSNorm (Qwen3) and, in the sparse
+layers of mixture-of-experts models, a SparseMoE block (corral/model/layers/moe.py) in place of
+the dense MLP.
 
 Weights are plain tensors, fused at load time: q|k|v into one matmul and gate|up into another.
 """
@@ -15,6 +18,7 @@ from corral.model.arch import ModelArch
 from corral.model.kernels import cpu_kernels
 from corral.model.layers.attention import AttentionMetadata, LayerKVCache, paged_attention
 from corral.model.layers.linear import linear, rms_norm
+from corral.model.layers.moe import SparseMoE
 from corral.model.layers.rotary import RotaryEmbedding
 
 # Steps of at most this many tokens use the fused CPU path (dispatch overhead dominates them).
@@ -33,6 +37,9 @@ class DecoderLayerWeights:
         "gate_up_bias",
         "down",
         "down_bias",
+        "q_norm",
+        "k_norm",
+        "moe",
     )
 
     def __init__(self) -> None:
@@ -46,6 +53,8 @@ _LAYER_PARTS = {
     "self_attn.k_proj": ("qkv", 1),
     "self_attn.v_proj": ("qkv", 2),
     "self_attn.o_proj": ("o", None),
+    "self_attn.q_norm": ("q_norm", None),
+    "self_attn.k_norm": ("k_norm", None),
     "mlp.gate_proj": ("gate_up", 0),
     "mlp.up_proj": ("gate_up", 1),
     "mlp.down_proj": ("down", None),
@@ -53,6 +62,8 @@ _LAYER_PARTS = {
     "post_attention_layernorm": ("post_norm", None),
 }
 _NUM_FUSED_PARTS = {"qkv": 3, "gate_up": 2}
+# Where MoE checkpoints keep a sparse layer's block: Mixtral's name, then the Qwen models'.
+_MOE_PREFIXES = ("block_sparse_moe.", "mlp.")
 
 
 class LlamaFamilyModel:
@@ -63,6 +74,14 @@ class LlamaFamilyModel:
         self.dtype = dtype
         self.device = device
         self.layers = [DecoderLayerWeights() for _ in range(arch.num_layers)]
+        for index, layer in enumerate(self.layers):
+            if arch.is_moe_layer(index):
+                layer.moe = SparseMoE(
+                    arch.num_experts,
+                    arch.num_experts_per_tok,
+                    arch.norm_topk_prob,
+                    arch.shared_expert_intermediate_size > 0,
+                )
         self.embed_tokens: torch.Tensor | None = None
         self.final_norm: torch.Tensor | None = None
         self.lm_head: torch.Tensor | None = None
@@ -114,10 +133,17 @@ class LlamaFamilyModel:
 
     def _load_layer_part(self, name: str, tensor: torch.Tensor, pending: dict) -> bool:
         _, _, index_text, rest = name.split(".", 3)
+        index = int(index_text)
+        if index >= len(self.layers):
+            return False
+        moe = self.layers[index].moe
+        if moe is not None:
+            prefix = next((p for p in _MOE_PREFIXES if rest.startswith(p)), None)
+            if prefix is not None:
+                return moe.load(rest.removeprefix(prefix), tensor)
         part, _, kind = rest.rpartition(".")
         if part not in _LAYER_PARTS or kind not in ("weight", "bias"):
             return False
-        index = int(index_text)
         target, slot = _LAYER_PARTS[part]
         if slot is None:
             attribute = target if kind == "weight" else target + "_bias"
@@ -131,15 +157,19 @@ class LlamaFamilyModel:
     def _check_complete(self) -> None:
         arch = self.arch
         missing = [name for name in ("embed_tokens", "final_norm") if getattr(self, name) is None]
-        required = ["input_norm", "qkv", "o", "post_norm", "gate_up", "down"]
+        required = ["input_norm", "qkv", "o", "post_norm"]
         if arch.qkv_bias:
             required.append("qkv_bias")
         if arch.o_bias:
             required.append("o_bias")
-        if arch.mlp_bias:
-            required += ["gate_up_bias", "down_bias"]
+        if arch.qk_norm:
+            required += ["q_norm", "k_norm"]
+        dense = ["gate_up", "down"] + (["gate_up_bias", "down_bias"] if arch.mlp_bias else [])
         for index, layer in enumerate(self.layers):
-            missing += [f"layer {index} {n}" for n in required if getattr(layer, n) is None]
+            needed = required if layer.moe is not None else required + dense
+            missing += [f"layer {index} {n}" for n in needed if getattr(layer, n) is None]
+            if layer.moe is not None:
+                missing += [f"layer {index} moe {n}" for n in layer.moe.finish_loading()]
         if missing:
             raise ValueError(f"checkpoint is missing weights: {', '.join(missing[:6])}")
 
@@ -169,12 +199,13 @@ class LlamaFamilyModel:
             if lora is not None:
                 lora.add(index, "qkv", qkv, normed)
             query, key, value = qkv.split([q_size, kv_size, kv_size], dim=-1)
-            query = self.rotary.apply(
-                query.view(num_tokens, arch.num_heads, arch.head_dim), positions
-            )
-            key = self.rotary.apply(
-                key.view(num_tokens, arch.num_kv_heads, arch.head_dim), positions
-            )
+            query = query.view(num_tokens, arch.num_heads, arch.head_dim)
+            key = key.view(num_tokens, arch.num_kv_heads, arch.head_dim)
+            if arch.qk_norm:
+                query = rms_norm(query, layer.q_norm, eps)
+                key = rms_norm(key, layer.k_norm, eps)
+            query = self.rotary.apply(query, positions)
+            key = self.rotary.apply(key, positions)
             value = value.view(num_tokens, arch.num_kv_heads, arch.head_dim)
             attended = paged_attention(query, key, value, layer_cache, metadata, self.scale)
             attended = attended.view(num_tokens, q_size)
@@ -183,6 +214,9 @@ class LlamaFamilyModel:
                 lora.add(index, "o", out, attended)
             hidden = hidden + out
             normed = rms_norm(hidden, layer.post_norm, eps)
+            if layer.moe is not None:  # adapters do not reach the experts
+                hidden = hidden + layer.moe(normed)
+                continue
             gate_up = linear(normed, layer.gate_up, layer.gate_up_bias)
             if lora is not None:
                 lora.add(index, "gate_up", gate_up, normed)
@@ -221,6 +255,8 @@ class LlamaFamilyModel:
             qkv = linear(normed, layer.qkv, layer.qkv_bias)
             if lora is not None:
                 lora.add(index, "qkv", qkv, normed)
+            if arch.qk_norm:
+                self._norm_qk_inplace(qkv, layer)
             kernels.rotary_inplace(
                 qkv, positions, self.rotary.cos, self.rotary.sin, num_rotated, arch.head_dim
             )
@@ -233,6 +269,9 @@ class LlamaFamilyModel:
             if lora is not None:
                 lora.add(index, "o", delta, attended)
             normed = kernels.rms_norm(delta, layer.post_norm, eps, residual)
+            if layer.moe is not None:
+                delta = layer.moe(normed)
+                continue
             gate_up = linear(normed, layer.gate_up, layer.gate_up_bias)
             if lora is not None:
                 lora.add(index, "gate_up", gate_up, normed)
@@ -241,6 +280,30 @@ class LlamaFamilyModel:
             if lora is not None:
                 lora.add(index, "down", delta, activated)
         return kernels.rms_norm(delta, self.final_norm, eps, residual)
+
+    def _norm_qk_inplace(self, qkv: torch.Tensor, layer: DecoderLayerWeights) -> None:
+        """Qwen3's RMSNorm over head_dim of every query and key head, written back into qkv."""
+        arch = self.arch
+        num_tokens = qkv.shape[0]
+        query = qkv[:, : arch.q_size].view(num_tokens, arch.num_heads, arch.head_dim)
+        key = qkv[:, arch.q_size : arch.q_size + arch.kv_size]
+        key = key.view(num_tokens, arch.num_kv_heads, arch.head_dim)
+        query.copy_(rms_norm(query, layer.q_norm, arch.rms_norm_eps))
+        key.copy_(rms_norm(key, layer.k_norm, arch.rms_norm_eps))
+
+    def expert_load(self) -> dict[int, list[int]]:
+        """Tokens routed to each expert per MoE layer since the last reset: {layer: counts}
+        (empty for dense models). Recomputed tokens (preemption) count again."""
+        return {
+            index: layer.moe.expert_counts.tolist()
+            for index, layer in enumerate(self.layers)
+            if layer.moe is not None and layer.moe.expert_counts is not None
+        }
+
+    def reset_expert_load(self) -> None:
+        for layer in self.layers:
+            if layer.moe is not None:
+                layer.moe.reset_counts()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits in float32, [num_rows, vocab_size]."""

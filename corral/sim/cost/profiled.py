@@ -21,7 +21,7 @@ from corral.sim.cost.base import COST_MODELS, CostModel, CostModelOptions
 from corral.sim.cost.features import feature_fn, feature_rows, is_signed
 from corral.sim.cost.fit import fit_signed
 from corral.sim.cost.lora import LoRACost
-from corral.sim.cost.roofline import layer_params
+from corral.sim.cost.roofline import active_layer_params, layer_params
 
 PROFILE_KIND = "corral-step-profile"
 PROFILE_VERSION = 1
@@ -88,7 +88,7 @@ class ProfiledCostModel(CostModel):
     def lora_cost(self, segment_overhead_s: float) -> LoRACost:
         """The roofline's analytic LoRA term (corral/sim/cost/lora.py), not fitted: no profile
         holds LoRA steps. Its rates are those the fit implies for the base model: FLOP/s, the
-        base model's linear FLOPs per token (2 x decoder parameters) over the fitted time of
+        base model's linear FLOPs per token (2 x active decoder parameters) over the fitted time of
         one more token in a large batch (the tokens coefficient plus every hinge's); bandwidth,
         the base weights' bytes over the fitted intercept, which also holds the step's fixed CPU
         time, so adapter reads are priced slower than they run (none when the intercept is 0)."""
@@ -109,7 +109,7 @@ class ProfiledCostModel(CostModel):
         return LoRACost.for_arch(
             arch,
             dtype_bytes=dtype_bytes,
-            flops_per_s=2 * layer_params(arch) / token_s,
+            flops_per_s=2 * active_layer_params(arch) / token_s,
             bytes_per_s=weight_bytes / intercept_s if intercept_s > 0 else math.inf,
             segment_overhead_s=segment_overhead_s,
         )

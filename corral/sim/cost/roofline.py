@@ -3,7 +3,11 @@
 Per step, two operator groups each take max(compute time, memory time) (a roofline), plus
 tensor-parallel all-reduces and a fixed CPU overhead:
 - linear layers and the LM head: 2 FLOPs per weight per token (LM head: per sampled token),
-  reading every weight once per step;
+  reading every weight once per step. Mixture-of-experts models count the *active* weights
+  (ModelArch.num_active_params: num_experts_per_tok routed experts per token) for FLOPs, and
+  read the dense weights plus every expert the step's tokens touch, expected under uniform
+  independent routing: num_experts * (1 - (1 - top_k / num_experts) ** num_tokens) per MoE
+  layer (one token reads top_k experts; a large batch reads them all);
 - attention: 4 * heads * head_dim FLOPs per (query, key) pair per layer, reading the KV cache of
   every context token and writing the new tokens' KV;
 - tensor parallelism (tp devices): weights, heads and KV heads split tp ways; two ring
@@ -32,6 +36,20 @@ def layer_params(arch: ModelArch) -> int:
     return arch.num_params() - embeddings - arch.hidden_size
 
 
+def active_layer_params(arch: ModelArch) -> int:
+    """Decoder-layer parameters one token computes with (all of them for dense models)."""
+    return layer_params(arch) - (arch.num_params() - arch.num_active_params())
+
+
+def expected_experts_touched(arch: ModelArch, num_tokens: int) -> float:
+    """Distinct experts per MoE layer that num_tokens tokens select, in expectation, when each
+    picks num_experts_per_tok of num_experts uniformly and independently (0 for dense models)."""
+    experts, top_k = arch.num_experts, arch.num_experts_per_tok
+    if not arch.is_moe or num_tokens <= 0:
+        return 0.0
+    return experts * (1.0 - (1.0 - top_k / experts) ** num_tokens)
+
+
 @COST_MODELS.register("roofline")
 class RooflineCostModel(CostModel):
     def __init__(
@@ -58,9 +76,14 @@ class RooflineCostModel(CostModel):
         self._flops = flops * hardware.flops_efficiency
         self._bandwidth = hardware.memory_bandwidth_bytes_per_s * hardware.bandwidth_efficiency
         lm_head = arch.hidden_size * arch.vocab_size
-        self._flops_per_token = 2 * layer_params(arch) / tp
+        self._flops_per_token = 2 * active_layer_params(arch) / tp
         self._flops_per_sampled = 2 * lm_head / tp
-        self._weight_bytes = (layer_params(arch) + lm_head) * dtype_bytes / tp
+        # Routed experts are read only when touched (step_time_s); the rest on every step.
+        expert_params = arch.num_moe_layers * arch.expert_params()  # one expert, every MoE layer
+        self._expert_bytes = expert_params * dtype_bytes / tp
+        routed = expert_params * arch.num_experts
+        self._weight_bytes = (layer_params(arch) - routed + lm_head) * dtype_bytes / tp
+        self._all_weight_bytes = (layer_params(arch) + lm_head) * dtype_bytes / tp
         self._flops_per_pair = 4 * arch.num_layers * arch.num_heads * arch.head_dim / tp
         kv_shards = min(tp, arch.num_kv_heads)  # KV heads are replicated past num_kv_heads
         self._kv_bytes_per_token = arch.kv_bytes_per_token(dtype_bytes) / kv_shards
@@ -92,7 +115,10 @@ class RooflineCostModel(CostModel):
         linear_flops = num_tokens * self._flops_per_token + batch.num_sampled * (
             self._flops_per_sampled
         )
-        linear = max(linear_flops / self._flops, self._weight_bytes / self._bandwidth)
+        weight_bytes = self._weight_bytes
+        if self._expert_bytes:
+            weight_bytes += self._expert_bytes * expected_experts_touched(self.arch, num_tokens)
+        linear = max(linear_flops / self._flops, weight_bytes / self._bandwidth)
         pairs = batch.prefill_attention_pairs + batch.decode_context_tokens
         kv_tokens = (
             (batch.prefill_context_tokens + 2 * batch.num_prefill_tokens)
@@ -123,6 +149,6 @@ class RooflineCostModel(CostModel):
             "hardware": self.hardware.name,
             "tensor_parallel_size": self.tp,
             "dtype_bytes": self.dtype_bytes,
-            "weight_bytes_per_device": self._weight_bytes,
+            "weight_bytes_per_device": self._all_weight_bytes,
             "step_overhead_s": self._overhead_s,
         }

@@ -1,0 +1,163 @@
+"""A sparse mixture-of-experts MLP block (Mixtral, Qwen2-MoE, Qwen3-MoE).
+
+Routing: router logits -> softmax over all experts in float32 -> the top num_experts_per_tok
+experts per token, their probabilities as weights, renormalised to sum to 1 when the architecture
+says so (Mixtral always; Qwen models when norm_topk_prob). Qwen2-MoE adds a shared SwiGLU expert
+that every token runs, scaled by sigmoid(shared_expert_gate . x).
+
+Compute: the (token, expert) assignments are sorted by expert, so each selected expert runs one
+gate|up matmul and one down matmul over all of its rows of the step; the weighted rows are summed
+back per token with a single index_add. The Python loop is over experts that received tokens.
+
+Weights are stacked at load time: gate|up as [num_experts, 2 * moe_intermediate, hidden] and down
+as [num_experts, hidden, moe_intermediate], from either per-expert checkpoint tensors
+(experts.{e}.gate_proj/up_proj/down_proj, Mixtral's experts.{e}.w1/w3/w2) or already-stacked
+ones (experts.gate_up_proj, experts.down_proj).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from corral.model.layers.linear import linear
+
+# Per-expert checkpoint names -> (stack, slot): slot 0/1 are gate/up of the fused gate|up.
+_EXPERT_PARTS = {
+    "gate_proj": ("gate_up", 0),
+    "w1": ("gate_up", 0),
+    "up_proj": ("gate_up", 1),
+    "w3": ("gate_up", 1),
+    "down_proj": ("down", None),
+    "w2": ("down", None),
+}
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+class SparseMoE:
+    """One layer's experts, router and optional shared expert, with per-expert token counts."""
+
+    def __init__(
+        self, num_experts: int, top_k: int, renormalize: bool, has_shared_expert: bool
+    ) -> None:
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.renormalize = renormalize
+        self.has_shared_expert = has_shared_expert
+        self.router: torch.Tensor | None = None  # [num_experts, hidden]
+        self.gate_up: torch.Tensor | None = None  # [num_experts, 2 * intermediate, hidden]
+        self.down: torch.Tensor | None = None  # [num_experts, hidden, intermediate]
+        self.shared_gate_up: torch.Tensor | None = None  # [2 * shared_intermediate, hidden]
+        self.shared_down: torch.Tensor | None = None  # [hidden, shared_intermediate]
+        self.shared_gate: torch.Tensor | None = None  # [1, hidden]
+        # Tokens routed to each expert since the last reset (recomputed tokens count again).
+        self.expert_counts: torch.Tensor | None = None
+        self._pending: dict[tuple[str, int], list[torch.Tensor | None]] = {}
+        self._pending_shared: list[torch.Tensor | None] = [None, None]
+
+    # ----- loading -------------------------------------------------------------------------
+
+    def load(self, name: str, tensor: torch.Tensor) -> bool:
+        """Take one tensor named relative to the block (e.g. "experts.3.w1.weight",
+        "gate.weight", "shared_expert.up_proj.weight"); False when the name is not ours."""
+        parts = name.split(".")
+        if name == "gate.weight":
+            self.router = tensor
+        elif name == "experts.gate_up_proj":  # already stacked: [E, 2I, H]
+            self.gate_up = tensor
+        elif name == "experts.down_proj":  # [E, H, I]
+            self.down = tensor
+        elif len(parts) == 4 and parts[0] == "experts" and parts[3] == "weight":
+            if parts[2] not in _EXPERT_PARTS or not parts[1].isdigit():
+                return False
+            expert = int(parts[1])
+            if expert >= self.num_experts:
+                return False
+            stack, slot = _EXPERT_PARTS[parts[2]]
+            entry = self._pending.setdefault((stack, expert), [None, None])
+            entry[slot or 0] = tensor
+        elif self.has_shared_expert and name == "shared_expert_gate.weight":
+            self.shared_gate = tensor
+        elif self.has_shared_expert and len(parts) == 3 and parts[0] == "shared_expert":
+            if parts[2] != "weight" or parts[1] not in ("gate_proj", "up_proj", "down_proj"):
+                return False
+            if parts[1] == "down_proj":
+                self.shared_down = tensor
+            else:
+                self._pending_shared[parts[1] == "up_proj"] = tensor
+        else:
+            return False
+        return True
+
+    def finish_loading(self) -> list[str]:
+        """Stack the per-expert tensors; the names of whatever is still missing."""
+        missing = []
+        if self._pending:
+            gate_up, down = [], []
+            for expert in range(self.num_experts):
+                pair = self._pending.get(("gate_up", expert), [None, None])
+                single = self._pending.get(("down", expert), [None, None])[0]
+                if pair[0] is None or pair[1] is None or single is None:
+                    missing.append(f"expert {expert}")
+                    continue
+                gate_up.append(torch.cat(pair, dim=0))
+                down.append(single)
+            if not missing:
+                self.gate_up, self.down = torch.stack(gate_up), torch.stack(down)
+            self._pending = {}
+        if all(part is not None for part in self._pending_shared):
+            self.shared_gate_up = torch.cat(self._pending_shared, dim=0)  # type: ignore[arg-type]
+            self._pending_shared = [None, None]
+        required = ["router", "gate_up", "down"]
+        if self.has_shared_expert:
+            required += ["shared_gate_up", "shared_down", "shared_gate"]
+        missing += [name for name in required if getattr(self, name) is None]
+        if not missing:
+            self.expert_counts = torch.zeros(
+                self.num_experts, dtype=torch.int64, device=self.router.device
+            )
+        return missing
+
+    # ----- forward -------------------------------------------------------------------------
+
+    def route(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights [num_tokens, top_k] float32, expert ids [num_tokens, top_k] int64)."""
+        probs = torch.softmax(linear(hidden, self.router).float(), dim=-1)
+        weights, ids = probs.topk(self.top_k, dim=-1)
+        if self.renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights, ids
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The block's output for hidden [num_tokens, hidden_size] (already normalised)."""
+        weights, ids = self.route(hidden)
+        flat_ids = ids.flatten()
+        counts = torch.bincount(flat_ids, minlength=self.num_experts)
+        if self.expert_counts is not None:
+            self.expert_counts += counts
+        order = flat_ids.argsort(stable=True)
+        token_of = order // self.top_k  # the token of each expert-sorted assignment
+        rows = hidden[token_of]
+        out = torch.empty_like(rows)
+        start = 0
+        for expert, count in enumerate(counts.tolist()):
+            if count == 0:
+                continue
+            end = start + count
+            activated = silu_and_mul(linear(rows[start:end], self.gate_up[expert]))
+            out[start:end] = linear(activated, self.down[expert])
+            start = end
+        out *= weights.flatten()[order].unsqueeze(-1).to(out.dtype)
+        result = torch.zeros_like(hidden).index_add_(0, token_of, out)
+        if self.has_shared_expert:
+            shared = linear(silu_and_mul(linear(hidden, self.shared_gate_up)), self.shared_down)
+            result += torch.sigmoid(linear(hidden, self.shared_gate)) * shared
+        return result
+
+    def reset_counts(self) -> None:
+        if self.expert_counts is not None:
+            self.expert_counts.zero_()
