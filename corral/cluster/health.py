@@ -72,7 +72,14 @@ class ReplicaSet:
         changed = replica.health.record(is_healthy)
         if changed is not None:
             self._log_change(replica, changed, reason)
-            self._apply(replica, changed)
+            self._apply(replica, replica.is_available)
+
+    def set_draining(self, replica: Replica, draining: bool) -> None:
+        """Take a replica out of the rotation (draining) or bring it back."""
+        replica.is_draining = draining
+        logger.info("replica %d (%s) %s", replica.index, replica.url,
+                    "drains" if draining else "is back from draining")  # fmt: skip
+        self._apply(replica, replica.is_available)
 
     def eject(self, replica: Replica, reason: str) -> None:
         """Out of the rotation at once: the router could not reach it. The poller puts it back

@@ -34,7 +34,8 @@ _NOT_INHERITED = frozenset(
     ("replicas", "host", "port", "num_threads", "policy", "poll_interval_s", "health_timeout_s",
      "unhealthy_after", "healthy_after", "max_retries", "router_block_size", "router_num_blocks",
      "max_imbalance", "help", "prefill_replicas", "kv_role", "kv_transfer_port",
-     "kv_events_config", "max_replica_restarts")
+     "kv_events_config", "max_replica_restarts", "migration", "rebalance_kv_usage",
+     "rebalance_interval_s")
 )  # fmt: skip
 _PR_SET_PDEATHSIG = 1
 
@@ -97,17 +98,19 @@ def replica_kv_events(config_text: str | None, num_replicas: int) -> list[tuple[
     return result
 
 
-def replica_roles(num_replicas: int, num_prefill: int) -> list[str]:
+def replica_roles(num_replicas: int, num_prefill: int, migration: bool = False) -> list[str]:
     """Each replica's --kv-role: the first num_prefill prefill, the rest decode ("" for all
-    when num_prefill is 0: not disaggregated)."""
+    when num_prefill is 0: not disaggregated); with live migration the others lend and fetch
+    (both)."""
+    other = "both" if migration else "decode"
     if num_prefill == 0:
-        return [""] * num_replicas
+        return [other if migration else ""] * num_replicas
     if not 0 < num_prefill < num_replicas:
         raise ValueError(
             f"--prefill-replicas {num_prefill} needs at least one decode replica among "
             f"--replicas {num_replicas}"
         )
-    return ["prefill"] * num_prefill + ["decode"] * (num_replicas - num_prefill)
+    return ["prefill"] * num_prefill + [other] * (num_replicas - num_prefill)
 
 
 def split_cores(cores: Sequence[int], num_replicas: int) -> list[list[int]]:
@@ -276,7 +279,9 @@ def run_replicas(args: argparse.Namespace) -> int:
     try:
         shares = split_cores(sorted(os.sched_getaffinity(0)), args.replicas)
         flags = inherited_flags(parser, args)
-        roles = replica_roles(args.replicas, getattr(args, "prefill_replicas", 0))
+        roles = replica_roles(
+            args.replicas, getattr(args, "prefill_replicas", 0), getattr(args, "migration", False)
+        )
         kv_events = replica_kv_events(getattr(args, "kv_events_config", None), args.replicas)
     except ValueError as error:
         print(f"corral serve: {error}", file=sys.stderr)

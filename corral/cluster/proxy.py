@@ -86,20 +86,24 @@ class Forwarder:
         headers: Mapping[str, str],
         body: bytes | None = None,
         routing: RoutingRequest | None = None,
+        *,
+        first_choice: Replica | None = None,
     ) -> Response:
         """The replica's answer to the request (routing: chosen by the policy; None: by least
-        outstanding requests), after up to max_retries moves; a 502/503 when none answered."""
+        outstanding requests; first_choice, when available: tried first), after up to
+        max_retries moves; a 502/503 when none answered."""
         tried: set[int] = set()
         failed: tuple[Replica, str] | None = None
         refusal: Response | None = None  # the last 5xx moved from, passed on if nothing better
         error: APIError | None = None
         for attempt in range(self.max_retries + 1):
             replica_set = self.replica_set
-            replica = (
-                replica_set.select(routing, tried)
-                if routing is not None
-                else replica_set.pick_any(tried)
-            )
+            if attempt == 0 and first_choice is not None and first_choice.is_available:
+                replica = first_choice
+            elif routing is not None:
+                replica = replica_set.select(routing, tried)
+            else:
+                replica = replica_set.pick_any(tried)
             if replica is None:
                 break
             if failed is not None:
@@ -177,7 +181,9 @@ class Forwarder:
             await relay.close()
         if response.status_code >= 500:
             self.metrics.count_failure(replica, f"status_{response.status_code}")
-        return Response(content, response.status_code, headers=response_headers(response))
+        answer = Response(content, response.status_code, headers=response_headers(response))
+        answer.corral_replica = replica  # type: ignore[attr-defined]  # who answered
+        return answer
 
 
 class _Relay:

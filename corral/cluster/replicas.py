@@ -143,6 +143,8 @@ class Replica:
     last_error: str | None = field(default=None, repr=False)
     # The pool it serves in a disaggregated router ("prefill" or "decode"); "" otherwise.
     pool: str = ""
+    # Taken out of the rotation by an operator (POST /admin/drain): its requests move out.
+    is_draining: bool = False
 
     @property
     def num_outstanding_requests(self) -> int:
@@ -150,7 +152,7 @@ class Replica:
 
     @property
     def is_available(self) -> bool:
-        return self.health.is_available
+        return self.health.is_available and not self.is_draining
 
     def apply_scrape(self, scraped: ScrapedMetrics) -> None:
         """Take a scrape's numbers; those the page lacks keep their last values."""

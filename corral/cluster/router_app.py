@@ -25,6 +25,13 @@ from fastapi.responses import Response
 
 import corral
 from corral.cluster.health import ReplicaSet
+from corral.cluster.migration import (
+    MigratingForwarder,
+    MigrationConfig,
+    MigrationMetrics,
+    Rebalancer,
+    install_drain_route,
+)
 from corral.cluster.prefix_index import PrefixIndex
 from corral.cluster.proxy import Forwarder, request_headers
 from corral.cluster.replica_pool import build_pool
@@ -78,6 +85,8 @@ class RouterConfig:
     prefill_urls: tuple[str, ...] = ()
     prefill_kv_events: tuple[str, ...] = ()
     seed: int = 0
+    # Live migration (--migration, --rebalance-*: corral/cluster/migration.py).
+    migration: MigrationConfig = MigrationConfig()
     max_request_body_bytes: int = ServerConfig().max_request_body_bytes
 
     def __post_init__(self) -> None:
@@ -139,6 +148,18 @@ def build_router_app(
     pools = [pool]
     prompts = PromptReader(tokenizer)
     forwarder = Forwarder(replica_set, client, max_retries=config.max_retries)
+    migrating = rebalancer = None
+    if config.migration.enabled:
+        migration_metrics = MigrationMetrics(metrics.registry)
+        migrating = MigratingForwarder(forwarder, migration_metrics)
+        rebalancer = Rebalancer(
+            replica_set,
+            client,
+            config.migration,
+            migration_metrics,
+            headers=own_headers,
+            scrape_interval_s=config.poll_interval_s,
+        )
     disaggregation = None
     if config.is_disaggregated:
         from corral.cluster.disaggregated import build_disaggregation
@@ -160,9 +181,13 @@ def build_router_app(
                 config.policy,
             )
         prompts.base_model_names = await _served_model_names(replica_set, client, own_headers)
+        if rebalancer is not None:
+            rebalancer.start()
         try:
             yield
         finally:
+            if rebalancer is not None:
+                await rebalancer.stop()
             for replica_pool in pools:
                 await replica_pool.close()
             await client.aclose()
@@ -178,10 +203,13 @@ def build_router_app(
     async def routed(request: Request) -> Response:
         route = request.url.path
         body = await _read_body(request, config.max_request_body_bytes)
-        payload = _json_or_none(body) if tokenizer or disaggregation else None
+        parse = tokenizer or disaggregation or migrating
+        payload = _json_or_none(body) if parse else None
         routing = await prompts.read(route, payload if tokenizer else None)
         headers = request_headers(request.headers)
-        if disaggregation is None:
+        if migrating is not None and disaggregation is None:
+            work = migrating.forward(route, headers, body, payload, routing)
+        elif disaggregation is None:
             work = forwarder.forward("POST", route, headers, body, routing)
         else:
             work = disaggregation.forward(route, headers, body, payload, routing)
@@ -211,6 +239,9 @@ def build_router_app(
                 code="no_replica_available",
             )
         return Response(status_code=200)
+
+    if rebalancer is not None:
+        install_drain_route(app, replica_set, rebalancer)
 
     @app.get("/metrics")
     async def router_metrics() -> Response:

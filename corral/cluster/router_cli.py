@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from corral.cluster.migration import MigrationConfig
 from corral.cluster.replicas import DEFAULT_BLOCK_SIZE, DEFAULT_NUM_BLOCKS
 from corral.cluster.router_app import RouterConfig
 
@@ -147,6 +148,25 @@ def add_routing_arguments(group: argparse._ArgumentGroup) -> None:
         f"(default {DEFAULT_NUM_BLOCKS})",
     )
     group.add_argument(
+        "--migration",
+        action="store_true",
+        help="live migration: continue requests a replica moves out on another replica "
+        "(replicas need --kv-role both to move KV rather than recompute; docs/disaggregation.md)",
+    )
+    group.add_argument(
+        "--rebalance-kv-usage",
+        type=float,
+        default=None,
+        help="with --migration: move the largest request off a replica whose KV usage is at or "
+        "above this fraction to the least loaded one (default: only POST /admin/drain moves)",
+    )
+    group.add_argument(
+        "--rebalance-interval-s",
+        type=float,
+        default=MigrationConfig().interval_s,
+        help="with --migration: how often draining and KV pressure are acted on",
+    )
+    group.add_argument(
         "--max-imbalance",
         type=int,
         default=None,
@@ -204,9 +224,19 @@ def router_config_from_args(
         kv_events=tuple(getattr(args, "kv_events", ())),
         kv_events_topic=getattr(args, "kv_events_topic", ""),
         kv_events_hash_format=getattr(args, "kv_events_hash_format", "int"),
+        migration=migration_config_from_args(args),
     )
     fields.update(overrides)
     return RouterConfig(**fields)  # type: ignore[arg-type]
+
+
+def migration_config_from_args(args: argparse.Namespace) -> MigrationConfig:
+    enabled = bool(getattr(args, "migration", False))
+    usage = getattr(args, "rebalance_kv_usage", None)
+    if usage is not None and not enabled:
+        raise ValueError("--rebalance-kv-usage needs --migration")
+    interval = getattr(args, "rebalance_interval_s", MigrationConfig().interval_s)
+    return MigrationConfig(enabled, usage, interval_s=interval)
 
 
 def run(args: argparse.Namespace) -> int:

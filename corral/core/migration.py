@@ -16,7 +16,7 @@ not move with it). Torch-free: the simulator runs it too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from corral.core.messages import RequestUpdate
@@ -45,27 +45,37 @@ def is_migratable(request: Request) -> bool:
 
 
 def choose_migrations(
-    running: Iterable[Request], max_num_requests: int, request_ids: Iterable[str] = ()
+    running: Iterable[Request],
+    max_num_requests: int,
+    request_ids: Iterable[str] = (),
+    max_num_tokens: int | None = None,
 ) -> list[Request]:
     """The running requests to move: those named in request_ids that may move, else up to
     max_num_requests of the movable ones holding the most KV (each move frees the most
-    memory; Llumnix's choice for relieving a loaded instance)."""
+    memory) but at most max_num_tokens each (a rebalancing move larger than half the load gap
+    would only turn the imbalance around)."""
     movable = [request for request in running if is_migratable(request)]
     wanted = set(request_ids)
     if wanted:
         return [request for request in movable if request.request_id in wanted]
+    if max_num_tokens is not None:
+        movable = [r for r in movable if r.num_computed_tokens <= max_num_tokens]
     movable.sort(key=lambda request: request.num_computed_tokens, reverse=True)
     return movable[: max(0, max_num_requests)]
 
 
 def migrate_out(
-    scheduler: Scheduler, max_num_requests: int, request_ids: Iterable[str] = ()
+    scheduler: Scheduler,
+    max_num_requests: int,
+    request_ids: Iterable[str] = (),
+    max_num_tokens: int | None = None,
 ) -> list[RequestUpdate]:
     """Move requests out of the scheduler (see choose_migrations): lend their blocks when a
     KV connector lends, finish them as migrated, and return their last updates (a Resume
     each). Their blocks return to this pool when the lease is acked or expires."""
     updates = []
-    for request in choose_migrations(scheduler.running, max_num_requests, request_ids):
+    chosen = choose_migrations(scheduler.running, max_num_requests, request_ids, max_num_tokens)
+    for request in chosen:
         connector = scheduler.connector
         remote = connector.lend_running(request) if connector is not None else None
         resume = Resume(tuple(request.output_token_ids), remote)
@@ -81,3 +91,25 @@ def migrate_out(
             )
         )
     return updates
+
+
+def pick_rebalance(
+    kv_usages: Sequence[float], kv_usage_high: float, min_gap: float
+) -> tuple[int, int] | None:
+    """Llumnix-style relief of memory pressure: (source, target) indices into kv_usages, the
+    most loaded instance at or above kv_usage_high and the least loaded one at least min_gap
+    below it; None when no move is due. The router and the simulator both decide with this;
+    the request moved is the largest within rebalance_max_num_tokens."""
+    if len(kv_usages) < 2:
+        return None
+    source = max(range(len(kv_usages)), key=kv_usages.__getitem__)
+    target = min(range(len(kv_usages)), key=kv_usages.__getitem__)
+    if kv_usages[source] >= kv_usage_high and kv_usages[source] - kv_usages[target] >= min_gap:
+        return source, target
+    return None
+
+
+def rebalance_max_num_tokens(source_usage: float, target_usage: float, capacity_tokens: int) -> int:
+    """The largest request worth moving from source to target: half their KV load gap (of the
+    source's capacity in tokens), so that the move narrows the gap instead of reversing it."""
+    return max(0, int((source_usage - target_usage) / 2 * capacity_tokens))

@@ -65,4 +65,5 @@ def merge_delta(into: RequestOutput, new: RequestOutput) -> None:
     into.outputs.sort(key=lambda c: c.index)
     into.finished = new.finished
     into.prompt_logprobs = new.prompt_logprobs or into.prompt_logprobs
+    into.kv_transfer_params = new.kv_transfer_params or into.kv_transfer_params
     into.metrics.update(new.metrics)

@@ -28,6 +28,9 @@ from typing import Any
 from corral.core.block_hash import BlockHash
 from corral.kv_transfer.messages import FetchResult, LeaseReleased
 
+# How long an ask waits for a lease that the lender's next engine step opens.
+LEASE_OPEN_WAIT_S = 5.0
+
 
 class LeaseState(enum.Enum):
     OPEN = "open"

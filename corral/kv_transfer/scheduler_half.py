@@ -207,6 +207,10 @@ class KVConnectorScheduler:
         plan, self._plan = self._plan, ConnectorPlan()
         return plan
 
+    def is_lending(self, transfer_id: str) -> bool:
+        """The lease is lent and not yet released or ordered to expire."""
+        return transfer_id in self._lease_deadlines
+
     def has_pending(self) -> bool:
         """Leases open or fetches running: the engine loop keeps stepping to hear of them."""
         return bool(self._num_leases_open or self._parked)

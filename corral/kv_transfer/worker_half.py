@@ -32,7 +32,7 @@ from typing import Any
 from corral.config import KVTransferConfig
 from corral.kv_transfer.messages import ConnectorEvents, ConnectorPlan, FetchOrder
 from corral.kv_transfer.params import endpoint_address
-from corral.kv_transfer.protocol import FetchTable, LeaseTable
+from corral.kv_transfer.protocol import LEASE_OPEN_WAIT_S, FetchTable, LeaseTable
 from corral.kv_transfer.wire import encode_hash, recv_exactly, recv_frame, send_frame
 from corral.model.kv_storage import KVStorage
 
@@ -41,8 +41,6 @@ logger = logging.getLogger(__name__)
 FAULT_ENV = "CORRAL_KV_TRANSFER_FAULT"
 CONNECT_TIMEOUT_S = 5.0
 IO_TIMEOUT_S = 60.0
-# How long an ask waits for a lease that the next engine step opens.
-LEASE_OPEN_WAIT_S = 5.0
 
 
 class KVConnectorWorker:

@@ -20,6 +20,7 @@ from corral.serve.errors import APIError, install_error_handlers
 from corral.serve.logprobs import TokenTexts
 from corral.serve.lora_admin import install_lora_routes
 from corral.serve.metrics import CONTENT_TYPE, ServerMetrics
+from corral.serve.migration import install_migration_routes
 from corral.serve.openapi import errors, install_openapi, post_json
 from corral.serve.protocol import (
     ChatCompletionRequest,
@@ -189,6 +190,8 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
             with contextlib.suppress(asyncio.TimeoutError, RuntimeError):
                 metrics.set_slo(await asyncio.wait_for(engine.slo_stats(), SLO_STATS_TIMEOUT_S))
         return Response(metrics.render(engine.is_healthy), media_type=CONTENT_TYPE)
+
+    install_migration_routes(app, state)
 
     if engine.config.debug_check_integrity:
 

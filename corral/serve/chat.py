@@ -17,6 +17,7 @@ from corral.outputs import CompletionOutput
 from corral.serve.chat_output import ChoiceStream, finish_reason, merge_deltas, parse_choice
 from corral.serve.errors import bad_request
 from corral.serve.logprobs import chat_logprobs
+from corral.serve.migration import MigrationWatch, is_migratable, num_resumed_tokens
 from corral.serve.protocol import ChatCompletionRequest, ChatMessage
 from corral.serve.responses import (
     ChatChoice,
@@ -144,6 +145,11 @@ async def create_chat_completion(
         deadline_s=req.deadline_s,
         lora_request=adapter,
         kv_transfer_params=req.kv_transfer_params,
+        # Parsed output (reasoning, tool calls) keeps parser state here: it does not move.
+        migratable=is_migratable(raw)
+        and req.n == 1
+        and not setup.tools_active
+        and state.reasoning_parser is None,
     )
     formatter = _ChatFormatter(state, req, request_id, setup)
     if req.stream:
@@ -195,7 +201,7 @@ class _ChatFormatter:
             )
         self.state.log_output(final.request_id, [c.text for c in final.outputs])
         num_prompt = len(final.prompt_token_ids)
-        num_generated = sum(len(c.token_ids) for c in final.outputs)
+        num_generated = sum(len(c.token_ids) for c in final.outputs)  # resumed ones included
         usage = UsageInfo(
             prompt_tokens=num_prompt,
             completion_tokens=num_generated,
@@ -215,8 +221,10 @@ class _ChatFormatter:
         include_usage = bool(options and options.include_usage)
         continuous = include_usage and bool(options and options.continuous_usage_stats)
         parsers: dict[int, ChoiceStream] = {}
-        num_prompt = num_generated = 0
-        async for _, output in merge_streams(self.state.engine, [stream]):
+        num_prompt = 0
+        num_generated = resumed = num_resumed_tokens(self.req.kv_transfer_params)
+        moves = MigrationWatch()
+        async for _, output in moves.watch(merge_streams(self.state.engine, [stream])):
             num_prompt = len(output.prompt_token_ids)
             choices = []
             for completion in output.outputs:
@@ -225,8 +233,10 @@ class _ChatFormatter:
                     parser = parsers[completion.index] = ChoiceStream(
                         self.reasoning_parser, self.tool_parser
                     )
-                    first = DeltaMessage(role="assistant", content="")
-                    yield sse(self._chunk([ChatStreamChoice(index=completion.index, delta=first)]))
+                    if not resumed:  # a continued stream had its role chunk where it began
+                        first = DeltaMessage(role="assistant", content="")
+                        choice = ChatStreamChoice(index=completion.index, delta=first)
+                        yield sse(self._chunk([choice]))
                 num_generated += len(completion.token_ids)
                 has_logprobs = bool(self.req.logprobs and completion.token_ids)
                 if not completion.text and completion.finish_reason is None and not has_logprobs:
@@ -256,6 +266,9 @@ class _ChatFormatter:
             if choices:
                 usage = self._usage(num_prompt, num_generated) if continuous else None
                 yield sse(self._chunk(choices, usage))
+        if moves.event is not None:  # the router continues the request elsewhere
+            yield moves.event
+            return
         if include_usage:
             yield sse(self._chunk([], self._usage(num_prompt, num_generated)))
 

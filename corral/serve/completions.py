@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from corral.engine.async_llm import RequestStream
 from corral.outputs import CompletionOutput, RequestOutput
 from corral.serve.logprobs import completion_logprobs
+from corral.serve.migration import MigrationWatch, is_migratable, num_resumed_tokens
 from corral.serve.protocol import CompletionRequest
 from corral.serve.responses import (
     CompletionChoice,
@@ -51,6 +52,7 @@ async def create_completion(
         deadline_s=req.deadline_s,
         lora_request=adapter,
         kv_transfer_params=req.kv_transfer_params,
+        migratable=is_migratable(raw) and req.n == 1,
     )
     formatter = _Formatter(state, req, request_id)
     if req.stream:
@@ -97,6 +99,7 @@ class _Formatter:
     def response(self, finals: list[RequestOutput]) -> CompletionResponse:
         choices = []
         num_prompt = num_generated = 0
+        num_generated = 0  # a continued request's outputs hold its resumed tokens too
         for prompt_index, output in enumerate(finals):
             num_prompt += len(output.prompt_token_ids)
             prefix = self._prompt_text(output) if self.req.echo else ""
@@ -134,8 +137,9 @@ class _Formatter:
         echoed: set[int] = set()
         offsets: dict[int, int] = {}
         num_prompt: dict[int, int] = {}
-        num_generated = 0
-        async for prompt_index, output in merge_streams(self.state.engine, streams):
+        num_generated = num_resumed_tokens(self.req.kv_transfer_params)
+        moves = MigrationWatch()
+        async for prompt_index, output in moves.watch(merge_streams(self.state.engine, streams)):
             num_prompt[prompt_index] = len(output.prompt_token_ids)
             choices = []
             for completion in output.outputs:
@@ -160,6 +164,9 @@ class _Formatter:
                 )
             if choices:
                 yield sse(self._chunk(choices))
+        if moves.event is not None:  # the router continues the request elsewhere
+            yield moves.event
+            return
         if include_usage:
             prompt_tokens = sum(num_prompt.values())
             usage = UsageInfo(

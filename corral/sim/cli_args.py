@@ -95,6 +95,15 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
         "long (virtual; corral serve's --kv-lease-timeout-s)",
     )
     group.add_argument(
+        "--rebalance-kv-usage",
+        type=float,
+        default=None,
+        help="live migration: every --rebalance-interval-s the most KV-loaded instance at or "
+        "above this fraction moves its largest running request to the least loaded one "
+        "(corral router --migration --rebalance-kv-usage)",
+    )
+    group.add_argument("--rebalance-interval-s", type=float, default=0.5)
+    group.add_argument(
         "--request-path-ms",
         type=float,
         default=0.0,
@@ -327,6 +336,8 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         kv_transfer_latency_s=args.kv_transfer_latency_ms / 1e3,
         kv_lease_timeout_s=args.kv_lease_timeout_s,
         request_path_s=args.request_path_ms / 1e3,
+        rebalance_kv_usage=args.rebalance_kv_usage,
+        rebalance_interval_s=args.rebalance_interval_s,
         price_per_device_hour=args.price_per_device_hour,
         seed=args.sim_seed,
         kv_sample_interval_s=args.kv_sample_interval_s,

@@ -33,6 +33,7 @@ from corral.sim.autoscale import AutoscaleResult, SimAutoscaler
 from corral.sim.config import ClusterSpec
 from corral.sim.instance import SimInstance
 from corral.sim.kv_transfer_sim import SimKVLinks
+from corral.sim.migration_sim import SimRebalancer
 from corral.workloads.metrics import RequestRecord
 from corral.workloads.spec import RequestSpec, Workload, check_lengths
 
@@ -81,9 +82,8 @@ class ClusterSimulator:
         self.max_model_len = min(s.max_model_len for s in spec.instances)
         check_lengths(workload.specs, self.max_model_len)
         self.kv_links: SimKVLinks | None = None
-        if spec.is_disaggregated:
-            self.prefill_pool = [i for i in self.instances if i.spec.role == "prefill"]
-            self.decode_pool = [i for i in self.instances if i.spec.role == "decode"]
+        self.rebalancer: SimRebalancer | None = None
+        if spec.is_disaggregated or spec.rebalance_kv_usage is not None:
             self.kv_links = SimKVLinks(
                 spec.kv_transfer_bandwidth_bytes_per_s,
                 spec.kv_transfer_latency_s,
@@ -93,8 +93,13 @@ class ClusterSimulator:
             for instance in self.instances:
                 wake = functools.partial(self._wake, instance)
                 self.kv_links.connect(instance, spec.kv_lease_timeout_s, wake)
+        if spec.is_disaggregated:
+            self.prefill_pool = [i for i in self.instances if i.spec.role == "prefill"]
+            self.decode_pool = [i for i in self.instances if i.spec.role == "decode"]
         else:
             self.prefill_pool = self.decode_pool = self.instances
+        if spec.rebalance_kv_usage is not None:
+            self.rebalancer = SimRebalancer(self, spec.rebalance_kv_usage)
         self.prefill_router = self._make_router(self.prefill_pool, spec.seed)
         self.decode_router = (
             self._make_router(self.decode_pool, spec.seed + 1)
@@ -162,6 +167,8 @@ class ClusterSimulator:
         autoscaler = self.autoscaler
         if autoscaler is not None:
             autoscaler.start()
+        if self.rebalancer is not None:
+            self.rebalancer.start()
         num_events = 0
         next_index, num_starters = 0, len(starters)
         while heap or next_index < num_starters:
@@ -247,6 +254,7 @@ class ClusterSimulator:
             client_id=request_spec.client_id,
             lora=self._adapters.get(request_spec.request_id),
             kv_transfer=kv_transfer,
+            migratable=self.rebalancer is not None,
         )
         if self.request_hook is not None:
             self.request_hook(request, request_spec)
@@ -260,6 +268,25 @@ class ClusterSimulator:
             return
         pool = self.prefill_pool
         self._assign(pool[self.prefill_router.select(routing_request(request))], request)
+
+    # ----- for the rebalancer (corral/sim/migration_sim.py) ---------------------------------
+
+    def is_done(self) -> bool:
+        return len(self._finished) == len(self.workload.specs)
+
+    def request_spec(self, request_id: str) -> RequestSpec:
+        return self._specs[request_id]
+
+    def make_request(
+        self, request_spec: RequestSpec, token_ids: list[int], kv_transfer: KVTransferRequest | None
+    ) -> Request:
+        return self._request(request_spec, token_ids, request_spec.num_output_tokens, kv_transfer)
+
+    def assign(self, instance: SimInstance, request: Request) -> None:
+        self._assign(instance, request)
+
+    def wake(self, instance: SimInstance) -> None:
+        self._wake(instance)
 
     def _assign(self, instance: SimInstance, request: Request) -> None:
         instance.add_request(request)

@@ -79,10 +79,25 @@ class ClusterSpec:
     # request reaches its instance this long after it arrives; it counts in TTFT and end-to-end
     # latency, not between tokens. Measure it on the real stack (benchmarks/request_path.py).
     request_path_s: float = 0.0
+    # Live migration (corral/sim/migration_sim.py; None: off): every rebalance_interval_s the
+    # most KV-loaded instance at or above rebalance_kv_usage moves its largest request to the
+    # least loaded one, rebalance_min_gap below it, as `corral router --rebalance-kv-usage`.
+    rebalance_kv_usage: float | None = None
+    rebalance_interval_s: float = 0.5
+    rebalance_min_gap: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.instances:
             raise ValueError("a cluster needs at least one instance")
+        if self.rebalance_kv_usage is not None:
+            if not 0 < self.rebalance_kv_usage <= 1:
+                raise ValueError(
+                    f"rebalance_kv_usage must be in (0, 1], got {self.rebalance_kv_usage}"
+                )
+            if not self.rebalance_interval_s > 0:
+                raise ValueError("rebalance_interval_s must be > 0")
+            if self.autoscale is not None:
+                raise ValueError("rebalancing and autoscaling cannot be combined (yet)")
         roles = {spec.role for spec in self.instances}
         if roles & {"prefill", "decode"} and roles != {"prefill", "decode"}:
             raise ValueError(

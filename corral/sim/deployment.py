@@ -49,6 +49,8 @@ class DeploymentOptions:
     kv_transfer_latency_s: float = 0.0
     kv_lease_timeout_s: float = 30.0
     request_path_s: float = 0.0  # ClusterSpec.request_path_s
+    rebalance_kv_usage: float | None = None  # ClusterSpec.rebalance_kv_usage (live migration)
+    rebalance_interval_s: float = 0.5
     price_per_device_hour: float | None = None
     seed: int = 0
     kv_sample_interval_s: float = 1.0
@@ -230,4 +232,6 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         adapter_assignment=assignment,
         autoscale=autoscale,
         request_path_s=options.request_path_s,
+        rebalance_kv_usage=options.rebalance_kv_usage,
+        rebalance_interval_s=options.rebalance_interval_s,
     )

@@ -26,12 +26,14 @@ from collections.abc import Callable
 
 from corral.config import KVTransferConfig
 from corral.kv_transfer.messages import ConnectorEvents, ConnectorPlan, FetchOrder
-from corral.kv_transfer.protocol import FetchTable, LeaseTable
+from corral.kv_transfer.protocol import LEASE_OPEN_WAIT_S, FetchTable, LeaseTable
 from corral.kv_transfer.scheduler_half import KVConnectorScheduler
 from corral.sim.instance import SimInstance
 
 # Every simulated instance runs the same model, tokenizer and KV layout.
 SIM_KV_IDENTITY = "sim"
+# A fetch of a lease not yet open asks again this much later (virtual seconds).
+_RETRY_S = 0.001
 # What a fetched block "holds": the simulator moves no bytes (FetchTable wants a payload).
 _NO_PAYLOAD = b""
 
@@ -63,6 +65,11 @@ class SimKVConnectorWorker:
         self.leases = LeaseTable()
         self.fetches = FetchTable()
         self._open_ids: set[str] = set()  # leases not yet reported released
+        self.scheduler_half: KVConnectorScheduler | None = None  # set by SimKVLinks.connect
+
+    def scheduler_has_lease(self, transfer_id: str) -> bool:
+        """Its scheduler half lent the lease (this worker opens it at the next step)."""
+        return self.scheduler_half is not None and self.scheduler_half.is_lending(transfer_id)
 
     def apply(self, plan: ConnectorPlan | None) -> None:
         """Open and expire leases, start and cancel fetches (at the step's start)."""
@@ -121,7 +128,8 @@ class SimKVLinks:
         """Give a prefill or decode instance its two connector halves (as EngineCore does for
         --kv-role); wake() makes it step when its transfers need it."""
         endpoint = sim_endpoint(instance.index)
-        config = KVTransferConfig(role=instance.spec.role, lease_timeout_s=lease_timeout_s)
+        role = "both" if instance.spec.role == "mixed" else instance.spec.role  # migration
+        config = KVTransferConfig(role=role, lease_timeout_s=lease_timeout_s)
         worker = SimKVConnectorWorker(
             self, endpoint, config, instance.spec.kv_bytes_per_token, wake
         )
@@ -135,18 +143,25 @@ class SimKVLinks:
             endpoint=endpoint,
             kv_identity=SIM_KV_IDENTITY,
         )
+        worker.scheduler_half = scheduler.connector
         return worker
 
     def transfer_time_s(self, num_bytes: int) -> float:
         """Virtual seconds one fetch of num_bytes takes (links are not shared)."""
         return num_bytes / self.bandwidth_bytes_per_s + self.latency_s
 
-    def fetch(self, receiver: SimKVConnectorWorker, order: FetchOrder) -> None:
-        """Start one fetch (its FetchTable entry is RECEIVING): refused now, or delivered after
-        the transfer time."""
+    def fetch(self, receiver: SimKVConnectorWorker, order: FetchOrder, waited_s: float = 0) -> None:
+        """Start one fetch (its FetchTable entry is RECEIVING): refused, or delivered after the
+        transfer time. A lease the lender has yet to open is waited for, as the real lender
+        waits (LEASE_OPEN_WAIT_S): the ask can arrive before the lender's next step."""
         params = order.params
         lender = self._workers.get(params.endpoint)
         lease = lender.leases.begin_send(params.transfer_id) if lender is not None else None
+        opening = lender is not None and lender.scheduler_has_lease(params.transfer_id)
+        if lease is None and opening and waited_s < LEASE_OPEN_WAIT_S:
+            retry = functools.partial(self.fetch, receiver, order, waited_s + _RETRY_S)
+            self.schedule(self.clock() + _RETRY_S, retry)
+            return
         if lender is None or lease is None:
             receiver.fetches.deliver(order.request_id, None, "refused: no such open lease")
             return

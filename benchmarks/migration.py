@@ -1,0 +1,320 @@
+"""Live migration on this machine: what a move costs a stream, and what rebalancing buys.
+
+Two `corral serve` replicas pinned to one core each behind `corral router --migration`.
+
+1. Stall. One streamed request at a time (random token ids, --stall-prompts lengths, 96 output
+   tokens); after --move-after tokens reach the client, the replica holding it is asked to move
+   it out (POST /corral/migrate_out). Measured at the client: the gap between the last chunk
+   from the source and the first from the target (the stall), against the median gap between
+   chunks of the same stream; the output must equal an unmoved run's. Configurations:
+   `kv` (replicas --kv-role both: the target fetches the lent KV) and `recompute` (no KV
+   connector: the target computes prompt and output so far itself).
+2. Rebalancing under KV pressure. A Poisson workload whose output lengths are bimodal
+   (--long-fraction of the requests long) on replicas with a small KV pool (--num-kv-blocks),
+   routed least-outstanding: without rebalancing, and with --rebalance-kv-usage (the most
+   loaded replica moves its largest request to the other). Reported: preemptions on the
+   replicas, TPOT and end-to-end latency (p50, p99), requests moved.
+3. Drain. With --drain-requests streams running on replica 0, POST /admin/drain: the time until
+   replica 0 runs nothing, against the time the same requests take to finish unmoved.
+
+    .venv/bin/python -m benchmarks.migration                # about 6 minutes
+    .venv/bin/python -m benchmarks.migration --quick --json-out /tmp/m.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.router import warm_up  # noqa: E402
+from benchmarks.router_procs import (  # noqa: E402
+    Child,
+    CpuMeter,
+    machine,
+    resolve_model,
+    run_stopping_on_sigterm,
+    scrape,
+    start_replica,
+    wait_idle,
+    wait_router_ready,
+)
+from corral.workloads import RequestSpec, Workload  # noqa: E402
+
+NUM_OUTPUT_TOKENS = 96
+PRESSURE_SERIES = {
+    "vllm:num_preemptions_total": "preemptions",
+    "corral:kv_transfer_fetches_ok_total": "fetches_ok",
+    "corral:kv_transfer_fetched_bytes_total": "bytes",
+    "corral:kv_transfer_fetch_seconds_total": "seconds",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model directory (default: the demo)")
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--cores", default="0,1")
+    parser.add_argument("--stall-prompts", default="32,192,384")
+    parser.add_argument("--move-after", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--num-kv-blocks", type=int, default=64)
+    parser.add_argument("--num-requests", type=int, default=120)
+    parser.add_argument("--rate", type=float, default=6.0)
+    parser.add_argument("--long-fraction", type=float, default=0.25)
+    parser.add_argument("--rebalance-kv-usage", type=float, default=0.85)
+    parser.add_argument("--drain-requests", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and requests")
+    parser.add_argument("--json-out", default=str(REPO / "docs/figures/migration.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.num_requests, args.stall_prompts = 2, 30, "32,192"
+    return args
+
+
+def start_cluster(
+    stack: ExitStack, args: argparse.Namespace, model_dir: str, kv: bool, router_flags: list[str],
+    work: Path, name: str, vocab: int,
+) -> tuple[Child, list[str]]:  # fmt: skip
+    flags = ["--model", model_dir, "--max-model-len", str(args.max_model_len), "--seed", "0"]
+    flags += ["--num-kv-blocks", str(args.num_kv_blocks)]
+    if kv:
+        flags += ["--kv-role", "both"]
+    replicas = []
+    for index, core in enumerate(int(c) for c in args.cores.split(",")[:2]):
+        step_log = work / f"{name}-{index}.steps.jsonl"
+        replica = start_replica(flags, core, step_log, work / f"{name}-{index}.log")
+        stack.callback(replica.stop)
+        replicas.append(replica)
+    for replica in replicas:
+        replica.wait_healthy()
+        warm_up(replica.url, vocab)
+    argv = ["router", "--policy", "least-outstanding", "--migration", "--poll-interval-s", "0.2"]
+    argv += ["--rebalance-interval-s", "0.2", *router_flags]
+    for replica in replicas:
+        argv += ["--backend", replica.url]
+    router = Child(argv, work / f"{name}-router.log")
+    stack.callback(router.stop)
+    wait_router_ready(router, 2)
+    return router, [replica.url for replica in replicas]
+
+
+def model_name(url: str) -> str:
+    return httpx.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]
+
+
+def stream_with_times(url: str, body: dict, on_chunk: Any = None) -> tuple[str, list[float]]:
+    """A streamed completion: its text and each chunk's arrival time."""
+    text, times = [], []
+    with httpx.stream("POST", url + "/v1/completions", json=body | {"stream": True},
+                      timeout=300) as response:  # fmt: skip
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(event["error"])
+            for choice in event["choices"]:
+                text.append(choice["text"])
+                times.append(time.perf_counter())
+                if on_chunk is not None:
+                    on_chunk(len(times))
+    return "".join(text), times
+
+
+def move_out(replica_urls: list[str]) -> None:
+    for _ in range(2000):
+        for url in replica_urls:
+            if httpx.post(url + "/corral/migrate_out", json={}, timeout=10).json()["migrated"]:
+                return
+        time.sleep(0.001)
+    raise RuntimeError("no replica had the request to move")
+
+
+def measure_stall(
+    router_url: str, replica_urls: list[str], args: argparse.Namespace, vocab: int
+) -> list[dict]:
+    model = model_name(router_url)
+    rng = random.Random(0)
+    results = []
+    for num_prompt in (int(n) for n in args.stall_prompts.split(",")):
+        stalls, gaps, equal = [], [], 0
+        before = [scrape(url, PRESSURE_SERIES) for url in replica_urls]
+        for _ in range(args.repeats):
+            ids = [rng.randrange(10, vocab) for _ in range(num_prompt)]
+            body = {"model": model, "prompt": ids, "max_tokens": NUM_OUTPUT_TOKENS,
+                    "temperature": 0, "ignore_eos": True}  # fmt: skip
+            expected = httpx.post(replica_urls[0] + "/v1/completions", json=body, timeout=300)
+            moved_at: list[int] = []
+
+            def on_chunk(count: int, moved_at: list[int] = moved_at) -> None:
+                if count == args.move_after and not moved_at:
+                    move_out(replica_urls)
+                    moved_at.append(count)
+
+            text, times = stream_with_times(router_url, body, on_chunk)
+            equal += text == expected.json()["choices"][0]["text"]
+            deltas = [b - a for a, b in zip(times, times[1:])]
+            stall = max(deltas[args.move_after - 1 :])  # the move happens after this chunk
+            stalls.append(stall * 1e3)
+            gaps.append(statistics.median(deltas) * 1e3)
+        after = [scrape(url, PRESSURE_SERIES) for url in replica_urls]
+        fetched = sum(a["fetches_ok"] - b["fetches_ok"] for a, b in zip(after, before))
+        moved_bytes = sum(a["bytes"] - b["bytes"] for a, b in zip(after, before))
+        seconds = sum(a["seconds"] - b["seconds"] for a, b in zip(after, before))
+        results.append({
+            "num_prompt_tokens": num_prompt,
+            "num_context_tokens_at_move": num_prompt + args.move_after,
+            "stall_ms_median": statistics.median(stalls),
+            "stall_ms": stalls,
+            "chunk_gap_ms_median": statistics.median(gaps),
+            "outputs_equal_unmoved": f"{equal}/{args.repeats}",
+            "fetches_ok": fetched,
+            "bytes_per_move": moved_bytes / fetched if fetched else 0.0,
+            "fetch_ms_per_move": 1e3 * seconds / fetched if fetched else None,
+        })  # fmt: skip
+        row = results[-1]
+        print(f"  prompt {num_prompt:>4}: stall {row['stall_ms_median']:.1f} ms (chunk gap "
+              f"{row['chunk_gap_ms_median']:.1f} ms), equal {row['outputs_equal_unmoved']}, "
+              f"{row['bytes_per_move'] / 1e3:.0f} KB/move", flush=True)  # fmt: skip
+    return results
+
+
+def pressure_workload(args: argparse.Namespace, vocab: int) -> Workload:
+    rng = random.Random(1)
+    specs, arrival = [], 0.0
+    for index in range(args.num_requests):
+        arrival += rng.expovariate(args.rate)
+        long = rng.random() < args.long_fraction
+        num_output = rng.randint(300, 420) if long else rng.randint(16, 48)
+        specs.append(RequestSpec(f"p{index}", arrival, rng.randint(24, 64), num_output,
+                                 token_seed=index))  # fmt: skip
+    return Workload("bimodal-pressure", specs, vocab_size=vocab)
+
+
+def measure_pressure(
+    router_url: str, replica_urls: list[str], workload: Workload, rebalance: bool
+) -> dict[str, Any]:
+    from corral.bench.payload import RequestOptions
+    from corral.bench.serve import ServeTarget, run_serve_benchmark
+
+    before = [scrape(url, PRESSURE_SERIES) for url in replica_urls]
+    moved_before = scrape(router_url, {"corral:router_migrations_requested_total": "moved"})
+    meter = CpuMeter()
+    report, _ = run_serve_benchmark(
+        workload,
+        RequestOptions(prompt_format="ids"),
+        ServeTarget(router_url, show_progress=False, request_timeout_s=600),
+    )
+    cpu = meter.stop()
+    wait_idle(replica_urls)
+    after = [scrape(url, PRESSURE_SERIES) for url in replica_urls]
+    moved = scrape(router_url, {"corral:router_migrations_requested_total": "moved"})
+    s = report.summary
+    return {
+        "rebalance": rebalance,
+        "num_completed": s.num_completed,
+        "num_failed": s.num_failed,
+        "preemptions": sum(a["preemptions"] - b["preemptions"] for a, b in zip(after, before)),
+        "moved": moved["moved"] - moved_before["moved"],
+        "tpot_p50_ms": s.tpot.median_ms,
+        "tpot_p99_ms": s.tpot.p99_ms,
+        "e2e_p50_s": s.e2e.median_ms / 1e3,
+        "e2e_p99_s": s.e2e.p99_ms / 1e3,
+        "ttft_p99_ms": s.ttft.p99_ms,
+        "cpu": cpu,
+    }
+
+
+def measure_drain(router_url: str, replica_urls: list[str], args: argparse.Namespace,
+                  vocab: int, drain: bool) -> float:  # fmt: skip
+    """Seconds from POST /admin/drain of replica 0 (or, unmoved, from the same moment) until
+    replica 0 runs nothing, with 2 x --drain-requests long streams through the router."""
+    model = model_name(router_url)
+    rng = random.Random(2)
+    threads = []
+    for _ in range(2 * args.drain_requests):  # least-outstanding: half of them on replica 0
+        body = {"model": model, "prompt": [rng.randrange(10, vocab) for _ in range(64)],
+                "max_tokens": 400, "temperature": 0, "ignore_eos": True}  # fmt: skip
+        thread = threading.Thread(target=stream_with_times, args=(router_url, body))
+        thread.start()
+        threads.append(thread)
+    deadline = time.monotonic() + 60
+    while scrape(replica_urls[0])["running"] < args.drain_requests:
+        if time.monotonic() > deadline:
+            raise RuntimeError("replica 0 never ran its share of the streams")
+        time.sleep(0.005)
+    start = time.perf_counter()
+    if drain:
+        answer = httpx.post(router_url + "/admin/drain", json={"url": replica_urls[0]})
+        answer.raise_for_status()
+    while scrape(replica_urls[0])["running"] > 0:
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - start
+    for thread in threads:
+        thread.join(300)
+    if drain:
+        httpx.post(router_url + "/admin/drain", json={"url": replica_urls[0], "drain": False})
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    return run_stopping_on_sigterm(lambda: run_benchmark(args))
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+
+    model_dir, vocab = resolve_model(args)
+    work = Path(tempfile.mkdtemp(prefix="corral-migration-"))
+    result: dict[str, Any] = {"machine": machine(), "model": Path(model_dir).name,
+                              "args": vars(args), "stall": {}, "pressure": []}  # fmt: skip
+    for config in ("kv", "recompute"):
+        print(f"stall, {config}:", flush=True)
+        with ExitStack() as stack:
+            router, urls = start_cluster(stack, args, model_dir, config == "kv", [], work,
+                                         f"stall-{config}", vocab)  # fmt: skip
+            result["stall"][config] = measure_stall(router.url, urls, args, vocab)
+    workload = pressure_workload(args, vocab)
+    for rebalance in (False, True):
+        flags = ["--rebalance-kv-usage", str(args.rebalance_kv_usage)] if rebalance else []
+        with ExitStack() as stack:
+            router, urls = start_cluster(stack, args, model_dir, True, flags, work,
+                                         f"pressure-{rebalance}", vocab)  # fmt: skip
+            run = measure_pressure(router.url, urls, workload, rebalance)
+            if rebalance:
+                result["drain"] = {
+                    "unmoved_s": measure_drain(router.url, urls, args, vocab, drain=False),
+                    "drained_s": measure_drain(router.url, urls, args, vocab, drain=True),
+                    "num_requests": args.drain_requests,
+                }
+        result["pressure"].append(run)
+        print(f"pressure, rebalance {rebalance}: {run['preemptions']:.0f} preemptions, "
+              f"{run['moved']:.0f} moved, TPOT p50 {run['tpot_p50_ms']:.1f} p99 "
+              f"{run['tpot_p99_ms']:.1f} ms, e2e p99 {run['e2e_p99_s']:.2f} s, "
+              f"{run['num_failed']} failed", flush=True)  # fmt: skip
+    drain = result["drain"]
+    print(f"drain of {drain['num_requests']} streams: {drain['drained_s']:.2f} s moved, "
+          f"{drain['unmoved_s']:.2f} s to finish unmoved")  # fmt: skip
+    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json_out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
