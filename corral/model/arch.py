@@ -20,7 +20,7 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen3MoeForCausalLM": "qwen3_moe",
 }
 _MOE_KINDS = ("mixtral", "qwen2_moe", "qwen3_moe")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "dynamic")
 
 
 class UnsupportedModelError(ValueError):
@@ -130,6 +130,19 @@ class ModelArch:
         layers += num_moe * moe_mlp + (self.num_layers - num_moe) * dense_mlp
         embeddings = v * h * (1 if self.tie_word_embeddings else 2)
         return layers + embeddings + h
+
+    @property
+    def max_context_len(self) -> int:
+        """The longest context the model serves: max_position_embeddings, stretched by dynamic
+        NTK's factor, or by YaRN's over its original context when that reaches further."""
+        scaling = self.rope_scaling or {}
+        rope_type = scaling.get("rope_type")
+        if rope_type == "dynamic":
+            return int(self.max_position_embeddings * float(scaling["factor"]))
+        if rope_type == "yarn" and scaling.get("factor"):
+            stretched = int(scaling["original_max_position_embeddings"] * float(scaling["factor"]))
+            return max(self.max_position_embeddings, stretched)
+        return self.max_position_embeddings
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """Bytes of K and V one token occupies across all layers."""
@@ -253,6 +266,17 @@ def _rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
             f"rope scaling type {rope_type!r} is not supported; supported: "
             f"{', '.join(SUPPORTED_ROPE_TYPES)}"
         )
+    if rope_type in ("linear", "dynamic") and params.get("factor") is None:
+        raise UnsupportedModelError(f"{rope_type} rope scaling needs a factor")
+    if rope_type in ("llama3", "yarn"):
+        # transformers: a top-level original_max_position_embeddings (Phi-3 style) wins, else
+        # the rope dict's own, else max_position_embeddings.
+        original = config.get("original_max_position_embeddings")
+        if original is None:
+            original = params.get("original_max_position_embeddings")
+        if original is None:
+            original = config.get("max_position_embeddings", 2048)
+        params["original_max_position_embeddings"] = int(original)
     return params
 
 

@@ -19,15 +19,17 @@ class ResolvedModel(NamedTuple):
 
 def resolve_model(config: ModelConfig) -> ResolvedModel:
     """The model's directory, its architecture, and the context length: the configured one,
-    else the model's own; ValueError when the configured one exceeds the model's."""
+    else the model's own (ModelArch.max_context_len: max_position_embeddings, stretched by
+    dynamic-NTK or YaRN scaling); ValueError when the configured one exceeds the model's."""
     model_dir = resolve_model_dir(config.model)
     arch = ModelArch.from_dir(model_dir)
-    limit = arch.max_position_embeddings
+    limit = arch.max_context_len
     asked = config.max_model_len
     if asked is not None and asked > limit:
-        raise ValueError(
-            f"max_model_len {asked} exceeds the model's max_position_embeddings ({limit})"
-        )
+        what = "max_position_embeddings"
+        if limit != arch.max_position_embeddings:
+            what = "context length with its rope scaling"
+        raise ValueError(f"max_model_len {asked} exceeds the model's {what} ({limit})")
     return ResolvedModel(model_dir, arch, asked if asked is not None else limit)
 
 

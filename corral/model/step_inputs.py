@@ -143,6 +143,7 @@ def build_step_inputs(
         decode=decode,
         prefills=prefills,
         sliding_window=sliding_window,
+        row_ranges=row_ranges,
     )
     return StepInputs(
         input_ids=torch.tensor(token_ids, dtype=torch.int64, device=device),

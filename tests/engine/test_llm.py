@@ -137,7 +137,7 @@ def test_clear_errors_for_bad_prompts_and_params(llm):
     "change, message",
     [
         ({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}, "GPT2LMHeadModel"),
-        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "'yarn'"),
+        ({"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}, "'longrope'"),
         ({"quantization_config": {"quant_method": "awq"}}, "awq"),
         ({"hidden_act": "gelu"}, "'gelu'"),
         ({"layer_types": ["full_attention", "sliding_attention"]}, "sliding_attention"),

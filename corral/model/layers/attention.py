@@ -10,7 +10,7 @@ Quantized caches (int8, fp8) are dequantized as they are read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,8 @@ class AttentionMetadata:
     decode: DecodeBatch | None
     prefills: list[PrefillSpan]
     sliding_window: int | None = None
+    # Rows [row_start, row_end) of each request in the batch (dynamic-NTK rope reads them).
+    row_ranges: list[tuple[int, int]] = field(default_factory=list)
 
 
 def write_kv(

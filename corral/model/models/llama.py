@@ -86,7 +86,13 @@ class LlamaFamilyModel:
         self.final_norm: torch.Tensor | None = None
         self.lm_head: torch.Tensor | None = None
         self.rotary = RotaryEmbedding(
-            arch.head_dim, max_len, arch.rope_theta, arch.rope_scaling, dtype, device
+            arch.head_dim,
+            max_len,
+            arch.rope_theta,
+            arch.rope_scaling,
+            dtype,
+            device,
+            arch.max_position_embeddings,
         )
         self.scale = arch.head_dim**-0.5
 
@@ -193,6 +199,8 @@ class LlamaFamilyModel:
         num_tokens = input_ids.shape[0]
         q_size, kv_size, eps = arch.q_size, arch.kv_size, arch.rms_norm_eps
         hidden = self.embed_tokens[input_ids]
+        cos, sin, rows = self._rotary_tables(positions, metadata)
+        cos, sin = cos[rows].unsqueeze(1), sin[rows].unsqueeze(1)
         for index, (layer, layer_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
             normed = rms_norm(hidden, layer.input_norm, eps)
             qkv = linear(normed, layer.qkv, layer.qkv_bias)
@@ -204,8 +212,8 @@ class LlamaFamilyModel:
             if arch.qk_norm:
                 query = rms_norm(query, layer.q_norm, eps)
                 key = rms_norm(key, layer.k_norm, eps)
-            query = self.rotary.apply(query, positions)
-            key = self.rotary.apply(key, positions)
+            query = self.rotary.rotate(query, cos, sin)
+            key = self.rotary.rotate(key, cos, sin)
             value = value.view(num_tokens, arch.num_kv_heads, arch.head_dim)
             attended = paged_attention(query, key, value, layer_cache, metadata, self.scale)
             attended = attended.view(num_tokens, q_size)
@@ -244,6 +252,7 @@ class LlamaFamilyModel:
         q_size, kv_size, eps = arch.q_size, arch.kv_size, arch.rms_norm_eps
         num_rotated = arch.num_heads + arch.num_kv_heads
         residual = self.embed_tokens[input_ids]
+        cos, sin, rows = self._rotary_tables(positions, metadata)
         delta = None  # added to the residual by the next norm
         for index, (layer, layer_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
             normed = kernels.rms_norm(
@@ -257,9 +266,7 @@ class LlamaFamilyModel:
                 lora.add(index, "qkv", qkv, normed)
             if arch.qk_norm:
                 self._norm_qk_inplace(qkv, layer)
-            kernels.rotary_inplace(
-                qkv, positions, self.rotary.cos, self.rotary.sin, num_rotated, arch.head_dim
-            )
+            kernels.rotary_inplace(qkv, rows, cos, sin, num_rotated, arch.head_dim)
             query = qkv[:, :q_size].contiguous().view(num_tokens, arch.num_heads, arch.head_dim)
             key = qkv[:, q_size : q_size + kv_size].view(num_tokens, arch.num_kv_heads, -1)
             value = qkv[:, q_size + kv_size :].view(num_tokens, arch.num_kv_heads, -1)
@@ -280,6 +287,18 @@ class LlamaFamilyModel:
             if lora is not None:
                 lora.add(index, "down", delta, activated)
         return kernels.rms_norm(delta, self.final_norm, eps, residual)
+
+    def _rotary_tables(
+        self, positions: torch.Tensor, metadata: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The step's cos/sin tables and each token's row in them (see RotaryEmbedding)."""
+        if self.rotary.dynamic is None:
+            return self.rotary.cos, self.rotary.sin, positions
+        # Dynamic NTK: a request's tokens rotate with the length it reaches in this step.
+        ranges = metadata.row_ranges or [
+            (span.row_start, span.row_end) for span in metadata.prefills
+        ]
+        return self.rotary.step_tables(positions, ranges)
 
     def _norm_qk_inplace(self, qkv: torch.Tensor, layer: DecoderLayerWeights) -> None:
         """Qwen3's RMSNorm over head_dim of every query and key head, written back into qkv."""
