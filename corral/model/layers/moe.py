@@ -6,8 +6,10 @@ says so (Mixtral always; Qwen models when norm_topk_prob). Qwen2-MoE adds a shar
 that every token runs, scaled by sigmoid(shared_expert_gate . x).
 
 Compute: the (token, expert) assignments are sorted by expert, so each selected expert runs one
-gate|up matmul and one down matmul over all of its rows of the step; the weighted rows are summed
-back per token with a single index_add. The Python loop is over experts that received tokens.
+gate|up matmul and one down matmul over all of its rows of the step; one index_copy puts the rows
+back in (token, k) order and each token sums its top_k rows weighted by their routing weights
+(an index_add of the sorted rows into zeros was up to 15x slower on CPU: benchmarks/moe.py). The
+Python loop is over experts that received tokens.
 
 Weights are stacked at load time: gate|up as [num_experts, 2 * moe_intermediate, hidden] and down
 as [num_experts, hidden, moe_intermediate], from either per-expert checkpoint tensors
@@ -16,6 +18,8 @@ ones (experts.gate_up_proj, experts.down_proj).
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.nn.functional as F
@@ -135,28 +139,71 @@ class SparseMoE:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """The block's output for hidden [num_tokens, hidden_size] (already normalised)."""
         weights, ids = self.route(hidden)
+        order, token_of, counts = self.dispatch(ids)
+        out = self.run_experts(hidden[token_of], counts)
+        return self.combine(hidden, out, weights, order)
+
+    def dispatch(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Group the (token, expert) assignments by expert: (the assignments in expert order,
+        the token of each, how many each expert received); counts them in expert_counts."""
         flat_ids = ids.flatten()
         counts = torch.bincount(flat_ids, minlength=self.num_experts)
         if self.expert_counts is not None:
             self.expert_counts += counts
         order = flat_ids.argsort(stable=True)
-        token_of = order // self.top_k  # the token of each expert-sorted assignment
-        rows = hidden[token_of]
+        return order, order // self.top_k, counts.tolist()
+
+    def run_experts(self, rows: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Each expert's SwiGLU over its run of the expert-sorted rows (one matmul pair each)."""
         out = torch.empty_like(rows)
         start = 0
-        for expert, count in enumerate(counts.tolist()):
+        for expert, count in enumerate(counts):
             if count == 0:
                 continue
             end = start + count
             activated = silu_and_mul(linear(rows[start:end], self.gate_up[expert]))
             out[start:end] = linear(activated, self.down[expert])
             start = end
-        out *= weights.flatten()[order].unsqueeze(-1).to(out.dtype)
-        result = torch.zeros_like(hidden).index_add_(0, token_of, out)
+        return out
+
+    def combine(
+        self, hidden: torch.Tensor, out: torch.Tensor, weights: torch.Tensor, order: torch.Tensor
+    ) -> torch.Tensor:
+        """Put the expert rows back in (token, k) order, sum each token's top_k rows weighted by
+        their routing weights, add the shared expert."""
+        unsorted = torch.empty_like(out).index_copy_(0, order, out)
+        weighted = unsorted.view(-1, self.top_k, out.shape[-1]) * weights.unsqueeze(-1).to(
+            out.dtype
+        )
+        result = weighted.sum(dim=1)
         if self.has_shared_expert:
             shared = linear(silu_and_mul(linear(hidden, self.shared_gate_up)), self.shared_down)
             result += torch.sigmoid(linear(hidden, self.shared_gate)) * shared
         return result
+
+    def timed_phases(self, hidden: torch.Tensor) -> dict[str, float]:
+        """Seconds of each phase of one call (for benchmarks/moe.py): routing, dispatch (sort
+        and gather of the rows), experts, combine."""
+        sync = torch.cuda.synchronize if hidden.is_cuda else (lambda: None)
+        times = {}
+        start = time.perf_counter()
+        weights, ids = self.route(hidden)
+        sync()
+        times["routing"] = time.perf_counter() - start
+        start = time.perf_counter()
+        order, token_of, counts = self.dispatch(ids)
+        rows = hidden[token_of]
+        sync()
+        times["dispatch"] = time.perf_counter() - start
+        start = time.perf_counter()
+        out = self.run_experts(rows, counts)
+        sync()
+        times["experts"] = time.perf_counter() - start
+        start = time.perf_counter()
+        self.combine(hidden, out, weights, order)
+        sync()
+        times["combine"] = time.perf_counter() - start
+        return times
 
     def reset_counts(self) -> None:
         if self.expert_counts is not None:
