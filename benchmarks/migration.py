@@ -71,10 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stall-prompts", default="32,192,384")
     parser.add_argument("--move-after", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--num-kv-blocks", type=int, default=64)
+    parser.add_argument("--num-kv-blocks", type=int, default=48)
     parser.add_argument("--num-requests", type=int, default=120)
-    parser.add_argument("--rate", type=float, default=6.0)
-    parser.add_argument("--long-fraction", type=float, default=0.25)
+    parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument("--long-fraction", type=float, default=0.35)
     parser.add_argument("--rebalance-kv-usage", type=float, default=0.85)
     parser.add_argument("--drain-requests", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and requests")
@@ -119,8 +119,10 @@ def model_name(url: str) -> str:
 def stream_with_times(url: str, body: dict, on_chunk: Any = None) -> tuple[str, list[float]]:
     """A streamed completion: its text and each chunk's arrival time."""
     text, times = [], []
-    with httpx.stream("POST", url + "/v1/completions", json=body | {"stream": True},
-                      timeout=300) as response:  # fmt: skip
+    with (
+        httpx.Client(timeout=300) as client,
+        client.stream("POST", url + "/v1/completions", json=body | {"stream": True}) as response,
+    ):
         response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -136,10 +138,14 @@ def stream_with_times(url: str, body: dict, on_chunk: Any = None) -> tuple[str, 
     return "".join(text), times
 
 
+_CLIENT = httpx.Client(timeout=30)  # one client: a fresh one per call costs ~40 ms here
+
+
 def move_out(replica_urls: list[str]) -> None:
+    """Ask the replicas in turn to move one request out until one has."""
     for _ in range(2000):
         for url in replica_urls:
-            if httpx.post(url + "/corral/migrate_out", json={}, timeout=10).json()["migrated"]:
+            if _CLIENT.post(url + "/corral/migrate_out", json={}).json()["migrated"]:
                 return
         time.sleep(0.001)
     raise RuntimeError("no replica had the request to move")
@@ -158,15 +164,16 @@ def measure_stall(
             ids = [rng.randrange(10, vocab) for _ in range(num_prompt)]
             body = {"model": model, "prompt": ids, "max_tokens": NUM_OUTPUT_TOKENS,
                     "temperature": 0, "ignore_eos": True}  # fmt: skip
-            expected = httpx.post(replica_urls[0] + "/v1/completions", json=body, timeout=300)
-            moved_at: list[int] = []
+            expected = _CLIENT.post(replica_urls[0] + "/v1/completions", json=body, timeout=300)
+            movers: list[threading.Thread] = []
 
-            def on_chunk(count: int, moved_at: list[int] = moved_at) -> None:
-                if count == args.move_after and not moved_at:
-                    move_out(replica_urls)
-                    moved_at.append(count)
+            def on_chunk(count: int, movers: list[threading.Thread] = movers) -> None:
+                if count == args.move_after and not movers:  # off the reading thread
+                    movers.append(threading.Thread(target=move_out, args=(replica_urls,)))
+                    movers[0].start()
 
             text, times = stream_with_times(router_url, body, on_chunk)
+            movers[0].join(30)
             equal += text == expected.json()["choices"][0]["text"]
             deltas = [b - a for a, b in zip(times, times[1:])]
             stall = max(deltas[args.move_after - 1 :])  # the move happens after this chunk

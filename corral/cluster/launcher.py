@@ -35,7 +35,7 @@ _NOT_INHERITED = frozenset(
      "unhealthy_after", "healthy_after", "max_retries", "router_block_size", "router_num_blocks",
      "max_imbalance", "help", "prefill_replicas", "kv_role", "kv_transfer_port",
      "kv_events_config", "max_replica_restarts", "migration", "rebalance_kv_usage",
-     "rebalance_interval_s")
+     "rebalance_interval_s", "no_precopy")
 )  # fmt: skip
 _PR_SET_PDEATHSIG = 1
 

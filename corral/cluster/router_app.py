@@ -25,15 +25,10 @@ from fastapi.responses import Response
 
 import corral
 from corral.cluster.health import ReplicaSet
-from corral.cluster.migration import (
-    MigratingForwarder,
-    MigrationConfig,
-    MigrationMetrics,
-    Rebalancer,
-    install_drain_route,
-)
+from corral.cluster.migration import MigratingForwarder, MigrationConfig, MigrationMetrics
 from corral.cluster.prefix_index import PrefixIndex
 from corral.cluster.proxy import Forwarder, request_headers
+from corral.cluster.rebalancer import Rebalancer, install_admin_routes
 from corral.cluster.replica_pool import build_pool
 from corral.cluster.replicas import DEFAULT_BLOCK_SIZE, DEFAULT_NUM_BLOCKS
 from corral.cluster.router_metrics import RouterMetrics
@@ -151,7 +146,6 @@ def build_router_app(
     migrating = rebalancer = None
     if config.migration.enabled:
         migration_metrics = MigrationMetrics(metrics.registry)
-        migrating = MigratingForwarder(forwarder, migration_metrics)
         rebalancer = Rebalancer(
             replica_set,
             client,
@@ -160,6 +154,7 @@ def build_router_app(
             headers=own_headers,
             scrape_interval_s=config.poll_interval_s,
         )
+        migrating = MigratingForwarder(forwarder, migration_metrics, rebalancer.planned)
     disaggregation = None
     if config.is_disaggregated:
         from corral.cluster.disaggregated import build_disaggregation
@@ -241,7 +236,7 @@ def build_router_app(
         return Response(status_code=200)
 
     if rebalancer is not None:
-        install_drain_route(app, replica_set, rebalancer)
+        install_admin_routes(app, replica_set, rebalancer)
 
     @app.get("/metrics")
     async def router_metrics() -> Response:

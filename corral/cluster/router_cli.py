@@ -161,6 +161,12 @@ def add_routing_arguments(group: argparse._ArgumentGroup) -> None:
         "above this fraction to the least loaded one (default: only POST /admin/drain moves)",
     )
     group.add_argument(
+        "--no-precopy",
+        action="store_true",
+        help="with --migration: stop a moving request at once and copy all its KV then, "
+        "instead of copying its blocks while it runs and stopping it for the rest only",
+    )
+    group.add_argument(
         "--rebalance-interval-s",
         type=float,
         default=MigrationConfig().interval_s,
@@ -236,7 +242,8 @@ def migration_config_from_args(args: argparse.Namespace) -> MigrationConfig:
     if usage is not None and not enabled:
         raise ValueError("--rebalance-kv-usage needs --migration")
     interval = getattr(args, "rebalance_interval_s", MigrationConfig().interval_s)
-    return MigrationConfig(enabled, usage, interval_s=interval)
+    precopy = not getattr(args, "no_precopy", False)
+    return MigrationConfig(enabled, usage, interval_s=interval, precopy=precopy)
 
 
 def run(args: argparse.Namespace) -> int:

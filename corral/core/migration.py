@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from corral.core.block_hash import BlockHash
 from corral.core.messages import RequestUpdate
-from corral.kv_transfer.params import Resume
+from corral.kv_transfer.params import RemotePrefill, Resume
 from corral.request import Request, RequestStatus
 
 if TYPE_CHECKING:
@@ -113,3 +114,26 @@ def rebalance_max_num_tokens(source_usage: float, target_usage: float, capacity_
     """The largest request worth moving from source to target: half their KV load gap (of the
     source's capacity in tokens), so that the move narrows the gap instead of reversing it."""
     return max(0, int((source_usage - target_usage) / 2 * capacity_tokens))
+
+
+def precopy(
+    scheduler: Scheduler,
+    max_num_requests: int,
+    request_ids: Iterable[str] = (),
+    max_num_tokens: int | None = None,
+) -> list[tuple[str, RemotePrefill, list[BlockHash]]]:
+    """Live migration's first stage: lend the chosen requests' computed full blocks while they
+    keep running here (the engine they will move to prefetches them, so that the final stop
+    copies only the blocks filled since). Returns (request id, lease, the blocks' hashes) per
+    request that lent anything; nothing without a lending KV connector."""
+    connector = scheduler.connector
+    if connector is None:
+        return []
+    lent = []
+    for request in choose_migrations(scheduler.running, max_num_requests, request_ids,
+                                     max_num_tokens):  # fmt: skip
+        remote = connector.lend_running(request)
+        if remote is not None:
+            hashes = scheduler.kv.request_block_hashes(request, remote.num_blocks)
+            lent.append((request.request_id, remote, hashes))
+    return lent

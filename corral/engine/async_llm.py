@@ -300,15 +300,35 @@ class AsyncLLM:
         return await self.client.call_utility("slo_stats")
 
     async def migrate_out(
-        self, max_num_requests: int = 1, request_ids: list[str] | None = None
-    ) -> list[str]:
+        self,
+        max_num_requests: int = 1,
+        request_ids: list[str] | None = None,
+        max_num_tokens: int | None = None,
+        *,
+        precopy: bool = False,
+    ) -> list[Any]:
         """Live migration: move running migratable requests out of the engine (the named
-        ones, else up to max_num_requests holding the most KV); their streams end with finish
-        reason "migrated" and a Resume in kv_transfer_params. Returns the ids moved."""
+        ones, else up to max_num_requests holding the most KV, each of at most
+        max_num_tokens); their streams end with finish reason "migrated" and a Resume in
+        kv_transfer_params. Returns the ids moved. precopy: only lend their blocks while they
+        keep running (the pre-copy stage); returns {request_id, kv_transfer_params,
+        block_hashes} per request."""
         self.check_health()
-        return await self.client.call_utility(
-            "migrate_out", max_num_requests, list(request_ids or ())
-        )
+        ids = list(request_ids or ())
+        method = "precopy" if precopy else "migrate_out"
+        return await self.client.call_utility(method, max_num_requests, ids, max_num_tokens)
+
+    async def prefetch(self, kv_transfer_params: dict, block_hashes: list[str]) -> bool:
+        """Fetch a pre-copy lease into the prefix cache and wait for it; True when it arrived."""
+        self.check_health()
+        fetch_id = await self.client.call_utility("prefetch", kv_transfer_params, block_hashes)
+        if fetch_id is None:
+            return False
+        while True:
+            done = await self.client.call_utility("prefetch_result", fetch_id)
+            if done is not None:
+                return bool(done)
+            await asyncio.sleep(0.002)
 
     def check_health(self) -> None:
         """Raise EngineDeadError if the core has died or stalled."""

@@ -44,7 +44,8 @@ class CoreLoop:
     """Runs one EngineCore on the messages of an inbox (see run())."""
 
     UTILITIES = (
-        "kv_state", "check_integrity", "reset_prefix_cache", "sleep", "slo_stats", "migrate_out"
+        "kv_state", "check_integrity", "reset_prefix_cache", "sleep", "slo_stats", "migrate_out",
+        "precopy", "prefetch", "prefetch_result",
     )  # fmt: skip
 
     def __init__(self, core: Any, max_model_len: int) -> None:
@@ -195,12 +196,25 @@ class CoreLoop:
     def _slo_stats(self) -> SLOStats:
         return self.core.scheduler.slo_stats()
 
-    def _migrate_out(self, max_num_requests: int, request_ids: list[str]) -> list[str]:
+    def _migrate_out(
+        self, max_num_requests: int, request_ids: list[str], max_num_tokens: int | None = None
+    ) -> list[str]:
         """Live migration: the ids of the requests moved out; their updates (a Resume each)
         go out with the next step's outputs."""
-        updates = self.core.migrate_out(max_num_requests, request_ids)
+        updates = self.core.migrate_out(max_num_requests, request_ids, max_num_tokens)
         self.core.defer_updates(updates)
         return [update.request_id for update in updates]
+
+    def _precopy(
+        self, max_num_requests: int, request_ids: list[str], max_num_tokens: int | None
+    ) -> list[dict]:
+        return self.core.precopy(max_num_requests, request_ids, max_num_tokens)
+
+    def _prefetch(self, kv_transfer_params: dict, block_hashes: list[str]) -> str | None:
+        return self.core.prefetch(kv_transfer_params, block_hashes)
+
+    def _prefetch_result(self, fetch_id: str) -> bool | None:
+        return self.core.prefetch_result(fetch_id)
 
     def _reset_prefix_cache(self) -> int:
         return self.core.kv_manager.reset_prefix_cache()

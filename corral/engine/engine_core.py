@@ -149,17 +149,54 @@ class EngineCore:
         self.scheduler.finish_requests(request_ids, status)
 
     def migrate_out(
-        self, max_num_requests: int, request_ids: Iterable[str] = ()
+        self,
+        max_num_requests: int,
+        request_ids: Iterable[str] = (),
+        max_num_tokens: int | None = None,
     ) -> list[RequestUpdate]:
         """Move running requests out (live migration, corral/core/migration.py): the named ones
         that may move, else up to max_num_requests of them. Returns their last updates (a
         Resume each, finish reason "migrated")."""
         from corral.core.migration import migrate_out
 
-        updates = migrate_out(self.scheduler, max_num_requests, request_ids)
+        updates = migrate_out(self.scheduler, max_num_requests, request_ids, max_num_tokens)
         if updates and self.step_log is not None:
             self.step_log.requests_finished([update.request_id for update in updates])
         return updates
+
+    def precopy(
+        self,
+        max_num_requests: int,
+        request_ids: Iterable[str] = (),
+        max_num_tokens: int | None = None,
+    ) -> list[dict]:
+        """Live migration's pre-copy (corral/core/migration.py): lend running requests' blocks
+        while they keep running; per request its id, kv_transfer_params and block hashes."""
+        from corral.core.migration import precopy
+        from corral.kv_transfer.wire import encode_hash
+
+        return [
+            {"request_id": request_id, "kv_transfer_params": remote.to_json(),
+             "block_hashes": [encode_hash(h) for h in hashes]}
+            for request_id, remote, hashes in precopy(
+                self.scheduler, max_num_requests, request_ids, max_num_tokens
+            )
+        ]  # fmt: skip
+
+    def prefetch(self, kv_transfer_params: dict, block_hashes: list[str]) -> str | None:
+        """Fetch a pre-copy lease into the prefix cache; the fetch id (None: it cannot run)."""
+        from corral.kv_transfer.params import RemotePrefill, parse_kv_transfer_params
+        from corral.kv_transfer.wire import decode_hash
+
+        connector = self.scheduler.connector
+        params = parse_kv_transfer_params(kv_transfer_params)
+        if connector is None or not isinstance(params, RemotePrefill):
+            return None
+        return connector.prefetch(params, [decode_hash(h) for h in block_hashes])
+
+    def prefetch_result(self, fetch_id: str) -> bool | None:
+        connector = self.scheduler.connector
+        return connector.prefetch_result(fetch_id) if connector is not None else False
 
     def defer_updates(self, updates: list[RequestUpdate]) -> None:
         """Send updates made between steps with the next step's."""

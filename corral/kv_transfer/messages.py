@@ -25,13 +25,15 @@ class LeaseOrder:
 
 @dataclass(frozen=True, slots=True)
 class FetchOrder:
-    """Fetch the lease of params into these device blocks; the lease's blocks must carry
-    block_hashes (the decode engine's own hashes of the request's prompt blocks)."""
+    """Fetch the lease of params, from its block first_block on, into these device blocks;
+    those lease blocks must carry block_hashes (the fetching engine's own hashes of the
+    request's blocks, or the lender's for a prefetch)."""
 
     request_id: str
     params: RemotePrefill
     block_ids: list[int]
     block_hashes: list[BlockHash]
+    first_block: int = 0
 
 
 @dataclass(slots=True)

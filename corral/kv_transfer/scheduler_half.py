@@ -43,6 +43,11 @@ def fetch_holder(request_id: str) -> str:
     return f"fetch:{request_id}"
 
 
+def keep_holder(request_id: str) -> str:
+    """A parked request's blocks already in the prefix cache, held while the rest arrive."""
+    return f"keep:{request_id}"
+
+
 class KVConnectorScheduler:
     """See the module docstring. endpoint and kv_identity: this engine's transfer server and
     its model/layout identity (what a decode engine's lease must match)."""
@@ -65,6 +70,11 @@ class KVConnectorScheduler:
         self._lease_deadlines: dict[str, float] = {}  # open leases, not yet ordered to expire
         self._num_leases_open = 0
         self._parked: dict[str, Request] = {}  # fetching
+        self._first_blocks: dict[str, int] = {}  # parked request -> its first fetched block
+        # Prefetches (live migration's pre-copy): fetch id -> the lender's block hashes, then
+        # fetch id -> whether it succeeded (until asked).
+        self._prefetching: dict[str, list] = {}
+        self._prefetched: dict[str, bool] = {}
         self._fetched: set[str] = set()  # fetched blocks held until the request is admitted
         self._tried: set[str] = set()
         self._plan = ConnectorPlan()
@@ -128,14 +138,24 @@ class KVConnectorScheduler:
         fits = fits and request.sampling_params.prompt_logprobs is None
         # A request of this id aborted while parked: its fetch still runs (a reused id).
         fits = fits and request.request_id not in self._parked
+        # Blocks this engine's prefix cache holds already (a prefetch, an earlier turn) are not
+        # fetched again; at least one is, so that the lease is acked and freed at once.
+        first = 0
+        if fits and num_blocks:
+            keep = keep_holder(request.request_id)
+            first = min(self.kv.hold_cached_prefix(keep, request, num_blocks), num_blocks - 1)
         holder = fetch_holder(request.request_id)
-        block_ids = self.kv.allocate_held(holder, num_blocks) if fits and num_blocks else None
+        num_fetched = num_blocks - first
+        block_ids = self.kv.allocate_held(holder, num_fetched) if fits and num_blocks else None
         if block_ids is None:
+            self.kv.release_held(keep_holder(request.request_id))
             self.stats.num_fetches_skipped += 1
             return False
-        hashes = self.kv.request_block_hashes(request, num_blocks)
-        self._plan.fetches.append(FetchOrder(request.request_id, params, block_ids, hashes))
+        hashes = self.kv.request_block_hashes(request, num_blocks)[first:]
+        order = FetchOrder(request.request_id, params, block_ids, hashes, first)
+        self._plan.fetches.append(order)
         self._parked[request.request_id] = request
+        self._first_blocks[request.request_id] = first
         self.stats.num_fetches += 1
         return True
 
@@ -143,10 +163,11 @@ class KVConnectorScheduler:
         return request.request_id in self._parked
 
     def on_admitted(self, request: Request) -> None:
-        """The request holds its prefix hits now: drop the fetch's own hold."""
+        """The request holds its prefix hits now: drop the fetch's own holds."""
         if request.request_id in self._fetched:
             self._fetched.discard(request.request_id)
             self.kv.release_held(fetch_holder(request.request_id))
+            self.kv.release_held(keep_holder(request.request_id))
 
     def on_aborted(self, request: Request) -> None:
         """An aborted request: a running fetch is cancelled (its blocks stay held until the
@@ -176,18 +197,23 @@ class KVConnectorScheduler:
                 stats.num_leases_failed += 1
         requeue = []
         for result in events.fetched:
-            request = self._parked.pop(result.request_id, None)
             holder = fetch_holder(result.request_id)
+            if result.request_id in self._prefetching:
+                self._end_prefetch(result.request_id, result.ok, result.num_bytes, result.seconds)
+                continue
+            request = self._parked.pop(result.request_id, None)
+            first = self._first_blocks.pop(result.request_id, 0)
             alive = request is not None and request.status == RequestStatus.WAITING
             if result.ok and alive:
                 assert request is not None
-                self.kv.register_held(holder, request)
+                self.kv.register_held(holder, request, first)
                 self._fetched.add(result.request_id)
                 stats.num_fetches_ok += 1
                 stats.fetched_bytes += result.num_bytes
                 stats.fetch_seconds += result.seconds
             else:
                 self.kv.release_held(holder)
+                self.kv.release_held(keep_holder(result.request_id))
                 if not result.ok:
                     stats.num_fetches_failed += 1
             if alive:
@@ -213,7 +239,50 @@ class KVConnectorScheduler:
 
     def has_pending(self) -> bool:
         """Leases open or fetches running: the engine loop keeps stepping to hear of them."""
-        return bool(self._num_leases_open or self._parked)
+        return bool(self._num_leases_open or self._parked or self._prefetching)
+
+    # ----- live migration's pre-copy ---------------------------------------------------------
+
+    def prefetch(self, params: RemotePrefill, block_hashes: list) -> str | None:
+        """Fetch a lease into this engine's prefix cache under the lender's block hashes,
+        before any request here needs it (the request it belongs to is still running at the
+        lender). Returns the fetch id to poll with prefetch_result, None when it cannot run
+        (this engine does not fetch, another model or layout, no free blocks)."""
+        fits = self.config.fetches and self.kv.enable_prefix_caching
+        fits = fits and params.kv_identity == self.kv_identity
+        fits = fits and params.block_size == self.kv.block_size
+        fetch_id = f"prefetch:{params.transfer_id}"
+        num_blocks = min(params.num_blocks, len(block_hashes))
+        if not fits or num_blocks < 1 or fetch_id in self._prefetching:
+            return None
+        block_ids = self.kv.allocate_held(fetch_holder(fetch_id), num_blocks)
+        if block_ids is None:
+            self.stats.num_fetches_skipped += 1
+            return None
+        hashes = list(block_hashes[:num_blocks])
+        self._plan.fetches.append(FetchOrder(fetch_id, params, block_ids, hashes))
+        self._prefetching[fetch_id] = hashes
+        self.stats.num_fetches += 1
+        return fetch_id
+
+    def prefetch_result(self, fetch_id: str) -> bool | None:
+        """True or False once the prefetch ended (then forgotten), None while it runs."""
+        if fetch_id in self._prefetching:
+            return None
+        return self._prefetched.pop(fetch_id, False)
+
+    def _end_prefetch(self, fetch_id: str, ok: bool, num_bytes: int, seconds: float) -> None:
+        holder = fetch_holder(fetch_id)
+        hashes = self._prefetching.pop(fetch_id)
+        if ok:
+            self.kv.register_held_hashes(holder, hashes)  # cached, evictable once let go
+            self.stats.num_fetches_ok += 1
+            self.stats.fetched_bytes += num_bytes
+            self.stats.fetch_seconds += seconds
+        else:
+            self.stats.num_fetches_failed += 1
+        self.kv.release_held(holder)
+        self._prefetched[fetch_id] = ok
 
     def forget(self, request: Request) -> None:
         """The request left the scheduler (finished): its fetch bookkeeping goes."""

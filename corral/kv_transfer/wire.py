@@ -30,6 +30,13 @@ def encode_hash(block_hash: BlockHash) -> str:
     return block_hash.hex() if isinstance(block_hash, bytes) else f"int:{block_hash}"
 
 
+def decode_hash(text: str) -> BlockHash:
+    """encode_hash's inverse; ValueError for anything else."""
+    if text.startswith("int:"):
+        return int(text[4:])
+    return bytes.fromhex(text)
+
+
 def send_frame(conn: socket.socket, message: dict[str, Any]) -> None:
     data = json.dumps(message, separators=(",", ":")).encode()
     conn.sendall(_LENGTH.pack(len(data)) + data)

@@ -132,13 +132,18 @@ class KVConnectorWorker:
         """Send one lease; returns the release reason (acked, refused, failed)."""
         asked = ask.get("block_hashes")
         num_blocks = len(asked) if isinstance(asked, list) else 0
-        expected = [encode_hash(h) for h in lease.block_hashes[:num_blocks]]
+        first = ask.get("first_block", 0)
+        first = first if isinstance(first, int) and first >= 0 else -1
+        end = first + num_blocks
+        expected = [encode_hash(h) for h in lease.block_hashes[first:end]] if first >= 0 else []
         problem = None
         if self.fault == "refuse":
             problem = "refused by fault injection"
         elif ask.get("kv_identity") != self.kv_identity:
             problem = "another model, tokenizer or KV layout"
-        elif not 0 < num_blocks <= len(lease.block_ids) or asked != expected:
+        elif not (num_blocks > 0 and first >= 0 and end <= len(lease.block_ids)) or (
+            asked != expected
+        ):
             problem = "the blocks hold other tokens"
         if problem is not None:
             with contextlib.suppress(OSError):
@@ -146,8 +151,9 @@ class KVConnectorWorker:
             return "refused"
         segment = None
         try:
-            # The decode engine may take fewer blocks: it computes at least the last token.
-            payload = self.storage.read_blocks(lease.block_ids[:num_blocks])
+            # The fetcher may take fewer blocks: those its prefix cache holds (the first ones)
+            # and those after the last full block before its last token (it computes that).
+            payload = self.storage.read_blocks(lease.block_ids[first:end])
             header: dict[str, Any] = {
                 "status": "ok", "num_bytes": len(payload), "crc32": zlib.crc32(payload),
             }  # fmt: skip
@@ -184,6 +190,7 @@ class KVConnectorWorker:
                     "transfer_id": params.transfer_id,
                     "kv_identity": self.kv_identity,
                     "block_hashes": [encode_hash(h) for h in order.block_hashes],
+                    "first_block": order.first_block,
                     "transport": params.transport,
                 })  # fmt: skip
                 header = recv_frame(conn)

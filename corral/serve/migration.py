@@ -2,8 +2,13 @@
 
 - A router that can continue requests elsewhere marks them with the header
   `x-corral-migratable: 1`; only those may move (corral/core/migration.py says which of them can).
-- `POST /corral/migrate_out` {"max_num_requests": k} or {"request_ids": [...]} moves requests
-  out of this engine; the answer names them: {"migrated": [ids]}.
+- `POST /corral/migrate_out` {"max_num_requests": k} or {"request_ids": [...]} (optionally
+  "max_num_tokens": the largest request to move) moves requests out of this engine; the answer
+  names them: {"migrated": [ids]}. With "precopy": true it only lends their computed blocks
+  while they keep running: {"precopied": [{request_id, kv_transfer_params, block_hashes}]}.
+- `POST /corral/prefetch` {"kv_transfer_params", "block_hashes"} (a precopied entry) fetches
+  those blocks into this engine's prefix cache and answers {"ok": bool} once they arrived, so
+  that the request's final move copies only the blocks filled since.
 - A moved request's stream ends with one event `data: {"corral_migration": <kv_transfer_params>}`
   and [DONE] (no finish chunk, no usage chunk); a non-streaming request's answer has finish
   reason "migrated" and the kv_transfer_params. The router sends the client's body again, with
@@ -54,7 +59,11 @@ class MigrationWatch:
             if not completions or completions[0].finish_reason != MIGRATED:
                 yield index, output
                 continue
-            self.event = sse({MIGRATION_EVENT_KEY: output.kv_transfer_params})
+            moved = {
+                MIGRATION_EVENT_KEY: output.kv_transfer_params,
+                "request_id": output.request_id,
+            }
+            self.event = sse(moved)
             if completions[0].text or completions[0].token_ids:
                 completions[0].finish_reason = None
                 output.finished = False
@@ -73,14 +82,29 @@ def num_resumed_tokens(kv_transfer_params: dict[str, Any] | None) -> int:
 class MigrateOutRequest(BaseModel):
     max_num_requests: int = Field(1, ge=0, le=MAX_MIGRATE_OUT)
     request_ids: list[str] | None = Field(None, max_length=MAX_MIGRATE_OUT)
+    # Only requests holding at most this many tokens (a rebalancing move's size limit).
+    max_num_tokens: int | None = Field(None, ge=0)
+    # Pre-copy only: lend the requests' blocks while they keep running.
+    precopy: bool = False
 
 
 class MigrateOutResponse(BaseModel):
-    migrated: list[str]
+    migrated: list[str] = []
+    # precopy: per request its request_id, kv_transfer_params and block_hashes.
+    precopied: list[dict[str, Any]] = []
+
+
+class PrefetchRequest(BaseModel):
+    kv_transfer_params: dict[str, Any]
+    block_hashes: list[str] = Field(max_length=1_000_000)
+
+
+class PrefetchResponse(BaseModel):
+    ok: bool
 
 
 def install_migration_routes(app: FastAPI, state: ServerState) -> None:
-    """POST /corral/migrate_out (see the module docstring)."""
+    """POST /corral/migrate_out and /corral/prefetch (see the module docstring)."""
 
     @app.post("/corral/migrate_out", response_model=MigrateOutResponse, include_in_schema=False)
     async def migrate_out(request: Request) -> Any:
@@ -88,5 +112,18 @@ def install_migration_routes(app: FastAPI, state: ServerState) -> None:
             body = MigrateOutRequest.model_validate(await request.json())
         except ValueError as error:
             raise APIError(400, f"invalid migrate_out body: {error}", param="body") from None
-        migrated = await state.engine.migrate_out(body.max_num_requests, body.request_ids)
-        return json_response(MigrateOutResponse(migrated=migrated))
+        moved = await state.engine.migrate_out(
+            body.max_num_requests, body.request_ids, body.max_num_tokens, precopy=body.precopy
+        )
+        if body.precopy:
+            return json_response(MigrateOutResponse(precopied=moved))
+        return json_response(MigrateOutResponse(migrated=moved))
+
+    @app.post("/corral/prefetch", response_model=PrefetchResponse, include_in_schema=False)
+    async def prefetch(request: Request) -> Any:
+        try:
+            body = PrefetchRequest.model_validate(await request.json())
+            ok = await state.engine.prefetch(body.kv_transfer_params, body.block_hashes)
+        except (ValueError, RuntimeError) as error:
+            raise APIError(400, f"invalid prefetch body: {error}", param="body") from None
+        return json_response(PrefetchResponse(ok=ok))

@@ -165,9 +165,9 @@ class SimKVLinks:
         if lender is None or lease is None:
             receiver.fetches.deliver(order.request_id, None, "refused: no such open lease")
             return
-        num_blocks = len(order.block_ids)
-        if not 0 < num_blocks <= len(lease.block_ids) or (
-            order.block_hashes != lease.block_hashes[:num_blocks]
+        num_blocks, first = len(order.block_ids), order.first_block
+        if not 0 < first + num_blocks <= len(lease.block_ids) or (
+            order.block_hashes != lease.block_hashes[first : first + num_blocks]
         ):
             lender.leases.end_send(params.transfer_id, "refused")
             receiver.fetches.deliver(order.request_id, None, "refused: other blocks")

@@ -168,13 +168,15 @@ class Cluster:
             conn.to_deliver = (None, "refused: no such open lease") if notify else None
             return
         conn.prefill = prefill
+        first = order.first_block  # the blocks before it are in the fetcher's cache already
         num_blocks = len(order.block_hashes)
+        end = first + num_blocks
         problem = None
         if conn.decode.identity != prefill.identity:
             problem = "another model"
-        elif not 0 < num_blocks <= len(lease.block_ids):
+        elif not (num_blocks > 0 and end <= len(lease.block_ids)):
             problem = "more blocks than lent"
-        elif order.block_hashes != lease.block_hashes[:num_blocks]:
+        elif order.block_hashes != lease.block_hashes[first:end]:
             problem = "other tokens"
         if problem is not None:
             conn.to_end = "refused"
@@ -182,8 +184,8 @@ class Cluster:
             return
         lent = prefill.lent[conn.transfer_id]
         assert lease.block_ids == lent.block_ids
-        payload = tuple(prefill.memory[block_id] for block_id in lease.block_ids[:num_blocks])
-        assert payload == lent.content[:num_blocks], "a lent block was overwritten"
+        payload = tuple(prefill.memory[block_id] for block_id in lease.block_ids[first:end])
+        assert payload == lent.content[first:end], "a lent block was overwritten"
         if not notify:  # the fetching engine died: the send breaks at once
             conn.to_end = "failed"
             return
@@ -286,8 +288,8 @@ class Cluster:
         parked = decode.connector._parked  # (private) ordered, running, or aborted unreported
         for request_id in decode.fetching:
             assert request_id in parked, f"fetch {request_id} runs for no parked request"
-        for holder in holds:
-            request_id = holder.removeprefix("fetch:")
+        for holder in holds:  # a fetch's blocks, or the cached ones it keeps for its request
+            request_id = holder.removeprefix("fetch:").removeprefix("keep:")
             if request_id not in decode.fetching and request_id not in parked:
                 assert decode.last_result[request_id].ok and request_id in waiting, holder
         for request_id in decode.fetches._fetches:

@@ -157,3 +157,48 @@ def test_a_resume_that_leaves_nothing_to_generate_is_refused(tiny_model):
     with pytest.raises(ValueError, match="resume_output_token_ids"):
         llm.engine.add_request("r", PROMPT, GREEDY, kv_transfer_params={
             "resume_output_token_ids": ["x"]})  # fmt: skip
+
+
+def test_precopy_then_the_final_stop_copies_only_new_blocks(tiny_model, single):
+    expected = run(single, "alone-5", GREEDY).outputs[0].token_ids
+    source, target = engine(tiny_model, kv_role="both"), engine(tiny_model, kv_role="both")
+    source.engine.add_request("p1", PROMPT, GREEDY, migratable=True)
+    step_until(source, "p1", 3)
+    (item,) = source.engine.core.precopy(1)  # lent while it keeps running
+    source.engine.step()  # the lease opens
+    num_precopied = item["kv_transfer_params"]["num_blocks"]
+    fetch_id = target.engine.core.prefetch(item["kv_transfer_params"], item["block_hashes"])
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while (done := target.engine.core.prefetch_result(fetch_id)) is None:
+        target.engine.step()
+        source.engine.step()
+        assert time.monotonic() < deadline
+    assert done is True
+    step_until(source, "p1", 35)  # two more blocks fill meanwhile
+    (moved,) = source.engine.migrate_out(request_ids=["p1"])
+    source.engine.step()
+    params = moved.kv_transfer_params
+    assert params["num_blocks"] >= num_precopied + 2
+    fetched = target.engine.scheduler.connector.stats
+    bytes_before = fetched.fetched_bytes
+    output = run(target, "p1", GREEDY, kv_transfer_params=params)
+    assert output.outputs[0].token_ids == expected
+    assert output.num_cached_tokens == 16 * params["num_blocks"]
+    block_bytes = bytes_before // num_precopied
+    # The final copy moved only the blocks filled after the pre-copy.
+    assert fetched.fetched_bytes - bytes_before == block_bytes * (
+        params["num_blocks"] - num_precopied
+    )
+    for llm in (source, target):
+        drain(llm)
+        assert_no_leak(llm)
+    lender = source.engine.scheduler.connector.stats
+    assert (lender.num_leases, lender.num_leases_acked) == (2, 2)
+
+
+def test_a_prefetch_of_another_model_is_refused(tiny_model):
+    target = engine(tiny_model, kv_role="both")
+    params = {"do_remote_prefill": True, "transfer_id": "t", "endpoint": "tcp://127.0.0.1:1",
+              "kv_identity": "other", "block_size": 16, "num_blocks": 2}  # fmt: skip
+    assert target.engine.core.prefetch(params, ["00" * 32, "11" * 32]) is None
+    assert_no_leak(target)

@@ -191,3 +191,34 @@ def test_draining_moves_requests_and_takes_the_replica_out(cluster):
     assert back.json()["draining"] is False
     unknown = httpx.post(url + "/admin/drain", json={"url": "http://nowhere:1"})
     assert unknown.status_code == 404 and "nowhere" in unknown.text
+
+
+def test_a_rebalancing_move_precopies_then_stops_for_the_rest(cluster):
+    url, replica_urls = cluster
+    model = model_of(url)
+    route = "/v1/completions"
+    expected = text_of(
+        httpx.post(replica_urls[0] + route, json=body_for(route, model, False), timeout=120).json()
+    )
+    fetches_before = sum(metric_sum(u, "corral:kv_transfer_fetches_ok") for u in replica_urls)
+    pieces: list[str] = []
+    moved = 0
+    with httpx.stream("POST", url + route, json=body_for(route, model, True), timeout=120) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            assert "error" not in event, event
+            pieces.extend(choice["text"] for choice in event["choices"])
+            if len(pieces) == 40:
+                for replica_url in replica_urls:  # the router moves it from where it runs
+                    answer = httpx.post(url + "/admin/migrate", json={"url": replica_url})
+                    assert answer.status_code == 200, answer.text
+                    moved += answer.json()["migrated"]
+                    if moved:
+                        break
+    assert moved == 1
+    assert "".join(pieces) == expected
+    fetches = sum(metric_sum(u, "corral:kv_transfer_fetches_ok") for u in replica_urls)
+    assert fetches - fetches_before == 2  # the pre-copy's prefetch, then the final copy
+    assert metric_sum(url, "corral:router_migrations_requested") >= 1
