@@ -72,6 +72,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
+    parser.add_argument(
+        "--balance-classes",
+        action="store_true",
+        help="fit the simulator's profile with prefill and decode steps weighing alike",
+    )
+    parser.add_argument(
+        "--resimulate",
+        type=Path,
+        default=None,
+        help="a previous run's JSON (its step logs in --work-dir): refit and simulate only",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rates, args.num_requests = "4", 8
@@ -225,12 +236,16 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
     }}  # fmt: skip
     runs, step_logs, workloads = [], [], {}
-    for config in CONFIGS:
+    if args.resimulate is not None:  # the measured runs of a previous invocation
+        runs = json.loads(args.resimulate.read_text())["runs"]
+        step_logs = [work / f"{c}-replica{i}.steps.jsonl" for c in CONFIGS for i in range(2)]
+        workloads = {rate: build(args, rate, vocab) for rate in {run["rate"] for run in runs}}
+    for config in CONFIGS if args.resimulate is None else ():
         config_runs, logs, workloads = run_config(config, args, model_dir, vocab, work)
         runs += config_runs
         step_logs += logs
     windows = [tuple(run["window"]) for run in runs]
-    profile = fit_profile(step_logs, windows, work / "profile.json")
+    profile = fit_profile(step_logs, windows, work / "profile.json", args.balance_classes)
     for run in runs:
         run["sim"] = simulate_config(run, workloads[run["rate"]], profile["path"], args, runs)
     result.update(machine_end=machine(), runs=runs, profile=profile)

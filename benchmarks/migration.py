@@ -3,12 +3,14 @@
 Two `corral serve` replicas pinned to one core each behind `corral router --migration`.
 
 1. Stall. One streamed request at a time (random token ids, --stall-prompts lengths, 96 output
-   tokens); after --move-after tokens reach the client, the replica holding it is asked to move
-   it out (POST /corral/migrate_out). Measured at the client: the gap between the last chunk
-   from the source and the first from the target (the stall), against the median gap between
-   chunks of the same stream; the output must equal an unmoved run's. Configurations:
-   `kv` (replicas --kv-role both: the target fetches the lent KV) and `recompute` (no KV
-   connector: the target computes prompt and output so far itself).
+   tokens); after --move-after tokens reach the client, it is moved (from another thread, so
+   the client keeps reading). Measured at the client: the longest gap between chunks from the
+   move on (the stall), against the median gap between chunks of the same stream; whether the
+   output equals an unmoved run's; the KV fetched per move. Modes: `precopy` (the router's
+   POST /admin/migrate: blocks lent and prefetched while it runs, then a stop for the rest),
+   `stop-and-copy` (POST /corral/migrate_out on the replica: stop, then copy every block), both
+   on replicas with --kv-role both, and `recompute` (replicas without a KV connector: the
+   target computes prompt and output so far itself).
 2. Rebalancing under KV pressure. A Poisson workload whose output lengths are bimodal
    (--long-fraction of the requests long) on replicas with a small KV pool (--num-kv-blocks),
    routed least-outstanding: without rebalancing, and with --rebalance-kv-usage (the most
@@ -71,12 +73,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stall-prompts", default="32,192,384")
     parser.add_argument("--move-after", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--num-kv-blocks", type=int, default=48)
+    parser.add_argument("--num-kv-blocks", type=int, default=96)
     parser.add_argument("--num-requests", type=int, default=120)
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--long-fraction", type=float, default=0.35)
     parser.add_argument("--rebalance-kv-usage", type=float, default=0.85)
     parser.add_argument("--drain-requests", type=int, default=4)
+    parser.add_argument("--dtype", default=None, help="the replicas' --dtype (default: model's)")
+    parser.add_argument("--only", choices=("stall", "pressure"), default=None,
+                        help="run one part (pressure includes the drain)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="fewer repeats and requests")
     parser.add_argument("--json-out", default=str(REPO / "docs/figures/migration.json"))
     args = parser.parse_args(argv)
@@ -91,6 +96,8 @@ def start_cluster(
 ) -> tuple[Child, list[str]]:  # fmt: skip
     flags = ["--model", model_dir, "--max-model-len", str(args.max_model_len), "--seed", "0"]
     flags += ["--num-kv-blocks", str(args.num_kv_blocks)]
+    if args.dtype:
+        flags += ["--dtype", args.dtype]
     if kv:
         flags += ["--kv-role", "both"]
     replicas = []
@@ -141,18 +148,24 @@ def stream_with_times(url: str, body: dict, on_chunk: Any = None) -> tuple[str, 
 _CLIENT = httpx.Client(timeout=30)  # one client: a fresh one per call costs ~40 ms here
 
 
-def move_out(replica_urls: list[str]) -> None:
-    """Ask the replicas in turn to move one request out until one has."""
+def move_out(replica_urls: list[str], router_url: str | None = None) -> None:
+    """Ask the replicas in turn to move one request out until one has: directly (stop and
+    copy everything), or through the router's POST /admin/migrate (pre-copy first)."""
     for _ in range(2000):
         for url in replica_urls:
-            if _CLIENT.post(url + "/corral/migrate_out", json={}).json()["migrated"]:
+            if router_url is None:
+                moved = _CLIENT.post(url + "/corral/migrate_out", json={}).json()["migrated"]
+            else:
+                answer = _CLIENT.post(router_url + "/admin/migrate", json={"url": url})
+                moved = answer.json()["migrated"]
+            if moved:
                 return
         time.sleep(0.001)
     raise RuntimeError("no replica had the request to move")
 
 
 def measure_stall(
-    router_url: str, replica_urls: list[str], args: argparse.Namespace, vocab: int
+    router_url: str, replica_urls: list[str], args: argparse.Namespace, vocab: int, precopy: bool
 ) -> list[dict]:
     model = model_name(router_url)
     rng = random.Random(0)
@@ -164,16 +177,20 @@ def measure_stall(
             ids = [rng.randrange(10, vocab) for _ in range(num_prompt)]
             body = {"model": model, "prompt": ids, "max_tokens": NUM_OUTPUT_TOKENS,
                     "temperature": 0, "ignore_eos": True}  # fmt: skip
-            expected = _CLIENT.post(replica_urls[0] + "/v1/completions", json=body, timeout=300)
             movers: list[threading.Thread] = []
 
             def on_chunk(count: int, movers: list[threading.Thread] = movers) -> None:
                 if count == args.move_after and not movers:  # off the reading thread
-                    movers.append(threading.Thread(target=move_out, args=(replica_urls,)))
+                    via = router_url if precopy else None
+                    movers.append(threading.Thread(target=move_out, args=(replica_urls, via)))
                     movers[0].start()
 
             text, times = stream_with_times(router_url, body, on_chunk)
             movers[0].join(30)
+            # The unmoved run after the moved one, its own cache salt: no block of the moved run
+            # is a prefix hit for it (in bf16 a hit computed another way can change a token).
+            unmoved = body | {"cache_salt": f"unmoved-{rng.random()}"}
+            expected = _CLIENT.post(replica_urls[0] + "/v1/completions", json=unmoved)
             equal += text == expected.json()["choices"][0]["text"]
             deltas = [b - a for a, b in zip(times, times[1:])]
             stall = max(deltas[args.move_after - 1 :])  # the move happens after this chunk
@@ -190,9 +207,9 @@ def measure_stall(
             "stall_ms": stalls,
             "chunk_gap_ms_median": statistics.median(gaps),
             "outputs_equal_unmoved": f"{equal}/{args.repeats}",
-            "fetches_ok": fetched,
-            "bytes_per_move": moved_bytes / fetched if fetched else 0.0,
-            "fetch_ms_per_move": 1e3 * seconds / fetched if fetched else None,
+            "fetches_ok": fetched,  # pre-copy: two per move (the prefetch, the final copy)
+            "bytes_per_move": moved_bytes / args.repeats,
+            "fetch_ms_per_move": 1e3 * seconds / args.repeats,
         })  # fmt: skip
         row = results[-1]
         print(f"  prompt {num_prompt:>4}: stall {row['stall_ms_median']:.1f} ms (chunk gap "
@@ -253,11 +270,18 @@ def measure_drain(router_url: str, replica_urls: list[str], args: argparse.Names
     replica 0 runs nothing, with 2 x --drain-requests long streams through the router."""
     model = model_name(router_url)
     rng = random.Random(2)
-    threads = []
+    threads, failures = [], []
+
+    def stream(body: dict) -> None:
+        try:
+            stream_with_times(router_url, body)
+        except Exception as error:  # counted and reported, not raised in a thread
+            failures.append(repr(error))
+
     for _ in range(2 * args.drain_requests):  # least-outstanding: half of them on replica 0
         body = {"model": model, "prompt": [rng.randrange(10, vocab) for _ in range(64)],
                 "max_tokens": 400, "temperature": 0, "ignore_eos": True}  # fmt: skip
-        thread = threading.Thread(target=stream_with_times, args=(router_url, body))
+        thread = threading.Thread(target=stream, args=(body,))
         thread.start()
         threads.append(thread)
     deadline = time.monotonic() + 60
@@ -274,6 +298,8 @@ def measure_drain(router_url: str, replica_urls: list[str], args: argparse.Names
     elapsed = time.perf_counter() - start
     for thread in threads:
         thread.join(300)
+    if failures:
+        raise RuntimeError(f"{len(failures)} drain streams failed: {failures[:2]}")
     if drain:
         httpx.post(router_url + "/admin/drain", json={"url": replica_urls[0], "drain": False})
     return elapsed
@@ -291,14 +317,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="corral-migration-"))
     result: dict[str, Any] = {"machine": machine(), "model": Path(model_dir).name,
                               "args": vars(args), "stall": {}, "pressure": []}  # fmt: skip
-    for config in ("kv", "recompute"):
-        print(f"stall, {config}:", flush=True)
+    for config in ("kv", "recompute") if args.only != "pressure" else ():
         with ExitStack() as stack:
             router, urls = start_cluster(stack, args, model_dir, config == "kv", [], work,
                                          f"stall-{config}", vocab)  # fmt: skip
-            result["stall"][config] = measure_stall(router.url, urls, args, vocab)
+            modes = ("stop-and-copy", "precopy") if config == "kv" else ("recompute",)
+            for mode in modes:
+                print(f"stall, {mode}:", flush=True)
+                precopy = mode == "precopy"
+                result["stall"][mode] = measure_stall(router.url, urls, args, vocab, precopy)
     workload = pressure_workload(args, vocab)
-    for rebalance in (False, True):
+    for rebalance in (False, True) if args.only != "stall" else ():
         flags = ["--rebalance-kv-usage", str(args.rebalance_kv_usage)] if rebalance else []
         with ExitStack() as stack:
             router, urls = start_cluster(stack, args, model_dir, True, flags, work,
@@ -315,9 +344,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
               f"{run['moved']:.0f} moved, TPOT p50 {run['tpot_p50_ms']:.1f} p99 "
               f"{run['tpot_p99_ms']:.1f} ms, e2e p99 {run['e2e_p99_s']:.2f} s, "
               f"{run['num_failed']} failed", flush=True)  # fmt: skip
-    drain = result["drain"]
-    print(f"drain of {drain['num_requests']} streams: {drain['drained_s']:.2f} s moved, "
-          f"{drain['unmoved_s']:.2f} s to finish unmoved")  # fmt: skip
+    drain = result.get("drain")
+    if drain is not None:
+        print(f"drain of {drain['num_requests']} streams: {drain['drained_s']:.2f} s moved, "
+              f"{drain['unmoved_s']:.2f} s to finish unmoved")  # fmt: skip
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json_out).write_text(json.dumps(result, indent=1) + "\n")
     return result

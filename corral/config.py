@@ -67,6 +67,10 @@ class CacheConfig:
     # Disk tier below the host tier: a directory (None: none) and its byte budget.
     disk_cache_dir: str | None = None
     disk_cache_max_bytes: str | float = "10GiB"
+    # The disk tier's directory is shared with other engines (of the same model and KV layout):
+    # a block another engine wrote there is a prefix hit here too (the disk tier as a KV
+    # connector between instances; docs/disaggregation.md).
+    disk_cache_shared: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -83,6 +87,8 @@ class CacheConfig:
             )
         if self.host_cache_memory is not None:
             parse_memory_budget(self.host_cache_memory)
+        if self.disk_cache_shared and self.disk_cache_dir is None:
+            raise ValueError("disk_cache_shared needs a disk tier (disk_cache_dir)")
         if self.disk_cache_dir is not None:
             parse_memory_budget(self.disk_cache_max_bytes)
             if self.host_cache_memory is None:

@@ -92,7 +92,8 @@ class Rebalancer:
         if high is None:
             return moved
         serving = [r for r in self.replica_set.replicas if r.is_available]
-        pair = pick_rebalance([r.kv_load for r in serving], high, self.config.min_gap)
+        loads, waiting = [r.kv_load for r in serving], [r.num_waiting for r in serving]
+        pair = pick_rebalance(loads, high, self.config.min_gap, waiting)
         if pair is None:
             return moved
         loaded, idle = serving[pair[0]], serving[pair[1]]

@@ -145,6 +145,8 @@ class Replica:
     pool: str = ""
     # Taken out of the rotation by an operator (POST /admin/drain): its requests move out.
     is_draining: bool = False
+    # Requests waiting (queued or preempted) at the last scrape: KV pressure when above 0.
+    num_waiting: int = 0
 
     @property
     def num_outstanding_requests(self) -> int:
@@ -159,6 +161,7 @@ class Replica:
         if scraped.num_running is not None or scraped.num_waiting is not None:
             total = (scraped.num_running or 0) + (scraped.num_waiting or 0)
             self.num_external = max(0, round(total) - self.num_in_flight)
+            self.num_waiting = round(scraped.num_waiting or 0)
         if scraped.kv_usage is not None:
             self.kv_load = min(1.0, max(0.0, scraped.kv_usage))
         if scraped.block_size is not None:

@@ -9,7 +9,7 @@ block).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from corral.core.block_hash import BlockHash
 
@@ -125,10 +125,22 @@ class HostTier:
 
 
 class DiskTier:
-    """Which block hashes have a file on disk, LRU-ordered, bounded by a byte budget."""
+    """Which block hashes have a file on disk, LRU-ordered, bounded by a byte budget.
 
-    def __init__(self, max_bytes: int, block_bytes: int, existing: Iterable[BlockHash] = ()):
+    probe (a shared directory): asked about a hash this tier has no entry for; True when another
+    engine wrote its file since, which is then adopted as an entry (its reads are checked as
+    every read is; a file deleted meanwhile is a failed read, recomputed)."""
+
+    def __init__(
+        self,
+        max_bytes: int,
+        block_bytes: int,
+        existing: Iterable[BlockHash] = (),
+        probe: Callable[[BlockHash], bool] | None = None,
+    ):
         self.block_bytes = block_bytes
+        self.probe = probe
+        self.num_adopted = 0
         self.max_blocks = max(0, max_bytes // block_bytes)
         self._entries: OrderedDict[BlockHash, None] = OrderedDict()
         for block_hash in existing:  # oldest first
@@ -140,7 +152,15 @@ class DiskTier:
         return len(self._entries)
 
     def __contains__(self, block_hash: object) -> bool:
-        return block_hash in self._entries
+        if block_hash in self._entries:
+            return True
+        if self.probe is None or not isinstance(block_hash, bytes | int):
+            return False
+        if not self.probe(block_hash):
+            return False
+        self._entries[block_hash] = None  # another engine's file: the budget trims at next add
+        self.num_adopted += 1
+        return True
 
     def touch(self, block_hash: BlockHash) -> None:
         self._entries.move_to_end(block_hash)

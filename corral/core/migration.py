@@ -95,16 +95,29 @@ def migrate_out(
 
 
 def pick_rebalance(
-    kv_usages: Sequence[float], kv_usage_high: float, min_gap: float
+    kv_usages: Sequence[float],
+    kv_usage_high: float,
+    min_gap: float,
+    num_waiting: Sequence[int] | None = None,
 ) -> tuple[int, int] | None:
     """Llumnix-style relief of memory pressure: (source, target) indices into kv_usages, the
     most loaded instance at or above kv_usage_high and the least loaded one at least min_gap
-    below it; None when no move is due. The router and the simulator both decide with this;
-    the request moved is the largest within rebalance_max_num_tokens."""
-    if len(kv_usages) < 2:
+    below it; None when no move is due. With num_waiting (requests queued or preempted per
+    instance), only a source with some waiting is under pressure (high usage alone is a well
+    used pool) and only a target with none takes a request. The router and the simulator both
+    decide with this; the request moved is the largest within rebalance_max_num_tokens."""
+    indices = range(len(kv_usages))
+    if num_waiting is not None:
+        sources = [i for i in indices if num_waiting[i] > 0]
+        targets = [i for i in indices if num_waiting[i] == 0]
+    else:
+        sources = targets = list(indices)
+    if not sources or not targets:
         return None
-    source = max(range(len(kv_usages)), key=kv_usages.__getitem__)
-    target = min(range(len(kv_usages)), key=kv_usages.__getitem__)
+    source = max(sources, key=kv_usages.__getitem__)
+    target = min(targets, key=kv_usages.__getitem__)
+    if source == target:
+        return None
     if kv_usages[source] >= kv_usage_high and kv_usages[source] - kv_usages[target] >= min_gap:
         return source, target
     return None

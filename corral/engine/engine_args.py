@@ -46,6 +46,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--disk-cache-dir", default=None, help="disk KV tier directory")
     group.add_argument("--disk-cache-max-bytes", default=cache.disk_cache_max_bytes)
     group.add_argument(
+        "--disk-cache-shared",
+        action="store_true",
+        help="other engines use the same --disk-cache-dir: their blocks are prefix hits here",
+    )
+    group.add_argument(
         "--preemption-mode",
         default="recompute",
         choices=("recompute", "swap"),
@@ -238,6 +243,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         host_cache_memory=args.host_cache_memory,
         disk_cache_dir=args.disk_cache_dir,
         disk_cache_max_bytes=args.disk_cache_max_bytes,
+        disk_cache_shared=args.disk_cache_shared,
     )
     scheduler = scheduler_config_from_args(args)
     return EngineConfig(

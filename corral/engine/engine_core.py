@@ -55,6 +55,7 @@ class EngineCore:
                 int(parse_memory_budget(config.cache.disk_cache_max_bytes)),
                 storage.spec.bytes_per_block(),
                 storage.disk.existing_hashes(),
+                storage.disk.has_block if config.cache.disk_cache_shared else None,
             )
         self.kv_manager = KVCacheManager(
             self.executor.num_blocks,

@@ -47,6 +47,11 @@ class DiskKVStore:
                 continue
         return hashes
 
+    def has_block(self, block_hash: bytes | int) -> bool:
+        """A file for the block exists (written by this engine or another sharing the
+        directory); one stat, on the scheduler's thread."""
+        return isinstance(block_hash, bytes) and self.path(block_hash).exists()
+
     def path(self, block_hash: bytes) -> Path:
         return self.directory / f"{block_hash.hex()}{_SUFFIX}"
 

@@ -20,7 +20,7 @@ class SimKVCacheManager(KVCacheManager):
         # Tokens whose KV was fetched from another instance (full blocks, registered).
         self.num_external_tokens = 0
 
-    def register_held(self, holder_id: str, request: Request) -> None:
+    def register_held(self, holder_id: str, request: Request, first_block: int = 0) -> None:
         """KVCacheManager.register_held, counting the held blocks' tokens as external."""
-        super().register_held(holder_id, request)
+        super().register_held(holder_id, request, first_block)
         self.num_external_tokens += len(self._holds[holder_id]) * self.block_size

@@ -42,7 +42,9 @@ class SimRebalancer:
     def tick(self) -> None:
         cluster = self.cluster
         pool: list[SimInstance] = cluster.decode_pool
-        pair = pick_rebalance([i.kv.usage for i in pool], self.kv_usage_high, self.min_gap)
+        usages = [i.kv.usage for i in pool]
+        waiting = [i.scheduler.num_waiting for i in pool]
+        pair = pick_rebalance(usages, self.kv_usage_high, self.min_gap, waiting)
         if pair is not None:
             source, target = pool[pair[0]], pool[pair[1]]
             capacity = source.kv.num_blocks * source.kv.block_size

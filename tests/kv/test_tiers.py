@@ -143,3 +143,30 @@ def test_swap_preemption_gives_the_same_tokens_as_recompute(tiny_model):
         num_blocks=22, preemption_mode="swap", host_cache_memory=64 * bytes_per_block
     )
     assert stats.kv_swap_outs > 0 and swapped == relaxed
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_shared_disk_tier_serves_blocks_another_engine_wrote(tiny_model, expected, tmp_path,
+                                                               shared):  # fmt: skip
+    target, fillers, reference = expected
+    reader = make_llm(tiny_model, tmp_path, host_blocks=4, disk_cache_shared=shared)
+    writer = make_llm(tiny_model, tmp_path, host_blocks=4, disk_cache_shared=shared)
+    assert run(writer, [target]) == [reference]
+    for filler in fillers:  # the target's blocks spill to the shared directory
+        run(writer, [filler])
+    writer.engine.core.flush()
+    assert writer.engine.scheduler.stats().kv_disk_writes >= 4
+    assert run(reader, [target]) == [reference]  # started before those files existed
+    stats = reader.engine.scheduler.stats()
+    if shared:
+        assert stats.kv_disk_reads >= 4 and stats.prefix_hit_tokens == 4 * BLOCK
+        assert reader.engine.kv_manager.offloader.disk.num_adopted >= 4
+    else:
+        assert stats.kv_disk_reads == 0 and stats.prefix_hit_tokens == 0
+
+
+def test_a_shared_disk_tier_needs_a_disk_tier():
+    from corral.config import CacheConfig
+
+    with pytest.raises(ValueError, match="disk_cache_shared needs a disk tier"):
+        CacheConfig(disk_cache_shared=True)

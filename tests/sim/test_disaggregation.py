@@ -81,7 +81,9 @@ def test_leases_and_fetches_follow_the_block_rules():
     # the block holding it is not lent; none at all for prompts of 16 tokens or fewer), and a
     # decode instance fetches every lent block.
     prompt_lens = [10, 16, 17, 32, 40, 64, 100, 15, 48]
-    work = workload(*[spec(f"r{i}", 0.01 * i, n, 5) for i, n in enumerate(prompt_lens)])
+    work = workload(
+        *[spec(f"r{i}", 0.01 * i, n, 5, token_seed=i) for i, n in enumerate(prompt_lens)]
+    )
     result = run(disaggregated(2, 2, router="round-robin", kv_lease_timeout_s=0.5), work)
     assert [r.num_output_tokens for r in result.records] == [5] * len(prompt_lens)
     assert all(len(r.token_times_s) == 5 for r in result.records)

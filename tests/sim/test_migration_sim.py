@@ -71,3 +71,10 @@ def test_pick_rebalance(usages, expected):
 def test_bad_rebalance_settings_are_refused():
     with pytest.raises(ValueError, match="rebalance_kv_usage"):
         cluster(rebalance_kv_usage=1.5)
+
+
+def test_pick_rebalance_moves_only_off_an_instance_with_requests_waiting():
+    assert pick_rebalance([0.95, 0.3], 0.85, 0.2, [0, 0]) is None  # well used, no pressure
+    assert pick_rebalance([0.95, 0.3], 0.85, 0.2, [2, 0]) == (0, 1)
+    assert pick_rebalance([0.95, 0.3], 0.85, 0.2, [2, 1]) is None  # the target queues too
+    assert pick_rebalance([0.95, 0.9, 0.3], 0.85, 0.2, [0, 3, 0]) == (1, 2)
