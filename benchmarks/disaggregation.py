@@ -73,11 +73,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
     parser.add_argument(
-        "--balance-classes",
-        action="store_true",
-        help="fit the simulator's profile with prefill and decode steps weighing alike",
-    )
-    parser.add_argument(
         "--resimulate",
         type=Path,
         default=None,
@@ -245,7 +240,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         runs += config_runs
         step_logs += logs
     windows = [tuple(run["window"]) for run in runs]
-    profile = fit_profile(step_logs, windows, work / "profile.json", args.balance_classes)
+    profile = fit_profile(step_logs, windows, work / "profile.json")
     for run in runs:
         run["sim"] = simulate_config(run, workloads[run["rate"]], profile["path"], args, runs)
     result.update(machine_end=machine(), runs=runs, profile=profile)

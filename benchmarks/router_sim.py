@@ -20,16 +20,10 @@ from corral.workloads import Workload
 
 
 def fit_profile(
-    step_logs: list[Path],
-    windows: list[tuple[float, float]],
-    out: Path,
-    balance_classes: bool = False,
+    step_logs: list[Path], windows: list[tuple[float, float]], out: Path
 ) -> dict[str, Any]:
-    """Fit to the logged steps that started inside windows (monotonic seconds); saves to out.
-    balance_classes: prefill and decode steps weigh alike (ProfiledCostModel.fit)."""
-    model = profile_from_step_logs(
-        step_logs, fit_target="mean", windows=windows, balance_classes=balance_classes
-    )
+    """Fit to the logged steps that started inside windows (monotonic seconds); saves to out."""
+    model = profile_from_step_logs(step_logs, fit_target="mean", windows=windows)
     model.save(out)
     fit = model.metadata["fit"]
     return {

@@ -53,6 +53,7 @@ def engine_config_from_kwargs(**kwargs: Any) -> EngineConfig:
     if "scheduling_policy" in kwargs:
         kwargs["policy"] = kwargs.pop("scheduling_policy")
     debug = bool(kwargs.pop("debug_check_integrity", False))
+    step_log_path = kwargs.pop("step_log_path", None)
     structured_backend = kwargs.pop("structured_output_backend", "xgrammar")
     speculative = {
         SPECULATIVE_KWARGS[name]: kwargs.pop(name)
@@ -83,6 +84,7 @@ def engine_config_from_kwargs(**kwargs: Any) -> EngineConfig:
         structured_output_backend=structured_backend,
         debug_check_integrity=debug,
         kv_transfer=KVTransferConfig(**kv_transfer),
+        step_log_path=step_log_path,
     )
 
 
@@ -96,7 +98,8 @@ class LLM:
     library of SamplingParams(structured_output=...)), and multi-LoRA as enable_lora=, max_loras=,
     max_lora_rank=, max_cpu_loras=, lora_modules=((name, path), ...), and disaggregation as
     kv_role=, kv_transfer_host=, kv_transfer_port=, kv_transfer_transport=,
-    kv_lease_timeout_s= (then LLM.engine.add_request(..., kv_transfer_params=...)). model=None
+    kv_lease_timeout_s= (then LLM.engine.add_request(..., kv_transfer_params=...)), and
+    step_log_path= (every step's shape and duration, for `corral simulate`'s profiles). model=None
     uses the bundled demo.
     """
 

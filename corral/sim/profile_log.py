@@ -41,11 +41,10 @@ def profile_from_step_logs(
     paths: Sequence[str | Path],
     fit_target: str = "mean",
     windows: Sequence[tuple[float, float]] | None = None,
-    balance_classes: bool = False,
 ) -> ProfiledCostModel:
     """Fit a profile to the steps of one or more step logs (of one engine configuration),
     optionally only those that started within one of windows ((start, end) time.monotonic()
-    seconds, ends included); fit_target, balance_classes: see ProfiledCostModel.fit."""
+    seconds, ends included); fit_target: see ProfiledCostModel.fit."""
     if not paths:
         raise ValueError("no step log given")
     header: dict[str, Any] | None = None
@@ -79,6 +78,4 @@ def profile_from_step_logs(
             "num_requests": num_requests,
         },
     }
-    return ProfiledCostModel.fit(
-        samples, metadata=metadata, target=fit_target, balance_classes=balance_classes
-    )
+    return ProfiledCostModel.fit(samples, metadata=metadata, target=fit_target)

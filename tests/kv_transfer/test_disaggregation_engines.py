@@ -177,3 +177,20 @@ def test_bad_kv_transfer_params_are_refused(tiny_model, single):
             SamplingParams(n=2, max_tokens=1),
             kv_transfer_params={"do_remote_decode": True},
         )
+
+
+def test_an_engine_waiting_only_on_a_lease_logs_itself_idle(tiny_model, tmp_path):
+    # The step log's "busy" flag says the gap after a step is loop overhead (the simulator's
+    # profile fit charges it to the step); open leases are no work to schedule.
+    from corral.engine.step_log import read_step_log
+
+    path = tmp_path / "steps.jsonl"
+    prefill = engine(tiny_model, kv_role="prefill", step_log_path=str(path))
+    run(prefill, "r", FIRST, kv_transfer_params={"do_remote_decode": True})
+    time.sleep(0.05)
+    prefill.engine.step()  # the lease opens; nothing to schedule
+    run(prefill, "r2", FIRST)  # the next request, after an idle gap
+    prefill.engine.core.flush()
+    _, steps, _ = read_step_log(path)
+    assert prefill.engine.scheduler.connector.has_pending()  # the lease is still open
+    assert steps[-1]["busy"] is False and steps[-1]["gap"] >= 0.05

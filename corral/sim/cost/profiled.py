@@ -132,7 +132,6 @@ class ProfiledCostModel(CostModel):
         metadata: dict[str, Any] | None = None,
         target: str = "mean",
         outlier_mads: float | None = 4.0,
-        balance_classes: bool = False,
     ) -> ProfiledCostModel:
         """Fit to (batch, measured seconds) samples.
 
@@ -145,9 +144,6 @@ class ProfiledCostModel(CostModel):
         absolute deviations from the median (steps slowed by another process) and refits; it
         predicts an uncontended step and runs below the mean where steps are noisy.
         The reported errors cover every sample.
-        balance_classes: steps with prefill tokens and pure decode steps weigh alike in total
-        (each sample's weight divided by its class's share), so that a log of thousands of
-        decode steps and a few prefills still prices prefills (step logs of served traffic).
         """
         if target not in FIT_TARGETS:
             raise ValueError(f"fit target must be one of {FIT_TARGETS}, got {target!r}")
@@ -159,17 +155,11 @@ class ProfiledCostModel(CostModel):
         signed = [is_signed(f) for f in features]
         min_step_s = float(times.min()) * 0.5
         keep = np.ones(len(times), dtype=bool)
-        balance = np.ones(len(times))
-        if balance_classes:
-            has_prefill = np.array([batch.num_prefill_tokens > 0 for batch in batches])
-            for members in (has_prefill, ~has_prefill):
-                if members.any():
-                    balance[members] = len(times) / (2.0 * members.sum())
-        coefficients = fit_signed(rows, times, signed, balance / times)
+        coefficients = fit_signed(rows, times, signed, 1.0 / times)
         if target == "mean":
             for _ in range(MEAN_FIT_ITERATIONS):
                 predicted = np.maximum(rows @ coefficients, min_step_s)
-                coefficients = fit_signed(rows, times, signed, balance / predicted)
+                coefficients = fit_signed(rows, times, signed, 1.0 / predicted)
         elif outlier_mads:
             for _ in range(2):
                 residuals = rows @ coefficients / times - 1.0
@@ -186,7 +176,6 @@ class ProfiledCostModel(CostModel):
         model.metadata = dict(metadata or {})
         model.metadata["fit"] = {
             "target": target,
-            "balance_classes": balance_classes,
             "num_samples": len(samples),
             "num_outliers_dropped": int((~keep).sum()),
             "mean_abs_rel_error": float(np.abs(errors).mean()),
