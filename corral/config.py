@@ -120,6 +120,9 @@ class SchedulerConfig:
     # per-class ones "PRIORITY:ttft_ms=..,tpot_ms=..,e2e_ms=.." (corral/core/slo_target.py).
     slo: str | None = None
     slo_classes: tuple[str, ...] = ()
+    # The samples of one n > 1 request compute the prompt once: the others wait for its full
+    # blocks and take them as prefix hits (needs prefix caching; corral/core/sibling_admission.py).
+    share_sibling_prompts: bool = True
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

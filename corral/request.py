@@ -81,6 +81,7 @@ class Request:
         "lora_slot",
         "kv_transfer",
         "migratable",
+        "sibling_group",
     )
 
     def __init__(
@@ -100,6 +101,7 @@ class Request:
         lora: AdapterRef | None = None,
         kv_transfer: object | None = None,
         migratable: bool = False,
+        sibling_group: str | None = None,
     ) -> None:
         if not prompt_token_ids:
             raise ValueError(f"request {request_id!r}: the prompt is empty (0 tokens)")
@@ -129,6 +131,9 @@ class Request:
         self.kv_transfer = kv_transfer
         # Its client's router can continue it on another engine (live migration).
         self.migratable = migratable
+        # The parent request id shared by the samples of one n > 1 request (same prompt); the
+        # scheduler lets one of them compute the prompt's blocks for all (sibling_admission.py).
+        self.sibling_group = sibling_group
         self.deadline_s = deadline_s
         self.max_tokens = room if requested is None else requested
         self.all_token_ids = list(prompt_token_ids)

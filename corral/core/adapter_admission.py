@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from corral.config import LoRAConfig
 from corral.core.adapter_residency import AdapterPlan, AdapterResidency, AdapterStats
-from corral.core.policies import SchedulingPolicy
+from corral.core.policies.base import WaitingQueue
 from corral.request import Request
 
 
@@ -29,7 +29,7 @@ class AdapterAdmission:
     def num_blocked(self) -> int:
         return len(self.blocked)
 
-    def peek(self, policy: SchedulingPolicy) -> Request | None:
+    def peek(self, policy: WaitingQueue) -> Request | None:
         """The next request to try to admit, or None (none waits, or the fairness bound stops
         admission until a slot frees)."""
         can_acquire = self.residency.can_acquire
@@ -46,7 +46,7 @@ class AdapterAdmission:
             self.blocked.append(request)
             self._num_bypasses[request.request_id] = 0
 
-    def pop(self, policy: SchedulingPolicy, request: Request) -> None:
+    def pop(self, policy: WaitingQueue, request: Request) -> None:
         """Take `request` (what peek returned) out of the waiting queue."""
         if request.request_id in self._num_bypasses:
             self.blocked.remove(request)

@@ -14,16 +14,14 @@ from corral.config import LoRAConfig, SchedulerConfig, SpeculativeConfig
 from corral.core.adapter_admission import AdapterAdmission
 from corral.core.kv_cache import KVCacheManager
 from corral.core.kv_capacity import check_fits_kv_pool, kv_pool_capacity_tokens
-from corral.core.messages import (
-    ModelOutput,
-    RequestUpdate,
-    SchedulerOutput,
-    SchedulerStats,
-)
+from corral.core.messages import ModelOutput, RequestUpdate, SchedulerOutput, SchedulerStats
 from corral.core.policies import SchedulingPolicy, make_policy
+from corral.core.policies.base import WaitingQueue
 from corral.core.preemption import PREEMPTION_MODES
 from corral.core.reservation import AdmissionGate, make_reservation
+from corral.core.scheduler_output import build_scheduler_output
 from corral.core.scheduler_stats import scheduler_stats
+from corral.core.sibling_admission import SiblingAdmission
 from corral.core.slo import SLOStats, SLOTracker
 from corral.core.slo_target import parse_slo_classes
 from corral.core.spec_decode import SpecDecodeScheduling
@@ -86,6 +84,12 @@ class Scheduler:
         self.adapters = AdapterAdmission(lora) if lora is not None and lora.is_enabled else None
         # KV transfer between engines (None: off; set by the engine, which knows its endpoint).
         self.connector: KVConnectorScheduler | None = None
+        # n > 1 samples compute their shared prompt once (None: off, or no prefix caching).
+        self.siblings: SiblingAdmission | None = None
+        if config.share_sibling_prompts and kv_manager.enable_prefix_caching:
+            self.siblings = SiblingAdmission(self.policy, kv_manager.block_size)
+        # The waiting queue that admission reads: the policy's, through the siblings' deferral.
+        self._waiting: WaitingQueue = self.siblings or self.policy
 
     # ----- requests in and out -------------------------------------------------------------
 
@@ -118,7 +122,7 @@ class Scheduler:
                 continue
             if request.status == RequestStatus.RUNNING:
                 self.running.remove(request)
-            elif not self.policy.remove_waiting(request) and self.adapters is not None:
+            elif not self._waiting.remove_waiting(request) and self.adapters is not None:
                 self.adapters.remove_waiting(request)
             request.status = status
             if self.connector is not None:
@@ -138,7 +142,8 @@ class Scheduler:
     @property
     def num_waiting(self) -> int:
         blocked = self.adapters.num_blocked if self.adapters is not None else 0
-        return self.policy.num_waiting() + blocked
+        deferred = self.siblings.num_deferred if self.siblings is not None else 0
+        return self.policy.num_waiting() + blocked + deferred
 
     def stats(self) -> SchedulerStats:
         """Queue sizes, KV usage and the KV manager's counters now."""
@@ -160,7 +165,7 @@ class Scheduler:
             self._admit_waiting(step)
         self.policy.on_step(step.num_scheduled, self.requests)
         to_propose = self.spec.add_drafts(step, self.requests) if self.spec is not None else {}
-        return self._build_output(step, to_propose)
+        return build_scheduler_output(self, step, to_propose)
 
     def _schedule_running(self, step: StepPlan) -> None:
         """Give each running request its next chunk; preempt the policy's victims while the
@@ -189,11 +194,12 @@ class Scheduler:
 
     def _admit_waiting(self, step: StepPlan) -> None:
         """Admit waiting requests in policy order (swapped-out ones resume from host memory,
-        the others start after their prefix-cache hit)."""
+        the others start after their prefix-cache hit; an n > 1 sample waits for a sibling's
+        prompt blocks, see sibling_admission.py)."""
         gate: AdmissionGate | None = None
-        adapters = self.adapters
+        adapters, waiting = self.adapters, self._waiting
         while step.budget > 0:
-            request = adapters.peek(self.policy) if adapters else self.policy.peek_waiting()
+            request = adapters.peek(waiting) if adapters else waiting.peek_waiting()
             if request is None:
                 break
             gate = gate or self.reservation.gate(self.running, self.kv)
@@ -313,9 +319,9 @@ class Scheduler:
     def _pop_waiting(self, request: Request) -> None:
         """Take the request peek_waiting gave out of the waiting queue."""
         if self.adapters is not None:
-            self.adapters.pop(self.policy, request)
+            self.adapters.pop(self._waiting, request)
         else:
-            self.policy.pop_waiting()
+            self._waiting.pop_waiting()
 
     def _admit(self, request: Request, num_computed_tokens: int) -> None:
         """Start running a request whose first num_computed_tokens are in its blocks (prefix
@@ -332,6 +338,8 @@ class Scheduler:
             self.adapters.start(request)
         if self.connector is not None:
             self.connector.on_admitted(request)
+        if self.siblings is not None:
+            self.siblings.on_admitted(request)
         self.running.append(request)
         self.slo.on_admitted(request)
 
@@ -379,22 +387,3 @@ class Scheduler:
         self.kv.free(request)
         del self.requests[request.request_id]
         self._finished_ids.add(request.request_id)
-
-    def _build_output(self, step: StepPlan, to_propose: dict[str, int]) -> SchedulerOutput:
-        trimmed = self.spec.trimmed_block_tables if self.spec is not None else {}
-        new_requests = step.new_request_data(self.kv.block_ids)
-        cached_requests = step.cached_request_data(self.requests, trimmed)
-        finished_ids, self._finished_ids = self._finished_ids, set()
-        return SchedulerOutput(
-            new_requests=new_requests,
-            cached_requests=cached_requests,
-            num_scheduled_tokens=step.num_scheduled,
-            total_num_scheduled_tokens=sum(step.num_scheduled.values()),
-            finished_request_ids=finished_ids,
-            preempted_request_ids={request.request_id for request in step.preempted},
-            kv_transfers=self.kv.take_transfer_plan(),
-            spec_token_ids=step.spec_token_ids,
-            num_spec_tokens_to_propose=to_propose,
-            adapter_plan=self.adapters.take_plan() if self.adapters is not None else None,
-            connector_plan=self.connector.take_plan() if self.connector is not None else None,
-        )

@@ -60,6 +60,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-num-batched-tokens", type=int, default=sched.max_num_batched_tokens)
     group.add_argument("--no-chunked-prefill", action="store_true")
     group.add_argument(
+        "--no-share-sibling-prompts",
+        action="store_true",
+        help="the n samples of a request each compute the prompt (default: one computes its "
+        "full blocks, the others take them from the prefix cache)",
+    )
+    group.add_argument(
         "--long-prefill-token-threshold", type=int, default=sched.long_prefill_token_threshold
     )
     group.add_argument(
@@ -281,4 +287,5 @@ def scheduler_config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         # The simulator's --slo (goodput) is the same default target.
         slo=getattr(args, "slo", None),
         slo_classes=tuple(getattr(args, "slo_class", None) or ()),
+        share_sibling_prompts=not getattr(args, "no_share_sibling_prompts", False),
     )

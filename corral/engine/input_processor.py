@@ -216,6 +216,7 @@ class InputProcessor:
                     lora=adapter,
                     kv_transfer=kv_transfer,
                     migratable=migratable and params.n == 1,
+                    sibling_group=request_id if params.n > 1 else None,
                 )
             )
             children[-1].predicted_num_output_tokens = predicted_num_output_tokens

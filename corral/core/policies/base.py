@@ -5,9 +5,21 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from corral.registry import Registry
 from corral.request import Request
+
+
+class WaitingQueue(Protocol):
+    """What admission reads the waiting queue through: a policy, or a filter over one
+    (corral/core/sibling_admission.py)."""
+
+    def peek_waiting(self) -> Request | None: ...
+
+    def pop_waiting(self) -> Request: ...
+
+    def remove_waiting(self, request: Request) -> bool: ...
 
 
 class SchedulingPolicy(ABC):
