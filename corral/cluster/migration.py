@@ -31,6 +31,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 from starlette.responses import Response, StreamingResponse
 
+from corral.cluster.disaggregated import skip_reason
 from corral.cluster.health import ReplicaSet
 from corral.cluster.proxy import Forwarder
 from corral.cluster.replicas import Replica
@@ -81,15 +82,9 @@ class MigrationMetrics:
 
 
 def is_movable(payload: object) -> bool:
-    """A single-sequence JSON request (the ones a replica can continue elsewhere)."""
-    if not isinstance(payload, dict):
-        return False
-    for key in ("n", "best_of"):
-        count = payload.get(key)
-        if isinstance(count, bool) or count not in (None, 1):
-            return False
-    prompt = payload.get("prompt")
-    return not (isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int))
+    """A single-sequence JSON request (the ones a replica can continue elsewhere): those a
+    disaggregated router runs in two legs, for the same reasons."""
+    return skip_reason(payload) is None
 
 
 class MigratingForwarder:
