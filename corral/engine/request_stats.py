@@ -20,6 +20,9 @@ class FinishedRequestStats:
     time_per_output_token_s: float | None  # first -> last token, per token; None for < 2 tokens
     num_prompt_tokens: int
     num_generation_tokens: int
+    # Its scheduler request id and timeline (frontend clock, time.monotonic()): for tracing.
+    request_id: str = ""
+    times: RequestTimes | None = None
 
 
 @dataclass(slots=True)
@@ -82,6 +85,8 @@ class RequestStatsTracker:
                 times.tpot_s,
                 num_prompt_tokens,
                 times.num_output_tokens,
+                request_id,
+                times,
             )
         )
 

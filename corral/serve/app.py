@@ -80,6 +80,12 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
 
         state.reasoning_parser = REASONING_PARSERS.get(config.reasoning_parser)()
     engine.stat_loggers.append(metrics.observe)
+    tracer = None
+    if config.otlp_traces_endpoint is not None:
+        from corral.serve.tracing import RequestTracer
+
+        tracer = RequestTracer.to_endpoint(config.otlp_traces_endpoint)
+        engine.stat_loggers.append(tracer.observe)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -95,6 +101,8 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
             state.draining = True
             if start_engine:
                 await engine.shutdown()
+            if tracer is not None:
+                tracer.shutdown()
 
     app = FastAPI(title="corral", version=corral.__version__, lifespan=lifespan)
     app.state.server = state

@@ -95,6 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "deepseek_r1 (the prompt opens <think>); default off",
     )
     group.add_argument(
+        "--otlp-traces-endpoint",
+        default=None,
+        help="export one OpenTelemetry trace per request (queue, prefill, decode spans) over "
+        "OTLP/HTTP to this URL, e.g. http://localhost:4318/v1/traces (default off)",
+    )
+    group.add_argument(
         "--allow-runtime-lora-updating",
         action="store_true",
         help="answer POST /v1/load_lora_adapter and /v1/unload_lora_adapter (needs "
@@ -124,6 +130,7 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
         cache_isolation=args.cache_isolation,
         tool_call_parser=None if args.tool_call_parser == "none" else args.tool_call_parser,
         reasoning_parser=args.reasoning_parser,
+        otlp_traces_endpoint=args.otlp_traces_endpoint,
         allow_runtime_lora_updating=args.allow_runtime_lora_updating
         or os.environ.get(RUNTIME_LORA_ENV, "").lower() in ("1", "true"),
     )

@@ -32,6 +32,8 @@ class ServerConfig:
     reasoning_parser: str | None = None
     # POST /v1/load_lora_adapter and /v1/unload_lora_adapter answer (else 404).
     allow_runtime_lora_updating: bool = False
+    # One OpenTelemetry trace per request, exported over OTLP/HTTP here (corral/serve/tracing.py).
+    otlp_traces_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -56,6 +58,12 @@ class ServerConfig:
             TOOL_CALL_PARSERS.get(self.tool_call_parser)  # ValueError naming the known ones
         if self.reasoning_parser is not None:
             REASONING_PARSERS.get(self.reasoning_parser)
+        if self.otlp_traces_endpoint is not None and not self.otlp_traces_endpoint.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(
+                f"otlp_traces_endpoint must be an http(s) URL, got {self.otlp_traces_endpoint!r}"
+            )
         if any(not key for key in self.api_keys):
             raise ValueError("an API key must not be empty")
         if self.cache_isolation == "api-key" and not self.api_keys:

@@ -1,0 +1,101 @@
+"""Request tracing: each finished request is a `corral.request` span with its queue, prefill and
+decode phases as ordered child spans and its counts as attributes, exported to an in-process
+collector; the server flag wires it; a bad endpoint is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import threading
+
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from corral import SamplingParams
+from corral.serve.config import ServerConfig
+from corral.serve.tracing import RequestTracer
+from tests.serve.test_async_llm import _engine
+
+PARAMS = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+
+
+def test_each_request_is_a_trace_of_its_phases(tiny_model):
+    exporter = InMemorySpanExporter()
+    tracer = RequestTracer(SimpleSpanProcessor(exporter))
+
+    async def main() -> None:
+        engine = await _engine(tiny_model)
+        engine.stat_loggers.append(tracer.observe)
+        for request_id in ("a", "b"):
+            async for _ in engine.generate("Once upon a time", PARAMS, request_id):
+                pass
+        await engine.shutdown()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+    spans = exporter.get_finished_spans()
+    roots = [span for span in spans if span.name == "corral.request"]
+    assert sorted(root.attributes["corral.request_id"] for root in roots) == ["a", "b"]
+    for root in roots:
+        assert root.attributes["corral.num_output_tokens"] == 6
+        assert root.attributes["corral.finish_reason"] == "length"
+        assert root.attributes["corral.num_prompt_tokens"] > 0
+        children = {
+            span.name: span for span in spans if span.parent and span.parent.span_id == (
+                root.context.span_id
+            )
+        }  # fmt: skip
+        assert set(children) == {"queue", "prefill", "decode"}
+        queue, prefill, decode = children["queue"], children["prefill"], children["decode"]
+        assert root.start_time == queue.start_time <= queue.end_time == prefill.start_time
+        assert prefill.start_time <= prefill.end_time == decode.start_time
+        assert decode.end_time == root.end_time
+        ttft_ns = prefill.end_time - root.start_time
+        assert ttft_ns == pytest.approx(root.attributes["corral.ttft_s"] * 1e9, abs=2000)
+        assert {span.context.trace_id for span in children.values()} == {root.context.trace_id}
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that counts the export requests it receives."""
+
+    bodies: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length", 0))
+        _Collector.bodies.append(self.rfile.read(length))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:  # noqa: ANN002
+        pass
+
+
+def test_the_server_flag_exports_over_otlp(tiny_model):
+    from starlette.testclient import TestClient
+
+    from corral.engine.async_llm import AsyncLLM
+    from corral.llm import engine_config_from_kwargs
+    from corral.serve.app import build_app
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}/v1/traces"
+    config = engine_config_from_kwargs(
+        model=str(tiny_model), dtype="float32", num_blocks=64, max_model_len=256
+    )
+    try:
+        engine = AsyncLLM(config, multiprocess=False)
+        app = build_app(engine, ServerConfig(otlp_traces_endpoint=endpoint))
+        with TestClient(app) as client:
+            body = {"prompt": "Hello", "max_tokens": 3, "temperature": 0}
+            assert client.post("/v1/completions", json=body).status_code == 200
+        # Leaving the client shut the app down, which flushed the batch to the collector.
+        assert _Collector.bodies and b"corral.request" in b"".join(_Collector.bodies)
+    finally:
+        server.shutdown()
+
+
+def test_a_bad_endpoint_is_refused():
+    with pytest.raises(ValueError, match="otlp_traces_endpoint must be an http"):
+        ServerConfig(otlp_traces_endpoint="collector:4318")
