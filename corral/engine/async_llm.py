@@ -29,6 +29,7 @@ from corral.engine.core_client import EngineCoreClient, EngineDeadError, InProce
 from corral.engine.core_messages import EngineCoreOutputs
 from corral.engine.input_processor import InputProcessor, PromptType
 from corral.engine.output_processor import OutputProcessor
+from corral.engine.queue_bounds import EngineOverloadedError, check_queue_bounds
 from corral.engine.request_stats import IterationStats, RequestStatsTracker
 from corral.engine.request_stream import RequestStream
 from corral.lora.adapter import LoRARequest
@@ -45,14 +46,6 @@ __all__ = [
     "IterationStats",
     "RequestStream",
 ]
-
-
-class EngineOverloadedError(RuntimeError):
-    """The waiting queue is full; retry after retry_after_s."""
-
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 StatLogger = Callable[[IterationStats], None]
@@ -223,28 +216,14 @@ class AsyncLLM:
 
     def _admit(self, num_children: int, num_prompt_tokens: int) -> None:
         """Refuse what could never fit the queue (ValueError) or does not fit it now."""
-        num_tokens = num_children * num_prompt_tokens
-        limit, tokens_limit = self.max_queued_requests, self.max_queued_tokens
-        if limit is not None and num_children > limit:
-            raise ValueError(
-                f"n = {num_children} samples exceed the server's queue bound of {limit} requests "
-                f"(--max-queued-requests)"
-            )
-        if tokens_limit is not None and num_tokens > tokens_limit:
-            raise ValueError(
-                f"{num_children} x {num_prompt_tokens} prompt tokens exceed the server's queue "
-                f"bound of {tokens_limit} tokens (--max-queued-tokens)"
-            )
-        if limit is not None and len(self._queued) + num_children > limit:
-            raise EngineOverloadedError(
-                f"the server is overloaded: {len(self._queued)} requests are waiting "
-                f"(bound: {limit}); retry later"
-            )
-        if tokens_limit is not None and self.num_queued_tokens + num_tokens > tokens_limit:
-            raise EngineOverloadedError(
-                f"the server is overloaded: {self.num_queued_tokens} prompt tokens are waiting "
-                f"(bound: {tokens_limit}); retry later"
-            )
+        check_queue_bounds(
+            num_children,
+            num_prompt_tokens,
+            max_queued_requests=self.max_queued_requests,
+            max_queued_tokens=self.max_queued_tokens,
+            num_queued_requests=len(self._queued),
+            num_queued_tokens=self.num_queued_tokens,
+        )
 
     async def generate(
         self,
