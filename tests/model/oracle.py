@@ -47,3 +47,14 @@ def hf_prompt_logprobs(path: Path, prompt: list[int]) -> torch.Tensor:
     """log-softmax of the logits at every prompt position [len(prompt), vocab]."""
     logits = hf_model(path)(torch.tensor([prompt])).logits[0]
     return torch.log_softmax(logits.float(), dim=-1)
+
+
+def assert_greedy_matches(name: str, prompts, outputs, oracle, atol: float = 1e-4) -> None:  # noqa: ANN001
+    """corral's greedy outputs (with logprobs=0) against hf_greedy's (tokens, logprobs) per
+    prompt: the same tokens, and the chosen tokens' logprobs within atol."""
+    for prompt, output, (tokens, logprobs) in zip(prompts, outputs, oracle, strict=True):
+        completion = output.outputs[0]
+        assert completion.token_ids == tokens, f"{name}: prompt of {len(prompt)} tokens"
+        ours = torch.tensor([next(iter(p.values())).logprob for p in completion.logprobs])
+        theirs = logprobs[torch.arange(len(tokens)), torch.tensor(tokens)]
+        torch.testing.assert_close(ours, theirs, atol=atol, rtol=0)

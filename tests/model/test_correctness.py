@@ -5,11 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 
 from corral import LLM, SamplingParams
 from tests.conftest import TINY_MODELS
-from tests.model.oracle import TEST_DEVICE, hf_greedy, hf_prompt_logprobs
+from tests.model.oracle import TEST_DEVICE, assert_greedy_matches, hf_greedy, hf_prompt_logprobs
 
 MAX_TOKENS = 12
 
@@ -41,13 +40,9 @@ def family(request, tiny_model_factory):
 def test_greedy_matches_transformers_with_close_logprobs(family):
     name, _, prompts, oracle, llm = family
     outputs = corral_greedy(llm, prompts, logprobs=0)
-    for prompt, output, (tokens, logprobs) in zip(prompts, outputs, oracle):
-        completion = output.outputs[0]
-        assert completion.token_ids == tokens, f"{name}: prompt of {len(prompt)} tokens"
-        ours = torch.tensor([next(iter(p.values())).logprob for p in completion.logprobs])
-        theirs = logprobs[torch.arange(len(tokens)), torch.tensor(tokens)]
-        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
-        assert all(next(iter(p.values())).rank == 1 for p in completion.logprobs)
+    assert_greedy_matches(name, prompts, outputs, oracle)
+    for output in outputs:
+        assert all(next(iter(p.values())).rank == 1 for p in output.outputs[0].logprobs)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import torch
 from corral import LLM
 from corral.model.arch import ModelArch
 from corral.model.layers.moe import SparseMoE
-from tests.model.oracle import TEST_DEVICE, hf_greedy, hf_model
+from tests.model.oracle import TEST_DEVICE, assert_greedy_matches, hf_greedy, hf_model
 from tests.model.test_correctness import MAX_TOKENS, corral_greedy, mixed_prompts
 
 SHAPE = dict(
@@ -139,12 +139,7 @@ def test_greedy_matches_transformers_with_close_logprobs(family):
     name, path, prompts, oracle = family
     llm = LLM(device=TEST_DEVICE, model=str(path), dtype="float32", num_blocks=256)
     outputs = corral_greedy(llm, prompts, logprobs=0)
-    for prompt, output, (tokens, logprobs) in zip(prompts, outputs, oracle):
-        completion = output.outputs[0]
-        assert completion.token_ids == tokens, f"{name}: prompt of {len(prompt)} tokens"
-        ours = torch.tensor([next(iter(p.values())).logprob for p in completion.logprobs])
-        theirs = logprobs[torch.arange(len(tokens)), torch.tensor(tokens)]
-        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    assert_greedy_matches(name, prompts, outputs, oracle)
     load = llm.engine.executor.model.expert_load()
     arch = llm.engine.executor.model.arch
     assert sorted(load) == [i for i in range(arch.num_layers) if arch.is_moe_layer(i)]
