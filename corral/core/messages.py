@@ -127,6 +127,8 @@ class RequestUpdate:
     # A finished prefill's lease, for the decode engine (disaggregation), or a migrated
     # request's output and lease, for the engine it moves to (None otherwise).
     kv_transfer_params: RemotePrefill | Resume | None = None
+    # Times the request was preempted so far (request tracing).
+    num_preemptions: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -297,6 +297,7 @@ class Scheduler:
                     prompt_logprobs,
                     request.num_cached_tokens,
                     lease,
+                    request.num_preemptions,
                 )
             )
             if request.is_finished:

@@ -23,6 +23,8 @@ class FinishedRequestStats:
     # Its scheduler request id and timeline (frontend clock, time.monotonic()): for tracing.
     request_id: str = ""
     times: RequestTimes | None = None
+    num_preemptions: int = 0
+    num_cached_tokens: int = 0  # prompt tokens from the prefix cache or another engine's KV
 
 
 @dataclass(slots=True)
@@ -69,9 +71,24 @@ class RequestStatsTracker:
                 stats.num_prompt_tokens += num_prompt_tokens
                 stats.time_to_first_tokens_s.append(ttft_s)
         if update.finish_reason is not None:
-            self.finish(update.request_id, update.finish_reason, now, stats)
+            self.finish(
+                update.request_id,
+                update.finish_reason,
+                now,
+                stats,
+                update.num_preemptions,
+                max(update.num_cached_tokens, 0),
+            )
 
-    def finish(self, request_id: str, reason: str, now: float, stats: IterationStats) -> None:
+    def finish(
+        self,
+        request_id: str,
+        reason: str,
+        now: float,
+        stats: IterationStats,
+        num_preemptions: int = 0,
+        num_cached_tokens: int = 0,
+    ) -> None:
         timing = self._timings.pop(request_id, None)
         if timing is None:
             return
@@ -87,6 +104,8 @@ class RequestStatsTracker:
                 times.num_output_tokens,
                 request_id,
                 times,
+                num_preemptions,
+                num_cached_tokens,
             )
         )
 

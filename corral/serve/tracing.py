@@ -5,9 +5,10 @@ Each finished sample becomes a span `corral.request` from its arrival to its end
 spans for its phases on the frontend's clock: `queue` (arrival to first scheduled), `prefill`
 (first scheduled to first token: the prompt, any wait for its KV from another engine, any
 preemption before the first token) and `decode` (first token to the end). Attributes: the
-request id, prompt and output tokens, finish reason, queue time, TTFT and TPOT. Spans are made
-off the hot path, from the same per-request timings the Prometheus metrics use (a stat logger
-of AsyncLLM), and exported in batches by the SDK's background thread.
+request id, prompt and output tokens, prompt tokens served from the prefix cache or fetched
+from another engine (num_cached_tokens), preemptions, finish reason, queue time, TTFT, TPOT.
+Spans are made off the hot path, from the same per-request timings the Prometheus metrics use
+(a stat logger of AsyncLLM), and exported in batches by the SDK's background thread.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class RequestTracer:
             "corral.num_prompt_tokens": finished.num_prompt_tokens,
             "corral.num_output_tokens": finished.num_generation_tokens,
             "corral.e2e_latency_s": finished.e2e_latency_s,
+            "corral.num_preemptions": finished.num_preemptions,
+            "corral.num_cached_tokens": finished.num_cached_tokens,
         }
         for name, value in (
             ("corral.queue_time_s", finished.queue_time_s),

@@ -99,3 +99,41 @@ def test_the_server_flag_exports_over_otlp(tiny_model):
 def test_a_bad_endpoint_is_refused():
     with pytest.raises(ValueError, match="otlp_traces_endpoint must be an http"):
         ServerConfig(otlp_traces_endpoint="collector:4318")
+
+
+def test_traces_count_preemptions_and_cached_prompt_tokens(tiny_model):
+    from corral.engine.async_llm import AsyncLLM
+    from corral.llm import engine_config_from_kwargs
+
+    exporter = InMemorySpanExporter()
+    tracer = RequestTracer(SimpleSpanProcessor(exporter))
+    config = engine_config_from_kwargs(
+        model=str(tiny_model), dtype="float32", num_blocks=8, max_model_len=128
+    )
+    long = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    prompt = "Once upon a time, in a land far away, a fox"
+
+    async def main() -> int:
+        engine = await AsyncLLM.create(config, multiprocess=False)
+        engine.stat_loggers.append(tracer.observe)
+
+        async def one(request_id: str) -> None:
+            async for _ in engine.generate(prompt, long, request_id):
+                pass
+
+        await one("warm")  # its prompt blocks stay cached for the others
+        await asyncio.gather(*(one(f"r{i}") for i in range(4)))  # 4 x 5 blocks > 8: preempted
+        num_preemptions = engine.last_stats.num_preemptions
+        await engine.shutdown()
+        return num_preemptions
+
+    num_preemptions = asyncio.run(asyncio.wait_for(main(), 120))
+    roots = {
+        span.attributes["corral.request_id"]: span.attributes
+        for span in exporter.get_finished_spans()
+        if span.name == "corral.request"
+    }
+    assert num_preemptions > 0
+    assert sum(a["corral.num_preemptions"] for a in roots.values()) == num_preemptions
+    assert roots["warm"]["corral.num_cached_tokens"] == 0
+    assert all(roots[f"r{i}"]["corral.num_cached_tokens"] >= 16 for i in range(4))
