@@ -153,6 +153,9 @@ class SchedulerStats:
     lora: AdapterStats | None = None
     # KV transfer between engines (None: off).
     kv_transfer: KVTransferStats | None = None
+    # Mixture of experts (None: a dense model): tokens routed to each expert so far, per MoE
+    # layer index (read from the model every few steps, so a little behind).
+    expert_tokens: dict[int, list[int]] | None = None
 
     @property
     def prefix_hit_rate(self) -> float:

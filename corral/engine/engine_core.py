@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+EXPERT_LOAD_EVERY_STEPS = 32
+
 
 class EngineCore:
     """Owns the KV cache manager, the scheduler and the model executor of one instance."""
@@ -92,6 +94,11 @@ class EngineCore:
         self.last_step_num_tokens = 0
         # Updates made between steps (migrated requests), sent with the next step's.
         self._pending_updates: list[RequestUpdate] = []
+        # Expert load of a mixture-of-experts model, read every EXPERT_LOAD_EVERY_STEPS steps.
+        model = getattr(self.executor, "model", None)
+        self._expert_load = getattr(model, "expert_load", None) if arch.num_experts else None
+        self._expert_tokens: dict[int, list[int]] | None = None
+        self._num_steps = self._expert_read_step = 0
         self.step_log = None
         if config.step_log_path:
             from corral.engine.step_log import StepLog, describe_engine
@@ -206,6 +213,7 @@ class EngineCore:
     def step(self) -> list[RequestUpdate]:
         """One step: schedule, run the model, advance the books."""
         start = time.monotonic()
+        self._num_steps += 1
         refused = self._admit_compiled() if self.structured.num_pending else []
         if self._pending_updates:
             refused, self._pending_updates = self._pending_updates + refused, []
@@ -265,7 +273,15 @@ class EngineCore:
         while idle, so KV events recorded between steps (reset_prefix_cache) go out here."""
         if self.kv_events_publisher is not None:
             self.publish_kv_events()
-        return self.scheduler.stats()
+        stats = self.scheduler.stats()
+        if self._expert_load is not None:
+            # A device read: every EXPERT_LOAD_EVERY_STEPS steps while busy, at once when idle.
+            due = self._num_steps - self._expert_read_step >= EXPERT_LOAD_EVERY_STEPS
+            if self._expert_tokens is None or due or not stats.num_running:
+                self._expert_tokens = self._expert_load()
+                self._expert_read_step = self._num_steps
+            stats = dataclasses.replace(stats, expert_tokens=self._expert_tokens)
+        return stats
 
     def publish_kv_events(self) -> None:
         """Hand the KV events recorded since the last call to the publisher (its thread sends

@@ -16,6 +16,7 @@ from corral.core.slo import SLOStats
 from corral.engine.request_stats import IterationStats
 from corral.serve.kv_transfer_metrics import KVTransferMetrics
 from corral.serve.lora_metrics import LoRAMetrics
+from corral.serve.moe_metrics import MoEMetrics
 from corral.spec.stats import SpecDecodeStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -200,6 +201,7 @@ class ServerMetrics:
         if num_speculative_tokens is not None:
             self.spec_decode = SpecDecodeMetrics(registry, values, num_speculative_tokens)
         self.kv_transfer: KVTransferMetrics | None = None
+        self.moe: MoEMetrics | None = None
         self.lora: LoRAMetrics | None = None
         if max_loras is not None:
             self.lora = LoRAMetrics(registry, values, max_loras)
@@ -253,6 +255,10 @@ class ServerMetrics:
             if self.kv_transfer is None:
                 self.kv_transfer = KVTransferMetrics(self.registry, self._values)
             self.kv_transfer.observe(stats.kv_transfer)
+        if stats.expert_tokens is not None:
+            if self.moe is None:
+                self.moe = MoEMetrics(self.registry, self._values)
+            self.moe.observe(stats.expert_tokens)
         self._last = stats
 
     def set_cache_config(self, block_size: int, num_blocks: int) -> None:
