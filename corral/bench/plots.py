@@ -22,10 +22,20 @@ def pyplot() -> Any:
     return plt
 
 
+def cdf_points(values: np.ndarray, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """(x, fraction <= x) of sorted values; beyond max_points, that many quantiles (so a figure
+    of a million gaps stays small)."""
+    if values.size <= max_points:
+        return values, np.arange(1, values.size + 1) / values.size
+    fractions = np.linspace(0.0, 1.0, max_points)
+    return np.quantile(values, fractions), fractions
+
+
 def _cdf(axis: Any, values_ms: Sequence[float], name: str, unit: str = "requests") -> None:
     values = np.sort(np.asarray(values_ms, dtype=np.float64))
     if values.size:
-        axis.step(values, np.arange(1, values.size + 1) / values.size, where="post")
+        xs, ys = cdf_points(values)
+        axis.step(xs, ys, where="post")
         for q, style in ((50, ":"), (99, "--")):
             axis.axvline(np.percentile(values, q), color="grey", linestyle=style, linewidth=0.8)
     else:
@@ -36,7 +46,15 @@ def _cdf(axis: Any, values_ms: Sequence[float], name: str, unit: str = "requests
     axis.grid(alpha=0.3)
 
 
-def plot_latency_cdfs(report: ServeReport, path: Path, title: str) -> Path:
+def _save(figure: Any, path: str | Path) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=120)
+    pyplot().close(figure)
+    return target
+
+
+def latency_cdf_figure(report: ServeReport, title: str) -> Any:
     """TTFT, TPOT, ITL and E2E CDFs of completed requests (dotted: median, dashed: p99)."""
     plt = pyplot()
     done = [record.record for record in report.run.records if record.record.is_ok]
@@ -51,12 +69,14 @@ def plot_latency_cdfs(report: ServeReport, path: Path, title: str) -> Path:
         _cdf(axis, values, name, "gaps between chunks" if name == "ITL" else "requests")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return figure
 
 
-def plot_timeline(report: ServeReport, path: Path, title: str) -> Path:
+def plot_latency_cdfs(report: ServeReport, path: Path, title: str) -> Path:
+    return _save(latency_cdf_figure(report, title), path)
+
+
+def timeline_figure(report: ServeReport, title: str) -> Any:
     """Output token throughput per time bin, and requests in flight, over the run."""
     plt = pyplot()
     records = report.run.records
@@ -81,9 +101,11 @@ def plot_timeline(report: ServeReport, path: Path, title: str) -> Path:
     bottom.grid(alpha=0.3)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return figure
+
+
+def plot_timeline(report: ServeReport, path: Path, title: str) -> Path:
+    return _save(timeline_figure(report, title), path)
 
 
 def plot_serve(report: ServeReport, out_dir: str | Path, title: str) -> list[Path]:
@@ -97,7 +119,12 @@ def plot_serve(report: ServeReport, out_dir: str | Path, title: str) -> list[Pat
 
 
 def plot_sweep(points: Sequence[Any], path: str | Path, title: str) -> Path:
-    """One PNG: TTFT and TPOT (median, p99) against output throughput, and goodput and request
+    """One PNG of sweep_figure."""
+    return _save(sweep_figure(points, title), path)
+
+
+def sweep_figure(points: Sequence[Any], title: str) -> Any:
+    """TTFT and TPOT (median, p99) against output throughput, and goodput and request
     throughput against the offered load (sweep.SweepPoint list, in sweep order)."""
     plt = pyplot()
     summaries = [point.report.summary for point in points]
@@ -138,8 +165,4 @@ def plot_sweep(points: Sequence[Any], path: str | Path, title: str) -> Path:
     third.legend(fontsize=8)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=120)
-    plt.close(figure)
-    return target
+    return figure

@@ -11,6 +11,7 @@ from typing import Any
 
 from corral.bench.payload import ENDPOINT_PATHS, PROMPT_FORMATS, RequestOptions
 from corral.bench.serve import ServeTarget
+from corral.reports.html import html_path
 from corral.workloads.cli_args import add_workload_arguments
 
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -61,7 +62,18 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         "for the edf policy; --num-clients and --num-priorities are sent as user and priority",
     )
     group.add_argument("--result-json", default=None, help="write the report and records here")
+    add_html_arguments(group)
     add_workload_arguments(parser)
+
+
+def add_html_arguments(group: argparse._ActionsContainer) -> None:
+    """--html-out and --no-html: the self-contained HTML report, beside --result-json."""
+    group.add_argument(
+        "--html-out",
+        default=None,
+        help="write the HTML report here (default: beside --result-json, as NAME.html)",
+    )
+    group.add_argument("--no-html", action="store_true", help="no HTML report")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,9 +146,15 @@ def run(args: argparse.Namespace) -> int:
     report, options = run_serve_benchmark(workload, request_options_from_args(args), target, slo)
     title = f"corral bench serve: {workload.name} -> {options.model}"
     print(report.format(title))
+    metadata = run_metadata(args, options, workload)
     if args.result_json:
-        write_json(args.result_json, report.to_dict(**run_metadata(args, options, workload)))
+        write_json(args.result_json, report.to_dict(**metadata))
         print(f"wrote {args.result_json}")
+    html_out = html_path(args.result_json, args.html_out, args.no_html)
+    if html_out:
+        from corral.reports.bench import write_serve_html
+
+        print(f"wrote {write_serve_html(html_out, report, title, metadata)}")
     if args.plot:
         from corral.bench.plots import plot_serve
 

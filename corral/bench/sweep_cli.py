@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from corral.bench.sweep import format_sweep, http_point_runner, pool_repeats, run_sweep
     from corral.core.slo_target import parse_slo
+    from corral.reports.html import html_path
     from corral.workloads import build_workload
     from corral.workloads.cli_args import workload_options_from_args
 
@@ -84,15 +85,22 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats > 1:
         print(f"pooled over {args.repeats} repeats:")
     print(format_sweep(points))
+    html_out = html_path(args.result_json, args.html_out, args.no_html)
+    metadata = {}
+    if args.result_json or html_out:
+        metadata = run_metadata(args, options, build_workload(workload_options))
     if args.result_json:
-        workload = build_workload(workload_options)
-        document = run_metadata(args, options, workload)
+        document = dict(metadata)
         pooled = args.repeats > 1  # the records are in "repeats"
         document["points"] = [point.to_dict(with_records=not pooled) for point in points]
         if pooled:
             document["repeats"] = [[point.to_dict() for point in one] for one in repeats]
         write_json(args.result_json, document)
         print(f"wrote {args.result_json}")
+    if html_out:
+        from corral.reports.bench import write_sweep_html
+
+        print(f"wrote {write_sweep_html(html_out, points, title, metadata)}")
     if args.plot:
         print(f"wrote {plot_sweep(points, args.plot, title)}")
     return 0 if any(point.report.summary.num_completed for point in points) else 1

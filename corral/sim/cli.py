@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 from corral.core.slo_target import parse_slo
+from corral.reports.html import html_path
 from corral.sim.cli_args import (
     add_deployment_arguments,
     deployment_options_from_args,
@@ -43,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--slo", default=None, help="ttft_ms=...,tpot_ms=...,e2e_ms=...")
     run.add_argument("--result-json", default=None, help="write the report (and records) here")
     run.add_argument("--plot", default=None, help="write PNG plots into this directory")
+    run.add_argument(
+        "--html-out",
+        default=None,
+        help="write the HTML report here (default: beside --result-json, as NAME.html)",
+    )
+    run.add_argument("--no-html", action="store_true", help="no HTML report")
     run.set_defaults(sim_handler=_run)
 
     profile = commands.add_parser("profile", help="profile the real engine for `profiled`")
@@ -121,11 +128,13 @@ def _run(args: argparse.Namespace) -> int:
     cluster = build_cluster(deployment)
     result = ClusterSimulator(cluster, workload, hook).run()
     report = build_report(result, slo)
-    print(format_report(report, f"corral simulate: {workload.name}"))
+    title = f"corral simulate: {workload.name}"
+    print(format_report(report, title))
+    cost_model = cluster.instances[0].cost_model.describe()
     if args.result_json:
         document = report.to_dict()
         document["workload"] = workload.description
-        document["cost_model"] = cluster.instances[0].cost_model.describe()
+        document["cost_model"] = cost_model
         speculation = cluster.instances[0].speculation
         if speculation is not None:
             document["speculation"] = speculation.describe()
@@ -141,7 +150,14 @@ def _run(args: argparse.Namespace) -> int:
             for r in result.records
             if r.is_ok
         ]
+        Path(args.result_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.result_json).write_text(json.dumps(document, indent=1))
+    html_out = html_path(args.result_json, args.html_out, args.no_html)
+    if html_out:
+        from corral.reports.sim import write_sim_html
+
+        metadata = {"workload": workload.description, "cost model": cost_model}
+        print(f"wrote {write_sim_html(html_out, report, result.records, title, metadata)}")
     if args.plot:
         from corral.sim.plots import plot_report
 

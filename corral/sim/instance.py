@@ -62,6 +62,8 @@ class SimInstance:
         self.kv_usage_time_s = 0.0  # integral of KV usage over busy time
         self.max_kv_usage = 0.0
         self.kv_samples: list[tuple[float, float]] = []
+        # (time, waiting, running requests), sampled with kv_samples.
+        self.queue_samples: list[tuple[float, int, int]] = []
         self._sample_interval_s = kv_sample_interval_s
         self._next_sample_s = 0.0
 
@@ -123,6 +125,7 @@ class SimInstance:
             self.max_kv_usage = usage
         if now >= self._next_sample_s:
             self.kv_samples.append((now, usage))
+            self.queue_samples.append((now, scheduler.num_waiting, scheduler.num_running))
             self._next_sample_s = now + self._sample_interval_s
         return scheduler_output, model_output
 

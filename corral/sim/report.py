@@ -3,7 +3,7 @@ KV usage over time, cost, energy) and how fast the simulation ran."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from corral.core.slo_target import SLO
 from corral.sim.autoscale import AutoscaleResult
@@ -35,6 +35,8 @@ class InstanceReport:
     kv_samples: list[tuple[float, float]]
     spec_decode: SpecDecodeStats | None = None  # speculative decoding counters (None: off)
     lora: SimLoRAStats | None = None  # multi-LoRA counters (None: off)
+    # (time, waiting, running requests) at the kv_samples times.
+    queue_samples: list[tuple[float, int, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +98,13 @@ class SimReport:
         return count / self.wall_time_s if self.wall_time_s > 0 else float("inf")
 
     def to_dict(self, *, with_kv_samples: bool = True) -> dict:
+        """with_kv_samples=False drops the per-instance time series (KV and queue samples)."""
         document = asdict(self)
         document["simulated_requests_per_wall_s"] = self.simulated_requests_per_wall_s
         if not with_kv_samples:
             for instance in document["instances"]:
                 instance.pop("kv_samples")
+                instance.pop("queue_samples")
         # The counters and the derived rates (acceptance rate, mean accepted length).
         if self.spec_decode is not None:
             document["spec_decode"] = spec_stats_dict(self.spec_decode)
@@ -151,6 +155,7 @@ def _instance_report(
         if instance.scheduler.spec is not None
         else None,
         lora=_lora_stats(instance),
+        queue_samples=instance.queue_samples,
     )
 
 
