@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 KV_TRANSFER_PARAMS = "kv_transfer_params"
 _EVENT_MARK = f'"{MIGRATION_EVENT_KEY}"'.encode()
-_MAX_MOVES = 8  # one request continued at most this many times
+# A request continued this many times is sent on unmarked: it stays where it lands (no ping-pong).
+MAX_MOVES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +217,8 @@ class MigratingForwarder:
         """Send the request on, with its Resume, to target (the replica that prefetched its
         KV), else the least KV-loaded other replica (the source itself when no other is
         available)."""
-        if num_moves >= _MAX_MOVES:
-            self.metrics.continued.labels(outcome="failed").inc()
-            raise APIError(502, f"request moved {num_moves} times", code="migration_failed")
+        if num_moves + 1 >= MAX_MOVES:
+            headers = {k: v for k, v in headers.items() if k != MIGRATABLE_HEADER}
         body = json.dumps({**payload, KV_TRANSFER_PARAMS: params}, ensure_ascii=False).encode()
         if target is None or not target.is_available:
             target = least_kv_loaded(self.replica_set, exclude=source)

@@ -107,8 +107,12 @@ class Scheduler:
             self.config.kv_reservation,
         )
         self.requests[request.request_id] = request
-        self.policy.add_waiting(request)
         self.slo.on_arrival(request)
+        # KV lent by another engine is fetched at once, not when the request reaches the head
+        # of the queue: a lease waits for no queue (two engines' queues could hold each
+        # other's pools); the request queues when its KV has arrived (or failed to).
+        if self.connector is None or not self.connector.try_park(request):
+            self.policy.add_waiting(request)
 
     def finish_requests(
         self, request_ids: Iterable[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED
@@ -231,6 +235,8 @@ class Scheduler:
             if block_ids is None:
                 if self._preempt_for(request, step):
                     continue
+                if self.connector is not None and self.connector.release_fetched():
+                    continue  # fetched KV held for waiting requests is evictable now
                 break
             self._pop_waiting(request)
             self._admit(request, num_computed)

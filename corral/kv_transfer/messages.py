@@ -42,9 +42,12 @@ class ConnectorPlan:
     expire: list[str] = field(default_factory=list)  # transfer ids whose lease timed out
     fetches: list[FetchOrder] = field(default_factory=list)
     cancel: list[str] = field(default_factory=list)  # request ids whose fetch is abandoned
+    # Leases this engine will not fetch (no room, another layout): their lenders free them now
+    # rather than at their timeout.
+    declines: list[RemotePrefill] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.leases or self.expire or self.fetches or self.cancel)
+        return bool(self.leases or self.expire or self.fetches or self.cancel or self.declines)
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,6 +128,7 @@ class KVConnectorScheduler:
             return False
         self._tried.add(request.request_id)
         if not self.config.fetches:
+            self._plan.declines.append(params)
             return False
         block_size = self.kv.block_size
         num_blocks = min(params.num_blocks, (request.num_tokens - 1) // block_size)
@@ -150,6 +151,8 @@ class KVConnectorScheduler:
         if block_ids is None:
             self.kv.release_held(keep_holder(request.request_id))
             self.stats.num_fetches_skipped += 1
+            if request.request_id not in self._parked:  # (a reused id's lease stays its own)
+                self._plan.declines.append(params)
             return False
         hashes = self.kv.request_block_hashes(request, num_blocks)[first:]
         order = FetchOrder(request.request_id, params, block_ids, hashes, first)
@@ -168,6 +171,17 @@ class KVConnectorScheduler:
             self._fetched.discard(request.request_id)
             self.kv.release_held(fetch_holder(request.request_id))
             self.kv.release_held(keep_holder(request.request_id))
+
+    def release_fetched(self) -> bool:
+        """Let go of the blocks fetched for requests not admitted yet (they stay in the prefix
+        cache, evictable): admission found no room, and those holds must not block it for good.
+        True when anything was released."""
+        released = bool(self._fetched)
+        for request_id in self._fetched:
+            self.kv.release_held(fetch_holder(request_id))
+            self.kv.release_held(keep_holder(request_id))
+        self._fetched.clear()
+        return released
 
     def on_aborted(self, request: Request) -> None:
         """An aborted request: a running fetch is cancelled (its blocks stay held until the
@@ -258,6 +272,7 @@ class KVConnectorScheduler:
         block_ids = self.kv.allocate_held(fetch_holder(fetch_id), num_blocks)
         if block_ids is None:
             self.stats.num_fetches_skipped += 1
+            self._plan.declines.append(params)
             return None
         hashes = list(block_hashes[:num_blocks])
         self._plan.fetches.append(FetchOrder(fetch_id, params, block_ids, hashes))

@@ -81,6 +81,8 @@ class KVConnectorWorker:
             threading.Thread(target=self._fetch, args=(order,), name=name, daemon=True).start()
         for request_id in plan.cancel:
             self.fetches.cancel(request_id)
+        for params in plan.declines:
+            threading.Thread(target=self._decline, args=(params,), daemon=True).start()
 
     def poll(self) -> ConnectorEvents | None:
         """Install fetched blocks (main thread), then report what finished."""
@@ -122,6 +124,9 @@ class KVConnectorWorker:
                 return
             transfer_id = str(ask.get("transfer_id"))
             lease = self.leases.begin_send(transfer_id, LEASE_OPEN_WAIT_S)
+            if lease is not None and ask.get("decline") is True:  # the fetcher will not fetch
+                self.leases.end_send(transfer_id, "refused")
+                return
             if lease is None:
                 with contextlib.suppress(OSError):
                     send_frame(conn, {"status": "refused", "reason": "no such open lease"})
@@ -178,6 +183,15 @@ class KVConnectorWorker:
                 segment.unlink()
 
     # ----- fetching --------------------------------------------------------------------------
+
+    def _decline(self, params: Any) -> None:
+        """Tell a lender this engine will not fetch its lease (it frees the blocks now)."""
+        try:
+            address = endpoint_address(params.endpoint)
+            with socket.create_connection(address, timeout=CONNECT_TIMEOUT_S) as conn:
+                send_frame(conn, {"transfer_id": params.transfer_id, "decline": True})
+        except (OSError, ValueError) as error:  # its lease then expires at its timeout
+            logger.debug("could not decline KV lease %s: %s", params.transfer_id, error)
 
     def _fetch(self, order: FetchOrder) -> None:
         start = time.perf_counter()

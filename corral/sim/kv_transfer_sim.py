@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from corral.config import KVTransferConfig
 from corral.kv_transfer.messages import ConnectorEvents, ConnectorPlan, FetchOrder
+from corral.kv_transfer.params import RemotePrefill
 from corral.kv_transfer.protocol import LEASE_OPEN_WAIT_S, FetchTable, LeaseTable
 from corral.kv_transfer.scheduler_half import KVConnectorScheduler
 from corral.sim.instance import SimInstance
@@ -89,6 +90,8 @@ class SimKVConnectorWorker:
             links.fetch(self, order)
         for request_id in plan.cancel:
             self.fetches.cancel(request_id)
+        for params in plan.declines:
+            links.decline(params)
 
     def poll(self) -> ConnectorEvents | None:
         """Fetches finished and leases released since the last poll."""
@@ -145,6 +148,18 @@ class SimKVLinks:
         )
         worker.scheduler_half = scheduler.connector
         return worker
+
+    def decline(self, params: RemotePrefill, waited_s: float = 0.0) -> None:
+        """A fetcher will not fetch the lease: its lender frees it (once it is open)."""
+        lender = self._workers.get(params.endpoint)
+        if lender is None:
+            return
+        if lender.leases.begin_send(params.transfer_id) is not None:
+            lender.leases.end_send(params.transfer_id, "refused")
+            lender.wake()
+        elif lender.scheduler_has_lease(params.transfer_id) and waited_s < LEASE_OPEN_WAIT_S:
+            retry = functools.partial(self.decline, params, waited_s + _RETRY_S)
+            self.schedule(self.clock() + _RETRY_S, retry)
 
     def transfer_time_s(self, num_bytes: int) -> float:
         """Virtual seconds one fetch of num_bytes takes (links are not shared)."""

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from corral.cluster.launcher import replica_roles
-from corral.cluster.migration import MigrationConfig, is_movable
+from corral.cluster.migration import MAX_MOVES, MigrationConfig, is_movable
 from corral.cluster.router_cli import router_config_from_args
 from corral.serve.migration import MIGRATABLE_HEADER
 from tests.cluster.test_router_disaggregated import COMPLETIONS, FakeBackend, _parse
@@ -142,3 +142,24 @@ def test_migration_flags():
     assert replica_roles(2, 0, migration=True) == ["both", "both"]
     assert replica_roles(3, 1, migration=True) == ["prefill", "both", "both"]
     assert replica_roles(2, 0) == ["", ""]
+
+
+def test_a_request_moved_too_often_stays_where_it_lands():
+    def restless(backend: FakeBackend, body: bytes) -> Response:
+        if backend.seen[-1] == "1":  # still movable: it moves again at once
+            return source(backend, json.dumps(json.loads(body) | {"stream": False}).encode())
+        return target(backend, body)
+
+    replicas = [HeaderBackend(f"x{i}", restless) for i in range(2)]
+    router = RouterThread(
+        [r.url for r in replicas], "round-robin", poll_interval_s=60.0,
+        migration=MigrationConfig(enabled=True),
+    )  # fmt: skip
+    try:
+        answer = post(router, {"model": "m", "prompt": "p", "max_tokens": 8})
+        assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == "abc"
+        seen = replicas[0].seen + replicas[1].seen
+        assert seen.count("1") == MAX_MOVES and seen.count(None) == 1
+    finally:
+        for each in (router, *replicas):
+            each.stop()
