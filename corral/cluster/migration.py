@@ -37,7 +37,7 @@ from corral.cluster.proxy import Forwarder
 from corral.cluster.replicas import Replica
 from corral.cluster.routing import RoutingRequest
 from corral.serve.errors import APIError
-from corral.serve.migration import MIGRATABLE_HEADER, MIGRATION_EVENT_KEY
+from corral.serve.migration import MIGRATABLE_HEADER, MIGRATED, MIGRATION_EVENT_KEY
 from corral.serve.streaming import DONE, sse
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class MigratingForwarder:
             return response
         try:
             answer = json.loads(response.body)
-            moved = answer["choices"][0]["finish_reason"] == "migrated"
+            moved = answer["choices"][0]["finish_reason"] == MIGRATED
             params = answer.get(KV_TRANSFER_PARAMS)
         except (ValueError, KeyError, IndexError, TypeError):
             return response

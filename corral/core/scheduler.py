@@ -219,9 +219,6 @@ class Scheduler:
                     break
                 num_new = self._cap(num_new, step.budget)
                 block_ids = self.kv.swap_in(request, num_new)
-            elif self.connector is not None and self.connector.try_park(request):
-                self._pop_waiting(request)  # back in the queue when its KV has arrived
-                continue
             else:
                 prefix = self.kv.match_prefix(request)
                 if prefix.waiting:

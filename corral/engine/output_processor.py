@@ -10,6 +10,7 @@ from corral.core.messages import RequestUpdate, TokenLogprobs
 from corral.engine.detokenizer import IncrementalDetokenizer
 from corral.engine.tokenizer import Tokenizer
 from corral.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
+from corral.request import RequestStatus
 from corral.sampling_params import OutputKind, SamplingParams
 
 
@@ -46,7 +47,7 @@ class _Tracked:
     kv_transfer_params: dict[str, Any] | None = None
 
 
-MIGRATED = "migrated"
+MIGRATED = RequestStatus.FINISHED_MIGRATED.finish_reason  # "migrated"
 
 
 def _resume(sample: _Sample, token_ids: list[int]) -> None:

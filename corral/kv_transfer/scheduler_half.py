@@ -7,8 +7,8 @@ half to open the lease, and the request's last update carries the RemotePrefill 
 engine needs. The reference is dropped only when the worker half reports the lease released
 (acked, failed, refused, or expired after lease_timeout_s, which this half decides).
 
-Decode side: a waiting request that carries a RemotePrefill is, before its first admission,
-parked: fresh blocks for the lease's blocks are held (allocate_held), the worker half fetches
+Decode side: a request that carries a RemotePrefill is parked when it arrives (Scheduler.
+add_request): fresh blocks for the lease's blocks are held (allocate_held), the worker half fetches
 into them, and the request waits outside the queue. A fetch that succeeds registers the blocks
 in the prefix cache under the request's own block hashes and requeues the request, whose
 admission then finds them as prefix hits (the hold is dropped once it is admitted); one that
@@ -121,8 +121,9 @@ class KVConnectorScheduler:
     # ----- decode side ---------------------------------------------------------------------
 
     def try_park(self, request: Request) -> bool:
-        """Start fetching a waiting request's remote prompt KV: True when it is parked (the
-        caller takes it out of the waiting queue), False when it is admitted as usual."""
+        """Start fetching an arriving request's remote KV: True when it is parked (the caller
+        queues it only when update() hands it back), False when it queues as usual (once per
+        request: a lease it cannot use is declined)."""
         params = request.kv_transfer
         if not isinstance(params, RemotePrefill) or request.request_id in self._tried:
             return False

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
 
 from corral.kv_transfer.params import RESUME_OUTPUT_TOKEN_IDS
+from corral.request import RequestStatus
 from corral.serve.errors import APIError
 from corral.serve.streaming import json_response, sse
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 MIGRATABLE_HEADER = "x-corral-migratable"
 MIGRATION_EVENT_KEY = "corral_migration"
-MIGRATED = "migrated"
+MIGRATED = RequestStatus.FINISHED_MIGRATED.finish_reason  # "migrated"
 MAX_MIGRATE_OUT = 100_000  # the most requests one POST /corral/migrate_out moves
 
 
