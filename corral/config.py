@@ -157,12 +157,16 @@ class ModelConfig:
     seed: int = 0
     # Number of CPU threads for torch (0: leave torch's default).
     num_threads: int = 0
+    # Weight-only quantization computed at load: None/"none" or "int8" (docs/quantization.md).
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"):
             raise ValueError(f"dtype {self.dtype!r} is not one of auto, bfloat16, float16, float32")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.quantization not in (None, "none", "int8"):
+            raise ValueError(f"quantization {self.quantization!r} is not one of none, int8")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=None, help="context length cap")
     group.add_argument("--seed", type=int, default=model.seed)
     group.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0: default)")
+    group.add_argument(
+        "--quantization", default=None, help="weight-only quantization at load: none, int8"
+    )
     group.add_argument("--block-size", type=int, default=cache.block_size)
     group.add_argument(
         "--kv-cache-memory",
@@ -239,6 +242,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         max_model_len=args.max_model_len,
         seed=args.seed,
         num_threads=args.num_threads,
+        quantization=getattr(args, "quantization", None),
     )
     cache = CacheConfig(
         block_size=args.block_size,

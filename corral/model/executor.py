@@ -27,6 +27,7 @@ from corral.model.kv_identity import kv_config_hash
 from corral.model.kv_storage import KVSpec, KVStorage, kv_storage_dtype
 from corral.model.loader import load_model
 from corral.model.models.llama import LlamaFamilyModel
+from corral.model.quantization import apply_quantization
 from corral.model.sampler import Sampler, gather_logprobs
 from corral.model.sampling_step import sample, verify_drafts
 from corral.model.step_inputs import RequestState, batch_order, build_step_inputs
@@ -90,6 +91,7 @@ class ModelExecutor:
             torch.set_num_threads(model_config.num_threads)
         torch.manual_seed(model_config.seed)
         model = load_model(model_dir, arch, dtype, device, max_model_len)
+        apply_quantization(model, model_config.quantization)
         spec = KVSpec(
             arch.num_layers,
             cache_config.block_size,

@@ -39,6 +39,7 @@ _SOURCES = [
         "cpu_fused.cpp",
         "cpu_kv_write.cpp",
         "cpu_lora.cpp",
+        "cpu_int8.cpp",
     )
 ]
 # Included by the sources: copied beside them into the build directory, part of the signature.

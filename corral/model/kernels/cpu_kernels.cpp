@@ -224,6 +224,10 @@ void lora_shrink_expand(torch::Tensor out, torch::Tensor x, torch::Tensor a, tor
                         torch::Tensor part_offsets, torch::Tensor rows, torch::Tensor seg_starts,
                         torch::Tensor seg_slots, torch::Tensor seg_ranks);
 
+// Defined in cpu_int8.cpp.
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
+                          c10::optional<torch::Tensor> bias);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, "decode attention over paged KV");
   m.def("few_row_linear", &few_row_linear, "x @ weight.T for few rows");
@@ -232,4 +236,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");
   m.def("write_kv_cache", &write_kv_cache, "store new tokens' K and V at their slots");
   m.def("lora_shrink_expand", &lora_shrink_expand, "out[rows] += B_slot A_slot x per segment");
+  m.def("int8_linear", &int8_linear, "x @ dequant(int8 weight).T, weight-only int8");
 }

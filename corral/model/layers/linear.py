@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from corral.model.cpu_features import has_native_bf16_matmul
 from corral.model.kernels import cpu_kernels
+from corral.model.quantization import Int8Weight, int8_linear
 
 # Up to this many rows, bfloat16 CPU linears use corral's kernel: a couple where the CPU
 # multiplies bf16 natively (oneDNN is faster beyond), every size where it does not (the kernel
@@ -16,6 +17,8 @@ _MAX_KERNEL_ROWS = 2 if has_native_bf16_matmul() else 1 << 30
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [num_tokens, in] @ weight[out, in].T (+ bias)."""
+    if isinstance(weight, Int8Weight):  # --quantization int8 (corral/model/quantization.py)
+        return int8_linear(x, weight, bias)
     if x.shape[0] <= _MAX_KERNEL_ROWS and x.dtype == torch.bfloat16 and x.device.type == "cpu":
         kernels = cpu_kernels()
         if kernels is not None:

@@ -1,0 +1,167 @@
+"""Weight-only int8 quantization (`--quantization int8`), computed at load from the checkpoint.
+
+Each dense linear's weight [out, in] becomes int8 values and float32 scales, symmetric (no zero
+point): per output channel (scale = max |w_row| / 127) or per group of `group_size` inputs.
+Activations, biases, norms and the KV cache stay in the model dtype; the matmul dequantizes on the
+fly (corral/model/kernels/cpu_int8.cpp on CPU, `int8_linear_reference` elsewhere).
+
+Quantized: every dense layer's qkv, o, gate_up and down, and the LM head (a tied head gets an
+int8 copy of its own: the embedding table used for lookups is left as it is). Not quantized:
+embeddings, norms, biases, and the routed and shared experts of MoE layers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from corral.model.kernels import cpu_kernels
+
+if TYPE_CHECKING:
+    from corral.model.models.llama import LlamaFamilyModel
+
+logger = logging.getLogger(__name__)
+
+QUANTIZED_LAYER_WEIGHTS = ("qkv", "o", "gate_up", "down")
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class Int8Weight:
+    """A weight [out, in] held as int8 values and float32 scales ([out] or [out, groups])."""
+
+    __slots__ = ("qweight", "scales", "dtype")
+
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
+        if qweight.dtype != torch.int8 or qweight.dim() != 2:
+            raise ValueError(
+                f"qweight must be a 2-D int8 tensor, got {qweight.dtype} {qweight.dim()}-D"
+            )
+        if scales.dtype != torch.float32 or scales.shape[0] != qweight.shape[0]:
+            raise ValueError("scales must be float32 with one row per output channel")
+        self.qweight = qweight.contiguous()
+        self.scales = scales.contiguous()
+        self.dtype = dtype  # the activations' (model) dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.qweight.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.qweight.device
+
+    @property
+    def group_size(self) -> int:
+        """Inputs sharing one scale (the whole row when per channel)."""
+        groups = 1 if self.scales.dim() == 1 else self.scales.shape[1]
+        return self.qweight.shape[1] // groups
+
+    @property
+    def nbytes(self) -> int:
+        return self.qweight.nbytes + self.scales.nbytes
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The weight the int8 values stand for: q * scale in float32, then cast to dtype."""
+        out_features, in_features = self.qweight.shape
+        groups = 1 if self.scales.dim() == 1 else self.scales.shape[1]
+        values = self.qweight.view(out_features, groups, -1).float()
+        weight = (values * self.scales.view(out_features, groups, 1)).view(
+            out_features, in_features
+        )
+        return weight.to(dtype or self.dtype)
+
+    def __repr__(self) -> str:
+        shape, group_size = tuple(self.shape), self.group_size
+        return f"Int8Weight(shape={shape}, group_size={group_size}, dtype={self.dtype})"
+
+
+def quantize_int8(weight: torch.Tensor, group_size: int | None = None) -> Int8Weight:
+    """Symmetric int8 quantization of weight [out, in]: round(w / scale) in [-127, 127], scale =
+    max |w| / 127 per output row (group_size None) or per group of group_size inputs."""
+    if weight.dim() != 2:
+        raise ValueError(f"expected a 2-D weight, got shape {tuple(weight.shape)}")
+    out_features, in_features = weight.shape
+    if group_size is not None and (group_size % 16 or in_features % group_size):
+        raise ValueError(
+            f"group_size {group_size} must be a multiple of 16 dividing in_features {in_features}"
+        )
+    groups = 1 if group_size is None else in_features // group_size
+    values = weight.float().view(out_features, groups, -1)
+    scales = values.abs().amax(dim=-1, keepdim=True) / 127.0
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # all-zero rows stay zero
+    qweight = torch.round(values / scales).clamp_(-127, 127).to(torch.int8)
+    scales = scales.view(out_features, groups)
+    return Int8Weight(
+        qweight.view(out_features, in_features),
+        scales.view(out_features) if group_size is None else scales,
+        weight.dtype,
+    )
+
+
+def int8_linear_reference(
+    x: torch.Tensor, weight: Int8Weight, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The reference (CUDA, no kernels): dequantize, then a plain F.linear in x's dtype."""
+    return F.linear(x, weight.dequantize(x.dtype), bias)
+
+
+def int8_linear(
+    x: torch.Tensor, weight: Int8Weight, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [num_tokens, in] @ dequant(weight).T (+ bias), in x's dtype."""
+    if x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES and x.dim() == 2:
+        kernels = cpu_kernels()
+        if kernels is not None:
+            return kernels.int8_linear(x.contiguous(), weight.qweight, weight.scales, bias)
+    return int8_linear_reference(x, weight, bias)
+
+
+def _nbytes(weight: torch.Tensor | Int8Weight) -> int:
+    return (
+        weight.nbytes if isinstance(weight, Int8Weight) else weight.numel() * weight.element_size()
+    )
+
+
+def quantize_model(
+    model: LlamaFamilyModel, *, group_size: int | None = None, lm_head: bool = True
+) -> tuple[int, int]:
+    """Replace the model's dense linear weights by Int8Weight in place (see the module doc);
+    returns (bytes of the weights replaced, bytes of their int8 form)."""
+    before = after = 0
+    for layer in model.layers:
+        for name in QUANTIZED_LAYER_WEIGHTS:
+            weight = getattr(layer, name)
+            if weight is None or isinstance(weight, Int8Weight):
+                continue  # MoE layers have no dense gate_up/down
+            quantized = quantize_int8(weight, group_size)
+            before += _nbytes(weight)
+            after += quantized.nbytes
+            setattr(layer, name, quantized)
+    if lm_head and model.lm_head is not None and not isinstance(model.lm_head, Int8Weight):
+        tied = model.lm_head is model.embed_tokens
+        quantized = quantize_int8(model.lm_head, group_size)
+        before += 0 if tied else _nbytes(model.lm_head)  # a tied table stays for lookups
+        after += quantized.nbytes
+        model.lm_head = quantized
+    return before, after
+
+
+def apply_quantization(model: LlamaFamilyModel, method: str | None) -> None:
+    """Quantize a loaded model as ModelConfig.quantization says (None/"none": leave it)."""
+    if method in (None, "none"):
+        return
+    if method != "int8":
+        raise ValueError(f"quantization {method!r} is not one of none, int8")
+    before, after = quantize_model(model)
+    moe = sum(layer.moe is not None for layer in model.layers)
+    logger.info(
+        "int8 weight-only quantization: %.1f MiB of linear weights became %.1f MiB (per-channel "
+        "scales; embeddings, norms%s kept in %s)",
+        before / 2**20,
+        after / 2**20,
+        f", {moe} MoE layers' experts" if moe else "",
+        str(model.dtype).removeprefix("torch."),
+    )
