@@ -6,6 +6,8 @@ import json
 import re
 from dataclasses import dataclass, field, fields
 
+from corral.parallel_config import check_tensor_parallel
+
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -159,6 +161,7 @@ class ModelConfig:
     num_threads: int = 0
     # Weight-only quantization computed at load: None/"none" or "int8" (docs/quantization.md).
     quantization: str | None = None
+    tensor_parallel_size: int = 1  # ranks (processes) the weights and KV heads are split over
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"):
@@ -379,6 +382,7 @@ class EngineConfig:
     kv_transfer: KVTransferConfig = field(default_factory=KVTransferConfig)
 
     def __post_init__(self) -> None:
+        check_tensor_parallel(self)
         if self.kv_transfer.is_enabled and self.cache.prefix_hash != "sha256":
             raise ValueError(
                 "KV transfer (--kv-role) matches blocks across engines by their hashes: it needs "

@@ -100,7 +100,8 @@ class LLM:
     kv_role=, kv_transfer_host=, kv_transfer_port=, kv_transfer_transport=,
     kv_lease_timeout_s= (then LLM.engine.add_request(..., kv_transfer_params=...)), and
     step_log_path= (every step's shape and duration, for `corral simulate`'s profiles). model=None
-    uses the bundled demo.
+    uses the bundled demo. tensor_parallel_size=N splits the model over N processes (shutdown()
+    stops them).
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
@@ -113,6 +114,12 @@ class LLM:
         llm.engine = LLMEngine(config)
         llm._ids = itertools.count()
         return llm
+
+    def shutdown(self) -> None:
+        """Flush background KV writes and stop the tensor-parallel workers (tensor_parallel_size
+        > 1; they also exit when this process does). The LLM cannot generate afterwards."""
+        self.engine.core.flush()
+        self.engine.executor.shutdown()
 
     def get_tokenizer(self):  # -> corral.engine.tokenizer.Tokenizer
         return self.engine.tokenizer

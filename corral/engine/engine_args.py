@@ -28,6 +28,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=model.seed)
     group.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0: default)")
     group.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="split attention heads, KV heads and the MLP over N processes (all-reduce: gloo on "
+        "CPU, NCCL on CUDA); each rank gets num-threads / N torch threads (docs/placement.md)",
+    )
+    group.add_argument(
         "--quantization", default=None, help="weight-only quantization at load: none, int8"
     )
     group.add_argument("--block-size", type=int, default=cache.block_size)
@@ -243,6 +250,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         seed=args.seed,
         num_threads=args.num_threads,
         quantization=getattr(args, "quantization", None),
+        tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
     )
     cache = CacheConfig(
         block_size=args.block_size,

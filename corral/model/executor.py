@@ -31,6 +31,7 @@ from corral.model.quantization import apply_quantization
 from corral.model.sampler import Sampler, gather_logprobs
 from corral.model.sampling_step import sample, verify_drafts
 from corral.model.step_inputs import RequestState, batch_order, build_step_inputs
+from corral.model.tp_group import start_tensor_parallel
 from corral.spec.proposer import ProposalRequest, Proposer
 from corral.structured.constraint import new_constraint
 
@@ -90,12 +91,13 @@ class ModelExecutor:
         if model_config.num_threads:
             torch.set_num_threads(model_config.num_threads)
         torch.manual_seed(model_config.seed)
-        model = load_model(model_dir, arch, dtype, device, max_model_len)
+        tp = start_tensor_parallel(model_dir, arch, model_config, dtype, device, max_model_len)
+        model = tp.load_model() if tp else load_model(model_dir, arch, dtype, device, max_model_len)
         apply_quantization(model, model_config.quantization)
         spec = KVSpec(
             arch.num_layers,
             cache_config.block_size,
-            arch.num_kv_heads,
+            arch.num_kv_heads // model_config.tensor_parallel_size,  # this rank's heads
             arch.head_dim,
             kv_storage_dtype(cache_config.kv_cache_dtype, dtype),
             dtype,
@@ -149,6 +151,8 @@ class ModelExecutor:
                 "KV disk tier: %s (%d blocks found)", disk.directory, len(disk.existing_hashes())
             )
         storage = KVStorage(spec, num_blocks, device, num_host_slots, disk)
+        if tp is not None:
+            tp.attach(storage)  # the workers make pools alike and mirror its tier copies
         proposer = None
         if speculative is not None and speculative.is_enabled:
             from corral.spec.factory import make_proposer
@@ -166,6 +170,10 @@ class ModelExecutor:
         if lora is not None and lora.is_enabled:
             adapters = AdapterMemory(arch, lora.max_loras, lora.max_lora_rank, dtype, device)
         return cls(model, storage, seed=model_config.seed, proposer=proposer, adapters=adapters)
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers, if any (the executor cannot run afterwards)."""
+        getattr(self.model, "shutdown", lambda: None)()
 
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:

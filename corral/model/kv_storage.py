@@ -98,6 +98,9 @@ class KVStorage:
             else None
         )
         self.disk = disk
+        # Called with each non-empty plan before it runs here (tensor-parallel workers copy
+        # their own KV heads alike: corral/model/tp_group.py).
+        self.mirror = None
 
     # ----- the plan ------------------------------------------------------------------------
 
@@ -105,6 +108,8 @@ class KVStorage:
         """Run one step's copies in the order the plan's contract gives."""
         if not plan:
             return
+        if self.mirror is not None:
+            self.mirror(plan)
         if self.disk is not None:
             for slot, block_hash in plan.disk_writes:
                 self.disk.write(block_hash, self._slot_bytes(slot))

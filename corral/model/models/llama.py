@@ -95,6 +95,10 @@ class LlamaFamilyModel:
             arch.max_position_embeddings,
         )
         self.scale = arch.head_dim**-0.5
+        # Tensor parallelism (corral/model/tensor_parallel.py): the rule that slices each
+        # checkpoint tensor at load, and the in-place sum of o's and down's partial outputs.
+        self.shard = None
+        self.all_reduce = None
 
     # ----- loading -------------------------------------------------------------------------
 
@@ -105,6 +109,8 @@ class LlamaFamilyModel:
         for name, tensor in named_tensors:
             if name.endswith("rotary_emb.inv_freq"):
                 continue
+            if self.shard is not None:
+                tensor = self.shard(name, tensor)
             tensor = tensor.to(device=self.device, dtype=self.dtype)
             if name == "model.embed_tokens.weight":
                 self.embed_tokens = tensor
@@ -218,6 +224,8 @@ class LlamaFamilyModel:
             attended = paged_attention(query, key, value, layer_cache, metadata, self.scale)
             attended = attended.view(num_tokens, q_size)
             out = linear(attended, layer.o, layer.o_bias)
+            if self.all_reduce is not None:
+                self.all_reduce(out)
             if lora is not None:
                 lora.add(index, "o", out, attended)
             hidden = hidden + out
@@ -231,6 +239,8 @@ class LlamaFamilyModel:
             gate, up = gate_up.chunk(2, dim=-1)
             activated = F.silu(gate) * up
             out = linear(activated, layer.down, layer.down_bias)
+            if self.all_reduce is not None:
+                self.all_reduce(out)
             if lora is not None:
                 lora.add(index, "down", out, activated)
             hidden = hidden + out
@@ -273,6 +283,8 @@ class LlamaFamilyModel:
             attended = paged_attention(query, key, value, layer_cache, metadata, self.scale)
             attended = attended.view(num_tokens, q_size)
             delta = linear(attended, layer.o, layer.o_bias)
+            if self.all_reduce is not None:
+                self.all_reduce(delta)
             if lora is not None:
                 lora.add(index, "o", delta, attended)
             normed = kernels.rms_norm(delta, layer.post_norm, eps, residual)
@@ -284,6 +296,8 @@ class LlamaFamilyModel:
                 lora.add(index, "gate_up", gate_up, normed)
             activated = kernels.silu_and_mul(gate_up)
             delta = linear(activated, layer.down, layer.down_bias)
+            if self.all_reduce is not None:
+                self.all_reduce(delta)
             if lora is not None:
                 lora.add(index, "down", delta, activated)
         return kernels.rms_norm(delta, self.final_norm, eps, residual)
