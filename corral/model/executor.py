@@ -97,7 +97,7 @@ class ModelExecutor:
         spec = KVSpec(
             arch.num_layers,
             cache_config.block_size,
-            arch.num_kv_heads // model_config.tensor_parallel_size,  # this rank's heads
+            tp.num_kv_heads if tp else arch.num_kv_heads,  # rank 0's share with TP
             arch.head_dim,
             kv_storage_dtype(cache_config.kv_cache_dtype, dtype),
             dtype,

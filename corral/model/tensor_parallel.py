@@ -1,14 +1,15 @@
 """Tensor parallelism (`--tensor-parallel-size N`): the sharding rules and the helpers that
 rank 0 (corral/model/tp_group.py) and the workers (corral/model/tp_worker.py) share.
 
-Megatron-style: rank r of N holds query heads [r*H/N, (r+1)*H/N) and the matching KV heads (their
-rows of the fused qkv weight and bias), columns [r*I/N, (r+1)*I/N) of the gate and up
-projections, and the matching input columns of o and down, whose partial outputs are summed by an
-all-reduce (two per layer; o's and down's biases count once: rank 0 keeps them, the others hold
-zeros). Embeddings, norms and the LM head are replicated; logits are computed and sampled on rank
-0 only. Each rank reads the checkpoint and keeps its slice. Its KV pool holds only its KV heads,
-so a block costs 1/N of the bytes on each rank, and the block count (rank 0 decides it) is the
-same everywhere.
+Megatron-style: rank r of N holds a share of the KV heads (K/N each when N divides K; else the
+first K % N ranks take one more, e.g. SmolLM-135M's 3 KV heads over 2 ranks as 2 + 1) with the
+query heads that attend to them, as rows of the fused qkv weight and bias; a share of the MLP's
+intermediate columns (gate and up rows); and the matching input columns of o and down, whose
+partial outputs are summed by an all-reduce (two per layer; o's and down's biases count once:
+rank 0 keeps them, the others hold zeros). Embeddings, norms and the LM head are replicated;
+logits are computed and sampled on rank 0 only. Each rank reads the checkpoint and keeps its
+slice. Its KV pool holds only its KV heads, so a block costs about 1/N of the bytes on each rank,
+and the block count (rank 0, which holds the most heads, decides it) is the same everywhere.
 
 Threads: each rank runs on (num_threads or torch's default) // N torch threads (at least 1), so
 N ranks on one machine do not oversubscribe its cores.
@@ -31,54 +32,46 @@ from corral.model.models.llama import LlamaFamilyModel
 
 TIMEOUT_S = float(os.environ.get("CORRAL_TP_TIMEOUT_S", "120"))
 
-# Hugging Face names (within a decoder layer) of the column-parallel linears, whose output rows
-# (and biases) are split, and of the row-parallel ones, whose input columns are split.
-_COLUMN_PARALLEL = {
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-}
-_ROW_PARALLEL = {"self_attn.o_proj", "mlp.down_proj"}
 _HEADER = struct.Struct("<Q")
 
 
 # ----- sharding ------------------------------------------------------------------------------
 
 
+def split(total: int, size: int, rank: int) -> tuple[int, int]:
+    """Rank's share of total items over size ranks: (first, count), the first total % size
+    ranks taking one more."""
+    base, extra = divmod(total, size)
+    return rank * base + min(rank, extra), base + (rank < extra)
+
+
 def check_shardable(arch: ModelArch, size: int) -> None:
-    """Raise ValueError unless the model splits evenly over size ranks."""
+    """Raise ValueError unless the model splits over size ranks: every rank needs a KV head
+    (query heads follow their KV head; uneven splits are allowed, e.g. 3 KV heads as 2 + 1)."""
     if arch.num_experts:
         raise ValueError(
             f"--tensor-parallel-size {size}: mixture-of-experts models ({arch.architecture}, "
             f"{arch.num_experts} experts) are not supported with tensor parallelism yet; use "
             "--tensor-parallel-size 1"
         )
-    uneven = [
-        f"{label} {value}"
-        for label, value in (
-            ("num_attention_heads", arch.num_heads),
-            ("num_key_value_heads", arch.num_kv_heads),
-            ("intermediate_size", arch.intermediate_size),
-        )
-        if value % size
-    ]
-    if uneven:
+    if arch.num_kv_heads < size or arch.num_heads % arch.num_kv_heads:
         raise ValueError(
-            f"--tensor-parallel-size {size} must divide the model's attention heads, KV heads "
-            f"and MLP width, and {', '.join(uneven)} (config.json) "
-            f"{'is' if len(uneven) == 1 else 'are'} not a multiple of {size}"
+            f"--tensor-parallel-size {size} splits the model by KV heads (each with its group "
+            f"of query heads), and num_key_value_heads {arch.num_kv_heads} with "
+            f"num_attention_heads {arch.num_heads} (config.json) cannot give each of {size} "
+            "ranks a KV head (replicating KV heads is not supported yet): use a size of at "
+            f"most {arch.num_kv_heads}"
         )
 
 
-def local_arch(arch: ModelArch, size: int) -> ModelArch:
-    """The shapes one rank computes with (its heads and its slice of the MLP)."""
+def local_arch(arch: ModelArch, rank: int, size: int) -> ModelArch:
+    """The shapes rank computes with (its heads and its slice of the MLP)."""
+    num_kv_heads = split(arch.num_kv_heads, size, rank)[1]
     return dataclasses.replace(
         arch,
-        num_heads=arch.num_heads // size,
-        num_kv_heads=arch.num_kv_heads // size,
-        intermediate_size=arch.intermediate_size // size,
+        num_heads=num_kv_heads * (arch.num_heads // arch.num_kv_heads),
+        num_kv_heads=num_kv_heads,
+        intermediate_size=split(arch.intermediate_size, size, rank)[1],
     )
 
 
@@ -86,26 +79,35 @@ class ShardRule:
     """Called with each checkpoint tensor at load: returns this rank's slice (a copy, so the
     full tensor is freed), or the tensor itself where it is replicated."""
 
-    def __init__(self, rank: int, size: int) -> None:
+    def __init__(self, arch: ModelArch, rank: int, size: int) -> None:
         self.rank = rank
-        self.size = size
+        kv_first, kv_count = split(arch.num_kv_heads, size, rank)
+        group, dim = arch.num_heads // arch.num_kv_heads, arch.head_dim
+        q_rows = (kv_first * group * dim, kv_count * group * dim)
+        kv_rows = (kv_first * dim, kv_count * dim)
+        mlp = split(arch.intermediate_size, size, rank)
+        # part -> (dimension to slice, (first, count)) of the weight
+        self.slices = {
+            "self_attn.q_proj": (0, q_rows),
+            "self_attn.k_proj": (0, kv_rows),
+            "self_attn.v_proj": (0, kv_rows),
+            "self_attn.o_proj": (1, q_rows),
+            "mlp.gate_proj": (0, mlp),
+            "mlp.up_proj": (0, mlp),
+            "mlp.down_proj": (1, mlp),
+        }
 
     def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         if not name.startswith("model.layers."):
             return tensor
         part, _, kind = name.split(".", 3)[3].rpartition(".")
-        if part in _COLUMN_PARALLEL:
-            return self._slice(tensor, 0)
-        if part in _ROW_PARALLEL:
-            if kind == "bias":  # added once, after the all-reduce
-                return tensor if self.rank == 0 else torch.zeros_like(tensor)
-            return self._slice(tensor, 1)
-        return tensor
-
-    def _slice(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
-        width = tensor.shape[dim] // self.size
-        part = tensor.narrow(dim, self.rank * width, width)
-        return part.clone(memory_format=torch.contiguous_format)
+        if part not in self.slices:
+            return tensor
+        dim, (first, count) = self.slices[part]
+        if dim == 1 and kind == "bias":  # a row-parallel bias: added once, after the all-reduce
+            return tensor if self.rank == 0 else torch.zeros_like(tensor)
+        part_tensor = tensor.narrow(dim, first, count)
+        return part_tensor.clone(memory_format=torch.contiguous_format)
 
 
 def load_shard(
@@ -118,8 +120,8 @@ def load_shard(
     size: int,
 ) -> LlamaFamilyModel:
     """This rank's slice of the model (its all_reduce is set by the caller)."""
-    model = LlamaFamilyModel(local_arch(arch, size), dtype, device, max_len)
-    model.shard = ShardRule(rank, size)
+    model = LlamaFamilyModel(local_arch(arch, rank, size), dtype, device, max_len)
+    model.shard = ShardRule(arch, rank, size)
     try:
         model.load_weights(iter_safetensors(safetensors_files(model_dir)))
     except ValueError as error:

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from corral.model.arch import ModelArch
+from corral.model.kernels import cpu_kernels
 from corral.model.models.llama import LlamaFamilyModel
 from corral.model.tensor_parallel import (
     TIMEOUT_S,
@@ -36,6 +37,7 @@ from corral.model.tensor_parallel import (
     check_shardable,
     encode,
     load_shard,
+    local_arch,
     rank_device,
     read_message,
     threads_per_rank,
@@ -63,6 +65,7 @@ class TensorParallelGroup:
         max_len: int,
         size: int,
         num_threads: int,
+        quantization: str | None = None,
     ) -> None:
         check_shardable(arch, size)
         if device.type == "cuda" and (device.index or 0) != 0:
@@ -77,6 +80,8 @@ class TensorParallelGroup:
         self.model_dir, self.arch, self.dtype, self.max_len = model_dir, arch, dtype, max_len
         self.device = rank_device(device, 0)
         self.size = size
+        self.quantization = quantization
+        self.num_kv_heads = local_arch(arch, 0, size).num_kv_heads  # rank 0's share
         self.threads = threads_per_rank(num_threads, size)
         self._saved_threads = torch.get_num_threads()
         self.failure: str | None = None
@@ -112,6 +117,7 @@ class TensorParallelGroup:
                 init_method=f"tcp://127.0.0.1:{port}",
                 timeout_s=TIMEOUT_S,
                 num_threads=self.threads,
+                quantization=self.quantization,
             )
             self._send_to(rank, encode(setup))
         for rank in range(1, self.size):
@@ -144,6 +150,8 @@ class TensorParallelGroup:
             self.shutdown()
             raise
         shard.all_reduce = self.all_reduce
+        if self.device.type == "cpu":
+            cpu_kernels()  # built or loaded now, not inside the first step's collectives
         return TensorParallelModel(shard, self, self.arch)
 
     def attach(self, storage: Any) -> None:
@@ -273,5 +281,12 @@ def start_tensor_parallel(
     if size == 1:
         return None
     return TensorParallelGroup(
-        model_dir, arch, dtype, device, max_len, size, model_config.num_threads
+        model_dir,
+        arch,
+        dtype,
+        device,
+        max_len,
+        size,
+        model_config.num_threads,
+        getattr(model_config, "quantization", None),
     )

@@ -13,6 +13,7 @@ to join the group) and "ready" (loaded, KV pool made). Its prints and logs go to
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -21,7 +22,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from corral.model.kernels import cpu_kernels
 from corral.model.kv_storage import KVStorage
+from corral.model.quantization import apply_quantization
 from corral.model.tensor_parallel import backend_for, encode, load_shard, read_message, to_device
 
 
@@ -57,11 +60,15 @@ def main() -> int:
             setup["size"],
         )
         model.all_reduce = dist.all_reduce
+        apply_quantization(model, setup["quantization"])  # as rank 0 does to its shard
         pool = read_message(requests)
         if pool is None:
             return 0
         spec, num_blocks, num_host_slots = pool[1]
+        spec = dataclasses.replace(spec, num_kv_heads=model.arch.num_kv_heads)  # its own heads
         storage = KVStorage(spec, num_blocks, device, num_host_slots)
+        if device.type == "cpu":
+            cpu_kernels()  # built or loaded now, not inside the first step's collectives
         gc.collect()
         gc.freeze()
         reply.write(encode("ready"))

@@ -17,7 +17,7 @@ from corral import LLM, SamplingParams
 from corral.demo.random_model import build_random_model
 from corral.engine.engine_args import add_engine_arguments, engine_config_from_args
 from corral.model.arch import ModelArch
-from corral.model.tensor_parallel import ShardRule, check_shardable, local_arch
+from corral.model.tensor_parallel import ShardRule, check_shardable, local_arch, split
 from tests.conftest import TINY_SHAPE, _load_tokenizer
 
 PROMPTS = [
@@ -58,7 +58,20 @@ def biased_models(tmp_path_factory, tokenizer_dir, tiny_model_factory) -> dict[s
         tokenizer=_load_tokenizer(tokenizer_dir),
         **{**TINY_SHAPE, "attention_bias": True, "mlp_bias": True},
     )
+    uneven = root / "llama-uneven-built"
+    shape = {**TINY_SHAPE, "hidden_size": 96, "intermediate_size": 149, "attention_bias": True}
+    shape |= {"num_attention_heads": 6, "num_key_value_heads": 3}
+    build_random_model(
+        uneven,
+        architecture="llama",
+        seed=5,
+        dtype="float32",
+        initializer_range=0.2,
+        tokenizer=_load_tokenizer(tokenizer_dir),
+        **shape,
+    )
     return {
+        "llama-uneven": _with_random_biases(uneven, root / "llama-uneven"),
         "qwen2-bias": _with_random_biases(tiny_model_factory("qwen2"), root / "qwen2-bias"),
         "llama-bias": _with_random_biases(llama, root / "llama-bias"),
     }
@@ -80,12 +93,17 @@ def _assert_same(reference: list, outputs: list) -> None:
                 assert have[token_id].logprob == pytest.approx(logprob.logprob, abs=1e-4)
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2-bias", "llama-bias"])
-def test_two_ranks_match_one_token_for_token(name, tiny_model, biased_models):
+@pytest.mark.parametrize(
+    "name, size",
+    [("llama", 2), ("qwen2-bias", 2), ("llama-bias", 2), ("llama-uneven", 2), ("llama-uneven", 3)],
+)
+def test_ranks_match_one_token_for_token(name, size, tiny_model, biased_models):
+    """Llama, Qwen2 with q/k/v biases, Llama with o and down biases too, and 6 query / 3 KV
+    heads with an odd MLP width over 2 ranks (uneven) and 3."""
     model = tiny_model if name == "llama" else biased_models[name]
     # Small chunks: prefills that continue from cached context, and mixed steps.
     reference = _run(model, 1, max_num_batched_tokens=20)
-    _assert_same(reference, _run(model, 2, max_num_batched_tokens=20))
+    _assert_same(reference, _run(model, size, max_num_batched_tokens=20))
 
 
 def test_host_tier_swaps_run_on_every_rank(tiny_model):
@@ -105,21 +123,33 @@ def test_host_tier_swaps_run_on_every_rank(tiny_model):
 
 def test_shards_split_heads_and_mlp_and_keep_one_bias():
     arch = ModelArch("llama", 512, 64, 128, 2, 4, 2, 16, 1024)
-    assert dataclasses.astuple(local_arch(arch, 2))[4:8] == (2, 2, 1, 16)
-    rank0, rank1 = ShardRule(0, 2), ShardRule(1, 2)
-    weight = torch.arange(64 * 32.0).view(64, 32)
+    assert dataclasses.astuple(local_arch(arch, 1, 2))[3:8] == (64, 2, 2, 1, 16)
+    rank0, rank1 = ShardRule(arch, 0, 2), ShardRule(arch, 1, 2)
+    weight = torch.arange(64 * 64.0).view(64, 64)
     q = "model.layers.0.self_attn.q_proj.weight"
     assert torch.equal(rank1(q, weight), weight[32:])
+    assert torch.equal(rank1("model.layers.0.self_attn.k_proj.bias", weight[0]), weight[0, 16:32])
     o = "model.layers.1.self_attn.o_proj.weight"
-    assert torch.equal(rank1(o, weight), weight[:, 16:]) and rank1(o, weight).is_contiguous()
+    assert torch.equal(rank1(o, weight), weight[:, 32:]) and rank1(o, weight).is_contiguous()
     bias = torch.ones(64)
     assert torch.equal(rank0("model.layers.0.mlp.down_proj.bias", bias), bias)
     assert not rank1("model.layers.0.mlp.down_proj.bias", bias).any()
     assert rank1("model.embed_tokens.weight", weight) is weight
 
 
+def test_uneven_splits_follow_kv_heads():
+    """SmolLM-135M's 9 query and 3 KV heads over 2 ranks: 2 KV heads (6 query heads) and 1
+    (3); an odd MLP width splits as n + 1 and n."""
+    arch = ModelArch("llama", 512, 576, 1537, 2, 9, 3, 64, 1024)
+    shapes = [dataclasses.astuple(local_arch(arch, rank, 2))[3:7] for rank in (0, 1)]
+    assert shapes == [(769, 2, 6, 2), (768, 2, 3, 1)]
+    assert split(1537, 2, 1) == (769, 768)
+    q = torch.zeros(9 * 64, 576)
+    assert ShardRule(arch, 1, 2)("model.layers.0.self_attn.q_proj.weight", q).shape == (192, 576)
+
+
 def test_uneven_heads_and_experts_are_refused(tiny_model):
-    with pytest.raises(ValueError, match="num_key_value_heads 2.* not a multiple of 3"):
+    with pytest.raises(ValueError, match="num_key_value_heads 2 .* a KV head"):
         LLM(str(tiny_model), dtype="float32", tensor_parallel_size=3, num_blocks=16)
     moe = ModelArch("mixtral", 512, 64, 128, 2, 4, 2, 16, 1024, num_experts=8)
     with pytest.raises(ValueError, match="mixture-of-experts"):
