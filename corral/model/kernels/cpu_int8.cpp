@@ -34,7 +34,7 @@ using corral_cpu::to_float;
 
 namespace {
 
-// x rows per tile: 64 rows of 1536 floats (384 KiB) stay in L2 while the quads go by.
+// x rows per tile (even, so that row pairs never straddle tiles): 64 rows of 1536 floats (384 KiB) stay in L2 while the quads go by.
 constexpr int64_t kRowTile = 64;
 // Up to this many rows the quad is converted in registers for each row (no buffer).
 constexpr int64_t kDirectRows = 1;
@@ -60,22 +60,44 @@ inline void reduce_four(const __m256* v, float* sums) {
                 _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1)));
 }
 
-// Lanes of x[begin, end) . w_r[begin, end) for the quad's four rows r, 16 elements a step in
-// two accumulators per row, the two added at the end. (end - begin) % 16 == 0.
+// Lanes of x[begin, end) . w_r[begin, end) for the quad's four rows r: one accumulator per
+// row, 8 elements a step. (end - begin) % 8 == 0.
 template <typename W>
 inline void quad_lanes(const float* x, const W* w, int64_t in, int64_t begin, int64_t end,
-                       __m256* out) {
-  __m256 acc[4][2];
-  for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  for (int64_t i = begin; i < end; i += 16) {
-    const __m256 x0 = _mm256_loadu_ps(x + i);
-    const __m256 x1 = _mm256_loadu_ps(x + i + 8);
+                       __m256* acc) {
+  for (int r = 0; r < 4; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t i = begin; i < end; i += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + i);
+    for (int r = 0; r < 4; ++r) acc[r] = _mm256_fmadd_ps(xv, load8(w + r * in + i), acc[r]);
+  }
+}
+
+// The same for two x rows at once (each weight vector loaded once for both): every lane gets
+// exactly the sums quad_lanes gives each row alone.
+inline void quad_lanes_two(const float* x0, const float* x1, const float* w, int64_t in,
+                           int64_t end, __m256* acc0, __m256* acc1) {
+  for (int r = 0; r < 4; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < end; i += 8) {
+    const __m256 a = _mm256_loadu_ps(x0 + i);
+    const __m256 b = _mm256_loadu_ps(x1 + i);
     for (int r = 0; r < 4; ++r) {
-      acc[r][0] = _mm256_fmadd_ps(x0, load8(w + r * in + i), acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(x1, load8(w + r * in + i + 8), acc[r][1]);
+      const __m256 wv = _mm256_loadu_ps(w + r * in + i);
+      acc0[r] = _mm256_fmadd_ps(a, wv, acc0[r]);
+      acc1[r] = _mm256_fmadd_ps(b, wv, acc1[r]);
     }
   }
-  for (int r = 0; r < 4; ++r) out[r] = _mm256_add_ps(acc[r][0], acc[r][1]);
+}
+
+// Per channel: reduce the lanes, add the scalar tail [body, in), scale once.
+template <typename W>
+inline void finish_channel(const __m256* lanes, const float* x, const W* w, int64_t in,
+                           int64_t body, const float* scales, float* sums) {
+  reduce_four(lanes, sums);
+  for (int r = 0; r < 4; ++r) {
+    float sum = sums[r];
+    for (int64_t j = body; j < in; ++j) sum += x[j] * to_float(w[r * in + j]);
+    sums[r] = sum * scales[r];
+  }
 }
 
 // sums[r] = x . dequant(w_r) for the quad (scales of row r at scales[r * groups]).
@@ -84,14 +106,9 @@ inline void dot_four(const float* x, const W* w, int64_t in, const float* scales
                      int64_t groups, float* sums) {
   __m256 lanes[4];
   if (groups == 1) {
-    const int64_t body = in / 16 * 16;
+    const int64_t body = in / 8 * 8;
     quad_lanes(x, w, in, 0, body, lanes);
-    reduce_four(lanes, sums);
-    for (int r = 0; r < 4; ++r) {
-      float sum = sums[r];
-      for (int64_t j = body; j < in; ++j) sum += x[j] * to_float(w[r * in + j]);
-      sums[r] = sum * scales[r];
-    }
+    finish_channel(lanes, x, w, in, body, scales, sums);
     return;
   }
   const int64_t group_size = in / groups;
@@ -105,6 +122,17 @@ inline void dot_four(const float* x, const W* w, int64_t in, const float* scales
   }
   reduce_four(total, sums);
 }
+
+// dot_four for two x rows against a converted quad, per-channel scales only.
+inline void dot_four_two(const float* x0, const float* x1, const float* w, int64_t in,
+                         const float* scales, float* sums0, float* sums1) {
+  __m256 lanes0[4], lanes1[4];
+  const int64_t body = in / 8 * 8;
+  quad_lanes_two(x0, x1, w, in, body, lanes0, lanes1);
+  finish_channel(lanes0, x0, w, in, body, scales, sums0);
+  finish_channel(lanes1, x1, w, in, body, scales, sums1);
+}
+#define CORRAL_INT8_TWO_ROWS 1
 #else
 // The portable loops: 16 explicit lanes per row, reduced in order.
 template <typename W>
@@ -191,17 +219,32 @@ void int8_linear_rows(const T* x_ptr, const int8_t* q_ptr, const float* s_ptr, i
             scales = padded_scales.data();
           }
         }
-        for (int64_t r = row0; r < row_end; ++r) {
+        const auto store = [&](int64_t r, const float* row_sums) {
+          for (int64_t j = 0; j < count; ++j) {
+            const float b = b_ptr ? to_float(b_ptr[n0 + j]) : 0.f;
+            o_ptr[r * out_features + n0 + j] = static_cast<T>(row_sums[j] + b);
+          }
+        };
+        int64_t r = row0;
+#if defined(CORRAL_INT8_TWO_ROWS)
+        if (!direct && groups == 1) {  // two rows at a time share each weight load
+          float sums1[4];
+          for (; r + 2 <= row_end; r += 2) {
+            dot_four_two(x_float + r * in, x_float + (r + 1) * in, w_float.data(), in, scales,
+                         sums, sums1);
+            store(r, sums);
+            store(r + 1, sums1);
+          }
+        }
+#endif
+        for (; r < row_end; ++r) {
           const float* x_row = x_float + r * in;
           if (direct) {
             dot_four<int8_t>(x_row, w_quad, in, scales, groups, sums);
           } else {
             dot_four<float>(x_row, w_float.data(), in, scales, groups, sums);
           }
-          for (int64_t j = 0; j < count; ++j) {
-            const float b = b_ptr ? to_float(b_ptr[n0 + j]) : 0.f;
-            o_ptr[r * out_features + n0 + j] = static_cast<T>(sums[j] + b);
-          }
+          store(r, sums);
         }
       }
     }
