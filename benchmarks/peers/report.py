@@ -141,6 +141,48 @@ def targets_section(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def analysis_section(doc: dict[str, Any]) -> list[str]:
+    """What the ceilings say about the figures: torch's bf16 GEMM bounds corral's (and vLLM's)
+    steps; llama.cpp runs its own kernels."""
+    m = doc["machine"]
+    flops_per_token = 2 * 134.5e6  # one forward pass of the model per token, GEMMs only
+    by_m = {row["m"]: row for row in m["linear_bf16"]}
+    fp32 = {row["m"]: row for row in m.get("linear_fp32", [])}
+    lines = ["## Why (the ceilings against the figures)", ""]
+    one = by_m.get(1)
+    if one:
+        bound = one["gflops"] * 1e9 / flops_per_token
+        lines.append(
+            f"- Single stream: torch's bf16 `F.linear` at M=1 streams the weights at "
+            f"{one['weight_gbs']:.1f} GB/s here, a bound of about {bound:.0f} tokens/s "
+            f"({1e3 / bound:.0f} ms per token) for the model's GEMMs alone; the machine's read "
+            f"bandwidth ({m['read_bandwidth_gbs']:.1f} GB/s) allows "
+            f"{m['read_bandwidth_gbs'] * 1e9 / m['read_buffer_bytes']:.0f} passes over the "
+            "weights per second."
+        )
+    for rows in sorted(k for k in by_m if k > 1):
+        row = by_m[rows]
+        other = fp32.get(rows)
+        tail = f" (float32: {other['gflops']:.1f} GFLOP/s)" if other else ""
+        lines.append(
+            f"- M={rows}: torch bf16 `F.linear` reaches {row['gflops']:.1f} GFLOP/s{tail}, "
+            f"about {row['gflops'] * 1e9 / flops_per_token:.0f} tokens/s for the model's GEMMs "
+            "(a decode step of that many rows, or a prefill chunk)."
+        )
+    cpu = m["cpu"]
+    if not cpu["avx512_bf16"]:
+        lines.append(
+            "- This CPU has no AVX-512 (no bf16 dot-product instructions, no AMX): oneDNN cannot "
+            "build a bf16 matmul primitive (vLLM logs `Failed to create oneDNN linear, fallback "
+            "to torch linear`), and torch's bf16 GEMM for M > 1 runs far below the fp32 FMA "
+            "peak. corral and vLLM both compute with torch, so their batched steps (concurrency "
+            "32, the burst, and every prefill) are bounded by it; llama.cpp converts bf16 to "
+            "fp32 in its own AVX2 kernels. That is the profile behind the missed batched "
+            "targets here: a small-M GEMM of corral's own (issue 19, item 2) is what removes it."
+        )
+    return [*lines, ""]
+
+
 def write_page(doc: dict[str, Any], path: Path) -> Path:
     s = doc["settings"]
     servers = doc["servers"]
@@ -176,9 +218,10 @@ def write_page(doc: dict[str, Any], path: Path) -> Path:
         "`max_tokens` and `ignore_eos: true`; output counts come from each stream's usage and "
         "the `wrong length` column counts requests that did not generate the forced count.",
         "",
-        f"- single stream: {s['single_requests']} requests one after another, 64-token prompt, "
+        f"- single stream: {s['single_requests']} request(s) one after another, 32-token prompt, "
         f"{s['single_output']} output tokens, {s['single_rounds']} rounds;",
-        f"- concurrency {s['slots']}: {s['slots']} requests of 128+128 tokens at once, "
+        f"- concurrency {s['slots']}: {s['slots']} requests of {s['c32_prompt']}+"
+        f"{s['c32_output']} tokens at once, "
         f"{s['c32_rounds']} rounds;",
         f"- burst: the first {s['burst_requests']} Azure-conversation (2023) requests at once, "
         f"lengths x{s['length_scale']} and cut to {s['ctx']} tokens, {s['burst_rounds']} rounds;",
@@ -197,6 +240,7 @@ def write_page(doc: dict[str, Any], path: Path) -> Path:
         )
     lines += ["", "## Set-up facts", "", facts]
     lines += machine_section(doc) + figures_section(doc) + targets_section(doc)
+    lines += analysis_section(doc)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path

@@ -116,6 +116,7 @@ def vllm_server(model: Path, name: str, env: dict[str, str], extra: list[str]) -
         "PATH": f"{VLLM_BIN}:{os.environ.get('PATH', '')}",
         "VIRTUAL_ENV": str(VLLM_BIN.parent),
         "VLLM_TARGET_DEVICE": "cpu",
+        "VLLM_CACHE_ROOT": str(VLLM_BIN.parent.parent / "vllm-cache"),
     }
     return Server(name, command, env={**base_env, **env}, port=port)
 
