@@ -1,0 +1,109 @@
+"""The decode GEMM: corral's few-row linear kernel against torch's F.linear at the batch sizes of
+decode steps (M = rows = running requests), on the weight shapes of the SmolLM-135M-shaped
+reference model, in GFLOP/s, same process, alternating calls.
+
+Each figure is the best of --trials timed trials: on a shared machine the best trial is the one
+least disturbed, and both contenders get the same treatment. With one thread the clock is the
+thread's CPU time (time descheduled does not count), with several it is wall time.
+
+    .venv/bin/python benchmarks/decode_gemm.py --json docs/figures/decode_gemm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from corral.model.cpu_features import cpu_flags
+from corral.model.kernels import cpu_kernels
+
+# (out, in) of q|k|v, o, gate|up, down and the LM head of the reference model (hidden 576, 9
+# heads of 64, 3 KV heads, MLP 1536, vocabulary 49,152).
+SHAPES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536)}
+LM_HEAD = (49152, 576)
+
+
+def best_seconds(fn, repeats: int, trials: int, clock=time.perf_counter) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(trials):
+        start = clock()
+        for _ in range(repeats):
+            fn()
+        best = min(best, (clock() - start) / repeats)
+    return best
+
+
+def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
+    """GFLOP/s of one decoder layer's four linears (their summed time) at `rows` rows."""
+    torch.set_num_threads(threads)
+    kernels = cpu_kernels()
+    assert kernels is not None
+    # One thread: the calling thread's CPU time, which time spent descheduled by other jobs on a
+    # shared machine does not inflate; several threads: wall time.
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    kernel_s = torch_s = 0.0
+    flops = 0
+    for out_features, in_features in SHAPES.values():
+        weight = torch.randn(out_features, in_features, dtype=dtype)
+        x = torch.randn(rows, in_features, dtype=dtype)
+        repeats = max(3, int(2e8 / (2 * rows * out_features * in_features)))
+        repeats = min(repeats, 200)
+        kernel_s += best_seconds(
+            lambda w=weight, x=x: kernels.few_row_linear(x, w, None), repeats, trials, clock
+        )
+        torch_s += best_seconds(lambda w=weight, x=x: F.linear(x, w), repeats, trials, clock)
+        flops += 2 * rows * out_features * in_features
+    return {
+        "rows": rows,
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": threads,
+        "kernel_gflops": flops / kernel_s / 1e9,
+        "torch_gflops": flops / torch_s / 1e9,
+        "kernel_over_torch": torch_s / kernel_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="1,2,4,8,16,32,64,128")
+    parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--threads", default=f"1,{os.cpu_count()}")
+    parser.add_argument("--trials", type=int, default=7)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    flags = cpu_flags()
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "simd": sorted(f for f in flags if f.startswith(("avx", "amx", "fma"))),
+        "torch": torch.__version__,
+        "load_average": os.getloadavg(),
+    }
+    print(machine)
+    print("| dtype | threads | rows | kernel GFLOP/s | F.linear GFLOP/s | kernel / F.linear |")
+    print("|---|---|---|---|---|---|")
+    results = []
+    for dtype_name in args.dtypes.split(","):
+        for threads in [int(t) for t in args.threads.split(",")]:
+            for rows in [int(r) for r in args.rows.split(",")]:
+                row = measure(rows, getattr(torch, dtype_name), threads, args.trials)
+                results.append(row)
+                print(
+                    f"| {row['dtype']} | {threads} | {rows} | {row['kernel_gflops']:.1f} | "
+                    f"{row['torch_gflops']:.1f} | {row['kernel_over_torch']:.2f} |",
+                    flush=True,
+                )
+    machine["load_average_after"] = os.getloadavg()
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"machine": machine, "results": results}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
