@@ -153,12 +153,12 @@ def analysis_section(doc: dict[str, Any]) -> list[str]:
     if one:
         bound = one["gflops"] * 1e9 / flops_per_token
         lines.append(
-            f"- Single stream: torch's bf16 `F.linear` at M=1 streams the weights at "
-            f"{one['weight_gbs']:.1f} GB/s here, a bound of about {bound:.0f} tokens/s "
-            f"({1e3 / bound:.0f} ms per token) for the model's GEMMs alone; the machine's read "
-            f"bandwidth ({m['read_bandwidth_gbs']:.1f} GB/s) allows "
-            f"{m['read_bandwidth_gbs'] * 1e9 / m['read_buffer_bytes']:.0f} passes over the "
-            "weights per second."
+            f"- Single stream: torch's bf16 `F.linear` at M=1 streamed the weights at "
+            f"{one['weight_gbs']:.1f} GB/s in this run, {1e3 / bound:.0f} ms per token for the "
+            f"model's GEMMs alone; the read bandwidth ({m['read_bandwidth_gbs']:.1f} GB/s) "
+            f"allows {m['read_bandwidth_gbs'] * 1e9 / m['read_buffer_bytes']:.0f} passes over "
+            "the weights per second. An engine faster than the former does not decode through "
+            "torch's bf16 GEMV."
         )
     for rows in sorted(k for k in by_m if k > 1):
         row = by_m[rows]
@@ -174,11 +174,21 @@ def analysis_section(doc: dict[str, Any]) -> list[str]:
         lines.append(
             "- This CPU has no AVX-512 (no bf16 dot-product instructions, no AMX): oneDNN cannot "
             "build a bf16 matmul primitive (vLLM logs `Failed to create oneDNN linear, fallback "
-            "to torch linear`), and torch's bf16 GEMM for M > 1 runs far below the fp32 FMA "
-            "peak. corral and vLLM both compute with torch, so their batched steps (concurrency "
-            "32, the burst, and every prefill) are bounded by it; llama.cpp converts bf16 to "
-            "fp32 in its own AVX2 kernels. That is the profile behind the missed batched "
-            "targets here: a small-M GEMM of corral's own (issue 19, item 2) is what removes it."
+            "to torch linear`), and torch's bf16 GEMM for M > 1 runs far below its float32 "
+            "figure. corral and vLLM compute their batched steps (concurrency 32, the burst, "
+            "every prefill) with torch and are bounded by it; llama.cpp runs its own ggml "
+            "kernels. A small-M GEMM of corral's own (issue 19, item 2) is what lifts that "
+            "bound."
+        )
+    load = m["load_average"][0]
+    if load > (cpu["cpus"] or 1):
+        lines.append(
+            f"- The machine was oversubscribed (load average {load:.1f} on {cpu['cpus']} cores, "
+            "from other work). Engines that split each step over 2 threads with a barrier "
+            "(corral `--num-threads 2`, llama-server `-t 2`, vLLM with both cores bound) wait "
+            "for their slowest thread on every step, while vLLM's default binds one compute "
+            "thread: compare vllm against vllm-tuned above. The ratios are same-run and "
+            "alternating, but they are ratios under this load, not on an idle machine."
         )
     return [*lines, ""]
 
@@ -200,7 +210,7 @@ def write_page(doc: dict[str, Any], path: Path) -> Path:
         "",
         "```",
         "bash benchmarks/peers/setup.sh            # .peers/vllm, .peers/llama.cpp, .peers/convert",
-        ".venv/bin/python -m benchmarks.peers.run --quick   # smoke run, ~10 min",
+        ".venv/bin/python -m benchmarks.peers.run --quick   # smoke run, ~12 min here",
         ".venv/bin/python -m benchmarks.peers.run           # docs/figures/peers.json, this page",
         "```",
         "",
