@@ -262,7 +262,12 @@ class TensorParallelModel:
         if self.group.device.type != "cpu":
             inputs = to_device(inputs, torch.device("cpu"))
         self.group.send(("step", inputs))
-        return self.shard.forward(input_ids, positions, kv_caches, metadata)
+        try:
+            return self.shard.forward(input_ids, positions, kv_caches, metadata)
+        except BaseException as error:  # the ranks are out of step now: no further steps
+            if self.group.failure is None:
+                self.group.failure = f"a tensor-parallel step failed on rank 0 ({error!r})"
+            raise
 
     def shutdown(self) -> None:
         self.group.shutdown()
