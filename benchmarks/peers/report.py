@@ -86,16 +86,17 @@ def machine_section(doc: dict[str, Any]) -> list[str]:
 
 def figures_section(doc: dict[str, Any]) -> list[str]:
     engines = list(doc["servers"])
-    peers = [e for e in engines if e != "corral"]
+    ref = doc.get("reference", "corral")
+    peers = [e for e in engines if e != ref]
     lines = [
         "## Figures (medians over rounds) and same-run ratios",
         "",
-        "Ratios are corral's speed over the peer's within each round, then the median over rounds "
+        f"Ratios are {ref}'s speed over the peer's within each round, then the median over rounds "
         "(above 1: corral faster): TPOT peer/corral for the single stream and the rate points, "
         "output tok/s corral/peer for concurrency 32 and the burst.",
         "",
         "| phase | engine | output tok/s | TPOT p50 (ms) | TTFT p50 (ms) | ok / failed "
-        "| wrong length | corral vs it |",
+        f"| wrong length | {ref} vs it |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for phase, by_engine in doc["summary"].items():
@@ -125,6 +126,8 @@ def targets_section(doc: dict[str, Any]) -> list[str]:
     best_vllm = "vllm-tuned" if "vllm-tuned" in doc["servers"] else "vllm"
     return [
         "## Issue 19's targets",
+        "",
+        f"Ratios of {doc.get('reference', 'corral')} (same run, median over rounds).",
         "",
         "| target | needed | measured | |",
         "|---|---|---|---|",
@@ -174,11 +177,12 @@ def analysis_section(doc: dict[str, Any]) -> list[str]:
         lines.append(
             "- This CPU has no AVX-512 (no bf16 dot-product instructions, no AMX): oneDNN cannot "
             "build a bf16 matmul primitive (vLLM logs `Failed to create oneDNN linear, fallback "
-            "to torch linear`), and torch's bf16 GEMM for M > 1 runs far below its float32 "
-            "figure. corral and vLLM compute their batched steps (concurrency 32, the burst, "
-            "every prefill) with torch and are bounded by it; llama.cpp runs its own ggml "
-            "kernels. A small-M GEMM of corral's own (issue 19, item 2) is what lifts that "
-            "bound."
+            "to torch linear`), so vLLM's linears are torch's bf16 `F.linear` above, far below "
+            "its float32 figure for M > 1. corral uses its own bf16 linear kernel for every "
+            "linear on such CPUs (docs/benchmarks.md, 2-6x `F.linear`); llama.cpp runs its own "
+            "ggml kernels. This run holds no per-step profile of the engines: where corral "
+            "trails, the per-step split (GEMM, attention, Python, threads) is still to be "
+            "measured (issue 19, items 2 and 3)."
         )
     load = m["load_average"][0]
     if load > (cpu["cpus"] or 1):

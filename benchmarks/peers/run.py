@@ -40,7 +40,7 @@ from corral.bench.serve import ServeTarget, run_serve_benchmark
 from corral.core.slo_target import parse_slo
 from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
 
-ENGINES = ("corral", "llama.cpp", "vllm", "vllm-tuned")
+ENGINES = ("corral", "llama.cpp", "vllm", "vllm-tuned")  # also: corral-t1, llama.cpp-t1
 VOCAB = 49152  # the model's vocabulary: prompt ids are drawn from [1, VOCAB)
 SLO = "ttft_ms=2000,tpot_ms=300"
 
@@ -52,6 +52,12 @@ def make_servers(args: argparse.Namespace, model: Path) -> list[Server]:
         servers.append(corral_server(model, args.ctx, args.threads, args.slots))
     if "llama.cpp" in engines:
         servers.append(llama_server(gguf_path(model), args.ctx, args.threads, args.slots))
+    # One-thread variants (for a machine oversubscribed by other work).
+    if "corral-t1" in engines:
+        servers.append(corral_server(model, args.ctx, 1, args.slots, name="corral-t1"))
+    if "llama.cpp-t1" in engines:
+        gguf = gguf_path(model)
+        servers.append(llama_server(gguf, args.ctx, 1, args.slots, name="llama.cpp-t1"))
     if "vllm" in engines:
         # Default settings but the KV space: by default vLLM reserves 0.92 of the machine's
         # memory (--gpu-memory-utilization) and refuses to start when less is free.
@@ -185,21 +191,21 @@ def run_phases(args: argparse.Namespace, servers: list[Server]) -> dict[str, Any
     return results
 
 
-def ratios(results: dict[str, Any], engines: list[str]) -> dict[str, Any]:
-    """corral's speed over each peer's, per round, then the median over rounds (>1: corral
-    faster). Single stream and rate points compare TPOT (peer/corral), the others output
-    tok/s (corral/peer)."""
+def ratios(results: dict[str, Any], engines: list[str], ref: str = "corral") -> dict[str, Any]:
+    """ref's (corral's) speed over each peer's, per round, then the median over rounds (>1:
+    corral faster). Single stream and rate points compare TPOT (peer/corral), the others
+    output tok/s (corral/peer)."""
     out: dict[str, Any] = {}
     for phase, by_engine in results.items():
-        if "corral" not in by_engine:
+        if ref not in by_engine:
             continue
         metric = "tpot_p50_ms" if phase == "single" or phase.startswith("rate") else "output_tok_s"
         out[phase] = {"metric": metric}
         for peer in engines:
-            if peer == "corral" or peer not in by_engine:
+            if peer == ref or peer not in by_engine:
                 continue
             each = []
-            for mine, theirs in zip(by_engine["corral"], by_engine[peer], strict=True):
+            for mine, theirs in zip(by_engine[ref], by_engine[peer], strict=True):
                 a, b = mine[metric], theirs[metric]
                 if not (a and b):
                     continue
@@ -251,6 +257,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run (1 round per phase)")
     parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--reference", default="corral", help="the engine ratios are of")
     parser.add_argument("--ctx", type=int, default=1024, help="context per request")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--slots", type=int, default=32, help="concurrency of the c32 phase")
@@ -321,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
             for s in servers
         },
         "summary": summary(results),
-        "ratios": ratios(results, engines),
+        "reference": args.reference,
+        "ratios": ratios(results, engines, args.reference),
         "rounds": results,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

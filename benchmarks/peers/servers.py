@@ -87,16 +87,18 @@ class Server:
             self.process.wait(10)
 
 
-def corral_server(model: Path, ctx: int, threads: int, max_seqs: int) -> Server:
+def corral_server(
+    model: Path, ctx: int, threads: int, max_seqs: int, name: str = "corral"
+) -> Server:
     port = free_port()
     command = [sys.executable, "-m", "corral", "--log-level", "WARNING", "serve"]
     command += ["--model", str(model), "--dtype", "bfloat16", "--port", str(port)]
     command += ["--served-model-name", MODEL_NAME, "--max-model-len", str(ctx)]
     command += ["--num-threads", str(threads), "--max-num-seqs", str(max_seqs), "--no-access-log"]
-    return Server("corral", command, port=port)
+    return Server(name, command, port=port)
 
 
-def llama_server(gguf: Path, ctx: int, threads: int, slots: int) -> Server:
+def llama_server(gguf: Path, ctx: int, threads: int, slots: int, name: str = "llama.cpp") -> Server:
     """-c is the whole context, split evenly over the -np slots; --cache-ram 0 turns off the
     host prompt cache (a long-running server with many slots slowed down over rounds with it);
     continuous batching is llama-server's default."""
@@ -104,7 +106,7 @@ def llama_server(gguf: Path, ctx: int, threads: int, slots: int) -> Server:
     command = [str(LLAMA_SERVER), "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1"]
     command += ["-c", str(ctx * slots), "-np", str(slots), "-t", str(threads)]
     command += ["--cache-ram", "0", "--alias", MODEL_NAME, "--no-webui"]
-    return Server("llama.cpp", command, port=port)
+    return Server(name, command, port=port)
 
 
 def vllm_server(model: Path, name: str, env: dict[str, str], extra: list[str]) -> Server:
