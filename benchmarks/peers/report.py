@@ -41,6 +41,13 @@ FACTS = """\
 - **llama-server** runs with `-c <ctx x slots> -np <slots> -t <threads> --cache-ram 0`: `-c` is
   split evenly over the slots, and the host prompt cache is off (a long-running server with many
   slots slowed down over rounds with it). Continuous batching is its default.
+- **Time**: on the shared 2-core machine (load average ~10 from other builds) the set-up took
+  about 35 minutes, the llama-server build most of it; vLLM becomes healthy 4-7 minutes after it
+  starts (a torch.compile warm-up, cached under `.peers/vllm-cache`), corral and llama-server in
+  under 30 s. The workload is sized down from issue 19's (32 requests of 128+128 tokens, 64 burst
+  requests) because corral's and vLLM's batched bf16 steps run at a few GFLOP/s here: one round of
+  the issue's concurrency-32 shape took 4.5 (vLLM) to 8 (corral) minutes per engine in a trial.
+  `--c32-prompt 128 --c32-output 128 --burst-requests 64 --length-scale 0.25` restores it.
 """
 
 
@@ -123,11 +130,18 @@ def targets_section(doc: dict[str, Any]) -> list[str]:
         verdict = "**met**" if got >= need else "missed"
         return f"| {name} | {need:g}x | {got:.2f}x | {verdict} |"
 
-    best_vllm = "vllm-tuned" if "vllm-tuned" in doc["servers"] else "vllm"
+    def strongest_vllm(phase: str) -> str:
+        # the vLLM configuration corral compares worst against (the stronger peer) in this phase
+        found = [(_ratio(r, phase, v), v) for v in ("vllm", "vllm-tuned") if v in doc["servers"]]
+        found = [(got, v) for got, v in found if got is not None]
+        return min(found)[1] if found else "vllm"
+
+    c32_vllm, burst_vllm = strongest_vllm("c32"), strongest_vllm("burst")
     return [
         "## Issue 19's targets",
         "",
-        f"Ratios of {doc.get('reference', 'corral')} (same run, median over rounds).",
+        f"Ratios of {doc.get('reference', 'corral')} (same run, median over rounds); against "
+        "vLLM, the stronger of its two configurations in that phase.",
         "",
         "| target | needed | measured | |",
         "|---|---|---|---|",
@@ -135,11 +149,11 @@ def targets_section(doc: dict[str, Any]) -> list[str]:
         "| single-stream int8 vs llama-server bf16 | 1.1x | not measured: corral has no int8 "
         "weights yet (item 4) | missed |",
         row("concurrency 32 vs llama-server", "c32", "llama.cpp", 2.0),
-        row(f"concurrency 32 vs vLLM-CPU ({best_vllm})", "c32", best_vllm, 1.5),
+        row(f"concurrency 32 vs vLLM-CPU ({c32_vllm})", "c32", c32_vllm, 1.5),
         row("burst vs llama-server", "burst", "llama.cpp", 2.0),
-        row(f"burst vs vLLM-CPU ({best_vllm})", "burst", best_vllm, 1.5),
-        "| decode GEMM at M=32 vs torch's, same shapes | 2x | not measured: corral's own small-M "
-        "GEMM (item 2) is not built yet; torch's figure is above | missed |",
+        row(f"burst vs vLLM-CPU ({burst_vllm})", "burst", burst_vllm, 1.5),
+        "| decode GEMM at M=32 vs torch's, same shapes | 2x | measured by "
+        "`benchmarks/decode_gemm.py` (item 2), not by this run; torch's figure is above | - |",
         "",
     ]
 
@@ -179,7 +193,8 @@ def analysis_section(doc: dict[str, Any]) -> list[str]:
             "build a bf16 matmul primitive (vLLM logs `Failed to create oneDNN linear, fallback "
             "to torch linear`), so vLLM's linears are torch's bf16 `F.linear` above, far below "
             "its float32 figure for M > 1. corral uses its own bf16 linear kernel for every "
-            "linear on such CPUs (docs/benchmarks.md, 2-6x `F.linear`); llama.cpp runs its own "
+            "linear on such CPUs (docs/benchmarks.md; a register-blocked decode GEMM, "
+            "`benchmarks/decode_gemm.py`); llama.cpp runs its own "
             "ggml kernels. This run holds no per-step profile of the engines: where corral "
             "trails, the per-step split (GEMM, attention, Python, threads) is still to be "
             "measured (issue 19, items 2 and 3)."
@@ -218,7 +233,8 @@ def write_page(doc: dict[str, Any], path: Path) -> Path:
         ".venv/bin/python -m benchmarks.peers.run           # docs/figures/peers.json, this page",
         "```",
         "",
-        f"This run: `{' '.join(doc['command'][1:])}` at commit {doc['git_commit']}, "
+        f"This run: `.venv/bin/python {' '.join(doc['command'][1:])}` at commit "
+        f"{doc['git_commit']}, "
         f"{doc['date']}, {doc['wall_s'] / 60:.0f} minutes.",
         "",
         "## Model and workload",
@@ -255,6 +271,13 @@ def write_page(doc: dict[str, Any], path: Path) -> Path:
     lines += ["", "## Set-up facts", "", facts]
     lines += machine_section(doc) + figures_section(doc) + targets_section(doc)
     lines += analysis_section(doc)
+    threads = path.with_name("peers-threads.md")
+    if path.name == "peers.md" and threads.is_file():
+        lines += [
+            "One-thread variants (`corral --num-threads 1`, `llama-server -t 1`) against the "
+            f"two-thread ones, a separate run: [{threads.name}]({threads.name}).",
+            "",
+        ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
