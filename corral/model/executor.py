@@ -25,6 +25,7 @@ from corral.model.device import free_memory_bytes, resolve_device, resolve_dtype
 from corral.model.kv_disk import DiskKVStore
 from corral.model.kv_identity import kv_config_hash
 from corral.model.kv_storage import KVSpec, KVStorage, kv_storage_dtype
+from corral.model.layers.linear import tune_linear_dispatch
 from corral.model.loader import load_model
 from corral.model.models.llama import LlamaFamilyModel
 from corral.model.quantization import apply_quantization
@@ -94,6 +95,7 @@ class ModelExecutor:
         tp = start_tensor_parallel(model_dir, arch, model_config, dtype, device, max_model_len)
         model = tp.load_model() if tp else load_model(model_dir, arch, dtype, device, max_model_len)
         apply_quantization(model, model_config.quantization)
+        tune_linear_dispatch(model)
         spec = KVSpec(
             arch.num_layers,
             cache_config.block_size,

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from corral.model.kernels import cpu_kernels
 from corral.model.kv_storage import KVStorage
+from corral.model.layers.linear import tune_linear_dispatch
 from corral.model.quantization import apply_quantization
 from corral.model.tensor_parallel import backend_for, encode, load_shard, read_message, to_device
 
@@ -61,6 +62,7 @@ def main() -> int:
         )
         model.all_reduce = dist.all_reduce
         apply_quantization(model, setup["quantization"])  # as rank 0 does to its shard
+        tune_linear_dispatch(model)  # its own shard's shapes
         pool = read_message(requests)
         if pool is None:
             return 0

@@ -5,14 +5,27 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from corral.model.cpu_features import has_native_bf16_matmul
 from corral.model.kernels import cpu_kernels
+from corral.model.layers.linear_dispatch import choose_max_kernel_rows, guessed_max_kernel_rows
 from corral.model.quantization import Int8Weight, int8_linear
 
-# Up to this many rows, bfloat16 CPU linears use corral's kernel: a couple where the CPU
-# multiplies bf16 natively (oneDNN is faster beyond), every size where it does not (the kernel
-# beats F.linear 2-5x at 1 to 256 rows there: benchmarks/linear_rows.py).
-_MAX_KERNEL_ROWS = 2 if has_native_bf16_matmul() else 1 << 30
+# Up to this many rows, bfloat16 CPU linears use corral's kernel, beyond them F.linear: guessed
+# from the CPU's flags until tune_linear_dispatch measures it for the loaded model.
+_MAX_KERNEL_ROWS = guessed_max_kernel_rows()
+
+
+def tune_linear_dispatch(model) -> None:
+    """Time the kernel against F.linear on the model's shapes and set the row limit (bf16 CPU
+    models only; once per process, at start-up; corral/model/layers/linear_dispatch.py)."""
+    global _MAX_KERNEL_ROWS
+    if model.dtype != torch.bfloat16 or model.device.type != "cpu":
+        return
+    kernels = cpu_kernels()
+    if kernels is None:
+        return
+    _MAX_KERNEL_ROWS = choose_max_kernel_rows(
+        model, lambda x, w: kernels.few_row_linear(x, w, None)
+    )
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
