@@ -10,9 +10,11 @@ namespace corral_cpu {
 
 
 // The least work (multiply-adds) a parallel chunk gets: below it, waking a second thread (tens
-// of microseconds with passive OpenMP waits) costs more than it saves (measured on a 2-core
-// Zen 4: a 5M multiply-add linear takes as long on two threads as on one).
-constexpr int64_t kMinParallelWork = 1 << 22;
+// of microseconds with passive OpenMP waits) costs more than it saves. 4M (1 << 22) was measured
+// on a 2-core Zen 4 (a 5M multiply-add linear took as long on two threads as on one); on a 2-core
+// AVX2 EPYC that limit kept every layer linear of a SmolLM-135M-shaped model on one thread, and
+// 512K made one-stream decode 1.4x faster on two threads (docs/performance.md).
+constexpr int64_t kMinParallelWork = 1 << 19;
 
 // Weight quads per parallel chunk of a few-row linear: at least 16, and kMinParallelWork.
 inline int64_t linear_grain(int64_t rows, int64_t in) {

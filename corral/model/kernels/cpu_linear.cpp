@@ -73,14 +73,28 @@ inline __m256 load_eight(const at::Half* p) {
 // Two accumulators per weight row (eight independent FMA chains), 16 elements a step; the lanes
 // are then added in a fixed order, so float, bfloat16 and float16 inputs of equal values give
 // equal bits (the few-row path converts to float first; the one-row path does not).
-template <typename T>
+//
+// kPrefetch (the one-row bf16 path, which streams every weight from memory once): the same
+// offsets of the quad kPrefetchQuads quads ahead are requested while this one is multiplied,
+// as the AVX-512 path does. It changes no result.
+template <typename T, bool kPrefetch = false>
 inline void dot_four_rows_avx2(const T* x, const T* w, int64_t in, float* sums) {
   __m256 acc[4][2];
   for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  constexpr int64_t kPrefetchQuads = 4;
+  const T* ahead = w + kPrefetchQuads * 4 * in;
   int64_t i = 0;
   for (; i + 16 <= in; i += 16) {
     const __m256 x0 = load_eight(x + i);
     const __m256 x1 = load_eight(x + i + 8);
+    if constexpr (kPrefetch) {
+      // 16 bf16 elements are 32 bytes: one 64-byte line covers two iterations of a row.
+      if ((i & 31) == 0) {
+        for (int r = 0; r < 4; ++r) {
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + r * in + i), _MM_HINT_T0);
+        }
+      }
+    }
     for (int r = 0; r < 4; ++r) {
       acc[r][0] = _mm256_fmadd_ps(x0, load_eight(w + r * in + i), acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(x1, load_eight(w + r * in + i + 8), acc[r][1]);
@@ -181,7 +195,7 @@ inline void dot_four_rows<at::Half>(const at::Half* x, const at::Half* w, int64_
 template <>
 inline void dot_four_rows<at::BFloat16>(const at::BFloat16* x, const at::BFloat16* w, int64_t in,
                                         float* sums) {
-  dot_four_rows_avx2(x, w, in, sums);
+  dot_four_rows_avx2<at::BFloat16, true>(x, w, in, sums);
 }
 #endif
 #endif
