@@ -40,7 +40,8 @@ from corral.bench.serve import ServeTarget, run_serve_benchmark
 from corral.core.slo_target import parse_slo
 from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
 
-ENGINES = ("corral", "llama.cpp", "vllm", "vllm-tuned")  # also: corral-t1, llama.cpp-t1
+# Also: corral-t1, llama.cpp-t1 (one thread each), corral-int8 (--quantization int8).
+ENGINES = ("corral", "llama.cpp", "vllm", "vllm-tuned")
 VOCAB = 49152  # the model's vocabulary: prompt ids are drawn from [1, VOCAB)
 SLO = "ttft_ms=2000,tpot_ms=300"
 
@@ -52,6 +53,11 @@ def make_servers(args: argparse.Namespace, model: Path) -> list[Server]:
         servers.append(corral_server(model, args.ctx, args.threads, args.slots))
     if "llama.cpp" in engines:
         servers.append(llama_server(gguf_path(model), args.ctx, args.threads, args.slots))
+    if "corral-int8" in engines:  # weight-only int8 from the same bf16 checkpoint
+        int8 = ("--quantization", "int8")
+        servers.append(
+            corral_server(model, args.ctx, args.threads, args.slots, "corral-int8", int8)
+        )
     # One-thread variants (for a machine oversubscribed by other work).
     if "corral-t1" in engines:
         servers.append(corral_server(model, args.ctx, 1, args.slots, name="corral-t1"))

@@ -88,14 +88,19 @@ class Server:
 
 
 def corral_server(
-    model: Path, ctx: int, threads: int, max_seqs: int, name: str = "corral"
+    model: Path,
+    ctx: int,
+    threads: int,
+    max_seqs: int,
+    name: str = "corral",
+    extra: tuple[str, ...] = (),
 ) -> Server:
     port = free_port()
     command = [sys.executable, "-m", "corral", "--log-level", "WARNING", "serve"]
     command += ["--model", str(model), "--dtype", "bfloat16", "--port", str(port)]
     command += ["--served-model-name", MODEL_NAME, "--max-model-len", str(ctx)]
     command += ["--num-threads", str(threads), "--max-num-seqs", str(max_seqs), "--no-access-log"]
-    return Server(name, command, port=port)
+    return Server(name, [*command, *extra], port=port)
 
 
 def llama_server(gguf: Path, ctx: int, threads: int, slots: int, name: str = "llama.cpp") -> Server:
