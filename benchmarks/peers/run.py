@@ -109,30 +109,24 @@ def one_run(
 def phases(args: argparse.Namespace) -> list[tuple[str, int | None, list[WorkloadOptions]]]:
     """(phase, client concurrency, one WorkloadOptions per round) for every phase."""
     burst = ArrivalOptions("burst")
-    single = [
-        WorkloadOptions(
-            dataset="random",
-            num_requests=args.single_requests,
-            input_len=32,
-            output_len=args.single_output,
-            vocab_size=VOCAB,
-            arrival=burst,
-            seed=1000 + r,
-        )
-        for r in range(args.single_rounds)
-    ]
-    c32 = [
-        WorkloadOptions(
-            dataset="random",
-            num_requests=args.slots,
-            input_len=args.c32_prompt,
-            output_len=args.c32_output,
-            vocab_size=VOCAB,
-            arrival=burst,
-            seed=2000 + r,
-        )
-        for r in range(args.c32_rounds)
-    ]
+
+    def random_rounds(num_requests: int, input_len: int, output_len: int, rounds: int, base: int):
+        # fresh token ids each round (seed base + round): no prefix cache carries over
+        return [
+            WorkloadOptions(
+                dataset="random",
+                num_requests=num_requests,
+                input_len=input_len,
+                output_len=output_len,
+                vocab_size=VOCAB,
+                arrival=burst,
+                seed=base + r,
+            )
+            for r in range(rounds)
+        ]
+
+    single = random_rounds(args.single_requests, 32, args.single_output, args.single_rounds, 1000)
+    c32 = random_rounds(args.slots, args.c32_prompt, args.c32_output, args.c32_rounds, 2000)
     azure = [
         azure_conv_options(
             args.burst_requests, args.length_scale, args.ctx, vocab_size=VOCAB, arrival=burst

@@ -26,7 +26,12 @@ def hf_model(path: Path, dtype: str = "float32"):
 @torch.inference_mode()
 def hf_greedy(path: Path, prompt: list[int], max_tokens: int, dtype: str = "float32"):
     """(token ids, log-softmax rows [max_tokens, vocab]) of transformers' greedy generate."""
-    model = hf_model(path, dtype)
+    return hf_model_greedy(hf_model(path, dtype), prompt, max_tokens)
+
+
+@torch.inference_mode()
+def hf_model_greedy(model, prompt: list[int], max_tokens: int):
+    """hf_greedy for a transformers model already built (and perhaps altered) by the caller."""
     result = model.generate(
         torch.tensor([prompt]),
         max_new_tokens=max_tokens,

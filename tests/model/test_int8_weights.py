@@ -21,7 +21,7 @@ from corral.model.quantization import (
     quantize_int8,
     quantize_model,
 )
-from tests.model.oracle import assert_greedy_matches
+from tests.model.oracle import assert_greedy_matches, hf_model_greedy
 
 kernels = cpu_kernels()
 needs_kernels = pytest.mark.skipif(kernels is None, reason="the CPU kernels did not build here")
@@ -133,22 +133,6 @@ def _dequantized_hf_model(path, *, lm_head: bool):
     return model
 
 
-@torch.inference_mode()
-def _hf_greedy(model, prompt, max_tokens):
-    result = model.generate(
-        torch.tensor([prompt]),
-        max_new_tokens=max_tokens,
-        min_new_tokens=max_tokens,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=0,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    tokens = result.sequences[0, len(prompt) :].tolist()
-    return tokens, torch.log_softmax(torch.cat(result.logits).float(), dim=-1)
-
-
 @pytest.mark.parametrize("family", ["llama", "qwen2"])  # untied head; tied head with qkv bias
 def test_greedy_matches_transformers_on_dequantized_weights(family, tiny_model_factory):
     path = tiny_model_factory(family)
@@ -161,7 +145,7 @@ def test_greedy_matches_transformers_on_dequantized_weights(family, tiny_model_f
     params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=0)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     hf = _dequantized_hf_model(path, lm_head=False)
-    oracle = [_hf_greedy(hf, prompt, 10) for prompt in prompts]
+    oracle = [hf_model_greedy(hf, prompt, 10) for prompt in prompts]
     assert_greedy_matches(family, prompts, outputs, oracle)
 
 
