@@ -220,9 +220,9 @@ def analysis_section(doc: dict[str, Any]) -> list[str]:
             "its float32 figure for M > 1. corral uses its own bf16 linear kernel for every "
             "linear on such CPUs (docs/benchmarks.md; a register-blocked decode GEMM, "
             "`benchmarks/decode_gemm.py`); llama.cpp runs its own "
-            "ggml kernels. This run holds no per-step profile of the engines: where corral "
-            "trails, the per-step split (GEMM, attention, Python, threads) is still to be "
-            "measured (issue 19, items 2 and 3)."
+            "ggml kernels. Where corral trails, docs/performance.md has its per-step split "
+            "(a profile of corral's steps: linears, PyTorch element-wise ops, attention, per-call "
+            "overhead); no profile of the peers was taken."
         )
     load = m["load_average"][0]
     if load > (cpu["cpus"] or 1):
@@ -318,6 +318,13 @@ def write_page(doc: dict[str, Any], path: Path) -> Path:
     lines += ["", "## Set-up facts", "", facts]
     lines += machine_section(doc) + figures_section(doc) + targets_section(doc)
     lines += analysis_section(doc)
+    if path.name == "peers.md" and (path.parent / "peers-kernels.md").is_file():
+        lines += [
+            "",
+            "A later run, after the single-stream kernel changes of docs/performance.md (GEMV "
+            "prefetch, both threads on the layer linears), and with `--quantization int8`: "
+            "[peers-kernels.md](peers-kernels.md).",
+        ]
     threads = path.parent / "figures" / "peers-threads.json"
     if path.name == "peers.md" and threads.is_file():
         lines += threads_section(json.loads(threads.read_text()))
