@@ -2,7 +2,7 @@
 generated greedily, EOS ignored) on the SmolLM-135M-shaped bf16 reference model, per thread
 count, after a warm-up request; milliseconds per output token, best of --rounds.
 
-    .venv/bin/python benchmarks/single_stream.py --threads 1,2
+    .venv/bin/python benchmarks/single_stream.py --threads 1,2 --quantizations none,int8
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ from corral import LLM, SamplingParams
 from corral.bench.reference import smollm_shaped_model
 
 
-def ms_per_token(threads: int, tokens: int, rounds: int) -> float:
+def ms_per_token(threads: int, tokens: int, rounds: int, quantization: str | None) -> float:
     llm = LLM(
-        model=str(smollm_shaped_model()), dtype="bfloat16", max_model_len=512, num_threads=threads
+        model=str(smollm_shaped_model()),
+        dtype="bfloat16",
+        max_model_len=512,
+        num_threads=threads,
+        quantization=quantization,
     )
     params = SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=0)
     rng = random.Random(threads)
@@ -41,11 +45,13 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quantizations", default="none", help="e.g. none,int8")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()}")
-    for threads in [int(t) for t in args.threads.split(",")]:
-        ms = ms_per_token(threads, args.tokens, args.rounds)
-        print(f"{threads} thread(s): {ms:.1f} ms/token")
+    for quantization in args.quantizations.split(","):
+        for threads in [int(t) for t in args.threads.split(",")]:
+            ms = ms_per_token(threads, args.tokens, args.rounds, quantization)
+            print(f"{quantization}, {threads} thread(s): {ms:.1f} ms/token", flush=True)
 
 
 if __name__ == "__main__":

@@ -195,7 +195,9 @@ def test_two_replicas_serve_the_openai_client(tiny_model, app):
         assert again.choices[0].text == full.choices[0].text
     chunks = list(client.completions.create(**kwargs, stream=True, extra_body={"ignore_eos": True}))
     streamed = [c.choices[0].text for c in chunks if c.choices]
-    assert len(streamed) > 2, chunks  # streamed, not one buffered answer
+    # Streamed, not one buffered answer. Deltas of tokens made while the reader lags arrive
+    # merged, so how many chunks 12 tokens make depends on timing; two or more cannot be one.
+    assert len(streamed) >= 2, chunks
     assert "".join(streamed) == full.choices[0].text, (streamed, full)
 
     messages = [{"role": "user", "content": "Hello there"}]

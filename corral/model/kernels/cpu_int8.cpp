@@ -66,7 +66,18 @@ template <typename W>
 inline void quad_lanes(const float* x, const W* w, int64_t in, int64_t begin, int64_t end,
                        __m256* acc) {
   for (int r = 0; r < 4; ++r) acc[r] = _mm256_setzero_ps();
+  // int8 weights stream from memory once per call (the one-row path): the same offsets of the
+  // quad four quads ahead are requested, one 64-byte line per row every 64 elements, as the
+  // bf16 GEMV does. No result changes.
+  const W* ahead = w + 4 * 4 * in;
   for (int64_t i = begin; i < end; i += 8) {
+    if constexpr (std::is_same_v<W, int8_t>) {
+      if (((i - begin) & 63) == 0) {
+        for (int r = 0; r < 4; ++r) {
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + r * in + i), _MM_HINT_T0);
+        }
+      }
+    }
     const __m256 xv = _mm256_loadu_ps(x + i);
     for (int r = 0; r < 4; ++r) acc[r] = _mm256_fmadd_ps(xv, load8(w + r * in + i), acc[r]);
   }
