@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from corral.model.cpu_features import cpu_flags
 from corral.model.kernels import cpu_kernels
+from corral.sim.cost.measure import best_time_s
 
 # (out, in) of q|k|v, o, gate|up, down and the LM head of the reference model (hidden 576, 9
 # heads of 64, 3 KV heads, MLP 1536, vocabulary 49,152).
@@ -30,14 +31,13 @@ LM_HEAD = (49152, 576)
 
 
 def best_seconds(fn, repeats: int, trials: int, clock=time.perf_counter) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(trials):
-        start = clock()
+    """Seconds per call: the best of `trials` timed batches of `repeats` calls."""
+
+    def batch() -> None:
         for _ in range(repeats):
             fn()
-        best = min(best, (clock() - start) / repeats)
-    return best
+
+    return best_time_s(batch, trials, clock) / repeats
 
 
 def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from typing import Any
+
+from corral.sim.cost.measure import best_time_s
 
 # SmolLM-135M's linears per layer, (in, out): fused q+k+v, o, fused gate+up, down.
 LAYER_SHAPES = ((576, 960), (576, 576), (576, 3072), (1536, 576))
@@ -34,21 +35,12 @@ def cpu_facts() -> dict[str, Any]:
     }
 
 
-def _best(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def read_bandwidth_gbs(num_bytes: int = WEIGHT_BYTES, repeats: int = 5) -> float:
     import torch
 
     buffer = torch.ones(num_bytes // 4, dtype=torch.float32)
     buffer.sum()
-    seconds = _best(lambda: buffer.sum(), repeats)
+    seconds = best_time_s(lambda: buffer.sum(), repeats)
     return buffer.numel() * 4 / seconds / 1e9
 
 
@@ -72,7 +64,7 @@ def linear_gflops(
             F.linear(inputs[weight.shape[1]], weight)
 
     step()
-    seconds = _best(step, repeats)
+    seconds = best_time_s(step, repeats)
     flops = sum(2 * m * w.shape[0] * w.shape[1] for w in weights)
     weight_bytes = sum(w.numel() * w.element_size() for w in weights)
     return {

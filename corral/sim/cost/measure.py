@@ -9,13 +9,14 @@ import time
 from corral.sim.cost.hardware import HardwareSpec
 
 
-def _best_time_s(fn, repeats: int) -> float:
+def best_time_s(fn, repeats: int, clock=time.perf_counter) -> float:
+    """The shortest of `repeats` timed calls of fn, after one untimed warm-up call."""
     fn()
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -32,10 +33,10 @@ def measure_cpu(num_threads: int = 0, size: int = 2048, repeats: int = 5) -> Har
         dtype = getattr(torch, name)
         a = torch.randn(size, size).to(dtype)
         b = torch.randn(size, size).to(dtype)
-        peaks[name] = 2 * size**3 / _best_time_s(lambda a=a, b=b: a @ b, repeats)
+        peaks[name] = 2 * size**3 / best_time_s(lambda a=a, b=b: a @ b, repeats)
     num_bytes = 1 << 30
     buffer = torch.ones(num_bytes // 4, dtype=torch.float32)
-    bandwidth = num_bytes / _best_time_s(buffer.sum, repeats)
+    bandwidth = num_bytes / best_time_s(buffer.sum, repeats)
     memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     load = max(load_before, os.getloadavg()[0])
     return HardwareSpec(
