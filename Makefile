@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: serve test install lint demo-models clean
+.PHONY: serve test install lint demo-models clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,16 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/corral serve $(ARGS)
 
-test: $(STAMP)
+# The page tests drive a headless Chromium: Debian's packages, installed when missing (as root, or
+# through sudo); without them those tests skip (and fail under CI).
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  command -v apt-get >/dev/null 2>&1 && $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver \
+	  >/dev/null; } || echo "chromium and chromium-driver could not be installed"
+
+test: $(STAMP) browser
 	# Passive OpenMP waits: spinning threads cost several-fold on shared or busy cores.
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q $(ARGS)
 

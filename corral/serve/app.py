@@ -16,12 +16,14 @@ from corral.engine.async_llm import AsyncLLM
 from corral.serve.cache_isolation import tenant_cache_salt
 from corral.serve.chat import create_chat_completion, message_dicts, render_chat
 from corral.serve.completions import create_completion
+from corral.serve.dashboard.routes import install_dashboard_routes
 from corral.serve.errors import APIError, install_error_handlers
 from corral.serve.logprobs import TokenTexts
 from corral.serve.lora_admin import install_lora_routes
 from corral.serve.metrics import CONTENT_TYPE, ServerMetrics
 from corral.serve.migration import install_migration_routes
 from corral.serve.openapi import errors, install_openapi, post_json
+from corral.serve.playground.routes import install_playground_routes
 from corral.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -200,6 +202,8 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
         return Response(metrics.render(engine.is_healthy), media_type=CONTENT_TYPE)
 
     install_migration_routes(app, state)
+    install_dashboard_routes(app, state)
+    install_playground_routes(app, state)
 
     if engine.config.debug_check_integrity:
 

@@ -1,0 +1,1 @@
+"""The chat and playground page at `/` (corral/serve/playground/routes.py)."""
