@@ -13,8 +13,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.serve.errors import APIError
 
-# Endpoints a load balancer or orchestrator probes without credentials.
-OPEN_PATHS = frozenset({"/health"})
+# Endpoints a load balancer or orchestrator probes without credentials, and the static pages
+# (no data in them: the pages send the key, typed into them, with each request for data).
+OPEN_PATHS = frozenset({"/health", "/", "/dashboard"})
+OPEN_PATH_PREFIXES = ("/playground/static/", "/dashboard/static/")
 # What a surrogate code point looks like in a body: a \uD800-\uDFFF escape, or its UTF-8-style
 # bytes (json.loads decodes bytes with surrogatepass). Bodies without it need no walk.
 _SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
@@ -23,6 +25,10 @@ _SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 def key_identity(api_key: str) -> str:
     """A stable, non-reversible name for an API key (the client id of its requests)."""
     return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PATH_PREFIXES)
 
 
 class APIKeyMiddleware:
@@ -34,7 +40,7 @@ class APIKeyMiddleware:
         self._keys = [(key.encode(), key_identity(key)) for key in api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or not self._keys or _is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         token = b""
