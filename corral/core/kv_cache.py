@@ -87,6 +87,10 @@ class KVCacheManager:
         """The request's block table (empty when it holds none)."""
         return [block.block_id for block in self._req_blocks.get(request_id, ())]
 
+    def request_ids(self) -> list[str]:
+        """The requests that hold device blocks now."""
+        return list(self._req_blocks)
+
     def num_blocks_held(self, request_id: str) -> int:
         return len(self._req_blocks.get(request_id, ()))
 

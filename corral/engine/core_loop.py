@@ -45,7 +45,7 @@ class CoreLoop:
 
     UTILITIES = (
         "kv_state", "check_integrity", "reset_prefix_cache", "sleep", "slo_stats", "migrate_out",
-        "precopy", "prefetch", "prefetch_result",
+        "precopy", "prefetch", "prefetch_result", "dashboard",
     )  # fmt: skip
 
     def __init__(self, core: Any, max_model_len: int) -> None:
@@ -195,6 +195,18 @@ class CoreLoop:
 
     def _slo_stats(self) -> SLOStats:
         return self.core.scheduler.slo_stats()
+
+    def _dashboard(self, since_step: int) -> dict:
+        """The dashboard's view: requests and KV map now, the steps after since_step, the
+        SLO stats, and the core's clock (time.monotonic())."""
+        from corral.core.dashboard_snapshot import scheduler_snapshot
+
+        scheduler = self.core.scheduler
+        snapshot = scheduler_snapshot(scheduler)
+        snapshot["steps"] = self.core.timeline.since(since_step)
+        snapshot["slo"] = scheduler.slo_stats()
+        snapshot["now_s"] = time.monotonic()
+        return snapshot
 
     def _migrate_out(
         self, max_num_requests: int, request_ids: list[str], max_num_tokens: int | None = None

@@ -19,6 +19,7 @@ from corral.core.kv_cache import KVCacheManager
 from corral.core.kv_tiers import DiskTier
 from corral.core.messages import RequestUpdate, SchedulerStats
 from corral.core.scheduler import Scheduler
+from corral.core.step_timeline import StepTimeline
 from corral.model.arch import ModelArch
 from corral.request import Request, RequestStatus
 from corral.structured.manager import StructuredOutputManager
@@ -99,6 +100,8 @@ class EngineCore:
         self._expert_load = getattr(model, "expert_load", None) if arch.num_experts else None
         self._expert_tokens: dict[int, list[int]] | None = None
         self._num_steps = self._expert_read_step = 0
+        # The recent steps, for the dashboard (one append per non-empty step).
+        self.timeline = StepTimeline()
         self.step_log = None
         if config.step_log_path:
             from corral.engine.step_log import StepLog, describe_engine
@@ -231,6 +234,8 @@ class EngineCore:
             self.kv_manager.check_integrity()
         if self.kv_events_publisher is not None:
             self.publish_kv_events()
+        if not scheduler_output.is_empty:
+            self.timeline.record(scheduler_output, start, time.monotonic())
         if self.step_log is not None:
             self.step_log.step(
                 scheduler_output,

@@ -101,6 +101,8 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
             yield
         finally:
             state.draining = True
+            if dashboard is not None:
+                await dashboard.close()
             if start_engine:
                 await engine.shutdown()
             if tracer is not None:
@@ -202,7 +204,7 @@ def build_app(engine: AsyncLLM, config: ServerConfig, *, start_engine: bool = Tr
         return Response(metrics.render(engine.is_healthy), media_type=CONTENT_TYPE)
 
     install_migration_routes(app, state)
-    install_dashboard_routes(app, state)
+    dashboard = install_dashboard_routes(app, state)
     install_playground_routes(app, state)
 
     if engine.config.debug_check_integrity:

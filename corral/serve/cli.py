@@ -101,6 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "OTLP/HTTP to this URL, e.g. http://localhost:4318/v1/traces (default off)",
     )
     group.add_argument(
+        "--dashboard-interval-ms",
+        type=int,
+        default=500,
+        help="the live /dashboard page's refresh: an engine snapshot at most this often while "
+        "a page is open, nothing while none is (default 500; 0 turns /dashboard off)",
+    )
+    group.add_argument(
         "--allow-runtime-lora-updating",
         action="store_true",
         help="answer POST /v1/load_lora_adapter and /v1/unload_lora_adapter (needs "
@@ -131,6 +138,7 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
         tool_call_parser=None if args.tool_call_parser == "none" else args.tool_call_parser,
         reasoning_parser=args.reasoning_parser,
         otlp_traces_endpoint=args.otlp_traces_endpoint,
+        dashboard_interval_ms=args.dashboard_interval_ms,
         allow_runtime_lora_updating=args.allow_runtime_lora_updating
         or os.environ.get(RUNTIME_LORA_ENV, "").lower() in ("1", "true"),
     )

@@ -34,6 +34,9 @@ class ServerConfig:
     allow_runtime_lora_updating: bool = False
     # One OpenTelemetry trace per request, exported over OTLP/HTTP here (corral/serve/tracing.py).
     otlp_traces_endpoint: str | None = None
+    # The /dashboard page's refresh: the engine's snapshot at most this often while a page is
+    # open (corral/serve/dashboard); 0 turns the dashboard off.
+    dashboard_interval_ms: int = 500
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -63,6 +66,11 @@ class ServerConfig:
         ):
             raise ValueError(
                 f"otlp_traces_endpoint must be an http(s) URL, got {self.otlp_traces_endpoint!r}"
+            )
+        if not (self.dashboard_interval_ms == 0 or 50 <= self.dashboard_interval_ms <= 60_000):
+            raise ValueError(
+                "dashboard_interval_ms must be 0 (off) or in [50, 60000], got "
+                f"{self.dashboard_interval_ms}"
             )
         if any(not key for key in self.api_keys):
             raise ValueError("an API key must not be empty")

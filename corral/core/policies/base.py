@@ -65,6 +65,12 @@ class SchedulingPolicy(ABC):
     @abstractmethod
     def num_waiting(self) -> int: ...
 
+    def waiting_in_order(self, max_num: int) -> list[Request] | None:
+        """The first max_num waiting requests in the order this policy would admit them as
+        things stand (for inspection: the dashboard; may sort); None where the order depends on
+        state the policy changes as it admits (the caller then shows arrival order)."""
+        return None
+
     def order_running(self, running: list[Request], now: float) -> Sequence[Request]:
         """The order in which running requests receive this step's token budget."""
         return running

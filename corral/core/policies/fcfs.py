@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 
 from corral.core.policies.base import SCHEDULING_POLICIES, SchedulingPolicy
@@ -38,3 +39,6 @@ class FCFSPolicy(SchedulingPolicy):
 
     def num_waiting(self) -> int:
         return len(self._waiting)
+
+    def waiting_in_order(self, max_num: int) -> list[Request] | None:
+        return list(itertools.islice(self._waiting.values(), max_num))

@@ -81,6 +81,13 @@ class KeyedPolicy(SchedulingPolicy):
     def num_waiting(self) -> int:
         return len(self._queue)
 
+    def waiting_in_order(self, max_num: int) -> list[Request] | None:
+        # Overdue requests (waited max_wait_s) come first, oldest first; then key order.
+        now = self.now()
+        overdue = [r for r in self._by_arrival if self.is_overdue(r, now)][:max_num]
+        ordered = overdue + [r for r in self._queue if not self.is_overdue(r, now)]
+        return ordered[:max_num]
+
     # ----- starvation ----------------------------------------------------------------------
 
     def is_overdue(self, request: Request, now: float) -> bool:

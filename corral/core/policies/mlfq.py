@@ -18,6 +18,7 @@ promoted for starvation is not preempted again.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -166,6 +167,11 @@ class MLFQPolicy(SchedulingPolicy):
 
     def num_waiting(self) -> int:
         return self._num_waiting
+
+    def waiting_in_order(self, max_num: int) -> list[Request] | None:
+        self._promote_starving()
+        ordered = itertools.chain.from_iterable(queue.values() for queue in self._levels)
+        return list(itertools.islice(ordered, max_num))
 
     # ----- running set ----------------------------------------------------------------------
 
