@@ -6,6 +6,7 @@ import enum
 import time
 from typing import TYPE_CHECKING
 
+from corral.core.request_times import PREEMPTION, RequestInterval
 from corral.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class Request:
         "kv_transfer",
         "migratable",
         "sibling_group",
+        "intervals",
     )
 
     def __init__(
@@ -151,6 +153,8 @@ class Request:
         self.spec_token_ids: list[int] = []
         # The compiled structured-output grammar (opaque; set by the engine before scheduling).
         self.grammar: object | None = None
+        # Its preemptions and waits for KV, for request tracing (None: it had none).
+        self.intervals: list[RequestInterval] | None = None
         stop_ids = set(sampling_params.stop_token_ids)
         if not sampling_params.ignore_eos:
             stop_ids |= eos_token_ids
@@ -174,6 +178,34 @@ class Request:
 
     def append_output_token(self, token_id: int) -> None:
         self.all_token_ids.append(token_id)
+
+    def open_interval(self, kind: str, now_s: float, detail: str = "", num_tokens: int = 0) -> None:
+        """Mark the start of a preemption or a wait for KV at now_s (request tracing); a wait
+        already open (of this kind, the latest) goes on."""
+        intervals = self.intervals
+        if intervals is None:
+            self.intervals = intervals = []
+        elif intervals[-1].end_s is None and intervals[-1].kind == kind:
+            return
+        intervals.append(RequestInterval(kind, now_s, None, detail, num_tokens))
+
+    def end_intervals(self, now_s: float) -> None:
+        """End the open intervals at now_s: it is scheduled again (a preemption counts the
+        tokens it held and holds no more as recomputed), or its KV arrived."""
+        for interval in reversed(self.intervals or ()):
+            if interval.end_s is not None:
+                break
+            interval.end_s = now_s
+            if interval.kind == PREEMPTION:
+                lost = interval.num_tokens - self.num_computed_tokens
+                interval.num_recomputed_tokens = max(lost, 0)
+
+    @property
+    def last_preemption(self) -> RequestInterval | None:
+        for interval in reversed(self.intervals or ()):
+            if interval.kind == PREEMPTION:
+                return interval
+        return None
 
     def __repr__(self) -> str:
         return (

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from corral.core.adapter_residency import AdapterPlan, AdapterStats
 from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
+from corral.core.request_times import RequestInterval
 from corral.kv_transfer.messages import ConnectorEvents, ConnectorPlan, KVTransferStats
 from corral.kv_transfer.params import RemotePrefill, Resume
 from corral.sampling_params import SamplingParams
@@ -70,6 +71,9 @@ class SchedulerOutput:
     adapter_plan: AdapterPlan | None = None
     # KV transfer between engines (disaggregation): leases to open or expire, fetches to run.
     connector_plan: ConnectorPlan | None = None
+    # Each preempted request's preemption (how, the tokens it held), for the step log; None
+    # when the step preempted none.
+    preemptions: dict[str, RequestInterval] | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -129,6 +133,8 @@ class RequestUpdate:
     kv_transfer_params: RemotePrefill | Resume | None = None
     # Times the request was preempted so far (request tracing).
     num_preemptions: int = 0
+    # On its last update: its preemptions and waits for KV (request tracing; None: none).
+    intervals: list[RequestInterval] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,9 @@ from corral.request import Request
 
 class PreemptionMode(ABC):
     @abstractmethod
-    def preempt(self, kv: KVCacheManager, request: Request) -> None:
-        """Take the request's blocks away; afterwards it holds none on the device."""
+    def preempt(self, kv: KVCacheManager, request: Request) -> str:
+        """Take the request's blocks away; afterwards it holds none on the device. Returns how:
+        "recompute" (its KV is dropped) or "swap" (copied to the host tier)."""
 
 
 PREEMPTION_MODES: Registry[PreemptionMode] = Registry("preemption mode")
@@ -22,9 +23,10 @@ PREEMPTION_MODES: Registry[PreemptionMode] = Registry("preemption mode")
 class RecomputePreemption(PreemptionMode):
     """Drop the KV and recompute it on resumption (its prefix may still hit the cache)."""
 
-    def preempt(self, kv: KVCacheManager, request: Request) -> None:
+    def preempt(self, kv: KVCacheManager, request: Request) -> str:
         kv.free(request)
         request.num_computed_tokens = 0
+        return "recompute"
 
 
 @PREEMPTION_MODES.register("swap")
@@ -32,6 +34,7 @@ class SwapPreemption(PreemptionMode):
     """Copy the KV to the host tier and back on resumption (vLLM v0 swapping); falls back to
     recompute when the host tier has no room (EngineConfig refuses swap without a host tier)."""
 
-    def preempt(self, kv: KVCacheManager, request: Request) -> None:
-        if not kv.swap_out(request):
-            RecomputePreemption().preempt(kv, request)
+    def preempt(self, kv: KVCacheManager, request: Request) -> str:
+        if kv.swap_out(request):
+            return "swap"
+        return RecomputePreemption().preempt(kv, request)

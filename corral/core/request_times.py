@@ -59,3 +59,26 @@ class RequestTimes:
         if self.first_scheduled_s is None:
             return None
         return max(0.0, self.first_scheduled_s - self.arrival_s)
+
+
+# The kinds of RequestInterval.
+PREEMPTION = "preemption"
+KV_TRANSFER = "kv_transfer"
+
+
+@dataclass(slots=True)
+class RequestInterval:
+    """A stretch of one request's life that the scheduler marks for request tracing, on its
+    clock: a preemption (from losing its KV to being scheduled again) or a wait for KV
+    (kv_transfer: fetched from another engine, or read back from the disk tier). Requests that
+    never wait keep none (Request.intervals is None)."""
+
+    kind: str  # PREEMPTION | KV_TRANSFER
+    start_s: float
+    end_s: float | None = None  # None: still open
+    # preemption: "recompute" | "swap" (how it lost its KV); kv_transfer: "remote" | "disk".
+    detail: str = ""
+    # preemption: the computed tokens it held when preempted, and (once resumed) those it had
+    # to compute again (not restored by a swap-in or a prefix-cache hit).
+    num_tokens: int = 0
+    num_recomputed_tokens: int | None = None

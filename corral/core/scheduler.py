@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from corral.config import LoRAConfig, SchedulerConfig, SpeculativeConfig
 from corral.core.adapter_admission import AdapterAdmission
@@ -18,6 +19,7 @@ from corral.core.messages import ModelOutput, RequestUpdate, SchedulerOutput, Sc
 from corral.core.policies import SchedulingPolicy, make_policy
 from corral.core.policies.base import WaitingQueue
 from corral.core.preemption import PREEMPTION_MODES
+from corral.core.request_times import KV_TRANSFER, PREEMPTION
 from corral.core.reservation import AdmissionGate, make_reservation
 from corral.core.scheduler_output import build_scheduler_output
 from corral.core.scheduler_stats import scheduler_stats
@@ -113,6 +115,8 @@ class Scheduler:
         # other's pools); the request queues when its KV has arrived (or failed to).
         if self.connector is None or not self.connector.try_park(request):
             self.policy.add_waiting(request)
+        else:  # parked: its wait for the KV is a span of its trace
+            request.open_interval(KV_TRANSFER, self.clock(), "remote")
 
     def finish_requests(
         self, request_ids: Iterable[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED
@@ -169,7 +173,11 @@ class Scheduler:
             self._admit_waiting(step)
         self.policy.on_step(step.num_scheduled, self.requests)
         to_propose = self.spec.add_drafts(step, self.requests) if self.spec is not None else {}
-        return build_scheduler_output(self, step, to_propose)
+        output = build_scheduler_output(self, step, to_propose)
+        if step.preempted:  # how each victim lost its KV, for the step log
+            preempted = {r.request_id: r.last_preemption for r in step.preempted}
+            output = replace(output, preemptions=preempted)
+        return output
 
     def _schedule_running(self, step: StepPlan) -> None:
         """Give each running request its next chunk; preempt the policy's victims while the
@@ -221,8 +229,9 @@ class Scheduler:
                 block_ids = self.kv.swap_in(request, num_new)
             else:
                 prefix = self.kv.match_prefix(request)
-                if prefix.waiting:
-                    break  # its prefix is being read from disk: admit it once it is in memory
+                if prefix.waiting:  # its prefix is being read from disk: admit it once in memory
+                    request.open_interval(KV_TRANSFER, self.clock(), "disk")
+                    break
                 num_computed = prefix.num_tokens
                 num_new = request.num_tokens - num_computed
                 if not self.config.enable_chunked_prefill and num_new > step.budget:
@@ -247,10 +256,11 @@ class Scheduler:
         self.kv.finish_disk_reads(model_output.finished_disk_reads)
         if self.connector is not None:
             for fetched in self.connector.update(model_output.connector_events):
+                fetched.end_intervals(self.clock())
                 self.policy.requeue_preempted(fetched)
         updates = [
             RequestUpdate(r.request_id, [], r.status.finish_reason, r.stop_reason,
-                          num_cached_tokens=r.num_cached_tokens)
+                          num_cached_tokens=r.num_cached_tokens, intervals=r.intervals)
             for r in self._outgrown
         ]  # fmt: skip
         self._outgrown.clear()
@@ -301,6 +311,7 @@ class Scheduler:
                     request.num_cached_tokens,
                     lease,
                     request.num_preemptions,
+                    request.intervals if request.intervals and request.is_finished else None,
                 )
             )
             if request.is_finished:
@@ -331,6 +342,8 @@ class Scheduler:
         """Start running a request whose first num_computed_tokens are in its blocks (prefix
         hits, or everything it had computed when it was swapped out)."""
         request.num_computed_tokens = num_computed_tokens
+        if request.intervals:  # resumed after a preemption, or after a wait for KV
+            request.end_intervals(self.clock())
         if request.num_cached_tokens < 0:
             request.num_cached_tokens = num_computed_tokens
             self.kv.stats.prefix_query_tokens += request.num_tokens
@@ -355,7 +368,9 @@ class Scheduler:
             self.spec.forget(request)
         if self.adapters is not None:
             self.adapters.stop(request)
-        self.preemption.preempt(self.kv, request)
+        held = request.num_computed_tokens
+        mode = self.preemption.preempt(self.kv, request)
+        request.open_interval(PREEMPTION, self.clock(), mode, held)
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions += 1

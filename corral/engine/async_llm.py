@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -142,10 +142,12 @@ class AsyncLLM:
         lora_request: LoRARequest | str | None = None,
         kv_transfer_params: dict[str, Any] | None = None,
         migratable: bool = False,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> RequestStream:
         """Validate and admit a request; returns the stream of its outputs. Without
         predicted_num_output_tokens the length predictor (if any) runs here, on the caller's
-        thread: from the event loop, use add_request_async.
+        thread: from the event loop, use add_request_async. trace_headers: the caller's W3C
+        trace context (traceparent, tracestate), for request tracing's spans.
 
         Raises ValueError (bad input: the message names the value and the limit),
         EngineOverloadedError (queue full: retry later) or EngineDeadError.
@@ -181,7 +183,7 @@ class AsyncLLM:
         stream = RequestStream(request_id, params.output_kind)
         self._streams[request_id] = stream
         for child_id in child_ids:
-            self._tracker.add(child_id, arrival, len(token_ids))
+            self._tracker.add(child_id, arrival, len(token_ids), trace_headers)
             self._queued[child_id] = len(token_ids)
         self.num_queued_tokens += len(token_ids) * len(child_ids)
         self.client.add_requests(children)

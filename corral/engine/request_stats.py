@@ -4,10 +4,11 @@ with n > 1 counts as n requests, as its children do in the scheduler."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from corral.core.messages import RequestUpdate, SchedulerStats
-from corral.core.request_times import RequestTimes
+from corral.core.request_times import RequestInterval, RequestTimes
 
 
 @dataclass(slots=True)
@@ -25,6 +26,10 @@ class FinishedRequestStats:
     times: RequestTimes | None = None
     num_preemptions: int = 0
     num_cached_tokens: int = 0  # prompt tokens from the prefix cache or another engine's KV
+    # Its preemptions and waits for KV (the core's clock, time.monotonic() too), if any.
+    intervals: list[RequestInterval] | None = None
+    # The caller's W3C trace context (traceparent, tracestate), when tracing is on.
+    trace_headers: Mapping[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -41,13 +46,19 @@ class IterationStats:
 
 class RequestStatsTracker:
     """Timing of each unfinished sample, keyed by its scheduler (child) request id: its
-    RequestTimes (frontend clock) and its number of prompt tokens."""
+    RequestTimes (frontend clock), its number of prompt tokens and its caller's trace context."""
 
     def __init__(self) -> None:
-        self._timings: dict[str, tuple[RequestTimes, int]] = {}
+        self._timings: dict[str, tuple[RequestTimes, int, Mapping[str, str] | None]] = {}
 
-    def add(self, request_id: str, arrival_time: float, num_prompt_tokens: int) -> None:
-        self._timings[request_id] = (RequestTimes(arrival_time), num_prompt_tokens)
+    def add(
+        self,
+        request_id: str,
+        arrival_time: float,
+        num_prompt_tokens: int,
+        trace_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._timings[request_id] = (RequestTimes(arrival_time), num_prompt_tokens, trace_headers)
 
     def started(self, request_id: str, first_scheduled_time: float) -> None:
         timing = self._timings.get(request_id)
@@ -60,7 +71,7 @@ class RequestStatsTracker:
         timing = self._timings.get(update.request_id)
         if timing is None:
             return
-        times, num_prompt_tokens = timing
+        times, num_prompt_tokens, _ = timing
         if update.new_token_ids:
             stats.num_generation_tokens += len(update.new_token_ids)
             previous_token_s = times.last_token_s
@@ -78,6 +89,7 @@ class RequestStatsTracker:
                 stats,
                 update.num_preemptions,
                 max(update.num_cached_tokens, 0),
+                update.intervals,
             )
 
     def finish(
@@ -88,11 +100,12 @@ class RequestStatsTracker:
         stats: IterationStats,
         num_preemptions: int = 0,
         num_cached_tokens: int = 0,
+        intervals: list[RequestInterval] | None = None,
     ) -> None:
         timing = self._timings.pop(request_id, None)
         if timing is None:
             return
-        times, num_prompt_tokens = timing
+        times, num_prompt_tokens, trace_headers = timing
         e2e_s = times.finish(now)
         stats.finished.append(
             FinishedRequestStats(
@@ -106,6 +119,8 @@ class RequestStatsTracker:
                 times,
                 num_preemptions,
                 num_cached_tokens,
+                intervals,
+                trace_headers,
             )
         )
 

@@ -6,9 +6,15 @@
 - per step: {"t": start, "s": seconds, "gap": seconds since the previous step ended (null for
   the first), "busy": whether the previous step left requests unfinished (then the gap is the
   loop's own overhead, not idle time), "b": the step's BatchShape as a list};
-- per request, at its first token: {"arrival": the frontend's arrival time, "add": when the core
-  took it, "first": when the step that produced its first token ended, "prompt": its number of
-  prompt tokens} (the engine's own view of the request's TTFT and where it went).
+- per request, at its first token: {"id": its request id, "arrival": the frontend's arrival
+  time, "add": when the core took it, "first": when the step that produced its first token
+  ended, "prompt": its number of prompt tokens} (the engine's own view of the request's TTFT and
+  where it went);
+- per preemption: {"preempt": the request id, "t": when, "mode": "recompute" or "swap", "held":
+  the computed tokens it held}, and when it is scheduled again: {"resume": the request id, "t":
+  the start of that step, "computed": the tokens it resumes with (a swap-in or a prefix-cache
+  hit)}; request_timeline() gathers one request's records, so that a slow request can be
+  explained (how long it queued, when it was preempted and for how long).
 
 Times are time.monotonic() seconds, one clock for every process on the machine, so the frontend's
 arrival stamps and the core's step stamps compare. `corral simulate profile --from-step-log`
@@ -68,6 +74,8 @@ class StepLog:
         self._busy = False
         # request id -> (arrival, added, number of prompt tokens), until its first token.
         self._waiting_first: dict[str, tuple[float, float, int]] = {}
+        # Preempted requests not scheduled again yet.
+        self._preempted: set[str] = set()
         header = {"kind": STEP_LOG_KIND, "version": STEP_LOG_VERSION, "engine": engine}
         self._write(header | {"arch": asdict(arch)})
 
@@ -80,6 +88,7 @@ class StepLog:
     def requests_finished(self, request_ids: Iterable[str]) -> None:
         for request_id in request_ids:
             self._waiting_first.pop(request_id, None)
+            self._preempted.discard(request_id)
 
     def step(
         self,
@@ -96,8 +105,10 @@ class StepLog:
             for request_id in updated_request_ids:
                 first = waiting.pop(request_id, None)
                 if first is not None:
-                    self._write({"arrival": first[0], "add": first[1], "first": end,
-                                 "prompt": first[2]})  # fmt: skip
+                    self._write({"id": request_id, "arrival": first[0], "add": first[1],
+                                 "first": end, "prompt": first[2]})  # fmt: skip
+        if scheduler_output.preemptions or self._preempted:
+            self._preemptions(scheduler_output, start)
         shape, _ = self._shapes.count(scheduler_output)
         if shape is not None:
             gap = None if self._last_end is None else start - self._last_end
@@ -107,6 +118,22 @@ class StepLog:
             self._busy = has_work
         if not has_work:
             self._file.flush()  # idle now: the file is current whenever the engine is
+
+    def _preemptions(self, scheduler_output: SchedulerOutput, start: float) -> None:
+        """The step's preemptions, then the preempted requests it schedules again."""
+        for request_id, preemption in (scheduler_output.preemptions or {}).items():
+            record: dict[str, Any] = {"preempt": request_id, "t": start}
+            if preemption is not None:
+                record |= {"t": preemption.start_s, "mode": preemption.detail,
+                           "held": preemption.num_tokens}  # fmt: skip
+            self._write(record)
+            self._preempted.add(request_id)
+        preempted = self._preempted
+        for new in scheduler_output.new_requests:
+            if new.request_id in preempted:
+                preempted.discard(new.request_id)
+                self._write({"resume": new.request_id, "t": start,
+                             "computed": new.num_computed_tokens})  # fmt: skip
 
     def close(self) -> None:
         self._file.close()
@@ -140,6 +167,22 @@ def read_step_log(path: str | Path) -> tuple[dict[str, Any], list[dict], list[di
                 steps.append(record)
             elif "first" in record:
                 requests.append(record)
+            # Other records (a request's preemptions and resumptions) are request_timeline's.
     if header is None:
         raise ValueError(f"{path} has no corral step log header (kind {STEP_LOG_KIND!r})")
     return header, steps, requests
+
+
+def request_timeline(path: str | Path, request_id: str) -> list[dict]:
+    """One request's records in a step log, in time order: its own record (arrival, add, first
+    token) by its arrival, its preemptions and resumptions by their times. A log written before
+    request ids were logged gives only the preemptions and resumptions."""
+    timeline = []
+    with Path(path).open() as lines:
+        for line in lines:
+            if request_id not in line:
+                continue
+            record = json.loads(line)
+            if request_id in (record.get("id"), record.get("preempt"), record.get("resume")):
+                timeline.append(record)
+    return sorted(timeline, key=lambda record: record.get("t", record.get("arrival", 0.0)))

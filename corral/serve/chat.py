@@ -45,6 +45,7 @@ from corral.serve.structured import (
     reasoning_params,
     tool_schema_checks,
 )
+from corral.serve.tracing import trace_headers
 from corral.serve.validation import chat_params, with_output_constraint
 
 _THREAD_TEMPLATE_CHARS = 16384
@@ -150,6 +151,7 @@ async def create_chat_completion(
         and req.n == 1
         and not setup.tools_active
         and state.reasoning_parser is None,
+        trace_headers=trace_headers(raw.headers) if state.config.otlp_traces_endpoint else None,
     )
     formatter = _ChatFormatter(state, req, request_id, setup)
     if req.stream:

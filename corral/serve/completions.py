@@ -31,6 +31,7 @@ from corral.serve.streaming import (
     sse,
 )
 from corral.serve.structured import output_setup
+from corral.serve.tracing import trace_headers
 from corral.serve.validation import completion_params, completion_prompts, with_output_constraint
 
 
@@ -53,6 +54,7 @@ async def create_completion(
         lora_request=adapter,
         kv_transfer_params=req.kv_transfer_params,
         migratable=is_migratable(raw) and req.n == 1,
+        trace_headers=trace_headers(raw.headers) if state.config.otlp_traces_endpoint else None,
     )
     formatter = _Formatter(state, req, request_id)
     if req.stream:

@@ -137,3 +137,122 @@ def test_traces_count_preemptions_and_cached_prompt_tokens(tiny_model):
     assert sum(a["corral.num_preemptions"] for a in roots.values()) == num_preemptions
     assert roots["warm"]["corral.num_cached_tokens"] == 0
     assert all(roots[f"r{i}"]["corral.num_cached_tokens"] >= 16 for i in range(4))
+    # Each preemption is a span inside its request's, after its first scheduling.
+    spans = exporter.get_finished_spans()
+    num_spans = 0
+    for root in (span for span in spans if span.name == "corral.request"):
+        children = [s for s in spans if s.parent and s.parent.span_id == root.context.span_id]
+        prefill = next(s for s in children if s.name == "prefill")
+        preemptions = [s for s in children if s.name == "preemption"]
+        assert len(preemptions) == root.attributes["corral.num_preemptions"]
+        for span in preemptions:
+            assert prefill.start_time <= span.start_time <= span.end_time <= root.end_time
+            assert span.context.trace_id == root.context.trace_id
+            assert span.attributes["corral.preemption.mode"] == "recompute"
+            assert span.attributes["corral.preemption.num_held_tokens"] > 0
+            assert span.attributes["corral.preemption.num_recomputed_tokens"] >= 0
+        num_spans += len(preemptions)
+    assert num_spans == num_preemptions
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+def _exported_spans(bodies: list[bytes]) -> list:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    return [
+        span
+        for body in bodies
+        for resource in ExportTraceServiceRequest.FromString(body).resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+
+
+def test_a_callers_trace_context_parents_the_request_span(tiny_model):
+    from starlette.testclient import TestClient
+
+    from corral.engine.async_llm import AsyncLLM
+    from corral.llm import engine_config_from_kwargs
+    from corral.serve.app import build_app
+
+    _Collector.bodies = []
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}/v1/traces"
+    config = engine_config_from_kwargs(
+        model=str(tiny_model), dtype="float32", num_blocks=64, max_model_len=256
+    )
+    traced = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "tracestate": "vendor=x"}
+    body = {"prompt": "Hello", "max_tokens": 3, "temperature": 0}
+    try:
+        engine = AsyncLLM(config, multiprocess=False)
+        app = build_app(engine, ServerConfig(otlp_traces_endpoint=endpoint))
+        with TestClient(app) as client:
+            answer = client.post("/v1/completions", json=body, headers=traced)
+            assert answer.status_code == 200
+            traced_id = answer.json()["id"]
+            malformed = {"traceparent": "00-not-a-trace-01", "tracestate": "=;=="}
+            answer = client.post("/v1/completions", json=body, headers=malformed)
+            assert answer.status_code == 200  # ignored: a fresh trace
+            fresh_id = answer.json()["id"]
+    finally:
+        server.shutdown()
+    roots = {
+        attribute.value.string_value: span
+        for span in _exported_spans(_Collector.bodies)
+        if span.name == "corral.request"
+        for attribute in span.attributes
+        if attribute.key == "corral.request_id"
+    }
+    assert roots[traced_id].trace_id.hex() == TRACE_ID
+    assert roots[traced_id].parent_span_id.hex() == PARENT_ID
+    assert roots[traced_id].trace_state == "vendor=x"
+    assert roots[fresh_id].trace_id.hex() != TRACE_ID and not roots[fresh_id].parent_span_id
+
+
+def test_the_trace_context_is_read_only_when_tracing_is_on():
+    from corral.serve.tracing import _caller_context, trace_headers
+
+    headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "content-type": "x"}
+    assert trace_headers(headers) == {"traceparent": headers["traceparent"]}
+    assert trace_headers({"content-type": "x"}) is None
+    assert _caller_context(headers) is not None
+    for bad in ("", "garbage", f"00-{'0' * 32}-{PARENT_ID}-01", f"zz-{TRACE_ID}-{PARENT_ID}-01"):
+        assert _caller_context({"traceparent": bad}) is None
+
+
+def test_the_router_forwards_the_trace_context():
+    from corral.cluster.proxy import request_headers
+
+    incoming = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "tracestate": "a=b", "host": "x"}
+    assert request_headers(incoming) == {
+        "traceparent": incoming["traceparent"],
+        "tracestate": "a=b",
+    }
+
+
+def test_waits_for_kv_are_spans_and_an_unsampled_caller_gets_none():
+    from corral.core.request_times import KV_TRANSFER, RequestInterval, RequestTimes
+    from corral.engine.request_stats import FinishedRequestStats, IterationStats
+
+    exporter = InMemorySpanExporter()
+    tracer = RequestTracer(SimpleSpanProcessor(exporter))
+    times = RequestTimes(10.0, 10.5, 11.0, 12.0, 12.0, 3)
+    wait = RequestInterval(KV_TRANSFER, 10.1, 10.4, "remote")
+    finished = FinishedRequestStats("length", 2.0, 0.5, 0.5, 8, 3, "t", times, 0, 16, [wait])
+    unsampled = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"}
+    skipped = FinishedRequestStats("length", 2.0, 0.5, 0.5, 8, 3, "u", times, 0, 0, None, unsampled)
+    tracer.observe(IterationStats(None, finished=[finished, skipped]))
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert set(spans) == {"corral.request", "queue", "prefill", "decode", "kv_transfer"}
+    assert spans["corral.request"].attributes["corral.request_id"] == "t"
+    transfer = spans["kv_transfer"]
+    assert transfer.parent.span_id == spans["corral.request"].context.span_id
+    assert transfer.attributes["corral.kv_transfer.source"] == "remote"
+    assert spans["queue"].start_time <= transfer.start_time <= transfer.end_time
+    assert transfer.end_time <= spans["queue"].end_time
