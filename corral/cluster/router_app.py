@@ -31,6 +31,7 @@ from corral.cluster.proxy import Forwarder, request_headers
 from corral.cluster.rebalancer import Rebalancer, install_admin_routes
 from corral.cluster.replica_pool import build_pool
 from corral.cluster.replicas import DEFAULT_BLOCK_SIZE, DEFAULT_NUM_BLOCKS
+from corral.cluster.router_dashboard import install_router_dashboard
 from corral.cluster.router_metrics import RouterMetrics
 from corral.cluster.router_prompts import PromptReader
 from corral.cluster.routing import ROUTER_POLICIES
@@ -83,6 +84,8 @@ class RouterConfig:
     # Live migration (--migration, --rebalance-*: corral/cluster/migration.py).
     migration: MigrationConfig = MigrationConfig()
     max_request_body_bytes: int = ServerConfig().max_request_body_bytes
+    # The live /dashboard page's refresh (corral/cluster/router_dashboard.py); 0: off.
+    dashboard_interval_ms: int = ServerConfig().dashboard_interval_ms
 
     def __post_init__(self) -> None:
         if not self.backend_urls:
@@ -102,6 +105,11 @@ class RouterConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if not (self.dashboard_interval_ms == 0 or 50 <= self.dashboard_interval_ms <= 60_000):
+            raise ValueError(
+                "dashboard_interval_ms must be 0 (off) or in [50, 60000], got "
+                f"{self.dashboard_interval_ms}"
+            )
         if self.prefill_kv_events and not self.prefill_urls:
             raise ValueError("prefill KV events need prefill replicas (--prefill-backend)")
 
@@ -183,6 +191,8 @@ def build_router_app(
         finally:
             if rebalancer is not None:
                 await rebalancer.stop()
+            if dashboard is not None:
+                await dashboard.close()
             for replica_pool in pools:
                 await replica_pool.close()
             await client.aclose()
@@ -194,6 +204,9 @@ def build_router_app(
     app.state.prefix_index = pool.prefix_index  # the reported one with --kv-events
     app.state.disaggregation = disaggregation  # None unless disaggregated
     install_error_handlers(app)
+    dashboard = install_router_dashboard(
+        app, pools, metrics, config.policy, config.dashboard_interval_ms
+    )
 
     async def routed(request: Request) -> Response:
         route = request.url.path

@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "its first key); clients' Authorization headers are forwarded as sent",
     )
     group.add_argument("--drain-timeout-s", type=float, default=30.0)
+    group.add_argument(
+        "--dashboard-interval-ms",
+        type=int,
+        default=500,
+        help="the live /dashboard page's refresh while a page is open (default 500; 0: off)",
+    )
     group.add_argument("--no-access-log", action="store_true", help="no per-request access log")
     group.add_argument(
         "--kv-events",
@@ -231,6 +237,7 @@ def router_config_from_args(
         kv_events_topic=getattr(args, "kv_events_topic", ""),
         kv_events_hash_format=getattr(args, "kv_events_hash_format", "int"),
         migration=migration_config_from_args(args),
+        dashboard_interval_ms=getattr(args, "dashboard_interval_ms", 500),
     )
     fields.update(overrides)
     return RouterConfig(**fields)  # type: ignore[arg-type]
@@ -317,10 +324,10 @@ def serve_router(
     import uvicorn
 
     from corral.cluster.router_app import build_router_app
-    from corral.serve.server import run_until_drained
+    from corral.serve.server import ClosingServer, run_until_drained
 
     app = build_router_app(config, tokenizer)  # type: ignore[arg-type]
-    server = uvicorn.Server(
+    server = ClosingServer(
         uvicorn.Config(
             app,
             host=config.host,

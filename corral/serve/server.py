@@ -15,7 +15,19 @@ from corral.serve.state import ServerState
 logger = logging.getLogger(__name__)
 
 
-class DrainingServer(uvicorn.Server):
+class ClosingServer(uvicorn.Server):
+    """Sets app.state.closing on SIGTERM / Ctrl-C, before uvicorn's graceful shutdown waits for
+    the connections in flight: streams that would never end by themselves (the dashboard's
+    events) end then."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.app
+        if hasattr(app, "state"):
+            app.state.closing = True
+        super().handle_exit(sig, frame)
+
+
+class DrainingServer(ClosingServer):
     """Marks the app as draining (503 on new requests and on /health) before uvicorn's own
     graceful shutdown, which stops listening and waits for the requests in flight (up to
     timeout_graceful_shutdown); the app's lifespan then stops the engine."""

@@ -9,8 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral.engine.request_stats import FinishedRequestStats, IterationStats
+from corral.serve.dashboard.frame_routes import finite
 from corral.serve.dashboard.readings import Windows, quantile, read_registry
-from corral.serve.dashboard.routes import finite
 from corral.serve.metrics import ServerMetrics
 
 

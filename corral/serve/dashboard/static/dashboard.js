@@ -2,10 +2,7 @@
 // KV map and request tables. Frame fields: see corral/serve/dashboard/publisher.py.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const charts = {};
-let lastFrame = null;
-window.corralDashboard = { frames: 0, lastFrame: null };
 
 function setupCharts() {
   charts.throughput = new SeriesChart($("chart-throughput"), [
@@ -24,15 +21,6 @@ function setupCharts() {
   charts.queue = new SeriesChart($("chart-queue"), [
     { label: "running" }, { label: "waiting" }, { label: "KV %" },
   ]);
-}
-
-function setText(id, text) {
-  const element = $(id);
-  if (element.textContent !== String(text)) element.textContent = text;
-}
-
-function integer(value) {
-  return value == null ? "-" : Math.round(value).toString();
 }
 
 function pair(a, b) {
@@ -156,44 +144,15 @@ function updateKV(frame) {
 function onFrame(frame) {
   const wallNow = Date.now() / 1000;
   setText("model", frame.model);
-  setText("interval", frame.interval_ms + " ms");
   if (!frame.healthy) setConnection("engine down", "state-bad");
   updateTiles(frame);
   updateCharts(frame, wallNow);
   updateRequests(frame);
   updateKV(frame);
   updateSLO(frame);
-  lastFrame = frame;
-  window.corralDashboard.frames += 1;
-  window.corralDashboard.lastFrame = frame;
 }
 
-function setConnection(text, className) {
-  const element = $("connection");
-  element.textContent = text;
-  element.className = "pill " + className;
-}
-
-function onStatus(status) {
-  if (status === "live") setConnection("live", "state-ok");
-  else if (status === "retrying") setConnection("reconnecting", "state-off");
-  else if (status === "key") {
-    setConnection("needs API key", "state-bad");
-    $("key-form").hidden = false;
-    $("key-message").textContent = storedKey() ? "the key was refused" : "";
-  } else setConnection(status, "state-off");
-}
-
-function main() {
+document.addEventListener("DOMContentLoaded", () => {
   setupCharts();
-  const stream = new FrameStream("/dashboard/events", onFrame, onStatus);
-  $("key-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    storeKey($("api-key").value.trim());
-    $("key-form").hidden = true;
-    stream.start();
-  });
-  stream.start();
-}
-
-document.addEventListener("DOMContentLoaded", main);
+  connectPage("/dashboard/events", onFrame);
+});

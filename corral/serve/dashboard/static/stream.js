@@ -81,3 +81,52 @@ class FrameStream {
     setTimeout(() => this._connect(), this.retryMs);
   }
 }
+
+// ----- what every dashboard page shares: the connection pill, the key form, text updates --
+
+const $ = (id) => document.getElementById(id);
+
+function setText(id, text) {
+  const element = $(id);
+  if (element.textContent !== String(text)) element.textContent = text;
+}
+
+function integer(value) {
+  return value == null ? "-" : Math.round(value).toString();
+}
+
+function setConnection(text, className) {
+  const element = $("connection");
+  element.textContent = text;
+  element.className = "pill " + className;
+}
+
+// Stream url's frames into onFrame, showing the connection state and asking for the API key
+// (form #key-form, input #api-key) when the server refuses without one.
+function connectPage(url, onFrame) {
+  const onStatus = (status) => {
+    if (status === "live") setConnection("live", "state-ok");
+    else if (status === "retrying") setConnection("reconnecting", "state-off");
+    else if (status === "key") {
+      setConnection("needs API key", "state-bad");
+      $("key-form").hidden = false;
+      $("key-message").textContent = storedKey() ? "the key was refused" : "";
+    } else setConnection(status, "state-off");
+  };
+  const stream = new FrameStream(url, (frame) => {
+    onFrame(frame);
+    if (frame.interval_ms != null) setText("interval", frame.interval_ms + " ms");
+    window.corralDashboard.frames += 1;
+    window.corralDashboard.lastFrame = frame;
+  }, onStatus);
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    storeKey($("api-key").value.trim());
+    $("key-form").hidden = true;
+    stream.start();
+  });
+  stream.start();
+  return stream;
+}
+
+window.corralDashboard = { frames: 0, lastFrame: null };
