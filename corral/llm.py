@@ -121,6 +121,10 @@ class LLM:
         self.engine.core.flush()
         self.engine.executor.shutdown()
 
+    def dashboard_frame(self, since_step: int = 0) -> dict:
+        """What `corral serve`'s /dashboard shows of the engine now (LLMEngine.dashboard_frame)."""
+        return self.engine.dashboard_frame(since_step)
+
     def get_tokenizer(self):  # -> corral.engine.tokenizer.Tokenizer
         return self.engine.tokenizer
 

@@ -75,6 +75,15 @@ class SLOStats:
                 metrics.append(("slo_attainment_ratio", labels, stats.attainment))
         return metrics
 
+    def by_class(self) -> dict[str, dict[str, float]]:
+        """class -> {series name without its slo_ prefix: value}: the per-class rows of
+        as_metrics (the dashboard's SLO table)."""
+        table: dict[str, dict[str, float]] = {}
+        for name, labels, value in self.as_metrics():
+            if "slo_class" in labels:
+                table.setdefault(labels["slo_class"], {})[name.removeprefix("slo_")] = value
+        return table
+
 
 class _Live:
     """Per-request state: since when it waits (None: running), its timeline."""

@@ -197,16 +197,7 @@ class CoreLoop:
         return self.core.scheduler.slo_stats()
 
     def _dashboard(self, since_step: int) -> dict:
-        """The dashboard's view: requests and KV map now, the steps after since_step, the
-        SLO stats, and the core's clock (time.monotonic())."""
-        from corral.core.dashboard_snapshot import scheduler_snapshot
-
-        scheduler = self.core.scheduler
-        snapshot = scheduler_snapshot(scheduler)
-        snapshot["steps"] = self.core.timeline.since(since_step)
-        snapshot["slo"] = scheduler.slo_stats()
-        snapshot["now_s"] = time.monotonic()
-        return snapshot
+        return self.core.dashboard_frame(since_step)
 
     def _migrate_out(
         self, max_num_requests: int, request_ids: list[str], max_num_tokens: int | None = None

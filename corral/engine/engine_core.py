@@ -288,6 +288,17 @@ class EngineCore:
             stats = dataclasses.replace(stats, expert_tokens=self._expert_tokens)
         return stats
 
+    def dashboard_frame(self, since_step: int = 0) -> dict:
+        """The dashboard's view of this core (corral/core/dashboard_snapshot.py): requests and
+        KV map now, the kept steps after since_step, the SLOStats, and now_s (time.monotonic())."""
+        from corral.core.dashboard_snapshot import scheduler_snapshot
+
+        frame = scheduler_snapshot(self.scheduler)
+        frame["steps"] = self.timeline.since(since_step)
+        frame["slo"] = self.scheduler.slo_stats()
+        frame["now_s"] = time.monotonic()
+        return frame
+
     def publish_kv_events(self) -> None:
         """Hand the KV events recorded since the last call to the publisher (its thread sends
         them; this only queues)."""

@@ -93,6 +93,11 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return self.core.has_unfinished_requests()
 
+    def dashboard_frame(self, since_step: int = 0) -> dict:
+        """The core's part of a /dashboard frame: requests in policy order, the KV block map,
+        the kept steps after since_step, SLO stats (see EngineCore.dashboard_frame)."""
+        return self.core.dashboard_frame(since_step)
+
     def migrate_out(
         self, max_num_requests: int = 1, request_ids: list[str] | None = None
     ) -> list[RequestOutput]:

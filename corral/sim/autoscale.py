@@ -206,6 +206,7 @@ class SimAutoscaler:
                 sim._clock,
                 sim.spec.kv_sample_interval_s,
                 sim.spec.seed,
+                sim.spec.dashboard_interval_s,
             )
         self._open(index)
         self._set(index, _STARTING)

@@ -52,6 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-html", action="store_true", help="no HTML report")
     run.set_defaults(sim_handler=_run)
 
+    dashboard = commands.add_parser(
+        "dashboard", help="replay the frames of `run --dashboard-frames` on the /dashboard page"
+    )
+    dashboard.add_argument("frames", help="the JSON-lines file of run --dashboard-frames")
+    dashboard.add_argument(
+        "--speed", type=float, default=1.0, help="virtual seconds per wall second (default 1)"
+    )
+    dashboard.add_argument("--loop", action="store_true", help="start over at the end")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8001)
+    dashboard.set_defaults(sim_handler=_dashboard)
+
     profile = commands.add_parser("profile", help="profile the real engine for `profiled`")
     from corral.engine.engine_args import add_engine_arguments
 
@@ -115,6 +127,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from corral.sim.dashboard_replay import serve_replay
+
+    return serve_replay(args.frames, args.speed, args.loop, args.host, args.port)
+
+
 def _run(args: argparse.Namespace) -> int:
     from corral.sim.cluster import ClusterSimulator
     from corral.sim.deployment import build_cluster
@@ -152,6 +170,11 @@ def _run(args: argparse.Namespace) -> int:
         ]
         Path(args.result_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.result_json).write_text(json.dumps(document, indent=1))
+    if getattr(args, "dashboard_frames", None):
+        from corral.sim.dashboard_frames import write_frames
+
+        count = write_frames(args.dashboard_frames, result.instances)
+        print(f"wrote {count} dashboard frames to {args.dashboard_frames}")
     html_out = html_path(args.result_json, args.html_out, args.no_html)
     if html_out:
         from corral.reports.sim import write_sim_html

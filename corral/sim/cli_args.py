@@ -115,6 +115,15 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sim-seed", type=int, default=0, help="router randomness")
     group.add_argument("--kv-sample-interval-s", type=float, default=1.0)
     group.add_argument(
+        "--dashboard-frames",
+        default=None,
+        metavar="PATH",
+        help="write each instance's /dashboard frames (requests, KV block map, steps, counters) "
+        "as JSON lines, every --dashboard-interval-s virtual seconds; replay them with "
+        "`corral simulate dashboard PATH`",
+    )
+    group.add_argument("--dashboard-interval-s", type=float, default=0.5)
+    group.add_argument(
         "--check-integrity",
         action="store_true",
         help="check every KV manager after every step (slow)",
@@ -341,6 +350,9 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         price_per_device_hour=args.price_per_device_hour,
         seed=args.sim_seed,
         kv_sample_interval_s=args.kv_sample_interval_s,
+        dashboard_interval_s=(
+            args.dashboard_interval_s if getattr(args, "dashboard_frames", None) else None
+        ),
         check_integrity=args.check_integrity,
         speculation=spec_sim_config_from_args(args),
         lora=lora_sim_options_from_args(args),

@@ -76,7 +76,14 @@ class ClusterSimulator:
         self.request_hook = request_hook
         self.now = 0.0
         self.instances = [
-            SimInstance(index, instance_spec, self._clock, spec.kv_sample_interval_s, spec.seed)
+            SimInstance(
+                index,
+                instance_spec,
+                self._clock,
+                spec.kv_sample_interval_s,
+                spec.seed,
+                spec.dashboard_interval_s,
+            )
             for index, instance_spec in enumerate(spec.instances)
         ]
         self.max_model_len = min(s.max_model_len for s in spec.instances)

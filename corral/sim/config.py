@@ -67,6 +67,8 @@ class ClusterSpec:
     kv_lease_timeout_s: float = 30.0  # KVTransferConfig.lease_timeout_s (virtual seconds)
     # Instances record their KV usage at most this often (virtual seconds).
     kv_sample_interval_s: float = 1.0
+    # Instances take a dashboard frame at most this often (virtual seconds; None: no frames).
+    dashboard_interval_s: float | None = None
     # Check every KV manager's (and adapter residency's) integrity after every step (slow:
     # tests, debugging).
     check_integrity: bool = False
@@ -109,6 +111,8 @@ class ClusterSpec:
             raise ValueError(f"kv_lease_timeout_s must be > 0, got {self.kv_lease_timeout_s}")
         if not self.kv_sample_interval_s > 0:
             raise ValueError("kv_sample_interval_s must be > 0")
+        if self.dashboard_interval_s is not None and not self.dashboard_interval_s > 0:
+            raise ValueError(f"dashboard_interval_s must be > 0, got {self.dashboard_interval_s}")
         if not self.request_path_s >= 0:
             raise ValueError(f"request_path_s must be >= 0, got {self.request_path_s}")
         if self.adapter_assignment is not None and any(s.lora is None for s in self.instances):

@@ -54,6 +54,7 @@ class DeploymentOptions:
     price_per_device_hour: float | None = None
     seed: int = 0
     kv_sample_interval_s: float = 1.0
+    dashboard_interval_s: float | None = None  # ClusterSpec.dashboard_interval_s
     check_integrity: bool = False
     # Speculative decoding (corral/sim/spec.py; None: off).
     speculation: SpecSimConfig | None = None
@@ -228,6 +229,7 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         kv_transfer_latency_s=options.kv_transfer_latency_s,
         kv_lease_timeout_s=options.kv_lease_timeout_s,
         kv_sample_interval_s=options.kv_sample_interval_s,
+        dashboard_interval_s=options.dashboard_interval_s,
         check_integrity=options.check_integrity,
         adapter_assignment=assignment,
         autoscale=autoscale,

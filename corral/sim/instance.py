@@ -8,6 +8,7 @@ from corral.core.messages import ModelOutput, RequestUpdate, SchedulerOutput
 from corral.core.scheduler import Scheduler
 from corral.request import Request
 from corral.sim.config import InstanceSpec
+from corral.sim.dashboard_frames import InstanceFrames
 from corral.sim.executor import SimExecutor
 from corral.sim.kv import SimKVCacheManager
 
@@ -25,6 +26,7 @@ class SimInstance:
         clock: Callable[[], float],
         kv_sample_interval_s: float = 1.0,
         seed: int = 0,
+        dashboard_interval_s: float | None = None,
     ) -> None:
         self.index = index
         self.spec = spec
@@ -66,6 +68,10 @@ class SimInstance:
         self.queue_samples: list[tuple[float, int, int]] = []
         self._sample_interval_s = kv_sample_interval_s
         self._next_sample_s = 0.0
+        # The dashboard's frames (corral simulate run --dashboard-frames; None: off).
+        self.dashboard: InstanceFrames | None = None
+        if dashboard_interval_s is not None:
+            self.dashboard = InstanceFrames(index, dashboard_interval_s)
 
     @property
     def num_blocks(self) -> int:
@@ -90,6 +96,8 @@ class SimInstance:
         self.scheduler.add_request(request)
         self.num_waiting_tokens += request.num_tokens
         self.num_assigned += 1
+        if self.dashboard is not None:
+            self.dashboard.on_request(request.num_prompt_tokens)
 
     def begin_step(self, now: float) -> tuple[SchedulerOutput, ModelOutput] | None:
         """Schedule and cost one step at `now`; None when there was nothing to run. A step that
@@ -127,6 +135,9 @@ class SimInstance:
             self.kv_samples.append((now, usage))
             self.queue_samples.append((now, scheduler.num_waiting, scheduler.num_running))
             self._next_sample_s = now + self._sample_interval_s
+        if self.dashboard is not None:
+            self.dashboard.on_step(scheduler_output, now, now + step_s)
+            self.dashboard.maybe_frame(scheduler, now)
         return scheduler_output, model_output
 
     @property
@@ -139,4 +150,7 @@ class SimInstance:
         self, scheduler_output: SchedulerOutput, model_output: ModelOutput
     ) -> list[RequestUpdate]:
         self.is_busy = False
-        return self.scheduler.update(scheduler_output, model_output)
+        updates = self.scheduler.update(scheduler_output, model_output)
+        if self.dashboard is not None:
+            self.dashboard.on_updates(updates)
+        return updates

@@ -60,7 +60,9 @@ function updateCharts(frame, wallNow) {
   // monotonic clock, which frame.now_s shares.
   const steps = frame.steps || [];
   if (steps.length) {
-    charts.steps.push(steps.map((s) => [wallNow - (frame.now_s - s[1]), s[3], s[4], s[5], 1000 * s[2]]));
+    // A replayed simulation runs time_scale wall seconds per virtual second.
+    const scale = frame.time_scale ?? 1;
+    charts.steps.push(steps.map((s) => [wallNow - scale * (frame.now_s - s[1]), s[3], s[4], s[5], 1000 * s[2]]));
     const last = steps[steps.length - 1];
     setText("steps-note", `last: ${last[3]} tokens, ${last[4]} requests, ${(1000 * last[2]).toFixed(1)} ms`);
   }
@@ -141,9 +143,23 @@ function updateKV(frame) {
   setText("kv-note", `${kv.num_blocks} blocks of ${kv.block_size} tokens${per}`);
 }
 
+// A replayed simulation's instances (corral simulate dashboard): links to each one's view.
+function updateInstances(frame) {
+  const element = $("instances");
+  if (!frame.instances || element.childElementCount) return;
+  element.replaceChildren(...frame.instances.map((index) => {
+    const link = document.createElement("a");
+    link.href = "?instance=" + index;
+    link.className = "pill" + (index === frame.instance ? " state-ok" : "");
+    link.textContent = "instance " + index;
+    return link;
+  }));
+}
+
 function onFrame(frame) {
   const wallNow = Date.now() / 1000;
   setText("model", frame.model);
+  updateInstances(frame);
   if (!frame.healthy) setConnection("engine down", "state-bad");
   updateTiles(frame);
   updateCharts(frame, wallNow);
@@ -154,5 +170,5 @@ function onFrame(frame) {
 
 document.addEventListener("DOMContentLoaded", () => {
   setupCharts();
-  connectPage("/dashboard/events", onFrame);
+  connectPage("/dashboard/events" + window.location.search, onFrame);
 });
