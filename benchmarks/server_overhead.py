@@ -141,7 +141,9 @@ def offline_ttft_s(llm, num_samples: int) -> list[float]:
 class Server:
     """`corral serve` in a subprocess with the same engine options."""
 
-    def __init__(self, model_dir: Path, args: argparse.Namespace) -> None:
+    def __init__(
+        self, model_dir: Path, args: argparse.Namespace, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.port = args.port
         self.url = f"http://127.0.0.1:{self.port}"
         options = engine_options(args)
@@ -149,6 +151,7 @@ class Server:
         command += ["--model", str(model_dir), "--port", str(self.port), "--no-access-log"]
         for name, value in options.items():
             command += ["--" + name.replace("_", "-"), str(value)]
+        command += extra_args
         self.process = subprocess.Popen(command, cwd=REPO)
 
     def wait_ready(self, timeout_s: float = 600) -> None:
@@ -236,8 +239,8 @@ async def server_ttft_s(url: str, num_samples: int) -> list[float]:
     return samples
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_load_arguments(parser: argparse.ArgumentParser, *, port: int, num_layers: int) -> None:
+    """The workload, engine and output flags this benchmark shares with those built on it."""
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--length-scale", type=float, default=0.2)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -246,19 +249,27 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--max-num-batched-tokens", type=int, default=1024)
     parser.add_argument("--kv-cache-memory", default="2GiB")
-    parser.add_argument("--ttft-samples", type=int, default=30)
-    parser.add_argument("--port", type=int, default=18765)
+    parser.add_argument("--port", type=int, default=port)
     parser.add_argument(
         "--num-threads",
         type=int,
         default=0,
-        help="torch threads of both engines (0: torch's default; 1 is steadier on a shared box)",
+        help="torch threads of the engines (0: torch's default; 1 is steadier on a shared box)",
     )
     parser.add_argument("--model", type=Path, default=None, help="default: random SmolLM-135M")
     parser.add_argument(
-        "--num-layers", type=int, default=30, help="layers of the random SmolLM shape (30: all)"
+        "--num-layers",
+        type=int,
+        default=num_layers,
+        help="layers of the random SmolLM shape (30: all)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_load_arguments(parser, port=18765, num_layers=30)
+    parser.add_argument("--ttft-samples", type=int, default=30)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
