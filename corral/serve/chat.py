@@ -223,11 +223,11 @@ class _ChatFormatter:
         include_usage = bool(options and options.include_usage)
         continuous = include_usage and bool(options and options.continuous_usage_stats)
         parsers: dict[int, ChoiceStream] = {}
-        num_prompt = 0
+        num_prompt = num_cached = 0
         num_generated = resumed = num_resumed_tokens(self.req.kv_transfer_params)
         moves = MigrationWatch()
         async for _, output in moves.watch(merge_streams(self.state.engine, [stream])):
-            num_prompt = len(output.prompt_token_ids)
+            num_prompt, num_cached = len(output.prompt_token_ids), output.num_cached_tokens
             choices = []
             for completion in output.outputs:
                 parser = parsers.get(completion.index)
@@ -272,14 +272,18 @@ class _ChatFormatter:
             yield moves.event
             return
         if include_usage:
-            yield sse(self._chunk([], self._usage(num_prompt, num_generated)))
+            yield sse(self._chunk([], self._usage(num_prompt, num_generated, num_cached)))
 
     @staticmethod
-    def _usage(num_prompt: int, num_generated: int) -> UsageInfo:
+    def _usage(num_prompt: int, num_generated: int, num_cached: int | None = None) -> UsageInfo:
+        """The final chunk's usage carries the cached prompt tokens, as a whole answer's does."""
         return UsageInfo(
             prompt_tokens=num_prompt,
             completion_tokens=num_generated,
             total_tokens=num_prompt + num_generated,
+            prompt_tokens_details=(
+                None if num_cached is None else PromptTokensDetails(cached_tokens=num_cached)
+            ),
         )
 
     def _chunk(

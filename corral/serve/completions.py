@@ -139,10 +139,12 @@ class _Formatter:
         echoed: set[int] = set()
         offsets: dict[int, int] = {}
         num_prompt: dict[int, int] = {}
+        num_cached: dict[int, int] = {}
         num_generated = num_resumed_tokens(self.req.kv_transfer_params)
         moves = MigrationWatch()
         async for prompt_index, output in moves.watch(merge_streams(self.state.engine, streams)):
             num_prompt[prompt_index] = len(output.prompt_token_ids)
+            num_cached[prompt_index] = output.num_cached_tokens
             choices = []
             for completion in output.outputs:
                 index = prompt_index * self.req.n + completion.index
@@ -175,6 +177,7 @@ class _Formatter:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=num_generated,
                 total_tokens=prompt_tokens + num_generated,
+                prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(num_cached.values())),
             )
             yield sse(self._chunk([], usage))
 

@@ -4,6 +4,8 @@ usage reports the cached prompt tokens."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -43,6 +45,28 @@ def test_api_key_isolation_keeps_tenants_apart(tiny_model):
         assert _cached_tokens(client, KEYS[1]) == 64
         # `user` does not cross the key boundary in api-key mode.
         assert _cached_tokens(client, KEYS[0], user="u1") == 64
+
+
+def _streamed_usage(client: TestClient, route: str, body: dict) -> dict:
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    headers = {"Authorization": f"Bearer {KEYS[0]}"}
+    with client.stream("POST", route, json=body, headers=headers) as response:
+        chunks = [line for line in response.iter_lines() if line.startswith("data: {")]
+    return json.loads(chunks[-1][6:])["usage"]
+
+
+def test_streamed_usage_reports_cached_tokens_as_a_whole_answer_does(tiny_model):
+    with _app(tiny_model, "none") as client:
+        assert _cached_tokens(client, KEYS[0]) == 0
+        completion = {"prompt": PROMPT, "max_tokens": 2, "temperature": 0}
+        usage = _streamed_usage(client, "/v1/completions", completion)
+        assert usage["prompt_tokens_details"] == {"cached_tokens": 64}
+        chat = {"messages": [{"role": "user", "content": "hello " * 40}], "max_tokens": 2}
+        first = _streamed_usage(client, "/v1/chat/completions", chat)
+        again = _streamed_usage(client, "/v1/chat/completions", chat)
+        assert first["prompt_tokens_details"]["cached_tokens"] == 0
+        assert again["prompt_tokens_details"]["cached_tokens"] > 0
+        assert again["prompt_tokens_details"]["cached_tokens"] < again["prompt_tokens"]
 
 
 def test_without_isolation_tenants_share_and_salts_still_separate(tiny_model):
