@@ -125,8 +125,15 @@ class SchedulerConfig:
     # The samples of one n > 1 request compute the prompt once: the others wait for its full
     # blocks and take them as prefix hits (needs prefix caching; corral/core/sibling_admission.py).
     share_sibling_prompts: bool = True
+    # A conversation's KV stays pinned on the device for up to this many seconds after a turn
+    # ends, for its next turn (requests with a session_id; 0: off; corral/core/session_pins.py).
+    session_kv_ttl_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (self.session_kv_ttl_s >= 0 and self.session_kv_ttl_s != float("inf")):
+            raise ValueError(
+                f"session_kv_ttl_s must be >= 0 and finite, got {self.session_kv_ttl_s}"
+            )
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:

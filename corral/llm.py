@@ -139,11 +139,14 @@ class LLM:
         *,
         use_tqdm: bool = True,
         lora_request: LoRARequest | str | Sequence[LoRARequest | str | None] | None = None,
+        session_ids: Sequence[str | None] | None = None,
     ) -> list[RequestOutput]:
         """Generate for each prompt (text, token ids, or {"prompt_token_ids": [...]}); returns one
         RequestOutput per prompt, in order. Without sampling_params, the model's defaults.
         lora_request: the LoRA adapter of every prompt, or one per prompt (None: the base
-        model); an adapter's name, or LoRARequest(name, path) (checked and loaded on first use)."""
+        model); an adapter's name, or LoRARequest(name, path) (checked and loaded on first use).
+        session_ids: the conversation each prompt is a turn of (None: none), whose KV stays
+        pinned for its next turn with session_kv_ttl_s."""
         if isinstance(prompts, (str, dict)) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
@@ -165,6 +168,8 @@ class LLM:
             lora_list = list(lora_request)
             if len(lora_list) != len(prompts):
                 raise ValueError(f"got {len(lora_list)} LoRA requests for {len(prompts)} prompts")
+        if session_ids is not None and len(session_ids) != len(prompts):
+            raise ValueError(f"got {len(session_ids)} session ids for {len(prompts)} prompts")
         order: dict[str, int] = {}
         try:
             for index, (prompt, params) in enumerate(zip(prompts, params_list)):
@@ -174,6 +179,7 @@ class LLM:
                     prompt,
                     params.clone(output_kind=OutputKind.FINAL_ONLY),
                     lora_request=lora_list[index],
+                    session_id=session_ids[index] if session_ids is not None else None,
                 )
                 order[request_id] = index
         except Exception:

@@ -84,6 +84,7 @@ class Request:
         "migratable",
         "sibling_group",
         "intervals",
+        "session_id",
     )
 
     def __init__(
@@ -104,6 +105,7 @@ class Request:
         kv_transfer: object | None = None,
         migratable: bool = False,
         sibling_group: str | None = None,
+        session_id: str | None = None,
     ) -> None:
         if not prompt_token_ids:
             raise ValueError(f"request {request_id!r}: the prompt is empty (0 tokens)")
@@ -136,6 +138,9 @@ class Request:
         # The parent request id shared by the samples of one n > 1 request (same prompt); the
         # scheduler lets one of them compute the prompt's blocks for all (sibling_admission.py).
         self.sibling_group = sibling_group
+        # The conversation it is a turn of: its KV stays pinned for the next turn for up to
+        # --session-kv-ttl-s after it ends (corral/core/session_pins.py).
+        self.session_id = session_id
         self.deadline_s = deadline_s
         self.max_tokens = room if requested is None else requested
         self.all_token_ids = list(prompt_token_ids)

@@ -23,6 +23,8 @@ class RequestOptions:
     max_tokens=spec.num_output_tokens, so every request generates exactly that many tokens.
     A spec's client and priority go out as `user` and `priority` (when set); deadline_slo sends
     each request's `deadline_s`, the end-to-end deadline its TTFT and TPOT bounds imply (edf).
+    send_session_ids sends each turn's conversation as `session_id` (corral serve pins a paused
+    conversation's KV for its next turn with --session-kv-ttl-s).
     """
 
     endpoint: str = "completions"
@@ -32,6 +34,7 @@ class RequestOptions:
     force_output_len: bool = True
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     deadline_slo: SLO | None = None
+    send_session_ids: bool = False
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINT_PATHS:
@@ -137,6 +140,8 @@ def build_payload(
         body["priority"] = spec.priority
     if options.deadline_slo is not None:
         body["deadline_s"] = options.deadline_slo.deadline_s(spec.num_output_tokens)
+    if options.send_session_ids and spec.conversation_id is not None:
+        body["session_id"] = spec.conversation_id
     if options.is_chat:
         messages = _chat_messages(spec, parent)
         body["messages"] = list(messages)

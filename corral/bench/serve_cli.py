@@ -61,6 +61,12 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="send each request's deadline_s (ttft + tpot x (output tokens - 1) from --slo), "
         "for the edf policy; --num-clients and --num-priorities are sent as user and priority",
     )
+    group.add_argument(
+        "--send-session-ids",
+        action="store_true",
+        help="send each turn's conversation as session_id (corral serve --session-kv-ttl-s "
+        "keeps a paused conversation's KV for its next turn)",
+    )
     group.add_argument("--result-json", default=None, help="write the report and records here")
     add_html_arguments(group)
     add_workload_arguments(parser)
@@ -97,6 +103,7 @@ def request_options_from_args(args: argparse.Namespace) -> RequestOptions:
         temperature=args.temperature,
         force_output_len=not args.no_force_output_len,
         extra_body=args.extra_body,
+        send_session_ids=getattr(args, "send_session_ids", False),
     )
 
 

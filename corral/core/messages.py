@@ -9,6 +9,7 @@ from typing import NamedTuple
 from corral.core.adapter_residency import AdapterPlan, AdapterStats
 from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
 from corral.core.request_times import RequestInterval
+from corral.core.session_pins import SessionPinStats
 from corral.kv_transfer.messages import ConnectorEvents, ConnectorPlan, KVTransferStats
 from corral.kv_transfer.params import RemotePrefill, Resume
 from corral.sampling_params import SamplingParams
@@ -162,6 +163,8 @@ class SchedulerStats:
     # Mixture of experts (None: a dense model): tokens routed to each expert so far, per MoE
     # layer index (read from the model every few steps, so a little behind).
     expert_tokens: dict[int, list[int]] | None = None
+    # Session KV pins (None: --session-kv-ttl-s off).
+    session_pins: SessionPinStats | None = None
 
     @property
     def prefix_hit_rate(self) -> float:

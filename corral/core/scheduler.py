@@ -23,6 +23,7 @@ from corral.core.request_times import KV_TRANSFER, PREEMPTION
 from corral.core.reservation import AdmissionGate, make_reservation
 from corral.core.scheduler_output import build_scheduler_output
 from corral.core.scheduler_stats import scheduler_stats
+from corral.core.session_pins import SessionPins
 from corral.core.sibling_admission import SiblingAdmission
 from corral.core.slo import SLOStats, SLOTracker
 from corral.core.slo_target import parse_slo_classes
@@ -92,6 +93,10 @@ class Scheduler:
             self.siblings = SiblingAdmission(self.policy, kv_manager.block_size)
         # The waiting queue that admission reads: the policy's, through the siblings' deferral.
         self._waiting: WaitingQueue = self.siblings or self.policy
+        # A paused conversation's KV kept for its next turn (None: off).
+        self.pins: SessionPins | None = None
+        if config.session_kv_ttl_s > 0:
+            self.pins = SessionPins(kv_manager, config.session_kv_ttl_s, lambda: self.clock())
 
     # ----- requests in and out -------------------------------------------------------------
 
@@ -136,6 +141,8 @@ class Scheduler:
             if self.connector is not None:
                 self.connector.on_aborted(request)
             self.slo.on_finished(request, aborted=status != RequestStatus.FINISHED_STOPPED)
+            if self.pins is not None and status == RequestStatus.FINISHED_STOPPED:
+                self.pins.on_finished(request)  # a stop string ended the turn
             self._release(request)
             finished.append(request)
         return finished
@@ -167,6 +174,8 @@ class Scheduler:
         """Plan one step: running requests first (in policy order), then admit waiting ones
         while budget, max_num_seqs, the reservation gate and the KV blocks allow."""
         step = StepPlan(self.config.max_num_batched_tokens)
+        if self.pins is not None:
+            self.pins.expire()
         self._schedule_running(step)
         # No admission after running out of blocks; victims_for frees room in this very step.
         if not step.preempted:
@@ -198,6 +207,8 @@ class Scheduler:
                 if block_ids is not None:
                     step.schedule_running(request, num_new, block_ids)
                     break
+                if self.pins is not None and self.pins.reclaim():
+                    continue  # a paused conversation's KV gives way before anyone is preempted
                 victim = self.policy.select_victim(self.running)
                 self._preempt(victim)
                 step.unschedule(victim)
@@ -219,6 +230,10 @@ class Scheduler:
                 if self._preempt_for(request, step):
                     gate = None  # the victims' blocks are free again
                     continue
+                seats = len(self.running) < self.config.max_num_seqs
+                if seats and self.pins is not None and self.pins.reclaim():
+                    gate = None
+                    continue
                 break
             if self.kv.is_swapped(request):
                 num_computed = request.num_computed_tokens
@@ -239,6 +254,8 @@ class Scheduler:
                 num_new = self._cap(num_new, step.budget)
                 block_ids = self.kv.allocate_slots(request, num_new, prefix)
             if block_ids is None:
+                if self.pins is not None and self.pins.reclaim():
+                    continue
                 if self._preempt_for(request, step):
                     continue
                 if self.connector is not None and self.connector.release_fetched():
@@ -317,6 +334,8 @@ class Scheduler:
             if request.is_finished:
                 self.running.remove(request)
                 self.slo.on_finished(request, aborted=False)
+                if self.pins is not None:
+                    self.pins.on_finished(request)  # before its blocks are freed
                 self._release(request)
         return updates
 
@@ -357,6 +376,8 @@ class Scheduler:
             self.connector.on_admitted(request)
         if self.siblings is not None:
             self.siblings.on_admitted(request)
+        if self.pins is not None:
+            self.pins.on_admitted(request)
         self.running.append(request)
         self.slo.on_admitted(request)
 

@@ -29,4 +29,5 @@ def scheduler_stats(scheduler: Scheduler) -> SchedulerStats:
         spec_decode=spec.controller.stats.copy() if spec is not None else None,
         lora=adapters.stats() if adapters is not None else None,
         kv_transfer=connector.stats.copy() if connector is not None else None,
+        session_pins=scheduler.pins.stats.copy() if scheduler.pins is not None else None,
     )

@@ -76,6 +76,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "full blocks, the others take them from the prefix cache)",
     )
     group.add_argument(
+        "--session-kv-ttl-s",
+        type=float,
+        default=sched.session_kv_ttl_s,
+        help="keep a conversation's KV on the device for up to this many seconds after a turn "
+        "ends, for its next turn (requests with a session_id; reclaimed before anyone is "
+        "preempted; default 0: off)",
+    )
+    group.add_argument(
         "--long-prefill-token-threshold", type=int, default=sched.long_prefill_token_threshold
     )
     group.add_argument(
@@ -300,4 +308,5 @@ def scheduler_config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         slo=getattr(args, "slo", None),
         slo_classes=tuple(getattr(args, "slo_class", None) or ()),
         share_sibling_prompts=not getattr(args, "no_share_sibling_prompts", False),
+        session_kv_ttl_s=getattr(args, "session_kv_ttl_s", 0.0),
     )

@@ -168,6 +168,7 @@ class InputProcessor:
         client_id: str | None = None,
         cache_salt: str | None = None,
         deadline_s: float | None = None,
+        session_id: str | None = None,
         predicted_num_output_tokens: int | None = None,
         lora_request: LoRARequest | str | None = None,
         kv_transfer_params: dict[str, Any] | None = None,
@@ -182,7 +183,11 @@ class InputProcessor:
         lora_request: an adapter's name, or a LoRARequest (registered on first use).
         kv_transfer_params: disaggregation or a migrated request's Resume
         (corral.kv_transfer.params), for n == 1 only.
-        migratable: the client's router can continue the request on another engine."""
+        migratable: the client's router can continue the request on another engine.
+        session_id: the conversation it is a turn of (its KV is pinned for the next turn with
+        --session-kv-ttl-s); n == 1 only: samples of one request share no single next turn."""
+        if session_id is not None and params.n > 1:
+            raise ValueError(f"session_id needs n == 1, got n = {params.n}")
         arrival = time.monotonic() if arrival_time is None else arrival_time
         self.check_output_constraint(params)
         adapter = self.resolve_adapter(lora_request)
@@ -217,6 +222,7 @@ class InputProcessor:
                     kv_transfer=kv_transfer,
                     migratable=migratable and params.n == 1,
                     sibling_group=request_id if params.n > 1 else None,
+                    session_id=session_id,
                 )
             )
             children[-1].predicted_num_output_tokens = predicted_num_output_tokens

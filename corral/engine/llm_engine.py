@@ -55,7 +55,8 @@ class LLMEngine:
     ) -> None:
         """Queue a request; n > 1 fans out into n scheduler requests sharing the prompt.
 
-        request_fields: arrival_time, priority, client_id, cache_salt, deadline_s. Raises
+        request_fields: arrival_time, priority, client_id, cache_salt, deadline_s, session_id
+        (corral.engine.input_processor.InputProcessor.make_requests). Raises
         ValueError (naming the value and the limit) for an empty or oversized prompt, a token id
         outside the vocabulary, or a duplicate id.
         """

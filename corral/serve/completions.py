@@ -51,6 +51,7 @@ async def create_completion(
         client_id=client_id,
         cache_salt=req.cache_salt,
         deadline_s=req.deadline_s,
+        session_id=req.session_id,
         lora_request=adapter,
         kv_transfer_params=req.kv_transfer_params,
         migratable=is_migratable(raw) and req.n == 1,

@@ -202,6 +202,7 @@ class ServerMetrics:
             self.spec_decode = SpecDecodeMetrics(registry, values, num_speculative_tokens)
         self.kv_transfer: KVTransferMetrics | None = None
         self.moe: MoEMetrics | None = None
+        self.session_pins: Any = None  # SessionPinMetrics, from the first stats that have pins
         self.lora: LoRAMetrics | None = None
         if max_loras is not None:
             self.lora = LoRAMetrics(registry, values, max_loras)
@@ -255,6 +256,12 @@ class ServerMetrics:
             if self.kv_transfer is None:
                 self.kv_transfer = KVTransferMetrics(self.registry, self._values)
             self.kv_transfer.observe(stats.kv_transfer)
+        if stats.session_pins is not None:
+            if self.session_pins is None:
+                from corral.serve.session_metrics import SessionPinMetrics
+
+                self.session_pins = SessionPinMetrics(self.registry, self._values)
+            self.session_pins.observe(stats.session_pins)
         if stats.expert_tokens is not None:
             if self.moe is None:
                 self.moe = MoEMetrics(self.registry, self._values)

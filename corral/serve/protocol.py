@@ -35,6 +35,7 @@ MAX_N = 128
 MAX_STOP_STRINGS = 32
 MAX_PROMPTS_PER_REQUEST = 256
 MAX_CACHE_SALT_CHARS = 256
+MAX_SESSION_ID_CHARS = 256
 MAX_DEADLINE_S = 7 * 24 * 3600.0
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -108,6 +109,11 @@ class _SamplingFields(_Request, GuidedFields):
     skip_special_tokens: bool = True
     priority: Annotated[int, in_range(INT64_MIN, INT64_MAX)] = 0
     cache_salt: Annotated[str, max_chars(MAX_CACHE_SALT_CHARS)] | None = None
+    session_id: Annotated[str, max_chars(MAX_SESSION_ID_CHARS)] | None = Field(
+        None,
+        description="the conversation this request is a turn of: with --session-kv-ttl-s its KV "
+        "stays on the device for the next turn (n == 1 only)",
+    )
     deadline_s: Annotated[float, in_range(0.0, MAX_DEADLINE_S, low_open=True)] | None = Field(
         None, description="seconds after arrival by which the request should finish (edf policy)"
     )

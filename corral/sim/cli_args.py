@@ -53,6 +53,14 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-num-batched-tokens", type=int, default=sched.max_num_batched_tokens)
     group.add_argument("--no-chunked-prefill", action="store_true")
     group.add_argument("--long-prefill-token-threshold", type=int, default=0)
+    group.add_argument(
+        "--session-kv-ttl-s",
+        type=float,
+        default=sched.session_kv_ttl_s,
+        help="pin a conversation's KV for its next turn for up to this many virtual seconds "
+        "(turns of the multi-turn and agent workloads carry their conversation as session id; "
+        "corral serve --session-kv-ttl-s)",
+    )
     group.add_argument("--scheduling-policy", default=sched.policy)
     group.add_argument(
         "--kv-reservation",

@@ -262,6 +262,7 @@ class ClusterSimulator:
             lora=self._adapters.get(request_spec.request_id),
             kv_transfer=kv_transfer,
             migratable=self.rebalancer is not None,
+            session_id=request_spec.conversation_id,
         )
         if self.request_hook is not None:
             self.request_hook(request, request_spec)

@@ -1,0 +1,47 @@
+"""Session KV pin series on /metrics (`--session-kv-ttl-s`), fed the scheduler's
+SessionPinStats snapshots (corral/core/session_pins.py)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from corral.core.session_pins import SessionPinStats
+
+# SessionPinStats field -> (series, help).
+_COUNTERS = {
+    "num_pinned": ("corral:session_pins", "Finished turns whose KV was pinned for the next turn."),
+    "num_hits": ("corral:session_pin_hits", "Next turns admitted while their session's pin held."),
+    "num_expired": ("corral:session_pins_expired", "Pins released at --session-kv-ttl-s."),
+    "num_reclaimed": (
+        "corral:session_pins_reclaimed",
+        "Pins released because running or admitted requests needed the blocks.",
+    ),
+}
+_GAUGES = {
+    "num_active": ("corral:session_pins_active", "Paused conversations whose KV is pinned now."),
+    "num_pinned_blocks": ("corral:session_pinned_blocks", "KV blocks held by session pins now."),
+}
+
+
+class SessionPinMetrics:
+    def __init__(self, registry: CollectorRegistry, values: dict[str, str]) -> None:
+        labels = list(values)
+        self._counters = {
+            field: Counter(name, doc, labels, registry=registry).labels(**values)
+            for field, (name, doc) in _COUNTERS.items()
+        }
+        self._gauges = {
+            field: Gauge(name, doc, labels, registry=registry).labels(**values)
+            for field, (name, doc) in _GAUGES.items()
+        }
+        self._last = SessionPinStats()
+
+    def observe(self, stats: SessionPinStats) -> None:
+        """Apply one snapshot: counters move by the increase, gauges take the value."""
+        for field, metric in self._counters.items():
+            now, before = getattr(stats, field), getattr(self._last, field)
+            if now > before:
+                metric.inc(now - before)
+        for field, gauge in self._gauges.items():
+            gauge.set(getattr(stats, field))
+        self._last = stats
