@@ -4,7 +4,8 @@ their state and progress, and the KV block map. Built on demand (a utility call,
 builds the same snapshot of each of its instances.
 
 Block map cells: KV_FREE (no data), KV_CACHED (unreferenced, holding a prefix-cache entry:
-evictable), KV_HELD (outside every request: KV-transfer leases and fetch targets), KV_SHARED
+evictable), KV_HELD (outside every request: KV-transfer leases and fetch targets, session pins),
+KV_SHARED
 (in use by more than one request: a shared prefix), or KV_OWNED + g: in use by one request of
 owner group g (its LoRA adapter, else its tenant, else "default"). A pool of more blocks than
 max_num_cells is shown max_num_cells cells wide, each cell the most common state of its blocks.

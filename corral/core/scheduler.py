@@ -23,13 +23,13 @@ from corral.core.request_times import KV_TRANSFER, PREEMPTION
 from corral.core.reservation import AdmissionGate, make_reservation
 from corral.core.scheduler_output import build_scheduler_output
 from corral.core.scheduler_stats import scheduler_stats
+from corral.core.scheduler_update import apply_model_output
 from corral.core.session_pins import SessionPins
 from corral.core.sibling_admission import SiblingAdmission
 from corral.core.slo import SLOStats, SLOTracker
 from corral.core.slo_target import parse_slo_classes
 from corral.core.spec_decode import SpecDecodeScheduling
 from corral.core.step_plan import StepPlan
-from corral.core.stop import check_stop
 from corral.kv_transfer.scheduler_half import KVConnectorScheduler
 from corral.request import Request, RequestStatus
 
@@ -270,74 +270,7 @@ class Scheduler:
     ) -> list[RequestUpdate]:
         """Advance the books after the executor ran scheduler_output: computed counts, sampled
         tokens, stop checks, prefix-cache registration. Returns what changed per request."""
-        self.kv.finish_disk_reads(model_output.finished_disk_reads)
-        if self.connector is not None:
-            for fetched in self.connector.update(model_output.connector_events):
-                fetched.end_intervals(self.clock())
-                self.policy.requeue_preempted(fetched)
-        updates = [
-            RequestUpdate(r.request_id, [], r.status.finish_reason, r.stop_reason,
-                          num_cached_tokens=r.num_cached_tokens, intervals=r.intervals)
-            for r in self._outgrown
-        ]  # fmt: skip
-        self._outgrown.clear()
-        sampled = model_output.sampled_token_ids
-        spec = self.spec
-        if spec is not None:
-            spec.observe(scheduler_output, model_output)
-        for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
-            request = self.requests.get(request_id)
-            if request is None or request.status != RequestStatus.RUNNING:
-                continue  # finished or aborted while the step ran
-            new_token_ids: list[int] = []
-            failure = model_output.failed.get(request_id) if model_output.failed else None
-            if failure is not None:
-                request.status, request.stop_reason = RequestStatus.FINISHED_ERROR, failure
-            for token_id in sampled.get(request_id, ()):
-                request.append_output_token(token_id)
-                new_token_ids.append(token_id)
-                if check_stop(request, self.max_model_len):
-                    break
-            if spec is None:
-                request.num_computed_tokens += num_tokens
-            else:
-                drafts = scheduler_output.spec_token_ids.get(request_id, [])
-                num_sampled = len(sampled.get(request_id, ()))
-                spec.settle(request, num_tokens, drafts, num_sampled)
-                spec.take_proposals(request, model_output)
-            self.kv.cache_blocks(request)
-            if new_token_ids:
-                self.slo.on_token(request)
-            prompt_logprobs = model_output.prompt_logprobs.get(request_id)
-            if not new_token_ids and prompt_logprobs is None and failure is None:
-                continue
-            lease = None
-            if request.is_finished and self.connector is not None:
-                lease = self.connector.on_finished(request)  # before its blocks are freed
-            logprobs = model_output.logprobs.get(request_id)
-            if logprobs is not None:
-                logprobs = logprobs[: len(new_token_ids)]
-            updates.append(
-                RequestUpdate(
-                    request_id,
-                    new_token_ids,
-                    request.status.finish_reason,
-                    request.stop_reason,
-                    logprobs,
-                    prompt_logprobs,
-                    request.num_cached_tokens,
-                    lease,
-                    request.num_preemptions,
-                    request.intervals if request.intervals and request.is_finished else None,
-                )
-            )
-            if request.is_finished:
-                self.running.remove(request)
-                self.slo.on_finished(request, aborted=False)
-                if self.pins is not None:
-                    self.pins.on_finished(request)  # before its blocks are freed
-                self._release(request)
-        return updates
+        return apply_model_output(self, scheduler_output, model_output)
 
     # ----- internals -----------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ function drawKVMap(canvas, kv) {
 function kvLegend(element, kv) {
   const entries = [
     ["free", KV_FREE, kv.num_free], ["cached", KV_CACHED, kv.num_cached],
-    ["held (transfer)", KV_HELD, kv.num_held], ["shared prefix", KV_SHARED, kv.num_shared],
+    ["held (transfer, session pins)", KV_HELD, kv.num_held], ["shared prefix", KV_SHARED, kv.num_shared],
   ];
   kv.owners.forEach((owner, i) => entries.push([owner, KV_OWNED + i, kv.num_owned[owner]]));
   element.replaceChildren(...entries.map(([label, state, count]) => {
