@@ -45,3 +45,6 @@ class RequestOutput:
     metrics: dict[str, float] = field(default_factory=dict)
     # A prefill engine's lease for a decode engine (disaggregation), on the final output.
     kv_transfer_params: dict[str, Any] | None = None
+    # Self-consistency (stop_when_agreed or answer_pattern): the samples' vote, on the final
+    # output (corral.engine.consensus.Consensus).
+    consensus: Any = None

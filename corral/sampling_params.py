@@ -58,6 +58,11 @@ class SamplingParams:
     structured_output: StructuredOutputParams | None = None
     # A reasoning model's thinking block: where it ends, and its token budget.
     reasoning: ReasoningParams | None = None
+    # Self-consistency (n > 1): stop the samples still running once this many finished ones
+    # agree on their answer, found by answer_pattern (default: the last number); see
+    # corral/engine/consensus.py.
+    stop_when_agreed: int | None = None
+    answer_pattern: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -111,6 +116,18 @@ class SamplingParams:
                     f"min_tokens ({self.min_tokens}) cannot be combined with structured output: "
                     "the grammar decides where the output ends"
                 )
+        if self.stop_when_agreed is not None:
+            if self.n < 2 or not 2 <= self.stop_when_agreed <= self.n:
+                raise ValueError(
+                    f"stop_when_agreed must be in [2, n] with n >= 2, got {self.stop_when_agreed} "
+                    f"with n = {self.n}"
+                )
+            if not self.detokenize:
+                raise ValueError("stop_when_agreed reads the samples' text: it needs detokenize")
+        if self.answer_pattern is not None:
+            from corral.engine.consensus import compile_answer_pattern
+
+            compile_answer_pattern(self.answer_pattern)
         if self.logit_bias:
             for token_id, bias in self.logit_bias.items():
                 if not -100 <= bias <= 100:

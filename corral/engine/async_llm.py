@@ -361,7 +361,8 @@ class AsyncLLM:
             if update.finish_reason is not None:
                 self._dequeue(update.request_id)
             self._tracker.update(update, now, stats)
-        for child_id in stopped:
+        for child_id in stopped:  # a stop string, or samples that agreed (maybe still queued)
+            self._dequeue(child_id)
             self._tracker.finish(child_id, "stop", now, stats)
         for output in outputs:
             stream = self._streams.get(output.request_id)

@@ -205,7 +205,9 @@ class InputProcessor:
                 seed = None if params.seed is None else params.seed + index
                 # The prompt is scored once, by child 0 (the output processor reads only its).
                 prompt_logprobs = params.prompt_logprobs if index == 0 else None
-                child_params = params.clone(n=1, seed=seed, prompt_logprobs=prompt_logprobs)
+                child_params = params.clone(
+                    n=1, seed=seed, prompt_logprobs=prompt_logprobs, stop_when_agreed=None
+                )
             children.append(
                 Request(
                     child_id,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from corral.core.messages import RequestUpdate, TokenLogprobs
+from corral.engine.consensus import AGREED, compile_answer_pattern, extract_answer, vote
 from corral.engine.detokenizer import IncrementalDetokenizer
 from corral.engine.tokenizer import Tokenizer
 from corral.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
@@ -45,6 +47,9 @@ class _Tracked:
     num_cached_tokens: int = 0
     child_ids: list[str] = field(default_factory=list)
     kv_transfer_params: dict[str, Any] | None = None
+    # Self-consistency (stop_when_agreed or answer_pattern): the compiled answer pattern.
+    answer_pattern: re.Pattern[str] | None = None
+    agreed_early: bool = False
 
 
 MIGRATED = RequestStatus.FINISHED_MIGRATED.finish_reason  # "migrated"
@@ -103,6 +108,8 @@ class OutputProcessor:
             self._children[child_id] = (request_id, index)
         tracked = _Tracked(request_id, prompt, prompt_token_ids, params, samples, arrival_time)
         tracked.child_ids = list(child_ids)
+        if params.stop_when_agreed is not None or params.answer_pattern is not None:
+            tracked.answer_pattern = compile_answer_pattern(params.answer_pattern)
         if params.prompt_logprobs is not None:
             tracked.prompt_logprobs = [None]
         self._tracked[request_id] = tracked
@@ -155,8 +162,34 @@ class OutputProcessor:
                 if sample.detokenizer is not None and update.finish_reason != MIGRATED:
                     sample.detokenizer.flush()
             touched[tracked.request_id] = tracked
+        for tracked in touched.values():
+            if tracked.params.stop_when_agreed is not None and not tracked.agreed_early:
+                stopped_children += self._stop_if_agreed(tracked)
         outputs = [o for t in touched.values() if (o := self._make_output(t)) is not None]
         return outputs, stopped_children
+
+    def _answers(self, tracked: _Tracked) -> list[str | None]:
+        """The answers of the samples that finished by themselves, in sample order."""
+        assert tracked.answer_pattern is not None
+        answers = []
+        for sample in tracked.samples:
+            if sample.finish_reason in ("stop", "length") and sample.stop_reason != AGREED:
+                text = sample.detokenizer.streamable_text(True) if sample.detokenizer else ""
+                answers.append(extract_answer(text, tracked.answer_pattern))
+        return answers
+
+    def _stop_if_agreed(self, tracked: _Tracked) -> list[str]:
+        """Once stop_when_agreed finished samples agree, stop the others; their child ids."""
+        consensus = vote(self._answers(tracked))
+        if consensus.num_votes < (tracked.params.stop_when_agreed or 0):
+            return []
+        tracked.agreed_early = True
+        stopped = []
+        for sample, child_id in zip(tracked.samples, tracked.child_ids):
+            if sample.finish_reason is None:
+                sample.finish_reason, sample.stop_reason = "stop", AGREED
+                stopped.append(child_id)
+        return stopped
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Finish every unfinished sample of a request with reason 'abort'."""
@@ -255,6 +288,8 @@ class OutputProcessor:
             num_cached_tokens=tracked.num_cached_tokens,
             kv_transfer_params=tracked.kv_transfer_params,
         )
+        if finished and tracked.answer_pattern is not None:
+            output.consensus = vote(self._answers(tracked), tracked.agreed_early)
         output.metrics["arrival_time"] = tracked.arrival_time
         if tracked.first_token_time is not None:
             output.metrics["first_token_time"] = tracked.first_token_time

@@ -29,6 +29,7 @@ from corral.serve.responses import (
     DeltaMessage,
     PromptTokensDetails,
     UsageInfo,
+    consensus_out,
 )
 from corral.serve.state import ServerState
 from corral.serve.streaming import (
@@ -217,6 +218,7 @@ class _ChatFormatter:
             choices=choices,
             usage=usage,
             kv_transfer_params=final.kv_transfer_params,
+            consensus=consensus_out(final.consensus),
         )
 
     async def stream(self, stream: RequestStream) -> AsyncIterator[bytes]:

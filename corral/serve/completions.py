@@ -20,6 +20,7 @@ from corral.serve.responses import (
     CompletionResponse,
     PromptTokensDetails,
     UsageInfo,
+    consensus_out,
 )
 from corral.serve.state import ServerState
 from corral.serve.streaming import (
@@ -133,6 +134,7 @@ class _Formatter:
             choices=choices,
             usage=usage,
             kv_transfer_params=finals[0].kv_transfer_params if len(finals) == 1 else None,
+            consensus=consensus_out(finals[0].consensus) if len(finals) == 1 else None,
         )
 
     async def stream(self, streams: list[RequestStream]) -> AsyncIterator[bytes]:

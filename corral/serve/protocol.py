@@ -36,6 +36,7 @@ MAX_STOP_STRINGS = 32
 MAX_PROMPTS_PER_REQUEST = 256
 MAX_CACHE_SALT_CHARS = 256
 MAX_SESSION_ID_CHARS = 256
+MAX_ANSWER_PATTERN_CHARS = 512  # corral.engine.consensus.MAX_ANSWER_PATTERN_CHARS
 MAX_DEADLINE_S = 7 * 24 * 3600.0
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -83,6 +84,16 @@ class _SamplingFields(_Request, GuidedFields):
     )
     n: Annotated[int, in_range(1, MAX_N)] = Field(
         1, description="also at most the server's --max-queued-requests, when set"
+    )
+    stop_when_agreed: Annotated[int, in_range(2, MAX_N)] | None = Field(
+        None,
+        description="self-consistency: stop the samples still running once this many finished "
+        "ones agree on their answer (at most n); the response's consensus holds the vote",
+    )
+    answer_pattern: Annotated[str, max_chars(MAX_ANSWER_PATTERN_CHARS)] | None = Field(
+        None,
+        description="a regex whose last match (its group, if it has one) is a sample's answer; "
+        "default: the last number",
     )
     temperature: Annotated[float, in_range(0.0, 2.0)] | None = None
     top_p: Annotated[float, in_range(0.0, 1.0, low_open=True)] | None = None

@@ -40,6 +40,27 @@ class CompletionChoice(_Response):
     stop_reason: int | str | None = None
 
 
+class ConsensusOut(_Response):
+    """Self-consistency (stop_when_agreed or answer_pattern): the finished samples' vote."""
+
+    answer: str | None
+    votes: int
+    answered: int
+    agreed_early: bool
+
+
+def consensus_out(consensus: Any) -> ConsensusOut | None:
+    """A RequestOutput's consensus (corral.engine.consensus.Consensus) for a response."""
+    if consensus is None:
+        return None
+    return ConsensusOut(
+        answer=consensus.answer,
+        votes=consensus.num_votes,
+        answered=consensus.num_answered,
+        agreed_early=consensus.agreed_early,
+    )
+
+
 class CompletionResponse(_Response):
     id: str
     object: Literal["text_completion"] = "text_completion"
@@ -49,6 +70,8 @@ class CompletionResponse(_Response):
     usage: UsageInfo | None = None
     # A prefill engine's lease for the decode engine (disaggregation); absent otherwise.
     kv_transfer_params: dict[str, Any] | None = None
+    # The samples' vote (stop_when_agreed or answer_pattern, one prompt); absent otherwise.
+    consensus: ConsensusOut | None = None
 
 
 class TopLogprob(_Response):
@@ -99,6 +122,7 @@ class ChatCompletionResponse(_Response):
     choices: list[ChatChoice]
     usage: UsageInfo
     kv_transfer_params: dict[str, Any] | None = None
+    consensus: ConsensusOut | None = None
 
 
 class DeltaFunctionCall(_Response):

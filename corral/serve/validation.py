@@ -80,6 +80,8 @@ def _common_params(req: CompletionRequest | ChatCompletionRequest, limits: Model
         include_stop_str_in_output=req.include_stop_str_in_output,
         skip_special_tokens=req.skip_special_tokens,
         output_kind=OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY,
+        stop_when_agreed=req.stop_when_agreed,
+        answer_pattern=req.answer_pattern,
     )
     optional = dict(
         temperature=req.temperature,
@@ -122,7 +124,11 @@ def _build(params: dict[str, Any], limits: ModelLimits) -> SamplingParams:
     try:
         return SamplingParams(**params)
     except ValueError as error:  # a combination the checks above did not cover
-        raise APIError(400, str(error)) from None
+        # SamplingParams' messages begin with the field they are about.
+        first_word = str(error).split(" ", 1)[0]
+        raise APIError(
+            400, str(error), param=first_word if first_word in params else None
+        ) from None
 
 
 def completion_params(req: CompletionRequest, limits: ModelLimits) -> SamplingParams:

@@ -156,6 +156,8 @@ def _send(client, model: str, field: str, value: Any):
     body = {**base, field: value}
     if field == "best_of":  # only supported equal to n
         body["n"] = value if 1 <= value <= 128 else 1
+    if field == "stop_when_agreed":  # at most n, which must be at least 2
+        body["n"] = value if 2 <= value <= 128 else 2
     return client.post(path, json=body, headers=HEADERS)
 
 
