@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import threading
@@ -33,10 +32,9 @@ from benchmarks.common import machine  # noqa: E402
 from benchmarks.server_overhead import (  # noqa: E402
     Server,
     add_load_arguments,
-    bench_model,
+    load_inputs,
     prompts_for,
     run_server_load,
-    workload,
 )
 
 
@@ -75,12 +73,7 @@ def main() -> None:
     add_load_arguments(parser, port=18766, num_layers=8)
     parser.add_argument("--dashboard-interval-ms", type=int, default=100)
     args = parser.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from corral.model.arch import ModelArch
-
-    model_dir = args.model or bench_model(args.num_layers)
-    vocab_size = ModelArch.from_dir(model_dir).vocab_size
-    lengths = workload(args)
+    model_dir, vocab_size, lengths = load_inputs(args)
     server = Server(model_dir, args, ("--dashboard-interval-ms", str(args.dashboard_interval_ms)))
     server.wait_ready()
     rows = []

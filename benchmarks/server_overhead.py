@@ -266,19 +266,24 @@ def add_load_arguments(parser: argparse.ArgumentParser, *, port: int, num_layers
     parser.add_argument("--json", type=Path, help="also write the results here")
 
 
+def load_inputs(args: argparse.Namespace) -> tuple[Path, int, list[tuple[int, int]]]:
+    """The model directory, its vocabulary size and the workload's lengths (add_load_arguments'
+    flags)."""
+    from corral.model.arch import ModelArch
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    model_dir = args.model or bench_model(args.num_layers)
+    return model_dir, ModelArch.from_dir(model_dir).vocab_size, workload(args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_load_arguments(parser, port=18765, num_layers=30)
     parser.add_argument("--ttft-samples", type=int, default=30)
     args = parser.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
     from corral import LLM
-    from corral.model.arch import ModelArch
 
-    model_dir = args.model or bench_model(args.num_layers)
-    vocab_size = ModelArch.from_dir(model_dir).vocab_size
-    lengths = workload(args)
+    model_dir, vocab_size, lengths = load_inputs(args)
     print(
         f"model {model_dir.name}; {len(lengths)} requests, prompt mean "
         f"{statistics.mean(p for p, _ in lengths):.0f}, output mean "

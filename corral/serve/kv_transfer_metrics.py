@@ -3,9 +3,10 @@ KVTransferStats snapshots."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from corral.kv_transfer.messages import KVTransferStats
+from corral.serve.stats_series import StatsSeries
 
 # KVTransferStats field -> (series, help).
 _COUNTERS = {
@@ -40,19 +41,6 @@ _COUNTERS = {
 }
 
 
-class KVTransferMetrics:
+class KVTransferMetrics(StatsSeries):
     def __init__(self, registry: CollectorRegistry, values: dict[str, str]) -> None:
-        labels = list(values)
-        self._counters = {
-            field: Counter(name, doc, labels, registry=registry).labels(**values)
-            for field, (name, doc) in _COUNTERS.items()
-        }
-        self._last = KVTransferStats()
-
-    def observe(self, stats: KVTransferStats) -> None:
-        """Apply one cumulative snapshot (counters move by the increase since the last one)."""
-        for field, metric in self._counters.items():
-            now, before = getattr(stats, field), getattr(self._last, field)
-            if now > before:
-                metric.inc(now - before)
-        self._last = stats
+        super().__init__(registry, values, _COUNTERS, {}, KVTransferStats())

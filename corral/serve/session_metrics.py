@@ -3,9 +3,10 @@ SessionPinStats snapshots (corral/core/session_pins.py)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from corral.core.session_pins import SessionPinStats
+from corral.serve.stats_series import StatsSeries
 
 # SessionPinStats field -> (series, help).
 _COUNTERS = {
@@ -23,25 +24,6 @@ _GAUGES = {
 }
 
 
-class SessionPinMetrics:
+class SessionPinMetrics(StatsSeries):
     def __init__(self, registry: CollectorRegistry, values: dict[str, str]) -> None:
-        labels = list(values)
-        self._counters = {
-            field: Counter(name, doc, labels, registry=registry).labels(**values)
-            for field, (name, doc) in _COUNTERS.items()
-        }
-        self._gauges = {
-            field: Gauge(name, doc, labels, registry=registry).labels(**values)
-            for field, (name, doc) in _GAUGES.items()
-        }
-        self._last = SessionPinStats()
-
-    def observe(self, stats: SessionPinStats) -> None:
-        """Apply one snapshot: counters move by the increase, gauges take the value."""
-        for field, metric in self._counters.items():
-            now, before = getattr(stats, field), getattr(self._last, field)
-            if now > before:
-                metric.inc(now - before)
-        for field, gauge in self._gauges.items():
-            gauge.set(getattr(stats, field))
-        self._last = stats
+        super().__init__(registry, values, _COUNTERS, _GAUGES, SessionPinStats())
