@@ -71,6 +71,7 @@ def simulate(args: argparse.Namespace, num_blocks: int, ttl_s: float) -> dict:
             num_requests=args.num_conversations * args.num_turns,
             num_turns=args.num_turns,
             think_time_s=args.think_time_s,
+            think_time_dist=args.think_time_dist,
             input_len=args.input_len,
             output_len=args.output_len,
             range_ratio=0.5,
@@ -128,6 +129,9 @@ def main() -> None:
     parser.add_argument("--num-conversations", type=int, default=150)
     parser.add_argument("--num-turns", type=int, default=4)
     parser.add_argument("--think-time-s", type=float, default=5.0)
+    parser.add_argument(
+        "--think-time-dist", default="fixed", help="fixed, exponential or lognormal:SIGMA"
+    )
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--conversation-rate", type=float, default=1.0)

@@ -7,7 +7,7 @@ import zlib
 
 from corral.workloads.arrivals import ArrivalOptions, make_arrivals
 from corral.workloads.datasets import DATASETS, Draft
-from corral.workloads.options import WorkloadOptions
+from corral.workloads.options import WorkloadOptions, draw_think_time
 from corral.workloads.spec import RequestSpec, Workload
 from corral.workloads.tokens import make_encoder
 
@@ -66,6 +66,7 @@ def build_workload(options: WorkloadOptions) -> Workload:
             raise ValueError(f"the {options.dataset} dataset has no timestamps for trace arrivals")
     times = process.times(len(starters), options.seed, trace_times)  # type: ignore[arg-type]
     tags = random.Random(options.seed + 1)
+    pauses = random.Random(options.seed + 2)
     tag_of: dict[int, tuple[str | None, int]] = {}
     start_of: dict[int | None, float] = {}
     specs: list[RequestSpec] = []
@@ -106,7 +107,11 @@ def build_workload(options: WorkloadOptions) -> Workload:
                 conversation_id=None if conversation is None else f"conv-{conversation}",
                 turn_index=draft.turn_index,
                 parent_request_id=previous_id.get(conversation) if draft.turn_index else None,
-                think_time_s=options.think_time_s if draft.turn_index else 0.0,
+                think_time_s=(
+                    draw_think_time(pauses, options.think_time_s, options.think_time_dist)
+                    if draft.turn_index
+                    else 0.0
+                ),
                 new_prompt=draft.new_prompt,
             )
         )
@@ -119,4 +124,6 @@ def build_workload(options: WorkloadOptions) -> Workload:
         "arrival": arrival.kind,
         "seed": options.seed,
     }
+    if any(spec.parent_request_id for spec in specs):
+        description["think_time"] = f"{options.think_time_s:g} s {options.think_time_dist}"
     return Workload(options.dataset, specs, options.vocab_size, description)

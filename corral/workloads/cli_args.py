@@ -48,7 +48,18 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gsm8k-split", choices=("train", "test"), default=defaults.split)
     group.add_argument("--num-shots", type=int, default=defaults.num_shots)
     group.add_argument("--num-turns", type=int, default=defaults.num_turns)
-    group.add_argument("--think-time-s", type=float, default=defaults.think_time_s)
+    group.add_argument(
+        "--think-time-s",
+        type=float,
+        default=defaults.think_time_s,
+        help="multi-turn: the pause before each follow-up (a tool call's latency), its mean",
+    )
+    group.add_argument(
+        "--think-time-dist",
+        default=defaults.think_time_dist,
+        help="how pauses vary around --think-time-s: fixed, exponential or lognormal:SIGMA "
+        "(tool latencies with a long tail)",
+    )
     group.add_argument("--fixed-output-len", type=int, default=None)
     group.add_argument("--num-clients", type=int, default=0, help="tag requests client-0..")
     group.add_argument("--num-priorities", type=int, default=0, help="random priorities 0..")
@@ -95,6 +106,7 @@ def workload_options_from_args(args: argparse.Namespace) -> WorkloadOptions:
         num_shots=args.num_shots,
         num_turns=args.num_turns,
         think_time_s=args.think_time_s,
+        think_time_dist=getattr(args, "think_time_dist", "fixed"),
         fixed_output_len=args.fixed_output_len,
         num_clients=args.num_clients,
         num_priorities=args.num_priorities,

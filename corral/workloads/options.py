@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass
 
 from corral.workloads.arrivals import ArrivalOptions
@@ -45,6 +47,9 @@ class WorkloadOptions:
     # multi-turn: turns per conversation and the pause before each follow-up.
     num_turns: int = 4
     think_time_s: float = 0.0
+    # How each pause varies around think_time_s (its mean): fixed, exponential, or
+    # lognormal:SIGMA (tool latencies: most calls quick, a long tail).
+    think_time_dist: str = "fixed"
     # gsm8k and jsonl: force every output length to this many tokens.
     fixed_output_len: int | None = None
     # Tag requests with client ids client-0..client-(n-1) and priorities 0..n-1, drawn at
@@ -77,8 +82,40 @@ class WorkloadOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        parse_think_time_dist(self.think_time_dist)
         if self.length_distribution not in ("uniform", "lognormal"):
             raise ValueError(
                 "length_distribution must be uniform or lognormal, got "
                 f"{self.length_distribution!r}"
             )
+
+
+THINK_TIME_DISTS = ("fixed", "exponential", "lognormal:SIGMA")
+
+
+def parse_think_time_dist(text: str) -> tuple[str, float]:
+    """(kind, sigma) of a think_time_dist; ValueError naming think_time_dist otherwise."""
+    kind, _, sigma_text = text.partition(":")
+    if kind in ("fixed", "exponential") and not sigma_text:
+        return kind, 0.0
+    if kind == "lognormal":
+        try:
+            sigma = float(sigma_text or "1")
+        except ValueError:
+            sigma = -1.0
+        if sigma > 0 and sigma < 10:
+            return kind, sigma
+    raise ValueError(
+        f"think_time_dist must be one of {', '.join(THINK_TIME_DISTS)} (0 < SIGMA < 10), "
+        f"got {text!r}"
+    )
+
+
+def draw_think_time(rng: random.Random, mean_s: float, dist: str) -> float:
+    """One pause of mean mean_s from the distribution dist (parse_think_time_dist)."""
+    kind, sigma = parse_think_time_dist(dist)
+    if mean_s == 0 or kind == "fixed":
+        return mean_s
+    if kind == "exponential":
+        return rng.expovariate(1 / mean_s)
+    return rng.lognormvariate(math.log(mean_s) - sigma * sigma / 2, sigma)
