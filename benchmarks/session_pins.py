@@ -57,7 +57,7 @@ def summarize(first: list[float], follow: list[float]) -> dict:
     }
 
 
-def simulate(args: argparse.Namespace, num_blocks: int, ttl_s: float) -> dict:
+def simulate(args: argparse.Namespace, num_blocks: int, ttl_s: float, oracle: bool = False) -> dict:
     from corral.config import SchedulerConfig
     from corral.sim.api import simulate_result
     from corral.sim.deployment import DeploymentOptions
@@ -83,13 +83,15 @@ def simulate(args: argparse.Namespace, num_blocks: int, ttl_s: float) -> dict:
         num_blocks=num_blocks,
         max_model_len=args.max_model_len,
         scheduler=SchedulerConfig(session_kv_ttl_s=ttl_s),
+        session_pause_oracle=oracle,
     )
     result = simulate_result(workload, deployment)
     records = [{"request_id": r.request_id, "ttft_s": r.ttft_s} for r in result.records if r.is_ok]
     first, follow = split_ttfts(records, args.num_turns)
     scheduler = result.instances[0].scheduler
     stats = scheduler.stats()
-    row = {"num_blocks": num_blocks, "session_kv_ttl_s": ttl_s, **summarize(first, follow)}
+    row = {"num_blocks": num_blocks, "session_kv_ttl_s": ttl_s, "pause_oracle": oracle}
+    row.update(summarize(first, follow))
     row["prefix_hit_rate"] = stats.prefix_hit_rate
     row["num_preemptions"] = stats.num_preemptions
     if stats.session_pins is not None:
@@ -117,7 +119,8 @@ def print_rows(rows: list[dict]) -> None:
             else "-"
         )
         print(
-            f"| {row['num_blocks']} | {row['session_kv_ttl_s']:g} | "
+            f"| {row['num_blocks']} | {row['session_kv_ttl_s']:g}"
+            f"{' (announced pauses)' if row.get('pause_oracle') else ''} | "
             f"{row['follow_up_ttft_mean_ms']:.1f} / {row['follow_up_ttft_p50_ms']:.1f} / "
             f"{row['follow_up_ttft_p99_ms']:.1f} | {row['first_turn_ttft_mean_ms']:.1f} | "
             f"{100 * row['prefix_hit_rate']:.1f}% | {pin_text} |"
@@ -138,6 +141,11 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--num-kv-blocks", default="1500,3000", help="pool sizes to try")
     parser.add_argument("--ttl-s", type=float, default=30.0)
+    parser.add_argument(
+        "--pause-oracle",
+        action="store_true",
+        help="also run pins with each turn announcing its next pause exactly",
+    )
     parser.add_argument("--engine", action="store_true", help="the engine part instead")
     parser.add_argument("--engine-model", default="corral-demo")
     parser.add_argument("--engine-num-kv-blocks", type=int, default=96)
@@ -154,10 +162,13 @@ def main() -> None:
 
         result = run_engine(args)
     else:
+        modes = [(0.0, False), (args.ttl_s, False)]
+        if args.pause_oracle:
+            modes.append((args.ttl_s, True))
         rows = [
-            simulate(args, int(num_blocks), ttl)
+            simulate(args, int(num_blocks), ttl, oracle)
             for num_blocks in args.num_kv_blocks.split(",")
-            for ttl in (0.0, args.ttl_s)
+            for ttl, oracle in modes
         ]
         print_rows(rows)
         result = {"machine": machine(), "args": vars(args) | {"json": None}, "rows": rows}

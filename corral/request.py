@@ -85,6 +85,7 @@ class Request:
         "sibling_group",
         "intervals",
         "session_id",
+        "session_pause_s",
     )
 
     def __init__(
@@ -106,6 +107,7 @@ class Request:
         migratable: bool = False,
         sibling_group: str | None = None,
         session_id: str | None = None,
+        session_pause_s: float | None = None,
     ) -> None:
         if not prompt_token_ids:
             raise ValueError(f"request {request_id!r}: the prompt is empty (0 tokens)")
@@ -141,6 +143,9 @@ class Request:
         # The conversation it is a turn of: its KV stays pinned for the next turn for up to
         # --session-kv-ttl-s after it ends (corral/core/session_pins.py).
         self.session_id = session_id
+        # The pause its client expects before the session's next turn (a tool's typical
+        # latency); None: the pins' learnt average.
+        self.session_pause_s = session_pause_s
         self.deadline_s = deadline_s
         self.max_tokens = room if requested is None else requested
         self.all_token_ids = list(prompt_token_ids)

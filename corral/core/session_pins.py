@@ -15,9 +15,11 @@ context costs its memory for the rest of its pause, so among the pins still insi
 pause the one holding the most block-seconds until its expected return (num_blocks x (expected
 pause - time paused so far)) goes first; but a pin paused for more than twice the expected pause
 is overdue (its conversation may be over: a last turn is pinned too) and goes before any of
-them, oldest first. Released blocks stay in the prefix cache as evictable entries: the next turn
-may still hit them, and with a host tier they are spilled to host memory when evicted (swap
-rather than drop). Torch-free; the simulator runs the same code.
+them, oldest first. A client that knows its tool's latency says so (Request.session_pause_s):
+that pin then uses the announced pause instead of the learnt one, and a turn announcing a pause
+longer than ttl_s is not pinned at all. Released blocks stay in the prefix cache as evictable
+entries: the next turn may still hit them, and with a host tier they are spilled to host memory
+when evicted (swap rather than drop). Torch-free; the simulator runs the same code.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class _Pin:
     expiry_s: float
     num_blocks: int
     generation: int
+    announced_pause_s: float | None  # the client's expected pause (None: the learnt one)
 
 
 # Weight of the newest observed pause in the running estimate; pins past this many expected
@@ -90,7 +93,8 @@ class SessionPins:
         if session_id is None:
             return
         num_blocks = self.kv.num_cached_blocks(request.request_id)
-        if num_blocks == 0:
+        announced = request.session_pause_s
+        if num_blocks == 0 or (announced is not None and announced > self.ttl_s):
             self._release(session_id)
             return
         holder = self.holder_id(session_id)
@@ -105,7 +109,7 @@ class SessionPins:
             self.stats.num_pinned_blocks -= old.num_blocks
         self._generation += 1
         now = self.clock()
-        pin = _Pin(now, now + self.ttl_s, num_blocks, self._generation)
+        pin = _Pin(now, now + self.ttl_s, num_blocks, self._generation, announced)
         self._pins[session_id] = pin
         heapq.heappush(self._expiries, (pin.expiry_s, pin.generation, session_id))
         self.stats.num_pinned += 1
@@ -117,11 +121,14 @@ class SessionPins:
         session_id = request.session_id
         pin = self._pins.get(session_id) if session_id is not None else None
         if pin is not None:
-            pause_s = self.clock() - pin.pinned_s
-            estimate = self.expected_pause_s
-            self.expected_pause_s = (
-                pause_s if estimate is None else estimate + PAUSE_EWMA_WEIGHT * (pause_s - estimate)
-            )
+            if pin.announced_pause_s is None:  # the average is for pins without a hint
+                pause_s = self.clock() - pin.pinned_s
+                estimate = self.expected_pause_s
+                self.expected_pause_s = (
+                    pause_s
+                    if estimate is None
+                    else estimate + PAUSE_EWMA_WEIGHT * (pause_s - estimate)
+                )
             self.stats.num_hits += 1
             self._release(session_id)
 
@@ -149,7 +156,9 @@ class SessionPins:
         """Smallest first: overdue pins (oldest first), then the largest expected waste."""
         pin = self._pins[session_id]
         paused_s = self.clock() - pin.pinned_s
-        expected = self.expected_pause_s
+        expected = pin.announced_pause_s
+        if expected is None:
+            expected = self.expected_pause_s
         if expected is not None and paused_s > OVERDUE_FACTOR * expected:
             return (0, pin.pinned_s)
         remaining_s = max(0.0, (expected if expected is not None else self.ttl_s) - paused_s)

@@ -26,6 +26,10 @@ from corral.structured.params import StructuredOutputParams
 PromptType = str | list[int] | Mapping[str, Any]
 
 
+# The longest pause a client may announce (a day).
+MAX_SESSION_PAUSE_S = 86400.0
+
+
 class InputProcessor:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -169,6 +173,7 @@ class InputProcessor:
         cache_salt: str | None = None,
         deadline_s: float | None = None,
         session_id: str | None = None,
+        session_pause_s: float | None = None,
         predicted_num_output_tokens: int | None = None,
         lora_request: LoRARequest | str | None = None,
         kv_transfer_params: dict[str, Any] | None = None,
@@ -188,6 +193,13 @@ class InputProcessor:
         --session-kv-ttl-s); n == 1 only: samples of one request share no single next turn."""
         if session_id is not None and params.n > 1:
             raise ValueError(f"session_id needs n == 1, got n = {params.n}")
+        if session_pause_s is not None:
+            if session_id is None:
+                raise ValueError("session_pause_s needs a session_id")
+            if not 0 <= session_pause_s <= MAX_SESSION_PAUSE_S:
+                raise ValueError(
+                    f"session_pause_s must be in [0, {MAX_SESSION_PAUSE_S}], got {session_pause_s}"
+                )
         arrival = time.monotonic() if arrival_time is None else arrival_time
         self.check_output_constraint(params)
         adapter = self.resolve_adapter(lora_request)
@@ -225,6 +237,7 @@ class InputProcessor:
                     migratable=migratable and params.n == 1,
                     sibling_group=request_id if params.n > 1 else None,
                     session_id=session_id,
+                    session_pause_s=session_pause_s,
                 )
             )
             children[-1].predicted_num_output_tokens = predicted_num_output_tokens

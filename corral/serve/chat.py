@@ -146,6 +146,7 @@ async def create_chat_completion(
         cache_salt=req.cache_salt,
         deadline_s=req.deadline_s,
         session_id=req.session_id,
+        session_pause_s=req.session_pause_s,
         lora_request=adapter,
         kv_transfer_params=req.kv_transfer_params,
         # Parsed output (reasoning, tool calls) keeps parser state here: it does not move.

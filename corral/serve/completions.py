@@ -53,6 +53,7 @@ async def create_completion(
         cache_salt=req.cache_salt,
         deadline_s=req.deadline_s,
         session_id=req.session_id,
+        session_pause_s=req.session_pause_s,
         lora_request=adapter,
         kv_transfer_params=req.kv_transfer_params,
         migratable=is_migratable(raw) and req.n == 1,

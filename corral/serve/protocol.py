@@ -125,6 +125,11 @@ class _SamplingFields(_Request, GuidedFields):
         description="the conversation this request is a turn of: with --session-kv-ttl-s its KV "
         "stays on the device for the next turn (n == 1 only)",
     )
+    session_pause_s: Annotated[float, in_range(0.0, 86400.0)] | None = Field(
+        None,
+        description="with session_id: the pause expected before the session's next turn (the "
+        "tool's typical latency); pins expected back sooner are kept longer under pressure",
+    )
     deadline_s: Annotated[float, in_range(0.0, MAX_DEADLINE_S, low_open=True)] | None = Field(
         None, description="seconds after arrival by which the request should finish (edf policy)"
     )

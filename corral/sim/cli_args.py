@@ -61,6 +61,12 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
         "(turns of the multi-turn and agent workloads carry their conversation as session id; "
         "corral serve --session-kv-ttl-s)",
     )
+    group.add_argument(
+        "--session-pause-oracle",
+        action="store_true",
+        help="each turn announces the exact pause before its conversation's next turn "
+        "(session_pause_s; a last turn: none comes), the best a client could say",
+    )
     group.add_argument("--scheduling-policy", default=sched.policy)
     group.add_argument(
         "--kv-reservation",
@@ -358,6 +364,7 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         price_per_device_hour=args.price_per_device_hour,
         seed=args.sim_seed,
         kv_sample_interval_s=args.kv_sample_interval_s,
+        session_pause_oracle=getattr(args, "session_pause_oracle", False),
         dashboard_interval_s=(
             args.dashboard_interval_s if getattr(args, "dashboard_frames", None) else None
         ),

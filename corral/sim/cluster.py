@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import math
 import time
 from array import array
 from collections.abc import Callable
@@ -87,6 +88,8 @@ class ClusterSimulator:
             for index, instance_spec in enumerate(spec.instances)
         ]
         self.max_model_len = min(s.max_model_len for s in spec.instances)
+        # A turn's id -> the pause before its conversation's next turn (session_pause_oracle).
+        self._next_pause = workload.next_pauses_s()
         check_lengths(workload.specs, self.max_model_len)
         self.kv_links: SimKVLinks | None = None
         self.rebalancer: SimRebalancer | None = None
@@ -263,6 +266,9 @@ class ClusterSimulator:
             kv_transfer=kv_transfer,
             migratable=self.rebalancer is not None,
             session_id=request_spec.conversation_id,
+            session_pause_s=self._next_pause.get(request_spec.request_id, math.inf)
+            if self.spec.session_pause_oracle and request_spec.conversation_id is not None
+            else None,
         )
         if self.request_hook is not None:
             self.request_hook(request, request_spec)

@@ -69,6 +69,9 @@ class ClusterSpec:
     kv_sample_interval_s: float = 1.0
     # Instances take a dashboard frame at most this often (virtual seconds; None: no frames).
     dashboard_interval_s: float | None = None
+    # Each turn announces the pause before its conversation's next turn exactly (its
+    # session_pause_s; a last turn announces none will come): the best a client could say.
+    session_pause_oracle: bool = False
     # Check every KV manager's (and adapter residency's) integrity after every step (slow:
     # tests, debugging).
     check_integrity: bool = False

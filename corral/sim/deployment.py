@@ -55,6 +55,7 @@ class DeploymentOptions:
     seed: int = 0
     kv_sample_interval_s: float = 1.0
     dashboard_interval_s: float | None = None  # ClusterSpec.dashboard_interval_s
+    session_pause_oracle: bool = False  # ClusterSpec.session_pause_oracle
     check_integrity: bool = False
     # Speculative decoding (corral/sim/spec.py; None: off).
     speculation: SpecSimConfig | None = None
@@ -230,6 +231,7 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         kv_lease_timeout_s=options.kv_lease_timeout_s,
         kv_sample_interval_s=options.kv_sample_interval_s,
         dashboard_interval_s=options.dashboard_interval_s,
+        session_pause_oracle=options.session_pause_oracle,
         check_integrity=options.check_integrity,
         adapter_assignment=assignment,
         autoscale=autoscale,

@@ -69,6 +69,11 @@ class Workload:
     def num_prompt_tokens(self) -> int:
         return sum(spec.num_prompt_tokens for spec in self.specs)
 
+    def next_pauses_s(self) -> dict[str, float]:
+        """A turn's request id -> the pause before its conversation's next turn (turns that have
+        one); a client that knows its tools' latency can announce it (session_pause_s)."""
+        return {s.parent_request_id: s.think_time_s for s in self.specs if s.parent_request_id}
+
     @property
     def num_output_tokens(self) -> int:
         return sum(spec.num_output_tokens for spec in self.specs)

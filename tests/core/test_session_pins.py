@@ -152,3 +152,19 @@ def test_an_overdue_pin_goes_before_one_inside_the_learnt_pause():
     # Then the larger waste of the two inside their pause: "fresh" (7 blocks x 0.9 s left)
     # before "a" (8 blocks x 0 s left).
     assert scheduler.pins.reclaim() and scheduler.pins._pins.keys() == {"a"}
+
+
+def test_an_announced_pause_decides_for_its_pin():
+    scheduler, clock = _scheduler(num_blocks=64, ttl_s=10.0)
+    long_pause = _turn(list(range(1, 25)), 5, "slow-tool", "s0")
+    long_pause.session_pause_s = 60.0  # back after the TTL: not worth pinning
+    _run(scheduler, long_pause)
+    assert scheduler.pins.stats.num_pinned == 0
+    quick = _turn(list(range(100, 124)), 5, "quick-tool", "q0")
+    quick.session_pause_s = 0.5
+    _run(scheduler, quick)
+    unannounced = _turn(list(range(200, 224)), 5, "plain", "p0")
+    _run(scheduler, unannounced)
+    clock.now_s = 2.0  # quick-tool said 0.5 s: 2 s later it is overdue, plain is not
+    assert scheduler.pins.reclaim()
+    assert scheduler.pins._pins.keys() == {"plain"}

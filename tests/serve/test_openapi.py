@@ -158,6 +158,8 @@ def _send(client, model: str, field: str, value: Any):
         body["n"] = value if 1 <= value <= 128 else 1
     if field == "stop_when_agreed":  # at most n, which must be at least 2
         body["n"] = value if 2 <= value <= 128 else 2
+    if field == "session_pause_s":  # a pause of a session
+        body["session_id"] = "bounds"
     return client.post(path, json=body, headers=HEADERS)
 
 

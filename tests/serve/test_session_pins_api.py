@@ -86,3 +86,20 @@ def test_bad_ttls_are_refused_at_start(ttl, tiny_model):
 
     # Refused while building the engine's configuration, before anything loads or listens.
     assert main(["serve", "--model", str(tiny_model), "--session-kv-ttl-s", ttl]) == 2
+
+
+def test_session_pause_needs_a_session_and_a_sane_value(tiny_model):
+    with _app(tiny_model, ttl_s=60.0) as client:
+        for fields, message in (
+            ({"session_pause_s": 1.0}, "session_pause_s needs a session_id"),
+            ({"session_id": "s", "session_pause_s": -1.0}, "session_pause_s"),
+            ({"session_id": "s", "session_pause_s": 1e9}, "session_pause_s"),
+        ):
+            response = client.post("/v1/completions", json={"prompt": "hi", **fields})
+            assert response.status_code == 400, (fields, response.text)
+            assert message in response.json()["error"]["message"]
+        ok = client.post(
+            "/v1/completions",
+            json={"prompt": "hi", "session_id": "s", "session_pause_s": 2.5, "max_tokens": 2},
+        )
+        assert ok.status_code == 200, ok.text
