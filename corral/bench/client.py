@@ -79,13 +79,18 @@ class ServeClient:
     def _elapsed(self) -> float:
         return self.clock.now() - self._start
 
+    def _next_pause_s(self, spec: RequestSpec) -> float | None:
+        """The pause before the spec's conversation's next turn (None: it has no next turn)."""
+        children = self._children.get(spec.request_id)
+        return children[0].think_time_s if children else None
+
     async def run(self) -> ServeRun:
         """Send every request of the workload and wait for all of them."""
         slots = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
         self._start = self.clock.now()
         for spec in self._roots:
             # A first turn's body does not depend on any reply: build it while waiting.
-            body = build_payload(spec, self.workload, self.options, None)
+            body = build_payload(spec, self.workload, self.options, None, self._next_pause_s(spec))
             await self.clock.sleep(spec.arrival_time_s - self._elapsed())
             self._spawn(self._send(spec, spec.arrival_time_s, None, slots, body))
         while self._tasks:
@@ -161,7 +166,9 @@ class ServeClient:
         parent: TurnContext | None,
         body: tuple[dict[str, Any], TurnContext] | None = None,
     ) -> tuple[ServeRecord, TurnContext | None]:
-        payload, sent = body or build_payload(spec, self.workload, self.options, parent)
+        payload, sent = body or build_payload(
+            spec, self.workload, self.options, parent, self._next_pause_s(spec)
+        )
         keep_text = spec.request_id in self._children
         lines: list[tuple[float, bytes]] = []
         status: int | None = None

@@ -14,6 +14,10 @@ ENDPOINT_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completion
 PROMPT_FORMATS = ("auto", "text", "ids")
 
 
+# The pause a conversation's last turn announces: no next turn within any session TTL.
+NO_NEXT_TURN_PAUSE_S = 86400.0
+
+
 @dataclass(frozen=True, slots=True)
 class RequestOptions:
     """How specs become request bodies.
@@ -24,7 +28,9 @@ class RequestOptions:
     A spec's client and priority go out as `user` and `priority` (when set); deadline_slo sends
     each request's `deadline_s`, the end-to-end deadline its TTFT and TPOT bounds imply (edf).
     send_session_ids sends each turn's conversation as `session_id` (corral serve pins a paused
-    conversation's KV for its next turn with --session-kv-ttl-s).
+    conversation's KV for its next turn with --session-kv-ttl-s); send_session_pauses also
+    announces the pause before its next turn as `session_pause_s` (a conversation's last turn:
+    NO_NEXT_TURN_PAUSE_S, no next turn within any TTL).
     """
 
     endpoint: str = "completions"
@@ -35,6 +41,7 @@ class RequestOptions:
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     deadline_slo: SLO | None = None
     send_session_ids: bool = False
+    send_session_pauses: bool = False
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINT_PATHS:
@@ -121,10 +128,15 @@ def _chat_messages(spec: RequestSpec, parent: TurnContext | None) -> tuple[dict[
 
 
 def build_payload(
-    spec: RequestSpec, workload: Workload, options: RequestOptions, parent: TurnContext | None
+    spec: RequestSpec,
+    workload: Workload,
+    options: RequestOptions,
+    parent: TurnContext | None,
+    next_pause_s: float | None = None,
 ) -> tuple[dict[str, Any], TurnContext]:
     """The JSON body for spec and the context it sent. parent: the previous turn's context with
-    its reply (multi-turn), or None."""
+    its reply (multi-turn), or None; next_pause_s: the pause before its conversation's next turn
+    (None: it is the last)."""
     body: dict[str, Any] = {
         "model": options.model,
         "max_tokens": spec.num_output_tokens,
@@ -142,6 +154,8 @@ def build_payload(
         body["deadline_s"] = options.deadline_slo.deadline_s(spec.num_output_tokens)
     if options.send_session_ids and spec.conversation_id is not None:
         body["session_id"] = spec.conversation_id
+        if options.send_session_pauses:
+            body["session_pause_s"] = NO_NEXT_TURN_PAUSE_S if next_pause_s is None else next_pause_s
     if options.is_chat:
         messages = _chat_messages(spec, parent)
         body["messages"] = list(messages)

@@ -67,6 +67,12 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="send each turn's conversation as session_id (corral serve --session-kv-ttl-s "
         "keeps a paused conversation's KV for its next turn)",
     )
+    group.add_argument(
+        "--send-session-pauses",
+        action="store_true",
+        help="with --send-session-ids: announce each turn's pause before the next as "
+        "session_pause_s (the workload's think time; a last turn: none comes)",
+    )
     group.add_argument("--result-json", default=None, help="write the report and records here")
     add_html_arguments(group)
     add_workload_arguments(parser)
@@ -104,6 +110,7 @@ def request_options_from_args(args: argparse.Namespace) -> RequestOptions:
         force_output_len=not args.no_force_output_len,
         extra_body=args.extra_body,
         send_session_ids=getattr(args, "send_session_ids", False),
+        send_session_pauses=getattr(args, "send_session_pauses", False),
     )
 
 

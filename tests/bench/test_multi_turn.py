@@ -99,3 +99,26 @@ def test_turns_after_a_failed_turn_are_counted_as_failed_not_dropped():
     assert errors[1] == "HTTP 500: boom"
     assert errors[2] == "not sent: an earlier turn of its conversation failed"
     assert [record.is_sent for record in run.records] == [True, True, False]
+
+
+def test_session_ids_and_announced_pauses_go_with_each_turn():
+    from corral.bench.payload import NO_NEXT_TURN_PAUSE_S
+
+    workload = conversations()
+    _, transport = run_scripted(
+        workload,
+        lambda path, body: token_script(0.1, 0.1, 4),
+        send_session_ids=True,
+        send_session_pauses=True,
+    )
+    seen = 0
+    for _, _, body in transport.requests:  # each turn's prompt ends with its own new message
+        spec = next(s for s in workload if body["prompt"].endswith(s.new_prompt + "\nAssistant:"))
+        assert body["session_id"] == spec.conversation_id
+        last_turn = spec.turn_index == 2
+        expected = NO_NEXT_TURN_PAUSE_S if last_turn else THINK_S
+        assert body["session_pause_s"] == pytest.approx(expected)
+        seen += 1
+    assert seen == len(workload)
+    _, transport = run_scripted(workload, lambda path, body: token_script(0.1, 0.1, 4))
+    assert all("session_id" not in body for _, _, body in transport.requests)
