@@ -32,12 +32,12 @@ def _serve_args(args: argparse.Namespace, ttl_s: float) -> argparse.Namespace:
     )
 
 
-def run_once(args: argparse.Namespace, ttl_s: float, workdir: Path) -> dict:
+def run_once(args: argparse.Namespace, ttl_s: float, workdir: Path, announce: bool = False) -> dict:
     extra = ("--num-kv-blocks", str(args.engine_num_kv_blocks), "--session-kv-ttl-s", str(ttl_s))
     server = Server(args.engine_model, _serve_args(args, ttl_s), extra)
     try:
         server.wait_ready()
-        result_json = workdir / f"bench-{ttl_s:g}.json"
+        result_json = workdir / f"bench-{ttl_s:g}-{announce}.json"
         num_turns = args.engine_num_turns
         command = [
             sys.executable, "-m", "corral.cli", "bench", "serve",
@@ -47,7 +47,7 @@ def run_once(args: argparse.Namespace, ttl_s: float, workdir: Path) -> dict:
             "--input-len", "48", "--output-len", "24", "--range-ratio", "0.5",
             "--request-rate", str(args.engine_conversation_rate), "--arrival", "poisson",
             "--send-session-ids", "--result-json", str(result_json), "--no-html",
-            "--no-progress",
+            "--no-progress", *(["--send-session-pauses"] if announce else []),
         ]  # fmt: skip
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         records = [r for r in json.loads(result_json.read_text())["records"] if r["ttft_s"]]
@@ -57,7 +57,7 @@ def run_once(args: argparse.Namespace, ttl_s: float, workdir: Path) -> dict:
     first, follow = split_ttfts(records, num_turns)
     hits = metrics.get("corral:prefix_cache_hits_total", 0.0)
     queries = metrics.get("corral:prefix_cache_queries_total", 0.0)
-    row = {"session_kv_ttl_s": ttl_s, **summarize(first, follow)}
+    row = {"session_kv_ttl_s": ttl_s, "pause_oracle": announce, **summarize(first, follow)}
     row["prefix_hit_rate"] = hits / queries if queries else 0.0
     row["num_preemptions"] = metrics.get("corral:num_preemptions_total", 0.0)
     row["pins"] = {
@@ -87,9 +87,12 @@ def _metrics(url: str) -> dict[str, float]:
 def run_engine(args: argparse.Namespace) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
+        modes = [(0.0, False), (args.ttl_s, False)]
+        if args.pause_oracle:  # the client announces each turn's next pause
+            modes.append((args.ttl_s, True))
         for repeat in range(args.engine_repeats):  # alternating: the machine's load drifts
-            for ttl_s in (0.0, args.ttl_s):
-                row = run_once(args, ttl_s, Path(workdir))
+            for ttl_s, announce in modes:
+                row = run_once(args, ttl_s, Path(workdir), announce)
                 row["num_blocks"] = args.engine_num_kv_blocks
                 row["repeat"] = repeat
                 rows.append(row)

@@ -115,6 +115,8 @@ class Scheduler:
         )
         self.requests[request.request_id] = request
         self.slo.on_arrival(request)
+        if self.pins is not None:
+            self.pins.on_arrival(request)
         # KV lent by another engine is fetched at once, not when the request reaches the head
         # of the queue: a lease waits for no queue (two engines' queues could hold each
         # other's pools); the request queues when its KV has arrived (or failed to).

@@ -10,16 +10,18 @@ requests need more than the free and evictable blocks does the scheduler reclaim
 it would preempt anyone.
 
 Which pin goes first follows InferCept's waste rule, with the pause length learnt from the pins
-that were hit (an average of the time from a pin to its session's next turn): keeping a paused
-context costs its memory for the rest of its pause, so among the pins still inside a typical
-pause the one holding the most block-seconds until its expected return (num_blocks x (expected
-pause - time paused so far)) goes first; but a pin paused for more than twice the expected pause
-is overdue (its conversation may be over: a last turn is pinned too) and goes before any of
-them, oldest first. A client that knows its tool's latency says so (Request.session_pause_s):
-that pin then uses the announced pause instead of the learnt one, and a turn announcing a pause
-longer than ttl_s is not pinned at all. Released blocks stay in the prefix cache as evictable
-entries: the next turn may still hit them, and with a host tier they are spilled to host memory
-when evicted (swap rather than drop). Torch-free; the simulator runs the same code.
+whose next turn came (an average of the time from a pin to its session's next turn arriving):
+keeping a paused context costs its memory for the rest of its pause, so among the pins still
+inside a typical pause the one holding the most block-seconds until its expected return
+(num_blocks x (expected pause - time paused so far)) goes first; but a pin paused for more than
+twice the expected pause is overdue (its conversation may be over: a last turn is pinned too)
+and goes before any of them, oldest first. A client that knows its tool's latency says so
+(Request.session_pause_s): that pin then uses the announced pause instead of the learnt one, and
+a turn announcing a pause longer than ttl_s is not pinned at all. A pin whose next turn has
+arrived and waits in the queue is claimed: it goes last. Released blocks stay in the prefix
+cache as evictable entries: the next turn may still hit them, and with a host tier they are
+spilled to host memory when evicted (swap rather than drop). Torch-free; the simulator runs the
+same code.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class _Pin:
     num_blocks: int
     generation: int
     announced_pause_s: float | None  # the client's expected pause (None: the learnt one)
+    claimed: bool = False  # the session's next turn has arrived and waits for admission
 
 
 # Weight of the newest observed pause in the running estimate; pins past this many expected
@@ -116,19 +119,26 @@ class SessionPins:
         self.stats.num_pinned_blocks += num_blocks
         self.stats.num_active = len(self._pins)
 
+    def on_arrival(self, request: Request) -> None:
+        """The session's next turn arrived: its pin is claimed (reclaimed last, never overdue),
+        and the pause it ended teaches the expected one (pauses without an announcement)."""
+        session_id = request.session_id
+        pin = self._pins.get(session_id) if session_id is not None else None
+        if pin is None or pin.claimed:
+            return
+        pin.claimed = True
+        if pin.announced_pause_s is None:
+            pause_s = self.clock() - pin.pinned_s
+            estimate = self.expected_pause_s
+            self.expected_pause_s = (
+                pause_s if estimate is None else estimate + PAUSE_EWMA_WEIGHT * (pause_s - estimate)
+            )
+
     def on_admitted(self, request: Request) -> None:
         """The session's next turn holds its own references now: drop the pin (a hit)."""
         session_id = request.session_id
-        pin = self._pins.get(session_id) if session_id is not None else None
-        if pin is not None:
-            if pin.announced_pause_s is None:  # the average is for pins without a hint
-                pause_s = self.clock() - pin.pinned_s
-                estimate = self.expected_pause_s
-                self.expected_pause_s = (
-                    pause_s
-                    if estimate is None
-                    else estimate + PAUSE_EWMA_WEIGHT * (pause_s - estimate)
-                )
+        if session_id is not None and session_id in self._pins:
+            self.on_arrival(request)  # admitted without passing through the queue's arrival
             self.stats.num_hits += 1
             self._release(session_id)
 
@@ -139,9 +149,14 @@ class SessionPins:
         while expiries and expiries[0][0] <= now:
             _, generation, session_id = heapq.heappop(expiries)
             pin = self._pins.get(session_id)
-            if pin is not None and pin.generation == generation:
-                self.stats.num_expired += 1
-                self._release(session_id)
+            if pin is None or pin.generation != generation:
+                continue
+            if pin.claimed:  # its next turn waits in the queue: keep it another TTL
+                pin.expiry_s = now + self.ttl_s
+                heapq.heappush(expiries, (pin.expiry_s, generation, session_id))
+                continue
+            self.stats.num_expired += 1
+            self._release(session_id)
 
     def reclaim(self) -> bool:
         """Release one pin (see the module docstring for which); False when none is held."""
@@ -153,8 +168,11 @@ class SessionPins:
         return True
 
     def _keep_value(self, session_id: str) -> tuple[int, float]:
-        """Smallest first: overdue pins (oldest first), then the largest expected waste."""
+        """Smallest first: overdue pins (oldest first), then the largest expected waste; a
+        claimed pin (its next turn is queued) last."""
         pin = self._pins[session_id]
+        if pin.claimed:
+            return (2, -pin.pinned_s)
         paused_s = self.clock() - pin.pinned_s
         expected = pin.announced_pause_s
         if expected is None:

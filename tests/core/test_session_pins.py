@@ -168,3 +168,21 @@ def test_an_announced_pause_decides_for_its_pin():
     clock.now_s = 2.0  # quick-tool said 0.5 s: 2 s later it is overdue, plain is not
     assert scheduler.pins.reclaim()
     assert scheduler.pins._pins.keys() == {"plain"}
+
+
+def test_a_pin_whose_next_turn_waits_goes_last_and_outlives_the_ttl():
+    scheduler, clock = _scheduler(num_blocks=64, ttl_s=3.0, max_num_seqs=1)
+    first = _turn(list(range(1, 25)), 5, "a", "a0")
+    _run(scheduler, first)
+    _run(scheduler, _turn(list(range(100, 124)), 5, "b", "b0"))
+    blocker = _turn(list(range(300, 308)), 40, None, "blocker")  # holds the only seat
+    scheduler.add_request(blocker)
+    FakeExecutor(scheduler).step()
+    clock.now_s = 1.0
+    follow_up = _turn(first.all_token_ids + [70, 71], 2, "a", "a1")
+    scheduler.add_request(follow_up)  # queued behind the blocker: "a" is claimed
+    assert scheduler.pins.reclaim()
+    assert scheduler.pins._pins.keys() == {"a"}  # "b" went first though "a" is older
+    clock.now_s = 10.0  # past the TTL while the follow-up still waits
+    scheduler.schedule()
+    assert "a" in scheduler.pins._pins and scheduler.pins.stats.num_expired == 0
