@@ -3,50 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field, fields
 
+from corral.memory_budget import parse_memory_budget
 from corral.parallel_config import check_tensor_parallel
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1e3,
-    "kb": 1e3,
-    "m": 1e6,
-    "mb": 1e6,
-    "g": 1e9,
-    "gb": 1e9,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-    "t": 1e12,
-    "tb": 1e12,
-}
-
-
-def parse_memory_budget(value: str | float | int) -> float:
-    """Parse a KV memory budget: a fraction in (0, 1] of free memory, or a byte count.
-
-    Accepts numbers and strings such as "0.3", "512MiB", "2GB", "1e9". Returns the fraction
-    as a float <= 1, or the byte count as a float > 1.
-    """
-    if isinstance(value, (int, float)):
-        number = float(value)
-    else:
-        match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([a-zA-Z]*)\s*", str(value))
-        if not match or match.group(2).lower() not in _SIZE_UNITS:
-            raise ValueError(
-                f"kv cache memory {value!r} is neither a fraction in (0, 1] nor a size like 2GiB"
-            )
-        try:
-            number = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-        except ValueError:
-            raise ValueError(f"kv cache memory {value!r} is not a number") from None
-    if number <= 0:
-        raise ValueError(f"kv cache memory must be positive, got {value!r}")
-    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +85,12 @@ class SchedulerConfig:
     # The samples of one n > 1 request compute the prompt once: the others wait for its full
     # blocks and take them as prefix hits (needs prefix caching; corral/core/sibling_admission.py).
     share_sibling_prompts: bool = True
-    # A conversation's KV stays pinned on the device for up to this many seconds after a turn
-    # ends, for its next turn (requests with a session_id; 0: off; corral/core/session_pins.py).
+    # Keep a finished turn's KV for its session's next turn this long (corral/core/session_pins.py).
     session_kv_ttl_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (self.session_kv_ttl_s >= 0 and self.session_kv_ttl_s != float("inf")):
-            raise ValueError(
-                f"session_kv_ttl_s must be >= 0 and finite, got {self.session_kv_ttl_s}"
-            )
+        if not 0 <= self.session_kv_ttl_s < float("inf"):
+            raise ValueError(f"session_kv_ttl_s must be >= 0 and finite: {self.session_kv_ttl_s}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:

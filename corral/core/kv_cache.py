@@ -229,14 +229,6 @@ class KVCacheManager:
         """How many of the request's leading blocks are registered in the prefix cache."""
         return self._num_registered.get(request_id, 0)
 
-    def rename_held(self, holder_id: str, new_holder_id: str) -> None:
-        """Move holder_id's references to new_holder_id (which must hold nothing)."""
-        if new_holder_id in self._holds:
-            raise ValueError(f"{new_holder_id!r} already holds blocks")
-        blocks = self._holds.pop(holder_id, None)
-        if blocks is not None:
-            self._holds[new_holder_id] = blocks
-
     def release_held(self, holder_id: str) -> None:
         """Drop holder_id's references (unknown ids are ignored)."""
         blocks = self._holds.pop(holder_id, None)

@@ -86,8 +86,10 @@ class SessionPins:
         self.expected_pause_s: float | None = None
 
     @staticmethod
-    def holder_id(session_id: str) -> str:
-        return "session:" + session_id
+    def holder_id(session_id: str, generation: int) -> str:
+        """The KV hold of a session's pin (one per pin, so that a newer pin can take its hold
+        before the older one drops its own)."""
+        return f"session:{session_id}:{generation}"
 
     def on_finished(self, request: Request) -> None:
         """A request ended normally: pin its cached blocks under its session (replacing the
@@ -100,17 +102,16 @@ class SessionPins:
         if num_blocks == 0 or (announced is not None and announced > self.ttl_s):
             self._release(session_id)
             return
-        holder = self.holder_id(session_id)
         # Take the new hold before dropping the old one, so that shared blocks never become
         # evictable in between.
+        self._generation += 1
+        self.kv.hold_request_blocks(
+            self.holder_id(session_id, self._generation), request, num_blocks
+        )
         old = self._pins.pop(session_id, None)
         if old is not None:
-            self.kv.rename_held(holder, holder + ":old")
-        self.kv.hold_request_blocks(holder, request, num_blocks)
-        if old is not None:
-            self.kv.release_held(holder + ":old")
+            self.kv.release_held(self.holder_id(session_id, old.generation))
             self.stats.num_pinned_blocks -= old.num_blocks
-        self._generation += 1
         now = self.clock()
         pin = _Pin(now, now + self.ttl_s, num_blocks, self._generation, announced)
         self._pins[session_id] = pin
@@ -186,6 +187,6 @@ class SessionPins:
         pin = self._pins.pop(session_id, None)
         if pin is None:
             return
-        self.kv.release_held(self.holder_id(session_id))
+        self.kv.release_held(self.holder_id(session_id, pin.generation))
         self.stats.num_pinned_blocks -= pin.num_blocks
         self.stats.num_active = len(self._pins)

@@ -32,7 +32,6 @@ from corral.engine.output_processor import OutputProcessor
 from corral.engine.queue_bounds import EngineOverloadedError, check_queue_bounds
 from corral.engine.request_stats import IterationStats, RequestStatsTracker
 from corral.engine.request_stream import RequestStream
-from corral.lora.adapter import LoRARequest
 from corral.outputs import RequestOutput
 from corral.request import RequestStatus
 from corral.sampling_params import SamplingParams
@@ -133,23 +132,16 @@ class AsyncLLM:
         prompt: PromptType,
         params: SamplingParams,
         *,
-        priority: int = 0,
-        client_id: str | None = None,
-        cache_salt: str | None = None,
-        arrival_time: float | None = None,
-        deadline_s: float | None = None,
-        session_id: str | None = None,
-        session_pause_s: float | None = None,
-        predicted_num_output_tokens: int | None = None,
-        lora_request: LoRARequest | str | None = None,
-        kv_transfer_params: dict[str, Any] | None = None,
-        migratable: bool = False,
         trace_headers: Mapping[str, str] | None = None,
+        **request_fields: Any,
     ) -> RequestStream:
-        """Validate and admit a request; returns the stream of its outputs. Without
-        predicted_num_output_tokens the length predictor (if any) runs here, on the caller's
-        thread: from the event loop, use add_request_async. trace_headers: the caller's W3C
-        trace context (traceparent, tracestate), for request tracing's spans.
+        """Validate and admit a request; returns the stream of its outputs. request_fields:
+        those of InputProcessor.make_requests (priority, client_id, cache_salt, arrival_time,
+        deadline_s, session_id, session_pause_s, predicted_num_output_tokens, lora_request,
+        kv_transfer_params, migratable). Without predicted_num_output_tokens the length predictor
+        (if any) runs here, on the caller's thread: from the event loop, use add_request_async.
+        trace_headers: the caller's W3C trace context (traceparent, tracestate), for request
+        tracing's spans.
 
         Raises ValueError (bad input: the message names the value and the limit),
         EngineOverloadedError (queue full: retry later) or EngineDeadError.
@@ -159,20 +151,7 @@ class AsyncLLM:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, token_ids = self.input_processor.tokenize_prompt(prompt)
         children = self.input_processor.make_requests(
-            request_id,
-            token_ids,
-            params,
-            arrival_time=arrival_time,
-            priority=priority,
-            client_id=client_id,
-            cache_salt=cache_salt,
-            deadline_s=deadline_s,
-            session_id=session_id,
-            session_pause_s=session_pause_s,
-            predicted_num_output_tokens=predicted_num_output_tokens,
-            lora_request=lora_request,
-            kv_transfer_params=kv_transfer_params,
-            migratable=migratable,
+            request_id, token_ids, params, **request_fields
         )
         child_ids = [child.request_id for child in children]
         for child_id in child_ids:  # n > 1 children are "{i}_{id}": ids must not collide

@@ -14,12 +14,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from corral.config import EngineConfig, parse_memory_budget
+from corral.config import EngineConfig
 from corral.core.kv_cache import KVCacheManager
 from corral.core.kv_tiers import DiskTier
 from corral.core.messages import RequestUpdate, SchedulerStats
 from corral.core.scheduler import Scheduler
 from corral.core.step_timeline import StepTimeline
+from corral.memory_budget import parse_memory_budget
 from corral.model.arch import ModelArch
 from corral.request import Request, RequestStatus
 from corral.structured.manager import StructuredOutputManager

@@ -5,7 +5,8 @@ import logging
 import pytest
 
 from corral import LLM
-from corral.config import CacheConfig, parse_memory_budget
+from corral.config import CacheConfig
+from corral.memory_budget import parse_memory_budget
 
 
 @pytest.mark.parametrize(
