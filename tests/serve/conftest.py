@@ -150,6 +150,21 @@ def server(tiny_model, tmp_path_factory):
         server.stop()
 
 
+def in_process_client(model: Path, config: object = None, **engine_fields: object):
+    """A TestClient over build_app with the engine core in this process (float32, 256-token
+    context unless engine_fields say otherwise); use it as a context manager."""
+    from fastapi.testclient import TestClient
+
+    from corral.engine.async_llm import AsyncLLM
+    from corral.llm import engine_config_from_kwargs
+    from corral.serve.app import build_app
+    from corral.serve.config import ServerConfig
+
+    fields = {"dtype": "float32", "max_model_len": 256, **engine_fields}
+    engine = AsyncLLM(engine_config_from_kwargs(model=str(model), **fields), multiprocess=False)
+    return TestClient(build_app(engine, config if config is not None else ServerConfig()))
+
+
 def auth(key: str = API_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

@@ -10,24 +10,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from corral.cli import main
-from corral.engine.async_llm import AsyncLLM
-from corral.llm import engine_config_from_kwargs
-from corral.serve.app import build_app
 from corral.serve.cache_isolation import tenant_cache_salt
 from corral.serve.config import ServerConfig
+from tests.serve.conftest import in_process_client
 
 KEYS = ("tenant-a-key-000000", "tenant-b-key-111111")
 PROMPT = list(range(3, 3 + 80))  # five full 16-token blocks
 
 
 def _app(tiny_model, isolation: str) -> TestClient:
-    engine = AsyncLLM(
-        engine_config_from_kwargs(
-            model=str(tiny_model), dtype="float32", num_blocks=64, max_model_len=256
-        ),
-        multiprocess=False,
-    )
-    return TestClient(build_app(engine, ServerConfig(api_keys=KEYS, cache_isolation=isolation)))
+    config = ServerConfig(api_keys=KEYS, cache_isolation=isolation)
+    return in_process_client(tiny_model, config, num_blocks=64)
 
 
 def _cached_tokens(client: TestClient, key: str, **fields) -> int:

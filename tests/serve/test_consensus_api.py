@@ -5,20 +5,11 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from corral.engine.async_llm import AsyncLLM
-from corral.llm import engine_config_from_kwargs
-from corral.serve.app import build_app
-from corral.serve.config import ServerConfig
+from tests.serve.conftest import in_process_client
 
 
 def _client(tiny_model) -> TestClient:
-    engine = AsyncLLM(
-        engine_config_from_kwargs(
-            model=str(tiny_model), dtype="float32", num_blocks=128, max_model_len=256
-        ),
-        multiprocess=False,
-    )
-    return TestClient(build_app(engine, ServerConfig()))
+    return in_process_client(tiny_model, num_blocks=128)
 
 
 def test_the_vote_comes_back_and_early_stops_say_agreed(tiny_model):

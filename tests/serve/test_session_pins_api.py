@@ -8,26 +8,13 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from corral.engine.async_llm import AsyncLLM
-from corral.llm import engine_config_from_kwargs
-from corral.serve.app import build_app
-from corral.serve.config import ServerConfig
+from tests.serve.conftest import in_process_client
 
 TURN_1 = list(range(3, 3 + 80))  # five full 16-token blocks
 
 
 def _app(tiny_model, ttl_s: float) -> TestClient:
-    engine = AsyncLLM(
-        engine_config_from_kwargs(
-            model=str(tiny_model),
-            dtype="float32",
-            num_blocks=24,
-            max_model_len=256,
-            session_kv_ttl_s=ttl_s,
-        ),
-        multiprocess=False,
-    )
-    return TestClient(build_app(engine, ServerConfig()))
+    return in_process_client(tiny_model, num_blocks=24, session_kv_ttl_s=ttl_s)
 
 
 def _complete(client: TestClient, prompt: list[int], **fields) -> dict:
