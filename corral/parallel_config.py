@@ -13,12 +13,19 @@ from typing import Any
 
 def check_tensor_parallel(config: Any) -> None:
     """Raise ValueError when config (an EngineConfig) asks for tensor parallelism with a
-    feature that does not support it yet. The model's own shape (heads, intermediate size,
-    experts) is checked when it is loaded (corral.model.tensor_parallel.check_shardable)."""
+    feature that does not support it yet, or for expert parallelism without it. The model's
+    own shape (heads, intermediate size, experts; expert parallelism on a dense model) is
+    checked when it is loaded (corral.model.tensor_parallel.check_shardable)."""
     size = config.model.tensor_parallel_size
     if size < 1:
         raise ValueError(f"tensor_parallel_size must be >= 1, got {size}")
     if size == 1:
+        if config.model.enable_expert_parallel:
+            raise ValueError(
+                "enable_expert_parallel (--enable-expert-parallel) splits a mixture-of-experts "
+                "model's experts over the tensor-parallel ranks, and tensor_parallel_size is 1: "
+                "set --tensor-parallel-size 2 or more"
+            )
         return
     refused = []
     if config.cache.disk_cache_dir is not None:

@@ -11,6 +11,9 @@ logits are computed and sampled on rank 0 only. Each rank reads the checkpoint a
 slice. Its KV pool holds only its KV heads, so a block costs about 1/N of the bytes on each rank,
 and the block count (rank 0, which holds the most heads, decides it) is the same everywhere.
 
+Mixture-of-experts blocks split either by whole experts (`--enable-expert-parallel`) or by each
+expert's intermediate columns, with one all-reduce per block either way: expert_parallel.py.
+
 Threads: each rank runs on (num_threads or torch's default) // N torch threads (at least 1), so
 N ranks on one machine do not oversubscribe its cores.
 """
@@ -28,8 +31,12 @@ from typing import IO, Any
 import torch
 
 from corral.model.arch import ModelArch
+from corral.model.expert_parallel import MoEShardRule, check_moe_shardable, prepare_moe_shard
 from corral.model.loader import iter_safetensors, safetensors_files
 from corral.model.models.llama import LlamaFamilyModel
+from corral.model.rank_split import split
+
+__all__ = ["ShardRule", "check_shardable", "load_shard", "local_arch", "split"]
 
 TIMEOUT_S = float(os.environ.get("CORRAL_TP_TIMEOUT_S", "120"))
 
@@ -39,22 +46,11 @@ _HEADER = struct.Struct("<Q")
 # ----- sharding ------------------------------------------------------------------------------
 
 
-def split(total: int, size: int, rank: int) -> tuple[int, int]:
-    """Rank's share of total items over size ranks: (first, count), the first total % size
-    ranks taking one more."""
-    base, extra = divmod(total, size)
-    return rank * base + min(rank, extra), base + (rank < extra)
-
-
-def check_shardable(arch: ModelArch, size: int) -> None:
+def check_shardable(arch: ModelArch, size: int, expert_parallel: bool = False) -> None:
     """Raise ValueError unless the model splits over size ranks: every rank needs a KV head
-    (query heads follow their KV head; uneven splits are allowed, e.g. 3 KV heads as 2 + 1)."""
-    if arch.num_experts:
-        raise ValueError(
-            f"--tensor-parallel-size {size}: mixture-of-experts models ({arch.architecture}, "
-            f"{arch.num_experts} experts) are not supported with tensor parallelism yet; use "
-            "--tensor-parallel-size 1"
-        )
+    (query heads follow their KV head; uneven splits are allowed, e.g. 3 KV heads as 2 + 1),
+    and its MoE blocks need an expert (expert_parallel) or intermediate columns per rank."""
+    check_moe_shardable(arch, size, expert_parallel)
     if arch.num_kv_heads < size or arch.num_heads % arch.num_kv_heads:
         raise ValueError(
             f"--tensor-parallel-size {size} splits the model by KV heads (each with its group "
@@ -73,15 +69,20 @@ def local_arch(arch: ModelArch, rank: int, size: int) -> ModelArch:
         num_heads=num_kv_heads * (arch.num_heads // arch.num_kv_heads),
         num_kv_heads=num_kv_heads,
         intermediate_size=split(arch.intermediate_size, size, rank)[1],
+        shared_expert_intermediate_size=split(arch.shared_expert_intermediate_size, size, rank)[1],
     )
 
 
 class ShardRule:
     """Called with each checkpoint tensor at load: returns this rank's slice (a copy, so the
-    full tensor is freed), or the tensor itself where it is replicated."""
+    full tensor is freed), or the tensor itself where it is replicated. MoE blocks' tensors go
+    to MoEShardRule (expert_parallel.py)."""
 
-    def __init__(self, arch: ModelArch, rank: int, size: int) -> None:
+    def __init__(
+        self, arch: ModelArch, rank: int, size: int, expert_parallel: bool = False
+    ) -> None:
         self.rank = rank
+        self.moe = MoEShardRule(arch, rank, size, expert_parallel) if arch.is_moe else None
         kv_first, kv_count = split(arch.num_kv_heads, size, rank)
         group, dim = arch.num_heads // arch.num_kv_heads, arch.head_dim
         q_rows = (kv_first * group * dim, kv_count * group * dim)
@@ -101,14 +102,25 @@ class ShardRule:
     def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         if not name.startswith("model.layers."):
             return tensor
-        part, _, kind = name.split(".", 3)[3].rpartition(".")
+        rest = name.split(".", 3)[3]
+        part, _, kind = rest.rpartition(".")
         if part not in self.slices:
-            return tensor
+            moe_part = _moe_part(rest) if self.moe is not None else None
+            return tensor if moe_part is None else self.moe(moe_part, tensor)
         dim, (first, count) = self.slices[part]
         if dim == 1 and kind == "bias":  # a row-parallel bias: added once, after the all-reduce
             return tensor if self.rank == 0 else torch.zeros_like(tensor)
         part_tensor = tensor.narrow(dim, first, count)
         return part_tensor.clone(memory_format=torch.contiguous_format)
+
+
+def _moe_part(rest: str) -> str | None:
+    """A layer's tensor name relative to its MoE block ("experts.3.w1.weight"), or None. The
+    dense layers of MoE models ("mlp.gate_proj") never reach here: ShardRule slices them."""
+    for prefix in ("block_sparse_moe.", "mlp."):
+        if rest.startswith(prefix):
+            return rest.removeprefix(prefix)
+    return None
 
 
 def load_shard(
@@ -119,10 +131,13 @@ def load_shard(
     max_len: int,
     rank: int,
     size: int,
+    expert_parallel: bool = False,
 ) -> LlamaFamilyModel:
-    """This rank's slice of the model (its all_reduce is set by the caller)."""
+    """This rank's slice of the model (its all-reduce is set by the caller, with
+    expert_parallel.attach_all_reduce)."""
     model = LlamaFamilyModel(local_arch(arch, rank, size), dtype, device, max_len)
-    model.shard = ShardRule(arch, rank, size)
+    model.shard = ShardRule(arch, rank, size, expert_parallel)
+    prepare_moe_shard(model, arch, rank, size, expert_parallel)
     try:
         model.load_weights(iter_safetensors(safetensors_files(model_dir)))
     except ValueError as error:

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from corral.model.arch import ModelArch
+from corral.model.expert_parallel import attach_all_reduce
 from corral.model.kernels import cpu_kernels
 from corral.model.models.llama import LlamaFamilyModel
 from corral.model.tensor_parallel import (
@@ -66,8 +67,9 @@ class TensorParallelGroup:
         size: int,
         num_threads: int,
         quantization: str | None = None,
+        expert_parallel: bool = False,
     ) -> None:
-        check_shardable(arch, size)
+        check_shardable(arch, size, expert_parallel)
         if device.type == "cuda" and (device.index or 0) != 0:
             raise ValueError("tensor parallelism on CUDA runs rank r on cuda:r: use --device cuda")
         if device.type == "cuda" and torch.cuda.device_count() < size:
@@ -81,6 +83,7 @@ class TensorParallelGroup:
         self.device = rank_device(device, 0)
         self.size = size
         self.quantization = quantization
+        self.expert_parallel = expert_parallel
         self.num_kv_heads = local_arch(arch, 0, size).num_kv_heads  # rank 0's share
         self.threads = threads_per_rank(num_threads, size)
         self._saved_threads = torch.get_num_threads()
@@ -118,6 +121,7 @@ class TensorParallelGroup:
                 timeout_s=TIMEOUT_S,
                 num_threads=self.threads,
                 quantization=self.quantization,
+                expert_parallel=self.expert_parallel,
             )
             self._send_to(rank, encode(setup))
         for rank in range(1, self.size):
@@ -133,8 +137,9 @@ class TensorParallelGroup:
             timeout=timedelta(seconds=TIMEOUT_S),
         )
         logger.info(
-            "tensor parallelism: %d ranks (%s), %d torch threads each, workers %s",
+            "tensor parallelism: %d ranks (%s)%s, %d torch threads each, workers %s",
             self.size,
+            " with expert parallelism" if self.expert_parallel else "",
             backend_for(self.device),
             self.threads,
             [worker.pid for worker in self.workers],
@@ -144,12 +149,19 @@ class TensorParallelGroup:
         """Rank 0's shard, wrapped so that its forward feeds the workers first."""
         try:
             shard = load_shard(
-                self.model_dir, self.arch, self.dtype, self.device, self.max_len, 0, self.size
+                self.model_dir,
+                self.arch,
+                self.dtype,
+                self.device,
+                self.max_len,
+                0,
+                self.size,
+                self.expert_parallel,
             )
         except BaseException:
             self.shutdown()
             raise
-        shard.all_reduce = self.all_reduce
+        attach_all_reduce(shard, self.all_reduce)
         if self.device.type == "cpu":
             cpu_kernels()  # built or loaded now, not inside the first step's collectives
         return TensorParallelModel(shard, self, self.arch)
@@ -281,7 +293,8 @@ def start_tensor_parallel(
     device: torch.device,
     max_len: int,
 ) -> TensorParallelGroup | None:
-    """The workers of model_config.tensor_parallel_size > 1 ranks, started (None for one)."""
+    """The workers of model_config.tensor_parallel_size > 1 ranks, started (None for one);
+    MoE blocks split by whole experts with model_config.enable_expert_parallel."""
     size = model_config.tensor_parallel_size
     if size == 1:
         return None
@@ -294,4 +307,5 @@ def start_tensor_parallel(
         size,
         model_config.num_threads,
         getattr(model_config, "quantization", None),
+        getattr(model_config, "enable_expert_parallel", False),
     )

@@ -22,6 +22,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from corral.model.expert_parallel import attach_all_reduce
 from corral.model.kernels import cpu_kernels
 from corral.model.kv_storage import KVStorage
 from corral.model.layers.linear import tune_linear_dispatch
@@ -59,8 +60,9 @@ def main() -> int:
             setup["max_len"],
             setup["rank"],
             setup["size"],
+            setup.get("expert_parallel", False),
         )
-        model.all_reduce = dist.all_reduce
+        attach_all_reduce(model, dist.all_reduce)
         apply_quantization(model, setup["quantization"])  # as rank 0 does to its shard
         tune_linear_dispatch(model)  # its own shard's shapes
         pool = read_message(requests)

@@ -148,12 +148,17 @@ def test_uneven_splits_follow_kv_heads():
     assert ShardRule(arch, 1, 2)("model.layers.0.self_attn.q_proj.weight", q).shape == (192, 576)
 
 
-def test_uneven_heads_and_experts_are_refused(tiny_model):
+def test_uneven_heads_and_too_narrow_experts_are_refused(tiny_model):
+    """(MoE models over ranks: tests/model/test_expert_parallel.py.)"""
     with pytest.raises(ValueError, match="num_key_value_heads 2 .* a KV head"):
         LLM(str(tiny_model), dtype="float32", tensor_parallel_size=3, num_blocks=16)
-    moe = ModelArch("mixtral", 512, 64, 128, 2, 4, 2, 16, 1024, num_experts=8)
-    with pytest.raises(ValueError, match="mixture-of-experts"):
+    moe = ModelArch(
+        "MixtralForCausalLM", 512, 64, 128, 2, 4, 2, 16, 1024, num_experts=8,
+        num_experts_per_tok=2, moe_intermediate_size=1,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="1 intermediate columns .* --enable-expert-parallel"):
         check_shardable(moe, 2)
+    check_shardable(moe, 2, expert_parallel=True)
 
 
 def test_a_killed_worker_makes_the_engine_raise(tiny_model):
