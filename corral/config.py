@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 
+from corral.core.kv_window import parse_kv_window_policy
 from corral.memory_budget import parse_memory_budget
 from corral.parallel_config import check_tensor_parallel
 
@@ -33,8 +34,12 @@ class CacheConfig:
     # a block another engine wrote there is a prefix hit here too (the disk tier as a KV
     # connector between instances; docs/disaggregation.md).
     disk_cache_shared: bool = False
+    # "sink:N,window:W": keep the first N and the last W tokens' KV (StreamingLLM) so that
+    # generation runs past the model's context (corral/core/kv_window.py). None: full attention.
+    kv_window_policy: str | None = None
 
     def __post_init__(self) -> None:
+        parse_kv_window_policy(self.kv_window_policy)
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two >= 1, got {self.block_size}")
         if self.num_blocks is not None and self.num_blocks < 1:
@@ -350,6 +355,12 @@ class EngineConfig:
         if self.kv_transfer.is_enabled and self.cache.prefix_hash != "sha256":
             raise ValueError(
                 "KV transfer (--kv-role) matches blocks across engines by their hashes: it needs "
+        policy = self.cache.kv_window_policy
+        if parse_kv_window_policy(policy) is not None:
+            other = "--speculative-method" if self.speculative.is_enabled else None
+            other = "--kv-role" if self.kv_transfer.is_enabled else other
+            if other is not None:
+                raise ValueError(f"--kv-window-policy {policy!r} cannot be combined with {other}")
                 "prefix_hash 'sha256' (--prefix-hash sha256)"
             )
         if self.scheduler.preemption_mode == "swap" and self.cache.host_cache_memory is None:

@@ -31,6 +31,9 @@ class RequestOptions:
     conversation's KV for its next turn with --session-kv-ttl-s); send_session_pauses also
     announces the pause before its next turn as `session_pause_s` (a conversation's last turn:
     NO_NEXT_TURN_PAUSE_S, no next turn within any TTL).
+    A spec with samples_per_request > 1 goes out with n; stop_when_agreed (>= 2) and
+    answer_pattern ask the server to stop a request's samples once that many finished ones
+    agree on the answer (self-consistency), for specs of at least stop_when_agreed samples.
     """
 
     endpoint: str = "completions"
@@ -42,6 +45,8 @@ class RequestOptions:
     deadline_slo: SLO | None = None
     send_session_ids: bool = False
     send_session_pauses: bool = False
+    stop_when_agreed: int | None = None
+    answer_pattern: str | None = None
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINT_PATHS:
@@ -56,6 +61,10 @@ class RequestOptions:
             raise ValueError("the chat endpoint takes text; token-id prompts need completions")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.stop_when_agreed is not None and self.stop_when_agreed < 2:
+            raise ValueError(f"stop_when_agreed must be >= 2, got {self.stop_when_agreed}")
+        if self.answer_pattern is not None and self.stop_when_agreed is None:
+            raise ValueError("answer_pattern needs stop_when_agreed (--stop-when-agreed)")
         slo = self.deadline_slo
         if slo is not None and (slo.ttft_s is None or slo.tpot_s is None):
             raise ValueError(
@@ -93,6 +102,14 @@ def check_workload(workload: Workload, options: RequestOptions) -> None:
             f"the {workload.name} workload has no prompt text (e.g. {missing[0]!r}); use "
             f"--endpoint completions with --prompt-format auto or ids (token-id prompts)"
         )
+    agreed = options.stop_when_agreed
+    if agreed is not None:
+        few = next((spec for spec in workload if spec.samples_per_request < agreed), None)
+        if few is not None:
+            raise ValueError(
+                f"--stop-when-agreed {agreed} needs at least {agreed} samples per request; "
+                f"{few.request_id!r} has {few.samples_per_request} (--samples-per-request)"
+            )
 
 
 def new_turn_text(spec: RequestSpec) -> str | None:
@@ -146,6 +163,12 @@ def build_payload(
     }
     if options.force_output_len:
         body["ignore_eos"] = True
+    if spec.samples_per_request > 1:
+        body["n"] = spec.samples_per_request
+    if options.stop_when_agreed is not None:
+        body["stop_when_agreed"] = options.stop_when_agreed
+        if options.answer_pattern is not None:
+            body["answer_pattern"] = options.answer_pattern
     if spec.client_id is not None:
         body["user"] = spec.client_id
     if spec.priority:

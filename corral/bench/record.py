@@ -3,7 +3,7 @@ plan, the transport's view and how the output tokens were counted)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from corral.bench.stream import ParsedStream
@@ -33,6 +33,12 @@ class ServeRecord:
     conversation_id: str | None = None
     turn_index: int = 0
     is_sent: bool = True  # False: a later turn skipped because an earlier one failed
+    # Per sample (choice index) of the request: its chunks with output, its finish reason, and
+    # its output tokens when they are known exactly (the chunks of all samples add up to the
+    # usage's completion tokens: one token each); empty before any output.
+    sample_num_chunks: list[int] = field(default_factory=list)
+    sample_finish_reasons: list[str | None] = field(default_factory=list)
+    sample_num_output_tokens: list[int] | None = None
 
     @property
     def send_delay_s(self) -> float:
@@ -62,6 +68,10 @@ class ServeRecord:
             "conversation_id": self.conversation_id,
             "turn_index": self.turn_index,
             "is_sent": self.is_sent,
+            "num_samples": record.num_samples,
+            "sample_num_chunks": self.sample_num_chunks,
+            "sample_num_output_tokens": self.sample_num_output_tokens,
+            "sample_finish_reasons": self.sample_finish_reasons,
         }
 
 
@@ -76,10 +86,18 @@ def failed_record(
 ) -> ServeRecord:
     """A request that produced nothing usable (not sent, refused, or broken)."""
     return ServeRecord(
-        RequestRecord(spec.request_id, send_s, spec.num_prompt_tokens, 0, [], error),
+        RequestRecord(
+            spec.request_id,
+            send_s,
+            spec.num_prompt_tokens,
+            0,
+            [],
+            error,
+            num_samples=spec.samples_per_request,
+        ),
         scheduled_s,
         end_s,
-        spec.num_output_tokens,
+        spec.num_sampled_output_tokens,
         FROM_NONE,
         conversation_id=spec.conversation_id,
         turn_index=spec.turn_index,
@@ -103,11 +121,19 @@ def stream_record(
         error = f"stream ended before [DONE] after {parsed.num_chunks} chunks"
     if error is None and not parsed.event_times_s:
         error = "no output tokens in the stream"
+    choices = parsed.choice_event_times_s or {}
+    num_samples = spec.samples_per_request
+    if error is None and num_samples > 1 and sorted(choices) != list(range(num_samples)):
+        error = (
+            f"the stream had choices {sorted(choices)} for n = {num_samples} "
+            f"(expected indices 0..{num_samples - 1})"
+        )
     if parsed.num_usage_output_tokens is not None:
         num_output, source = parsed.num_usage_output_tokens, FROM_USAGE
     else:
         num_output, source = len(parsed.event_times_s), FROM_CHUNKS
     num_prompt = parsed.num_usage_prompt_tokens
+    sample_chunks = [len(times) for times in choices.values()]
     record = RequestRecord(
         spec.request_id,
         send_s,
@@ -115,15 +141,20 @@ def stream_record(
         num_output,
         parsed.event_times_s,
         error,
+        num_samples=num_samples,
+        sample_token_times_s=list(choices.values()) if num_samples > 1 else None,
     )
     return ServeRecord(
         record,
         scheduled_s,
         end_s,
-        spec.num_output_tokens,
+        spec.num_sampled_output_tokens,
         source,
         parsed.num_chunks,
         status,
         spec.conversation_id,
         spec.turn_index,
+        sample_num_chunks=sample_chunks,
+        sample_finish_reasons=list((parsed.choice_finish_reasons or {}).values()),
+        sample_num_output_tokens=sample_chunks if sum(sample_chunks) == num_output else None,
     )

@@ -109,7 +109,9 @@ async def _run(
             progress.close()
         spec_after = await scrape_spec_counts(transport) if spec_before is not None else None
     spec = spec_after - spec_before if spec_before is not None and spec_after is not None else None
-    report = build_report(run, slo, force_output_len=options.force_output_len, spec_decode=spec)
+    # Samples stopped by agreement end short of the forced length by design.
+    forced = options.force_output_len and options.stop_when_agreed is None
+    report = build_report(run, slo, force_output_len=forced, spec_decode=spec)
     return report, options
 
 

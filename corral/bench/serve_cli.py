@@ -73,6 +73,18 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --send-session-ids: announce each turn's pause before the next as "
         "session_pause_s (the workload's think time; a last turn: none comes)",
     )
+    group.add_argument(
+        "--stop-when-agreed",
+        type=int,
+        default=None,
+        help="with --samples-per-request N: stop a request's samples once this many finished "
+        "ones agree on the answer (self-consistency; outputs are then not of forced length)",
+    )
+    group.add_argument(
+        "--answer-pattern",
+        default=None,
+        help="with --stop-when-agreed: the regex of a sample's answer (default: its last number)",
+    )
     group.add_argument("--result-json", default=None, help="write the report and records here")
     add_html_arguments(group)
     add_workload_arguments(parser)
@@ -111,6 +123,8 @@ def request_options_from_args(args: argparse.Namespace) -> RequestOptions:
         extra_body=args.extra_body,
         send_session_ids=getattr(args, "send_session_ids", False),
         send_session_pauses=getattr(args, "send_session_pauses", False),
+        stop_when_agreed=getattr(args, "stop_when_agreed", None),
+        answer_pattern=getattr(args, "answer_pattern", None),
     )
 
 

@@ -14,6 +14,11 @@ without it the stream would seem to end a token early (shortening E2E and TPOT).
 
 The output token count is the usage the server reports (stream_options.include_usage), else
 the number of events, and the record says which was used.
+
+A request with n > 1 streams its samples' choices interleaved, told apart by their `index`. Each
+choice's events and finish reason are kept apart (choice_event_times_s, choice_finish_reasons);
+event_times_s holds every choice's events in order, so the first is the first token of any
+sample and the last the last of any; usage counts the tokens of all choices.
 """
 
 from __future__ import annotations
@@ -28,13 +33,16 @@ DONE = b"[DONE]"
 
 @dataclass(frozen=True, slots=True)
 class ParsedStream:
-    event_times_s: list[float]
-    text: str  # the generated text, joined ("" unless keep_text)
+    event_times_s: list[float]  # of every choice, in order
+    text: str  # the generated text of choice 0, joined ("" unless keep_text)
     num_usage_prompt_tokens: int | None
     num_usage_output_tokens: int | None
     num_chunks: int  # data chunks with choices
     is_done: bool  # the [DONE] sentinel arrived
     error: str | None  # an error event inside the stream
+    # Per choice index (0..n-1 as they appeared): its events' times and finish reason.
+    choice_event_times_s: dict[int, list[float]] | None = None
+    choice_finish_reasons: dict[int, str | None] | None = None
 
 
 def _choice_text(choice: dict[str, Any], is_chat: bool) -> tuple[str | None, bool]:
@@ -63,10 +71,12 @@ def parse_stream(
 ) -> ParsedStream:
     """Parse (receive time, raw line) pairs of one SSE body; lines other than `data:` are
     ignored (comments, `event:`, `id:`), as is anything after [DONE]."""
-    times: list[float] = []
     texts: list[str] = []
     first_choice_time: float | None = None
-    textless_finish_time: float | None = None  # the last finish chunk that was not an event
+    choice_times: dict[int, list[float]] = {}
+    finish_reasons: dict[int, str | None] = {}
+    # Per choice, the last finish chunk that was not an event.
+    textless_finish_times: dict[int, float] = {}
     usage: dict[str, Any] | None = None
     num_chunks = 0
     error: str | None = None
@@ -98,25 +108,32 @@ def parse_stream(
         num_chunks += 1
         if first_choice_time is None:
             first_choice_time = time_s
-        is_event = is_finish = False
         for choice in choices:
+            index = choice.get("index", 0)
+            index = index if isinstance(index, int) else 0
+            times = choice_times.setdefault(index, [])
             text, counts = _choice_text(choice, is_chat)
-            is_event = is_event or counts
-            is_finish = is_finish or choice.get("finish_reason") is not None
-            if keep_text and text:
+            reason = choice.get("finish_reason")
+            if reason is not None:
+                finish_reasons[index] = reason
+            else:
+                finish_reasons.setdefault(index, None)
+            if counts:
+                # Several choices in one chunk: one event per chunk and choice.
+                times.append(time_s)
+            elif reason is not None:
+                textless_finish_times[index] = time_s
+            if keep_text and text and index == 0:
                 texts.append(text)
-        if is_event:
-            times.append(time_s)
-        elif is_finish:
-            textless_finish_time = time_s
     num_usage_output_tokens = _int_or_none(usage, "completion_tokens")
-    if (
-        textless_finish_time is not None
-        and num_usage_output_tokens is not None
-        and len(times) < num_usage_output_tokens
-        and (not times or textless_finish_time > times[-1])
-    ):
-        times.append(textless_finish_time)
+    if num_usage_output_tokens is not None:
+        missing = num_usage_output_tokens - sum(len(times) for times in choice_times.values())
+        for index, finish_s in sorted(textless_finish_times.items()):
+            times = choice_times[index]
+            if missing > 0 and (not times or finish_s > times[-1]):
+                times.append(finish_s)
+                missing -= 1
+    times = sorted(t for choice in choice_times.values() for t in choice)
     if not times and first_choice_time is not None:
         times.append(first_choice_time)
     return ParsedStream(
@@ -127,6 +144,8 @@ def parse_stream(
         num_chunks=num_chunks,
         is_done=is_done,
         error=error,
+        choice_event_times_s=dict(sorted(choice_times.items())),
+        choice_finish_reasons=dict(sorted(finish_reasons.items())),
     )
 
 

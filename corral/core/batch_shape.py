@@ -60,6 +60,20 @@ class BatchShape(NamedTuple):
         return cls(p_tokens, p_requests, p_context, p_pairs, d_requests, d_context, d_max, sampled)
 
 
+def attended_pairs(num_tokens: int, context: int, span: int | None = None) -> int:
+    """(query, key) pairs of num_tokens queries after context cached tokens: query i (from 1)
+    attends context + i keys, at most span of them."""
+    total = num_tokens * context + num_tokens * (num_tokens + 1) // 2
+    if span is None or context + num_tokens <= span:
+        return total
+    # Queries i > span - context attend span keys each instead of context + i.
+    first_capped = max(1, span - context + 1)
+    num_capped = num_tokens - first_capped + 1
+    uncapped_end = context + num_tokens
+    excess = num_capped * (context + first_capped + uncapped_end) // 2 - num_capped * span
+    return total - excess
+
+
 class BatchShapeCounter:
     """Follows the requests of a stream of SchedulerOutputs, as an executor does, keeping per
     request [num_tokens, num_computed_tokens], and counts each step's BatchShape.
@@ -74,7 +88,10 @@ class BatchShapeCounter:
     settles (the step log) is put right from the next SchedulerOutput's num_computed_tokens.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_attended_tokens: int | None = None) -> None:
+        # A bounded attention window's span (corral/core/kv_window.py): no query attends to
+        # more keys than this, however long its request (None: full attention).
+        self.max_attended_tokens = max_attended_tokens
         self._states: dict[str, list[int]] = {}
         # Requests that verified drafts in the last counted step and were not settled yet.
         self._unsettled: set[str] = set()
@@ -104,25 +121,30 @@ class BatchShapeCounter:
         p_tokens = p_requests = p_context = p_pairs = 0
         d_requests = d_context = d_max = 0
         num_drafts = 0
+        span = self.max_attended_tokens
         for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
             state = states[request_id]
             context = state[1]
             if num_tokens == 1:
+                keys = context + 1 if span is None else min(context + 1, span)
                 d_requests += 1
-                d_context += context + 1
-                if context >= d_max:
-                    d_max = context + 1
+                d_context += keys
+                if keys > d_max:
+                    d_max = keys
             elif num_tokens <= MAX_DECODE_ROW_TOKENS and context + num_tokens > state[0]:
                 # A verification chunk: one decode row per token, row i at context + i.
                 d_requests += num_tokens
-                d_context += num_tokens * context + num_tokens * (num_tokens + 1) // 2
-                if context + num_tokens > d_max:
-                    d_max = context + num_tokens
+                d_context += attended_pairs(num_tokens, context, span)
+                last_keys = context + num_tokens
+                if span is not None and last_keys > span:
+                    last_keys = span
+                if last_keys > d_max:
+                    d_max = last_keys
             else:
                 p_tokens += num_tokens
                 p_requests += 1
-                p_context += context
-                p_pairs += num_tokens * context + num_tokens * (num_tokens + 1) // 2
+                p_context += context if span is None else min(context, span)
+                p_pairs += attended_pairs(num_tokens, context, span)
             context += num_tokens
             state[1] = context
             if context == state[0]:

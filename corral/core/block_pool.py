@@ -53,6 +53,8 @@ class BlockPool:
         self.evict_listener: Callable[[int, bytes | int], None] | None = None
         # Records removals (evictions, resets) when KV events are on (KVCacheManager sets it).
         self.events: KVEventBuffer | None = None
+        # Stands in block tables for dropped positions (reserve_null_block); never released.
+        self.null_block: KVBlock | None = None
 
     @property
     def num_free_blocks(self) -> int:
@@ -81,9 +83,26 @@ class BlockPool:
             blocks.append(block)
         return blocks
 
+    def reserve_null_block(self) -> KVBlock:
+        """Take one free block out of circulation for good (idempotent): it stands in block
+        tables for token positions whose KV was dropped (corral/core/kv_window.py), so that
+        later positions keep their block indices. What it holds is never read unmasked."""
+        if self.null_block is None:
+            if not self._free_queue:
+                raise RuntimeError("no free block to reserve as the null block")
+            _, block = self._free_queue.popitem(last=False)
+            if block.block_hash is not None:
+                self._evict(block)
+            block.ref_count = 1
+            self.null_block = block
+            self.num_blocks -= 1  # the blocks that hold KV
+        return self.null_block
+
     def touch(self, blocks: Iterable[KVBlock]) -> None:
         """Add a reference to prefix-cache hits, taking evictable ones out of the free queue."""
         for block in blocks:
+            if block is self.null_block:
+                continue
             if block.ref_count == 0:
                 del self._free_queue[block.block_id]
             block.ref_count += 1
@@ -95,6 +114,8 @@ class BlockPool:
         requests) are evicted before its earlier ones.
         """
         for block in blocks:
+            if block is self.null_block:
+                continue
             if block.ref_count <= 0:
                 raise RuntimeError(f"releasing {block} which has no reference")
             block.ref_count -= 1
@@ -146,6 +167,8 @@ class BlockPool:
         """
         num_free = num_evictable = num_in_use = 0
         for block in self.blocks:
+            if block is self.null_block:
+                continue
             in_queue = block.block_id in self._free_queue
             if block.ref_count < 0:
                 raise AssertionError(f"{block} has a negative reference count")

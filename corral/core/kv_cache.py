@@ -7,6 +7,7 @@ from typing import NamedTuple
 from corral.core.block_hash import BLOCK_HASH_FNS, BlockHash
 from corral.core.block_pool import BlockPool, KVBlock
 from corral.core.kv_events import KVEvent, KVEventBuffer
+from corral.core.kv_holds import KVHolds
 from corral.core.kv_offload import KVOffloader
 from corral.core.kv_stats import KVCacheStats
 from corral.core.kv_tiers import DiskTier, HostTier
@@ -32,7 +33,7 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-class KVCacheManager:
+class KVCacheManager(KVHolds):
     """Owns which KV blocks each request holds; knows nothing of tensors.
 
     A request's block table maps its token position p to slot (table[p // block_size], p %
@@ -69,6 +70,10 @@ class KVCacheManager:
         self._num_registered: dict[str, int] = {}
         # Blocks held outside any request's table (KV transfer: leases, fetch targets).
         self._holds: dict[str, list[KVBlock]] = {}
+        # Per request: the block index below which its non-sink blocks were dropped (windows),
+        # and how many table entries are the null block.
+        self._num_dropped_until: dict[str, int] = {}
+        self._num_dropped: dict[str, int] = {}
 
     @property
     def num_blocks(self) -> int:
@@ -164,86 +169,10 @@ class KVCacheManager:
             held.extend(appended)
         return [block.block_id for block in appended]
 
-    # ----- holds (KV transfer): references outside request tables ------------------------
-
-    def hold_request_blocks(
-        self, holder_id: str, request: Request, num_blocks: int, first_block: int = 0
-    ) -> list[int]:
-        """Add a reference to the request's blocks [first_block, num_blocks) under holder_id
-        (they outlive the request until release_held). Returns their ids."""
-        blocks = self._req_blocks.get(request.request_id, [])[first_block:num_blocks]
-        if len(blocks) < num_blocks - first_block:
-            raise RuntimeError(f"{request} holds {len(blocks)} blocks, not {num_blocks}")
-        self._add_hold(holder_id, blocks)
-        self.pool.touch(blocks)
-        return [block.block_id for block in blocks]
-
-    def allocate_held(self, holder_id: str, num_blocks: int) -> list[int] | None:
-        """num_blocks fresh blocks held under holder_id, or None when the pool lacks them."""
-        if holder_id in self._holds:  # refused before any block is taken
-            raise ValueError(f"{holder_id!r} already holds blocks")
-        if num_blocks > self.pool.num_free_blocks:
-            return None
-        blocks = self.pool.allocate(num_blocks)
-        self._holds[holder_id] = blocks
-        return [block.block_id for block in blocks]
-
-    def register_held(self, holder_id: str, request: Request, first_block: int = 0) -> None:
-        """Register held blocks (filled with the KV of the request's blocks from first_block
-        on, in order) in the prefix cache under the request's block hashes."""
-        blocks = self._holds[holder_id]
-        self._extend_hashes(request, first_block + len(blocks))
-        registered = [
-            block.block_hash is None and self.pool.register(block, block_hash)
-            for block, block_hash in zip(blocks, request.block_hashes[first_block:])
-        ]
-        if self.events is not None:
-            self._record_stored(request, first_block, registered)
-
-    def register_held_hashes(self, holder_id: str, block_hashes: list[BlockHash]) -> None:
-        """Register held blocks under the given hashes (a prefetch: no request of this engine
-        holds these tokens yet; no KV event is recorded for them)."""
-        for block, block_hash in zip(self._holds[holder_id], block_hashes):
-            if block.block_hash is None:
-                self.pool.register(block, block_hash)
-
-    def hold_cached_prefix(self, holder_id: str, request: Request, max_num_blocks: int) -> int:
-        """Hold, under holder_id, the leading run of the request's first max_num_blocks blocks
-        that the device prefix cache has (no host or disk tier consulted), so that nothing
-        evicts them before the request is admitted; returns how many (0: nothing held)."""
-        if not self.enable_prefix_caching:
-            return 0
-        self._extend_hashes(request, max_num_blocks)
-        hits = []
-        for block_hash in request.block_hashes[:max_num_blocks]:
-            block = self.pool.lookup(block_hash)
-            if block is None:
-                break
-            hits.append(block)
-        if hits:
-            self._add_hold(holder_id, hits)
-            self.pool.touch(hits)
-        return len(hits)
-
-    def num_cached_blocks(self, request_id: str) -> int:
-        """How many of the request's leading blocks are registered in the prefix cache."""
-        return self._num_registered.get(request_id, 0)
-
-    def release_held(self, holder_id: str) -> None:
-        """Drop holder_id's references (unknown ids are ignored)."""
-        blocks = self._holds.pop(holder_id, None)
-        if blocks:
-            self.pool.release(reversed(blocks))
-
     def request_block_hashes(self, request: Request, num_blocks: int) -> list[BlockHash]:
         """The chained hashes of the request's first num_blocks blocks."""
         self._extend_hashes(request, num_blocks)
         return list(request.block_hashes[:num_blocks])
-
-    def _add_hold(self, holder_id: str, blocks: list[KVBlock]) -> None:
-        if holder_id in self._holds:
-            raise ValueError(f"{holder_id!r} already holds blocks")
-        self._holds[holder_id] = list(blocks)
 
     def cache_blocks(self, request: Request) -> None:
         """Register the request's newly full and computed blocks in the prefix cache."""
@@ -288,6 +217,44 @@ class KVCacheManager:
         self.pool.release(reversed(excess))
         return True
 
+    def reserve_null_block(self) -> None:
+        """Make drop_blocks possible (bounded attention windows): one block leaves the pool."""
+        self.pool.reserve_null_block()
+
+    def drop_blocks(self, request: Request, first_live_position: int, num_kept_blocks: int) -> int:
+        """Release the request's blocks that lie wholly below first_live_position, except its
+        first num_kept_blocks (attention sinks), putting the null block in their places; their
+        prefix-cache registration stays (other requests may still hit them). Returns how many
+        blocks were released. Needs reserve_null_block()."""
+        request_id = request.request_id
+        blocks = self._req_blocks.get(request_id)
+        null = self.pool.null_block
+        if not blocks or null is None:
+            return 0
+        start = max(self._num_dropped_until.get(request_id, 0), num_kept_blocks)
+        stop = min(first_live_position // self.block_size, len(blocks))
+        if self.enable_prefix_caching:  # a dropped block must be registered already, if ever
+            stop = min(stop, self._num_registered.get(request_id, 0))
+        if stop <= start:
+            return 0
+        dead = blocks[start:stop]
+        blocks[start:stop] = [null] * (stop - start)
+        self._num_dropped_until[request_id] = stop
+        self._num_dropped[request_id] = self._num_dropped.get(request_id, 0) + len(dead)
+        self.pool.release(reversed(dead))
+        return len(dead)
+
+    def num_live_blocks(self, request_id: str) -> int:
+        """Blocks the request holds for real (its table less dropped positions)."""
+        num_held = len(self._req_blocks.get(request_id, ()))
+        return num_held - self._num_dropped.get(request_id, 0)
+
+    def num_live_slots_after(self, request: Request, num_new_tokens: int) -> int:
+        """The KV slots the request holds for real once num_new_tokens more are computed."""
+        num_dropped = self._num_dropped.get(request.request_id, 0)
+        num_total = cdiv(request.num_computed_tokens + num_new_tokens, self.block_size)
+        return (num_total - num_dropped) * self.block_size
+
     def free(self, request: Request) -> None:
         """Return all the request's blocks (cached ones stay reusable until evicted), and any
         host slots holding it swapped out."""
@@ -298,6 +265,8 @@ class KVCacheManager:
     def _release_device(self, request_id: str) -> None:
         blocks = self._req_blocks.pop(request_id, None)
         self._num_registered.pop(request_id, None)
+        self._num_dropped_until.pop(request_id, None)
+        self._num_dropped.pop(request_id, None)
         if blocks:
             self.pool.release(reversed(blocks))
 
@@ -307,8 +276,8 @@ class KVCacheManager:
         """Move a running request's blocks to the host tier and free them on the device.
         False, changing nothing, when there is no host tier or it has no room."""
         blocks = self._req_blocks.get(request.request_id)
-        if self.offloader is None or not blocks:
-            return False
+        if self.offloader is None or not blocks or request.request_id in self._num_dropped_until:
+            return False  # a table with dropped positions is recomputed instead
         if not self.offloader.swap_out(request.request_id, blocks):
             return False
         self._release_device(request.request_id)
@@ -373,12 +342,14 @@ class KVCacheManager:
             self.offloader.check_integrity()
         holders: dict[int, int] = {}
         for request_id, blocks in (*self._req_blocks.items(), *self._holds.items()):
-            ids = [block.block_id for block in blocks]
+            ids = [block.block_id for block in blocks if block is not self.pool.null_block]
             if len(set(ids)) != len(ids):
                 raise AssertionError(f"request {request_id!r} holds a block twice: {ids}")
             for block_id in ids:
                 holders[block_id] = holders.get(block_id, 0) + 1
         for block in self.pool.blocks:
+            if block is self.pool.null_block:
+                continue
             if block.ref_count != holders.get(block.block_id, 0):
                 raise AssertionError(
                     f"{block} is held by {holders.get(block.block_id, 0)} block tables"

@@ -6,6 +6,9 @@ most num_prompt_tokens + max_tokens - 1 slots. It can never start when its promp
 the pool; with `max` reservation it is only admitted once its whole worst case is reserved, so
 that must fit too. A running request that outgrows the pool (reservation none or predicted) is
 finished with finish_reason "length" (Scheduler), like one that reaches the context length.
+
+With a bounded attention window (corral/core/kv_window.py) a request holds at most
+max_live_tokens slots at once, however long it grows: that bound, not its length, must fit.
 """
 
 from __future__ import annotations
@@ -24,9 +27,18 @@ def kv_pool_refusal(
     num_blocks: int,
     block_size: int,
     kv_reservation: str = "none",
+    max_live_tokens: int | None = None,
 ) -> str | None:
     """Why a request can never run in this pool, or None when it can."""
     capacity = kv_pool_capacity_tokens(num_blocks, block_size)
+    if max_live_tokens is not None:
+        if min(num_prompt_tokens, max_live_tokens) > capacity:
+            return (
+                f"the prompt's {num_prompt_tokens} tokens need up to {max_live_tokens} KV slots "
+                f"at once within the attention window, more than the KV pool's capacity of "
+                f"{capacity} tokens ({num_blocks} blocks x {block_size}); raise {POOL_SIZE_FLAGS}"
+            )
+        return None
     if num_prompt_tokens > capacity:
         return (
             f"the prompt's {num_prompt_tokens} tokens exceed the KV pool's capacity of "
@@ -49,9 +61,12 @@ def check_fits_kv_pool(
     num_blocks: int,
     block_size: int,
     kv_reservation: str = "none",
+    max_live_tokens: int | None = None,
 ) -> None:
     """ValueError (naming the prompt tokens, max_tokens, the capacity and the flags that size
     the pool) when the request can never run."""
-    refusal = kv_pool_refusal(num_prompt_tokens, max_tokens, num_blocks, block_size, kv_reservation)
+    refusal = kv_pool_refusal(
+        num_prompt_tokens, max_tokens, num_blocks, block_size, kv_reservation, max_live_tokens
+    )
     if refusal is not None:
         raise ValueError(refusal)

@@ -15,6 +15,7 @@ from corral.config import LoRAConfig, SchedulerConfig, SpeculativeConfig
 from corral.core.adapter_admission import AdapterAdmission
 from corral.core.kv_cache import KVCacheManager
 from corral.core.kv_capacity import check_fits_kv_pool, kv_pool_capacity_tokens
+from corral.core.kv_window import KVWindow
 from corral.core.messages import ModelOutput, RequestUpdate, SchedulerOutput, SchedulerStats
 from corral.core.policies import SchedulingPolicy, make_policy
 from corral.core.policies.base import WaitingQueue
@@ -51,6 +52,7 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         speculative: SpeculativeConfig | None = None,
         lora: LoRAConfig | None = None,
+        kv_window: KVWindow | None = None,
     ) -> None:
         if not config.enable_chunked_prefill and config.max_num_batched_tokens < max_model_len:
             raise ValueError(
@@ -76,7 +78,16 @@ class Scheduler:
         self._finished_ids: set[str] = set()
         # Requests that outgrew the KV pool in schedule(); update() reports them.
         self._outgrown: list[Request] = []
+        # A bounded attention span (None: full attention): blocks behind it are dropped.
+        self.kv_window = kv_window
+        self.max_live_tokens: int | None = None
+        if kv_window is not None:
+            kv_manager.reserve_null_block()  # before the capacity: it takes one block
         self.capacity_tokens = kv_pool_capacity_tokens(kv_manager.num_blocks, kv_manager.block_size)
+        if kv_window is not None:
+            self.max_live_tokens = kv_window.max_live_tokens(
+                config.max_num_batched_tokens, kv_manager.block_size
+            )
         # Speculative decoding (None: off): draft tokens in the plan, rollback after the step.
         self.spec: SpecDecodeScheduling | None = None
         if speculative is not None and speculative.is_enabled:
@@ -112,6 +123,7 @@ class Scheduler:
             self.kv.num_blocks,
             self.kv.block_size,
             self.config.kv_reservation,
+            self.max_live_tokens,
         )
         self.requests[request.request_id] = request
         self.slo.on_arrival(request)
@@ -201,7 +213,11 @@ class Scheduler:
             num_new = self._num_tokens_to_schedule(request, step.budget)
             if num_new == 0:
                 continue
-            if request.num_computed_tokens + num_new > self.capacity_tokens:
+            num_needed = request.num_computed_tokens + num_new
+            if self.kv_window is not None:
+                self._drop_out_of_window(request)
+                num_needed = self.kv.num_live_slots_after(request, num_new)
+            if num_needed > self.capacity_tokens:
                 self._finish_outgrown(request)
                 continue
             while True:
@@ -350,6 +366,15 @@ class Scheduler:
             self._preempt(victim)
             step.unschedule(victim)
         return bool(victims)
+
+    def _drop_out_of_window(self, request: Request) -> None:
+        """Release the blocks that no later query of the request attends to."""
+        window = self.kv_window
+        self.kv.drop_blocks(
+            request,
+            window.first_live_position(request.num_computed_tokens),
+            window.num_sink_blocks(self.kv.block_size),
+        )
 
     def _release(self, request: Request) -> None:
         self.policy.on_request_finished(request)

@@ -115,7 +115,7 @@ class AsyncLLM:
     async def start(self) -> None:
         """Start the core and wait until it has loaded the model."""
         info = await self.client.start()
-        self.input_processor.set_kv_pool(info.num_blocks, info.block_size)
+        self.input_processor.set_kv_pool(info.num_blocks, info.block_size, info.max_live_tokens)
         if info.max_model_len != self.max_model_len:
             await self.client.shutdown()
             raise RuntimeError(

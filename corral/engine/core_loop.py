@@ -52,6 +52,7 @@ class CoreLoop:
         self.core = core  # corral.engine.engine_core.EngineCore
         self.info = CoreInfo(
             num_blocks=core.kv_manager.num_blocks,
+            max_live_tokens=core.scheduler.max_live_tokens,
             block_size=core.kv_manager.block_size,
             max_model_len=max_model_len,
         )
@@ -69,7 +70,7 @@ class CoreLoop:
         from corral.engine.engine_core import EngineCore
         from corral.model.resolve import resolve_model
 
-        model_dir, arch, max_model_len = resolve_model(config.model)
+        model_dir, arch, max_model_len = resolve_model(config.model, config.cache.kv_window_policy)
         core = EngineCore(config, model_dir, arch, max_model_len)
         _warm_up_kernels(core)
         return cls(core, max_model_len)

@@ -55,6 +55,8 @@ class CoreInfo:
     num_blocks: int
     block_size: int
     max_model_len: int
+    # With a bounded attention window, the most KV slots one request holds at once.
+    max_live_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

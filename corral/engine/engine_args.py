@@ -67,6 +67,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="recompute, or swap to the host tier (refused without --host-cache-memory)",
     )
     group.add_argument("--max-num-seqs", type=int, default=sched.max_num_seqs)
+    group.add_argument(
+        "--kv-window-policy",
+        default=None,
+        metavar="sink:N,window:W",
+        help="keep only the first N and the last W tokens' KV (attention sinks, StreamingLLM): "
+        "generation runs past the model's context; --max-model-len may then exceed it",
+    )
     group.add_argument("--max-num-batched-tokens", type=int, default=sched.max_num_batched_tokens)
     group.add_argument("--no-chunked-prefill", action="store_true")
     group.add_argument(
@@ -278,6 +285,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         scheduler=scheduler,
         speculative=speculative_config_from_args(args),
         lora=lora_config_from_args(args),
+        kv_window_policy=args.kv_window_policy,
         structured_output_backend=args.structured_output_backend,
         debug_check_integrity=args.debug_check_integrity,
         step_log_path=args.step_log,

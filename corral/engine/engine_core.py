@@ -82,6 +82,8 @@ class EngineCore:
             max_model_len,
             speculative=config.speculative,
             lora=config.lora,
+            # Lent or migrated KV must be whole: with KV transfer, windows drop no blocks.
+            kv_window=None if config.kv_transfer.is_enabled else self.executor.kv_window,
         )
         if config.kv_transfer.is_enabled:
             self._start_kv_transfer(model_dir)

@@ -33,11 +33,14 @@ MAX_SESSION_PAUSE_S = 86400.0
 class InputProcessor:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.model_dir, self.arch, self.max_model_len = resolve_model(config.model)
+        self.model_dir, self.arch, self.max_model_len = resolve_model(
+            config.model, config.cache.kv_window_policy
+        )
         self.tokenizer = Tokenizer(config.model.tokenizer or self.model_dir)
         # (num_blocks, block_size) of the core's KV pool, once the core has started.
         self.kv_pool: tuple[int, int] | None = None
         self.vocab_size = self.arch.vocab_size
+        self.max_live_tokens: int | None = None
         self.generation_defaults = load_generation_defaults(self.model_dir)
         eos = self.tokenizer.eos_token_id
         self.eos_token_ids = frozenset(self.arch.eos_token_ids) or (
@@ -100,10 +103,14 @@ class InputProcessor:
             return self.adapters.resolve(lora_request)
         return self.adapters.resolve(lora_request.name, lora_request.path)
 
-    def set_kv_pool(self, num_blocks: int, block_size: int) -> None:
-        """The core's KV pool, once known: requests that can never fit it are refused."""
+    def set_kv_pool(
+        self, num_blocks: int, block_size: int, max_live_tokens: int | None = None
+    ) -> None:
+        """The core's KV pool, once known: requests that can never fit it are refused (with a
+        bounded attention window, by the slots a request holds at once: max_live_tokens)."""
         self.kv_pool = (num_blocks, block_size)
 
+        self.max_live_tokens = max_live_tokens
     def check_kv_transfer(self, value: dict[str, Any] | None, n: int) -> object | None:
         """The request's kv_transfer_params, parsed; ValueError for bad ones, for n > 1, and
         when this engine has no --kv-role for them."""
@@ -239,6 +246,7 @@ class InputProcessor:
                     session_id=session_id,
                     session_pause_s=session_pause_s,
                 )
+                self.max_live_tokens,
             )
             children[-1].predicted_num_output_tokens = predicted_num_output_tokens
         if resumed:

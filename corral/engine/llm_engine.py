@@ -31,7 +31,9 @@ class LLMEngine:
         self.vocab_size = self.input_processor.vocab_size
         self.core = EngineCore(config, self.model_dir, self.arch, self.max_model_len)
         kv = self.core.kv_manager
-        self.input_processor.set_kv_pool(kv.num_blocks, kv.block_size)
+        self.input_processor.set_kv_pool(
+            kv.num_blocks, kv.block_size, self.core.scheduler.max_live_tokens
+        )
         self.output_processor = OutputProcessor(self.tokenizer)
 
     @property

@@ -16,6 +16,7 @@ from corral.config import (
     SpeculativeConfig,
     parse_memory_budget,
 )
+from corral.core.kv_window import resolve_kv_window
 from corral.core.messages import ModelOutput, SchedulerOutput, TokenLogprobs
 from corral.kv_transfer.worker_half import KVConnectorWorker
 from corral.lora.memory import AdapterMemory
@@ -52,6 +53,7 @@ class ModelExecutor:
         seed: int = 0,
         proposer: Proposer | None = None,
         adapters: AdapterMemory | None = None,
+        kv_window_policy: str | None = None,
     ) -> None:
         self.model = model
         self.device = model.device
@@ -73,6 +75,7 @@ class ModelExecutor:
         self.adapters = adapters
         # KV transfer between engines (corral.kv_transfer.worker_half; set by the EngineCore).
         self.connector: KVConnectorWorker | None = None
+        self.kv_window = resolve_kv_window(model.arch.sliding_window, kv_window_policy)
 
     @classmethod
     def create(
@@ -171,7 +174,8 @@ class ModelExecutor:
         adapters = None
         if lora is not None and lora.is_enabled:
             adapters = AdapterMemory(arch, lora.max_loras, lora.max_lora_rank, dtype, device)
-        return cls(model, storage, seed=model_config.seed, proposer=proposer, adapters=adapters)
+        policy = cache_config.kv_window_policy
+        return cls(model, storage, model_config.seed, proposer, adapters, policy)
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers, if any (the executor cannot run afterwards)."""
@@ -199,9 +203,7 @@ class ModelExecutor:
         ]
         if not scheduled:
             return ModelOutput(
-                sampled_token_ids={},
-                finished_disk_reads=finished_disk_reads,
-                connector_events=connector_events,
+                {}, finished_disk_reads=finished_disk_reads, connector_events=connector_events
             )
         # Drafts ride at the end of their request's tokens for this step only.
         num_verified = {}
@@ -211,9 +213,7 @@ class ModelExecutor:
             state.token_ids.extend(draft_ids)
         # Short chunks (decodes, verifications) take the batched decode path; they go first.
         scheduled = batch_order(scheduled)
-        inputs = build_step_inputs(
-            scheduled, self.block_size, self.model.arch.sliding_window, self.device
-        )
+        inputs = build_step_inputs(scheduled, self.block_size, self.kv_window, self.device)
         hidden = self.model.forward(
             inputs.input_ids,
             inputs.positions,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from corral.config import ModelConfig
+from corral.core.kv_window import resolve_kv_window
 from corral.demo import BUNDLED_MODELS_DIR, DEFAULT_MODEL_NAME
 from corral.model.arch import ModelArch
 
@@ -17,14 +18,30 @@ class ResolvedModel(NamedTuple):
     max_model_len: int
 
 
-def resolve_model(config: ModelConfig) -> ResolvedModel:
+def resolve_model(config: ModelConfig, kv_window_policy: str | None = None) -> ResolvedModel:
     """The model's directory, its architecture, and the context length: the configured one,
     else the model's own (ModelArch.max_context_len: max_position_embeddings, stretched by
-    dynamic-NTK or YaRN scaling); ValueError when the configured one exceeds the model's."""
+    dynamic-NTK or YaRN scaling); ValueError when the configured one exceeds the model's.
+
+    With attention sinks (kv_window_policy, corral/core/kv_window.py) a sequence may outgrow
+    the model's context: then the span one query attends to must fit it instead."""
     model_dir = resolve_model_dir(config.model)
     arch = ModelArch.from_dir(model_dir)
     limit = arch.max_context_len
     asked = config.max_model_len
+    window = resolve_kv_window(arch.sliding_window, kv_window_policy)
+    if kv_window_policy is not None and window is not None:
+        if (arch.rope_scaling or {}).get("rope_type") == "dynamic":
+            raise ValueError(
+                f"--kv-window-policy {kv_window_policy!r}: dynamic-NTK rope scaling rotates by "
+                "the sequence length, which attention sinks keep out of the cache"
+            )
+        if window.span_tokens > limit:
+            raise ValueError(
+                f"--kv-window-policy {kv_window_policy!r}: the {window.span_tokens} tokens one "
+                f"query attends to exceed the model's context length ({limit})"
+            )
+        return ResolvedModel(model_dir, arch, asked if asked is not None else limit)
     if asked is not None and asked > limit:
         what = "max_position_embeddings"
         if limit != arch.max_position_embeddings:

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from corral.core.kv_window import KVWindow
 from corral.model.layers.attention import AttentionMetadata, DecodeBatch, PrefillSpan
+from corral.model.layers.sink_attention import SinkMetadata, SinkSpan, sink_delta
 from corral.sampling_params import SamplingParams
 from corral.structured.constraint import OutputConstraint
 
@@ -61,18 +63,24 @@ def batch_order(scheduled: list[tuple[RequestState, int]]) -> list[tuple[Request
 def build_step_inputs(
     scheduled: list[tuple[RequestState, int]],
     block_size: int,
-    sliding_window: int | None,
+    kv_window: KVWindow | None,
     device: torch.device,
 ) -> StepInputs:
     """scheduled: (state, num_tokens) in batch_order(): chunks that run as decode rows first.
 
     Token t of a request sits at position num_computed_tokens + t and is written to slot
-    block_ids[position // block_size] * block_size + position % block_size.
+    block_ids[position // block_size] * block_size + position % block_size. With a window
+    (corral/core/kv_window.py), keys behind it are masked and prefill chunks read only the
+    blocks from the window's start: the scheduler may have given the others away. With sinks,
+    queries past the first num_sink_tokens + window_tokens positions go to SinkSpans.
     """
+    num_sinks = kv_window.num_sink_tokens if kv_window is not None else 0
+    window = kv_window.window_tokens if kv_window is not None else None
     token_ids: list[int] = []
     positions: list[torch.Tensor] = []
     slots: list[torch.Tensor] = []
     row_ranges: list[tuple[int, int]] = []
+    sink_spans: list[SinkSpan] = []
     decode = None
     num_decode_chunks = 0
     while num_decode_chunks < len(scheduled) and runs_as_decode_rows(
@@ -84,11 +92,14 @@ def build_step_inputs(
         decode_table: list[list[int]] = []
         for state, num_tokens in scheduled[:num_decode_chunks]:
             start = state.num_computed_tokens
-            row_ranges.append((len(decode_positions), len(decode_positions) + num_tokens))
+            row = len(decode_positions)
+            row_ranges.append((row, row + num_tokens))
             token_ids.extend(state.token_ids[start : start + num_tokens])
             for p in range(start, start + num_tokens):
                 decode_positions.append(p)
                 decode_table.append(state.block_ids[: p // block_size + 1])
+            if num_sinks and sink_delta(start + num_tokens - 1, num_sinks, window):
+                sink_spans.append(_sink_span(state, row, num_tokens, block_size, device))
         num_decodes = len(decode_positions)
         positions_tensor = torch.tensor(decode_positions, dtype=torch.int64)
         positions.append(positions_tensor)
@@ -101,16 +112,19 @@ def build_step_inputs(
                 dtype=torch.int64,
             )
         )
+        seq_lens = positions_tensor + 1
+        for span in sink_spans:  # computed by sink_attention: the kernel's share is one key
+            seq_lens[span.row_start : span.row_end] = 1
         max_num_blocks = max(len(table) for table in decode_table)
         padded = [table + [0] * (max_num_blocks - len(table)) for table in decode_table]
         key_positions = torch.arange(max_num_blocks * block_size)
-        mask = key_positions.unsqueeze(0) <= positions_tensor.unsqueeze(1)
-        if sliding_window is not None:
-            mask &= key_positions.unsqueeze(0) > (positions_tensor - sliding_window).unsqueeze(1)
+        mask = key_positions.unsqueeze(0) < seq_lens.unsqueeze(1)
+        if window is not None and not num_sinks:
+            mask &= key_positions.unsqueeze(0) > (positions_tensor - window).unsqueeze(1)
         decode = DecodeBatch(
             num_decodes=num_decodes,
             block_table=torch.tensor(padded, dtype=torch.int64, device=device),
-            seq_lens=(positions_tensor + 1).to(device),
+            seq_lens=seq_lens.to(device),
             mask=mask.view(num_decodes, 1, 1, -1).to(device),
         )
     prefills = []
@@ -126,24 +140,39 @@ def build_step_inputs(
         slots.append(
             block_ids[request_positions // block_size] * block_size + request_positions % block_size
         )
-        mask = None
-        if start > 0 or sliding_window is not None:
-            key_positions = torch.arange(end)
-            mask = key_positions.unsqueeze(0) <= request_positions.unsqueeze(1)
-            if sliding_window is not None:
-                mask &= key_positions.unsqueeze(0) > (request_positions - sliding_window).unsqueeze(
-                    1
-                )
-            mask = mask.to(device)
-        prefills.append(PrefillSpan(row, row + num_tokens, start, block_ids.to(device), mask))
         row_ranges.append((row, row + num_tokens))
+        if num_sinks and sink_delta(end - 1, num_sinks, window):
+            sink_spans.append(_sink_span(state, row, num_tokens, block_size, device))
+            prefills.append(PrefillSpan(row, row + num_tokens, start, block_ids, None, sink=True))
+            row += num_tokens
+            continue
+        # Keys from kv_start (a block boundary) on: the window's, or all.
+        kv_start = 0
+        if window is not None and not num_sinks:
+            kv_start = max(0, start - window + 1) // block_size * block_size
+        mask = None
+        if start > 0 or (window is not None and not num_sinks):
+            key_positions = torch.arange(kv_start, end)
+            mask = key_positions.unsqueeze(0) <= request_positions.unsqueeze(1)
+            if window is not None and not num_sinks:
+                lowest = (request_positions - window).unsqueeze(1)
+                mask &= key_positions.unsqueeze(0) > lowest
+            mask = mask.to(device)
+        span_blocks = block_ids[kv_start // block_size :].to(device)
+        prefills.append(PrefillSpan(row, row + num_tokens, start - kv_start, span_blocks, mask))
         row += num_tokens
+    sinks = None
+    if sink_spans:
+        all_positions = torch.cat(positions)
+        deltas = (all_positions - (num_sinks + window - 1)).clamp_(min=0)
+        sinks = SinkMetadata(num_sinks, window, sink_spans, deltas.to(device))
     metadata = AttentionMetadata(
         slot_mapping=torch.cat(slots).to(device),
         decode=decode,
         prefills=prefills,
-        sliding_window=sliding_window,
+        sliding_window=window if not num_sinks else None,
         row_ranges=row_ranges,
+        sinks=sinks,
     )
     return StepInputs(
         input_ids=torch.tensor(token_ids, dtype=torch.int64, device=device),
@@ -151,3 +180,11 @@ def build_step_inputs(
         metadata=metadata,
         row_ranges=row_ranges,
     )
+
+
+def _sink_span(
+    state: RequestState, row: int, num_tokens: int, block_size: int, device: torch.device
+) -> SinkSpan:
+    end = state.num_computed_tokens + num_tokens
+    block_ids = torch.tensor(state.block_ids[: -(-end // block_size)], dtype=torch.int64)
+    return SinkSpan(row, row + num_tokens, state.num_computed_tokens, block_ids.to(device))

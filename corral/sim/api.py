@@ -12,8 +12,18 @@ from corral.workloads.spec import Workload
 def simulate_result(
     workload: Workload, deployment: DeploymentOptions, request_hook: RequestHook | None = None
 ) -> SimResult:
-    """Run the simulation; the raw result (per-request records, the instances' final state)."""
-    return ClusterSimulator(build_cluster(deployment), workload, request_hook).run()
+    """Run the simulation; the raw result (per-request records, the instances' final state).
+    ValueError for requests with n > 1 on a disaggregated deployment (a KV transfer carries one
+    sample's KV: the real router's prefill engine refuses them too)."""
+    cluster = build_cluster(deployment)
+    if cluster.is_disaggregated:
+        sampled = next((s for s in workload.specs if s.samples_per_request > 1), None)
+        if sampled is not None:
+            raise ValueError(
+                f"request {sampled.request_id!r} asks for {sampled.samples_per_request} samples; "
+                "a disaggregated deployment serves samples_per_request 1 only"
+            )
+    return ClusterSimulator(cluster, workload, request_hook).run()
 
 
 def simulate(

@@ -98,6 +98,12 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=None)
     group.add_argument("--no-prefix-caching", action="store_true")
     group.add_argument(
+        "--kv-window-policy",
+        default=None,
+        metavar="sink:N,window:W",
+        help="as on corral serve: keep only the first N and the last W tokens' KV",
+    )
+    group.add_argument(
         "--kv-transfer-gb-s", type=float, default=50.0, help="prefill -> decode KV bandwidth, GB/s"
     )
     group.add_argument("--kv-transfer-latency-ms", type=float, default=0.0)
@@ -355,6 +361,7 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         memory_utilization=args.memory_utilization,
         max_model_len=args.max_model_len,
         enable_prefix_caching=not args.no_prefix_caching,
+        kv_window_policy=args.kv_window_policy,
         kv_transfer_bandwidth_bytes_per_s=args.kv_transfer_gb_s * 1e9,
         kv_transfer_latency_s=args.kv_transfer_latency_ms / 1e3,
         kv_lease_timeout_s=args.kv_lease_timeout_s,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from corral.config import SchedulerConfig
 from corral.core.kv_capacity import kv_pool_refusal
+from corral.core.kv_window import KVWindow
 from corral.sim.autoscale_spec import SimAutoscaleSpec
 from corral.sim.cost.base import CostModel
 from corral.sim.lora import InstanceLoRA
@@ -37,12 +38,22 @@ class InstanceSpec:
     kv_bytes_per_token: int = 0  # for KV transfers between pools
     speculation: SpecSimConfig | None = None  # speculative decoding (None: off)
     lora: InstanceLoRA | None = None  # multi-LoRA (None: off)
+    # A bounded attention span (the model's sliding window or --kv-window-policy; None: full
+    # attention): the scheduler drops blocks behind it, the cost model prices the keys within.
+    kv_window: KVWindow | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"instance role {self.role!r} is not one of {ROLES}")
         # The engine's admission rule, for the longest request the context allows.
-        refusal = kv_pool_refusal(self.max_model_len - 1, 1, self.num_blocks, self.block_size)
+        max_live_tokens = None
+        if self.kv_window is not None:
+            max_live_tokens = self.kv_window.max_live_tokens(
+                self.scheduler.max_num_batched_tokens, self.block_size
+            )
+        refusal = kv_pool_refusal(
+            self.max_model_len - 1, 1, self.num_blocks, self.block_size, "none", max_live_tokens
+        )
         if refusal is not None:
             raise ValueError(f"max_model_len {self.max_model_len}: {refusal}")
         if self.num_devices < 1:

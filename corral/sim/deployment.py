@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from corral.cluster.autoscaling import AutoscalingConfig
 from corral.config import SchedulerConfig
+from corral.core.kv_window import resolve_kv_window
 from corral.model.arch import ModelArch
 from corral.sim.autoscale_spec import SimAutoscaleSpec, default_cold_start_s
 from corral.sim.config import ClusterSpec, InstanceSpec
@@ -45,6 +46,7 @@ class DeploymentOptions:
     memory_utilization: float = 0.9
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    kv_window_policy: str | None = None  # CacheConfig.kv_window_policy
     kv_transfer_bandwidth_bytes_per_s: float = 50e9
     kv_transfer_latency_s: float = 0.0
     kv_lease_timeout_s: float = 30.0
@@ -125,6 +127,9 @@ def _profiled_instance(options: DeploymentOptions) -> dict:
         label=str(engine.get("label", "profiled")),
         price_per_device_hour=options.price_per_device_hour,
         kv_bytes_per_token=kv_bytes,
+        kv_window=resolve_kv_window(
+            arch.sliding_window if arch_fields else None, options.kv_window_policy
+        ),
     )
 
 
@@ -176,6 +181,7 @@ def _roofline_instance(options: DeploymentOptions) -> dict:
         busy_power_w=hardware.max_power_w,
         idle_power_w=hardware.idle_power_w,
         kv_bytes_per_token=arch.kv_bytes_per_token(options.dtype_bytes),
+        kv_window=resolve_kv_window(arch.sliding_window, options.kv_window_policy),
     )
 
 

@@ -52,11 +52,13 @@ class SimExecutor:
         speculation: SpecSimConfig | None = None,
         seed: int = 0,
         lora: LoRAStepPricer | None = None,
+        max_attended_tokens: int | None = None,
     ) -> None:
         self.cost_model = cost_model
         self.speculation = speculation
         self.lora = lora
-        self._counter = BatchShapeCounter()
+        # With a bounded attention window, its span caps the keys each query is priced for.
+        self._counter = BatchShapeCounter(max_attended_tokens)
         self.last_batch: BatchShape | None = None
         self._rng = random.Random(seed)
         # Draft model: request id -> (verified tokens at its last proposal, k proposed then).

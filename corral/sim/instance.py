@@ -44,6 +44,7 @@ class SimInstance:
             clock=clock,
             speculative=speculation.config if speculation is not None else None,
             lora=spec.lora.config if spec.lora is not None else None,
+            kv_window=spec.kv_window,
         )
         # Each instance draws its acceptances from its own stream (seed, index).
         self.executor = SimExecutor(
@@ -51,6 +52,7 @@ class SimInstance:
             speculation,
             seed=seed * 1_000_003 + index,
             lora=spec.lora.pricer() if spec.lora is not None else None,
+            max_attended_tokens=spec.kv_window.span_tokens if spec.kv_window else None,
         )
         self.is_busy = False
         self.is_wake_pending = False

@@ -6,7 +6,7 @@ Build a workload and drive anything with it::
 
     workload = build_workload(WorkloadOptions(
         dataset="azure-conv",            # random | azure-conv | azure-code | gsm8k |
-                                         # shared-prefix | multi-turn | jsonl
+                                         # shared-prefix | multi-turn | jsonl | reasoning
         num_requests=200,                # None: the whole trace / file
         length_scale=0.25,               # shrink trace lengths for a small machine
         max_model_len=2048,              # prompts are cut so prompt + output fits
@@ -21,6 +21,7 @@ Build a workload and drive anything with it::
         spec.prompt                      # text, or None for length-only traces (azure, random)
         workload.token_ids(spec)         # prompt ids (explicit, or deterministic synthetic)
         spec.num_output_tokens           # send max_tokens=this with ignore_eos=True
+        spec.samples_per_request         # send n=this (reasoning: 8; samples share the prompt)
         spec.parent_request_id           # multi-turn: issue think_time_s after the parent ends
         spec.client_id, spec.priority    # optional, for fairness and priority policies
 

@@ -23,7 +23,8 @@ def _scaled(draft: Draft, options: WorkloadOptions) -> Draft | None:
         num_output = min(num_output, options.max_output_len)
     limit = options.max_model_len
     if limit is not None:
-        num_output = min(num_output, max(1, limit // 2))
+        room = limit - num_prompt if draft.may_fill_context else limit // 2
+        num_output = min(num_output, max(1, room))
     synthetic = draft.prompt_token_ids is None
     if options.max_prompt_len is not None and num_prompt > options.max_prompt_len:
         if not synthetic:
@@ -65,6 +66,7 @@ def build_workload(options: WorkloadOptions) -> Workload:
         if any(t is None for t in trace_times):
             raise ValueError(f"the {options.dataset} dataset has no timestamps for trace arrivals")
     times = process.times(len(starters), options.seed, trace_times)  # type: ignore[arg-type]
+    num_samples = options.samples_per_request or dataset.default_samples_per_request
     tags = random.Random(options.seed + 1)
     pauses = random.Random(options.seed + 2)
     tag_of: dict[int, tuple[str | None, int]] = {}
@@ -113,6 +115,7 @@ def build_workload(options: WorkloadOptions) -> Workload:
                     else 0.0
                 ),
                 new_prompt=draft.new_prompt,
+                samples_per_request=num_samples,
             )
         )
         if conversation is not None:
@@ -123,6 +126,7 @@ def build_workload(options: WorkloadOptions) -> Workload:
         "num_dropped_too_long": num_dropped,
         "arrival": arrival.kind,
         "seed": options.seed,
+        "samples_per_request": num_samples,
     }
     if any(spec.parent_request_id for spec in specs):
         description["think_time"] = f"{options.think_time_s:g} s {options.think_time_dist}"

@@ -63,6 +63,24 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fixed-output-len", type=int, default=None)
     group.add_argument("--num-clients", type=int, default=0, help="tag requests client-0..")
     group.add_argument("--num-priorities", type=int, default=0, help="random priorities 0..")
+    group.add_argument(
+        "--samples-per-request",
+        type=int,
+        default=None,
+        help="n of each request: samples sharing its prompt (default: reasoning 8, else 1)",
+    )
+    group.add_argument(
+        "--reasoning-output-len",
+        type=int,
+        default=defaults.reasoning_output_len,
+        help="reasoning: mean output length (lognormal), capped by the context",
+    )
+    group.add_argument(
+        "--reasoning-output-sigma",
+        type=float,
+        default=defaults.reasoning_output_sigma,
+        help="reasoning: sigma of the lognormal output lengths (0: all the mean)",
+    )
 
 
 def arrival_options_from_args(args: argparse.Namespace) -> ArrivalOptions | None:
@@ -110,4 +128,7 @@ def workload_options_from_args(args: argparse.Namespace) -> WorkloadOptions:
         fixed_output_len=args.fixed_output_len,
         num_clients=args.num_clients,
         num_priorities=args.num_priorities,
+        samples_per_request=getattr(args, "samples_per_request", None),
+        reasoning_output_len=getattr(args, "reasoning_output_len", 1536),
+        reasoning_output_sigma=getattr(args, "reasoning_output_sigma", 0.5),
     )

@@ -9,6 +9,11 @@ Definitions (all times on one clock, in seconds; computed by corral/core/request
 - throughputs divide totals over completed requests by the run's duration (first arrival to
   last token, unless the caller gives the measured wall time);
 - goodput = completed requests meeting every SLO bound, per second of duration.
+A request with n > 1 samples (num_samples) counts as one request: its output tokens are those of
+all samples, its first token the first of any sample, its last the last of any; TPOT divides by
+the mean output tokens per sample less one (a sample's time per token), and ITL pools the gaps
+within each sample (sample_token_times_s) when the record has them. Sample throughput is
+completed requests' samples per second.
 Percentiles interpolate linearly between order statistics (numpy's default).
 """
 
@@ -31,9 +36,13 @@ class RequestRecord:
     arrival_time_s: float
     num_prompt_tokens: int
     num_output_tokens: int = 0
-    # When each output chunk arrived (one per token in the simulator).
+    # When each output chunk arrived (one per token in the simulator), of any sample.
     token_times_s: Sequence[float] = field(default_factory=list)
     error: str | None = None
+    # The request's n; with n > 1, num_output_tokens counts every sample's tokens.
+    num_samples: int = 1
+    # Per sample (by choice index), when its chunks arrived; None: not known per sample.
+    sample_token_times_s: Sequence[Sequence[float]] | None = None
 
     @property
     def is_ok(self) -> bool:
@@ -49,8 +58,22 @@ class RequestRecord:
             self.arrival_time_s,
             first_token_s=chunks_s[0] if has_chunks else None,
             last_token_s=chunks_s[-1] if has_chunks else None,
-            num_output_tokens=self.num_output_tokens,
+            num_output_tokens=self.num_output_tokens_per_sample,
         )
+
+    @property
+    def num_output_tokens_per_sample(self) -> int:
+        """Output tokens of the mean sample (rounded; all of them when n == 1)."""
+        if self.num_samples == 1:
+            return self.num_output_tokens
+        return round(self.num_output_tokens / self.num_samples)
+
+    def inter_token_gaps_s(self) -> np.ndarray:
+        """Gaps between consecutive chunks, within each sample when the record knows them."""
+        if self.sample_token_times_s is None:
+            return np.diff(np.asarray(self.token_times_s, dtype=np.float64))
+        gaps = [np.diff(np.asarray(t, dtype=np.float64)) for t in self.sample_token_times_s]
+        return np.concatenate(gaps) if gaps else np.empty(0)
 
     @property
     def ttft_s(self) -> float | None:
@@ -104,6 +127,9 @@ class MetricsSummary:
     num_slo_met: int | None
     goodput: float | None
     errors: dict[str, int]
+    # Samples of the completed requests (their n summed) and per second of duration.
+    total_samples: int = 0
+    sample_throughput: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,10 +154,11 @@ def summarize(
     e2e = np.array([t.e2e_s for t in times], dtype=np.float64)
     tpots = [t.tpot_s for t in times]
     tpot = np.array([value for value in tpots if value is not None], dtype=np.float64)
-    gaps = [np.diff(np.asarray(record.token_times_s, dtype=np.float64)) for record in done]
+    gaps = [record.inter_token_gaps_s() for record in done]
     itl = np.concatenate(gaps) if gaps else np.empty(0)
     num_in = sum(record.num_prompt_tokens for record in done)
     num_out = sum(record.num_output_tokens for record in done)
+    num_samples = sum(record.num_samples for record in done)
     per_s = (lambda count: count / duration_s) if duration_s > 0 else (lambda count: 0.0)
     num_met = goodput = None
     if slo is not None and not slo.is_empty:
@@ -155,6 +182,8 @@ def summarize(
         num_slo_met=num_met,
         goodput=goodput,
         errors=errors,
+        total_samples=num_samples,
+        sample_throughput=per_s(num_samples),
     )
 
 
@@ -171,6 +200,13 @@ def format_summary(summary: MetricsSummary, title: str) -> str:
         f"{'Total input / output tokens:':<40}"
         f"{summary.total_input_tokens} / {summary.total_output_tokens}",
         f"{'Request throughput (req/s):':<40}{summary.request_throughput:.3f}",
+    ]
+    if summary.total_samples != summary.num_completed:  # some request had n > 1
+        lines.append(
+            f"{'Sample throughput (samples/s):':<40}{summary.sample_throughput:.3f} "
+            f"({summary.total_samples} samples)"
+        )
+    lines += [
         f"{'Input token throughput (tok/s):':<40}{summary.input_throughput:.2f}",
         f"{'Output token throughput (tok/s):':<40}{summary.output_throughput:.2f}",
         f"{'Total token throughput (tok/s):':<40}{summary.total_token_throughput:.2f}",

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from corral.workloads.arrivals import ArrivalOptions
 
+# The most samples one request may ask for (the server's limit on n).
+MAX_SAMPLES_PER_REQUEST = 128
+
 
 @dataclass(frozen=True, slots=True)
 class WorkloadOptions:
@@ -56,6 +59,13 @@ class WorkloadOptions:
     # random (seeded) per request, or per conversation for multi-turn; 0 leaves them unset.
     num_clients: int = 0
     num_priorities: int = 0
+    # Samples per request (the request's n: they share its prompt's KV blocks); None: the
+    # dataset's default (reasoning: 8, the others: 1).
+    samples_per_request: int | None = None
+    # reasoning: each output length is lognormal with this mean (tokens) and sigma, capped so
+    # prompt + output fits max_model_len (and by max_output_len).
+    reasoning_output_len: int = 1536
+    reasoning_output_sigma: float = 0.5
 
     def __post_init__(self) -> None:
         checks = {
@@ -74,6 +84,8 @@ class WorkloadOptions:
             "think_time_s": (self.think_time_s >= 0, ">= 0"),
             "num_clients": (self.num_clients >= 0, ">= 0"),
             "num_priorities": (self.num_priorities >= 0, ">= 0"),
+            "reasoning_output_len": (self.reasoning_output_len >= 1, ">= 1"),
+            "reasoning_output_sigma": (0 <= self.reasoning_output_sigma < 10, "in [0, 10)"),
         }
         for name, (ok, rule) in checks.items():
             if not ok:
@@ -83,6 +95,11 @@ class WorkloadOptions:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         parse_think_time_dist(self.think_time_dist)
+        n = self.samples_per_request
+        if n is not None and not 1 <= n <= MAX_SAMPLES_PER_REQUEST:
+            raise ValueError(
+                f"samples_per_request must be in [1, {MAX_SAMPLES_PER_REQUEST}], got {n}"
+            )
         if self.length_distribution not in ("uniform", "lognormal"):
             raise ValueError(
                 "length_distribution must be uniform or lognormal, got "

@@ -35,6 +35,13 @@ class RequestSpec:
     think_time_s: float = 0.0
     # This turn's new user text alone (multi-turn), for clients that rebuild the chat history.
     new_prompt: str | None = None
+    # The request's n: samples generated from the one prompt, each of num_output_tokens.
+    samples_per_request: int = 1
+
+    @property
+    def num_sampled_output_tokens(self) -> int:
+        """Output tokens over all its samples (num_output_tokens each)."""
+        return self.num_output_tokens * self.samples_per_request
 
 
 @dataclass(slots=True)
@@ -76,7 +83,12 @@ class Workload:
 
     @property
     def num_output_tokens(self) -> int:
-        return sum(spec.num_output_tokens for spec in self.specs)
+        """Output tokens over every sample of every request."""
+        return sum(spec.num_sampled_output_tokens for spec in self.specs)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(spec.samples_per_request for spec in self.specs)
 
     @property
     def duration_s(self) -> float:

@@ -64,7 +64,9 @@ def test_greedy_identical_under_scheduling_pressure(family, options):
     outputs = corral_greedy(llm, prompts)
     for prompt, output, (tokens, _) in zip(prompts, outputs, oracle):
         assert output.outputs[0].token_ids == tokens, f"{name}: prompt of {len(prompt)} tokens"
-    if options.get("num_blocks") == 80:
+    # Mistral's window (64 tokens) lets its blocks go as it advances: no pressure there
+    # (tests/model/test_sliding_window.py forces it).
+    if options.get("num_blocks") == 80 and llm.engine.scheduler.kv_window is None:
         assert llm.engine.scheduler.num_preemptions > 0
     llm.engine.kv_manager.check_integrity()
     assert llm.engine.kv_manager.num_free_blocks == llm.engine.kv_manager.num_blocks

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from corral.model.kernels import cpu_kernels
 from corral.model.layers.kv_quant import dequantize_kv, quantize_kv, raw_view
+from corral.model.layers.sink_attention import SinkMetadata, sink_attention
 
 # Prefill queries are processed this many at a time on CPU, bounding the float32 score matrix.
 _QUERY_CHUNK = 128
@@ -32,6 +33,7 @@ class PrefillSpan:
     block_ids: torch.Tensor  # int64 [num_blocks] covering positions [0, context_len + num_query)
     # bool [num_query, context_len + num_query], True = may attend; None = plain causal, no context
     mask: torch.Tensor | None
+    sink: bool = False  # computed by sink_attention (metadata.sinks) instead
 
 
 @dataclass(slots=True)
@@ -74,6 +76,8 @@ class AttentionMetadata:
     sliding_window: int | None = None
     # Rows [row_start, row_end) of each request in the batch (dynamic-NTK rope reads them).
     row_ranges: list[tuple[int, int]] = field(default_factory=list)
+    # Attention sinks (--kv-window-policy sink:N,...): the rows past the first N + W positions.
+    sinks: SinkMetadata | None = None
 
 
 def write_kv(
@@ -141,6 +145,8 @@ def paged_attention(
         else:
             output[:rows] = _decode_gathered(query[:rows], cache, decode, scale)
     for span in metadata.prefills:
+        if span.sink:
+            continue
         start, end = span.row_start, span.row_end
         if span.context_len == 0:  # a fresh prompt: its own K/V, as computed (not quantized)
             keys, values = key[start:end], value[start:end]
@@ -148,6 +154,18 @@ def paged_attention(
             keys, values = _gather_context(cache, span, query.dtype)
         attend = _prefill_matmul if on_cpu else _prefill_sdpa
         output[start:end] = attend(query[start:end], keys, values, span, scale)
+    if metadata.sinks is not None:
+
+        def gather(block_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return _gather_keys(cache, block_ids, query.dtype), _gather_values(
+                cache, block_ids, query.dtype
+            )
+
+        for span in metadata.sinks.spans:
+            rows = slice(span.row_start, span.row_end)
+            output[rows] = sink_attention(
+                query[rows], gather, cache.block_size, span, metadata.sinks, scale
+            )
     return output
 
 

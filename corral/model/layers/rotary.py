@@ -229,8 +229,11 @@ class RotaryEmbedding:
         return self.rotate(x, self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1))
 
     def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x * cos + rotate_half(x) * sin, with cos/sin rows [num_tokens, 1, head_dim]."""
-        x1 = x[..., : self.half]
-        x2 = x[..., self.half :]
-        rotated = torch.cat((-x2, x1), dim=-1)
-        return x * cos + rotated * sin
+        return apply_rotation(x, cos, sin)
+
+
+def apply_rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, with cos/sin rows [num_tokens, 1, head_dim]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin

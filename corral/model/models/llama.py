@@ -305,7 +305,11 @@ class LlamaFamilyModel:
     def _rotary_tables(
         self, positions: torch.Tensor, metadata: AttentionMetadata
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The step's cos/sin tables and each token's row in them (see RotaryEmbedding)."""
+        """The step's cos/sin tables and each token's row in them (see RotaryEmbedding); with
+        attention sinks, also each row's turn back for its sink scores (sink_attention.py)."""
+        sinks = metadata.sinks
+        if sinks is not None and sinks.rotation is None:
+            sinks.rotation = (self.rotary.cos[sinks.deltas], -self.rotary.sin[sinks.deltas])
         if self.rotary.dynamic is None:
             return self.rotary.cos, self.rotary.sin, positions
         # Dynamic NTK: a request's tokens rotate with the length it reaches in this step.

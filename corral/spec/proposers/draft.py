@@ -22,6 +22,7 @@ import torch
 
 from corral.config import ModelConfig
 from corral.core.kv_cache import KVCacheManager
+from corral.core.kv_window import resolve_kv_window
 from corral.model.kv_storage import KVSpec, KVStorage
 from corral.model.loader import load_model
 from corral.model.models.llama import LlamaFamilyModel
@@ -188,7 +189,10 @@ class DraftProposer(Proposer):
         scheduled = [scheduled[i] for i in order]
         active = [active[i] for i in order]
         inputs = build_step_inputs(
-            scheduled, self.block_size, self.model.arch.sliding_window, self.device
+            scheduled,
+            self.block_size,
+            resolve_kv_window(self.model.arch.sliding_window, None),
+            self.device,
         )
         hidden = self.model.forward(
             inputs.input_ids, inputs.positions, self.storage.layer_caches, inputs.metadata

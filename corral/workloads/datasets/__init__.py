@@ -6,6 +6,7 @@ from corral.workloads.datasets import (  # noqa: F401
     jsonl,
     multi_turn,
     random_lengths,
+    reasoning,
     shared_prefix,
 )
 from corral.workloads.datasets.base import DATASETS, Dataset, Draft

@@ -30,12 +30,17 @@ class Draft:
     new_prompt: str | None = None
     # Text datasets keep their prompt length; only synthetic lengths are scaled.
     is_scalable: bool = False
+    # The output may take all the context the prompt leaves (reasoning); otherwise
+    # max_model_len caps it at half the context.
+    may_fill_context: bool = False
 
 
 class Dataset(ABC):
     """Produces the drafts of a workload. `default_num_requests` applies when none is asked."""
 
     default_num_requests: int | None = 1000
+    # Samples per request when the options do not say (the request's n).
+    default_samples_per_request: int = 1
 
     @abstractmethod
     def drafts(
