@@ -67,6 +67,12 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
         help="each turn announces the exact pause before its conversation's next turn "
         "(session_pause_s; a last turn: none comes), the best a client could say",
     )
+    group.add_argument(
+        "--no-share-sibling-prompts",
+        action="store_true",
+        help="the n samples of a request (--samples-per-request) each compute the prompt "
+        "(default: one computes its full blocks, the others take them as prefix hits)",
+    )
     group.add_argument("--scheduling-policy", default=sched.policy)
     group.add_argument(
         "--kv-reservation",

@@ -11,6 +11,7 @@ from corral.sim.config import InstanceSpec
 from corral.sim.dashboard_frames import InstanceFrames
 from corral.sim.executor import SimExecutor
 from corral.sim.kv import SimKVCacheManager
+from corral.sim.samples import SampleGroups
 
 
 class SimInstance:
@@ -54,6 +55,8 @@ class SimInstance:
             lora=spec.lora.pricer() if spec.lora is not None else None,
             max_attended_tokens=spec.kv_window.span_tokens if spec.kv_window else None,
         )
+        # Requests with n > 1 run as their samples (the engine's fan-out), reported as one.
+        self.samples = SampleGroups()
         self.is_busy = False
         self.is_wake_pending = False
         self.is_prefill = spec.role == "prefill"
@@ -95,8 +98,10 @@ class SimInstance:
         return (used + self.num_waiting_tokens / self.spec.block_size) / pool.num_blocks
 
     def add_request(self, request: Request) -> None:
-        self.scheduler.add_request(request)
-        self.num_waiting_tokens += request.num_tokens
+        """Queue a request (one with n > 1: its samples, as the engine does)."""
+        for sample in self.samples.fan_out(request):
+            self.scheduler.add_request(sample)
+            self.num_waiting_tokens += sample.num_tokens
         self.num_assigned += 1
         if self.dashboard is not None:
             self.dashboard.on_request(request.num_prompt_tokens)
@@ -152,7 +157,7 @@ class SimInstance:
         self, scheduler_output: SchedulerOutput, model_output: ModelOutput
     ) -> list[RequestUpdate]:
         self.is_busy = False
-        updates = self.scheduler.update(scheduler_output, model_output)
+        updates = self.samples.merge(self.scheduler.update(scheduler_output, model_output))
         if self.dashboard is not None:
             self.dashboard.on_updates(updates)
         return updates
