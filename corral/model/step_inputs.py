@@ -150,13 +150,11 @@ def build_step_inputs(
         kv_start = 0
         if window is not None and not num_sinks:
             kv_start = max(0, start - window + 1) // block_size * block_size
-        mask = None
-        if start > 0 or (window is not None and not num_sinks):
-            key_positions = torch.arange(kv_start, end)
-            mask = key_positions.unsqueeze(0) <= request_positions.unsqueeze(1)
-            if window is not None and not num_sinks:
-                lowest = (request_positions - window).unsqueeze(1)
-                mask &= key_positions.unsqueeze(0) > lowest
+        mask = None  # plain causal: attention builds it chunk by chunk
+        if window is not None and not num_sinks:
+            key_positions = torch.arange(kv_start, end).unsqueeze(0)
+            mask = key_positions <= request_positions.unsqueeze(1)
+            mask &= key_positions > (request_positions - window).unsqueeze(1)
             mask = mask.to(device)
         span_blocks = block_ids[kv_start // block_size :].to(device)
         prefills.append(PrefillSpan(row, row + num_tokens, start - kv_start, span_blocks, mask))

@@ -123,19 +123,21 @@ def test_decode_paths(dtype, kv_dtype, tolerance, window, use_kernel, monkeypatc
 
 @pytest.mark.parametrize("window", [None, 7])
 @pytest.mark.parametrize("context_len", [0, 9])
-@pytest.mark.parametrize("path", ["matmul", "sdpa"])
+@pytest.mark.parametrize("path", ["matmul", "matmul-key-chunks", "sdpa"])
 @pytest.mark.parametrize("kv_dtype", [None, torch.int8])
 def test_prefill_paths(window, context_len, path, kv_dtype, monkeypatch):
     if path == "sdpa":  # the CUDA path, checked here on CPU
         monkeypatch.setattr(attn, "_prefill_matmul", attn._prefill_sdpa)
+    if path == "matmul-key-chunks":  # online softmax over keys, 3 at a time (long contexts)
+        monkeypatch.setattr(attn, "_KEY_CHUNK", 3)
     monkeypatch.setattr(attn, "_QUERY_CHUNK", 4)  # several chunks even for short prompts
     cache = make_cache(torch.float32, kv_dtype)
     num_query = 11
     blocks = [5, 6, 7, 8, 30]
     end = context_len + num_query
     positions = torch.arange(context_len, end)
-    mask = None
-    if context_len or window:
+    mask = None  # plain causal, with or without context, as build_step_inputs sends it
+    if window:
         mask = torch.arange(end)[None, :] <= positions[:, None]
         if window:
             mask &= torch.arange(end)[None, :] > (positions - window)[:, None]

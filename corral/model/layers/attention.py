@@ -19,8 +19,11 @@ from corral.model.kernels import cpu_kernels
 from corral.model.layers.kv_quant import dequantize_kv, quantize_kv, raw_view
 from corral.model.layers.sink_attention import SinkMetadata, sink_attention
 
-# Prefill queries are processed this many at a time on CPU, bounding the float32 score matrix.
+# Prefill queries are processed this many at a time on CPU, and keys this many at a time
+# (online softmax) once a chunk's context is longer: the float32 scores of one (query chunk,
+# key chunk) pair bound the memory, whatever the context length.
 _QUERY_CHUNK = 128
+_KEY_CHUNK = 4096
 
 
 @dataclass(slots=True)
@@ -31,7 +34,7 @@ class PrefillSpan:
     row_end: int
     context_len: int  # tokens already in the KV cache before this chunk
     block_ids: torch.Tensor  # int64 [num_blocks] covering positions [0, context_len + num_query)
-    # bool [num_query, context_len + num_query], True = may attend; None = plain causal, no context
+    # bool [num_query, context_len + num_query], True = may attend; None = plain causal
     mask: torch.Tensor | None
     sink: bool = False  # computed by sink_attention (metadata.sinks) instead
 
@@ -226,12 +229,15 @@ def _decode_gathered(
 def _prefill_sdpa(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, span: PrefillSpan, scale: float
 ) -> torch.Tensor:
+    mask = span.mask
+    if mask is None and span.context_len:  # SDPA's is_causal assumes no context
+        mask = _allowed(span, 0, query.shape[0], 0, keys.shape[0], query.device)
     attended = F.scaled_dot_product_attention(
         query.transpose(0, 1),
         keys.transpose(0, 1),
         values.transpose(0, 1),
-        attn_mask=span.mask,
-        is_causal=span.mask is None,
+        attn_mask=mask,
+        is_causal=mask is None,
         scale=scale,
         enable_gqa=True,
     )
@@ -258,13 +264,13 @@ def _prefill_matmul(
         last = min(first + _QUERY_CHUNK, num_query)
         kv_end = context + last
         chunk = grouped[:, :, first:last].reshape(num_kv_heads, group * (last - first), head_dim)
+        if kv_end > _KEY_CHUNK:
+            attended = _attend_in_key_chunks(chunk, keys_t, values_h, span, first, last, scale)
+            output[:, :, first:last] = attended.view(num_kv_heads, group, last - first, head_dim)
+            continue
         scores = torch.bmm(chunk, keys_t[:, :, :kv_end]).float().mul_(scale)
         scores = scores.view(num_kv_heads, group, last - first, kv_end)
-        if span.mask is None:
-            allowed = _causal_mask(first, last, kv_end, query.device)
-        else:
-            allowed = span.mask[first:last, :kv_end]
-        scores.masked_fill_(~allowed, float("-inf"))
+        scores.masked_fill_(~_allowed(span, first, last, 0, kv_end, query.device), float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(query.dtype)
         probs = probs.view(num_kv_heads, group * (last - first), kv_end)
         attended = torch.bmm(probs, values_h[:, :kv_end])
@@ -272,7 +278,48 @@ def _prefill_matmul(
     return output.permute(2, 0, 1, 3).reshape(num_query, num_heads, head_dim)
 
 
-def _causal_mask(first: int, last: int, kv_end: int, device: torch.device) -> torch.Tensor:
-    """Queries at positions [first, last) of a fresh prompt may see keys [0, position]."""
-    positions = torch.arange(first, last, device=device).unsqueeze(1)
-    return torch.arange(kv_end, device=device).unsqueeze(0) <= positions
+def _attend_in_key_chunks(
+    chunk: torch.Tensor,
+    keys_t: torch.Tensor,
+    values_h: torch.Tensor,
+    span: PrefillSpan,
+    first: int,
+    last: int,
+    scale: float,
+) -> torch.Tensor:
+    """Queries [first, last) of the span (chunk: [num_kv_heads, group * rows, head_dim]) over
+    their keys _KEY_CHUNK at a time, with a running max and sum (online softmax): float32
+    scores for one key chunk at a time. Returns [num_kv_heads, group * rows, head_dim]."""
+    num_kv_heads, num_rows, _ = chunk.shape
+    kv_end = span.context_len + last
+    running_max = chunk.new_full((num_kv_heads, num_rows, 1), float("-inf"), dtype=torch.float32)
+    running_sum = torch.zeros_like(running_max)
+    accumulated = chunk.new_zeros((num_kv_heads, num_rows, values_h.shape[-1]), dtype=torch.float32)
+    for low in range(0, kv_end, _KEY_CHUNK):
+        high = min(low + _KEY_CHUNK, kv_end)
+        scores = torch.bmm(chunk, keys_t[:, :, low:high]).float().mul_(scale)
+        scores = scores.view(num_kv_heads, -1, last - first, high - low)
+        allowed = _allowed(span, first, last, low, high, chunk.device)
+        scores.masked_fill_(~allowed, float("-inf"))
+        scores = scores.view(num_kv_heads, num_rows, high - low)
+        new_max = torch.maximum(running_max, scores.amax(dim=-1, keepdim=True))
+        # A row with no allowed key yet keeps max -inf: shift by 0 so that exp gives 0, not nan.
+        shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
+        probs = torch.exp(scores - shift)
+        rescale = torch.exp(running_max - shift)
+        running_sum = running_sum * rescale + probs.sum(dim=-1, keepdim=True)
+        values = torch.bmm(probs.to(values_h.dtype), values_h[:, low:high]).float()
+        accumulated = accumulated * rescale + values
+        running_max = new_max
+    return (accumulated / running_sum).to(chunk.dtype)
+
+
+def _allowed(
+    span: PrefillSpan, first: int, last: int, low: int, high: int, device: torch.device
+) -> torch.Tensor:
+    """bool [last - first, high - low]: which of keys [low, high) queries [first, last) of the
+    span may see: the span's mask, else causal (query i sits at context_len + i)."""
+    if span.mask is not None:
+        return span.mask[first:last, low:high]
+    positions = torch.arange(first, last, device=device).unsqueeze(1) + span.context_len
+    return torch.arange(low, high, device=device).unsqueeze(0) <= positions
