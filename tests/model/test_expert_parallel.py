@@ -108,7 +108,8 @@ def test_two_ranks_match_transformers_and_count_the_same_load(name, options, moe
 @pytest.mark.parametrize("expert_parallel", [True, False])
 def test_rank_blocks_sum_to_the_whole_block(name, expert_parallel, moe_models):
     """Without processes: each rank's shard of a MoE block (rank 0: experts 0-2 of 5, rank 1:
-    3-4; or every expert's half columns) computes a part, and the parts sum to the whole."""
+    3-4; or every expert's half columns) computes a part, hands it to one all-reduce, and the
+    parts sum to the whole."""
     path = moe_models[name][0]
     arch = ModelArch.from_dir(path)
     cpu, fp32 = torch.device("cpu"), torch.float32
@@ -122,7 +123,12 @@ def test_rank_blocks_sum_to_the_whole_block(name, expert_parallel, moe_models):
     else:
         assert blocks[1].gate_up.shape[1] == whole.gate_up.shape[1] // 2
     hidden = torch.randn(13, arch.hidden_size, generator=torch.Generator().manual_seed(3))
+    reduced: list[torch.Tensor] = []
+    for block in blocks:  # a stand-in all-reduce that records what it is given
+        block.all_reduce = lambda tensor: reduced.append(tensor.clone())
     parts = [block(hidden) for block in blocks]
+    assert len(reduced) == 2  # one all-reduce per block call, of the whole partial output
+    assert all(torch.equal(sent, part) for sent, part in zip(reduced, parts, strict=True))
     torch.testing.assert_close(parts[0] + parts[1], whole(hidden), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(parts[1], whole(hidden), atol=1e-3)  # neither rank does it all
     assert torch.equal(blocks[0].expert_counts, blocks[1].expert_counts)  # routing agrees
