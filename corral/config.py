@@ -131,6 +131,9 @@ class ModelConfig:
     # Weight-only quantization computed at load: None/"none" or "int8" (docs/quantization.md).
     quantization: str | None = None
     tensor_parallel_size: int = 1  # ranks (processes) the weights and KV heads are split over
+    # MoE models over tensor_parallel_size ranks: each rank holds whole experts (a range of
+    # them) instead of a slice of every expert (docs/moe.md).
+    enable_expert_parallel: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"):
@@ -352,15 +355,15 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         check_tensor_parallel(self)
-        if self.kv_transfer.is_enabled and self.cache.prefix_hash != "sha256":
-            raise ValueError(
-                "KV transfer (--kv-role) matches blocks across engines by their hashes: it needs "
         policy = self.cache.kv_window_policy
         if parse_kv_window_policy(policy) is not None:
             other = "--speculative-method" if self.speculative.is_enabled else None
             other = "--kv-role" if self.kv_transfer.is_enabled else other
             if other is not None:
                 raise ValueError(f"--kv-window-policy {policy!r} cannot be combined with {other}")
+        if self.kv_transfer.is_enabled and self.cache.prefix_hash != "sha256":
+            raise ValueError(
+                "KV transfer (--kv-role) matches blocks across engines by their hashes: it needs "
                 "prefix_hash 'sha256' (--prefix-hash sha256)"
             )
         if self.scheduler.preemption_mode == "swap" and self.cache.host_cache_memory is None:

@@ -101,7 +101,8 @@ class LLM:
     kv_lease_timeout_s= (then LLM.engine.add_request(..., kv_transfer_params=...)), and
     step_log_path= (every step's shape and duration, for `corral simulate`'s profiles). model=None
     uses the bundled demo. tensor_parallel_size=N splits the model over N processes (shutdown()
-    stops them).
+    stops them); with enable_expert_parallel=True a mixture-of-experts model's ranks hold
+    whole experts.
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:

@@ -35,6 +35,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "CPU, NCCL on CUDA); each rank gets num-threads / N torch threads (docs/placement.md)",
     )
     group.add_argument(
+        "--enable-expert-parallel",
+        action="store_true",
+        help="with --tensor-parallel-size N on a mixture-of-experts model: each rank holds a "
+        "range of whole experts and runs only the tokens routed to them, instead of a slice of "
+        "every expert (docs/moe.md)",
+    )
+    group.add_argument(
         "--quantization", default=None, help="weight-only quantization at load: none, int8"
     )
     group.add_argument("--block-size", type=int, default=cache.block_size)
@@ -61,19 +68,19 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="other engines use the same --disk-cache-dir: their blocks are prefix hits here",
     )
     group.add_argument(
-        "--preemption-mode",
-        default="recompute",
-        choices=("recompute", "swap"),
-        help="recompute, or swap to the host tier (refused without --host-cache-memory)",
-    )
-    group.add_argument("--max-num-seqs", type=int, default=sched.max_num_seqs)
-    group.add_argument(
         "--kv-window-policy",
         default=None,
         metavar="sink:N,window:W",
         help="keep only the first N and the last W tokens' KV (attention sinks, StreamingLLM): "
         "generation runs past the model's context; --max-model-len may then exceed it",
     )
+    group.add_argument(
+        "--preemption-mode",
+        default="recompute",
+        choices=("recompute", "swap"),
+        help="recompute, or swap to the host tier (refused without --host-cache-memory)",
+    )
+    group.add_argument("--max-num-seqs", type=int, default=sched.max_num_seqs)
     group.add_argument("--max-num-batched-tokens", type=int, default=sched.max_num_batched_tokens)
     group.add_argument("--no-chunked-prefill", action="store_true")
     group.add_argument(
@@ -266,6 +273,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         num_threads=args.num_threads,
         quantization=getattr(args, "quantization", None),
         tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
+        enable_expert_parallel=getattr(args, "enable_expert_parallel", False),
     )
     cache = CacheConfig(
         block_size=args.block_size,
@@ -277,6 +285,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         disk_cache_dir=args.disk_cache_dir,
         disk_cache_max_bytes=args.disk_cache_max_bytes,
         disk_cache_shared=args.disk_cache_shared,
+        kv_window_policy=args.kv_window_policy,
     )
     scheduler = scheduler_config_from_args(args)
     return EngineConfig(
@@ -285,7 +294,6 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         scheduler=scheduler,
         speculative=speculative_config_from_args(args),
         lora=lora_config_from_args(args),
-        kv_window_policy=args.kv_window_policy,
         structured_output_backend=args.structured_output_backend,
         debug_check_integrity=args.debug_check_integrity,
         step_log_path=args.step_log,

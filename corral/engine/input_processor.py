@@ -12,6 +12,7 @@ from typing import Any
 
 from corral.config import EngineConfig
 from corral.core.kv_capacity import check_fits_kv_pool
+from corral.core.sample_fanout import fan_out_samples
 from corral.engine.generation_defaults import load_generation_defaults
 from corral.engine.tokenizer import Tokenizer
 from corral.kv_transfer.params import Resume
@@ -39,8 +40,8 @@ class InputProcessor:
         self.tokenizer = Tokenizer(config.model.tokenizer or self.model_dir)
         # (num_blocks, block_size) of the core's KV pool, once the core has started.
         self.kv_pool: tuple[int, int] | None = None
-        self.vocab_size = self.arch.vocab_size
         self.max_live_tokens: int | None = None
+        self.vocab_size = self.arch.vocab_size
         self.generation_defaults = load_generation_defaults(self.model_dir)
         eos = self.tokenizer.eos_token_id
         self.eos_token_ids = frozenset(self.arch.eos_token_ids) or (
@@ -109,8 +110,8 @@ class InputProcessor:
         """The core's KV pool, once known: requests that can never fit it are refused (with a
         bounded attention window, by the slots a request holds at once: max_live_tokens)."""
         self.kv_pool = (num_blocks, block_size)
-
         self.max_live_tokens = max_live_tokens
+
     def check_kv_transfer(self, value: dict[str, Any] | None, n: int) -> object | None:
         """The request's kv_transfer_params, parsed; ValueError for bad ones, for n > 1, and
         when this engine has no --kv-role for them."""
@@ -216,39 +217,24 @@ class InputProcessor:
             resumed, kv_transfer = kv_transfer.output_token_ids, kv_transfer.remote
         if predicted_num_output_tokens is None:
             predicted_num_output_tokens = self.predict_num_output_tokens(token_ids)
-        children = []
-        for index in range(params.n):
-            child_id = request_id if params.n == 1 else f"{index}_{request_id}"
-            child_params = params
-            if params.n > 1:
-                seed = None if params.seed is None else params.seed + index
-                # The prompt is scored once, by child 0 (the output processor reads only its).
-                prompt_logprobs = params.prompt_logprobs if index == 0 else None
-                child_params = params.clone(
-                    n=1, seed=seed, prompt_logprobs=prompt_logprobs, stop_when_agreed=None
-                )
-            children.append(
-                Request(
-                    child_id,
-                    token_ids,
-                    child_params,
-                    eos_token_ids=self.eos_token_ids,
-                    max_model_len=self.max_model_len,
-                    arrival_time=arrival,
-                    priority=priority,
-                    client_id=client_id,
-                    cache_salt=cache_salt,
-                    deadline_s=deadline_s,
-                    lora=adapter,
-                    kv_transfer=kv_transfer,
-                    migratable=migratable and params.n == 1,
-                    sibling_group=request_id if params.n > 1 else None,
-                    session_id=session_id,
-                    session_pause_s=session_pause_s,
-                )
-                self.max_live_tokens,
-            )
-            children[-1].predicted_num_output_tokens = predicted_num_output_tokens
+        children = fan_out_samples(
+            request_id,
+            token_ids,
+            params,
+            predicted_num_output_tokens=predicted_num_output_tokens,
+            eos_token_ids=self.eos_token_ids,
+            max_model_len=self.max_model_len,
+            arrival_time=arrival,
+            priority=priority,
+            client_id=client_id,
+            cache_salt=cache_salt,
+            deadline_s=deadline_s,
+            lora=adapter,
+            kv_transfer=kv_transfer,
+            migratable=migratable,
+            session_id=session_id,
+            session_pause_s=session_pause_s,
+        )
         if resumed:
             check_resumable(children[0], resumed, self.max_model_len)
             for token_id in resumed:
@@ -260,6 +246,7 @@ class InputProcessor:
                 first.max_tokens,
                 *self.kv_pool,
                 self.config.scheduler.kv_reservation,
+                self.max_live_tokens,
             )
         return children
 

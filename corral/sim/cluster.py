@@ -123,7 +123,7 @@ class ClusterSimulator:
         self._heap: list[tuple] = []
         self._seq = itertools.count()
         self._last_step_end_s = 0.0
-        self._params: dict[int, SamplingParams] = {}
+        self._params: dict[tuple[int, int], SamplingParams] = {}
         self._prompt_ids: dict[str, list[int]] = {}
         self.routes: dict[str, list[int]] = {}
         self._check_integrity = spec.check_integrity
@@ -152,13 +152,13 @@ class ClusterSimulator:
         """Run a KV-transfer event at `when` (before the steps that end then)."""
         self._push(when, _TRANSFER, call)
 
-    def _sampling_params(self, max_tokens: int) -> SamplingParams:
-        params = self._params.get(max_tokens)
+    def _sampling_params(self, max_tokens: int, n: int = 1) -> SamplingParams:
+        params = self._params.get((max_tokens, n))
         if params is None:
             params = SamplingParams(
-                temperature=0.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False
+                n=n, temperature=0.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False
             )
-            self._params[max_tokens] = params
+            self._params[(max_tokens, n)] = params
         return params
 
     # ----- the loop --------------------------------------------------------------------------
@@ -234,7 +234,12 @@ class ClusterSimulator:
         request_id = request_spec.request_id
         token_ids = self.workload.token_ids(request_spec)
         self.records[request_id] = RequestRecord(
-            request_id, now, request_spec.num_prompt_tokens, 0, array("d")
+            request_id,
+            now,
+            request_spec.num_prompt_tokens,
+            0,
+            array("d"),
+            num_samples=request_spec.samples_per_request,
         )
         if self.spec.is_disaggregated:  # the prefill leg; its token is not the client's
             self._prompt_ids[request_id] = token_ids
@@ -257,7 +262,8 @@ class ClusterSimulator:
         request = Request(
             request_spec.request_id,
             token_ids,
-            self._sampling_params(max_tokens),
+            # n > 1: the instance runs its samples (corral/sim/samples.py).
+            self._sampling_params(max_tokens, request_spec.samples_per_request),
             max_model_len=self.max_model_len,
             arrival_time=self.now,
             priority=request_spec.priority,
@@ -351,10 +357,10 @@ class ClusterSimulator:
         if request_id in self._finished:
             raise RuntimeError(f"request {request_id!r} finished twice")
         record = self.records[request_id]
-        if record.num_output_tokens != request_spec.num_output_tokens:
+        if record.num_output_tokens != request_spec.num_sampled_output_tokens:
             raise RuntimeError(
                 f"request {request_id!r} finished with {record.num_output_tokens} of "
-                f"{request_spec.num_output_tokens} tokens"
+                f"{request_spec.num_sampled_output_tokens} tokens"
             )
         self._finished.add(request_id)
         if self.autoscaler is not None:
