@@ -54,6 +54,9 @@ class ModelArch:
     o_bias: bool = False
     mlp_bias: bool = False
     sliding_window: int | None = None
+    # The layers that attend within sliding_window when only some do (Qwen-style hybrids with
+    # layer_types or max_window_layers); None: every layer does (or none, without a window).
+    windowed_layers: tuple[int, ...] | None = None
     dtype: str | None = None  # the checkpoint's own dtype, e.g. "bfloat16"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
@@ -70,6 +73,13 @@ class ModelArch:
         # JSON round trips (profiles, reports) hand lists back.
         object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))
         object.__setattr__(self, "mlp_only_layers", tuple(self.mlp_only_layers))
+        if self.windowed_layers is not None:
+            object.__setattr__(self, "windowed_layers", tuple(self.windowed_layers))
+
+    @property
+    def uniform_sliding_window(self) -> int | None:
+        """The window every layer attends within (blocks behind it can go), else None."""
+        return self.sliding_window if self.windowed_layers is None else None
 
     @property
     def is_moe(self) -> bool:
@@ -205,7 +215,7 @@ class ModelArch:
             ),
             o_bias=kind in ("llama", "qwen3", "qwen3_moe") and attention_bias,
             mlp_bias=bool(config.get("mlp_bias", False)),
-            sliding_window=_sliding_window(config, kind),
+            **_sliding_windows(config, kind),
             dtype=str(dtype) if dtype else None,
             bos_token_id=config.get("bos_token_id"),
             eos_token_ids=eos,
@@ -280,19 +290,30 @@ def _rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _sliding_window(config: dict[str, Any], kind: str) -> int | None:
+def _sliding_windows(config: dict[str, Any], kind: str) -> dict[str, Any]:
+    """sliding_window and windowed_layers (see ModelArch) as transformers reads them: per-layer
+    `layer_types` when given; Qwen models window the layers from max_window_layers on, and only
+    with use_sliding_window; other families window every layer."""
     window = config.get("sliding_window")
-    if kind in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
-        if config.get("use_sliding_window"):
-            raise UnsupportedModelError(
-                "use_sliding_window=true (Qwen per-layer sliding windows from max_window_layers) "
-                "is not supported yet"
-            )
-        return None
+    num_layers = int(config["num_hidden_layers"])
+    layer_types = config.get("layer_types")
+    is_qwen = kind in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
+    if is_qwen and not config.get("use_sliding_window"):
+        window = None
     if window is None:
-        return None
+        return dict(sliding_window=None)
+    if layer_types:
+        windowed = [i for i, kind_ in enumerate(layer_types) if kind_ == "sliding_attention"]
+    elif is_qwen:
+        windowed = list(range(int(config.get("max_window_layers", num_layers)), num_layers))
+    else:
+        windowed = list(range(num_layers))
     max_positions = int(config.get("max_position_embeddings", 2048))
-    return int(window) if int(window) < max_positions else None
+    if not windowed or int(window) >= max_positions:
+        return dict(sliding_window=None)
+    if len(windowed) == num_layers:
+        return dict(sliding_window=int(window))
+    return dict(sliding_window=int(window), windowed_layers=tuple(windowed))
 
 
 def _refuse_unsupported_options(config: dict[str, Any], architecture: str) -> None:
@@ -303,9 +324,10 @@ def _refuse_unsupported_options(config: dict[str, Any], architecture: str) -> No
     if hidden_act != "silu":
         raise UnsupportedModelError(f"hidden_act {hidden_act!r} is not supported (only silu)")
     layer_types = config.get("layer_types")
-    if layer_types and len(set(layer_types)) > 1:
+    unknown = set(layer_types or ()) - {"full_attention", "sliding_attention"}
+    if unknown:
         raise UnsupportedModelError(
-            f"mixed per-layer attention types {sorted(set(layer_types))} are not supported yet"
+            f"per-layer attention types {sorted(unknown)} are not supported"
         )
     if config.get("partial_rotary_factor", 1.0) != 1.0:
         raise UnsupportedModelError("partial_rotary_factor != 1 is not supported")

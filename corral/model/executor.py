@@ -75,7 +75,7 @@ class ModelExecutor:
         self.adapters = adapters
         # KV transfer between engines (corral.kv_transfer.worker_half; set by the EngineCore).
         self.connector: KVConnectorWorker | None = None
-        self.kv_window = resolve_kv_window(model.arch.sliding_window, kv_window_policy)
+        self.kv_window = resolve_kv_window(model.arch.uniform_sliding_window, kv_window_policy)
 
     @classmethod
     def create(

@@ -29,7 +29,12 @@ def resolve_model(config: ModelConfig, kv_window_policy: str | None = None) -> R
     arch = ModelArch.from_dir(model_dir)
     limit = arch.max_context_len
     asked = config.max_model_len
-    window = resolve_kv_window(arch.sliding_window, kv_window_policy)
+    if kv_window_policy is not None and arch.windowed_layers is not None:
+        raise ValueError(
+            f"--kv-window-policy {kv_window_policy!r} is for full-attention models; layers "
+            f"{list(arch.windowed_layers)} of this model attend within {arch.sliding_window} tokens"
+        )
+    window = resolve_kv_window(arch.uniform_sliding_window, kv_window_policy)
     if kv_window_policy is not None and window is not None:
         if (arch.rope_scaling or {}).get("rope_type") == "dynamic":
             raise ValueError(

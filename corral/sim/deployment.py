@@ -128,7 +128,7 @@ def _profiled_instance(options: DeploymentOptions) -> dict:
         price_per_device_hour=options.price_per_device_hour,
         kv_bytes_per_token=kv_bytes,
         kv_window=resolve_kv_window(
-            arch.sliding_window if arch_fields else None, options.kv_window_policy
+            arch.uniform_sliding_window if arch_fields else None, options.kv_window_policy
         ),
     )
 
@@ -181,7 +181,7 @@ def _roofline_instance(options: DeploymentOptions) -> dict:
         busy_power_w=hardware.max_power_w,
         idle_power_w=hardware.idle_power_w,
         kv_bytes_per_token=arch.kv_bytes_per_token(options.dtype_bytes),
-        kv_window=resolve_kv_window(arch.sliding_window, options.kv_window_policy),
+        kv_window=resolve_kv_window(arch.uniform_sliding_window, options.kv_window_policy),
     )
 
 

@@ -140,7 +140,7 @@ def test_clear_errors_for_bad_prompts_and_params(llm):
         ({"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}, "'longrope'"),
         ({"quantization_config": {"quant_method": "awq"}}, "awq"),
         ({"hidden_act": "gelu"}, "'gelu'"),
-        ({"layer_types": ["full_attention", "sliding_attention"]}, "sliding_attention"),
+        ({"layer_types": ["full_attention", "chunked_attention"]}, "chunked_attention"),
     ],
 )
 def test_unsupported_models_are_refused_by_name(change, message):
@@ -158,19 +158,34 @@ def test_unsupported_models_are_refused_by_name(change, message):
         ModelArch.from_hf_config(config)
 
 
-def test_qwen2_per_layer_sliding_windows_are_refused():
+@pytest.mark.parametrize(
+    "change, window, windowed_layers",
+    [
+        ({}, None, None),  # Qwen: no window without use_sliding_window
+        ({"use_sliding_window": True, "max_window_layers": 1}, 4, (1, 2)),
+        ({"use_sliding_window": True, "max_window_layers": 0}, 4, None),  # every layer
+        ({"use_sliding_window": True, "max_window_layers": 3}, None, None),  # none
+        (
+            {"use_sliding_window": True, "layer_types": ["sliding_attention", "full_attention"] * 2},
+            4,
+            (0, 2),
+        ),
+    ],
+)
+def test_qwen2_per_layer_sliding_windows(change, window, windowed_layers):
     config = {
         "architectures": ["Qwen2ForCausalLM"],
         "vocab_size": 10,
         "hidden_size": 8,
         "intermediate_size": 16,
-        "num_hidden_layers": 1,
+        "num_hidden_layers": 4 if "layer_types" in change else 3,
         "num_attention_heads": 2,
-        "use_sliding_window": True,
         "sliding_window": 4,
+        **change,
     }
-    with pytest.raises(UnsupportedModelError, match="use_sliding_window"):
-        ModelArch.from_hf_config(config)
+    arch = ModelArch.from_hf_config(config)
+    assert (arch.sliding_window, arch.windowed_layers) == (window, windowed_layers)
+    assert arch.uniform_sliding_window == (window if windowed_layers is None else None)
 
 
 def test_generate_command(tiny_model, capsys):

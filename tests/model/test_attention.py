@@ -78,9 +78,12 @@ def sequence_kv(values, block_ids, length):
     ],
     ids=["fp32", "bf16", "fp32-int8kv", "bf16-int8kv", "fp32-fp8kv"],
 )
-@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("window", [None, 5, "layer-5"])
 @pytest.mark.parametrize("use_kernel", [True, False])
 def test_decode_paths(dtype, kv_dtype, tolerance, window, use_kernel, monkeypatch):
+    # "layer-5": the layer's own window over plain causal metadata (hybrid models).
+    layer_window = 5 if window == "layer-5" else None
+    window = layer_window or window
     if use_kernel and cpu_kernels() is None:
         pytest.skip("CPU kernels unavailable")
     if not use_kernel:
@@ -92,7 +95,7 @@ def test_decode_paths(dtype, kv_dtype, tolerance, window, use_kernel, monkeypatc
     table = torch.tensor([t + [0] * (width - len(t)) for t in tables])
     lens = torch.tensor(seq_lens)
     mask = torch.arange(width * BLOCK_SIZE)[None, :] < lens[:, None]
-    if window:
+    if window and not layer_window:
         mask &= torch.arange(width * BLOCK_SIZE)[None, :] >= (lens - window)[:, None]
     decode = DecodeBatch(len(seq_lens), table, lens, mask.view(len(seq_lens), 1, 1, -1))
     query = torch.randn(len(seq_lens), NUM_HEADS, HEAD_DIM).to(dtype)
@@ -105,8 +108,8 @@ def test_decode_paths(dtype, kv_dtype, tolerance, window, use_kernel, monkeypatc
     )
     key = torch.randn(len(seq_lens), NUM_KV_HEADS, HEAD_DIM).to(dtype)
     value = torch.randn(len(seq_lens), NUM_KV_HEADS, HEAD_DIM).to(dtype)
-    metadata = AttentionMetadata(slots, decode, [], window)
-    output = attn.paged_attention(query, key, value, cache, metadata, HEAD_DIM**-0.5)
+    metadata = AttentionMetadata(slots, decode, [], None if layer_window else window)
+    output = attn.paged_attention(query, key, value, cache, metadata, HEAD_DIM**-0.5, layer_window)
     keys, values = cache_contents(cache)  # after the write: includes the new tokens
     for row, (blocks, length) in enumerate(zip(tables, seq_lens)):
         expected = reference(
@@ -121,11 +124,13 @@ def test_decode_paths(dtype, kv_dtype, tolerance, window, use_kernel, monkeypatc
         )
 
 
-@pytest.mark.parametrize("window", [None, 7])
+@pytest.mark.parametrize("window", [None, 7, "layer-7"])
 @pytest.mark.parametrize("context_len", [0, 9])
 @pytest.mark.parametrize("path", ["matmul", "matmul-key-chunks", "sdpa"])
 @pytest.mark.parametrize("kv_dtype", [None, torch.int8])
 def test_prefill_paths(window, context_len, path, kv_dtype, monkeypatch):
+    layer_window = 7 if window == "layer-7" else None
+    window = layer_window or window
     if path == "sdpa":  # the CUDA path, checked here on CPU
         monkeypatch.setattr(attn, "_prefill_matmul", attn._prefill_sdpa)
     if path == "matmul-key-chunks":  # online softmax over keys, 3 at a time (long contexts)
@@ -137,7 +142,7 @@ def test_prefill_paths(window, context_len, path, kv_dtype, monkeypatch):
     end = context_len + num_query
     positions = torch.arange(context_len, end)
     mask = None  # plain causal, with or without context, as build_step_inputs sends it
-    if window:
+    if window and not layer_window:
         mask = torch.arange(end)[None, :] <= positions[:, None]
         if window:
             mask &= torch.arange(end)[None, :] > (positions - window)[:, None]
@@ -148,8 +153,8 @@ def test_prefill_paths(window, context_len, path, kv_dtype, monkeypatch):
     query = torch.randn(num_query, NUM_HEADS, HEAD_DIM)
     key = torch.randn(num_query, NUM_KV_HEADS, HEAD_DIM)
     value = torch.randn(num_query, NUM_KV_HEADS, HEAD_DIM)
-    metadata = AttentionMetadata(slots, None, [span], window)
-    output = attn.paged_attention(query, key, value, cache, metadata, HEAD_DIM**-0.5)
+    metadata = AttentionMetadata(slots, None, [span], None if layer_window else window)
+    output = attn.paged_attention(query, key, value, cache, metadata, HEAD_DIM**-0.5, layer_window)
     keys, values = cache_contents(cache)
     if not context_len:  # a fresh prompt attends to its own unquantized K/V
         keys, values = keys.clone(), values.clone()

@@ -89,3 +89,50 @@ def test_greedy_exact_past_the_window_and_blocks_return(
     again = llm.generate([{"prompt_token_ids": prompts[-1]}], params, use_tqdm=False)
     assert again[0].outputs[0].token_ids == oracle[-1]
     kv.check_integrity()
+
+
+@pytest.fixture(scope="module")
+def qwen2_hybrid_paths(tmp_path_factory, tokenizer_dir):
+    """(hybrid, full): the same random Qwen2 weights, layer 0 full attention and layer 1 within
+    a 16-token window (use_sliding_window, max_window_layers 1), and without any window."""
+    from corral.demo.random_model import build_random_model
+
+    paths = []
+    for use_window in (True, False):
+        path = tmp_path_factory.mktemp(f"qwen2-hybrid-{use_window}")
+        build_random_model(
+            path,
+            architecture="qwen2",
+            seed=78,
+            dtype="float32",
+            initializer_range=0.2,
+            tokenizer=_load_tokenizer(tokenizer_dir),
+            **{**TINY_SHAPE, "use_sliding_window": use_window, "sliding_window": WINDOW},
+            max_window_layers=1,
+        )
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(max_num_batched_tokens=12, num_blocks=48, block_size=4)],
+    ids=["one-step-prefill", "chunked-and-preempted"],
+)
+def test_per_layer_windows_exact_against_transformers(qwen2_hybrid_paths, options):
+    hybrid, full = qwen2_hybrid_paths
+    rng = random.Random(6)
+    prompts = [[rng.randrange(3, 500) for _ in range(n)] for n in (9, 60, 100)]
+    expected = [hf_greedy(hybrid, prompt, 24)[0] for prompt in prompts]
+    # The window changes the output: the test would see a model that ignored it.
+    assert expected != [hf_greedy(full, prompt, 24)[0] for prompt in prompts]
+    llm = LLM(model=str(hybrid), device=TEST_DEVICE, dtype="float32", **options)
+    arch = llm.engine.arch
+    assert (arch.sliding_window, arch.windowed_layers) == (WINDOW, (1,))
+    # Layer 0 attends to everything: no block may go.
+    assert llm.engine.scheduler.kv_window is None
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == expected
+    if options:
+        assert llm.engine.scheduler.num_preemptions > 0

@@ -117,11 +117,14 @@ def paged_attention(
     cache: LayerKVCache,
     metadata: AttentionMetadata,
     scale: float,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of every query token over its request's cached and new keys.
 
     query [num_tokens, num_heads, head_dim]; key/value [num_tokens, num_kv_heads, head_dim].
     Returns [num_tokens, num_heads, head_dim]. The new K and V are written to the cache first.
+    window: this layer's own sliding window when only some layers have one (the metadata's
+    masks are then plain causal and the window is applied here).
     """
     write_kv(key, value, cache, metadata.slot_mapping)
     output = torch.empty_like(query)
@@ -141,12 +144,12 @@ def paged_attention(
                 decode.block_table,
                 decode.seq_lens,
                 scale,
-                metadata.sliding_window or 0,
+                metadata.sliding_window or window or 0,
                 cache.key_scale,
                 cache.value_scale,
             )
         else:
-            output[:rows] = _decode_gathered(query[:rows], cache, decode, scale)
+            output[:rows] = _decode_gathered(query[:rows], cache, decode, scale, window)
     for span in metadata.prefills:
         if span.sink:
             continue
@@ -156,7 +159,7 @@ def paged_attention(
         else:
             keys, values = _gather_context(cache, span, query.dtype)
         attend = _prefill_matmul if on_cpu else _prefill_sdpa
-        output[start:end] = attend(query[start:end], keys, values, span, scale)
+        output[start:end] = attend(query[start:end], keys, values, span, scale, window)
     if metadata.sinks is not None:
 
         def gather(block_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +210,11 @@ def _gather_context(
 
 
 def _decode_gathered(
-    query: torch.Tensor, cache: LayerKVCache, decode: DecodeBatch, scale: float
+    query: torch.Tensor,
+    cache: LayerKVCache,
+    decode: DecodeBatch,
+    scale: float,
+    window: int | None = None,
 ) -> torch.Tensor:
     rows = decode.num_decodes
     num_kv_heads, head_dim = cache.value.shape[2], cache.value.shape[3]
@@ -219,19 +226,31 @@ def _decode_gathered(
         query.unsqueeze(2),
         keys.view(rows, num_slots, num_kv_heads, head_dim).transpose(1, 2),
         values.view(rows, num_slots, num_kv_heads, head_dim).transpose(1, 2),
-        attn_mask=decode.mask,
+        attn_mask=decode.mask if window is None else _windowed(decode, window),
         scale=scale,
         enable_gqa=True,
     )
     return attended.squeeze(2)
 
 
+def _windowed(decode: DecodeBatch, window: int) -> torch.Tensor:
+    """The decode mask less the keys behind each row's window."""
+    key_positions = torch.arange(decode.mask.shape[-1], device=decode.mask.device)
+    lowest = (decode.seq_lens - window).view(-1, 1, 1, 1)
+    return decode.mask & (key_positions >= lowest)
+
+
 def _prefill_sdpa(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, span: PrefillSpan, scale: float
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    span: PrefillSpan,
+    scale: float,
+    window: int | None = None,
 ) -> torch.Tensor:
     mask = span.mask
-    if mask is None and span.context_len:  # SDPA's is_causal assumes no context
-        mask = _allowed(span, 0, query.shape[0], 0, keys.shape[0], query.device)
+    if mask is None and (span.context_len or window):  # SDPA's is_causal assumes no context
+        mask = _allowed(span, 0, query.shape[0], 0, keys.shape[0], query.device, window)
     attended = F.scaled_dot_product_attention(
         query.transpose(0, 1),
         keys.transpose(0, 1),
@@ -245,7 +264,12 @@ def _prefill_sdpa(
 
 
 def _prefill_matmul(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, span: PrefillSpan, scale: float
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    span: PrefillSpan,
+    scale: float,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Matmul attention in query chunks; grouped query heads share one matmul per KV head, and
     each chunk only reads the keys up to its last query's position."""
@@ -265,12 +289,15 @@ def _prefill_matmul(
         kv_end = context + last
         chunk = grouped[:, :, first:last].reshape(num_kv_heads, group * (last - first), head_dim)
         if kv_end > _KEY_CHUNK:
-            attended = _attend_in_key_chunks(chunk, keys_t, values_h, span, first, last, scale)
+            attended = _attend_in_key_chunks(
+                chunk, keys_t, values_h, span, first, last, scale, window
+            )
             output[:, :, first:last] = attended.view(num_kv_heads, group, last - first, head_dim)
             continue
         scores = torch.bmm(chunk, keys_t[:, :, :kv_end]).float().mul_(scale)
         scores = scores.view(num_kv_heads, group, last - first, kv_end)
-        scores.masked_fill_(~_allowed(span, first, last, 0, kv_end, query.device), float("-inf"))
+        allowed = _allowed(span, first, last, 0, kv_end, query.device, window)
+        scores.masked_fill_(~allowed, float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(query.dtype)
         probs = probs.view(num_kv_heads, group * (last - first), kv_end)
         attended = torch.bmm(probs, values_h[:, :kv_end])
@@ -286,6 +313,7 @@ def _attend_in_key_chunks(
     first: int,
     last: int,
     scale: float,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Queries [first, last) of the span (chunk: [num_kv_heads, group * rows, head_dim]) over
     their keys _KEY_CHUNK at a time, with a running max and sum (online softmax): float32
@@ -299,7 +327,7 @@ def _attend_in_key_chunks(
         high = min(low + _KEY_CHUNK, kv_end)
         scores = torch.bmm(chunk, keys_t[:, :, low:high]).float().mul_(scale)
         scores = scores.view(num_kv_heads, -1, last - first, high - low)
-        allowed = _allowed(span, first, last, low, high, chunk.device)
+        allowed = _allowed(span, first, last, low, high, chunk.device, window)
         scores.masked_fill_(~allowed, float("-inf"))
         scores = scores.view(num_kv_heads, num_rows, high - low)
         new_max = torch.maximum(running_max, scores.amax(dim=-1, keepdim=True))
@@ -315,11 +343,22 @@ def _attend_in_key_chunks(
 
 
 def _allowed(
-    span: PrefillSpan, first: int, last: int, low: int, high: int, device: torch.device
+    span: PrefillSpan,
+    first: int,
+    last: int,
+    low: int,
+    high: int,
+    device: torch.device,
+    window: int | None = None,
 ) -> torch.Tensor:
     """bool [last - first, high - low]: which of keys [low, high) queries [first, last) of the
-    span may see: the span's mask, else causal (query i sits at context_len + i)."""
+    span may see: the span's mask, else causal (query i sits at context_len + i), within the
+    layer's window if it has one."""
     if span.mask is not None:
         return span.mask[first:last, low:high]
     positions = torch.arange(first, last, device=device).unsqueeze(1) + span.context_len
-    return torch.arange(low, high, device=device).unsqueeze(0) <= positions
+    key_positions = torch.arange(low, high, device=device).unsqueeze(0)
+    allowed = key_positions <= positions
+    if window is not None:
+        allowed &= key_positions > positions - window
+    return allowed

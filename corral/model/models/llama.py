@@ -95,6 +95,12 @@ class LlamaFamilyModel:
             arch.max_position_embeddings,
         )
         self.scale = arch.head_dim**-0.5
+        # Per layer, its own window when only some layers have one (else the step's metadata
+        # carries the model's window, or none).
+        windowed = set(arch.windowed_layers or ())
+        self.layer_windows = [
+            arch.sliding_window if index in windowed else None for index in range(arch.num_layers)
+        ]
         # Tensor parallelism (corral/model/tensor_parallel.py): the rule that slices each
         # checkpoint tensor at load, and the in-place sum of o's and down's partial outputs.
         self.shard = None
@@ -221,7 +227,9 @@ class LlamaFamilyModel:
             query = self.rotary.rotate(query, cos, sin)
             key = self.rotary.rotate(key, cos, sin)
             value = value.view(num_tokens, arch.num_kv_heads, arch.head_dim)
-            attended = paged_attention(query, key, value, layer_cache, metadata, self.scale)
+            attended = paged_attention(
+                query, key, value, layer_cache, metadata, self.scale, self.layer_windows[index]
+            )
             attended = attended.view(num_tokens, q_size)
             out = linear(attended, layer.o, layer.o_bias)
             if self.all_reduce is not None:
@@ -280,7 +288,9 @@ class LlamaFamilyModel:
             query = qkv[:, :q_size].contiguous().view(num_tokens, arch.num_heads, arch.head_dim)
             key = qkv[:, q_size : q_size + kv_size].view(num_tokens, arch.num_kv_heads, -1)
             value = qkv[:, q_size + kv_size :].view(num_tokens, arch.num_kv_heads, -1)
-            attended = paged_attention(query, key, value, layer_cache, metadata, self.scale)
+            attended = paged_attention(
+                query, key, value, layer_cache, metadata, self.scale, self.layer_windows[index]
+            )
             attended = attended.view(num_tokens, q_size)
             delta = linear(attended, layer.o, layer.o_bias)
             if self.all_reduce is not None:

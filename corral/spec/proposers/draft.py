@@ -191,7 +191,7 @@ class DraftProposer(Proposer):
         inputs = build_step_inputs(
             scheduled,
             self.block_size,
-            resolve_kv_window(self.model.arch.sliding_window, None),
+            resolve_kv_window(self.model.arch.uniform_sliding_window, None),
             self.device,
         )
         hidden = self.model.forward(
