@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from corral.model.kernels import cpu_kernels
 from corral.model.layers.kv_quant import dequantize_kv, quantize_kv, raw_view
+from corral.model.layers.matmul_dtype import attention_matmul_dtype
 from corral.model.layers.sink_attention import SinkMetadata, sink_attention
 
 # Prefill queries are processed this many at a time on CPU, and keys this many at a time
@@ -273,6 +274,14 @@ def _prefill_matmul(
 ) -> torch.Tensor:
     """Matmul attention in query chunks; grouped query heads share one matmul per KV head, and
     each chunk only reads the keys up to its last query's position."""
+    out_dtype = query.dtype
+    compute_dtype = attention_matmul_dtype(out_dtype, query.device)
+    if compute_dtype != out_dtype:
+        query, keys, values = (
+            query.to(compute_dtype),
+            keys.to(compute_dtype),
+            values.to(compute_dtype),
+        )
     num_query, num_heads, head_dim = query.shape
     num_kv_heads = keys.shape[1]
     group = num_heads // num_kv_heads
@@ -302,7 +311,7 @@ def _prefill_matmul(
         probs = probs.view(num_kv_heads, group * (last - first), kv_end)
         attended = torch.bmm(probs, values_h[:, :kv_end])
         output[:, :, first:last] = attended.view(num_kv_heads, group, last - first, head_dim)
-    return output.permute(2, 0, 1, 3).reshape(num_query, num_heads, head_dim)
+    return output.permute(2, 0, 1, 3).reshape(num_query, num_heads, head_dim).to(out_dtype)
 
 
 def _attend_in_key_chunks(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from corral.model.layers.matmul_dtype import attention_matmul_dtype
 from corral.model.layers.rotary import apply_rotation
 
 # block ids -> their keys and values in token order, [num_blocks * block_size, kv_heads, dim]
@@ -79,10 +80,16 @@ def sink_attention(
     keys_s, values_s = keys_s[:num_sinks], values_s[:num_sinks]
     num_kv_heads = keys_w.shape[1]
     group = num_heads // num_kv_heads
+    out_dtype = query.dtype
+    dtype = attention_matmul_dtype(out_dtype, query.device)
+    query, keys_w, keys_s = query.to(dtype), keys_w.to(dtype), keys_s.to(dtype)
+    values_w, values_s = values_w.to(dtype), values_s.to(dtype)
 
     cos, sin = sinks.rotation
     rows = slice(span.row_start, span.row_end)
-    query_sink = apply_rotation(query, cos[rows].unsqueeze(1), sin[rows].unsqueeze(1))
+    query_sink = apply_rotation(
+        query, cos[rows].unsqueeze(1).to(dtype), sin[rows].unsqueeze(1).to(dtype)
+    )
 
     def grouped(q: torch.Tensor) -> torch.Tensor:  # [num_kv_heads, group * num_rows, head_dim]
         q = q.view(num_rows, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)
@@ -104,4 +111,4 @@ def sink_attention(
     probs = torch.softmax(scores, dim=-1).to(query.dtype).view(num_kv_heads, group * num_rows, -1)
     values = torch.cat((values_s, values_w)).transpose(0, 1)  # [num_kv_heads, keys, head_dim]
     attended = torch.bmm(probs, values).view(num_kv_heads, group, num_rows, head_dim)
-    return attended.permute(2, 0, 1, 3).reshape(num_rows, num_heads, head_dim)
+    return attended.permute(2, 0, 1, 3).reshape(num_rows, num_heads, head_dim).to(out_dtype)
