@@ -81,6 +81,7 @@ def build_step_inputs(
     slots: list[torch.Tensor] = []
     row_ranges: list[tuple[int, int]] = []
     sink_spans: list[SinkSpan] = []
+    decode_sink_spans: list[SinkSpan] = []
     decode = None
     num_decode_chunks = 0
     while num_decode_chunks < len(scheduled) and runs_as_decode_rows(
@@ -99,7 +100,7 @@ def build_step_inputs(
                 decode_positions.append(p)
                 decode_table.append(state.block_ids[: p // block_size + 1])
             if num_sinks and sink_delta(start + num_tokens - 1, num_sinks, window):
-                sink_spans.append(_sink_span(state, row, num_tokens, block_size, device))
+                decode_sink_spans.append(_sink_span(state, row, num_tokens, block_size, device))
         num_decodes = len(decode_positions)
         positions_tensor = torch.tensor(decode_positions, dtype=torch.int64)
         positions.append(positions_tensor)
@@ -113,14 +114,13 @@ def build_step_inputs(
             )
         )
         seq_lens = positions_tensor + 1
-        for span in sink_spans:  # computed by sink_attention: the kernel's share is one key
-            seq_lens[span.row_start : span.row_end] = 1
         max_num_blocks = max(len(table) for table in decode_table)
         padded = [table + [0] * (max_num_blocks - len(table)) for table in decode_table]
-        key_positions = torch.arange(max_num_blocks * block_size)
-        mask = key_positions.unsqueeze(0) < seq_lens.unsqueeze(1)
-        if window is not None and not num_sinks:
-            mask &= key_positions.unsqueeze(0) > (positions_tensor - window).unsqueeze(1)
+        key_positions = torch.arange(max_num_blocks * block_size).unsqueeze(0)
+        mask = key_positions < seq_lens.unsqueeze(1)
+        if window is not None:  # with sinks, the gathered path redoes the rows with a gap
+            in_window = key_positions > (positions_tensor - window).unsqueeze(1)
+            mask &= in_window | (key_positions < num_sinks)
         decode = DecodeBatch(
             num_decodes=num_decodes,
             block_table=torch.tensor(padded, dtype=torch.int64, device=device),
@@ -160,15 +160,18 @@ def build_step_inputs(
         prefills.append(PrefillSpan(row, row + num_tokens, start - kv_start, span_blocks, mask))
         row += num_tokens
     sinks = None
-    if sink_spans:
+    if num_sinks:
         all_positions = torch.cat(positions)
         deltas = (all_positions - (num_sinks + window - 1)).clamp_(min=0)
-        sinks = SinkMetadata(num_sinks, window, sink_spans, deltas.to(device))
+        has_gap = bool(sink_spans or decode_sink_spans)
+        sinks = SinkMetadata(
+            num_sinks, window, sink_spans, deltas.to(device), decode_sink_spans, has_gap
+        )
     metadata = AttentionMetadata(
         slot_mapping=torch.cat(slots).to(device),
         decode=decode,
         prefills=prefills,
-        sliding_window=window if not num_sinks else None,
+        sliding_window=window,
         row_ranges=row_ranges,
         sinks=sinks,
     )

@@ -12,6 +12,7 @@ import torch
 
 from corral import LLM, SamplingParams
 from corral.core.kv_cache import KVCacheManager
+from corral.model.layers import attention
 from tests.conftest import _load_tokenizer
 from tests.model.oracle import TEST_DEVICE, hf_model
 
@@ -109,17 +110,21 @@ def max_live_blocks(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "prompt_len, options",
+    "prompt_len, options, decode_kernel",
     [
-        (20, dict(max_num_batched_tokens=16)),
+        (20, dict(max_num_batched_tokens=16), True),
         # A prompt longer than N + W: its later tokens already attend with the sink rule.
-        (50, dict(max_num_batched_tokens=12)),
+        (50, dict(max_num_batched_tokens=12), True),
+        # Decode rows through sink_attention instead of the CPU kernel (the CUDA path's way).
+        (20, dict(max_num_batched_tokens=16), False),
     ],
-    ids=["short-prompt", "prompt-past-the-span"],
+    ids=["short-prompt", "prompt-past-the-span", "no-decode-kernel"],
 )
 def test_generation_runs_to_4x_the_context_as_the_paper_rules(
-    llama_path, max_live_blocks, prompt_len, options
+    llama_path, max_live_blocks, prompt_len, options, decode_kernel, monkeypatch
 ):
+    if not decode_kernel:
+        monkeypatch.setattr(attention, "cpu_kernels", lambda: None)
     rng = random.Random(prompt_len)
     prompt = [rng.randrange(3, 500) for _ in range(prompt_len)]
     num_new = 4 * CONTEXT - prompt_len

@@ -41,38 +41,22 @@ inline float dot_rows(const T* a, const T* b, int64_t n) {
   return sum;
 }
 
-// One (request, kv head) of decode attention with an online softmax over the request's blocks.
-// query rows [num_heads, head_dim]; keys stored transposed per block [num_blocks, num_kv_heads,
-// head_dim, block_size]; values [num_blocks, block_size, num_kv_heads, head_dim]; C is the
-// cache's element type: T itself, or int8_t with float16 scales [num_blocks, block_size,
-// num_kv_heads]. kHeadDim/kBlock > 0 fix those sizes at compile time (0: read at run time).
+// Keys [lo, hi) of one (request, kv head) into the running softmax (acc, running_max,
+// running_sum), scored with the scaled query rows q [group, head_dim].
 template <typename T, typename C, int64_t kHeadDim, int64_t kBlock>
-void decode_one(T* out, const T* query, const C* key_cache, const C* value_cache,
-                const at::Half* key_scales, const at::Half* value_scales,
-                const int64_t* blocks, int64_t seq_len, int64_t kv_head, int64_t group,
-                int64_t num_kv_heads, int64_t runtime_head_dim, int64_t runtime_block_size,
-                float scale, int64_t window, std::vector<float>& buffer) {
+void attend_range(const float* q, int64_t lo, int64_t hi, const C* key_cache,
+                  const C* value_cache, const at::Half* key_scales,
+                  const at::Half* value_scales, const int64_t* blocks, int64_t kv_head,
+                  int64_t group, int64_t num_kv_heads, int64_t runtime_head_dim,
+                  int64_t runtime_block_size, float* acc, float* scores, float* row,
+                  float* value, float* running_max, float* running_sum) {
   const int64_t head_dim = kHeadDim > 0 ? kHeadDim : runtime_head_dim;
   const int64_t block_size = kBlock > 0 ? kBlock : runtime_block_size;
   const int64_t value_stride = num_kv_heads * head_dim;
-  buffer.assign(group * head_dim * 2 + group * block_size + block_size + head_dim + 2 * group, 0.f);
-  float* q = buffer.data();                   // [group, head_dim], scaled
-  float* acc = q + group * head_dim;          // [group, head_dim]
-  float* scores = acc + group * head_dim;     // [group, block_size]
-  float* row = scores + group * block_size;   // [block_size]: one key dimension, converted
-  float* value = row + block_size;            // [head_dim]
-  float* running_max = value + head_dim;      // [group]
-  float* running_sum = running_max + group;   // [group]
-  for (int64_t g = 0; g < group; ++g) {
-    const T* query_row = query + (kv_head * group + g) * head_dim;
-    for (int64_t i = 0; i < head_dim; ++i) q[g * head_dim + i] = to_float(query_row[i]) * scale;
-    running_max[g] = -std::numeric_limits<float>::infinity();
-  }
-  const int64_t start = window > 0 ? std::max<int64_t>(0, seq_len - window) : 0;
-  for (int64_t block = start / block_size; block * block_size < seq_len; ++block) {
+  for (int64_t block = lo / block_size; block * block_size < hi; ++block) {
     const int64_t base = block * block_size;
-    const int64_t first = std::max<int64_t>(start - base, 0);
-    const int64_t last = std::min<int64_t>(block_size, seq_len - base);
+    const int64_t first = std::max<int64_t>(lo - base, 0);
+    const int64_t last = std::min<int64_t>(block_size, hi - base);
     const int64_t block_id = blocks[block];
     const C* keys = key_cache + (block_id * num_kv_heads + kv_head) * head_dim * block_size;
     for (int64_t i = 0; i < group * block_size; ++i) scores[i] = 0.f;
@@ -129,6 +113,55 @@ void decode_one(T* out, const T* query, const C* key_cache, const C* value_cache
       }
     }
   }
+}
+
+// One (request, kv head) of decode attention with an online softmax over the request's blocks.
+// query rows [num_heads, head_dim]; keys stored transposed per block [num_blocks, num_kv_heads,
+// head_dim, block_size]; values [num_blocks, block_size, num_kv_heads, head_dim]; C is the
+// cache's element type: T itself, or int8_t with float16 scales [num_blocks, block_size,
+// num_kv_heads]. kHeadDim/kBlock > 0 fix those sizes at compile time (0: read at run time).
+// With a window, keys [seq_len - window, seq_len); with sink_query too (attention sinks), also
+// keys [0, num_sinks) below the window, scored with sink_query's rows instead of query's.
+template <typename T, typename C, int64_t kHeadDim, int64_t kBlock>
+void decode_one(T* out, const T* query, const T* sink_query, int64_t num_sinks,
+                const C* key_cache, const C* value_cache,
+                const at::Half* key_scales, const at::Half* value_scales,
+                const int64_t* blocks, int64_t seq_len, int64_t kv_head, int64_t group,
+                int64_t num_kv_heads, int64_t runtime_head_dim, int64_t runtime_block_size,
+                float scale, int64_t window, std::vector<float>& buffer) {
+  const int64_t head_dim = kHeadDim > 0 ? kHeadDim : runtime_head_dim;
+  const int64_t block_size = kBlock > 0 ? kBlock : runtime_block_size;
+  buffer.assign(group * head_dim * 3 + group * block_size + block_size + head_dim + 2 * group, 0.f);
+  float* q = buffer.data();                   // [group, head_dim], scaled
+  float* q_sink = q + group * head_dim;       // [group, head_dim], scaled (sinks only)
+  float* acc = q_sink + group * head_dim;     // [group, head_dim]
+  float* scores = acc + group * head_dim;     // [group, block_size]
+  float* row = scores + group * block_size;   // [block_size]: one key dimension, converted
+  float* value = row + block_size;            // [head_dim]
+  float* running_max = value + head_dim;      // [group]
+  float* running_sum = running_max + group;   // [group]
+  for (int64_t g = 0; g < group; ++g) {
+    const T* query_row = query + (kv_head * group + g) * head_dim;
+    for (int64_t i = 0; i < head_dim; ++i) q[g * head_dim + i] = to_float(query_row[i]) * scale;
+    if (sink_query != nullptr) {
+      const T* sink_row = sink_query + (kv_head * group + g) * head_dim;
+      for (int64_t i = 0; i < head_dim; ++i) {
+        q_sink[g * head_dim + i] = to_float(sink_row[i]) * scale;
+      }
+    }
+    running_max[g] = -std::numeric_limits<float>::infinity();
+  }
+  const int64_t start = window > 0 ? std::max<int64_t>(0, seq_len - window) : 0;
+  if (sink_query != nullptr && start > 0) {
+    attend_range<T, C, kHeadDim, kBlock>(q_sink, 0, std::min(num_sinks, start), key_cache,
+                                         value_cache, key_scales, value_scales, blocks, kv_head,
+                                         group, num_kv_heads, head_dim, block_size, acc, scores,
+                                         row, value, running_max, running_sum);
+  }
+  attend_range<T, C, kHeadDim, kBlock>(q, start, seq_len, key_cache, value_cache, key_scales,
+                                       value_scales, blocks, kv_head, group, num_kv_heads,
+                                       head_dim, block_size, acc, scores, row, value, running_max,
+                                       running_sum);
   for (int64_t g = 0; g < group; ++g) {
     T* out_row = out + (kv_head * group + g) * head_dim;
     const float inverse = 1.f / running_sum[g];
@@ -142,12 +175,14 @@ template <typename T, typename C>
 void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Tensor& key_cache,
                 const torch::Tensor& value_cache, const at::Half* key_scales,
                 const at::Half* value_scales, const int64_t* table, const int64_t* lengths,
-                int64_t max_blocks, float scale, int64_t window) {
+                int64_t max_blocks, float scale, int64_t window,
+                const c10::optional<torch::Tensor>& sink_query, int64_t num_sinks) {
   const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
   const int64_t num_kv_heads = value_cache.size(2), block_size = value_cache.size(1);
   const int64_t group = num_heads / num_kv_heads;
   T* out_ptr = out.data_ptr<T>();
   const T* q_ptr = query.data_ptr<T>();
+  const T* sink_ptr = sink_query.has_value() ? sink_query->data_ptr<T>() : nullptr;
   const C* k_ptr = key_cache.data_ptr<C>();
   const C* v_ptr = value_cache.data_ptr<C>();
   // Split only work worth waking another thread for (a wake-up costs tens of microseconds with
@@ -165,9 +200,10 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
                                  : &decode_one<T, C, 0, 16>;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t seq = item / num_kv_heads, kv_head = item % num_kv_heads;
-      run(out_ptr + seq * num_heads * head_dim, q_ptr + seq * num_heads * head_dim, k_ptr, v_ptr,
-          key_scales, value_scales, table + seq * max_blocks, lengths[seq], kv_head, group,
-          num_kv_heads, head_dim, block_size, scale, window, buffer);
+      const int64_t offset = seq * num_heads * head_dim;
+      run(out_ptr + offset, q_ptr + offset, sink_ptr ? sink_ptr + offset : nullptr, num_sinks,
+          k_ptr, v_ptr, key_scales, value_scales, table + seq * max_blocks, lengths[seq],
+          kv_head, group, num_kv_heads, head_dim, block_size, scale, window, buffer);
     }
   });
 }
@@ -176,12 +212,15 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
 
 // out [num_seqs, num_heads, head_dim] = attention of each sequence's single query over its first
 // seq_lens[i] cached tokens (the query's own K/V must already be written). Caches hold the
-// query's dtype, or int8 with float16 scales [num_blocks, block_size, num_kv_heads].
+// query's dtype, or int8 with float16 scales [num_blocks, block_size, num_kv_heads]. With
+// sink_query (like query) and a window: also the first num_sinks keys below each window,
+// scored with sink_query (attention sinks, corral/model/layers/sink_attention.py).
 void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tensor key_cache,
                             torch::Tensor value_cache, torch::Tensor block_table,
                             torch::Tensor seq_lens, double scale, int64_t window,
                             c10::optional<torch::Tensor> key_scale,
-                            c10::optional<torch::Tensor> value_scale) {
+                            c10::optional<torch::Tensor> value_scale,
+                            c10::optional<torch::Tensor> sink_query, int64_t num_sinks) {
   TORCH_CHECK(query.is_contiguous() && out.is_contiguous(), "query/out must be contiguous");
   TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), "caches not contiguous");
   TORCH_CHECK(block_table.scalar_type() == torch::kInt64 && block_table.is_contiguous());
@@ -190,6 +229,10 @@ void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tenso
   TORCH_CHECK(quantized == key_scale.has_value() && quantized == value_scale.has_value(),
               "int8 caches need scales, other caches none");
   TORCH_CHECK(quantized || key_cache.scalar_type() == query.scalar_type(), "cache dtype");
+  TORCH_CHECK(!sink_query.has_value() ||
+                  (sink_query->sizes() == query.sizes() && sink_query->is_contiguous() &&
+                   sink_query->scalar_type() == query.scalar_type()),
+              "sink_query must be like query");
   const at::Half* key_scales = quantized ? key_scale->data_ptr<at::Half>() : nullptr;
   const at::Half* value_scales = quantized ? value_scale->data_ptr<at::Half>() : nullptr;
   const int64_t* table = block_table.data_ptr<int64_t>();
@@ -199,10 +242,12 @@ void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "decode", [&] {
     if (quantized) {
       decode_all<scalar_t, int8_t>(out, query, key_cache, value_cache, key_scales, value_scales,
-                                   table, lengths, max_blocks, scale_f, window);
+                                   table, lengths, max_blocks, scale_f, window, sink_query,
+                                   num_sinks);
     } else {
       decode_all<scalar_t, scalar_t>(out, query, key_cache, value_cache, nullptr, nullptr,
-                                     table, lengths, max_blocks, scale_f, window);
+                                     table, lengths, max_blocks, scale_f, window, sink_query,
+                                     num_sinks);
     }
   });
 }

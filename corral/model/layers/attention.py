@@ -134,6 +134,7 @@ def paged_attention(
     if kernels is not None and cache.key.dtype not in (query.dtype, torch.int8):
         kernels = None  # fp8 values: the gathered path dequantizes them
     decode = metadata.decode
+    sinks = metadata.sinks
     if decode is not None:
         rows = decode.num_decodes
         if kernels is not None:
@@ -148,6 +149,8 @@ def paged_attention(
                 metadata.sliding_window or window or 0,
                 cache.key_scale,
                 cache.value_scale,
+                sinks.sink_queries(query[:rows]) if sinks is not None else None,
+                sinks.num_sink_tokens if sinks is not None else 0,
             )
         else:
             output[:rows] = _decode_gathered(query[:rows], cache, decode, scale, window)
@@ -161,14 +164,15 @@ def paged_attention(
             keys, values = _gather_context(cache, span, query.dtype)
         attend = _prefill_matmul if on_cpu else _prefill_sdpa
         output[start:end] = attend(query[start:end], keys, values, span, scale, window)
-    if metadata.sinks is not None:
+    if sinks is not None:
 
         def gather(block_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return _gather_keys(cache, block_ids, query.dtype), _gather_values(
                 cache, block_ids, query.dtype
             )
 
-        for span in metadata.sinks.spans:
+        spans = sinks.spans if kernels is not None else sinks.spans + sinks.decode_spans
+        for span in spans:
             rows = slice(span.row_start, span.row_end)
             output[rows] = sink_attention(
                 query[rows], gather, cache.block_size, span, metadata.sinks, scale

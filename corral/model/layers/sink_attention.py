@@ -17,7 +17,7 @@ engine sends those through the ordinary paths and only the others (SinkSpan) thr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,13 +41,28 @@ class SinkSpan:
 
 @dataclass(slots=True)
 class SinkMetadata:
+    """A step's attention sinks: the prefill chunks and decode rows whose queries have a gap
+    between the sinks and their window (the CPU decode kernel takes the decode rows itself,
+    given the turned-back queries: sink_queries)."""
+
     num_sink_tokens: int
     window_tokens: int
     spans: list[SinkSpan]
     # Rows of the whole batch: how far each query turns back for its sink scores (0: not at
     # all), and the rotation by -delta (set by the model once per step: cos, -sin of delta).
     deltas: torch.Tensor
+    decode_spans: list[SinkSpan] = field(default_factory=list)
+    has_gap: bool = True  # some row has delta > 0
     rotation: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def sink_queries(self, query: torch.Tensor) -> torch.Tensor:
+        """query's rows turned back by their deltas (query itself when no row has a gap)."""
+        if not self.has_gap:
+            return query
+        cos, sin = self.rotation
+        rows = query.shape[0]
+        turned = apply_rotation(query, cos[:rows].unsqueeze(1), sin[:rows].unsqueeze(1))
+        return turned.to(query.dtype).contiguous()
 
 
 def sink_delta(position: int, num_sink_tokens: int, window_tokens: int) -> int:
