@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from corral.config import LoRAConfig, SchedulerConfig, SpeculativeConfig
 from corral.core.adapter_admission import AdapterAdmission
+from corral.core.chunk_reuse import ChunkReuse
 from corral.core.kv_cache import KVCacheManager
 from corral.core.kv_capacity import check_fits_kv_pool, kv_pool_capacity_tokens
 from corral.core.messages import ModelOutput, RequestUpdate, SchedulerOutput, SchedulerStats
@@ -97,6 +98,10 @@ class Scheduler:
         self.pins: SessionPins | None = None
         if config.session_kv_ttl_s > 0:
             self.pins = SessionPins(kv_manager, config.session_kv_ttl_s, lambda: self.clock())
+        # Retrieved chunks' KV reused at any position (None: off; corral/core/chunk_reuse.py).
+        self.rag: ChunkReuse | None = None
+        if config.rag_chunk_reuse:
+            self.rag = ChunkReuse(kv_manager, config.rag_recompute_ratio)
 
     # ----- requests in and out -------------------------------------------------------------
 
@@ -185,6 +190,8 @@ class Scheduler:
         self.policy.on_step(step.num_scheduled, self.requests)
         to_propose = self.spec.add_drafts(step, self.requests) if self.spec is not None else {}
         output = build_scheduler_output(self, step, to_propose)
+        if self.rag is not None:
+            output = replace(output, chunk_reuse=self.rag.take_plan())
         if step.preempted:  # how each victim lost its KV, for the step log
             preempted = {r.request_id: r.last_preemption for r in step.preempted}
             output = replace(output, preemptions=preempted)
@@ -251,10 +258,17 @@ class Scheduler:
                     break
                 num_computed = prefix.num_tokens
                 num_new = request.num_tokens - num_computed
-                if not self.config.enable_chunked_prefill and num_new > step.budget:
-                    break
-                num_new = self._cap(num_new, step.budget)
-                block_ids = self.kv.allocate_slots(request, num_new, prefix)
+                blend = self.rag.draft(request, prefix) if self.rag is not None else None
+                if blend is not None and blend.cost_tokens <= self.config.max_num_batched_tokens:
+                    if blend.cost_tokens > step.budget:
+                        break
+                    block_ids = self.rag.admit(request, prefix, blend)  # type: ignore[union-attr]
+                else:
+                    blend = None
+                    if not self.config.enable_chunked_prefill and num_new > step.budget:
+                        break
+                    num_new = self._cap(num_new, step.budget)
+                    block_ids = self.kv.allocate_slots(request, num_new, prefix)
             if block_ids is None:
                 if self.pins is not None and self.pins.reclaim():
                     continue
@@ -266,13 +280,18 @@ class Scheduler:
             self._pop_waiting(request)
             self._admit(request, num_computed)
             step.schedule_admitted(request, num_new)
+            if blend is not None:  # all its tokens run, but only the recomputed ones count
+                step.budget += num_new - blend.cost_tokens
 
     def update(
         self, scheduler_output: SchedulerOutput, model_output: ModelOutput
     ) -> list[RequestUpdate]:
         """Advance the books after the executor ran scheduler_output: computed counts, sampled
         tokens, stop checks, prefix-cache registration. Returns what changed per request."""
-        return apply_model_output(self, scheduler_output, model_output)
+        updates = apply_model_output(self, scheduler_output, model_output)
+        if self.rag is not None:
+            self.rag.release_holds()
+        return updates
 
     # ----- internals -----------------------------------------------------------------------
 
@@ -324,6 +343,8 @@ class Scheduler:
             self.spec.forget(request)
         if self.adapters is not None:
             self.adapters.stop(request)
+        if self.rag is not None:
+            self.rag.unschedule(request.request_id)
         held = request.num_computed_tokens
         mode = self.preemption.preempt(self.kv, request)
         request.open_interval(PREEMPTION, self.clock(), mode, held)

@@ -21,6 +21,7 @@ from corral.kv_transfer.worker_half import KVConnectorWorker
 from corral.lora.memory import AdapterMemory
 from corral.lora.step import LoRAStep
 from corral.model.arch import ModelArch
+from corral.model.chunk_blend import ChunkBlender
 from corral.model.device import free_memory_bytes, resolve_device, resolve_dtype
 from corral.model.kv_disk import DiskKVStore
 from corral.model.kv_identity import kv_config_hash
@@ -73,6 +74,7 @@ class ModelExecutor:
         self.adapters = adapters
         # KV transfer between engines (corral.kv_transfer.worker_half; set by the EngineCore).
         self.connector: KVConnectorWorker | None = None
+        self.blender: ChunkBlender | None = None  # RAG chunk reuse (set by the EngineCore)
 
     @classmethod
     def create(
@@ -197,6 +199,8 @@ class ModelExecutor:
             (self.states[request_id], num_tokens)
             for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items()
         ]
+        if self.blender is not None and scheduler_output.chunk_reuse is not None:
+            scheduled = self.blender.run(scheduler_output.chunk_reuse, scheduled)
         if not scheduled:
             return ModelOutput(
                 sampled_token_ids={},
