@@ -113,6 +113,7 @@ def build_workload(options: WorkloadOptions) -> Workload:
                     else 0.0
                 ),
                 new_prompt=draft.new_prompt,
+                rag_chunk_spans=draft.rag_chunk_spans,
             )
         )
         if conversation is not None:

@@ -35,6 +35,8 @@ class RequestSpec:
     think_time_s: float = 0.0
     # This turn's new user text alone (multi-turn), for clients that rebuild the chat history.
     new_prompt: str | None = None
+    # Retrieved chunks, (first position, num_tokens) in prompt_token_ids (the rag dataset).
+    rag_chunk_spans: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass(slots=True)

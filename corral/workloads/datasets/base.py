@@ -30,6 +30,8 @@ class Draft:
     new_prompt: str | None = None
     # Text datasets keep their prompt length; only synthetic lengths are scaled.
     is_scalable: bool = False
+    # Retrieved chunks, (first position, num_tokens) in prompt_token_ids (the rag dataset).
+    rag_chunk_spans: tuple[tuple[int, int], ...] | None = None
 
 
 class Dataset(ABC):
