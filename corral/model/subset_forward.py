@@ -21,6 +21,9 @@ from corral.model.layers.attention import (
 from corral.model.layers.linear import linear, rms_norm
 from corral.model.models.llama import LlamaFamilyModel
 
+# Rows per PrefillSpan of a subset: each span reads the keys up to its own last row's position.
+_ROWS_PER_SPAN = 128
+
 
 def span_metadata(
     positions: torch.Tensor,
@@ -31,23 +34,32 @@ def span_metadata(
     """Attention metadata for one request's rows at sorted, distinct positions (any subset of
     [0, end)); every position below end must have its K/V in the cache (or among the rows).
 
-    The span's keys are positions [0, end) with end = last position + 1, so context_len =
-    end - num_rows; row i (position p_i <= end - num_rows + i, the positions being distinct)
-    attends to keys [0, p_i], within the window if any.
+    The rows are cut into spans of up to _ROWS_PER_SPAN rows. A span of rows [a, b) reads keys
+    [0, e) with e = p_(b-1) + 1, so its context_len is e - (b - a); row i (position p_i <=
+    p_(b-1) - (b - 1 - i), the positions being distinct) attends to keys [0, p_i], within the
+    window if any. Every row's K/V are written before any span reads the cache.
     """
     num_rows = positions.shape[0]
-    end = int(positions[-1]) + 1
-    key_positions = torch.arange(end, device=positions.device)
-    mask = key_positions.unsqueeze(0) <= positions.unsqueeze(1)
-    if sliding_window is not None:
-        mask &= key_positions.unsqueeze(0) > (positions - sliding_window).unsqueeze(1)
+    cpu_positions = positions.cpu()
+    end = int(cpu_positions[-1]) + 1
     table = block_ids[: -(-end // block_size)]
     slots = table[positions // block_size] * block_size + positions % block_size
-    span = PrefillSpan(0, num_rows, end - num_rows, table, mask)
+    spans = []
+    for first in range(0, num_rows, _ROWS_PER_SPAN):
+        last = min(first + _ROWS_PER_SPAN, num_rows)
+        span_end = int(cpu_positions[last - 1]) + 1
+        rows = positions[first:last].unsqueeze(1)
+        key_positions = torch.arange(span_end, device=positions.device).unsqueeze(0)
+        mask = key_positions <= rows
+        if sliding_window is not None:
+            mask &= key_positions > rows - sliding_window
+        span_table = table[: -(-span_end // block_size)]
+        context_len = span_end - (last - first)
+        spans.append(PrefillSpan(first, last, context_len, span_table, mask))
     return AttentionMetadata(
         slot_mapping=slots,
         decode=None,
-        prefills=[span],
+        prefills=spans,
         sliding_window=sliding_window,
         row_ranges=[(0, num_rows)],
     )
