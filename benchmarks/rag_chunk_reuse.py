@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from corral import LLM, SamplingParams
+from corral.bench.reference import smollm_shaped_text_model
 
 DATA = Path("/work/shared/data/gsm8k")
 SYSTEM = "Use the worked problems below to answer the question.\n\n"
@@ -136,7 +137,14 @@ def run_part(model: str, args, doc_tokens, num_chunks, ratios, configs_llm) -> d
     tokenizer = probe.engine.input_processor.tokenizer
     documents = make_documents(tokenizer, args.num_docs, *doc_tokens)
     del probe
-    requests = make_requests(documents, args.num_requests, *num_chunks, args.seed)
+    max_prompt_tokens = configs_llm.get("max_model_len", 512) - args.num_output_tokens
+    requests = [
+        (prompt, chunks)
+        for prompt, chunks in make_requests(
+            documents, 2 * args.num_requests, *num_chunks, args.seed
+        )
+        if len(tokenizer.encode(prompt)) <= max_prompt_tokens
+    ][: args.num_requests]
     lengths = [len(tokenizer.encode(prompt)) for prompt, _ in requests]
     results: dict = {
         "model": model,
@@ -196,7 +204,8 @@ def cpu_info() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="speed,quality")
-    parser.add_argument("--num-requests", type=int, default=10)
+    parser.add_argument("--num-requests", type=int, default=8, help="speed part")
+    parser.add_argument("--num-quality-requests", type=int, default=30, help="quality part")
     parser.add_argument("--num-docs", type=int, default=16)
     parser.add_argument("--num-output-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
@@ -206,26 +215,42 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    report: dict = {
-        "cpu": cpu_info(),
-        "load_average_at_start": Path("/proc/loadavg").read_text()[:14],
-    }
+    report: dict = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+    report["cpu"] = cpu_info()
+    report["note"] = "one shared machine (other jobs ran meanwhile): timings are same-run ratios"
     common = dict(num_threads=args.threads, enable_prefix_caching=True)
-    if "speed" in args.parts:
-        from corral.bench.reference import smollm_shaped_text_model
-
-        model = str(smollm_shaped_text_model())
-        llm_fields = dict(common, dtype=args.dtype, num_blocks=3000, max_model_len=4096)
-        report["speed"] = run_part(model, args, (200, 400), (4, 8), (0.15,), llm_fields)
-    if "quality" in args.parts:
-        llm_fields = dict(common, dtype="float32", num_blocks=1024)
-        report["quality"] = run_part(
-            "corral-demo", args, (60, 110), (4, 4), (0.0, 0.15, 0.3, 1.0), llm_fields
+    parts = {
+        "speed": lambda: run_part(
+            str(smollm_shaped_text_model()),
+            args,
+            (200, 400),
+            (4, 8),
+            (0.15,),
+            dict(common, dtype=args.dtype, num_blocks=3000, max_model_len=4096),
+        ),
+        "quality": lambda: run_part(
+            "corral-demo",
+            argparse.Namespace(**{**vars(args), "num_requests": args.num_quality_requests}),
+            (60, 110),
+            (4, 4),
+            (0.0, 0.15, 0.3, 1.0),
+            dict(common, dtype="float32", num_blocks=1024),
+        ),
+    }
+    for name in args.parts.split(","):
+        load_at_start = Path("/proc/loadavg").read_text()[:14]
+        report[name] = parts[name]()
+        report[name]["load_average_start_end"] = [
+            load_at_start,
+            Path("/proc/loadavg").read_text()[:14],
+        ]
+        report[name]["command"] = (
+            f"python -m benchmarks.rag_chunk_reuse --parts {name} --num-requests "
+            f"{args.num_requests} --num-quality-requests {args.num_quality_requests}"
         )
-    report["load_average_at_end"] = Path("/proc/loadavg").read_text()[:14]
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        if args.json:  # after each part, so that a later failure keeps it
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
