@@ -244,6 +244,7 @@ class Scheduler:
                     gate = None
                     continue
                 break
+            blend = None
             if self.kv.is_swapped(request):
                 num_computed = request.num_computed_tokens
                 num_new = request.num_tokens - num_computed
