@@ -49,7 +49,13 @@ class _ChunkKey:
 class _StoredChunk(NamedTuple):
     key: _ChunkKey
     num_blocks: int
-    num_hit_blocks: int  # leading blocks the store holds now
+    num_hit_blocks: int  # leading blocks the store holds now on the device
+    # The following blocks found in the host tier (loaded into fresh device blocks).
+    host_hashes: list[bytes | int]
+
+    @property
+    def num_stored_blocks(self) -> int:
+        return self.num_hit_blocks + len(self.host_hashes)
 
 
 class BlendDraft(NamedTuple):
@@ -111,9 +117,9 @@ class ChunkReuse:
         num_recomputed = sum(copy[4] for copy in with_recompute)
         bs = self.kv.block_size
         fresh = sum(
-            len(chunk) - min(len(chunk), stored.num_hit_blocks * bs)
+            len(chunk) - min(len(chunk), stored.num_stored_blocks * bs)
             for chunk, stored in chunks.items()
-            if stored.num_hit_blocks < stored.num_blocks
+            if stored.num_stored_blocks < stored.num_blocks
         )
         # The tokens run through every layer (the last prompt token among them) and the chunks
         # computed alone; the copies and the selection layer's pass are not counted.
@@ -143,6 +149,10 @@ class ChunkReuse:
         fresh_id = f"{holder_id}:fresh"
         fresh_ids = kv.allocate_held(fresh_id, num_fresh) if num_fresh else []
         block_ids = None
+        host_hashes = [h for _, stored, held in missing for h in self._host_hits(stored, held)]
+        offloader = kv.offloader
+        if host_hashes and offloader is not None:
+            offloader.pin_host_hits(host_hashes)  # no allocation below may evict them
         if fresh_ids is not None:
             num_new = request.num_tokens - prefix.num_tokens
             block_ids = kv.allocate_slots(request, num_new, prefix)
@@ -155,13 +165,23 @@ class ChunkReuse:
             hold_ids.append(fresh_id)
         self._holder_ids.extend(hold_ids)
         fresh_hashes = []
+        missing_count = len(missing)
         for chunk, stored, num_held in missing:
             taken = fresh_ids[: stored.num_blocks - num_held]
             del fresh_ids[: len(taken)]
             source_blocks[chunk] += taken
             fresh_hashes += stored.key.block_hashes[num_held : stored.num_blocks]
-            self._prefills.append(ChunkPrefill(list(chunk), source_blocks[chunk], num_held * bs))
-            self.stats.num_chunk_prefill_tokens += len(chunk) - min(len(chunk), num_held * bs)
+            loaded = self._host_hits(stored, num_held)
+            if loaded:  # copied host -> device before the step (the step's KVTransferPlan)
+                assert offloader is not None
+                held_blocks = [kv.pool.blocks[block_id] for block_id in taken[: len(loaded)]]
+                offloader.load_host_hits(loaded, held_blocks)
+            num_cached = min(len(chunk), (num_held + len(loaded)) * bs)
+            if num_cached < len(chunk):
+                self._prefills.append(ChunkPrefill(list(chunk), source_blocks[chunk], num_cached))
+                self.stats.num_chunk_prefill_tokens += len(chunk) - num_cached
+            else:
+                missing_count -= 1  # all of it came back from the host tier: a hit
         # Registered now (computed first thing in this step): a later request of this step
         # that names the chunk copies from these blocks.
         if num_fresh:
@@ -174,8 +194,8 @@ class ChunkReuse:
         self._blends[request.request_id] = plan
         request.rag_num_exact_tokens = copies[0].position // bs * bs
         stats = self.stats
-        stats.num_chunk_misses += len(missing)
-        stats.num_chunk_hits += len(draft.chunks) - len(missing)
+        stats.num_chunk_misses += missing_count
+        stats.num_chunk_hits += len(draft.chunks) - missing_count
         stats.num_blended_requests += 1
         stats.num_copied_tokens += plan.num_copied_tokens
         stats.num_recomputed_tokens += plan.num_recomputed_tokens
@@ -223,7 +243,18 @@ class ChunkReuse:
             if self.kv.pool.lookup(block_hash) is None:
                 break
             num_hits += 1
-        return _StoredChunk(key, num_blocks, num_hits)
+        host_hashes: list[bytes | int] = []
+        if self.kv.offloader is not None and num_hits < num_blocks:
+            # A disk read this starts fills the host tier for a later request; this one
+            # computes the chunk rather than wait.
+            host_hashes, _ = self.kv.offloader.match(hashes[num_hits:])
+        return _StoredChunk(key, num_blocks, num_hits, host_hashes)
+
+    @staticmethod
+    def _host_hits(stored: _StoredChunk, num_held: int) -> list[bytes | int]:
+        """The host-tier hits that follow the num_held device blocks admission holds (none when
+        the device run changed since the lookup)."""
+        return stored.host_hashes if num_held == stored.num_hit_blocks else []
 
     def _cached_block_id(self, block_hash: bytes | int) -> int:
         block = self.kv.pool.lookup(block_hash)

@@ -233,6 +233,24 @@ def test_a_small_pool_evicts_stored_chunks_and_stays_consistent(deep_model):
     small.engine.kv_manager.check_integrity()
 
 
+def test_stored_chunks_evicted_to_the_host_tier_come_back(deep_model):
+    workload = RagWorkload(seed=5, num_chunks=6)
+    reference = _llm(deep_model, 1.0)
+    tiered = _llm(deep_model, 1.0, num_blocks=26, host_cache_memory=4 << 20)
+    device_only = _llm(deep_model, 1.0, num_blocks=26)
+    for order in workload.shuffled_orders(6):
+        prompt, chunks = workload.request(order[:3])
+        expected = _generate(reference, prompt, chunks).outputs[0].token_ids
+        assert _generate(tiered, prompt, chunks).outputs[0].token_ids == expected
+        _generate(device_only, prompt, chunks)
+    stats = tiered.engine.scheduler.stats()
+    assert stats.kv_host_loads > 0
+    misses = stats.rag_chunks.num_chunk_misses
+    assert misses < device_only.engine.scheduler.stats().rag_chunks.num_chunk_misses
+    assert misses == 6  # each chunk computed once, however often evicted since
+    tiered.engine.kv_manager.check_integrity()
+
+
 # ----- the API --------------------------------------------------------------------------------
 
 
