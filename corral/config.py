@@ -92,8 +92,14 @@ class SchedulerConfig:
     share_sibling_prompts: bool = True
     # Keep a finished turn's KV for its session's next turn this long (corral/core/session_pins.py).
     session_kv_ttl_s: float = 0.0
+    # Reuse retrieved chunks' KV at any position, recomputing this share of each chunk's tokens
+    # (approximate, so off by default; corral/core/chunk_reuse.py, docs/rag.md).
+    rag_chunk_reuse: bool = False
+    rag_recompute_ratio: float = 0.15
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.rag_recompute_ratio <= 1.0:
+            raise ValueError(f"rag_recompute_ratio must be in [0, 1]: {self.rag_recompute_ratio}")
         if not 0 <= self.session_kv_ttl_s < float("inf"):
             raise ValueError(f"session_kv_ttl_s must be >= 0 and finite: {self.session_kv_ttl_s}")
         if self.max_num_seqs < 1:

@@ -86,6 +86,8 @@ class Request:
         "intervals",
         "session_id",
         "session_pause_s",
+        "rag_chunk_spans",
+        "rag_num_exact_tokens",
     )
 
     def __init__(
@@ -108,6 +110,7 @@ class Request:
         sibling_group: str | None = None,
         session_id: str | None = None,
         session_pause_s: float | None = None,
+        rag_chunk_spans: tuple[tuple[int, int], ...] | None = None,
     ) -> None:
         if not prompt_token_ids:
             raise ValueError(f"request {request_id!r}: the prompt is empty (0 tokens)")
@@ -146,6 +149,12 @@ class Request:
         # The pause its client expects before the session's next turn (a tool's typical
         # latency); None: the pins' learnt average.
         self.session_pause_s = session_pause_s
+        # Retrieved chunks as (first prompt position, num_tokens) spans, whose KV may be reused
+        # from the chunk store (--rag-chunk-reuse, corral/core/chunk_reuse.py); None: none.
+        self.rag_chunk_spans = rag_chunk_spans
+        # Set when it was blended: its first tokens whose KV is exact (the rest of its blocks
+        # stay out of the prefix cache).
+        self.rag_num_exact_tokens: int | None = None
         self.deadline_s = deadline_s
         self.max_tokens = room if requested is None else requested
         self.all_token_ids = list(prompt_token_ids)

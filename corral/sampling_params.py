@@ -63,6 +63,9 @@ class SamplingParams:
     # corral/engine/consensus.py.
     stop_when_agreed: int | None = None
     answer_pattern: str | None = None
+    # Retrieved chunks of the prompt (texts, or token id lists), whose KV may be reused at any
+    # position with --rag-chunk-reuse (docs/rag.md); each must occur in the prompt.
+    rag_chunks: list[str | list[int]] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -128,6 +131,12 @@ class SamplingParams:
             from corral.engine.consensus import compile_answer_pattern
 
             compile_answer_pattern(self.answer_pattern)
+        if self.rag_chunks is not None and any(
+            not chunk or not isinstance(chunk, (str, list)) for chunk in self.rag_chunks
+        ):
+            raise ValueError(
+                f"rag_chunks must be non-empty strings or token id lists: {self.rag_chunks!r}"
+            )
         if self.logit_bias:
             for token_id, bias in self.logit_bias.items():
                 if not -100 <= bias <= 100:

@@ -22,6 +22,11 @@ positions keep their block indices (corral/core/kv_cache.py drop_blocks).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from corral.core.kv_cache import KVCacheManager
+    from corral.request import Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,14 @@ class KVWindow:
         of its window, those of the chunk it computes, and one partly dead block."""
         sink_slots = self.num_sink_blocks(block_size) * block_size
         return sink_slots + self.window_tokens + max_chunk_tokens + block_size
+
+    def drop_behind(self, kv: KVCacheManager, request: Request) -> int:
+        """Release the request's blocks that no later query of it attends to."""
+        return kv.drop_blocks(
+            request,
+            self.first_live_position(request.num_computed_tokens),
+            self.num_sink_blocks(kv.block_size),
+        )
 
     def describe(self) -> str:
         if self.num_sink_tokens:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from corral.core.adapter_residency import AdapterPlan, AdapterStats
+from corral.core.chunk_reuse_plan import ChunkReusePlan, ChunkReuseStats
 from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
 from corral.core.request_times import RequestInterval
 from corral.core.session_pins import SessionPinStats
@@ -75,6 +76,9 @@ class SchedulerOutput:
     # Each preempted request's preemption (how, the tokens it held), for the step log; None
     # when the step preempted none.
     preemptions: dict[str, RequestInterval] | None = None
+    # RAG chunk reuse (corral/core/chunk_reuse_plan.py): chunks computed alone, then blends,
+    # before the forward pass (None: none this step).
+    chunk_reuse: ChunkReusePlan | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -165,6 +169,8 @@ class SchedulerStats:
     expert_tokens: dict[int, list[int]] | None = None
     # Session KV pins (None: --session-kv-ttl-s off).
     session_pins: SessionPinStats | None = None
+    # RAG chunk reuse counters (None: off).
+    rag_chunks: ChunkReuseStats | None = None
 
     @property
     def prefix_hit_rate(self) -> float:

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from corral.config import LoRAConfig, SchedulerConfig, SpeculativeConfig
 from corral.core.adapter_admission import AdapterAdmission
+from corral.core.chunk_reuse import ChunkReuse
 from corral.core.kv_cache import KVCacheManager
 from corral.core.kv_capacity import check_fits_kv_pool, kv_pool_capacity_tokens
 from corral.core.kv_window import KVWindow
@@ -80,14 +81,14 @@ class Scheduler:
         self._outgrown: list[Request] = []
         # A bounded attention span (None: full attention): blocks behind it are dropped.
         self.kv_window = kv_window
-        self.max_live_tokens: int | None = None
         if kv_window is not None:
             kv_manager.reserve_null_block()  # before the capacity: it takes one block
         self.capacity_tokens = kv_pool_capacity_tokens(kv_manager.num_blocks, kv_manager.block_size)
-        if kv_window is not None:
-            self.max_live_tokens = kv_window.max_live_tokens(
-                config.max_num_batched_tokens, kv_manager.block_size
-            )
+        self.max_live_tokens = (
+            kv_window.max_live_tokens(config.max_num_batched_tokens, kv_manager.block_size)
+            if kv_window is not None
+            else None
+        )
         # Speculative decoding (None: off): draft tokens in the plan, rollback after the step.
         self.spec: SpecDecodeScheduling | None = None
         if speculative is not None and speculative.is_enabled:
@@ -108,6 +109,10 @@ class Scheduler:
         self.pins: SessionPins | None = None
         if config.session_kv_ttl_s > 0:
             self.pins = SessionPins(kv_manager, config.session_kv_ttl_s, lambda: self.clock())
+        # Retrieved chunks' KV reused at any position (None: off; corral/core/chunk_reuse.py).
+        self.rag: ChunkReuse | None = None
+        if config.rag_chunk_reuse:
+            self.rag = ChunkReuse(kv_manager, config.rag_recompute_ratio)
 
     # ----- requests in and out -------------------------------------------------------------
 
@@ -197,6 +202,8 @@ class Scheduler:
         self.policy.on_step(step.num_scheduled, self.requests)
         to_propose = self.spec.add_drafts(step, self.requests) if self.spec is not None else {}
         output = build_scheduler_output(self, step, to_propose)
+        if self.rag is not None:
+            output = replace(output, chunk_reuse=self.rag.take_plan())
         if step.preempted:  # how each victim lost its KV, for the step log
             preempted = {r.request_id: r.last_preemption for r in step.preempted}
             output = replace(output, preemptions=preempted)
@@ -214,8 +221,8 @@ class Scheduler:
             if num_new == 0:
                 continue
             num_needed = request.num_computed_tokens + num_new
-            if self.kv_window is not None:
-                self._drop_out_of_window(request)
+            if self.kv_window is not None:  # first let go of the blocks behind its window
+                self.kv_window.drop_behind(self.kv, request)
                 num_needed = self.kv.num_live_slots_after(request, num_new)
             if num_needed > self.capacity_tokens:
                 self._finish_outgrown(request)
@@ -253,6 +260,7 @@ class Scheduler:
                     gate = None
                     continue
                 break
+            blend = None
             if self.kv.is_swapped(request):
                 num_computed = request.num_computed_tokens
                 num_new = request.num_tokens - num_computed
@@ -267,10 +275,17 @@ class Scheduler:
                     break
                 num_computed = prefix.num_tokens
                 num_new = request.num_tokens - num_computed
-                if not self.config.enable_chunked_prefill and num_new > step.budget:
-                    break
-                num_new = self._cap(num_new, step.budget)
-                block_ids = self.kv.allocate_slots(request, num_new, prefix)
+                blend = self.rag.draft(request, prefix) if self.rag is not None else None
+                if blend is not None and blend.cost_tokens <= self.config.max_num_batched_tokens:
+                    if blend.cost_tokens > step.budget:
+                        break
+                    block_ids = self.rag.admit(request, prefix, blend)  # type: ignore[union-attr]
+                else:
+                    blend = None
+                    if not self.config.enable_chunked_prefill and num_new > step.budget:
+                        break
+                    num_new = self._cap(num_new, step.budget)
+                    block_ids = self.kv.allocate_slots(request, num_new, prefix)
             if block_ids is None:
                 if self.pins is not None and self.pins.reclaim():
                     continue
@@ -282,6 +297,8 @@ class Scheduler:
             self._pop_waiting(request)
             self._admit(request, num_computed)
             step.schedule_admitted(request, num_new)
+            if blend is not None:  # all its tokens run, but only the recomputed ones count
+                step.budget += num_new - blend.cost_tokens
 
     def update(
         self, scheduler_output: SchedulerOutput, model_output: ModelOutput
@@ -340,6 +357,8 @@ class Scheduler:
             self.spec.forget(request)
         if self.adapters is not None:
             self.adapters.stop(request)
+        if self.rag is not None:
+            self.rag.unschedule(request.request_id)
         held = request.num_computed_tokens
         mode = self.preemption.preempt(self.kv, request)
         request.open_interval(PREEMPTION, self.clock(), mode, held)
@@ -366,15 +385,6 @@ class Scheduler:
             self._preempt(victim)
             step.unschedule(victim)
         return bool(victims)
-
-    def _drop_out_of_window(self, request: Request) -> None:
-        """Release the blocks that no later query of the request attends to."""
-        window = self.kv_window
-        self.kv.drop_blocks(
-            request,
-            window.first_live_position(request.num_computed_tokens),
-            window.num_sink_blocks(self.kv.block_size),
-        )
 
     def _release(self, request: Request) -> None:
         self.policy.on_request_finished(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import copy
 from typing import TYPE_CHECKING
 
 from corral.core.messages import SchedulerStats
@@ -30,4 +31,5 @@ def scheduler_stats(scheduler: Scheduler) -> SchedulerStats:
         lora=adapters.stats() if adapters is not None else None,
         kv_transfer=connector.stats.copy() if connector is not None else None,
         session_pins=scheduler.pins.stats.copy() if scheduler.pins is not None else None,
+        rag_chunks=copy(scheduler.rag.stats) if scheduler.rag is not None else None,
     )

@@ -52,7 +52,10 @@ def apply_model_output(
             num_sampled = len(sampled.get(request_id, ()))
             spec.settle(request, num_tokens, drafts, num_sampled)
             spec.take_proposals(request, model_output)
-        scheduler.kv.cache_blocks(request)
+        if scheduler.rag is None:
+            scheduler.kv.cache_blocks(request)
+        else:  # a blended request keeps its approximate blocks out of the prefix cache
+            scheduler.rag.cache_blocks(request)
         if new_token_ids:
             scheduler.slo.on_token(request)
         prompt_logprobs = model_output.prompt_logprobs.get(request_id)
@@ -84,4 +87,6 @@ def apply_model_output(
             if scheduler.pins is not None:
                 scheduler.pins.on_finished(request)  # before its blocks are freed
             scheduler._release(request)
+    if scheduler.rag is not None:
+        scheduler.rag.release_holds()
     return updates

@@ -149,7 +149,7 @@ class AsyncLLM:
         self.check_health()
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in use")
-        text, token_ids = self.input_processor.tokenize_prompt(prompt)
+        text, token_ids = self.input_processor.tokenize_prompt(prompt, params.rag_chunks)
         children = self.input_processor.make_requests(
             request_id, token_ids, params, **request_fields
         )
@@ -183,7 +183,7 @@ class AsyncLLM:
         self.check_health()
         if request_fields.get("arrival_time") is None:
             request_fields["arrival_time"] = time.monotonic()
-        text, token_ids = self.input_processor.tokenize_prompt(prompt)
+        text, token_ids = self.input_processor.tokenize_prompt(prompt, params.rag_chunks)
         if self._predict_pool is None:
             self._predict_pool = ThreadPoolExecutor(1, thread_name_prefix="corral-predict")
         loop = asyncio.get_running_loop()

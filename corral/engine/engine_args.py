@@ -97,6 +97,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "ends, for its next turn (requests with a session_id; reclaimed before anyone is "
         "preempted; default 0: off)",
     )
+    add_rag_chunk_args(group)
     group.add_argument(
         "--long-prefill-token-threshold", type=int, default=sched.long_prefill_token_threshold
     )
@@ -325,4 +326,23 @@ def scheduler_config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         slo_classes=tuple(getattr(args, "slo_class", None) or ()),
         share_sibling_prompts=not getattr(args, "no_share_sibling_prompts", False),
         session_kv_ttl_s=getattr(args, "session_kv_ttl_s", 0.0),
+        rag_chunk_reuse=getattr(args, "rag_chunk_reuse", False),
+        rag_recompute_ratio=getattr(args, "rag_recompute_ratio", 0.15),
+    )
+
+
+def add_rag_chunk_args(group: argparse._ArgumentGroup) -> None:
+    """--rag-chunk-reuse and --rag-recompute-ratio (docs/rag.md), for serve and simulate."""
+    group.add_argument(
+        "--rag-chunk-reuse",
+        action="store_true",
+        help="reuse the KV of a request's rag_chunks at any position, recomputing a share of "
+        "each chunk's tokens (approximate; default off)",
+    )
+    group.add_argument(
+        "--rag-recompute-ratio",
+        type=float,
+        default=SchedulerConfig().rag_recompute_ratio,
+        help="share of each reused chunk's tokens recomputed, those whose KV deviates most "
+        "(default 0.15)",
     )

@@ -87,6 +87,10 @@ class EngineCore:
         )
         if config.kv_transfer.is_enabled:
             self._start_kv_transfer(model_dir)
+        if config.scheduler.rag_chunk_reuse:
+            from corral.model.chunk_blend import start_chunk_blending
+
+            start_chunk_blending(self.executor, config)
         tokenizer_path = config.model.tokenizer or str(model_dir)
         self.structured = StructuredOutputManager(
             lambda: _hf_tokenizer(tokenizer_path),

@@ -14,6 +14,7 @@ from corral.config import EngineConfig
 from corral.core.kv_capacity import check_fits_kv_pool
 from corral.core.sample_fanout import fan_out_samples
 from corral.engine.generation_defaults import load_generation_defaults
+from corral.engine.rag_prompt import chunk_token_ids, find_chunk_spans, tokenize_with_chunks
 from corral.engine.tokenizer import Tokenizer
 from corral.kv_transfer.params import Resume
 from corral.lora.adapter import AdapterError, AdapterRef, LoRARequest
@@ -146,16 +147,21 @@ class InputProcessor:
         given = {name: value for name, value in explicit.items() if value is not None}
         return SamplingParams(**{**self.generation_defaults, **given})
 
-    def tokenize_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
-        """Normalize a prompt to (text or None, token ids), validating the ids."""
+    def tokenize_prompt(
+        self, prompt: PromptType, rag_chunks: list[str | list[int]] | None = None
+    ) -> tuple[str | None, list[int]]:
+        """Normalize a prompt to (text or None, token ids), validating the ids. With rag_chunks,
+        a text prompt is tokenized piecewise at its text chunks (corral/engine/rag_prompt.py)."""
+        if isinstance(prompt, Mapping) and "prompt_token_ids" not in prompt:
+            if "prompt" not in prompt:
+                raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+            prompt = prompt["prompt"]
         if isinstance(prompt, str):
+            if rag_chunks:
+                return prompt, tokenize_with_chunks(self.tokenizer, prompt, rag_chunks, True)
             return prompt, self.tokenizer.encode(prompt)
         if isinstance(prompt, Mapping):
-            if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), self.check_token_ids(prompt["prompt_token_ids"])
-            if "prompt" in prompt:
-                return prompt["prompt"], self.tokenizer.encode(prompt["prompt"])
-            raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+            return prompt.get("prompt"), self.check_token_ids(prompt["prompt_token_ids"])
         return None, self.check_token_ids(prompt)
 
     def check_token_ids(self, token_ids: Any) -> list[int]:
@@ -209,6 +215,10 @@ class InputProcessor:
                     f"session_pause_s must be in [0, {MAX_SESSION_PAUSE_S}], got {session_pause_s}"
                 )
         arrival = time.monotonic() if arrival_time is None else arrival_time
+        rag_chunk_spans = None
+        if params.rag_chunks:
+            chunks = [chunk_token_ids(self.tokenizer, chunk) for chunk in params.rag_chunks]
+            rag_chunk_spans = find_chunk_spans(token_ids, chunks)
         self.check_output_constraint(params)
         adapter = self.resolve_adapter(lora_request)
         kv_transfer = self.check_kv_transfer(kv_transfer_params, params.n)
@@ -234,6 +244,7 @@ class InputProcessor:
             migratable=migratable,
             session_id=session_id,
             session_pause_s=session_pause_s,
+            rag_chunk_spans=rag_chunk_spans,
         )
         if resumed:
             check_resumable(children[0], resumed, self.max_model_len)

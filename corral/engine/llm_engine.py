@@ -65,7 +65,7 @@ class LLMEngine:
         params = params or SamplingParams()
         if self.output_processor.has_request(request_id):
             raise ValueError(f"request id {request_id!r} is already in use")
-        text, token_ids = self.input_processor.tokenize_prompt(prompt)
+        text, token_ids = self.input_processor.tokenize_prompt(prompt, params.rag_chunks)
         children = self.input_processor.make_requests(
             request_id, token_ids, params, **request_fields
         )

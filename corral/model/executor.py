@@ -22,10 +22,11 @@ from corral.kv_transfer.worker_half import KVConnectorWorker
 from corral.lora.memory import AdapterMemory
 from corral.lora.step import LoRAStep
 from corral.model.arch import ModelArch
+from corral.model.chunk_blend import ChunkBlender
 from corral.model.device import free_memory_bytes, resolve_device, resolve_dtype
 from corral.model.kv_disk import DiskKVStore
 from corral.model.kv_identity import kv_config_hash
-from corral.model.kv_storage import KVSpec, KVStorage, kv_storage_dtype
+from corral.model.kv_storage import KVSpec, KVStorage, kv_storage_dtype, num_blocks_from_budget
 from corral.model.layers.linear import tune_linear_dispatch
 from corral.model.loader import load_model
 from corral.model.models.llama import LlamaFamilyModel
@@ -76,6 +77,7 @@ class ModelExecutor:
         # KV transfer between engines (corral.kv_transfer.worker_half; set by the EngineCore).
         self.connector: KVConnectorWorker | None = None
         self.kv_window = resolve_kv_window(model.arch.uniform_sliding_window, kv_window_policy)
+        self.blender: ChunkBlender | None = None  # RAG chunk reuse (set by the EngineCore)
 
     @classmethod
     def create(
@@ -110,7 +112,7 @@ class ModelExecutor:
         bytes_per_block = spec.bytes_per_block()
         num_blocks = cache_config.num_blocks
         if num_blocks is None:
-            num_blocks = _num_blocks_from_budget(
+            num_blocks = num_blocks_from_budget(
                 cache_config.kv_cache_memory, device, bytes_per_block
             )
             # More blocks than max_num_seqs full-length requests can hold would never be used.
@@ -201,6 +203,8 @@ class ModelExecutor:
             (self.states[request_id], num_tokens)
             for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items()
         ]
+        if self.blender is not None and scheduler_output.chunk_reuse is not None:
+            scheduled = self.blender.run(scheduler_output.chunk_reuse, scheduled)
         if not scheduled:
             return ModelOutput(
                 {}, finished_disk_reads=finished_disk_reads, connector_events=connector_events
@@ -381,19 +385,3 @@ class ModelExecutor:
                 target = state.token_ids[start + offset + index + 1]
                 results.append(gather_logprobs(logprobs[index], target, num_top))
         return results
-
-
-def _num_blocks_from_budget(
-    budget: str | float | None, device: torch.device, bytes_per_block: int
-) -> int:
-    value = parse_memory_budget(
-        budget if budget is not None else (0.9 if device.type == "cuda" else 0.2)
-    )
-    num_bytes = value * free_memory_bytes(device) if value <= 1 else value
-    num_blocks = int(num_bytes // bytes_per_block)
-    if num_blocks < 1:
-        raise ValueError(
-            f"kv cache memory {budget!r} ({int(num_bytes)} bytes) is less than one block "
-            f"({bytes_per_block} bytes)"
-        )
-    return num_blocks

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
+from corral.memory_budget import parse_memory_budget
+from corral.model.device import free_memory_bytes
 from corral.model.kv_disk import DiskKVStore
 from corral.model.layers.attention import LayerKVCache
 from corral.model.layers.kv_quant import is_quantized, raw_view
@@ -202,3 +204,21 @@ class KVStorage:
     def flush(self) -> None:
         if self.disk is not None:
             self.disk.flush()
+
+
+def num_blocks_from_budget(
+    budget: str | float | None, device: torch.device, bytes_per_block: int
+) -> int:
+    """KV blocks that fit the budget: a fraction of the device's free memory (<= 1) or bytes
+    (None: 0.9 on CUDA, 0.2 on CPU). ValueError when not even one block fits."""
+    value = parse_memory_budget(
+        budget if budget is not None else (0.9 if device.type == "cuda" else 0.2)
+    )
+    num_bytes = value * free_memory_bytes(device) if value <= 1 else value
+    num_blocks = int(num_bytes // bytes_per_block)
+    if num_blocks < 1:
+        raise ValueError(
+            f"kv cache memory {budget!r} ({int(num_bytes)} bytes) is less than one block "
+            f"({bytes_per_block} bytes)"
+        )
+    return num_blocks

@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from corral.engine.async_llm import RequestStream
+from corral.engine.rag_prompt import tokenize_with_chunks
 from corral.engine.tokenizer import Tokenizer
 from corral.outputs import CompletionOutput
 from corral.serve.chat_output import ChoiceStream, finish_reason, merge_deltas, parse_choice
@@ -85,9 +86,10 @@ def render_chat(
     add_generation_prompt: bool,
     continue_final_message: bool = False,
     tools: list[dict[str, Any]] | None = None,
+    rag_chunks: list[str] | None = None,
 ) -> list[int]:
-    """Template and tokenize (with the tools, for templates that render them); a template
-    that refuses the conversation gives a 400."""
+    """Template and tokenize (with the tools, for templates that render them; piecewise at
+    the retrieved chunks, if any); a template that refuses the conversation gives a 400."""
     kwargs: dict[str, Any] = {"add_generation_prompt": add_generation_prompt}
     if tools:
         kwargs["tools"] = tools
@@ -99,9 +101,12 @@ def render_chat(
             )
         kwargs["continue_final_message"] = True
     try:
-        return tokenizer.encode_chat(messages, **kwargs)
+        if not rag_chunks:
+            return tokenizer.encode_chat(messages, **kwargs)
+        text = tokenizer.apply_chat_template(messages, **kwargs)
     except Exception as error:  # jinja raises many types, raise_exception() among them
         raise bad_request(f"the chat template refused the messages: {error}", "messages") from None
+    return tokenize_with_chunks(tokenizer, text, list(rag_chunks), add_special_tokens=False)
 
 
 async def create_chat_completion(
@@ -131,6 +136,7 @@ async def create_chat_completion(
         req.add_generation_prompt,
         req.continue_final_message,
         tools if setup.tools_active else None,
+        req.rag_chunks,
     )
     if sum(len(m["content"]) for m in messages) > _THREAD_TEMPLATE_CHARS:
         token_ids = await asyncio.to_thread(*render)

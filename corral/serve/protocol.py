@@ -133,6 +133,15 @@ class _SamplingFields(_Request, GuidedFields):
     deadline_s: Annotated[float, in_range(0.0, MAX_DEADLINE_S, low_open=True)] | None = Field(
         None, description="seconds after arrival by which the request should finish (edf policy)"
     )
+    rag_chunks: (
+        Annotated[list[Annotated[str, not_empty("is empty", text=True)]], max_items(64, "chunks")]
+        | None
+    ) = Field(
+        None,
+        description="retrieved chunks, each a substring of the (templated) prompt: with "
+        "--rag-chunk-reuse their KV is reused at any position (docs/rag.md); a chunk the prompt "
+        "does not contain gets 400",
+    )
     kv_transfer_params: dict[str, Any] | None = Field(
         None,
         description="disaggregation: {'do_remote_decode': true} to a --kv-role prefill engine; "

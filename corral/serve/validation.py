@@ -82,6 +82,7 @@ def _common_params(req: CompletionRequest | ChatCompletionRequest, limits: Model
         output_kind=OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY,
         stop_when_agreed=req.stop_when_agreed,
         answer_pattern=req.answer_pattern,
+        rag_chunks=list(req.rag_chunks) if req.rag_chunks else None,
     )
     optional = dict(
         temperature=req.temperature,

@@ -10,6 +10,7 @@ from corral.cluster.routing import ROUTER_POLICIES
 from corral.config import SchedulerConfig
 from corral.engine.engine_args import (
     add_lora_arguments,
+    add_rag_chunk_args,
     add_speculative_arguments,
     lora_config_from_args,
     scheduler_config_from_args,
@@ -61,6 +62,7 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
         "(turns of the multi-turn and agent workloads carry their conversation as session id; "
         "corral serve --session-kv-ttl-s)",
     )
+    add_rag_chunk_args(group)
     group.add_argument(
         "--session-pause-oracle",
         action="store_true",

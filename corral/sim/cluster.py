@@ -272,6 +272,7 @@ class ClusterSimulator:
             kv_transfer=kv_transfer,
             migratable=self.rebalancer is not None,
             session_id=request_spec.conversation_id,
+            rag_chunk_spans=request_spec.rag_chunk_spans,
             session_pause_s=self._next_pause.get(request_spec.request_id, math.inf)
             if self.spec.session_pause_oracle and request_spec.conversation_id is not None
             else None,

@@ -11,6 +11,7 @@ from corral.core.batch_shape import BatchShape, BatchShapeCounter
 from corral.core.messages import ModelOutput, SchedulerOutput
 from corral.sim.cost.base import CostModel
 from corral.sim.lora_step import LoRAStepPricer
+from corral.sim.rag_step import DEFAULT_NUM_LAYERS, blended_shape
 from corral.sim.spec import MAX_NUM_DRAFT_POSITIONS, SpecSimConfig, draft_pass_shapes
 from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID
 
@@ -84,6 +85,10 @@ class SimExecutor:
 
     def _execute(self, scheduler_output: SchedulerOutput) -> ModelOutput:
         batch, sampled_ids = self._counter.count(scheduler_output)
+        if scheduler_output.chunk_reuse is not None and batch is not None:  # RAG chunk reuse
+            arch = getattr(self.cost_model, "arch", None)
+            layers = arch.num_layers if arch is not None else DEFAULT_NUM_LAYERS
+            batch = blended_shape(batch, scheduler_output.chunk_reuse, layers)
         lora_s = self.lora.step_time_s(scheduler_output) if self.lora is not None else 0.0
         if self.speculation is not None:
             return self._execute_speculative(scheduler_output, batch, sampled_ids, lora_s)

@@ -116,6 +116,7 @@ def build_workload(options: WorkloadOptions) -> Workload:
                 ),
                 new_prompt=draft.new_prompt,
                 samples_per_request=num_samples,
+                rag_chunk_spans=draft.rag_chunk_spans,
             )
         )
         if conversation is not None:

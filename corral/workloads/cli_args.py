@@ -43,6 +43,12 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--length-distribution", choices=("uniform", "lognormal"), default="uniform")
     group.add_argument("--prefix-len", type=int, default=defaults.prefix_len)
     group.add_argument("--num-groups", type=int, default=defaults.num_groups)
+    group.add_argument(
+        "--num-rag-chunks",
+        type=int,
+        default=defaults.num_rag_chunks,
+        help="rag: documents retrieved per request, from a pool of --num-groups",
+    )
     group.add_argument("--trace-offset", type=int, default=defaults.trace_offset)
     group.add_argument("--sample-fraction", type=float, default=defaults.sample_fraction)
     group.add_argument("--gsm8k-split", choices=("train", "test"), default=defaults.split)
@@ -118,6 +124,7 @@ def workload_options_from_args(args: argparse.Namespace) -> WorkloadOptions:
         length_distribution=args.length_distribution,
         prefix_len=args.prefix_len,
         num_groups=args.num_groups,
+        num_rag_chunks=args.num_rag_chunks,
         trace_offset=args.trace_offset,
         sample_fraction=args.sample_fraction,
         split=args.gsm8k_split,

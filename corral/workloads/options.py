@@ -40,7 +40,8 @@ class WorkloadOptions:
     range_ratio: float = 0.0  # uniform lengths in [mean * (1 - r), mean * (1 + r)]
     length_distribution: str = "uniform"  # uniform | lognormal (sigma = range_ratio)
     prefix_len: int = 0  # random: a prefix shared by all; shared-prefix: the system prompt
-    num_groups: int = 8  # shared-prefix: distinct system prompts
+    num_groups: int = 8  # shared-prefix: distinct system prompts; rag: documents in the pool
+    num_rag_chunks: int = 4  # rag: documents retrieved per request
     # Traces: skip the first trace_offset requests, keep each with probability sample_fraction.
     trace_offset: int = 0
     sample_fraction: float = 1.0
@@ -77,6 +78,7 @@ class WorkloadOptions:
             "range_ratio": (self.range_ratio >= 0, ">= 0"),
             "prefix_len": (self.prefix_len >= 0, ">= 0"),
             "num_groups": (self.num_groups >= 1, ">= 1"),
+            "num_rag_chunks": (self.num_rag_chunks >= 1, ">= 1"),
             "trace_offset": (self.trace_offset >= 0, ">= 0"),
             "sample_fraction": (0 < self.sample_fraction <= 1, "in (0, 1]"),
             "num_shots": (self.num_shots >= 0, ">= 0"),

@@ -37,6 +37,8 @@ class RequestSpec:
     new_prompt: str | None = None
     # The request's n: samples generated from the one prompt, each of num_output_tokens.
     samples_per_request: int = 1
+    # Retrieved chunks, (first position, num_tokens) in prompt_token_ids (the rag dataset).
+    rag_chunk_spans: tuple[tuple[int, int], ...] | None = None
 
     @property
     def num_sampled_output_tokens(self) -> int:

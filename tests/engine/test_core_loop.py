@@ -17,6 +17,7 @@ class _StuckCore:
 
     def __init__(self) -> None:
         self.kv_manager = SimpleNamespace(num_blocks=4, block_size=16)
+        self.scheduler = SimpleNamespace(max_live_tokens=None)
         self.last_step_num_tokens = 0
         self.num_steps = 0
 

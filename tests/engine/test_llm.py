@@ -166,7 +166,10 @@ def test_unsupported_models_are_refused_by_name(change, message):
         ({"use_sliding_window": True, "max_window_layers": 0}, 4, None),  # every layer
         ({"use_sliding_window": True, "max_window_layers": 3}, None, None),  # none
         (
-            {"use_sliding_window": True, "layer_types": ["sliding_attention", "full_attention"] * 2},
+            {
+                "use_sliding_window": True,
+                "layer_types": ["sliding_attention", "full_attention"] * 2,
+            },
             4,
             (0, 2),
         ),

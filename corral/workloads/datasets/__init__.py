@@ -5,6 +5,7 @@ from corral.workloads.datasets import (  # noqa: F401
     gsm8k,
     jsonl,
     multi_turn,
+    rag,
     random_lengths,
     reasoning,
     shared_prefix,

@@ -33,6 +33,8 @@ class Draft:
     # The output may take all the context the prompt leaves (reasoning); otherwise
     # max_model_len caps it at half the context.
     may_fill_context: bool = False
+    # Retrieved chunks, (first position, num_tokens) in prompt_token_ids (the rag dataset).
+    rag_chunk_spans: tuple[tuple[int, int], ...] | None = None
 
 
 class Dataset(ABC):
