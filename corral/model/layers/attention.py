@@ -149,7 +149,7 @@ def paged_attention(
                 metadata.sliding_window or window or 0,
                 cache.key_scale,
                 cache.value_scale,
-                sinks.sink_queries(query[:rows]) if sinks is not None else None,
+                sinks.sink_queries(query[:rows], kernels) if sinks is not None else None,
                 sinks.num_sink_tokens if sinks is not None else 0,
             )
         else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -54,13 +55,23 @@ class SinkMetadata:
     decode_spans: list[SinkSpan] = field(default_factory=list)
     has_gap: bool = True  # some row has delta > 0
     rotation: tuple[torch.Tensor, torch.Tensor] | None = None
+    # The model's whole cos and -sin tables (rows by position), for the CPU kernel.
+    tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def sink_queries(self, query: torch.Tensor) -> torch.Tensor:
-        """query's rows turned back by their deltas (query itself when no row has a gap)."""
+    def sink_queries(self, query: torch.Tensor, kernels: Any = None) -> torch.Tensor:
+        """query's rows (the batch's first rows) turned back by their deltas (query itself
+        when no row has a gap); kernels: corral's CPU kernels, which rotate in one call."""
         if not self.has_gap:
             return query
+        rows, num_heads, head_dim = query.shape
+        if kernels is not None and self.tables is not None:
+            turned = query.contiguous().clone()
+            cos, neg_sin = self.tables
+            kernels.rotary_inplace(
+                turned.view(rows, -1), self.deltas[:rows], cos, neg_sin, num_heads, head_dim
+            )
+            return turned
         cos, sin = self.rotation
-        rows = query.shape[0]
         turned = apply_rotation(query, cos[:rows].unsqueeze(1), sin[:rows].unsqueeze(1))
         return turned.to(query.dtype).contiguous()
 

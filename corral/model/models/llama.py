@@ -95,6 +95,7 @@ class LlamaFamilyModel:
             arch.max_position_embeddings,
         )
         self.scale = arch.head_dim**-0.5
+        self._neg_sin: torch.Tensor | None = None  # -rotary.sin, made on the first sink step
         # Per layer, its own window when only some layers have one (else the step's metadata
         # carries the model's window, or none).
         windowed = set(arch.windowed_layers or ())
@@ -319,7 +320,10 @@ class LlamaFamilyModel:
         attention sinks, also each row's turn back for its sink scores (sink_attention.py)."""
         sinks = metadata.sinks
         if sinks is not None and sinks.rotation is None:
-            sinks.rotation = (self.rotary.cos[sinks.deltas], -self.rotary.sin[sinks.deltas])
+            if self._neg_sin is None:
+                self._neg_sin = -self.rotary.sin
+            sinks.rotation = (self.rotary.cos[sinks.deltas], self._neg_sin[sinks.deltas])
+            sinks.tables = (self.rotary.cos, self._neg_sin)
         if self.rotary.dynamic is None:
             return self.rotary.cos, self.rotary.sin, positions
         # Dynamic NTK: a request's tokens rotate with the length it reaches in this step.
