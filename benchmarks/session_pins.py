@@ -133,7 +133,10 @@ def main() -> None:
     parser.add_argument("--num-turns", type=int, default=4)
     parser.add_argument("--think-time-s", type=float, default=5.0)
     parser.add_argument(
-        "--think-time-dist", default="fixed", help="fixed, exponential or lognormal:SIGMA"
+        "--think-time-dist",
+        default="fixed",
+        help="fixed, exponential, lognormal:SIGMA or measured:PATH (e.g. docs/figures/"
+        "tool_latencies.txt, rescaled to --think-time-s)",
     )
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=128)

@@ -63,8 +63,10 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--think-time-dist",
         default=defaults.think_time_dist,
-        help="how pauses vary around --think-time-s: fixed, exponential or lognormal:SIGMA "
-        "(tool latencies with a long tail)",
+        help="how pauses vary around --think-time-s: fixed, exponential, lognormal:SIGMA "
+        "(tool latencies with a long tail), or measured:PATH (replay measured tool latencies, "
+        "seconds one per line, e.g. from benchmarks/tool_latencies.py; rescaled to "
+        "--think-time-s when it is > 0)",
     )
     group.add_argument("--fixed-output-len", type=int, default=None)
     group.add_argument("--num-clients", type=int, default=0, help="tag requests client-0..")

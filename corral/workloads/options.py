@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from corral.workloads.arrivals import ArrivalOptions
 
@@ -109,13 +112,17 @@ class WorkloadOptions:
             )
 
 
-THINK_TIME_DISTS = ("fixed", "exponential", "lognormal:SIGMA")
+THINK_TIME_DISTS = ("fixed", "exponential", "lognormal:SIGMA", "measured:PATH")
 
 
 def parse_think_time_dist(text: str) -> tuple[str, float]:
-    """(kind, sigma) of a think_time_dist; ValueError naming think_time_dist otherwise."""
+    """(kind, sigma) of a think_time_dist; ValueError naming think_time_dist otherwise.
+    measured:PATH replays tool latencies measured elsewhere (measured_latencies)."""
     kind, _, sigma_text = text.partition(":")
     if kind in ("fixed", "exponential") and not sigma_text:
+        return kind, 0.0
+    if kind == "measured":
+        measured_latencies(sigma_text)  # refused here if unreadable
         return kind, 0.0
     if kind == "lognormal":
         try:
@@ -130,9 +137,39 @@ def parse_think_time_dist(text: str) -> tuple[str, float]:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def measured_latencies(path: str) -> tuple[float, ...]:
+    """Tool latencies in seconds from a file: one number per line (a '#' starts a comment),
+    or a JSON list (benchmarks/tool_latencies.py writes both). ValueError naming the file
+    unless it holds at least one, all finite and >= 0."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ValueError(f"think_time_dist measured:{path}: cannot read it ({error})") from None
+    try:
+        if text.lstrip().startswith("["):
+            values = [float(value) for value in json.loads(text)]
+        else:
+            lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+            values = [float(line) for line in lines if line]
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"think_time_dist measured:{path}: not numbers ({error})") from None
+    if not values or not all(0 <= value < math.inf for value in values):
+        raise ValueError(
+            f"think_time_dist measured:{path}: needs at least one latency, each finite and >= 0"
+        )
+    return tuple(values)
+
+
 def draw_think_time(rng: random.Random, mean_s: float, dist: str) -> float:
-    """One pause of mean mean_s from the distribution dist (parse_think_time_dist)."""
+    """One pause of mean mean_s from the distribution dist (parse_think_time_dist). measured:
+    one of the file's latencies, drawn with replacement; a mean_s > 0 rescales them to it."""
     kind, sigma = parse_think_time_dist(dist)
+    if kind == "measured":
+        latencies = measured_latencies(dist.partition(":")[2])
+        drawn = rng.choice(latencies)
+        average = sum(latencies) / len(latencies)
+        return drawn * mean_s / average if mean_s > 0 and average > 0 else drawn
     if mean_s == 0 or kind == "fixed":
         return mean_s
     if kind == "exponential":

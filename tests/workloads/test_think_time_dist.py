@@ -39,3 +39,36 @@ def test_fixed_pauses_and_a_seeded_workload():
 def test_bad_distributions_are_refused(bad):
     with pytest.raises(ValueError, match="think_time_dist"):
         WorkloadOptions(think_time_dist=bad)
+
+
+def test_measured_latencies_are_replayed(tmp_path):
+    measured = tmp_path / "latencies.txt"
+    measured.write_text("# seconds\n0.5\n2.0  # a slow call\n\n0.25\n")
+    as_json = tmp_path / "latencies.json"
+    as_json.write_text("[0.5, 2.0, 0.25]")
+    for path in (measured, as_json):
+        workload = build_workload(
+            WorkloadOptions(
+                dataset="multi-turn", num_requests=40, num_turns=4,
+                think_time_dist=f"measured:{path}",
+            )
+        )  # fmt: skip
+        drawn = [s.think_time_s for s in workload.specs if s.parent_request_id]
+        assert set(drawn) == {0.5, 2.0, 0.25}  # 30 follow-ups: every value, nothing else
+    # A think_time_s > 0 rescales them to that mean: the file's mean is 11/12 s, so a mean
+    # of 11/4 s triples each.
+    rng = random.Random(0)
+    rescaled = {draw_think_time(rng, 11 / 4, f"measured:{measured}") for _ in range(200)}
+    assert sorted(rescaled) == pytest.approx([0.75, 1.5, 6.0])
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [(None, "cannot read"), ("", "at least one"), ("0.5\nsoon\n", "not numbers"), ("-1", ">= 0")],
+)
+def test_bad_measured_files_are_refused(tmp_path, content, reason):
+    path = tmp_path / "latencies.txt"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=reason):
+        WorkloadOptions(think_time_dist=f"measured:{path}")
