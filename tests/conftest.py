@@ -38,6 +38,25 @@ def _load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path)
 
 
+def build_tiny_model(
+    path: Path, tokenizer_dir: Path, architecture: str, seed: int, **config: object
+) -> Path:
+    """A tiny random float32 model (initializer_range 0.2) with the tests' tokenizer, saved
+    at path; config overrides the architecture's defaults (TINY_SHAPE is not applied)."""
+    from corral.demo.random_model import build_random_model
+
+    build_random_model(
+        path,
+        architecture=architecture,
+        seed=seed,
+        dtype="float32",
+        initializer_range=0.2,
+        tokenizer=_load_tokenizer(tokenizer_dir),
+        **config,
+    )
+    return path
+
+
 TINY_SHAPE = dict(
     hidden_size=64,
     intermediate_size=128,

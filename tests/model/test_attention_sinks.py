@@ -13,7 +13,7 @@ import torch
 from corral import LLM, SamplingParams
 from corral.core.kv_cache import KVCacheManager
 from corral.model.layers import attention
-from tests.conftest import _load_tokenizer
+from tests.conftest import build_tiny_model
 from tests.model.oracle import TEST_DEVICE, hf_model
 
 CONTEXT = 64
@@ -23,16 +23,12 @@ POLICY = f"sink:{SINKS},window:{WINDOW}"
 
 @pytest.fixture(scope="module")
 def llama_path(tmp_path_factory, tokenizer_dir):
-    from corral.demo.random_model import build_random_model
-
     path = tmp_path_factory.mktemp("llama-sinks")
-    build_random_model(
+    return build_tiny_model(
         path,
-        architecture="llama",
-        seed=31,
-        dtype="float32",
-        initializer_range=0.2,
-        tokenizer=_load_tokenizer(tokenizer_dir),
+        tokenizer_dir,
+        "llama",
+        31,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -40,7 +36,6 @@ def llama_path(tmp_path_factory, tokenizer_dir):
         num_key_value_heads=2,
         max_position_embeddings=CONTEXT,
     )
-    return path
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 
 from corral import LLM, SamplingParams
 from corral.core.kv_cache import KVCacheManager
-from tests.conftest import TINY_SHAPE, _load_tokenizer
+from tests.conftest import TINY_SHAPE, build_tiny_model
 from tests.model.oracle import TEST_DEVICE, hf_greedy
 
 WINDOW = 16
@@ -18,19 +18,10 @@ MAX_TOKENS = 40
 
 @pytest.fixture(scope="module")
 def mistral_path(tmp_path_factory, tokenizer_dir):
-    from corral.demo.random_model import build_random_model
-
     path = tmp_path_factory.mktemp("mistral-window")
-    build_random_model(
-        path,
-        architecture="mistral",
-        seed=77,
-        dtype="float32",
-        initializer_range=0.2,
-        tokenizer=_load_tokenizer(tokenizer_dir),
-        **{**TINY_SHAPE, "sliding_window": WINDOW},
+    return build_tiny_model(
+        path, tokenizer_dir, "mistral", 77, **{**TINY_SHAPE, "sliding_window": WINDOW}
     )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -95,22 +86,12 @@ def test_greedy_exact_past_the_window_and_blocks_return(
 def qwen2_hybrid_paths(tmp_path_factory, tokenizer_dir):
     """(hybrid, full): the same random Qwen2 weights, layer 0 full attention and layer 1 within
     a 16-token window (use_sliding_window, max_window_layers 1), and without any window."""
-    from corral.demo.random_model import build_random_model
-
     paths = []
     for use_window in (True, False):
         path = tmp_path_factory.mktemp(f"qwen2-hybrid-{use_window}")
-        build_random_model(
-            path,
-            architecture="qwen2",
-            seed=78,
-            dtype="float32",
-            initializer_range=0.2,
-            tokenizer=_load_tokenizer(tokenizer_dir),
-            **{**TINY_SHAPE, "use_sliding_window": use_window, "sliding_window": WINDOW},
-            max_window_layers=1,
-        )
-        paths.append(path)
+        window = {"use_sliding_window": use_window, "sliding_window": WINDOW}
+        config = {**TINY_SHAPE, **window, "max_window_layers": 1}
+        paths.append(build_tiny_model(path, tokenizer_dir, "qwen2", 78, **config))
     return paths
 
 
