@@ -4,7 +4,7 @@ context a later turn of a conversation builds on (its parent's prompt plus the r
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from corral.core.slo_target import SLO
@@ -31,6 +31,8 @@ class RequestOptions:
     conversation's KV for its next turn with --session-kv-ttl-s); send_session_pauses also
     announces the pause before its next turn as `session_pause_s` (a conversation's last turn:
     NO_NEXT_TURN_PAUSE_S, no next turn within any TTL).
+    send_rag_chunks sends a spec's retrieved chunks (rag_chunk_spans, the rag dataset) as
+    `rag_chunks`, the token ids of each, with the prompt as token ids.
     A spec with samples_per_request > 1 goes out with n; stop_when_agreed (>= 2) and
     answer_pattern ask the server to stop a request's samples once that many finished ones
     agree on the answer (self-consistency), for specs of at least stop_when_agreed samples.
@@ -45,6 +47,7 @@ class RequestOptions:
     deadline_slo: SLO | None = None
     send_session_ids: bool = False
     send_session_pauses: bool = False
+    send_rag_chunks: bool = False
     stop_when_agreed: int | None = None
     answer_pattern: str | None = None
 
@@ -59,6 +62,11 @@ class RequestOptions:
             )
         if self.endpoint == "chat" and self.prompt_format == "ids":
             raise ValueError("the chat endpoint takes text; token-id prompts need completions")
+        if self.send_rag_chunks and (self.is_chat or self.prompt_format == "text"):
+            raise ValueError(
+                "--send-rag-chunks sends chunks as token ids: it needs --endpoint completions "
+                "with token-id prompts (--prompt-format ids or auto)"
+            )
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.stop_when_agreed is not None and self.stop_when_agreed < 2:
@@ -184,6 +192,11 @@ def build_payload(
         body["messages"] = list(messages)
         context = TurnContext(None, messages)
     else:
+        if options.send_rag_chunks and spec.rag_chunk_spans:
+            options = replace(options, prompt_format="ids")
+            ids = workload.token_ids(spec)
+            spans = spec.rag_chunk_spans
+            body["rag_chunks"] = [ids[first : first + count] for first, count in spans]
         body["prompt"], context = _completion_prompt(spec, workload, options, parent)
     body.update(options.extra_body)
     return body, context

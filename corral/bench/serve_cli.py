@@ -68,6 +68,12 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         "keeps a paused conversation's KV for its next turn)",
     )
     group.add_argument(
+        "--send-rag-chunks",
+        action="store_true",
+        help="send each request's retrieved chunks (the rag dataset) as rag_chunks, token ids "
+        "(corral serve --rag-chunk-reuse reuses their KV at any position)",
+    )
+    group.add_argument(
         "--send-session-pauses",
         action="store_true",
         help="with --send-session-ids: announce each turn's pause before the next as "
@@ -123,6 +129,7 @@ def request_options_from_args(args: argparse.Namespace) -> RequestOptions:
         extra_body=args.extra_body,
         send_session_ids=getattr(args, "send_session_ids", False),
         send_session_pauses=getattr(args, "send_session_pauses", False),
+        send_rag_chunks=getattr(args, "send_rag_chunks", False),
         stop_when_agreed=getattr(args, "stop_when_agreed", None),
         answer_pattern=getattr(args, "answer_pattern", None),
     )

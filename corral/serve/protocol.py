@@ -134,13 +134,19 @@ class _SamplingFields(_Request, GuidedFields):
         None, description="seconds after arrival by which the request should finish (edf policy)"
     )
     rag_chunks: (
-        Annotated[list[Annotated[str, not_empty("is empty", text=True)]], max_items(64, "chunks")]
+        Annotated[
+            list[
+                Annotated[str, not_empty("is empty", text=True)]
+                | Annotated[list[int], not_empty("is empty")]
+            ],
+            max_items(64, "chunks"),
+        ]
         | None
     ) = Field(
         None,
-        description="retrieved chunks, each a substring of the (templated) prompt: with "
-        "--rag-chunk-reuse their KV is reused at any position (docs/rag.md); a chunk the prompt "
-        "does not contain gets 400",
+        description="retrieved chunks, each a substring of the (templated) prompt, or with a "
+        "token-id prompt each a run of its ids: with --rag-chunk-reuse their KV is reused at any "
+        "position (docs/rag.md); a chunk the prompt does not contain gets 400",
     )
     kv_transfer_params: dict[str, Any] | None = Field(
         None,
