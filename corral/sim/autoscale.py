@@ -207,6 +207,7 @@ class SimAutoscaler:
                 sim.spec.kv_sample_interval_s,
                 sim.spec.seed,
                 sim.spec.dashboard_interval_s,
+                sim.spec.voting,
             )
         self._open(index)
         self._set(index, _STARTING)

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
-from corral.cluster.autoscaling import AutoscalingConfig
 from corral.cluster.routing import ROUTER_POLICIES
 from corral.config import SchedulerConfig
 from corral.engine.engine_args import (
     add_lora_arguments,
     add_rag_chunk_args,
     add_speculative_arguments,
-    lora_config_from_args,
     scheduler_config_from_args,
-    speculative_config_from_args,
+)
+from corral.sim.cli_feature_args import (
+    add_autoscale_arguments,
+    add_lora_sim_arguments,
+    add_spec_sim_arguments,
+    add_voting_arguments,
+    autoscale_config_from_args,
+    lora_sim_options_from_args,
+    spec_sim_config_from_args,
+    voting_from_args,
 )
 from corral.sim.cluster import RequestHook
 from corral.sim.cost.hardware import list_hardware
-from corral.sim.cost.lora import DEFAULT_SEGMENT_OVERHEAD_S
 from corral.sim.deployment import DeploymentOptions
-from corral.sim.lora import LoRASimOptions
-from corral.sim.spec import SpecSimConfig
 from corral.workloads.spec import Workload
 
 
@@ -161,191 +164,7 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
     add_lora_arguments(parser)
     add_lora_sim_arguments(parser)
     add_autoscale_arguments(parser)
-
-
-def add_autoscale_arguments(parser: argparse.ArgumentParser) -> None:
-    """The shared autoscaling policy over the simulated instances (docs/simulator.md)."""
-    from corral.sim.autoscale_spec import FALLBACK_COLD_START_S, measured_cold_start_s
-
-    measured = measured_cold_start_s()
-    default = (
-        f"{measured:.2f} s, measured by benchmarks/cold_start.py (docs/figures/cold_start.json)"
-        if measured is not None
-        else f"{FALLBACK_COLD_START_S:g} s, an assumption (no docs/figures/cold_start.json)"
-    )
-    group = parser.add_argument_group("autoscaling, simulated (simulate run)")
-    group.add_argument(
-        "--autoscale",
-        default=None,
-        metavar="SPEC",
-        help="autoscale the instances, e.g. target-ongoing:min=0,max=4,target=8,kv=0.9,"
-        "up_delay_s=5,down_delay_s=30 (keys: min, max, initial, target, kv, up_delay_s, "
-        "down_delay_s); the cluster starts with min(max, max(min, initial or --num-instances))",
-    )
-    group.add_argument(
-        "--cold-start-s",
-        type=float,
-        default=None,
-        help=f"virtual seconds from starting an instance to its first request (default: {default})",
-    )
-    group.add_argument(
-        "--autoscale-interval-s",
-        type=float,
-        default=1.0,
-        help="virtual seconds between autoscaling decisions (default 1)",
-    )
-
-
-def autoscale_config_from_args(args: argparse.Namespace) -> AutoscalingConfig | None:
-    """The --autoscale spec, parsed (None without it); ValueError for a bad one, or for it on a
-    subcommand that does not autoscale."""
-    spec = getattr(args, "autoscale", None)
-    if spec is None:
-        return None
-    if getattr(args, "sim_command", "run") != "run":
-        raise ValueError("--autoscale is for `corral simulate run`")
-    return AutoscalingConfig.parse(spec)
-
-
-def add_lora_sim_arguments(parser: argparse.ArgumentParser) -> None:
-    """The workload's adapters and the assumptions of their price (docs/simulator.md)."""
-    defaults = LoRASimOptions()
-    group = parser.add_argument_group("multi-LoRA, simulated")
-    group.add_argument(
-        "--lora-num-adapters",
-        type=int,
-        default=0,
-        help="synthetic adapters adapter-0.. the requests use (0: none; turns LoRA on)",
-    )
-    group.add_argument(
-        "--lora-rank",
-        type=int,
-        default=defaults.rank,
-        help=f"their rank, on all 7 target modules (default {defaults.rank})",
-    )
-    group.add_argument(
-        "--lora-distribution",
-        default=defaults.distribution,
-        help="which adapter a request uses: uniform or zipf:S (adapter i weighs 1/(i+1)^S)",
-    )
-    group.add_argument(
-        "--lora-base-fraction",
-        type=float,
-        default=defaults.base_fraction,
-        help="share of requests (conversations) on the base model (default 0)",
-    )
-    group.add_argument("--lora-seed", type=int, default=defaults.seed)
-    group.add_argument(
-        "--lora-segment-overhead-us",
-        type=float,
-        default=DEFAULT_SEGMENT_OVERHEAD_S * 1e6,
-        help="fixed time per adapter segment per step, us (an assumption, default "
-        f"{DEFAULT_SEGMENT_OVERHEAD_S * 1e6:g})",
-    )
-    group.add_argument(
-        "--lora-disk-gb-s",
-        type=float,
-        default=None,
-        help="adapter file read rate, GB/s (default: the hardware spec's)",
-    )
-    group.add_argument(
-        "--lora-h2d-gb-s",
-        type=float,
-        default=None,
-        help="adapter copy rate host to device, GB/s (default: the hardware spec's)",
-    )
-
-
-def lora_sim_options_from_args(args: argparse.Namespace) -> LoRASimOptions | None:
-    """Multi-LoRA of the flags (None: off, without --lora-num-adapters, --enable-lora or
-    --lora-modules)."""
-    config = lora_config_from_args(args)
-    if args.lora_num_adapters > 0:
-        config = replace(config, enable_lora=True)
-    if not config.is_enabled:
-        return None
-    disk, host_to_device = args.lora_disk_gb_s, args.lora_h2d_gb_s
-    return LoRASimOptions(
-        config=config,
-        num_adapters=args.lora_num_adapters,
-        rank=args.lora_rank,
-        distribution=args.lora_distribution,
-        base_fraction=args.lora_base_fraction,
-        seed=args.lora_seed,
-        segment_overhead_s=args.lora_segment_overhead_us / 1e6,
-        disk_read_bandwidth_bytes_per_s=None if disk is None else disk * 1e9,
-        host_to_device_bandwidth_bytes_per_s=(
-            None if host_to_device is None else host_to_device * 1e9
-        ),
-    )
-
-
-def add_spec_sim_arguments(parser: argparse.ArgumentParser) -> None:
-    """What stands in for the proposer and the verifier (docs/speculative-sim.md)."""
-    group = parser.add_argument_group("speculative decoding, simulated")
-    group.add_argument(
-        "--spec-acceptance",
-        default=None,
-        help="acceptance per draft position, conditional on the earlier ones: 0.72 (every "
-        "position) or 0.8,0.7,0.6 (the last holds for later ones); default: the method's, "
-        "measured on the real engine (draft 0.72)",
-    )
-    group.add_argument(
-        "--spec-draft-profile",
-        default=None,
-        help="a profile of the draft model (corral simulate profile): prices each draft pass",
-    )
-    group.add_argument(
-        "--spec-draft-cost-ratio",
-        type=float,
-        default=None,
-        help="without --spec-draft-profile, a draft pass costs this times the target's cost "
-        "model on the same batch (default 0.38)",
-    )
-    group.add_argument(
-        "--spec-propose-ms-per-step",
-        type=float,
-        default=None,
-        help="proposer time per step that proposes, ms (added to any draft passes)",
-    )
-    group.add_argument(
-        "--spec-propose-ms-per-token",
-        type=float,
-        default=None,
-        help="proposer time per proposed token, ms (ngram, suffix: measured defaults)",
-    )
-    group.add_argument(
-        "--spec-proposal-rate",
-        type=float,
-        default=None,
-        help="the chance that a request asked to propose gets a proposal (ngram, suffix: "
-        "measured defaults; draft 1)",
-    )
-
-
-def spec_sim_config_from_args(args: argparse.Namespace) -> SpecSimConfig | None:
-    """The simulated speculation of the flags (None without --speculative-method)."""
-    from corral.sim.spec import SIMULATED_DRAFT_MODEL, make_spec_sim_config, parse_acceptance
-
-    if args.speculative_method is None:
-        return None
-    if args.speculative_method == "draft" and not args.speculative_model:
-        args = argparse.Namespace(**{**vars(args), "speculative_model": SIMULATED_DRAFT_MODEL})
-    draft_cost_model = None
-    if args.spec_draft_profile:
-        from corral.sim.cost.profiled import ProfiledCostModel
-
-        draft_cost_model = ProfiledCostModel.load(args.spec_draft_profile)
-    per_step, per_token = args.spec_propose_ms_per_step, args.spec_propose_ms_per_token
-    return make_spec_sim_config(
-        speculative_config_from_args(args),
-        parse_acceptance(args.spec_acceptance) if args.spec_acceptance else None,
-        draft_cost_model=draft_cost_model,
-        draft_cost_ratio=args.spec_draft_cost_ratio,
-        propose_s_per_step=None if per_step is None else per_step / 1e3,
-        propose_s_per_token=None if per_token is None else per_token / 1e3,
-        proposal_rate=args.spec_proposal_rate,
-    )
+    add_voting_arguments(parser)
 
 
 def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
@@ -387,6 +206,7 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         speculation=spec_sim_config_from_args(args),
         lora=lora_sim_options_from_args(args),
         autoscale=autoscale_config_from_args(args),
+        voting=voting_from_args(args),
         cold_start_s=getattr(args, "cold_start_s", None),
         autoscale_interval_s=getattr(args, "autoscale_interval_s", 1.0),
     )

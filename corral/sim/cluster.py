@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from corral.cluster.routing import RouterPolicy, RoutingRequest, make_router
 from corral.core.messages import RequestUpdate
+from corral.engine.consensus import AGREED
 from corral.kv_transfer.params import KVTransferRequest, RemoteDecode
 from corral.request import Request
 from corral.sampling_params import SamplingParams
@@ -84,6 +85,7 @@ class ClusterSimulator:
                 spec.kv_sample_interval_s,
                 spec.seed,
                 spec.dashboard_interval_s,
+                spec.voting,
             )
             for index, instance_spec in enumerate(spec.instances)
         ]
@@ -343,7 +345,9 @@ class ClusterSimulator:
                 record.num_output_tokens += num_new
                 record.token_times_s.append(now)  # type: ignore[attr-defined]
             if update.finish_reason is not None:
-                self._finish(self._specs[update.request_id])
+                varied = self.spec.voting is not None and self.spec.voting.sample_length_spread > 0
+                agreed = varied or update.stop_reason == AGREED
+                self._finish(self._specs[update.request_id], agreed)
         if self._check_integrity:
             instance.kv.check_integrity()
             if instance.scheduler.adapters is not None:
@@ -353,12 +357,17 @@ class ClusterSimulator:
         elif self.autoscaler is not None:
             self.autoscaler.on_step_end(instance)
 
-    def _finish(self, request_spec: RequestSpec) -> None:
+    def _finish(self, request_spec: RequestSpec, agreed: bool = False) -> None:
+        """agreed: its samples stopped once enough agreed, or were drawn shorter (fewer tokens
+        than all samples' full length)."""
         request_id = request_spec.request_id
         if request_id in self._finished:
             raise RuntimeError(f"request {request_id!r} finished twice")
         record = self.records[request_id]
-        if record.num_output_tokens != request_spec.num_sampled_output_tokens:
+        expected = request_spec.num_sampled_output_tokens
+        if record.num_output_tokens != expected and not (
+            agreed and record.num_output_tokens < expected
+        ):
             raise RuntimeError(
                 f"request {request_id!r} finished with {record.num_output_tokens} of "
                 f"{request_spec.num_sampled_output_tokens} tokens"

@@ -12,6 +12,7 @@ from corral.sim.cost.base import CostModel
 from corral.sim.lora import InstanceLoRA
 from corral.sim.lora_workload import AdapterAssignment
 from corral.sim.spec import SpecSimConfig
+from corral.sim.voting import SimVoting
 
 ROLES = ("mixed", "prefill", "decode")
 
@@ -83,6 +84,8 @@ class ClusterSpec:
     # Each turn announces the pause before its conversation's next turn exactly (its
     # session_pause_s; a last turn announces none will come): the best a client could say.
     session_pause_oracle: bool = False
+    # Self-consistency: stop a request's samples once enough agree (None: every sample runs).
+    voting: SimVoting | None = None
     # Check every KV manager's (and adapter residency's) integrity after every step (slow:
     # tests, debugging).
     check_integrity: bool = False

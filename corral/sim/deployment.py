@@ -22,6 +22,7 @@ from corral.sim.cost.profiled import ProfiledCostModel
 from corral.sim.lora import LoRASimOptions, build_lora
 from corral.sim.model_shapes import load_model_shape
 from corral.sim.spec import SpecSimConfig
+from corral.sim.voting import SimVoting
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class DeploymentOptions:
     kv_sample_interval_s: float = 1.0
     dashboard_interval_s: float | None = None  # ClusterSpec.dashboard_interval_s
     session_pause_oracle: bool = False  # ClusterSpec.session_pause_oracle
+    voting: SimVoting | None = None  # ClusterSpec.voting
     check_integrity: bool = False
     # Speculative decoding (corral/sim/spec.py; None: off).
     speculation: SpecSimConfig | None = None
@@ -238,6 +240,7 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         kv_sample_interval_s=options.kv_sample_interval_s,
         dashboard_interval_s=options.dashboard_interval_s,
         session_pause_oracle=options.session_pause_oracle,
+        voting=options.voting,
         check_integrity=options.check_integrity,
         adapter_assignment=assignment,
         autoscale=autoscale,

@@ -6,12 +6,13 @@ from collections.abc import Callable
 
 from corral.core.messages import ModelOutput, RequestUpdate, SchedulerOutput
 from corral.core.scheduler import Scheduler
-from corral.request import Request
+from corral.request import Request, RequestStatus
 from corral.sim.config import InstanceSpec
 from corral.sim.dashboard_frames import InstanceFrames
 from corral.sim.executor import SimExecutor
 from corral.sim.kv import SimKVCacheManager
 from corral.sim.samples import SampleGroups
+from corral.sim.voting import Ballots, SimVoting
 
 
 class SimInstance:
@@ -28,6 +29,7 @@ class SimInstance:
         kv_sample_interval_s: float = 1.0,
         seed: int = 0,
         dashboard_interval_s: float | None = None,
+        voting: SimVoting | None = None,
     ) -> None:
         self.index = index
         self.spec = spec
@@ -56,7 +58,10 @@ class SimInstance:
             max_attended_tokens=spec.kv_window.span_tokens if spec.kv_window else None,
         )
         # Requests with n > 1 run as their samples (the engine's fan-out), reported as one.
-        self.samples = SampleGroups()
+        self.samples = SampleGroups(
+            Ballots(voting, seed * 1_000_003 + index) if voting is not None else None,
+            lambda ids: self.scheduler.finish_requests(ids, RequestStatus.FINISHED_STOPPED),
+        )
         self.is_busy = False
         self.is_wake_pending = False
         self.is_prefill = spec.role == "prefill"
