@@ -38,6 +38,27 @@ def _load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path)
 
 
+@pytest.fixture
+def tiny_gsm8k_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data directory holding a small GSM8K test split of 240 made-up questions (a fresh
+    clone has no ../shared/data): CORRAL_DATA_DIR points here for the test."""
+    import json
+
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    lines = []
+    for index in range(240):
+        question = (
+            f"Tom has {index + 2} apples and buys {3 * index + 1} more in shop {index}. "
+            "How many apples does he have now?"
+        )
+        answer = f"{index + 2} + {3 * index + 1} = {4 * index + 3}\n#### {4 * index + 3}"
+        lines.append(json.dumps({"question": question, "answer": answer}))
+    (folder / "test.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("CORRAL_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
 def build_tiny_model(
     path: Path, tokenizer_dir: Path, architecture: str, seed: int, **config: object
 ) -> Path:

@@ -20,6 +20,11 @@ BLOCK_SIZE = 16
 SCHEDULER = dict(max_num_seqs=64, max_num_batched_tokens=256)
 
 
+@pytest.fixture(autouse=True)
+def _gsm8k(tiny_gsm8k_dir):
+    """The preset reads GSM8K's test split: a small one of the tests' own."""
+
+
 def reasoning(vocab_size: int = 1000, num_requests: int = 3, **fields):
     options = WorkloadOptions(
         dataset="reasoning",

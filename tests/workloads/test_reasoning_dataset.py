@@ -12,6 +12,11 @@ from corral.workloads.data import gsm8k_records
 from corral.workloads.datasets.reasoning import INSTRUCTION
 
 
+@pytest.fixture(autouse=True)
+def _gsm8k(tiny_gsm8k_dir):
+    """The preset reads GSM8K's test split: a small one of the tests' own."""
+
+
 def test_reasoning_defaults_eight_samples_of_gsm8k_questions():
     work = build_workload(WorkloadOptions(dataset="reasoning", num_requests=200))
     assert len(work) == 200
