@@ -56,7 +56,7 @@ class BatchShape(NamedTuple):
                 p_tokens += num_tokens
                 p_requests += 1
                 p_context += context
-                p_pairs += num_tokens * context + num_tokens * (num_tokens + 1) // 2
+                p_pairs += attended_pairs(num_tokens, context)
         return cls(p_tokens, p_requests, p_context, p_pairs, d_requests, d_context, d_max, sampled)
 
 

@@ -70,11 +70,6 @@ class KVWindow:
             self.num_sink_blocks(kv.block_size),
         )
 
-    def describe(self) -> str:
-        if self.num_sink_tokens:
-            return f"sink:{self.num_sink_tokens},window:{self.window_tokens}"
-        return f"window:{self.window_tokens}"
-
 
 def parse_kv_window_policy(spec: str | None) -> KVWindow | None:
     """`sink:N,window:W` (or `window:W`) -> KVWindow; None or "" or "none" -> None.
