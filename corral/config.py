@@ -140,8 +140,32 @@ class ModelConfig:
     # MoE models over tensor_parallel_size ranks: each rank holds whole experts (a range of
     # them) instead of a slice of every expert (docs/moe.md).
     enable_expert_parallel: bool = False
+    # Weight offloading (docs/placement.md): offload_layers decoder layers, or the fewest whose
+    # weights reach cpu_offload_gb GiB, live off the compute device and stream in as they run,
+    # to "host" memory (CUDA) or "disk" (memory-mapped; the default on CPU) under offload_dir.
+    offload_layers: int = 0
+    cpu_offload_gb: float = 0.0
+    offload_to: str = "auto"  # auto | host | disk
+    offload_dir: str | None = None  # None: the system's temporary directory
 
     def __post_init__(self) -> None:
+        if self.offload_layers < 0:
+            raise ValueError(f"offload_layers must be >= 0, got {self.offload_layers}")
+        if not 0 <= self.cpu_offload_gb < float("inf"):
+            raise ValueError(f"cpu_offload_gb must be >= 0 and finite, got {self.cpu_offload_gb}")
+        if self.offload_layers and self.cpu_offload_gb:
+            raise ValueError(
+                f"give offload_layers ({self.offload_layers}) or cpu_offload_gb "
+                f"({self.cpu_offload_gb}), not both"
+            )
+        if self.offload_to not in ("auto", "host", "disk"):
+            raise ValueError(f"offload_to {self.offload_to!r} is not one of auto, host, disk")
+        if (self.offload_layers or self.cpu_offload_gb) and self.tensor_parallel_size > 1:
+            raise ValueError(
+                "weight offloading with tensor_parallel_size "
+                f"{self.tensor_parallel_size} is not supported: each rank holds a slice of "
+                "every layer; offload with one rank, or split over more ranks instead"
+            )
         if self.dtype not in ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"):
             raise ValueError(f"dtype {self.dtype!r} is not one of auto, bfloat16, float16, float32")
         if self.max_model_len is not None and self.max_model_len < 2:

@@ -44,6 +44,30 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--quantization", default=None, help="weight-only quantization at load: none, int8"
     )
+    group.add_argument(
+        "--offload-layers",
+        type=int,
+        default=0,
+        help="keep N decoder layers' weights off the compute device (evenly spaced) and stream "
+        "each in just before it runs, the next one while the current computes (docs/placement.md)",
+    )
+    group.add_argument(
+        "--cpu-offload-gb",
+        type=float,
+        default=0.0,
+        help="offload the fewest decoder layers whose weights reach this many GiB (instead of "
+        "--offload-layers)",
+    )
+    group.add_argument(
+        "--offload-to",
+        default=model.offload_to,
+        choices=("auto", "host", "disk"),
+        help="where offloaded layers live: pinned host memory (CUDA) or a memory-mapped file "
+        "(auto: host on CUDA, disk on CPU)",
+    )
+    group.add_argument(
+        "--offload-dir", default=None, help="directory of the offload file (default: the temp dir)"
+    )
     group.add_argument("--block-size", type=int, default=cache.block_size)
     group.add_argument(
         "--kv-cache-memory",
@@ -275,6 +299,10 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         quantization=getattr(args, "quantization", None),
         tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
         enable_expert_parallel=getattr(args, "enable_expert_parallel", False),
+        offload_layers=getattr(args, "offload_layers", 0),
+        cpu_offload_gb=getattr(args, "cpu_offload_gb", 0.0),
+        offload_to=getattr(args, "offload_to", "auto"),
+        offload_dir=getattr(args, "offload_dir", None),
     )
     cache = CacheConfig(
         block_size=args.block_size,

@@ -119,8 +119,12 @@ class ModelArch:
         experts per MoE layer instead of all of them (the same as num_params for dense models)."""
         return self._count_params(self.num_experts_per_tok)
 
-    def _count_params(self, experts_per_layer: int) -> int:
-        h, v = self.hidden_size, self.vocab_size
+    def layer_num_params(self, index: int) -> int:
+        """Parameters of decoder layer index (every expert counted), norms included."""
+        return self._layer_params(self.is_moe_layer(index), self.num_experts)
+
+    def _layer_params(self, moe: bool, experts_per_layer: int) -> int:
+        h = self.hidden_size
         attention = h * (self.q_size + 2 * self.kv_size) + self.q_size * h
         if self.qkv_bias:
             attention += self.q_size + 2 * self.kv_size
@@ -128,18 +132,22 @@ class ModelArch:
             attention += h
         if self.qk_norm:
             attention += 2 * self.head_dim
-        dense_mlp = 3 * h * self.intermediate_size
-        if self.mlp_bias:
-            dense_mlp += 2 * self.intermediate_size + h
-        router = self.num_experts * h
-        moe_mlp = router + experts_per_layer * self.expert_params()
-        if self.shared_expert_intermediate_size:
-            moe_mlp += 3 * h * self.shared_expert_intermediate_size + h  # shared expert + its gate
+        if not moe:
+            mlp = 3 * h * self.intermediate_size
+            if self.mlp_bias:
+                mlp += 2 * self.intermediate_size + h
+        else:
+            mlp = self.num_experts * h + experts_per_layer * self.expert_params()  # router too
+            if self.shared_expert_intermediate_size:
+                mlp += 3 * h * self.shared_expert_intermediate_size + h  # shared expert + gate
+        return attention + 2 * h + mlp
+
+    def _count_params(self, experts_per_layer: int) -> int:
         num_moe = self.num_moe_layers
-        layers = self.num_layers * (attention + 2 * h)
-        layers += num_moe * moe_mlp + (self.num_layers - num_moe) * dense_mlp
-        embeddings = v * h * (1 if self.tie_word_embeddings else 2)
-        return layers + embeddings + h
+        layers = num_moe * self._layer_params(True, experts_per_layer)
+        layers += (self.num_layers - num_moe) * self._layer_params(False, experts_per_layer)
+        embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        return layers + embeddings + self.hidden_size
 
     @property
     def max_context_len(self) -> int:

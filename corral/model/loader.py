@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -39,9 +39,17 @@ def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def load_model(
-    model_dir: str | Path, arch: ModelArch, dtype: torch.dtype, device: torch.device, max_len: int
+    model_dir: str | Path,
+    arch: ModelArch,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_len: int,
+    host_layer_ids: Iterable[int] = (),
 ) -> LlamaFamilyModel:
+    """Load the checkpoint; the decoder layers in host_layer_ids load into host memory (weight
+    offloading to host, corral/model/weight_offload.py), the rest onto device."""
     model = LlamaFamilyModel(arch, dtype, device, max_len)
+    model.host_layer_ids = frozenset(host_layer_ids)
     files = safetensors_files(model_dir)
     try:
         model.load_weights(iter_safetensors(files))

@@ -71,7 +71,7 @@ def layer_qkv(
     """Layer index's rotated query [n, heads, dim], key and value [n, kv_heads, dim] of the
     residual stream hidden [n, hidden_size] at positions."""
     arch = model.arch
-    layer = model.layers[index]
+    layer = model.decoder_layer(index)
     num_rows = hidden.shape[0]
     normed = rms_norm(hidden, layer.input_norm, arch.rms_norm_eps)
     qkv = linear(normed, layer.qkv, layer.qkv_bias)
@@ -98,7 +98,7 @@ def run_layer(
 ) -> torch.Tensor:
     """The residual stream after layer index (its K/V written to the cache at the rows' slots)."""
     arch = model.arch
-    layer = model.layers[index]
+    layer = model.decoder_layer(index)
     query, key, value = layer_qkv(model, index, hidden, positions)
     attended = paged_attention(query, key, value, cache, metadata, model.scale)
     hidden = hidden + linear(attended.reshape(hidden.shape[0], arch.q_size), layer.o, layer.o_bias)

@@ -47,6 +47,23 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
         "--hardware", default=defaults.hardware, help=f"{', '.join(list_hardware())} or a JSON spec"
     )
     group.add_argument("--tp", type=int, default=1, help="tensor-parallel devices per instance")
+    group.add_argument(
+        "--offload-layers",
+        type=int,
+        default=0,
+        help="weight offloading: N decoder layers stream in each step (as corral serve "
+        "--offload-layers); a step takes max(compute, offloaded bytes / --offload-gb-s)",
+    )
+    group.add_argument(
+        "--cpu-offload-gb", type=float, default=0.0, help="offload the fewest layers reaching G GiB"
+    )
+    group.add_argument(
+        "--offload-gb-s",
+        type=float,
+        default=None,
+        help="rate offloaded weights stream in, GB/s (default: the hardware's host-to-device "
+        "link; with a profile, give the rate benchmarks/weight_offload.py measures)",
+    )
     group.add_argument("--dtype-bytes", type=int, default=defaults.dtype_bytes)
     group.add_argument("--step-overhead-ms", type=float, default=None)
     group.add_argument("--num-instances", type=int, default=defaults.num_instances)
@@ -176,6 +193,11 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         model=args.model,
         hardware=args.hardware,
         tensor_parallel_size=args.tp,
+        offload_layers=args.offload_layers,
+        cpu_offload_gb=args.cpu_offload_gb,
+        offload_bandwidth_bytes_per_s=None
+        if args.offload_gb_s is None
+        else args.offload_gb_s * 1e9,
         dtype_bytes=args.dtype_bytes,
         step_overhead_s=None if args.step_overhead_ms is None else args.step_overhead_ms / 1e3,
         num_instances=args.num_instances,

@@ -18,6 +18,7 @@ from corral.sim.cost.hardware import (
     HardwareSpec,
     load_hardware,
 )
+from corral.sim.cost.offload import OffloadedWeightsCost, OffloadPlan
 from corral.sim.cost.profiled import ProfiledCostModel
 from corral.sim.lora import LoRASimOptions, build_lora
 from corral.sim.model_shapes import load_model_shape
@@ -72,6 +73,12 @@ class DeploymentOptions:
     autoscale: AutoscalingConfig | None = None
     cold_start_s: float | None = None
     autoscale_interval_s: float = 1.0
+    # Weight offloading (corral/sim/cost/offload.py): offload_layers decoder layers, or the
+    # fewest reaching cpu_offload_gb GiB, streamed in each step at offload_bandwidth (None: the
+    # hardware's host-to-device link; a profiled CPU engine needs it given).
+    offload_layers: int = 0
+    cpu_offload_gb: float = 0.0
+    offload_bandwidth_bytes_per_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_instances < 1:
@@ -89,10 +96,12 @@ class DeploymentOptions:
 
 def kv_blocks_for(arch: ModelArch, hardware: HardwareSpec, options: DeploymentOptions) -> int:
     """Blocks that fit in tp devices' memory x utilization after the weights (KV heads are
-    replicated when tp exceeds them)."""
+    replicated when tp exceeds them; offloaded layers leave their memory less two buffers)."""
     tp = options.tensor_parallel_size
     memory = tp * hardware.memory_bytes * options.memory_utilization
-    weights = arch.num_params() * options.dtype_bytes
+    weights = (
+        arch.num_params() * options.dtype_bytes - _offload_plan(options, arch).device_bytes_freed
+    )
     replication = max(1, tp // arch.num_kv_heads)
     bytes_per_block = (
         arch.kv_bytes_per_token(options.dtype_bytes) * replication * options.block_size
@@ -104,6 +113,38 @@ def kv_blocks_for(arch: ModelArch, hardware: HardwareSpec, options: DeploymentOp
             f"memory on {tp} x {hardware.name} at utilization {options.memory_utilization}"
         )
     return num_blocks
+
+
+def _offload_plan(options: DeploymentOptions, arch: ModelArch | None) -> OffloadPlan:
+    if not (options.offload_layers or options.cpu_offload_gb):
+        return OffloadPlan((), 0, 0)
+    if arch is None:
+        raise ValueError("weight offloading needs the model's shape (the profile names none)")
+    return OffloadPlan.for_arch(
+        arch,
+        options.dtype_bytes,
+        options.offload_layers,
+        options.cpu_offload_gb,
+        options.tensor_parallel_size,
+    )
+
+
+def _with_offloading(options: DeploymentOptions, fields: dict, arch: ModelArch | None) -> None:
+    """Wrap the instance's cost model in OffloadedWeightsCost when layers are offloaded."""
+    plan = _offload_plan(options, arch)
+    if not plan.layer_ids:
+        return
+    bandwidth = options.offload_bandwidth_bytes_per_s
+    if bandwidth is None:
+        if options.cost_model != "roofline":
+            raise ValueError(
+                "weight offloading with a profiled cost model needs --offload-gb-s (the rate "
+                "benchmarks/weight_offload.py measures)"
+            )
+        bandwidth = load_hardware(options.hardware).host_to_device_bandwidth_bytes_per_s
+    fields["cost_model"] = OffloadedWeightsCost(
+        fields["cost_model"], plan.offloaded_bytes, bandwidth
+    )
 
 
 def _profiled_instance(options: DeploymentOptions) -> dict:
@@ -187,6 +228,12 @@ def _roofline_instance(options: DeploymentOptions) -> dict:
     )
 
 
+def _instance_arch(options: DeploymentOptions, cost_model: CostModel) -> ModelArch | None:
+    if isinstance(cost_model, ProfiledCostModel):
+        return cost_model.model_arch
+    return load_model_shape(options.model)
+
+
 # Per cost model: the instance fields it determines (pool size, devices, price, power).
 _INSTANCE_FIELDS = {"profiled": _profiled_instance, "roofline": _roofline_instance}
 
@@ -203,6 +250,7 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         cost_model = fields["cost_model"]
         default_loads = _default_adapter_loads(options, cost_model)
         lora, assignment = build_lora(options.lora, cost_model, default_loads)
+    _with_offloading(options, fields, _instance_arch(options, fields["cost_model"]))
     common = dict(
         block_size=options.block_size,
         scheduler=options.scheduler,

@@ -106,6 +106,10 @@ class LlamaFamilyModel:
         # checkpoint tensor at load, and the in-place sum of o's and down's partial outputs.
         self.shard = None
         self.all_reduce = None
+        # Weight offloading (corral/model/weight_offload.py): the layers whose tensors load into
+        # host memory (CUDA, offload to host), and the offload that brings them in to compute.
+        self.host_layer_ids: frozenset[int] = frozenset()
+        self.offload = None
 
     # ----- loading -------------------------------------------------------------------------
 
@@ -118,7 +122,7 @@ class LlamaFamilyModel:
                 continue
             if self.shard is not None:
                 tensor = self.shard(name, tensor)
-            tensor = tensor.to(device=self.device, dtype=self.dtype)
+            tensor = tensor.to(device=self._device_for(name), dtype=self.dtype)
             if name == "model.embed_tokens.weight":
                 self.embed_tokens = tensor
             elif name == "model.norm.weight":
@@ -149,6 +153,12 @@ class LlamaFamilyModel:
                 "embeddings)"
             )
         self._check_complete()
+
+    def _device_for(self, name: str) -> torch.device:
+        offloaded = self.host_layer_ids and name.startswith("model.layers.")
+        if offloaded and int(name.split(".", 3)[2]) in self.host_layer_ids:
+            return torch.device("cpu")
+        return self.device
 
     def _load_layer_part(self, name: str, tensor: torch.Tensor, pending: dict) -> bool:
         _, _, index_text, rest = name.split(".", 3)
@@ -194,6 +204,17 @@ class LlamaFamilyModel:
 
     # ----- forward -------------------------------------------------------------------------
 
+    def decoder_layers(self) -> Iterable[DecoderLayerWeights]:
+        """The layers in order, each ready to compute with when yielded (offloaded ones are
+        brought in first)."""
+        return self.layers if self.offload is None else self.offload.iterate(self.layers)
+
+    def decoder_layer(self, index: int) -> DecoderLayerWeights:
+        """Layer index ready to compute with (outside forward: RAG's per-layer passes)."""
+        if self.offload is None:
+            return self.layers[index]
+        return self.offload.layer(self.layers, index)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -214,7 +235,8 @@ class LlamaFamilyModel:
         hidden = self.embed_tokens[input_ids]
         cos, sin, rows = self._rotary_tables(positions, metadata)
         cos, sin = cos[rows].unsqueeze(1), sin[rows].unsqueeze(1)
-        for index, (layer, layer_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
+        layers = zip(self.decoder_layers(), kv_caches, strict=True)
+        for index, (layer, layer_cache) in enumerate(layers):
             normed = rms_norm(hidden, layer.input_norm, eps)
             qkv = linear(normed, layer.qkv, layer.qkv_bias)
             if lora is not None:
@@ -273,7 +295,8 @@ class LlamaFamilyModel:
         residual = self.embed_tokens[input_ids]
         cos, sin, rows = self._rotary_tables(positions, metadata)
         delta = None  # added to the residual by the next norm
-        for index, (layer, layer_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
+        layers = zip(self.decoder_layers(), kv_caches, strict=True)
+        for index, (layer, layer_cache) in enumerate(layers):
             normed = kernels.rms_norm(
                 delta if delta is not None else residual,
                 layer.input_norm,
