@@ -22,6 +22,7 @@ from corral.core.kv_events import (
     BlockRemoved,
     BlockStored,
 )
+from corral.sampling_params import SamplingParams
 from corral.serve.kv_events_publisher import KVEventsPublisher
 
 pytestmark = pytest.mark.skipif(
@@ -147,3 +148,71 @@ def test_tier_events_reach_the_router_and_the_snapshot(publisher):
         ["BlockStored", [3, 2], None, [], 2, None, "CPU", None],
         ["BlockStored", [4], None, [], 2, None, "DISK", None],
     ]
+
+
+@pytest.mark.slow  # runs the real engine
+def test_a_real_engines_tiers_are_reported_per_medium(tiny_model, tmp_path):
+    from corral import LLM
+    from corral.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+    from corral.core.kv_events import external_block_hash
+    from corral.engine.llm_engine import LLMEngine
+
+    block_size = 4
+    probe = LLM(model=str(tiny_model), dtype="float32", num_blocks=1, block_size=block_size)
+    bytes_per_block = probe.engine.executor.storage.spec.bytes_per_block()
+    del probe
+    port, replay = free_port(), free_port()
+    engine = LLMEngine(
+        EngineConfig(
+            model=ModelConfig(model=str(tiny_model), dtype="float32", max_model_len=64),
+            cache=CacheConfig(
+                block_size=block_size,
+                num_blocks=8,
+                host_cache_memory=3 * bytes_per_block,
+                disk_cache_dir=str(tmp_path),
+                disk_cache_max_bytes=4 * bytes_per_block,
+            ),
+            scheduler=SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=64),
+            kv_events=KVEventsConfig(
+                enable_kv_cache_events=True,
+                endpoint=f"tcp://*:{port}",
+                replay_endpoint=f"tcp://*:{replay}",
+                topic=TOPIC,
+            ),
+        )
+    )
+    views: dict[str | None, set[int]] = {}
+    subscriber = KVEventsSubscriber(
+        f"tcp://127.0.0.1:{port}",
+        f"tcp://127.0.0.1:{replay}",
+        TOPIC,
+        on_stored=lambda hashes, medium: views.setdefault(medium, set()).update(hashes),
+        on_removed=lambda hashes, medium: views.setdefault(medium, set()).difference_update(hashes),
+        on_cleared=views.clear,
+    ).start()
+    try:
+        assert subscriber.synced.wait(20), "no snapshot"
+        time.sleep(0.2)  # let the SUB socket's subscription reach the publisher
+        params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+        for index in range(6):  # 17-token prompts: each evicts the one before from the device
+            prompt = [(index * 13 + i) % 90 + 3 for i in range(17)]
+            engine.add_request(f"r{index}", {"prompt_token_ids": prompt}, params)
+            while engine.has_unfinished_requests():
+                engine.step()
+        manager = engine.kv_manager
+        host, disk = manager.offloader.host, manager.offloader.disk
+
+        def wire(hashes) -> set[int]:
+            return {external_block_hash(h) for h in hashes}
+
+        # The tiers' own books (private: the tiers list their entries nowhere else).
+        truth = {
+            "GPU": wire(b.block_hash for b in manager.pool.blocks if b.block_hash is not None),
+            "CPU": wire(host._cached),
+            "DISK": wire(disk._entries),
+        }
+        assert truth["CPU"] and truth["DISK"], "the prompts did not reach both tiers"
+        wait_for(lambda: views == truth, "the views to equal the tiers")
+    finally:
+        subscriber.close()
+        engine.core.flush()
