@@ -1,6 +1,6 @@
-"""Tier-aware KV events on the wire (no engine): a KVEventsPublisher on loopback ports, its
-snapshot read raw (msgpack alone) and a KVEventsSubscriber feeding the router's
-ReportedPrefixIndex, which keeps a block while any medium still holds it."""
+"""Tier-aware KV events on the wire: a KVEventsPublisher on loopback ports, its snapshot read raw
+(msgpack alone) and a KVEventsSubscriber feeding the router's ReportedPrefixIndex, which keeps a
+block while any medium still holds it; then (slow) a real engine's three tiers, as published."""
 
 from __future__ import annotations
 
