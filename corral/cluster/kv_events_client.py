@@ -7,6 +7,9 @@ of every cached block, tagged with the last sequence number it covers); on a seq
 for the missed batches. Hashes reach the callbacks as sent: with the publisher's default
 "block_hash_format": "int" they are corral.core.kv_events.external_block_hash of the replica's
 Request.block_hashes (corral.core.block_hash on the same token ids gives the same values).
+Each stored or removed event reaches its callback with its medium as sent ("GPU" for the
+replica's device pool, "CPU" and "DISK" for corral's host and disk tiers; None from a publisher
+that predates the field).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ _POLL_MS = 50
 
 
 class KVEventsSubscriber:
-    """Feeds on_stored(hashes), on_removed(hashes) and on_cleared() from one publisher, in a
-    daemon thread (callbacks run there). With a replay endpoint the view is exact: a snapshot
-    first, gaps repaired; without one, gaps are counted (num_gaps) and skipped.
+    """Feeds on_stored(hashes, medium), on_removed(hashes, medium) and on_cleared() from one
+    publisher, in a daemon thread (callbacks run there). With a replay endpoint the view is
+    exact: a snapshot first, gaps repaired; without one, gaps are counted (num_gaps) and
+    skipped.
 
     stats: last_seq (the last batch applied), num_batches, num_gaps, num_snapshots.
     """
@@ -41,8 +45,8 @@ class KVEventsSubscriber:
         replay_endpoint: str | None = None,
         topic: str = "",
         *,
-        on_stored: Callable[[list[BlockHash]], None],
-        on_removed: Callable[[list[BlockHash]], None],
+        on_stored: Callable[[list[BlockHash], str | None], None],
+        on_removed: Callable[[list[BlockHash], str | None], None],
         on_cleared: Callable[[], None],
         replay_timeout_s: float = 2.0,
     ) -> None:
@@ -200,9 +204,9 @@ class KVEventsSubscriber:
     def _dispatch(self, events: list[KVEvent]) -> None:
         for event in events:
             if isinstance(event, BlockStored):
-                self.on_stored(list(event.block_hashes))
+                self.on_stored(list(event.block_hashes), event.medium)
             elif isinstance(event, BlockRemoved):
-                self.on_removed(list(event.block_hashes))
+                self.on_removed(list(event.block_hashes), event.medium)
             else:
                 self.on_cleared()
 

@@ -34,8 +34,14 @@ class ExternalHashIndex(ReportedPrefixIndex):
         self.block_hash_format = block_hash_format
 
     def match(self, hashes: Sequence[BlockHash]) -> dict[int, int]:
+        return super().match(self._external(hashes))
+
+    def match_scores(self, hashes: Sequence[BlockHash]) -> dict[int, float]:
+        return super().match_scores(self._external(hashes))
+
+    def _external(self, hashes: Sequence[BlockHash]) -> list[BlockHash]:
         fmt = self.block_hash_format
-        return super().match([external_block_hash(h, fmt) for h in hashes])
+        return [external_block_hash(h, fmt) for h in hashes]
 
 
 def parse_kv_events_endpoint(spec: str) -> tuple[str, str | None]:
@@ -67,8 +73,12 @@ class KVEventFeeds:
                 endpoint,
                 replay,
                 self.topic,
-                on_stored=lambda hashes, r=replica: post(index.on_stored, r, hashes),
-                on_removed=lambda hashes, r=replica: post(index.on_removed, r, hashes),
+                on_stored=lambda hashes, medium, r=replica: post(
+                    index.on_stored, r, hashes, medium
+                ),
+                on_removed=lambda hashes, medium, r=replica: post(
+                    index.on_removed, r, hashes, medium
+                ),
                 on_cleared=lambda r=replica: post(index.on_cleared, r),
             )
             self.subscribers.append(subscriber.start())

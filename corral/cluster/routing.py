@@ -7,9 +7,10 @@ arrives (ReplicaLoad) and is a plug-in registered by name in ROUTER_POLICIES:
 - least-outstanding: fewest queued + running requests (ties: lower KV load, then in turn);
 - least-kv: lowest KV load (blocks in use plus blocks the queued prompts need, over the pool);
 - power-of-two: two replicas drawn at random (seeded), the one with fewer outstanding requests;
-- prefix-aware: the replica holding the longest prefix of the prompt's blocks (a PrefixIndex),
-  unless it has more than max_imbalance outstanding requests above the least loaded one, whose
-  turn it then is.
+- prefix-aware: the replica holding the best prefix of the prompt's blocks (a PrefixIndex: the
+  longest, each block weighted by the medium it is held in when the index knows media), unless it
+  has more than max_imbalance outstanding requests above the least loaded one, whose turn it then
+  is.
 A replica marked unavailable (set_available(i, False), e.g. unhealthy) is skipped by every policy.
 """
 
@@ -150,6 +151,7 @@ class RouterPolicy(ABC):
 
 
 ROUTER_POLICIES: Registry[RouterPolicy] = Registry("router policy")
+_SCORE_TOLERANCE = 1e-9
 
 
 @ROUTER_POLICIES.register("round-robin")
@@ -201,9 +203,11 @@ class PowerOfTwoChoices(RouterPolicy):
 
 @ROUTER_POLICIES.register("prefix-aware")
 class PrefixAware(RouterPolicy):
-    """Longest prefix match in the prefix index (default: an EstimatedPrefixIndex of what this
-    router sent where), ties by least outstanding; every routed prompt is reported to the index.
-    Replicas are assumed to share one block size (the first replica's, read live)."""
+    """Best prefix match in the prefix index (default: an EstimatedPrefixIndex of what this
+    router sent where): the highest match_scores, i.e. the longest match with each block weighted
+    by the medium holding it (a replica's device pool 1.0, its host or disk tier less); ties by
+    least outstanding; every routed prompt is reported to the index. Replicas are assumed to
+    share one block size (the first replica's, read live)."""
 
     prefix_index: PrefixIndex
 
@@ -226,13 +230,16 @@ class PrefixAware(RouterPolicy):
     def select(self, request: RoutingRequest) -> int:
         available = self.available_indices()
         hashes = prompt_block_hashes(request, self.replicas[0].block_size, self.prefix_hash)
-        matches = self.prefix_index.match(hashes)
-        longest = max((n for i, n in matches.items() if self._is_available[i]), default=0)
+        scores = self.prefix_index.match_scores(hashes)
+        best_score = max((s for i, s in scores.items() if self._is_available[i]), default=0.0)
         least = self._least_outstanding(available)
         chosen = least
-        if longest:
+        if best_score > 0.0:
+            # Scores are sums of weights: equal ones may differ in the last bits.
             candidates = sorted(
-                i for i, n in matches.items() if n == longest and self._is_available[i]
+                i
+                for i, s in scores.items()
+                if s >= best_score - _SCORE_TOLERANCE and self._is_available[i]
             )
             best = self._least_outstanding(candidates)
             load = self.replicas[best].num_outstanding_requests

@@ -152,10 +152,11 @@ class BlockPool:
 
     def _evict(self, block: KVBlock, *, notify: bool = True) -> None:
         assert block.block_hash is not None
-        if notify and self.evict_listener is not None:
-            self.evict_listener(block.block_id, block.block_hash)
+        # Removal first: the listener's host copy is then the block's last event.
         if self.events is not None:
             self.events.record_removed(block.block_hash)
+        if notify and self.evict_listener is not None:
+            self.evict_listener(block.block_id, block.block_hash)
         del self._cached[block.block_hash]
         block.block_hash = None
         self.stats.prefix_cache_evictions += 1

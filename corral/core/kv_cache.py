@@ -41,6 +41,8 @@ class KVCacheManager(KVHolds):
     ids, extra keys) so that later requests with the same prefix reuse them.
     """
 
+    events: KVEventBuffer | None
+
     def __init__(
         self,
         num_blocks: int,
@@ -61,6 +63,8 @@ class KVCacheManager(KVHolds):
         self.offloader: KVOffloader | None = None
         if num_host_slots > 0:
             self.offloader = KVOffloader(self.pool, HostTier(num_host_slots), disk_tier)
+            if self.events is not None:  # a disk tier may start with files: stored events
+                self.offloader.announce(self.events)
         elif disk_tier is not None:
             raise ValueError("a disk KV tier needs a host tier (host_cache_memory) above it")
         self.enable_prefix_caching = enable_prefix_caching
@@ -312,8 +316,13 @@ class KVCacheManager(KVHolds):
             self.offloader.finish_disk_reads(results)
 
     def reset_prefix_cache(self) -> int:
-        """Forget every cached block no request holds; returns how many were dropped."""
-        return self.pool.reset_prefix_cache()
+        """Forget every cached block no request holds; returns how many were dropped. The host
+        and disk tiers keep theirs: after an AllBlocksCleared event they are stored again."""
+        dropped = self.pool.reset_prefix_cache()
+        is_cleared = self.pool.num_cached_blocks == 0  # then the pool recorded AllBlocksCleared
+        if self.events is not None and self.offloader is not None and is_cleared:
+            self.offloader.announce(self.events)
+        return dropped
 
     def take_kv_events(self) -> list[KVEvent]:
         """The KV events since the last call (empty when they are off)."""

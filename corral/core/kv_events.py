@@ -2,10 +2,18 @@
 
 The KV manager records an event when it registers full blocks in the prefix cache (BlockStored),
 when a cached block is evicted for reuse (BlockRemoved) and when reset_prefix_cache leaves the
-cache empty (AllBlocksCleared). The engine takes them after each step (KVEventBuffer.take) and
-hands them to a publisher (corral/serve/kv_events_publisher.py); routers subscribe
-(corral/cluster/kv_events_client.py). Recording is off unless a KVEventBuffer is attached: the
-hooks cost one None check then.
+cache empty (AllBlocksCleared). Its lower tiers (corral/core/kv_tiers.py) record theirs too: a
+block entering the host tier (medium "CPU") or the disk tier ("DISK") is a BlockStored of that
+medium, one leaving it a BlockRemoved of that medium. The engine takes them after each step
+(KVEventBuffer.take) and hands them to a publisher (corral/serve/kv_events_publisher.py);
+routers subscribe (corral/cluster/kv_events_client.py). Recording is off unless a KVEventBuffer
+is attached: the hooks cost one None check then.
+
+A block may sit in several media at once (a host hit loaded back keeps its host entry): each
+medium's events describe that medium alone, as vLLM's offloading connector sends them. Tier
+events carry the hashes only (parent None, no token ids, as vLLM's do): the tiers know a block
+by its hash. Within one batch, a device eviction's BlockRemoved comes before the BlockStored of
+the host copy it leaves, so a consumer that ignores medium ends with the block still held.
 
 Hashes in these events are the KV manager's own (exactly Request.block_hashes). On the wire they
 are mapped by external_block_hash: vLLM's default int form (the low 64 bits of the digest read
@@ -31,9 +39,11 @@ from typing import Any
 
 from corral.core.block_hash import BlockHash
 
-# vLLM's name for the tier of the engine's own KV pool; corral sends it whatever the device is
-# (its lower tiers, host memory and disk, are not published).
+# Media, as sent. vLLM's names for the engine's own KV pool (sent whatever the device is) and
+# for host memory (its CPU offloading spec); vLLM names no disk medium, "DISK" is corral's.
 MEDIUM_DEVICE = "GPU"
+MEDIUM_HOST = "CPU"
+MEDIUM_DISK = "DISK"
 BLOCK_HASH_FORMATS = ("int", "bytes")
 EVENT_ENCODINGS = ("array", "map")
 _MASK_64 = (1 << 64) - 1
@@ -70,16 +80,25 @@ class AllBlocksCleared:
 KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
 
 
-class KVEventBuffer:
-    """The events of one KV manager since the last take(), in order. Consecutive removals are
-    merged into one BlockRemoved; a clear drops what was pending before it (it supersedes it)."""
+def is_device_medium(medium: str | None) -> bool:
+    """Whether an event's medium names the engine's own KV pool (None: a sender that predates
+    the field, whose events are all about that pool)."""
+    return medium is None or medium == MEDIUM_DEVICE
 
-    __slots__ = ("block_size", "_events", "_removed")
+
+class KVEventBuffer:
+    """The events of one KV manager since the last take(), in order. Consecutive removals of one
+    medium are merged into one BlockRemoved, consecutive tier stores of one medium into one
+    BlockStored; a clear drops what was pending before it (it supersedes it)."""
+
+    __slots__ = ("block_size", "_events", "_run", "_run_hashes")
 
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
         self._events: list[KVEvent] = []
-        self._removed: list[BlockHash] = []
+        # The run being merged: (is_removal, medium) and its hashes, in order.
+        self._run: tuple[bool, str] | None = None
+        self._run_hashes: list[BlockHash] = []
 
     def record_stored(
         self,
@@ -93,7 +112,7 @@ class KVEventBuffer:
         registered in the prefix cache."""
         if stop <= start:
             return
-        self._flush_removed()
+        self._flush_run()
         size = self.block_size
         parent = block_hashes[start - 1] if start > 0 else None
         self._events.append(
@@ -106,24 +125,40 @@ class KVEventBuffer:
             )
         )
 
-    def record_removed(self, block_hash: BlockHash) -> None:
-        self._removed.append(block_hash)
+    def record_removed(self, block_hash: BlockHash, medium: str = MEDIUM_DEVICE) -> None:
+        """The block left this medium (evicted, dropped, or its file deleted)."""
+        self._extend_run((True, medium), block_hash)
+
+    def record_tier_stored(self, block_hash: BlockHash, medium: str) -> None:
+        """The block entered a lower tier (host memory or disk): a hash-only BlockStored."""
+        self._extend_run((False, medium), block_hash)
 
     def record_cleared(self) -> None:
         self._events.clear()
-        self._removed = []
+        self._run, self._run_hashes = None, []
         self._events.append(AllBlocksCleared())
 
     def take(self) -> list[KVEvent]:
         """The events recorded since the last call, oldest first."""
-        self._flush_removed()
+        self._flush_run()
         events, self._events = self._events, []
         return events
 
-    def _flush_removed(self) -> None:
-        if self._removed:
-            self._events.append(BlockRemoved(tuple(self._removed)))
-            self._removed = []
+    def _extend_run(self, run: tuple[bool, str], block_hash: BlockHash) -> None:
+        if run != self._run:
+            self._flush_run()
+            self._run = run
+        self._run_hashes.append(block_hash)
+
+    def _flush_run(self) -> None:
+        if self._run is None:
+            return
+        (is_removal, medium), hashes = self._run, tuple(self._run_hashes)
+        if is_removal:
+            self._events.append(BlockRemoved(hashes, medium))
+        else:
+            self._events.append(BlockStored(hashes, None, (), self.block_size, None, None, medium))
+        self._run, self._run_hashes = None, []
 
 
 # ----- wire form (plain Python objects; msgpack encodes them) -------------------------------

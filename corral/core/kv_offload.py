@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from corral.core.block_hash import BlockHash
 from corral.core.block_pool import BlockPool, KVBlock
+from corral.core.kv_events import KVEventBuffer
 from corral.core.kv_tiers import DiskTier, HostTier
 from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
 
@@ -19,6 +20,12 @@ class KVOffloader:
             self.plan.disk_deletes.extend(disk.evicted_on_start)
         pool.evict_listener = self.on_device_evict
         self.stats = pool.stats
+
+    def announce(self, events: KVEventBuffer) -> None:
+        """Record the tiers' KV events into `events`, starting with what they hold now."""
+        self.host.announce(events)
+        if self.disk is not None:
+            self.disk.announce(events)
 
     def take_plan(self) -> KVTransferPlan:
         """This step's transfers; a new step starts (slots used by it may be reused after)."""

@@ -4,6 +4,10 @@ Only metadata lives here (which block hash sits in which host slot or disk file)
 KVStorage moves the bytes. Every host slot is in exactly one state: free, cached (an LRU entry
 keyed by block hash), pending (a disk read in flight), or swapped (holding a preempted request's
 block).
+
+With a KVEventBuffer attached (announce), each tier records its cached entries coming and going
+as KV events of its medium (corral/core/kv_events.py): pending and swapped host slots are not
+cached entries and are not reported.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from corral.core.block_hash import BlockHash
+from corral.core.kv_events import MEDIUM_DISK, MEDIUM_HOST, KVEventBuffer
 
 
 class HostTier:
@@ -25,6 +30,13 @@ class HostTier:
         self._busy: set[int] = set()
         # Swapped-in slots: read by this step's loads, so free only from the next step on.
         self._freed_next_step: list[int] = []
+        self.events: KVEventBuffer | None = None
+
+    def announce(self, events: KVEventBuffer) -> None:
+        """Record KV events into `events` from now on, starting with every cached entry."""
+        self.events = events
+        for block_hash in self._cached:
+            events.record_tier_stored(block_hash, MEDIUM_HOST)
 
     @property
     def num_free_slots(self) -> int:
@@ -62,12 +74,16 @@ class HostTier:
         for block_hash, slot in self._cached.items():
             if slot not in self._busy:
                 del self._cached[block_hash]
+                if self.events is not None:
+                    self.events.record_removed(block_hash, MEDIUM_HOST)
                 self._busy.add(slot)
                 return slot, (block_hash, slot)
         return None
 
     def cache(self, block_hash: BlockHash, slot: int) -> None:
         self._cached[block_hash] = slot
+        if self.events is not None:
+            self.events.record_tier_stored(block_hash, MEDIUM_HOST)
 
     def release(self, slot: int) -> None:
         self._free.append(slot)
@@ -80,7 +96,7 @@ class HostTier:
         if slot is None:
             return
         if ok:
-            self._cached[block_hash] = slot
+            self.cache(block_hash, slot)
         else:
             self._free.append(slot)
 
@@ -145,7 +161,14 @@ class DiskTier:
         self._entries: OrderedDict[BlockHash, None] = OrderedDict()
         for block_hash in existing:  # oldest first
             self._entries[block_hash] = None
+        self.events: KVEventBuffer | None = None
         self.evicted_on_start = self._trim()
+
+    def announce(self, events: KVEventBuffer) -> None:
+        """Record KV events into `events` from now on, starting with every entry."""
+        self.events = events
+        for block_hash in self._entries:
+            events.record_tier_stored(block_hash, MEDIUM_DISK)
 
     @property
     def num_blocks(self) -> int:
@@ -160,6 +183,8 @@ class DiskTier:
             return False
         self._entries[block_hash] = None  # another engine's file: the budget trims at next add
         self.num_adopted += 1
+        if self.events is not None:
+            self.events.record_tier_stored(block_hash, MEDIUM_DISK)
         return True
 
     def touch(self, block_hash: BlockHash) -> None:
@@ -167,18 +192,28 @@ class DiskTier:
 
     def add(self, block_hash: BlockHash) -> list[BlockHash]:
         """Record a new file; returns the LRU hashes to delete to stay within the budget."""
-        self._entries[block_hash] = None
-        self._entries.move_to_end(block_hash)
+        if block_hash in self._entries:
+            self._entries.move_to_end(block_hash)
+        else:
+            self._entries[block_hash] = None
+            if self.events is not None:
+                self.events.record_tier_stored(block_hash, MEDIUM_DISK)
         return self._trim()
 
     def discard(self, block_hash: BlockHash) -> None:
-        self._entries.pop(block_hash, None)
+        if block_hash not in self._entries:
+            return
+        del self._entries[block_hash]
+        if self.events is not None:
+            self.events.record_removed(block_hash, MEDIUM_DISK)
 
     def _trim(self) -> list[BlockHash]:
         evicted = []
         while len(self._entries) > self.max_blocks:
             block_hash, _ = self._entries.popitem(last=False)
             evicted.append(block_hash)
+            if self.events is not None:
+                self.events.record_removed(block_hash, MEDIUM_DISK)
         return evicted
 
     def check_integrity(self) -> None:

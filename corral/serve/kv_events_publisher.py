@@ -12,8 +12,9 @@ holds max_queue_size batches; a step waits only when that many are unsent).
   last buffer_steps batches are kept; vLLM's replay).
   start == -1: the snapshot (corral's addition; vLLM answers it with the end marker alone): one
   reply [seq, payload], payload a batch of AllBlocksCleared then BlockStored for every block
-  cached once batch seq was applied (seq -1: before the first batch); parents come before their
-  children. A subscriber applies it, then the live batches after seq.
+  cached once batch seq was applied (seq -1: before the first batch): the device pool's first,
+  parents before their children, then the host and disk tiers' (hash-only, one event per medium
+  and block size). A subscriber applies it, then the live batches after seq.
   Every answer ends with [END_SEQ, b""], END_SEQ being -1 in 8 bytes.
 """
 
@@ -38,6 +39,7 @@ from corral.core.kv_events import (
     BlockStored,
     KVEvent,
     batch_to_wire,
+    is_device_medium,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,29 +58,53 @@ class _CachedBlock(NamedTuple):
 
 
 class CachedBlocks:
-    """The prefix cache's blocks as the published events describe them: what a subscriber that
-    applied every batch so far knows. Token ids are kept compactly (8 bytes each)."""
+    """The cached blocks as the published events describe them: what a subscriber that applied
+    every batch so far knows. blocks: the device pool's (token ids kept compactly, 8 bytes
+    each); tiers: per lower-tier medium, its hashes (in the order stored) and block sizes."""
 
     def __init__(self) -> None:
         self.blocks: dict[BlockHash, _CachedBlock] = {}
+        self.tiers: dict[str, dict[BlockHash, int]] = {}
 
     def apply(self, events: list[KVEvent]) -> None:
         blocks = self.blocks
         for event in events:
             if isinstance(event, BlockStored):
+                if not is_device_medium(event.medium):
+                    tier = self.tiers.setdefault(str(event.medium), {})
+                    for block_hash in event.block_hashes:
+                        tier[block_hash] = event.block_size
+                    continue
                 parent, size = event.parent_block_hash, event.block_size
                 for i, block_hash in enumerate(event.block_hashes):
                     tokens = array("q", event.token_ids[i * size : (i + 1) * size])
                     blocks[block_hash] = _CachedBlock(parent, tokens, size, event.lora_name)
                     parent = block_hash
             elif isinstance(event, BlockRemoved):
+                if is_device_medium(event.medium):
+                    for block_hash in event.block_hashes:
+                        blocks.pop(block_hash, None)
+                    continue
+                tier = self.tiers.get(str(event.medium), {})
                 for block_hash in event.block_hashes:
-                    blocks.pop(block_hash, None)
+                    tier.pop(block_hash, None)
             else:
                 blocks.clear()
+                self.tiers.clear()
 
     def snapshot(self) -> list[KVEvent]:
-        """AllBlocksCleared, then one BlockStored per run of a chain (parents first)."""
+        """AllBlocksCleared, then one BlockStored per run of a device chain (parents first),
+        then one per lower-tier medium and block size."""
+        events = self._device_snapshot()
+        for medium, tier in self.tiers.items():
+            by_size: dict[int, list[BlockHash]] = {}
+            for block_hash, size in tier.items():
+                by_size.setdefault(size, []).append(block_hash)
+            for size, hashes in by_size.items():
+                events.append(BlockStored(tuple(hashes), None, (), size, None, None, medium))
+        return events
+
+    def _device_snapshot(self) -> list[KVEvent]:
         blocks = self.blocks
         events: list[KVEvent] = [AllBlocksCleared()]
         emitted: set[BlockHash] = set()

@@ -50,13 +50,13 @@ class View:
             endpoint,
             replay_endpoint,
             TOPIC,
-            on_stored=self.hashes.update,
+            on_stored=lambda hashes, medium: self.hashes.update(hashes),
             on_removed=self._removed,
             on_cleared=self._cleared,
         ).start()
         assert self.subscriber.synced.wait(20), "no snapshot"
 
-    def _removed(self, hashes: list[int]) -> None:
+    def _removed(self, hashes: list[int], medium: str | None) -> None:
         self.removed.extend(hashes)
         self.hashes.difference_update(hashes)
 
