@@ -22,6 +22,7 @@ from corral.sim.cost.profiled import ProfiledCostModel
 from corral.sim.lora import LoRASimOptions, build_lora
 from corral.sim.model_shapes import load_model_shape
 from corral.sim.spec import SpecSimConfig
+from corral.sim.structured import StructuredSimConfig
 from corral.sim.voting import SimVoting
 
 
@@ -72,6 +73,8 @@ class DeploymentOptions:
     autoscale: AutoscalingConfig | None = None
     cold_start_s: float | None = None
     autoscale_interval_s: float = 1.0
+    # Constrained decoding: a share of requests carry a grammar (ClusterSpec.structured).
+    structured: StructuredSimConfig | None = None
 
     def __post_init__(self) -> None:
         if self.num_instances < 1:
@@ -247,4 +250,5 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         request_path_s=options.request_path_s,
         rebalance_kv_usage=options.rebalance_kv_usage,
         rebalance_interval_s=options.rebalance_interval_s,
+        structured=options.structured,
     )
