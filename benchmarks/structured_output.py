@@ -23,6 +23,7 @@ Workloads and schemas: structured_output_schemas.py; parts 2 and 3: structured_o
 
     .venv/bin/python benchmarks/structured_output.py            # about 5 minutes on 2 cores
     .venv/bin/python benchmarks/structured_output.py --quick    # smoke test
+    .venv/bin/python benchmarks/structured_output.py --simulate # the simulator's prediction
 """
 
 from __future__ import annotations
@@ -238,6 +239,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--json-out", type=Path, default=Path("docs/figures/structured_output.json")
     )
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="run nothing: set the simulator's predicted overhead beside the figures in "
+        "--json-out (structured_output_sim.py)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.num_prompts, args.repeats, args.concurrency, args.max_tokens = 4, 1, "1,4", 48
@@ -246,6 +253,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.simulate:
+        from benchmarks.structured_output_sim import simulate_from_figures
+
+        return {"simulated": simulate_from_figures(args.json_out)}
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     model_dir = resolve_model_dir(args.model)
     env = machine()

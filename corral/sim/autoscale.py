@@ -208,6 +208,7 @@ class SimAutoscaler:
                 sim.spec.seed,
                 sim.spec.dashboard_interval_s,
                 sim.spec.voting,
+                sim.spec.structured,
             )
         self._open(index)
         self._set(index, _STARTING)
@@ -231,6 +232,7 @@ class SimAutoscaler:
         if (
             instance.is_busy
             or instance.is_wake_pending
+            or instance.num_compiling
             or instance.scheduler.has_unfinished_requests()
         ):
             return

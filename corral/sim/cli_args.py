@@ -16,10 +16,12 @@ from corral.sim.cli_feature_args import (
     add_autoscale_arguments,
     add_lora_sim_arguments,
     add_spec_sim_arguments,
+    add_structured_sim_arguments,
     add_voting_arguments,
     autoscale_config_from_args,
     lora_sim_options_from_args,
     spec_sim_config_from_args,
+    structured_sim_config_from_args,
     voting_from_args,
 )
 from corral.sim.cluster import RequestHook
@@ -182,6 +184,7 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
     add_lora_sim_arguments(parser)
     add_autoscale_arguments(parser)
     add_voting_arguments(parser)
+    add_structured_sim_arguments(parser)
 
 
 def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
@@ -231,6 +234,7 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         voting=voting_from_args(args),
         cold_start_s=getattr(args, "cold_start_s", None),
         autoscale_interval_s=getattr(args, "autoscale_interval_s", 1.0),
+        structured=structured_sim_config_from_args(args),
     )
 
 

@@ -23,7 +23,7 @@ import math
 import time
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from corral.cluster.routing import RouterPolicy, RoutingRequest, make_router
 from corral.core.messages import RequestUpdate
@@ -55,6 +55,8 @@ class SimResult:
     # What the autoscaler did (None: not autoscaled). instances then lists every instance that
     # was started, in start order (InstanceReport.index is its slot).
     autoscale: AutoscaleResult | None = None
+    # request id -> its grammar, for the requests that carried one (ClusterSpec.structured)
+    grammars: dict[str, int] = field(default_factory=dict)
 
 
 RequestHook = Callable[[Request, RequestSpec], None]
@@ -86,6 +88,7 @@ class ClusterSimulator:
                 spec.seed,
                 spec.dashboard_interval_s,
                 spec.voting,
+                spec.structured,
             )
             for index, instance_spec in enumerate(spec.instances)
         ]
@@ -132,6 +135,9 @@ class ClusterSimulator:
         assignment = spec.adapter_assignment
         # request id -> its LoRA adapter (absent or None: the base model)
         self._adapters = assignment.assign(workload.specs) if assignment is not None else {}
+        # request id -> its grammar (absent: unconstrained; corral/sim/structured.py)
+        structured = spec.structured
+        self._grammars = structured.assign(workload.specs) if structured is not None else {}
         self.autoscaler = (
             SimAutoscaler(self, spec.autoscale) if spec.autoscale is not None else None
         )
@@ -220,6 +226,7 @@ class ClusterSimulator:
                 self.spec,
                 self.routes,
                 autoscaler.result(),
+                self._grammars,
             )
         return SimResult(
             records,
@@ -229,6 +236,7 @@ class ClusterSimulator:
             num_events,
             self.spec,
             self.routes,
+            grammars=self._grammars,
         )
 
     def _arrive(self, request_spec: RequestSpec) -> None:
@@ -272,7 +280,9 @@ class ClusterSimulator:
             client_id=request_spec.client_id,
             lora=self._adapters.get(request_spec.request_id),
             kv_transfer=kv_transfer,
-            migratable=self.rebalancer is not None,
+            # The engine never migrates a request with a grammar (corral/core/migration.py).
+            migratable=self.rebalancer is not None
+            and request_spec.request_id not in self._grammars,
             session_id=request_spec.conversation_id,
             rag_chunk_spans=request_spec.rag_chunk_spans,
             session_pause_s=self._next_pause.get(request_spec.request_id, math.inf)
@@ -312,8 +322,18 @@ class ClusterSimulator:
         self._wake(instance)
 
     def _assign(self, instance: SimInstance, request: Request) -> None:
-        instance.add_request(request)
+        """Hand a request to an instance; one with a grammar reaches its scheduler once the
+        instance's compile of it is done (at once for a cache hit that costs nothing)."""
         self.routes.setdefault(request.request_id, []).append(instance.index)
+        grammar = self._grammars.get(request.request_id)
+        ready_s = self.now if grammar is None else instance.submit_constrained(grammar, self.now)
+        if ready_s > self.now:
+            self.call_at(ready_s, functools.partial(self._add, instance, request, True))
+        else:
+            self._add(instance, request, grammar is not None)
+
+    def _add(self, instance: SimInstance, request: Request, is_constrained: bool) -> None:
+        instance.add_request(request, is_constrained)
         self._wake(instance)
 
     def _wake(self, instance: SimInstance) -> None:

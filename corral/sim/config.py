@@ -12,6 +12,7 @@ from corral.sim.cost.base import CostModel
 from corral.sim.lora import InstanceLoRA
 from corral.sim.lora_workload import AdapterAssignment
 from corral.sim.spec import SpecSimConfig
+from corral.sim.structured import StructuredSimConfig
 from corral.sim.voting import SimVoting
 
 ROLES = ("mixed", "prefill", "decode")
@@ -104,6 +105,10 @@ class ClusterSpec:
     rebalance_kv_usage: float | None = None
     rebalance_interval_s: float = 0.5
     rebalance_min_gap: float = 0.2
+    # Constrained decoding (corral/sim/structured.py; None: no request carries a grammar): a
+    # share of requests wait for their grammar's compile before the scheduler sees them, and
+    # each step pays for their masks.
+    structured: StructuredSimConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.instances:

@@ -23,6 +23,7 @@ from corral.sim.cost.profiled import ProfiledCostModel
 from corral.sim.lora import LoRASimOptions, build_lora
 from corral.sim.model_shapes import load_model_shape
 from corral.sim.spec import SpecSimConfig
+from corral.sim.structured import StructuredSimConfig
 from corral.sim.voting import SimVoting
 
 
@@ -79,6 +80,8 @@ class DeploymentOptions:
     offload_layers: int = 0
     cpu_offload_gb: float = 0.0
     offload_bandwidth_bytes_per_s: float | None = None
+    # Constrained decoding: a share of requests carry a grammar (ClusterSpec.structured).
+    structured: StructuredSimConfig | None = None
 
     def __post_init__(self) -> None:
         if self.num_instances < 1:
@@ -295,4 +298,5 @@ def build_cluster(options: DeploymentOptions) -> ClusterSpec:
         request_path_s=options.request_path_s,
         rebalance_kv_usage=options.rebalance_kv_usage,
         rebalance_interval_s=options.rebalance_interval_s,
+        structured=options.structured,
     )

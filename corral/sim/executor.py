@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from corral.core.batch_shape import BatchShape, BatchShapeCounter
 from corral.core.messages import ModelOutput, SchedulerOutput
 from corral.sim.cost.base import CostModel
+from corral.sim.grammar_step import GrammarMaskPricer
 from corral.sim.lora_step import LoRAStepPricer
 from corral.sim.rag_step import DEFAULT_NUM_LAYERS, blended_shape
 from corral.sim.spec import MAX_NUM_DRAFT_POSITIONS, SpecSimConfig, draft_pass_shapes
@@ -42,6 +43,9 @@ class SimExecutor:
     compute of its adapter tokens are added to the step time (the draft model, if any, runs
     without adapters).
 
+    With constrained decoding (corral/sim/grammar_step.py): each sampled row of a constrained
+    request adds its mask's fill and apply to the step time.
+
     With KV transfer (disaggregation, corral/sim/kv_transfer_sim.py): the step's ConnectorPlan
     goes to the connector's worker half first, and what it reports since the last step rides in
     ModelOutput.connector_events, as in the real executor; transfers add no step time.
@@ -54,10 +58,12 @@ class SimExecutor:
         seed: int = 0,
         lora: LoRAStepPricer | None = None,
         max_attended_tokens: int | None = None,
+        grammar_mask: GrammarMaskPricer | None = None,
     ) -> None:
         self.cost_model = cost_model
         self.speculation = speculation
         self.lora = lora
+        self.grammar_mask = grammar_mask
         # With a bounded attention window, its span caps the keys each query is priced for.
         self._counter = BatchShapeCounter(max_attended_tokens)
         self.last_batch: BatchShape | None = None
@@ -89,16 +95,18 @@ class SimExecutor:
             arch = getattr(self.cost_model, "arch", None)
             layers = arch.num_layers if arch is not None else DEFAULT_NUM_LAYERS
             batch = blended_shape(batch, scheduler_output.chunk_reuse, layers)
-        lora_s = self.lora.step_time_s(scheduler_output) if self.lora is not None else 0.0
+        added_s = self.lora.step_time_s(scheduler_output) if self.lora is not None else 0.0
+        if self.grammar_mask is not None:
+            added_s += self.grammar_mask.step_time_s(scheduler_output, sampled_ids)
         if self.speculation is not None:
-            return self._execute_speculative(scheduler_output, batch, sampled_ids, lora_s)
+            return self._execute_speculative(scheduler_output, batch, sampled_ids, added_s)
         sampled = dict.fromkeys(sampled_ids, _PLACEHOLDER)
         self.last_batch = batch
         if batch is None:
             return ModelOutput(sampled_token_ids=sampled)
         step_time_s = self.cost_model.step_time_s(batch)
-        if lora_s:
-            step_time_s += lora_s
+        if added_s:
+            step_time_s += added_s
         return ModelOutput(sampled, _NO_LOGPROBS, _NO_LOGPROBS, step_time_s, ())
 
     def num_accepted(self, num_drafts: int) -> int:
@@ -116,7 +124,7 @@ class SimExecutor:
         scheduler_output: SchedulerOutput,
         batch: BatchShape | None,
         sampled_ids: list[str],
-        lora_s: float = 0.0,
+        added_s: float = 0.0,
     ) -> ModelOutput:
         speculation = self.speculation
         assert speculation is not None
@@ -139,8 +147,8 @@ class SimExecutor:
         if batch is None:
             return ModelOutput(sampled_token_ids=sampled)
         step_time_s = self.cost_model.step_time_s(batch)
-        if lora_s:
-            step_time_s += lora_s
+        if added_s:
+            step_time_s += added_s
         proposals = {
             request_id: _PLACEHOLDERS[k]
             for request_id, k in scheduler_output.num_spec_tokens_to_propose.items()

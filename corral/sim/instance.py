@@ -10,15 +10,19 @@ from corral.request import Request, RequestStatus
 from corral.sim.config import InstanceSpec
 from corral.sim.dashboard_frames import InstanceFrames
 from corral.sim.executor import SimExecutor
+from corral.sim.grammar_step import GrammarMaskPricer, SimStructuredStats
 from corral.sim.kv import SimKVCacheManager
 from corral.sim.samples import SampleGroups
+from corral.sim.structured import GrammarCompiles, StructuredSimConfig
 from corral.sim.voting import Ballots, SimVoting
 
 
 class SimInstance:
     """A step is begin_step (schedule + cost) at time t and end_step (update) at t + step time.
 
-    Requests added while a step runs wait for the next one, as in a real engine loop.
+    Requests added while a step runs wait for the next one, as in a real engine loop. With
+    constrained decoding, a request with a grammar is first submitted to the instance's compiles
+    (submit_constrained) and added once its grammar is ready (add_request(is_constrained=True)).
     """
 
     def __init__(
@@ -30,6 +34,7 @@ class SimInstance:
         seed: int = 0,
         dashboard_interval_s: float | None = None,
         voting: SimVoting | None = None,
+        structured: StructuredSimConfig | None = None,
     ) -> None:
         self.index = index
         self.spec = spec
@@ -40,6 +45,13 @@ class SimInstance:
             prefix_hash=spec.prefix_hash,
         )
         speculation = spec.speculation
+        # Constrained decoding (None: off): the grammar compile thread and cache, the masks.
+        self.compiles: GrammarCompiles | None = None
+        grammar_mask = None
+        if structured is not None:
+            self.compiles = GrammarCompiles(structured)
+            grammar_mask = GrammarMaskPricer(structured.mask_s_per_row, structured.mask_s_per_step)
+        self.num_compiling = 0  # submitted, grammar not ready yet (not in the scheduler)
         self.scheduler = Scheduler(
             spec.scheduler,
             self.kv,
@@ -56,6 +68,7 @@ class SimInstance:
             seed=seed * 1_000_003 + index,
             lora=spec.lora.pricer() if spec.lora is not None else None,
             max_attended_tokens=spec.kv_window.span_tokens if spec.kv_window else None,
+            grammar_mask=grammar_mask,
         )
         # Requests with n > 1 run as their samples (the engine's fan-out), reported as one.
         self.samples = SampleGroups(
@@ -93,7 +106,7 @@ class SimInstance:
 
     @property
     def num_outstanding_requests(self) -> int:
-        return len(self.scheduler.requests)
+        return len(self.scheduler.requests) + self.num_compiling
 
     @property
     def kv_load(self) -> float:
@@ -102,9 +115,21 @@ class SimInstance:
         used = pool.num_blocks - pool.num_free_blocks
         return (used + self.num_waiting_tokens / self.spec.block_size) / pool.num_blocks
 
-    def add_request(self, request: Request) -> None:
-        """Queue a request (one with n > 1: its samples, as the engine does)."""
+    def submit_constrained(self, grammar: int, now: float) -> float:
+        """A request with this grammar arrives at `now`: when it is ready for add_request."""
+        assert self.compiles is not None, "constrained decoding is off on this instance"
+        self.num_compiling += 1
+        return self.compiles.submit(grammar, now)
+
+    def add_request(self, request: Request, is_constrained: bool = False) -> None:
+        """Queue a request (one with n > 1: its samples, as the engine does); is_constrained:
+        its grammar is ready (after submit_constrained) and its sampled rows are masked."""
+        grammar_mask = self.executor.grammar_mask if is_constrained else None
+        if is_constrained:
+            self.num_compiling -= 1
         for sample in self.samples.fan_out(request):
+            if grammar_mask is not None:
+                grammar_mask.constrain(sample.request_id)
             self.scheduler.add_request(sample)
             self.num_waiting_tokens += sample.num_tokens
         self.num_assigned += 1
@@ -151,6 +176,13 @@ class SimInstance:
             self.dashboard.on_step(scheduler_output, now, now + step_s)
             self.dashboard.maybe_frame(scheduler, now)
         return scheduler_output, model_output
+
+    @property
+    def structured_stats(self) -> SimStructuredStats | None:
+        grammar_mask = self.executor.grammar_mask
+        if self.compiles is None or grammar_mask is None:
+            return None
+        return SimStructuredStats.of(self.compiles, grammar_mask)
 
     @property
     def is_waiting_for_transfers(self) -> bool:

@@ -8,9 +8,11 @@ from dataclasses import asdict, dataclass, field
 from corral.core.slo_target import SLO
 from corral.sim.autoscale import AutoscaleResult
 from corral.sim.cluster import SimResult
+from corral.sim.grammar_step import SimStructuredStats, merge_structured_stats
 from corral.sim.instance import SimInstance
 from corral.sim.lora import SimLoRAStats, format_lora_stats, merge_lora_stats
 from corral.sim.spec import merge_spec_stats, spec_stats_dict
+from corral.sim.structured_report import StructuredReport, format_structured_report
 from corral.spec.stats import SpecDecodeStats
 from corral.workloads.metrics import MetricsSummary, format_summary, summarize
 
@@ -35,6 +37,7 @@ class InstanceReport:
     kv_samples: list[tuple[float, float]]
     spec_decode: SpecDecodeStats | None = None  # speculative decoding counters (None: off)
     lora: SimLoRAStats | None = None  # multi-LoRA counters (None: off)
+    structured: SimStructuredStats | None = None  # constrained decoding (None: off)
     # (time, waiting, running requests) at the kv_samples times.
     queue_samples: list[tuple[float, int, int]] = field(default_factory=list)
 
@@ -91,6 +94,7 @@ class SimReport:
     spec_decode: SpecDecodeStats | None = None  # summed over the instances (None: off)
     lora: SimLoRAStats | None = None  # summed over the instances (None: off)
     autoscale: AutoscaleReport | None = None  # None: not autoscaled
+    structured: StructuredReport | None = None  # constrained decoding (None: off)
 
     @property
     def simulated_requests_per_wall_s(self) -> float:
@@ -155,6 +159,7 @@ def _instance_report(
         if instance.scheduler.spec is not None
         else None,
         lora=_lora_stats(instance),
+        structured=instance.structured_stats,
         queue_samples=instance.queue_samples,
     )
 
@@ -179,6 +184,12 @@ def build_report(result: SimResult, slo: SLO | None = None) -> SimReport:
                 result.instances, autoscale.instance_lifetimes_s, strict=True
             )
         ]
+    structured = None
+    structured_stats = merge_structured_stats(i.structured for i in instances)
+    if result.spec.structured is not None and structured_stats is not None:
+        structured = StructuredReport.of(
+            result.spec.structured, structured_stats, result.records, result.grammars
+        )
     costs = [i.cost_usd for i in instances]
     energies = [i.energy_j for i in instances]
     return SimReport(
@@ -192,6 +203,7 @@ def build_report(result: SimResult, slo: SLO | None = None) -> SimReport:
         spec_decode=merge_spec_stats(i.spec_decode for i in instances),
         lora=merge_lora_stats(i.lora for i in instances),
         autoscale=AutoscaleReport.of(autoscale) if autoscale is not None else None,
+        structured=structured,
     )
 
 
@@ -236,6 +248,9 @@ def format_report(report: SimReport, title: str = "corral simulate", max_rows: i
     if report.lora is not None:
         busy_time_s = sum(i.busy_time_s for i in report.instances)
         lines.append(format_lora_stats(report.lora, busy_time_s))
+    if report.structured is not None:
+        busy_time_s = sum(i.busy_time_s for i in report.instances)
+        lines.extend(format_structured_report(report.structured, busy_time_s))
     if report.autoscale is not None:
         lines.extend(format_autoscale(report.autoscale))
     lines.append(

@@ -63,15 +63,31 @@ CASES = [
     ("hermes", " \n ", " \n ", []),
     ("hermes", "Hello <tool_", "Hello <tool_", []),
     ("hermes", "<tool_call>", "<tool_call>", []),
-    ("hermes", "<tool_call>\n" + WEATHER_PARIS + "\n</tool_", SAME, []),
+    # A call that streamed stands (its arguments opened); what follows its object, if not its
+    # closing tag, is content: a cut-off tag, an extra brace, the rest after a NaN.
+    ("hermes", "<tool_call>\n" + WEATHER_PARIS + "\n</tool_", "\n</tool_", [PARIS]),
     ("hermes", '<tool_call>\n{"name": "get_weather", "argu', SAME, []),
-    ("hermes", hermes_call(WEATHER_PARIS[:-1]), SAME, []),
-    ("hermes", hermes_call(WEATHER_PARIS + "}"), SAME, []),
+    ("hermes", hermes_call(WEATHER_PARIS[:-1]), None, [PARIS]),
+    ("hermes", hermes_call(WEATHER_PARIS + "}"), "}\n</tool_call>", [PARIS]),
     ("hermes", hermes_call('{"name": 7, "arguments": {}}'), SAME, []),
     ("hermes", hermes_call('{"name": "", "arguments": {}}'), SAME, []),
     ("hermes", hermes_call('{"name": "f", "arguments": "{\\"a\\": 1}"}'), SAME, []),
     ("hermes", hermes_call("{'name': 'f', 'arguments': {}}"), SAME, []),
-    ("hermes", hermes_call('{"name": "f", "arguments": {"x": NaN}}'), SAME, []),
+    (
+        "hermes",
+        hermes_call('{"name": "f", "arguments": {"x": NaN}}'),
+        "NaN}}\n</tool_call>",
+        [("f", '{"x": ')],  # the arguments as far as they were valid JSON
+    ),
+    # Not opening as name then arguments: read whole, and not a call.
+    ("hermes", hermes_call('{"arguments": {}, "name": "f", "x": NaN}'), SAME, []),
+    ("hermes", hermes_call('{"arguments": {"a": 1}, "name": "f"}'), None, [("f", {"a": 1})]),
+    (
+        "hermes",
+        hermes_call('{"name": "f", "id": 1, "arguments": {"a": [1]}}'),
+        None,
+        [("f", {"a": [1]})],
+    ),
     ("hermes", hermes_call('["get_time"]'), SAME, []),
     (
         "hermes",
@@ -82,9 +98,16 @@ CASES = [
     (
         "hermes",
         hermes_call(WEATHER_PARIS[:-1]) + "\n" + hermes_call(WEATHER_TOKYO),
-        hermes_call(WEATHER_PARIS[:-1]) + "\n",
-        [TOKYO],
+        None,
+        [PARIS, TOKYO],
     ),
+    (
+        "hermes",
+        hermes_call('{"name": "get_time", "arguments": {}') + hermes_call(WEATHER_TOKYO[:-1]),
+        None,
+        [TIME, TOKYO],
+    ),
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"a": "tru', None, [("f", '{"a": "tru')]),
     (
         "llama3_json",
         '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "celsius"}}',
@@ -100,8 +123,10 @@ CASES = [
     ("llama3_json", "Paris is the capital of France.", "Paris is the capital of France.", []),
     ("llama3_json", 'As JSON: {"city": "Paris"}', 'As JSON: {"city": "Paris"}', []),
     ("llama3_json", '{"city": "Paris"}', '{"city": "Paris"}', []),
-    ("llama3_json", WEATHER_PARIS[:-1], WEATHER_PARIS[:-1], []),
-    ("llama3_json", " <|python_tag|>" + WEATHER_PARIS[:-1], SAME, []),
+    ("llama3_json", WEATHER_PARIS[:-1], None, [PARIS]),
+    ("llama3_json", " <|python_tag|>" + WEATHER_PARIS[:-1], None, [PARIS]),
+    ("llama3_json", '{"parameters": {}, "name": "f"', SAME, []),
+    ("llama3_json", '{"name": "f", "parameters": {"a": 1}, "x": ]', "]", [("f", {"a": 1})]),
     ("llama3_json", '<|python_tag|>print("hi")', '<|python_tag|>print("hi")', []),
     ("llama3_json", "<|python", "<|python", []),
     ("llama3_json", "", SAME, []),
@@ -125,8 +150,15 @@ CASES = [
     ("mistral", "No tools needed: 4.", "No tools needed: 4.", []),
     ("mistral", "[TOOL_CALLS][]", SAME, []),
     ("mistral", "[TOOL_CALLS]", SAME, []),
-    ("mistral", '[TOOL_CALLS][{"name": "a", "arguments": {]', SAME, []),
-    ("mistral", "[TOOL_CALLS][" + WEATHER_PARIS + ', {"arguments": {}}]', SAME, []),
+    ("mistral", '[TOOL_CALLS][{"name": "a", "arguments": {]', None, [("a", "{")]),
+    (
+        "mistral",
+        "[TOOL_CALLS][" + WEATHER_PARIS + ', {"arguments": {}}]',
+        ', {"arguments": {}}]',
+        [PARIS],
+    ),
+    ("mistral", '[TOOL_CALLS][{"arguments": {}}, ' + WEATHER_PARIS + "]", SAME, []),
+    ("mistral", '[TOOL_CALLS][{"name": "get_time"}, ' + WEATHER_TOKYO, None, [TIME, TOKYO]),
     ("mistral", "[TOOL_CALLS]" + WEATHER_PARIS, SAME, []),
     ("mistral", "The [TOOL_CALLS] token marks calls.", "The [TOOL_CALLS] token marks calls.", []),
     ("mistral", "Wait [TOOL_", "Wait [TOOL_", []),
@@ -141,6 +173,12 @@ CASES = [
     (name, text, (text or None) if content == SAME else content, calls)
     for name, text, content, calls in CASES
 ]
+
+
+def arguments_text(arguments: dict | str) -> str:
+    """A case's arguments: an object (its canonical JSON text), or the text itself (a call that
+    broke off)."""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
 
 
 def chunkings(text: str) -> list[list[str]]:
@@ -184,9 +222,10 @@ def run_stream(name: str, chunks: list[str]) -> tuple[str | None, list[tuple[str
 def test_extract(name: str, text: str, content: str | None, calls: list) -> None:
     result = TOOL_CALL_PARSERS.get(name)().extract(text)
     assert result.content == content
-    assert [(call.name, json.loads(call.arguments)) for call in result.tool_calls] == calls
-    for call, (_, arguments) in zip(result.tool_calls, calls):
-        assert call.arguments == json.dumps(arguments, ensure_ascii=False)
+    assert [(call.name, call.arguments) for call in result.tool_calls] == [
+        (call_name, arguments_text(arguments)) for call_name, arguments in calls
+    ]
+    for call in result.tool_calls:
         assert re.fullmatch(r"call_[0-9a-f]{24}", call.id)
     assert len({call.id for call in result.tool_calls}) == len(calls)
 
@@ -201,14 +240,13 @@ def test_stream_agrees_with_extract(name: str, text: str, content: str | None, c
             call.name for call in expected.tool_calls
         ]
         for (_, args), call in zip(streamed_calls, expected.tool_calls):
-            assert json.loads(args) == json.loads(call.arguments)
             assert args == call.arguments
 
 
 @pytest.mark.parametrize(
     "name,pieces,emitted",
     [
-        ("hermes", ["Hello <tool_", "call>", "\n" + WEATHER_PARIS], ["Hello ", "", ""]),
+        ("hermes", ["Hello <tool_", "call>", '\n{"name": "get_weather"'], ["Hello ", "", ""]),
         ("hermes", ["Use <tool_", "s> wisely"], ["Use ", "<tool_s> wisely"]),
         ("mistral", ["Ok [TOOL", "_CALLS", "] [{"], ["Ok ", "", ""]),
         ("llama3_json", [" <|python", "_tag|>", "{"], ["", "", ""]),
@@ -226,21 +264,93 @@ def test_partial_markers_held_back(name: str, pieces: list[str], emitted: list[s
 @pytest.mark.parametrize(
     "name,before,closing",
     [
-        ("hermes", "Checking.\n<tool_call>\n" + WEATHER_PARIS + "\n", "</tool_call>"),
-        ("mistral", "[TOOL_CALLS][" + WEATHER_PARIS, "]"),
-        ("llama3_json", WEATHER_PARIS[:-1], "}"),
+        ("hermes", "Checking.\n<tool_call>\n", "}}\n</tool_call>"),
+        ("mistral", "[TOOL_CALLS][", "}}]"),
+        ("llama3_json", "<|python_tag|>", "}}"),
     ],
 )
-def test_call_streams_as_soon_as_it_closes(name: str, before: str, closing: str) -> None:
+def test_arguments_stream_as_they_are_written(name: str, before: str, closing: str) -> None:
     stream = TOOL_CALL_PARSERS.get(name)().stream()
-    assert not any(delta.tool_calls for delta in stream.feed(before))
-    deltas = stream.feed(closing)
-    assert [piece.name for delta in deltas for piece in delta.tool_calls if piece.name] == [
-        "get_weather"
+    key = "parameters" if name == "llama3_json" else "arguments"
+    # No call before its arguments open: the name alone could still belong to a non-call.
+    opening = stream.feed(before + '{"name": "get_weather", "' + key + '": ')
+    assert not any(delta.tool_calls for delta in opening)
+    head, *first = stream.feed('{"city": "Pa')
+    assert [(piece.index, piece.name, piece.arguments) for piece in head.tool_calls] == [
+        (0, "get_weather", "")
     ]
-    arguments = "".join(piece.arguments for delta in deltas for piece in delta.tool_calls)
-    assert json.loads(arguments) == PARIS[1]
+    assert head.tool_calls[0].id is not None
+    pieces = [first]
+    for text in ('ris", "unit"', ': "celsius"', closing):
+        pieces.append(stream.feed(text))
+    pieces.append(stream.finish())
+    arguments = [
+        "".join(piece.arguments for delta in deltas for piece in delta.tool_calls)
+        for deltas in pieces
+    ]
+    # Each piece of text brings the arguments it decides; the closing brace of the call (and
+    # its tag or array) brings only the arguments' own closing brace.
+    assert arguments == ['{"city": "Pa', 'ris", "unit"', ': "celsius"', "}", ""]
+    assert all(piece.id is None for deltas in pieces for d in deltas for piece in d.tool_calls)
+    assert json.loads("".join(arguments)) == PARIS[1]
+
+
+def test_arguments_are_canonical_while_they_stream() -> None:
+    """Spacing goes, escapes are rewritten as json.dumps writes them, numbers as Python prints
+    them; a number or an escape waits until the text decides it."""
+    stream = TOOL_CALL_PARSERS.get("llama3_json")().stream()
+    fed = []
+    for text in [
+        '{"name":"f","parameters":{ "n" :1',
+        "2.50e1 ,",
+        ' "s":"caf\\u00',
+        "e9 \\ud83d",
+        "\\ude00\\/",
+    ]:
+        fed.append("".join(p.arguments for d in stream.feed(text) for p in d.tool_calls))
+    fed.append("".join(p.arguments for d in stream.feed('"}}') for p in d.tool_calls))
+    assert fed == ['{"n": ', "125.0, ", '"s": "caf', "é ", "😀/", '"}']
     assert stream.finish() == []
+
+
+# Outputs as each family writes them (hand-written in the formats of the models' chat templates:
+# Qwen 2.5 for hermes, Llama 3.1 for llama3_json, Mistral Small for mistral), several calls,
+# arguments with code, newlines, escapes and nesting.
+SEARCH_ARGS = '{"query": "weather \\"Paris\\" today", "max_results": 5, "lang": "fr"}'
+CODE_ARGS = (
+    '{"language": "python", "code": "def mean(xs):\\n    return sum(xs) / len(xs)\\n'
+    'print(mean([1, 2, 3]))", "timeout_s": 2.5, "env": {"PATH": "/usr/bin", "DEBUG": null}}'
+)
+FAMILY_OUTPUTS = {
+    "hermes": "I'll search first, then run the code.\n<tool_call>\n"
+    '{"name": "web_search", "arguments": ' + SEARCH_ARGS + "}\n</tool_call>\n<tool_call>\n"
+    '{"name": "run_python", "arguments": ' + CODE_ARGS + "}\n</tool_call>",
+    "llama3_json": '<|python_tag|>{"name": "web_search", "parameters": ' + SEARCH_ARGS + "}; "
+    '{"name": "run_python", "parameters": ' + CODE_ARGS + "}",
+    "mistral": '[TOOL_CALLS] [{"name": "web_search", "arguments": ' + SEARCH_ARGS + "}, "
+    '{"name": "run_python", "arguments": ' + CODE_ARGS + "}]",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_OUTPUTS))
+def test_family_outputs_stream_piecewise_at_every_cut(name: str) -> None:
+    text = FAMILY_OUTPUTS[name]
+    expected = TOOL_CALL_PARSERS.get(name)().extract(text)
+    assert [(call.name, json.loads(call.arguments)) for call in expected.tool_calls] == [
+        ("web_search", json.loads(SEARCH_ARGS)),
+        ("run_python", json.loads(CODE_ARGS)),
+    ]
+    for chunks in chunkings(text):
+        stream = TOOL_CALL_PARSERS.get(name)().stream()
+        deltas = [delta for chunk in chunks for delta in stream.feed(chunk)] + stream.finish()
+        fragments: dict[int, list[str]] = {}
+        for delta in deltas:
+            for piece in delta.tool_calls:
+                fragments.setdefault(piece.index, []).append(piece.arguments)
+        joined = ["".join(pieces) for _, pieces in sorted(fragments.items())]
+        assert joined == [call.arguments for call in expected.tool_calls], chunks
+        if len(chunks) == len(text):  # a character at a time: each call over many deltas
+            assert all(len([p for p in pieces if p]) > 10 for pieces in fragments.values())
 
 
 def test_content_streams_without_waiting() -> None:

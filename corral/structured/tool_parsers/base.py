@@ -1,13 +1,18 @@
 """The tool-call parser interface, its registry, and what the families share.
 
 Every parser works incrementally: `extract(text)` is one `feed(text)` and a `finish()`, so a
-streamed output and the same output parsed whole always agree. A call is emitted only once it is
-complete and valid (JSON with a non-empty string "name" and an object of arguments), because a
-streamed delta cannot be taken back: text that looked like a call and is not one is content.
+streamed output and the same output parsed whole always agree, to the character.
 
-Arguments text, whole or streamed, is `json.dumps(arguments, ensure_ascii=False)` of the parsed
-arguments object (the model's spacing is not kept); each call streams as two deltas, id and name,
-then the whole arguments text.
+A call object that opens as `{"name": "<name>", "arguments": {` ("parameters" too) streams as it
+is written (call_reader.py): a first delta with its id and name once its arguments object opens,
+then the arguments' text piece by piece. A streamed delta cannot be taken back, so such a call
+stands even if its JSON later breaks off (the output ends, or the model writes something strict
+JSON refuses): its arguments are then what was written up to that point. A call object of any
+other shape is read whole and emitted once complete and valid (a non-empty string "name" and an
+object of arguments); text that looked like one and is not is content.
+
+Arguments text is canonical JSON: for a complete call, `json.dumps(arguments, ensure_ascii=False)`
+of the parsed arguments object (the model's spacing is not kept; json_stream.py).
 """
 
 from __future__ import annotations
@@ -29,61 +34,11 @@ from corral.structured.tool_calls import (
     new_call_id,
     partial_marker_len,
 )
+from corral.structured.tool_parsers.call_reader import BROKEN, COMPLETE, WHOLE, CallReader
 
 # JSON's whitespace; what may stand between a call's markers and its JSON.
 JSON_WS = " \t\n\r"
 NON_WS = re.compile(r"[^ \t\n\r]")
-_STRING_STOP = re.compile(r'["\\]')
-_STRUCTURE = re.compile(r'[\[\]{}"]')
-
-
-class JsonSpan:
-    """Finds, incrementally, where the JSON object or array starting at text[start] ends.
-
-    Only brackets outside strings are counted; whether the span is valid JSON is for json.loads
-    to say. `text` must only grow between calls.
-    """
-
-    def __init__(self, start: int) -> None:
-        self.start = start
-        self._pos = start  # text[start:_pos] is scanned
-        self._depth = 0
-        self._in_string = False
-        self._end: int | None = None
-
-    def end(self, text: str) -> int | None:
-        """Index just past the closing bracket, or None while the value is still open."""
-        pos = self._pos
-        while self._end is None:
-            if self._in_string:
-                match = _STRING_STOP.search(text, pos)
-                if match is None:
-                    pos = len(text)
-                    break
-                if match.group() == "\\":
-                    if match.end() >= len(text):  # the escaped character has not come yet
-                        pos = match.start()
-                        break
-                    pos = match.end() + 1
-                    continue
-                self._in_string = False
-                pos = match.end()
-                continue
-            match = _STRUCTURE.search(text, pos)
-            if match is None:
-                pos = len(text)
-                break
-            char, pos = match.group(), match.end()
-            if char == '"':
-                self._in_string = True
-            elif char in "[{":
-                self._depth += 1
-            else:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._end = pos
-        self._pos = pos
-        return self._end
 
 
 def _reject_constant(name: str) -> object:
@@ -128,13 +83,53 @@ class ToolCallStream(BufferedStream):
         if text:
             self._out.append(StreamDelta(content=text))
 
-    def _emit_call(self, call: ParsedCall) -> None:
+    def start_call(self, name: str) -> int:
+        """A new call's first delta (id and name); returns its index (CallSink)."""
         index = self.num_calls
         self.num_calls += 1
-        head = ToolCallDelta(index=index, id=new_call_id(), name=call.name, arguments="")
+        head = ToolCallDelta(index=index, id=new_call_id(), name=name, arguments="")
         self._out.append(StreamDelta(tool_calls=[head]))
-        body = ToolCallDelta(index=index, id=None, name=None, arguments=call.arguments)
-        self._out.append(StreamDelta(tool_calls=[body]))
+        return index
+
+    def add_arguments(self, index: int, text: str) -> None:
+        """The next piece of call `index`'s arguments (CallSink); joined to the previous
+        delta when that carries only arguments of the same call."""
+        out = self._out
+        if out and not out[-1].content and len(out[-1].tool_calls) == 1:
+            last = out[-1].tool_calls[0]
+            if last.index == index and last.id is None:
+                merged = ToolCallDelta(index, None, None, last.arguments + text)
+                out[-1] = StreamDelta(tool_calls=[merged])
+                return
+        out.append(StreamDelta(tool_calls=[ToolCallDelta(index, None, None, text)]))
+
+    def emit_call(self, call: ParsedCall) -> None:
+        """A call read whole: its first delta, then all of its arguments."""
+        self.add_arguments(self.start_call(call.name), call.arguments)
+
+
+class CallEnd(NamedTuple):
+    """A call object read to its end (read_call). is_streamed: the sink has had all of it; else
+    call is the call read whole (None: the object is not a call, or never closed)."""
+
+    end: int  # where the object's text ends (-1: it never closed)
+    is_streamed: bool
+    call: ParsedCall | None
+
+
+def read_call(reader: CallReader, text: str, is_final: bool) -> CallEnd | None:
+    """Advance a CallReader over `text`; None while `text` cannot decide the call."""
+    mode = reader.advance(text, is_final)
+    if mode in (COMPLETE, BROKEN):
+        return CallEnd(reader.end, True, None)
+    if mode != WHOLE:
+        return None
+    end = reader.whole_end(text, is_final)
+    if end is None:
+        return None
+    if end < 0:
+        return CallEnd(end, False, None)
+    return CallEnd(end, False, parse_call(load_json(text[reader.start : end])))
 
 
 def collect(deltas: list[StreamDelta]) -> ExtractedToolCalls:
@@ -182,37 +177,29 @@ NOT_A_BLOCK = BlockResult(None, 0)
 
 
 class CallBlock(ABC):
-    """Reads the text after one call marker, which only grows between calls of advance().
-    The block opens (after JSON whitespace) with a JSON value starting with `opener`."""
+    """Reads the text after one call marker, which only grows between calls of advance(); calls
+    that stream go to the sink as they come. The block opens (after JSON whitespace) with
+    `opener`."""
 
     opener: ClassVar[str]
 
-    def __init__(self) -> None:
-        self._span: JsonSpan | None = None
+    def __init__(self, sink: ToolCallStream) -> None:
+        self.sink = sink
 
     @abstractmethod
     def advance(self, text: str, is_final: bool) -> BlockResult | None:
-        """The block's result once `text` decides it (always, when is_final), else None."""
+        """The block's result once `text` decides it (always, when is_final), else None. A
+        block that streamed a call never answers NOT_A_BLOCK."""
 
-    def _json_end(self, text: str, is_final: bool) -> int | BlockResult | None:
-        """Where the opening JSON value ends in text; NOT_A_BLOCK if the text does not open
-        with `opener` (or, at the end of the output, the value never closes); None while
-        undecided."""
-        if self._span is None:
-            first = NON_WS.search(text)
-            if first is None:
-                return NOT_A_BLOCK if is_final else None
-            if text[first.start()] != self.opener:
-                return NOT_A_BLOCK
-            self._span = JsonSpan(first.start())
-        end = self._span.end(text)
-        if end is None:
+    def _opening(self, text: str, is_final: bool) -> int | BlockResult | None:
+        """Where `opener` stands in text; NOT_A_BLOCK if the text opens otherwise (or, at the
+        end of the output, not at all); None while only whitespace came."""
+        first = NON_WS.search(text)
+        if first is None:
             return NOT_A_BLOCK if is_final else None
-        return end
-
-    def _json_text(self, text: str, end: int) -> str:
-        assert self._span is not None
-        return text[self._span.start : end]
+        if text[first.start()] != self.opener:
+            return NOT_A_BLOCK
+        return first.start()
 
 
 class MarkedCallStream(ToolCallStream):
@@ -222,7 +209,7 @@ class MarkedCallStream(ToolCallStream):
     content that is only whitespace (around and between calls) is dropped.
     """
 
-    def __init__(self, marker: str, new_block: Callable[[], CallBlock]) -> None:
+    def __init__(self, marker: str, new_block: Callable[[ToolCallStream], CallBlock]) -> None:
         super().__init__()
         self._marker = marker
         self._new_block = new_block
@@ -247,7 +234,7 @@ class MarkedCallStream(ToolCallStream):
                     return
                 self._content(self._buf[:start])
                 self._buf = self._buf[start + len(self._marker) :]
-                self._block = self._new_block()
+                self._block = self._new_block(self)
             result = self._block.advance(self._buf, is_final)
             if result is None:
                 if not is_final:
@@ -259,7 +246,7 @@ class MarkedCallStream(ToolCallStream):
                 continue
             self._pending_ws, self._stretch_has_text = "", False
             for call in result.calls:
-                self._emit_call(call)
+                self.emit_call(call)
             self._buf = self._buf[result.end :]
 
     def _content(self, text: str) -> None:

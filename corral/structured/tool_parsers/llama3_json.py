@@ -3,7 +3,8 @@
 
 An output that does not start (after whitespace) with `{` or the tag is content, all of it, and so
 is one whose first object is not a call. After a call, text that is neither whitespace, `;` nor
-another object is content from its first character to the end.
+another object is content from its first character to the end. A call that streamed (base.py)
+and broke off ends where its JSON did; what follows is read as what follows a call.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from corral.structured.tool_calls import CallFormat
 from corral.structured.tool_parsers.base import (
     NON_WS,
     TOOL_CALL_PARSERS,
-    JsonSpan,
     ToolCallParser,
     ToolCallStream,
-    load_json,
-    parse_call,
+    read_call,
 )
+from corral.structured.tool_parsers.call_reader import CallReader
 
 PYTHON_TAG = "<|python_tag|>"
 
@@ -38,7 +38,7 @@ class Llama3JsonStream(ToolCallStream):
         super().__init__()
         self._state = _State.START
         self._head = ""  # consumed before the first object (whitespace, tag): content if it fails
-        self._span: JsonSpan | None = None
+        self._reader: CallReader | None = None
 
     def _advance(self, is_final: bool) -> None:
         while True:
@@ -90,7 +90,7 @@ class Llama3JsonStream(ToolCallStream):
 
     def _object(self, is_final: bool) -> bool:
         """Reads one call object; False while the text so far cannot decide it."""
-        if self._span is None:
+        if self._reader is None:
             first = NON_WS.search(self._buf)
             if first is None:
                 if is_final:
@@ -99,20 +99,19 @@ class Llama3JsonStream(ToolCallStream):
             if self._buf[first.start()] != "{":
                 self._fail(first.start())
                 return True
-            self._span = JsonSpan(first.start())
-        span, end = self._span, self._span.end(self._buf)
-        if end is None:
-            if is_final:
-                self._span = None
-                self._fail(span.start)
-            return is_final
-        self._span = None
-        call = parse_call(load_json(self._buf[span.start : end]))
-        if call is None:
-            self._fail(span.start)
-            return True
-        self._emit_call(call)
-        self._buf = self._buf[end:]
+            self._reader = CallReader(first.start(), self)
+        reader = self._reader
+        call_end = read_call(reader, self._buf, is_final)
+        if call_end is None:
+            return False
+        self._reader = None
+        if not call_end.is_streamed:
+            if call_end.call is None:
+                self._fail(reader.start)
+                return True
+            self.emit_call(call_end.call)
+        # A streamed call that broke off ends there: what follows is read as after a call.
+        self._buf = self._buf[call_end.end :]
         self._state = _State.AFTER_CALL
         return True
 
