@@ -54,7 +54,7 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="weight offloading: N decoder layers stream in each step (as corral serve "
-        "--offload-layers); a step takes max(compute, offloaded bytes / --offload-gb-s)",
+        "--offload-layers); docs/offloading.md",
     )
     group.add_argument(
         "--cpu-offload-gb", type=float, default=0.0, help="offload the fewest layers reaching G GiB"
@@ -65,6 +65,13 @@ def add_deployment_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="rate offloaded weights stream in, GB/s (default: the hardware's host-to-device "
         "link; with a profile, give the rate benchmarks/weight_offload.py measures)",
+    )
+    group.add_argument(
+        "--offload-cpu-gb-s",
+        type=float,
+        default=None,
+        help="on a CPU device, the rate its cores map offloaded weights in, GB/s (their time "
+        "adds to each step's compute; default: none, a DMA copy)",
     )
     group.add_argument("--dtype-bytes", type=int, default=defaults.dtype_bytes)
     group.add_argument("--step-overhead-ms", type=float, default=None)
@@ -201,6 +208,9 @@ def deployment_options_from_args(args: argparse.Namespace) -> DeploymentOptions:
         offload_bandwidth_bytes_per_s=None
         if args.offload_gb_s is None
         else args.offload_gb_s * 1e9,
+        offload_cpu_bytes_per_s=None
+        if args.offload_cpu_gb_s is None
+        else args.offload_cpu_gb_s * 1e9,
         dtype_bytes=args.dtype_bytes,
         step_overhead_s=None if args.step_overhead_ms is None else args.step_overhead_ms / 1e3,
         num_instances=args.num_instances,

@@ -80,6 +80,7 @@ class DeploymentOptions:
     offload_layers: int = 0
     cpu_offload_gb: float = 0.0
     offload_bandwidth_bytes_per_s: float | None = None
+    offload_cpu_bytes_per_s: float | None = None  # CPU devices: the page-in rate (None: DMA)
     # Constrained decoding: a share of requests carry a grammar (ClusterSpec.structured).
     structured: StructuredSimConfig | None = None
 
@@ -146,7 +147,7 @@ def _with_offloading(options: DeploymentOptions, fields: dict, arch: ModelArch |
             )
         bandwidth = load_hardware(options.hardware).host_to_device_bandwidth_bytes_per_s
     fields["cost_model"] = OffloadedWeightsCost(
-        fields["cost_model"], plan.offloaded_bytes, bandwidth
+        fields["cost_model"], plan.offloaded_bytes, bandwidth, options.offload_cpu_bytes_per_s
     )
 
 

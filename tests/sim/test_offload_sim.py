@@ -41,6 +41,13 @@ def test_step_is_the_longer_of_compute_and_transfer():
     assert slow.describe()["offloaded_bytes"] == 10**9
     with pytest.raises(ValueError, match="bandwidth must be > 0"):
         OffloadedWeightsCost(LINEAR_PROFILE, 1, 0.0)
+    # A CPU maps the pages in itself: that time adds to the compute.
+    cpu = OffloadedWeightsCost(LINEAR_PROFILE, 10**8, 1e12, cpu_bytes_per_s=1e9)
+    assert cpu.step_time_s(batch) == pytest.approx(compute + 0.1)
+    disk_bound = OffloadedWeightsCost(LINEAR_PROFILE, 10**8, 1e8, cpu_bytes_per_s=1e9)
+    assert disk_bound.step_time_s(batch) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="CPU rate must be > 0"):
+        OffloadedWeightsCost(LINEAR_PROFILE, 1, 1.0, cpu_bytes_per_s=-1.0)
 
 
 def test_streaming_bound_steps_slow_decoding_down():
@@ -77,8 +84,11 @@ def test_simulate_run_flags(tmp_path, caplog):
     out = tmp_path / "report.json"
     argv = ["simulate", "run", "--dataset", "random", "--num-requests", "8"]
     argv += ["--input-len", "100", "--output-len", "10", "--model", "smollm-135m"]
-    assert main(argv + ["--offload-layers", "10", "--result-json", str(out)]) == 0
+    flags = ["--offload-layers", "10", "--offload-gb-s", "2", "--offload-cpu-gb-s", "20"]
+    assert main(argv + flags + ["--result-json", str(out)]) == 0
     cost_model = json.loads(out.read_text())["cost_model"]
-    assert cost_model["offloaded_bytes"] > 0 and cost_model["offload_bandwidth_bytes_per_s"] > 0
+    assert cost_model["offloaded_bytes"] > 0
+    assert cost_model["offload_bandwidth_bytes_per_s"] == 2e9
+    assert cost_model["offload_cpu_bytes_per_s"] == 20e9
     assert main(argv + ["--offload-layers", "31"]) == 2
     assert "offload_layers 31 is more than the model's 30 layers" in caplog.text
