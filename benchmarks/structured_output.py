@@ -240,11 +240,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--json-out", type=Path, default=Path("docs/figures/structured_output.json")
     )
     parser.add_argument(
-        "--no-mask-prefetch",
-        action="store_true",
-        help="fill grammar masks after the forward pass instead of during it (the earlier way)",
-    )
-    parser.add_argument(
         "--simulate",
         action="store_true",
         help="run nothing: set the simulator's predicted overhead beside the figures in "
@@ -276,8 +271,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     prompts = [chat(q) for q in questions]
     llm = LLM(str(model_dir), max_num_seqs=max(concurrencies))
-    if args.no_mask_prefetch:
-        llm.engine.executor.mask_prefetch = None
     run(llm, prompts[:2], [SamplingParams(temperature=0, max_tokens=8)] * 2, 2)  # warm-up
 
     print(

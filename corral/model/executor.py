@@ -33,7 +33,7 @@ from corral.model.models.llama import LlamaFamilyModel
 from corral.model.offload_plan import plan_offloaded_layers
 from corral.model.quantization import apply_quantization
 from corral.model.sampler import Sampler, gather_logprobs
-from corral.model.sampling_step import MaskPrefetch, sample, verify_drafts
+from corral.model.sampling_step import sample, verify_drafts
 from corral.model.step_inputs import RequestState, batch_order, build_step_inputs
 from corral.model.tp_group import start_tensor_parallel
 from corral.model.weight_offload import install_weight_offload, resolve_offload_target
@@ -74,8 +74,6 @@ class ModelExecutor:
         self.proposer = proposer
         # Structured output's grammar backend (corral/structured/), set by the engine core.
         self.grammar_backend: Any = None
-        # Grammar masks filled during the forward pass (None: after it, as benchmarks compare).
-        self.mask_prefetch: MaskPrefetch | None = MaskPrefetch()
         # Multi-LoRA's host cache and compute slots (None: off).
         self.adapters = adapters
         # KV transfer between engines (corral.kv_transfer.worker_half; set by the EngineCore).
@@ -235,14 +233,6 @@ class ModelExecutor:
         # Short chunks (decodes, verifications) take the batched decode path; they go first.
         scheduled = batch_order(scheduled)
         inputs = build_step_inputs(scheduled, self.block_size, self.kv_window, self.device)
-        mask_future = None
-        if not drafts and self.grammar_backend is not None and self.mask_prefetch is not None:
-            will_sample = [
-                state
-                for state, num_tokens in scheduled
-                if state.num_computed_tokens + num_tokens == len(state.token_ids)
-            ]
-            mask_future = self.mask_prefetch.start(will_sample, self.model.arch.vocab_size)
         hidden = self.model.forward(
             inputs.input_ids,
             inputs.positions,
@@ -280,7 +270,7 @@ class ModelExecutor:
             if drafts:
                 samples = verify_drafts(self.sampler, logits, sample_states, drafts)
             else:
-                samples = sample(self.sampler, logits, sample_states, mask_future)
+                samples = sample(self.sampler, logits, sample_states)
             sampled_token_ids, logprobs, failed = samples
         for state, num_tokens in scheduled:
             num_drafts = len(drafts.get(state.request_id, ()))

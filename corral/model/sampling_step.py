@@ -4,7 +4,6 @@ stand; a request whose grammar allows no token fails with a reason instead of sa
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -13,7 +12,7 @@ from corral.core.messages import TokenLogprobs
 from corral.model.sampler import Sampler, SamplingRow
 from corral.model.step_inputs import RequestState
 from corral.spec.verify import VerifyGroup, verify
-from corral.structured.masking import NO_TOKEN_ALLOWED, TokenMask, sample_mask, verify_mask
+from corral.structured.masking import NO_TOKEN_ALLOWED, sample_mask, verify_mask
 
 _REFUSED = "the output's grammar refused token {token_id} (constraint out of step)"
 
@@ -33,37 +32,11 @@ def sampling_row(state: RequestState) -> SamplingRow:
     )
 
 
-class MaskPrefetch:
-    """Fills a step's grammar bitmask on a helper thread while the model computes the step:
-    the constraints of the requests that will sample are known before the forward pass and the
-    pass does not touch them, so the mask is ready (or nearly) when the logits are."""
-
-    def __init__(self) -> None:
-        self._filler = ThreadPoolExecutor(1, thread_name_prefix="corral-mask")
-
-    def start(self, states: list[RequestState], vocab_size: int) -> Future | None:
-        """Begin sample_mask for these requests' rows (None: none is constrained)."""
-        constraints = [state.constraint for state in states]
-        if all(constraint is None for constraint in constraints):
-            return None
-        return self._filler.submit(sample_mask, constraints, vocab_size)
-
-
-def sample(
-    sampler: Sampler,
-    logits: torch.Tensor,
-    states: list[RequestState],
-    mask_future: Future | None = None,
-) -> StepSamples:
-    """One token per request, from one logits row each (mask_future: MaskPrefetch.start's
-    mask for exactly these states, in this order)."""
+def sample(sampler: Sampler, logits: torch.Tensor, states: list[RequestState]) -> StepSamples:
+    """One token per request, from one logits row each."""
     result = StepSamples({}, {}, {})
-    mask: TokenMask | None
-    if mask_future is not None:
-        mask = mask_future.result()
-        assert mask is not None and mask.bitmask.shape[0] == len(states), "a stale mask"
-    else:
-        mask = sample_mask([state.constraint for state in states], logits.shape[-1])
+    constraints = [state.constraint for state in states]
+    mask = sample_mask(constraints, logits.shape[-1])
     empty = mask.take_empty_rows(logits.shape[-1]) if mask is not None else set()
     output = sampler(logits, [sampling_row(state) for state in states], mask)
     for row, state in enumerate(states):
