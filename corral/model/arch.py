@@ -326,8 +326,14 @@ def _sliding_windows(config: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def _refuse_unsupported_options(config: dict[str, Any], architecture: str) -> None:
     if config.get("quantization_config"):
-        method = config["quantization_config"].get("quant_method", "unknown")
-        raise UnsupportedModelError(f"quantized checkpoints ({method}) are not supported yet")
+        from corral.model.prequantized_format import PrequantizedFormat  # GPTQ and AWQ, 4-bit
+
+        try:
+            PrequantizedFormat.from_config(config)
+        except ValueError as error:
+            raise UnsupportedModelError(str(error)) from error
+        if config.get("num_local_experts") or config.get("num_experts"):
+            raise UnsupportedModelError("pre-quantized mixture-of-experts checkpoints")
     hidden_act = config.get("hidden_act", "silu")
     if hidden_act != "silu":
         raise UnsupportedModelError(f"hidden_act {hidden_act!r} is not supported (only silu)")

@@ -12,6 +12,8 @@ from safetensors import safe_open
 
 from corral.model.arch import ModelArch
 from corral.model.models.llama import LlamaFamilyModel
+from corral.model.prequantized import convert_prequantized
+from corral.model.prequantized_format import PrequantizedFormat
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +53,12 @@ def load_model(
     model = LlamaFamilyModel(arch, dtype, device, max_len)
     model.host_layer_ids = frozenset(host_layer_ids)
     files = safetensors_files(model_dir)
+    named_tensors: Iterable = iter_safetensors(files)
+    prequantized = PrequantizedFormat.from_dir(model_dir)
+    if prequantized is not None:  # GPTQ / AWQ: packed 4-bit linears become int8 as they are
+        named_tensors = convert_prequantized(named_tensors, prequantized)
     try:
-        model.load_weights(iter_safetensors(files))
+        model.load_weights(named_tensors)
     except ValueError as error:
         raise ValueError(f"{model_dir}: {error}") from error
     logger.info(

@@ -65,6 +65,23 @@ class Int8Weight:
     def nbytes(self) -> int:
         return self.qweight.nbytes + self.scales.nbytes
 
+    def to(self, device: torch.device, dtype: torch.dtype) -> Int8Weight:
+        """This weight on device, for activations of dtype (the int8 values and float32 scales
+        keep their types)."""
+        return Int8Weight(self.qweight.to(device), self.scales.to(device), dtype)
+
+    @staticmethod
+    def cat(parts: list[Int8Weight]) -> Int8Weight:
+        """Weights of one input size and group size stacked along the outputs (fused q|k|v,
+        gate|up)."""
+        if len({(p.shape[1], p.group_size, p.dtype) for p in parts}) != 1:
+            raise ValueError("int8 weights fused together need one input size and group size")
+        return Int8Weight(
+            torch.cat([p.qweight for p in parts]),
+            torch.cat([p.scales for p in parts]),
+            parts[0].dtype,
+        )
+
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The weight the int8 values stand for: q * scale in float32, then cast to dtype."""
         out_features, in_features = self.qweight.shape
@@ -155,6 +172,11 @@ def apply_quantization(model: LlamaFamilyModel, method: str | None) -> None:
     """Quantize a loaded model as ModelConfig.quantization says (None/"none": leave it)."""
     if method in (None, "none"):
         return
+    if any(isinstance(layer.qkv, Int8Weight) for layer in model.layers):
+        raise ValueError(
+            f"quantization {method!r} for a checkpoint whose weights are quantized already "
+            "(GPTQ or AWQ, loaded as int8 as they are): leave quantization unset"
+        )
     if method != "int8":
         raise ValueError(f"quantization {method!r} is not one of none, int8")
     before, after = quantize_model(model)

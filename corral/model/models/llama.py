@@ -20,6 +20,7 @@ from corral.model.layers.attention import AttentionMetadata, LayerKVCache, paged
 from corral.model.layers.linear import linear, rms_norm
 from corral.model.layers.moe import SparseMoE
 from corral.model.layers.rotary import RotaryEmbedding
+from corral.model.quantization import Int8Weight
 
 # Steps of at most this many tokens use the fused CPU path (dispatch overhead dominates them).
 _MAX_FUSED_TOKENS = 16
@@ -122,7 +123,7 @@ class LlamaFamilyModel:
                 continue
             if self.shard is not None:
                 tensor = self.shard(name, tensor)
-            tensor = tensor.to(device=self._device_for(name), dtype=self.dtype)
+            tensor = tensor.to(device=self._device_for(name), dtype=self.dtype)  # Int8Weight too
             if name == "model.embed_tokens.weight":
                 self.embed_tokens = tensor
             elif name == "model.norm.weight":
@@ -139,11 +140,12 @@ class LlamaFamilyModel:
         for (index, target, kind), parts in pending.items():
             if any(part is None for part in parts):
                 raise ValueError(f"layer {index}: incomplete {target} {kind}s in checkpoint")
-            setattr(
-                self.layers[index],
-                target + ("_bias" if kind == "bias" else ""),
-                torch.cat(parts, dim=0),
-            )  # type: ignore[arg-type]
+            fused = (
+                Int8Weight.cat(parts)  # type: ignore[arg-type]
+                if isinstance(parts[0], Int8Weight)
+                else torch.cat(parts, dim=0)  # type: ignore[arg-type]
+            )
+            setattr(self.layers[index], target + ("_bias" if kind == "bias" else ""), fused)
         if self.arch.tie_word_embeddings:
             self.lm_head = self.embed_tokens
         elif self.lm_head is None:
