@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from corral.cluster.kv_events_client import KVEventsSubscriber
 from corral.cluster.prefix_index import ReportedPrefixIndex
@@ -25,8 +25,10 @@ class ExternalHashIndex(ReportedPrefixIndex):
     """ReportedPrefixIndex keyed by hashes as the replicas send them (block_hash_format "int",
     vLLM's default, or "bytes")."""
 
-    def __init__(self, block_hash_format: str = "int") -> None:
-        super().__init__()
+    def __init__(
+        self, block_hash_format: str = "int", medium_weights: Mapping[str, float] | None = None
+    ) -> None:
+        super().__init__(medium_weights)
         if block_hash_format not in ("int", "bytes"):
             raise ValueError(
                 f"block_hash_format must be 'int' or 'bytes', got {block_hash_format!r}"

@@ -16,7 +16,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from corral.cluster.health import HealthPoller, ReplicaSet
-from corral.cluster.prefix_index import PrefixIndex, ReportedPrefixIndex
+from corral.cluster.prefix_index import (
+    DEFAULT_MEDIUM_WEIGHTS,
+    PrefixIndex,
+    ReportedPrefixIndex,
+)
 from corral.cluster.replicas import Replica, make_replicas
 from corral.cluster.router_metrics import RouterMetrics
 from corral.cluster.routing import make_router
@@ -90,7 +94,8 @@ def build_pool(
                 f"{backend_flag} URLs: give one per {backend_flag}, in order"
             )
         if prefix_index is None:
-            prefix_index = ExternalHashIndex(config.kv_events_hash_format)
+            weights = {**DEFAULT_MEDIUM_WEIGHTS, **dict(config.kv_medium_weights)}
+            prefix_index = ExternalHashIndex(config.kv_events_hash_format, weights)
         assert isinstance(prefix_index, ReportedPrefixIndex)
         feeds = KVEventFeeds(tuple(kv_events), prefix_index, config.kv_events_topic)
     replicas = make_replicas(

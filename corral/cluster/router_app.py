@@ -77,6 +77,9 @@ class RouterConfig:
     kv_events: tuple[str, ...] = ()
     kv_events_topic: str = ""
     kv_events_hash_format: str = "int"
+    # A reported block's worth by the medium holding it (prefix_index.DEFAULT_MEDIUM_WEIGHTS
+    # for the media not named): (("GPU", 1.0), ("CPU", 0.8), ("DISK", 0.5)).
+    kv_medium_weights: tuple[tuple[str, float], ...] = ()
     # Prefill replicas (disaggregated mode, docs/router.md) and their KV-event streams.
     prefill_urls: tuple[str, ...] = ()
     prefill_kv_events: tuple[str, ...] = ()

@@ -91,11 +91,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--kv-events-topic", default="", help="the replicas' KV-event topic")
     group.add_argument(
+        "--kv-medium-weights",
+        type=parse_medium_weights,
+        default=(),
+        metavar="MEDIUM=W,...",
+        help="a reported block's worth in prefix-aware matches by the medium holding it, each "
+        "in [0, 1] (default GPU=1,CPU=0.8,DISK=0.5: a host or disk copy saves its recompute less "
+        "the cost of bringing it back; docs/router.md)",
+    )
+    group.add_argument(
         "--kv-events-hash-format",
         choices=("int", "bytes"),
         default="int",
         help="how the replicas send block hashes (their block_hash_format; default int)",
     )
+
+
+def parse_medium_weights(text: str) -> tuple[tuple[str, float], ...]:
+    """ "GPU=1,CPU=0.8,DISK=0.5" -> (("GPU", 1.0), ...); each weight in [0, 1]."""
+    weights = []
+    for item in text.split(","):
+        medium, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not medium.strip() or not 0.0 <= weight <= 1.0:
+            raise argparse.ArgumentTypeError(
+                f"--kv-medium-weights item {item!r} is not MEDIUM=W with W in [0, 1]"
+            )
+        weights.append((medium.strip(), weight))
+    return tuple(weights)
 
 
 def add_routing_arguments(group: argparse._ArgumentGroup) -> None:
@@ -236,6 +262,7 @@ def router_config_from_args(
         kv_events=tuple(getattr(args, "kv_events", ())),
         kv_events_topic=getattr(args, "kv_events_topic", ""),
         kv_events_hash_format=getattr(args, "kv_events_hash_format", "int"),
+        kv_medium_weights=getattr(args, "kv_medium_weights", ()),
         migration=migration_config_from_args(args),
         dashboard_interval_ms=getattr(args, "dashboard_interval_ms", 500),
     )

@@ -94,3 +94,30 @@ def test_the_wire_hash_index_scores_the_routers_hashes():
     index.on_stored(3, [external_block_hash(h) for h in HASHES[:2]], MEDIUM_HOST)
     assert index.match(HASHES) == {3: 2}
     assert index.match_scores(HASHES) == pytest.approx({3: 1.6})
+
+
+def test_router_flag_sets_the_medium_weights():
+    import argparse
+
+    import httpx
+
+    from corral.cluster.replica_pool import build_pool
+    from corral.cluster.router_app import RouterConfig
+    from corral.cluster.router_cli import parse_medium_weights
+    from corral.cluster.router_metrics import RouterMetrics
+
+    assert parse_medium_weights("DISK=0.9, CPU=1") == (("DISK", 0.9), ("CPU", 1.0))
+    for bad in ("DISK", "DISK=2", "=0.5", "CPU=x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not MEDIUM=W"):
+            parse_medium_weights(bad)
+    config = RouterConfig(backend_urls=("http://a", "http://b"), kv_medium_weights=(("DISK", 0.9),))
+    pool = build_pool(
+        config,
+        config.backend_urls,
+        ("tcp://127.0.0.1:1", "tcp://127.0.0.1:2"),
+        RouterMetrics(),
+        httpx.AsyncClient(),
+        headers={},
+    )
+    index = pool.feeds.index
+    assert index.medium_weights == {MEDIUM_DEVICE: 1.0, MEDIUM_HOST: 0.8, MEDIUM_DISK: 0.9}
