@@ -40,6 +40,7 @@ _SOURCES = [
         "cpu_kv_write.cpp",
         "cpu_lora.cpp",
         "cpu_int8.cpp",
+        "cpu_layer_loop.cpp",
     )
 ]
 # Included by the sources: copied beside them into the build directory, part of the signature.

@@ -273,6 +273,17 @@ void lora_shrink_expand(torch::Tensor out, torch::Tensor x, torch::Tensor a, tor
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
                           c10::optional<torch::Tensor> bias);
 
+// Defined in cpu_layer_loop.cpp.
+torch::Tensor decode_layers(torch::Tensor residual,
+                            const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
+                            const std::vector<torch::Tensor>& key_caches,
+                            const std::vector<torch::Tensor>& value_caches,
+                            torch::Tensor rotary_rows, torch::Tensor cos, torch::Tensor sin,
+                            torch::Tensor slot_mapping, torch::Tensor block_table,
+                            torch::Tensor seq_lens, torch::Tensor final_norm, double scale,
+                            double eps, int64_t num_heads, int64_t num_kv_heads,
+                            int64_t head_dim, bool use_kernel);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, "decode attention over paged KV");
   m.def("few_row_linear", &few_row_linear, "x @ weight.T for few rows");
@@ -282,4 +293,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("write_kv_cache", &write_kv_cache, "store new tokens' K and V at their slots");
   m.def("lora_shrink_expand", &lora_shrink_expand, "out[rows] += B_slot A_slot x per segment");
   m.def("int8_linear", &int8_linear, "x @ dequant(int8 weight).T, weight-only int8");
+  m.def("decode_layers", &decode_layers, "a decode step's decoder stack in one call");
 }

@@ -28,11 +28,17 @@ def tune_linear_dispatch(model) -> None:
     )
 
 
+def uses_row_kernel(num_rows: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a dense linear of num_rows rows runs on corral's few-row kernel (bf16 on CPU, up
+    to the measured row limit) rather than F.linear (when the kernels are built)."""
+    return num_rows <= _MAX_KERNEL_ROWS and dtype == torch.bfloat16 and device.type == "cpu"
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [num_tokens, in] @ weight[out, in].T (+ bias)."""
     if isinstance(weight, Int8Weight):  # --quantization int8 (corral/model/quantization.py)
         return int8_linear(x, weight, bias)
-    if x.shape[0] <= _MAX_KERNEL_ROWS and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+    if uses_row_kernel(x.shape[0], x.dtype, x.device):
         kernels = cpu_kernels()
         if kernels is not None:
             return kernels.few_row_linear(x.contiguous(), weight, bias)

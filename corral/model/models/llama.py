@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from corral.lora.step import LoRAStep
 from corral.model.arch import ModelArch
 from corral.model.kernels import cpu_kernels
+from corral.model.layer_loop import forward_layer_loop, layer_loop_weights
 from corral.model.layers.attention import AttentionMetadata, LayerKVCache, paged_attention
 from corral.model.layers.linear import linear, rms_norm
 from corral.model.layers.moe import SparseMoE
@@ -111,6 +112,10 @@ class LlamaFamilyModel:
         # host memory (CUDA, offload to host), and the offload that brings them in to compute.
         self.host_layer_ids: frozenset[int] = frozenset()
         self.offload = None
+        # Decode steps run the decoder stack in one C++ call where the model allows it
+        # (corral/model/layer_loop.py); False keeps them on the per-layer Python path.
+        self.use_layer_loop = True
+        self._loop_weights: list[list[torch.Tensor | None]] | None = None  # [] when it cannot
 
     # ----- loading -------------------------------------------------------------------------
 
@@ -230,12 +235,17 @@ class LlamaFamilyModel:
         if input_ids.shape[0] <= _MAX_FUSED_TOKENS and self.device.type == "cpu":
             kernels = cpu_kernels()
             if kernels is not None:
+                loop_weights = layer_loop_weights(self, metadata, lora, kv_caches)
+                if loop_weights is not None:
+                    return forward_layer_loop(
+                        self, kernels, loop_weights, input_ids, positions, kv_caches, metadata
+                    )
                 return self._forward_fused(kernels, input_ids, positions, kv_caches, metadata, lora)
         arch = self.arch
         num_tokens = input_ids.shape[0]
         q_size, kv_size, eps = arch.q_size, arch.kv_size, arch.rms_norm_eps
         hidden = self.embed_tokens[input_ids]
-        cos, sin, rows = self._rotary_tables(positions, metadata)
+        cos, sin, rows = self.rotary_tables(positions, metadata)
         cos, sin = cos[rows].unsqueeze(1), sin[rows].unsqueeze(1)
         layers = zip(self.decoder_layers(), kv_caches, strict=True)
         for index, (layer, layer_cache) in enumerate(layers):
@@ -295,7 +305,7 @@ class LlamaFamilyModel:
         q_size, kv_size, eps = arch.q_size, arch.kv_size, arch.rms_norm_eps
         num_rotated = arch.num_heads + arch.num_kv_heads
         residual = self.embed_tokens[input_ids]
-        cos, sin, rows = self._rotary_tables(positions, metadata)
+        cos, sin, rows = self.rotary_tables(positions, metadata)
         delta = None  # added to the residual by the next norm
         layers = zip(self.decoder_layers(), kv_caches, strict=True)
         for index, (layer, layer_cache) in enumerate(layers):
@@ -338,7 +348,7 @@ class LlamaFamilyModel:
                 lora.add(index, "down", delta, activated)
         return kernels.rms_norm(delta, self.final_norm, eps, residual)
 
-    def _rotary_tables(
+    def rotary_tables(
         self, positions: torch.Tensor, metadata: AttentionMetadata
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The step's cos/sin tables and each token's row in them (see RotaryEmbedding); with

@@ -1,0 +1,80 @@
+// The decoder stack of a decode step in one call: the same kernels, in the same order, as
+// LlamaFamilyModel._forward_fused (corral/model/models/llama.py), with the per-layer Python and
+// its tensor bookkeeping gone. Only for the plain case the caller checks (decode rows only, no
+// LoRA, tensor parallelism, MoE, q/k norm, quantized KV, windows or sinks, dense weights).
+#include <torch/extension.h>
+
+#include <vector>
+
+torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
+                             c10::optional<torch::Tensor> bias);
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps,
+                       c10::optional<torch::Tensor> residual);
+void rotary_inplace(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
+                    torch::Tensor sin, int64_t num_heads, int64_t head_dim);
+torch::Tensor silu_and_mul(torch::Tensor gate_up);
+void write_kv_cache(torch::Tensor key, torch::Tensor value, torch::Tensor key_cache,
+                    torch::Tensor value_cache, torch::Tensor slot_mapping);
+void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tensor key_cache,
+                            torch::Tensor value_cache, torch::Tensor block_table,
+                            torch::Tensor seq_lens, double scale, int64_t window,
+                            c10::optional<torch::Tensor> key_scale,
+                            c10::optional<torch::Tensor> value_scale,
+                            c10::optional<torch::Tensor> sink_query, int64_t num_sinks);
+
+namespace {
+
+// Index of each weight in a layer's list (absent biases are None).
+enum LayerWeight { kInputNorm, kQkv, kQkvBias, kO, kOBias, kPostNorm, kGateUp, kGateUpBias,
+                   kDown, kDownBias, kNumLayerWeights };
+
+torch::Tensor linear(const torch::Tensor& x, const c10::optional<torch::Tensor>& weight,
+                     const c10::optional<torch::Tensor>& bias, bool use_kernel) {
+  if (use_kernel) return few_row_linear(x.contiguous(), *weight, bias);
+  return at::linear(x, *weight, bias);
+}
+
+}  // namespace
+
+// residual [rows, hidden] holds the embeddings and is updated in place; returns the final norm's
+// output. layers[i]: the LayerWeight list of layer i; key_caches/value_caches per layer.
+// use_kernel: linears through few_row_linear (bf16 rows within the measured limit), else
+// at::linear, as corral/model/layers/linear.py decides.
+torch::Tensor decode_layers(torch::Tensor residual,
+                            const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
+                            const std::vector<torch::Tensor>& key_caches,
+                            const std::vector<torch::Tensor>& value_caches,
+                            torch::Tensor rotary_rows, torch::Tensor cos, torch::Tensor sin,
+                            torch::Tensor slot_mapping, torch::Tensor block_table,
+                            torch::Tensor seq_lens, torch::Tensor final_norm, double scale,
+                            double eps, int64_t num_heads, int64_t num_kv_heads,
+                            int64_t head_dim, bool use_kernel) {
+  TORCH_CHECK(layers.size() == key_caches.size() && layers.size() == value_caches.size(),
+              "decode_layers: one cache pair per layer");
+  const int64_t rows = residual.size(0);
+  const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
+  torch::Tensor delta;
+  for (size_t index = 0; index < layers.size(); ++index) {
+    const auto& w = layers[index];
+    TORCH_CHECK(w.size() == kNumLayerWeights, "decode_layers: a layer's weight list");
+    torch::Tensor normed =
+        delta.defined() ? rms_norm(delta, *w[kInputNorm], eps, residual)
+                        : rms_norm(residual, *w[kInputNorm], eps, c10::nullopt);
+    torch::Tensor qkv = linear(normed, w[kQkv], w[kQkvBias], use_kernel);
+    rotary_inplace(qkv, rotary_rows, cos, sin, num_heads + num_kv_heads, head_dim);
+    torch::Tensor query = qkv.narrow(1, 0, q_size).contiguous().view({rows, num_heads, head_dim});
+    torch::Tensor key = qkv.narrow(1, q_size, kv_size).view({rows, num_kv_heads, head_dim});
+    torch::Tensor value =
+        qkv.narrow(1, q_size + kv_size, kv_size).view({rows, num_kv_heads, head_dim});
+    write_kv_cache(key.contiguous(), value.contiguous(), key_caches[index], value_caches[index],
+                   slot_mapping);
+    torch::Tensor attended = torch::empty_like(query);
+    paged_decode_attention(attended, query, key_caches[index], value_caches[index], block_table,
+                           seq_lens, scale, 0, c10::nullopt, c10::nullopt, c10::nullopt, 0);
+    delta = linear(attended.view({rows, q_size}), w[kO], w[kOBias], use_kernel);
+    normed = rms_norm(delta, *w[kPostNorm], eps, residual);
+    torch::Tensor gate_up = linear(normed, w[kGateUp], w[kGateUpBias], use_kernel);
+    delta = linear(silu_and_mul(gate_up), w[kDown], w[kDownBias], use_kernel);
+  }
+  return rms_norm(delta, final_norm, eps, residual);
+}
