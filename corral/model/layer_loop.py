@@ -3,9 +3,9 @@ stack in one call, with the same kernels in the same order as LlamaFamilyModel._
 so results are bit for bit the same; what it saves is the per-layer Python and tensor
 bookkeeping (about 1 ms of a 19 ms single-stream step of the SmolLM-135M shape here).
 
-It covers the plain case only; anything else takes the Python path: steps with prefill rows,
-LoRA, attention sinks or windows, quantized KV, and models with q/k norm, tensor parallelism,
-MoE layers, int8 weights, weight offloading or dynamic rope.
+It covers the plain case only (dense bf16/fp32 or int8 weights); anything else takes the Python
+path: steps with prefill rows, LoRA, attention sinks or windows, quantized KV, and models with
+q/k norm, tensor parallelism, MoE layers, weight offloading or dynamic rope.
 """
 
 from __future__ import annotations
@@ -17,23 +17,33 @@ import torch
 from corral.lora.step import LoRAStep
 from corral.model.layers.attention import AttentionMetadata, LayerKVCache
 from corral.model.layers.linear import uses_row_kernel
+from corral.model.quantization import Int8Weight
 
 if TYPE_CHECKING:
     from corral.model.models.llama import LlamaFamilyModel
 
-# The order of a layer's weights in the loop's lists (cpu_layer_loop.cpp LayerWeight).
-_LAYER_WEIGHTS = (
-    "input_norm",
-    "qkv",
-    "qkv_bias",
-    "o",
-    "o_bias",
-    "post_norm",
-    "gate_up",
-    "gate_up_bias",
-    "down",
-    "down_bias",
-)
+_LINEARS = ("qkv", "o", "gate_up", "down")
+
+
+def _loop_tensors(layer) -> list[torch.Tensor | None] | None:
+    """A layer's tensors in the loop's order (cpu_layer_loop.cpp LayerWeight): the input norm,
+    q|k|v (weight or int8 values, int8 scales or None, bias or None), o likewise, the post
+    norm, gate|up, down; None when the loop cannot run it."""
+    if layer.moe is not None:
+        return None
+    tensors: list[torch.Tensor | None] = [layer.input_norm]
+    for name in _LINEARS:
+        weight = getattr(layer, name)
+        if isinstance(weight, Int8Weight):
+            tensors += [weight.qweight, weight.scales]
+        elif type(weight) is torch.Tensor:
+            tensors += [weight, None]
+        else:
+            return None
+        tensors.append(getattr(layer, name + "_bias"))
+        if name == "o":
+            tensors.append(layer.post_norm)
+    return tensors
 
 
 def layer_loop_weights(
@@ -59,12 +69,9 @@ def layer_loop_weights(
             or model.rotary.dynamic is not None
             or any(window is not None for window in model.layer_windows)
         )
-        weights = [[getattr(layer, name) for name in _LAYER_WEIGHTS] for layer in model.layers]
-        dense = all(
-            layer.moe is None and all(w is None or type(w) is torch.Tensor for w in layer_weights)
-            for layer, layer_weights in zip(model.layers, weights, strict=True)
-        )
-        model._loop_weights = weights if plain and dense else []
+        weights = [_loop_tensors(layer) for layer in model.layers]
+        covered = all(tensors is not None for tensors in weights)
+        model._loop_weights = weights if plain and covered else []  # type: ignore[assignment]
     return model._loop_weights or None
 
 

@@ -1,5 +1,6 @@
 """The C++ layer loop (corral/model/layer_loop.py): decode steps through it give bit-for-bit the
-outputs of the per-layer Python path, in float32 and bfloat16, with biases and tied heads;
+outputs of the per-layer Python path, in float32 and bfloat16, with biases, tied heads and int8
+weights;
 models and steps it does not cover take the Python path."""
 
 from __future__ import annotations
@@ -34,18 +35,21 @@ def _run(path, loop: bool, dtype: str, **kwargs):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])  # untied head; qkv biases, tied head
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_the_loop_gives_the_python_paths_outputs_exactly(tiny_model_factory, family, dtype):
+@pytest.mark.parametrize("quantization", [None, "int8"])
+def test_the_loop_gives_the_python_paths_outputs_exactly(
+    tiny_model_factory, family, dtype, quantization
+):
     path = tiny_model_factory(family)
-    with_loop, model = _run(path, True, dtype)
+    with_loop, model = _run(path, True, dtype, quantization=quantization)
     assert model._loop_weights  # the decode steps went through it
-    without, other = _run(path, False, dtype)
+    without, other = _run(path, False, dtype, quantization=quantization)
     assert other._loop_weights is None  # never consulted
     assert with_loop == without
 
 
 def test_models_it_does_not_cover_take_the_python_path(tiny_model_factory):
     path = tiny_model_factory("llama")
-    _, model = _run(path, True, "float32", quantization="int8")
-    assert model._loop_weights == []
     _, model = _run(path, True, "float32", kv_cache_dtype="int8")
     assert model._loop_weights is None  # quantized KV: the step is refused before the model
+    _, model = _run(tiny_model_factory("mistral"), True, "float32")
+    assert model._loop_weights is None  # a sliding window: every step refused

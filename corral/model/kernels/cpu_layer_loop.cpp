@@ -1,7 +1,8 @@
 // The decoder stack of a decode step in one call: the same kernels, in the same order, as
 // LlamaFamilyModel._forward_fused (corral/model/models/llama.py), with the per-layer Python and
 // its tensor bookkeeping gone. Only for the plain case the caller checks (decode rows only, no
-// LoRA, tensor parallelism, MoE, q/k norm, quantized KV, windows or sinks, dense weights).
+// LoRA, tensor parallelism, MoE, q/k norm, quantized KV, windows or sinks; dense bf16/fp32 or
+// int8 linear weights).
 #include <torch/extension.h>
 
 #include <vector>
@@ -15,6 +16,8 @@ void rotary_inplace(torch::Tensor qkv, torch::Tensor positions, torch::Tensor co
 torch::Tensor silu_and_mul(torch::Tensor gate_up);
 void write_kv_cache(torch::Tensor key, torch::Tensor value, torch::Tensor key_cache,
                     torch::Tensor value_cache, torch::Tensor slot_mapping);
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
+                          c10::optional<torch::Tensor> bias);
 void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tensor key_cache,
                             torch::Tensor value_cache, torch::Tensor block_table,
                             torch::Tensor seq_lens, double scale, int64_t window,
@@ -24,14 +27,22 @@ void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tenso
 
 namespace {
 
-// Index of each weight in a layer's list (absent biases are None).
-enum LayerWeight { kInputNorm, kQkv, kQkvBias, kO, kOBias, kPostNorm, kGateUp, kGateUpBias,
-                   kDown, kDownBias, kNumLayerWeights };
+// Index of each tensor in a layer's list: a linear's weight (or int8 values), its scales (int8
+// weights only, else None) and its bias (None when absent).
+enum LayerWeight { kInputNorm, kQkv, kQkvScales, kQkvBias, kO, kOScales, kOBias, kPostNorm,
+                   kGateUp, kGateUpScales, kGateUpBias, kDown, kDownScales, kDownBias,
+                   kNumLayerWeights };
 
-torch::Tensor linear(const torch::Tensor& x, const c10::optional<torch::Tensor>& weight,
-                     const c10::optional<torch::Tensor>& bias, bool use_kernel) {
-  if (use_kernel) return few_row_linear(x.contiguous(), *weight, bias);
-  return at::linear(x, *weight, bias);
+// As corral/model/layers/linear.py: int8 weights on their kernel, then the few-row kernel or
+// at::linear as use_kernel says.
+torch::Tensor linear(const torch::Tensor& x, const std::vector<c10::optional<torch::Tensor>>& w,
+                     int weight, bool use_kernel) {
+  const torch::Tensor& values = *w[weight];
+  const c10::optional<torch::Tensor>& scales = w[weight + 1];
+  const c10::optional<torch::Tensor>& bias = w[weight + 2];
+  if (scales.has_value()) return int8_linear(x.contiguous(), values, *scales, bias);
+  if (use_kernel) return few_row_linear(x.contiguous(), values, bias);
+  return at::linear(x, values, bias);
 }
 
 }  // namespace
@@ -60,7 +71,7 @@ torch::Tensor decode_layers(torch::Tensor residual,
     torch::Tensor normed =
         delta.defined() ? rms_norm(delta, *w[kInputNorm], eps, residual)
                         : rms_norm(residual, *w[kInputNorm], eps, c10::nullopt);
-    torch::Tensor qkv = linear(normed, w[kQkv], w[kQkvBias], use_kernel);
+    torch::Tensor qkv = linear(normed, w, kQkv, use_kernel);
     rotary_inplace(qkv, rotary_rows, cos, sin, num_heads + num_kv_heads, head_dim);
     torch::Tensor query = qkv.narrow(1, 0, q_size).contiguous().view({rows, num_heads, head_dim});
     torch::Tensor key = qkv.narrow(1, q_size, kv_size).view({rows, num_kv_heads, head_dim});
@@ -71,10 +82,10 @@ torch::Tensor decode_layers(torch::Tensor residual,
     torch::Tensor attended = torch::empty_like(query);
     paged_decode_attention(attended, query, key_caches[index], value_caches[index], block_table,
                            seq_lens, scale, 0, c10::nullopt, c10::nullopt, c10::nullopt, 0);
-    delta = linear(attended.view({rows, q_size}), w[kO], w[kOBias], use_kernel);
+    delta = linear(attended.view({rows, q_size}), w, kO, use_kernel);
     normed = rms_norm(delta, *w[kPostNorm], eps, residual);
-    torch::Tensor gate_up = linear(normed, w[kGateUp], w[kGateUpBias], use_kernel);
-    delta = linear(silu_and_mul(gate_up), w[kDown], w[kDownBias], use_kernel);
+    torch::Tensor gate_up = linear(normed, w, kGateUp, use_kernel);
+    delta = linear(silu_and_mul(gate_up), w, kDown, use_kernel);
   }
   return rms_norm(delta, final_norm, eps, residual);
 }
