@@ -10,6 +10,7 @@ import time
 import pytest
 
 from corral import LLM, SamplingParams
+from corral.kv_transfer import worker_half
 from corral.kv_transfer.worker_half import FAULT_ENV
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 6  # several 16-token blocks
@@ -119,7 +120,10 @@ def test_a_bad_transfer_is_recomputed_not_served(tiny_model, single, fault, monk
     assert_no_leak(decode)
 
 
-def test_an_unreachable_or_foreign_lease_is_recomputed(tiny_model, single):
+def test_an_unreachable_or_foreign_lease_is_recomputed(tiny_model, single, monkeypatch):
+    # The lender is never stepped: an ask it does answer waits for the lease to open, 0.5 s here
+    # (not the default 5 s) before it is refused.
+    monkeypatch.setattr(worker_half, "LEASE_OPEN_WAIT_S", 0.5)
     expected = run(single, "alone-gone", GREEDY).outputs[0].token_ids
     prefill, decode = engine(tiny_model, kv_role="prefill"), engine(tiny_model, kv_role="decode")
     lent = run(prefill, "gone", FIRST, kv_transfer_params={"do_remote_decode": True})
@@ -134,7 +138,11 @@ def test_an_unreachable_or_foreign_lease_is_recomputed(tiny_model, single):
     assert_no_leak(decode)
 
 
-def test_unfetched_leases_expire_and_aborts_leak_nothing(tiny_model):
+def test_unfetched_leases_expire_and_aborts_leak_nothing(tiny_model, monkeypatch):
+    # The prefill engine is not stepped while the decode engine fetches: its worker waits for
+    # the lease to open, 0.5 s here (not the default 5 s), so each fetch is still in flight
+    # when the decode request is aborted.
+    monkeypatch.setattr(worker_half, "LEASE_OPEN_WAIT_S", 0.5)
     prefill = engine(tiny_model, kv_role="prefill", kv_lease_timeout_s=0.3)
     decode = engine(tiny_model, kv_role="decode")
     lent = run(prefill, "never", FIRST, kv_transfer_params={"do_remote_decode": True})

@@ -114,7 +114,8 @@ def test_a_corrupted_migration_is_recomputed_not_served(tiny_model, single, monk
 
 
 def test_only_migratable_requests_move(tiny_model):
-    llm = engine(tiny_model, kv_role="both")
+    # No target comes for the moved request: its lease expires (soon, not after the default).
+    llm = engine(tiny_model, kv_role="both", kv_lease_timeout_s=0.5)
     llm.engine.add_request("plain", PROMPT, GREEDY)  # no router to continue it
     llm.engine.add_request("logprobs", PROMPT, GREEDY.clone(logprobs=2), migratable=True)
     seeded = SamplingParams(temperature=0.8, seed=3, max_tokens=40)
@@ -125,6 +126,7 @@ def test_only_migratable_requests_move(tiny_model):
     assert [output.request_id for output in moved] == ["ok"]
     llm.engine.abort_request(["plain", "logprobs", "seeded"])
     drain(llm)
+    assert llm.engine.scheduler.connector.stats.num_leases_expired == 1  # the moved one's
     assert_no_leak(llm)
 
 
