@@ -146,8 +146,19 @@ def test_data_needs_the_key_and_the_page_does_not(dashboard_server):
     assert state["counters"]["corral:request_success"] == totals.get("corral:request_success", 0)
 
 
-def test_an_open_event_stream_does_not_hold_up_shutdown(start_server):
-    server = start_server("--dashboard-interval-ms", "100")
+@pytest.fixture(scope="module")
+def side_servers(start_server):
+    """The servers of the last two tests, started together (their start-ups overlap): one
+    streaming dashboard events every 100 ms (its test stops it), one with the dashboard off."""
+    return {
+        name: start_server("--dashboard-interval-ms", interval, wait=False)
+        for name, interval in (("events", "100"), ("off", "0"))
+    }
+
+
+def test_an_open_event_stream_does_not_hold_up_shutdown(side_servers):
+    server = side_servers["events"]
+    server.wait_ready()
     received = threading.Event()
 
     def listen() -> None:
@@ -169,7 +180,8 @@ def test_an_open_event_stream_does_not_hold_up_shutdown(start_server):
     assert not listener.is_alive()
 
 
-def test_the_dashboard_can_be_turned_off(start_server):
-    server = start_server("--dashboard-interval-ms", "0")
+def test_the_dashboard_can_be_turned_off(side_servers):
+    server = side_servers["off"]
+    server.wait_ready()
     assert httpx.get(server.base_url + "/dashboard", timeout=10).status_code == 404
     assert httpx.get(server.base_url + "/dashboard/state", timeout=10).status_code == 404
