@@ -48,6 +48,7 @@ from benchmarks.router_procs import (  # noqa: E402
     run_stopping_on_sigterm,
     scrape,
     start_replica,
+    stop_all,
     wait_idle,
 )
 from benchmarks.router_sim import fit_profile  # noqa: E402
@@ -182,12 +183,12 @@ def run_config(
     step_logs = [work / f"{config}-replica{i}.steps.jsonl" for i in range(2)]
     runs, workloads = [], {}
     with ExitStack() as stack:
-        replicas = []
+        replicas: list = []
+        stack.callback(stop_all, replicas)  # those started, at the end
         for index, core in enumerate(cores[:2]):
             flags = engine_flags + (roles[index] if config == "disaggregated" else [])
             log = work / f"{config}-replica{index}.log"
             replica = start_replica(flags, core, step_logs[index], log)
-            stack.callback(replica.stop)
             replicas.append(replica)
         for replica in replicas:
             replica.wait_healthy()

@@ -60,6 +60,7 @@ from benchmarks.router_procs import (  # noqa: E402
     scrape,
     start_replica,
     start_router,
+    stop_all,
     wait_idle,
     wait_router_ready,
 )
@@ -244,10 +245,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     workloads_of_run: dict[int, Workload] = {}
     overhead = None
     with ExitStack() as stack:
-        replicas = []
+        replicas: list = []
+        stack.callback(stop_all, replicas)  # those started, at the end
         for i, core in enumerate(cores):
             replica = start_replica(engine_flags, core, step_logs[i], work / f"replica{i}.log")
-            stack.callback(replica.stop)
             replicas.append(replica)
         for replica in replicas:
             replica.wait_healthy()

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.router_procs import CpuMeter, start_router, wait_router_ready
+from benchmarks.router_procs import CpuMeter, start_router, stop_all, wait_router_ready
 
 PROMPT = "Tom has 3 apples and buys 4 more. How many apples"
 
@@ -110,10 +110,10 @@ def router_overhead(
     request_path_s per routing policy (prefix-aware: through the prefix-aware router, which
     tokenizes; the load-only policies: through the round-robin one)."""
     routers = {}
+    stack.callback(lambda: stop_all(list(routers.values())))  # those started, at the end
     for policy in ("round-robin", "prefix-aware"):
         log = work / f"router-overhead-{policy}.log"
         router = start_router([url], policy, model_dir, args.num_kv_blocks, log)
-        stack.callback(router.stop)
         routers[policy] = router
     for router in routers.values():
         wait_router_ready(router, 1)

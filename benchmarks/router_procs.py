@@ -53,6 +53,7 @@ class Child:
         command = [sys.executable, "-m", "corral.cli", "--log-level", "WARNING", *argv]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"]
         self.command = command
+        self._terminated = False
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_WAIT_POLICY="PASSIVE")
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -77,15 +78,29 @@ class Child:
             time.sleep(0.2)
         raise RuntimeError(f"{self.url} not healthy in {timeout_s:.0f} s (log: {self.log_path})")
 
+    def terminate(self) -> None:
+        """SIGTERM (it drains), once: a second one would cut its drain short."""
+        if self.process.poll() is None and not self._terminated:
+            self._terminated = True
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, grace_s: float = 30.0) -> None:
         """SIGTERM (it drains), then SIGKILL to its session's group past grace_s."""
+        self.terminate()
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(grace_s)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)  # an engine core that outlived it
         self.process.wait()
+
+
+def stop_all(children: list[Child]) -> None:
+    """Child.stop for each of children, their drains overlapping: SIGTERM to all first."""
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.stop()
 
 
 def start_replica(engine_flags: list[str], core: int, step_log: Path, log_path: Path) -> Child:
