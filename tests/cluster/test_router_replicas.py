@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.cluster.test_router_unit import sample
-from tests.serve.conftest import ServerProcess, free_port
+from tests.serve.conftest import ServerProcess, free_port, stop_servers
 
 pytestmark = [
     pytest.mark.slow,
@@ -81,8 +81,7 @@ def servers(tiny_model, tmp_path_factory) -> Iterator[list[ServerProcess]]:
             server.wait_ready()
         yield started
     finally:
-        for server in started:
-            server.stop()
+        stop_servers(started)
 
 
 @pytest.fixture

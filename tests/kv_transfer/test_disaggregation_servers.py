@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from tests.serve.conftest import ServerProcess, free_port
+from tests.serve.conftest import ServerProcess, free_port, stop_servers
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,8 +42,7 @@ def servers(tiny_model, tmp_path_factory):
             server.wait_ready()
         yield {name: server.base_url for name, server in started.items()}
     finally:
-        for server in started.values():
-            server.stop()
+        stop_servers(started.values())
 
 
 def model_of(url: str) -> str:

@@ -60,6 +60,7 @@ class ServerProcess:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ, CORRAL_API_KEY="", TOKENIZERS_PARALLELISM="false")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self._terminated = False
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -90,15 +91,29 @@ class ServerProcess:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-6000:]
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
+    def terminate(self) -> None:
+        """SIGTERM (it drains), once: a second one would cut its drain short."""
+        if self.process.poll() is None and not self._terminated:
+            self._terminated = True
             self.process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        if self.process.poll() is None:
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
         self._log.close()
+
+
+def stop_servers(servers) -> None:  # noqa: ANN001 - ServerProcesses
+    """ServerProcess.stop for each, their drains overlapping: SIGTERM to all first."""
+    for server in servers:
+        server.terminate()
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +132,7 @@ def start_server(tiny_model, tmp_path_factory):
         return server
 
     yield start
-    for server in servers:
-        server.stop()
+    stop_servers(servers)
 
 
 @pytest.fixture(scope="package")
