@@ -149,23 +149,11 @@ class ModelConfig:
     offload_dir: str | None = None  # None: the system's temporary directory
 
     def __post_init__(self) -> None:
-        if self.offload_layers < 0:
-            raise ValueError(f"offload_layers must be >= 0, got {self.offload_layers}")
-        if not 0 <= self.cpu_offload_gb < float("inf"):
-            raise ValueError(f"cpu_offload_gb must be >= 0 and finite, got {self.cpu_offload_gb}")
-        if self.offload_layers and self.cpu_offload_gb:
-            raise ValueError(
-                f"give offload_layers ({self.offload_layers}) or cpu_offload_gb "
-                f"({self.cpu_offload_gb}), not both"
-            )
-        if self.offload_to not in ("auto", "host", "disk"):
-            raise ValueError(f"offload_to {self.offload_to!r} is not one of auto, host, disk")
-        if (self.offload_layers or self.cpu_offload_gb) and self.tensor_parallel_size > 1:
-            raise ValueError(
-                "weight offloading with tensor_parallel_size "
-                f"{self.tensor_parallel_size} is not supported: each rank holds a slice of "
-                "every layer; offload with one rank, or split over more ranks instead"
-            )
+        from corral.model.offload_plan import check_offload_settings
+
+        check_offload_settings(
+            self.offload_layers, self.cpu_offload_gb, self.offload_to, self.tensor_parallel_size
+        )
         if self.dtype not in ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"):
             raise ValueError(f"dtype {self.dtype!r} is not one of auto, bfloat16, float16, float32")
         if self.max_model_len is not None and self.max_model_len < 2:

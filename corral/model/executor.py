@@ -23,20 +23,19 @@ from corral.lora.memory import AdapterMemory
 from corral.lora.step import LoRAStep
 from corral.model.arch import ModelArch
 from corral.model.chunk_blend import ChunkBlender
-from corral.model.device import dtype_bytes, free_memory_bytes, resolve_device, resolve_dtype
+from corral.model.device import free_memory_bytes, resolve_device, resolve_dtype
 from corral.model.kv_disk import DiskKVStore
 from corral.model.kv_identity import kv_config_hash
 from corral.model.kv_storage import KVSpec, KVStorage, kv_storage_dtype, num_blocks_from_budget
 from corral.model.layers.linear import tune_linear_dispatch
 from corral.model.loader import load_model
 from corral.model.models.llama import LlamaFamilyModel
-from corral.model.offload_plan import plan_offloaded_layers
 from corral.model.quantization import apply_quantization
 from corral.model.sampler import Sampler, gather_logprobs
 from corral.model.sampling_step import sample, verify_drafts
 from corral.model.step_inputs import RequestState, batch_order, build_step_inputs
 from corral.model.tp_group import start_tensor_parallel
-from corral.model.weight_offload import install_weight_offload, resolve_offload_target
+from corral.model.weight_offload import install_weight_offload, plan_weight_offload
 from corral.spec.proposer import ProposalRequest, Proposer
 from corral.structured.constraint import new_constraint
 
@@ -100,10 +99,7 @@ class ModelExecutor:
             torch.set_num_threads(model_config.num_threads)
         torch.manual_seed(model_config.seed)
         tp = start_tensor_parallel(model_dir, arch, model_config, dtype, device, max_model_len)
-        offloaded = plan_offloaded_layers(
-            arch, dtype_bytes(dtype), model_config.offload_layers, model_config.cpu_offload_gb
-        )
-        offload_to = resolve_offload_target(model_config.offload_to, device) if offloaded else None
+        offloaded, offload_to = plan_weight_offload(model_config, arch, dtype, device)
         host_layer_ids = offloaded if offload_to == "host" else ()
         model = (
             tp.load_model()

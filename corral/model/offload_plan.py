@@ -12,6 +12,28 @@ from corral.model.arch import ModelArch
 logger = logging.getLogger(__name__)
 
 
+def check_offload_settings(
+    offload_layers: int, cpu_offload_gb: float, offload_to: str, tensor_parallel_size: int
+) -> None:
+    """ModelConfig's offloading fields: ValueError naming the value and the rule it breaks."""
+    if offload_layers < 0:
+        raise ValueError(f"offload_layers must be >= 0, got {offload_layers}")
+    if not 0 <= cpu_offload_gb < float("inf"):
+        raise ValueError(f"cpu_offload_gb must be >= 0 and finite, got {cpu_offload_gb}")
+    if offload_layers and cpu_offload_gb:
+        raise ValueError(
+            f"give offload_layers ({offload_layers}) or cpu_offload_gb ({cpu_offload_gb}), not both"
+        )
+    if offload_to not in ("auto", "host", "disk"):
+        raise ValueError(f"offload_to {offload_to!r} is not one of auto, host, disk")
+    if (offload_layers or cpu_offload_gb) and tensor_parallel_size > 1:
+        raise ValueError(
+            "weight offloading with tensor_parallel_size "
+            f"{tensor_parallel_size} is not supported: each rank holds a slice of "
+            "every layer; offload with one rank, or split over more ranks instead"
+        )
+
+
 def choose_offloaded_layers(
     layer_nbytes: Sequence[int], num_layers: int = 0, num_bytes: float = 0.0
 ) -> list[int]:

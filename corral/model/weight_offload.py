@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from corral.model.offload_plan import plan_offloaded_layers
 from corral.model.quantization import Int8Weight
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,22 @@ class LayerOffload(ABC):
         }
 
     target = "none"
+
+
+def plan_weight_offload(
+    model_config: Any, arch: Any, dtype: torch.dtype, device: torch.device
+) -> tuple[list[int], str | None]:
+    """The layers a ModelConfig offloads for this model, and where to ("host" or "disk"; None
+    when none is offloaded)."""
+    layer_ids = plan_offloaded_layers(
+        arch,
+        torch.empty((), dtype=dtype).element_size(),
+        model_config.offload_layers,
+        model_config.cpu_offload_gb,
+    )
+    if not layer_ids:
+        return [], None
+    return layer_ids, resolve_offload_target(model_config.offload_to, device)
 
 
 def install_weight_offload(

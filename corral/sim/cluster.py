@@ -23,48 +23,23 @@ import math
 import time
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from corral.cluster.routing import RouterPolicy, RoutingRequest, make_router
+from corral.cluster.routing import RouterPolicy, make_router
 from corral.core.messages import RequestUpdate
 from corral.engine.consensus import AGREED
 from corral.kv_transfer.params import KVTransferRequest, RemoteDecode
 from corral.request import Request
 from corral.sampling_params import SamplingParams
-from corral.sim.autoscale import AutoscaleResult, SimAutoscaler
+from corral.sim.autoscale import SimAutoscaler
 from corral.sim.config import ClusterSpec
 from corral.sim.instance import SimInstance
 from corral.sim.kv_transfer_sim import SimKVLinks
 from corral.sim.migration_sim import SimRebalancer
+from corral.sim.result import RequestHook, SimResult, routing_request
 from corral.workloads.metrics import RequestRecord
 from corral.workloads.spec import RequestSpec, Workload, check_lengths
 
 _ARRIVAL, _TRANSFER, _STEP_END, _WAKE, _CALL = 0, 1, 2, 3, 4
-
-
-@dataclass(slots=True)
-class SimResult:
-    records: list[RequestRecord]
-    instances: list[SimInstance]
-    end_time_s: float  # when the last step ended
-    wall_time_s: float
-    num_events: int
-    spec: ClusterSpec
-    # request id -> the instances it ran on (prefill instance first when disaggregated)
-    routes: dict[str, list[int]]
-    # What the autoscaler did (None: not autoscaled). instances then lists every instance that
-    # was started, in start order (InstanceReport.index is its slot).
-    autoscale: AutoscaleResult | None = None
-    # request id -> its grammar, for the requests that carried one (ClusterSpec.structured)
-    grammars: dict[str, int] = field(default_factory=dict)
-
-
-RequestHook = Callable[[Request, RequestSpec], None]
-
-
-def routing_request(request: Request) -> RoutingRequest:
-    """What the router sees of a request: its prompt and its block hashes' extra keys."""
-    return RoutingRequest(request.prompt_token_ids, request.adapter_id, request.cache_salt)
 
 
 class ClusterSimulator:
