@@ -41,9 +41,8 @@ from benchmarks.common import machine  # noqa: E402
 from corral import LLM, SamplingParams  # noqa: E402
 from corral.bench.reference import smollm_shaped_model  # noqa: E402
 from corral.model.weight_offload import layer_tensor_refs  # noqa: E402
+from corral.model.weight_offload_mapped import MADV_DONTNEED  # noqa: E402
 from corral.sim.cost.offload import offloaded_step_time_s  # noqa: E402
-
-_MADV_DONTNEED = 4
 
 
 def _engine(num_layers: int, cold: bool, threads: int) -> LLM:
@@ -85,7 +84,7 @@ def page_in_rates(llm: LLM, repeats: int) -> dict[str, float]:
         best = float("inf")
         for _ in range(repeats + 1):  # the first pass warms the page cache up
             for index in offload.layer_ids:
-                file.advise(index, _MADV_DONTNEED)
+                file.advise(index, MADV_DONTNEED)
                 if state == "cold":
                     file.drop_page_cache(index)
             start = time.perf_counter()
@@ -94,7 +93,7 @@ def page_in_rates(llm: LLM, repeats: int) -> dict[str, float]:
             best = min(best, time.perf_counter() - start)
         rates[state] = total / best
     for index in offload.layer_ids:
-        file.advise(index, _MADV_DONTNEED)
+        file.advise(index, MADV_DONTNEED)
     return rates
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from corral.model.device import dtype_bytes
 from corral.model.offload_plan import plan_offloaded_layers
 from corral.model.quantization import Int8Weight
 
@@ -143,14 +144,7 @@ class LayerOffload(ABC):
     def close(self) -> None:
         """Stop the transfers and let go of the offloaded copies."""
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "offload_to": self.target,
-            "offloaded_layers": list(self.layer_ids),
-            "offloaded_bytes": self.offloaded_bytes,
-        }
-
-    target = "none"
+    target = "none"  # "disk" or "host" in the subclasses
 
 
 def plan_weight_offload(
@@ -160,7 +154,7 @@ def plan_weight_offload(
     when none is offloaded)."""
     layer_ids = plan_offloaded_layers(
         arch,
-        torch.empty((), dtype=dtype).element_size(),
+        dtype_bytes(dtype),
         model_config.offload_layers,
         model_config.cpu_offload_gb,
     )

@@ -24,7 +24,7 @@ from corral.model.weight_offload import LayerOffload, TensorRef, pack_layer
 _REGION_ALIGN_BYTES = max(mmap.PAGESIZE, 2 << 20)
 # madvise advice numbers (Linux): populate page tables by reading (5.14+), drop pages, read ahead.
 _MADV_POPULATE_READ = 22
-_MADV_DONTNEED = 4
+MADV_DONTNEED = 4
 _MADV_WILLNEED = 3
 
 
@@ -110,7 +110,7 @@ class MappedLayerOffload(LayerOffload):
         for index in layer_ids:
             for ref in refs[index][0]:
                 ref.point_at(self.file.region(index))
-            self.file.advise(index, _MADV_DONTNEED)
+            self.file.advise(index, MADV_DONTNEED)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="corral-offload")
         self._reads: dict[int, Future] = {}
         self.populate_advice = _MADV_POPULATE_READ
@@ -130,7 +130,7 @@ class MappedLayerOffload(LayerOffload):
             self._reads[next_index] = self._reader.submit(self._populate, next_index)
 
     def release(self, index: int) -> None:
-        self.file.advise(index, _MADV_DONTNEED)
+        self.file.advise(index, MADV_DONTNEED)
         if self.drop_page_cache:
             self.file.drop_page_cache(index)
 

@@ -4,10 +4,8 @@ block while any medium still holds it; then (slow) a real engine's three tiers, 
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
-from collections.abc import Callable
 
 import msgpack
 import pytest
@@ -24,25 +22,12 @@ from corral.core.kv_events import (
 )
 from corral.sampling_params import SamplingParams
 from corral.serve.kv_events_publisher import KVEventsPublisher
+from tests.cluster.test_kv_events_stream import free_port, wait_for
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="ZMQ over loopback TCP"
 )
 TOPIC = "tiers"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def tier_stored(medium: str, *hashes: int) -> BlockStored:

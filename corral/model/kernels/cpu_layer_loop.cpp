@@ -7,23 +7,7 @@
 
 #include <vector>
 
-torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
-                             c10::optional<torch::Tensor> bias);
-torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps,
-                       c10::optional<torch::Tensor> residual);
-void rotary_inplace(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
-                    torch::Tensor sin, int64_t num_heads, int64_t head_dim);
-torch::Tensor silu_and_mul(torch::Tensor gate_up);
-void write_kv_cache(torch::Tensor key, torch::Tensor value, torch::Tensor key_cache,
-                    torch::Tensor value_cache, torch::Tensor slot_mapping);
-torch::Tensor int8_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
-                          c10::optional<torch::Tensor> bias);
-void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tensor key_cache,
-                            torch::Tensor value_cache, torch::Tensor block_table,
-                            torch::Tensor seq_lens, double scale, int64_t window,
-                            c10::optional<torch::Tensor> key_scale,
-                            c10::optional<torch::Tensor> value_scale,
-                            c10::optional<torch::Tensor> sink_query, int64_t num_sinks);
+#include "cpu_ops.h"
 
 namespace {
 

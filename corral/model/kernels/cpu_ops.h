@@ -1,0 +1,46 @@
+// The kernels' entry points, for the files that call each other's (each defined in the file
+// its comment names; cpu_kernels.cpp binds them to Python).
+#pragma once
+
+#include <torch/extension.h>
+
+#include <vector>
+
+// Defined in cpu_kernels.cpp.
+void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tensor key_cache,
+                            torch::Tensor value_cache, torch::Tensor block_table,
+                            torch::Tensor seq_lens, double scale, int64_t window,
+                            c10::optional<torch::Tensor> key_scale,
+                            c10::optional<torch::Tensor> value_scale,
+                            c10::optional<torch::Tensor> sink_query, int64_t num_sinks);
+// Defined in cpu_linear.cpp.
+torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
+                             c10::optional<torch::Tensor> bias);
+// Defined in cpu_fused.cpp.
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps,
+                       c10::optional<torch::Tensor> residual);
+void rotary_inplace(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
+                    torch::Tensor sin, int64_t num_heads, int64_t head_dim);
+torch::Tensor silu_and_mul(torch::Tensor gate_up);
+// Defined in cpu_kv_write.cpp.
+void write_kv_cache(torch::Tensor key, torch::Tensor value, torch::Tensor key_cache,
+                    torch::Tensor value_cache, torch::Tensor slot_mapping);
+// Defined in cpu_lora.cpp.
+void lora_shrink_expand(torch::Tensor out, torch::Tensor x, torch::Tensor a, torch::Tensor b,
+                        torch::Tensor part_offsets, torch::Tensor rows, torch::Tensor seg_starts,
+                        torch::Tensor seg_slots, torch::Tensor seg_ranks);
+
+// Defined in cpu_int8.cpp.
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
+                          c10::optional<torch::Tensor> bias);
+
+// Defined in cpu_layer_loop.cpp.
+torch::Tensor decode_layers(torch::Tensor residual,
+                            const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
+                            const std::vector<torch::Tensor>& key_caches,
+                            const std::vector<torch::Tensor>& value_caches,
+                            torch::Tensor rotary_rows, torch::Tensor cos, torch::Tensor sin,
+                            torch::Tensor slot_mapping, torch::Tensor block_table,
+                            torch::Tensor seq_lens, torch::Tensor final_norm, double scale,
+                            double eps, int64_t num_heads, int64_t num_kv_heads,
+                            int64_t head_dim, bool use_kernel);
