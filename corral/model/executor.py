@@ -27,7 +27,7 @@ from corral.model.device import free_memory_bytes, resolve_device, resolve_dtype
 from corral.model.kv_disk import DiskKVStore
 from corral.model.kv_identity import kv_config_hash
 from corral.model.kv_storage import KVSpec, KVStorage, kv_storage_dtype, num_blocks_from_budget
-from corral.model.layers.linear import tune_linear_dispatch
+from corral.model.layers.linear import pack_weights_for_kernel, tune_linear_dispatch
 from corral.model.loader import load_model
 from corral.model.models.llama import LlamaFamilyModel
 from corral.model.quantization import apply_quantization
@@ -110,6 +110,7 @@ class ModelExecutor:
         tune_linear_dispatch(model)
         if offload_to is not None:
             install_weight_offload(model, offloaded, offload_to, model_config.offload_dir)
+        pack_weights_for_kernel(model)
         spec = KVSpec(
             arch.num_layers,
             cache_config.block_size,

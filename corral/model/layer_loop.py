@@ -3,9 +3,9 @@ stack in one call, with the same kernels in the same order as LlamaFamilyModel._
 so results are bit for bit the same; what it saves is the per-layer Python and tensor
 bookkeeping (about 1 ms of a 19 ms single-stream step of the SmolLM-135M shape here).
 
-It covers the plain case only (dense bf16/fp32 or int8 weights); anything else takes the Python
-path: steps with prefill rows, LoRA, attention sinks or windows, quantized KV, and models with
-q/k norm, tensor parallelism, MoE layers, weight offloading or dynamic rope.
+It covers the plain case only (dense bf16/fp32, packed bf16 or int8 weights); anything else
+takes the Python path: steps with prefill rows, LoRA, attention sinks or windows, quantized KV,
+and models with q/k norm, tensor parallelism, MoE layers, weight offloading or dynamic rope.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from corral.lora.step import LoRAStep
 from corral.model.layers.attention import AttentionMetadata, LayerKVCache
 from corral.model.layers.linear import uses_row_kernel
+from corral.model.packed_weight import PackedWeight
 from corral.model.quantization import Int8Weight
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ def _loop_tensors(layer) -> list[torch.Tensor | None] | None:
             tensors += [weight.qweight, weight.scales]
         elif type(weight) is torch.Tensor:
             tensors += [weight, None]
+        elif isinstance(weight, PackedWeight):  # read by few_row_linear as a 4-D tensor
+            tensors += [weight.data, None]
         else:
             return None
         tensors.append(getattr(layer, name + "_bias"))

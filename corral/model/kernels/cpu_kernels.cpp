@@ -256,6 +256,8 @@ void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tenso
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, "decode attention over paged KV");
   m.def("few_row_linear", &few_row_linear, "x @ weight.T for few rows");
+  m.def("packed_weights_supported", &packed_weights_supported,
+        "whether few_row_linear reads packed bf16 weights here");
   m.def("rms_norm", &rms_norm, "RMSNorm, optionally adding a residual in place first");
   m.def("rotary_inplace", &rotary_inplace, "rotary embedding of q and k heads in place");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");

@@ -16,6 +16,7 @@ void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tenso
 // Defined in cpu_linear.cpp.
 torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
                              c10::optional<torch::Tensor> bias);
+bool packed_weights_supported();
 // Defined in cpu_fused.cpp.
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps,
                        c10::optional<torch::Tensor> residual);

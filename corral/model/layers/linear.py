@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from corral.model.kernels import cpu_kernels
-from corral.model.layers.linear_dispatch import choose_max_kernel_rows, guessed_max_kernel_rows
+from corral.model.layers.linear_dispatch import (
+    UNLIMITED,
+    choose_max_kernel_rows,
+    guessed_max_kernel_rows,
+)
+from corral.model.packed_weight import PackedWeight, pack_model_weights, packing_applies
 from corral.model.quantization import Int8Weight, int8_linear
 
 # Up to this many rows, bfloat16 CPU linears use corral's kernel, beyond them F.linear: guessed
@@ -28,6 +33,13 @@ def tune_linear_dispatch(model) -> None:
     )
 
 
+def pack_weights_for_kernel(model) -> None:
+    """Pack the model's bf16 linear weights by quads where every row count of its linears runs
+    on the kernel (after tune_linear_dispatch and any offloading; corral/model/packed_weight.py)."""
+    if packing_applies(model, _MAX_KERNEL_ROWS, UNLIMITED):
+        pack_model_weights(model)
+
+
 def uses_row_kernel(num_rows: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether a dense linear of num_rows rows runs on corral's few-row kernel (bf16 on CPU, up
     to the measured row limit) rather than F.linear (when the kernels are built)."""
@@ -38,6 +50,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """x [num_tokens, in] @ weight[out, in].T (+ bias)."""
     if isinstance(weight, Int8Weight):  # --quantization int8 (corral/model/quantization.py)
         return int8_linear(x, weight, bias)
+    if isinstance(weight, PackedWeight):  # corral/model/packed_weight.py
+        kernels = cpu_kernels()
+        if kernels is not None and uses_row_kernel(x.shape[0], x.dtype, x.device):
+            return kernels.few_row_linear(x.contiguous(), weight.data, bias)
+        return F.linear(x, weight.unpack(), bias)
     if uses_row_kernel(x.shape[0], x.dtype, x.device):
         kernels = cpu_kernels()
         if kernels is not None:

@@ -24,6 +24,7 @@ from corral.config import ModelConfig
 from corral.core.kv_cache import KVCacheManager
 from corral.core.kv_window import resolve_kv_window
 from corral.model.kv_storage import KVSpec, KVStorage
+from corral.model.layers.linear import pack_weights_for_kernel
 from corral.model.loader import load_model
 from corral.model.models.llama import LlamaFamilyModel
 from corral.model.sampler import (
@@ -93,6 +94,7 @@ class DraftProposer(Proposer):
                 f"target's max_model_len {max_model_len}"
             )
         model = load_model(Path(model_dir), arch, dtype, device, max_model_len)
+        pack_weights_for_kernel(model)
         return cls(model, num_blocks, block_size, max_model_len)
 
     def propose(self, requests: list[ProposalRequest]) -> dict[str, Proposal]:
