@@ -42,9 +42,7 @@ def kernel_rows(repeats: int) -> list[dict]:
     rows_out = []
     for out_features, in_features in SHAPES:
         count = max(1, BYTES_PER_SHAPE // (out_features * in_features * 2))
-        plain = [
-            torch.randn(out_features, in_features).to(torch.bfloat16) for _ in range(count)
-        ]
+        plain = [torch.randn(out_features, in_features).to(torch.bfloat16) for _ in range(count)]
         packed = [PackedWeight.pack(w).data for w in plain]
         for num_rows in (1, 32):
             x = torch.randn(num_rows, in_features).to(torch.bfloat16)
