@@ -236,10 +236,16 @@ class SpecController:
         start_costs = {
             rid: catchup_s * _catchup_tokens(c) / _horizon_steps(c) for rid, c in candidates.items()
         }
+        # Drafts proposed now are verified next step. This step's prefill work says nothing of
+        # that step's rate, and counted here it made any draft look cheap (a step of 2,000
+        # prompt tokens granted 76 drafts and a 2,151-token catch-up to a batch of 29): they
+        # are priced against a step that only decodes the candidates.
+        decode_tokens = float(max(len(candidates), 1))
+        decode_time_s = fixed_s + per_token_s * len(candidates)
         propose, _, _ = self._grant(
             propose_limits,
-            tokens,
-            time_s,
+            decode_tokens,
+            decode_time_s,
             per_token_s + token_s,
             pass_s,
             None,

@@ -90,6 +90,23 @@ def test_large_compute_bound_batch_gets_none() -> None:
     assert controller.plan(candidates(names), 32, 0, budget=1000) == ({}, {})
 
 
+def test_a_prefill_heavy_step_does_not_make_proposals_look_cheap() -> None:
+    """Proposals are verified next step: a step that is mostly prompt tokens (low tokens per
+    second) must not grant a large batch drafts that its decode steps cannot pay for."""
+    controller = SpecController(4)
+    for rows, prefill in [(1, 0), (8, 0), (32, 0), (4, 500), (16, 2000), (2, 100), (24, 0)] * 3:
+        controller.observe_step(rows, prefill, 0.001 + 0.0002 * rows + 0.0002 * prefill, 0.0, 0)
+    names = [f"r{i}" for i in range(29)]
+    for request_id in names:
+        feed_acceptance(controller, request_id, 6)
+    plan = controller.plan(candidates(names, num_held=0), 29, 2000, budget=4000)
+    assert plan.propose == {}
+    # The same batch alone in a decode step gets none either; one request alone gets drafts.
+    assert controller.plan(candidates(names, num_held=0), 29, 0, budget=4000).propose == {}
+    feed_costs(controller, fixed_s=0.002, per_token_s=0.00002)
+    assert controller.plan(candidates(["r0"], num_held=0), 1, 300, budget=4000).propose
+
+
 def test_held_drafts_are_verified_when_proposing_more_would_not_pay() -> None:
     """A proposal already paid for costs only its verification."""
     controller = SpecController(4)
