@@ -93,8 +93,12 @@ class PackedWeight:
     def __getitem__(self, row_ids: torch.Tensor) -> torch.Tensor:
         """Rows row_ids of the weight (an embedding lookup): [*row_ids.shape, in]."""
         flat = row_ids.reshape(-1)
-        # Advanced indices on dims 0 and 2 around a slice: the result is [n, in / 16, 16].
-        rows = self.data[flat // QUAD_ROWS, :, flat % QUAD_ROWS, :]
+        kernels = cpu_kernels() if self.data.device.type == "cpu" else None
+        if kernels is not None and flat.dtype == torch.int64:
+            rows = kernels.packed_rows(self.data, flat)  # one call: a decode step's lookups
+        else:
+            # Advanced indices on dims 0 and 2 around a slice: the result is [n, in / 16, 16].
+            rows = self.data[flat // QUAD_ROWS, :, flat % QUAD_ROWS, :]
         return rows.reshape(*row_ids.shape, self.shape[1])
 
     def __repr__(self) -> str:

@@ -65,6 +65,18 @@ def test_the_kernel_gives_the_same_bits_packed_and_plain(shape):
 
 
 @needs_packing
+def test_row_lookups_through_the_kernel_match_the_plain_table():
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(40, 64, generator=generator).to(torch.bfloat16)
+    packed = PackedWeight.pack(weight)
+    row_ids = torch.tensor([39, 0, 7, 7, 21])
+    assert torch.equal(_KERNELS.packed_rows(packed.data, row_ids), weight[row_ids])
+    assert torch.equal(packed[row_ids.view(5, 1)], weight[row_ids.view(5, 1)])
+    with pytest.raises(RuntimeError, match="row 40 of 40"):
+        _KERNELS.packed_rows(packed.data, torch.tensor([40]))
+
+
+@needs_packing
 def test_the_kernel_refuses_a_packed_weight_of_the_wrong_width():
     packed = PackedWeight.pack(torch.zeros(8, 32, dtype=torch.bfloat16))
     with pytest.raises(RuntimeError, match="packed weight"):

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -371,6 +372,32 @@ torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& weight,
 }
 
 }  // namespace
+
+// Rows row_ids of a packed weight [quads, blocks, 4, 16] in the plain layout: [n, blocks * 16]
+// (the lookups of an embedding table that is also the packed LM head).
+torch::Tensor packed_rows(torch::Tensor weight, torch::Tensor row_ids) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 4 && weight.size(3) == 16 &&
+                  weight.is_contiguous(),
+              "packed_rows: a contiguous packed weight [quads, blocks, 4, 16]");
+  TORCH_CHECK(row_ids.dim() == 1 && row_ids.scalar_type() == at::kLong, "packed_rows: 1-D int64 ids");
+  const int64_t num_quads = weight.size(0), blocks = weight.size(1), n = row_ids.size(0);
+  auto ids = row_ids.contiguous();
+  auto out = torch::empty({n, blocks * 16}, weight.options());
+  const int64_t* id_ptr = ids.data_ptr<int64_t>();
+  const int64_t element_size = weight.element_size();
+  const char* w_ptr = static_cast<const char*>(weight.data_ptr());
+  char* o_ptr = static_cast<char*>(out.data_ptr());
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t row = id_ptr[i];
+    TORCH_CHECK(row >= 0 && row < 4 * num_quads, "packed_rows: row ", row, " of ", 4 * num_quads);
+    const char* quad = w_ptr + ((row / 4) * blocks * 64 + (row % 4) * 16) * element_size;
+    char* dst = o_ptr + i * blocks * 16 * element_size;
+    for (int64_t b = 0; b < blocks; ++b) {
+      std::memcpy(dst + b * 16 * element_size, quad + b * 64 * element_size, 16 * element_size);
+    }
+  }
+  return out;
+}
 
 // Whether this build reads packed bf16 weights (AVX2 without native bf16 dot products).
 bool packed_weights_supported() {

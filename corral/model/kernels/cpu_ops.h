@@ -17,6 +17,7 @@ void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tenso
 torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
                              c10::optional<torch::Tensor> bias);
 bool packed_weights_supported();
+torch::Tensor packed_rows(torch::Tensor weight, torch::Tensor row_ids);
 // Defined in cpu_fused.cpp.
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps,
                        c10::optional<torch::Tensor> residual);
