@@ -5,16 +5,14 @@ tied and untied heads, int8 layers beside a packed head)."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
-from corral import LLM, SamplingParams
 from corral.model.kernels import cpu_kernels
 from corral.model.layers import linear as linear_module
 from corral.model.packed_weight import PackedWeight
 from corral.model.quantization import Int8Weight
+from tests.model.test_layer_loop import _run as run_prompts
 
 _KERNELS = cpu_kernels()
 needs_packing = pytest.mark.skipif(
@@ -95,22 +93,7 @@ def test_rows_beyond_the_kernels_limit_take_f_linear_on_the_unpacked_weight(monk
 
 def _generate(path, monkeypatch, pack: bool, loop: bool, **kwargs):
     monkeypatch.setenv("CORRAL_PACK_WEIGHTS", "1" if pack else "0")
-    llm = LLM(model=str(path), dtype="bfloat16", num_blocks=128, block_size=16, **kwargs)
-    model = llm.engine.executor.model
-    model.use_layer_loop = loop
-    rng = random.Random(3)
-    prompts = [[rng.randrange(3, 500) for _ in range(n)] for n in (1, 9, 40)]
-    params = [
-        SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=2),
-        SamplingParams(temperature=0.9, seed=11, max_tokens=10, ignore_eos=True, logprobs=2),
-    ]
-    outputs = llm.generate(
-        [{"prompt_token_ids": p} for p in prompts],
-        [params[i % 2] for i in range(len(prompts))],
-        use_tqdm=False,
-    )
-    llm.shutdown()
-    return [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outputs], model
+    return run_prompts(path, loop, "bfloat16", **kwargs)
 
 
 @needs_packing
@@ -142,18 +125,6 @@ def test_int8_layers_keep_their_kernel_beside_a_packed_head(tiny_model_factory, 
 
 
 def test_float32_models_are_not_packed(tiny_model_factory, monkeypatch):
-    _, model = _generate_dtype(tiny_model_factory("llama"), monkeypatch, "float32")
-    assert type(model.layers[0].qkv) is torch.Tensor
-
-
-def _generate_dtype(path, monkeypatch, dtype: str):
     monkeypatch.setenv("CORRAL_PACK_WEIGHTS", "1")
-    llm = LLM(model=str(path), dtype=dtype, num_blocks=64, block_size=16)
-    outputs = llm.generate(
-        [{"prompt_token_ids": [5, 6, 7]}],
-        SamplingParams(temperature=0, max_tokens=3),
-        use_tqdm=False,
-    )
-    model = llm.engine.executor.model
-    llm.shutdown()
-    return outputs, model
+    _, model = run_prompts(tiny_model_factory("llama"), True, "float32")
+    assert type(model.layers[0].qkv) is torch.Tensor
