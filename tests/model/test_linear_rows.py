@@ -14,7 +14,9 @@ pytestmark = pytest.mark.skipif(kernels is None, reason="the CPU kernels did not
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("shape", [(1538, 256), (256, 768), (130, 72), (8, 20), (12, 16)])
+@pytest.mark.parametrize(
+    "shape", [(1538, 256), (256, 768), (130, 72), (8, 20), (12, 16), (20, 1304), (8, 1536)]
+)
 def test_rows_do_not_change_each_others_bits(dtype, shape):
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(shape, generator=generator).to(dtype)
