@@ -3,7 +3,7 @@ kernel's weight streaming at one row (GB/s) and its GFLOP/s at 32 rows, per Smol
 beside the machine's read bandwidth; then single-stream decode of the SmolLM-135M-shaped bf16
 model (and int8 layers with a bf16 head) with packing on and off, rounds alternating.
 
-    .venv/bin/python benchmarks/packed_weights.py --json docs/figures/packed_weights.json
+    .venv/bin/python -m benchmarks.packed_weights --json docs/figures/packed_weights.json
 """
 
 from __future__ import annotations
@@ -19,20 +19,11 @@ from benchmarks.peers.ceilings import cpu_facts, read_bandwidth_gbs
 from benchmarks.single_stream import ms_per_token
 from corral.model.kernels import cpu_kernels
 from corral.model.packed_weight import PackedWeight
+from corral.sim.cost.measure import best_time_s
 
 # SmolLM-135M: fused q|k|v, o, fused gate|up, down (out, in), and the LM head.
 SHAPES = ((960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576))
 BYTES_PER_SHAPE = 64_000_000  # each shape's weights repeated to about this much: out of cache
-
-
-def _best_s(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def kernel_rows(repeats: int) -> list[dict]:
@@ -54,7 +45,7 @@ def kernel_rows(repeats: int) -> list[dict]:
                         for w in weights:
                             kernels.few_row_linear(x, w, None)
 
-                    seconds[name] = min(seconds[name], _best_s(run, repeats))
+                    seconds[name] = min(seconds[name], best_time_s(run, repeats))
             weight_bytes = count * out_features * in_features * 2
             flops = 2 * num_rows * count * out_features * in_features
             row = {"shape": [out_features, in_features], "rows": num_rows}

@@ -3,8 +3,8 @@
 The kernel takes a linear's output rows four at a time (a quad) and walks the four rows' inputs
 side by side, 16 at a time. In the checkpoint's layout that is four memory streams 2 * in bytes
 apart; packed, each quad's 16-element blocks are interleaved by row, [out / 4, in / 16, 4, 16],
-so the walk reads one sequential stream. On a 2-core AVX2 EPYC that raised the one-row linear's
-weight streaming from 22-34 to 31-48 GB/s on SmolLM-135M's shapes (benchmarks/packed_weights.py).
+so the walk reads one sequential stream. On a 2-core AVX2 EPYC that made the one-row linear
+1.07-1.43x faster on SmolLM-135M's shapes (benchmarks/packed_weights.py, docs/performance.md).
 The arithmetic is unchanged, so packed and plain weights give the same bits at any row count.
 
 Packed at load, after quantization and the dispatch tuning, only where the kernel serves every

@@ -80,9 +80,9 @@ inline __m256 load_eight(const at::Half* p) {
 // as the AVX-512 path does. It changes no result.
 //
 // kPacked: w is one quad of a packed weight (corral/model/packed_weight.py): its 16-element
-// blocks interleaved by row, [in / 16][4][16], so the loop reads one sequential stream (about
-// 1.3-1.5x the bandwidth of four row streams on a 2-core AVX2 EPYC, with the same arithmetic in
-// the same order, so the same bits). in is then a multiple of 16.
+// blocks interleaved by row, [in / 16][4][16], so the loop reads one sequential stream (1.07-1.43x
+// the speed of four row streams on a 2-core AVX2 EPYC, benchmarks/packed_weights.py; the same
+// arithmetic in the same order, so the same bits). in is then a multiple of 16.
 template <typename T, bool kPrefetch = false, bool kPacked = false>
 inline void dot_four_rows_avx2(const T* x, const T* w, int64_t in, float* sums) {
   __m256 acc[4][2];
