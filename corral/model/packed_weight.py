@@ -64,10 +64,13 @@ class PackedWeight:
                 f"of {QUAD_ROWS} and in of {BLOCK_COLUMNS}"
             )
         out_features, in_features = weight.shape
+        # [quads, 4, blocks, 2, 8] -> [quads, blocks, 4, 8, 2]: each block in paired order.
+        half = BLOCK_COLUMNS // 2
         quads = weight.reshape(
-            out_features // QUAD_ROWS, QUAD_ROWS, in_features // BLOCK_COLUMNS, BLOCK_COLUMNS
+            out_features // QUAD_ROWS, QUAD_ROWS, in_features // BLOCK_COLUMNS, 2, half
         )
-        return cls(quads.transpose(1, 2).contiguous())
+        packed = quads.permute(0, 2, 1, 4, 3).contiguous()
+        return cls(packed.reshape(packed.shape[0], packed.shape[1], QUAD_ROWS, BLOCK_COLUMNS))
 
     @property
     def shape(self) -> torch.Size:
@@ -88,7 +91,9 @@ class PackedWeight:
 
     def unpack(self) -> torch.Tensor:
         """The weight in the plain [out, in] layout (a copy)."""
-        return self.data.transpose(1, 2).reshape(self.shape)
+        quads, blocks = self.data.shape[:2]
+        paired = self.data.reshape(quads, blocks, QUAD_ROWS, BLOCK_COLUMNS // 2, 2)
+        return paired.permute(0, 2, 1, 4, 3).reshape(self.shape)
 
     def __getitem__(self, row_ids: torch.Tensor) -> torch.Tensor:
         """Rows row_ids of the weight (an embedding lookup): [*row_ids.shape, in]."""
@@ -97,8 +102,10 @@ class PackedWeight:
         if kernels is not None and flat.dtype == torch.int64:
             rows = kernels.packed_rows(self.data, flat)  # one call: a decode step's lookups
         else:
-            # Advanced indices on dims 0 and 2 around a slice: the result is [n, in / 16, 16].
-            rows = self.data[flat // QUAD_ROWS, :, flat % QUAD_ROWS, :]
+            # Advanced indices on dims 0 and 2 around a slice: [n, in / 16, 16], each block in
+            # paired order, then put back in column order.
+            paired = self.data[flat // QUAD_ROWS, :, flat % QUAD_ROWS, :]
+            rows = paired.reshape(flat.shape[0], -1, BLOCK_COLUMNS // 2, 2).transpose(2, 3)
         return rows.reshape(*row_ids.shape, self.shape[1])
 
     def __repr__(self) -> str:

@@ -28,8 +28,11 @@ def test_packing_keeps_the_weight_and_its_rows():
     assert tuple(packed.data.shape) == (3, 3, 4, 16)
     assert packed.shape == weight.shape and packed.dtype == torch.bfloat16
     assert torch.equal(packed.unpack(), weight)
-    # quad 1, block 2, row 3 of the quad is weight row 7, columns 32..47
-    assert torch.equal(packed.data[1, 2, 3], weight[7, 32:48])
+    # quad 1, block 2, row 3 of the quad is weight row 7, columns 32..47 in paired order:
+    # column 32 + l at 2l and column 40 + l at 2l + 1
+    block = packed.data[1, 2, 3]
+    assert torch.equal(block[0::2], weight[7, 32:40])
+    assert torch.equal(block[1::2], weight[7, 40:48])
     row_ids = torch.tensor([[0, 5], [11, 4]])
     assert torch.equal(packed[row_ids], weight[row_ids])
 
@@ -43,7 +46,10 @@ def test_shapes_that_do_not_pack_are_refused(shape):
 
 
 @needs_packing
-@pytest.mark.parametrize("shape", [(960, 576), (256, 768), (8, 16)])
+@pytest.mark.parametrize(
+    "shape",
+    [(960, 576), (256, 768), (8, 16), (64, 1536), (8, 1040)],  # >1024: column blocks
+)
 def test_the_kernel_gives_the_same_bits_packed_and_plain(shape):
     generator = torch.Generator().manual_seed(1)
     weight = torch.randn(shape, generator=generator).to(torch.bfloat16)
