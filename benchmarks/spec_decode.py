@@ -30,7 +30,14 @@ import statistics
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP reads its wait policy when torch loads. PASSIVE (this script's default) keeps figures
+# stable on cores shared with other jobs but makes every parallel region wake a sleeping thread;
+# OMP_WAIT_POLICY=default measures libgomp's own default (spin a while, then sleep), which is
+# what `corral serve` runs with (docs/performance.md, "Threads kept warm between steps").
+if os.environ.get("OMP_WAIT_POLICY", "").lower() == "default":
+    del os.environ["OMP_WAIT_POLICY"]
+else:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
@@ -107,7 +114,8 @@ def main() -> None:
     names = args.configs.split(",")
     print(
         f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"native bf16 matmul: {has_native_bf16_matmul()}, torch {torch.__version__}"
+        f"native bf16 matmul: {has_native_bf16_matmul()}, torch {torch.__version__}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (libgomp default)')}"
     )
     loads = workloads(args.num_prompts, args.max_tokens)
     print(
@@ -153,6 +161,7 @@ def main() -> None:
                 base_decode = base_decode or decode_rate
                 row = dict(
                     workload=workload,
+                    omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
                     concurrency=concurrency,
                     config=name,
                     output_tokens_per_s=round(rate, 1),
