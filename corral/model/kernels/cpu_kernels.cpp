@@ -172,6 +172,59 @@ void decode_one(T* out, const T* query, const T* sink_query, int64_t num_sinks,
   }
 }
 
+// Rows [0, num_rows) of a run (consecutive rows of one sequence: the same blocks, lengths
+// seq_lens[0], seq_lens[0] + 1, ...: a request's verification rows), one kv head, no window or
+// sinks. The keys of the whole blocks below the first row's length are read once for every row
+// of the run (a group of num_rows * group queries); each row then takes its remaining keys
+// alone. Every query sees the same blocks in the same order with the same arithmetic as in
+// decode_one, so a row's output is the same bits alone or in a run.
+template <typename T, typename C, int64_t kHeadDim, int64_t kBlock>
+void decode_run(T* out, const T* query, int64_t num_rows, int64_t row_stride,
+                const C* key_cache, const C* value_cache, const at::Half* key_scales,
+                const at::Half* value_scales, const int64_t* blocks, const int64_t* seq_lens,
+                int64_t kv_head, int64_t group, int64_t num_kv_heads, int64_t runtime_head_dim,
+                int64_t runtime_block_size, float scale, std::vector<float>& buffer) {
+  const int64_t head_dim = kHeadDim > 0 ? kHeadDim : runtime_head_dim;
+  const int64_t block_size = kBlock > 0 ? kBlock : runtime_block_size;
+  const int64_t queries = num_rows * group;
+  buffer.assign(queries * head_dim * 2 + queries * block_size + block_size + head_dim +
+                    2 * queries, 0.f);
+  float* q = buffer.data();                   // [num_rows, group, head_dim], scaled
+  float* acc = q + queries * head_dim;        // [num_rows, group, head_dim]
+  float* scores = acc + queries * head_dim;   // [queries, block_size]
+  float* row = scores + queries * block_size; // [block_size]
+  float* value = row + block_size;            // [head_dim]
+  float* running_max = value + head_dim;      // [queries]
+  float* running_sum = running_max + queries; // [queries]
+  for (int64_t r = 0; r < num_rows; ++r) {
+    for (int64_t g = 0; g < group; ++g) {
+      const T* query_row = query + r * row_stride + (kv_head * group + g) * head_dim;
+      float* q_row = q + (r * group + g) * head_dim;
+      for (int64_t i = 0; i < head_dim; ++i) q_row[i] = to_float(query_row[i]) * scale;
+      running_max[r * group + g] = -std::numeric_limits<float>::infinity();
+    }
+  }
+  const int64_t shared = seq_lens[0] / block_size * block_size;
+  attend_range<T, C, kHeadDim, kBlock>(q, 0, shared, key_cache, value_cache, key_scales,
+                                       value_scales, blocks, kv_head, queries, num_kv_heads,
+                                       head_dim, block_size, acc, scores, row, value, running_max,
+                                       running_sum);
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const int64_t first = r * group;
+    attend_range<T, C, kHeadDim, kBlock>(q + first * head_dim, shared, seq_lens[r], key_cache,
+                                         value_cache, key_scales, value_scales, blocks, kv_head,
+                                         group, num_kv_heads, head_dim, block_size,
+                                         acc + first * head_dim, scores, row, value,
+                                         running_max + first, running_sum + first);
+    for (int64_t g = 0; g < group; ++g) {
+      T* out_row = out + r * row_stride + (kv_head * group + g) * head_dim;
+      const float* a = acc + (first + g) * head_dim;
+      const float inverse = 1.f / running_sum[first + g];
+      for (int64_t i = 0; i < head_dim; ++i) out_row[i] = static_cast<T>(a[i] * inverse);
+    }
+  }
+}
+
 template <typename T, typename C>
 void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Tensor& key_cache,
                 const torch::Tensor& value_cache, const at::Half* key_scales,
@@ -190,19 +243,44 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
   // passive OpenMP waits): chunks of at least kMinParallelWork multiply-adds.
   int64_t total_len = 0;
   for (int64_t seq = 0; seq < num_seqs; ++seq) total_len += lengths[seq];
+  // Runs of rows of one sequence (decode_run): a row joins the run before it when its length is
+  // one more and its blocks are the same. Without a window or sinks only.
+  std::vector<int64_t> run_starts;
+  for (int64_t seq = 0; seq < num_seqs; ++seq) {
+    bool joins = false;
+    if (seq > 0 && window == 0 && sink_ptr == nullptr && lengths[seq] == lengths[seq - 1] + 1) {
+      const int64_t used = std::min(max_blocks, (lengths[seq] + block_size - 1) / block_size);
+      joins = std::memcmp(table + seq * max_blocks, table + (seq - 1) * max_blocks,
+                          used * sizeof(int64_t)) == 0;
+    }
+    if (!joins) run_starts.push_back(seq);
+  }
+  const int64_t num_runs = static_cast<int64_t>(run_starts.size());
+  run_starts.push_back(num_seqs);
   const int64_t work_per_item =
-      std::max<int64_t>(1, 2 * group * head_dim * total_len / std::max<int64_t>(1, num_seqs));
+      std::max<int64_t>(1, 2 * group * head_dim * total_len / std::max<int64_t>(1, num_runs));
   const int64_t grain = std::max<int64_t>(1, kMinParallelWork / work_per_item);
-  at::parallel_for(0, num_seqs * num_kv_heads, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_runs * num_kv_heads, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer;
-    auto run = block_size != 16  ? &decode_one<T, C, 0, 0>
+    auto one = block_size != 16  ? &decode_one<T, C, 0, 0>
                : head_dim == 64  ? &decode_one<T, C, 64, 16>
                : head_dim == 128 ? &decode_one<T, C, 128, 16>
                                  : &decode_one<T, C, 0, 16>;
+    auto several = block_size != 16  ? &decode_run<T, C, 0, 0>
+                   : head_dim == 64  ? &decode_run<T, C, 64, 16>
+                   : head_dim == 128 ? &decode_run<T, C, 128, 16>
+                                     : &decode_run<T, C, 0, 16>;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t seq = item / num_kv_heads, kv_head = item % num_kv_heads;
+      const int64_t run = item / num_kv_heads, kv_head = item % num_kv_heads;
+      const int64_t seq = run_starts[run], num_rows = run_starts[run + 1] - seq;
       const int64_t offset = seq * num_heads * head_dim;
-      run(out_ptr + offset, q_ptr + offset, sink_ptr ? sink_ptr + offset : nullptr, num_sinks,
+      if (num_rows > 1) {
+        several(out_ptr + offset, q_ptr + offset, num_rows, num_heads * head_dim, k_ptr, v_ptr,
+                key_scales, value_scales, table + seq * max_blocks, lengths + seq, kv_head, group,
+                num_kv_heads, head_dim, block_size, scale, buffer);
+        continue;
+      }
+      one(out_ptr + offset, q_ptr + offset, sink_ptr ? sink_ptr + offset : nullptr, num_sinks,
           k_ptr, v_ptr, key_scales, value_scales, table + seq * max_blocks, lengths[seq],
           kv_head, group, num_kv_heads, head_dim, block_size, scale, window, buffer);
     }
