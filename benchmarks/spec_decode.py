@@ -14,7 +14,8 @@ Concurrency 1 sends the prompts one after another; concurrency C submits C at on
 the adaptive rule. Two rates: output tokens per second end to end (prefill included), and the
 decode rate, (output tokens - first tokens) / (time - time of the same run with max_tokens=1),
 which is the part speculation changes (the demo-model cards measure decode the same way).
-Median of --repeats; the configurations take turns within each repeat. OpenMP waits passively.
+Median of --repeats after --warmup-runs untimed runs; the configurations take turns within each
+repeat, in an order that rotates. OpenMP waits passively unless OMP_WAIT_POLICY=default.
 
     .venv/bin/python benchmarks/spec_decode.py                      # full table
     .venv/bin/python benchmarks/spec_decode.py --quick              # fewer prompts
@@ -82,6 +83,11 @@ def run_once(llm: LLM, prompts: list[str], max_tokens: int, concurrency: int):
     # Every run starts from an empty prefix cache: blocks cached by another configuration's
     # batches hold KV computed in another order, whose bf16 bits may differ.
     llm.engine.kv_manager.reset_prefix_cache()
+    # And, unless --keep-suffix-history, with an empty suffix tree of finished outputs: the
+    # same prompts' outputs from earlier runs (identical, greedy) would otherwise be proposed.
+    proposer = llm.engine.executor.proposer
+    if CLEAR_SUFFIX_HISTORY and hasattr(proposer, "clear_history"):
+        proposer.clear_history()
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=max_tokens == 1)
     outputs = []
     start = time.perf_counter()
@@ -89,6 +95,9 @@ def run_once(llm: LLM, prompts: list[str], max_tokens: int, concurrency: int):
         outputs += llm.generate(prompts[first : first + concurrency], params, use_tqdm=False)
     elapsed = time.perf_counter() - start
     return elapsed, [o.outputs[0].token_ids for o in outputs]
+
+
+CLEAR_SUFFIX_HISTORY = True
 
 
 def spec_counts(llm: LLM) -> tuple[int, int, int]:
@@ -105,9 +114,19 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,32")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--warmup-runs", type=int, default=1, help="untimed runs per configuration and cell"
+    )
     parser.add_argument("--quick", action="store_true", help="8 prompts, 1 repeat")
+    parser.add_argument(
+        "--keep-suffix-history",
+        action="store_true",
+        help="let the suffix proposer keep earlier runs' outputs (of these same prompts)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
+    global CLEAR_SUFFIX_HISTORY
+    CLEAR_SUFFIX_HISTORY = not args.keep_suffix_history
     if args.quick:
         args.num_prompts, args.repeats = 8, 1
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -136,8 +155,15 @@ def main() -> None:
             first_times: dict[str, list[float]] = {name: [] for name in names}
             outputs: dict[str, list[list[int]]] = {}
             before = {name: spec_counts(engines[name]) for name in names}
-            for _ in range(args.repeats):
+            # Untimed full runs first: a process's first runs of a batch are slower (allocator
+            # and cache warm-up; c32 rates rose 20-35% over the first three runs), which
+            # would favour whichever configuration runs later.
+            for _ in range(args.warmup_runs):
                 for name in names:
+                    run_once(engines[name], prompts, max_tokens, concurrency)
+            for repeat in range(args.repeats):
+                # The order rotates each repeat, so that no configuration always runs first.
+                for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
                     llm = engines[name]
                     first_times[name].append(run_once(llm, prompts, 1, concurrency)[0])
                     elapsed, outputs[name] = run_once(llm, prompts, max_tokens, concurrency)
@@ -165,6 +191,7 @@ def main() -> None:
                     concurrency=concurrency,
                     config=name,
                     output_tokens_per_s=round(rate, 1),
+                    output_tokens_per_s_runs=[round(num_tokens / t, 1) for t in times[name]],
                     speedup=round(rate / base_rate, 3),
                     decode_tokens_per_s=round(decode_rate, 1),
                     decode_speedup=round(decode_rate / base_decode, 3),

@@ -330,6 +330,19 @@ def test_global_tree_proposes_a_finished_output() -> None:
     assert local_only.propose([_request("b", [4, 10, 11], 3)]) == {}
 
 
+def test_clear_history_forgets_finished_outputs_only() -> None:
+    proposer = SuffixProposer()
+    _finish(proposer, "a", [1, 2, 3], [10, 11, 12, 13, 14])
+    running = _request("c", [20, 21, 22, 20, 21], 2, max_num_tokens=1)
+    assert proposer.propose([running])["c"].token_ids == [22]
+    proposer.clear_history()
+    assert proposer.num_cached_requests == 0 and proposer.global_tree.is_empty()
+    assert proposer.propose([_request("b", [4, 10, 11], 3)]) == {}
+    assert proposer.propose([running])["c"].token_ids == [22]  # its own tree stays
+    _finish(proposer, "d", [1], [30, 31, 32])  # and the global tree fills again
+    assert proposer.num_cached_requests == 1
+
+
 def test_higher_score_wins_between_the_trees() -> None:
     proposer = SuffixProposer()
     for request_id in "abc":

@@ -61,6 +61,11 @@ class SuffixProposer(Proposer):
         """How many finished requests' outputs the global tree holds."""
         return len(self._cached_keys)
 
+    def clear_history(self) -> None:
+        """Drops every finished output from the global tree (running requests keep theirs)."""
+        self._global = SuffixTree(self.max_depth)
+        self._cached_keys.clear()
+
     @property
     def global_tree(self) -> SuffixTree:
         """The tree over finished outputs (read it, don't change it)."""
