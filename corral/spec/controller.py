@@ -42,6 +42,10 @@ MAX_PROBE_INTERVAL = 4096
 CATCHUP_HORIZON_STEPS = 32
 NUM_TOKENS_SYNCED_PER_STEP = 2
 NUM_PROBE_REQUESTS = 4
+# A probe's cost (its catch-up, a proposed and a verified draft) may take at most this share of
+# the time since the last probe: a draft model's probe of a request it has not followed costs a
+# prefill of the whole sequence (6-7 ms alone on the demo models, 7% of a run at concurrency 1).
+PROBE_TIME_FRACTION = 0.02
 
 
 class Candidate(NamedTuple):
@@ -94,6 +98,8 @@ class SpecController:
         self._last_num_passes = 0
         self._last_catchup_tokens = 0
         self._global_alpha = PRIOR_ACCEPTANCE
+        # plan's shortcut when nothing can pay (_nothing_pays); False: always the full rule.
+        self.use_bound = True
 
     # ----- learning -----------------------------------------------------------------------
 
@@ -213,6 +219,11 @@ class SpecController:
             starters = [rid for rid, c in candidates.items() if c.max_num_tokens > 0]
             return self._count(SpecPlan({}, dict.fromkeys(starters[:NUM_PROBE_REQUESTS], 1)))
         fixed_s, per_token_s, per_prefill_s = self.step_cost.coefficients()
+        pass_s, token_s, catchup_s = self.propose_cost.coefficients()
+        if self.use_bound and self._nothing_pays(candidates, fixed_s, per_token_s, pass_s, token_s):
+            self._probed = set()
+            costs = (fixed_s, per_token_s, pass_s, token_s, catchup_s)
+            return self._finish(candidates, {}, {}, False, costs)
         tokens = float(max(len(candidates), 1))
         time_s = fixed_s + per_token_s * num_row_tokens + per_prefill_s * num_prefill_tokens
         verify_limits = {
@@ -229,7 +240,6 @@ class SpecController:
             if held > 0 and request_id not in verify and sum(verify.values()) < budget:
                 verify[request_id] = 1  # a probe's draft is always verified
         self._probed = set()
-        pass_s, token_s, catchup_s = self.propose_cost.coefficients()
         propose_limits = {
             rid: min(c.max_num_tokens, self.max_num_tokens) for rid, c in candidates.items()
         }
@@ -252,6 +262,54 @@ class SpecController:
             start_costs,
             profile,
         )
+        costs = (fixed_s, per_token_s, pass_s, token_s, catchup_s)
+        return self._finish(candidates, verify, propose, chose_drafts, costs)
+
+    def _nothing_pays(
+        self,
+        candidates: dict[str, Candidate],
+        fixed_s: float,
+        per_token_s: float,
+        pass_s: float,
+        token_s: float,
+    ) -> bool:
+        """True when plan would grant nothing, shown cheaply: no candidate holds drafts (so none
+        is verified) and even every eligible candidate's first proposal at the largest yield any
+        of them may have, without catch-up, fails _grant's test at depth 1 (sum of yields over
+        pass plus token costs against MIN_GAIN_FACTOR times the decode step's rate; the bound
+        on a subset of m is largest at m = all when it passes at all). The speculation
+        machinery's idle cost was 5-10% of a single-stream step without this."""
+        eligible = []
+        for request_id, candidate in candidates.items():
+            if candidate.num_held > 0:
+                return False
+            if candidate.max_num_tokens > 0:
+                eligible.append(request_id)
+        if not eligible:
+            return True
+        profile_1 = self.depth_profile(1)[0]
+        global_alpha = self._global_alpha
+        best = max(self.acceptance(request_id) for request_id in eligible)
+        scale = best / global_alpha if global_alpha > 0 else 1.0
+        best_yield = min(1.0, scale * profile_1)
+        n = len(eligible)
+        num_candidates = len(candidates)
+        time_s = fixed_s + per_token_s * num_candidates
+        return n * best_yield * time_s <= MIN_GAIN_FACTOR * num_candidates * (
+            pass_s + n * (per_token_s + token_s)
+        )
+
+    def _finish(
+        self,
+        candidates: dict[str, Candidate],
+        verify: dict[str, int],
+        propose: dict[str, int],
+        chose_drafts: bool,
+        costs: tuple[float, float, float, float, float],
+    ) -> SpecPlan:
+        """The probe schedule after a plan, then the plan counted. costs: the step's fixed and
+        per-row-token seconds, the proposal's per-pass, per-token and per-catch-up-token
+        seconds."""
         if chose_drafts or propose:
             self.num_steps_without_drafts = 0
             self.probe_interval_steps = PROBE_INTERVAL_STEPS
@@ -259,15 +317,33 @@ class SpecController:
             self.num_steps_without_drafts += 1
             if self.num_steps_without_drafts >= self.probe_interval_steps:
                 self.num_steps_without_drafts = 0
+                fixed_s, per_token_s, pass_s, token_s, catchup_s = costs
+                budget_s = (
+                    PROBE_TIME_FRACTION
+                    * self.probe_interval_steps
+                    * (fixed_s + per_token_s * len(candidates))
+                )
                 # Probes that keep finding nothing worth it come ever more rarely (a draft
                 # model's probe costs a catch-up over the whole sequence).
                 self.probe_interval_steps = min(2 * self.probe_interval_steps, MAX_PROBE_INTERVAL)
-                # The cheapest to probe: the requests the proposer is least behind on.
-                probes = sorted(
-                    (rid for rid, limit in propose_limits.items() if limit > 0),
+                # The cheapest to probe: the requests the proposer is least behind on, as many
+                # as the time budget holds.
+                eligible = sorted(
+                    (
+                        rid
+                        for rid, c in candidates.items()
+                        if min(c.max_num_tokens, self.max_num_tokens) > 0
+                    ),
                     key=lambda rid: candidates[rid].num_tokens_behind,
                 )
-                propose = dict.fromkeys(probes[:NUM_PROBE_REQUESTS], 1)
+                spent_s = pass_s
+                probes = []
+                for rid in eligible[:NUM_PROBE_REQUESTS]:
+                    spent_s += per_token_s + token_s + catchup_s * _catchup_tokens(candidates[rid])
+                    if spent_s > budget_s:
+                        break
+                    probes.append(rid)
+                propose = dict.fromkeys(probes, 1)
                 self._probed = set(propose)
         self._last_catchup_tokens = sum(_catchup_tokens(candidates[rid]) for rid in propose)
         return self._count(SpecPlan(verify, propose))

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from corral.spec.controller import PROBE_INTERVAL_STEPS, Candidate, SpecController
+from corral.spec.controller import (
+    PROBE_INTERVAL_STEPS,
+    PROBE_TIME_FRACTION,
+    Candidate,
+    SpecController,
+)
 from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.step_cost import StepCostEstimate
 
@@ -230,3 +235,69 @@ def test_catching_up_on_a_long_prompt_must_pay_for_itself() -> None:
     # With a long way to go the same catch-up is worth it.
     plan = controller.plan({"behind": Candidate(0, 4, 300, 400)}, 1, 0, budget=100)
     assert "behind" in plan.propose
+
+
+def test_the_shortcut_when_nothing_pays_plans_exactly_as_the_full_rule() -> None:
+    import random
+
+    rng = random.Random(11)
+    num_shortcuts = 0
+    for _ in range(300):
+        pair = [SpecController(4), SpecController(4)]
+        pair[1].use_bound = False
+        fixed_s, per_token_s = rng.uniform(1e-4, 5e-3), rng.uniform(1e-6, 1e-3)
+        pass_s, token_s = rng.choice([0.0, rng.uniform(1e-5, 2e-3)]), rng.uniform(0, 2e-4)
+        names = [f"r{i}" for i in range(rng.randint(1, 40))]
+        rounds = [(rng.choice(names), rng.randint(1, 4)) for _ in range(rng.randint(0, 60))]
+        for controller in pair:
+            feed_costs(controller, fixed_s, per_token_s)
+            for _ in range(3):
+                controller.propose_cost.observe(2, 4, 2 * pass_s + 4 * token_s, 0)
+                controller.propose_cost.observe(1, 1, pass_s + token_s, 0)
+            for request_id, num_drafts in rounds:
+                controller.record(
+                    request_id,
+                    num_drafts,
+                    random.Random(request_id).randint(0, 4) % (num_drafts + 1),
+                )
+        steps = []
+        for _ in range(70):  # enough steps for a probe
+            held = rng.random() < 0.1
+            step = {
+                name: Candidate(
+                    rng.randint(1, 4) if held else 0, rng.randint(0, 4), rng.randint(0, 300)
+                )
+                for name in rng.sample(names, rng.randint(1, len(names)))
+            }
+            steps.append((step, rng.randint(1, 64), rng.choice([0, 0, 500]), rng.randint(1, 512)))
+        for step, num_rows, num_prefill, budget in steps:
+            plans = [c.plan(step, num_rows, num_prefill, budget) for c in pair]
+            assert plans[0] == plans[1]
+            num_shortcuts += not plans[0].verify and not plans[0].propose
+    assert num_shortcuts > 1000  # the shortcut's case is common here, so it was exercised
+
+
+def test_a_probe_that_would_cost_a_long_catch_up_is_skipped() -> None:
+    """A draft model's probe of a request it has not followed prefills the whole sequence: the
+    probes are rationed to PROBE_TIME_FRACTION of the time since the last one."""
+    controller = SpecController(4)
+    feed_costs(controller, fixed_s=0.0008, per_token_s=0.0003)
+    for _ in range(5):  # per pass 0.5 ms, per token 0.05 ms, per catch-up token 0.04 ms
+        for passes, tokens, catchup in ((1, 1, 0), (2, 2, 0), (1, 1, 100), (3, 3, 40)):
+            controller.propose_cost.observe(
+                passes, tokens, 5e-4 * passes + 5e-5 * tokens + 4e-5 * catchup, catchup
+            )
+    feed_acceptance(controller, "far", 0)
+    feed_acceptance(controller, "near", 0)
+    budget_s = PROBE_TIME_FRACTION * PROBE_INTERVAL_STEPS * (0.0008 + 0.0003)  # about 1.4 ms
+    assert 4e-5 * 150 > budget_s > 5e-4 + 3.5e-4 + 4e-5 * 5
+    plans = [
+        controller.plan({"far": Candidate(0, 4, 150)}, 1, 0, budget=100)
+        for _ in range(PROBE_INTERVAL_STEPS)
+    ]
+    assert all(plan == ({}, {}) for plan in plans)  # the one probe due was too dear
+    plans = [
+        controller.plan({"near": Candidate(0, 4, 5)}, 1, 0, budget=100)
+        for _ in range(2 * PROBE_INTERVAL_STEPS)
+    ]
+    assert plans[-1].propose == {"near": 1} and all(not p.propose for p in plans[:-1])
