@@ -23,14 +23,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from corral.spec.acceptance import AcceptanceEstimate
 from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.stats import SpecDecodeStats
 from corral.spec.step_cost import StepCostEstimate
 
-# Acceptance assumed before a proposer has been measured, and how many trials it weighs as
-# a prior for each request's own estimate.
-PRIOR_ACCEPTANCE = 0.6
-PRIOR_WEIGHT_TRIALS = 8.0
 # A draft token must beat the running tokens per second by this factor (hysteresis against noise).
 MIN_GAIN_FACTOR = 1.02
 PROBE_INTERVAL_STEPS = 64
@@ -66,14 +63,6 @@ class SpecPlan(NamedTuple):
     propose: dict[str, int]
 
 
-class _Acceptance:
-    __slots__ = ("successes", "trials")
-
-    def __init__(self) -> None:
-        self.successes = 0.0
-        self.trials = 0.0
-
-
 class SpecController:
     """Chooses K per request (plan), learns from verification rounds (record) and step times
     (observe_step)."""
@@ -85,11 +74,7 @@ class SpecController:
         self.rule = rule
         self.step_cost = StepCostEstimate()
         self.stats = SpecDecodeStats()
-        self._global = _Acceptance()
-        # [j]: verification rounds with a draft at 0-based depth j, and those that accepted it.
-        self._rounds_at_depth: list[int] = []
-        self._accepted_at_depth: list[int] = []
-        self._per_request: dict[str, _Acceptance] = {}
+        self.accepted = AcceptanceEstimate()
         # Proposal cost per proposed token, EWMA (seconds).
         self.propose_cost = ProposeCostEstimate()
         self.num_steps_without_drafts = 0
@@ -97,7 +82,6 @@ class SpecController:
         self.probe_interval_steps = PROBE_INTERVAL_STEPS
         self._last_num_passes = 0
         self._last_catchup_tokens = 0
-        self._global_alpha = PRIOR_ACCEPTANCE
         # plan's shortcut when nothing can pay (_nothing_pays); False: always the full rule.
         self.use_bound = True
 
@@ -106,19 +90,7 @@ class SpecController:
     def record(self, request_id: str, num_draft_tokens: int, num_accepted: int) -> None:
         """A verification round of request_id: num_draft_tokens scored, num_accepted accepted."""
         self.stats.record(num_draft_tokens, num_accepted)
-        rounds, accepted = self._rounds_at_depth, self._accepted_at_depth
-        if len(rounds) < num_draft_tokens:
-            rounds.extend([0] * (num_draft_tokens - len(rounds)))
-            accepted.extend([0] * (num_draft_tokens - len(accepted)))
-        for depth in range(num_draft_tokens):
-            rounds[depth] += 1
-        for depth in range(num_accepted):
-            accepted[depth] += 1
-        # Trials: every accepted token, and the rejected one after them if there was one.
-        trials = min(num_accepted + 1, num_draft_tokens)
-        for acceptance in (self._global, self._per_request.setdefault(request_id, _Acceptance())):
-            acceptance.successes += num_accepted
-            acceptance.trials += trials
+        self.accepted.record(request_id, num_draft_tokens, num_accepted)
 
     def observe_step(
         self,
@@ -141,53 +113,21 @@ class SpecController:
             )
 
     def forget(self, request_id: str) -> None:
-        self._per_request.pop(request_id, None)
+        self.accepted.forget(request_id)
 
     def acceptance(self, request_id: str | None) -> float:
-        """The request's estimated per-token acceptance, shrunk toward the proposer's."""
-        g = self._global
-        prior = (g.successes + PRIOR_ACCEPTANCE * PRIOR_WEIGHT_TRIALS) / (
-            g.trials + PRIOR_WEIGHT_TRIALS
-        )
-        own = self._per_request.get(request_id) if request_id is not None else None
-        if own is None:
-            return prior
-        return (own.successes + prior * PRIOR_WEIGHT_TRIALS) / (own.trials + PRIOR_WEIGHT_TRIALS)
+        """The request's estimated per-token acceptance (corral/spec/acceptance.py)."""
+        return self.accepted.acceptance(request_id)
 
     def depth_yields(
         self, request_id: str, max_depth: int, profile: list[float] | None = None
     ) -> list[float]:
-        """Expected yield of the request's draft at each depth 1..max_depth: the proposer's
-        measured chance that a round's first j drafts all stand (depth_profile), scaled by the
-        request's acceptance relative to the proposer's, never rising with depth. Acceptance
-        often rises with depth (a proposer that got the first tokens right is on the right
-        track), which one geometric rate would miss."""
-        if profile is None:
-            profile = self.depth_profile(max_depth)
-        global_alpha = self._global_alpha
-        scale = self.acceptance(request_id) / global_alpha if global_alpha > 0 else 1.0
-        yields = []
-        last = 1.0
-        for depth in range(max_depth):
-            last = min(1.0, scale * profile[depth], last)
-            yields.append(last)
-        return yields
+        """Expected yield of the request's draft at each depth 1..max_depth."""
+        return self.accepted.depth_yields(request_id, max_depth, profile)
 
     def depth_profile(self, max_depth: int) -> list[float]:
-        """[j - 1]: the proposer's measured chance that a round's first j drafts all stand,
-        each shrunk toward the geometric prior alpha^j (alpha: its pooled acceptance)."""
-        global_alpha = self._global_alpha = self.acceptance(None)
-        profile = []
-        prior = 1.0
-        rounds, accepted = self._rounds_at_depth, self._accepted_at_depth
-        for depth in range(max_depth):
-            prior *= global_alpha
-            num_rounds = rounds[depth] if depth < len(rounds) else 0
-            num_accepted = accepted[depth] if depth < len(accepted) else 0
-            profile.append(
-                (num_accepted + prior * PRIOR_WEIGHT_TRIALS) / (num_rounds + PRIOR_WEIGHT_TRIALS)
-            )
-        return profile
+        """[j - 1]: the proposer's measured chance that a round's first j drafts all stand."""
+        return self.accepted.depth_profile(max_depth)
 
     # ----- deciding -----------------------------------------------------------------------
 
@@ -288,7 +228,7 @@ class SpecController:
         if not eligible:
             return True
         profile_1 = self.depth_profile(1)[0]
-        global_alpha = self._global_alpha
+        global_alpha = self.accepted.global_alpha
         best = max(self.acceptance(request_id) for request_id in eligible)
         scale = best / global_alpha if global_alpha > 0 else 1.0
         best_yield = min(1.0, scale * profile_1)
