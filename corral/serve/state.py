@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,16 @@ logger = logging.getLogger(__name__)
 
 # Prompts longer than this (characters) are tokenized off the event loop.
 _THREAD_TOKENIZE_CHARS = 4096
+
+
+def created_s(path: object) -> int:
+    """A model card's `created`: when the model's (or adapter's) directory was last written, in
+    Unix seconds, so that every replica serving it and every restart reports the same time;
+    the current time when the path cannot be read."""
+    try:
+        return int(os.path.getmtime(str(path)))
+    except (OSError, TypeError):
+        return int(time.time())
 
 
 def model_not_found(name: str) -> APIError:
@@ -62,7 +74,10 @@ class ServerState:
         engine = self.engine
         cards = [
             ModelCard(
-                id=self.model_name, root=str(engine.model_dir), max_model_len=engine.max_model_len
+                id=self.model_name,
+                created=created_s(engine.model_dir),
+                root=str(engine.model_dir),
+                max_model_len=engine.max_model_len,
             )
         ]
         adapters = engine.input_processor.adapters
@@ -70,6 +85,7 @@ class ServerState:
             cards.append(
                 ModelCard(
                     id=adapter.name,
+                    created=created_s(adapter.path),
                     root=adapter.path,
                     parent=self.model_name,
                     max_model_len=engine.max_model_len,

@@ -6,6 +6,7 @@ engine with the same adapter (fp32, greedy), so an adapter that is named but not
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 
@@ -130,6 +131,13 @@ def test_models_lists_base_and_adapters(client, adapters):
     assert alpha["parent"] == BASE and alpha["root"] == str(adapters["alpha"])
     assert alpha["max_model_len"] == cards[BASE].model_dump()["max_model_len"] == 512
     assert cards[BASE].model_dump()["parent"] is None
+    # created: when the model's (adapter's) directory was written, the same on every request
+    # and every replica serving it.
+    assert alpha["created"] == int(os.path.getmtime(adapters["alpha"]))
+    root = cards[BASE].model_dump()["root"]
+    assert cards[BASE].model_dump()["created"] == int(os.path.getmtime(root))
+    again = {card.id: card.model_dump()["created"] for card in client.models.list().data}
+    assert again == {name: card.model_dump()["created"] for name, card in cards.items()}
 
 
 def test_adapter_is_applied_and_echoed(client, oracle):
