@@ -79,14 +79,20 @@ def workloads(num_prompts: int, max_tokens: int) -> dict[str, tuple[list[str], i
     return {"gsm8k": ([chat(q) for q in questions], max_tokens), "repeat": (repeat, 96)}
 
 
-def run_once(llm: LLM, prompts: list[str], max_tokens: int, concurrency: int):
+def run_once(
+    llm: LLM,
+    prompts: list[str],
+    max_tokens: int,
+    concurrency: int,
+    keep_suffix_history: bool = False,
+):
     # Every run starts from an empty prefix cache: blocks cached by another configuration's
     # batches hold KV computed in another order, whose bf16 bits may differ.
     llm.engine.kv_manager.reset_prefix_cache()
     # And, unless --keep-suffix-history, with an empty suffix tree of finished outputs: the
     # same prompts' outputs from earlier runs (identical, greedy) would otherwise be proposed.
     proposer = llm.engine.executor.proposer
-    if CLEAR_SUFFIX_HISTORY and hasattr(proposer, "clear_history"):
+    if not keep_suffix_history and hasattr(proposer, "clear_history"):
         proposer.clear_history()
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=max_tokens == 1)
     outputs = []
@@ -95,9 +101,6 @@ def run_once(llm: LLM, prompts: list[str], max_tokens: int, concurrency: int):
         outputs += llm.generate(prompts[first : first + concurrency], params, use_tqdm=False)
     elapsed = time.perf_counter() - start
     return elapsed, [o.outputs[0].token_ids for o in outputs]
-
-
-CLEAR_SUFFIX_HISTORY = True
 
 
 def spec_counts(llm: LLM) -> tuple[int, int, int]:
@@ -125,8 +128,7 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
-    global CLEAR_SUFFIX_HISTORY
-    CLEAR_SUFFIX_HISTORY = not args.keep_suffix_history
+    keep = args.keep_suffix_history
     if args.quick:
         args.num_prompts, args.repeats = 8, 1
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -160,13 +162,13 @@ def main() -> None:
             # would favour whichever configuration runs later.
             for _ in range(args.warmup_runs):
                 for name in names:
-                    run_once(engines[name], prompts, max_tokens, concurrency)
+                    run_once(engines[name], prompts, max_tokens, concurrency, keep)
             for repeat in range(args.repeats):
                 # The order rotates each repeat, so that no configuration always runs first.
                 for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
                     llm = engines[name]
-                    first_times[name].append(run_once(llm, prompts, 1, concurrency)[0])
-                    elapsed, outputs[name] = run_once(llm, prompts, max_tokens, concurrency)
+                    first_times[name].append(run_once(llm, prompts, 1, concurrency, keep)[0])
+                    elapsed, outputs[name] = run_once(llm, prompts, max_tokens, concurrency, keep)
                     times[name].append(elapsed)
             reference = outputs[names[0]]
             base_rate = base_decode = None

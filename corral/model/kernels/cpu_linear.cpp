@@ -74,6 +74,21 @@ inline __m256 load_eight(const at::Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
+// A packed block holds elements [l] and [8 + l] of its 16 as one 32-bit word (low, high half),
+// l = 0..7: the word shifted left by 16 is element l as a float, the word with its low half
+// cleared is element 8 + l. So a block's two float vectors, columns i..i+7 and i+8..i+15 in lane
+// order, cost one load and three shifts (the plain layout needs two widening shuffles and two
+// shifts, and the widening shuffles were the one-row kernel's bottleneck).
+inline __m256i load_packed_block(const at::BFloat16* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+inline __m256 packed_low(__m256i words) { return _mm256_castsi256_ps(_mm256_slli_epi32(words, 16)); }
+// Two shifts rather than a mask: a mask constant would hold one of the 16 ymm registers, and the
+// three-row tile needs all of them (with it, GCC spilled an accumulator, halving the tile's rate).
+inline __m256 packed_high(__m256i words) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(words, 16), 16));
+}
+
 // Two accumulators per weight row (eight independent FMA chains), 16 elements a step; the lanes
 // are then added in a fixed order, so float, bfloat16 and float16 inputs of equal values give
 // equal bits (the few-row path converts to float first; the one-row path does not).
@@ -85,23 +100,8 @@ inline __m256 load_eight(const at::Half* p) {
 // kPacked: w is one quad of a packed weight (corral/model/packed_weight.py): its 16-element
 // blocks interleaved by row, [in / 16][4][16], so the loop reads one sequential stream (1.07-1.43x
 // the speed of four row streams on a 2-core AVX2 EPYC, benchmarks/packed_weights.py), each block
-// in paired order (load_packed_block), so one load and two bit operations give its two float
-// vectors. The same arithmetic in the same order, so the same bits. in is a multiple of 16.
-// A packed block holds elements [l] and [8 + l] of its 16 as one 32-bit word (low, high half),
-// l = 0..7: the word shifted left by 16 is element l as a float, the word with its low half
-// cleared is element 8 + l. So a block's two float vectors, columns i..i+7 and i+8..i+15 in lane
-// order, cost one load and two bit operations (the plain layout needs two widening shuffles and
-// two shifts, and the widening shuffles were the one-row kernel's bottleneck).
-inline __m256 packed_low(__m256i words) { return _mm256_castsi256_ps(_mm256_slli_epi32(words, 16)); }
-// Two shifts rather than a mask: a mask constant would hold one of the 16 ymm registers, and the
-// three-row tile needs all of them (with it, GCC spilled an accumulator, halving the tile's rate).
-inline __m256 packed_high(__m256i words) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(words, 16), 16));
-}
-inline __m256i load_packed_block(const at::BFloat16* p) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-}
-
+// in paired order (packed_low / packed_high below). The same arithmetic in the same order, so the
+// same bits. in is a multiple of 16.
 template <typename T, bool kPrefetch = false, bool kPacked = false, typename TX = T>
 inline void dot_four_rows_avx2(const TX* x, const T* w, int64_t in, float* sums) {
   __m256 acc[4][2];
@@ -317,6 +317,8 @@ inline void packed_tile_rows(const float* x, int64_t x_stride, const at::BFloat1
       packed_tile_pass<kRows, true, true>(x, x_stride, w, begin, end, high);
     }
   }
+  // The same reduction tree as dot_tile_rows and dot_four_rows_avx2, written out: a shared helper
+  // taking the chains as an array made the 3-row tile about 2x slower (GCC kept them in memory).
   for (int r = 0; r < kRows; ++r) {
     __m256 row[4];
     for (int j = 0; j < 4; ++j) row[j] = _mm256_add_ps(low[r][j], high[r][j]);
