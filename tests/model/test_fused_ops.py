@@ -70,3 +70,35 @@ def test_silu_and_mul(kernels, dtype):
     gate_up = torch.randn(4, 2 * 40, generator=torch.Generator().manual_seed(2)).to(dtype)
     gate, up = gate_up.chunk(2, dim=-1)
     assert ulps(kernels.silu_and_mul(gate_up), F.silu(gate) * up) <= max_ulps(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [7, 45, 768])
+def test_silu_and_mul_vector_lanes_tails_and_extremes(kernels, dtype, size):
+    """Vector lanes and a scalar tail agree with PyTorch, across the exponent's whole range
+    (large |gate| saturates to 0 or gate), and NaN stays NaN."""
+    generator = torch.Generator().manual_seed(3)
+    gate = torch.randn(3, size, generator=generator) * torch.tensor([1.0, 8.0, 60.0])[:, None]
+    up = torch.randn(3, size, generator=generator)
+    gate[2, 0], gate[2, -1] = 200.0, -200.0
+    gate_up = torch.cat([gate, up], dim=1).to(dtype)
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert ulps(kernels.silu_and_mul(gate_up), F.silu(gate) * up) <= max_ulps(dtype)
+    gate_up[1, 0] = float("nan")
+    assert torch.isnan(kernels.silu_and_mul(gate_up)[1, 0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [13, 256])
+def test_rms_norm_vector_lanes_and_tails(kernels, dtype, size):
+    generator = torch.Generator().manual_seed(4)
+    x = (torch.randn(4, size, generator=generator) * 30).to(dtype)
+    residual = torch.randn(4, size, generator=generator).to(dtype)
+    weight = torch.randn(size, generator=generator).to(dtype)
+    assert ulps(kernels.rms_norm(x, weight, 1e-6, None), rms_norm(x, weight, 1e-6)) <= max_ulps(
+        dtype
+    )
+    in_place = residual.clone()
+    got = kernels.rms_norm(x, weight, 1e-6, in_place)
+    assert torch.equal(in_place, residual + x)
+    assert ulps(got, rms_norm(residual + x, weight, 1e-6)) <= max_ulps(dtype)

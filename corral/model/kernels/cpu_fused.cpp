@@ -3,7 +3,14 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define CORRAL_FUSED_AVX2 1
+#endif
 
 namespace {
 
@@ -16,34 +23,153 @@ inline float to_float(double x) { return static_cast<float>(x); }
 template <typename T>
 inline float round_to(float x) { return to_float(static_cast<T>(x)); }
 
+
+#ifdef CORRAL_FUSED_AVX2
+// Eight lanes of float or bfloat16 storage as floats, and back with the rounding c10 uses
+// (nearest even; NaN to the quiet NaN 0x7FC0), so a vector lane holds what a scalar would.
+template <typename T>
+constexpr bool kVectorizable = std::is_same_v<T, float> || std::is_same_v<T, at::BFloat16>;
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::BFloat16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+// The bfloat16 bits of each lane, in the low half of a 32-bit word.
+inline __m256i bf16_bits(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(
+      _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256 is_nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  return _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(is_nan));
+}
+inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+inline void store8(at::BFloat16* p, __m256 v) {
+  const __m256i bits = bf16_bits(v);
+  const __m128i packed =
+      _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+}
+// The value each lane would hold stored as T (round_to below, eight at a time).
+template <typename T>
+inline __m256 round8(__m256 v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(bf16_bits(v), 16));
+  }
+}
+inline float horizontal_sum(__m256 v) {
+  const __m128 pairs = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 halves = _mm_add_ps(pairs, _mm_movehl_ps(pairs, pairs));
+  return _mm_cvtss_f32(_mm_add_ss(halves, _mm_shuffle_ps(halves, halves, 1)));
+}
+// e^x to about one float ulp (Cephes' expf polynomial after a two-part ln 2 reduction); x is
+// clamped to [-87, 88], where e^x and 2^n stay normal floats.
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.f));
+  const __m256i scale =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+}
+#else
+template <typename T>
+constexpr bool kVectorizable = false;
+#endif
+
+// Elementwise work (elements) a parallel chunk gets at least: a vectorized element costs about a
+// nanosecond, so less is cheaper on one thread than the cost of sharing it.
+constexpr int64_t kMinParallelElements = 1 << 15;
+
+// One row of rms_norm: with residual, residual += x (rounded to T) first and the new residual is
+// normalized. The vector path sums squares in eight lanes then across them; the scalar one in
+// order (the two may differ in the last bit of the sum, as PyTorch's own paths do).
+template <typename T>
+void rms_norm_row(T* o, const T* in, T* res, const T* weight, int64_t size, float eps) {
+  int64_t i = 0;
+  float sum = 0.f;
+#ifdef CORRAL_FUSED_AVX2
+  if constexpr (kVectorizable<T>) {
+    __m256 squares = _mm256_setzero_ps();
+    for (; i + 8 <= size; i += 8) {
+      __m256 v = load8(in + i);
+      if (res) {
+        v = round8<T>(_mm256_add_ps(load8(res + i), v));
+        store8(res + i, v);
+      }
+      squares = _mm256_fmadd_ps(v, v, squares);
+    }
+    sum = horizontal_sum(squares);
+  }
+#endif
+  for (int64_t j = i; j < size; ++j) {
+    float v = to_float(in[j]);
+    if (res) {
+      const T value = static_cast<T>(to_float(res[j]) + v);
+      res[j] = value;
+      v = to_float(value);
+    }
+    sum += v * v;
+  }
+  if (res) in = res;
+  const float inverse = 1.f / std::sqrt(sum / static_cast<float>(size) + eps);
+#ifdef CORRAL_FUSED_AVX2
+  if constexpr (kVectorizable<T>) {
+    const __m256 scale = _mm256_set1_ps(inverse);
+    for (i = 0; i + 8 <= size; i += 8) {
+      store8(o + i, _mm256_mul_ps(load8(weight + i), round8<T>(_mm256_mul_ps(load8(in + i), scale))));
+    }
+  }
+#endif
+  for (int64_t j = i; j < size; ++j) {
+    o[j] = static_cast<T>(to_float(weight[j]) * round_to<T>(to_float(in[j]) * inverse));
+  }
+}
+
 template <typename T>
 void rms_norm_rows(T* out, const T* x, T* residual, const T* weight, int64_t rows, int64_t size,
                    float eps) {
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, kMinParallelElements / std::max<int64_t>(1, size));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const T* in = x + r * size;
-      T* res = residual ? residual + r * size : nullptr;
-      float sum = 0.f;
-      if (res) {
-        // residual = residual + x (rounded to T), then normalize the new residual.
-        for (int64_t i = 0; i < size; ++i) {
-          const T value = static_cast<T>(to_float(res[i]) + to_float(in[i]));
-          res[i] = value;
-          const float v = to_float(value);
-          sum += v * v;
-        }
-        in = res;
-      } else {
-#pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < size; ++i) sum += to_float(in[i]) * to_float(in[i]);
-      }
-      const float inverse = 1.f / std::sqrt(sum / static_cast<float>(size) + eps);
-      T* o = out + r * size;
-      for (int64_t i = 0; i < size; ++i) {
-        o[i] = static_cast<T>(to_float(weight[i]) * round_to<T>(to_float(in[i]) * inverse));
-      }
+      rms_norm_row(out + r * size, x + r * size, residual ? residual + r * size : nullptr, weight,
+                   size, eps);
     }
   });
+}
+
+// One row of silu(gate) * up, each product rounded to T as PyTorch's separate ops round it.
+template <typename T>
+void silu_and_mul_row(T* o, const T* gate, const T* up, int64_t size) {
+  int64_t i = 0;
+#ifdef CORRAL_FUSED_AVX2
+  if constexpr (kVectorizable<T>) {
+    const __m256 one = _mm256_set1_ps(1.f);
+    for (; i + 8 <= size; i += 8) {
+      const __m256 g = load8(gate + i);
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+      const __m256 activated = round8<T>(_mm256_div_ps(g, _mm256_add_ps(one, e)));
+      store8(o + i, _mm256_mul_ps(activated, load8(up + i)));
+    }
+  }
+#endif
+  for (; i < size; ++i) {
+    const float g = to_float(gate[i]);
+    const float activated = round_to<T>(g / (1.f + std::exp(-g)));
+    o[i] = static_cast<T>(activated * to_float(up[i]));
+  }
 }
 
 }  // namespace
@@ -102,15 +228,12 @@ torch::Tensor silu_and_mul(torch::Tensor gate_up) {
   const int64_t rows = gate_up.size(0), size = gate_up.size(1) / 2;
   auto out = torch::empty({rows, size}, gate_up.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gate_up.scalar_type(), "silu", [&] {
-    using T = scalar_t;
-    const T* in = gate_up.data_ptr<T>();
-    T* o = out.data_ptr<T>();
-    at::parallel_for(0, rows * size, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t index = begin; index < end; ++index) {
-        const int64_t r = index / size, i = index % size;
-        const float g = to_float(in[r * 2 * size + i]);
-        const float activated = round_to<T>(g / (1.f + std::exp(-g)));
-        o[index] = static_cast<T>(activated * to_float(in[r * 2 * size + size + i]));
+    const scalar_t* in = gate_up.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, kMinParallelElements / std::max<int64_t>(1, size));
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        silu_and_mul_row(o + r * size, in + r * 2 * size, in + r * 2 * size + size, size);
       }
     });
   });
