@@ -26,6 +26,18 @@ if TYPE_CHECKING:
 _LINEARS = ("qkv", "o", "gate_up", "down")
 
 
+def _linear_tensors(weight, bias: torch.Tensor | None) -> list[torch.Tensor | None] | None:
+    """A linear's tensors in the loop's order: weight or int8 values, int8 scales or None, bias
+    or None; None when the loop cannot run it."""
+    if isinstance(weight, Int8Weight):
+        return [weight.qweight, weight.scales, bias]
+    if type(weight) is torch.Tensor:
+        return [weight, None, bias]
+    if isinstance(weight, PackedWeight):  # read by few_row_linear as a 4-D tensor
+        return [weight.data, None, bias]
+    return None
+
+
 def _loop_tensors(layer) -> list[torch.Tensor | None] | None:
     """A layer's tensors in the loop's order (cpu_layer_loop.cpp LayerWeight): the input norm,
     q|k|v (weight or int8 values, int8 scales or None, bias or None), o likewise, the post
@@ -34,16 +46,10 @@ def _loop_tensors(layer) -> list[torch.Tensor | None] | None:
         return None
     tensors: list[torch.Tensor | None] = [layer.input_norm]
     for name in _LINEARS:
-        weight = getattr(layer, name)
-        if isinstance(weight, Int8Weight):
-            tensors += [weight.qweight, weight.scales]
-        elif type(weight) is torch.Tensor:
-            tensors += [weight, None]
-        elif isinstance(weight, PackedWeight):  # read by few_row_linear as a 4-D tensor
-            tensors += [weight.data, None]
-        else:
+        linear_tensors = _linear_tensors(getattr(layer, name), getattr(layer, name + "_bias"))
+        if linear_tensors is None:
             return None
-        tensors.append(getattr(layer, name + "_bias"))
+        tensors += linear_tensors
         if name == "o":
             tensors.append(layer.post_norm)
     return tensors
@@ -55,11 +61,20 @@ def layer_loop_weights(
     lora: LoRAStep | None,
     kv_caches: list[LayerKVCache],
 ) -> list[list[torch.Tensor | None]] | None:
-    """Every layer's weights in the loop's order when this step can take the loop, else None.
-    The model's part of the answer is worked out once (model._loop_weights; [] for no)."""
-    if not model.use_layer_loop or lora is not None or metadata.prefills:
+    """Every layer's weights in the loop's order when this step can take the loop, else None."""
+    if lora is not None or metadata.prefills:
         return None
     if metadata.decode is None or metadata.sinks is not None or metadata.sliding_window:
+        return None
+    return _model_loop_weights(model, kv_caches)
+
+
+def _model_loop_weights(
+    model: LlamaFamilyModel, kv_caches: list[LayerKVCache]
+) -> list[list[torch.Tensor | None]] | None:
+    """The model's (and its caches') part of the answer; the model's is worked out once
+    (model._loop_weights; [] for no)."""
+    if not model.use_layer_loop:
         return None
     cache = kv_caches[0]
     if cache.key_scale is not None or cache.key.dtype != model.dtype:
@@ -111,3 +126,54 @@ def forward_layer_loop(
         arch.head_dim,
         uses_row_kernel(input_ids.shape[0], model.dtype, model.device),
     )
+
+
+def decode_greedy(
+    model: LlamaFamilyModel,
+    kernels,
+    kv_caches: list[LayerKVCache],
+    token_ids: list[int],
+    positions: list[int],
+    block_tables: list[list[int]],
+    block_size: int,
+    num_steps: int,
+) -> list[list[int]] | None:
+    """num_steps greedy decode steps of one row per sequence in one kernel call (a draft model's
+    proposals): row r's token token_ids[r] (not yet cached) stands at positions[r], and
+    block_tables[r] covers its positions up to positions[r] + num_steps - 1. Each step's tokens
+    are the argmax of the logits compute_logits gives, as forward + compute_logits + argmax
+    would choose them. Returns each row's num_steps tokens, or None when the loop cannot run
+    this model (then take forward step by step)."""
+    weights = _model_loop_weights(model, kv_caches)
+    lm_head = _linear_tensors(model.lm_head, None)
+    embed = model.embed_tokens
+    if weights is None or lm_head is None:
+        return None
+    if not isinstance(embed, PackedWeight) and type(embed) is not torch.Tensor:
+        return None
+    width = max(len(table) for table in block_tables)
+    padded = [table + [0] * (width - len(table)) for table in block_tables]
+    arch = model.arch
+    tokens = kernels.decode_greedy(
+        torch.tensor(token_ids, dtype=torch.int64),
+        torch.tensor(positions, dtype=torch.int64),
+        num_steps,
+        embed.data if isinstance(embed, PackedWeight) else embed,
+        isinstance(embed, PackedWeight),
+        lm_head,
+        weights,
+        [cache.key for cache in kv_caches],
+        [cache.value for cache in kv_caches],
+        model.rotary.cos,
+        model.rotary.sin,
+        torch.tensor(padded, dtype=torch.int64),
+        block_size,
+        model.final_norm,
+        model.scale,
+        arch.rms_norm_eps,
+        arch.num_heads,
+        arch.num_kv_heads,
+        arch.head_dim,
+        uses_row_kernel(len(token_ids), model.dtype, model.device),
+    )
+    return tokens.t().tolist()

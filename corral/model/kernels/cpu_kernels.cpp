@@ -344,4 +344,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lora_shrink_expand", &lora_shrink_expand, "out[rows] += B_slot A_slot x per segment");
   m.def("int8_linear", &int8_linear, "x @ dequant(int8 weight).T, weight-only int8");
   m.def("decode_layers", &decode_layers, "a decode step's decoder stack in one call");
+  m.def("decode_greedy", &decode_greedy, "several greedy one-row decode steps in one call");
 }

@@ -73,3 +73,49 @@ torch::Tensor decode_layers(torch::Tensor residual,
   }
   return rms_norm(delta, final_norm, eps, residual);
 }
+
+// Greedy decode of one row per sequence for num_steps steps in one call (a draft model's
+// proposals): each step embeds every row's token, runs decode_layers, takes logits through
+// lm_head and their argmax (torch.argmax over the float logits, so the first of equal maxima),
+// which is the row's next token. token_ids [rows]: each row's newest token, not yet in the cache,
+// at positions [rows]; block_table [rows, blocks] covers positions + num_steps - 1. embed: the
+// embedding table, packed (corral/model/packed_weight.py) when embed_packed. lm_head: weight or
+// int8 values, scales, bias, as a layer's linears. Returns the tokens, [num_steps, rows].
+torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions, int64_t num_steps,
+                            torch::Tensor embed, bool embed_packed,
+                            const std::vector<c10::optional<torch::Tensor>>& lm_head,
+                            const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
+                            const std::vector<torch::Tensor>& key_caches,
+                            const std::vector<torch::Tensor>& value_caches, torch::Tensor cos,
+                            torch::Tensor sin, torch::Tensor block_table, int64_t block_size,
+                            torch::Tensor final_norm, double scale, double eps, int64_t num_heads,
+                            int64_t num_kv_heads, int64_t head_dim, bool use_kernel) {
+  TORCH_CHECK(token_ids.scalar_type() == torch::kInt64 && positions.scalar_type() == torch::kInt64,
+              "decode_greedy: int64 tokens and positions");
+  TORCH_CHECK(block_table.scalar_type() == torch::kInt64 && block_table.is_contiguous());
+  TORCH_CHECK(lm_head.size() == 3, "decode_greedy: lm_head as weight, scales, bias");
+  const int64_t rows = token_ids.size(0), width = block_table.size(1);
+  torch::Tensor tokens = torch::empty({num_steps, rows}, token_ids.options());
+  torch::Tensor ids = token_ids.clone();
+  torch::Tensor step_positions = positions.clone();
+  torch::Tensor slots = torch::empty_like(step_positions);
+  const int64_t* table = block_table.data_ptr<int64_t>();
+  for (int64_t step = 0; step < num_steps; ++step) {
+    int64_t* pos = step_positions.data_ptr<int64_t>();
+    int64_t* slot = slots.data_ptr<int64_t>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t block = pos[r] / block_size;
+      TORCH_CHECK(block < width, "decode_greedy: position ", pos[r], " beyond the block table");
+      slot[r] = table[r * width + block] * block_size + pos[r] % block_size;
+    }
+    torch::Tensor hidden = embed_packed ? packed_rows(embed, ids) : embed.index_select(0, ids);
+    torch::Tensor normed = decode_layers(hidden, layers, key_caches, value_caches, step_positions,
+                                         cos, sin, slots, block_table, step_positions + 1,
+                                         final_norm, scale, eps, num_heads, num_kv_heads,
+                                         head_dim, use_kernel);
+    ids = linear(normed, lm_head, 0, use_kernel).to(torch::kFloat).argmax(1);
+    tokens[step].copy_(ids);
+    step_positions.add_(1);
+  }
+  return tokens;
+}

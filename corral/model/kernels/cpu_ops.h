@@ -46,3 +46,12 @@ torch::Tensor decode_layers(torch::Tensor residual,
                             torch::Tensor seq_lens, torch::Tensor final_norm, double scale,
                             double eps, int64_t num_heads, int64_t num_kv_heads,
                             int64_t head_dim, bool use_kernel);
+torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions, int64_t num_steps,
+                            torch::Tensor embed, bool embed_packed,
+                            const std::vector<c10::optional<torch::Tensor>>& lm_head,
+                            const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
+                            const std::vector<torch::Tensor>& key_caches,
+                            const std::vector<torch::Tensor>& value_caches, torch::Tensor cos,
+                            torch::Tensor sin, torch::Tensor block_table, int64_t block_size,
+                            torch::Tensor final_norm, double scale, double eps, int64_t num_heads,
+                            int64_t num_kv_heads, int64_t head_dim, bool use_kernel);

@@ -23,7 +23,9 @@ import torch
 from corral.config import ModelConfig
 from corral.core.kv_cache import KVCacheManager
 from corral.core.kv_window import resolve_kv_window
+from corral.model.kernels import cpu_kernels
 from corral.model.kv_storage import KVSpec, KVStorage
+from corral.model.layer_loop import decode_greedy
 from corral.model.layers.linear import pack_weights_for_kernel
 from corral.model.loader import load_model
 from corral.model.models.llama import LlamaFamilyModel
@@ -114,6 +116,7 @@ class DraftProposer(Proposer):
         proposed: dict[str, list[int]] = {request.request_id: [] for request, _ in active}
         probs: dict[str, list[torch.Tensor]] = {request.request_id: [] for request, _ in active}
         with torch.inference_mode():
+            first = True
             while active:
                 self._step(active, proposed, probs)
                 active = [
@@ -121,6 +124,9 @@ class DraftProposer(Proposer):
                     for request, draft in active
                     if len(proposed[request.request_id]) < request.max_num_tokens
                 ]
+                if first:
+                    active = self._decode_greedy(active, proposed)
+                    first = False
         return {
             request_id: Proposal(
                 tokens, torch.stack(probs[request_id]) if probs[request_id] else None
@@ -173,6 +179,44 @@ class DraftProposer(Proposer):
         draft.book.num_computed_tokens = common
         draft.num_synced = len(verified)
         return draft
+
+    def _decode_greedy(
+        self, active: list[tuple[ProposalRequest, _DraftRequest]], proposed: dict[str, list[int]]
+    ) -> list[tuple[ProposalRequest, _DraftRequest]]:
+        """After the catch-up pass, the remaining drafts of greedy requests without logit
+        processing in one kernel call per group of equal remaining count (no per-pass Python;
+        corral/model/layer_loop.py decode_greedy). Returns the requests it left to _step."""
+        kernels = cpu_kernels() if self.device.type == "cpu" else None
+        if kernels is None or not active:
+            return active
+        groups: dict[int, list[tuple[ProposalRequest, _DraftRequest]]] = {}
+        rest = []
+        for request, draft in active:
+            if samples_greedily(request.params) and not _needs_processing(request.params):
+                remaining = request.max_num_tokens - len(proposed[request.request_id])
+                groups.setdefault(remaining, []).append((request, draft))
+            else:
+                rest.append((request, draft))
+        for num_steps, group in groups.items():
+            states = [draft.state for _, draft in group]
+            tokens = decode_greedy(
+                self.model,
+                kernels,
+                self.storage.layer_caches,
+                [state.token_ids[-1] for state in states],
+                [len(state.token_ids) - 1 for state in states],
+                [state.block_ids for state in states],
+                self.block_size,
+                num_steps,
+            )
+            if tokens is None:  # a property of the model: no group can take the loop
+                return active
+            for (request, draft), row in zip(group, tokens):
+                draft.state.token_ids.extend(row)
+                draft.state.num_computed_tokens = len(draft.state.token_ids) - 1
+                draft.book.num_computed_tokens = draft.state.num_computed_tokens
+                proposed[request.request_id].extend(row)
+        return rest
 
     def _step(
         self,
