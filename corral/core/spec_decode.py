@@ -41,10 +41,16 @@ class SpecDecodeScheduling:
         # Request id -> its num_tokens when it was last asked to propose (what the proposer has
         # seen of it; dropped when it finishes or is preempted, as the proposer's state is).
         self._proposed_upto: dict[str, int] = {}
+        # The requests of the step last planned (the controller may hold an empty plan for it).
+        self._planned_batch: frozenset[str] = frozenset()
 
     def add_drafts(self, step: StepPlan, requests: dict[str, Request]) -> dict[str, int]:
         """Schedule draft tokens into the step; returns how many tokens to propose next, per
         request that samples this step."""
+        batch = frozenset(step.num_scheduled)
+        if batch == self._planned_batch and self.controller.hold_idle():
+            return {}
+        self._planned_batch = batch
         candidates: dict[str, Candidate] = {}
         for request_id, num_tokens in step.num_scheduled.items():
             request = requests[request_id]

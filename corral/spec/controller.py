@@ -43,6 +43,10 @@ NUM_PROBE_REQUESTS = 4
 # the time since the last probe: a draft model's probe of a request it has not followed costs a
 # prefill of the whole sequence (6-7 ms alone on the demo models, 7% of a run at concurrency 1).
 PROBE_TIME_FRACTION = 0.02
+# After a plan that granted nothing, the same batch keeps that plan this many more steps without
+# running the rule (hold_idle): while nothing is drafted no acceptance changes, only the step-cost
+# fit, and the rule's own work was most of speculation's idle cost (about 35 us a step alone).
+IDLE_HOLD_STEPS = 7
 
 
 class Candidate(NamedTuple):
@@ -84,6 +88,8 @@ class SpecController:
         self._last_catchup_tokens = 0
         # plan's shortcut when nothing can pay (_nothing_pays); False: always the full rule.
         self.use_bound = True
+        # Steps the last empty plan may still be held for (hold_idle); 0 after any other plan.
+        self.num_idle_steps_left = 0
 
     # ----- learning -----------------------------------------------------------------------
 
@@ -130,6 +136,21 @@ class SpecController:
         return self.accepted.depth_profile(max_depth)
 
     # ----- deciding -----------------------------------------------------------------------
+
+    def hold_idle(self) -> bool:
+        """True: the adaptive rule granted nothing at its last plan, within IDLE_HOLD_STEPS
+        steps, and no probe is due; this step is counted as one without drafts and the caller
+        plans nothing, without building candidates. The caller calls it only for the batch it
+        last planned (a new batch is planned in full)."""
+        if self.num_idle_steps_left <= 0:
+            return False
+        if self.num_steps_without_drafts + 1 >= self.probe_interval_steps:
+            return False  # the probe's step runs the rule
+        self.num_idle_steps_left -= 1
+        self.num_steps_without_drafts += 1
+        self._last_num_passes = 0
+        self._last_catchup_tokens = 0
+        return True
 
     def plan(
         self,
@@ -286,6 +307,7 @@ class SpecController:
                 propose = dict.fromkeys(probes, 1)
                 self._probed = set(propose)
         self._last_catchup_tokens = sum(_catchup_tokens(candidates[rid]) for rid in propose)
+        self.num_idle_steps_left = 0 if verify or propose else IDLE_HOLD_STEPS
         return self._count(SpecPlan(verify, propose))
 
     def _count(self, plan: SpecPlan) -> SpecPlan:

@@ -3,13 +3,17 @@ and proposal costs, and gives none where verification costs more than it yields.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from corral.spec.controller import (
+    IDLE_HOLD_STEPS,
     PROBE_INTERVAL_STEPS,
     PROBE_TIME_FRACTION,
     Candidate,
     SpecController,
+    SpecPlan,
 )
 from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.step_cost import StepCostEstimate
@@ -301,3 +305,66 @@ def test_a_probe_that_would_cost_a_long_catch_up_is_skipped() -> None:
         for _ in range(2 * PROBE_INTERVAL_STEPS)
     ]
     assert plans[-1].propose == {"near": 1} and all(not p.propose for p in plans[:-1])
+
+
+def test_an_empty_plan_is_held_and_probes_keep_their_schedule() -> None:
+    """hold_idle keeps an empty plan IDLE_HOLD_STEPS steps, then the rule runs again; the
+    probes fall on the same steps as when the rule runs every step; a plan that grants
+    anything ends the hold."""
+    names = [f"r{i}" for i in range(8)]
+
+    def probe_steps(hold: bool) -> tuple[list[int], int]:
+        controller = SpecController(4)
+        feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
+        for name in names:
+            feed_acceptance(controller, name, 0)
+        steps, num_rule_runs = [], 0
+        for step in range(64 + 128 + 5):
+            held = 1 if steps and steps[-1] == step - 1 else 0
+            if hold and held == 0 and controller.hold_idle():
+                continue
+            num_rule_runs += 1
+            if controller.plan(candidates(names, held), 8, 0, budget=1000).propose:
+                steps.append(step)
+        return steps, num_rule_runs
+
+    held_steps, held_runs = probe_steps(hold=True)
+    full_steps, full_runs = probe_steps(hold=False)
+    assert held_steps == full_steps == [63, 63 + 128]
+    assert held_runs < full_runs / IDLE_HOLD_STEPS * 1.5
+
+    controller = SpecController(4)
+    feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
+    assert controller.hold_idle() is False  # nothing planned yet
+    feed_acceptance(controller, "a", 10)
+    assert controller.plan(candidates(["a"], 0), 1, 0, budget=100).propose  # pays: no hold
+    assert controller.hold_idle() is False
+
+
+def test_the_scheduler_plans_a_new_batch_in_full() -> None:
+    """SpecDecodeScheduling holds an empty plan only for the batch it planned: a request that
+    joins is a candidate at once."""
+    from corral.config import SpeculativeConfig
+    from corral.core.kv_cache import KVCacheManager
+    from corral.core.spec_decode import SpecDecodeScheduling
+
+    spec = SpecDecodeScheduling(
+        SpeculativeConfig(method="ngram", num_speculative_tokens=4), KVCacheManager(64, 16),
+        max_model_len=512, capacity_tokens=10_000,
+    )  # fmt: skip
+    calls = []
+    spec.controller.plan = lambda cands, *args: calls.append(set(cands)) or SpecPlan({}, {})
+    spec.controller.hold_idle = lambda: True
+    requests = {
+        name: SimpleNamespace(
+            num_computed_tokens=9,
+            num_tokens=10,
+            max_tokens=50,
+            num_output_tokens=2,
+            spec_token_ids=[],
+        )  # fmt: skip
+        for name in ("a", "b")
+    }
+    for scheduled in ({"a": 1}, {"a": 1}, {"a": 1, "b": 1}):  # the second is held
+        spec.add_drafts(SimpleNamespace(num_scheduled=scheduled, budget=100), requests)
+    assert calls == [{"a"}, {"a", "b"}]
