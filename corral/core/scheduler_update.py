@@ -32,6 +32,10 @@ def apply_model_output(
     spec = scheduler.spec
     if spec is not None:
         spec.observe(scheduler_output, model_output)
+    # With no draft verified or proposed this step, settling is plain bookkeeping.
+    settles = spec is not None and bool(
+        scheduler_output.spec_token_ids or model_output.spec_token_ids
+    )
     for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
         request = scheduler.requests.get(request_id)
         if request is None or request.status != RequestStatus.RUNNING:
@@ -45,8 +49,10 @@ def apply_model_output(
             new_token_ids.append(token_id)
             if check_stop(request, scheduler.max_model_len):
                 break
-        if spec is None:
+        if not settles:
             request.num_computed_tokens += num_tokens
+            if request.spec_token_ids:
+                request.spec_token_ids = []  # the proposer made none for it
         else:
             drafts = scheduler_output.spec_token_ids.get(request_id, [])
             num_sampled = len(sampled.get(request_id, ()))
