@@ -67,6 +67,16 @@ def verify(
     """logits: [sum(k_g + 1), vocab] float32, the groups' rows back to back (modified in place).
     A group without drafts is ordinary sampling of one token. mask: grammar masks per row (see
     corral/structured/masking.py)."""
+    if mask is None and all(_plain_greedy(group.row) for group in groups):
+        # Nothing to process and no logprobs: one argmax over every row.
+        argmax_ids = logits.argmax(dim=-1).tolist()
+        results = []
+        start = 0
+        for group in groups:
+            drafts = group.draft_token_ids
+            results.append(VerifyResult(_accept_greedy_rows(drafts, argmax_ids, start), None))
+            start += len(drafts) + 1
+        return results
     rows: list[SamplingRow] = []
     starts: list[int] = []
     for group in groups:
@@ -112,6 +122,29 @@ def verify(
             ]
         results.append(VerifyResult(token_ids, logprobs))
     return results
+
+
+def _plain_greedy(row: SamplingRow) -> bool:
+    """Greedy, without logprobs, and nothing Sampler.process would change on any of its rows
+    (min_tokens already reached, so the draft rows after it reach it too)."""
+    params = row.params
+    return (
+        samples_greedily(params)
+        and params.logprobs is None
+        and not params.logit_bias
+        and params.repetition_penalty == 1.0
+        and not params.frequency_penalty
+        and not params.presence_penalty
+        and (len(row.output_token_ids) >= params.min_tokens or not row.stop_token_ids)
+    )
+
+
+def _accept_greedy_rows(drafts: list[int], argmax: list[int], start: int) -> list[int]:
+    """_accept_greedy over argmax ids of every row, in row order."""
+    i = 0  # the first rejected draft, or len(drafts): the target's token there ends the run
+    while i < len(drafts) and argmax[start + i] == drafts[i]:
+        i += 1
+    return argmax[start : start + i + 1]
 
 
 def _accept_greedy(drafts: list[int], argmax: dict[int, int], start: int) -> list[int]:

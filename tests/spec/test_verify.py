@@ -177,3 +177,38 @@ def test_seeded_verification_gives_the_ordinary_samplers_tokens() -> None:
             (i + 1 for i, d in enumerate(drafts) if d != ordinary[i]), len(drafts) + 1
         )
         assert len(result.token_ids) == expected_len
+
+
+def test_plain_greedy_batches_take_one_argmax_with_the_same_result(monkeypatch) -> None:
+    """Groups of plain greedy requests skip per-row processing: the tokens are the general
+    path's, over random drafts of every length (0 to 4) and agreement."""
+    generator = torch.Generator().manual_seed(11)
+    greedy = SamplingParams(temperature=0.0, max_tokens=8)
+    groups, rows = [], 0
+    logits = torch.randn(200, VOCAB, generator=generator)
+    argmax = logits.argmax(dim=-1).tolist()
+    while rows < 190:
+        k = int(torch.randint(0, 5, (), generator=generator))
+        agree = int(torch.randint(0, k + 1, (), generator=generator))
+        drafts = [
+            argmax[rows + i] if i < agree else (argmax[rows + i] + 1) % VOCAB for i in range(k)
+        ]
+        groups.append(VerifyGroup(row(greedy), drafts))
+        rows += k + 1
+    logits = logits[:rows]
+    fast = [r.token_ids for r in verify(Sampler(0, torch.device("cpu")), logits.clone(), groups)]
+    monkeypatch.setattr(verify_module, "_plain_greedy", lambda _: False)
+    slow = [r.token_ids for r in verify(Sampler(0, torch.device("cpu")), logits.clone(), groups)]
+    assert fast == slow
+    assert {len(tokens) for tokens in fast} == set(range(1, 6))
+
+
+def test_min_tokens_still_masks_stop_tokens_on_draft_rows() -> None:
+    """A request short of min_tokens is processed row by row: its stop token loses."""
+    logits = torch.zeros(2, VOCAB)
+    logits[:, 2] = 5.0  # the stop token would win
+    logits[:, 3] = 1.0
+    params = SamplingParams(temperature=0.0, min_tokens=4, max_tokens=8)
+    stopping = SamplingRow(params, [1], [], frozenset({2}))
+    [result] = verify(Sampler(0, torch.device("cpu")), logits, [VerifyGroup(stopping, [3])])
+    assert result.token_ids == [3, 3]
