@@ -89,43 +89,43 @@ def build_step_inputs(
     ):
         num_decode_chunks += 1
     if num_decode_chunks:
+        # One row per token; its block-table row is the request's table (the kernel reads no
+        # further than the row's length, and padding is block 0).
         decode_positions: list[int] = []
-        decode_table: list[list[int]] = []
+        decode_slots: list[int] = []
+        tables: list[list[int]] = []
         for state, num_tokens in scheduled[:num_decode_chunks]:
             start = state.num_computed_tokens
             row = len(decode_positions)
             row_ranges.append((row, row + num_tokens))
             token_ids.extend(state.token_ids[start : start + num_tokens])
+            block_ids = state.block_ids[: (start + num_tokens - 1) // block_size + 1]
             for p in range(start, start + num_tokens):
                 decode_positions.append(p)
-                decode_table.append(state.block_ids[: p // block_size + 1])
+                decode_slots.append(block_ids[p // block_size] * block_size + p % block_size)
+                tables.append(block_ids)
             if num_sinks and sink_delta(start + num_tokens - 1, num_sinks, window):
                 decode_sink_spans.append(_sink_span(state, row, num_tokens, block_size, device))
         num_decodes = len(decode_positions)
-        positions_tensor = torch.tensor(decode_positions, dtype=torch.int64)
+        max_num_blocks = max(len(table) for table in tables)
+        flat = token_ids + decode_positions + decode_slots
+        for table in tables:
+            flat += table
+            flat += [0] * (max_num_blocks - len(table))
+        # One tensor for the tokens, positions, slots and block table, then views of it.
+        packed = torch.tensor(flat, dtype=torch.int64)
+        decode_input_ids = packed[:num_decodes]
+        positions_tensor = packed[num_decodes : 2 * num_decodes]
         positions.append(positions_tensor)
-        slots.append(
-            torch.tensor(
-                [
-                    table[-1] * block_size + p % block_size
-                    for table, p in zip(decode_table, decode_positions)
-                ],
-                dtype=torch.int64,
-            )
-        )
-        seq_lens = positions_tensor + 1
-        max_num_blocks = max(len(table) for table in decode_table)
-        padded = [table + [0] * (max_num_blocks - len(table)) for table in decode_table]
-        key_positions = torch.arange(max_num_blocks * block_size).unsqueeze(0)
-        mask = key_positions < seq_lens.unsqueeze(1)
-        if window is not None:  # with sinks, the gathered path redoes the rows with a gap
-            in_window = key_positions > (positions_tensor - window).unsqueeze(1)
-            mask &= in_window | (key_positions < num_sinks)
+        slots.append(packed[2 * num_decodes : 3 * num_decodes])
+        block_table = packed[3 * num_decodes :].view(num_decodes, max_num_blocks)
         decode = DecodeBatch(
             num_decodes=num_decodes,
-            block_table=torch.tensor(padded, dtype=torch.int64, device=device),
-            seq_lens=seq_lens.to(device),
-            mask=mask.view(num_decodes, 1, 1, -1).to(device),
+            block_table=block_table.to(device),
+            seq_lens=(positions_tensor + 1).to(device),
+            block_size=block_size,
+            window=window,
+            num_sinks=num_sinks,
         )
     prefills = []
     row = row_ranges[-1][1] if row_ranges else 0
@@ -168,16 +168,20 @@ def build_step_inputs(
             num_sinks, window, sink_spans, deltas.to(device), decode_sink_spans, has_gap
         )
     metadata = AttentionMetadata(
-        slot_mapping=torch.cat(slots).to(device),
+        slot_mapping=(slots[0] if len(slots) == 1 else torch.cat(slots)).to(device),
         decode=decode,
         prefills=prefills,
         sliding_window=window,
         row_ranges=row_ranges,
         sinks=sinks,
     )
+    if num_decode_chunks == len(scheduled):
+        input_ids = decode_input_ids.to(device)
+    else:
+        input_ids = torch.tensor(token_ids, dtype=torch.int64, device=device)
     return StepInputs(
-        input_ids=torch.tensor(token_ids, dtype=torch.int64, device=device),
-        positions=torch.cat(positions).to(device),
+        input_ids=input_ids,
+        positions=(positions[0] if len(positions) == 1 else torch.cat(positions)).to(device),
         metadata=metadata,
         row_ranges=row_ranges,
     )

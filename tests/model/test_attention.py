@@ -97,7 +97,9 @@ def test_decode_paths(dtype, kv_dtype, tolerance, window, use_kernel, monkeypatc
     mask = torch.arange(width * BLOCK_SIZE)[None, :] < lens[:, None]
     if window and not layer_window:
         mask &= torch.arange(width * BLOCK_SIZE)[None, :] >= (lens - window)[:, None]
-    decode = DecodeBatch(len(seq_lens), table, lens, mask.view(len(seq_lens), 1, 1, -1))
+    step_window = window if window and not layer_window else None
+    decode = DecodeBatch(len(seq_lens), table, lens, BLOCK_SIZE, step_window)
+    assert torch.equal(decode.mask, mask.view(len(seq_lens), 1, 1, -1))  # built on demand
     query = torch.randn(len(seq_lens), NUM_HEADS, HEAD_DIM).to(dtype)
     # The new tokens' K/V: write them through the same path the model uses.
     slots = torch.tensor(

@@ -47,7 +47,25 @@ class DecodeBatch:
     num_decodes: int
     block_table: torch.Tensor  # int64 [num_decodes, max_num_blocks], padded with block 0
     seq_lens: torch.Tensor  # int64 [num_decodes]: tokens to attend to, the query's own included
-    mask: torch.Tensor  # bool [num_decodes, 1, 1, max_num_blocks * block_size]
+    block_size: int
+    # The step's window (keys behind it masked, except the first num_sinks): None for none.
+    window: int | None = None
+    num_sinks: int = 0
+    _mask: torch.Tensor | None = None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """bool [num_decodes, 1, 1, max_num_blocks * block_size], True = may attend; built on
+        first use (the paged decode kernel does not need it)."""
+        if self._mask is None:
+            num_slots = self.block_table.shape[1] * self.block_size
+            key_positions = torch.arange(num_slots, device=self.seq_lens.device).unsqueeze(0)
+            mask = key_positions < self.seq_lens.unsqueeze(1)
+            if self.window is not None:  # with sinks, the gathered path redoes rows with a gap
+                in_window = key_positions > (self.seq_lens - 1 - self.window).unsqueeze(1)
+                mask &= in_window | (key_positions < self.num_sinks)
+            self._mask = mask.view(self.num_decodes, 1, 1, -1)
+        return self._mask
 
 
 @dataclass(slots=True)
