@@ -263,7 +263,8 @@ class ModelExecutor:
         logprobs: dict[str, list[TokenLogprobs]] = {}
         failed: dict[str, str] = {}
         if sample_rows:
-            logits = self.model.compute_logits(hidden[sample_rows])
+            every_row = len(sample_rows) == hidden.shape[0]  # in order: decode and verify rows
+            logits = self.model.compute_logits(hidden if every_row else hidden[sample_rows])
             if drafts:
                 samples = verify_drafts(self.sampler, logits, sample_states, drafts)
             else:

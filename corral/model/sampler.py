@@ -65,6 +65,8 @@ class Sampler:
     ) -> SamplerOutput:
         """Sample one token per row of logits [num_rows, vocab] (float32, modified in place);
         mask: the grammar's allowed tokens per row, if any."""
+        if mask is None and all(plain_greedy(row) for row in rows):
+            return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(rows))
         want_logprobs = [row.params.logprobs is not None for row in rows]
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
         self.process(logits, rows, mask)
@@ -165,6 +167,21 @@ class Sampler:
 
 def samples_greedily(params: SamplingParams) -> bool:
     return params.temperature < GREEDY_BELOW_TEMPERATURE
+
+
+def plain_greedy(row: SamplingRow) -> bool:
+    """Greedy, without logprobs, and nothing process() would change in its logits (min_tokens
+    reached or no stop tokens to hold back)."""
+    params = row.params
+    return (
+        params.temperature < GREEDY_BELOW_TEMPERATURE
+        and params.logprobs is None
+        and not params.logit_bias
+        and params.repetition_penalty == 1.0
+        and not params.frequency_penalty
+        and not params.presence_penalty
+        and (len(row.output_token_ids) >= params.min_tokens or not row.stop_token_ids)
+    )
 
 
 def sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

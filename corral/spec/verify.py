@@ -35,6 +35,7 @@ from corral.model.sampler import (
     Sampler,
     SamplingRow,
     gather_logprobs,
+    plain_greedy,
     samples_greedily,
     sampling_probs,
 )
@@ -67,7 +68,7 @@ def verify(
     """logits: [sum(k_g + 1), vocab] float32, the groups' rows back to back (modified in place).
     A group without drafts is ordinary sampling of one token. mask: grammar masks per row (see
     corral/structured/masking.py)."""
-    if mask is None and all(_plain_greedy(group.row) for group in groups):
+    if mask is None and all(plain_greedy(group.row) for group in groups):
         # Nothing to process and no logprobs: one argmax over every row.
         argmax_ids = logits.argmax(dim=-1).tolist()
         results = []
@@ -122,21 +123,6 @@ def verify(
             ]
         results.append(VerifyResult(token_ids, logprobs))
     return results
-
-
-def _plain_greedy(row: SamplingRow) -> bool:
-    """Greedy, without logprobs, and nothing Sampler.process would change on any of its rows
-    (min_tokens already reached, so the draft rows after it reach it too)."""
-    params = row.params
-    return (
-        samples_greedily(params)
-        and params.logprobs is None
-        and not params.logit_bias
-        and params.repetition_penalty == 1.0
-        and not params.frequency_penalty
-        and not params.presence_penalty
-        and (len(row.output_token_ids) >= params.min_tokens or not row.stop_token_ids)
-    )
 
 
 def _accept_greedy_rows(drafts: list[int], argmax: list[int], start: int) -> list[int]:

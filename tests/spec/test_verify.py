@@ -197,7 +197,7 @@ def test_plain_greedy_batches_take_one_argmax_with_the_same_result(monkeypatch) 
         rows += k + 1
     logits = logits[:rows]
     fast = [r.token_ids for r in verify(Sampler(0, torch.device("cpu")), logits.clone(), groups)]
-    monkeypatch.setattr(verify_module, "_plain_greedy", lambda _: False)
+    monkeypatch.setattr(verify_module, "plain_greedy", lambda _: False)
     slow = [r.token_ids for r in verify(Sampler(0, torch.device("cpu")), logits.clone(), groups)]
     assert fast == slow
     assert {len(tokens) for tokens in fast} == set(range(1, 6))
