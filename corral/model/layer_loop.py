@@ -132,18 +132,18 @@ def decode_greedy(
     model: LlamaFamilyModel,
     kernels,
     kv_caches: list[LayerKVCache],
-    token_ids: list[int],
-    positions: list[int],
-    block_tables: list[list[int]],
+    sequences: list[tuple[list[int], int, list[int]]],
     block_size: int,
     num_steps: int,
 ) -> list[list[int]] | None:
-    """num_steps greedy decode steps of one row per sequence in one kernel call (a draft model's
-    proposals): row r's token token_ids[r] (not yet cached) stands at positions[r], and
-    block_tables[r] covers its positions up to positions[r] + num_steps - 1. Each step's tokens
-    are the argmax of the logits compute_logits gives, as forward + compute_logits + argmax
-    would choose them. Returns each row's num_steps tokens, or None when the loop cannot run
-    this model (then take forward step by step)."""
+    """num_steps greedy decode steps of several sequences in one kernel call (a draft model's
+    proposals). sequences: (tokens to compute, the first one's position, block table); the
+    first step computes each sequence's tokens as decode rows (at most MAX_DECODE_ROW_TOKENS
+    each, the caller's to ensure) and takes the last one's logits, each later step one row per
+    sequence, the token chosen before. The block table covers the last position +
+    num_steps - 1. Tokens are the argmax of the logits compute_logits gives, as forward +
+    compute_logits + argmax would choose them. Returns each sequence's num_steps tokens, or None
+    when the loop cannot run this model (then take forward step by step)."""
     weights = _model_loop_weights(model, kv_caches)
     lm_head = _linear_tensors(model.lm_head, None)
     embed = model.embed_tokens
@@ -151,12 +151,25 @@ def decode_greedy(
         return None
     if not isinstance(embed, PackedWeight) and type(embed) is not torch.Tensor:
         return None
-    width = max(len(table) for table in block_tables)
-    padded = [table + [0] * (width - len(table)) for table in block_tables]
+    width = max(len(table) for _, _, table in sequences)
+    rows: list[int] = []
+    positions: list[int] = []
+    row_seqs: list[int] = []
+    last_rows: list[int] = []
+    tables: list[int] = []
+    for index, (token_ids, first_position, table) in enumerate(sequences):
+        rows += token_ids
+        positions += range(first_position, first_position + len(token_ids))
+        row_seqs += [index] * len(token_ids)
+        last_rows.append(len(rows) - 1)
+        tables += table
+        tables += [0] * (width - len(table))
     arch = model.arch
     tokens = kernels.decode_greedy(
-        torch.tensor(token_ids, dtype=torch.int64),
+        torch.tensor(rows, dtype=torch.int64),
         torch.tensor(positions, dtype=torch.int64),
+        torch.tensor(row_seqs, dtype=torch.int64),
+        torch.tensor(last_rows, dtype=torch.int64),
         num_steps,
         embed.data if isinstance(embed, PackedWeight) else embed,
         isinstance(embed, PackedWeight),
@@ -166,7 +179,7 @@ def decode_greedy(
         [cache.value for cache in kv_caches],
         model.rotary.cos,
         model.rotary.sin,
-        torch.tensor(padded, dtype=torch.int64),
+        torch.tensor(tables, dtype=torch.int64).view(len(sequences), width),
         block_size,
         model.final_norm,
         model.scale,
@@ -174,6 +187,7 @@ def decode_greedy(
         arch.num_heads,
         arch.num_kv_heads,
         arch.head_dim,
-        uses_row_kernel(len(token_ids), model.dtype, model.device),
+        uses_row_kernel(len(rows), model.dtype, model.device),
+        uses_row_kernel(len(sequences), model.dtype, model.device),
     )
     return tokens.t().tolist()

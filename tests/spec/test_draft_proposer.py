@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import corral.spec.proposers.draft as draft_module
 from corral.model.kernels import cpu_kernels
+from corral.model.layer_loop import decode_greedy
 from corral.sampling_params import SamplingParams
 from corral.spec.proposer import ProposalRequest
 from corral.spec.proposers.draft import DraftProposer
@@ -23,7 +25,7 @@ def make(path, dtype: torch.dtype, one_call: bool) -> DraftProposer:
         max_model_len=256,
     )  # fmt: skip
     if not one_call:
-        proposer._decode_greedy = lambda active, proposed: active  # type: ignore[method-assign]
+        proposer._decode_greedy = lambda active, proposed, catch_up: active  # type: ignore[method-assign]
     return proposer
 
 
@@ -48,10 +50,20 @@ def rounds(proposer: DraftProposer, prompts: list[list[int]], ks: list[int], par
 
 @pytest.mark.skipif(cpu_kernels() is None, reason="CPU kernels unavailable")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_one_call_loop_proposes_what_step_by_step_passes_do(tiny_model, dtype):
+def test_one_call_loop_proposes_what_step_by_step_passes_do(tiny_model, dtype, monkeypatch):
+    """Catch-ups of up to 16 tokens (the 9-token prompt, later rounds' verified tokens) run in
+    the kernel call too; the 30- and 17-token prompts take a forward pass first."""
     prompts = [[(5 * i + 11) % 500 + 3 for i in range(n)] for n in (9, 30, 17)]
     ks, params = [4, 4, 2], [GREEDY, GREEDY, BIASED]
+    catch_ups = []
+
+    def recording(model, kernels, caches, sequences, block_size, num_steps):
+        catch_ups.extend(len(tokens) for tokens, _, _ in sequences)
+        return decode_greedy(model, kernels, caches, sequences, block_size, num_steps)
+
+    monkeypatch.setattr(draft_module, "decode_greedy", recording)
     fast = rounds(make(tiny_model, dtype, True), prompts, ks, params)
+    assert 9 in catch_ups and max(catch_ups) <= 16 and 1 in catch_ups
     slow = rounds(make(tiny_model, dtype, False), prompts, ks, params)
     assert fast == slow
     assert all(len(round_[str(i)]) == ks[i] for round_ in fast for i in range(3))

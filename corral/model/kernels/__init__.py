@@ -51,6 +51,8 @@ _HEADERS = [Path(__file__).with_name(name) for name in ("cpu_common.h", "cpu_ops
 _CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
 BUILD_LOCK_TIMEOUT_S = 600.0
+MIN_PARALLEL_WORK_PASSIVE = 1 << 19
+MIN_PARALLEL_WORK_SPINNING = 1 << 18
 _LOCK_POLL_S = 0.2
 _BUILD_LOCK_NAME = "corral-build.lock"
 _TORCH_LOCK_NAME = "lock"  # torch's FileBaton: a killed holder never removes it
@@ -80,8 +82,18 @@ def cpu_kernels() -> ModuleType | None:
         module = None
         if os.environ.get("CORRAL_CPU_KERNELS", "1") != "0":
             module = _build()
+        if module is not None:
+            module.set_min_parallel_work(min_parallel_work())
         _state["module"] = module
         return module
+
+
+def min_parallel_work() -> int:
+    """The least multiply-adds worth a second thread (cpu_common.h): 512K where OpenMP threads
+    sleep between calls (OMP_WAIT_POLICY=passive, read by libgomp at start), else 256K, since
+    threads kept spinning by libgomp's default policy (or active) wake at once."""
+    passive = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
+    return MIN_PARALLEL_WORK_PASSIVE if passive else MIN_PARALLEL_WORK_SPINNING
 
 
 def _build() -> ModuleType | None:

@@ -9,16 +9,21 @@
 namespace corral_cpu {
 
 
-// The least work (multiply-adds) a parallel chunk gets: below it, waking a second thread (tens
-// of microseconds with passive OpenMP waits) costs more than it saves. 4M (1 << 22) was measured
-// on a 2-core Zen 4 (a 5M multiply-add linear took as long on two threads as on one); on a 2-core
-// AVX2 EPYC that limit kept every layer linear of a SmolLM-135M-shaped model on one thread, and
-// 512K made one-stream decode 1.4x faster on two threads (docs/performance.md).
-constexpr int64_t kMinParallelWork = 1 << 19;
+// The least work (multiply-adds) a parallel chunk gets: below it, waking a second thread costs
+// more than it saves. With passive OpenMP waits (a wake-up costs tens of microseconds) 4M
+// (1 << 22) was measured on a 2-core Zen 4 and 512K (1 << 19) on a 2-core AVX2 EPYC (one-stream
+// decode 1.4x faster on two threads than with 4M). Where threads spin between calls (libgomp's
+// default policy), 256K made the demo target's one-row decoder stack and head 1.15x faster and
+// passive waits 0.57x: corral/model/kernels/__init__.py sets it by the wait policy at load
+// (set_min_parallel_work), and this is the passive value. docs/performance.md.
+inline int64_t& min_parallel_work() {
+  static int64_t value = 1 << 19;
+  return value;
+}
 
-// Weight quads per parallel chunk of a few-row linear: at least 16, and kMinParallelWork.
+// Weight quads per parallel chunk of a few-row linear: at least 16, and min_parallel_work().
 inline int64_t linear_grain(int64_t rows, int64_t in) {
-  return std::max<int64_t>(16, kMinParallelWork / std::max<int64_t>(1, 4 * in * rows));
+  return std::max<int64_t>(16, min_parallel_work() / std::max<int64_t>(1, 4 * in * rows));
 }
 
 inline float to_float(float x) { return x; }

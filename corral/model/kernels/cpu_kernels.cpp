@@ -15,7 +15,7 @@
 
 namespace {
 
-using corral_cpu::kMinParallelWork;
+using corral_cpu::min_parallel_work;
 using corral_cpu::to_float;
 
 // exp(x) as 2^n * e^r with |r| <= ln2 / 2 and a degree-6 Taylor polynomial (relative error
@@ -240,7 +240,7 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
   const C* k_ptr = key_cache.data_ptr<C>();
   const C* v_ptr = value_cache.data_ptr<C>();
   // Split only work worth waking another thread for (a wake-up costs tens of microseconds with
-  // passive OpenMP waits): chunks of at least kMinParallelWork multiply-adds.
+  // passive OpenMP waits): chunks of at least min_parallel_work() multiply-adds.
   int64_t total_len = 0;
   for (int64_t seq = 0; seq < num_seqs; ++seq) total_len += lengths[seq];
   // Runs of rows of one sequence (decode_run): a row joins the run before it when its length is
@@ -259,7 +259,7 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
   run_starts.push_back(num_seqs);
   const int64_t work_per_item =
       std::max<int64_t>(1, 2 * group * head_dim * total_len / std::max<int64_t>(1, num_runs));
-  const int64_t grain = std::max<int64_t>(1, kMinParallelWork / work_per_item);
+  const int64_t grain = std::max<int64_t>(1, min_parallel_work() / work_per_item);
   at::parallel_for(0, num_runs * num_kv_heads, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer;
     auto one = block_size != 16  ? &decode_one<T, C, 0, 0>
@@ -343,6 +343,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("write_kv_cache", &write_kv_cache, "store new tokens' K and V at their slots");
   m.def("lora_shrink_expand", &lora_shrink_expand, "out[rows] += B_slot A_slot x per segment");
   m.def("int8_linear", &int8_linear, "x @ dequant(int8 weight).T, weight-only int8");
+  m.def(
+      "set_min_parallel_work",
+      [](int64_t multiply_adds) {
+        corral_cpu::min_parallel_work() = std::max<int64_t>(1, multiply_adds);
+      },
+      "the least multiply-adds a parallel chunk gets (cpu_common.h)");
   m.def("decode_layers", &decode_layers, "a decode step's decoder stack in one call");
   m.def("decode_greedy", &decode_greedy, "several greedy one-row decode steps in one call");
 }

@@ -74,14 +74,19 @@ torch::Tensor decode_layers(torch::Tensor residual,
   return rms_norm(delta, final_norm, eps, residual);
 }
 
-// Greedy decode of one row per sequence for num_steps steps in one call (a draft model's
-// proposals): each step embeds every row's token, runs decode_layers, takes logits through
-// lm_head and their argmax (torch.argmax over the float logits, so the first of equal maxima),
-// which is the row's next token. token_ids [rows]: each row's newest token, not yet in the cache,
-// at positions [rows]; block_table [rows, blocks] covers positions + num_steps - 1. embed: the
-// embedding table, packed (corral/model/packed_weight.py) when embed_packed. lm_head: weight or
-// int8 values, scales, bias, as a layer's linears. Returns the tokens, [num_steps, rows].
-torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions, int64_t num_steps,
+// Greedy decode of several sequences for num_steps steps in one call (a draft model's proposals).
+// The first step computes rows token_ids at positions (row_seqs: each row's sequence, whose rows
+// are consecutive positions ending at its row in last_rows, the row whose logits give its first
+// token); every later step one row per sequence, the token the step before chose. A step embeds
+// its rows, runs decode_layers, takes logits through lm_head for the sequences' rows and their
+// argmax (torch.argmax over the float logits, so the first of equal maxima). block_table
+// [sequences, blocks] covers each sequence's last position + num_steps - 1. embed: the embedding
+// table, packed (corral/model/packed_weight.py) when embed_packed. lm_head: weight or int8 values,
+// scales, bias, as a layer's linears. first_use_kernel / use_kernel: decode_layers' use_kernel for
+// the first step's rows and for one row per sequence (the LM head's). Returns the tokens,
+// [num_steps, sequences].
+torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions,
+                            torch::Tensor row_seqs, torch::Tensor last_rows, int64_t num_steps,
                             torch::Tensor embed, bool embed_packed,
                             const std::vector<c10::optional<torch::Tensor>>& lm_head,
                             const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
@@ -89,19 +94,26 @@ torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions, in
                             const std::vector<torch::Tensor>& value_caches, torch::Tensor cos,
                             torch::Tensor sin, torch::Tensor block_table, int64_t block_size,
                             torch::Tensor final_norm, double scale, double eps, int64_t num_heads,
-                            int64_t num_kv_heads, int64_t head_dim, bool use_kernel) {
-  TORCH_CHECK(token_ids.scalar_type() == torch::kInt64 && positions.scalar_type() == torch::kInt64,
-              "decode_greedy: int64 tokens and positions");
-  TORCH_CHECK(block_table.scalar_type() == torch::kInt64 && block_table.is_contiguous());
+                            int64_t num_kv_heads, int64_t head_dim, bool first_use_kernel,
+                            bool use_kernel) {
+  for (const torch::Tensor* index : {&token_ids, &positions, &row_seqs, &last_rows, &block_table}) {
+    TORCH_CHECK(index->scalar_type() == torch::kInt64 && index->is_contiguous(),
+                "decode_greedy: contiguous int64 indices");
+  }
   TORCH_CHECK(lm_head.size() == 3, "decode_greedy: lm_head as weight, scales, bias");
-  const int64_t rows = token_ids.size(0), width = block_table.size(1);
-  torch::Tensor tokens = torch::empty({num_steps, rows}, token_ids.options());
-  torch::Tensor ids = token_ids.clone();
-  torch::Tensor step_positions = positions.clone();
-  torch::Tensor slots = torch::empty_like(step_positions);
-  const int64_t* table = block_table.data_ptr<int64_t>();
+  const int64_t num_seqs = last_rows.size(0), width = block_table.size(1);
+  TORCH_CHECK(block_table.size(0) == num_seqs && row_seqs.size(0) == token_ids.size(0) &&
+                  positions.size(0) == token_ids.size(0),
+              "decode_greedy: one block-table row per sequence, one sequence per row");
+  torch::Tensor tokens = torch::empty({num_steps, num_seqs}, token_ids.options());
+  torch::Tensor ids = token_ids;
+  torch::Tensor step_positions = positions;
+  torch::Tensor tables = block_table.index_select(0, row_seqs);
   for (int64_t step = 0; step < num_steps; ++step) {
-    int64_t* pos = step_positions.data_ptr<int64_t>();
+    const int64_t rows = ids.size(0);
+    torch::Tensor slots = torch::empty({rows}, positions.options());
+    const int64_t* pos = step_positions.data_ptr<int64_t>();
+    const int64_t* table = tables.data_ptr<int64_t>();
     int64_t* slot = slots.data_ptr<int64_t>();
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t block = pos[r] / block_size;
@@ -110,10 +122,17 @@ torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions, in
     }
     torch::Tensor hidden = embed_packed ? packed_rows(embed, ids) : embed.index_select(0, ids);
     torch::Tensor normed = decode_layers(hidden, layers, key_caches, value_caches, step_positions,
-                                         cos, sin, slots, block_table, step_positions + 1,
-                                         final_norm, scale, eps, num_heads, num_kv_heads,
-                                         head_dim, use_kernel);
-    ids = linear(normed, lm_head, 0, use_kernel).to(torch::kFloat).argmax(1);
+                                         cos, sin, slots, tables, step_positions + 1, final_norm,
+                                         scale, eps, num_heads, num_kv_heads, head_dim,
+                                         step == 0 ? first_use_kernel : use_kernel);
+    if (step == 0 && rows != num_seqs) {
+      normed = normed.index_select(0, last_rows);
+      step_positions = step_positions.index_select(0, last_rows);
+      tables = block_table;
+    } else if (step == 0) {
+      step_positions = step_positions.clone();
+    }
+    ids = linear(normed, lm_head, 0, use_kernel).to(torch::kFloat).argmax(1);  // num_seqs rows
     tokens[step].copy_(ids);
     step_positions.add_(1);
   }

@@ -25,7 +25,7 @@
 
 #include "cpu_common.h"
 
-using corral_cpu::kMinParallelWork;
+using corral_cpu::min_parallel_work;
 using corral_cpu::to_float;
 
 namespace {
@@ -450,9 +450,9 @@ void lora_shrink_expand(torch::Tensor out, torch::Tensor x, torch::Tensor a, tor
   const Problem problem{in,     out_features, num_parts, max_rank, a.size(1) * in,
                         out_features * max_rank, offsets, row_ptr, starts, slots, ranks};
 
-  // Serial below kMinParallelWork (parallel_for runs a range under its grain inline).
+  // Serial below min_parallel_work() (parallel_for runs a range under its grain inline).
   const int64_t per_item = std::max<int64_t>(1, work / num_items);
-  const int64_t grain = std::max<int64_t>(1, kMinParallelWork / per_item);
+  const int64_t grain = std::max<int64_t>(1, min_parallel_work() / per_item);
   auto run = [&](auto* out_ptr) {
     using T = std::remove_pointer_t<decltype(out_ptr)>;
     const T* x_ptr = x.data_ptr<T>();

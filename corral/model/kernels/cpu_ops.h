@@ -46,7 +46,8 @@ torch::Tensor decode_layers(torch::Tensor residual,
                             torch::Tensor seq_lens, torch::Tensor final_norm, double scale,
                             double eps, int64_t num_heads, int64_t num_kv_heads,
                             int64_t head_dim, bool use_kernel);
-torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions, int64_t num_steps,
+torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions,
+                            torch::Tensor row_seqs, torch::Tensor last_rows, int64_t num_steps,
                             torch::Tensor embed, bool embed_packed,
                             const std::vector<c10::optional<torch::Tensor>>& lm_head,
                             const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
@@ -54,4 +55,5 @@ torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions, in
                             const std::vector<torch::Tensor>& value_caches, torch::Tensor cos,
                             torch::Tensor sin, torch::Tensor block_table, int64_t block_size,
                             torch::Tensor final_norm, double scale, double eps, int64_t num_heads,
-                            int64_t num_kv_heads, int64_t head_dim, bool use_kernel);
+                            int64_t num_kv_heads, int64_t head_dim, bool first_use_kernel,
+                            bool use_kernel);

@@ -116,6 +116,9 @@ class DraftProposer(Proposer):
         proposed: dict[str, list[int]] = {request.request_id: [] for request, _ in active}
         probs: dict[str, list[torch.Tensor]] = {request.request_id: [] for request, _ in active}
         with torch.inference_mode():
+            # Greedy requests without logit processing whose catch-up runs as decode rows: the
+            # catch-up and every draft in one kernel call.
+            active = self._decode_greedy(active, proposed, catch_up=True)
             first = True
             while active:
                 self._step(active, proposed, probs)
@@ -125,7 +128,7 @@ class DraftProposer(Proposer):
                     if len(proposed[request.request_id]) < request.max_num_tokens
                 ]
                 if first:
-                    active = self._decode_greedy(active, proposed)
+                    active = self._decode_greedy(active, proposed, catch_up=False)
                     first = False
         return {
             request_id: Proposal(
@@ -181,31 +184,43 @@ class DraftProposer(Proposer):
         return draft
 
     def _decode_greedy(
-        self, active: list[tuple[ProposalRequest, _DraftRequest]], proposed: dict[str, list[int]]
+        self,
+        active: list[tuple[ProposalRequest, _DraftRequest]],
+        proposed: dict[str, list[int]],
+        catch_up: bool,
     ) -> list[tuple[ProposalRequest, _DraftRequest]]:
-        """After the catch-up pass, the remaining drafts of greedy requests without logit
-        processing in one kernel call per group of equal remaining count (no per-pass Python;
-        corral/model/layer_loop.py decode_greedy). Returns the requests it left to _step."""
+        """The remaining drafts of greedy requests without logit processing in one kernel call
+        per group of equal remaining count (no per-pass Python; corral/model/layer_loop.py
+        decode_greedy). catch_up: the requests' uncomputed tokens first (only where they run
+        as decode rows); else they were just computed by _step. Returns the requests left."""
         kernels = cpu_kernels() if self.device.type == "cpu" else None
         if kernels is None or not active:
             return active
         groups: dict[int, list[tuple[ProposalRequest, _DraftRequest]]] = {}
         rest = []
         for request, draft in active:
-            if samples_greedily(request.params) and not _needs_processing(request.params):
+            state = draft.state
+            num_uncomputed = len(state.token_ids) - state.num_computed_tokens
+            if (
+                samples_greedily(request.params)
+                and not _needs_processing(request.params)
+                and (not catch_up or runs_as_decode_rows(num_uncomputed))
+            ):
                 remaining = request.max_num_tokens - len(proposed[request.request_id])
                 groups.setdefault(remaining, []).append((request, draft))
             else:
                 rest.append((request, draft))
         for num_steps, group in groups.items():
-            states = [draft.state for _, draft in group]
+            sequences = []
+            for _, draft in group:
+                state = draft.state
+                first = state.num_computed_tokens if catch_up else len(state.token_ids) - 1
+                sequences.append((state.token_ids[first:], first, state.block_ids))
             tokens = decode_greedy(
                 self.model,
                 kernels,
                 self.storage.layer_caches,
-                [state.token_ids[-1] for state in states],
-                [len(state.token_ids) - 1 for state in states],
-                [state.block_ids for state in states],
+                sequences,
                 self.block_size,
                 num_steps,
             )

@@ -1,0 +1,42 @@
+"""The kernels' parallel-work threshold follows OpenMP's wait policy, and splitting work across
+threads never changes a result's bits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corral.model import kernels as kernels_module
+from corral.model.kernels import cpu_kernels
+from corral.model.packed_weight import PackedWeight
+
+pytestmark = pytest.mark.skipif(cpu_kernels() is None, reason="CPU kernels unavailable")
+
+
+def test_threshold_follows_the_wait_policy(monkeypatch) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert kernels_module.min_parallel_work() == kernels_module.MIN_PARALLEL_WORK_PASSIVE
+    for policy in ("active", ""):
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+        assert kernels_module.min_parallel_work() == kernels_module.MIN_PARALLEL_WORK_SPINNING
+    assert kernels_module.MIN_PARALLEL_WORK_SPINNING < kernels_module.MIN_PARALLEL_WORK_PASSIVE
+
+
+@pytest.mark.parametrize("rows", [1, 3, 5, 32])
+def test_splitting_a_linear_keeps_its_bits(rows: int) -> None:
+    kernels = cpu_kernels()
+    generator = torch.Generator().manual_seed(5)
+    weight = (torch.randn(1024, 256, generator=generator) * 0.2).bfloat16()
+    x = torch.randn(rows, 256, generator=generator).bfloat16()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        results = []
+        for work in (1 << 30, 1):  # never split; split at every quad
+            kernels.set_min_parallel_work(work)
+            results.append(kernels.few_row_linear(x, PackedWeight.pack(weight).data, None))
+            results.append(kernels.few_row_linear(x, weight, None))
+    finally:
+        kernels.set_min_parallel_work(kernels_module.min_parallel_work())
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], result) for result in results[1:])
