@@ -103,7 +103,6 @@ def forward_layer_loop(
     metadata: AttentionMetadata,
 ) -> torch.Tensor:
     """The hidden states after the final norm, as LlamaFamilyModel.forward returns them."""
-    arch = model.arch
     cos, sin, rows = model.rotary_tables(positions, metadata)
     decode = metadata.decode
     assert decode is not None
@@ -118,13 +117,22 @@ def forward_layer_loop(
         metadata.slot_mapping,
         decode.block_table,
         decode.seq_lens,
+        *_stack_constants(model),
+        uses_row_kernel(input_ids.shape[0], model.dtype, model.device),
+    )
+
+
+def _stack_constants(model: LlamaFamilyModel) -> tuple:
+    """The decoder stack's arguments after its per-step tensors, in the kernels' order: final
+    norm, attention scale, RMSNorm eps, query heads, KV heads, head size."""
+    arch = model.arch
+    return (
         model.final_norm,
         model.scale,
         arch.rms_norm_eps,
         arch.num_heads,
         arch.num_kv_heads,
         arch.head_dim,
-        uses_row_kernel(input_ids.shape[0], model.dtype, model.device),
     )
 
 
@@ -164,7 +172,6 @@ def decode_greedy(
         last_rows.append(len(rows) - 1)
         tables += table
         tables += [0] * (width - len(table))
-    arch = model.arch
     tokens = kernels.decode_greedy(
         torch.tensor(rows, dtype=torch.int64),
         torch.tensor(positions, dtype=torch.int64),
@@ -181,12 +188,7 @@ def decode_greedy(
         model.rotary.sin,
         torch.tensor(tables, dtype=torch.int64).view(len(sequences), width),
         block_size,
-        model.final_norm,
-        model.scale,
-        arch.rms_norm_eps,
-        arch.num_heads,
-        arch.num_kv_heads,
-        arch.head_dim,
+        *_stack_constants(model),
         uses_row_kernel(len(rows), model.dtype, model.device),
         uses_row_kernel(len(sequences), model.dtype, model.device),
     )
