@@ -210,7 +210,9 @@ def test_a_rebalancing_move_precopies_then_stops_for_the_rest(cluster):
             event = json.loads(line[6:])
             assert "error" not in event, event
             pieces.extend(choice["text"] for choice in event["choices"])
-            if len(pieces) == 40:
+            # From the third piece on until one replica moves it (a fast engine can finish the
+            # request while a single late attempt is on its way).
+            if not moved and len(pieces) >= 3:
                 for replica_url in replica_urls:  # the router moves it from where it runs
                     answer = httpx.post(url + "/admin/migrate", json={"url": replica_url})
                     assert answer.status_code == 200, answer.text
