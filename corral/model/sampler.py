@@ -169,17 +169,25 @@ def samples_greedily(params: SamplingParams) -> bool:
     return params.temperature < GREEDY_BELOW_TEMPERATURE
 
 
+def processes_logits(params: SamplingParams) -> bool:
+    """Whether process() changes a row's logits through its parameters alone (logit bias or a
+    penalty; min_tokens depends on the row, see plain_greedy)."""
+    return bool(
+        params.logit_bias
+        or params.repetition_penalty != 1.0
+        or params.frequency_penalty
+        or params.presence_penalty
+    )
+
+
 def plain_greedy(row: SamplingRow) -> bool:
     """Greedy, without logprobs, and nothing process() would change in its logits (min_tokens
     reached or no stop tokens to hold back)."""
     params = row.params
     return (
-        params.temperature < GREEDY_BELOW_TEMPERATURE
+        samples_greedily(params)
         and params.logprobs is None
-        and not params.logit_bias
-        and params.repetition_penalty == 1.0
-        and not params.frequency_penalty
-        and not params.presence_penalty
+        and not processes_logits(params)
         and (len(row.output_token_ids) >= params.min_tokens or not row.stop_token_ids)
     )
 

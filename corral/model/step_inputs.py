@@ -175,7 +175,7 @@ def build_step_inputs(
         row_ranges=row_ranges,
         sinks=sinks,
     )
-    if num_decode_chunks == len(scheduled):
+    if num_decode_chunks and num_decode_chunks == len(scheduled):
         input_ids = decode_input_ids.to(device)
     else:
         input_ids = torch.tensor(token_ids, dtype=torch.int64, device=device)

@@ -75,7 +75,7 @@ def verify(
         start = 0
         for group in groups:
             drafts = group.draft_token_ids
-            results.append(VerifyResult(_accept_greedy_rows(drafts, argmax_ids, start), None))
+            results.append(VerifyResult(_accept_greedy(drafts, argmax_ids, start), None))
             start += len(drafts) + 1
         return results
     rows: list[SamplingRow] = []
@@ -125,23 +125,13 @@ def verify(
     return results
 
 
-def _accept_greedy_rows(drafts: list[int], argmax: list[int], start: int) -> list[int]:
-    """_accept_greedy over argmax ids of every row, in row order."""
-    i = 0  # the first rejected draft, or len(drafts): the target's token there ends the run
+def _accept_greedy(drafts: list[int], argmax: list[int] | dict[int, int], start: int) -> list[int]:
+    """The drafts that equal the target's argmax at their rows, then the argmax at the first
+    that does not (or after the last). argmax: by row index."""
+    i = 0  # the first rejected draft, or len(drafts)
     while i < len(drafts) and argmax[start + i] == drafts[i]:
         i += 1
-    return argmax[start : start + i + 1]
-
-
-def _accept_greedy(drafts: list[int], argmax: dict[int, int], start: int) -> list[int]:
-    token_ids = []
-    for i, draft in enumerate(drafts):
-        target = argmax[start + i]
-        token_ids.append(target)
-        if target != draft:
-            return token_ids
-    token_ids.append(argmax[start + len(drafts)])
-    return token_ids
+    return [argmax[start + j] for j in range(i + 1)]
 
 
 def _accept_sampled(

@@ -13,8 +13,8 @@ namespace corral_cpu {
 // more than it saves. With passive OpenMP waits (a wake-up costs tens of microseconds) 4M
 // (1 << 22) was measured on a 2-core Zen 4 and 512K (1 << 19) on a 2-core AVX2 EPYC (one-stream
 // decode 1.4x faster on two threads than with 4M). Where threads spin between calls (libgomp's
-// default policy), 256K made the demo target's one-row decoder stack and head 1.15x faster and
-// passive waits 0.57x: corral/model/kernels/__init__.py sets it by the wait policy at load
+// default policy), 256K made the demo target's one-row decoder stack and head 1.13-1.16x faster;
+// under passive waits, 0.57x: corral/model/kernels/__init__.py sets it by the wait policy at load
 // (set_min_parallel_work), and this is the passive value. docs/performance.md.
 inline int64_t& min_parallel_work() {
   static int64_t value = 1 << 19;

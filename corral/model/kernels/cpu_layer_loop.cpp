@@ -125,12 +125,10 @@ torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions,
                                          cos, sin, slots, tables, step_positions + 1, final_norm,
                                          scale, eps, num_heads, num_kv_heads, head_dim,
                                          step == 0 ? first_use_kernel : use_kernel);
-    if (step == 0 && rows != num_seqs) {
-      normed = normed.index_select(0, last_rows);
-      step_positions = step_positions.index_select(0, last_rows);
+    if (step == 0) {  // from here on, one row per sequence
+      if (rows != num_seqs) normed = normed.index_select(0, last_rows);
+      step_positions = positions.index_select(0, last_rows);  // a copy, advanced in place
       tables = block_table;
-    } else if (step == 0) {
-      step_positions = step_positions.clone();
     }
     ids = linear(normed, lm_head, 0, use_kernel).to(torch::kFloat).argmax(1);  // num_seqs rows
     tokens[step].copy_(ids);

@@ -32,6 +32,7 @@ from corral.model.models.llama import LlamaFamilyModel
 from corral.model.sampler import (
     Sampler,
     SamplingRow,
+    processes_logits,
     samples_greedily,
     sampling_probs,
 )
@@ -203,7 +204,7 @@ class DraftProposer(Proposer):
             num_uncomputed = len(state.token_ids) - state.num_computed_tokens
             if (
                 samples_greedily(request.params)
-                and not _needs_processing(request.params)
+                and not processes_logits(request.params)
                 and (not catch_up or runs_as_decode_rows(num_uncomputed))
             ):
                 remaining = request.max_num_tokens - len(proposed[request.request_id])
@@ -260,7 +261,7 @@ class DraftProposer(Proposer):
         )
         last_rows = [row_end - 1 for _, row_end in inputs.row_ranges]
         logits = self.model.compute_logits(hidden[last_rows])
-        if any(_needs_processing(request.params) for request, _ in active):
+        if any(processes_logits(request.params) for request, _ in active):
             rows = [
                 SamplingRow(
                     request.params,
@@ -287,13 +288,3 @@ class DraftProposer(Proposer):
                 probs[request.request_id].append(q)
             state.token_ids.append(token_id)
             proposed[request.request_id].append(token_id)
-
-
-def _needs_processing(params: SamplingParams) -> bool:
-    """Whether the sampler's logit processing changes anything for a draft row."""
-    return bool(
-        params.logit_bias
-        or params.repetition_penalty != 1.0
-        or params.frequency_penalty
-        or params.presence_penalty
-    )
