@@ -17,6 +17,12 @@ which is the part speculation changes (the demo-model cards measure decode the s
 Median of --repeats after --warmup-runs untimed runs; the configurations take turns within each
 repeat, in an order that rotates. OpenMP waits passively unless OMP_WAIT_POLICY=default.
 
+Paired ratios: each run of a configuration is also compared with the run of the first
+configuration (off) nearest to it in the same repeat, and the median and range of those decode
+ratios are reported. On a VM whose speed drifts by tens of percent between minutes, a ratio of
+runs seconds apart is steadier than a ratio of medians. --interleave-off runs off again before
+every other configuration, so that each pair is adjacent.
+
     .venv/bin/python benchmarks/spec_decode.py                      # full table
     .venv/bin/python benchmarks/spec_decode.py --quick              # fewer prompts
 """
@@ -110,6 +116,12 @@ def spec_counts(llm: LLM) -> tuple[int, int, int]:
     return stats.num_drafts, stats.num_draft_tokens, stats.num_accepted_tokens
 
 
+def paired_text(median: float | None, ratios: list[float]) -> str:
+    if median is None:
+        return "-"
+    return f"{median:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-prompts", type=int, default=32)
@@ -126,6 +138,11 @@ def main() -> None:
         action="store_true",
         help="let the suffix proposer keep earlier runs' outputs (of these same prompts)",
     )
+    parser.add_argument(
+        "--interleave-off",
+        action="store_true",
+        help="run the first configuration (off) before every other one in each repeat",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     keep = args.keep_suffix_history
@@ -141,10 +158,10 @@ def main() -> None:
     loads = workloads(args.num_prompts, args.max_tokens)
     print(
         "| workload | concurrency | configuration | output tok/s | vs off | decode tok/s | "
-        "vs off | acceptance | mean accepted length | drafts per output token | "
-        "outputs identical to off |"
+        "vs off | paired decode vs off (median; min-max) | acceptance | mean accepted length | "
+        "drafts per output token | outputs identical to off |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     engines = {name: LLM(max_num_seqs=max(concurrencies), **CONFIGS[name]) for name in names}
     for llm in engines.values():
@@ -155,6 +172,9 @@ def main() -> None:
             # (shared cores) falls on all of them alike.
             times: dict[str, list[float]] = {name: [] for name in names}
             first_times: dict[str, list[float]] = {name: [] for name in names}
+            # Per run of each configuration: its (elapsed, first-token time) and those of the
+            # reference's run nearest to it in the same repeat (paired ratios).
+            paired: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in names}
             outputs: dict[str, list[list[int]]] = {}
             before = {name: spec_counts(engines[name]) for name in names}
             # Untimed full runs first: a process's first runs of a batch are slower (allocator
@@ -165,11 +185,25 @@ def main() -> None:
                     run_once(engines[name], prompts, max_tokens, concurrency, keep)
             for repeat in range(args.repeats):
                 # The order rotates each repeat, so that no configuration always runs first.
-                for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                order = names[repeat % len(names) :] + names[: repeat % len(names)]
+                if args.interleave_off:
+                    others = [name for name in order if name != names[0]]
+                    order = [step for name in others for step in (names[0], name)] or names[:1]
+                runs = []
+                for name in order:
                     llm = engines[name]
-                    first_times[name].append(run_once(llm, prompts, 1, concurrency, keep)[0])
+                    first = run_once(llm, prompts, 1, concurrency, keep)[0]
                     elapsed, outputs[name] = run_once(llm, prompts, max_tokens, concurrency, keep)
+                    first_times[name].append(first)
                     times[name].append(elapsed)
+                    runs.append((name, elapsed, first))
+                references = [i for i, run in enumerate(runs) if run[0] == names[0]]
+                for i, (name, elapsed, first) in enumerate(runs):
+                    if name == names[0] or not references:
+                        continue
+                    # The nearest reference run, the one before it on a tie.
+                    nearest = min(references, key=lambda j: (abs(j - i), j > i))
+                    paired[name].append((elapsed, first, *runs[nearest][1:]))
             reference = outputs[names[0]]
             base_rate = base_decode = None
             for name in names:
@@ -187,6 +221,17 @@ def main() -> None:
                 )
                 base_rate = base_rate or rate
                 base_decode = base_decode or decode_rate
+                # Decode-rate ratio to the paired reference run (same tokens count assumed for
+                # the reference: its outputs are the reference list).
+                reference_tokens = sum(len(t) for t in reference)
+                paired_decode = sorted(
+                    ((num_tokens - len(prompts)) / (t - f))
+                    / ((reference_tokens - len(prompts)) / (ref_t - ref_f))
+                    for t, f, ref_t, ref_f in paired[name]
+                )
+                paired_median = (
+                    round(statistics.median(paired_decode), 3) if paired_decode else None
+                )
                 row = dict(
                     workload=workload,
                     omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
@@ -197,6 +242,8 @@ def main() -> None:
                     speedup=round(rate / base_rate, 3),
                     decode_tokens_per_s=round(decode_rate, 1),
                     decode_speedup=round(decode_rate / base_decode, 3),
+                    paired_decode_speedup=paired_median,
+                    paired_decode_speedup_runs=[round(r, 3) for r in paired_decode],
                     acceptance_rate=round(accepted / draft_tokens, 3) if draft_tokens else None,
                     mean_accepted_length=round(1 + accepted / drafts, 3) if drafts else None,
                     identical_outputs=round(identical, 3),
@@ -208,7 +255,8 @@ def main() -> None:
                 print(
                     f"| {workload} | {concurrency} | {name} | {row['output_tokens_per_s']} | "
                     f"{row['speedup']:.2f}x | {row['decode_tokens_per_s']} | "
-                    f"{row['decode_speedup']:.2f}x | {row['acceptance_rate']} | "
+                    f"{row['decode_speedup']:.2f}x | {paired_text(paired_median, paired_decode)} | "
+                    f"{row['acceptance_rate']} | "
                     f"{row['mean_accepted_length']} | {row['draft_tokens_per_output_token']} | "
                     f"{row['identical_outputs']:.0%} |",
                     flush=True,

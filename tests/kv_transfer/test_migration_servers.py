@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from corral.engine.fault_injection import FAULT_ENV
 from tests.kv_transfer.test_disaggregation_servers import metric, model_of
 from tests.serve.conftest import STARTUP_TIMEOUT_S, ServerProcess, free_port
 
@@ -24,14 +25,20 @@ pytestmark = [
 
 PROMPT = "Once upon a time, in a land far away, there lived a curious fox. " * 3
 NUM_TOKENS = 360
+STEP_DELAY_S = 0.004
 
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
-    replicas = [
-        ServerProcess(tiny_model, tmp_path_factory.mktemp(f"r{i}") / "log", "--kv-role", "both")
-        for i in range(2)
-    ]
+    # Every step of the replicas takes at least STEP_DELAY_S (CORRAL_FAULT=slow): a request
+    # then runs for seconds, so a move asked for mid-generation finds it still running however
+    # fast the engine and however late the client reads the stream (it once had finished).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FAULT_ENV, f"slow@1:{STEP_DELAY_S}")
+        replicas = [
+            ServerProcess(tiny_model, tmp_path_factory.mktemp(f"r{i}") / "log", "--kv-role", "both")
+            for i in range(2)
+        ]
     port = free_port()
     log = open(tmp_path_factory.mktemp("router") / "log", "wb")  # noqa: SIM115
     argv = [sys.executable, "-m", "corral.cli", "router", "--port", str(port), "--migration"]

@@ -15,6 +15,7 @@ from tests.serve.test_overload_disconnect import wait_for
     [
         ("raise@3", Fault("raise", 3)),
         ("stall@2:1.5", Fault("stall", 2, 1.5)),
+        ("slow@5:0.01", Fault("slow", 5, 0.01)),
         ("exit@1", Fault("exit", 1)),
     ],
 )
@@ -22,10 +23,25 @@ def test_fault_specs_parse(spec, expected):
     assert Fault.parse(spec) == expected
 
 
-@pytest.mark.parametrize("bad", ["boom@1", "raise", "raise@0", "stall@2", "exit@x"])
+@pytest.mark.parametrize(
+    "bad", ["boom@1", "raise", "raise@0", "stall@2", "slow@3", "slow@1:-1", "exit@x"]
+)
 def test_bad_fault_specs_are_refused(bad):
     with pytest.raises(ValueError, match=FAULT_ENV):
         Fault.parse(bad)
+
+
+def test_a_slow_fault_sleeps_on_every_step_from_its_first(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr("corral.engine.fault_injection.time.sleep", slept.append)
+    fault = Fault.parse("slow@3:0.25")
+    for step_number in range(1, 7):
+        fault.before_step(step_number)
+    assert slept == [0.25] * 4
+    stall = Fault.parse("stall@3:0.5")
+    for step_number in range(1, 7):
+        stall.before_step(step_number)
+    assert slept == [0.25] * 4 + [0.5]
 
 
 @pytest.fixture(scope="module")
