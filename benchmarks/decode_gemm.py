@@ -1,6 +1,8 @@
 """The decode GEMM: corral's few-row linear kernel against torch's F.linear at the batch sizes of
 decode steps (M = rows = running requests), on the weight shapes of the SmolLM-135M-shaped
-reference model, in GFLOP/s, same process, alternating calls.
+reference model, in GFLOP/s, same process, alternating calls. bf16 weights are timed in the
+checkpoint's layout (the dot-product kernel) and, where the build reads them, packed in panels
+(the broadcast-form kernel that bf16 models load with on such CPUs; corral/model/packed_weight.py).
 
 Each figure is the best of --trials timed trials: on a shared machine the best trial is the one
 least disturbed, and both contenders get the same treatment. With one thread the clock is the
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 
 from corral.model.cpu_features import cpu_flags
 from corral.model.kernels import cpu_kernels
+from corral.model.packed_weight import PackedWeight
 from corral.sim.cost.measure import best_time_s
 
 # (out, in) of q|k|v, o, gate|up, down and the LM head of the reference model (hidden 576, 9
@@ -48,7 +51,8 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
     # One thread: the calling thread's CPU time, which time spent descheduled by other jobs on a
     # shared machine does not inflate; several threads: wall time.
     clock = time.thread_time if threads == 1 else time.perf_counter
-    kernel_s = torch_s = 0.0
+    kernel_s = torch_s = packed_s = 0.0
+    packs = dtype == torch.bfloat16 and bool(kernels.packed_weights_supported())
     flops = 0
     for out_features, in_features in SHAPES.values():
         weight = torch.randn(out_features, in_features, dtype=dtype)
@@ -59,6 +63,11 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
             lambda w=weight, x=x: kernels.few_row_linear(x, w, None), repeats, trials, clock
         )
         torch_s += best_seconds(lambda w=weight, x=x: F.linear(x, w), repeats, trials, clock)
+        if packs:
+            packed = PackedWeight.pack(weight).data
+            packed_s += best_seconds(
+                lambda w=packed, x=x: kernels.few_row_linear(x, w, None), repeats, trials, clock
+            )
         flops += 2 * rows * out_features * in_features
     return {
         "rows": rows,
@@ -67,6 +76,8 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
         "kernel_gflops": flops / kernel_s / 1e9,
         "torch_gflops": flops / torch_s / 1e9,
         "kernel_over_torch": torch_s / kernel_s,
+        "packed_gflops": flops / packed_s / 1e9 if packs else None,
+        "packed_over_torch": torch_s / packed_s if packs else None,
     }
 
 
@@ -86,17 +97,25 @@ def main() -> None:
         "load_average": os.getloadavg(),
     }
     print(machine)
-    print("| dtype | threads | rows | kernel GFLOP/s | F.linear GFLOP/s | kernel / F.linear |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| dtype | threads | rows | kernel GFLOP/s | F.linear GFLOP/s | kernel / F.linear | "
+        "packed GFLOP/s | packed / F.linear |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     results = []
     for dtype_name in args.dtypes.split(","):
         for threads in [int(t) for t in args.threads.split(",")]:
             for rows in [int(r) for r in args.rows.split(",")]:
                 row = measure(rows, getattr(torch, dtype_name), threads, args.trials)
                 results.append(row)
+                packed = (
+                    f"{row['packed_gflops']:.1f} | {row['packed_over_torch']:.2f}"
+                    if row["packed_gflops"] is not None
+                    else "- | -"
+                )
                 print(
                     f"| {row['dtype']} | {threads} | {rows} | {row['kernel_gflops']:.1f} | "
-                    f"{row['torch_gflops']:.1f} | {row['kernel_over_torch']:.2f} |",
+                    f"{row['torch_gflops']:.1f} | {row['kernel_over_torch']:.2f} | {packed} |",
                     flush=True,
                 )
     machine["load_average_after"] = os.getloadavg()

@@ -33,7 +33,7 @@ def _linear_tensors(weight, bias: torch.Tensor | None) -> list[torch.Tensor | No
         return [weight.qweight, weight.scales, bias]
     if type(weight) is torch.Tensor:
         return [weight, None, bias]
-    if isinstance(weight, PackedWeight):  # read by few_row_linear as a 4-D tensor
+    if isinstance(weight, PackedWeight):  # read by few_row_linear as a 3-D tensor
         return [weight.data, None, bias]
     return None
 

@@ -1,14 +1,14 @@
-"""bf16 weights packed by quads for the CPU few-row kernel (corral/model/kernels/cpu_linear.cpp).
+"""bf16 weights packed in panels for the CPU few-row kernel (cpu_panel_linear.cpp).
 
-The kernel takes a linear's output rows four at a time (a quad) and walks the four rows' inputs
-side by side, 16 at a time. In the checkpoint's layout that is four memory streams 2 * in bytes
-apart; packed, each quad's 16-element blocks are interleaved by row, [out / 4, in / 16, 4, 16],
-so the walk reads one sequential stream. Within a block the elements are in paired order
-(element l at 2l, element 8 + l at 2l + 1), so the kernel widens them to float with bit shifts;
-steps of 2-8 rows read this form directly. On a 2-core AVX2 EPYC packed rows stream 1.02-1.42x
-faster than plain at one row on SmolLM-135M's shapes (benchmarks/packed_weights.py,
-docs/performance.md). The arithmetic is unchanged, so packed and plain weights give the same
-bits at any row count.
+The kernel computes a linear in broadcast form: 64 outputs at a time (a panel), one input k at a
+time, x[r][k] broadcast against the 64 weights of input k. Packed, a panel's weights are
+[in, 64], so the kernel reads one sequential stream per panel: [out / 64, in, 64]. Within each
+input's 64 the four 16-output sub-panels are in paired order (output 16s + l at 2l, output
+16s + 8 + l at 2l + 1), so the kernel widens a 32-byte load to two float vectors with a shift and
+a mask. Every output is one FMA chain over the inputs in order, whatever the number of rows, so a
+row's bits do not depend on its batch. Against the quad layout it replaced (dot products
+over 16-element blocks), the same-process A/B on a 2-core AVX2 EPYC ran 1.2-1.7x faster at 2-32
+rows and at least as fast at one (docs/performance.md, "Broadcast-form panels").
 
 Packed at load, after quantization and the dispatch tuning, only where the kernel serves every
 row count of the model's linears (a CPU without native bf16 matrix instructions, so no call
@@ -16,7 +16,8 @@ falls back to F.linear) and the build reads the layout: the dense layers' q|k|v,
 down, and the LM head. A tied LM head packs the embedding table itself: lookups read rows out
 of the packed form (PackedWeight.__getitem__), so no second copy is held. Not packed: MoE
 experts, tensor-parallel shards, offloaded layers, int8 weights, shapes whose out is not a
-multiple of 4 or in of 16. CORRAL_PACK_WEIGHTS=0 keeps the plain layout.
+multiple of 64. The plain layout's kernel sums in another order: packed and plain weights agree
+to rounding, not to the bit. CORRAL_PACK_WEIGHTS=0 keeps the plain layout.
 """
 
 from __future__ import annotations
@@ -35,28 +36,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PACKED_LAYER_WEIGHTS = ("qkv", "o", "gate_up", "down")
-QUAD_ROWS = 4
-BLOCK_COLUMNS = 16
+PANEL_OUTPUTS = 64
+SUB_PANEL_OUTPUTS = 16
+_NUM_SUB_PANELS = PANEL_OUTPUTS // SUB_PANEL_OUTPUTS
+_HALF = SUB_PANEL_OUTPUTS // 2
 
 
 class PackedWeight:
-    """A bf16 weight [out, in] stored as [out / 4, in / 16, 4, 16] (see the module doc)."""
+    """A bf16 weight [out, in] stored as [out / 64, in, 64] (see the module doc)."""
 
     __slots__ = ("data",)
 
     def __init__(self, data: torch.Tensor) -> None:
-        if data.dim() != 4 or tuple(data.shape[2:]) != (QUAD_ROWS, BLOCK_COLUMNS):
-            raise ValueError(f"packed data must be [quads, blocks, 4, 16], got {tuple(data.shape)}")
+        if data.dim() != 3 or data.shape[2] != PANEL_OUTPUTS:
+            raise ValueError(f"packed data must be [out / 64, in, 64], got {tuple(data.shape)}")
         self.data = data.contiguous()
 
     @staticmethod
     def can_pack(weight: torch.Tensor) -> bool:
-        """Whether weight's shape packs: 2-D, out a multiple of 4 and in of 16."""
-        return (
-            weight.dim() == 2
-            and weight.shape[0] % QUAD_ROWS == 0
-            and weight.shape[1] % BLOCK_COLUMNS == 0
-        )
+        """Whether weight's shape packs: 2-D, out a multiple of 64."""
+        return weight.dim() == 2 and weight.shape[0] % PANEL_OUTPUTS == 0 and weight.shape[1] > 0
 
     @classmethod
     def pack(cls, weight: torch.Tensor) -> PackedWeight:
@@ -64,21 +63,21 @@ class PackedWeight:
         if not cls.can_pack(weight):
             raise ValueError(
                 f"a weight of shape {tuple(weight.shape)} does not pack: out must be a multiple "
-                f"of {QUAD_ROWS} and in of {BLOCK_COLUMNS}"
+                f"of {PANEL_OUTPUTS}"
             )
         out_features, in_features = weight.shape
-        # [quads, 4, blocks, 2, 8] -> [quads, blocks, 4, 8, 2]: each block in paired order.
-        half = BLOCK_COLUMNS // 2
-        quads = weight.reshape(
-            out_features // QUAD_ROWS, QUAD_ROWS, in_features // BLOCK_COLUMNS, 2, half
+        # [panels, sub-panels, halves, 8, in] -> [panels, in, sub-panels, 8, halves]: output
+        # 16s + 8h + l of a panel at 16s + 2l + h of each input's 64.
+        split = weight.reshape(
+            out_features // PANEL_OUTPUTS, _NUM_SUB_PANELS, 2, _HALF, in_features
         )
-        packed = quads.permute(0, 2, 1, 4, 3).contiguous()
-        return cls(packed.reshape(packed.shape[0], packed.shape[1], QUAD_ROWS, BLOCK_COLUMNS))
+        packed = split.permute(0, 4, 1, 3, 2).contiguous()
+        return cls(packed.reshape(packed.shape[0], in_features, PANEL_OUTPUTS))
 
     @property
     def shape(self) -> torch.Size:
-        quads, blocks = self.data.shape[:2]
-        return torch.Size((quads * QUAD_ROWS, blocks * BLOCK_COLUMNS))
+        num_panels, in_features = self.data.shape[:2]
+        return torch.Size((num_panels * PANEL_OUTPUTS, in_features))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -94,9 +93,9 @@ class PackedWeight:
 
     def unpack(self) -> torch.Tensor:
         """The weight in the plain [out, in] layout (a copy)."""
-        quads, blocks = self.data.shape[:2]
-        paired = self.data.reshape(quads, blocks, QUAD_ROWS, BLOCK_COLUMNS // 2, 2)
-        return paired.permute(0, 2, 1, 4, 3).reshape(self.shape)
+        num_panels, in_features = self.data.shape[:2]
+        split = self.data.reshape(num_panels, in_features, _NUM_SUB_PANELS, _HALF, 2)
+        return split.permute(0, 2, 4, 3, 1).reshape(self.shape)
 
     def __getitem__(self, row_ids: torch.Tensor) -> torch.Tensor:
         """Rows row_ids of the weight (an embedding lookup): [*row_ids.shape, in]."""
@@ -105,10 +104,14 @@ class PackedWeight:
         if kernels is not None and flat.dtype == torch.int64:
             rows = kernels.packed_rows(self.data, flat)  # one call: a decode step's lookups
         else:
-            # Advanced indices on dims 0 and 2 around a slice: [n, in / 16, 16], each block in
-            # paired order, then put back in column order.
-            paired = self.data[flat // QUAD_ROWS, :, flat % QUAD_ROWS, :]
-            rows = paired.reshape(flat.shape[0], -1, BLOCK_COLUMNS // 2, 2).transpose(2, 3)
+            # Advanced indices on dims 0 and 2 around a slice: [n, in].
+            j = flat % PANEL_OUTPUTS
+            slot = (
+                SUB_PANEL_OUTPUTS * (j // SUB_PANEL_OUTPUTS)
+                + 2 * (j % _HALF)
+                + (j % SUB_PANEL_OUTPUTS) // _HALF
+            )
+            rows = self.data[flat // PANEL_OUTPUTS, :, slot]
         return rows.reshape(*row_ids.shape, self.shape[1])
 
     def __repr__(self) -> str:
@@ -150,5 +153,6 @@ def pack_model_weights(model: LlamaFamilyModel) -> int:
         if tied and isinstance(model.lm_head, PackedWeight):
             model.embed_tokens = model.lm_head  # lookups read the packed table
     model._loop_weights = None  # the layer loop's lists are rebuilt from the packed weights
-    logger.info("packed %.1f MiB of bf16 weights by quads for the CPU kernel", packed_bytes / 2**20)
+    mib = packed_bytes / 2**20
+    logger.info("packed %.1f MiB of bf16 weights in panels for the CPU kernel", mib)
     return packed_bytes

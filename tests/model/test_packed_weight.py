@@ -1,7 +1,7 @@
 """Packed bf16 weights (corral/model/packed_weight.py): the packed layout holds the same weight,
-the kernel gives the same bits from it as from the plain layout at every row count, and a model
-with packed weights generates exactly what it generates without them (layer loop on and off,
-tied and untied heads, int8 layers beside a packed head)."""
+the panel kernel agrees with the plain layout's kernel to rounding and gives a row the same bits
+whatever the rows beside it, and a model with packed weights generates what it generates without
+them (layer loop on and off, tied and untied heads, int8 layers beside a packed head)."""
 
 from __future__ import annotations
 
@@ -23,21 +23,21 @@ needs_packing = pytest.mark.skipif(
 
 def test_packing_keeps_the_weight_and_its_rows():
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(12, 48, generator=generator).to(torch.bfloat16)
+    weight = torch.randn(128, 48, generator=generator).to(torch.bfloat16)
     packed = PackedWeight.pack(weight)
-    assert tuple(packed.data.shape) == (3, 3, 4, 16)
+    assert tuple(packed.data.shape) == (2, 48, 64)
     assert packed.shape == weight.shape and packed.dtype == torch.bfloat16
     assert torch.equal(packed.unpack(), weight)
-    # quad 1, block 2, row 3 of the quad is weight row 7, columns 32..47 in paired order:
-    # column 32 + l at 2l and column 40 + l at 2l + 1
-    block = packed.data[1, 2, 3]
-    assert torch.equal(block[0::2], weight[7, 32:40])
-    assert torch.equal(block[1::2], weight[7, 40:48])
-    row_ids = torch.tensor([[0, 5], [11, 4]])
+    # Panel 1, input 5: sub-panel 2 holds outputs 96..111, output 96 + l at 32 + 2l and output
+    # 104 + l at 32 + 2l + 1.
+    sub_panel = packed.data[1, 5, 32:48]
+    assert torch.equal(sub_panel[0::2], weight[96:104, 5])
+    assert torch.equal(sub_panel[1::2], weight[104:112, 5])
+    row_ids = torch.tensor([[0, 5], [127, 71]])
     assert torch.equal(packed[row_ids], weight[row_ids])
 
 
-@pytest.mark.parametrize("shape", [(10, 48), (12, 40), (12,)])
+@pytest.mark.parametrize("shape", [(10, 48), (96, 40), (64, 0), (64,)])
 def test_shapes_that_do_not_pack_are_refused(shape):
     weight = torch.zeros(shape, dtype=torch.bfloat16)
     assert not PackedWeight.can_pack(weight)
@@ -48,41 +48,59 @@ def test_shapes_that_do_not_pack_are_refused(shape):
 @needs_packing
 @pytest.mark.parametrize(
     "shape",
-    [(960, 576), (256, 768), (8, 16), (64, 1536), (8, 1040)],  # >1024: column blocks
+    [(960, 576), (256, 768), (64, 16), (64, 1536), (128, 1040), (64, 7)],  # > 256: input blocks
 )
-def test_the_kernel_gives_the_same_bits_packed_and_plain(shape):
+def test_the_kernel_agrees_with_the_plain_layout_and_keeps_a_rows_bits(shape):
     generator = torch.Generator().manual_seed(1)
     weight = torch.randn(shape, generator=generator).to(torch.bfloat16)
     bias = torch.randn(shape[0], generator=generator).to(torch.bfloat16)
     packed = PackedWeight.pack(weight)
-    for rows in (1, 2, 3, 4, 5, 7, 33):
+    for rows in (1, 2, 3, 4, 5, 6, 7, 8, 11, 33):
         x = torch.randn(rows, shape[1], generator=generator).to(torch.bfloat16)
         for b in (None, bias):
-            expected = _KERNELS.few_row_linear(x, weight, b)
-            assert torch.equal(_KERNELS.few_row_linear(x, packed.data, b), expected), rows
-    # A row's result does not depend on the rows beside it.
-    x = torch.randn(9, shape[1], generator=generator).to(torch.bfloat16)
-    together = _KERNELS.few_row_linear(x, packed.data, None)
-    for row in range(9):
-        alone = _KERNELS.few_row_linear(x[row : row + 1].contiguous(), packed.data, None)
-        assert torch.equal(alone[0], together[row])
+            out = _KERNELS.few_row_linear(x, packed.data, b)
+            # Both round an fp32 sum of the same products taken in another order: within one
+            # bf16 step of each other, plus the fp32 sums' own error where terms cancel.
+            plain = _KERNELS.few_row_linear(x, weight, b).double()
+            scale = x.double().abs() @ weight.double().abs().T
+            assert ((out.double() - plain).abs() <= plain.abs() * 2**-7 + scale * 2**-20).all()
+        # A row's result does not depend on the rows beside it (tiles of 1-5 rows, blocks of
+        # inputs, threads by panels).
+        together = _KERNELS.few_row_linear(x, packed.data, bias)
+        for row in range(rows):
+            alone = _KERNELS.few_row_linear(x[row : row + 1].contiguous(), packed.data, bias)
+            assert torch.equal(alone[0], together[row]), (rows, row)
+
+
+@needs_packing
+def test_the_kernel_keeps_nan_infinity_and_subnormals_as_torch_does():
+    weight = torch.zeros(64, 8, dtype=torch.bfloat16)
+    weight[0, 0] = weight[1, 1] = 1.0
+    weight[2, 0] = float("inf")
+    x = torch.zeros(2, 8, dtype=torch.bfloat16)
+    x[0, :2] = torch.tensor([1.0, float("nan")])  # every output of row 0 is NaN (0 * NaN)
+    x[1, :2] = torch.tensor([2.0**-130, 3.0])  # a subnormal, and inf * subnormal
+    out = _KERNELS.few_row_linear(x, PackedWeight.pack(weight).data, None)
+    expected = torch.nn.functional.linear(x.float(), weight.float()).to(torch.bfloat16)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+    assert out[1, 0] == 2.0**-130 and out[1, 2] == float("inf")
 
 
 @needs_packing
 def test_row_lookups_through_the_kernel_match_the_plain_table():
     generator = torch.Generator().manual_seed(4)
-    weight = torch.randn(40, 64, generator=generator).to(torch.bfloat16)
+    weight = torch.randn(192, 40, generator=generator).to(torch.bfloat16)
     packed = PackedWeight.pack(weight)
-    row_ids = torch.tensor([39, 0, 7, 7, 21])
+    row_ids = torch.tensor([191, 0, 7, 7, 21, 72, 136, 8, 15])
     assert torch.equal(_KERNELS.packed_rows(packed.data, row_ids), weight[row_ids])
-    assert torch.equal(packed[row_ids.view(5, 1)], weight[row_ids.view(5, 1)])
-    with pytest.raises(RuntimeError, match="row 40 of 40"):
-        _KERNELS.packed_rows(packed.data, torch.tensor([40]))
+    assert torch.equal(packed[row_ids.view(9, 1)], weight[row_ids.view(9, 1)])
+    with pytest.raises(RuntimeError, match="row 192 of 192"):
+        _KERNELS.packed_rows(packed.data, torch.tensor([192]))
 
 
 @needs_packing
 def test_the_kernel_refuses_a_packed_weight_of_the_wrong_width():
-    packed = PackedWeight.pack(torch.zeros(8, 32, dtype=torch.bfloat16))
+    packed = PackedWeight.pack(torch.zeros(64, 32, dtype=torch.bfloat16))
     with pytest.raises(RuntimeError, match="packed weight"):
         _KERNELS.few_row_linear(torch.zeros(1, 48, dtype=torch.bfloat16), packed.data, None)
 
@@ -97,6 +115,27 @@ def test_rows_beyond_the_kernels_limit_take_f_linear_on_the_unpacked_weight(monk
     assert torch.equal(out, torch.nn.functional.linear(x, weight))
 
 
+def _assert_same_generations(packed, plain) -> None:
+    """Greedy prompts (every other one, from the first) give the same tokens; every prompt's
+    log-probabilities agree to rounding up to where its tokens part (a seeded sample can fall
+    the other side of a boundary when the panel kernel's sums, in another order than the plain
+    layout's, move a probability by a rounding step)."""
+    for index, ((packed_tokens, packed_logprobs), (plain_tokens, plain_logprobs)) in enumerate(
+        zip(packed, plain, strict=True)
+    ):
+        if index % 2 == 0:
+            assert packed_tokens == plain_tokens, index
+        same = next(
+            (i for i, pair in enumerate(zip(packed_tokens, plain_tokens)) if pair[0] != pair[1]),
+            len(packed_tokens),
+        )
+        for packed_step, plain_step in zip(packed_logprobs[: same + 1], plain_logprobs):
+            for token_id in packed_step.keys() & plain_step.keys():
+                assert packed_step[token_id].logprob == pytest.approx(
+                    plain_step[token_id].logprob, abs=0.02
+                )
+
+
 def _generate(path, monkeypatch, pack: bool, loop: bool, **kwargs):
     monkeypatch.setenv("CORRAL_PACK_WEIGHTS", "1" if pack else "0")
     return run_prompts(path, loop, "bfloat16", **kwargs)
@@ -105,7 +144,7 @@ def _generate(path, monkeypatch, pack: bool, loop: bool, **kwargs):
 @needs_packing
 @pytest.mark.parametrize("family", ["llama", "qwen2"])  # untied head; biases and a tied head
 @pytest.mark.parametrize("loop", [True, False])
-def test_a_packed_model_generates_exactly_what_the_plain_one_does(
+def test_a_packed_model_generates_what_the_plain_one_does(
     tiny_model_factory, monkeypatch, family, loop
 ):
     path = tiny_model_factory(family)
@@ -117,7 +156,7 @@ def test_a_packed_model_generates_exactly_what_the_plain_one_does(
         assert model.embed_tokens is model.lm_head  # one table, read packed for lookups
     plain, other = _generate(path, monkeypatch, False, loop)
     assert type(other.layers[0].qkv) is torch.Tensor
-    assert packed == plain
+    _assert_same_generations(packed, plain)
 
 
 @needs_packing
@@ -127,7 +166,7 @@ def test_int8_layers_keep_their_kernel_beside_a_packed_head(tiny_model_factory, 
     assert isinstance(model.layers[0].qkv, Int8Weight)
     assert isinstance(model.lm_head, PackedWeight)
     plain, _ = _generate(path, monkeypatch, False, True, quantization="int8")
-    assert packed == plain
+    _assert_same_generations(packed, plain)
 
 
 def test_float32_models_are_not_packed(tiny_model_factory, monkeypatch):

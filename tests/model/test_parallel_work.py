@@ -26,17 +26,19 @@ def test_threshold_follows_the_wait_policy(monkeypatch) -> None:
 def test_splitting_a_linear_keeps_its_bits(rows: int) -> None:
     kernels = cpu_kernels()
     generator = torch.Generator().manual_seed(5)
-    weight = (torch.randn(1024, 256, generator=generator) * 0.2).bfloat16()
-    x = torch.randn(rows, 256, generator=generator).bfloat16()
+    weight = (torch.randn(1024, 576, generator=generator) * 0.2).bfloat16()
+    x = torch.randn(rows, 576, generator=generator).bfloat16()
+    packed = PackedWeight.pack(weight).data
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        results = []
-        for work in (1 << 30, 1):  # never split; split at every quad
+        results: dict[str, list[torch.Tensor]] = {"packed": [], "plain": []}
+        for work in (1 << 30, 1):  # never split; split at every panel (quad, plain)
             kernels.set_min_parallel_work(work)
-            results.append(kernels.few_row_linear(x, PackedWeight.pack(weight).data, None))
-            results.append(kernels.few_row_linear(x, weight, None))
+            results["packed"].append(kernels.few_row_linear(x, packed, None))
+            results["plain"].append(kernels.few_row_linear(x, weight, None))
     finally:
         kernels.set_min_parallel_work(kernels_module.min_parallel_work())
         torch.set_num_threads(threads)
-    assert all(torch.equal(results[0], result) for result in results[1:])
+    for layout, (whole, split) in results.items():
+        assert torch.equal(whole, split), layout

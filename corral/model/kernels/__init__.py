@@ -36,6 +36,7 @@ _SOURCES = [
     for name in (
         "cpu_kernels.cpp",
         "cpu_linear.cpp",
+        "cpu_panel_linear.cpp",
         "cpu_fused.cpp",
         "cpu_kv_write.cpp",
         "cpu_lora.cpp",

@@ -6,6 +6,10 @@
 #include <algorithm>
 #include <cstdint>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 namespace corral_cpu {
 
 
@@ -31,5 +35,29 @@ inline float to_float(at::BFloat16 x) { return static_cast<float>(x); }
 inline float to_float(at::Half x) { return static_cast<float>(x); }
 inline float to_float(int8_t x) { return static_cast<float>(x); }
 inline float to_float(double x) { return static_cast<float>(x); }
+
+#if defined(__AVX2__) && defined(__FMA__)
+// Eight bfloat16 values as floats (exact: the bits shifted into the high half).
+inline __m256 load_bf16x8(const at::BFloat16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+// The bfloat16 bits of each lane, in the low half of a 32-bit word, rounded as c10 rounds
+// (nearest even; NaN to the quiet NaN 0x7FC0), so a lane holds what a scalar cast would.
+inline __m256i bf16_bits(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(
+      _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256 is_nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  return _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(is_nan));
+}
+inline void store_bf16x8(at::BFloat16* p, __m256 v) {
+  const __m256i bits = bf16_bits(v);
+  const __m128i packed =
+      _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+}
+#endif
 
 }  // namespace corral_cpu

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <type_traits>
 
+#include "cpu_common.h"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define CORRAL_FUSED_AVX2 1
@@ -31,26 +33,10 @@ template <typename T>
 constexpr bool kVectorizable = std::is_same_v<T, float> || std::is_same_v<T, at::BFloat16>;
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const at::BFloat16* p) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-}
-// The bfloat16 bits of each lane, in the low half of a 32-bit word.
-inline __m256i bf16_bits(__m256 v) {
-  const __m256i bits = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  const __m256i rounded = _mm256_srli_epi32(
-      _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
-  const __m256 is_nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
-  return _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(is_nan));
-}
+inline __m256 load8(const at::BFloat16* p) { return corral_cpu::load_bf16x8(p); }
+using corral_cpu::bf16_bits;
 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-inline void store8(at::BFloat16* p, __m256 v) {
-  const __m256i bits = bf16_bits(v);
-  const __m128i packed =
-      _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
-}
+inline void store8(at::BFloat16* p, __m256 v) { corral_cpu::store_bf16x8(p, v); }
 // The value each lane would hold stored as T (round_to below, eight at a time).
 template <typename T>
 inline __m256 round8(__m256 v) {

@@ -13,6 +13,7 @@
 #endif
 
 #include "cpu_common.h"
+#include "cpu_ops.h"
 
 using corral_cpu::linear_grain;
 using corral_cpu::to_float;
@@ -74,21 +75,6 @@ inline __m256 load_eight(const at::Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-// A packed block holds elements [l] and [8 + l] of its 16 as one 32-bit word (low, high half),
-// l = 0..7: the word shifted left by 16 is element l as a float, the word with its low half
-// cleared is element 8 + l. So a block's two float vectors, columns i..i+7 and i+8..i+15 in lane
-// order, cost one load and three shifts (the plain layout needs two widening shuffles and two
-// shifts, and the widening shuffles were the one-row kernel's bottleneck).
-inline __m256i load_packed_block(const at::BFloat16* p) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-}
-inline __m256 packed_low(__m256i words) { return _mm256_castsi256_ps(_mm256_slli_epi32(words, 16)); }
-// Two shifts rather than a mask: a mask constant would hold one of the 16 ymm registers, and the
-// three-row tile needs all of them (with it, GCC spilled an accumulator, halving the tile's rate).
-inline __m256 packed_high(__m256i words) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(words, 16), 16));
-}
-
 // Two accumulators per weight row (eight independent FMA chains), 16 elements a step; the lanes
 // are then added in a fixed order, so float, bfloat16 and float16 inputs of equal values give
 // equal bits (the few-row path converts to float first; the one-row path does not).
@@ -96,37 +82,16 @@ inline __m256 packed_high(__m256i words) {
 // kPrefetch (the one-row bf16 path, which streams every weight from memory once): the same
 // offsets of the quad kPrefetchQuads quads ahead are requested while this one is multiplied,
 // as the AVX-512 path does. It changes no result.
-//
-// kPacked: w is one quad of a packed weight (corral/model/packed_weight.py): its 16-element
-// blocks interleaved by row, [in / 16][4][16], so the loop reads one sequential stream (1.07-1.43x
-// the speed of four row streams on a 2-core AVX2 EPYC, benchmarks/packed_weights.py), each block
-// in paired order (packed_low / packed_high below). The same arithmetic in the same order, so the
-// same bits. in is a multiple of 16.
-template <typename T, bool kPrefetch = false, bool kPacked = false, typename TX = T>
+template <typename T, bool kPrefetch = false, typename TX = T>
 inline void dot_four_rows_avx2(const TX* x, const T* w, int64_t in, float* sums) {
   __m256 acc[4][2];
   for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   constexpr int64_t kPrefetchQuads = 4;
   const T* ahead = w + kPrefetchQuads * 4 * in;
-  // The packed stream is prefetched kPackedAhead elements (512 bytes of bf16) ahead.
-  constexpr int64_t kPackedAhead = 256;
   int64_t i = 0;
   for (; i + 16 <= in; i += 16) {
     const __m256 x0 = load_eight(x + i);
     const __m256 x1 = load_eight(x + i + 8);
-    if constexpr (kPacked) {
-      const T* block = w + 4 * i;  // the four rows' 16 elements at i, one after another
-      if constexpr (kPrefetch) {
-        _mm_prefetch(reinterpret_cast<const char*>(block + kPackedAhead), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(block + kPackedAhead + 32), _MM_HINT_T0);
-      }
-      for (int r = 0; r < 4; ++r) {
-        const __m256i words = load_packed_block(block + 16 * r);
-        acc[r][0] = _mm256_fmadd_ps(x0, packed_low(words), acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(x1, packed_high(words), acc[r][1]);
-      }
-      continue;
-    }
     if constexpr (kPrefetch) {
       // 16 bf16 elements are 32 bytes: one 64-byte line covers two iterations of a row.
       if ((i & 31) == 0) {
@@ -258,122 +223,6 @@ inline void dot_four_rows<at::BFloat16>(const at::BFloat16* x, const at::BFloat1
                                         float* sums) {
   dot_four_rows_avx2<at::BFloat16, true>(x, w, in, sums);
 }
-// bf16 weights may be packed by quads (corral/model/packed_weight.py): this build reads them.
-#define CORRAL_PACKED_WEIGHTS 1
-inline void dot_packed_quad(const at::BFloat16* x, const at::BFloat16* w, int64_t in,
-                            float* sums) {
-  dot_four_rows_avx2<at::BFloat16, true, true>(x, w, in, sums);
-}
-
-// One pass of dot_tile_rows' tile read straight from a packed quad w (x rows as float, stride
-// x_stride): kHigh false takes each block's first eight columns (dot_four_rows_avx2's first
-// chain), true its last eight (the second chain), over the columns [begin, end).
-template <int kRows, bool kHigh, bool kContinue>
-inline void packed_tile_pass(const float* x, int64_t x_stride, const at::BFloat16* w,
-                             int64_t begin, int64_t end, __m256 acc[][4]) {
-  __m256 a[kRows][4];
-  for (int r = 0; r < kRows; ++r) {
-    for (int j = 0; j < 4; ++j) a[r][j] = kContinue ? acc[r][j] : _mm256_setzero_ps();
-  }
-  constexpr int64_t kOffset = kHigh ? 8 : 0;
-  for (int64_t i = begin; i < end; i += 16) {
-    __m256 xr[kRows];
-    for (int r = 0; r < kRows; ++r) {
-      xr[r] = _mm256_loadu_ps(x + r * x_stride + i + kOffset);
-      keep_in_register(xr[r]);
-    }
-    const at::BFloat16* block = w + 4 * i;
-    for (int j = 0; j < 4; ++j) {
-      const __m256i words = load_packed_block(block + 16 * j);
-      __m256 wj = kHigh ? packed_high(words) : packed_low(words);
-      keep_in_register(wj);
-      for (int r = 0; r < kRows; ++r) a[r][j] = _mm256_fmadd_ps(xr[r], wj, a[r][j]);
-    }
-  }
-  for (int r = 0; r < kRows; ++r) {
-    for (int j = 0; j < 4; ++j) acc[r][j] = a[r][j];
-  }
-}
-
-// sums[r][j] = x[r] . w[j] for kRows float rows of x against one packed quad, in exactly
-// dot_four_rows_avx2's order (each chain's blocks in sequence, the two chains added, the same
-// reduction tree), so a row's bits do not depend on the rows beside it. Rows longer than
-// kMaxUnblockedColumns go kTileColumns at a time, both passes of a block before the next, as
-// dot_tile_rows does.
-template <int kRows>
-inline void packed_tile_rows(const float* x, int64_t x_stride, const at::BFloat16* w, int64_t in,
-                             float sums[][4]) {
-  __m256 low[kRows][4];
-  __m256 high[kRows][4];
-  if (in <= kMaxUnblockedColumns) {
-    packed_tile_pass<kRows, false, false>(x, x_stride, w, 0, in, low);
-    packed_tile_pass<kRows, true, false>(x, x_stride, w, 0, in, high);
-  } else {
-    packed_tile_pass<kRows, false, false>(x, x_stride, w, 0, kTileColumns, low);
-    packed_tile_pass<kRows, true, false>(x, x_stride, w, 0, kTileColumns, high);
-    for (int64_t begin = kTileColumns; begin < in; begin += kTileColumns) {
-      const int64_t end = std::min(in, begin + kTileColumns);
-      packed_tile_pass<kRows, false, true>(x, x_stride, w, begin, end, low);
-      packed_tile_pass<kRows, true, true>(x, x_stride, w, begin, end, high);
-    }
-  }
-  // The same reduction tree as dot_tile_rows and dot_four_rows_avx2, written out: a shared helper
-  // taking the chains as an array made the 3-row tile about 2x slower (GCC kept them in memory).
-  for (int r = 0; r < kRows; ++r) {
-    __m256 row[4];
-    for (int j = 0; j < 4; ++j) row[j] = _mm256_add_ps(low[r][j], high[r][j]);
-    const __m256 pairs =
-        _mm256_hadd_ps(_mm256_hadd_ps(row[0], row[1]), _mm256_hadd_ps(row[2], row[3]));
-    const __m128 quad =
-        _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1));
-    _mm_storeu_ps(sums[r], quad);
-  }
-}
-
-// Several rows of x against a packed bf16 weight [quads, in / 16, 4, 16]: x converted to float
-// once, each quad read straight from the packed form by tiles of three rows, the remainder by a
-// tile of two or the one-row kernel (float x). No float copy of the weight is made: each tile
-// of rows converts the quad again, which is cheap in the paired order up to
-// kMaxDirectPackedRows rows (verification steps, small batches: 1.1-2x the float-copy path at 2-5
-// rows); above it the float copy, made once per quad, is cheaper (0.76-0.9x at 32 rows).
-constexpr int64_t kMaxDirectPackedRows = 8;
-
-void packed_linear_rows(const at::BFloat16* x_ptr, const at::BFloat16* w_ptr,
-                        const at::BFloat16* b_ptr, at::BFloat16* o_ptr, int64_t rows, int64_t in,
-                        int64_t num_quads) {
-  std::vector<float> x_float(rows * in);
-  convert_to_float(x_ptr, x_float.data(), rows * in);
-  const float* x = x_float.data();
-  const int64_t out_features = 4 * num_quads;
-  at::parallel_for(0, num_quads, linear_grain(rows, in), [&](int64_t begin, int64_t end) {
-    float sums[kTileRows][4];
-    for (int64_t quad = begin; quad < end; ++quad) {
-      const at::BFloat16* w = w_ptr + quad * 4 * in;
-      const int64_t n0 = quad * 4;
-      const auto store = [&](int64_t first_row, int64_t count) {
-        for (int64_t t = 0; t < count; ++t) {
-          for (int64_t j = 0; j < 4; ++j) {
-            const float b = b_ptr ? to_float(b_ptr[n0 + j]) : 0.f;
-            o_ptr[(first_row + t) * out_features + n0 + j] =
-                static_cast<at::BFloat16>(sums[t][j] + b);
-          }
-        }
-      };
-      int64_t r = 0;
-      for (; r + kTileRows <= rows; r += kTileRows) {
-        packed_tile_rows<kTileRows>(x + r * in, in, w, in, sums);
-        store(r, kTileRows);
-      }
-      if (rows - r == 2) {
-        packed_tile_rows<2>(x + r * in, in, w, in, sums);
-        store(r, 2);
-      } else if (rows - r == 1) {
-        dot_four_rows_avx2<at::BFloat16, false, true, float>(x + r * in, w, in, sums[0]);
-        store(r, 1);
-      }
-    }
-  });
-}
 #endif
 #endif
 
@@ -455,13 +304,9 @@ inline void rows_times_quad(const float* x, const float* w, const T* b_ptr, T* o
 // float dot products against it. The conversions no longer scale with the number of rows, and
 // each row's sums are formed exactly as the one-row path forms them (the same dot functions on
 // the same values), so a row's output does not depend on how many rows share the call.
-// packed: w_ptr holds whole quads in the packed layout (bf16 only); each is unpacked into the
-// float buffer row by row, so the dot products see exactly the values and order of the plain
-// layout (packed_linear takes this path above kMaxDirectPackedRows rows).
 template <typename T>
 void few_row_linear_converted(const T* x_ptr, const T* w_ptr, const T* b_ptr, T* o_ptr,
-                              int64_t rows, int64_t in, int64_t out_features,
-                              bool packed = false) {
+                              int64_t rows, int64_t in, int64_t out_features) {
   std::vector<float> x_float(rows * in);
   convert_to_float(x_ptr, x_float.data(), rows * in);
   const int64_t num_quads = (out_features + 3) / 4;
@@ -471,118 +316,23 @@ void few_row_linear_converted(const T* x_ptr, const T* w_ptr, const T* b_ptr, T*
       const int64_t n0 = quad * 4;
       const int64_t count = std::min<int64_t>(4, out_features - n0);
       const T* w_quad = w_ptr + n0 * in;
-      if (packed) {
-#if defined(CORRAL_PACKED_WEIGHTS)
-        if constexpr (std::is_same_v<T, at::BFloat16>) {
-          for (int64_t i = 0; i < in; i += 16) {
-            for (int64_t r = 0; r < 4; ++r) {
-              const __m256i words = load_packed_block(w_quad + 4 * i + 16 * r);
-              _mm256_storeu_ps(w_float.data() + r * in + i, packed_low(words));
-              _mm256_storeu_ps(w_float.data() + r * in + i + 8, packed_high(words));
-            }
-          }
-        }
-#endif
-      } else {
-        convert_to_float(w_quad, w_float.data(), count * in);
-      }
+      convert_to_float(w_quad, w_float.data(), count * in);
       rows_times_quad<T>(x_float.data(), w_float.data(), b_ptr, o_ptr, rows, in, out_features,
                          n0, count);
     }
   });
 }
 
-// x [rows, in] @ W^T (+ bias) for a bf16 weight packed as [out / 4, in / 16, 4, 16]
-// (corral/model/packed_weight.py): one row streams the packed quads directly, several rows
-// unpack each quad to float once; the same bits as the plain layout either way.
-torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& weight,
-                            const c10::optional<torch::Tensor>& bias) {
-#if defined(CORRAL_PACKED_WEIGHTS)
-  const int64_t rows = x.size(0), in = x.size(1);
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "packed weights are bfloat16");
-  TORCH_CHECK(weight.size(2) == 4 && weight.size(3) == 16 && weight.size(1) * 16 == in,
-              "packed weight of shape ", weight.sizes(), " for x of ", in, " columns");
-  const int64_t num_quads = weight.size(0), out_features = 4 * num_quads;
-  auto out = torch::empty({rows, out_features}, x.options());
-  const auto* x_ptr = x.data_ptr<at::BFloat16>();
-  const auto* w_ptr = weight.data_ptr<at::BFloat16>();
-  const at::BFloat16* b_ptr = bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr;
-  auto* o_ptr = out.data_ptr<at::BFloat16>();
-  if (rows > kMaxDirectPackedRows) {
-    few_row_linear_converted(x_ptr, w_ptr, b_ptr, o_ptr, rows, in, out_features, true);
-    return out;
-  }
-  if (rows > 1) {
-    packed_linear_rows(x_ptr, w_ptr, b_ptr, o_ptr, rows, in, num_quads);
-    return out;
-  }
-  at::parallel_for(0, num_quads, linear_grain(1, in), [&](int64_t begin, int64_t end) {
-    float sums[4];
-    for (int64_t quad = begin; quad < end; ++quad) {
-      dot_packed_quad(x_ptr, w_ptr + quad * 4 * in, in, sums);
-      for (int64_t j = 0; j < 4; ++j) {
-        const float b = b_ptr ? to_float(b_ptr[quad * 4 + j]) : 0.f;
-        o_ptr[quad * 4 + j] = static_cast<at::BFloat16>(sums[j] + b);
-      }
-    }
-  });
-  return out;
-#else
-  TORCH_CHECK(false, "this build of the kernels does not read packed weights");
-  return {};
-#endif
-}
-
 }  // namespace
 
-// Rows row_ids of a packed weight [quads, blocks, 4, 16] in the plain layout: [n, blocks * 16]
-// (the lookups of an embedding table that is also the packed LM head).
-torch::Tensor packed_rows(torch::Tensor weight, torch::Tensor row_ids) {
-  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 4 && weight.size(3) == 16 &&
-                  weight.is_contiguous(),
-              "packed_rows: a contiguous packed weight [quads, blocks, 4, 16]");
-  TORCH_CHECK(row_ids.dim() == 1 && row_ids.scalar_type() == at::kLong, "packed_rows: 1-D int64 ids");
-  const int64_t num_quads = weight.size(0), blocks = weight.size(1), n = row_ids.size(0);
-  auto ids = row_ids.contiguous();
-  auto out = torch::empty({n, blocks * 16}, weight.options());
-  const int64_t* id_ptr = ids.data_ptr<int64_t>();
-  TORCH_CHECK(weight.element_size() == 2, "packed_rows: a 16-bit packed weight");
-  const auto* w_ptr = static_cast<const uint16_t*>(weight.data_ptr());
-  auto* o_ptr = static_cast<uint16_t*>(out.data_ptr());
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t row = id_ptr[i];
-    TORCH_CHECK(row >= 0 && row < 4 * num_quads, "packed_rows: row ", row, " of ", 4 * num_quads);
-    const uint16_t* quad = w_ptr + (row / 4) * blocks * 64 + (row % 4) * 16;
-    uint16_t* dst = o_ptr + i * blocks * 16;
-    for (int64_t b = 0; b < blocks; ++b) {
-      // A block in paired order (load_packed_block): element l at 2l, element 8 + l at 2l + 1.
-      const uint16_t* block = quad + b * 64;
-      for (int l = 0; l < 8; ++l) {
-        dst[b * 16 + l] = block[2 * l];
-        dst[b * 16 + 8 + l] = block[2 * l + 1];
-      }
-    }
-  }
-  return out;
-}
-
-// Whether this build reads packed bf16 weights (AVX2 without native bf16 dot products).
-bool packed_weights_supported() {
-#if defined(CORRAL_PACKED_WEIGHTS)
-  return true;
-#else
-  return false;
-#endif
-}
-
-// x [rows, in] @ weight[out, in]^T (+ bias), for few rows: each weight row is read once. A 4-D
-// weight is a packed bf16 one ([out / 4, in / 16, 4, 16], packed_linear).
+// x [rows, in] @ weight[out, in]^T (+ bias), for few rows: each weight row is read once. A 3-D
+// weight is a packed bf16 one ([out / 64, in, 64], panel_linear in cpu_panel_linear.cpp).
 torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
                              c10::optional<torch::Tensor> bias) {
   TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "x and weight must be contiguous");
   TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x and weight dtypes differ");
   const int64_t rows = x.size(0), in = x.size(1);
-  if (weight.dim() == 4) return packed_linear(x, weight, bias);
+  if (weight.dim() == 3) return panel_linear(x, weight, bias);
   const int64_t out_features = weight.size(0);
   auto out = torch::empty({rows, out_features}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear", [&] {
