@@ -34,7 +34,7 @@ def tune_linear_dispatch(model) -> None:
 
 
 def pack_weights_for_kernel(model) -> None:
-    """Pack the model's bf16 linear weights by quads where every row count of its linears runs
+    """Pack the model's bf16 linear weights in panels where every row count of its linears runs
     on the kernel (after tune_linear_dispatch and any offloading; corral/model/packed_weight.py)."""
     if packing_applies(model, _MAX_KERNEL_ROWS, UNLIMITED):
         pack_model_weights(model)
