@@ -21,7 +21,9 @@ Paired ratios: each run of a configuration is also compared with the run of the 
 configuration (off) nearest to it in the same repeat, and the median and range of those decode
 ratios are reported. On a VM whose speed drifts by tens of percent between minutes, a ratio of
 runs seconds apart is steadier than a ratio of medians. --interleave-off runs off again before
-every other configuration, so that each pair is adjacent.
+every other configuration, so that each pair is adjacent. --process-per-config runs each
+configuration's engine in a process of its own (the driver still alternates between them), so
+that no engine's memory and caches share a process with the others'.
 
     .venv/bin/python benchmarks/spec_decode.py                      # full table
     .venv/bin/python benchmarks/spec_decode.py --quick              # fewer prompts
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -41,8 +44,15 @@ from pathlib import Path
 # stable on cores shared with other jobs but makes every parallel region wake a sleeping thread;
 # OMP_WAIT_POLICY=default measures libgomp's own default (spin a while, then sleep), which is
 # what `corral serve` runs with (docs/performance.md, "Threads kept warm between steps").
-if os.environ.get("OMP_WAIT_POLICY", "").lower() == "default":
-    del os.environ["OMP_WAIT_POLICY"]
+# The marker carries the choice to the engine processes of --process-per-config (spawned, they
+# run this module's top level again, with OMP_WAIT_POLICY already removed).
+_OMP_DEFAULT_MARKER = "CORRAL_SPEC_DECODE_OMP_DEFAULT"
+if (
+    os.environ.get("OMP_WAIT_POLICY", "").lower() == "default"
+    or os.environ.get(_OMP_DEFAULT_MARKER) == "1"
+):
+    os.environ.pop("OMP_WAIT_POLICY", None)
+    os.environ[_OMP_DEFAULT_MARKER] = "1"
 else:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -122,6 +132,59 @@ def paired_text(median: float | None, ratios: list[float]) -> str:
     return f"{median:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
+class LocalEngine:
+    """A configuration's engine in this process."""
+
+    def __init__(self, max_num_seqs: int, config: dict) -> None:
+        self.llm = LLM(max_num_seqs=max_num_seqs, **config)
+
+    def run(self, prompts: list[str], max_tokens: int, concurrency: int, keep: bool):
+        return run_once(self.llm, prompts, max_tokens, concurrency, keep)
+
+    def counts(self) -> tuple[int, int, int]:
+        return spec_counts(self.llm)
+
+    def close(self) -> None:
+        pass
+
+
+def _serve_engine(connection, max_num_seqs: int, config: dict) -> None:
+    engine = LocalEngine(max_num_seqs, config)
+    connection.send("ready")
+    while (request := connection.recv()) is not None:
+        method, args = request
+        connection.send(getattr(engine, method)(*args))
+
+
+class ProcessEngine:
+    """A configuration's engine in a process of its own (spawned: a fresh interpreter, torch
+    and OpenMP pool), called over a pipe with LocalEngine's methods."""
+
+    def __init__(self, max_num_seqs: int, config: dict) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(
+            target=_serve_engine, args=(child, max_num_seqs, config), daemon=True
+        )
+        self.process.start()
+        if self.connection.recv() != "ready":
+            raise RuntimeError("the engine process did not start")
+
+    def _call(self, method: str, *args):
+        self.connection.send((method, args))
+        return self.connection.recv()
+
+    def run(self, prompts: list[str], max_tokens: int, concurrency: int, keep: bool):
+        return self._call("run", prompts, max_tokens, concurrency, keep)
+
+    def counts(self) -> tuple[int, int, int]:
+        return self._call("counts")
+
+    def close(self) -> None:
+        self.connection.send(None)
+        self.process.join(60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-prompts", type=int, default=32)
@@ -142,6 +205,11 @@ def main() -> None:
         "--interleave-off",
         action="store_true",
         help="run the first configuration (off) before every other one in each repeat",
+    )
+    parser.add_argument(
+        "--process-per-config",
+        action="store_true",
+        help="run each configuration's engine in a process of its own",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
@@ -164,9 +232,10 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
-    engines = {name: LLM(max_num_seqs=max(concurrencies), **CONFIGS[name]) for name in names}
-    for llm in engines.values():
-        run_once(llm, list(loads["gsm8k"][0][:2]), 8, 2)  # warm-up
+    engine_class = ProcessEngine if args.process_per_config else LocalEngine
+    engines = {name: engine_class(max(concurrencies), CONFIGS[name]) for name in names}
+    for engine in engines.values():
+        engine.run(list(loads["gsm8k"][0][:2]), 8, 2, False)  # warm-up
     for workload, (prompts, max_tokens) in loads.items():
         for concurrency in concurrencies:
             # Configurations take turns within each repeat, so that drift in the machine's speed
@@ -177,13 +246,13 @@ def main() -> None:
             # reference's run nearest to it in the same repeat (paired ratios).
             paired: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in names}
             outputs: dict[str, list[list[int]]] = {}
-            before = {name: spec_counts(engines[name]) for name in names}
+            before = {name: engines[name].counts() for name in names}
             # Untimed full runs first: a process's first runs of a batch are slower (allocator
             # and cache warm-up; c32 rates rose 20-35% over the first three runs), which
             # would favour whichever configuration runs later.
             for _ in range(args.warmup_runs):
                 for name in names:
-                    run_once(engines[name], prompts, max_tokens, concurrency, keep)
+                    engines[name].run(prompts, max_tokens, concurrency, keep)
             for repeat in range(args.repeats):
                 # The order rotates each repeat, so that no configuration always runs first.
                 order = names[repeat % len(names) :] + names[: repeat % len(names)]
@@ -192,9 +261,9 @@ def main() -> None:
                     order = [step for name in others for step in (names[0], name)] or names[:1]
                 runs = []
                 for name in order:
-                    llm = engines[name]
-                    first = run_once(llm, prompts, 1, concurrency, keep)[0]
-                    elapsed, outputs[name] = run_once(llm, prompts, max_tokens, concurrency, keep)
+                    engine = engines[name]
+                    first = engine.run(prompts, 1, concurrency, keep)[0]
+                    elapsed, outputs[name] = engine.run(prompts, max_tokens, concurrency, keep)
                     first_times[name].append(first)
                     times[name].append(elapsed)
                     runs.append((name, elapsed, first))
@@ -212,7 +281,7 @@ def main() -> None:
                 if concurrency == 1 and tokens != reference:
                     raise SystemExit(f"{name}: outputs differ from {names[0]}")
                 identical = sum(a == b for a, b in zip(tokens, reference)) / len(tokens)
-                after = spec_counts(engines[name])
+                after = engines[name].counts()
                 drafts, draft_tokens, accepted = (a - b for a, b in zip(after, before[name]))
                 num_tokens = sum(len(t) for t in tokens)
                 elapsed = statistics.median(times[name])
@@ -243,6 +312,7 @@ def main() -> None:
                 row = dict(
                     workload=workload,
                     omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
+                    process_per_config=args.process_per_config,
                     concurrency=concurrency,
                     config=name,
                     output_tokens_per_s=round(rate, 1),
@@ -273,6 +343,8 @@ def main() -> None:
                     f"{row['identical_outputs']:.0%} |",
                     flush=True,
                 )
+    for engine in engines.values():
+        engine.close()
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
