@@ -94,6 +94,8 @@ def test_row_lookups_through_the_kernel_match_the_plain_table():
     row_ids = torch.tensor([191, 0, 7, 7, 21, 72, 136, 8, 15])
     assert torch.equal(_KERNELS.packed_rows(packed.data, row_ids), weight[row_ids])
     assert torch.equal(packed[row_ids.view(9, 1)], weight[row_ids.view(9, 1)])
+    # int32 ids take the tensor-indexing path instead of the kernel.
+    assert torch.equal(packed[row_ids.to(torch.int32)], weight[row_ids])
     with pytest.raises(RuntimeError, match="row 192 of 192"):
         _KERNELS.packed_rows(packed.data, torch.tensor([192]))
 

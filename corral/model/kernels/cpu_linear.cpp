@@ -82,8 +82,8 @@ inline __m256 load_eight(const at::Half* p) {
 // kPrefetch (the one-row bf16 path, which streams every weight from memory once): the same
 // offsets of the quad kPrefetchQuads quads ahead are requested while this one is multiplied,
 // as the AVX-512 path does. It changes no result.
-template <typename T, bool kPrefetch = false, typename TX = T>
-inline void dot_four_rows_avx2(const TX* x, const T* w, int64_t in, float* sums) {
+template <typename T, bool kPrefetch = false>
+inline void dot_four_rows_avx2(const T* x, const T* w, int64_t in, float* sums) {
   __m256 acc[4][2];
   for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   constexpr int64_t kPrefetchQuads = 4;
