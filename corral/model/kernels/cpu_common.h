@@ -52,6 +52,12 @@ inline __m256i bf16_bits(__m256 v) {
   const __m256 is_nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
   return _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(is_nan));
 }
+// dst[i] = float(src[i]) for i < n, eight at a time.
+inline void bf16_to_float(const at::BFloat16* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_bf16x8(src + i));
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
 inline void store_bf16x8(at::BFloat16* p, __m256 v) {
   const __m256i bits = bf16_bits(v);
   const __m128i packed =

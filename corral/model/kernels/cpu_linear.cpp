@@ -67,10 +67,7 @@ inline void dot_four_rows(const T* x, const T* w, int64_t in, float* sums) {
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 inline __m256 load_eight(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load_eight(const at::BFloat16* p) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-}
+inline __m256 load_eight(const at::BFloat16* p) { return corral_cpu::load_bf16x8(p); }
 inline __m256 load_eight(const at::Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }

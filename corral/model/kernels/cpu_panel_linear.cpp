@@ -17,7 +17,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "cpu_common.h"
@@ -37,7 +36,7 @@ constexpr int64_t kSubPanelOutputs = 16;
 using corral_cpu::store_bf16x8;
 
 // Rows a tile takes at most: five rows x one sub-panel is 10 accumulators, the two weight
-// vectors and a broadcast (six rows spilled: 0.7-0.9x of five at 32 rows).
+// vectors and a broadcast (six rows ran 0.73-0.82x of five at 32 rows).
 constexpr int kMaxTileRows = 5;
 // Inputs per block when several rows share a panel: the block of the panel (256 x 128 bytes)
 // and of the rows stays in L1/L2 while every tile and sub-panel reads it.
@@ -144,7 +143,7 @@ inline void rows_times_panel(const float* x, int64_t in, const uint16_t* panel, 
 }
 
 // The row counts of the tiles covering rows: fives, then a 4 or a 2 for the rest (a 3-row tile
-// keeps six chains, short of eight, and ran 0.8-0.95x of the dot-product kernel at 3 rows; a
+// keeps six chains, short of eight, and ran 0.80-1.13x of the dot-product kernel at 3 rows; a
 // lone row, four sub-panels at once, is slower per row than a pair): 3 = 2 + 1, 6 = 4 + 2,
 // 8 = 4 + 4, 32 = 6 x 5 + 2.
 std::vector<int> tile_rows_for(int64_t rows) {
@@ -204,11 +203,7 @@ torch::Tensor panel_linear(const torch::Tensor& x, const torch::Tensor& panels,
   auto out = torch::empty({rows, out_features}, x.options());
   if (rows == 0) return out;
   std::vector<float> x_float(rows * in);
-  const auto* x_bits = static_cast<const uint16_t*>(x.data_ptr());
-  for (int64_t i = 0; i < rows * in; ++i) {
-    const uint32_t word = static_cast<uint32_t>(x_bits[i]) << 16;
-    std::memcpy(&x_float[i], &word, sizeof(word));
-  }
+  corral_cpu::bf16_to_float(x.data_ptr<at::BFloat16>(), x_float.data(), rows * in);
   const auto* w_ptr = static_cast<const uint16_t*>(panels.data_ptr());
   const at::BFloat16* b_ptr = bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr;
   auto* o_ptr = out.data_ptr<at::BFloat16>();
