@@ -41,6 +41,7 @@ _SOURCES = [
         "cpu_kv_write.cpp",
         "cpu_lora.cpp",
         "cpu_int8.cpp",
+        "cpu_int8_panel.cpp",
         "cpu_layer_loop.cpp",
     )
 ]

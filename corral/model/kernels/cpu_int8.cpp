@@ -28,6 +28,7 @@
 #endif
 
 #include "cpu_common.h"
+#include "cpu_ops.h"
 
 using corral_cpu::linear_grain;
 using corral_cpu::to_float;
@@ -265,8 +266,10 @@ void int8_linear_rows(const T* x_ptr, const int8_t* q_ptr, const float* s_ptr, i
 }  // namespace
 
 // x [rows, in] @ dequant(qweight [out, in], scales)^T (+ bias) -> [rows, out] in x's dtype.
+// A 3-D qweight is packed in panels (cpu_int8_panel.cpp).
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
                           c10::optional<torch::Tensor> bias) {
+  if (qweight.dim() == 3) return int8_panel_linear(x, qweight, scales, bias);
   TORCH_CHECK(x.dim() == 2 && qweight.dim() == 2, "x and qweight must be 2-D");
   TORCH_CHECK(x.is_contiguous() && qweight.is_contiguous() && scales.is_contiguous(),
               "x, qweight and scales must be contiguous");

@@ -343,6 +343,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("write_kv_cache", &write_kv_cache, "store new tokens' K and V at their slots");
   m.def("lora_shrink_expand", &lora_shrink_expand, "out[rows] += B_slot A_slot x per segment");
   m.def("int8_linear", &int8_linear, "x @ dequant(int8 weight).T, weight-only int8");
+  m.def("int8_panels_supported", &int8_panels_supported,
+        "whether int8_linear reads int8 weights packed in panels here");
   m.def(
       "set_min_parallel_work",
       [](int64_t multiply_adds) {

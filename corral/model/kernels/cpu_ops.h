@@ -38,6 +38,11 @@ void lora_shrink_expand(torch::Tensor out, torch::Tensor x, torch::Tensor a, tor
 // Defined in cpu_int8.cpp.
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
                           c10::optional<torch::Tensor> bias);
+// Defined in cpu_int8_panel.cpp.
+bool int8_panels_supported();
+torch::Tensor int8_panel_linear(const torch::Tensor& x, const torch::Tensor& panels,
+                                const torch::Tensor& scales,
+                                const c10::optional<torch::Tensor>& bias);
 
 // Defined in cpu_layer_loop.cpp.
 torch::Tensor decode_layers(torch::Tensor residual,

@@ -12,7 +12,7 @@ from corral.model.layers.linear_dispatch import (
     guessed_max_kernel_rows,
 )
 from corral.model.packed_weight import PackedWeight, pack_model_weights, packing_applies
-from corral.model.quantization import Int8Weight, int8_linear
+from corral.model.quantization import Int8Weight, int8_linear, pack_int8_weights
 
 # Up to this many rows, bfloat16 CPU linears use corral's kernel, beyond them F.linear: guessed
 # from the CPU's flags until tune_linear_dispatch measures it for the loaded model.
@@ -35,9 +35,11 @@ def tune_linear_dispatch(model) -> None:
 
 def pack_weights_for_kernel(model) -> None:
     """Pack the model's bf16 linear weights in panels where every row count of its linears runs
-    on the kernel (after tune_linear_dispatch and any offloading; corral/model/packed_weight.py)."""
+    on the kernel (after tune_linear_dispatch and any offloading; corral/model/packed_weight.py),
+    and its per-channel int8 weights for the int8 panel kernel (corral/model/quantization.py)."""
     if packing_applies(model, _MAX_KERNEL_ROWS, UNLIMITED):
         pack_model_weights(model)
+    pack_int8_weights(model)
 
 
 def uses_row_kernel(num_rows: int, dtype: torch.dtype, device: torch.device) -> bool:
