@@ -2,10 +2,12 @@
 quantization costs in greedy agreement and perplexity on GSM8K (docs/quantization.md).
 
 (a) the linear kernels at rows 1, 8, 32 on the demo model's shapes and SmolLM-135M's: int8_linear
-against corral's bf16 few-row kernel and torch's F.linear (bf16); (b) single-stream decode tok/s
-and batch-32 throughput of one LLM per variant, same process, rounds alternating; (c) greedy
-agreement of int8 with bf16 over GSM8K test questions x 64 tokens (and of bf16 with float32, for
-scale), and perplexity of the answers given the questions.
+on packed panels (int16 x, integer products) and on the plain layout (dequantizing) against
+corral's bf16 few-row kernel and torch's F.linear (bf16); (b) single-stream decode tok/s and
+batch-32 throughput of one LLM per variant (bf16, int8 on panels, int8 plain), same process,
+rounds alternating; (c) greedy agreement of each int8 variant with bf16 over GSM8K test
+questions x 64 tokens (and of bf16 with float32, for scale), and perplexity of the answers given
+the questions.
 
     .venv/bin/python benchmarks/int8_weights.py --json docs/figures/int8_weights.json
 """
@@ -29,7 +31,7 @@ from corral import LLM, SamplingParams
 from corral.bench.offline.ceiling import single_request_decode
 from corral.demo.corpus import encode_examples, load_gsm8k, to_messages
 from corral.model.kernels import cpu_kernels
-from corral.model.quantization import quantize_int8, quantize_model
+from corral.model.quantization import pack_int8_weights, quantize_int8, quantize_model
 
 # (name, out, in) of each linear: corral-demo (hidden 256) and SmolLM-135M (hidden 576).
 SHAPES = {
@@ -76,21 +78,32 @@ def kernel_speed(kernels) -> list[dict]:
         for name, out_features, in_features in shapes:
             weight = (torch.randn(out_features, in_features, generator=generator) * 0.05).bfloat16()
             q = quantize_int8(weight)
+            packed = q.packed()  # every shape here has out % 64 == 0
             for rows in (1, 8, 32):
                 x = torch.randn(rows, in_features, generator=generator).bfloat16()
+                panel = best_us(kernels.int8_linear, x, packed.qweight, packed.scales, None)
                 int8 = best_us(kernels.int8_linear, x, q.qweight, q.scales, None)
                 bf16 = best_us(kernels.few_row_linear, x, weight, None)
                 torch_us = best_us(F.linear, x, weight)
                 row = dict(model=model, linear=name, out=out_features, rows=rows,
-                           int8_us=int8, bf16_kernel_us=bf16, torch_bf16_us=torch_us,
-                           int8_weight_gb_s=q.nbytes / int8 / 1e3,
+                           int8_panel_us=panel, int8_us=int8, bf16_kernel_us=bf16,
+                           torch_bf16_us=torch_us, int8_weight_gb_s=q.nbytes / int8 / 1e3,
                            bf16_weight_gb_s=weight.nbytes / bf16 / 1e3)  # fmt: skip
                 rows_out.append(row)
                 print(f"  {model:12s} {name:8s} {in_features:5d}->{out_features:<6d} rows {rows:2d}"
-                      f"  int8 {int8:8.1f} us  bf16 kernel {bf16:8.1f} us  F.linear "
-                      f"{torch_us:8.1f} us")  # fmt: skip
+                      f"  int8 panels {panel:8.1f} us  int8 plain {int8:8.1f} us  bf16 kernel "
+                      f"{bf16:8.1f} us  F.linear {torch_us:8.1f} us")  # fmt: skip
     torch.set_num_threads(threads)
     return rows_out
+
+
+def plain_int8_llm(**kwargs) -> LLM:
+    """An int8 LLM on the plain layout and the dequantizing kernel (CORRAL_PACK_INT8=0)."""
+    os.environ["CORRAL_PACK_INT8"] = "0"
+    try:
+        return LLM(quantization="int8", **kwargs)
+    finally:
+        del os.environ["CORRAL_PACK_INT8"]
 
 
 def make_llms(model: str | None) -> dict[str, LLM]:
@@ -98,13 +111,16 @@ def make_llms(model: str | None) -> dict[str, LLM]:
     llms = {
         "bf16": LLM(dtype="bfloat16", **common),
         "int8": LLM(dtype="bfloat16", quantization="int8", **common),
+        "int8_plain": plain_int8_llm(dtype="bfloat16", **common),
         "int8_all": LLM(dtype="bfloat16", **common),
         "int8_g128": LLM(dtype="bfloat16", **common),
         "fp32": LLM(dtype="float32", **common),
         "int8_fp32": LLM(dtype="float32", quantization="int8", **common),
+        "int8_fp32_plain": plain_int8_llm(dtype="float32", **common),
     }
     quantize_model(llms["int8_all"].engine.executor.model, lm_head=True)
-    quantize_model(llms["int8_g128"].engine.executor.model, group_size=128)
+    pack_int8_weights(llms["int8_all"].engine.executor.model)  # layers and head on panels
+    quantize_model(llms["int8_g128"].engine.executor.model, group_size=128)  # grouped: plain
     return llms
 
 
@@ -117,7 +133,7 @@ def batch_throughput(llm: LLM, prompts: list[list[int]], max_tokens: int) -> flo
 
 def decode_speed(llms: dict[str, LLM], prompts, rounds: int, decode_tokens: int) -> dict:
     speeds: dict[str, dict[str, list[float]]] = {
-        name: {"single": [], "batch32": []} for name in ("bf16", "int8")
+        name: {"single": [], "batch32": []} for name in ("bf16", "int8", "int8_plain")
     }
     for _ in range(rounds):  # alternating, so drifting load hits both alike
         for name in speeds:
@@ -127,9 +143,10 @@ def decode_speed(llms: dict[str, LLM], prompts, rounds: int, decode_tokens: int)
         name: {kind: statistics.median(values) for kind, values in kinds.items()}
         for name, kinds in speeds.items()
     }
-    result["int8_over_bf16"] = {
-        kind: result["int8"][kind] / result["bf16"][kind] for kind in ("single", "batch32")
-    }
+    for over in ("bf16", "int8_plain"):
+        result[f"int8_over_{over}"] = {
+            kind: result["int8"][kind] / result[over][kind] for kind in ("single", "batch32")
+        }
     return result
 
 
@@ -212,11 +229,17 @@ def main() -> None:
         name: agreement(tokens[name], tokens["bf16"]) for name in tokens if name != "bf16"
     }
     result["int8_fp32_agreement_with_fp32"] = agreement(tokens["int8_fp32"], tokens["fp32"])
+    result["int8_fp32_plain_agreement_with_fp32"] = agreement(
+        tokens["int8_fp32_plain"], tokens["fp32"]
+    )
+    result["int8_agreement_with_int8_plain"] = agreement(tokens["int8"], tokens["int8_plain"])
     save()
     encoded = encode_examples(tokenizer.hf, examples[: args.num_ppl_examples])
     result["perplexity"] = {name: perplexity(llm, encoded) for name, llm in llms.items()}
     save()
-    keys = ("agreement_with_bf16", "int8_fp32_agreement_with_fp32", "perplexity")
+    keys = ("agreement_with_bf16", "int8_fp32_agreement_with_fp32",
+            "int8_fp32_plain_agreement_with_fp32", "int8_agreement_with_int8_plain",
+            "perplexity")  # fmt: skip
     print(json.dumps({key: result[key] for key in keys}, indent=1))
 
 

@@ -5,7 +5,9 @@ pre-tokenizer hash llama.cpp does not know; its pre-tokenizer is GPT-2's (ByteLe
 regex), so an unrecognised hash falls back to "gpt-2". The benchmarks send token ids, so only the
 vocabulary size and the special ids matter to the comparison.
 
-    .peers/convert/bin/python benchmarks/peers/convert_gguf.py LLAMA_CPP_DIR MODEL_DIR OUT.gguf
+    .peers/convert/bin/python benchmarks/peers/convert_gguf.py LLAMA_DIR MODEL_DIR OUT.gguf [TYPE]
+
+TYPE: bf16 (the default) or another --outtype the converter takes (q8_0).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 
 def main() -> None:
     llama_dir, model_dir, outfile = sys.argv[1:4]
+    outtype = sys.argv[4] if len(sys.argv) > 4 else "bf16"
     sys.path.insert(0, llama_dir)
     sys.path.insert(0, f"{llama_dir}/gguf-py")
     from conversion import base  # type: ignore[import-not-found]
@@ -32,7 +35,7 @@ def main() -> None:
     base.TextModel.get_vocab_base_pre = get_vocab_base_pre
     import convert_hf_to_gguf  # type: ignore[import-not-found]
 
-    sys.argv = ["convert_hf_to_gguf.py", model_dir, "--outtype", "bf16", "--outfile", outfile]
+    sys.argv = ["convert_hf_to_gguf.py", model_dir, "--outtype", outtype, "--outfile", outfile]
     convert_hf_to_gguf.main()
 
 

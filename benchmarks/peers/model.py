@@ -28,12 +28,21 @@ def model_dir() -> Path:
     return smollm_shaped_model(cache=PEERS / "models")
 
 
-def gguf_path(directory: Path | None = None) -> Path:
-    """The bf16 GGUF of the model (converted once with llama.cpp's converter)."""
+def gguf_path(directory: Path | None = None, outtype: str = "bf16") -> Path:
+    """The GGUF of the model in outtype (bf16, or q8_0: llama.cpp's 8-bit blocks of 32 weights
+    with an fp16 scale each), converted once with llama.cpp's converter."""
     directory = directory or model_dir()
-    out = directory.parent / f"{directory.name}-bf16.gguf"
+    out = directory.parent / f"{directory.name}-{outtype}.gguf"
     if out.is_file():
         return out
+    if not CONVERT_PYTHON.is_file() or not LLAMA_DIR.is_dir():
+        raise SystemExit("llama.cpp is not set up: bash benchmarks/peers/setup.sh llama")
+    script = Path(__file__).with_name("convert_gguf.py")
+    tmp = out.with_suffix(".part")
+    command = [str(CONVERT_PYTHON), str(script), str(LLAMA_DIR), str(directory), str(tmp), outtype]
+    subprocess.run(command, check=True)
+    tmp.rename(out)
+    return out
     if not CONVERT_PYTHON.is_file() or not LLAMA_DIR.is_dir():
         raise SystemExit("llama.cpp is not set up: bash benchmarks/peers/setup.sh llama")
     script = Path(__file__).with_name("convert_gguf.py")

@@ -25,7 +25,7 @@ from typing import Any
 
 from benchmarks.peers import ceilings
 from benchmarks.peers.model import MODEL_NAME, REPO, gguf_path, model_dir
-from benchmarks.peers.report import write_page
+from benchmarks.peers.report import ratios, write_page
 from benchmarks.peers.servers import (
     Server,
     corral_server,
@@ -40,7 +40,8 @@ from corral.bench.serve import ServeTarget, run_serve_benchmark
 from corral.core.slo_target import parse_slo
 from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
 
-# Also: corral-t1, llama.cpp-t1 (one thread each), corral-int8 (--quantization int8).
+# Also: corral-t1, llama.cpp-t1 (one thread each), corral-int8 (--quantization int8) and
+# llama.cpp-q8 (the same checkpoint converted to llama.cpp's Q8_0).
 ENGINES = ("corral", "llama.cpp", "vllm", "vllm-tuned")
 VOCAB = 49152  # the model's vocabulary: prompt ids are drawn from [1, VOCAB)
 SLO = "ttft_ms=2000,tpot_ms=300"
@@ -58,6 +59,9 @@ def make_servers(args: argparse.Namespace, model: Path) -> list[Server]:
         servers.append(
             corral_server(model, args.ctx, args.threads, args.slots, "corral-int8", int8)
         )
+    if "llama.cpp-q8" in engines:
+        gguf = gguf_path(model, "q8_0")
+        servers.append(llama_server(gguf, args.ctx, args.threads, args.slots, name="llama.cpp-q8"))
     # One-thread variants (for a machine oversubscribed by other work).
     if "corral-t1" in engines:
         servers.append(corral_server(model, args.ctx, 1, args.slots, name="corral-t1"))
@@ -189,32 +193,6 @@ def run_phases(args: argparse.Namespace, servers: list[Server]) -> dict[str, Any
                     flush=True,
                 )
     return results
-
-
-def ratios(results: dict[str, Any], engines: list[str], ref: str = "corral") -> dict[str, Any]:
-    """ref's (corral's) speed over each peer's, per round, then the median over rounds (>1:
-    corral faster). Single stream and rate points compare TPOT (peer/corral), the others
-    output tok/s (corral/peer)."""
-    out: dict[str, Any] = {}
-    for phase, by_engine in results.items():
-        if ref not in by_engine:
-            continue
-        metric = "tpot_p50_ms" if phase == "single" or phase.startswith("rate") else "output_tok_s"
-        out[phase] = {"metric": metric}
-        for peer in engines:
-            if peer == ref or peer not in by_engine:
-                continue
-            each = []
-            for mine, theirs in zip(by_engine[ref], by_engine[peer], strict=True):
-                a, b = mine[metric], theirs[metric]
-                if not (a and b):
-                    continue
-                each.append(b / a if metric == "tpot_p50_ms" else a / b)
-            out[phase][peer] = {
-                "median": statistics.median(each) if each else None,
-                "rounds": each,
-            }
-    return out
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:

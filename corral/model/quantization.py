@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from corral.model.kernels import cpu_kernels
+from corral.model.packed_weight import PackedWeight
 
 if TYPE_CHECKING:
     from corral.model.models.llama import LlamaFamilyModel
@@ -193,9 +194,16 @@ def int8_linear(
     return int8_linear_reference(x, weight, bias)
 
 
-def _nbytes(weight: torch.Tensor | Int8Weight) -> int:
+def _plain(weight):
+    """weight [out, in] as a tensor (bf16 panels, corral/model/packed_weight.py, unpacked)."""
+    return weight.unpack() if isinstance(weight, PackedWeight) else weight
+
+
+def _nbytes(weight: torch.Tensor | Int8Weight | PackedWeight) -> int:
     return (
-        weight.nbytes if isinstance(weight, Int8Weight) else weight.numel() * weight.element_size()
+        weight.nbytes
+        if isinstance(weight, (Int8Weight, PackedWeight))
+        else weight.numel() * weight.element_size()
     )
 
 
@@ -210,13 +218,13 @@ def quantize_model(
             weight = getattr(layer, name)
             if weight is None or isinstance(weight, Int8Weight):
                 continue  # MoE layers have no dense gate_up/down
-            quantized = quantize_int8(weight, group_size)
+            quantized = quantize_int8(_plain(weight), group_size)
             before += _nbytes(weight)
             after += quantized.nbytes
             setattr(layer, name, quantized)
     if lm_head and model.lm_head is not None and not isinstance(model.lm_head, Int8Weight):
         tied = model.lm_head is model.embed_tokens
-        quantized = quantize_int8(model.lm_head, group_size)
+        quantized = quantize_int8(_plain(model.lm_head), group_size)
         before += 0 if tied else _nbytes(model.lm_head)  # a tied table stays for lookups
         after += quantized.nbytes
         model.lm_head = quantized

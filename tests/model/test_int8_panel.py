@@ -208,3 +208,29 @@ def test_bfloat16_generations_agree_with_the_plain_layout(tiny_model_factory, mo
             got = packed.outputs[0].logprobs[i][a].logprob
             want = plain.outputs[0].logprobs[i][b].logprob
             assert abs(got - want) <= 0.05, (i, got, want)
+
+
+@needs_panels
+def test_quantizing_a_loaded_packed_bf16_model_then_packing_int8(tiny_model_factory):
+    """quantize_model on a model whose bf16 weights are panels already (the head too, tied to
+    the embeddings): it reads the panels' weights, keeps the packed table for lookups, and the
+    int8 weights then pack."""
+    from corral.model.packed_weight import PackedWeight
+    from corral.model.quantization import pack_int8_weights, quantize_model
+
+    path = tiny_model_factory("qwen2")  # tied head
+    llm = LLM(model=str(path), dtype="bfloat16", num_blocks=64, block_size=16)
+    model = llm.engine.executor.model
+    if not isinstance(model.lm_head, PackedWeight):
+        pytest.skip("bf16 panels are not used on this CPU")
+    head = model.lm_head.unpack()
+    quantize_model(model, lm_head=True)
+    assert isinstance(model.embed_tokens, PackedWeight)
+    assert torch.equal(
+        model.lm_head.dequantize(torch.float32), quantize_int8(head).dequantize(torch.float32)
+    )
+    assert pack_int8_weights(model) > 0
+    assert model.lm_head.is_packed and all(layer.o.is_packed for layer in model.layers)
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    output = llm.generate([{"prompt_token_ids": [5, 6, 7]}], params, use_tqdm=False)[0]
+    assert len(output.outputs[0].token_ids) == 4
