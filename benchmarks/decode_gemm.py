@@ -3,6 +3,9 @@ decode steps (M = rows = running requests), on the weight shapes of the SmolLM-1
 reference model, in GFLOP/s, same process, alternating calls. bf16 weights are timed in the
 checkpoint's layout (the dot-product kernel) and, where the build reads them, packed in panels
 (the broadcast-form kernel that bf16 models load with on such CPUs; corral/model/packed_weight.py).
+With bf16, the same weights quantized to int8 and packed for the int8 panel kernel (what
+`--quantization int8` loads; x quantized to int16 per row, integer products) are timed too,
+against the same bf16 F.linear.
 
 Each figure is the best of --trials timed trials: on a shared machine the best trial is the one
 least disturbed, and both contenders get the same treatment. With one thread the clock is the
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 from corral.model.cpu_features import cpu_flags
 from corral.model.kernels import cpu_kernels
 from corral.model.packed_weight import PackedWeight
+from corral.model.quantization import quantize_int8
 from corral.sim.cost.measure import best_time_s
 
 # (out, in) of q|k|v, o, gate|up, down and the LM head of the reference model (hidden 576, 9
@@ -51,8 +55,9 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
     # One thread: the calling thread's CPU time, which time spent descheduled by other jobs on a
     # shared machine does not inflate; several threads: wall time.
     clock = time.thread_time if threads == 1 else time.perf_counter
-    kernel_s = torch_s = packed_s = 0.0
+    kernel_s = torch_s = packed_s = int8_s = 0.0
     packs = dtype == torch.bfloat16 and bool(kernels.packed_weights_supported())
+    int8 = dtype == torch.bfloat16 and bool(kernels.int8_panels_supported())
     flops = 0
     for out_features, in_features in SHAPES.values():
         weight = torch.randn(out_features, in_features, dtype=dtype)
@@ -68,6 +73,14 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
             packed_s += best_seconds(
                 lambda w=packed, x=x: kernels.few_row_linear(x, w, None), repeats, trials, clock
             )
+        if int8:
+            q = quantize_int8(weight).packed()
+            int8_s += best_seconds(
+                lambda q=q, x=x: kernels.int8_linear(x, q.qweight, q.scales, None),
+                repeats,
+                trials,
+                clock,
+            )
         flops += 2 * rows * out_features * in_features
     return {
         "rows": rows,
@@ -78,6 +91,8 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
         "kernel_over_torch": torch_s / kernel_s,
         "packed_gflops": flops / packed_s / 1e9 if packs else None,
         "packed_over_torch": torch_s / packed_s if packs else None,
+        "int8_panel_gflops": flops / int8_s / 1e9 if int8 else None,
+        "int8_panel_over_torch": torch_s / int8_s if int8 else None,
     }
 
 
@@ -99,9 +114,9 @@ def main() -> None:
     print(machine)
     print(
         "| dtype | threads | rows | kernel GFLOP/s | F.linear GFLOP/s | kernel / F.linear | "
-        "packed GFLOP/s | packed / F.linear |"
+        "packed GFLOP/s | packed / F.linear | int8 panels GFLOP/s | int8 panels / F.linear |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for dtype_name in args.dtypes.split(","):
         for threads in [int(t) for t in args.threads.split(",")]:
@@ -113,9 +128,15 @@ def main() -> None:
                     if row["packed_gflops"] is not None
                     else "- | -"
                 )
+                int8 = (
+                    f"{row['int8_panel_gflops']:.1f} | {row['int8_panel_over_torch']:.2f}"
+                    if row["int8_panel_gflops"] is not None
+                    else "- | -"
+                )
                 print(
                     f"| {row['dtype']} | {threads} | {rows} | {row['kernel_gflops']:.1f} | "
-                    f"{row['torch_gflops']:.1f} | {row['kernel_over_torch']:.2f} | {packed} |",
+                    f"{row['torch_gflops']:.1f} | {row['kernel_over_torch']:.2f} | {packed} | "
+                    f"{int8} |",
                     flush=True,
                 )
     machine["load_average_after"] = os.getloadavg()
