@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 QUANTIZED_LAYER_WEIGHTS = ("qkv", "o", "gate_up", "down")
 INT8_PANEL_OUTPUTS = 64
+INT8_MAX_PACKED_GROUP = 512
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -39,8 +40,8 @@ class Int8Weight:
 
     The values are [out, in], or packed in panels for the CPU kernel (cpu_int8_panel.cpp):
     [out / 64, in / 2, 128], for each input pair the panel's 64 outputs' two values side by
-    side, output 8s + l of a panel at byte 16s + 2l (+ 1 for the odd input). Only per-channel
-    weights pack (see pack_int8_weights)."""
+    side, output 8s + l of a panel at byte 16s + 2l (+ 1 for the odd input). Packed grouped
+    scales are [out / 64, groups, 64] (a panel's 64 scales of each group side by side)."""
 
     __slots__ = ("qweight", "scales", "dtype")
 
@@ -49,15 +50,20 @@ class Int8Weight:
             raise ValueError(
                 f"qweight must be a 2-D int8 tensor, got {qweight.dtype} {qweight.dim()}-D"
             )
-        if qweight.dim() == 3 and (qweight.shape[2] != 2 * INT8_PANEL_OUTPUTS or scales.dim() != 1):
+        if qweight.dim() == 3 and (
+            qweight.shape[2] != 2 * INT8_PANEL_OUTPUTS
+            or scales.dim() not in (1, 3)
+            or (scales.dim() == 3 and scales.shape[2] != INT8_PANEL_OUTPUTS)
+        ):
             raise ValueError(
-                f"packed qweight must be [out / 64, in / 2, 128] with per-channel scales, got "
-                f"{tuple(qweight.shape)} and scales of {scales.dim()} dimensions"
+                f"packed qweight must be [out / 64, in / 2, 128] with scales [out] or "
+                f"[out / 64, groups, 64], got {tuple(qweight.shape)} and {tuple(scales.shape)}"
             )
         self.qweight = qweight.contiguous()
         self.scales = scales.contiguous()
         self.dtype = dtype  # the activations' (model) dtype
-        if scales.dtype != torch.float32 or scales.shape[0] != self.shape[0]:
+        scale_rows = scales.shape[0] * (INT8_PANEL_OUTPUTS if scales.dim() == 3 else 1)
+        if scales.dtype != torch.float32 or scale_rows != self.shape[0]:
             raise ValueError("scales must be float32 with one row per output channel")
 
     @property
@@ -73,28 +79,42 @@ class Int8Weight:
         return self.qweight.dim() == 3
 
     def can_pack(self) -> bool:
-        """Whether this weight packs: plain, per channel, out a multiple of 64, in even."""
+        """Whether this weight packs: plain, out a multiple of 64, in even, per channel or in
+        groups of an even size up to 512 inputs (a group's int32 sums stay below 2^31)."""
         out_features, in_features = self.shape
         return (
             not self.is_packed
-            and self.scales.dim() == 1
             and out_features % INT8_PANEL_OUTPUTS == 0
             and in_features % 2 == 0
             and in_features > 0
+            and (
+                self.scales.dim() == 1
+                or (self.group_size % 2 == 0 and self.group_size <= INT8_MAX_PACKED_GROUP)
+            )
         )
 
     def packed(self) -> Int8Weight:
         """This weight with its values packed in panels (a copy; can_pack must hold)."""
         if not self.can_pack():
             raise ValueError(
-                f"{self!r} does not pack: per-channel scales, out a multiple of "
-                f"{INT8_PANEL_OUTPUTS} and an even in are needed"
+                f"{self!r} does not pack: out a multiple of {INT8_PANEL_OUTPUTS}, an even in "
+                f"and groups of an even size up to {INT8_MAX_PACKED_GROUP} are needed"
             )
         out_features, in_features = self.shape
+        num_panels = out_features // INT8_PANEL_OUTPUTS
         # [panels, sub-panels, 8, pairs, 2] -> [panels, pairs, sub-panels, 8, 2].
-        split = self.qweight.reshape(out_features // INT8_PANEL_OUTPUTS, 8, 8, in_features // 2, 2)
+        split = self.qweight.reshape(num_panels, 8, 8, in_features // 2, 2)
         values = split.permute(0, 3, 1, 2, 4).reshape(-1, in_features // 2, 2 * INT8_PANEL_OUTPUTS)
-        return Int8Weight(values, self.scales, self.dtype)
+        scales = self.scales
+        if scales.dim() == 2:  # [out, groups] -> [panels, groups, 64]
+            scales = scales.reshape(num_panels, INT8_PANEL_OUTPUTS, -1).permute(0, 2, 1)
+        return Int8Weight(values, scales, self.dtype)
+
+    def plain_scales(self) -> torch.Tensor:
+        """The scales [out] or [out, groups] (unpacked when packed in groups)."""
+        if self.scales.dim() != 3:
+            return self.scales
+        return self.scales.permute(0, 2, 1).reshape(self.shape[0], -1)
 
     def plain_values(self) -> torch.Tensor:
         """The int8 values [out, in] (unpacked when packed; the tensor itself when plain)."""
@@ -142,7 +162,7 @@ class Int8Weight:
         out_features, in_features = self.shape
         groups = 1 if self.scales.dim() == 1 else self.scales.shape[1]
         values = self.plain_values().reshape(out_features, groups, -1).float()
-        weight = (values * self.scales.view(out_features, groups, 1)).view(
+        weight = (values * self.plain_scales().reshape(out_features, groups, 1)).view(
             out_features, in_features
         )
         return weight.to(dtype or self.dtype)
@@ -236,12 +256,13 @@ def pack_int8_weights(model: LlamaFamilyModel) -> int:
     for the CPU kernel, in place; returns how many bytes were packed.
 
     The panel kernel quantizes each row of x to int16 as it runs and multiplies in integers
-    (cpu_int8_panel.cpp): about 1.3-1.6x the dequantizing kernel's multiply-adds per second at
-    4-128 rows on an AVX2 CPU, and the row's result moves by at most max |x_r| / 65534 an input
-    times the weights' absolute sum (docs/quantization.md). Not packed: grouped scales
-    (GPTQ/AWQ checkpoints, quantize_int8 with a group size), tensor-parallel shards, offloaded
-    layers, devices other than the CPU. CORRAL_PACK_INT8=0 (or CORRAL_PACK_WEIGHTS=0) keeps the
-    plain layout and the dequantizing kernel."""
+    (cpu_int8_panel.cpp): 1.5-3.6x the dequantizing kernel on one core at 1-32 rows on an AVX2
+    CPU, and a row's result moves by at most max |x_r| / 65534 an input times the weights'
+    absolute sum (docs/quantization.md). Per-channel and grouped scales (GPTQ/AWQ checkpoints,
+    quantize_int8 with a group size) both pack. Not packed: groups of an odd size or above 512
+    inputs, tensor-parallel shards, offloaded layers, devices other than the CPU.
+    CORRAL_PACK_INT8=0 (or CORRAL_PACK_WEIGHTS=0) keeps the plain layout and the dequantizing
+    kernel."""
     if "0" in (os.environ.get("CORRAL_PACK_INT8", "1"), os.environ.get("CORRAL_PACK_WEIGHTS", "1")):
         return 0
     if model.device.type != "cpu" or model.all_reduce is not None or model.offload is not None:

@@ -24,10 +24,13 @@ needs_panels = pytest.mark.skipif(
 )
 
 
-def _weight(out_features: int, in_features: int, seed: int = 0) -> tuple[Int8Weight, torch.Tensor]:
+def _weight(
+    out_features: int, in_features: int, seed: int = 0, group_size: int | None = None
+) -> tuple[Int8Weight, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=generator) * 0.2
-    return quantize_int8(weight), torch.randn(out_features, generator=generator)
+    weight[:, : in_features // 3] *= 8  # groups of different scales
+    return quantize_int8(weight, group_size), torch.randn(out_features, generator=generator)
 
 
 def _bound(x: torch.Tensor, weight: Int8Weight, exact: torch.Tensor, dtype) -> torch.Tensor:
@@ -41,23 +44,33 @@ def _bound(x: torch.Tensor, weight: Int8Weight, exact: torch.Tensor, dtype) -> t
     return quantization * 1.0001 + 1e-6 * terms + exact.abs() * rounding * 1.0001 + 1e-30
 
 
-def test_packing_round_trips_and_keeps_the_weight():
-    weight, _ = _weight(192, 70)
+@pytest.mark.parametrize(("in_features", "group_size"), [(70, None), (96, 32)])
+def test_packing_round_trips_and_keeps_the_weight(in_features, group_size):
+    weight, _ = _weight(192, in_features, group_size=group_size)
     packed = weight.packed()
-    assert packed.is_packed and not weight.is_packed
-    assert packed.qweight.shape == (3, 35, 128) and packed.shape == weight.shape == (192, 70)
+    assert packed.is_packed and not weight.is_packed and "packed" in repr(packed)
+    assert packed.qweight.shape == (3, in_features // 2, 128)
+    assert packed.shape == weight.shape == (192, in_features)
+    assert packed.group_size == weight.group_size and packed.nbytes == weight.nbytes
     assert torch.equal(packed.plain_values(), weight.qweight)
+    assert torch.equal(packed.plain_scales(), weight.scales)
     assert torch.equal(packed.dequantize(torch.float32), weight.dequantize(torch.float32))
-    assert packed.nbytes == weight.nbytes and "packed" in repr(packed)
     # Output 8s + l of panel p at byte 16s + 2l (+1 for the odd input) of each input pair.
     out_id, in_id = 64 + 8 * 5 + 3, 2 * 17 + 1
     assert packed.qweight[1, 17, 16 * 5 + 2 * 3 + 1] == weight.qweight[out_id, in_id]
+    if group_size is not None:  # scales [out / 64, groups, 64]
+        assert packed.scales.shape == (3, 3, 64)
+        assert packed.scales[2, 1, 5] == weight.scales[2 * 64 + 5, 1]
 
 
 def test_shapes_that_do_not_pack_are_refused():
-    grouped = quantize_int8(torch.randn(64, 64), group_size=16)
-    assert not grouped.can_pack()
-    for weight in (grouped, quantize_int8(torch.randn(96, 64)), quantize_int8(torch.randn(64, 7))):
+    assert quantize_int8(torch.randn(64, 64), group_size=16).can_pack()
+    wide_groups = quantize_int8(torch.randn(64, 2048), group_size=1024)  # int32 sums could wrap
+    for weight in (
+        wide_groups,
+        quantize_int8(torch.randn(96, 64)),
+        quantize_int8(torch.randn(64, 7)),
+    ):
         assert not weight.can_pack()
         with pytest.raises(ValueError, match="does not pack"):
             weight.packed()
@@ -71,9 +84,13 @@ def test_shapes_that_do_not_pack_are_refused():
 
 @needs_panels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("shape", [(64, 2), (128, 70), (192, 520), (64, 1536)])
-def test_kernel_is_within_the_quantization_bound(dtype, shape):
-    weight, bias = _weight(*shape, seed=1)
+@pytest.mark.parametrize(
+    ("shape", "group_size"),
+    [((64, 2), None), ((128, 70), None), ((192, 520), None), ((64, 1536), None),
+     ((128, 96), 16), ((64, 1536), 128), ((192, 1024), 512)],
+)  # fmt: skip
+def test_kernel_is_within_the_quantization_bound(dtype, shape, group_size):
+    weight, bias = _weight(*shape, seed=1, group_size=group_size)
     packed = weight.packed()
     generator = torch.Generator().manual_seed(2)
     for rows in (1, 2, 3, 4, 5, 7, 11, 33):
@@ -107,12 +124,13 @@ def test_kernel_is_closer_than_a_biased_one_could_be():
 
 
 @needs_panels
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_rows_result_does_not_depend_on_the_batch(dtype):
-    weight, bias = _weight(192, 600, seed=5)
+@pytest.mark.parametrize(("dtype", "group_size"), [(torch.float32, None), (torch.bfloat16, None),
+                                                   (torch.bfloat16, 32)])  # fmt: skip
+def test_a_rows_result_does_not_depend_on_the_batch(dtype, group_size):
+    weight, bias = _weight(192, 608, seed=5, group_size=group_size)
     packed = weight.packed()
     generator = torch.Generator().manual_seed(6)
-    x = torch.randn(33, 600, generator=generator).to(dtype)
+    x = torch.randn(33, 608, generator=generator).to(dtype)
     x[7] = float("nan")  # an exact-path row among quantized ones
     together = kernels.int8_linear(x, packed.qweight, packed.scales, bias.to(dtype))
     for row in range(33):
@@ -130,14 +148,15 @@ def test_a_rows_result_does_not_depend_on_the_batch(dtype):
 
 
 @needs_panels
-def test_non_finite_zero_and_tiny_rows_follow_torch():
-    weight, bias = _weight(64, 40, seed=7)
+@pytest.mark.parametrize("group_size", [None, 16])
+def test_non_finite_zero_and_tiny_rows_follow_torch(group_size):
+    weight, bias = _weight(64, 48, seed=7, group_size=group_size)
     packed = weight.packed()
-    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(8))
+    x = torch.randn(5, 48, generator=torch.Generator().manual_seed(8))
     x[0, 3] = float("nan")
     x[1, 5] = float("inf")
     x[2] = 0.0
-    x[3] = torch.randn(40, generator=torch.Generator().manual_seed(9)) * 1e-36  # below 1e-30
+    x[3] = torch.randn(48, generator=torch.Generator().manual_seed(9)) * 1e-36  # below 1e-30
     got = kernels.int8_linear(x, packed.qweight, packed.scales, bias)
     reference = int8_linear_reference(x, weight, bias)
     assert got[0].isnan().all()

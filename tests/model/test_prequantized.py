@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from corral import LLM, SamplingParams
 from corral.model.arch import ModelArch, UnsupportedModelError
+from corral.model.kernels import cpu_kernels
 from corral.model.prequantized import convert_prequantized
 from corral.model.prequantized_format import PrequantizedFormat
 from corral.model.quantization import Int8Weight
@@ -121,7 +122,13 @@ def checkpoints(tmp_path_factory, tokenizer_dir):
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq"])
-def test_greedy_matches_transformers_on_the_dequantized_weights(checkpoints, method):
+@pytest.mark.parametrize("panels", [False, True])
+def test_greedy_matches_transformers_on_the_dequantized_weights(
+    checkpoints, method, panels, monkeypatch
+):
+    """The dequantizing kernel matches to float32 rounding; the int8 panel kernel
+    (tests/model/test_int8_panel.py), which quantizes x to int16, within 1e-3."""
+    monkeypatch.setenv("CORRAL_PACK_INT8", "1" if panels else "0")
     rng = random.Random(4)
     prompts = [[rng.randrange(3, 500) for _ in range(n)] for n in (1, 8, 37, 100)]
     oracle = [hf_greedy(checkpoints["oracle"], prompt, 10) for prompt in prompts]
@@ -129,9 +136,13 @@ def test_greedy_matches_transformers_on_the_dequantized_weights(checkpoints, met
     layer = llm.engine.executor.model.layers[0]
     assert isinstance(layer.qkv, Int8Weight) and layer.qkv.group_size == GROUP_SIZE
     assert isinstance(layer.down, Int8Weight) and not isinstance(layer.input_norm, Int8Weight)
+    kernels = cpu_kernels()
+    if panels and (kernels is None or not kernels.int8_panels_supported()):
+        pytest.skip("the int8 panel kernel is not built here")
+    assert layer.qkv.is_packed == panels and layer.down.is_packed == panels
     params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=0)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    assert_greedy_matches(method, prompts, outputs, oracle)
+    assert_greedy_matches(method, prompts, outputs, oracle, atol=1e-3 if panels else 1e-4)
 
 
 def test_converted_weights_are_the_dequantized_ones_exactly(checkpoints):

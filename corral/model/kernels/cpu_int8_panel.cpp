@@ -10,7 +10,9 @@
 //
 // The int32 sums are exact; inputs run in blocks of kInputBlock (at most 127 * 32767 * 2 per
 // pair, so a block stays below 2^31) whose sums are added to a float sum per output in block
-// order. So a row's result depends on its own values only, not on the rows beside it or the
+// order. Grouped weights (a scale per output and group of inputs: GPTQ/AWQ checkpoints) take
+// blocks of one group each, every block's sums multiplied by its group's scales as they are
+// added; scales then come packed as [out / 64, groups, 64]. So a row's result depends on its own values only, not on the rows beside it or the
 // threads (tests/model/test_int8_panel.py), and differs from the weight-only kernel by the
 // quantization of x (at most max |x_r| / 65534 an element) and rounding.
 //
@@ -38,6 +40,8 @@ constexpr int64_t kPairBytes = 2 * kPanelOutputs;  // one input pair of a panel
 constexpr int kSubPanels = 8;                     // of 8 outputs each
 constexpr float kInt16Max = 32767.0f;
 constexpr float kTinyScale = 1e-30f;
+// A group's int32 sums stay below 2^31: 512 * 127 * 32767 < 2^31.
+constexpr int64_t kMaxGroupSize = 512;
 
 #if defined(CORRAL_INT8_PANELS)
 // Inputs per block (even): the int32 sums of a block stay below 256 * 127 * 32767 < 2^31, and
@@ -121,10 +125,10 @@ inline __m256i madd_accumulate(__m256i acc, __m256i pair, __m256i weights) {
 }
 
 // R rows x S sub-panels (from s0) over input pairs [t0, t1): int32 sums, then added to the float
-// sums [r][64] (set when kFirst).
+// sums [r][64] (set when kFirst), times block_scales[64] (the block's group scales) when given.
 template <int R, int S, bool kFirst>
 inline void int8_tile(const int16_t* xq, int64_t in, const int8_t* panel, int s0, float* sums,
-                      int64_t t0, int64_t t1) {
+                      int64_t t0, int64_t t1, const float* block_scales) {
   __m256i acc[R][S];
   for (int r = 0; r < R; ++r) {
     for (int s = 0; s < S; ++s) acc[r][s] = _mm256_setzero_si256();
@@ -161,7 +165,10 @@ inline void int8_tile(const int16_t* xq, int64_t in, const int8_t* panel, int s0
   for (int r = 0; r < R; ++r) {
     for (int s = 0; s < S; ++s) {
       float* at = sums + r * kPanelOutputs + 8 * (s0 + s);
-      const __m256 block = _mm256_cvtepi32_ps(acc[r][s]);
+      __m256 block = _mm256_cvtepi32_ps(acc[r][s]);
+      if (block_scales != nullptr) {
+        block = _mm256_mul_ps(block, _mm256_loadu_ps(block_scales + 8 * (s0 + s)));
+      }
       _mm256_storeu_ps(at, kFirst ? block : _mm256_add_ps(_mm256_loadu_ps(at), block));
     }
   }
@@ -171,22 +178,23 @@ inline void int8_tile(const int16_t* xq, int64_t in, const int8_t* panel, int s0
 // two rows four at a time, more rows two at a time.
 template <int R, bool kFirst>
 inline void rows_times_panel(const int16_t* xq, int64_t in, const int8_t* panel, float* sums,
-                             int64_t t0, int64_t t1) {
+                             int64_t t0, int64_t t1, const float* block_scales) {
   constexpr int S = R == 1 ? 8 : (R == 2 ? 4 : 2);
   for (int s0 = 0; s0 < kSubPanels; s0 += S) {
-    int8_tile<R, S, kFirst>(xq, in, panel, s0, sums, t0, t1);
+    int8_tile<R, S, kFirst>(xq, in, panel, s0, sums, t0, t1, block_scales);
   }
 }
 
 template <bool kFirst>
 void tile_times_panel(int rows, const int16_t* xq, int64_t in, const int8_t* panel, float* sums,
-                      int64_t t0, int64_t t1) {
+                      int64_t t0, int64_t t1, const float* block_scales) {
   switch (rows) {
-    case 1: return rows_times_panel<1, kFirst>(xq, in, panel, sums, t0, t1);
-    case 2: return rows_times_panel<2, kFirst>(xq, in, panel, sums, t0, t1);
-    case 3: return rows_times_panel<3, kFirst>(xq, in, panel, sums, t0, t1);
-    case 4: return rows_times_panel<4, kFirst>(xq, in, panel, sums, t0, t1);
-    default: return rows_times_panel<kMaxTileRows, kFirst>(xq, in, panel, sums, t0, t1);
+    case 1: return rows_times_panel<1, kFirst>(xq, in, panel, sums, t0, t1, block_scales);
+    case 2: return rows_times_panel<2, kFirst>(xq, in, panel, sums, t0, t1, block_scales);
+    case 3: return rows_times_panel<3, kFirst>(xq, in, panel, sums, t0, t1, block_scales);
+    case 4: return rows_times_panel<4, kFirst>(xq, in, panel, sums, t0, t1, block_scales);
+    default:
+      return rows_times_panel<kMaxTileRows, kFirst>(xq, in, panel, sums, t0, t1, block_scales);
   }
 }
 
@@ -196,8 +204,10 @@ inline int64_t weight_offset(int64_t j, int64_t k) {
 }
 
 template <typename T>
-void int8_panel_rows(const T* x_ptr, const int8_t* w_ptr, const float* s_ptr, const T* b_ptr,
-                     T* o_ptr, int64_t rows, int64_t in, int64_t num_panels) {
+void int8_panel_rows(const T* x_ptr, const int8_t* w_ptr, const float* s_ptr, int64_t groups,
+                     const T* b_ptr, T* o_ptr, int64_t rows, int64_t in, int64_t num_panels) {
+  // Per channel: blocks of kInputBlock, the channel's scale at the end; grouped: a block a group.
+  const int64_t block = groups > 1 ? in / groups : kInputBlock;
   const int64_t out_features = num_panels * kPanelOutputs;
   std::vector<int16_t> xq(rows * in);
   std::vector<float> x_scales(rows);
@@ -225,17 +235,21 @@ void int8_panel_rows(const T* x_ptr, const int8_t* w_ptr, const float* s_ptr, co
     std::vector<float> sums(std::max<int64_t>(1, num_quantized) * kPanelOutputs);
     for (int64_t p = begin; p < end; ++p) {
       const int8_t* panel = w_ptr + p * (in / 2) * kPairBytes;
-      const float* scale = s_ptr + p * kPanelOutputs;
-      for (int64_t k0 = 0; k0 < in; k0 += kInputBlock) {
-        const int64_t t0 = k0 / 2, t1 = std::min(in, k0 + kInputBlock) / 2;
+      // Per channel: the panel's 64 scales, applied at the end; grouped: [groups, 64].
+      const float* scale = s_ptr + p * groups * kPanelOutputs;
+      for (int64_t k0 = 0; k0 < in; k0 += block) {
+        const int64_t t0 = k0 / 2, t1 = std::min(in, k0 + block) / 2;
+        const float* block_scales = groups > 1 ? scale + (k0 / block) * kPanelOutputs : nullptr;
         int64_t first = 0;
         for (int rows_in_tile : tiles) {
           const int16_t* tile_x = xq_rows + first * in;
           float* tile_sums = sums.data() + first * kPanelOutputs;
           if (k0 == 0) {
-            tile_times_panel<true>(rows_in_tile, tile_x, in, panel, tile_sums, t0, t1);
+            tile_times_panel<true>(rows_in_tile, tile_x, in, panel, tile_sums, t0, t1,
+                                   block_scales);
           } else {
-            tile_times_panel<false>(rows_in_tile, tile_x, in, panel, tile_sums, t0, t1);
+            tile_times_panel<false>(rows_in_tile, tile_x, in, panel, tile_sums, t0, t1,
+                                    block_scales);
           }
           first += rows_in_tile;
         }
@@ -244,21 +258,23 @@ void int8_panel_rows(const T* x_ptr, const int8_t* w_ptr, const float* s_ptr, co
         const int64_t r = quantized_rows[i];
         const __m256 x_scale = _mm256_set1_ps(x_scales[r]);
         for (int64_t j = 0; j < kPanelOutputs; j += 8) {
-          __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(sums.data() + i * kPanelOutputs + j),
-                                                 x_scale),
-                                   _mm256_loadu_ps(scale + j));
+          __m256 v = _mm256_mul_ps(_mm256_loadu_ps(sums.data() + i * kPanelOutputs + j), x_scale);
+          if (groups == 1) v = _mm256_mul_ps(v, _mm256_loadu_ps(scale + j));
           if (b_ptr != nullptr) v = _mm256_add_ps(v, load8(b_ptr + p * kPanelOutputs + j));
           store8(o_ptr + r * out_features + p * kPanelOutputs + j, v);
         }
       }
       for (int64_t r : exact_rows) {
         for (int64_t j = 0; j < kPanelOutputs; ++j) {
-          float total = 0.0f;
-          for (int64_t k = 0; k < in; ++k) {
-            total += corral_cpu::to_float(x_ptr[r * in + k]) *
-                     static_cast<float>(panel[weight_offset(j, k)]);
+          float v = 0.0f;
+          for (int64_t g = 0; g < groups; ++g) {
+            float total = 0.0f;
+            for (int64_t k = g * (in / groups); k < (g + 1) * (in / groups); ++k) {
+              total += corral_cpu::to_float(x_ptr[r * in + k]) *
+                       static_cast<float>(panel[weight_offset(j, k)]);
+            }
+            v += total * scale[g * kPanelOutputs + j];
           }
-          float v = total * scale[j];
           if (b_ptr != nullptr) v += corral_cpu::to_float(b_ptr[p * kPanelOutputs + j]);
           o_ptr[r * out_features + p * kPanelOutputs + j] = static_cast<T>(v);
         }
@@ -291,9 +307,16 @@ torch::Tensor int8_panel_linear(const torch::Tensor& x, const torch::Tensor& pan
   TORCH_CHECK(panels.size(1) * 2 == in, "packed int8 weight of shape ", panels.sizes(),
               " for x of ", in, " columns");
   const int64_t num_panels = panels.size(0), out_features = num_panels * kPanelOutputs;
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.dim() == 1 &&
-                  scales.numel() == out_features && scales.is_contiguous(),
-              "packed int8 weights take float32 per-channel scales [", out_features, "]");
+  const int64_t groups = scales.dim() == 3 ? scales.size(1) : 1;
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
+                  ((scales.dim() == 1 && scales.numel() == out_features) ||
+                   (scales.dim() == 3 && scales.size(0) == num_panels &&
+                    scales.size(2) == kPanelOutputs)),
+              "packed int8 weights take float32 scales [", out_features,
+              "] (per channel) or [out / 64, groups, 64]");
+  TORCH_CHECK(groups == 1 || (in % groups == 0 && (in / groups) % 2 == 0 &&
+                              in / groups <= kMaxGroupSize),
+              "packed int8 groups must be an even size of at most ", kMaxGroupSize, " inputs");
   TORCH_CHECK(!bias.has_value() || (bias->numel() == out_features && bias->is_contiguous() &&
                                     bias->scalar_type() == x.scalar_type()),
               "bias must be a contiguous vector of ", out_features, " in x's dtype");
@@ -303,7 +326,7 @@ torch::Tensor int8_panel_linear(const torch::Tensor& x, const torch::Tensor& pan
   const float* s_ptr = scales.data_ptr<float>();
   const auto run = [&](auto tag) {
     using T = decltype(tag);
-    int8_panel_rows<T>(x.data_ptr<T>(), w_ptr, s_ptr,
+    int8_panel_rows<T>(x.data_ptr<T>(), w_ptr, s_ptr, groups,
                        bias.has_value() ? bias->data_ptr<T>() : nullptr, out.data_ptr<T>(), rows,
                        in, num_panels);
   };
