@@ -122,6 +122,10 @@ class SchedulerConfig:
             )
 
 
+# --quantization values (docs/quantization.md).
+QUANTIZATION_METHODS = ("none", "int8", "int8-all")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Which model to load and how: a local Hugging Face directory, dtype, device, context."""
@@ -134,7 +138,8 @@ class ModelConfig:
     seed: int = 0
     # Number of CPU threads for torch (0: leave torch's default).
     num_threads: int = 0
-    # Weight-only quantization computed at load: None/"none" or "int8" (docs/quantization.md).
+    # Weight quantization computed at load: None/"none", "int8" (the dense layers' linears) or
+    # "int8-all" (the LM head too) (docs/quantization.md).
     quantization: str | None = None
     tensor_parallel_size: int = 1  # ranks (processes) the weights and KV heads are split over
     # MoE models over tensor_parallel_size ranks: each rank holds whole experts (a range of
@@ -158,8 +163,9 @@ class ModelConfig:
             raise ValueError(f"dtype {self.dtype!r} is not one of auto, bfloat16, float16, float32")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
-        if self.quantization not in (None, "none", "int8"):
-            raise ValueError(f"quantization {self.quantization!r} is not one of none, int8")
+        if self.quantization not in (None, *QUANTIZATION_METHODS):
+            methods = ", ".join(QUANTIZATION_METHODS)
+            raise ValueError(f"quantization {self.quantization!r} is not one of {methods}")
 
 
 @dataclass(frozen=True, slots=True)

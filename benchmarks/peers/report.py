@@ -53,7 +53,7 @@ FACTS = """\
 
 
 # corral's configurations (the rest are peers), bf16 first.
-_OURS = ("corral", "corral-int8", "corral-t1")
+_OURS = ("corral", "corral-int8", "corral-int8-all", "corral-t1")
 
 
 def ratios(results: dict[str, Any], engines: list[str], ref: str = "corral") -> dict[str, Any]:
@@ -192,13 +192,18 @@ def targets_section(doc: dict[str, Any]) -> list[str]:
         row("single-stream bf16 decode vs llama-server bf16", "corral", "single", _bf16, 0.9),
         row("single-stream int8 vs llama-server bf16", "corral-int8", "single", _bf16, 1.1),
     ]
+    if "corral-int8-all" in by_ours:
+        lines.append(
+            row("single-stream int8 vs llama-server bf16", "corral-int8-all", "single", _bf16, 1.1)
+        )
     # bf16 against llama.cpp's bf16; int8 against its Q8_0 (the same class of weights) and bf16.
-    pairs = [("corral", _bf16), ("corral-int8", "=llama.cpp-q8"), ("corral-int8", _bf16)]
+    pairs = [("corral", _bf16), ("corral-int8", "=llama.cpp-q8"), ("corral-int8", _bf16),
+             ("corral-int8-all", "=llama.cpp-q8")]  # fmt: skip
     for phase, label in (("c32", "concurrency 32"), ("burst", "burst")):
         for ours, peer in pairs:
             if ours in by_ours and (ours == "corral" or peer[1:] in engines):
                 lines.append(row(f"{label} vs llama-server", ours, phase, peer, 2.0))
-        for ours in [n for n in ("corral", "corral-int8") if n in by_ours]:
+        for ours in [n for n in ("corral", "corral-int8", "corral-int8-all") if n in by_ours]:
             lines.append(row(f"{label} vs vLLM-CPU", ours, phase, "vllm", 1.5))
     lines += [
         "| decode GEMM at M=32 vs torch's, same shapes | 2x | measured by "

@@ -40,8 +40,9 @@ from corral.bench.serve import ServeTarget, run_serve_benchmark
 from corral.core.slo_target import parse_slo
 from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
 
-# Also: corral-t1, llama.cpp-t1 (one thread each), corral-int8 (--quantization int8) and
-# llama.cpp-q8 (the same checkpoint converted to llama.cpp's Q8_0).
+# Also: corral-t1, llama.cpp-t1 (one thread each), corral-int8 (--quantization int8),
+# corral-int8-all (--quantization int8-all: the LM head too) and llama.cpp-q8 (the same
+# checkpoint converted to llama.cpp's Q8_0, every weight 8-bit).
 ENGINES = ("corral", "llama.cpp", "vllm", "vllm-tuned")
 VOCAB = 49152  # the model's vocabulary: prompt ids are drawn from [1, VOCAB)
 SLO = "ttft_ms=2000,tpot_ms=300"
@@ -54,11 +55,10 @@ def make_servers(args: argparse.Namespace, model: Path) -> list[Server]:
         servers.append(corral_server(model, args.ctx, args.threads, args.slots))
     if "llama.cpp" in engines:
         servers.append(llama_server(gguf_path(model), args.ctx, args.threads, args.slots))
-    if "corral-int8" in engines:  # weight-only int8 from the same bf16 checkpoint
-        int8 = ("--quantization", "int8")
-        servers.append(
-            corral_server(model, args.ctx, args.threads, args.slots, "corral-int8", int8)
-        )
+    for name, method in (("corral-int8", "int8"), ("corral-int8-all", "int8-all")):
+        if name in engines:  # int8 from the same bf16 checkpoint
+            flags = ("--quantization", method)
+            servers.append(corral_server(model, args.ctx, args.threads, args.slots, name, flags))
     if "llama.cpp-q8" in engines:
         gguf = gguf_path(model, "q8_0")
         servers.append(llama_server(gguf, args.ctx, args.threads, args.slots, name="llama.cpp-q8"))

@@ -42,7 +42,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "every expert (docs/moe.md)",
     )
     group.add_argument(
-        "--quantization", default=None, help="weight-only quantization at load: none, int8"
+        "--quantization",
+        default=None,
+        help="weight quantization at load: none, int8 (the dense layers' linears, the LM head "
+        "kept), int8-all (the LM head too: faster, a little further from the model's own "
+        "outputs); docs/quantization.md",
     )
     group.add_argument(
         "--offload-layers",

@@ -299,15 +299,17 @@ def apply_quantization(model: LlamaFamilyModel, method: str | None) -> None:
             f"quantization {method!r} for a checkpoint whose weights are quantized already "
             "(GPTQ or AWQ, loaded as int8 as they are): leave quantization unset"
         )
-    if method != "int8":
-        raise ValueError(f"quantization {method!r} is not one of none, int8")
-    before, after = quantize_model(model)
+    if method not in ("int8", "int8-all"):
+        raise ValueError(f"quantization {method!r} is not one of none, int8, int8-all")
+    lm_head = method == "int8-all"
+    before, after = quantize_model(model, lm_head=lm_head)
     moe = sum(layer.moe is not None for layer in model.layers)
     logger.info(
-        "int8 weight-only quantization: %.1f MiB of linear weights became %.1f MiB (per-channel "
-        "scales; embeddings, LM head, norms%s kept in %s)",
+        "int8 weight quantization: %.1f MiB of linear weights became %.1f MiB (per-channel "
+        "scales; embeddings, %snorms%s kept in %s)",
         before / 2**20,
         after / 2**20,
+        "" if lm_head else "LM head, ",
         f", {moe} MoE layers' experts" if moe else "",
         str(model.dtype).removeprefix("torch."),
     )

@@ -253,3 +253,36 @@ def test_quantizing_a_loaded_packed_bf16_model_then_packing_int8(tiny_model_fact
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
     output = llm.generate([{"prompt_token_ids": [5, 6, 7]}], params, use_tqdm=False)[0]
     assert len(output.outputs[0].token_ids) == 4
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # untied head; tied head
+def test_int8_all_quantizes_the_head_too(family, tiny_model_factory):
+    """--quantization int8-all: the LM head is an int8 weight as well (packed where the panel
+    kernel runs), a tied head an int8 copy of its own while lookups read the table; greedy
+    output matches transformers with every linear, head included, dequantized."""
+    path = tiny_model_factory(family)
+    rng = random.Random(3)
+    prompts = [[rng.randrange(3, 500) for _ in range(n)] for n in (1, 9, 40)]
+    llm = LLM(model=str(path), dtype="float32", num_blocks=128, block_size=16,
+              quantization="int8-all")  # fmt: skip
+    model = llm.engine.executor.model
+    assert isinstance(model.lm_head, Int8Weight)
+    if kernels is not None and kernels.int8_panels_supported():
+        assert model.lm_head.is_packed
+    assert type(model.embed_tokens) is torch.Tensor  # lookups: the float32 table, unquantized
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=0)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    hf = _dequantized_hf_model(path, lm_head=True)
+    oracle = [hf_model_greedy(hf, prompt, 8) for prompt in prompts]
+    assert_greedy_matches(family, prompts, outputs, oracle, atol=1e-3)
+
+
+def test_int8_all_is_a_serve_flag_and_unknown_methods_are_refused():
+    from corral.cli import build_parser
+    from corral.config import ModelConfig
+    from corral.engine.engine_args import engine_config_from_args
+
+    args = build_parser("serve").parse_args(["serve", "--quantization", "int8-all"])
+    assert engine_config_from_args(args).model.quantization == "int8-all"
+    with pytest.raises(ValueError, match=r"'int8_all' is not one of none, int8, int8-all"):
+        ModelConfig(quantization="int8_all")

@@ -95,7 +95,7 @@ def test_quantization_error_is_at_most_half_a_step(group_size):
 def test_bad_group_size_and_bad_method_are_refused():
     with pytest.raises(ValueError, match="group_size 24"):
         quantize_int8(torch.zeros(4, 48), 24)
-    with pytest.raises(ValueError, match=r"'int4' is not one of none, int8"):
+    with pytest.raises(ValueError, match=r"'int4' is not one of none, int8, int8-all"):
         ModelConfig(quantization="int4")
     with pytest.raises(ValueError, match="int4"):
         LLM(quantization="int4")
