@@ -64,6 +64,19 @@ inline void store_bf16x8(at::BFloat16* p, __m256 v) {
       _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
 }
+#if defined(__F16C__)
+// Eight float32, bfloat16 or float16 elements as floats, and back (rounded to nearest).
+inline __m256 load_float8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_float8(const at::BFloat16* p) { return load_bf16x8(p); }
+inline __m256 load_float8(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline void store_float8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+inline void store_float8(at::BFloat16* p, __m256 v) { store_bf16x8(p, v); }
+inline void store_float8(at::Half* p, __m256 v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
+#endif
 #endif
 
 }  // namespace corral_cpu

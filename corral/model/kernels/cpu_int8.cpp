@@ -41,17 +41,13 @@ constexpr int64_t kRowTile = 64;
 constexpr int64_t kDirectRows = 1;
 
 #if defined(CORRAL_INT8_AVX2)
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const int8_t* p) {
   const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
 }
-inline __m256 load8(const at::BFloat16* p) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-}
-inline __m256 load8(const at::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+template <typename T>
+inline __m256 load8(const T* p) {
+  return corral_cpu::load_float8(p);  // float32, bfloat16, float16
 }
 
 // The four rows' lanes reduced in a fixed tree (as cpu_linear.cpp's dot_four_rows_avx2).

@@ -12,9 +12,10 @@
 // pair, so a block stays below 2^31) whose sums are added to a float sum per output in block
 // order. Grouped weights (a scale per output and group of inputs: GPTQ/AWQ checkpoints) take
 // blocks of one group each, every block's sums multiplied by its group's scales as they are
-// added; scales then come packed as [out / 64, groups, 64]. So a row's result depends on its own values only, not on the rows beside it or the
-// threads (tests/model/test_int8_panel.py), and differs from the weight-only kernel by the
-// quantization of x (at most max |x_r| / 65534 an element) and rounding.
+// added; scales then come packed as [out / 64, groups, 64]. So a row's result depends on its
+// own values only, not on the rows beside it or the threads (tests/model/test_int8_panel.py),
+// and differs from the dequantizing kernel by the quantization of x (at most max |x_r| / 65534
+// an element) and rounding.
 //
 // Rows holding NaN, infinities or only values below kTinyScale (whose scale would not invert)
 // take an exact float loop instead, so NaN and inf propagate as in torch.
@@ -52,22 +53,8 @@ constexpr int64_t kInputBlock = 256;
 // four rows ran 0.7-0.9x of five at 32 rows; six rows were no faster.
 constexpr int kMaxTileRows = 5;
 
-template <typename T>
-inline __m256 load8(const T* p);
-template <>
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-template <>
-inline __m256 load8(const at::BFloat16* p) { return corral_cpu::load_bf16x8(p); }
-template <>
-inline __m256 load8(const at::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
-inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-inline void store8(at::BFloat16* p, __m256 v) { corral_cpu::store_bf16x8(p, v); }
-inline void store8(at::Half* p, __m256 v) {
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-}
+using corral_cpu::load_float8;
+using corral_cpu::store_float8;
 
 // Row x [in] as int16 in xq, returns the scale (0 for an exact-path row). in % 16 == 0 is not
 // required: the tail is scalar.
@@ -78,7 +65,7 @@ float quantize_row(const T* x, int64_t in, int16_t* xq) {
   int64_t k = 0;
   bool finite = true;
   for (; k + 8 <= in; k += 8) {
-    const __m256 v = _mm256_andnot_ps(sign, load8(x + k));
+    const __m256 v = _mm256_andnot_ps(sign, load_float8(x + k));
     // max_ps drops NaN in its first operand: NaN is caught by the finite check below.
     max_abs = _mm256_max_ps(v, max_abs);
     finite &= _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) == 0;
@@ -97,8 +84,8 @@ float quantize_row(const T* x, int64_t in, int16_t* xq) {
   const __m256 inv = _mm256_set1_ps(inverse);
   k = 0;
   for (; k + 16 <= in; k += 16) {
-    const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(load8(x + k), inv));
-    const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(load8(x + k + 8), inv));
+    const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(load_float8(x + k), inv));
+    const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(load_float8(x + k + 8), inv));
     // packs interleaves 128-bit lanes (a0-3 b0-3 a4-7 b4-7): the permute restores the order.
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq + k), packed);
@@ -260,8 +247,10 @@ void int8_panel_rows(const T* x_ptr, const int8_t* w_ptr, const float* s_ptr, in
         for (int64_t j = 0; j < kPanelOutputs; j += 8) {
           __m256 v = _mm256_mul_ps(_mm256_loadu_ps(sums.data() + i * kPanelOutputs + j), x_scale);
           if (groups == 1) v = _mm256_mul_ps(v, _mm256_loadu_ps(scale + j));
-          if (b_ptr != nullptr) v = _mm256_add_ps(v, load8(b_ptr + p * kPanelOutputs + j));
-          store8(o_ptr + r * out_features + p * kPanelOutputs + j, v);
+          if (b_ptr != nullptr) {
+            v = _mm256_add_ps(v, load_float8(b_ptr + p * kPanelOutputs + j));
+          }
+          store_float8(o_ptr + r * out_features + p * kPanelOutputs + j, v);
         }
       }
       for (int64_t r : exact_rows) {

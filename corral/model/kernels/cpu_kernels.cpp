@@ -37,12 +37,7 @@ inline float fast_exp(float x) {
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define CORRAL_ATTENTION_AVX2 1
-// Eight cache elements as floats.
-inline __m256 load_cache8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load_cache8(const at::BFloat16* p) { return corral_cpu::load_bf16x8(p); }
-inline __m256 load_cache8(const at::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
+using corral_cpu::load_float8;
 
 // scores[g][t] = sum_d q[g][d] * key[d][t] for G queries and a block of 16 tokens, keys stored
 // [head_dim, 16]: the 2G sums stay in registers over d (the generic loop kept them in memory).
@@ -52,7 +47,7 @@ inline void block_scores(const float* q, int64_t head_dim, const C* keys, float*
   __m256 acc[G][2];
   for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
   for (int64_t d = 0; d < head_dim; ++d) {
-    const __m256 k0 = load_cache8(keys + d * 16), k1 = load_cache8(keys + d * 16 + 8);
+    const __m256 k0 = load_float8(keys + d * 16), k1 = load_float8(keys + d * 16 + 8);
     for (int g = 0; g < G; ++g) {
       const __m256 qd = _mm256_broadcast_ss(q + g * head_dim + d);
       acc[g][0] = _mm256_fmadd_ps(qd, k0, acc[g][0]);
@@ -78,7 +73,7 @@ inline void block_values(const float* probs, const C* values, int64_t value_stri
     }
     for (int64_t t = first; t < last; ++t) {
       const C* v = values + t * value_stride + i;
-      const __m256 v0 = load_cache8(v), v1 = load_cache8(v + 8);
+      const __m256 v0 = load_float8(v), v1 = load_float8(v + 8);
       for (int g = 0; g < G; ++g) {
         const __m256 p = _mm256_broadcast_ss(probs + g * 16 + t);
         sums[g][0] = _mm256_fmadd_ps(p, v0, sums[g][0]);
