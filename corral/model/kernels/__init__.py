@@ -46,7 +46,10 @@ _SOURCES = [
     )
 ]
 # Included by the sources: copied beside them into the build directory, part of the signature.
-_HEADERS = [Path(__file__).with_name(name) for name in ("cpu_common.h", "cpu_ops.h")]
+_HEADERS = [
+    Path(__file__).with_name(name)
+    for name in ("cpu_common.h", "cpu_ops.h", "cpu_attention_blocks.h")
+]
 # -fopenmp makes at::parallel_for parallel (without it ATen's header falls back to a serial loop);
 # the extension then links libgomp.so.1, the runtime torch has already loaded, so
 # torch.set_num_threads governs the kernels' threads too.
