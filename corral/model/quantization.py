@@ -48,7 +48,12 @@ class Int8Weight:
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
         if qweight.dtype != torch.int8 or qweight.dim() not in (2, 3):
             raise ValueError(
-                f"qweight must be a 2-D int8 tensor, got {qweight.dtype} {qweight.dim()}-D"
+                f"qweight must be a 2-D (or packed 3-D) int8 tensor, got {qweight.dtype} "
+                f"{qweight.dim()}-D"
+            )
+        if qweight.dim() == 2 and scales.dim() not in (1, 2):
+            raise ValueError(
+                f"plain qweight takes scales [out] or [out, groups], got {scales.dim()}-D"
             )
         if qweight.dim() == 3 and (
             qweight.shape[2] != 2 * INT8_PANEL_OUTPUTS

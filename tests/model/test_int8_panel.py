@@ -80,6 +80,8 @@ def test_shapes_that_do_not_pack_are_refused():
         Int8Weight.cat([packed, packed])
     with pytest.raises(ValueError, match=r"\[out / 64, in / 2, 128\]"):
         Int8Weight(torch.zeros(1, 4, 64, dtype=torch.int8), torch.ones(64), torch.float32)
+    with pytest.raises(ValueError, match="plain qweight takes scales"):
+        Int8Weight(torch.zeros(64, 8, dtype=torch.int8), torch.ones(1, 2, 64), torch.float32)
 
 
 @needs_panels
