@@ -1,4 +1,5 @@
-// The int8 linear over weights packed in panels (corral/model/quantization.py, Int8Weight.pack):
+// The int8 linear over weights packed in panels (corral/model/quantization.py,
+// Int8Weight.packed):
 // x [rows, in] @ dequant(W)^T with integer multiply-adds. Each row of x is quantized to int16
 // on the fly (symmetric, scale max |x_r| / 32767), the products run as vpmaddwd (16 int16
 // multiply-adds an instruction, two inputs per output lane) and sum exactly in int32.
@@ -196,23 +197,17 @@ void int8_panel_rows(const T* x_ptr, const int8_t* w_ptr, const float* s_ptr, in
   // Per channel: blocks of kInputBlock, the channel's scale at the end; grouped: a block a group.
   const int64_t block = groups > 1 ? in / groups : kInputBlock;
   const int64_t out_features = num_panels * kPanelOutputs;
+  // Quantized rows go to consecutive slots of xq (an exact-path row's slot is reused by the
+  // next row), so the tiles read them without gaps.
   std::vector<int16_t> xq(rows * in);
   std::vector<float> x_scales(rows);
   std::vector<int64_t> quantized_rows, exact_rows;
   for (int64_t r = 0; r < rows; ++r) {
-    x_scales[r] = quantize_row(x_ptr + r * in, in, xq.data() + r * in);
+    int16_t* slot = xq.data() + static_cast<int64_t>(quantized_rows.size()) * in;
+    x_scales[r] = quantize_row(x_ptr + r * in, in, slot);
     (x_scales[r] > 0.0f ? quantized_rows : exact_rows).push_back(r);
   }
-  // Quantized rows are compacted into their own buffer when exact rows sit among them.
-  std::vector<int16_t> compact;
   const int16_t* xq_rows = xq.data();
-  if (!exact_rows.empty() && !quantized_rows.empty()) {
-    compact.resize(quantized_rows.size() * in);
-    for (size_t i = 0; i < quantized_rows.size(); ++i) {
-      std::copy_n(xq.data() + quantized_rows[i] * in, in, compact.data() + i * in);
-    }
-    xq_rows = compact.data();
-  }
   const int64_t num_quantized = static_cast<int64_t>(quantized_rows.size());
   std::vector<int> tiles(num_quantized / kMaxTileRows, kMaxTileRows);
   if (num_quantized % kMaxTileRows) tiles.push_back(num_quantized % kMaxTileRows);
