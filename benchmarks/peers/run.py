@@ -38,6 +38,7 @@ from corral.bench.payload import RequestOptions
 from corral.bench.reference import azure_conv_options
 from corral.bench.serve import ServeTarget, run_serve_benchmark
 from corral.core.slo_target import parse_slo
+from corral.model.cpu_features import cpu_flags
 from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
 
 # Also: corral-t1, llama.cpp-t1 (one thread each), corral-int8 (--quantization int8),
@@ -48,26 +49,45 @@ VOCAB = 49152  # the model's vocabulary: prompt ids are drawn from [1, VOCAB)
 SLO = "ttft_ms=2000,tpot_ms=300"
 
 
+def llama_repacks(choice: str) -> bool:
+    """Whether llama-server repacks weights (its default). "auto" turns it off on CPUs with AMX
+    int8: there the llama.cpp build of setup.sh (llama-cpp-python's vendored copy) loads Q8_0
+    weights into its AMX buffers and dies with SIGILL at `tilezero` in a worker thread (seen on a
+    Sapphire-Rapids-class Xeon); with --no-repack it runs its AVX-512 VNNI Q8_0 dot products."""
+    if choice == "auto":
+        return "amx_int8" not in cpu_flags()
+    return choice == "on"
+
+
 def make_servers(args: argparse.Namespace, model: Path) -> list[Server]:
     servers = []
     engines = args.engines.split(",")
+    repack = llama_repacks(args.llama_repack)
     if "corral" in engines:
         servers.append(corral_server(model, args.ctx, args.threads, args.slots))
     if "llama.cpp" in engines:
-        servers.append(llama_server(gguf_path(model), args.ctx, args.threads, args.slots))
+        servers.append(
+            llama_server(gguf_path(model), args.ctx, args.threads, args.slots, repack=repack)
+        )
     for name, method in (("corral-int8", "int8"), ("corral-int8-all", "int8-all")):
         if name in engines:  # int8 from the same bf16 checkpoint
             flags = ("--quantization", method)
             servers.append(corral_server(model, args.ctx, args.threads, args.slots, name, flags))
     if "llama.cpp-q8" in engines:
         gguf = gguf_path(model, "q8_0")
-        servers.append(llama_server(gguf, args.ctx, args.threads, args.slots, name="llama.cpp-q8"))
+        servers.append(
+            llama_server(
+                gguf, args.ctx, args.threads, args.slots, name="llama.cpp-q8", repack=repack
+            )
+        )
     # One-thread variants (for a machine oversubscribed by other work).
     if "corral-t1" in engines:
         servers.append(corral_server(model, args.ctx, 1, args.slots, name="corral-t1"))
     if "llama.cpp-t1" in engines:
         gguf = gguf_path(model)
-        servers.append(llama_server(gguf, args.ctx, 1, args.slots, name="llama.cpp-t1"))
+        servers.append(
+            llama_server(gguf, args.ctx, 1, args.slots, name="llama.cpp-t1", repack=repack)
+        )
     if "vllm" in engines:
         # Default settings but the KV space: by default vLLM reserves 0.92 of the machine's
         # memory (--gpu-memory-utilization) and refuses to start when less is free.
@@ -254,6 +274,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rates", default="0.5,1")
     parser.add_argument("--rate-requests", type=int, default=6)
     parser.add_argument("--pause-s", type=float, default=2.0)
+    parser.add_argument(
+        "--llama-repack",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="llama-server weight repacking (auto: off on CPUs with AMX int8, see llama_repacks)",
+    )
     parser.add_argument("--vllm-bind", default="0-1", help="VLLM_CPU_OMP_THREADS_BIND (tuned)")
     parser.add_argument("--vllm-kv-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
     parser.add_argument("--json", type=Path, default=REPO / "docs/figures/peers.json")

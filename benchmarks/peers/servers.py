@@ -103,14 +103,19 @@ def corral_server(
     return Server(name, [*command, *extra], port=port)
 
 
-def llama_server(gguf: Path, ctx: int, threads: int, slots: int, name: str = "llama.cpp") -> Server:
+def llama_server(
+    gguf: Path, ctx: int, threads: int, slots: int, name: str = "llama.cpp", repack: bool = True
+) -> Server:
     """-c is the whole context, split evenly over the -np slots; --cache-ram 0 turns off the
     host prompt cache (a long-running server with many slots slowed down over rounds with it);
-    continuous batching is llama-server's default."""
+    continuous batching is llama-server's default. repack=False passes --no-repack (no
+    repacked or AMX weight buffers: see run.py's --llama-repack)."""
     port = free_port()
     command = [str(LLAMA_SERVER), "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1"]
     command += ["-c", str(ctx * slots), "-np", str(slots), "-t", str(threads)]
     command += ["--cache-ram", "0", "--alias", MODEL_NAME, "--no-webui"]
+    if not repack:
+        command.append("--no-repack")
     return Server(name, command, port=port)
 
 
