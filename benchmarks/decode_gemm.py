@@ -1,8 +1,9 @@
 """The decode GEMM: corral's few-row linear kernel against torch's F.linear at the batch sizes of
 decode steps (M = rows = running requests), on the weight shapes of the SmolLM-135M-shaped
 reference model, in GFLOP/s, same process, alternating calls. bf16 weights are timed in the
-checkpoint's layout (the dot-product kernel) and, where the build reads them, packed in panels
-(the broadcast-form kernel that bf16 models load with on such CPUs; corral/model/packed_weight.py).
+checkpoint's layout (the dot-product kernel) and, where the build reads them, packed as bf16
+models load with on this CPU (corral/model/packed_weight.py): AMX tiles where the CPU has AMX,
+else panels (the broadcast-form kernel) where it lacks native bf16 dot products.
 With bf16, the same weights quantized to int8 and packed for the int8 panel kernel (what
 `--quantization int8` loads; x quantized to int16 per row, integer products) are timed too,
 against the same bf16 F.linear.
@@ -47,6 +48,13 @@ def best_seconds(fn, repeats: int, trials: int, clock=time.perf_counter) -> floa
     return best_time_s(batch, trials, clock) / repeats
 
 
+def packed_layout(kernels) -> str | None:
+    """The layout bf16 models load with here: AMX tiles, else panels, else none."""
+    if kernels.amx_tiles_supported():
+        return "tiles"
+    return "panels" if kernels.packed_weights_supported() else None
+
+
 def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
     """GFLOP/s of one decoder layer's four linears (their summed time) at `rows` rows."""
     torch.set_num_threads(threads)
@@ -56,7 +64,8 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
     # shared machine does not inflate; several threads: wall time.
     clock = time.thread_time if threads == 1 else time.perf_counter
     kernel_s = torch_s = packed_s = int8_s = 0.0
-    packs = dtype == torch.bfloat16 and bool(kernels.packed_weights_supported())
+    layout = packed_layout(kernels) if dtype == torch.bfloat16 else None
+    packs = layout is not None
     int8 = dtype == torch.bfloat16 and bool(kernels.int8_panels_supported())
     flops = 0
     for out_features, in_features in SHAPES.values():
@@ -69,7 +78,7 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
         )
         torch_s += best_seconds(lambda w=weight, x=x: F.linear(x, w), repeats, trials, clock)
         if packs:
-            packed = PackedWeight.pack(weight).data
+            packed = PackedWeight.pack(weight, layout).data
             packed_s += best_seconds(
                 lambda w=packed, x=x: kernels.few_row_linear(x, w, None), repeats, trials, clock
             )
@@ -89,6 +98,7 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
         "kernel_gflops": flops / kernel_s / 1e9,
         "torch_gflops": flops / torch_s / 1e9,
         "kernel_over_torch": torch_s / kernel_s,
+        "packed_layout": layout,
         "packed_gflops": flops / packed_s / 1e9 if packs else None,
         "packed_over_torch": torch_s / packed_s if packs else None,
         "int8_panel_gflops": flops / int8_s / 1e9 if int8 else None,
@@ -114,7 +124,8 @@ def main() -> None:
     print(machine)
     print(
         "| dtype | threads | rows | kernel GFLOP/s | F.linear GFLOP/s | kernel / F.linear | "
-        "packed GFLOP/s | packed / F.linear | int8 panels GFLOP/s | int8 panels / F.linear |"
+        "packed (layout) GFLOP/s | packed / F.linear | int8 panels GFLOP/s | "
+        "int8 panels / F.linear |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     results = []
@@ -124,7 +135,8 @@ def main() -> None:
                 row = measure(rows, getattr(torch, dtype_name), threads, args.trials)
                 results.append(row)
                 packed = (
-                    f"{row['packed_gflops']:.1f} | {row['packed_over_torch']:.2f}"
+                    f"{row['packed_gflops']:.1f} ({row['packed_layout']}) | "
+                    f"{row['packed_over_torch']:.2f}"
                     if row["packed_gflops"] is not None
                     else "- | -"
                 )

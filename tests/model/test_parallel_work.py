@@ -28,15 +28,21 @@ def test_splitting_a_linear_keeps_its_bits(rows: int) -> None:
     generator = torch.Generator().manual_seed(5)
     weight = (torch.randn(1024, 576, generator=generator) * 0.2).bfloat16()
     x = torch.randn(rows, 576, generator=generator).bfloat16()
-    packed = PackedWeight.pack(weight).data
+    # Every layout this build reads (panels where the CPU lacks bf16 dot products, AMX tiles
+    # where it has AMX) and the plain one.
+    weights = {"plain": weight}
+    if kernels.packed_weights_supported():
+        weights["panels"] = PackedWeight.pack(weight, "panels").data
+    if kernels.amx_tiles_supported():
+        weights["tiles"] = PackedWeight.pack(weight, "tiles").data
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        results: dict[str, list[torch.Tensor]] = {"packed": [], "plain": []}
-        for work in (1 << 30, 1):  # never split; split at every panel (quad, plain)
+        results: dict[str, list[torch.Tensor]] = {layout: [] for layout in weights}
+        for work in (1 << 30, 1):  # never split; split at every panel, tile pair or quad
             kernels.set_min_parallel_work(work)
-            results["packed"].append(kernels.few_row_linear(x, packed, None))
-            results["plain"].append(kernels.few_row_linear(x, weight, None))
+            for layout, values in weights.items():
+                results[layout].append(kernels.few_row_linear(x, values, None))
     finally:
         kernels.set_min_parallel_work(kernels_module.min_parallel_work())
         torch.set_num_threads(threads)

@@ -42,6 +42,7 @@ _SOURCES = [
         "cpu_lora.cpp",
         "cpu_int8.cpp",
         "cpu_int8_panel.cpp",
+        "cpu_amx_linear.cpp",
         "cpu_layer_loop.cpp",
     )
 ]

@@ -360,6 +360,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_weights_supported", &packed_weights_supported,
         "whether few_row_linear reads packed bf16 weights here");
   m.def("packed_rows", &packed_rows, "rows of a packed weight in the plain layout");
+  m.def("amx_tiles_supported", &amx_tiles_supported,
+        "whether few_row_linear reads bf16 weights packed as AMX tiles here");
   m.def("rms_norm", &rms_norm, "RMSNorm, optionally adding a residual in place first");
   m.def("rotary_inplace", &rotary_inplace, "rotary embedding of q and k heads in place");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");

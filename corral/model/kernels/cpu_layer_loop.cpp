@@ -17,15 +17,15 @@ enum LayerWeight { kInputNorm, kQkv, kQkvScales, kQkvBias, kO, kOScales, kOBias,
                    kGateUp, kGateUpScales, kGateUpBias, kDown, kDownScales, kDownBias,
                    kNumLayerWeights };
 
-// As corral/model/layers/linear.py: int8 weights on their kernel, then the few-row kernel or
-// at::linear as use_kernel says.
+// As corral/model/layers/linear.py: int8 weights on their kernel, packed bf16 weights (panels,
+// AMX tiles) on the few-row kernel, plain ones on it or at::linear as use_kernel says.
 torch::Tensor linear(const torch::Tensor& x, const std::vector<c10::optional<torch::Tensor>>& w,
                      int weight, bool use_kernel) {
   const torch::Tensor& values = *w[weight];
   const c10::optional<torch::Tensor>& scales = w[weight + 1];
   const c10::optional<torch::Tensor>& bias = w[weight + 2];
   if (scales.has_value()) return int8_linear(x.contiguous(), values, *scales, bias);
-  if (use_kernel) return few_row_linear(x.contiguous(), values, bias);
+  if (use_kernel || values.dim() != 2) return few_row_linear(x.contiguous(), values, bias);
   return at::linear(x, values, bias);
 }
 

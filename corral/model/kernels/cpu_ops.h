@@ -21,6 +21,11 @@ bool packed_weights_supported();
 torch::Tensor panel_linear(const torch::Tensor& x, const torch::Tensor& panels,
                            const c10::optional<torch::Tensor>& bias);
 torch::Tensor packed_rows(torch::Tensor weight, torch::Tensor row_ids);
+// Defined in cpu_amx_linear.cpp.
+bool amx_tiles_supported();
+torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& tiles,
+                         const c10::optional<torch::Tensor>& bias);
+torch::Tensor tiled_rows(const torch::Tensor& tiles, const torch::Tensor& row_ids);
 // Defined in cpu_fused.cpp.
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps,
                        c10::optional<torch::Tensor> residual);

@@ -240,9 +240,10 @@ torch::Tensor panel_linear(const torch::Tensor& x, const torch::Tensor& panels,
 #endif
 }
 
-// Rows row_ids of a packed weight [out / 64, in, 64] in the plain layout: [n, in] (the lookups
-// of an embedding table that is also the packed LM head).
+// Rows row_ids of a packed weight [out / 64, in, 64] (or AMX tiles, cpu_amx_linear.cpp) in the
+// plain layout: [n, in] (the lookups of an embedding table that is also the packed LM head).
 torch::Tensor packed_rows(torch::Tensor weight, torch::Tensor row_ids) {
+  if (weight.dim() == 5) return tiled_rows(weight, row_ids);
   TORCH_CHECK(weight.dim() == 3 && weight.size(2) == kPanelOutputs && weight.is_contiguous() &&
                   weight.element_size() == 2,
               "packed_rows: a contiguous 16-bit packed weight [out / 64, in, 64]");

@@ -11,7 +11,7 @@ from corral.model.layers.linear_dispatch import (
     choose_max_kernel_rows,
     guessed_max_kernel_rows,
 )
-from corral.model.packed_weight import PackedWeight, pack_model_weights, packing_applies
+from corral.model.packed_weight import PackedWeight, pack_model_weights, packing_layout
 from corral.model.quantization import Int8Weight, int8_linear, pack_int8_weights
 
 # Up to this many rows, bfloat16 CPU linears use corral's kernel, beyond them F.linear: guessed
@@ -34,11 +34,13 @@ def tune_linear_dispatch(model) -> None:
 
 
 def pack_weights_for_kernel(model) -> None:
-    """Pack the model's bf16 linear weights in panels where every row count of its linears runs
-    on the kernel (after tune_linear_dispatch and any offloading; corral/model/packed_weight.py),
-    and its per-channel int8 weights for the int8 panel kernel (corral/model/quantization.py)."""
-    if packing_applies(model, _MAX_KERNEL_ROWS, UNLIMITED):
-        pack_model_weights(model)
+    """Pack the model's bf16 linear weights as AMX tiles where the CPU has them, else in panels
+    where every row count of its linears runs on the kernel (after tune_linear_dispatch and any
+    offloading; corral/model/packed_weight.py), and its per-channel int8 weights for the int8
+    panel kernel (corral/model/quantization.py)."""
+    layout = packing_layout(model, _MAX_KERNEL_ROWS, UNLIMITED)
+    if layout is not None:
+        pack_model_weights(model, layout)
     pack_int8_weights(model)
 
 
@@ -54,7 +56,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return int8_linear(x, weight, bias)
     if isinstance(weight, PackedWeight):  # corral/model/packed_weight.py
         kernels = cpu_kernels()
-        if kernels is not None and uses_row_kernel(x.shape[0], x.dtype, x.device):
+        # Tiles serve every row count; panels are packed only where the kernel does.
+        if kernels is not None and (
+            weight.layout == "tiles" or uses_row_kernel(x.shape[0], x.dtype, x.device)
+        ):
             return kernels.few_row_linear(x.contiguous(), weight.data, bias)
         return F.linear(x, weight.unpack(), bias)
     if uses_row_kernel(x.shape[0], x.dtype, x.device):

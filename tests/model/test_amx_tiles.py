@@ -1,0 +1,147 @@
+"""bf16 weights packed as AMX tiles (corral/model/packed_weight.py, cpu_amx_linear.cpp): the tiled
+layout holds the same weight, the tile kernel is within bf16 rounding of an exact product and
+gives a row the same bits whatever the rows beside it, at every row count, and a model with
+tiled weights generates what it generates without them. The kernel tests run where the CPU has
+AMX (Sapphire Rapids and later Xeons); the layout tests run everywhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corral.model.kernels import cpu_kernels
+from corral.model.packed_weight import PackedWeight
+from corral.model.quantization import Int8Weight
+from tests.model.test_packed_weight import _assert_same_generations, _generate
+
+_KERNELS = cpu_kernels()
+needs_tiles = pytest.mark.skipif(
+    _KERNELS is None or not _KERNELS.amx_tiles_supported(),
+    reason="no AMX tiles here (CPU, build or the kernel's permission)",
+)
+
+
+def test_tiles_keep_the_weight_and_its_rows():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(48, 64, generator=generator).to(torch.bfloat16)
+    tiled = PackedWeight.pack(weight, "tiles")
+    assert tiled.layout == "tiles" and tuple(tiled.data.shape) == (3, 2, 16, 16, 2)
+    assert tiled.shape == weight.shape and tiled.dtype == torch.bfloat16
+    assert torch.equal(tiled.unpack(), weight)
+    # Input 32 kb + 2 t + e of output 16 b + n at [b, kb, t, n, e].
+    for b, kb, t, n, e in [(0, 0, 0, 0, 0), (2, 1, 15, 15, 1), (1, 0, 7, 3, 1), (1, 1, 2, 9, 0)]:
+        assert tiled.data[b, kb, t, n, e] == weight[16 * b + n, 32 * kb + 2 * t + e]
+    row_ids = torch.tensor([[0, 5], [47, 17]])
+    assert torch.equal(tiled[row_ids], weight[row_ids])
+    assert torch.equal(tiled[row_ids.to(torch.int32)], weight[row_ids])  # the indexing path
+
+
+@pytest.mark.parametrize("shape", [(40, 64), (32, 48), (32, 0), (32,)])
+def test_shapes_that_do_not_tile_are_refused(shape):
+    weight = torch.zeros(shape, dtype=torch.bfloat16)
+    assert not PackedWeight.can_pack(weight, "tiles")
+    with pytest.raises(ValueError, match="does not pack as tiles"):
+        PackedWeight.pack(weight, "tiles")
+    with pytest.raises(ValueError, match="unknown packed layout"):
+        PackedWeight.pack(torch.zeros(64, 64, dtype=torch.bfloat16), "rows")
+
+
+def _bound(x: torch.Tensor, weight: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    # One bf16 rounding of the result, plus float32 accumulation over the inputs.
+    scale = x.double().abs() @ weight.double().abs().T
+    return reference.abs() * 2**-8 + scale * 2**-20
+
+
+@needs_tiles
+@pytest.mark.parametrize("shape", [(960, 576), (48, 64), (16, 32), (32, 1536), (80, 96)])
+def test_the_kernel_is_exact_to_rounding_and_keeps_a_rows_bits(shape):
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(shape, generator=generator).to(torch.bfloat16)
+    bias = torch.randn(shape[0], generator=generator).to(torch.bfloat16)
+    tiled = PackedWeight.pack(weight, "tiles")
+    for rows in (1, 2, 7, 16, 17, 31, 32, 33, 70):
+        x = torch.randn(rows, shape[1], generator=generator).to(torch.bfloat16)
+        for b in (None, bias):
+            out = _KERNELS.few_row_linear(x, tiled.data, b).double()
+            reference = x.double() @ weight.double().T
+            if b is not None:
+                reference += b.double()
+            assert ((out - reference).abs() <= _bound(x, weight, reference)).all(), (rows, b)
+        # A row's result does not depend on the rows beside it (blocks of 32 rows, tiles of 16,
+        # the last block's shorter tiles, threads by output blocks).
+        together = _KERNELS.few_row_linear(x, tiled.data, bias)
+        for row in range(rows):
+            alone = _KERNELS.few_row_linear(x[row : row + 1].contiguous(), tiled.data, bias)
+            assert torch.equal(alone[0], together[row]), (rows, row)
+        if rows > 20:
+            part = _KERNELS.few_row_linear(x[3:20].contiguous(), tiled.data, bias)
+            assert torch.equal(part, together[3:20])
+
+
+@needs_tiles
+def test_nan_and_infinity_propagate_and_subnormals_count_as_zero():
+    weight = torch.zeros(32, 32, dtype=torch.bfloat16)
+    weight[0, 0] = weight[1, 1] = 1.0
+    weight[2, 0] = float("inf")
+    weight[3, 2] = 2.0**-130  # a subnormal weight
+    x = torch.zeros(3, 32, dtype=torch.bfloat16)
+    x[0, :2] = torch.tensor([1.0, float("nan")])  # every output of row 0 is NaN (0 * NaN)
+    x[1, :3] = torch.tensor([2.0, 3.0, 1.0])
+    x[2, 0] = 2.0**-130  # a subnormal input
+    x[2, 2] = 2.0**100
+    out = _KERNELS.few_row_linear(x, PackedWeight.pack(weight, "tiles").data, None)
+    assert out[0].isnan().all()
+    expected = torch.nn.functional.linear(x.float(), weight.float()).to(torch.bfloat16)
+    assert out[1, 0] == 2.0 and out[1, 1] == 3.0 and out[1, 2] == float("inf")
+    torch.testing.assert_close(out[1, 4:], expected[1, 4:], rtol=0, atol=0)
+    # The tile unit reads subnormal operands as zero (as oneDNN's AMX kernels do): 1 * 2^-130
+    # is 0 where torch's float32 keeps 7e-40, 2^-130 * inf is 0 * inf = NaN, 2^100 * 2^-130 is 0.
+    assert expected[1, 3] != 0 and out[1, 3] == 0
+    assert out[2, 0] == 0 and out[2, 2].isnan() and out[2, 3] == 0
+
+
+@needs_tiles
+def test_row_lookups_and_refusals():
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(48, 64, generator=generator).to(torch.bfloat16)
+    tiled = PackedWeight.pack(weight, "tiles")
+    row_ids = torch.tensor([47, 0, 7, 7, 21, 16, 15])
+    assert torch.equal(_KERNELS.packed_rows(tiled.data, row_ids), weight[row_ids])
+    with pytest.raises(RuntimeError, match="row 48 of 48"):
+        _KERNELS.packed_rows(tiled.data, torch.tensor([48]))
+    with pytest.raises(RuntimeError, match="tiled weight"):
+        _KERNELS.few_row_linear(torch.zeros(1, 96, dtype=torch.bfloat16), tiled.data, None)
+    with pytest.raises(RuntimeError, match="bias"):
+        _KERNELS.few_row_linear(
+            torch.zeros(1, 64, dtype=torch.bfloat16), tiled.data, torch.zeros(47).bfloat16()
+        )
+
+
+@needs_tiles
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # untied head; biases and a tied head
+@pytest.mark.parametrize("loop", [True, False])
+def test_a_tiled_model_generates_what_the_plain_one_does(
+    tiny_model_factory, monkeypatch, family, loop
+):
+    path = tiny_model_factory(family)
+    tiled, model = _generate(path, monkeypatch, True, loop)
+    for layer in model.layers:
+        assert isinstance(layer.qkv, PackedWeight) and layer.qkv.layout == "tiles"
+        assert isinstance(layer.down, PackedWeight) and layer.down.layout == "tiles"
+    assert isinstance(model.lm_head, PackedWeight) and model.lm_head.layout == "tiles"
+    if family == "qwen2":
+        assert model.embed_tokens is model.lm_head  # one table, read tiled for lookups
+    plain, other = _generate(path, monkeypatch, False, loop)
+    assert type(other.layers[0].qkv) is torch.Tensor
+    _assert_same_generations(tiled, plain)
+
+
+@needs_tiles
+def test_plain_int8_layers_run_beside_a_tiled_head(tiny_model_factory, monkeypatch):
+    monkeypatch.setenv("CORRAL_PACK_INT8", "0")
+    path = tiny_model_factory("llama")
+    tiled, model = _generate(path, monkeypatch, True, True, quantization="int8")
+    assert isinstance(model.layers[0].qkv, Int8Weight) and not model.layers[0].qkv.is_packed
+    assert isinstance(model.lm_head, PackedWeight) and model.lm_head.layout == "tiles"
+    plain, _ = _generate(path, monkeypatch, False, True, quantization="int8")
+    _assert_same_generations(tiled, plain)
