@@ -40,6 +40,10 @@ constexpr int64_t kTileOutputs = 16;
 constexpr int64_t kTileInputs = 32;
 constexpr int64_t kTileElements = kTileOutputs * kTileInputs;
 constexpr int kTileRows = 16;
+// B tiles are prefetched this many input tiles ahead: a model's weights stream from memory at
+// every step, and with the prefetch a SmolLM-135M-shaped model's linears (30 layers and the
+// head) ran 1.08-1.14x faster at 1-64 rows on the 2-core AMX Xeon (8 ahead: 1.0-1.07x).
+constexpr int64_t kPrefetchTiles = 4;
 
 #if defined(CORRAL_AMX_TILES)
 constexpr long kArchRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
@@ -91,6 +95,16 @@ inline void tile_block(const uint8_t* x, int64_t x_stride, const uint8_t* w0, in
   if constexpr (kHigh) _tile_zero(2);
   if constexpr (kHigh && kTwo) _tile_zero(3);
   for (int64_t kb = 0; kb < k_tiles; ++kb) {
+    if (kb + kPrefetchTiles < k_tiles) {
+      const uint8_t* ahead = w0 + (kb + kPrefetchTiles) * kTileElements * 2;
+      for (int line = 0; line < 16; ++line) {
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + 64 * line), _MM_HINT_T0);
+        if constexpr (kTwo) {
+          const uint8_t* next = ahead + k_tiles * kTileElements * 2 + 64 * line;
+          _mm_prefetch(reinterpret_cast<const char*>(next), _MM_HINT_T0);
+        }
+      }
+    }
     _tile_loadd(4, x + kb * kTileInputs * 2, x_stride);
     _tile_loadd(6, w0 + kb * kTileElements * 2, 64);
     _tile_dpbf16ps(0, 4, 6);
