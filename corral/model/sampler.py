@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from corral.core.messages import TokenLogprobs
+from corral.model.kernels import cpu_kernels
 from corral.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -54,6 +55,16 @@ class SamplerOutput:
     logprobs: list[TokenLogprobs | None]
 
 
+def argmax_rows(logits: torch.Tensor) -> list[int]:
+    """Each row's argmax, as torch's argmax chooses (first largest, or first NaN); on CPU float32
+    through corral's kernel (cpu_argmax.cpp: 117 us against torch's 1,015 at [32, 49152] on 2
+    threads of an AMX Xeon; 5 against 64 at one row)."""
+    kernels = cpu_kernels() if logits.device.type == "cpu" else None
+    if kernels is not None and logits.dtype == torch.float32 and logits.dim() == 2:
+        return kernels.argmax_rows(logits).tolist()
+    return logits.argmax(dim=-1).tolist()
+
+
 class Sampler:
     def __init__(self, seed: int, device: torch.device) -> None:
         self.device = device
@@ -66,7 +77,7 @@ class Sampler:
         """Sample one token per row of logits [num_rows, vocab] (float32, modified in place);
         mask: the grammar's allowed tokens per row, if any."""
         if mask is None and all(plain_greedy(row) for row in rows):
-            return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(rows))
+            return SamplerOutput(argmax_rows(logits), [None] * len(rows))
         want_logprobs = [row.params.logprobs is not None for row in rows]
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
         self.process(logits, rows, mask)
@@ -118,11 +129,7 @@ class Sampler:
         random = [i for i, row in enumerate(rows) if not samples_greedily(row.params)]
         token_ids = [0] * len(rows)
         if greedy:
-            picked = (
-                logits[greedy].argmax(dim=-1).tolist()
-                if len(greedy) < len(rows)
-                else (logits.argmax(dim=-1).tolist())
-            )
+            picked = argmax_rows(logits[greedy] if len(greedy) < len(rows) else logits)
             for i, token_id in zip(greedy, picked, strict=True):
                 token_ids[i] = token_id
         if random:

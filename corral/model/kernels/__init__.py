@@ -43,6 +43,7 @@ _SOURCES = [
         "cpu_int8.cpp",
         "cpu_int8_panel.cpp",
         "cpu_amx_linear.cpp",
+        "cpu_argmax.cpp",
         "cpu_layer_loop.cpp",
     )
 ]

@@ -365,6 +365,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm, optionally adding a residual in place first");
   m.def("rotary_inplace", &rotary_inplace, "rotary embedding of q and k heads in place");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");
+  m.def("argmax_rows", &argmax_rows, "each row's argmax, as torch's argmax chooses");
   m.def("write_kv_cache", &write_kv_cache, "store new tokens' K and V at their slots");
   m.def("lora_shrink_expand", &lora_shrink_expand, "out[rows] += B_slot A_slot x per segment");
   m.def("int8_linear", &int8_linear, "x @ dequant(int8 weight).T, weight-only int8");

@@ -130,7 +130,7 @@ torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions,
       step_positions = positions.index_select(0, last_rows);  // a copy, advanced in place
       tables = block_table;
     }
-    ids = linear(normed, lm_head, 0, use_kernel).to(torch::kFloat).argmax(1);  // num_seqs rows
+    ids = argmax_rows(linear(normed, lm_head, 0, use_kernel).to(torch::kFloat));  // num_seqs rows
     tokens[step].copy_(ids);
     step_positions.add_(1);
   }

@@ -32,6 +32,8 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps,
 void rotary_inplace(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
                     torch::Tensor sin, int64_t num_heads, int64_t head_dim);
 torch::Tensor silu_and_mul(torch::Tensor gate_up);
+// Defined in cpu_argmax.cpp.
+torch::Tensor argmax_rows(const torch::Tensor& logits);
 // Defined in cpu_kv_write.cpp.
 void write_kv_cache(torch::Tensor key, torch::Tensor value, torch::Tensor key_cache,
                     torch::Tensor value_cache, torch::Tensor slot_mapping);
