@@ -1,8 +1,9 @@
 """bf16 weights packed as AMX tiles (corral/model/packed_weight.py, cpu_amx_linear.cpp): the tiled
 layout holds the same weight, the tile kernel is within bf16 rounding of an exact product and
-gives a row the same bits whatever the rows beside it, at every row count, and a model with
-tiled weights generates what it generates without them. The kernel tests run where the CPU has
-AMX (Sapphire Rapids and later Xeons); the layout tests run everywhere."""
+gives a row the same bits whatever the rows beside it, at every row count. A model with tiled
+weights generating what it generates without them: tests/model/test_packed_weight.py (in the
+layout the CPU loads with). The kernel tests run where the CPU has AMX (Sapphire Rapids and
+later Xeons); the layout tests run everywhere."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ import torch
 
 from corral.model.kernels import cpu_kernels
 from corral.model.packed_weight import PackedWeight
-from corral.model.quantization import Int8Weight
-from tests.model.test_packed_weight import _assert_same_generations, _generate
 
 _KERNELS = cpu_kernels()
 needs_tiles = pytest.mark.skipif(
@@ -115,33 +114,3 @@ def test_row_lookups_and_refusals():
         _KERNELS.few_row_linear(
             torch.zeros(1, 64, dtype=torch.bfloat16), tiled.data, torch.zeros(47).bfloat16()
         )
-
-
-@needs_tiles
-@pytest.mark.parametrize("family", ["llama", "qwen2"])  # untied head; biases and a tied head
-@pytest.mark.parametrize("loop", [True, False])
-def test_a_tiled_model_generates_what_the_plain_one_does(
-    tiny_model_factory, monkeypatch, family, loop
-):
-    path = tiny_model_factory(family)
-    tiled, model = _generate(path, monkeypatch, True, loop)
-    for layer in model.layers:
-        assert isinstance(layer.qkv, PackedWeight) and layer.qkv.layout == "tiles"
-        assert isinstance(layer.down, PackedWeight) and layer.down.layout == "tiles"
-    assert isinstance(model.lm_head, PackedWeight) and model.lm_head.layout == "tiles"
-    if family == "qwen2":
-        assert model.embed_tokens is model.lm_head  # one table, read tiled for lookups
-    plain, other = _generate(path, monkeypatch, False, loop)
-    assert type(other.layers[0].qkv) is torch.Tensor
-    _assert_same_generations(tiled, plain)
-
-
-@needs_tiles
-def test_plain_int8_layers_run_beside_a_tiled_head(tiny_model_factory, monkeypatch):
-    monkeypatch.setenv("CORRAL_PACK_INT8", "0")
-    path = tiny_model_factory("llama")
-    tiled, model = _generate(path, monkeypatch, True, True, quantization="int8")
-    assert isinstance(model.layers[0].qkv, Int8Weight) and not model.layers[0].qkv.is_packed
-    assert isinstance(model.lm_head, PackedWeight) and model.lm_head.layout == "tiles"
-    plain, _ = _generate(path, monkeypatch, False, True, quantization="int8")
-    _assert_same_generations(tiled, plain)

@@ -1,7 +1,8 @@
 """Packed bf16 weights (corral/model/packed_weight.py): the packed layout holds the same weight,
 the panel kernel agrees with the plain layout's kernel to rounding and gives a row the same bits
 whatever the rows beside it, and a model with packed weights generates what it generates without
-them (layer loop on and off, tied and untied heads, int8 layers beside a packed head)."""
+them (layer loop on and off, tied and untied heads, int8 layers beside a packed head; in the
+layout this CPU loads with: AMX tiles, tests/model/test_amx_tiles.py, or panels)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,20 @@ _KERNELS = cpu_kernels()
 needs_packing = pytest.mark.skipif(
     _KERNELS is None or not _KERNELS.packed_weights_supported(),
     reason="this build of the CPU kernels does not read packed weights (AVX2 without bf16 dots)",
+)
+# The layout bf16 models load with on this CPU (tiles where it has AMX, else panels where the
+# build reads them): the model-level tests below run on whichever it is.
+_MODEL_LAYOUT = (
+    None
+    if _KERNELS is None
+    else "tiles"
+    if _KERNELS.amx_tiles_supported()
+    else "panels"
+    if _KERNELS.packed_weights_supported()
+    else None
+)
+needs_model_packing = pytest.mark.skipif(
+    _MODEL_LAYOUT is None, reason="bf16 models load unpacked with this CPU's build"
 )
 
 
@@ -143,7 +158,7 @@ def _generate(path, monkeypatch, pack: bool, loop: bool, **kwargs):
     return run_prompts(path, loop, "bfloat16", **kwargs)
 
 
-@needs_packing
+@needs_model_packing
 @pytest.mark.parametrize("family", ["llama", "qwen2"])  # untied head; biases and a tied head
 @pytest.mark.parametrize("loop", [True, False])
 def test_a_packed_model_generates_what_the_plain_one_does(
@@ -151,9 +166,9 @@ def test_a_packed_model_generates_what_the_plain_one_does(
 ):
     path = tiny_model_factory(family)
     packed, model = _generate(path, monkeypatch, True, loop)
-    assert all(isinstance(layer.qkv, PackedWeight) for layer in model.layers)
-    assert all(isinstance(layer.down, PackedWeight) for layer in model.layers)
-    assert isinstance(model.lm_head, PackedWeight)
+    for weight in [layer.qkv for layer in model.layers] + [layer.down for layer in model.layers]:
+        assert isinstance(weight, PackedWeight) and weight.layout == _MODEL_LAYOUT
+    assert isinstance(model.lm_head, PackedWeight) and model.lm_head.layout == _MODEL_LAYOUT
     if family == "qwen2":
         assert model.embed_tokens is model.lm_head  # one table, read packed for lookups
     plain, other = _generate(path, monkeypatch, False, loop)
@@ -161,14 +176,14 @@ def test_a_packed_model_generates_what_the_plain_one_does(
     _assert_same_generations(packed, plain)
 
 
-@needs_packing
+@needs_model_packing
 def test_plain_int8_layers_run_beside_a_packed_head(tiny_model_factory, monkeypatch):
     # int8 panels (tests/model/test_int8_panel.py) off in both runs: only the head differs.
     monkeypatch.setenv("CORRAL_PACK_INT8", "0")
     path = tiny_model_factory("llama")
     packed, model = _generate(path, monkeypatch, True, True, quantization="int8")
     assert isinstance(model.layers[0].qkv, Int8Weight) and not model.layers[0].qkv.is_packed
-    assert isinstance(model.lm_head, PackedWeight)
+    assert isinstance(model.lm_head, PackedWeight) and model.lm_head.layout == _MODEL_LAYOUT
     plain, _ = _generate(path, monkeypatch, False, True, quantization="int8")
     _assert_same_generations(packed, plain)
 
