@@ -56,10 +56,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return int8_linear(x, weight, bias)
     if isinstance(weight, PackedWeight):  # corral/model/packed_weight.py
         kernels = cpu_kernels()
-        # Tiles serve every row count; panels are packed only where the kernel does.
-        if kernels is not None and (
-            weight.layout == "tiles" or uses_row_kernel(x.shape[0], x.dtype, x.device)
-        ):
+        # Tiles serve every row count of bf16 CPU rows; panels are packed only where the kernel
+        # serves every row count (uses_row_kernel also checks x's dtype and device).
+        tiles = weight.layout == "tiles" and x.dtype == torch.bfloat16 and x.device.type == "cpu"
+        if kernels is not None and (tiles or uses_row_kernel(x.shape[0], x.dtype, x.device)):
             return kernels.few_row_linear(x.contiguous(), weight.data, bias)
         return F.linear(x, weight.unpack(), bias)
     if uses_row_kernel(x.shape[0], x.dtype, x.device):
