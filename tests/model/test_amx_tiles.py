@@ -114,4 +114,3 @@ def test_row_lookups_and_refusals():
         _KERNELS.few_row_linear(
             torch.zeros(1, 64, dtype=torch.bfloat16), tiled.data, torch.zeros(47).bfloat16()
         )
-
