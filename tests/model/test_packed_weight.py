@@ -132,7 +132,14 @@ def test_rows_beyond_the_kernels_limit_take_f_linear_on_the_unpacked_weight(monk
     assert torch.equal(out, torch.nn.functional.linear(x, weight))
 
 
-def _assert_same_generations(packed, plain) -> None:
+# How far a packed model's log-probabilities may stray from the plain one's. Panels sum the same
+# float32 products in another order: 0.02. AMX tiles sum them in the tile unit (its own order,
+# subnormals as zero): up to 0.029 measured on the tiny llama, while either bf16 run is about
+# 0.10 from the same model in float32 (the bf16 activations' own rounding): 0.05.
+LOGPROB_TOLERANCE = {"panels": 0.02, "tiles": 0.05}
+
+
+def _assert_same_generations(packed, plain, tolerance: float = LOGPROB_TOLERANCE["panels"]) -> None:
     """Greedy prompts (every other one, from the first) give the same tokens; every prompt's
     log-probabilities agree to rounding up to where its tokens part (a seeded sample can fall
     the other side of a boundary when the panel kernel's sums, in another order than the plain
@@ -149,7 +156,7 @@ def _assert_same_generations(packed, plain) -> None:
         for packed_step, plain_step in zip(packed_logprobs[: same + 1], plain_logprobs):
             for token_id in packed_step.keys() & plain_step.keys():
                 assert packed_step[token_id].logprob == pytest.approx(
-                    plain_step[token_id].logprob, abs=0.02
+                    plain_step[token_id].logprob, abs=tolerance
                 )
 
 
@@ -173,7 +180,7 @@ def test_a_packed_model_generates_what_the_plain_one_does(
         assert model.embed_tokens is model.lm_head  # one table, read packed for lookups
     plain, other = _generate(path, monkeypatch, False, loop)
     assert type(other.layers[0].qkv) is torch.Tensor
-    _assert_same_generations(packed, plain)
+    _assert_same_generations(packed, plain, LOGPROB_TOLERANCE[_MODEL_LAYOUT])
 
 
 @needs_model_packing
@@ -185,7 +192,7 @@ def test_plain_int8_layers_run_beside_a_packed_head(tiny_model_factory, monkeypa
     assert isinstance(model.layers[0].qkv, Int8Weight) and not model.layers[0].qkv.is_packed
     assert isinstance(model.lm_head, PackedWeight) and model.lm_head.layout == _MODEL_LAYOUT
     plain, _ = _generate(path, monkeypatch, False, True, quantization="int8")
-    _assert_same_generations(packed, plain)
+    _assert_same_generations(packed, plain, LOGPROB_TOLERANCE[_MODEL_LAYOUT])
 
 
 def test_float32_models_are_not_packed(tiny_model_factory, monkeypatch):
