@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from corral.model.cpu_features import cpu_flags
 from corral.model.kernels import cpu_kernels
-from corral.model.packed_weight import PackedWeight
+from corral.model.packed_weight import PackedWeight, build_layout
 from corral.model.quantization import quantize_int8
 from corral.sim.cost.measure import best_time_s
 
@@ -48,13 +48,6 @@ def best_seconds(fn, repeats: int, trials: int, clock=time.perf_counter) -> floa
     return best_time_s(batch, trials, clock) / repeats
 
 
-def packed_layout(kernels) -> str | None:
-    """The layout bf16 models load with here: AMX tiles, else panels, else none."""
-    if kernels.amx_tiles_supported():
-        return "tiles"
-    return "panels" if kernels.packed_weights_supported() else None
-
-
 def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
     """GFLOP/s of one decoder layer's four linears (their summed time) at `rows` rows."""
     torch.set_num_threads(threads)
@@ -64,7 +57,7 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
     # shared machine does not inflate; several threads: wall time.
     clock = time.thread_time if threads == 1 else time.perf_counter
     kernel_s = torch_s = packed_s = int8_s = 0.0
-    layout = packed_layout(kernels) if dtype == torch.bfloat16 else None
+    layout = build_layout() if dtype == torch.bfloat16 else None
     packs = layout is not None
     int8 = dtype == torch.bfloat16 and bool(kernels.int8_panels_supported())
     flops = 0

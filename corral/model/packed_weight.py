@@ -169,6 +169,17 @@ class PackedWeight:
         return f"PackedWeight(shape={tuple(self.shape)}, dtype={self.dtype}, {self.layout})"
 
 
+def build_layout() -> str | None:
+    """The packed layout this CPU's kernel build multiplies bf16 weights in: AMX tiles where the
+    CPU has AMX, else panels where the build reads them, else None."""
+    kernels = cpu_kernels()
+    if kernels is None:
+        return None
+    if kernels.amx_tiles_supported():
+        return "tiles"
+    return "panels" if kernels.packed_weights_supported() else None
+
+
 def packing_layout(model: LlamaFamilyModel, max_kernel_rows: int, unlimited: int) -> str | None:
     """The layout this model's weights pack in, or None (see the module doc for the rule)."""
     if os.environ.get("CORRAL_PACK_WEIGHTS", "1") == "0":
@@ -177,14 +188,11 @@ def packing_layout(model: LlamaFamilyModel, max_kernel_rows: int, unlimited: int
         return None
     if model.all_reduce is not None or model.offload is not None:
         return None
-    kernels = cpu_kernels()
-    if kernels is None:
+    layout = build_layout()
+    # Panels only where the kernel serves every row count; tiles serve every row count.
+    if layout == "panels" and max_kernel_rows < unlimited:
         return None
-    if kernels.amx_tiles_supported():
-        return "tiles"
-    if max_kernel_rows >= unlimited and kernels.packed_weights_supported():
-        return "panels"
-    return None
+    return layout
 
 
 def pack_model_weights(model: LlamaFamilyModel, layout: str = "panels") -> int:

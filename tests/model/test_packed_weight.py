@@ -11,7 +11,7 @@ import torch
 
 from corral.model.kernels import cpu_kernels
 from corral.model.layers import linear as linear_module
-from corral.model.packed_weight import PackedWeight
+from corral.model.packed_weight import PackedWeight, build_layout
 from corral.model.quantization import Int8Weight
 from tests.model.test_layer_loop import _run as run_prompts
 
@@ -22,15 +22,7 @@ needs_packing = pytest.mark.skipif(
 )
 # The layout bf16 models load with on this CPU (tiles where it has AMX, else panels where the
 # build reads them): the model-level tests below run on whichever it is.
-_MODEL_LAYOUT = (
-    None
-    if _KERNELS is None
-    else "tiles"
-    if _KERNELS.amx_tiles_supported()
-    else "panels"
-    if _KERNELS.packed_weights_supported()
-    else None
-)
+_MODEL_LAYOUT = build_layout()
 needs_model_packing = pytest.mark.skipif(
     _MODEL_LAYOUT is None, reason="bf16 models load unpacked with this CPU's build"
 )

@@ -42,7 +42,8 @@ constexpr int64_t kTileElements = kTileOutputs * kTileInputs;
 constexpr int kTileRows = 16;
 // B tiles are prefetched this many input tiles ahead: a model's weights stream from memory at
 // every step, and with the prefetch a SmolLM-135M-shaped model's linears (30 layers and the
-// head) ran 1.08-1.14x faster at 1-64 rows on the 2-core AMX Xeon (8 ahead: 1.0-1.07x).
+// head) ran 1.08-1.13x faster at 32 rows on the 2-core AMX Xeon (alternating runs against the
+// build without it; 1.02-1.14x at 1-64 rows in one pair of runs; 8 ahead: 1.0-1.12x).
 constexpr int64_t kPrefetchTiles = 4;
 
 #if defined(CORRAL_AMX_TILES)

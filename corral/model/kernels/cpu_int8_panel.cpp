@@ -63,8 +63,8 @@ constexpr int64_t kInputBlock = 256;
 // a broadcast (13 registers). In a same-process sweep on the 2-core AVX2 EPYC, tiles of at most
 // four rows ran 0.7-0.9x of five at 32 rows; six rows were no faster.
 #if defined(CORRAL_INT8_PANELS_VNNI)
-// Six rows x four 16-output sub-panels: 24 sums, four widened sub-panels and a broadcast (29 of
-// the 32 registers).
+// Six rows x four 16-output sub-panels: 24 sums and four widened sub-panels (28 of the 32
+// registers; the x pair is an embedded broadcast from memory).
 constexpr int kMaxTileRows = 6;
 #else
 constexpr int kMaxTileRows = 5;
