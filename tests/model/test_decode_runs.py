@@ -81,3 +81,37 @@ def test_a_run_matches_a_float_reference():
         scores = torch.einsum("hd,thd->ht", query[row].float() * 0.125, k)
         expected = torch.einsum("ht,thd->hd", scores.softmax(-1), v)
         torch.testing.assert_close(out[row].float(), expected, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [32, 48, 64, 128])
+@pytest.mark.parametrize("group", [1, 3, 8, 9, 12])
+def test_every_register_blocking_matches_a_float64_reference(dtype, head_dim, group):
+    """Blocks of 16 with head_dim 32/64/128 take the register-blocked loops (queries in chunks,
+    AVX2 or AVX-512 by the build), 48 the generic one; groups up to 12 cover every chunk size.
+    Float caches must agree with float64 to float rounding, 16-bit ones to the output's."""
+    generator = torch.Generator().manual_seed(head_dim * 100 + group)
+    block_size, num_kv_heads = 16, 2
+    num_heads = group * num_kv_heads
+    keys = torch.randn(12, num_kv_heads, head_dim, block_size, generator=generator).to(dtype)
+    values = torch.randn(12, block_size, num_kv_heads, head_dim, generator=generator).to(dtype)
+    lengths = torch.tensor([1, 17, 100, 160], dtype=torch.int64)
+    table = torch.stack([torch.randperm(12, generator=generator)[:10] for _ in lengths])
+    query = torch.randn(len(lengths), num_heads, head_dim, generator=generator).to(dtype)
+    scale = head_dim**-0.5
+    out = torch.empty_like(query)
+    _KERNELS.paged_decode_attention(
+        out, query, keys, values, table, lengths, scale, 0, None, None, None, 0
+    )
+    for row, length in enumerate(lengths.tolist()):
+        blocks = table[row]
+        dense_k = keys[blocks].permute(0, 3, 1, 2).reshape(-1, num_kv_heads, head_dim)[:length]
+        dense_v = values[blocks].reshape(-1, num_kv_heads, head_dim)[:length]
+        k = dense_k.double().repeat_interleave(group, dim=1)
+        v = dense_v.double().repeat_interleave(group, dim=1)
+        scores = torch.einsum("hd,thd->ht", query[row].double() * scale, k)
+        expected = torch.einsum("ht,thd->hd", scores.softmax(-1), v)
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(
+            out[row].double(), expected, atol=tolerance, rtol=tolerance, msg=f"row {row}"
+        )

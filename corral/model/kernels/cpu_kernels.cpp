@@ -286,10 +286,12 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
   at::parallel_for(0, num_runs * num_kv_heads, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer;
     auto one = block_size != 16  ? &decode_one<T, C, 0, 0>
+               : head_dim == 32  ? &decode_one<T, C, 32, 16>
                : head_dim == 64  ? &decode_one<T, C, 64, 16>
                : head_dim == 128 ? &decode_one<T, C, 128, 16>
                                  : &decode_one<T, C, 0, 16>;
     auto several = block_size != 16  ? &decode_run<T, C, 0, 0>
+                   : head_dim == 32  ? &decode_run<T, C, 32, 16>
                    : head_dim == 64  ? &decode_run<T, C, 64, 16>
                    : head_dim == 128 ? &decode_run<T, C, 128, 16>
                                      : &decode_run<T, C, 0, 16>;
