@@ -112,6 +112,8 @@ class ModelOutput:
     # and the part of step_time_s spent proposing them.
     spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
     propose_time_s: float = 0.0
+    # Of propose_time_s, the proposer's catch-up where it times it (Proposer.catchup_time_s).
+    catchup_time_s: float | None = None
     # Requests that cannot go on (their grammar allows no token), with the reason.
     failed: dict[str, str] = field(default_factory=dict)
     # KV transfer between engines: fetches finished, leases released.

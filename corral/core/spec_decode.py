@@ -117,6 +117,7 @@ class SpecDecodeScheduling:
             model_output.step_time_s,
             model_output.propose_time_s,
             sum(len(ids) for ids in model_output.spec_token_ids.values()),
+            model_output.catchup_time_s,
         )
 
     def forget(self, request: Request) -> None:

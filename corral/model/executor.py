@@ -276,6 +276,7 @@ class ModelExecutor:
             state.num_computed_tokens += num_tokens - num_drafts + max(num_accepted, 0)
         spec_token_ids: dict[str, list[int]] = {}
         propose_time_s = 0.0
+        catchup_time_s = None
         if self.proposer is not None and scheduler_output.num_spec_tokens_to_propose:
             propose_start = time.perf_counter()
             hidden_states = None
@@ -288,6 +289,7 @@ class ModelExecutor:
                 scheduler_output.num_spec_tokens_to_propose, hidden_states
             )
             propose_time_s = time.perf_counter() - propose_start
+            catchup_time_s = self.proposer.catchup_time_s
         return ModelOutput(
             sampled_token_ids,
             logprobs,
@@ -295,6 +297,7 @@ class ModelExecutor:
             finished_disk_reads=finished_disk_reads,
             spec_token_ids=spec_token_ids,
             propose_time_s=propose_time_s,
+            catchup_time_s=catchup_time_s,
             failed=failed,
             connector_events=connector_events,
         )

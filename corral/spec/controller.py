@@ -90,6 +90,15 @@ class SpecController:
         self.use_bound = True
         # Steps the last empty plan may still be held for (hold_idle); 0 after any other plan.
         self.num_idle_steps_left = 0
+        # Catch-up seconds per token where the proposer times its catch-up (observe_step).
+        self.timed_catchup_s: float | None = None
+        # True once the proposer times its catch-up: a model run in passes (a draft model),
+        # whose proposals cost mostly per call and little per pass. Only for such a proposer
+        # does the rule price the call apart, look past a depth that does not pay, and start
+        # and probe at full depth; for lookups (n-gram, suffix) the call is priced as a pass
+        # and depths are granted one by one (looking ahead drafted them more at 32 requests
+        # and ran 4-9% slower there).
+        self.pass_based = False
 
     # ----- learning -----------------------------------------------------------------------
 
@@ -105,18 +114,32 @@ class SpecController:
         step_time_s: float,
         propose_time_s: float,
         num_proposed: int,
+        catchup_time_s: float | None = None,
     ) -> None:
         """One step's cost: its row and prefill tokens (corral/spec/step_cost.py); step_time_s
         in all, of which propose_time_s went to proposing num_proposed tokens for the next
-        step."""
+        step, and of that catchup_time_s to catching up, where the proposer timed it (else the
+        propose-cost fit separates it)."""
         self.step_cost.observe(num_row_tokens, num_prefill_tokens, step_time_s - propose_time_s)
-        if num_proposed > 0:
-            self.propose_cost.observe(
-                max(self._last_num_passes, 1),
-                num_proposed,
-                propose_time_s,
-                self._last_catchup_tokens,
-            )
+        if num_proposed <= 0:
+            return
+        num_catchup = self._last_catchup_tokens
+        if catchup_time_s is not None:
+            # Timed catch-up: its cost per token directly (an EWMA), the rest to the fit. A
+            # draft model is rarely asked for a proposal when the rule grants none, and a fit
+            # over the few probes, each mostly a prompt's prefill, was no fit at all.
+            self.pass_based = True
+            if num_catchup > 0 and catchup_time_s > 0:
+                per_token_s = catchup_time_s / num_catchup
+                previous = self.timed_catchup_s
+                self.timed_catchup_s = (
+                    per_token_s if previous is None else 0.8 * previous + 0.2 * per_token_s
+                )
+            propose_time_s = max(propose_time_s - catchup_time_s, 0.0)
+            num_catchup = 0
+        self.propose_cost.observe(
+            max(self._last_num_passes, 1), num_proposed, propose_time_s, num_catchup
+        )
 
     def forget(self, request_id: str) -> None:
         self.accepted.forget(request_id)
@@ -177,11 +200,29 @@ class SpecController:
             return self._count(SpecPlan(verify, propose))
         if not self.step_cost.is_ready:
             # Nothing measured yet: a few requests propose one draft each, to start learning.
+            # At full depth, so that the proposal cost is measured beyond one draft.
             starters = [rid for rid, c in candidates.items() if c.max_num_tokens > 0]
-            return self._count(SpecPlan({}, dict.fromkeys(starters[:NUM_PROBE_REQUESTS], 1)))
+            return self._count(
+                SpecPlan(
+                    {},
+                    {
+                        rid: min(candidates[rid].max_num_tokens, self.max_num_tokens)
+                        for rid in starters[:NUM_PROBE_REQUESTS]
+                    }
+                    if self.pass_based
+                    else dict.fromkeys(starters[:NUM_PROBE_REQUESTS], 1),
+                )
+            )
         fixed_s, per_token_s, per_prefill_s = self.step_cost.coefficients()
         pass_s, token_s, catchup_s = self.propose_cost.coefficients()
-        if self.use_bound and self._nothing_pays(candidates, fixed_s, per_token_s, pass_s, token_s):
+        if self.timed_catchup_s is not None:
+            catchup_s = self.timed_catchup_s
+        call_s = self.propose_cost.call_s
+        if not self.pass_based:
+            pass_s, call_s = pass_s + call_s, 0.0
+        if self.use_bound and self._nothing_pays(
+            candidates, fixed_s, per_token_s, pass_s, token_s, call_s
+        ):
             self._probed = set()
             costs = (fixed_s, per_token_s, pass_s, token_s, catchup_s)
             return self._finish(candidates, {}, {}, False, costs)
@@ -197,9 +238,12 @@ class SpecController:
         )
         chose_drafts = bool(verify)
         for request_id in self._probed:
+            # A probe's drafts are always verified (their acceptance at every depth is what
+            # the probe measures).
             held = verify_limits.get(request_id, 0)
-            if held > 0 and request_id not in verify and sum(verify.values()) < budget:
-                verify[request_id] = 1  # a probe's draft is always verified
+            room = budget - sum(verify.values())
+            if held > verify.get(request_id, 0) and room > 0:
+                verify[request_id] = min(held, verify.get(request_id, 0) + room)
         self._probed = set()
         propose_limits = {
             rid: min(c.max_num_tokens, self.max_num_tokens) for rid, c in candidates.items()
@@ -222,6 +266,7 @@ class SpecController:
             None,
             start_costs,
             profile,
+            call_s,
         )
         costs = (fixed_s, per_token_s, pass_s, token_s, catchup_s)
         return self._finish(candidates, verify, propose, chose_drafts, costs)
@@ -233,13 +278,14 @@ class SpecController:
         per_token_s: float,
         pass_s: float,
         token_s: float,
+        call_s: float = 0.0,
     ) -> bool:
         """True when plan would grant nothing, shown cheaply: no candidate holds drafts (so none
-        is verified) and even every eligible candidate's first proposal at the largest yield any
-        of them may have, without catch-up, fails _grant's test at depth 1 (sum of yields over
-        pass plus token costs against MIN_GAIN_FACTOR times the decode step's rate; the bound
-        on a subset of m is largest at m = all when it passes at all). The speculation
-        machinery's idle cost was 5-10% of a single-stream step without this."""
+        is verified) and, at every depth d, even n of the eligible candidates proposing d drafts
+        each at the largest yields any of them may have, without catch-up, fail _grant's test
+        (their summed yields against MIN_GAIN_FACTOR times the decode step's rate, for the call,
+        d passes and n * d drafts). The margin is linear in n, so n = 1 and n = all bound it.
+        The speculation machinery's idle cost was 5-10% of a single-stream step without this."""
         eligible = []
         for request_id, candidate in candidates.items():
             if candidate.num_held > 0:
@@ -248,17 +294,26 @@ class SpecController:
                 eligible.append(request_id)
         if not eligible:
             return True
-        profile_1 = self.depth_profile(1)[0]
+        max_depth = min(
+            self.max_num_tokens if self.pass_based else 1,
+            max(candidates[rid].max_num_tokens for rid in eligible),
+        )
+        profile = self.depth_profile(max_depth)
         global_alpha = self.accepted.global_alpha
         best = max(self.acceptance(request_id) for request_id in eligible)
         scale = best / global_alpha if global_alpha > 0 else 1.0
-        best_yield = min(1.0, scale * profile_1)
-        n = len(eligible)
         num_candidates = len(candidates)
         time_s = fixed_s + per_token_s * num_candidates
-        return n * best_yield * time_s <= MIN_GAIN_FACTOR * num_candidates * (
-            pass_s + n * (per_token_s + token_s)
-        )
+        total_yield = 0.0
+        last = 1.0
+        for depth in range(1, max_depth + 1):
+            last = min(1.0, scale * profile[depth - 1], last)
+            total_yield += last
+            for n in {1, len(eligible)}:
+                cost_s = call_s + depth * pass_s + n * depth * (per_token_s + token_s)
+                if n * total_yield * time_s > MIN_GAIN_FACTOR * num_candidates * cost_s:
+                    return False
+        return True
 
     def _finish(
         self,
@@ -297,14 +352,25 @@ class SpecController:
                     ),
                     key=lambda rid: candidates[rid].num_tokens_behind,
                 )
-                spent_s = pass_s
+                # Probes propose as deep as the budget holds (K where it can): the acceptance of
+                # deep drafts and the cost of more passes are measured only where drafts that
+                # deep are tried.
                 probes = []
-                for rid in eligible[:NUM_PROBE_REQUESTS]:
-                    spent_s += per_token_s + token_s + catchup_s * _catchup_tokens(candidates[rid])
-                    if spent_s > budget_s:
+                for depth in range(self.max_num_tokens if self.pass_based else 1, 0, -1):
+                    spent_s = (
+                        self.propose_cost.call_s if self.pass_based else 0.0
+                    ) + depth * pass_s
+                    for rid in eligible[:NUM_PROBE_REQUESTS]:
+                        spent_s += min(candidates[rid].max_num_tokens, depth) * (
+                            per_token_s + token_s
+                        )
+                        spent_s += catchup_s * _catchup_tokens(candidates[rid])
+                        if spent_s > budget_s:
+                            break
+                        probes.append(rid)
+                    if probes:
                         break
-                    probes.append(rid)
-                propose = dict.fromkeys(probes, 1)
+                propose = {rid: min(candidates[rid].max_num_tokens, depth) for rid in probes}
                 self._probed = set(propose)
         self._last_catchup_tokens = sum(_catchup_tokens(candidates[rid]) for rid in propose)
         self.num_idle_steps_left = 0 if verify or propose else IDLE_HOLD_STEPS
@@ -326,13 +392,16 @@ class SpecController:
         budget: int | None,
         start_costs: dict[str, float] | None = None,
         profile: list[float] | None = None,
+        call_cost_s: float = 0.0,
     ) -> tuple[dict[str, int], float, float]:
-        """Depth by depth: at depth j, the requests granted j - 1 (all at j = 1) are ranked by
-        the yield of their j-th draft per second of its cost; the number granted is the one that
-        maximises tokens per second with one more pass (pass_cost_s), token_cost_s per draft,
-        and at depth 1 each request's start_costs (its share of a proposer's catch-up). Stops at
-        the first depth where no number beats the current rate. Returns (grants, tokens,
-        time_s)."""
+        """Depth by depth: from depth j, the requests granted j - 1 (all at j = 1) are ranked by
+        the yield of their drafts j..d per second of their cost, for each d from j on; the
+        number granted and the depth d reached are the pair that maximises tokens per second,
+        with one more pass (pass_cost_s) per depth, token_cost_s per draft, and at depth 1 the
+        call (call_cost_s) and each request's start_costs (its share of a proposer's catch-up).
+        Looking past j matters where a pass costs much less than the call: one draft may not
+        pay for the call while four do. Stops at the first depth from which no grant beats the
+        current rate. Returns (grants, tokens, time_s)."""
         granted: dict[str, int] = {}
         if time_s <= 0:
             return granted, tokens, time_s
@@ -344,39 +413,58 @@ class SpecController:
         }
         level = list(depth_yields)
         remaining = budget
-        for j in range(1, self.max_num_tokens + 1):
+        j = 1
+        while j <= self.max_num_tokens:
             level = [rid for rid in level if limits[rid] >= j]
             if not level or remaining == 0:
                 break
-            yields = {rid: depth_yields[rid][j - 1] for rid in level}
-            costs = {
-                rid: token_cost_s + (start_costs.get(rid, 0.0) if start_costs and j == 1 else 0.0)
-                for rid in level
-            }
-            level.sort(key=lambda rid: -yields[rid] / costs[rid] if costs[rid] > 0 else -1e30)
-            if remaining is not None:
-                level = level[:remaining]
-            best_count, best_tokens, best_time = 0, tokens, time_s
-            gain_sum = cost_sum = 0.0
-            for count, rid in enumerate(level, 1):
-                gain_sum += yields[rid]
-                cost_sum += costs[rid]
-                new_tokens = tokens + gain_sum
-                new_time = time_s + pass_cost_s + cost_sum
-                if new_tokens * best_time > best_tokens * new_time:
-                    best_count, best_tokens, best_time = count, new_tokens, new_time
-            # The depth's drafts must yield, per second they cost, MIN_GAIN_FACTOR times the
-            # step's rate so far (hysteresis against noise in the estimates).
-            if best_count == 0 or (best_tokens - tokens) * time_s <= (
+            # The deepest the level may look: with a budget, each granted draft takes one.
+            choice = None  # (count, depth, tokens, time_s, ranked level)
+            best_tokens, best_time = tokens, time_s
+            gains = dict.fromkeys(level, 0.0)
+            for depth in range(j, self.max_num_tokens + 1):
+                reach = [rid for rid in level if limits[rid] >= depth]
+                if not reach:
+                    break
+                num_depths = depth - j + 1
+                for rid in reach:
+                    gains[rid] += depth_yields[rid][depth - 1]
+                costs = {
+                    rid: num_depths * token_cost_s
+                    + (start_costs.get(rid, 0.0) if start_costs and j == 1 else 0.0)
+                    for rid in reach
+                }
+                ranked = sorted(
+                    reach, key=lambda rid: -gains[rid] / costs[rid] if costs[rid] > 0 else -1e30
+                )
+                if remaining is not None:
+                    ranked = ranked[: remaining // num_depths]
+                fixed_cost_s = num_depths * pass_cost_s + (call_cost_s if j == 1 else 0.0)
+                gain_sum = cost_sum = 0.0
+                for count, rid in enumerate(ranked, 1):
+                    gain_sum += gains[rid]
+                    cost_sum += costs[rid]
+                    new_tokens = tokens + gain_sum
+                    new_time = time_s + fixed_cost_s + cost_sum
+                    if new_tokens * best_time > best_tokens * new_time:
+                        best_tokens, best_time = new_tokens, new_time
+                        choice = (count, depth, ranked)
+                if not self.pass_based or (pass_cost_s <= 0 and call_cost_s <= 0):
+                    break  # depth by depth (without per-pass costs as good as looking ahead)
+            # The drafts must yield, per second they cost, MIN_GAIN_FACTOR times the step's
+            # rate so far (hysteresis against noise in the estimates).
+            if choice is None or (best_tokens - tokens) * time_s <= (
                 MIN_GAIN_FACTOR * tokens * (best_time - time_s)
             ):
                 break
-            level = level[:best_count]
+            count, depth, ranked = choice
+            level = ranked[:count]
             for rid in level:
-                granted[rid] = j
+                granted[rid] = depth
             tokens, time_s = best_tokens, best_time
             if remaining is not None:
-                remaining -= best_count
+                remaining -= count * (depth - j + 1)
+            j = depth + 1
         return granted, tokens, time_s
 
 

@@ -1,9 +1,13 @@
-"""What proposing costs (torch-free): propose_time = pass_s * num_passes + token_s * num_tokens
-+ catchup_s * num_catchup_tokens, fitted online. A draft model runs one forward pass per draft
-position over every request still proposing (num_passes = the largest K), and first catches up
-on the tokens it has not seen (a request's whole prompt when it starts proposing, the tokens
-since its last proposal when it resumes); n-gram and suffix lookups cost per token and a fixed
-amount per step (num_passes = 1), and their catch-up (indexing new tokens) next to nothing."""
+"""What proposing costs (torch-free): propose_time = call_s + pass_s * num_passes + token_s *
+num_tokens + catchup_s * num_catchup_tokens, fitted online. A draft model runs one forward pass
+per draft position over every request still proposing (num_passes = the largest K), and first
+catches up on the tokens it has not seen (a request's whole prompt when it starts proposing, the
+tokens since its last proposal when it resumes); n-gram and suffix lookups cost per token and a
+fixed amount per step (num_passes = 1), and their catch-up (indexing new tokens) next to
+nothing. call_s is what a proposal costs whatever its size (syncing request states, building
+inputs: 0.13-0.3 ms of the demo draft model's proposals, against 0.05 ms a pass); without it a
+fit on one-draft proposals charged it to every pass and token, and deeper drafts looked as dear
+as the first."""
 
 from __future__ import annotations
 
@@ -11,13 +15,13 @@ from __future__ import annotations
 # the features miss).
 WARMUP_SAMPLES = 8
 CLIP_FACTOR = 3.0
-NUM_FEATURES = 3
+NUM_FEATURES = 4  # call (1), passes, tokens, catch-up tokens
 
 
 class ProposeCostEstimate:
-    """Exponentially weighted least squares on (passes, tokens, catch-up tokens) without
-    intercept, with a small ridge relative to each feature's scale so that collinear data (one
-    request: passes == tokens) still gives an answer."""
+    """Exponentially weighted least squares on (1, passes, tokens, catch-up tokens), with a
+    small ridge relative to each feature's scale so that collinear data (one request: passes ==
+    tokens) still gives an answer."""
 
     def __init__(self, decay: float = 0.98, ridge: float = 1e-3) -> None:
         self.decay = decay
@@ -26,14 +30,14 @@ class ProposeCostEstimate:
         self._xx = [[0.0] * NUM_FEATURES for _ in range(NUM_FEATURES)]
         self._xy = [0.0] * NUM_FEATURES
         self.num_observations = 0
-        self._cached: tuple[float, float, float] | None = None
+        self._cached: tuple[float, float, float, float] | None = None
 
     def observe(
         self, num_passes: int, num_tokens: int, propose_time_s: float, num_catchup_tokens: int = 0
     ) -> None:
         if num_passes <= 0 or num_tokens <= 0 or propose_time_s <= 0:
             return
-        features = (float(num_passes), float(num_tokens), float(num_catchup_tokens))
+        features = (1.0, float(num_passes), float(num_tokens), float(num_catchup_tokens))
         if self.num_observations >= WARMUP_SAMPLES:
             limit = CLIP_FACTOR * self.predict_s(num_passes, num_tokens, num_catchup_tokens)
             propose_time_s = min(propose_time_s, limit)
@@ -46,16 +50,24 @@ class ProposeCostEstimate:
         self._cached = None
 
     def coefficients(self) -> tuple[float, float, float]:
-        """The fitted coefficients (recomputed only after a new observation)."""
+        """(pass_s, token_s, catchup_s) of the fit (recomputed only after a new observation)."""
+        return self._coefficients()[1:]
+
+    @property
+    def call_s(self) -> float:
+        """The fitted cost of a proposal whatever its size."""
+        return self._coefficients()[0]
+
+    def _coefficients(self) -> tuple[float, float, float, float]:
         if self._cached is None:
             self._cached = self._fit()
         return self._cached
 
-    def _fit(self) -> tuple[float, float, float]:
-        """(pass_s, token_s, catchup_s), all >= 0: least squares over the features with a
-        positive coefficient (a negative one is dropped and the rest refitted)."""
+    def _fit(self) -> tuple[float, float, float, float]:
+        """(call_s, pass_s, token_s, catchup_s), all >= 0: least squares over the features with
+        a positive coefficient (a negative one is dropped and the rest refitted)."""
         if self.num_observations == 0:
-            return 0.0, 0.0, 0.0
+            return 0.0, 0.0, 0.0, 0.0
         active = [i for i in range(NUM_FEATURES) if self._xx[i][i] > 0]
         while active:
             solution = self._solve(active)
@@ -64,12 +76,12 @@ class ProposeCostEstimate:
                 result = [0.0] * NUM_FEATURES
                 for i, value in zip(active, solution):
                     result[i] = value
-                return result[0], result[1], result[2]
+                return result[0], result[1], result[2], result[3]
             active = [i for i in active if i not in negative]
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0
 
     def _solve(self, active: list[int]) -> list[float]:
-        """Ridge normal equations on the active features (Gaussian elimination, n <= 3)."""
+        """Ridge normal equations on the active features (Gaussian elimination, n <= 4)."""
         n = len(active)
         matrix = [
             [self._xx[i][j] * (1 + self.ridge if i == j else 1.0) for j in active] + [self._xy[i]]
@@ -88,5 +100,5 @@ class ProposeCostEstimate:
         return [matrix[i][n] / matrix[i][i] for i in range(n)]
 
     def predict_s(self, num_passes: int, num_tokens: int, num_catchup_tokens: int = 0) -> float:
-        pass_s, token_s, catchup_s = self.coefficients()
-        return pass_s * num_passes + token_s * num_tokens + catchup_s * num_catchup_tokens
+        call_s, pass_s, token_s, catchup_s = self._coefficients()
+        return call_s + pass_s * num_passes + token_s * num_tokens + catchup_s * num_catchup_tokens

@@ -45,6 +45,10 @@ class Proposer(ABC):
     name: str = ""
     # True: the executor passes the target's hidden states in ProposalRequest.hidden_states.
     needs_hidden_states: bool = False
+    # Seconds of the last propose() spent catching up on tokens the proposer had not seen (a
+    # draft model's prefill of a prompt), for proposers that time it; None: not timed (the
+    # controller then fits it from the whole proposal time).
+    catchup_time_s: float | None = None
 
     @abstractmethod
     def propose(self, requests: list[ProposalRequest]) -> dict[str, Proposal]:

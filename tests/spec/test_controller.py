@@ -179,6 +179,27 @@ def test_probes_propose_then_verify() -> None:
     assert controller.plan(candidates(["a", "b"], 1), 2, 0, budget=100).verify == {"a": 1, "b": 1}
 
 
+def test_a_draft_models_probes_go_as_deep_as_their_budget() -> None:
+    """For a proposer run in passes (one that times its catch-up), probes propose as deep as
+    the probe budget holds, so that deep drafts' acceptance and cost are measured, and all of
+    a probe's drafts are verified."""
+    controller = SpecController(4)
+    controller.observe_step(1, 0, 0.001, 0.0001, 1, catchup_time_s=0.0)
+    assert controller.pass_based
+    feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
+    for request_id in ("a", "b"):
+        feed_acceptance(controller, request_id, 0)
+    plans = [
+        controller.plan(candidates(["a", "b"], 0), 2, 0, budget=100)
+        for _ in range(PROBE_INTERVAL_STEPS)
+    ]
+    assert all(plan == ({}, {}) for plan in plans[:-1])
+    # K deep: the 1.8 ms budget holds one request's four drafts (0.2 ms each to verify, 0.03
+    # to propose, with the call and four passes) but not a second's.
+    assert plans[-1].propose == {"a": 4}
+    assert controller.plan(candidates(["a", "b"], 4), 2, 0, budget=100).verify == {"a": 4}
+
+
 def test_acceptance_shrinks_toward_the_proposers_rate() -> None:
     controller = SpecController(4)
     for _ in range(100):
@@ -368,3 +389,30 @@ def test_the_scheduler_plans_a_new_batch_in_full() -> None:
     for scheduled in ({"a": 1}, {"a": 1}, {"a": 1, "b": 1}):  # the second is held
         spec.add_drafts(SimpleNamespace(num_scheduled=scheduled, budget=100), requests)
     assert calls == [{"a"}, {"a", "b"}]
+
+
+def test_deep_drafts_are_granted_where_only_they_pay_for_the_call() -> None:
+    """A draft model's proposal costs mostly per call (0.35 ms here) and little per pass
+    (0.05 ms): a first draft standing 60% of the time does not pay for the call on a 0.6 ms
+    step, four drafts do.
+    The rule looks past the first depth; priced per pass alone (the fit without a call term)
+    the first draft would have been as dear as the call and nothing granted."""
+    controller = SpecController(4)
+    controller.pass_based = True  # as observe_step sets it for a proposer timing its catch-up
+    feed_costs(controller, fixed_s=0.0006, per_token_s=0.00002)
+    for passes in (1, 4, 2, 4, 1, 3) * 4:
+        controller.propose_cost.observe(passes, passes, 0.00035 + 0.00005 * passes)
+    assert abs(controller.propose_cost.call_s - 0.00035) < 3e-5
+    # Rounds of four drafts whose first 1, 2, 3, 4 stand 60%, 45%, 35%, 27% of the time.
+    for num_accepted in (4,) * 16 + (3,) * 5 + (2,) * 6 + (1,) * 9 + (0,) * 24:
+        controller.record("a", 4, num_accepted)
+    plan = controller.plan(candidates(["a"], 0), 1, 0, budget=100)
+    assert plan.propose == {"a": 4}
+    # One draft alone: the same yield and costs do not pay (the depth-1 test of the old rule).
+    one = SpecController(1)
+    one.step_cost, one.propose_cost, one.accepted = (
+        controller.step_cost,
+        controller.propose_cost,
+        controller.accepted,
+    )
+    assert one.plan(candidates(["a"], 0, max_k=1), 1, 0, budget=100).propose == {}

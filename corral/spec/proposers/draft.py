@@ -14,6 +14,7 @@ coupling allows and the drafts depend on nothing else in the batch.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,13 +117,25 @@ class DraftProposer(Proposer):
             active.append((request, draft))
         proposed: dict[str, list[int]] = {request.request_id: [] for request, _ in active}
         probs: dict[str, list[torch.Tensor]] = {request.request_id: [] for request, _ in active}
+        self.catchup_time_s = 0.0
         with torch.inference_mode():
             # Greedy requests without logit processing whose catch-up runs as decode rows: the
             # catch-up and every draft in one kernel call.
             active = self._decode_greedy(active, proposed, catch_up=True)
             first = True
             while active:
+                # The first pass catches up where a request is further behind than decode rows
+                # take (a prompt, as a rule): timed for the controller.
+                catches_up = first and any(
+                    not runs_as_decode_rows(
+                        len(draft.state.token_ids) - draft.state.num_computed_tokens
+                    )
+                    for _, draft in active
+                )
+                start = time.perf_counter()
                 self._step(active, proposed, probs)
+                if catches_up:
+                    self.catchup_time_s = time.perf_counter() - start
                 active = [
                     (request, draft)
                     for request, draft in active
