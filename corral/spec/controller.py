@@ -12,7 +12,9 @@ while each one's yield per second of its cost beats the step's tokens per second
   on tokens, corral/spec/step_cost.py).
 - Propose: how many drafts to ask for, to verify next step. A draft costs its verification plus
   its proposal (corral/spec/propose_cost.py: per token, and per pass for a draft model, where
-  one more pass is paid by whichever request first needs that depth).
+  one more pass is paid by whichever request first needs that depth). A draft model's proposal
+  also costs per call, which deeper drafts share: for it the rule looks past a depth that does
+  not pay alone (pass_based).
 
 A large compute-bound batch gets none, a lone request with a good proposer gets K. After
 PROBE_INTERVAL_STEPS steps without speculation a few requests propose one draft and verify it
