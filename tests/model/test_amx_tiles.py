@@ -78,6 +78,25 @@ def test_the_kernel_is_exact_to_rounding_and_keeps_a_rows_bits(shape):
 
 
 @needs_tiles
+@pytest.mark.parametrize("shape", [(96, 576), (48, 1536)])
+def test_rows_past_one_row_block_keep_their_bits(shape):
+    """A prefill's rows go through the kernel in blocks of about 512 KB of x (448 rows of 576
+    inputs, 160 of 1,536), each against all output tiles: rows in any block, and across
+    blocks, give the bits they give alone, within rounding of float64."""
+    generator = torch.Generator().manual_seed(2)
+    weight = torch.randn(shape, generator=generator).to(torch.bfloat16)
+    bias = torch.randn(shape[0], generator=generator).to(torch.bfloat16)
+    tiled = PackedWeight.pack(weight, "tiles")
+    x = torch.randn(1000, shape[1], generator=generator).to(torch.bfloat16)
+    together = _KERNELS.few_row_linear(x, tiled.data, bias)
+    reference = x.double() @ weight.double().T + bias.double()
+    assert ((together.double() - reference).abs() <= _bound(x, weight, reference)).all()
+    for first, last in ((0, 32), (150, 170), (440, 460), (995, 1000)):
+        part = _KERNELS.few_row_linear(x[first:last].contiguous(), tiled.data, bias)
+        assert torch.equal(part, together[first:last]), (first, last)
+
+
+@needs_tiles
 def test_nan_and_infinity_propagate_and_subnormals_count_as_zero():
     weight = torch.zeros(32, 32, dtype=torch.bfloat16)
     weight[0, 0] = weight[1, 1] = 1.0

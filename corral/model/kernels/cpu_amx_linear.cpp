@@ -45,6 +45,11 @@ constexpr int kTileRows = 16;
 // head) ran 1.08-1.13x faster at 32 rows on the 2-core AMX Xeon (alternating runs against the
 // build without it; 1.02-1.14x at 1-64 rows in one pair of runs; 8 ahead: 1.0-1.12x).
 constexpr int64_t kPrefetchTiles = 4;
+// Rows are taken in blocks of about this many bytes of x, each block against all of a thread's
+// output pairs before the next: the block stays in L2 while the pairs' tiles stream past it.
+// Taking every row against one pair at a time re-read all of x (2.4 MB for a 2,048-row prefill
+// of a 576-wide model) from L3 for every pair.
+constexpr int64_t kRowBlockBytes = 512 * 1024;
 
 #if defined(CORRAL_AMX_TILES)
 constexpr long kArchRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
@@ -165,45 +170,51 @@ torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& tiles,
   const int64_t num_pairs = (num_blocks + 1) / 2;
   const int64_t grain = std::max<int64_t>(
       1, corral_cpu::min_parallel_work() / std::max<int64_t>(1, rows * in * 2 * kTileOutputs));
+  // A multiple of 32 rows, at least 32.
+  const int64_t block_rows =
+      std::max<int64_t>(1, kRowBlockBytes / x_stride / (2 * kTileRows)) * 2 * kTileRows;
   at::parallel_for(0, num_pairs, grain, [&](int64_t begin, int64_t end) {
     alignas(64) float c[2][2][kTileRows][kTileOutputs];
     int configured_low = -1, configured_high = -1;
-    for (int64_t pair = begin; pair < end; ++pair) {
-      const int64_t n0 = 2 * pair;
-      const bool two = n0 + 1 < num_blocks;
-      const uint8_t* w0 = w_ptr + n0 * k_tiles * kTileElements * 2;
-      for (int64_t m0 = 0; m0 < rows; m0 += 2 * kTileRows) {
-        const int rows_low = static_cast<int>(std::min<int64_t>(kTileRows, rows - m0));
-        const int rows_high = static_cast<int>(
-            std::clamp<int64_t>(rows - m0 - kTileRows, 0, kTileRows));
-        if (rows_low != configured_low || rows_high != configured_high) {
-          configure_tiles(rows_low, rows_high);
-          configured_low = rows_low;
-          configured_high = rows_high;
-        }
-        const uint8_t* x_block = x_ptr + m0 * x_stride;
-        if (rows_high > 0) {
-          two ? tile_block<true, true>(x_block, x_stride, w0, k_tiles, c)
-              : tile_block<true, false>(x_block, x_stride, w0, k_tiles, c);
-        } else {
-          two ? tile_block<false, true>(x_block, x_stride, w0, k_tiles, c)
-              : tile_block<false, false>(x_block, x_stride, w0, k_tiles, c);
-        }
-        for (int half = 0; half < 2; ++half) {
-          const int half_rows = half == 0 ? rows_low : rows_high;
-          for (int blk = 0; blk < (two ? 2 : 1); ++blk) {
-            const int64_t n = (n0 + blk) * kTileOutputs;
-            const __m512 b = b_ptr != nullptr
-                                 ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                                       _mm512_cvtepu16_epi32(_mm256_loadu_si256(
-                                           reinterpret_cast<const __m256i*>(b_ptr + n))),
-                                       16))
-                                 : _mm512_setzero_ps();
-            for (int r = 0; r < half_rows; ++r) {
-              const int64_t row = m0 + half * kTileRows + r;
-              const __m512 v = _mm512_add_ps(_mm512_load_ps(c[half][blk][r]), b);
-              _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_ptr + row * out_features + n),
-                                  (__m256i)_mm512_cvtneps_pbh(v));
+    for (int64_t block_start = 0; block_start < rows; block_start += block_rows) {
+      const int64_t block_end = std::min(rows, block_start + block_rows);
+      for (int64_t pair = begin; pair < end; ++pair) {
+        const int64_t n0 = 2 * pair;
+        const bool two = n0 + 1 < num_blocks;
+        const uint8_t* w0 = w_ptr + n0 * k_tiles * kTileElements * 2;
+        for (int64_t m0 = block_start; m0 < block_end; m0 += 2 * kTileRows) {
+          const int rows_low = static_cast<int>(std::min<int64_t>(kTileRows, rows - m0));
+          const int rows_high = static_cast<int>(
+              std::clamp<int64_t>(rows - m0 - kTileRows, 0, kTileRows));
+          if (rows_low != configured_low || rows_high != configured_high) {
+            configure_tiles(rows_low, rows_high);
+            configured_low = rows_low;
+            configured_high = rows_high;
+          }
+          const uint8_t* x_block = x_ptr + m0 * x_stride;
+          if (rows_high > 0) {
+            two ? tile_block<true, true>(x_block, x_stride, w0, k_tiles, c)
+                : tile_block<true, false>(x_block, x_stride, w0, k_tiles, c);
+          } else {
+            two ? tile_block<false, true>(x_block, x_stride, w0, k_tiles, c)
+                : tile_block<false, false>(x_block, x_stride, w0, k_tiles, c);
+          }
+          for (int half = 0; half < 2; ++half) {
+            const int half_rows = half == 0 ? rows_low : rows_high;
+            for (int blk = 0; blk < (two ? 2 : 1); ++blk) {
+              const int64_t n = (n0 + blk) * kTileOutputs;
+              const __m512 b = b_ptr != nullptr
+                                   ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                                         _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                             reinterpret_cast<const __m256i*>(b_ptr + n))),
+                                         16))
+                                   : _mm512_setzero_ps();
+              for (int r = 0; r < half_rows; ++r) {
+                const int64_t row = m0 + half * kTileRows + r;
+                const __m512 v = _mm512_add_ps(_mm512_load_ps(c[half][blk][r]), b);
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_ptr + row * out_features + n),
+                                    (__m256i)_mm512_cvtneps_pbh(v));
+              }
             }
           }
         }
