@@ -45,6 +45,7 @@ _SOURCES = [
         "cpu_amx_linear.cpp",
         "cpu_argmax.cpp",
         "cpu_layer_loop.cpp",
+        "cpu_prefill_attention.cpp",
     )
 ]
 # Included by the sources: copied beside them into the build directory, part of the signature.

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -28,6 +29,22 @@ inline int64_t& min_parallel_work() {
 // Weight quads per parallel chunk of a few-row linear: at least 16, and min_parallel_work().
 inline int64_t linear_grain(int64_t rows, int64_t in) {
   return std::max<int64_t>(16, min_parallel_work() / std::max<int64_t>(1, 4 * in * rows));
+}
+
+// exp(x) as 2^n * e^r with |r| <= ln2 / 2 and a degree-6 Taylor polynomial (relative error
+// ~1e-7); branch-free so that loops over it vectorize. Arguments below -87 give 0.
+inline float fast_exp(float x) {
+  x = std::max(x, -87.f);
+  const float t = x * 1.4426950408889634f;
+  // Round to nearest by adding and subtracting 1.5 * 2^23 (|t| < 2^22 here).
+  const float n = (t + 12582912.f) - 12582912.f;
+  const float r = (t - n) * 0.6931471805599453f;
+  const float p =
+      1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r / 720)))));
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
 }
 
 inline float to_float(float x) { return x; }

@@ -18,23 +18,8 @@
 namespace {
 
 using corral_cpu::min_parallel_work;
+using corral_cpu::fast_exp;
 using corral_cpu::to_float;
-
-// exp(x) as 2^n * e^r with |r| <= ln2 / 2 and a degree-6 Taylor polynomial (relative error
-// ~1e-7); branch-free so that loops over it vectorize. Arguments below -87 give 0.
-inline float fast_exp(float x) {
-  x = std::max(x, -87.f);
-  const float t = x * 1.4426950408889634f;
-  // Round to nearest by adding and subtracting 1.5 * 2^23 (|t| < 2^22 here).
-  const float n = (t + 12582912.f) - 12582912.f;
-  const float r = (t - n) * 0.6931471805599453f;
-  const float p =
-      1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r / 720)))));
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
 
 template <typename T>
 inline float dot_rows(const T* a, const T* b, int64_t n) {
@@ -358,6 +343,7 @@ void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tenso
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, "decode attention over paged KV");
+  m.def("prefill_attention", &prefill_attention, "causal attention of short fresh prompts");
   m.def("few_row_linear", &few_row_linear, "x @ weight.T for few rows");
   m.def("packed_weights_supported", &packed_weights_supported,
         "whether few_row_linear reads packed bf16 weights here");

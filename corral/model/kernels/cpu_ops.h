@@ -7,6 +7,8 @@
 #include <vector>
 
 // Defined in cpu_kernels.cpp.
+void prefill_attention(torch::Tensor out, torch::Tensor query, torch::Tensor key,
+                       torch::Tensor value, torch::Tensor spans, double scale);
 void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tensor key_cache,
                             torch::Tensor value_cache, torch::Tensor block_table,
                             torch::Tensor seq_lens, double scale, int64_t window,
