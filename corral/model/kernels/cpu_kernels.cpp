@@ -344,6 +344,8 @@ void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tenso
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, "decode attention over paged KV");
   m.def("prefill_attention", &prefill_attention, "causal attention of short fresh prompts");
+  m.def("prefill_attention_max_tokens", &prefill_attention_max_tokens,
+        "the longest prompt prefill_attention is used for");
   m.def("few_row_linear", &few_row_linear, "x @ weight.T for few rows");
   m.def("packed_weights_supported", &packed_weights_supported,
         "whether few_row_linear reads packed bf16 weights here");

@@ -7,6 +7,7 @@
 #include <vector>
 
 // Defined in cpu_kernels.cpp.
+int64_t prefill_attention_max_tokens();
 void prefill_attention(torch::Tensor out, torch::Tensor query, torch::Tensor key,
                        torch::Tensor value, torch::Tensor spans, double scale);
 void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tensor key_cache,

@@ -266,12 +266,12 @@ def _windowed(decode: DecodeBatch, window: int) -> torch.Tensor:
     return decode.mask & (key_positions >= lowest)
 
 
-# Fresh prompts of up to this many tokens take the CPU kernel, all of a step's in one call. On
-# the AMX Xeon, one 9-head prompt (3 KV heads of 64) took 0.05 / 0.18 / 0.70 / 2.0 / 7.9 / 29 /
-# 145 ms in the kernel at 64 / 128 / 256 / 512 / 1,024 / 2,048 / 4,096 tokens against 0.17 /
-# 0.36 / 2.0 / 4.3 / 13 / 39 / 156 ms in the torch loop (bf16 batched matmuls); longer ones were
-# not measured and keep the torch path, which reads its keys in chunks.
-MAX_KERNEL_PREFILL_TOKENS = 4096
+# Fresh prompts of up to kernels.prefill_attention_max_tokens() tokens take the CPU kernel, all
+# of a step's in one call. On the AMX Xeon (AVX-512 build: 4,096), one 9-head prompt (3 KV
+# heads of 64) took 0.05 / 0.18 / 0.70 / 2.0 / 7.9 / 29 / 145 ms in the kernel at 64 / 128 /
+# 256 / 512 / 1,024 / 2,048 / 4,096 tokens against 0.17 / 0.36 / 2.0 / 4.3 / 13 / 39 / 156 ms
+# in the torch loop (bf16 batched matmuls); longer ones were not measured and keep the torch
+# path, which reads its keys in chunks. Builds without AVX-512 take prompts of up to 128.
 
 
 def _prefill_short_prompts(
@@ -285,13 +285,14 @@ def _prefill_short_prompts(
 ) -> list[PrefillSpan]:
     """Attend the spans that are whole short prompts (no context, no mask, no sinks) with the
     CPU kernel into output; returns the spans left for the per-span path."""
+    limit = kernels.prefill_attention_max_tokens()
     short = [
         span
         for span in prefills
         if span.context_len == 0
         and span.mask is None
         and not span.sink
-        and span.row_end - span.row_start <= MAX_KERNEL_PREFILL_TOKENS
+        and span.row_end - span.row_start <= limit
     ]
     if not short:
         return prefills
