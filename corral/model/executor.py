@@ -20,7 +20,7 @@ from corral.core.kv_window import resolve_kv_window
 from corral.core.messages import ModelOutput, SchedulerOutput, TokenLogprobs
 from corral.kv_transfer.worker_half import KVConnectorWorker
 from corral.lora.memory import AdapterMemory
-from corral.lora.step import LoRAStep
+from corral.lora.step import lora_step
 from corral.model.arch import ModelArch
 from corral.model.chunk_blend import ChunkBlender
 from corral.model.device import free_memory_bytes, resolve_device, resolve_dtype
@@ -235,7 +235,9 @@ class ModelExecutor:
             inputs.positions,
             self.kv_caches,
             inputs.metadata,
-            self._lora_step(scheduled, inputs.row_ranges),
+            lora_step(
+                self.adapters, [state.lora_slot for state, _ in scheduled], inputs.row_ranges
+            ),
         )
         sample_rows: list[int] = []
         sample_states: list[RequestState] = []
@@ -301,19 +303,6 @@ class ModelExecutor:
             failed=failed,
             connector_events=connector_events,
         )
-
-    def _lora_step(
-        self, scheduled: list[tuple[RequestState, int]], row_ranges: list[tuple[int, int]]
-    ) -> LoRAStep | None:
-        """The step's adapter layout: None when no scheduled request uses an adapter."""
-        if self.adapters is None or all(state.lora_slot is None for state, _ in scheduled):
-            return None
-        row_slots = [-1] * row_ranges[-1][1]
-        for (state, _), (row_start, row_end) in zip(scheduled, row_ranges):
-            if state.lora_slot is not None:
-                row_slots[row_start:row_end] = [state.lora_slot] * (row_end - row_start)
-        batch = self.adapters.batch(row_slots)
-        return None if batch is None else LoRAStep(self.adapters.slots.layers, batch)
 
     def _propose(
         self,

@@ -26,12 +26,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from corral.spec.acceptance import AcceptanceEstimate
+from corral.spec.grant import GrantCosts, choose_probes, grant_depths, no_grant_can_pay
 from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.stats import SpecDecodeStats
 from corral.spec.step_cost import StepCostEstimate
 
-# A draft token must beat the running tokens per second by this factor (hysteresis against noise).
-MIN_GAIN_FACTOR = 1.02
 PROBE_INTERVAL_STEPS = 64
 MAX_PROBE_INTERVAL = 4096
 # A proposer's catch-up on tokens it has not seen (a draft model's prefill of a request's prompt)
@@ -92,14 +91,12 @@ class SpecController:
         self.use_bound = True
         # Steps the last empty plan may still be held for (hold_idle); 0 after any other plan.
         self.num_idle_steps_left = 0
-        # Catch-up seconds per token where the proposer times its catch-up (observe_step).
-        self.timed_catchup_s: float | None = None
         # True once the proposer times its catch-up: a model run in passes (a draft model),
         # whose proposals cost mostly per call and little per pass. Only for such a proposer
         # does the rule price the call apart, look past a depth that does not pay, and start
         # and probe at full depth; for lookups (n-gram, suffix) the call is priced as a pass
-        # and depths are granted one by one (looking ahead drafted them more at 32 requests
-        # and ran 4-9% slower there).
+        # and depths are granted one by one (in a first trial, looking ahead made n-gram draft
+        # 0.33 tokens per output token at 32 requests against 0.24 before, and no faster).
         self.pass_based = False
 
     # ----- learning -----------------------------------------------------------------------
@@ -125,22 +122,13 @@ class SpecController:
         self.step_cost.observe(num_row_tokens, num_prefill_tokens, step_time_s - propose_time_s)
         if num_proposed <= 0:
             return
-        num_catchup = self._last_catchup_tokens
-        if catchup_time_s is not None:
-            # Timed catch-up: its cost per token directly (an EWMA), the rest to the fit. A
-            # draft model is rarely asked for a proposal when the rule grants none, and a fit
-            # over the few probes, each mostly a prompt's prefill, was no fit at all.
-            self.pass_based = True
-            if num_catchup > 0 and catchup_time_s > 0:
-                per_token_s = catchup_time_s / num_catchup
-                previous = self.timed_catchup_s
-                self.timed_catchup_s = (
-                    per_token_s if previous is None else 0.8 * previous + 0.2 * per_token_s
-                )
-            propose_time_s = max(propose_time_s - catchup_time_s, 0.0)
-            num_catchup = 0
+        self.pass_based = self.pass_based or catchup_time_s is not None
         self.propose_cost.observe(
-            max(self._last_num_passes, 1), num_proposed, propose_time_s, num_catchup
+            max(self._last_num_passes, 1),
+            num_proposed,
+            propose_time_s,
+            self._last_catchup_tokens,
+            catchup_time_s,
         )
 
     def forget(self, request_id: str) -> None:
@@ -201,24 +189,14 @@ class SpecController:
                     budget -= use
             return self._count(SpecPlan(verify, propose))
         if not self.step_cost.is_ready:
-            # Nothing measured yet: a few requests propose one draft each, to start learning.
-            # At full depth, so that the proposal cost is measured beyond one draft.
+            # Nothing measured yet: a few requests propose, to start learning (one draft each;
+            # a pass-based proposer K, so that its cost beyond one draft is measured).
+            depth = self.max_num_tokens if self.pass_based else 1
             starters = [rid for rid, c in candidates.items() if c.max_num_tokens > 0]
-            return self._count(
-                SpecPlan(
-                    {},
-                    {
-                        rid: min(candidates[rid].max_num_tokens, self.max_num_tokens)
-                        for rid in starters[:NUM_PROBE_REQUESTS]
-                    }
-                    if self.pass_based
-                    else dict.fromkeys(starters[:NUM_PROBE_REQUESTS], 1),
-                )
-            )
+            starts = {rid: min(candidates[rid].max_num_tokens, depth) for rid in starters}
+            return self._count(SpecPlan({}, dict(list(starts.items())[:NUM_PROBE_REQUESTS])))
         fixed_s, per_token_s, per_prefill_s = self.step_cost.coefficients()
         pass_s, token_s, catchup_s = self.propose_cost.coefficients()
-        if self.timed_catchup_s is not None:
-            catchup_s = self.timed_catchup_s
         call_s = self.propose_cost.call_s
         if not self.pass_based:
             pass_s, call_s = pass_s + call_s, 0.0
@@ -283,11 +261,9 @@ class SpecController:
         call_s: float = 0.0,
     ) -> bool:
         """True when plan would grant nothing, shown cheaply: no candidate holds drafts (so none
-        is verified) and, at every depth d, even n of the eligible candidates proposing d drafts
-        each at the largest yields any of them may have, without catch-up, fail _grant's test
-        (their summed yields against MIN_GAIN_FACTOR times the decode step's rate, for the call,
-        d passes and n * d drafts). The margin is linear in n, so n = 1 and n = all bound it.
-        The speculation machinery's idle cost was 5-10% of a single-stream step without this."""
+        is verified) and no proposal can pay (grant.no_grant_can_pay; depth 1 only unless
+        pass_based). The speculation machinery's idle cost was 5-10% of a single-stream step
+        without this."""
         eligible = []
         for request_id, candidate in candidates.items():
             if candidate.num_held > 0:
@@ -300,22 +276,17 @@ class SpecController:
             self.max_num_tokens if self.pass_based else 1,
             max(candidates[rid].max_num_tokens for rid in eligible),
         )
-        profile = self.depth_profile(max_depth)
+        profile = self.depth_profile(max_depth)  # sets accepted.global_alpha
         global_alpha = self.accepted.global_alpha
         best = max(self.acceptance(request_id) for request_id in eligible)
-        scale = best / global_alpha if global_alpha > 0 else 1.0
-        num_candidates = len(candidates)
-        time_s = fixed_s + per_token_s * num_candidates
-        total_yield = 0.0
-        last = 1.0
-        for depth in range(1, max_depth + 1):
-            last = min(1.0, scale * profile[depth - 1], last)
-            total_yield += last
-            for n in {1, len(eligible)}:
-                cost_s = call_s + depth * pass_s + n * depth * (per_token_s + token_s)
-                if n * total_yield * time_s > MIN_GAIN_FACTOR * num_candidates * cost_s:
-                    return False
-        return True
+        return no_grant_can_pay(
+            profile,
+            best / global_alpha if global_alpha > 0 else 1.0,
+            len(eligible),
+            len(candidates),
+            fixed_s + per_token_s * len(candidates),
+            GrantCosts(per_token_s + token_s, pass_s, call_s),
+        )
 
     def _finish(
         self,
@@ -354,25 +325,20 @@ class SpecController:
                     ),
                     key=lambda rid: candidates[rid].num_tokens_behind,
                 )
-                # Probes propose as deep as the budget holds (K where it can): the acceptance of
-                # deep drafts and the cost of more passes are measured only where drafts that
-                # deep are tried.
-                probes = []
-                for depth in range(self.max_num_tokens if self.pass_based else 1, 0, -1):
-                    spent_s = (
-                        self.propose_cost.call_s if self.pass_based else 0.0
-                    ) + depth * pass_s
-                    for rid in eligible[:NUM_PROBE_REQUESTS]:
-                        spent_s += min(candidates[rid].max_num_tokens, depth) * (
-                            per_token_s + token_s
-                        )
-                        spent_s += catchup_s * _catchup_tokens(candidates[rid])
-                        if spent_s > budget_s:
-                            break
-                        probes.append(rid)
-                    if probes:
-                        break
-                propose = {rid: min(candidates[rid].max_num_tokens, depth) for rid in probes}
+                propose = choose_probes(
+                    {
+                        rid: (candidates[rid].max_num_tokens, _catchup_tokens(candidates[rid]))
+                        for rid in eligible[:NUM_PROBE_REQUESTS]
+                    },
+                    self.max_num_tokens if self.pass_based else 1,
+                    budget_s,
+                    GrantCosts(
+                        per_token_s + token_s,
+                        pass_s,
+                        self.propose_cost.call_s if self.pass_based else 0.0,
+                    ),
+                    catchup_s,
+                )
                 self._probed = set(propose)
         self._last_catchup_tokens = sum(_catchup_tokens(candidates[rid]) for rid in propose)
         self.num_idle_steps_left = 0 if verify or propose else IDLE_HOLD_STEPS
@@ -396,78 +362,27 @@ class SpecController:
         profile: list[float] | None = None,
         call_cost_s: float = 0.0,
     ) -> tuple[dict[str, int], float, float]:
-        """Depth by depth: from depth j, the requests granted j - 1 (all at j = 1) are ranked by
-        the yield of their drafts j..d per second of their cost, for each d from j on; the
-        number granted and the depth d reached are the pair that maximises tokens per second,
-        with one more pass (pass_cost_s) per depth, token_cost_s per draft, and at depth 1 the
-        call (call_cost_s) and each request's start_costs (its share of a proposer's catch-up).
-        Looking past j matters where a pass costs much less than the call: one draft may not
-        pay for the call while four do. Stops at the first depth from which no grant beats the
-        current rate. Returns (grants, tokens, time_s)."""
-        granted: dict[str, int] = {}
+        """grant_depths (corral/spec/grant.py) on the requests' expected yields at each depth;
+        looking ahead only for a pass-based proposer."""
         if time_s <= 0:
-            return granted, tokens, time_s
+            return {}, tokens, time_s
         profile = profile if profile is not None else self.depth_profile(self.max_num_tokens)
         depth_yields = {
             rid: self.depth_yields(rid, limit, profile)
             for rid, limit in limits.items()
             if limit > 0
         }
-        level = list(depth_yields)
-        remaining = budget
-        j = 1
-        while j <= self.max_num_tokens:
-            level = [rid for rid in level if limits[rid] >= j]
-            if not level or remaining == 0:
-                break
-            # The deepest the level may look: with a budget, each granted draft takes one.
-            choice = None  # (count, depth, tokens, time_s, ranked level)
-            best_tokens, best_time = tokens, time_s
-            gains = dict.fromkeys(level, 0.0)
-            for depth in range(j, self.max_num_tokens + 1):
-                reach = [rid for rid in level if limits[rid] >= depth]
-                if not reach:
-                    break
-                num_depths = depth - j + 1
-                for rid in reach:
-                    gains[rid] += depth_yields[rid][depth - 1]
-                costs = {
-                    rid: num_depths * token_cost_s
-                    + (start_costs.get(rid, 0.0) if start_costs and j == 1 else 0.0)
-                    for rid in reach
-                }
-                ranked = sorted(
-                    reach, key=lambda rid: -gains[rid] / costs[rid] if costs[rid] > 0 else -1e30
-                )
-                if remaining is not None:
-                    ranked = ranked[: remaining // num_depths]
-                fixed_cost_s = num_depths * pass_cost_s + (call_cost_s if j == 1 else 0.0)
-                gain_sum = cost_sum = 0.0
-                for count, rid in enumerate(ranked, 1):
-                    gain_sum += gains[rid]
-                    cost_sum += costs[rid]
-                    new_tokens = tokens + gain_sum
-                    new_time = time_s + fixed_cost_s + cost_sum
-                    if new_tokens * best_time > best_tokens * new_time:
-                        best_tokens, best_time = new_tokens, new_time
-                        choice = (count, depth, ranked)
-                if not self.pass_based or (pass_cost_s <= 0 and call_cost_s <= 0):
-                    break  # depth by depth (without per-pass costs as good as looking ahead)
-            # The drafts must yield, per second they cost, MIN_GAIN_FACTOR times the step's
-            # rate so far (hysteresis against noise in the estimates).
-            if choice is None or (best_tokens - tokens) * time_s <= (
-                MIN_GAIN_FACTOR * tokens * (best_time - time_s)
-            ):
-                break
-            count, depth, ranked = choice
-            level = ranked[:count]
-            for rid in level:
-                granted[rid] = depth
-            tokens, time_s = best_tokens, best_time
-            if remaining is not None:
-                remaining -= count * (depth - j + 1)
-            j = depth + 1
-        return granted, tokens, time_s
+        costs = GrantCosts(token_cost_s, pass_cost_s, call_cost_s, start_costs or {})
+        return grant_depths(
+            limits,
+            depth_yields,
+            tokens,
+            time_s,
+            costs,
+            budget,
+            self.max_num_tokens,
+            look_ahead=self.pass_based,
+        )
 
 
 def _catchup_tokens(candidate: Candidate) -> int:

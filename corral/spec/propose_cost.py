@@ -31,10 +31,30 @@ class ProposeCostEstimate:
         self._xy = [0.0] * NUM_FEATURES
         self.num_observations = 0
         self._cached: tuple[float, float, float, float] | None = None
+        # Catch-up seconds per token where the proposer times its catch-up (observe).
+        self.timed_catchup_s: float | None = None
 
     def observe(
-        self, num_passes: int, num_tokens: int, propose_time_s: float, num_catchup_tokens: int = 0
+        self,
+        num_passes: int,
+        num_tokens: int,
+        propose_time_s: float,
+        num_catchup_tokens: int = 0,
+        catchup_time_s: float | None = None,
     ) -> None:
+        """One proposal's time. catchup_time_s: the part of it the proposer timed as catch-up
+        (a draft model's prefill of a prompt), priced per token directly (an EWMA) and taken
+        out of the fit: a draft model is rarely asked for a proposal when the rule grants none,
+        and a fit over the few probes, each mostly a prompt's prefill, was no fit at all."""
+        if catchup_time_s is not None:
+            if num_catchup_tokens > 0 and catchup_time_s > 0:
+                per_token_s = catchup_time_s / num_catchup_tokens
+                previous = self.timed_catchup_s
+                self.timed_catchup_s = (
+                    per_token_s if previous is None else 0.8 * previous + 0.2 * per_token_s
+                )
+            propose_time_s = max(propose_time_s - catchup_time_s, 0.0)
+            num_catchup_tokens = 0
         if num_passes <= 0 or num_tokens <= 0 or propose_time_s <= 0:
             return
         features = (1.0, float(num_passes), float(num_tokens), float(num_catchup_tokens))
@@ -50,8 +70,12 @@ class ProposeCostEstimate:
         self._cached = None
 
     def coefficients(self) -> tuple[float, float, float]:
-        """(pass_s, token_s, catchup_s) of the fit (recomputed only after a new observation)."""
-        return self._coefficients()[1:]
+        """(pass_s, token_s, catchup_s) of the fit (recomputed only after a new observation);
+        catchup_s as timed where the proposer times its catch-up."""
+        _, pass_s, token_s, catchup_s = self._coefficients()
+        if self.timed_catchup_s is not None:
+            catchup_s = self.timed_catchup_s
+        return pass_s, token_s, catchup_s
 
     @property
     def call_s(self) -> float:

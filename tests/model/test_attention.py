@@ -128,11 +128,13 @@ def test_decode_paths(dtype, kv_dtype, tolerance, window, use_kernel, monkeypatc
 
 @pytest.mark.parametrize("window", [None, 7, "layer-7"])
 @pytest.mark.parametrize("context_len", [0, 9])
-@pytest.mark.parametrize("path", ["matmul", "matmul-key-chunks", "sdpa"])
+@pytest.mark.parametrize("path", ["kernel", "matmul", "matmul-key-chunks", "sdpa"])
 @pytest.mark.parametrize("kv_dtype", [None, torch.int8])
 def test_prefill_paths(window, context_len, path, kv_dtype, monkeypatch):
     layer_window = 7 if window == "layer-7" else None
     window = layer_window or window
+    if path != "kernel":  # fresh prompts without a window take the CPU kernel unless told not to
+        monkeypatch.setattr(attn, "_prefill_short_prompts", lambda *args: args[5])
     if path == "sdpa":  # the CUDA path, checked here on CPU
         monkeypatch.setattr(attn, "_prefill_matmul", attn._prefill_sdpa)
     if path == "matmul-key-chunks":  # online softmax over keys, 3 at a time (long contexts)

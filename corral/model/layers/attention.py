@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from corral.model.kernels import cpu_kernels
-from corral.model.layers.kv_quant import dequantize_kv, quantize_kv, raw_view
+from corral.model.layers.kv_gather import (
+    decode_gathered,
+    gather_context,
+    gather_keys,
+    gather_values,
+)
+from corral.model.layers.kv_quant import quantize_kv, raw_view
 from corral.model.layers.matmul_dtype import attention_matmul_dtype
 from corral.model.layers.sink_attention import SinkMetadata, sink_attention
 
@@ -171,7 +177,7 @@ def paged_attention(
                 sinks.num_sink_tokens if sinks is not None else 0,
             )
         else:
-            output[:rows] = _decode_gathered(query[:rows], cache, decode, scale, window)
+            output[:rows] = decode_gathered(query[:rows], cache, decode, scale, window)
     prefills = metadata.prefills
     if kernels is not None and window is None and metadata.sliding_window is None:
         prefills = _prefill_short_prompts(kernels, query, key, value, output, prefills, scale)
@@ -182,13 +188,13 @@ def paged_attention(
         if span.context_len == 0:  # a fresh prompt: its own K/V, as computed (not quantized)
             keys, values = key[start:end], value[start:end]
         else:
-            keys, values = _gather_context(cache, span, query.dtype)
+            keys, values = gather_context(cache, span, query.dtype)
         attend = _prefill_matmul if on_cpu else _prefill_sdpa
         output[start:end] = attend(query[start:end], keys, values, span, scale, window)
     if sinks is not None:
 
         def gather(block_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return _gather_keys(cache, block_ids, query.dtype), _gather_values(
+            return gather_keys(cache, block_ids, query.dtype), gather_values(
                 cache, block_ids, query.dtype
             )
 
@@ -199,71 +205,6 @@ def paged_attention(
                 query[rows], gather, cache.block_size, span, metadata.sinks, scale
             )
     return output
-
-
-def _gather_keys(cache: LayerKVCache, block_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The blocks' keys in token order, [len(block_ids) * block_size, num_kv_heads, head_dim]."""
-    blocks = raw_view(cache.key).index_select(0, block_ids).view(cache.key.dtype)
-    keys = blocks.permute(0, 3, 1, 2).reshape(-1, blocks.shape[1], blocks.shape[2])
-    return _dequantize(keys, cache.key_scale, block_ids, dtype)
-
-
-def _gather_values(
-    cache: LayerKVCache, block_ids: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    num_kv_heads, head_dim = cache.value.shape[2], cache.value.shape[3]
-    values = raw_view(cache.value).index_select(0, block_ids).view(cache.value.dtype)
-    return _dequantize(values.view(-1, num_kv_heads, head_dim), cache.value_scale, block_ids, dtype)
-
-
-def _dequantize(
-    gathered: torch.Tensor, scales: torch.Tensor | None, block_ids: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    if scales is None:
-        return gathered
-    block_scales = scales.index_select(0, block_ids).view(-1, gathered.shape[1])
-    return dequantize_kv(gathered, block_scales, dtype)
-
-
-def _gather_context(
-    cache: LayerKVCache, span: PrefillSpan, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values of positions [0, context_len + num_query), [kv_len, num_kv_heads, dim]."""
-    kv_len = span.context_len + span.row_end - span.row_start
-    keys = _gather_keys(cache, span.block_ids, dtype)
-    values = _gather_values(cache, span.block_ids, dtype)
-    return keys[:kv_len], values[:kv_len]
-
-
-def _decode_gathered(
-    query: torch.Tensor,
-    cache: LayerKVCache,
-    decode: DecodeBatch,
-    scale: float,
-    window: int | None = None,
-) -> torch.Tensor:
-    rows = decode.num_decodes
-    num_kv_heads, head_dim = cache.value.shape[2], cache.value.shape[3]
-    num_slots = decode.mask.shape[-1]
-    flat_table = decode.block_table.view(-1)
-    keys = _gather_keys(cache, flat_table, query.dtype)
-    values = _gather_values(cache, flat_table, query.dtype)
-    attended = F.scaled_dot_product_attention(
-        query.unsqueeze(2),
-        keys.view(rows, num_slots, num_kv_heads, head_dim).transpose(1, 2),
-        values.view(rows, num_slots, num_kv_heads, head_dim).transpose(1, 2),
-        attn_mask=decode.mask if window is None else _windowed(decode, window),
-        scale=scale,
-        enable_gqa=True,
-    )
-    return attended.squeeze(2)
-
-
-def _windowed(decode: DecodeBatch, window: int) -> torch.Tensor:
-    """The decode mask less the keys behind each row's window."""
-    key_positions = torch.arange(decode.mask.shape[-1], device=decode.mask.device)
-    lowest = (decode.seq_lens - window).view(-1, 1, 1, 1)
-    return decode.mask & (key_positions >= lowest)
 
 
 # Fresh prompts of up to kernels.prefill_attention_max_tokens() tokens take the CPU kernel, all
