@@ -4,6 +4,8 @@ alike)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 # A draft token must beat the running tokens per second by this factor (hysteresis against noise).
@@ -18,7 +20,7 @@ class GrantCosts(NamedTuple):
     token_s: float
     pass_s: float = 0.0
     call_s: float = 0.0
-    start_s: dict[str, float] = {}
+    start_s: Mapping[str, float] = MappingProxyType({})
 
 
 def grant_depths(

@@ -164,8 +164,22 @@ def test_plan_respects_each_requests_cap_and_budget() -> None:
     assert plan.verify["a"] <= 2 and sum(plan.verify.values()) == 5
 
 
-def test_probes_propose_then_verify() -> None:
+@pytest.mark.parametrize(
+    "pass_based, probes",
+    [
+        (False, {"a": 1, "b": 1}),
+        # A proposer run in passes (one that times its catch-up) probes as deep as the budget
+        # holds, so that deep drafts' acceptance and cost are measured: the 1.8 ms budget holds
+        # one request's four drafts (0.2 ms each to verify, 0.03 to propose, with the call and
+        # four passes) but not a second's.
+        (True, {"a": 4}),
+    ],
+)
+def test_probes_propose_then_verify(pass_based: bool, probes: dict[str, int]) -> None:
     controller = SpecController(4)
+    if pass_based:
+        controller.observe_step(1, 0, 0.001, 0.0001, 1, catchup_time_s=0.0)
+    assert controller.pass_based == pass_based
     feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
     for request_id in ("a", "b"):
         feed_acceptance(controller, request_id, 0)
@@ -174,30 +188,11 @@ def test_probes_propose_then_verify() -> None:
         for _ in range(PROBE_INTERVAL_STEPS)
     ]
     assert all(plan == ({}, {}) for plan in plans[:-1])
-    assert plans[-1].propose == {"a": 1, "b": 1}
-    # Next step they hold one draft each: it is verified although it would not pay.
-    assert controller.plan(candidates(["a", "b"], 1), 2, 0, budget=100).verify == {"a": 1, "b": 1}
-
-
-def test_a_draft_models_probes_go_as_deep_as_their_budget() -> None:
-    """For a proposer run in passes (one that times its catch-up), probes propose as deep as
-    the probe budget holds, so that deep drafts' acceptance and cost are measured, and all of
-    a probe's drafts are verified."""
-    controller = SpecController(4)
-    controller.observe_step(1, 0, 0.001, 0.0001, 1, catchup_time_s=0.0)
-    assert controller.pass_based
-    feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
-    for request_id in ("a", "b"):
-        feed_acceptance(controller, request_id, 0)
-    plans = [
-        controller.plan(candidates(["a", "b"], 0), 2, 0, budget=100)
-        for _ in range(PROBE_INTERVAL_STEPS)
-    ]
-    assert all(plan == ({}, {}) for plan in plans[:-1])
-    # K deep: the 1.8 ms budget holds one request's four drafts (0.2 ms each to verify, 0.03
-    # to propose, with the call and four passes) but not a second's.
-    assert plans[-1].propose == {"a": 4}
-    assert controller.plan(candidates(["a", "b"], 4), 2, 0, budget=100).verify == {"a": 4}
+    assert plans[-1].propose == probes
+    # Next step they hold their drafts: all are verified although they would not pay.
+    held = max(probes.values())
+    plan = controller.plan(candidates(["a", "b"], held), 2, 0, budget=100)
+    assert plan.verify == probes
 
 
 def test_acceptance_shrinks_toward_the_proposers_rate() -> None:

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if (defined(__AVX2__) && defined(__FMA__)) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -46,6 +46,27 @@ inline float fast_exp(float x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
+
+#if defined(__AVX512F__)
+// fast_exp in sixteen lanes, the same operations per lane (the prefill attention kernel's
+// softmax as OpenMP simd loops over the scalar form and a max reduction took 1.33x as long).
+inline __m512 fast_exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
+  const __m512 round = _mm512_set1_ps(12582912.f);
+  const __m512 n = _mm512_sub_ps(_mm512_add_ps(t, round), round);
+  const __m512 r = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.6931471805599453f));
+  __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.f / 720), _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f));
+  const __m512i bits =
+      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+#endif
 
 inline float to_float(float x) { return x; }
 inline float to_float(at::BFloat16 x) { return static_cast<float>(x); }

@@ -30,40 +30,25 @@ constexpr int64_t kRowsPerBlock = 4;  // query rows whose scores and sums share 
 // not normalized: exp(score - max), by the decode kernel's polynomial; scores[seen, width) set
 // to zero. Returns their sum (the caller divides the value sums by it).
 inline float softmax_weights(float* scores, int64_t seen, int64_t width) {
-  int64_t j = 0;
   float max_score = -std::numeric_limits<float>::infinity();
-  float total = 0.f;
+  int64_t j = 0;
 #if defined(__AVX512F__)
-  __m512 max16 = _mm512_set1_ps(max_score);
-  for (; j + 16 <= seen; j += 16) max16 = _mm512_max_ps(max16, _mm512_loadu_ps(scores + j));
-  max_score = _mm512_reduce_max_ps(max16);
+  __m512 maxima = _mm512_set1_ps(max_score);
+  for (; j + 16 <= seen; j += 16) maxima = _mm512_max_ps(maxima, _mm512_loadu_ps(scores + j));
+  max_score = _mm512_reduce_max_ps(maxima);
 #endif
-  for (int64_t k = j; k < seen; ++k) max_score = std::max(max_score, scores[k]);
+  for (; j < seen; ++j) max_score = std::max(max_score, scores[j]);
+  float total = 0.f;
   j = 0;
 #if defined(__AVX512F__)
   const __m512 top = _mm512_set1_ps(max_score);
-  __m512 sum16 = _mm512_setzero_ps();
+  __m512 sums = _mm512_setzero_ps();
   for (; j + 16 <= seen; j += 16) {
-    // fast_exp, sixteen lanes.
-    const __m512 x = _mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(scores + j), top),
-                                   _mm512_set1_ps(-87.f));
-    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
-    const __m512 round = _mm512_set1_ps(12582912.f);
-    const __m512 n = _mm512_sub_ps(_mm512_add_ps(t, round), round);
-    const __m512 r = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.6931471805599453f));
-    __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.f / 720), _mm512_set1_ps(1.f / 120));
-    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f / 24));
-    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f / 6));
-    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f));
-    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f));
-    const __m512i bits = _mm512_slli_epi32(
-        _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    const __m512 e = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+    const __m512 e = corral_cpu::fast_exp16(_mm512_sub_ps(_mm512_loadu_ps(scores + j), top));
     _mm512_storeu_ps(scores + j, e);
-    sum16 = _mm512_add_ps(sum16, e);
+    sums = _mm512_add_ps(sums, e);
   }
-  total = _mm512_reduce_add_ps(sum16);
+  total = _mm512_reduce_add_ps(sums);
 #endif
   for (; j < seen; ++j) {
     scores[j] = fast_exp(scores[j] - max_score);

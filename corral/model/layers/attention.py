@@ -227,20 +227,18 @@ def _prefill_short_prompts(
     """Attend the spans that are whole short prompts (no context, no mask, no sinks) with the
     CPU kernel into output; returns the spans left for the per-span path."""
     limit = kernels.prefill_attention_max_tokens()
-    short = [
-        span
-        for span in prefills
-        if span.context_len == 0
-        and span.mask is None
-        and not span.sink
-        and span.row_end - span.row_start <= limit
-    ]
-    if not short:
-        return prefills
-    rows = torch.tensor([(span.row_start, span.row_end) for span in short], dtype=torch.int64)
-    kernels.prefill_attention(output, query, key, value, rows, scale)
-    done = {id(span) for span in short}
-    return [span for span in prefills if id(span) not in done]
+    short: list[tuple[int, int]] = []
+    rest: list[PrefillSpan] = []
+    for span in prefills:
+        fresh = span.context_len == 0 and span.mask is None and not span.sink
+        if fresh and span.row_end - span.row_start <= limit:
+            short.append((span.row_start, span.row_end))
+        else:
+            rest.append(span)
+    if short:
+        rows = torch.tensor(short, dtype=torch.int64)
+        kernels.prefill_attention(output, query, key, value, rows, scale)
+    return rest
 
 
 def _prefill_sdpa(
