@@ -26,7 +26,7 @@ from corral.cluster.ray_messages import REPLICA_HEADER
 from corral.cluster.ray_serve import APP_NAME, DEPLOYMENT_NAME, RayServeConfig
 from corral.config import CacheConfig, EngineConfig, ModelConfig
 from corral.serve.config import ServerConfig
-from tests.serve.conftest import free_port
+from tests.serve.conftest import free_port_outside_ephemeral_range
 
 pytestmark = [
     pytest.mark.slow,
@@ -80,7 +80,7 @@ def test_corral_serve_ray_serves_and_stops_on_sigterm(tiny_model, tmp_path):
     """The command: `corral serve --ray` starts a local Ray instance, serves on --port, and on
     SIGTERM shuts Serve and Ray down, leaving no process behind. (Runs before the fixture
     below starts its own Ray instance.)"""
-    port = free_port()
+    port = free_port_outside_ephemeral_range()
     args = [sys.executable, "-m", "corral.cli", "serve", "--ray", "--model", str(tiny_model)]
     args += ["--dtype", "float32", "--max-model-len", "512", "--port", str(port)]
     args += ["--served-model-name", MODEL_NAME, "--drain-timeout-s", "5"]
@@ -113,7 +113,7 @@ def test_corral_serve_ray_serves_and_stops_on_sigterm(tiny_model, tmp_path):
 def ray_cluster() -> Iterator[str]:
     """A local one-node Ray cluster with Serve's HTTP proxy on a free port; yields the base URL.
     At the end Serve and Ray shut down and every process they started is gone."""
-    port = free_port()
+    port = free_port_outside_ephemeral_range()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     started: list[int] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,6 +32,32 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# Ray's worker processes take ports 10002-19999 by default.
+MIN_PORT_ABOVE_RAY_WORKERS = 20000
+
+
+def free_port_outside_ephemeral_range() -> int:
+    """A free port below the kernel's ephemeral range (and above Ray's worker ports), for a
+    server whose port is chosen before processes that bind port 0 start: Ray's own processes
+    may otherwise be handed the same port between the choice and the server's bind."""
+    try:
+        low_text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
+        ephemeral_low = int(low_text)
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    high = max(ephemeral_low, MIN_PORT_ABOVE_RAY_WORKERS + 1000)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(MIN_PORT_ABOVE_RAY_WORKERS, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 class ServerProcess:
