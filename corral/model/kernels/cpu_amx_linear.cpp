@@ -90,12 +90,11 @@ void configure_tiles(int rows_low, int rows_high) {
   _tile_loadconfig(&config);
 }
 
-// Rows [m0, m0 + rows_low + rows_high) x outputs [16 n0, 16 n0 + 16 * num_blocks), num_blocks
-// 1 or 2, into c [2 row halves][2 output blocks][16][16].
+// Rows [m0, m0 + rows_low + rows_high) against the output block whose tiles start at w0 and,
+// when kTwo, the one at w1, into c [2 row halves][2 output blocks][16][16].
 template <bool kHigh, bool kTwo>
-inline void tile_block(const uint8_t* x, int64_t x_stride, const uint8_t* w0, int64_t k_tiles,
-                       float (*c)[2][kTileRows][kTileOutputs]) {
-  const uint8_t* w1 = w0 + k_tiles * kTileElements * 2;
+inline void tile_block(const uint8_t* x, int64_t x_stride, const uint8_t* w0, const uint8_t* w1,
+                       int64_t k_tiles, float (*c)[2][kTileRows][kTileOutputs]) {
   _tile_zero(0);
   if constexpr (kTwo) _tile_zero(1);
   if constexpr (kHigh) _tile_zero(2);
@@ -106,7 +105,7 @@ inline void tile_block(const uint8_t* x, int64_t x_stride, const uint8_t* w0, in
       for (int line = 0; line < 16; ++line) {
         _mm_prefetch(reinterpret_cast<const char*>(ahead + 64 * line), _MM_HINT_T0);
         if constexpr (kTwo) {
-          const uint8_t* next = ahead + k_tiles * kTileElements * 2 + 64 * line;
+          const uint8_t* next = w1 + (kb + kPrefetchTiles) * kTileElements * 2 + 64 * line;
           _mm_prefetch(reinterpret_cast<const char*>(next), _MM_HINT_T0);
         }
       }
@@ -141,9 +140,31 @@ bool amx_tiles_supported() {
 #endif
 }
 
-torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& tiles,
-                         const c10::optional<torch::Tensor>& bias) {
 #if defined(CORRAL_AMX_TILES)
+namespace {
+
+// A bias block of 16 outputs as float32 lanes (zeros without a bias).
+inline __m512 bias16(const at::BFloat16* bias, int64_t n) {
+  if (bias == nullptr) return _mm512_setzero_ps();
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bias + n));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// A float32 lane rounded to bf16 (nearest even) and back: what a bf16 output holds.
+inline __m512 round_bf16(__m512 v) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+
+// Both amx_linear and amx_linear_silu. Plain: output blocks in pairs (2p, 2p + 1), each block's
+// sums + bias rounded to bf16. kSilu: the weight's first half of blocks is the gate's, the
+// second the up's; pair p is (p, p + half), and a row's 16 outputs of the pair are
+// silu(gate) * up with gate and up first rounded to bf16 as a plain call would store them, then
+// silu_and_mul's own lanes (cpu_common.h silu16, rounding as c10): the same bits as the two
+// calls, without writing and re-reading the [rows, 2 * intermediate] product.
+template <bool kSilu>
+torch::Tensor run_tiles(const torch::Tensor& x, const torch::Tensor& tiles,
+                        const c10::optional<torch::Tensor>& bias) {
   TORCH_CHECK(amx_tiles_supported(), "AMX tiles are not available to this process");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && tiles.scalar_type() == at::kBFloat16,
               "tiled weights and their x are bfloat16");
@@ -156,18 +177,22 @@ torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& tiles,
   const int64_t num_blocks = tiles.size(0), k_tiles = tiles.size(1);
   TORCH_CHECK(k_tiles * kTileInputs == in, "tiled weight of shape ", tiles.sizes(),
               " for x of ", in, " columns");
-  const int64_t out_features = num_blocks * kTileOutputs;
-  TORCH_CHECK(!bias.has_value() || (bias->numel() == out_features && bias->is_contiguous() &&
+  TORCH_CHECK(!kSilu || num_blocks % 2 == 0, "a gate/up weight of ", num_blocks * kTileOutputs,
+              " outputs: the two halves must be whole blocks of ", kTileOutputs);
+  const int64_t weight_outputs = num_blocks * kTileOutputs;
+  TORCH_CHECK(!bias.has_value() || (bias->numel() == weight_outputs && bias->is_contiguous() &&
                                     bias->scalar_type() == at::kBFloat16),
-              "bias must be a contiguous bfloat16 vector of ", out_features);
+              "bias must be a contiguous bfloat16 vector of ", weight_outputs);
+  const int64_t out_features = kSilu ? weight_outputs / 2 : weight_outputs;
   auto out = torch::empty({rows, out_features}, x.options());
   if (rows == 0) return out;
   const auto* x_ptr = static_cast<const uint8_t*>(x.data_ptr());
   const auto* w_ptr = static_cast<const uint8_t*>(tiles.data_ptr());
   const at::BFloat16* b_ptr = bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr;
   auto* o_ptr = out.data_ptr<at::BFloat16>();
-  const int64_t x_stride = in * 2;
-  const int64_t num_pairs = (num_blocks + 1) / 2;
+  const int64_t x_stride = in * 2, block_bytes = k_tiles * kTileElements * 2;
+  const int64_t half = num_blocks / 2;
+  const int64_t num_pairs = kSilu ? half : (num_blocks + 1) / 2;
   const int64_t grain = std::max<int64_t>(
       1, corral_cpu::min_parallel_work() / std::max<int64_t>(1, rows * in * 2 * kTileOutputs));
   // A multiple of 32 rows, at least 32.
@@ -179,9 +204,11 @@ torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& tiles,
     for (int64_t block_start = 0; block_start < rows; block_start += block_rows) {
       const int64_t block_end = std::min(rows, block_start + block_rows);
       for (int64_t pair = begin; pair < end; ++pair) {
-        const int64_t n0 = 2 * pair;
-        const bool two = n0 + 1 < num_blocks;
-        const uint8_t* w0 = w_ptr + n0 * k_tiles * kTileElements * 2;
+        // Output blocks n0 and n1 (plain: n1 = n0 + 1 when there is one).
+        const int64_t n0 = kSilu ? pair : 2 * pair, n1 = kSilu ? pair + half : n0 + 1;
+        const bool two = kSilu || n1 < num_blocks;
+        const uint8_t* w0 = w_ptr + n0 * block_bytes;
+        const uint8_t* w1 = w_ptr + n1 * block_bytes;
         for (int64_t m0 = block_start; m0 < block_end; m0 += 2 * kTileRows) {
           const int rows_low = static_cast<int>(std::min<int64_t>(kTileRows, rows - m0));
           const int rows_high = static_cast<int>(
@@ -193,27 +220,33 @@ torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& tiles,
           }
           const uint8_t* x_block = x_ptr + m0 * x_stride;
           if (rows_high > 0) {
-            two ? tile_block<true, true>(x_block, x_stride, w0, k_tiles, c)
-                : tile_block<true, false>(x_block, x_stride, w0, k_tiles, c);
+            two ? tile_block<true, true>(x_block, x_stride, w0, w1, k_tiles, c)
+                : tile_block<true, false>(x_block, x_stride, w0, w1, k_tiles, c);
           } else {
-            two ? tile_block<false, true>(x_block, x_stride, w0, k_tiles, c)
-                : tile_block<false, false>(x_block, x_stride, w0, k_tiles, c);
+            two ? tile_block<false, true>(x_block, x_stride, w0, w1, k_tiles, c)
+                : tile_block<false, false>(x_block, x_stride, w0, w1, k_tiles, c);
           }
-          for (int half = 0; half < 2; ++half) {
-            const int half_rows = half == 0 ? rows_low : rows_high;
-            for (int blk = 0; blk < (two ? 2 : 1); ++blk) {
-              const int64_t n = (n0 + blk) * kTileOutputs;
-              const __m512 b = b_ptr != nullptr
-                                   ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                                         _mm512_cvtepu16_epi32(_mm256_loadu_si256(
-                                             reinterpret_cast<const __m256i*>(b_ptr + n))),
-                                         16))
-                                   : _mm512_setzero_ps();
-              for (int r = 0; r < half_rows; ++r) {
-                const int64_t row = m0 + half * kTileRows + r;
-                const __m512 v = _mm512_add_ps(_mm512_load_ps(c[half][blk][r]), b);
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_ptr + row * out_features + n),
-                                    (__m256i)_mm512_cvtneps_pbh(v));
+          const __m512 b0 = bias16(b_ptr, n0 * kTileOutputs);
+          const __m512 b1 = two ? bias16(b_ptr, n1 * kTileOutputs) : _mm512_setzero_ps();
+          for (int h = 0; h < 2; ++h) {
+            const int half_rows = h == 0 ? rows_low : rows_high;
+            for (int r = 0; r < half_rows; ++r) {
+              at::BFloat16* o_row = o_ptr + (m0 + h * kTileRows + r) * out_features;
+              const __m512 v0 = _mm512_add_ps(_mm512_load_ps(c[h][0][r]), b0);
+              if constexpr (kSilu) {
+                const __m512 up = round_bf16(_mm512_add_ps(_mm512_load_ps(c[h][1][r]), b1));
+                const __m512 activated = round_bf16(corral_cpu::silu16(round_bf16(v0)));
+                _mm256_storeu_si256(
+                    reinterpret_cast<__m256i*>(o_row + n0 * kTileOutputs),
+                    _mm512_cvtepi32_epi16(corral_cpu::bf16_bits16(_mm512_mul_ps(activated, up))));
+              } else {
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_row + n0 * kTileOutputs),
+                                    (__m256i)_mm512_cvtneps_pbh(v0));
+                if (two) {
+                  const __m512 v1 = _mm512_add_ps(_mm512_load_ps(c[h][1][r]), b1);
+                  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_row + n1 * kTileOutputs),
+                                      (__m256i)_mm512_cvtneps_pbh(v1));
+                }
               }
             }
           }
@@ -223,6 +256,28 @@ torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& tiles,
     _tile_release();
   });
   return out;
+}
+
+}  // namespace
+#endif
+
+torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& tiles,
+                         const c10::optional<torch::Tensor>& bias) {
+#if defined(CORRAL_AMX_TILES)
+  return run_tiles<false>(x, tiles, bias);
+#else
+  TORCH_CHECK(false, "this build of the kernels does not read AMX-tiled weights");
+  return {};
+#endif
+}
+
+// silu(x @ gate^T + gate_bias) * (x @ up^T + up_bias) for a gate/up weight tiled as one
+// [2 * intermediate, in] weight (gate rows first): silu_and_mul(amx_linear(x, tiles, bias)) in
+// one pass, bit for bit.
+torch::Tensor amx_linear_silu(const torch::Tensor& x, const torch::Tensor& tiles,
+                              const c10::optional<torch::Tensor>& bias) {
+#if defined(CORRAL_AMX_TILES)
+  return run_tiles<true>(x, tiles, bias);
 #else
   TORCH_CHECK(false, "this build of the kernels does not read AMX-tiled weights");
   return {};

@@ -347,6 +347,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("prefill_attention_max_tokens", &prefill_attention_max_tokens,
         "the longest prompt prefill_attention is used for");
   m.def("few_row_linear", &few_row_linear, "x @ weight.T for few rows");
+  m.def("few_row_linear_silu", &few_row_linear_silu,
+        "silu(gate) * up of a gate/up projection (AMX tiles in one pass)");
   m.def("packed_weights_supported", &packed_weights_supported,
         "whether few_row_linear reads packed bf16 weights here");
   m.def("packed_rows", &packed_rows, "rows of a packed weight in the plain layout");

@@ -29,6 +29,18 @@ torch::Tensor linear(const torch::Tensor& x, const std::vector<c10::optional<tor
   return at::linear(x, values, bias);
 }
 
+// silu(gate) * up of the gate/up linear: AMX tiles in one pass (few_row_linear_silu), else the
+// linear then silu_and_mul.
+torch::Tensor gate_up_activated(const torch::Tensor& x,
+                                const std::vector<c10::optional<torch::Tensor>>& w,
+                                bool use_kernel) {
+  const torch::Tensor& values = *w[kGateUp];
+  if (!w[kGateUpScales].has_value() && values.dim() == 5) {
+    return few_row_linear_silu(x.contiguous(), values, w[kGateUpBias]);
+  }
+  return silu_and_mul(linear(x, w, kGateUp, use_kernel));
+}
+
 }  // namespace
 
 // residual [rows, hidden] holds the embeddings and is updated in place; returns the final norm's
@@ -68,8 +80,7 @@ torch::Tensor decode_layers(torch::Tensor residual,
                            seq_lens, scale, 0, c10::nullopt, c10::nullopt, c10::nullopt, 0);
     delta = linear(attended.view({rows, q_size}), w, kO, use_kernel);
     normed = rms_norm(delta, *w[kPostNorm], eps, residual);
-    torch::Tensor gate_up = linear(normed, w, kGateUp, use_kernel);
-    delta = linear(silu_and_mul(gate_up), w, kDown, use_kernel);
+    delta = linear(gate_up_activated(normed, w, use_kernel), w, kDown, use_kernel);
   }
   return rms_norm(delta, final_norm, eps, residual);
 }

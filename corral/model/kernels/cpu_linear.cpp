@@ -322,6 +322,15 @@ void few_row_linear_converted(const T* x_ptr, const T* w_ptr, const T* b_ptr, T*
 
 }  // namespace
 
+// silu(gate) * up of x's gate/up projection (weight [2 * intermediate, in], gate rows first):
+// one pass on AMX tiles (amx_linear_silu), else few_row_linear then silu_and_mul; the same bits.
+torch::Tensor few_row_linear_silu(torch::Tensor x, torch::Tensor weight,
+                                  c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "x and weight must be contiguous");
+  if (weight.dim() == 5) return amx_linear_silu(x, weight, bias);
+  return silu_and_mul(few_row_linear(x, weight, bias));
+}
+
 // x [rows, in] @ weight[out, in]^T (+ bias), for few rows: each weight row is read once. A 3-D
 // weight is a packed bf16 one ([out / 64, in, 64], panel_linear in cpu_panel_linear.cpp), a 5-D
 // one bf16 AMX tiles ([out / 16, in / 32, 16, 16, 2], amx_linear in cpu_amx_linear.cpp).

@@ -19,6 +19,8 @@ void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tenso
 // Defined in cpu_linear.cpp.
 torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
                              c10::optional<torch::Tensor> bias);
+torch::Tensor few_row_linear_silu(torch::Tensor x, torch::Tensor weight,
+                                  c10::optional<torch::Tensor> bias);
 // Defined in cpu_panel_linear.cpp.
 bool packed_weights_supported();
 torch::Tensor panel_linear(const torch::Tensor& x, const torch::Tensor& panels,
@@ -28,6 +30,8 @@ torch::Tensor packed_rows(torch::Tensor weight, torch::Tensor row_ids);
 bool amx_tiles_supported();
 torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& tiles,
                          const c10::optional<torch::Tensor>& bias);
+torch::Tensor amx_linear_silu(const torch::Tensor& x, const torch::Tensor& tiles,
+                              const c10::optional<torch::Tensor>& bias);
 torch::Tensor tiled_rows(const torch::Tensor& tiles, const torch::Tensor& row_ids);
 // Defined in cpu_fused.cpp.
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps,

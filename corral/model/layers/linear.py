@@ -69,6 +69,22 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+def linear_silu_and_mul(
+    kernels, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """silu(gate) * up of a gate/up projection (weight [2 * intermediate, in], the gate's rows
+    first) with the CPU kernels: one pass over AMX-tiled weights (the products never stored),
+    else `linear` then the kernels' silu_and_mul. The same bits either way."""
+    if (
+        isinstance(weight, PackedWeight)
+        and weight.layout == "tiles"
+        and x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+    ):
+        return kernels.few_row_linear_silu(x.contiguous(), weight.data, bias)
+    return kernels.silu_and_mul(linear(x, weight, bias))
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm with the reduction in float32 and the scale in the model dtype (as transformers)."""
     if x.dtype == torch.float32:

@@ -18,7 +18,7 @@ from corral.model.arch import ModelArch
 from corral.model.kernels import cpu_kernels
 from corral.model.layer_loop import forward_layer_loop, layer_loop_weights
 from corral.model.layers.attention import AttentionMetadata, LayerKVCache, paged_attention
-from corral.model.layers.linear import linear, rms_norm
+from corral.model.layers.linear import linear, linear_silu_and_mul, rms_norm
 from corral.model.layers.moe import SparseMoE
 from corral.model.layers.rotary import RotaryEmbedding
 from corral.model.quantization import Int8Weight
@@ -339,10 +339,12 @@ class LlamaFamilyModel:
             if layer.moe is not None:
                 delta = layer.moe(normed)
                 continue
-            gate_up = linear(normed, layer.gate_up, layer.gate_up_bias)
-            if lora is not None:
+            if lora is None:
+                activated = linear_silu_and_mul(kernels, normed, layer.gate_up, layer.gate_up_bias)
+            else:
+                gate_up = linear(normed, layer.gate_up, layer.gate_up_bias)
                 lora.add(index, "gate_up", gate_up, normed)
-            activated = kernels.silu_and_mul(gate_up)
+                activated = kernels.silu_and_mul(gate_up)
             delta = linear(activated, layer.down, layer.down_bias)
             if self.all_reduce is not None:
                 self.all_reduce(delta)
