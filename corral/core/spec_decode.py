@@ -74,7 +74,14 @@ class SpecDecodeScheduling:
         if not candidates:
             return {}
         num_row_tokens, num_prefill_tokens = split_tokens(tuple(step.num_scheduled.values()))
-        plan = self.controller.plan(candidates, num_row_tokens, num_prefill_tokens, step.budget)
+        plan = self.controller.plan(
+            candidates,
+            num_row_tokens,
+            num_prefill_tokens,
+            step.budget,
+            len(step.num_scheduled),
+            _num_row_requests(step.num_scheduled.values()),
+        )
         for request_id, k in plan.verify.items():
             request = requests[request_id]
             drafts = request.spec_token_ids[:k]
@@ -118,6 +125,9 @@ class SpecDecodeScheduling:
             model_output.propose_time_s,
             sum(len(ids) for ids in model_output.spec_token_ids.values()),
             model_output.catchup_time_s,
+            sum(1 for drafts in scheduler_output.spec_token_ids.values() if drafts),
+            len(scheduler_output.num_scheduled_tokens),
+            _num_row_requests(scheduler_output.num_scheduled_tokens.values()),
         )
 
     def forget(self, request: Request) -> None:
@@ -127,3 +137,8 @@ class SpecDecodeScheduling:
         self._proposed_upto.pop(request.request_id, None)
         if request.is_finished:
             self.controller.forget(request.request_id)
+
+
+def _num_row_requests(chunk_sizes) -> int:
+    """Requests whose chunk runs as decode rows (corral/spec/step_cost.py)."""
+    return sum(1 for num_tokens in chunk_sizes if 0 < num_tokens <= MAX_DECODE_ROW_TOKENS)

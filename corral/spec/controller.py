@@ -114,12 +114,24 @@ class SpecController:
         propose_time_s: float,
         num_proposed: int,
         catchup_time_s: float | None = None,
+        num_verify_requests: int = 0,
+        num_requests: int = 0,
+        num_row_requests: int = 0,
     ) -> None:
-        """One step's cost: its row and prefill tokens (corral/spec/step_cost.py); step_time_s
-        in all, of which propose_time_s went to proposing num_proposed tokens for the next
-        step, and of that catchup_time_s to catching up, where the proposer timed it (else the
-        propose-cost fit separates it)."""
-        self.step_cost.observe(num_row_tokens, num_prefill_tokens, step_time_s - propose_time_s)
+        """One step's cost: its row and prefill tokens, the requests that verified drafts in it
+        and all it scheduled, num_row_requests of them in rows (corral/spec/step_cost.py; 0
+        requests: not counted); step_time_s in all, of which
+        propose_time_s went to
+        proposing num_proposed tokens for the next step, and of that catchup_time_s to catching
+        up, where the proposer timed it (else the propose-cost fit separates it)."""
+        self.step_cost.observe(
+            num_row_tokens,
+            num_prefill_tokens,
+            step_time_s - propose_time_s,
+            num_verify_requests,
+            num_requests,
+            num_row_requests,
+        )
         if num_proposed <= 0:
             return
         self.pass_based = self.pass_based or catchup_time_s is not None
@@ -171,10 +183,14 @@ class SpecController:
         num_row_tokens: int,
         num_prefill_tokens: int,
         budget: int,
+        num_requests: int = 0,
+        num_row_requests: int = 0,
     ) -> SpecPlan:
         """Drafts to verify now (at most held, within budget) and to propose next, per
         candidate. Without drafts the step computes num_row_tokens in short chunks (decodes)
-        and num_prefill_tokens in long ones, and samples one token per candidate."""
+        and num_prefill_tokens in long ones for num_requests requests, num_row_requests of them
+        in short chunks (0: requests not counted, as observe_step was told), and samples one
+        token per candidate."""
         if self.rule == "fixed":
             verify: dict[str, int] = {}
             propose: dict[str, int] = {}
@@ -196,25 +212,38 @@ class SpecController:
             starts = {rid: min(candidates[rid].max_num_tokens, depth) for rid in starters}
             return self._count(SpecPlan({}, dict(list(starts.items())[:NUM_PROBE_REQUESTS])))
         fixed_s, per_token_s, per_prefill_s = self.step_cost.coefficients()
+        # Counted requests cost per_request_s each, their first row included; a candidate of a
+        # decode-only step costs that (else one row token).
+        request_fixed_s = self.step_cost.per_request_s()
+        per_candidate_s = request_fixed_s if num_requests else per_token_s
+        fixed_s_now = fixed_s + request_fixed_s * num_requests
+        # A request's drafts cost its verification's bookkeeping once, whatever their number.
+        request_s = self.step_cost.per_verify_request_s()
         pass_s, token_s, catchup_s = self.propose_cost.coefficients()
         call_s = self.propose_cost.call_s
         if not self.pass_based:
             pass_s, call_s = pass_s + call_s, 0.0
+        decode_step_s = fixed_s + per_candidate_s * len(candidates)
         if self.use_bound and self._nothing_pays(
-            candidates, fixed_s, per_token_s, pass_s, token_s, call_s
+            candidates, decode_step_s, per_token_s, pass_s, token_s, call_s, request_s
         ):
             self._probed = set()
-            costs = (fixed_s, per_token_s, pass_s, token_s, catchup_s)
+            costs = (decode_step_s, per_token_s, pass_s, token_s, catchup_s)
             return self._finish(candidates, {}, {}, False, costs)
         tokens = float(max(len(candidates), 1))
-        time_s = fixed_s + per_token_s * num_row_tokens + per_prefill_s * num_prefill_tokens
+        time_s = (
+            fixed_s_now
+            + per_token_s * (num_row_tokens - num_row_requests)
+            + per_prefill_s * num_prefill_tokens
+        )
         verify_limits = {
             rid: min(c.num_held, c.max_num_tokens, self.max_num_tokens)
             for rid, c in candidates.items()
         }
         profile = self.depth_profile(self.max_num_tokens)
+        verify_starts = dict.fromkeys(verify_limits, request_s)
         verify, tokens, time_s = self._grant(
-            verify_limits, tokens, time_s, per_token_s, 0.0, budget, None, profile
+            verify_limits, tokens, time_s, per_token_s, 0.0, budget, verify_starts, profile
         )
         chose_drafts = bool(verify)
         for request_id in self._probed:
@@ -229,18 +258,18 @@ class SpecController:
             rid: min(c.max_num_tokens, self.max_num_tokens) for rid, c in candidates.items()
         }
         start_costs = {
-            rid: catchup_s * _catchup_tokens(c) / _horizon_steps(c) for rid, c in candidates.items()
+            rid: request_s + catchup_s * _catchup_tokens(c) / _horizon_steps(c)
+            for rid, c in candidates.items()
         }
         # Drafts proposed now are verified next step. This step's prefill work says nothing of
         # that step's rate, and counted here it made any draft look cheap (a step of 2,000
         # prompt tokens granted 76 drafts and a 2,151-token catch-up to a batch of 29): they
         # are priced against a step that only decodes the candidates.
         decode_tokens = float(max(len(candidates), 1))
-        decode_time_s = fixed_s + per_token_s * len(candidates)
         propose, _, _ = self._grant(
             propose_limits,
             decode_tokens,
-            decode_time_s,
+            decode_step_s,
             per_token_s + token_s,
             pass_s,
             None,
@@ -248,17 +277,18 @@ class SpecController:
             profile,
             call_s,
         )
-        costs = (fixed_s, per_token_s, pass_s, token_s, catchup_s)
+        costs = (decode_step_s, per_token_s, pass_s, token_s, catchup_s)
         return self._finish(candidates, verify, propose, chose_drafts, costs)
 
     def _nothing_pays(
         self,
         candidates: dict[str, Candidate],
-        fixed_s: float,
+        decode_step_s: float,
         per_token_s: float,
         pass_s: float,
         token_s: float,
         call_s: float = 0.0,
+        request_s: float = 0.0,
     ) -> bool:
         """True when plan would grant nothing, shown cheaply: no candidate holds drafts (so none
         is verified) and no proposal can pay (grant.no_grant_can_pay; depth 1 only unless
@@ -284,8 +314,9 @@ class SpecController:
             best / global_alpha if global_alpha > 0 else 1.0,
             len(eligible),
             len(candidates),
-            fixed_s + per_token_s * len(candidates),
+            decode_step_s,
             GrantCosts(per_token_s + token_s, pass_s, call_s),
+            request_s,
         )
 
     def _finish(
@@ -296,9 +327,9 @@ class SpecController:
         chose_drafts: bool,
         costs: tuple[float, float, float, float, float],
     ) -> SpecPlan:
-        """The probe schedule after a plan, then the plan counted. costs: the step's fixed and
-        per-row-token seconds, the proposal's per-pass, per-token and per-catch-up-token
-        seconds."""
+        """The probe schedule after a plan, then the plan counted. costs: a decode step of the
+        candidates and a row token in seconds, the proposal's per-pass, per-token and
+        per-catch-up-token seconds."""
         if chose_drafts or propose:
             self.num_steps_without_drafts = 0
             self.probe_interval_steps = PROBE_INTERVAL_STEPS
@@ -306,12 +337,8 @@ class SpecController:
             self.num_steps_without_drafts += 1
             if self.num_steps_without_drafts >= self.probe_interval_steps:
                 self.num_steps_without_drafts = 0
-                fixed_s, per_token_s, pass_s, token_s, catchup_s = costs
-                budget_s = (
-                    PROBE_TIME_FRACTION
-                    * self.probe_interval_steps
-                    * (fixed_s + per_token_s * len(candidates))
-                )
+                decode_step_s, per_token_s, pass_s, token_s, catchup_s = costs
+                budget_s = PROBE_TIME_FRACTION * self.probe_interval_steps * decode_step_s
                 # Probes that keep finding nothing worth it come ever more rarely (a draft
                 # model's probe costs a catch-up over the whole sequence).
                 self.probe_interval_steps = min(2 * self.probe_interval_steps, MAX_PROBE_INTERVAL)

@@ -108,20 +108,22 @@ def no_grant_can_pay(
     num_candidates: int,
     step_time_s: float,
     costs: GrantCosts,
+    request_s: float = 0.0,
 ) -> bool:
     """True when no grant of proposals can pay (SpecController._nothing_pays): at every depth d
     of the profile (the chance that a round's first d drafts stand, times scale, the best
     request's acceptance over the pooled one), n requests of the eligible proposing d drafts
     each, without catch-up, fail grant_depths' test against the decode step's rate
-    (num_candidates tokens in step_time_s) for the call, d passes and n * d drafts. The margin
-    is linear in n, so n = 1 and n = all bound it."""
+    (num_candidates tokens in step_time_s) for the call, d passes, n * d drafts and n requests'
+    start (request_s each, the least any start costs). The margin is linear in n, so n = 1 and
+    n = all bound it."""
     total_yield = 0.0
     last = 1.0
     for depth in range(1, len(profile) + 1):
         last = min(1.0, scale * profile[depth - 1], last)
         total_yield += last
         for n in {1, num_eligible}:
-            cost_s = costs.call_s + depth * costs.pass_s + n * depth * costs.token_s
+            cost_s = costs.call_s + depth * costs.pass_s + n * (depth * costs.token_s + request_s)
             if n * total_yield * step_time_s > MIN_GAIN_FACTOR * num_candidates * cost_s:
                 return False
     return True

@@ -1,8 +1,18 @@
 """A live estimate of what one engine step costs (torch-free):
-T = fixed + per_row_token * row_tokens + per_prefill_token * prefill_tokens, fitted online to
-the steps actually run. Row tokens are those of short chunks, which the executor runs as decode
-rows (decodes and verifications: what a draft token adds); prefill tokens are those of longer
-chunks, which take other kernels and cost differently per token.
+T = fixed + per_row_token * extra_row_tokens + per_prefill_token * prefill_tokens
+    + per_verify_request * verifying_requests + per_request * requests,
+fitted online to the steps actually run. Row tokens are those of short chunks, which the
+executor runs as decode rows (decodes and verifications); a request's first row is counted with
+the request, so extra row tokens are what draft tokens add. Prefill tokens are those of longer
+chunks, which take other kernels and cost differently per token. Requests are those the step
+schedules: each costs its own bookkeeping (sampling, outputs, the scheduler's books) beside its
+first row. Verifying requests are those whose drafts the step scores: each costs its
+verification's bookkeeping (scheduling its drafts, building its rows, accepting and rolling
+back) whatever its number of drafts. Fitted on all row tokens alone, 32 small-model decodes a
+step showed their per-request costs as a per-row-token slope of about 30 us (the forward's own:
+4-9 us a row), so every draft looked as dear as a request.
+
+Callers that do not count requests (num_requests 0) fit the row tokens' slope as before.
 
 Both the engine (wall-clock step times) and the simulator (the cost model's virtual step times)
 feed it, so the speculative controller decides the same way in both.
@@ -11,6 +21,11 @@ feed it, so the speculative controller decides the same way in both.
 from __future__ import annotations
 
 from corral.core.batch_shape import MAX_DECODE_ROW_TOKENS
+
+NUM_FEATURES = 4  # extra row tokens, prefill tokens, verifying requests, requests
+# The fit is solved again after this many new observations (at decay 0.995 four steps move it
+# little, and a solve costs about 20 us, 1-2% of a single-request step on the demo models).
+REFIT_INTERVAL = 4
 
 
 def split_tokens(chunk_sizes: list[int] | tuple[int, ...]) -> tuple[int, int]:
@@ -25,11 +40,14 @@ def split_tokens(chunk_sizes: list[int] | tuple[int, ...]) -> tuple[int, int]:
 
 
 class StepCostEstimate:
-    """Exponentially weighted least squares of step time on (row tokens, prefill tokens) with
-    an intercept. Both slopes are ridge-regularised toward prior_per_token_fraction * the mean
-    step, as if prior_weight observations prior_spread_tokens apart had shown it: until steps of
+    """Exponentially weighted least squares of step time on (extra row tokens, prefill tokens,
+    verifying requests, requests) with an intercept, each slope at least zero. The two token
+    slopes are ridge-regularised toward prior_per_token_fraction * the mean step, the two
+    per-request slopes toward zero, each as if prior_weight observations prior_spread_tokens
+    apart had shown it: until steps of
     different sizes have been seen, a step is assumed to double in cost every
-    1 / prior_per_token_fraction tokens; once they have, the data decide."""
+    1 / prior_per_token_fraction tokens and requests to cost nothing beside their tokens; once
+    they have, the data decide."""
 
     def __init__(
         self,
@@ -45,52 +63,124 @@ class StepCostEstimate:
         self.prior_per_token_fraction = prior_per_token_fraction
         self.prior_weight = prior_weight
         self.prior_spread_tokens = prior_spread_tokens
-        # Weighted sums: weight, x1, x2, x1^2, x1 x2, x2^2, t, x1 t, x2 t.
-        self._sums = [0.0] * 9
+        # Weighted sums: weight, x_i, x_i x_j (i <= j, row-major), t, x_i t.
+        self._weight = 0.0
+        self._sum_x = [0.0] * NUM_FEATURES
+        self._sum_xx = [[0.0] * NUM_FEATURES for _ in range(NUM_FEATURES)]
+        self._sum_t = 0.0
+        self._sum_xt = [0.0] * NUM_FEATURES
         self.num_observations = 0
-        self._cached: tuple[float, float, float] | None = None
+        self._cached: tuple[float, ...] | None = None
+        self._fitted_at = 0  # num_observations at the last solve
 
-    def observe(self, num_row_tokens: int, num_prefill_tokens: int, step_time_s: float) -> None:
-        """Record one step: its row and prefill tokens and the time it took."""
+    def observe(
+        self,
+        num_row_tokens: int,
+        num_prefill_tokens: int,
+        step_time_s: float,
+        num_verify_requests: int = 0,
+        num_requests: int = 0,
+        num_row_requests: int = 0,
+    ) -> None:
+        """Record one step: its row and prefill tokens, how many requests verified drafts in
+        it, how many it scheduled (num_row_requests of them in rows), and the time it took."""
         if num_row_tokens + num_prefill_tokens <= 0 or step_time_s <= 0:
             return
-        x1, x2, t = float(num_row_tokens), float(num_prefill_tokens), step_time_s
-        d = self.decay
-        terms = (1.0, x1, x2, x1 * x1, x1 * x2, x2 * x2, t, x1 * t, x2 * t)
-        self._sums = [s * d + term for s, term in zip(self._sums, terms)]
+        x = (
+            float(num_row_tokens - num_row_requests),
+            float(num_prefill_tokens),
+            float(num_verify_requests),
+            float(num_requests),
+        )
+        t, d = step_time_s, self.decay
+        self._weight = self._weight * d + 1.0
+        self._sum_t = self._sum_t * d + t
+        for i in range(NUM_FEATURES):
+            self._sum_x[i] = self._sum_x[i] * d + x[i]
+            self._sum_xt[i] = self._sum_xt[i] * d + x[i] * t
+            row = self._sum_xx[i]
+            for j in range(i, NUM_FEATURES):
+                row[j] = row[j] * d + x[i] * x[j]
         self.num_observations += 1
-        self._cached = None
+        if self.num_observations - self._fitted_at >= REFIT_INTERVAL or self.num_observations < 8:
+            self._cached = None
 
     @property
     def is_ready(self) -> bool:
         return self.num_observations > 0
 
     def coefficients(self) -> tuple[float, float, float]:
-        """The fitted coefficients (recomputed only after a new observation)."""
+        """(fixed_s, per_row_token_s, per_prefill_token_s), all >= 0 (solved again after the
+        first observations every REFIT_INTERVAL ones); per_row_token_s is an extra row
+        token's (a draft's) where requests are counted."""
+        return self._coefficients()[:3]
+
+    def per_verify_request_s(self) -> float:
+        """Seconds a step spends on each request that verifies drafts, beyond its tokens."""
+        return self._coefficients()[3]
+
+    def per_request_s(self) -> float:
+        """Seconds a step spends on each request it schedules, beyond its tokens."""
+        return self._coefficients()[4]
+
+    def _coefficients(self) -> tuple[float, ...]:
         if self._cached is None:
             self._cached = self._fit()
+            self._fitted_at = self.num_observations
         return self._cached
 
-    def _fit(self) -> tuple[float, float, float]:
-        """(fixed_s, per_row_token_s, per_prefill_token_s), all >= 0."""
-        w, s1, s2, s11, s12, s22, st, s1t, s2t = self._sums
+    def _fit(self) -> tuple[float, ...]:
+        """(fixed, per row token, per prefill token, per verifying request, per request)."""
+        w = self._weight
         if w == 0:
-            return 0.0, 0.0, 0.0
-        m1, m2, mt = s1 / w, s2 / w, st / w
-        # Centred second moments.
-        v11 = s11 / w - m1 * m1
-        v12 = s12 / w - m1 * m2
-        v22 = s22 / w - m2 * m2
-        c1 = s1t / w - m1 * mt
-        c2 = s2t / w - m2 * mt
+            return (0.0,) * (NUM_FEATURES + 1)
+        n = NUM_FEATURES
+        mean_x = [s / w for s in self._sum_x]
+        mean_t = self._sum_t / w
         f = self.prior_per_token_fraction
-        prior = f * mt / (1 + f * (m1 + m2))
+        prior_token = f * mean_t / (1 + f * (mean_x[0] + mean_x[1]))
+        priors = (prior_token, prior_token, 0.0, 0.0)
         lam = self.prior_weight * self.prior_spread_tokens**2 / w
-        a11, a22 = max(v11, 0.0) + lam, max(v22, 0.0) + lam
-        b1, b2 = c1 + lam * prior, c2 + lam * prior
-        det = a11 * a22 - v12 * v12
-        slope1 = (b1 * a22 - b2 * v12) / det
-        slope2 = (b2 * a11 - b1 * v12) / det
-        slope1, slope2 = max(slope1, 0.0), max(slope2, 0.0)
-        fixed = max(mt - slope1 * m1 - slope2 * m2, 0.0)
-        return fixed, slope1, slope2
+        # Centred normal equations plus the ridge: (V + lam I) slope = c + lam prior.
+        a = [[0.0] * n for _ in range(n)]
+        b = [0.0] * n
+        for i in range(n):
+            for j in range(i, n):
+                a[i][j] = a[j][i] = self._sum_xx[i][j] / w - mean_x[i] * mean_x[j]
+            a[i][i] = max(a[i][i], 0.0) + lam
+            b[i] = self._sum_xt[i] / w - mean_x[i] * mean_t + lam * priors[i]
+        slopes = _nonnegative_solve(a, b)
+        fixed = max(mean_t - sum(s * m for s, m in zip(slopes, mean_x)), 0.0)
+        return (fixed, *slopes)
+
+
+def _nonnegative_solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """a x = b with x >= 0 for a small symmetric positive definite a: solved on the slopes
+    still free, the most negative fixed at zero until none is negative (features that move
+    together otherwise trade a large positive slope for a large negative one)."""
+    free = list(range(len(b)))
+    while True:
+        sub = _solve([[a[i][j] for j in free] for i in free], [b[i] for i in free])
+        if not sub or min(sub) >= 0:
+            x = [0.0] * len(b)
+            for index, value in zip(free, sub):
+                x[index] = value
+            return x
+        del free[sub.index(min(sub))]
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """a x = b for a small symmetric positive definite a (Gaussian elimination; a and b are
+    overwritten)."""
+    n = len(b)
+    for k in range(n):
+        pivot = a[k][k]
+        for i in range(k + 1, n):
+            factor = a[i][k] / pivot
+            for j in range(k, n):
+                a[i][j] -= factor * a[k][j]
+            b[i] -= factor * b[k]
+    x = [0.0] * n
+    for i in range(n - 1, -1, -1):
+        x[i] = (b[i] - sum(a[i][j] * x[j] for j in range(i + 1, n))) / a[i][i]
+    return x

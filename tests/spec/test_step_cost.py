@@ -1,0 +1,110 @@
+"""The step-cost fit with requests counted (corral/spec/step_cost.py): a request's own cost,
+a verifying request's bookkeeping and a draft row's cost come apart, slopes stay non-negative
+where features move together, and the adaptive rule prices a draft at a draft row's cost, not
+at a request's."""
+
+from __future__ import annotations
+
+import random
+
+from corral.spec.controller import Candidate, SpecController
+from corral.spec.step_cost import StepCostEstimate
+
+FIXED_S, REQUEST_S, ROW_S, VERIFY_S = 0.0008, 25e-6, 5e-6, 40e-6
+
+
+def step_time_s(num_requests: int, num_drafts: int, num_verifying: int) -> float:
+    return FIXED_S + REQUEST_S * num_requests + ROW_S * num_drafts + VERIFY_S * num_verifying
+
+
+def mixed_steps(seed: int = 0):
+    """(rows, prefill, verifying, requests, row requests, time) of decode steps of 8-32
+    requests, some verifying one to four drafts."""
+    rng = random.Random(seed)
+    for _ in range(400):
+        num_requests = rng.randint(8, 32)
+        num_verifying = rng.randint(0, num_requests) if rng.random() < 0.6 else 0
+        num_drafts = sum(rng.randint(1, 4) for _ in range(num_verifying))
+        yield (
+            num_requests + num_drafts,
+            0,
+            num_verifying,
+            num_requests,
+            num_requests,
+            step_time_s(num_requests, num_drafts, num_verifying),
+        )
+
+
+def test_requests_verifications_and_draft_rows_come_apart() -> None:
+    estimate = StepCostEstimate()
+    for rows, prefill, verifying, requests, row_requests, t in mixed_steps():
+        estimate.observe(rows, prefill, t, verifying, requests, row_requests)
+    fixed, per_row, per_prefill = estimate.coefficients()
+    assert abs(fixed - FIXED_S) < 2e-5
+    assert abs(per_row - ROW_S) < 1e-6  # the ridge's pull toward its prior
+    assert abs(estimate.per_request_s() - REQUEST_S) < 1e-6
+    assert abs(estimate.per_verify_request_s() - VERIFY_S) < 2e-6
+    assert per_prefill > 0  # no prefill seen: its prior, not zero
+
+
+def test_features_that_move_together_keep_slopes_non_negative() -> None:
+    """Decodes alone: every request one row, so rows and requests are the same number. The
+    fit must neither trade a large positive slope for a negative one nor lose the mean."""
+    estimate = StepCostEstimate()
+    rng = random.Random(1)
+    times = []
+    for _ in range(300):
+        n = rng.randint(4, 32)
+        t = 0.001 + 30e-6 * n + rng.uniform(-2e-5, 2e-5)
+        times.append((n, t))
+        estimate.observe(n, 0, t, 0, n, n)
+    fixed, per_row, _ = estimate.coefficients()
+    per_request = estimate.per_request_s()
+    assert min(fixed, per_row, per_request, estimate.per_verify_request_s()) >= 0
+    assert abs(per_request - 30e-6) < 3e-6  # one row per request: the request carries it
+    for n, t in times[-20:]:
+        assert abs(fixed + per_request * n - t) < 5e-5
+
+
+def test_drafts_are_priced_as_rows_where_requests_carry_the_step() -> None:
+    """32 requests whose steps cost mostly per request (as small-model decodes do): a draft
+    costs its row, and requests that accept most drafts get all four. Fitted on row tokens
+    alone, the same steps made every draft look as dear as a request."""
+    controller = SpecController(4)
+    for rows, prefill, verifying, requests, row_requests, t in mixed_steps(2):
+        controller.observe_step(rows, prefill, t, 0.0, 0, None, verifying, requests, row_requests)
+    names = [f"r{i}" for i in range(32)]
+    for name in names:
+        for round_index in range(50):
+            controller.record(name, 4, 4 if round_index % 10 < 7 else 3)
+    plan = controller.plan(
+        {name: Candidate(4, 4) for name in names},
+        32,
+        0,
+        budget=4096,
+        num_requests=32,
+        num_row_requests=32,
+    )
+    assert plan.verify == dict.fromkeys(names, 4)
+    assert plan.propose == dict.fromkeys(names, 4)
+
+
+def test_a_costly_verification_is_not_started_for_a_poor_request() -> None:
+    """Each verifying request costs as much as six requests' share of a step: a request whose
+    drafts seldom stand gets none, one whose drafts all stand still gets its four."""
+    controller = SpecController(4)
+    rng = random.Random(3)
+    for _ in range(400):
+        num_requests = 16
+        verifying = rng.randint(0, 16)
+        drafts = 4 * verifying
+        t = FIXED_S + REQUEST_S * num_requests + ROW_S * drafts + 0.00015 * verifying
+        controller.observe_step(16 + drafts, 0, t, 0.0, 0, None, verifying, 16, 16)
+    for _ in range(50):
+        controller.record("good", 4, 4)
+        controller.record("poor", 4, 0)
+    cands = {f"x{i}": Candidate(0, 0) for i in range(14)}
+    cands.update(good=Candidate(4, 4), poor=Candidate(4, 4))
+    plan = controller.plan(cands, 16, 0, budget=4096, num_requests=16, num_row_requests=16)
+    assert plan.verify.get("good") == 4
+    assert "poor" not in plan.verify
