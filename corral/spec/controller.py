@@ -23,9 +23,8 @@ the next step, so that acceptance stays measured.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from corral.spec.acceptance import AcceptanceEstimate
+from corral.spec.candidates import Candidate, SpecPlan, catchup_tokens, horizon_steps
 from corral.spec.grant import GrantCosts, choose_probes, grant_depths, no_grant_can_pay
 from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.stats import SpecDecodeStats
@@ -33,12 +32,6 @@ from corral.spec.step_cost import StepCostEstimate
 
 PROBE_INTERVAL_STEPS = 64
 MAX_PROBE_INTERVAL = 4096
-# A proposer's catch-up on tokens it has not seen (a draft model's prefill of a request's prompt)
-# is paid once and serves the request's later proposals: it is spread over the steps the request
-# may still run, at most CATCHUP_HORIZON_STEPS (assuming about two tokens a step). The tokens a
-# proposer syncs every step anyway are not catch-up.
-CATCHUP_HORIZON_STEPS = 32
-NUM_TOKENS_SYNCED_PER_STEP = 2
 NUM_PROBE_REQUESTS = 4
 # A probe's cost (its catch-up, a proposed and a verified draft) may take at most this share of
 # the time since the last probe: a draft model's probe of a request it has not followed costs a
@@ -48,24 +41,6 @@ PROBE_TIME_FRACTION = 0.02
 # running the rule (hold_idle): while nothing is drafted no acceptance changes, only the step-cost
 # fit, and the rule's own work was most of speculation's idle cost (about 35 us a step alone).
 IDLE_HOLD_STEPS = 7
-
-
-class Candidate(NamedTuple):
-    """A request that samples this step: the drafts it holds, the most it may take, how many of
-    its tokens the proposer has not seen (it catches up on them before proposing), and how many
-    output tokens it may still produce."""
-
-    num_held: int
-    max_num_tokens: int
-    num_tokens_behind: int = 0
-    num_remaining_tokens: int = 1 << 30
-
-
-class SpecPlan(NamedTuple):
-    """Drafts to verify now and drafts to propose for the next step, per request id."""
-
-    verify: dict[str, int]
-    propose: dict[str, int]
 
 
 class SpecController:
@@ -258,7 +233,7 @@ class SpecController:
             rid: min(c.max_num_tokens, self.max_num_tokens) for rid, c in candidates.items()
         }
         start_costs = {
-            rid: request_s + catchup_s * _catchup_tokens(c) / _horizon_steps(c)
+            rid: request_s + catchup_s * catchup_tokens(c) / horizon_steps(c)
             for rid, c in candidates.items()
         }
         # Drafts proposed now are verified next step. This step's prefill work says nothing of
@@ -354,7 +329,7 @@ class SpecController:
                 )
                 propose = choose_probes(
                     {
-                        rid: (candidates[rid].max_num_tokens, _catchup_tokens(candidates[rid]))
+                        rid: (candidates[rid].max_num_tokens, catchup_tokens(candidates[rid]))
                         for rid in eligible[:NUM_PROBE_REQUESTS]
                     },
                     self.max_num_tokens if self.pass_based else 1,
@@ -367,7 +342,7 @@ class SpecController:
                     catchup_s,
                 )
                 self._probed = set(propose)
-        self._last_catchup_tokens = sum(_catchup_tokens(candidates[rid]) for rid in propose)
+        self._last_catchup_tokens = sum(catchup_tokens(candidates[rid]) for rid in propose)
         self.num_idle_steps_left = 0 if verify or propose else IDLE_HOLD_STEPS
         return self._count(SpecPlan(verify, propose))
 
@@ -410,11 +385,3 @@ class SpecController:
             self.max_num_tokens,
             look_ahead=self.pass_based,
         )
-
-
-def _catchup_tokens(candidate: Candidate) -> int:
-    return max(candidate.num_tokens_behind - NUM_TOKENS_SYNCED_PER_STEP, 0)
-
-
-def _horizon_steps(candidate: Candidate) -> float:
-    return max(1.0, min(candidate.num_remaining_tokens / 2, CATCHUP_HORIZON_STEPS))
