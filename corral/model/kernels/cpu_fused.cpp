@@ -102,6 +102,14 @@ constexpr bool kVectorizable = false;
 // nanosecond, so less is cheaper on one thread than the cost of sharing it.
 constexpr int64_t kMinParallelElements = 1 << 15;
 
+// The same where threads spin between calls (min_parallel_work() below its passive value, so a
+// second thread costs a microsecond or two): a 32-row decode step's norms (18,432 elements of a
+// 576-wide model) then run on both threads instead of one.
+inline int64_t min_parallel_elements() {
+  return corral_cpu::min_parallel_work() < (int64_t{1} << 19) ? kMinParallelElements / 4
+                                                                : kMinParallelElements;
+}
+
 // One row of rms_norm: with residual, residual += x (rounded to T) first and the new residual is
 // normalized. The vector path sums squares in eight lanes then across them; the scalar one in
 // order (the two may differ in the last bit of the sum, as PyTorch's own paths do).
@@ -173,7 +181,8 @@ void rms_norm_row(T* o, const T* in, T* res, const T* weight, int64_t size, floa
 template <typename T>
 void rms_norm_rows(T* out, const T* x, T* residual, const T* weight, int64_t rows, int64_t size,
                    float eps) {
-  const int64_t grain = std::max<int64_t>(1, kMinParallelElements / std::max<int64_t>(1, size));
+  const int64_t grain =
+      std::max<int64_t>(1, min_parallel_elements() / std::max<int64_t>(1, size));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       rms_norm_row(out + r * size, x + r * size, residual ? residual + r * size : nullptr, weight,
