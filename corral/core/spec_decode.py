@@ -50,23 +50,29 @@ class SpecDecodeScheduling:
         batch = frozenset(step.num_scheduled)
         if batch == self._planned_batch and self.controller.hold_idle():
             return {}
-        self._planned_batch = batch
+        # Set again once the controller plans this batch: a step without candidates (a prefill
+        # chunk) plans nothing, and must not let the next steps of its batch keep the hold of
+        # an earlier batch's empty plan (a lone request lost its first 7 decode steps' drafts).
+        self._planned_batch = frozenset()
         candidates: dict[str, Candidate] = {}
         for request_id, num_tokens in step.num_scheduled.items():
             request = requests[request_id]
             end = request.num_computed_tokens + num_tokens
             if end != request.num_tokens:
                 continue  # a prefill chunk: nothing is sampled, nothing to verify
+            # Drafts proposed now are verified next step, as 1 + k decode rows; those held are
+            # verified in this chunk, which must stay within decode rows with them.
             max_k = min(
                 self.config.num_speculative_tokens,
-                MAX_DECODE_ROW_TOKENS - num_tokens,
+                MAX_DECODE_ROW_TOKENS - 1,
                 request.max_tokens - request.num_output_tokens - 1,
                 self.max_model_len - request.num_tokens - 1,
                 self.capacity_tokens - end,
             )
+            num_verifiable = min(len(request.spec_token_ids), MAX_DECODE_ROW_TOKENS - num_tokens)
             behind = request.num_tokens - self._proposed_upto.get(request_id, 0)
             candidates[request_id] = Candidate(
-                len(request.spec_token_ids),
+                max(num_verifiable, 0),
                 max(max_k, 0),
                 behind,
                 request.max_tokens - request.num_output_tokens,
@@ -74,6 +80,7 @@ class SpecDecodeScheduling:
         if not candidates:
             return {}
         num_row_tokens, num_prefill_tokens = split_tokens(tuple(step.num_scheduled.values()))
+        self._planned_batch = batch
         plan = self.controller.plan(
             candidates,
             num_row_tokens,

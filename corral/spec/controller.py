@@ -343,7 +343,12 @@ class SpecController:
                 )
                 self._probed = set(propose)
         self._last_catchup_tokens = sum(catchup_tokens(candidates[rid]) for rid in propose)
-        self.num_idle_steps_left = 0 if verify or propose else IDLE_HOLD_STEPS
+        # Held only where the rule chose nothing; a batch none of whose requests could take a
+        # draft (each at a prefill's end or its last token) says nothing of the steps after it.
+        could_draft = any(
+            min(c.max_num_tokens, self.max_num_tokens) > 0 for c in candidates.values()
+        )
+        self.num_idle_steps_left = IDLE_HOLD_STEPS if could_draft and not (verify or propose) else 0
         return self._count(SpecPlan(verify, propose))
 
     def _count(self, plan: SpecPlan) -> SpecPlan:
