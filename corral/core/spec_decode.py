@@ -50,9 +50,8 @@ class SpecDecodeScheduling:
         batch = frozenset(step.num_scheduled)
         if batch == self._planned_batch and self.controller.hold_idle():
             return {}
-        # Set again once the controller plans this batch: a step without candidates (a prefill
-        # chunk) plans nothing, and must not let the next steps of its batch keep the hold of
-        # an earlier batch's empty plan (a lone request lost its first 7 decode steps' drafts).
+        # Set again once the controller plans this batch: the hold belongs to the batch whose
+        # plan was empty, and a step without candidates (prefill chunks only) plans nothing.
         self._planned_batch = frozenset()
         candidates: dict[str, Candidate] = {}
         for request_id, num_tokens in step.num_scheduled.items():

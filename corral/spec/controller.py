@@ -95,10 +95,9 @@ class SpecController:
     ) -> None:
         """One step's cost: its row and prefill tokens, the requests that verified drafts in it
         and all it scheduled, num_row_requests of them in rows (corral/spec/step_cost.py; 0
-        requests: not counted); step_time_s in all, of which
-        propose_time_s went to
-        proposing num_proposed tokens for the next step, and of that catchup_time_s to catching
-        up, where the proposer timed it (else the propose-cost fit separates it)."""
+        requests: not counted); step_time_s in all, of which propose_time_s went to proposing
+        num_proposed tokens for the next step, and of that catchup_time_s to catching up, where
+        the proposer timed it (else the propose-cost fit separates it)."""
         self.step_cost.observe(
             num_row_tokens,
             num_prefill_tokens,
