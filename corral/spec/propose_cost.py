@@ -11,6 +11,8 @@ as the first."""
 
 from __future__ import annotations
 
+from corral.spec.nonnegative_fit import nonnegative_solve
+
 # Samples after which a new one is clipped to this multiple of the prediction (noise, and costs
 # the features miss).
 WARMUP_SAMPLES = 8
@@ -88,40 +90,18 @@ class ProposeCostEstimate:
         return self._cached
 
     def _fit(self) -> tuple[float, float, float, float]:
-        """(call_s, pass_s, token_s, catchup_s), all >= 0: least squares over the features with
-        a positive coefficient (a negative one is dropped and the rest refitted)."""
+        """(call_s, pass_s, token_s, catchup_s), all >= 0: ridge least squares over the
+        features seen, a negative coefficient fixed at zero and the rest refitted
+        (nonnegative_fit.py)."""
         if self.num_observations == 0:
             return 0.0, 0.0, 0.0, 0.0
-        active = [i for i in range(NUM_FEATURES) if self._xx[i][i] > 0]
-        while active:
-            solution = self._solve(active)
-            negative = [i for i, value in zip(active, solution) if value < 0]
-            if not negative:
-                result = [0.0] * NUM_FEATURES
-                for i, value in zip(active, solution):
-                    result[i] = value
-                return result[0], result[1], result[2], result[3]
-            active = [i for i in active if i not in negative]
-        return 0.0, 0.0, 0.0, 0.0
-
-    def _solve(self, active: list[int]) -> list[float]:
-        """Ridge normal equations on the active features (Gaussian elimination, n <= 4)."""
-        n = len(active)
         matrix = [
-            [self._xx[i][j] * (1 + self.ridge if i == j else 1.0) for j in active] + [self._xy[i]]
-            for i in active
+            [self._xx[i][j] * (1 + self.ridge if i == j else 1.0) for j in range(NUM_FEATURES)]
+            for i in range(NUM_FEATURES)
         ]
-        for col in range(n):
-            pivot = max(range(col, n), key=lambda row: abs(matrix[row][col]))
-            matrix[col], matrix[pivot] = matrix[pivot], matrix[col]
-            if matrix[col][col] == 0:
-                return [0.0] * n
-            for row in range(n):
-                if row != col:
-                    factor = matrix[row][col] / matrix[col][col]
-                    for k in range(col, n + 1):
-                        matrix[row][k] -= factor * matrix[col][k]
-        return [matrix[i][n] / matrix[i][i] for i in range(n)]
+        seen = [i for i in range(NUM_FEATURES) if self._xx[i][i] > 0]
+        call_s, pass_s, token_s, catchup_s = nonnegative_solve(matrix, self._xy, seen)
+        return call_s, pass_s, token_s, catchup_s
 
     def predict_s(self, num_passes: int, num_tokens: int, num_catchup_tokens: int = 0) -> float:
         call_s, pass_s, token_s, catchup_s = self._coefficients()

@@ -21,11 +21,14 @@ feed it, so the speculative controller decides the same way in both.
 from __future__ import annotations
 
 from corral.core.batch_shape import MAX_DECODE_ROW_TOKENS
+from corral.spec.nonnegative_fit import nonnegative_solve
 
 NUM_FEATURES = 4  # extra row tokens, prefill tokens, verifying requests, requests
 # The fit is solved again after this many new observations (at decay 0.995 four steps move it
 # little, and a solve costs about 20 us, 1-2% of a single-request step on the demo models).
 REFIT_INTERVAL = 4
+# Until this many observations, every one is solved at once (the first steps move the fit most).
+NUM_EARLY_OBSERVATIONS = 8
 
 
 def split_tokens(chunk_sizes: list[int] | tuple[int, ...]) -> tuple[int, int]:
@@ -44,10 +47,9 @@ class StepCostEstimate:
     verifying requests, requests) with an intercept, each slope at least zero. The two token
     slopes are ridge-regularised toward prior_per_token_fraction * the mean step, the two
     per-request slopes toward zero, each as if prior_weight observations prior_spread_tokens
-    apart had shown it: until steps of
-    different sizes have been seen, a step is assumed to double in cost every
-    1 / prior_per_token_fraction tokens and requests to cost nothing beside their tokens; once
-    they have, the data decide."""
+    apart had shown it: until steps of different sizes have been seen, a step is assumed to
+    double in cost every 1 / prior_per_token_fraction tokens and requests to cost nothing
+    beside their tokens; once they have, the data decide."""
 
     def __init__(
         self,
@@ -102,7 +104,10 @@ class StepCostEstimate:
             for j in range(i, NUM_FEATURES):
                 row[j] = row[j] * d + x[i] * x[j]
         self.num_observations += 1
-        if self.num_observations - self._fitted_at >= REFIT_INTERVAL or self.num_observations < 8:
+        if (
+            self.num_observations - self._fitted_at >= REFIT_INTERVAL
+            or self.num_observations < NUM_EARLY_OBSERVATIONS
+        ):
             self._cached = None
 
     @property
@@ -110,9 +115,9 @@ class StepCostEstimate:
         return self.num_observations > 0
 
     def coefficients(self) -> tuple[float, float, float]:
-        """(fixed_s, per_row_token_s, per_prefill_token_s), all >= 0 (solved again after the
-        first observations every REFIT_INTERVAL ones); per_row_token_s is an extra row
-        token's (a draft's) where requests are counted."""
+        """(fixed_s, per_row_token_s, per_prefill_token_s), all >= 0 (solved at each of the
+        first NUM_EARLY_OBSERVATIONS observations, then every REFIT_INTERVAL); per_row_token_s
+        is an extra row token's (a draft's) where requests are counted."""
         return self._coefficients()[:3]
 
     def per_verify_request_s(self) -> float:
@@ -149,38 +154,6 @@ class StepCostEstimate:
                 a[i][j] = a[j][i] = self._sum_xx[i][j] / w - mean_x[i] * mean_x[j]
             a[i][i] = max(a[i][i], 0.0) + lam
             b[i] = self._sum_xt[i] / w - mean_x[i] * mean_t + lam * priors[i]
-        slopes = _nonnegative_solve(a, b)
+        slopes = nonnegative_solve(a, b)
         fixed = max(mean_t - sum(s * m for s, m in zip(slopes, mean_x)), 0.0)
         return (fixed, *slopes)
-
-
-def _nonnegative_solve(a: list[list[float]], b: list[float]) -> list[float]:
-    """a x = b with x >= 0 for a small symmetric positive definite a: solved on the slopes
-    still free, the most negative fixed at zero until none is negative (features that move
-    together otherwise trade a large positive slope for a large negative one)."""
-    free = list(range(len(b)))
-    while True:
-        sub = _solve([[a[i][j] for j in free] for i in free], [b[i] for i in free])
-        if not sub or min(sub) >= 0:
-            x = [0.0] * len(b)
-            for index, value in zip(free, sub):
-                x[index] = value
-            return x
-        del free[sub.index(min(sub))]
-
-
-def _solve(a: list[list[float]], b: list[float]) -> list[float]:
-    """a x = b for a small symmetric positive definite a (Gaussian elimination; a and b are
-    overwritten)."""
-    n = len(b)
-    for k in range(n):
-        pivot = a[k][k]
-        for i in range(k + 1, n):
-            factor = a[i][k] / pivot
-            for j in range(k, n):
-                a[i][j] -= factor * a[k][j]
-            b[i] -= factor * b[k]
-    x = [0.0] * n
-    for i in range(n - 1, -1, -1):
-        x[i] = (b[i] - sum(a[i][j] * x[j] for j in range(i + 1, n))) / a[i][i]
-    return x

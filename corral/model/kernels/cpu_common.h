@@ -21,8 +21,9 @@ namespace corral_cpu {
 // default policy), 256K made the demo target's one-row decoder stack and head 1.13-1.16x faster;
 // under passive waits, 0.57x: corral/model/kernels/__init__.py sets it by the wait policy at load
 // (set_min_parallel_work), and this is the passive value. docs/performance.md.
+constexpr int64_t kPassiveMinParallelWork = 1 << 19;
 inline int64_t& min_parallel_work() {
-  static int64_t value = 1 << 19;
+  static int64_t value = kPassiveMinParallelWork;
   return value;
 }
 

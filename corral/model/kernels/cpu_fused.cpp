@@ -106,8 +106,9 @@ constexpr int64_t kMinParallelElements = 1 << 15;
 // second thread costs a microsecond or two): a 32-row decode step's norms (18,432 elements of a
 // 576-wide model) then run on both threads instead of one.
 inline int64_t min_parallel_elements() {
-  return corral_cpu::min_parallel_work() < (int64_t{1} << 19) ? kMinParallelElements / 4
-                                                                : kMinParallelElements;
+  return corral_cpu::min_parallel_work() < corral_cpu::kPassiveMinParallelWork
+             ? kMinParallelElements / 4
+             : kMinParallelElements;
 }
 
 // One row of rms_norm: with residual, residual += x (rounded to T) first and the new residual is
