@@ -172,11 +172,11 @@ def decode_greedy(
         last_rows.append(len(rows) - 1)
         tables += table
         tables += [0] * (width - len(table))
-    tokens = kernels.decode_greedy(
-        torch.tensor(rows, dtype=torch.int64),
-        torch.tensor(positions, dtype=torch.int64),
-        torch.tensor(row_seqs, dtype=torch.int64),
-        torch.tensor(last_rows, dtype=torch.int64),
+    return kernels.decode_greedy(
+        rows,
+        positions,
+        row_seqs,
+        last_rows,
         num_steps,
         embed.data if isinstance(embed, PackedWeight) else embed,
         isinstance(embed, PackedWeight),
@@ -186,10 +186,10 @@ def decode_greedy(
         [cache.value for cache in kv_caches],
         model.rotary.cos,
         model.rotary.sin,
-        torch.tensor(tables, dtype=torch.int64).view(len(sequences), width),
+        tables,
+        width,
         block_size,
         *_stack_constants(model),
         uses_row_kernel(len(rows), model.dtype, model.device),
         uses_row_kernel(len(sequences), model.dtype, model.device),
     )
-    return tokens.t().tolist()

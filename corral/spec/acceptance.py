@@ -23,8 +23,9 @@ class AcceptanceEstimate:
 
     def __init__(self) -> None:
         self._global = _Acceptance()
-        # [j]: verification rounds with a draft at 0-based depth j, and those that accepted it.
-        self._rounds_at_depth: list[int] = []
+        # [j]: verification rounds that scored their draft at 0-based depth j (every draft
+        # before it accepted), and those that accepted it.
+        self._reached_depth: list[int] = []
         self._accepted_at_depth: list[int] = []
         self._per_request: dict[str, _Acceptance] = {}
         # The pooled acceptance as of the last depth_profile (depth_yields scales by it).
@@ -32,16 +33,16 @@ class AcceptanceEstimate:
 
     def record(self, request_id: str, num_draft_tokens: int, num_accepted: int) -> None:
         """A verification round of request_id: num_draft_tokens scored, num_accepted accepted."""
-        rounds, accepted = self._rounds_at_depth, self._accepted_at_depth
-        if len(rounds) < num_draft_tokens:
-            rounds.extend([0] * (num_draft_tokens - len(rounds)))
+        reached, accepted = self._reached_depth, self._accepted_at_depth
+        if len(reached) < num_draft_tokens:
+            reached.extend([0] * (num_draft_tokens - len(reached)))
             accepted.extend([0] * (num_draft_tokens - len(accepted)))
-        for depth in range(num_draft_tokens):
-            rounds[depth] += 1
-        for depth in range(num_accepted):
-            accepted[depth] += 1
         # Trials: every accepted token, and the rejected one after them if there was one.
         trials = min(num_accepted + 1, num_draft_tokens)
+        for depth in range(trials):
+            reached[depth] += 1
+        for depth in range(num_accepted):
+            accepted[depth] += 1
         for acceptance in (self._global, self._per_request.setdefault(request_id, _Acceptance())):
             acceptance.successes += num_accepted
             acceptance.trials += trials
@@ -80,17 +81,23 @@ class AcceptanceEstimate:
         return yields
 
     def depth_profile(self, max_depth: int) -> list[float]:
-        """[j - 1]: the proposer's measured chance that a round's first j drafts all stand,
-        each shrunk toward the geometric prior alpha^j (alpha: its pooled acceptance)."""
+        """[j - 1]: the proposer's measured chance that a round's first j drafts all stand: the
+        product over depths i <= j of the chance that draft i stands given that those before it
+        did, each measured on the rounds that reached depth i and shrunk toward alpha (its
+        pooled acceptance), so the prior is the geometric alpha^j. Chained conditional rates
+        use every round that reached a depth; an unconditional rate per depth measured the deep
+        depths on the few rounds drafted that deep, which a rule that rarely drafts deep picks
+        unevenly (the demo draft model's depth 4 came out 0.09 under the adaptive rule where a
+        fixed K = 6 measured 0.21)."""
         global_alpha = self.global_alpha = self.acceptance(None)
         profile = []
-        prior = 1.0
-        rounds, accepted = self._rounds_at_depth, self._accepted_at_depth
+        chance = 1.0
+        reached, accepted = self._reached_depth, self._accepted_at_depth
         for depth in range(max_depth):
-            prior *= global_alpha
-            num_rounds = rounds[depth] if depth < len(rounds) else 0
+            num_reached = reached[depth] if depth < len(reached) else 0
             num_accepted = accepted[depth] if depth < len(accepted) else 0
-            profile.append(
-                (num_accepted + prior * PRIOR_WEIGHT_TRIALS) / (num_rounds + PRIOR_WEIGHT_TRIALS)
+            chance *= (num_accepted + global_alpha * PRIOR_WEIGHT_TRIALS) / (
+                num_reached + PRIOR_WEIGHT_TRIALS
             )
+            profile.append(chance)
         return profile

@@ -4,6 +4,20 @@ corral/spec/propose_cost.py)."""
 
 from __future__ import annotations
 
+# A fit is solved again after this many new observations (with the fits' decays a few steps
+# move it little, and a solve costs about 20 us, 1-2% of a single-request step on the demo
+# models); until NUM_EARLY_OBSERVATIONS, at every one (the first steps move a fit most).
+REFIT_INTERVAL = 4
+NUM_EARLY_OBSERVATIONS = 8
+
+
+def refit_due(num_observations: int, fitted_at: int) -> bool:
+    """Whether a fit last solved at fitted_at observations is solved again at num_observations."""
+    return (
+        num_observations - fitted_at >= REFIT_INTERVAL
+        or num_observations < NUM_EARLY_OBSERVATIONS
+    )
+
 
 def nonnegative_solve(
     a: list[list[float]], b: list[float], free: list[int] | None = None

@@ -11,7 +11,7 @@ as the first."""
 
 from __future__ import annotations
 
-from corral.spec.nonnegative_fit import nonnegative_solve
+from corral.spec.nonnegative_fit import nonnegative_solve, refit_due
 
 # Samples after which a new one is clipped to this multiple of the prediction (noise, and costs
 # the features miss).
@@ -33,6 +33,7 @@ class ProposeCostEstimate:
         self._xy = [0.0] * NUM_FEATURES
         self.num_observations = 0
         self._cached: tuple[float, float, float, float] | None = None
+        self._fitted_at = 0  # num_observations at the last solve
         # Catch-up seconds per token where the proposer times its catch-up (observe).
         self.timed_catchup_s: float | None = None
 
@@ -69,10 +70,12 @@ class ProposeCostEstimate:
             for j in range(NUM_FEATURES):
                 self._xx[i][j] = self._xx[i][j] * d + features[i] * features[j]
         self.num_observations += 1
-        self._cached = None
+        if refit_due(self.num_observations, self._fitted_at):
+            self._cached = None
 
     def coefficients(self) -> tuple[float, float, float]:
-        """(pass_s, token_s, catchup_s) of the fit (recomputed only after a new observation);
+        """(pass_s, token_s, catchup_s) of the fit (solved again as nonnegative_fit.refit_due
+        says);
         catchup_s as timed where the proposer times its catch-up."""
         _, pass_s, token_s, catchup_s = self._coefficients()
         if self.timed_catchup_s is not None:
@@ -87,6 +90,7 @@ class ProposeCostEstimate:
     def _coefficients(self) -> tuple[float, float, float, float]:
         if self._cached is None:
             self._cached = self._fit()
+            self._fitted_at = self.num_observations
         return self._cached
 
     def _fit(self) -> tuple[float, float, float, float]:

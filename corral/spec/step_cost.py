@@ -21,14 +21,9 @@ feed it, so the speculative controller decides the same way in both.
 from __future__ import annotations
 
 from corral.core.batch_shape import MAX_DECODE_ROW_TOKENS
-from corral.spec.nonnegative_fit import nonnegative_solve
+from corral.spec.nonnegative_fit import nonnegative_solve, refit_due
 
 NUM_FEATURES = 4  # extra row tokens, prefill tokens, verifying requests, requests
-# The fit is solved again after this many new observations (at decay 0.995 four steps move it
-# little, and a solve costs about 20 us, 1-2% of a single-request step on the demo models).
-REFIT_INTERVAL = 4
-# Until this many observations, every one is solved at once (the first steps move the fit most).
-NUM_EARLY_OBSERVATIONS = 8
 
 
 def split_tokens(chunk_sizes: list[int] | tuple[int, ...]) -> tuple[int, int]:
@@ -104,10 +99,7 @@ class StepCostEstimate:
             for j in range(i, NUM_FEATURES):
                 row[j] = row[j] * d + x[i] * x[j]
         self.num_observations += 1
-        if (
-            self.num_observations - self._fitted_at >= REFIT_INTERVAL
-            or self.num_observations < NUM_EARLY_OBSERVATIONS
-        ):
+        if refit_due(self.num_observations, self._fitted_at):
             self._cached = None
 
     @property
@@ -115,8 +107,8 @@ class StepCostEstimate:
         return self.num_observations > 0
 
     def coefficients(self) -> tuple[float, float, float]:
-        """(fixed_s, per_row_token_s, per_prefill_token_s), all >= 0 (solved at each of the
-        first NUM_EARLY_OBSERVATIONS observations, then every REFIT_INTERVAL); per_row_token_s
+        """(fixed_s, per_row_token_s, per_prefill_token_s), all >= 0 (solved again as
+        nonnegative_fit.refit_due says); per_row_token_s
         is an extra row token's (a draft's) where requests are counted."""
         return self._coefficients()[:3]
 

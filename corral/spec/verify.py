@@ -34,6 +34,7 @@ from corral.core.messages import TokenLogprobs
 from corral.model.sampler import (
     Sampler,
     SamplingRow,
+    argmax_rows,
     gather_logprobs,
     plain_greedy,
     samples_greedily,
@@ -70,7 +71,7 @@ def verify(
     corral/structured/masking.py)."""
     if mask is None and all(plain_greedy(group.row) for group in groups):
         # Nothing to process and no logprobs: one argmax over every row.
-        argmax_ids = logits.argmax(dim=-1).tolist()
+        argmax_ids = argmax_rows(logits)
         results = []
         start = 0
         for group in groups:
@@ -101,7 +102,7 @@ def verify(
     ]
     argmax: dict[int, int] = {}
     if greedy_rows:
-        picked = logits[greedy_rows].argmax(dim=-1).tolist()
+        picked = argmax_rows(logits[greedy_rows])
         argmax = dict(zip(greedy_rows, picked))
     random_rows = [r for r in range(len(rows)) if r not in argmax]
     probs_of: dict[int, torch.Tensor] = {}

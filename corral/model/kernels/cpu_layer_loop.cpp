@@ -91,38 +91,50 @@ torch::Tensor decode_layers(torch::Tensor residual,
 // token); every later step one row per sequence, the token the step before chose. A step embeds
 // its rows, runs decode_layers, takes logits through lm_head for the sequences' rows and their
 // argmax (torch.argmax over the float logits, so the first of equal maxima). block_table
-// [sequences, blocks] covers each sequence's last position + num_steps - 1. embed: the embedding
-// table, packed (corral/model/packed_weight.py) when embed_packed. lm_head: weight or int8 values,
-// scales, bias, as a layer's linears. first_use_kernel / use_kernel: decode_layers' use_kernel for
-// the first step's rows and for one row per sequence (the LM head's). Returns the tokens,
-// [num_steps, sequences].
-torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions,
-                            torch::Tensor row_seqs, torch::Tensor last_rows, int64_t num_steps,
-                            torch::Tensor embed, bool embed_packed,
-                            const std::vector<c10::optional<torch::Tensor>>& lm_head,
-                            const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
-                            const std::vector<torch::Tensor>& key_caches,
-                            const std::vector<torch::Tensor>& value_caches, torch::Tensor cos,
-                            torch::Tensor sin, torch::Tensor block_table, int64_t block_size,
-                            torch::Tensor final_norm, double scale, double eps, int64_t num_heads,
-                            int64_t num_kv_heads, int64_t head_dim, bool first_use_kernel,
-                            bool use_kernel) {
-  for (const torch::Tensor* index : {&token_ids, &positions, &row_seqs, &last_rows, &block_table}) {
-    TORCH_CHECK(index->scalar_type() == torch::kInt64 && index->is_contiguous(),
-                "decode_greedy: contiguous int64 indices");
-  }
+// [sequences x width, row-major] covers each sequence's last position + num_steps - 1. The
+// indices come as lists (Python ints, converted by pybind11: cheaper than five torch.tensor
+// calls a proposal). embed: the embedding table, packed (corral/model/packed_weight.py) when
+// embed_packed. lm_head: weight or int8 values, scales, bias, as a layer's linears.
+// first_use_kernel / use_kernel: decode_layers' use_kernel for the first step's rows and for one
+// row per sequence (the LM head's). Returns each sequence's num_steps tokens.
+std::vector<std::vector<int64_t>> decode_greedy(
+    const std::vector<int64_t>& token_ids, const std::vector<int64_t>& positions,
+    const std::vector<int64_t>& row_seqs, const std::vector<int64_t>& last_rows,
+    int64_t num_steps, torch::Tensor embed, bool embed_packed,
+    const std::vector<c10::optional<torch::Tensor>>& lm_head,
+    const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
+    const std::vector<torch::Tensor>& key_caches, const std::vector<torch::Tensor>& value_caches,
+    torch::Tensor cos, torch::Tensor sin, const std::vector<int64_t>& block_table, int64_t width,
+    int64_t block_size, torch::Tensor final_norm, double scale, double eps, int64_t num_heads,
+    int64_t num_kv_heads, int64_t head_dim, bool first_use_kernel, bool use_kernel) {
   TORCH_CHECK(lm_head.size() == 3, "decode_greedy: lm_head as weight, scales, bias");
-  const int64_t num_seqs = last_rows.size(0), width = block_table.size(1);
-  TORCH_CHECK(block_table.size(0) == num_seqs && row_seqs.size(0) == token_ids.size(0) &&
-                  positions.size(0) == token_ids.size(0),
+  const int64_t num_rows = static_cast<int64_t>(token_ids.size());
+  const int64_t num_seqs = static_cast<int64_t>(last_rows.size());
+  TORCH_CHECK(static_cast<int64_t>(block_table.size()) == num_seqs * width &&
+                  static_cast<int64_t>(row_seqs.size()) == num_rows &&
+                  static_cast<int64_t>(positions.size()) == num_rows,
               "decode_greedy: one block-table row per sequence, one sequence per row");
-  torch::Tensor tokens = torch::empty({num_steps, num_seqs}, token_ids.options());
-  torch::Tensor ids = token_ids;
-  torch::Tensor step_positions = positions;
-  torch::Tensor tables = block_table.index_select(0, row_seqs);
+  for (int64_t r = 0; r < num_rows; ++r) {
+    TORCH_CHECK(row_seqs[r] >= 0 && row_seqs[r] < num_seqs, "decode_greedy: row ", r,
+                " of sequence ", row_seqs[r], " of ", num_seqs);
+  }
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    TORCH_CHECK(last_rows[s] >= 0 && last_rows[s] < num_rows, "decode_greedy: last row ",
+                last_rows[s], " of ", num_rows);
+  }
+  const auto as_tensor = [](const std::vector<int64_t>& values) {
+    return torch::tensor(c10::ArrayRef<int64_t>(values), torch::kInt64);
+  };
+  const torch::Tensor positions_tensor = as_tensor(positions);
+  const torch::Tensor block_table_tensor = as_tensor(block_table).view({num_seqs, width});
+  const torch::Tensor last_rows_tensor = as_tensor(last_rows);
+  std::vector<std::vector<int64_t>> tokens(num_seqs, std::vector<int64_t>(num_steps));
+  torch::Tensor ids = as_tensor(token_ids);
+  torch::Tensor step_positions = positions_tensor;
+  torch::Tensor tables = block_table_tensor.index_select(0, as_tensor(row_seqs));
   for (int64_t step = 0; step < num_steps; ++step) {
     const int64_t rows = ids.size(0);
-    torch::Tensor slots = torch::empty({rows}, positions.options());
+    torch::Tensor slots = torch::empty({rows}, positions_tensor.options());
     const int64_t* pos = step_positions.data_ptr<int64_t>();
     const int64_t* table = tables.data_ptr<int64_t>();
     int64_t* slot = slots.data_ptr<int64_t>();
@@ -137,12 +149,13 @@ torch::Tensor decode_greedy(torch::Tensor token_ids, torch::Tensor positions,
                                          scale, eps, num_heads, num_kv_heads, head_dim,
                                          step == 0 ? first_use_kernel : use_kernel);
     if (step == 0) {  // from here on, one row per sequence
-      if (rows != num_seqs) normed = normed.index_select(0, last_rows);
-      step_positions = positions.index_select(0, last_rows);  // a copy, advanced in place
-      tables = block_table;
+      if (rows != num_seqs) normed = normed.index_select(0, last_rows_tensor);
+      step_positions = positions_tensor.index_select(0, last_rows_tensor);  // advanced in place
+      tables = block_table_tensor;
     }
     ids = argmax_rows(linear(normed, lm_head, 0, use_kernel).to(torch::kFloat));  // num_seqs rows
-    tokens[step].copy_(ids);
+    const int64_t* chosen = ids.data_ptr<int64_t>();
+    for (int64_t s = 0; s < num_seqs; ++s) tokens[s][step] = chosen[s];
     step_positions.add_(1);
   }
   return tokens;
