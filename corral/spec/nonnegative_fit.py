@@ -14,8 +14,7 @@ NUM_EARLY_OBSERVATIONS = 8
 def refit_due(num_observations: int, fitted_at: int) -> bool:
     """Whether a fit last solved at fitted_at observations is solved again at num_observations."""
     return (
-        num_observations - fitted_at >= REFIT_INTERVAL
-        or num_observations < NUM_EARLY_OBSERVATIONS
+        num_observations - fitted_at >= REFIT_INTERVAL or num_observations < NUM_EARLY_OBSERVATIONS
     )
 
 
