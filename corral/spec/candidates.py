@@ -39,3 +39,41 @@ def catchup_tokens(candidate: Candidate) -> int:
 def horizon_steps(candidate: Candidate) -> float:
     """Steps the candidate's catch-up is spread over."""
     return max(1.0, min(candidate.num_remaining_tokens / 2, CATCHUP_HORIZON_STEPS))
+
+
+def plan_at_depths(
+    proposing: dict[str, int], candidates: dict[str, Candidate], max_depth: int, budget: int
+) -> SpecPlan:
+    """The fixed rule (every candidate at max_depth), and a plan held from an earlier step
+    (SpecController.plan, PLAN_HOLD_STEPS): each request of proposing verifies what it holds
+    (what it was granted to propose, which the rule priced to verify) and proposes as deep
+    again, within its candidate's limits and the budget."""
+    verify: dict[str, int] = {}
+    propose: dict[str, int] = {}
+    for request_id, depth in proposing.items():
+        num_held, max_num_tokens, *_ = candidates[request_id]
+        k = min(depth, max_num_tokens, max_depth)
+        if k <= 0:
+            continue
+        propose[request_id] = k
+        use = min(num_held, max_num_tokens, max_depth, budget)
+        if use > 0:
+            verify[request_id] = use
+            budget -= use
+    return SpecPlan(verify, propose)
+
+
+def probe_order(
+    candidates: dict[str, Candidate], max_depth: int, max_num_requests: int
+) -> dict[str, tuple[int, int]]:
+    """The cheapest requests to probe, in order (those the proposer is least behind on), at most
+    max_num_requests: each one's (most drafts it may take, catch-up tokens), as choose_probes
+    (corral/spec/grant.py) takes them."""
+    eligible = sorted(
+        (rid for rid, c in candidates.items() if min(c.max_num_tokens, max_depth) > 0),
+        key=lambda rid: candidates[rid].num_tokens_behind,
+    )
+    return {
+        rid: (candidates[rid].max_num_tokens, catchup_tokens(candidates[rid]))
+        for rid in eligible[:max_num_requests]
+    }

@@ -9,6 +9,7 @@ import pytest
 
 from corral.spec.controller import (
     IDLE_HOLD_STEPS,
+    PLAN_HOLD_STEPS,
     PROBE_INTERVAL_STEPS,
     PROBE_TIME_FRACTION,
     Candidate,
@@ -88,6 +89,28 @@ def test_lone_request_on_overhead_bound_steps_gets_k() -> None:
     feed_acceptance(controller, "a", 8)
     plan = controller.plan(candidates(["a"]), 1, 0, budget=100)
     assert plan.verify == {"a": 4} and plan.propose == {"a": 4}
+
+
+def test_a_plan_that_drafts_is_held_for_its_batch_then_made_again() -> None:
+    """The proposals of a plan stand PLAN_HOLD_STEPS more steps for the same batch (within each
+    candidate's limits now), then the rule runs again; a new batch is planned at once."""
+    controller = SpecController(4)
+    feed_costs(controller, fixed_s=0.002, per_token_s=0.00002)
+    feed_acceptance(controller, "a", 8)
+    assert controller.plan(candidates(["a"]), 1, 0, budget=100) == ({"a": 4}, {"a": 4})
+    for _ in range(5000):  # acceptance collapses: the rule would now grant nothing
+        controller.record("a", 4, 0)
+    for step in range(PLAN_HOLD_STEPS):
+        held = controller.plan({"a": Candidate(2 + step % 2, 3)}, 1, 0, budget=100)
+        assert held == ({"a": 2 + step % 2}, {"a": 3})
+    assert controller.plan(candidates(["a"]), 1, 0, budget=100) == ({}, {})
+    fresh = SpecController(4)
+    feed_costs(fresh, fixed_s=0.002, per_token_s=0.00002)
+    feed_acceptance(fresh, "a", 8)
+    assert fresh.plan(candidates(["a"]), 1, 0, budget=100).propose == {"a": 4}
+    for _ in range(5000):
+        fresh.record("a", 4, 0)
+    assert fresh.plan(candidates(["a", "b"]), 2, 0, budget=100).propose == {}
 
 
 def test_large_compute_bound_batch_gets_none() -> None:
