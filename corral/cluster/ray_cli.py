@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -16,6 +17,7 @@ from corral.cluster.autoscaling import AutoscalingConfig
 from corral.cluster.ray_serve import (
     APP_NAME,
     METRICS_INTERVAL_WARNING,
+    PATIENT_PROXY_ENV,
     RayServeConfig,
     build_application,
 )
@@ -172,6 +174,9 @@ def run_ray(args: argparse.Namespace) -> int:
 
     warnings.filterwarnings("ignore", METRICS_INTERVAL_WARNING, DeprecationWarning)
     started_ray = config.address is None
+    if started_ray:
+        for name, value in PATIENT_PROXY_ENV.items():
+            os.environ.setdefault(name, value)
     ray.init(address=config.address)
     # After ray.init, which installs its own SIGTERM handler: SIGTERM and Ctrl-C (SIGINT, even
     # when inherited ignored) stop at any point below, with the clean-up in the finally.

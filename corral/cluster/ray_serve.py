@@ -38,6 +38,14 @@ DEFAULT_METRICS_INTERVAL_S = 1.0
 # Ray deprecates AutoscalingConfig.metrics_interval_s for environment variables, yet (2.60) reads
 # only the field for the pushes that matter here.
 METRICS_INTERVAL_WARNING = "The `metrics_interval_s` field"
+# Serve gives its HTTP proxy 5 s to report ready and 10 s per health check, three strikes, then
+# kills it; on a busy 2-core machine (a compiler beside it) the proxy missed both and
+# `serve.start` failed. Where the user has not set them, a local instance started by corral
+# waits longer (environment variables its workers inherit; set before ray.init).
+PATIENT_PROXY_ENV = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+}
 
 
 @dataclass(frozen=True, slots=True)

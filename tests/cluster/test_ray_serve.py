@@ -23,7 +23,12 @@ import pytest
 
 from corral.cluster.autoscaling import AutoscalingConfig
 from corral.cluster.ray_messages import REPLICA_HEADER
-from corral.cluster.ray_serve import APP_NAME, DEPLOYMENT_NAME, RayServeConfig
+from corral.cluster.ray_serve import (
+    APP_NAME,
+    DEPLOYMENT_NAME,
+    PATIENT_PROXY_ENV,
+    RayServeConfig,
+)
 from corral.config import CacheConfig, EngineConfig, ModelConfig
 from corral.serve.config import ServerConfig
 from tests.serve.conftest import free_port_outside_ephemeral_range
@@ -115,6 +120,8 @@ def ray_cluster() -> Iterator[str]:
     At the end Serve and Ray shut down and every process they started is gone."""
     port = free_port_outside_ephemeral_range()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name, value in PATIENT_PROXY_ENV.items():  # as `corral serve --ray` sets them
+        os.environ.setdefault(name, value)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     started: list[int] = []
     try:
