@@ -19,6 +19,10 @@ def test_random_rows_match_torch(vocab):
     logits = torch.randn(33, vocab, generator=generator)
     assert torch.equal(_KERNELS.argmax_rows(logits), logits.argmax(dim=-1))
     assert argmax_rows(logits) == logits.argmax(dim=-1).tolist()
+    # bf16 logits (the draft loop's LM head) as their float32 copy would choose (ties included:
+    # rounding to bf16 makes many).
+    as_bf16 = logits.bfloat16()
+    assert torch.equal(_KERNELS.argmax_rows(as_bf16), as_bf16.float().argmax(dim=-1))
 
 
 def test_ties_infinities_nan_and_signed_zeros_match_torch():
@@ -39,15 +43,16 @@ def test_ties_infinities_nan_and_signed_zeros_match_torch():
     expected = rows.argmax(dim=-1)
     assert torch.equal(_KERNELS.argmax_rows(rows), expected)
     assert expected.tolist() == [5, 0, 33, 50, 20, 0, 69, 0, 0]
+    assert torch.equal(_KERNELS.argmax_rows(rows.bfloat16()), expected)  # all exact in bf16
 
 
 def test_a_strided_view_and_bad_input():
     logits = torch.randn(8, 300, generator=torch.Generator().manual_seed(3))
     view = logits[::2]  # not contiguous: the kernel copies
     assert torch.equal(_KERNELS.argmax_rows(view), view.argmax(dim=-1))
-    with pytest.raises(RuntimeError, match="float32 logits"):
-        _KERNELS.argmax_rows(logits.bfloat16())
-    with pytest.raises(RuntimeError, match="float32 logits"):
+    with pytest.raises(RuntimeError, match="float32 or bfloat16 logits"):
+        _KERNELS.argmax_rows(logits.half())
+    with pytest.raises(RuntimeError, match="float32 or bfloat16 logits"):
         _KERNELS.argmax_rows(torch.zeros(2, 0))
     # Other dtypes take torch's argmax.
     assert argmax_rows(logits.double()) == logits.double().argmax(dim=-1).tolist()

@@ -1,5 +1,5 @@
-// Greedy decoding's argmax over each row of logits [rows, vocab] (float32), as torch's argmax
-// chooses: the first index of the row's largest value, or of its first NaN where it has one.
+// Greedy decoding's argmax over each row of logits [rows, vocab] (float32, or bfloat16 read as the
+// float32 values a .float() copy would hold), as torch's argmax chooses: the first index of the row's largest value, or of its first NaN where it has one.
 // torch's own took 1.0 ms at [32, 49152] on 2 threads of an AMX Xeon (its max 0.4 ms): 3.5% of
 // a 32-request decode round there (docs/performance.md). Two passes over each row (the largest
 // value, then the first index holding it), rows in parallel.
@@ -19,7 +19,25 @@
 
 namespace {
 
-int64_t row_argmax(const float* v, int64_t n) {
+using corral_cpu::to_float;
+
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+#endif
+#if defined(__AVX2__)
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::BFloat16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+#endif
+
+template <typename T>
+int64_t row_argmax(const T* v, int64_t n) {
   float largest = -std::numeric_limits<float>::infinity();
   bool has_nan = false;
   int64_t k = 0;
@@ -27,7 +45,7 @@ int64_t row_argmax(const float* v, int64_t n) {
   __m512 best = _mm512_set1_ps(largest);
   __mmask16 unordered = 0;
   for (; k + 16 <= n; k += 16) {
-    const __m512 x = _mm512_loadu_ps(v + k);
+    const __m512 x = load16(v + k);
     unordered |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
     best = _mm512_max_ps(x, best);
   }
@@ -37,7 +55,7 @@ int64_t row_argmax(const float* v, int64_t n) {
   __m256 best = _mm256_set1_ps(largest);
   int unordered = 0;
   for (; k + 8 <= n; k += 8) {
-    const __m256 x = _mm256_loadu_ps(v + k);
+    const __m256 x = load8(v + k);
     unordered |= _mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
     best = _mm256_max_ps(x, best);
   }
@@ -47,24 +65,25 @@ int64_t row_argmax(const float* v, int64_t n) {
   has_nan = unordered != 0;
 #endif
   for (; k < n; ++k) {
-    has_nan |= std::isnan(v[k]);
-    if (v[k] > largest) largest = v[k];
+    const float x = to_float(v[k]);
+    has_nan |= std::isnan(x);
+    if (x > largest) largest = x;
   }
   if (has_nan) {
     for (int64_t i = 0; i < n; ++i) {
-      if (std::isnan(v[i])) return i;
+      if (std::isnan(to_float(v[i]))) return i;
     }
   }
   k = 0;
 #if defined(__AVX512F__)
   const __m512 target = _mm512_set1_ps(largest);
   for (; k + 16 <= n; k += 16) {
-    const __mmask16 equal = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + k), target, _CMP_EQ_OQ);
+    const __mmask16 equal = _mm512_cmp_ps_mask(load16(v + k), target, _CMP_EQ_OQ);
     if (equal != 0) return k + __builtin_ctz(equal);
   }
 #endif
   for (; k < n; ++k) {
-    if (v[k] == largest) return k;
+    if (to_float(v[k]) == largest) return k;
   }
   return 0;  // unreachable for n > 0: largest is one of the row's values
 }
@@ -72,17 +91,24 @@ int64_t row_argmax(const float* v, int64_t n) {
 }  // namespace
 
 torch::Tensor argmax_rows(const torch::Tensor& logits) {
-  TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.size(1) > 0,
-              "argmax_rows: float32 logits [rows, vocab] with vocab > 0");
+  TORCH_CHECK(logits.dim() == 2 && logits.size(1) > 0 &&
+                  (logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16),
+              "argmax_rows: float32 or bfloat16 logits [rows, vocab] with vocab > 0");
   const auto values = logits.contiguous();
   const int64_t rows = values.size(0), vocab = values.size(1);
   auto out = torch::empty({rows}, logits.options().dtype(at::kLong));
-  const float* v = values.data_ptr<float>();
   int64_t* o = out.data_ptr<int64_t>();
   const int64_t grain =
       std::max<int64_t>(1, corral_cpu::min_parallel_work() / std::max<int64_t>(1, 4 * vocab));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) o[r] = row_argmax(v + r * vocab, vocab);
-  });
+  const auto run = [&](const auto* v) {
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) o[r] = row_argmax(v + r * vocab, vocab);
+    });
+  };
+  if (values.scalar_type() == at::kFloat) {
+    run(values.data_ptr<float>());
+  } else {
+    run(values.data_ptr<at::BFloat16>());
+  }
   return out;
 }

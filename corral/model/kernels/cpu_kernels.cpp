@@ -187,7 +187,7 @@ void decode_one(T* out, const T* query, const T* sink_query, int64_t num_sinks,
 // alone. Every query sees the same blocks in the same order with the same arithmetic as in
 // decode_one, so a row's output is the same bits alone or in a run.
 template <typename T, typename C, int64_t kHeadDim, int64_t kBlock>
-void decode_run(T* out, const T* query, int64_t num_rows, int64_t row_stride,
+void decode_run(T* out, const T* query, int64_t num_rows, int64_t query_stride, int64_t out_stride,
                 const C* key_cache, const C* value_cache, const at::Half* key_scales,
                 const at::Half* value_scales, const int64_t* blocks, const int64_t* seq_lens,
                 int64_t kv_head, int64_t group, int64_t num_kv_heads, int64_t runtime_head_dim,
@@ -206,7 +206,7 @@ void decode_run(T* out, const T* query, int64_t num_rows, int64_t row_stride,
   float* running_sum = running_max + queries; // [queries]
   for (int64_t r = 0; r < num_rows; ++r) {
     for (int64_t g = 0; g < group; ++g) {
-      const T* query_row = query + r * row_stride + (kv_head * group + g) * head_dim;
+      const T* query_row = query + r * query_stride + (kv_head * group + g) * head_dim;
       float* q_row = q + (r * group + g) * head_dim;
       for (int64_t i = 0; i < head_dim; ++i) q_row[i] = to_float(query_row[i]) * scale;
       running_max[r * group + g] = -std::numeric_limits<float>::infinity();
@@ -225,7 +225,7 @@ void decode_run(T* out, const T* query, int64_t num_rows, int64_t row_stride,
                                          acc + first * head_dim, scores, row, value,
                                          running_max + first, running_sum + first);
     for (int64_t g = 0; g < group; ++g) {
-      T* out_row = out + r * row_stride + (kv_head * group + g) * head_dim;
+      T* out_row = out + r * out_stride + (kv_head * group + g) * head_dim;
       const float* a = acc + (first + g) * head_dim;
       const float inverse = 1.f / running_sum[first + g];
       for (int64_t i = 0; i < head_dim; ++i) out_row[i] = static_cast<T>(a[i] * inverse);
@@ -242,6 +242,8 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
   const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
   const int64_t num_kv_heads = value_cache.size(2), block_size = value_cache.size(1);
   const int64_t group = num_heads / num_kv_heads;
+  // Query rows may lie apart (views into a fused qkv row); out and sink_query are contiguous.
+  const int64_t query_stride = query.stride(0), out_stride = num_heads * head_dim;
   T* out_ptr = out.data_ptr<T>();
   const T* q_ptr = query.data_ptr<T>();
   const T* sink_ptr = sink_query.has_value() ? sink_query->data_ptr<T>() : nullptr;
@@ -283,14 +285,15 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
     for (int64_t item = begin; item < end; ++item) {
       const int64_t run = item / num_kv_heads, kv_head = item % num_kv_heads;
       const int64_t seq = run_starts[run], num_rows = run_starts[run + 1] - seq;
-      const int64_t offset = seq * num_heads * head_dim;
+      const int64_t offset = seq * out_stride;
       if (num_rows > 1) {
-        several(out_ptr + offset, q_ptr + offset, num_rows, num_heads * head_dim, k_ptr, v_ptr,
-                key_scales, value_scales, table + seq * max_blocks, lengths + seq, kv_head, group,
-                num_kv_heads, head_dim, block_size, scale, buffer);
+        several(out_ptr + offset, q_ptr + seq * query_stride, num_rows, query_stride, out_stride,
+                k_ptr, v_ptr, key_scales, value_scales, table + seq * max_blocks, lengths + seq,
+                kv_head, group, num_kv_heads, head_dim, block_size, scale, buffer);
         continue;
       }
-      one(out_ptr + offset, q_ptr + offset, sink_ptr ? sink_ptr + offset : nullptr, num_sinks,
+      one(out_ptr + offset, q_ptr + seq * query_stride, sink_ptr ? sink_ptr + offset : nullptr,
+          num_sinks,
           k_ptr, v_ptr, key_scales, value_scales, table + seq * max_blocks, lengths[seq],
           kv_head, group, num_kv_heads, head_dim, block_size, scale, window, buffer);
     }
@@ -299,7 +302,8 @@ void decode_all(torch::Tensor& out, const torch::Tensor& query, const torch::Ten
 
 }  // namespace
 
-// out [num_seqs, num_heads, head_dim] = attention of each sequence's single query over its first
+// out [num_seqs, num_heads, head_dim] = attention of each sequence's single query (rows may lie
+// apart, each row contiguous: the query part of a fused qkv) over its first
 // seq_lens[i] cached tokens (the query's own K/V must already be written). Caches hold the
 // query's dtype, or int8 with float16 scales [num_blocks, block_size, num_kv_heads]. With
 // sink_query (like query) and a window: also the first num_sinks keys below each window,
@@ -310,7 +314,10 @@ void paged_decode_attention(torch::Tensor out, torch::Tensor query, torch::Tenso
                             c10::optional<torch::Tensor> key_scale,
                             c10::optional<torch::Tensor> value_scale,
                             c10::optional<torch::Tensor> sink_query, int64_t num_sinks) {
-  TORCH_CHECK(query.is_contiguous() && out.is_contiguous(), "query/out must be contiguous");
+  TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1 && query.stride(1) == query.size(2) &&
+                  query.stride(0) >= query.size(1) * query.size(2),
+              "query must be [rows, heads, head_dim] with each row contiguous");
+  TORCH_CHECK(out.is_contiguous() && out.sizes() == query.sizes(), "out must be contiguous");
   TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), "caches not contiguous");
   TORCH_CHECK(block_table.scalar_type() == torch::kInt64 && block_table.is_contiguous());
   TORCH_CHECK(seq_lens.scalar_type() == torch::kInt64 && seq_lens.is_contiguous());

@@ -15,8 +15,9 @@ namespace {
 // key [T, H, D] -> key_cache [NB, H, D, bs] (transposed within a block);
 // value [T, H, D] -> value_cache [NB, bs, H, D].
 template <typename E>
-void write_tokens(const E* key, const E* value, E* key_cache, E* value_cache, const int64_t* slots,
-                  int64_t num_tokens, int64_t heads, int64_t head_dim, int64_t block_size) {
+void write_tokens(const E* key, const E* value, int64_t key_stride, int64_t value_stride,
+                  E* key_cache, E* value_cache, const int64_t* slots, int64_t num_tokens,
+                  int64_t heads, int64_t head_dim, int64_t block_size) {
   const int64_t token_elems = heads * head_dim;
   // A token's key lands one element in every block_size (about a cache line per two elements,
   // most of them not in cache): about a microsecond a token. Tokens split over the threads once
@@ -29,9 +30,9 @@ void write_tokens(const E* key, const E* value, E* key_cache, E* value_cache, co
       if (slot < 0) continue;  // padding
       const int64_t block = slot / block_size, offset = slot % block_size;
       E* key_block = key_cache + block * token_elems * block_size;
-      const E* key_row = key + t * token_elems;
+      const E* key_row = key + t * key_stride;
       for (int64_t i = 0; i < token_elems; ++i) key_block[i * block_size + offset] = key_row[i];
-      std::memcpy(value_cache + slot * token_elems, value + t * token_elems,
+      std::memcpy(value_cache + slot * token_elems, value + t * value_stride,
                   sizeof(E) * token_elems);
     }
   });
@@ -41,7 +42,12 @@ void write_tokens(const E* key, const E* value, E* key_cache, E* value_cache, co
 
 void write_kv_cache(torch::Tensor key, torch::Tensor value, torch::Tensor key_cache,
                     torch::Tensor value_cache, torch::Tensor slot_mapping) {
-  TORCH_CHECK(key.is_contiguous() && value.is_contiguous(), "key and value must be contiguous");
+  for (const torch::Tensor* rows : {&key, &value}) {  // rows may lie apart (views into qkv)
+    TORCH_CHECK(rows->dim() == 3 && rows->stride(2) == 1 && rows->stride(1) == rows->size(2) &&
+                    rows->stride(0) >= rows->size(1) * rows->size(2),
+                "key and value must be [tokens, heads, head_dim] with each token contiguous");
+  }
+  TORCH_CHECK(key.sizes() == value.sizes(), "key and value shapes differ");
   TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), "caches must be contiguous");
   TORCH_CHECK(slot_mapping.scalar_type() == at::kLong, "slot_mapping must be int64");
   TORCH_CHECK(key.element_size() == key_cache.element_size() &&
@@ -60,7 +66,8 @@ void write_kv_cache(torch::Tensor key, torch::Tensor value, torch::Tensor key_ca
   switch (key.element_size()) {
 #define CORRAL_WRITE(E)                                                                     \
   write_tokens<E>(static_cast<const E*>(key.data_ptr()), static_cast<const E*>(value.data_ptr()), \
-                  static_cast<E*>(key_cache.data_ptr()), static_cast<E*>(value_cache.data_ptr()),   \
+                  key.stride(0), value.stride(0), static_cast<E*>(key_cache.data_ptr()),           \
+                  static_cast<E*>(value_cache.data_ptr()),                                          \
                   slots, num_tokens, heads, head_dim, block_size);                                \
   break;
     case 1: CORRAL_WRITE(uint8_t)

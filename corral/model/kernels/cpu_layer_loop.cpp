@@ -69,13 +69,13 @@ torch::Tensor decode_layers(torch::Tensor residual,
                         : rms_norm(residual, *w[kInputNorm], eps, c10::nullopt);
     torch::Tensor qkv = linear(normed, w, kQkv, use_kernel);
     rotary_inplace(qkv, rotary_rows, cos, sin, num_heads + num_kv_heads, head_dim);
-    torch::Tensor query = qkv.narrow(1, 0, q_size).contiguous().view({rows, num_heads, head_dim});
+    // Views into qkv's rows: the attention and KV-write kernels read rows that lie apart.
+    torch::Tensor query = qkv.narrow(1, 0, q_size).view({rows, num_heads, head_dim});
     torch::Tensor key = qkv.narrow(1, q_size, kv_size).view({rows, num_kv_heads, head_dim});
     torch::Tensor value =
         qkv.narrow(1, q_size + kv_size, kv_size).view({rows, num_kv_heads, head_dim});
-    write_kv_cache(key.contiguous(), value.contiguous(), key_caches[index], value_caches[index],
-                   slot_mapping);
-    torch::Tensor attended = torch::empty_like(query);
+    write_kv_cache(key, value, key_caches[index], value_caches[index], slot_mapping);
+    torch::Tensor attended = torch::empty({rows, num_heads, head_dim}, qkv.options());
     paged_decode_attention(attended, query, key_caches[index], value_caches[index], block_table,
                            seq_lens, scale, 0, c10::nullopt, c10::nullopt, c10::nullopt, 0);
     delta = linear(attended.view({rows, q_size}), w, kO, use_kernel);
@@ -153,7 +153,7 @@ std::vector<std::vector<int64_t>> decode_greedy(
       step_positions = positions_tensor.index_select(0, last_rows_tensor);  // advanced in place
       tables = block_table_tensor;
     }
-    ids = argmax_rows(linear(normed, lm_head, 0, use_kernel).to(torch::kFloat));  // num_seqs rows
+    ids = argmax_rows(linear(normed, lm_head, 0, use_kernel));  // num_seqs rows
     const int64_t* chosen = ids.data_ptr<int64_t>();
     for (int64_t s = 0; s < num_seqs; ++s) tokens[s][step] = chosen[s];
     step_positions.add_(1);
