@@ -36,11 +36,12 @@ void attend_range(const float* q, int64_t lo, int64_t hi, const C* key_cache,
                   const C* value_cache, const at::Half* key_scales,
                   const at::Half* value_scales, const int64_t* blocks, int64_t kv_head,
                   int64_t group, int64_t num_kv_heads, int64_t runtime_head_dim,
-                  int64_t runtime_block_size, float* acc, float* scores, float* row,
-                  float* value, float* running_max, float* running_sum) {
+                  int64_t runtime_block_size, float* acc, float* scores, float* next_scores,
+                  float* row, float* value, float* running_max, float* running_sum) {
   const int64_t head_dim = kHeadDim > 0 ? kHeadDim : runtime_head_dim;
   const int64_t block_size = kBlock > 0 ? kBlock : runtime_block_size;
   const int64_t value_stride = num_kv_heads * head_dim;
+  bool next_ready = false;  // next_scores holds this block's scores (taken with the last)
   for (int64_t block = lo / block_size; block * block_size < hi; ++block) {
     const int64_t base = block * block_size;
     const int64_t first = std::max<int64_t>(lo - base, 0);
@@ -57,7 +58,19 @@ void attend_range(const float* q, int64_t lo, int64_t hi, const C* key_cache,
     constexpr bool kRegisterBlocks = false;
 #endif
     if constexpr (kRegisterBlocks) {
-#if defined(CORRAL_ATTENTION_AVX2)
+#if defined(CORRAL_ATTENTION_AVX512)
+      if (next_ready) {
+        std::swap(scores, next_scores);
+        next_ready = false;
+      } else if ((block + 1) * block_size < hi) {  // this block and the next together
+        const C* next_keys =
+            key_cache + (blocks[block + 1] * num_kv_heads + kv_head) * head_dim * block_size;
+        block_scores16_all<2>(q, group, head_dim, keys, next_keys, scores, next_scores);
+        next_ready = true;
+      } else {
+        block_scores16_all<1>(q, group, head_dim, keys, keys, scores, scores);
+      }
+#elif defined(CORRAL_ATTENTION_AVX2)
       block_scores_all(q, group, head_dim, keys, scores);
 #endif
     } else {
@@ -103,7 +116,9 @@ void attend_range(const float* q, int64_t lo, int64_t hi, const C* key_cache,
     }
     const C* values = value_cache + (block_id * block_size * num_kv_heads + kv_head) * head_dim;
     if constexpr (kRegisterBlocks) {
-#if defined(CORRAL_ATTENTION_AVX2)
+#if defined(CORRAL_ATTENTION_AVX512)
+      block_values16_all(scores, group, values, value_stride, head_dim, first, last, acc);
+#elif defined(CORRAL_ATTENTION_AVX2)
       block_values_all(scores, group, values, value_stride, head_dim, first, last, acc);
 #endif
       continue;
@@ -140,7 +155,8 @@ void decode_one(T* out, const T* query, const T* sink_query, int64_t num_sinks,
                 float scale, int64_t window, std::vector<float>& buffer) {
   const int64_t head_dim = kHeadDim > 0 ? kHeadDim : runtime_head_dim;
   const int64_t block_size = kBlock > 0 ? kBlock : runtime_block_size;
-  buffer.assign(group * head_dim * 3 + group * block_size + block_size + head_dim + 2 * group, 0.f);
+  buffer.assign(group * head_dim * 3 + 2 * group * block_size + block_size + head_dim + 2 * group,
+                0.f);
   float* q = buffer.data();                   // [group, head_dim], scaled
   float* q_sink = q + group * head_dim;       // [group, head_dim], scaled (sinks only)
   float* acc = q_sink + group * head_dim;     // [group, head_dim]
@@ -149,6 +165,7 @@ void decode_one(T* out, const T* query, const T* sink_query, int64_t num_sinks,
   float* value = row + block_size;            // [head_dim]
   float* running_max = value + head_dim;      // [group]
   float* running_sum = running_max + group;   // [group]
+  float* next_scores = running_sum + group;   // [group, block_size]: the next block's scores
   for (int64_t g = 0; g < group; ++g) {
     const T* query_row = query + (kv_head * group + g) * head_dim;
     for (int64_t i = 0; i < head_dim; ++i) q[g * head_dim + i] = to_float(query_row[i]) * scale;
@@ -165,12 +182,12 @@ void decode_one(T* out, const T* query, const T* sink_query, int64_t num_sinks,
     attend_range<T, C, kHeadDim, kBlock>(q_sink, 0, std::min(num_sinks, start), key_cache,
                                          value_cache, key_scales, value_scales, blocks, kv_head,
                                          group, num_kv_heads, head_dim, block_size, acc, scores,
-                                         row, value, running_max, running_sum);
+                                         next_scores, row, value, running_max, running_sum);
   }
   attend_range<T, C, kHeadDim, kBlock>(q, start, seq_len, key_cache, value_cache, key_scales,
                                        value_scales, blocks, kv_head, group, num_kv_heads,
-                                       head_dim, block_size, acc, scores, row, value, running_max,
-                                       running_sum);
+                                       head_dim, block_size, acc, scores, next_scores, row, value,
+                                       running_max, running_sum);
   for (int64_t g = 0; g < group; ++g) {
     T* out_row = out + (kv_head * group + g) * head_dim;
     const float inverse = 1.f / running_sum[g];
@@ -195,7 +212,7 @@ void decode_run(T* out, const T* query, int64_t num_rows, int64_t query_stride, 
   const int64_t head_dim = kHeadDim > 0 ? kHeadDim : runtime_head_dim;
   const int64_t block_size = kBlock > 0 ? kBlock : runtime_block_size;
   const int64_t queries = num_rows * group;
-  buffer.assign(queries * head_dim * 2 + queries * block_size + block_size + head_dim +
+  buffer.assign(queries * head_dim * 2 + 2 * queries * block_size + block_size + head_dim +
                     2 * queries, 0.f);
   float* q = buffer.data();                   // [num_rows, group, head_dim], scaled
   float* acc = q + queries * head_dim;        // [num_rows, group, head_dim]
@@ -204,6 +221,7 @@ void decode_run(T* out, const T* query, int64_t num_rows, int64_t query_stride, 
   float* value = row + block_size;            // [head_dim]
   float* running_max = value + head_dim;      // [queries]
   float* running_sum = running_max + queries; // [queries]
+  float* next_scores = running_sum + queries; // [queries, block_size]
   for (int64_t r = 0; r < num_rows; ++r) {
     for (int64_t g = 0; g < group; ++g) {
       const T* query_row = query + r * query_stride + (kv_head * group + g) * head_dim;
@@ -215,14 +233,14 @@ void decode_run(T* out, const T* query, int64_t num_rows, int64_t query_stride, 
   const int64_t shared = seq_lens[0] / block_size * block_size;
   attend_range<T, C, kHeadDim, kBlock>(q, 0, shared, key_cache, value_cache, key_scales,
                                        value_scales, blocks, kv_head, queries, num_kv_heads,
-                                       head_dim, block_size, acc, scores, row, value, running_max,
-                                       running_sum);
+                                       head_dim, block_size, acc, scores, next_scores, row, value,
+                                       running_max, running_sum);
   for (int64_t r = 0; r < num_rows; ++r) {
     const int64_t first = r * group;
     attend_range<T, C, kHeadDim, kBlock>(q + first * head_dim, shared, seq_lens[r], key_cache,
                                          value_cache, key_scales, value_scales, blocks, kv_head,
                                          group, num_kv_heads, head_dim, block_size,
-                                         acc + first * head_dim, scores, row, value,
+                                         acc + first * head_dim, scores, next_scores, row, value,
                                          running_max + first, running_sum + first);
     for (int64_t g = 0; g < group; ++g) {
       T* out_row = out + r * out_stride + (kv_head * group + g) * head_dim;
