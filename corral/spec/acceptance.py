@@ -3,6 +3,8 @@ draft depth, each estimate shrunk toward a prior until rounds have been seen."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 # Acceptance assumed before a proposer has been measured, and how many trials it weighs as
 # a prior for each request's own estimate.
 PRIOR_ACCEPTANCE = 0.6
@@ -69,16 +71,40 @@ class AcceptanceEstimate:
         request's acceptance relative to the proposer's, never rising with depth. Acceptance
         often rises with depth (a proposer that got the first tokens right is on the right
         track), which one geometric rate would miss."""
+        return self.depth_yields_of([request_id], max_depth, profile)[request_id]
+
+    def depth_yields_of(
+        self, request_ids: Iterable[str], max_depth: int, profile: list[float] | None = None
+    ) -> dict[str, list[float]]:
+        """depth_yields of each request, the proposer's rate worked out once (a plan at 32
+        requests asked for it 48 times, about a third of the plan's time)."""
         if profile is None:
             profile = self.depth_profile(max_depth)
+        profile = profile[:max_depth]
         global_alpha = self.global_alpha
-        scale = self.acceptance(request_id) / global_alpha if global_alpha > 0 else 1.0
-        yields = []
-        last = 1.0
-        for depth in range(max_depth):
-            last = min(1.0, scale * profile[depth], last)
-            yields.append(last)
-        return yields
+        g = self._global
+        prior = (g.successes + PRIOR_ACCEPTANCE * PRIOR_WEIGHT_TRIALS) / (
+            g.trials + PRIOR_WEIGHT_TRIALS
+        )
+        result = {}
+        for request_id in request_ids:
+            own = self._per_request.get(request_id)
+            alpha = (
+                prior
+                if own is None
+                else (own.successes + prior * PRIOR_WEIGHT_TRIALS)
+                / (own.trials + PRIOR_WEIGHT_TRIALS)
+            )
+            scale = alpha / global_alpha if global_alpha > 0 else 1.0
+            yields = []
+            last = 1.0  # min(1, scale * p, last) with last never above 1
+            for chance in profile:
+                value = scale * chance
+                if value < last:
+                    last = value
+                yields.append(last)
+            result[request_id] = yields
+        return result
 
     def depth_profile(self, max_depth: int) -> list[float]:
         """[j - 1]: the proposer's measured chance that a round's first j drafts all stand: the

@@ -49,12 +49,11 @@ PROBE_TIME_FRACTION = 0.02
 # running the rule (hold_idle): while nothing is drafted no acceptance changes, only the step-cost
 # fit, and the rule's own work was most of speculation's idle cost (about 35 us a step alone).
 IDLE_HOLD_STEPS = 7
-# After a plan that proposed drafts, a batch of at most PLAN_HOLD_MAX_REQUESTS keeps its
-# proposals this many more steps (plan_at_depths) before the rule runs again: its inputs move
-# little in a few steps, and its work (60-75 us a step for one request) cost single-request
-# speculation 5-10% against a fixed K. In larger batches the rule is a small share of a step.
+# After a plan that proposed drafts, the same batch keeps its proposals this many more steps
+# (plan_at_depths) before the rule runs again: its inputs move little in a few steps, and its
+# work cost single-request speculation 5-10% against a fixed K (60-75 us a step), and 2-4% of a
+# 32-request demo-model step (a plan of 32 took 0.1-0.2 ms).
 PLAN_HOLD_STEPS = 7
-PLAN_HOLD_MAX_REQUESTS = 4
 
 
 class SpecController:
@@ -233,8 +232,9 @@ class SpecController:
         }
         profile = self.depth_profile(self.max_num_tokens)
         verify_starts = dict.fromkeys(verify_limits, request_s)
+        yields = self.accepted.depth_yields_of(candidates, self.max_num_tokens, profile)
         verify, tokens, time_s = self._grant(
-            verify_limits, tokens, time_s, per_token_s, 0.0, budget, verify_starts, profile
+            verify_limits, tokens, time_s, per_token_s, 0.0, budget, verify_starts, yields
         )
         chose_drafts = bool(verify)
         for request_id in self._probed:
@@ -265,7 +265,7 @@ class SpecController:
             pass_s,
             None,
             start_costs,
-            profile,
+            yields,
             call_s,
         )
         costs = (decode_step_s, per_token_s, pass_s, token_s, catchup_s)
@@ -352,7 +352,7 @@ class SpecController:
             min(c.max_num_tokens, self.max_num_tokens) > 0 for c in candidates.values()
         )
         self.num_idle_steps_left = IDLE_HOLD_STEPS if could_draft and not (verify or propose) else 0
-        held = bool(propose) and not self._probed and len(candidates) <= PLAN_HOLD_MAX_REQUESTS
+        held = bool(propose) and not self._probed
         self.num_plan_steps_left = PLAN_HOLD_STEPS if held else 0
         self._held_proposals = dict(propose) if held else {}
         self._held_batch = frozenset(candidates) if held else frozenset()
@@ -373,23 +373,21 @@ class SpecController:
         pass_cost_s: float,
         budget: int | None,
         start_costs: dict[str, float] | None = None,
-        profile: list[float] | None = None,
+        yields: dict[str, list[float]] | None = None,
         call_cost_s: float = 0.0,
     ) -> tuple[dict[str, int], float, float]:
-        """grant_depths (corral/spec/grant.py) on the requests' expected yields at each depth;
+        """grant_depths (corral/spec/grant.py) on the requests' expected yields at each depth
+        (yields: depth_yields of each request to at least its limit, worked out here if None);
         looking ahead only for a pass-based proposer."""
         if time_s <= 0:
             return {}, tokens, time_s
-        profile = profile if profile is not None else self.depth_profile(self.max_num_tokens)
-        depth_yields = {
-            rid: self.depth_yields(rid, limit, profile)
-            for rid, limit in limits.items()
-            if limit > 0
-        }
+        granted = [rid for rid, limit in limits.items() if limit > 0]
+        if yields is None:
+            yields = self.accepted.depth_yields_of(granted, self.max_num_tokens)
         costs = GrantCosts(token_cost_s, pass_cost_s, call_cost_s, start_costs or {})
         return grant_depths(
             limits,
-            depth_yields,
+            {rid: yields[rid] for rid in granted},
             tokens,
             time_s,
             costs,
