@@ -146,8 +146,7 @@ namespace {
 // A bias block of 16 outputs as float32 lanes (zeros without a bias).
 inline __m512 bias16(const at::BFloat16* bias, int64_t n) {
   if (bias == nullptr) return _mm512_setzero_ps();
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bias + n));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  return corral_cpu::load_float16(bias + n);
 }
 
 // A float32 lane rounded to bf16 (nearest even) and back: what a bf16 output holds.

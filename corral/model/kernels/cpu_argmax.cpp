@@ -22,18 +22,10 @@ namespace {
 using corral_cpu::to_float;
 
 #if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const at::BFloat16* p) {
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
+using corral_cpu::load_float16;
 #endif
-#if defined(__AVX2__)
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const at::BFloat16* p) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-}
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+using corral_cpu::load_float8;
 #endif
 
 template <typename T>
@@ -45,7 +37,7 @@ int64_t row_argmax(const T* v, int64_t n) {
   __m512 best = _mm512_set1_ps(largest);
   __mmask16 unordered = 0;
   for (; k + 16 <= n; k += 16) {
-    const __m512 x = load16(v + k);
+    const __m512 x = load_float16(v + k);
     unordered |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
     best = _mm512_max_ps(x, best);
   }
@@ -55,7 +47,7 @@ int64_t row_argmax(const T* v, int64_t n) {
   __m256 best = _mm256_set1_ps(largest);
   int unordered = 0;
   for (; k + 8 <= n; k += 8) {
-    const __m256 x = load8(v + k);
+    const __m256 x = load_float8(v + k);
     unordered |= _mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
     best = _mm256_max_ps(x, best);
   }
@@ -78,7 +70,7 @@ int64_t row_argmax(const T* v, int64_t n) {
 #if defined(__AVX512F__)
   const __m512 target = _mm512_set1_ps(largest);
   for (; k + 16 <= n; k += 16) {
-    const __mmask16 equal = _mm512_cmp_ps_mask(load16(v + k), target, _CMP_EQ_OQ);
+    const __mmask16 equal = _mm512_cmp_ps_mask(load_float16(v + k), target, _CMP_EQ_OQ);
     if (equal != 0) return k + __builtin_ctz(equal);
   }
 #endif

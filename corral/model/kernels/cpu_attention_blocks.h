@@ -107,14 +107,7 @@ inline void block_values_all(const float* scores, int64_t group, const C* values
 
 #if defined(CORRAL_ATTENTION_AVX2) && defined(__AVX512F__)
 #define CORRAL_ATTENTION_AVX512 1
-inline __m512 load_float16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load_float16(const at::BFloat16* p) {
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-inline __m512 load_float16(const at::Half* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
+using corral_cpu::load_float16;
 
 // scores_b[g][t] = sum_d q[g][d] * keys_b[d][t] for G queries and B (1 or 2) blocks of 16 tokens,
 // keys stored [head_dim, 16]; d ascending from zero, as block_scores.

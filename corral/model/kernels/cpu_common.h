@@ -155,4 +155,17 @@ inline void store_float8(at::Half* p, __m256 v) {
 #endif
 #endif
 
+#if defined(__AVX512F__)
+// Sixteen float32, bfloat16 or float16 elements as floats (bfloat16 exact: the bits shifted into
+// the high half), the sixteen-lane load_float8.
+inline __m512 load_float16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_float16(const at::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+inline __m512 load_float16(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+#endif
+
 }  // namespace corral_cpu

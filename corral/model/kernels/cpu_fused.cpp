@@ -74,11 +74,7 @@ inline __m256 exp8(__m256 x) {
 #define CORRAL_FUSED_AVX512 1
 // Sixteen lanes: the same operations per lane as the eight-lane forms above (the same
 // polynomial, division and rounding), so every lane holds the same bits.
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const at::BFloat16* p) {
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
+using corral_cpu::load_float16;
 using corral_cpu::bf16_bits16;
 inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
 inline void store16(at::BFloat16* p, __m512 v) {
@@ -125,9 +121,9 @@ void rms_norm_row(T* o, const T* in, T* res, const T* weight, int64_t size, floa
     // Sixteen at a time, the squares summed as two eight-lane halves in element order: the
     // same sums as the eight-lane loop.
     for (; i + 16 <= size; i += 16) {
-      __m512 v = load16(in + i);
+      __m512 v = load_float16(in + i);
       if (res) {
-        v = round16<T>(_mm512_add_ps(load16(res + i), v));
+        v = round16<T>(_mm512_add_ps(load_float16(res + i), v));
         store16(res + i, v);
       }
       const __m256 low = _mm512_castps512_ps256(v);
@@ -164,8 +160,8 @@ void rms_norm_row(T* o, const T* in, T* res, const T* weight, int64_t size, floa
 #ifdef CORRAL_FUSED_AVX512
     const __m512 scale16 = _mm512_set1_ps(inverse);
     for (; i + 16 <= size; i += 16) {
-      const __m512 normed = round16<T>(_mm512_mul_ps(load16(in + i), scale16));
-      store16(o + i, _mm512_mul_ps(load16(weight + i), normed));
+      const __m512 normed = round16<T>(_mm512_mul_ps(load_float16(in + i), scale16));
+      store16(o + i, _mm512_mul_ps(load_float16(weight + i), normed));
     }
 #endif
     const __m256 scale = _mm256_set1_ps(inverse);
@@ -199,9 +195,9 @@ void silu_and_mul_row(T* o, const T* gate, const T* up, int64_t size) {
 #ifdef CORRAL_FUSED_AVX512
   if constexpr (kVectorizable<T>) {
     for (; i + 16 <= size; i += 16) {
-      const __m512 g = load16(gate + i);
+      const __m512 g = load_float16(gate + i);
       const __m512 activated = round16<T>(corral_cpu::silu16(g));
-      store16(o + i, _mm512_mul_ps(activated, load16(up + i)));
+      store16(o + i, _mm512_mul_ps(activated, load_float16(up + i)));
     }
   }
 #endif

@@ -45,14 +45,7 @@ inline void add_delta(T* out, float delta) {
 }
 
 #if defined(CORRAL_LORA_AVX2)
-inline __m256 load_eight(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load_eight(const at::BFloat16* p) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-}
-inline __m256 load_eight(const at::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
+using corral_cpu::load_float8;
 
 inline float sum_lanes(__m256 v) {
   const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -77,7 +70,7 @@ inline void add_delta_eight(float* out, __m256 delta) {
 }
 inline void add_delta_eight(at::BFloat16* out, __m256 delta) {
   const __m256 rounded = _mm256_castsi256_ps(round_bf16_bits(delta));
-  const __m256i sum = round_bf16_bits(_mm256_add_ps(load_eight(out), rounded));
+  const __m256i sum = round_bf16_bits(_mm256_add_ps(load_float8(out), rounded));
   const __m256i packed = _mm256_packus_epi32(_mm256_srli_epi32(sum, 16), _mm256_setzero_si256());
   const __m256i ordered = _mm256_permute4x64_epi64(packed, 0b11111000);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(ordered));
@@ -85,7 +78,7 @@ inline void add_delta_eight(at::BFloat16* out, __m256 delta) {
 inline void add_delta_eight(at::Half* out, __m256 delta) {
   constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   const __m256 rounded = _mm256_cvtph_ps(_mm256_cvtps_ph(delta, kNearest));
-  const __m256 sum = _mm256_add_ps(load_eight(out), rounded);
+  const __m256 sum = _mm256_add_ps(load_float8(out), rounded);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_cvtps_ph(sum, kNearest));
 }
 
@@ -111,14 +104,7 @@ inline void transpose_eight(__m256* r) {
 #endif
 
 #if defined(__AVX512F__)
-inline __m512 load_sixteen(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load_sixteen(const at::BFloat16* p) {
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-inline __m512 load_sixteen(const at::Half* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
+using corral_cpu::load_float16;
 #endif
 
 // dst[i] = float(src[i]) for i < n.
@@ -126,7 +112,7 @@ template <typename T>
 inline void convert_to_float(const T* src, float* dst, int64_t n) {
   int64_t i = 0;
 #if defined(CORRAL_LORA_AVX2)
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_eight(src + i));
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_float8(src + i));
 #endif
   for (; i < n; ++i) dst[i] = to_float(src[i]);
 }
@@ -146,7 +132,7 @@ inline void shrink_block(const T* a, int64_t in, const float* const* xs, float* 
       for (int t = 0; t < N; ++t) acc[m][t] = _mm512_setzero_ps();
     for (; i + 16 <= in; i += 16) {
       for (int m = 0; m < M; ++m) {
-        const __m512 av = load_sixteen(a + m * in + i);
+        const __m512 av = load_float16(a + m * in + i);
         for (int t = 0; t < N; ++t) {
           acc[m][t] = _mm512_fmadd_ps(av, _mm512_loadu_ps(xs[t] + i), acc[m][t]);
         }
@@ -163,7 +149,7 @@ inline void shrink_block(const T* a, int64_t in, const float* const* xs, float* 
       for (int t = 0; t < N; ++t) acc[m][t] = _mm256_setzero_ps();
     for (; i + 8 <= in; i += 8) {
       for (int m = 0; m < M; ++m) {
-        const __m256 av = load_eight(a + m * in + i);
+        const __m256 av = load_float8(a + m * in + i);
         for (int t = 0; t < N; ++t) {
           acc[m][t] = _mm256_fmadd_ps(av, _mm256_loadu_ps(xs[t] + i), acc[m][t]);
         }
@@ -227,7 +213,7 @@ void transpose_panel(const T* b, int64_t max_rank, int64_t rank, int64_t rank_pa
   for (int64_t j0 = 0; j0 < rank_pad; j0 += 8) {
     __m256 r[8];
     if (j0 + 8 <= rank) {
-      for (int k = 0; k < 8; ++k) r[k] = load_eight(b + k * max_rank + j0);
+      for (int k = 0; k < 8; ++k) r[k] = load_float8(b + k * max_rank + j0);
     } else {
       alignas(32) float tail[8];
       for (int k = 0; k < 8; ++k) {
