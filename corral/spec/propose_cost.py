@@ -75,8 +75,7 @@ class ProposeCostEstimate:
 
     def coefficients(self) -> tuple[float, float, float]:
         """(pass_s, token_s, catchup_s) of the fit (solved again as nonnegative_fit.refit_due
-        says);
-        catchup_s as timed where the proposer times its catch-up."""
+        says); catchup_s as timed where the proposer times its catch-up."""
         _, pass_s, token_s, catchup_s = self._coefficients()
         if self.timed_catchup_s is not None:
             catchup_s = self.timed_catchup_s
