@@ -76,6 +76,40 @@ def conditional_acceptance(stats) -> list[float]:
     ]
 
 
+def draft_loop_s(llm, context_tokens: int = 256, repeats: int = 300) -> list[float]:
+    """The engine's greedy draft loop at one row (corral/model/layer_loop.py decode_greedy), on
+    the draft model of llm's proposer: [a call with one pass, each further pass] in seconds,
+    medians over repeats, at context_tokens of context. Run after llm's requests are done (it
+    writes the KV of free blocks)."""
+    import torch
+
+    from corral.model.kernels import cpu_kernels
+    from corral.model.layer_loop import decode_greedy
+
+    proposer = llm.engine.core.executor.proposer
+    kernels = cpu_kernels()
+    block_size = proposer.block_size
+    table = list(range(1, (context_tokens + 8) // block_size + 2))
+    tokens = [5 + i % 4000 for i in range(context_tokens)]
+    caches = proposer.storage.layer_caches
+
+    def call(num_steps: int) -> float:
+        start = time.perf_counter()
+        decode_greedy(proposer.model, kernels, caches, [([7], context_tokens, table)],
+                      block_size, num_steps)  # fmt: skip
+        return time.perf_counter() - start
+
+    with torch.inference_mode():
+        for first in range(0, context_tokens, 8):  # the context's KV
+            chunk = tokens[first : first + 8]
+            decode_greedy(proposer.model, kernels, caches, [(chunk, first, table)], block_size, 1)
+        for _ in range(20):
+            call(1), call(5)
+        one = statistics.median(call(1) for _ in range(repeats))
+        five = statistics.median(call(5) for _ in range(repeats))
+    return [one, max(five - one, 0.0) / 4]
+
+
 def measure(args: argparse.Namespace) -> dict:
     from benchmarks.demo_models import chat_prompts
     from corral.demo import BUNDLED_MODELS_DIR
@@ -120,6 +154,8 @@ def measure(args: argparse.Namespace) -> dict:
             "num_output_tokens": num_output,
             "wall_s": wall_s,
         }
+        if method == "draft":
+            results[method]["draft_loop_s"] = draft_loop_s(llm)
         print(f"{method}: {json.dumps(results[method])}", flush=True)
     document = {
         "command": "benchmarks/spec_sim_k.py measure",
@@ -172,6 +208,9 @@ def simulate_once(args, method: str, k: int, rule: str, concurrency: int, seed: 
             costs["draft_cost_ratio"] = args.draft_cost_ratio
         elif method == "draft":
             costs["draft_cost_model"] = ProfiledCostModel.load(args.draft_profile)
+            loop = measured["methods"].get("draft", {}).get("draft_loop_s") if measured else None
+            if loop and not args.price_draft_passes_as_steps:
+                costs["draft_loop_s"] = tuple(loop)
         elif measured and method in measured["methods"]:
             costs["propose_s_per_token"] = measured["methods"][method]["propose_s_per_token"]
             costs["proposal_rate"] = measured["methods"][method]["proposal_rate"]
@@ -267,7 +306,8 @@ def _real_throughput(prompts: list[list[int]], concurrency: int, k: int, max_tok
     llm.generate(requests, params, use_tqdm=False)
     wall_s = time.perf_counter() - start
     stats = llm.engine.core.scheduler.stats().spec_decode
-    return len(prompts) * max_tokens / wall_s, stats
+    loop = draft_loop_s(llm) if k else None
+    return len(prompts) * max_tokens / wall_s, stats, loop
 
 
 def validate(args: argparse.Namespace) -> dict:
@@ -289,7 +329,7 @@ def validate(args: argparse.Namespace) -> dict:
     workload = Workload("gsm8k-demo", specs, 4096)
     rows = []
     for concurrency, k in VALIDATE_POINTS:
-        real_tok_s, stats = _real_throughput(prompts, concurrency, k, args.max_tokens)
+        real_tok_s, stats, loop = _real_throughput(prompts, concurrency, k, args.max_tokens)
         speculation = None
         if k:
             from corral.sim.spec import make_spec_sim_config
@@ -299,7 +339,10 @@ def validate(args: argparse.Namespace) -> dict:
             )
             acceptance = tuple(a for a in conditional_acceptance(stats) if a > 0) or (0.72,)
             speculation = make_spec_sim_config(
-                config, acceptance, draft_cost_model=ProfiledCostModel.load(args.draft_profile)
+                config,
+                acceptance,
+                draft_cost_model=ProfiledCostModel.load(args.draft_profile),
+                draft_loop_s=None if args.price_draft_passes_as_steps else tuple(loop),
             )
         deployment = DeploymentOptions(
             cost_model="profiled",
@@ -352,12 +395,22 @@ def main() -> None:
     s.add_argument("--requests-per-slot", type=int, default=8)
     s.add_argument("--num-seeds", type=int, default=3)
     s.add_argument("--out", default=None)
+    s.add_argument(
+        "--price-draft-passes-as-steps",
+        action="store_true",
+        help="price every draft pass as a step of the draft's profile (before the loop's costs)",
+    )
     v = commands.add_parser("validate", help="the simulator against the real engine")
     v.add_argument("--profile", required=True, help="the target's profile")
     v.add_argument("--draft-profile", required=True, help="the draft model's profile")
     v.add_argument("--num-prompts", type=int, default=16)
     v.add_argument("--max-tokens", type=int, default=96)
     v.add_argument("--out", default=None)
+    v.add_argument(
+        "--price-draft-passes-as-steps",
+        action="store_true",
+        help="price every draft pass as a step of the draft's profile (before the loop's costs)",
+    )
     args = parser.parse_args()
     {"measure": measure, "sweep": sweep, "validate": validate}[args.command](args)
 

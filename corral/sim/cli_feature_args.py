@@ -157,6 +157,14 @@ def add_spec_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="a profile of the draft model (corral simulate profile): prices each draft pass",
     )
     group.add_argument(
+        "--spec-draft-loop-ms",
+        default=None,
+        metavar="CALL,PASS",
+        help="with --spec-draft-profile: the engine's greedy draft loop at one row, its call "
+        "with the first pass and each further pass in ms (benchmarks/spec_sim_k.py measure "
+        "reports them); without it every draft pass is priced as a step of the profile",
+    )
+    group.add_argument(
         "--spec-draft-cost-ratio",
         type=float,
         default=None,
@@ -198,11 +206,22 @@ def spec_sim_config_from_args(args: argparse.Namespace) -> SpecSimConfig | None:
 
         draft_cost_model = ProfiledCostModel.load(args.spec_draft_profile)
     per_step, per_token = args.spec_propose_ms_per_step, args.spec_propose_ms_per_token
+    draft_loop_s = None
+    if args.spec_draft_loop_ms:
+        parts = [part.strip() for part in args.spec_draft_loop_ms.split(",")]
+        try:
+            call_ms, pass_ms = (float(part) for part in parts)
+        except ValueError:
+            raise ValueError(
+                f"--spec-draft-loop-ms {args.spec_draft_loop_ms!r}: give CALL,PASS in ms"
+            ) from None
+        draft_loop_s = (call_ms / 1e3, pass_ms / 1e3)
     return make_spec_sim_config(
         speculative_config_from_args(args),
         parse_acceptance(args.spec_acceptance) if args.spec_acceptance else None,
         draft_cost_model=draft_cost_model,
         draft_cost_ratio=args.spec_draft_cost_ratio,
+        draft_loop_s=draft_loop_s,
         propose_s_per_step=None if per_step is None else per_step / 1e3,
         propose_s_per_token=None if per_token is None else per_token / 1e3,
         proposal_rate=args.spec_proposal_rate,

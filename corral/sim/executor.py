@@ -13,7 +13,12 @@ from corral.sim.cost.base import CostModel
 from corral.sim.grammar_step import GrammarMaskPricer
 from corral.sim.lora_step import LoRAStepPricer
 from corral.sim.rag_step import DEFAULT_NUM_LAYERS, blended_shape
-from corral.sim.spec import MAX_NUM_DRAFT_POSITIONS, SpecSimConfig, draft_pass_shapes
+from corral.sim.spec import (
+    MAX_NUM_DRAFT_POSITIONS,
+    SpecSimConfig,
+    draft_loop_time_s,
+    draft_pass_shapes,
+)
 from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID
 
 if TYPE_CHECKING:
@@ -72,6 +77,8 @@ class SimExecutor:
         self._draft_synced: dict[str, tuple[int, int]] = {}
         # Draft model: request id -> drafts accepted in its last verification since then.
         self._draft_accepted: dict[str, int] = {}
+        # The draft's catch-up pass of the last proposal, reported as the engine's proposer does.
+        self._catchup_time_s = 0.0
         # KV transfer's worker half (None: off; set by SimKVLinks.connect).
         self.connector: SimKVConnectorWorker | None = None
 
@@ -157,6 +164,7 @@ class SimExecutor:
         if speculation.proposal_rate < 1.0 and proposals:
             random_, rate = self._rng.random, speculation.proposal_rate
             proposals = {rid: drafts for rid, drafts in proposals.items() if random_() < rate}
+        self._catchup_time_s = 0.0
         propose_time_s = self._propose_time_s(proposals) if proposals else 0.0
         return ModelOutput(
             sampled,
@@ -166,6 +174,9 @@ class SimExecutor:
             (),
             spec_token_ids=proposals,
             propose_time_s=propose_time_s,
+            # As the draft proposer times its catch-up (a first pass with a prompt-length
+            # chunk); lookups do not: the controller prices a draft model as pass-based.
+            catchup_time_s=self._catchup_time_s if speculation.is_draft_model else None,
         )
 
     def _forget(self, request_id: str) -> None:
@@ -203,7 +214,16 @@ class SimExecutor:
             requests.append((k, max(num_catch_up, 1), num_verified))
         model = speculation.draft_cost_model
         shapes = draft_pass_shapes(requests)
-        if model is not None:
-            return sum(model.step_time_s(shape) for shape in shapes)
-        target = self.cost_model
-        return speculation.draft_cost_ratio * sum(target.step_time_s(shape) for shape in shapes)
+        if model is not None and speculation.draft_loop_s is not None:
+            passes_s = [draft_loop_time_s(model, shapes[:1], speculation.draft_loop_s)]
+            rest_s = draft_loop_time_s(model, shapes, speculation.draft_loop_s) - passes_s[0]
+            passes_s.append(rest_s)
+        elif model is not None:
+            passes_s = [model.step_time_s(shape) for shape in shapes]
+        else:
+            target = self.cost_model
+            ratio = speculation.draft_cost_ratio
+            passes_s = [ratio * target.step_time_s(shape) for shape in shapes]
+        if shapes and shapes[0].num_prefill_tokens:
+            self._catchup_time_s = passes_s[0]
+        return sum(passes_s)

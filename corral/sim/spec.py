@@ -11,6 +11,11 @@ the step, the adaptive K controller) runs unchanged. What stands in for the mode
   on the tokens verified (the whole sequence for a request it has not seen), the others one
   token per request still proposing; each pass is priced by the draft's own cost model (a
   profile of the draft) or by draft_cost_ratio x the target's cost model on that pass's shape.
+  With draft_loop_s (measured on the engine's one-call greedy loop, corral/model/layer_loop.py
+  decode_greedy), a round costs the loop's call with one pass, each further pass, and what the
+  draft's cost model adds for rows beyond one (draft_loop_time_s): a profile's step holds a
+  whole engine step's fixed cost, which the loop pays once a round, not once a pass (the
+  simulator priced a K = 4 round at the demo pair 40% dearer than the engine ran it).
   Proposers that run on the CPU (ngram, suffix) cost propose_s_per_step + propose_s_per_token
   per proposed token. The proposal time is added to the step and reported as propose_time_s,
   as the real executor does.
@@ -70,6 +75,9 @@ class SpecSimConfig:
     acceptance: tuple[float, ...]
     draft_cost_model: CostModel | None = None  # method draft: prices each draft pass
     draft_cost_ratio: float = 0.0  # method draft without a draft cost model: x target's cost
+    # With draft_cost_model: (a loop call with its first pass, each further pass) in seconds of
+    # one row, measured on the engine's greedy draft loop; None prices every pass as a step.
+    draft_loop_s: tuple[float, float] | None = None
     propose_s_per_step: float = 0.0
     propose_s_per_token: float = 0.0
     # The chance that a request asked to propose gets a proposal (ngram finds no match, say).
@@ -88,6 +96,10 @@ class SpecSimConfig:
         for name in ("draft_cost_ratio", "propose_s_per_step", "propose_s_per_token"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.draft_loop_s is not None and (
+            len(self.draft_loop_s) != 2 or min(self.draft_loop_s) < 0
+        ):
+            raise ValueError(f"draft_loop_s must be two seconds >= 0, got {self.draft_loop_s}")
         if not 0.0 <= self.proposal_rate <= 1.0:
             raise ValueError(f"proposal_rate must be in [0, 1], got {self.proposal_rate}")
         last = self.acceptance[-1]
@@ -117,6 +129,7 @@ class SpecSimConfig:
             if self.draft_cost_model is None
             else self.draft_cost_model.describe(),
             "draft_cost_ratio": self.draft_cost_ratio,
+            "draft_loop_s": None if self.draft_loop_s is None else list(self.draft_loop_s),
             "propose_s_per_step": self.propose_s_per_step,
             "propose_s_per_token": self.propose_s_per_token,
             "proposal_rate": self.proposal_rate,
@@ -129,6 +142,7 @@ def make_spec_sim_config(
     *,
     draft_cost_model: CostModel | None = None,
     draft_cost_ratio: float | None = None,
+    draft_loop_s: tuple[float, float] | None = None,
     propose_s_per_step: float | None = None,
     propose_s_per_token: float | None = None,
     proposal_rate: float | None = None,
@@ -147,13 +161,16 @@ def make_spec_sim_config(
     if draft_cost_ratio is None:
         has_ratio = is_draft and draft_cost_model is None
         draft_cost_ratio = DEFAULT_DRAFT_COST_RATIO if has_ratio else 0.0
-    if not is_draft and (draft_cost_model is not None or draft_cost_ratio):
+    if not is_draft and (draft_cost_model is not None or draft_cost_ratio or draft_loop_s):
         raise ValueError(f"a draft cost is only used by method 'draft', not {method!r}")
+    if draft_loop_s is not None and draft_cost_model is None:
+        raise ValueError("the draft loop's costs price passes with a draft cost model (profile)")
     return SpecSimConfig(
         config,
         tuple(acceptance),
         draft_cost_model=draft_cost_model,
         draft_cost_ratio=draft_cost_ratio,
+        draft_loop_s=None if draft_loop_s is None else tuple(draft_loop_s),
         propose_s_per_step=(
             DEFAULT_PROPOSE_S_PER_STEP.get(method, 0.0)
             if propose_s_per_step is None
@@ -201,6 +218,40 @@ def draft_pass_shapes(
         j += 1
         later = [item for item in later if item[0] >= j]
     return shapes
+
+
+def draft_loop_time_s(
+    model: CostModel, shapes: list[BatchShape], draft_loop_s: tuple[float, float]
+) -> float:
+    """A proposal round's passes (draft_pass_shapes) run as the engine's greedy draft loop: the
+    call with its first pass and each further pass as measured at one row (draft_loop_s), plus
+    what the draft's cost model adds to each pass for its rows beyond one (and the first pass's
+    catch-up beyond one row). The loop samples in C++ (an argmax over logits its pass already
+    computed), so the model's per-sampled-request cost, an engine step's sampling and output
+    handling in Python, is not added for the extra rows."""
+    if not shapes:
+        return 0.0
+    call_s, pass_s = draft_loop_s
+    total = call_s + pass_s * (len(shapes) - 1)
+    for shape in shapes:
+        rows = shape._replace(num_sampled=1)
+        total += max(model.step_time_s(rows) - model.step_time_s(_one_row(shape)), 0.0)
+    return total
+
+
+def _one_row(shape: BatchShape) -> BatchShape:
+    """A pass of one decode row at the mean context of shape's rows (its first chunk's context
+    for a catch-up prefill)."""
+    if shape.num_decode_requests:
+        context = shape.decode_context_tokens // shape.num_decode_requests
+    else:
+        context = shape.prefill_context_tokens // max(shape.num_prefill_requests, 1) + 1
+    return BatchShape(
+        num_decode_requests=1,
+        decode_context_tokens=context,
+        max_decode_context=context,
+        num_sampled=1,
+    )
 
 
 def merge_spec_stats(stats: Iterable[SpecDecodeStats | None]) -> SpecDecodeStats | None:

@@ -19,6 +19,7 @@ from corral.sim.report import build_report
 from corral.sim.spec import (
     DEFAULT_DRAFT_COST_RATIO,
     SpecSimConfig,
+    draft_loop_time_s,
     draft_pass_shapes,
     make_spec_sim_config,
 )
@@ -303,6 +304,38 @@ def test_draft_cost_priced_by_its_own_model_or_a_ratio():
         assert model_output.propose_time_s == pytest.approx(expected_s)
         target_s = OVERHEAD_BOUND.step_time_s(executor.last_batch)
         assert model_output.step_time_s == pytest.approx(target_s + expected_s)
+        # Timed as catch-up as the engine's draft proposer times it: a first pass with a
+        # prompt-length chunk (here 11 tokens run as decode rows: none).
+        assert model_output.catchup_time_s == 0.0
+    # A 40-token prompt's catch-up is a prefill chunk: its pass is the catch-up.
+    spec = speculation("draft", k=1, acceptance=(0.5,), draft_cost_model=PER_STEP_ONLY)
+    scheduler = Scheduler(*scheduler_args, clock=lambda: 0, speculative=spec.config)
+    executor = SimExecutor(OVERHEAD_BOUND, spec)
+    scheduler.add_request(make_request(40, max_tokens=5, ignore_eos=True))
+    model_output = executor.execute(scheduler.schedule())
+    assert model_output.catchup_time_s == pytest.approx(0.010) == model_output.propose_time_s
+
+
+def test_the_draft_loop_prices_its_call_once_and_rows_beyond_one_by_the_model():
+    """draft_loop_s: a round is the loop's call with its first pass, each further pass, and the
+    draft model's cost of rows beyond one (tokens and context here), not its fixed step cost or
+    its per-sampled-request cost once a pass."""
+    model = ProfiledCostModel(
+        ["intercept", "tokens", "decode_context_tokens", "sampled_requests"],
+        [0.010, 0.0001, 0.000001, 0.001],
+    )
+    one = draft_pass_shapes([(3, 1, 100)])  # one request: three one-row passes
+    assert draft_loop_time_s(model, one, (0.0004, 0.0001)) == pytest.approx(0.0004 + 2 * 0.0001)
+    two = draft_pass_shapes([(2, 1, 100), (2, 1, 300)])  # two rows a pass, two passes
+    # Beyond a row at the mean context, in each pass: one more row (0.0001) and its keys (pass 1:
+    # 100 + 300 against 200, pass 2: 101 + 301 against 201); no sampling cost for it.
+    expected = 0.0004 + 0.0001 + 2 * 0.0001 + (200 + 201) * 0.000001
+    assert draft_loop_time_s(model, two, (0.0004, 0.0001)) == pytest.approx(expected)
+    assert draft_loop_time_s(model, [], (0.0004, 0.0001)) == 0.0
+    with pytest.raises(ValueError, match="draft cost model"):
+        speculation("draft", draft_cost_ratio=0.5, draft_loop_s=(0.0004, 0.0001))
+    with pytest.raises(ValueError, match="two seconds"):
+        speculation("draft", draft_cost_model=model, draft_loop_s=(0.0004, -1.0))
 
 
 def test_proposals_that_do_not_come_are_not_verified():
@@ -344,6 +377,14 @@ def test_simulate_run_flags_and_report(tmp_path, capsys):
     assert document["speculation"]["acceptance"] == [0.9, 0.6]
     assert document["speculation"]["draft_cost_ratio"] == DEFAULT_DRAFT_COST_RATIO
     assert main(base + ["--speculative-method", "ngram", "--spec-acceptance", "1.5"]) == 2
+    # The draft loop's costs: with a draft profile only, two numbers in ms.
+    profile = tmp_path / "draft.json"
+    PER_STEP_ONLY.save(profile)
+    loop = ["--spec-draft-profile", str(profile), "--spec-draft-loop-ms", "0.4,0.05"]
+    assert main(base + spec_flags + loop + ["--result-json", str(out)]) == 0
+    assert json.loads(out.read_text())["speculation"]["draft_loop_s"] == [0.0004, 0.00005]
+    assert main(base + spec_flags + ["--spec-draft-loop-ms", "0.4,0.05"]) == 2  # no profile
+    assert main(base + spec_flags + loop[:2] + ["--spec-draft-loop-ms", "0.4"]) == 2
 
 
 def test_decode_row_limit_is_the_executors():
