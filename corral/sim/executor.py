@@ -16,7 +16,7 @@ from corral.sim.rag_step import DEFAULT_NUM_LAYERS, blended_shape
 from corral.sim.spec import (
     MAX_NUM_DRAFT_POSITIONS,
     SpecSimConfig,
-    draft_loop_time_s,
+    draft_loop_pass_times_s,
     draft_pass_shapes,
 )
 from corral.workloads.tokens import PLACEHOLDER_TOKEN_ID
@@ -77,8 +77,6 @@ class SimExecutor:
         self._draft_synced: dict[str, tuple[int, int]] = {}
         # Draft model: request id -> drafts accepted in its last verification since then.
         self._draft_accepted: dict[str, int] = {}
-        # The draft's catch-up pass of the last proposal, reported as the engine's proposer does.
-        self._catchup_time_s = 0.0
         # KV transfer's worker half (None: off; set by SimKVLinks.connect).
         self.connector: SimKVConnectorWorker | None = None
 
@@ -164,8 +162,9 @@ class SimExecutor:
         if speculation.proposal_rate < 1.0 and proposals:
             random_, rate = self._rng.random, speculation.proposal_rate
             proposals = {rid: drafts for rid, drafts in proposals.items() if random_() < rate}
-        self._catchup_time_s = 0.0
-        propose_time_s = self._propose_time_s(proposals) if proposals else 0.0
+        propose_time_s, catchup_time_s = (
+            self._propose_time_s(proposals) if proposals else (0.0, 0.0)
+        )
         return ModelOutput(
             sampled,
             _NO_LOGPROBS,
@@ -176,24 +175,28 @@ class SimExecutor:
             propose_time_s=propose_time_s,
             # As the draft proposer times its catch-up (a first pass with a prompt-length
             # chunk); lookups do not: the controller prices a draft model as pass-based.
-            catchup_time_s=self._catchup_time_s if speculation.is_draft_model else None,
+            catchup_time_s=catchup_time_s if speculation.is_draft_model else None,
         )
 
     def _forget(self, request_id: str) -> None:
         self._draft_synced.pop(request_id, None)
         self._draft_accepted.pop(request_id, None)
 
-    def _propose_time_s(self, proposals: dict[str, list[int]]) -> float:
+    def _propose_time_s(self, proposals: dict[str, list[int]]) -> tuple[float, float]:
+        """The proposal's seconds, and of them the draft model's catch-up pass (0 without one)."""
         speculation = self.speculation
         assert speculation is not None
         num_proposed = sum(len(drafts) for drafts in proposals.values())
         time_s = speculation.propose_s_per_step + speculation.propose_s_per_token * num_proposed
-        if speculation.is_draft_model:
-            time_s += self._draft_time_s(proposals)
-        return time_s
+        if not speculation.is_draft_model:
+            return time_s, 0.0
+        passes_s, catchup_s = self._draft_pass_times_s(proposals)
+        return time_s + sum(passes_s), catchup_s
 
-    def _draft_time_s(self, proposals: dict[str, list[int]]) -> float:
-        """The draft model's passes. It catches up on the verified tokens it has not computed:
+    def _draft_pass_times_s(self, proposals: dict[str, list[int]]) -> tuple[list[float], float]:
+        """The draft model's passes' seconds, and its catch-up pass's (0 when its first pass
+        catches up on no prompt-length chunk; timed as the engine's draft proposer times it).
+        It catches up on the verified tokens it has not computed:
         all of them for a request it has not seen; else those past its last proposal, less the
         drafts it fed itself that were then accepted (it computed all but its last draft)."""
         speculation = self.speculation
@@ -215,15 +218,12 @@ class SimExecutor:
         model = speculation.draft_cost_model
         shapes = draft_pass_shapes(requests)
         if model is not None and speculation.draft_loop_s is not None:
-            passes_s = [draft_loop_time_s(model, shapes[:1], speculation.draft_loop_s)]
-            rest_s = draft_loop_time_s(model, shapes, speculation.draft_loop_s) - passes_s[0]
-            passes_s.append(rest_s)
+            passes_s = draft_loop_pass_times_s(model, shapes, speculation.draft_loop_s)
         elif model is not None:
             passes_s = [model.step_time_s(shape) for shape in shapes]
         else:
             target = self.cost_model
             ratio = speculation.draft_cost_ratio
             passes_s = [ratio * target.step_time_s(shape) for shape in shapes]
-        if shapes and shapes[0].num_prefill_tokens:
-            self._catchup_time_s = passes_s[0]
-        return sum(passes_s)
+        catchup_s = passes_s[0] if shapes and shapes[0].num_prefill_tokens else 0.0
+        return passes_s, catchup_s

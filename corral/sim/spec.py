@@ -13,7 +13,7 @@ the step, the adaptive K controller) runs unchanged. What stands in for the mode
   profile of the draft) or by draft_cost_ratio x the target's cost model on that pass's shape.
   With draft_loop_s (measured on the engine's one-call greedy loop, corral/model/layer_loop.py
   decode_greedy), a round costs the loop's call with one pass, each further pass, and what the
-  draft's cost model adds for rows beyond one (draft_loop_time_s): a profile's step holds a
+  draft's cost model adds for rows beyond one (draft_loop_pass_times_s): a profile's step holds a
   whole engine step's fixed cost, which the loop pays once a round, not once a pass (the
   simulator priced a K = 4 round at the demo pair 40% dearer than the engine ran it).
   Proposers that run on the CPU (ngram, suffix) cost propose_s_per_step + propose_s_per_token
@@ -220,23 +220,22 @@ def draft_pass_shapes(
     return shapes
 
 
-def draft_loop_time_s(
+def draft_loop_pass_times_s(
     model: CostModel, shapes: list[BatchShape], draft_loop_s: tuple[float, float]
-) -> float:
-    """A proposal round's passes (draft_pass_shapes) run as the engine's greedy draft loop: the
-    call with its first pass and each further pass as measured at one row (draft_loop_s), plus
-    what the draft's cost model adds to each pass for its rows beyond one (and the first pass's
-    catch-up beyond one row). The loop samples in C++ (an argmax over logits its pass already
-    computed), so the model's per-sampled-request cost, an engine step's sampling and output
-    handling in Python, is not added for the extra rows."""
-    if not shapes:
-        return 0.0
+) -> list[float]:
+    """A proposal round's passes (draft_pass_shapes) run as the engine's greedy draft loop, each
+    pass's seconds: the call with its first pass, then each further pass, as measured at one row
+    (draft_loop_s), plus what the draft's cost model adds to each pass for its rows beyond one
+    (and the first pass's catch-up beyond one row). The loop samples in C++ (an argmax over
+    logits its pass already computed), so the model's per-sampled-request cost, an engine step's
+    sampling and output handling in Python, is not added for the extra rows."""
     call_s, pass_s = draft_loop_s
-    total = call_s + pass_s * (len(shapes) - 1)
-    for shape in shapes:
+    times_s = []
+    for index, shape in enumerate(shapes):
         rows = shape._replace(num_sampled=1)
-        total += max(model.step_time_s(rows) - model.step_time_s(_one_row(shape)), 0.0)
-    return total
+        extra_s = max(model.step_time_s(rows) - model.step_time_s(_one_row(shape)), 0.0)
+        times_s.append((call_s if index == 0 else pass_s) + extra_s)
+    return times_s
 
 
 def _one_row(shape: BatchShape) -> BatchShape:

@@ -54,14 +54,14 @@ class AcceptanceEstimate:
 
     def acceptance(self, request_id: str | None) -> float:
         """The request's estimated per-token acceptance, shrunk toward the proposer's."""
-        g = self._global
-        prior = (g.successes + PRIOR_ACCEPTANCE * PRIOR_WEIGHT_TRIALS) / (
-            g.trials + PRIOR_WEIGHT_TRIALS
-        )
-        own = self._per_request.get(request_id) if request_id is not None else None
-        if own is None:
+        prior = self._pooled()
+        if request_id is None:
             return prior
-        return (own.successes + prior * PRIOR_WEIGHT_TRIALS) / (own.trials + PRIOR_WEIGHT_TRIALS)
+        return _shrunk(self._per_request.get(request_id), prior)
+
+    def _pooled(self) -> float:
+        """The proposer's pooled acceptance, shrunk toward PRIOR_ACCEPTANCE."""
+        return _shrunk(self._global, PRIOR_ACCEPTANCE)
 
     def depth_yields(
         self, request_id: str, max_depth: int, profile: list[float] | None = None
@@ -82,19 +82,10 @@ class AcceptanceEstimate:
             profile = self.depth_profile(max_depth)
         profile = profile[:max_depth]
         global_alpha = self.global_alpha
-        g = self._global
-        prior = (g.successes + PRIOR_ACCEPTANCE * PRIOR_WEIGHT_TRIALS) / (
-            g.trials + PRIOR_WEIGHT_TRIALS
-        )
+        prior = self._pooled()
         result = {}
         for request_id in request_ids:
-            own = self._per_request.get(request_id)
-            alpha = (
-                prior
-                if own is None
-                else (own.successes + prior * PRIOR_WEIGHT_TRIALS)
-                / (own.trials + PRIOR_WEIGHT_TRIALS)
-            )
+            alpha = _shrunk(self._per_request.get(request_id), prior)
             scale = alpha / global_alpha if global_alpha > 0 else 1.0
             yields = []
             last = 1.0  # min(1, scale * p, last) with last never above 1
@@ -127,3 +118,13 @@ class AcceptanceEstimate:
             )
             profile.append(chance)
         return profile
+
+
+def _shrunk(measured: _Acceptance | None, prior: float) -> float:
+    """Measured acceptance shrunk toward prior as if PRIOR_WEIGHT_TRIALS trials had shown it
+    (prior alone where nothing was measured)."""
+    if measured is None:
+        return prior
+    return (measured.successes + prior * PRIOR_WEIGHT_TRIALS) / (
+        measured.trials + PRIOR_WEIGHT_TRIALS
+    )

@@ -19,7 +19,7 @@ from corral.sim.report import build_report
 from corral.sim.spec import (
     DEFAULT_DRAFT_COST_RATIO,
     SpecSimConfig,
-    draft_loop_time_s,
+    draft_loop_pass_times_s,
     draft_pass_shapes,
     make_spec_sim_config,
 )
@@ -325,13 +325,14 @@ def test_the_draft_loop_prices_its_call_once_and_rows_beyond_one_by_the_model():
         [0.010, 0.0001, 0.000001, 0.001],
     )
     one = draft_pass_shapes([(3, 1, 100)])  # one request: three one-row passes
-    assert draft_loop_time_s(model, one, (0.0004, 0.0001)) == pytest.approx(0.0004 + 2 * 0.0001)
+    times_s = draft_loop_pass_times_s(model, one, (0.0004, 0.0001))
+    assert times_s == pytest.approx([0.0004, 0.0001, 0.0001])
     two = draft_pass_shapes([(2, 1, 100), (2, 1, 300)])  # two rows a pass, two passes
     # Beyond a row at the mean context, in each pass: one more row (0.0001) and its keys (pass 1:
     # 100 + 300 against 200, pass 2: 101 + 301 against 201); no sampling cost for it.
-    expected = 0.0004 + 0.0001 + 2 * 0.0001 + (200 + 201) * 0.000001
-    assert draft_loop_time_s(model, two, (0.0004, 0.0001)) == pytest.approx(expected)
-    assert draft_loop_time_s(model, [], (0.0004, 0.0001)) == 0.0
+    expected = [0.0004 + 0.0001 + 200 * 0.000001, 0.0001 + 0.0001 + 201 * 0.000001]
+    assert draft_loop_pass_times_s(model, two, (0.0004, 0.0001)) == pytest.approx(expected)
+    assert draft_loop_pass_times_s(model, [], (0.0004, 0.0001)) == []
     with pytest.raises(ValueError, match="draft cost model"):
         speculation("draft", draft_cost_ratio=0.5, draft_loop_s=(0.0004, 0.0001))
     with pytest.raises(ValueError, match="two seconds"):
