@@ -10,7 +10,7 @@ and models with q/k norm, tensor parallelism, MoE layers, weight offloading or d
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -90,41 +90,73 @@ def _model_loop_weights(
         weights = [_loop_tensors(layer) for layer in model.layers]
         covered = all(tensors is not None for tensors in weights)
         model._loop_weights = weights if plain and covered else []  # type: ignore[assignment]
+        model._bound_loop = None
     return model._loop_weights or None
+
+
+def _layer_loop_of(
+    model: LlamaFamilyModel, kernels, kv_caches: list[LayerKVCache]
+) -> tuple[Any, bool] | None:
+    """The kernels' LayerLoop for the model and these caches (its weights, caches, head and
+    constants converted once) and whether it has the head decode_greedy needs, or None when
+    the loop cannot run this model. The model keeps the last one bound (a model serves one
+    cache list); rebuilt with model._loop_weights."""
+    weights = _model_loop_weights(model, kv_caches)
+    if weights is None:
+        return None
+    bound = model._bound_loop
+    if bound is not None and bound[0] is kv_caches:
+        return bound[1], bound[2]
+    lm_head = _linear_tensors(model.lm_head, None)
+    embed = model.embed_tokens
+    head_ok = lm_head is not None and (
+        isinstance(embed, PackedWeight) or type(embed) is torch.Tensor
+    )
+    loop = kernels.LayerLoop(
+        weights,
+        [cache.key for cache in kv_caches],
+        [cache.value for cache in kv_caches],
+        *_stack_constants(model),
+        (embed.data if isinstance(embed, PackedWeight) else embed) if head_ok else None,
+        isinstance(embed, PackedWeight),
+        lm_head if head_ok else [],
+        model.rotary.cos if head_ok else None,
+        model.rotary.sin if head_ok else None,
+    )
+    model._bound_loop = (kv_caches, loop, head_ok)
+    return loop, head_ok
 
 
 def forward_layer_loop(
     model: LlamaFamilyModel,
     kernels,
-    weights: list[list[torch.Tensor | None]],
     input_ids: torch.Tensor,
     positions: torch.Tensor,
     kv_caches: list[LayerKVCache],
     metadata: AttentionMetadata,
 ) -> torch.Tensor:
-    """The hidden states after the final norm, as LlamaFamilyModel.forward returns them."""
+    """The hidden states after the final norm, as LlamaFamilyModel.forward returns them (for a
+    step layer_loop_weights accepted)."""
     cos, sin, rows = model.rotary_tables(positions, metadata)
     decode = metadata.decode
     assert decode is not None
-    return kernels.decode_layers(
+    bound = _layer_loop_of(model, kernels, kv_caches)
+    assert bound is not None  # layer_loop_weights accepted the step
+    return bound[0].decode_layers(
         model.embed_tokens[input_ids],
-        weights,
-        [cache.key for cache in kv_caches],
-        [cache.value for cache in kv_caches],
         rows,
         cos,
         sin,
         metadata.slot_mapping,
         decode.block_table,
         decode.seq_lens,
-        *_stack_constants(model),
         uses_row_kernel(input_ids.shape[0], model.dtype, model.device),
     )
 
 
 def _stack_constants(model: LlamaFamilyModel) -> tuple:
-    """The decoder stack's arguments after its per-step tensors, in the kernels' order: final
-    norm, attention scale, RMSNorm eps, query heads, KV heads, head size."""
+    """The decoder stack's constants, in the LayerLoop constructor's order after its caches:
+    final norm, attention scale, RMSNorm eps, query heads, KV heads, head size."""
     arch = model.arch
     return (
         model.final_norm,
@@ -152,12 +184,8 @@ def decode_greedy(
     num_steps - 1. Tokens are the argmax of the logits compute_logits gives, as forward +
     compute_logits + argmax would choose them. Returns each sequence's num_steps tokens, or None
     when the loop cannot run this model (then take forward step by step)."""
-    weights = _model_loop_weights(model, kv_caches)
-    lm_head = _linear_tensors(model.lm_head, None)
-    embed = model.embed_tokens
-    if weights is None or lm_head is None:
-        return None
-    if not isinstance(embed, PackedWeight) and type(embed) is not torch.Tensor:
+    bound = _layer_loop_of(model, kernels, kv_caches)
+    if bound is None or not bound[1]:
         return None
     width = max(len(table) for _, _, table in sequences)
     rows: list[int] = []
@@ -172,24 +200,15 @@ def decode_greedy(
         last_rows.append(len(rows) - 1)
         tables += table
         tables += [0] * (width - len(table))
-    return kernels.decode_greedy(
+    return bound[0].decode_greedy(
         rows,
         positions,
         row_seqs,
         last_rows,
         num_steps,
-        embed.data if isinstance(embed, PackedWeight) else embed,
-        isinstance(embed, PackedWeight),
-        lm_head,
-        weights,
-        [cache.key for cache in kv_caches],
-        [cache.value for cache in kv_caches],
-        model.rotary.cos,
-        model.rotary.sin,
         tables,
         width,
         block_size,
-        *_stack_constants(model),
         uses_row_kernel(len(rows), model.dtype, model.device),
         uses_row_kernel(len(sequences), model.dtype, model.device),
     )

@@ -394,6 +394,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         corral_cpu::min_parallel_work() = std::max<int64_t>(1, multiply_adds);
       },
       "the least multiply-adds a parallel chunk gets (cpu_common.h)");
-  m.def("decode_layers", &decode_layers, "a decode step's decoder stack in one call");
-  m.def("decode_greedy", &decode_greedy, "several greedy one-row decode steps in one call");
+  bind_layer_loop(m);
 }

@@ -44,70 +44,68 @@ torch::Tensor gate_up_activated(const torch::Tensor& x,
 }  // namespace
 
 // residual [rows, hidden] holds the embeddings and is updated in place; returns the final norm's
-// output. layers[i]: the LayerWeight list of layer i; key_caches/value_caches per layer.
-// use_kernel: linears through few_row_linear (bf16 rows within the measured limit), else
+// output. use_kernel: linears through few_row_linear (bf16 rows within the measured limit), else
 // at::linear, as corral/model/layers/linear.py decides.
-torch::Tensor decode_layers(torch::Tensor residual,
-                            const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
-                            const std::vector<torch::Tensor>& key_caches,
-                            const std::vector<torch::Tensor>& value_caches,
-                            torch::Tensor rotary_rows, torch::Tensor cos, torch::Tensor sin,
-                            torch::Tensor slot_mapping, torch::Tensor block_table,
-                            torch::Tensor seq_lens, torch::Tensor final_norm, double scale,
-                            double eps, int64_t num_heads, int64_t num_kv_heads,
-                            int64_t head_dim, bool use_kernel) {
-  TORCH_CHECK(layers.size() == key_caches.size() && layers.size() == value_caches.size(),
-              "decode_layers: one cache pair per layer");
+torch::Tensor LayerLoop::decode_layers(torch::Tensor residual, const torch::Tensor& rotary_rows,
+                                       const torch::Tensor& cos, const torch::Tensor& sin,
+                                       const torch::Tensor& slot_mapping,
+                                       const torch::Tensor& block_table,
+                                       const torch::Tensor& seq_lens, bool use_kernel) const {
   const int64_t rows = residual.size(0);
-  const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
+  const int64_t q_size = num_heads_ * head_dim_, kv_size = num_kv_heads_ * head_dim_;
   torch::Tensor delta;
-  for (size_t index = 0; index < layers.size(); ++index) {
-    const auto& w = layers[index];
-    TORCH_CHECK(w.size() == kNumLayerWeights, "decode_layers: a layer's weight list");
+  for (size_t index = 0; index < layers_.size(); ++index) {
+    const auto& w = layers_[index];
     torch::Tensor normed =
-        delta.defined() ? rms_norm(delta, *w[kInputNorm], eps, residual)
-                        : rms_norm(residual, *w[kInputNorm], eps, c10::nullopt);
+        delta.defined() ? rms_norm(delta, *w[kInputNorm], eps_, residual)
+                        : rms_norm(residual, *w[kInputNorm], eps_, c10::nullopt);
     torch::Tensor qkv = linear(normed, w, kQkv, use_kernel);
-    rotary_inplace(qkv, rotary_rows, cos, sin, num_heads + num_kv_heads, head_dim);
+    rotary_inplace(qkv, rotary_rows, cos, sin, num_heads_ + num_kv_heads_, head_dim_);
     // Views into qkv's rows: the attention and KV-write kernels read rows that lie apart.
-    torch::Tensor query = qkv.narrow(1, 0, q_size).view({rows, num_heads, head_dim});
-    torch::Tensor key = qkv.narrow(1, q_size, kv_size).view({rows, num_kv_heads, head_dim});
+    torch::Tensor query = qkv.narrow(1, 0, q_size).view({rows, num_heads_, head_dim_});
+    torch::Tensor key = qkv.narrow(1, q_size, kv_size).view({rows, num_kv_heads_, head_dim_});
     torch::Tensor value =
-        qkv.narrow(1, q_size + kv_size, kv_size).view({rows, num_kv_heads, head_dim});
-    write_kv_cache(key, value, key_caches[index], value_caches[index], slot_mapping);
-    torch::Tensor attended = torch::empty({rows, num_heads, head_dim}, qkv.options());
-    paged_decode_attention(attended, query, key_caches[index], value_caches[index], block_table,
-                           seq_lens, scale, 0, c10::nullopt, c10::nullopt, c10::nullopt, 0);
+        qkv.narrow(1, q_size + kv_size, kv_size).view({rows, num_kv_heads_, head_dim_});
+    write_kv_cache(key, value, key_caches_[index], value_caches_[index], slot_mapping);
+    torch::Tensor attended = torch::empty({rows, num_heads_, head_dim_}, qkv.options());
+    paged_decode_attention(attended, query, key_caches_[index], value_caches_[index],
+                           block_table, seq_lens, scale_, 0, c10::nullopt, c10::nullopt,
+                           c10::nullopt, 0);
     delta = linear(attended.view({rows, q_size}), w, kO, use_kernel);
-    normed = rms_norm(delta, *w[kPostNorm], eps, residual);
+    normed = rms_norm(delta, *w[kPostNorm], eps_, residual);
     delta = linear(gate_up_activated(normed, w, use_kernel), w, kDown, use_kernel);
   }
-  return rms_norm(delta, final_norm, eps, residual);
+  return rms_norm(delta, final_norm_, eps_, residual);
 }
+
+namespace {
+
+torch::Tensor long_tensor(const int64_t* values, int64_t count) {
+  torch::Tensor tensor = torch::empty({count}, torch::kInt64);
+  std::copy(values, values + count, tensor.data_ptr<int64_t>());
+  return tensor;
+}
+
+}  // namespace
 
 // Greedy decode of several sequences for num_steps steps in one call (a draft model's proposals).
 // The first step computes rows token_ids at positions (row_seqs: each row's sequence, whose rows
 // are consecutive positions ending at its row in last_rows, the row whose logits give its first
 // token); every later step one row per sequence, the token the step before chose. A step embeds
-// its rows, runs decode_layers, takes logits through lm_head for the sequences' rows and their
-// argmax (torch.argmax over the float logits, so the first of equal maxima). block_table
+// its rows, runs decode_layers, takes logits through the LM head for the sequences' rows and
+// their argmax (torch.argmax over the float logits, so the first of equal maxima). block_table
 // [sequences x width, row-major] covers each sequence's last position + num_steps - 1. The
 // indices come as lists (Python ints, converted by pybind11: cheaper than five torch.tensor
-// calls a proposal). embed: the embedding table, packed (corral/model/packed_weight.py) when
-// embed_packed. lm_head: weight or int8 values, scales, bias, as a layer's linears.
-// first_use_kernel / use_kernel: decode_layers' use_kernel for the first step's rows and for one
-// row per sequence (the LM head's). Returns each sequence's num_steps tokens.
-std::vector<std::vector<int64_t>> decode_greedy(
+// calls a proposal). first_use_kernel / use_kernel: decode_layers' use_kernel for the first
+// step's rows and for one row per sequence (the LM head's). Returns each sequence's num_steps
+// tokens.
+std::vector<std::vector<int64_t>> LayerLoop::decode_greedy(
     const std::vector<int64_t>& token_ids, const std::vector<int64_t>& positions,
     const std::vector<int64_t>& row_seqs, const std::vector<int64_t>& last_rows,
-    int64_t num_steps, torch::Tensor embed, bool embed_packed,
-    const std::vector<c10::optional<torch::Tensor>>& lm_head,
-    const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
-    const std::vector<torch::Tensor>& key_caches, const std::vector<torch::Tensor>& value_caches,
-    torch::Tensor cos, torch::Tensor sin, const std::vector<int64_t>& block_table, int64_t width,
-    int64_t block_size, torch::Tensor final_norm, double scale, double eps, int64_t num_heads,
-    int64_t num_kv_heads, int64_t head_dim, bool first_use_kernel, bool use_kernel) {
-  TORCH_CHECK(lm_head.size() == 3, "decode_greedy: lm_head as weight, scales, bias");
+    int64_t num_steps, const std::vector<int64_t>& block_table, int64_t width, int64_t block_size,
+    bool first_use_kernel, bool use_kernel) const {
+  TORCH_CHECK(lm_head_.size() == 3 && embed_.defined(),
+              "decode_greedy: this loop was bound without an embedding and LM head");
   const int64_t num_rows = static_cast<int64_t>(token_ids.size());
   const int64_t num_seqs = static_cast<int64_t>(last_rows.size());
   TORCH_CHECK(static_cast<int64_t>(block_table.size()) == num_seqs * width &&
@@ -122,41 +120,89 @@ std::vector<std::vector<int64_t>> decode_greedy(
     TORCH_CHECK(last_rows[s] >= 0 && last_rows[s] < num_rows, "decode_greedy: last row ",
                 last_rows[s], " of ", num_rows);
   }
-  const auto as_tensor = [](const std::vector<int64_t>& values) {
-    return torch::tensor(c10::ArrayRef<int64_t>(values), torch::kInt64);
-  };
-  const torch::Tensor positions_tensor = as_tensor(positions);
-  const torch::Tensor block_table_tensor = as_tensor(block_table).view({num_seqs, width});
-  const torch::Tensor last_rows_tensor = as_tensor(last_rows);
+  // The first step's per-row tables and positions; later steps' per-sequence ones.
+  torch::Tensor tables = torch::empty({num_rows, width}, torch::kInt64);
+  for (int64_t r = 0; r < num_rows; ++r) {
+    std::copy_n(block_table.data() + row_seqs[r] * width, width,
+                tables.data_ptr<int64_t>() + r * width);
+  }
+  torch::Tensor step_positions = long_tensor(positions.data(), num_rows);
+  torch::Tensor ids = long_tensor(token_ids.data(), num_rows);
   std::vector<std::vector<int64_t>> tokens(num_seqs, std::vector<int64_t>(num_steps));
-  torch::Tensor ids = as_tensor(token_ids);
-  torch::Tensor step_positions = positions_tensor;
-  torch::Tensor tables = block_table_tensor.index_select(0, as_tensor(row_seqs));
   for (int64_t step = 0; step < num_steps; ++step) {
     const int64_t rows = ids.size(0);
-    torch::Tensor slots = torch::empty({rows}, positions_tensor.options());
+    torch::Tensor slots = torch::empty({rows}, torch::kInt64);
+    torch::Tensor seq_lens = torch::empty({rows}, torch::kInt64);
     const int64_t* pos = step_positions.data_ptr<int64_t>();
     const int64_t* table = tables.data_ptr<int64_t>();
     int64_t* slot = slots.data_ptr<int64_t>();
+    int64_t* seq_len = seq_lens.data_ptr<int64_t>();
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t block = pos[r] / block_size;
       TORCH_CHECK(block < width, "decode_greedy: position ", pos[r], " beyond the block table");
       slot[r] = table[r * width + block] * block_size + pos[r] % block_size;
+      seq_len[r] = pos[r] + 1;
     }
-    torch::Tensor hidden = embed_packed ? packed_rows(embed, ids) : embed.index_select(0, ids);
-    torch::Tensor normed = decode_layers(hidden, layers, key_caches, value_caches, step_positions,
-                                         cos, sin, slots, tables, step_positions + 1, final_norm,
-                                         scale, eps, num_heads, num_kv_heads, head_dim,
-                                         step == 0 ? first_use_kernel : use_kernel);
+    torch::Tensor hidden = embed_packed_ ? packed_rows(embed_, ids) : embed_.index_select(0, ids);
+    torch::Tensor normed = decode_layers(hidden, step_positions, cos_, sin_, slots, tables,
+                                         seq_lens, step == 0 ? first_use_kernel : use_kernel);
     if (step == 0) {  // from here on, one row per sequence
-      if (rows != num_seqs) normed = normed.index_select(0, last_rows_tensor);
-      step_positions = positions_tensor.index_select(0, last_rows_tensor);  // advanced in place
-      tables = block_table_tensor;
+      if (rows != num_seqs) normed = normed.index_select(0, long_tensor(last_rows.data(), num_seqs));
+      torch::Tensor next_positions = torch::empty({num_seqs}, torch::kInt64);
+      for (int64_t s = 0; s < num_seqs; ++s) {
+        next_positions.data_ptr<int64_t>()[s] = positions[last_rows[s]];
+      }
+      step_positions = next_positions;
+      tables = long_tensor(block_table.data(), num_seqs * width).view({num_seqs, width});
     }
-    ids = argmax_rows(linear(normed, lm_head, 0, use_kernel));  // num_seqs rows
+    ids = argmax_rows(linear(normed, lm_head_, 0, use_kernel));  // num_seqs rows
     const int64_t* chosen = ids.data_ptr<int64_t>();
     for (int64_t s = 0; s < num_seqs; ++s) tokens[s][step] = chosen[s];
     step_positions.add_(1);
   }
   return tokens;
+}
+
+LayerLoop::LayerLoop(std::vector<std::vector<c10::optional<torch::Tensor>>> layers,
+                     std::vector<torch::Tensor> key_caches, std::vector<torch::Tensor> value_caches,
+                     torch::Tensor final_norm, double scale, double eps, int64_t num_heads,
+                     int64_t num_kv_heads, int64_t head_dim, c10::optional<torch::Tensor> embed,
+                     bool embed_packed, std::vector<c10::optional<torch::Tensor>> lm_head,
+                     c10::optional<torch::Tensor> cos, c10::optional<torch::Tensor> sin)
+    : layers_(std::move(layers)),
+      key_caches_(std::move(key_caches)),
+      value_caches_(std::move(value_caches)),
+      final_norm_(std::move(final_norm)),
+      scale_(scale),
+      eps_(eps),
+      num_heads_(num_heads),
+      num_kv_heads_(num_kv_heads),
+      head_dim_(head_dim),
+      embed_(embed.value_or(torch::Tensor())),
+      embed_packed_(embed_packed),
+      lm_head_(std::move(lm_head)),
+      cos_(cos.value_or(torch::Tensor())),
+      sin_(sin.value_or(torch::Tensor())) {
+  TORCH_CHECK(layers_.size() == key_caches_.size() && layers_.size() == value_caches_.size(),
+              "LayerLoop: one cache pair per layer");
+  for (const auto& w : layers_) {
+    TORCH_CHECK(w.size() == kNumLayerWeights, "LayerLoop: a layer's weight list");
+  }
+  TORCH_CHECK(lm_head_.empty() || (lm_head_.size() == 3 && embed_.defined() && cos_.defined() &&
+                                   sin_.defined()),
+              "LayerLoop: an LM head as weight, scales, bias, with the embedding and rotary tables");
+}
+
+void bind_layer_loop(pybind11::module_& m) {
+  pybind11::class_<LayerLoop>(m, "LayerLoop",
+                              "a model's decoder stack (and head) bound once for decode steps")
+      .def(pybind11::init<std::vector<std::vector<c10::optional<torch::Tensor>>>,
+                          std::vector<torch::Tensor>, std::vector<torch::Tensor>, torch::Tensor,
+                          double, double, int64_t, int64_t, int64_t,
+                          c10::optional<torch::Tensor>, bool,
+                          std::vector<c10::optional<torch::Tensor>>,
+                          c10::optional<torch::Tensor>, c10::optional<torch::Tensor>>())
+      .def("decode_layers", &LayerLoop::decode_layers, "a decode step's decoder stack")
+      .def("decode_greedy", &LayerLoop::decode_greedy,
+           "several greedy one-row decode steps in one call");
 }

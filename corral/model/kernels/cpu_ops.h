@@ -58,23 +58,42 @@ torch::Tensor int8_panel_linear(const torch::Tensor& x, const torch::Tensor& pan
                                 const torch::Tensor& scales,
                                 const c10::optional<torch::Tensor>& bias);
 
-// Defined in cpu_layer_loop.cpp.
-torch::Tensor decode_layers(torch::Tensor residual,
-                            const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
-                            const std::vector<torch::Tensor>& key_caches,
-                            const std::vector<torch::Tensor>& value_caches,
-                            torch::Tensor rotary_rows, torch::Tensor cos, torch::Tensor sin,
-                            torch::Tensor slot_mapping, torch::Tensor block_table,
-                            torch::Tensor seq_lens, torch::Tensor final_norm, double scale,
-                            double eps, int64_t num_heads, int64_t num_kv_heads,
-                            int64_t head_dim, bool use_kernel);
-std::vector<std::vector<int64_t>> decode_greedy(
-    const std::vector<int64_t>& token_ids, const std::vector<int64_t>& positions,
-    const std::vector<int64_t>& row_seqs, const std::vector<int64_t>& last_rows,
-    int64_t num_steps, torch::Tensor embed, bool embed_packed,
-    const std::vector<c10::optional<torch::Tensor>>& lm_head,
-    const std::vector<std::vector<c10::optional<torch::Tensor>>>& layers,
-    const std::vector<torch::Tensor>& key_caches, const std::vector<torch::Tensor>& value_caches,
-    torch::Tensor cos, torch::Tensor sin, const std::vector<int64_t>& block_table, int64_t width,
-    int64_t block_size, torch::Tensor final_norm, double scale, double eps, int64_t num_heads,
-    int64_t num_kv_heads, int64_t head_dim, bool first_use_kernel, bool use_kernel);
+// Defined in cpu_layer_loop.cpp: a model's decoder stack for decode steps (decode rows only, no
+// LoRA, tensor parallelism, MoE, q/k norm, quantized KV, windows or sinks; dense bf16/fp32 or
+// int8 linear weights), the same kernels in the same order as LlamaFamilyModel._forward_fused.
+// Its weights, caches and constants are bound once (pybind11 converting a layer's fifteen
+// tensors at every call cost more than the small kernels it saves calling from Python).
+class LayerLoop {
+ public:
+  // layers[i]: layer i's tensors in LayerWeight order (cpu_layer_loop.cpp); key_caches /
+  // value_caches per layer. embed (packed as corral/model/packed_weight.py when embed_packed),
+  // lm_head (weight or int8 values, scales, bias; empty for none) and the rotary tables cos / sin
+  // serve decode_greedy only.
+  LayerLoop(std::vector<std::vector<c10::optional<torch::Tensor>>> layers,
+            std::vector<torch::Tensor> key_caches, std::vector<torch::Tensor> value_caches,
+            torch::Tensor final_norm, double scale, double eps, int64_t num_heads,
+            int64_t num_kv_heads, int64_t head_dim, c10::optional<torch::Tensor> embed,
+            bool embed_packed, std::vector<c10::optional<torch::Tensor>> lm_head,
+            c10::optional<torch::Tensor> cos, c10::optional<torch::Tensor> sin);
+  torch::Tensor decode_layers(torch::Tensor residual, const torch::Tensor& rotary_rows,
+                              const torch::Tensor& cos, const torch::Tensor& sin,
+                              const torch::Tensor& slot_mapping, const torch::Tensor& block_table,
+                              const torch::Tensor& seq_lens, bool use_kernel) const;
+  std::vector<std::vector<int64_t>> decode_greedy(
+      const std::vector<int64_t>& token_ids, const std::vector<int64_t>& positions,
+      const std::vector<int64_t>& row_seqs, const std::vector<int64_t>& last_rows,
+      int64_t num_steps, const std::vector<int64_t>& block_table, int64_t width,
+      int64_t block_size, bool first_use_kernel, bool use_kernel) const;
+
+ private:
+  std::vector<std::vector<c10::optional<torch::Tensor>>> layers_;
+  std::vector<torch::Tensor> key_caches_, value_caches_;
+  torch::Tensor final_norm_;
+  double scale_, eps_;
+  int64_t num_heads_, num_kv_heads_, head_dim_;
+  torch::Tensor embed_;
+  bool embed_packed_;
+  std::vector<c10::optional<torch::Tensor>> lm_head_;
+  torch::Tensor cos_, sin_;
+};
+void bind_layer_loop(pybind11::module_& m);

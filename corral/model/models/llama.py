@@ -118,6 +118,9 @@ class LlamaFamilyModel:
         # (corral/model/layer_loop.py); False keeps them on the per-layer Python path.
         self.use_layer_loop = True
         self._loop_weights: list[list[torch.Tensor | None]] | None = None  # [] when it cannot
+        # The kernels' LayerLoop last bound: (its KV cache list, the loop, whether it has the
+        # head decode_greedy needs).
+        self._bound_loop: tuple | None = None
 
     # ----- loading -------------------------------------------------------------------------
 
@@ -237,10 +240,9 @@ class LlamaFamilyModel:
         if self.device.type == "cpu":
             kernels = cpu_kernels()
             if kernels is not None:
-                loop_weights = layer_loop_weights(self, metadata, lora, kv_caches)
-                if loop_weights is not None:
+                if layer_loop_weights(self, metadata, lora, kv_caches) is not None:
                     return forward_layer_loop(
-                        self, kernels, loop_weights, input_ids, positions, kv_caches, metadata
+                        self, kernels, input_ids, positions, kv_caches, metadata
                     )
                 return self._forward_fused(kernels, input_ids, positions, kv_caches, metadata, lora)
         arch = self.arch
