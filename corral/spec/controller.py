@@ -34,6 +34,7 @@ from corral.spec.candidates import (
     probe_order,
 )
 from corral.spec.grant import GrantCosts, choose_probes, grant_depths, no_grant_can_pay
+from corral.spec.nonnegative_fit import MAX_PENDING_OBSERVATIONS
 from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.stats import SpecDecodeStats
 from corral.spec.step_cost import StepCostEstimate
@@ -123,16 +124,22 @@ class SpecController:
             num_requests,
             num_row_requests,
         )
-        if num_proposed <= 0:
-            return
-        self.pass_based = self.pass_based or catchup_time_s is not None
-        self.propose_cost.observe(
-            max(self._last_num_passes, 1),
-            num_proposed,
-            propose_time_s,
-            self._last_catchup_tokens,
-            catchup_time_s,
-        )
+        if num_proposed > 0:
+            self.pass_based = self.pass_based or catchup_time_s is not None
+            self.propose_cost.observe(
+                max(self._last_num_passes, 1),
+                num_proposed,
+                propose_time_s,
+                self._last_catchup_tokens,
+                catchup_time_s,
+            )
+        # The fits fold their observations in here, between steps, when the next step may plan
+        # (its plan reads them; a held plan or empty plan reads nothing) or many wait: folded
+        # in a plan, they would run within the step whose time the fit learns from.
+        held = self.num_plan_steps_left > 0 or self.num_idle_steps_left > 0
+        if not held or self.step_cost.num_pending >= MAX_PENDING_OBSERVATIONS:
+            self.step_cost.fold_pending()
+            self.propose_cost.fold_pending()
 
     def forget(self, request_id: str) -> None:
         self.accepted.forget(request_id)

@@ -11,7 +11,7 @@ as the first."""
 
 from __future__ import annotations
 
-from corral.spec.nonnegative_fit import nonnegative_solve, refit_due
+from corral.spec.nonnegative_fit import PendingObservations, nonnegative_solve, refit_due
 
 # Samples after which a new one is clipped to this multiple of the prediction (noise, and costs
 # the features miss).
@@ -31,11 +31,12 @@ class ProposeCostEstimate:
         # Weighted sums of x_i x_j (upper triangle, row-major) and x_i y.
         self._xx = [[0.0] * NUM_FEATURES for _ in range(NUM_FEATURES)]
         self._xy = [0.0] * NUM_FEATURES
-        self.num_observations = 0
+        self._num_observations = 0
         self._cached: tuple[float, float, float, float] | None = None
         self._fitted_at = 0  # num_observations at the last solve
         # Catch-up seconds per token where the proposer times its catch-up (observe).
-        self.timed_catchup_s: float | None = None
+        self._timed_catchup_s: float | None = None
+        self._pending = PendingObservations(self._observe_now)
 
     def observe(
         self,
@@ -48,12 +49,25 @@ class ProposeCostEstimate:
         """One proposal's time. catchup_time_s: the part of it the proposer timed as catch-up
         (a draft model's prefill of a prompt), priced per token directly (an EWMA) and taken
         out of the fit: a draft model is rarely asked for a proposal when the rule grants none,
-        and a fit over the few probes, each mostly a prompt's prefill, was no fit at all."""
+        and a fit over the few probes, each mostly a prompt's prefill, was no fit at all.
+        Folded into the fit when it is next read (nonnegative_fit.PendingObservations)."""
+        self._pending.append(
+            (num_passes, num_tokens, propose_time_s, num_catchup_tokens, catchup_time_s)
+        )
+
+    def _observe_now(
+        self,
+        num_passes: int,
+        num_tokens: int,
+        propose_time_s: float,
+        num_catchup_tokens: int,
+        catchup_time_s: float | None,
+    ) -> None:
         if catchup_time_s is not None:
             if num_catchup_tokens > 0 and catchup_time_s > 0:
                 per_token_s = catchup_time_s / num_catchup_tokens
-                previous = self.timed_catchup_s
-                self.timed_catchup_s = (
+                previous = self._timed_catchup_s
+                self._timed_catchup_s = (
                     per_token_s if previous is None else 0.8 * previous + 0.2 * per_token_s
                 )
             propose_time_s = max(propose_time_s - catchup_time_s, 0.0)
@@ -61,7 +75,7 @@ class ProposeCostEstimate:
         if num_passes <= 0 or num_tokens <= 0 or propose_time_s <= 0:
             return
         features = (1.0, float(num_passes), float(num_tokens), float(num_catchup_tokens))
-        if self.num_observations >= WARMUP_SAMPLES:
+        if self._num_observations >= WARMUP_SAMPLES:
             limit = CLIP_FACTOR * self.predict_s(num_passes, num_tokens, num_catchup_tokens)
             propose_time_s = min(propose_time_s, limit)
         d = self.decay
@@ -69,16 +83,36 @@ class ProposeCostEstimate:
             self._xy[i] = self._xy[i] * d + features[i] * propose_time_s
             for j in range(NUM_FEATURES):
                 self._xx[i][j] = self._xx[i][j] * d + features[i] * features[j]
-        self.num_observations += 1
-        if refit_due(self.num_observations, self._fitted_at):
+        self._num_observations += 1
+        if refit_due(self._num_observations, self._fitted_at):
             self._cached = None
+
+    @property
+    def num_observations(self) -> int:
+        self._pending.drain()
+        return self._num_observations
+
+    @property
+    def num_pending(self) -> int:
+        """Observations not yet folded into the fit."""
+        return len(self._pending)
+
+    def fold_pending(self) -> None:
+        """Fold the observations not yet folded (every read does so first)."""
+        self._pending.drain()
+
+    @property
+    def timed_catchup_s(self) -> float | None:
+        """Catch-up seconds per token, where the proposer times its catch-up (else None)."""
+        self._pending.drain()
+        return self._timed_catchup_s
 
     def coefficients(self) -> tuple[float, float, float]:
         """(pass_s, token_s, catchup_s) of the fit (solved again as nonnegative_fit.refit_due
         says); catchup_s as timed where the proposer times its catch-up."""
         _, pass_s, token_s, catchup_s = self._coefficients()
-        if self.timed_catchup_s is not None:
-            catchup_s = self.timed_catchup_s
+        if self._timed_catchup_s is not None:
+            catchup_s = self._timed_catchup_s
         return pass_s, token_s, catchup_s
 
     @property
@@ -87,16 +121,17 @@ class ProposeCostEstimate:
         return self._coefficients()[0]
 
     def _coefficients(self) -> tuple[float, float, float, float]:
+        self._pending.drain()
         if self._cached is None:
             self._cached = self._fit()
-            self._fitted_at = self.num_observations
+            self._fitted_at = self._num_observations
         return self._cached
 
     def _fit(self) -> tuple[float, float, float, float]:
         """(call_s, pass_s, token_s, catchup_s), all >= 0: ridge least squares over the
         features seen, a negative coefficient fixed at zero and the rest refitted
         (nonnegative_fit.py)."""
-        if self.num_observations == 0:
+        if self._num_observations == 0:
             return 0.0, 0.0, 0.0, 0.0
         matrix = [
             [self._xx[i][j] * (1 + self.ridge if i == j else 1.0) for j in range(NUM_FEATURES)]

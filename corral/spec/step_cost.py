@@ -21,7 +21,7 @@ feed it, so the speculative controller decides the same way in both.
 from __future__ import annotations
 
 from corral.core.batch_shape import MAX_DECODE_ROW_TOKENS
-from corral.spec.nonnegative_fit import nonnegative_solve, refit_due
+from corral.spec.nonnegative_fit import PendingObservations, nonnegative_solve, refit_due
 
 NUM_FEATURES = 4  # extra row tokens, prefill tokens, verifying requests, requests
 
@@ -66,9 +66,10 @@ class StepCostEstimate:
         self._sum_xx = [[0.0] * NUM_FEATURES for _ in range(NUM_FEATURES)]
         self._sum_t = 0.0
         self._sum_xt = [0.0] * NUM_FEATURES
-        self.num_observations = 0
+        self._num_observations = 0
         self._cached: tuple[float, ...] | None = None
         self._fitted_at = 0  # num_observations at the last solve
+        self._pending = PendingObservations(self._observe_now)
 
     def observe(
         self,
@@ -80,7 +81,28 @@ class StepCostEstimate:
         num_row_requests: int = 0,
     ) -> None:
         """Record one step: its row and prefill tokens, how many requests verified drafts in
-        it, how many it scheduled (num_row_requests of them in rows), and the time it took."""
+        it, how many it scheduled (num_row_requests of them in rows), and the time it took.
+        Folded into the fit when it is next read (nonnegative_fit.PendingObservations)."""
+        self._pending.append(
+            (
+                num_row_tokens,
+                num_prefill_tokens,
+                step_time_s,
+                num_verify_requests,
+                num_requests,
+                num_row_requests,
+            )
+        )
+
+    def _observe_now(
+        self,
+        num_row_tokens: int,
+        num_prefill_tokens: int,
+        step_time_s: float,
+        num_verify_requests: int,
+        num_requests: int,
+        num_row_requests: int,
+    ) -> None:
         if num_row_tokens + num_prefill_tokens <= 0 or step_time_s <= 0:
             return
         x = (
@@ -98,9 +120,23 @@ class StepCostEstimate:
             row = self._sum_xx[i]
             for j in range(i, NUM_FEATURES):
                 row[j] = row[j] * d + x[i] * x[j]
-        self.num_observations += 1
-        if refit_due(self.num_observations, self._fitted_at):
+        self._num_observations += 1
+        if refit_due(self._num_observations, self._fitted_at):
             self._cached = None
+
+    @property
+    def num_observations(self) -> int:
+        self._pending.drain()
+        return self._num_observations
+
+    @property
+    def num_pending(self) -> int:
+        """Observations not yet folded into the fit."""
+        return len(self._pending)
+
+    def fold_pending(self) -> None:
+        """Fold the observations not yet folded (every read does so first)."""
+        self._pending.drain()
 
     @property
     def is_ready(self) -> bool:
@@ -121,9 +157,10 @@ class StepCostEstimate:
         return self._coefficients()[4]
 
     def _coefficients(self) -> tuple[float, ...]:
+        self._pending.drain()
         if self._cached is None:
             self._cached = self._fit()
-            self._fitted_at = self.num_observations
+            self._fitted_at = self._num_observations
         return self._cached
 
     def _fit(self) -> tuple[float, ...]:
