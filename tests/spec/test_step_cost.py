@@ -108,3 +108,33 @@ def test_a_costly_verification_is_not_started_for_a_poor_request() -> None:
     plan = controller.plan(cands, 16, 0, budget=4096, num_requests=16, num_row_requests=16)
     assert plan.verify.get("good") == 4
     assert "poor" not in plan.verify
+
+
+def test_folding_observations_late_gives_the_same_fits() -> None:
+    """Observations kept and folded in batches (nonnegative_fit.PendingObservations) leave
+    both fits as folding each at once does, reads in between included (the propose-cost fit
+    clips each observation against the fit as it stood)."""
+    from corral.spec.propose_cost import ProposeCostEstimate
+
+    rng = random.Random(3)
+    eager_steps, late_steps = StepCostEstimate(), StepCostEstimate()
+    eager_proposals, late_proposals = ProposeCostEstimate(), ProposeCostEstimate()
+    for index, step in enumerate(mixed_steps(seed=1)):
+        num_passes = rng.randint(1, 4)
+        proposal = (num_passes, num_passes * rng.randint(1, 3), rng.uniform(1e-4, 3e-3), 0, None)
+        for fit, observation in ((eager_steps, step), (eager_proposals, proposal)):
+            fit.observe(*observation)
+            fit.fold_pending()
+        late_steps.observe(*step)
+        late_proposals.observe(*proposal)
+        if index % 7 == 0:
+            assert late_steps.coefficients() == eager_steps.coefficients()
+            assert late_proposals.coefficients() == eager_proposals.coefficients()
+        elif index % 11 == 0:
+            late_steps.fold_pending()
+    assert late_steps.num_observations == eager_steps.num_observations
+    assert late_steps.num_pending == 0
+    assert late_steps.coefficients() == eager_steps.coefficients()
+    assert late_steps.per_request_s() == eager_steps.per_request_s()
+    assert late_proposals.coefficients() == eager_proposals.coefficients()
+    assert late_proposals.call_s == eager_proposals.call_s > 0
