@@ -33,6 +33,7 @@ class ProposeCostEstimate:
         self._xy = [0.0] * NUM_FEATURES
         self._num_observations = 0
         self._cached: tuple[float, float, float, float] | None = None
+        self._last_fit: tuple[float, float, float, float] | None = None  # kept when _cached goes
         self._fitted_at = 0  # num_observations at the last solve
         # Catch-up seconds per token where the proposer times its catch-up (observe).
         self._timed_catchup_s: float | None = None
@@ -76,7 +77,13 @@ class ProposeCostEstimate:
             return
         features = (1.0, float(num_passes), float(num_tokens), float(num_catchup_tokens))
         if self._num_observations >= WARMUP_SAMPLES:
-            limit = CLIP_FACTOR * self.predict_s(num_passes, num_tokens, num_catchup_tokens)
+            # Against the fit last solved (a solve at each clip cost more than the rest of an
+            # observation; the fit is solved again when read).
+            if self._last_fit is None:
+                self._coefficients()
+            limit = CLIP_FACTOR * _predict_s(
+                self._last_fit, num_passes, num_tokens, num_catchup_tokens
+            )
             propose_time_s = min(propose_time_s, limit)
         d = self.decay
         for i in range(NUM_FEATURES):
@@ -123,7 +130,7 @@ class ProposeCostEstimate:
     def _coefficients(self) -> tuple[float, float, float, float]:
         self._pending.drain()
         if self._cached is None:
-            self._cached = self._fit()
+            self._cached = self._last_fit = self._fit()
             self._fitted_at = self._num_observations
         return self._cached
 
@@ -142,5 +149,15 @@ class ProposeCostEstimate:
         return call_s, pass_s, token_s, catchup_s
 
     def predict_s(self, num_passes: int, num_tokens: int, num_catchup_tokens: int = 0) -> float:
-        call_s, pass_s, token_s, catchup_s = self._coefficients()
-        return call_s + pass_s * num_passes + token_s * num_tokens + catchup_s * num_catchup_tokens
+        return _predict_s(self._coefficients(), num_passes, num_tokens, num_catchup_tokens)
+
+
+def _predict_s(
+    coefficients: tuple[float, float, float, float] | None,
+    num_passes: int,
+    num_tokens: int,
+    num_catchup_tokens: int,
+) -> float:
+    assert coefficients is not None
+    call_s, pass_s, token_s, catchup_s = coefficients
+    return call_s + pass_s * num_passes + token_s * num_tokens + catchup_s * num_catchup_tokens
