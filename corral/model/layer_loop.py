@@ -100,15 +100,16 @@ def _layer_loop_of(
     """The kernels' LayerLoop for the model and these caches (its weights, caches, head and
     constants converted once) and whether it has the head decode_greedy needs, or None when
     the loop cannot run this model. The model keeps the last one bound (a model serves one
-    cache list); rebuilt with model._loop_weights."""
+    cache list); bound again for other caches or embedding, and with model._loop_weights
+    (which packing and quantization reset, as they replace the LM head)."""
     weights = _model_loop_weights(model, kv_caches)
     if weights is None:
         return None
+    embed = model.embed_tokens
     bound = model._bound_loop
-    if bound is not None and bound[0] is kv_caches:
+    if bound is not None and bound[0] is kv_caches and bound[3] is embed:
         return bound[1], bound[2]
     lm_head = _linear_tensors(model.lm_head, None)
-    embed = model.embed_tokens
     head_ok = lm_head is not None and (
         isinstance(embed, PackedWeight) or type(embed) is torch.Tensor
     )
@@ -123,7 +124,7 @@ def _layer_loop_of(
         model.rotary.cos if head_ok else None,
         model.rotary.sin if head_ok else None,
     )
-    model._bound_loop = (kv_caches, loop, head_ok)
+    model._bound_loop = (kv_caches, loop, head_ok, embed)
     return loop, head_ok
 
 

@@ -119,7 +119,7 @@ class LlamaFamilyModel:
         self.use_layer_loop = True
         self._loop_weights: list[list[torch.Tensor | None]] | None = None  # [] when it cannot
         # The kernels' LayerLoop last bound: (its KV cache list, the loop, whether it has the
-        # head decode_greedy needs).
+        # head decode_greedy needs, the embedding it was bound with).
         self._bound_loop: tuple | None = None
 
     # ----- loading -------------------------------------------------------------------------
