@@ -89,6 +89,37 @@ void attend_range(const float* q, int64_t lo, int64_t hi, const C* key_cache,
       }
     }
     const int64_t scale_base = block_id * block_size * num_kv_heads + kv_head;
+#if defined(CORRAL_ATTENTION_AVX512)
+    if constexpr (kRegisterBlocks) {
+      // The block's sixteen scores in one register per query: max, exponentials and their sum
+      // over the live tokens [first, last) in lanes (no scales: float and 16-bit caches).
+      const __mmask16 live = static_cast<__mmask16>(((1u << last) - 1) & ~((1u << first) - 1));
+      for (int64_t g = 0; g < group; ++g) {
+        float* s = scores + g * block_size;
+        const __m512 block_scores = _mm512_loadu_ps(s);
+        const float new_max =
+            std::max(running_max[g], _mm512_mask_reduce_max_ps(live, block_scores));
+        const float correction =
+            running_max[g] == -std::numeric_limits<float>::infinity()
+                ? 0.f
+                : fast_exp(running_max[g] - new_max);
+        const __m512 exps = _mm512_maskz_mov_ps(
+            live, corral_cpu::fast_exp16(_mm512_sub_ps(block_scores, _mm512_set1_ps(new_max))));
+        _mm512_storeu_ps(s, exps);
+        running_sum[g] = running_sum[g] * correction + _mm512_reduce_add_ps(exps);
+        running_max[g] = new_max;
+        float* a = acc + g * head_dim;
+        const __m512 scale_by = _mm512_set1_ps(correction);
+        for (int64_t i = 0; i < head_dim; i += 16) {
+          _mm512_storeu_ps(a + i, _mm512_mul_ps(_mm512_loadu_ps(a + i), scale_by));
+        }
+      }
+      const C* values =
+          value_cache + (block_id * block_size * num_kv_heads + kv_head) * head_dim;
+      block_values16_all(scores, group, values, value_stride, head_dim, first, last, acc);
+      continue;
+    }
+#endif
     for (int64_t g = 0; g < group; ++g) {
       float* s = scores + g * block_size;
       float block_max = -std::numeric_limits<float>::infinity();
