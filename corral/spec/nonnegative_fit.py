@@ -50,6 +50,52 @@ class PendingObservations:
                 self._fold(*observation)
 
 
+class DeferredFit:
+    """An online fit solved lazily, whose observations wait in PendingObservations until it is
+    read or fold_pending is called. A subclass folds one observation in _observe_now (ending
+    with _counted) and solves in _fit; _coefficients folds, then solves when refit_due said."""
+
+    def __init__(self) -> None:
+        self._num_observations = 0
+        self._cached: tuple[float, ...] | None = None
+        self._last_fit: tuple[float, ...] | None = None  # kept when _cached is dropped
+        self._fitted_at = 0  # _num_observations at the last solve
+        self._pending = PendingObservations(self._observe_now)
+
+    def _observe_now(self, *observation) -> None:
+        raise NotImplementedError
+
+    def _fit(self) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    def _counted(self) -> None:
+        """One observation folded: solve again at the next read if refit_due says."""
+        self._num_observations += 1
+        if refit_due(self._num_observations, self._fitted_at):
+            self._cached = None
+
+    @property
+    def num_observations(self) -> int:
+        self._pending.drain()
+        return self._num_observations
+
+    @property
+    def num_pending(self) -> int:
+        """Observations not yet folded into the fit."""
+        return len(self._pending)
+
+    def fold_pending(self) -> None:
+        """Fold the observations not yet folded (every read does so first)."""
+        self._pending.drain()
+
+    def _coefficients(self) -> tuple[float, ...]:
+        self._pending.drain()
+        if self._cached is None:
+            self._cached = self._last_fit = self._fit()
+            self._fitted_at = self._num_observations
+        return self._cached
+
+
 def nonnegative_solve(
     a: list[list[float]], b: list[float], free: list[int] | None = None
 ) -> list[float]:

@@ -11,7 +11,7 @@ as the first."""
 
 from __future__ import annotations
 
-from corral.spec.nonnegative_fit import PendingObservations, nonnegative_solve, refit_due
+from corral.spec.nonnegative_fit import DeferredFit, nonnegative_solve
 
 # Samples after which a new one is clipped to this multiple of the prediction (noise, and costs
 # the features miss).
@@ -20,24 +20,20 @@ CLIP_FACTOR = 3.0
 NUM_FEATURES = 4  # call (1), passes, tokens, catch-up tokens
 
 
-class ProposeCostEstimate:
+class ProposeCostEstimate(DeferredFit):
     """Exponentially weighted least squares on (1, passes, tokens, catch-up tokens), with a
     small ridge relative to each feature's scale so that collinear data (one request: passes ==
     tokens) still gives an answer."""
 
     def __init__(self, decay: float = 0.98, ridge: float = 1e-3) -> None:
+        super().__init__()
         self.decay = decay
         self.ridge = ridge
         # Weighted sums of x_i x_j (upper triangle, row-major) and x_i y.
         self._xx = [[0.0] * NUM_FEATURES for _ in range(NUM_FEATURES)]
         self._xy = [0.0] * NUM_FEATURES
-        self._num_observations = 0
-        self._cached: tuple[float, float, float, float] | None = None
-        self._last_fit: tuple[float, float, float, float] | None = None  # kept when _cached goes
-        self._fitted_at = 0  # num_observations at the last solve
         # Catch-up seconds per token where the proposer times its catch-up (observe).
         self._timed_catchup_s: float | None = None
-        self._pending = PendingObservations(self._observe_now)
 
     def observe(
         self,
@@ -90,23 +86,7 @@ class ProposeCostEstimate:
             self._xy[i] = self._xy[i] * d + features[i] * propose_time_s
             for j in range(NUM_FEATURES):
                 self._xx[i][j] = self._xx[i][j] * d + features[i] * features[j]
-        self._num_observations += 1
-        if refit_due(self._num_observations, self._fitted_at):
-            self._cached = None
-
-    @property
-    def num_observations(self) -> int:
-        self._pending.drain()
-        return self._num_observations
-
-    @property
-    def num_pending(self) -> int:
-        """Observations not yet folded into the fit."""
-        return len(self._pending)
-
-    def fold_pending(self) -> None:
-        """Fold the observations not yet folded (every read does so first)."""
-        self._pending.drain()
+        self._counted()
 
     @property
     def timed_catchup_s(self) -> float | None:
@@ -127,13 +107,6 @@ class ProposeCostEstimate:
         """The fitted cost of a proposal whatever its size."""
         return self._coefficients()[0]
 
-    def _coefficients(self) -> tuple[float, float, float, float]:
-        self._pending.drain()
-        if self._cached is None:
-            self._cached = self._last_fit = self._fit()
-            self._fitted_at = self._num_observations
-        return self._cached
-
     def _fit(self) -> tuple[float, float, float, float]:
         """(call_s, pass_s, token_s, catchup_s), all >= 0: ridge least squares over the
         features seen, a negative coefficient fixed at zero and the rest refitted
@@ -153,7 +126,7 @@ class ProposeCostEstimate:
 
 
 def _predict_s(
-    coefficients: tuple[float, float, float, float] | None,
+    coefficients: tuple[float, ...] | None,
     num_passes: int,
     num_tokens: int,
     num_catchup_tokens: int,

@@ -21,7 +21,7 @@ feed it, so the speculative controller decides the same way in both.
 from __future__ import annotations
 
 from corral.core.batch_shape import MAX_DECODE_ROW_TOKENS
-from corral.spec.nonnegative_fit import PendingObservations, nonnegative_solve, refit_due
+from corral.spec.nonnegative_fit import DeferredFit, nonnegative_solve
 
 NUM_FEATURES = 4  # extra row tokens, prefill tokens, verifying requests, requests
 
@@ -37,7 +37,7 @@ def split_tokens(chunk_sizes: list[int] | tuple[int, ...]) -> tuple[int, int]:
     return rows, prefill
 
 
-class StepCostEstimate:
+class StepCostEstimate(DeferredFit):
     """Exponentially weighted least squares of step time on (extra row tokens, prefill tokens,
     verifying requests, requests) with an intercept, each slope at least zero. The two token
     slopes are ridge-regularised toward prior_per_token_fraction * the mean step, the two
@@ -56,6 +56,7 @@ class StepCostEstimate:
     ) -> None:
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
+        super().__init__()
         self.decay = decay
         self.prior_per_token_fraction = prior_per_token_fraction
         self.prior_weight = prior_weight
@@ -66,10 +67,6 @@ class StepCostEstimate:
         self._sum_xx = [[0.0] * NUM_FEATURES for _ in range(NUM_FEATURES)]
         self._sum_t = 0.0
         self._sum_xt = [0.0] * NUM_FEATURES
-        self._num_observations = 0
-        self._cached: tuple[float, ...] | None = None
-        self._fitted_at = 0  # num_observations at the last solve
-        self._pending = PendingObservations(self._observe_now)
 
     def observe(
         self,
@@ -120,23 +117,7 @@ class StepCostEstimate:
             row = self._sum_xx[i]
             for j in range(i, NUM_FEATURES):
                 row[j] = row[j] * d + x[i] * x[j]
-        self._num_observations += 1
-        if refit_due(self._num_observations, self._fitted_at):
-            self._cached = None
-
-    @property
-    def num_observations(self) -> int:
-        self._pending.drain()
-        return self._num_observations
-
-    @property
-    def num_pending(self) -> int:
-        """Observations not yet folded into the fit."""
-        return len(self._pending)
-
-    def fold_pending(self) -> None:
-        """Fold the observations not yet folded (every read does so first)."""
-        self._pending.drain()
+        self._counted()
 
     @property
     def is_ready(self) -> bool:
@@ -146,7 +127,8 @@ class StepCostEstimate:
         """(fixed_s, per_row_token_s, per_prefill_token_s), all >= 0 (solved again as
         nonnegative_fit.refit_due says); per_row_token_s
         is an extra row token's (a draft's) where requests are counted."""
-        return self._coefficients()[:3]
+        fixed_s, per_row_token_s, per_prefill_token_s = self._coefficients()[:3]
+        return fixed_s, per_row_token_s, per_prefill_token_s
 
     def per_verify_request_s(self) -> float:
         """Seconds a step spends on each request that verifies drafts, beyond its tokens."""
@@ -155,13 +137,6 @@ class StepCostEstimate:
     def per_request_s(self) -> float:
         """Seconds a step spends on each request it schedules, beyond its tokens."""
         return self._coefficients()[4]
-
-    def _coefficients(self) -> tuple[float, ...]:
-        self._pending.drain()
-        if self._cached is None:
-            self._cached = self._fit()
-            self._fitted_at = self._num_observations
-        return self._cached
 
     def _fit(self) -> tuple[float, ...]:
         """(fixed, per row token, per prefill token, per verifying request, per request)."""
