@@ -10,6 +10,7 @@ and models with q/k norm, tensor parallelism, MoE layers, weight offloading or d
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from corral.model.models.llama import LlamaFamilyModel
 
 _LINEARS = ("qkv", "o", "gate_up", "down")
+# Per model, the kernels' LayerLoop last bound: (its KV cache list, the loop, whether it has the
+# head decode_greedy needs, the embedding it was bound with).
+_BOUND_LOOPS: weakref.WeakKeyDictionary[LlamaFamilyModel, tuple] = weakref.WeakKeyDictionary()
 
 
 def _linear_tensors(weight, bias: torch.Tensor | None) -> list[torch.Tensor | None] | None:
@@ -90,7 +94,7 @@ def _model_loop_weights(
         weights = [_loop_tensors(layer) for layer in model.layers]
         covered = all(tensors is not None for tensors in weights)
         model._loop_weights = weights if plain and covered else []  # type: ignore[assignment]
-        model._bound_loop = None
+        _BOUND_LOOPS.pop(model, None)
     return model._loop_weights or None
 
 
@@ -99,14 +103,14 @@ def _layer_loop_of(
 ) -> tuple[Any, bool] | None:
     """The kernels' LayerLoop for the model and these caches (its weights, caches, head and
     constants converted once) and whether it has the head decode_greedy needs, or None when
-    the loop cannot run this model. The model keeps the last one bound (a model serves one
+    the loop cannot run this model. The last one bound for a model is kept (a model serves one
     cache list); bound again for other caches or embedding, and with model._loop_weights
     (which packing and quantization reset, as they replace the LM head)."""
     weights = _model_loop_weights(model, kv_caches)
     if weights is None:
         return None
     embed = model.embed_tokens
-    bound = model._bound_loop
+    bound = _BOUND_LOOPS.get(model)
     if bound is not None and bound[0] is kv_caches and bound[3] is embed:
         return bound[1], bound[2]
     lm_head = _linear_tensors(model.lm_head, None)
@@ -124,7 +128,7 @@ def _layer_loop_of(
         model.rotary.cos if head_ok else None,
         model.rotary.sin if head_ok else None,
     )
-    model._bound_loop = (kv_caches, loop, head_ok, embed)
+    _BOUND_LOOPS[model] = (kv_caches, loop, head_ok, embed)
     return loop, head_ok
 
 

@@ -77,3 +77,11 @@ def probe_order(
         rid: (candidates[rid].max_num_tokens, catchup_tokens(candidates[rid]))
         for rid in eligible[:max_num_requests]
     }
+
+
+def proposing_ids(candidates: dict[str, Candidate]) -> list[str] | None:
+    """The candidates that may propose drafts, or None when any holds drafts (then a plan
+    verifies something, whatever proposals pay)."""
+    if any(candidate.num_held > 0 for candidate in candidates.values()):
+        return None
+    return [rid for rid, candidate in candidates.items() if candidate.max_num_tokens > 0]

@@ -32,6 +32,7 @@ from corral.spec.candidates import (
     horizon_steps,
     plan_at_depths,
     probe_order,
+    proposing_ids,
 )
 from corral.spec.grant import GrantCosts, choose_probes, grant_depths, no_grant_can_pay
 from corral.spec.nonnegative_fit import MAX_PENDING_OBSERVATIONS
@@ -133,9 +134,7 @@ class SpecController:
                 self._last_catchup_tokens,
                 catchup_time_s,
             )
-        # The fits fold their observations in here, between steps, when the next step may plan
-        # (its plan reads them; a held plan or empty plan reads nothing) or many wait: folded
-        # in a plan, they would run within the step whose time the fit learns from.
+        # Folded between steps before a step that may plan (not inside the step the fit times).
         held = self.num_plan_steps_left > 0 or self.num_idle_steps_left > 0
         if not held or self.step_cost.num_pending >= MAX_PENDING_OBSERVATIONS:
             self.step_cost.fold_pending()
@@ -292,12 +291,9 @@ class SpecController:
         is verified) and no proposal can pay (grant.no_grant_can_pay; depth 1 only unless
         pass_based). The speculation machinery's idle cost was 5-10% of a single-stream step
         without this."""
-        eligible = []
-        for request_id, candidate in candidates.items():
-            if candidate.num_held > 0:
-                return False
-            if candidate.max_num_tokens > 0:
-                eligible.append(request_id)
+        eligible = proposing_ids(candidates)
+        if eligible is None:
+            return False  # held drafts are verified
         if not eligible:
             return True
         max_depth = min(

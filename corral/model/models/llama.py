@@ -118,9 +118,6 @@ class LlamaFamilyModel:
         # (corral/model/layer_loop.py); False keeps them on the per-layer Python path.
         self.use_layer_loop = True
         self._loop_weights: list[list[torch.Tensor | None]] | None = None  # [] when it cannot
-        # The kernels' LayerLoop last bound: (its KV cache list, the loop, whether it has the
-        # head decode_greedy needs, the embedding it was bound with).
-        self._bound_loop: tuple | None = None
 
     # ----- loading -------------------------------------------------------------------------
 
