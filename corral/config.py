@@ -184,6 +184,12 @@ class SpeculativeConfig:
     ngram_min: int = 2
     ngram_max: int = 4
 
+    @property
+    def runs_in_passes(self) -> bool:
+        """Whether the proposer runs a model, one forward pass per draft position over the
+        requests still proposing (method "draft"), rather than a lookup."""
+        return self.method == "draft"
+
     def __post_init__(self) -> None:
         if self.method is None:
             return

@@ -11,6 +11,8 @@ are verified (cache_blocks looks at computed, verified tokens only).
 
 from __future__ import annotations
 
+import time
+
 from corral.config import SpeculativeConfig
 from corral.core.batch_shape import MAX_DECODE_ROW_TOKENS
 from corral.core.kv_cache import KVCacheManager
@@ -18,7 +20,7 @@ from corral.core.messages import ModelOutput, SchedulerOutput
 from corral.core.step_plan import StepPlan
 from corral.request import Request
 from corral.spec.controller import Candidate, SpecController
-from corral.spec.step_cost import split_tokens
+from corral.spec.step_cost import split_step
 
 
 class SpecDecodeScheduling:
@@ -35,7 +37,9 @@ class SpecDecodeScheduling:
         self.kv = kv
         self.max_model_len = max_model_len
         self.capacity_tokens = capacity_tokens
-        self.controller = SpecController(config.num_speculative_tokens, config.num_tokens_rule)
+        self.controller = SpecController(
+            config.num_speculative_tokens, config.num_tokens_rule, config.runs_in_passes
+        )
         # Requests whose block tables were cut since the executor last heard of them -> length.
         self.trimmed_block_tables: dict[str, int] = {}
         # Request id -> its num_tokens when it was last asked to propose (what the proposer has
@@ -43,12 +47,18 @@ class SpecDecodeScheduling:
         self._proposed_upto: dict[str, int] = {}
         # The requests of the step last planned (the controller may hold an empty plan for it).
         self._planned_batch: frozenset[str] = frozenset()
+        # Wall-clock seconds the last add_drafts spent choosing (building candidates, the
+        # controller's plan): the engine takes them out of the step time the fit sees.
+        self.plan_time_s = 0.0
 
     def add_drafts(self, step: StepPlan, requests: dict[str, Request]) -> dict[str, int]:
         """Schedule draft tokens into the step; returns how many tokens to propose next, per
         request that samples this step."""
+        start = time.perf_counter()
+        self.plan_time_s = 0.0
         batch = frozenset(step.num_scheduled)
-        if batch == self._planned_batch and self.controller.hold_idle():
+        # The batch planned, or what is left of it (requests finish one by one at 32).
+        if batch <= self._planned_batch and self.controller.hold_idle():
             return {}
         # Set again once the controller plans this batch: the hold belongs to the batch whose
         # plan was empty, and a step without candidates (prefill chunks only) plans nothing.
@@ -78,7 +88,9 @@ class SpecDecodeScheduling:
             )
         if not candidates:
             return {}
-        num_row_tokens, num_prefill_tokens = split_tokens(tuple(step.num_scheduled.values()))
+        num_row_tokens, num_prefill_tokens, num_row_requests = split_step(
+            (num_tokens, 0) for num_tokens in step.num_scheduled.values()
+        )
         self._planned_batch = batch
         plan = self.controller.plan(
             candidates,
@@ -86,8 +98,9 @@ class SpecDecodeScheduling:
             num_prefill_tokens,
             step.budget,
             len(step.num_scheduled),
-            _num_row_requests(step.num_scheduled.values()),
+            num_row_requests,
         )
+        self.plan_time_s = time.perf_counter() - start
         for request_id, k in plan.verify.items():
             request = requests[request_id]
             drafts = request.spec_token_ids[:k]
@@ -128,15 +141,27 @@ class SpecDecodeScheduling:
         rule prices nothing, and skips it (about 25 us a single-request step)."""
         if self.controller.rule == "fixed":
             return
+        drafts = scheduler_output.spec_token_ids
+        chunks = scheduler_output.num_scheduled_tokens
+        if scheduler_output.total_num_scheduled_tokens == len(chunks):
+            # One token a request: a decode step without drafts (the common case, told apart
+            # without a pass over the batch).
+            num_row_tokens, num_prefill_tokens, num_row_requests = len(chunks), 0, len(chunks)
+        else:
+            num_row_tokens, num_prefill_tokens, num_row_requests = split_step(
+                (num_tokens, len(drafts.get(request_id, ())))
+                for request_id, num_tokens in chunks.items()
+            )
         self.controller.observe_step(
-            *split_tokens(tuple(scheduler_output.num_scheduled_tokens.values())),
+            num_row_tokens,
+            num_prefill_tokens,
             model_output.step_time_s,
             model_output.propose_time_s,
             sum(len(ids) for ids in model_output.spec_token_ids.values()),
             model_output.catchup_time_s,
-            sum(1 for drafts in scheduler_output.spec_token_ids.values() if drafts),
-            len(scheduler_output.num_scheduled_tokens),
-            _num_row_requests(scheduler_output.num_scheduled_tokens.values()),
+            sum(1 for ids in drafts.values() if ids) if drafts else 0,
+            len(chunks),
+            num_row_requests,
         )
 
     def forget(self, request: Request) -> None:
@@ -146,8 +171,3 @@ class SpecDecodeScheduling:
         self._proposed_upto.pop(request.request_id, None)
         if request.is_finished:
             self.controller.forget(request.request_id)
-
-
-def _num_row_requests(chunk_sizes) -> int:
-    """Requests whose chunk runs as decode rows (corral/spec/step_cost.py)."""
-    return sum(1 for num_tokens in chunk_sizes if 0 < num_tokens <= MAX_DECODE_ROW_TOKENS)

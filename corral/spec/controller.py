@@ -47,14 +47,15 @@ NUM_PROBE_REQUESTS = 4
 # the time since the last probe: a draft model's probe of a request it has not followed costs a
 # prefill of the whole sequence (6-7 ms alone on the demo models, 7% of a run at concurrency 1).
 PROBE_TIME_FRACTION = 0.02
-# After a plan that granted nothing, the same batch keeps that plan this many more steps without
-# running the rule (hold_idle): while nothing is drafted no acceptance changes, only the step-cost
-# fit, and the rule's own work was most of speculation's idle cost (about 35 us a step alone).
+# After a plan that granted nothing, the same batch (or what is left of it as requests finish)
+# keeps that plan this many more steps without running the rule (hold_idle): while nothing is
+# drafted no acceptance changes, only the step-cost fit, and the rule's own work was most of
+# speculation's idle cost (about 35 us a step alone).
 IDLE_HOLD_STEPS = 7
-# After a plan that proposed drafts, the same batch keeps its proposals this many more steps
-# (plan_at_depths) before the rule runs again: its inputs move little in a few steps, and its
-# work cost single-request speculation 5-10% against a fixed K (60-75 us a step), and 2-4% of a
-# 32-request demo-model step (a plan of 32 took 0.1-0.2 ms).
+# After a plan that proposed drafts, the same batch (or what is left of it) keeps its proposals
+# this many more steps (plan_at_depths) before the rule runs again: its inputs move little in a
+# few steps, and its work cost single-request speculation 5-10% against a fixed K (60-75 us a
+# step), and 2-4% of a 32-request demo-model step (a plan of 32 took 0.1-0.2 ms).
 PLAN_HOLD_STEPS = 7
 
 
@@ -62,7 +63,9 @@ class SpecController:
     """Chooses K per request (plan), learns from verification rounds (record) and step times
     (observe_step)."""
 
-    def __init__(self, max_num_tokens: int, rule: str = "adaptive") -> None:
+    def __init__(
+        self, max_num_tokens: int, rule: str = "adaptive", pass_based: bool = False
+    ) -> None:
         if rule not in ("adaptive", "fixed"):
             raise ValueError(f"num_tokens_rule must be 'adaptive' or 'fixed', got {rule!r}")
         self.max_num_tokens = max_num_tokens
@@ -85,13 +88,14 @@ class SpecController:
         self._held_proposals: dict[str, int] = {}
         self._held_batch: frozenset[str] = frozenset()
         self.num_plan_steps_left = 0
-        # True once the proposer times its catch-up: a model run in passes (a draft model),
-        # whose proposals cost mostly per call and little per pass. Only for such a proposer
-        # does the rule price the call apart, look past a depth that does not pay, and start
-        # and probe at full depth; for lookups (n-gram, suffix) the call is priced as a pass
-        # and depths are granted one by one (in a first trial, looking ahead made n-gram draft
-        # 0.33 tokens per output token at 32 requests against 0.24 before, and no faster).
-        self.pass_based = False
+        # True for a proposer that runs a model in passes (a draft model,
+        # SpeculativeConfig.runs_in_passes), whose proposals cost mostly per call and little per
+        # pass. Only for such a proposer does the rule price the call apart, look past a depth
+        # that does not pay, and start and probe at full depth; for lookups (n-gram, suffix)
+        # the call is priced as a pass and depths are granted one by one (in a first trial,
+        # looking ahead made n-gram draft 0.33 tokens per output token at 32 requests against
+        # 0.24 before, and no faster).
+        self.pass_based = pass_based
 
     # ----- learning -----------------------------------------------------------------------
 
@@ -126,7 +130,6 @@ class SpecController:
             num_row_requests,
         )
         if num_proposed > 0:
-            self.pass_based = self.pass_based or catchup_time_s is not None
             self.propose_cost.observe(
                 max(self._last_num_passes, 1),
                 num_proposed,
@@ -163,7 +166,7 @@ class SpecController:
         """True: the adaptive rule granted nothing at its last plan, within IDLE_HOLD_STEPS
         steps, and no probe is due; this step is counted as one without drafts and the caller
         plans nothing, without building candidates. The caller calls it only for the batch it
-        last planned (a new batch is planned in full)."""
+        last planned or part of it (a batch with a request new to it is planned in full)."""
         if self.num_idle_steps_left <= 0:
             return False
         if self.num_steps_without_drafts + 1 >= self.probe_interval_steps:
@@ -192,9 +195,11 @@ class SpecController:
             everyone = dict.fromkeys(candidates, self.max_num_tokens)
             return self._count(plan_at_depths(everyone, candidates, self.max_num_tokens, budget))
         if self.num_plan_steps_left > 0 and not self._probed:
-            if frozenset(candidates) == self._held_batch:
+            if self._held_batch.issuperset(candidates):
                 self.num_plan_steps_left -= 1
-                plan = plan_at_depths(self._held_proposals, candidates, self.max_num_tokens, budget)
+                held = self._held_proposals
+                proposing = {rid: held[rid] for rid in candidates if rid in held}
+                plan = plan_at_depths(proposing, candidates, self.max_num_tokens, budget)
                 self._last_catchup_tokens = sum(
                     catchup_tokens(candidates[rid]) for rid in plan.propose
                 )
@@ -396,5 +401,5 @@ class SpecController:
             costs,
             budget,
             self.max_num_tokens,
-            look_ahead=self.pass_based,
+            look_ahead=True,
         )

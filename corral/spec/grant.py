@@ -45,6 +45,7 @@ def grant_depths(
         return granted, tokens, time_s
     level = list(depth_yields)
     remaining = budget
+    starts_cost = any(start_s > 0 for start_s in costs.start_s.values())
     j = 1
     while j <= max_depth:
         level = [rid for rid in level if limits[rid] >= j]
@@ -82,8 +83,10 @@ def grant_depths(
                 if new_tokens * best_time > best_tokens * new_time:
                     best_tokens, best_time = new_tokens, new_time
                     choice = (count, depth, ranked)
-            if not look_ahead or (costs.pass_s <= 0 and costs.call_s <= 0):
-                break  # depth by depth (without per-pass costs as good as looking ahead)
+            if not look_ahead or (
+                costs.pass_s <= 0 and costs.call_s <= 0 and (j > 1 or not starts_cost)
+            ):
+                break  # depth by depth (without costs shared by depths as good as looking ahead)
         # The drafts must yield, per second they cost, MIN_GAIN_FACTOR times the step's rate so
         # far (hysteresis against noise in the estimates).
         if choice is None or (best_tokens - tokens) * time_s <= (

@@ -1,16 +1,19 @@
 """A live estimate of what one engine step costs (torch-free):
-T = fixed + per_row_token * extra_row_tokens + per_prefill_token * prefill_tokens
+T = fixed + per_row_token * draft_tokens + per_prefill_token * prefill_tokens
     + per_verify_request * verifying_requests + per_request * requests,
-fitted online to the steps actually run. Row tokens are those of short chunks, which the
-executor runs as decode rows (decodes and verifications); a request's first row is counted with
-the request, so extra row tokens are what draft tokens add. Prefill tokens are those of longer
-chunks, which take other kernels and cost differently per token. Requests are those the step
-schedules: each costs its own bookkeeping (sampling, outputs, the scheduler's books) beside its
-first row. Verifying requests are those whose drafts the step scores: each costs its
-verification's bookkeeping (scheduling its drafts, building its rows, accepting and rolling
-back) whatever its number of drafts. Fitted on all row tokens alone, 32 small-model decodes a
-step showed their per-request costs as a per-row-token slope of about 30 us (the forward's own:
-4-9 us a row), so every draft looked as dear as a request.
+fitted online to the steps actually run. Each request's first token of a short chunk (one the
+executor runs as decode rows) is counted with the request, its drafts are the row tokens the
+fit prices, and every other token is a prefill token: those of long chunks, and the prompt
+tails that short chunks carry beside their first token. Counted as row tokens, such tails
+(prompts ending in the step after a prefill of the shared part, 11 tokens among 31 requests,
+each step at 2-3x a decode step's cost) were all the row-token data a batch that drafted
+little had, and priced a draft at 108-126 us where fixed-K steps showed 20 us. Requests are
+those the step schedules: each costs its own bookkeeping (sampling, outputs, the scheduler's
+books) beside its first row. Verifying requests are those whose drafts the step scores: each
+costs its verification's bookkeeping (scheduling its drafts, building its rows, accepting and
+rolling back) whatever its number of drafts. Fitted on all row tokens alone, 32 small-model
+decodes a step showed their per-request costs as a per-row-token slope of about 30 us (the
+forward's own: 4-9 us a row), so every draft looked as dear as a request.
 
 Callers that do not count requests (num_requests 0) fit the row tokens' slope as before.
 
@@ -20,21 +23,28 @@ feed it, so the speculative controller decides the same way in both.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from corral.core.batch_shape import MAX_DECODE_ROW_TOKENS
 from corral.spec.nonnegative_fit import DeferredFit, nonnegative_solve
 
 NUM_FEATURES = 4  # extra row tokens, prefill tokens, verifying requests, requests
+_MIN_SCALE = 1e-150  # below it the stored sums are multiplied out (StepCostEstimate._rescale)
 
 
-def split_tokens(chunk_sizes: list[int] | tuple[int, ...]) -> tuple[int, int]:
-    """(row tokens, prefill tokens) of a step's chunks."""
-    rows = prefill = 0
-    for num_tokens in chunk_sizes:
-        if num_tokens <= MAX_DECODE_ROW_TOKENS:
-            rows += num_tokens
+def split_step(chunks: Iterable[tuple[int, int]]) -> tuple[int, int, int]:
+    """(row tokens, prefill tokens, row requests) of a step's chunks, given as (tokens, of which
+    drafts): a short chunk's first token and its drafts are row tokens, its other tokens (a
+    prompt's tail) prefill tokens, as are all of a long chunk's."""
+    rows = prefill = row_requests = 0
+    for num_tokens, num_drafts in chunks:
+        if 0 < num_tokens <= MAX_DECODE_ROW_TOKENS:
+            row_requests += 1
+            rows += 1 + num_drafts
+            prefill += num_tokens - 1 - num_drafts
         else:
             prefill += num_tokens
-    return rows, prefill
+    return rows, prefill, row_requests
 
 
 class StepCostEstimate(DeferredFit):
@@ -61,7 +71,11 @@ class StepCostEstimate(DeferredFit):
         self.prior_per_token_fraction = prior_per_token_fraction
         self.prior_weight = prior_weight
         self.prior_spread_tokens = prior_spread_tokens
-        # Weighted sums: weight, x_i, x_i x_j (i <= j, row-major), t, x_i t.
+        # Weighted sums: weight, x_i, x_i x_j (i <= j, row-major), t, x_i t, each stored divided
+        # by _scale, the product of the decays so far: an observation then adds to its nonzero
+        # features' sums only (a decode step without drafts: requests alone), where decaying
+        # every sum in place cost most of a fold.
+        self._scale = 1.0
         self._weight = 0.0
         self._sum_x = [0.0] * NUM_FEATURES
         self._sum_xx = [[0.0] * NUM_FEATURES for _ in range(NUM_FEATURES)]
@@ -108,16 +122,35 @@ class StepCostEstimate(DeferredFit):
             float(num_verify_requests),
             float(num_requests),
         )
-        t, d = step_time_s, self.decay
-        self._weight = self._weight * d + 1.0
-        self._sum_t = self._sum_t * d + t
+        self._scale *= self.decay
+        if self._scale < _MIN_SCALE:
+            self._rescale()
+        g = 1.0 / self._scale
+        t = step_time_s
+        self._weight += g
+        self._sum_t += t * g
+        nonzero = [(i, value * g) for i, value in enumerate(x) if value]
+        for i, xg in nonzero:
+            self._sum_x[i] += xg
+            self._sum_xt[i] += xg * t
+            row = self._sum_xx[i]
+            for j, _ in nonzero:
+                if j >= i:
+                    row[j] += xg * x[j]
+        self._counted()
+
+    def _rescale(self) -> None:
+        """Multiply the stored sums out by _scale and start it again at 1."""
+        scale = self._scale
+        self._weight *= scale
+        self._sum_t *= scale
         for i in range(NUM_FEATURES):
-            self._sum_x[i] = self._sum_x[i] * d + x[i]
-            self._sum_xt[i] = self._sum_xt[i] * d + x[i] * t
+            self._sum_x[i] *= scale
+            self._sum_xt[i] *= scale
             row = self._sum_xx[i]
             for j in range(i, NUM_FEATURES):
-                row[j] = row[j] * d + x[i] * x[j]
-        self._counted()
+                row[j] *= scale
+        self._scale = 1.0
 
     @property
     def is_ready(self) -> bool:
@@ -143,13 +176,16 @@ class StepCostEstimate(DeferredFit):
         w = self._weight
         if w == 0:
             return (0.0,) * (NUM_FEATURES + 1)
+        # Means and (co)variances are ratios of stored sums (_scale cancels); the ridge needs
+        # the true weight.
+        true_weight = w * self._scale
         n = NUM_FEATURES
         mean_x = [s / w for s in self._sum_x]
         mean_t = self._sum_t / w
         f = self.prior_per_token_fraction
         prior_token = f * mean_t / (1 + f * (mean_x[0] + mean_x[1]))
         priors = (prior_token, prior_token, 0.0, 0.0)
-        lam = self.prior_weight * self.prior_spread_tokens**2 / w
+        lam = self.prior_weight * self.prior_spread_tokens**2 / true_weight
         # Centred normal equations plus the ridge: (V + lam I) slope = c + lam prior.
         a = [[0.0] * n for _ in range(n)]
         b = [0.0] * n

@@ -113,6 +113,26 @@ def test_a_plan_that_drafts_is_held_for_its_batch_then_made_again() -> None:
     assert fresh.plan(candidates(["a", "b"]), 2, 0, budget=100).propose == {}
 
 
+def test_what_is_left_of_a_batch_keeps_its_plan() -> None:
+    """Requests finishing one by one (at 32 each step's batch was a smaller one) keep the held
+    proposals for those left; a request new to the batch has it planned in full."""
+    controller = SpecController(4)
+    feed_costs(controller, fixed_s=0.002, per_token_s=0.00002)
+    for name in "abc":
+        feed_acceptance(controller, name, 8)
+    assert controller.plan(candidates(["a", "b", "c"]), 3, 0, budget=100).propose == dict.fromkeys(
+        "abc", 4
+    )
+    for _ in range(5000):  # the rule would now grant nothing
+        for name in "abcd":
+            controller.record(name, 4, 0)
+    assert controller.plan(candidates(["a", "c"]), 2, 0, budget=100) == (
+        {"a": 4, "c": 4},
+        {"a": 4, "c": 4},
+    )
+    assert controller.plan(candidates(["c", "d"]), 2, 0, budget=100) == ({}, {})
+
+
 def test_large_compute_bound_batch_gets_none() -> None:
     controller = SpecController(4)
     feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
@@ -191,7 +211,7 @@ def test_plan_respects_each_requests_cap_and_budget() -> None:
     "pass_based, probes",
     [
         (False, {"a": 1, "b": 1}),
-        # A proposer run in passes (one that times its catch-up) probes as deep as the budget
+        # A proposer run in passes (a draft model) probes as deep as the budget
         # holds, so that deep drafts' acceptance and cost are measured: the 1.8 ms budget holds
         # one request's four drafts (0.2 ms each to verify, 0.03 to propose, with the call and
         # four passes) but not a second's.
@@ -199,10 +219,9 @@ def test_plan_respects_each_requests_cap_and_budget() -> None:
     ],
 )
 def test_probes_propose_then_verify(pass_based: bool, probes: dict[str, int]) -> None:
-    controller = SpecController(4)
-    if pass_based:
+    controller = SpecController(4, pass_based=pass_based)
+    if pass_based:  # a timed catch-up (none here) leaves the fit's catch-up price aside
         controller.observe_step(1, 0, 0.001, 0.0001, 1, catchup_time_s=0.0)
-    assert controller.pass_based == pass_based
     feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
     for request_id in ("a", "b"):
         feed_acceptance(controller, request_id, 0)
@@ -275,9 +294,11 @@ def test_catching_up_on_a_long_prompt_must_pay_for_itself() -> None:
     )
     assert "synced" in plan.propose
     assert "behind" not in plan.propose
-    # With a long way to go the same catch-up is worth it.
-    plan = controller.plan({"behind": Candidate(0, 4, 300, 400)}, 1, 0, budget=100)
-    assert "behind" in plan.propose
+    # With a long way to go the same catch-up is worth it (a request new to the held batch:
+    # what is left of a batch keeps its plan a few steps).
+    feed_acceptance(controller, "far", 8)
+    plan = controller.plan({"far": Candidate(0, 4, 300, 400)}, 1, 0, budget=100)
+    assert "far" in plan.propose
 
 
 def test_the_shortcut_when_nothing_pays_plans_exactly_as_the_full_rule() -> None:
@@ -415,8 +436,7 @@ def test_deep_drafts_are_granted_where_only_they_pay_for_the_call() -> None:
     step, four drafts do.
     The rule looks past the first depth; priced per pass alone (the fit without a call term)
     the first draft would have been as dear as the call and nothing granted."""
-    controller = SpecController(4)
-    controller.pass_based = True  # as observe_step sets it for a proposer timing its catch-up
+    controller = SpecController(4, pass_based=True)
     feed_costs(controller, fixed_s=0.0006, per_token_s=0.00002)
     for passes in (1, 4, 2, 4, 1, 3) * 4:
         controller.propose_cost.observe(passes, passes, 0.00035 + 0.00005 * passes)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from corral.spec import step_cost
 from corral.spec.controller import Candidate, SpecController
-from corral.spec.step_cost import StepCostEstimate
+from corral.spec.step_cost import StepCostEstimate, split_step
 
 FIXED_S, REQUEST_S, ROW_S, VERIFY_S = 0.0008, 25e-6, 5e-6, 40e-6
 
@@ -138,3 +141,50 @@ def test_folding_observations_late_gives_the_same_fits() -> None:
     assert late_steps.per_request_s() == eager_steps.per_request_s()
     assert late_proposals.coefficients() == eager_proposals.coefficients()
     assert late_proposals.call_s == eager_proposals.call_s > 0
+
+
+def test_a_short_chunk_counts_its_first_token_and_drafts_as_rows_its_prompt_tail_as_prefill():
+    # (tokens, of which drafts): a decode, a verification of 3 drafts, a prompt's 11-token
+    # tail, a long prefill chunk.
+    assert split_step([(1, 0), (4, 3), (11, 0), (70, 0)]) == (1 + 4 + 1, 10 + 70, 3)
+    assert split_step([]) == (0, 0, 0)
+
+
+def test_prompt_tails_do_not_price_drafts() -> None:
+    """Steps where prompts end in short chunks beside their requests' first samples (dear: a
+    prefill's end and new requests' first tokens) among decode steps that verify a few drafts
+    now and then: a draft is priced near its own row cost. Counted as row tokens, the tails
+    had priced it at several times that."""
+    controller = SpecController(4)
+    rng = random.Random(5)
+    for index in range(600):
+        num_requests = rng.randint(24, 32)
+        if index % 40 == 0:  # 31 prompts end with 11 tail tokens among them, at 2.5x a step
+            chunks = [(1 + (i < 11), 0) for i in range(31)]
+            t = 2.5 * (FIXED_S + REQUEST_S * 31)
+        else:
+            verifying = 4 if index % 16 == 0 else 0
+            chunks = [(1 + (4 if i < verifying else 0), 4 if i < verifying else 0)
+                      for i in range(num_requests)]  # fmt: skip
+            t = FIXED_S + REQUEST_S * num_requests + ROW_S * 4 * verifying
+        rows, prefill, row_requests = split_step(chunks)
+        verifying_now = sum(1 for _, drafts in chunks if drafts)
+        controller.observe_step(
+            rows, prefill, t, 0.0, 0, None, verifying_now, len(chunks), row_requests
+        )
+    _, per_row, _ = controller.step_cost.coefficients()
+    assert per_row < 3 * ROW_S
+
+
+def test_stored_sums_multiplied_out_give_the_same_fit(monkeypatch) -> None:
+    """The step-cost fit keeps its sums divided by the decays' product and multiplies them out
+    when that grows small; doing so at every observation changes nothing."""
+    reference = StepCostEstimate()
+    for step in mixed_steps(seed=4):
+        reference.observe(*step[:2], step[5], *step[2:5])
+    monkeypatch.setattr(step_cost, "_MIN_SCALE", 1.0)  # every observation
+    rescaled = StepCostEstimate()
+    for step in mixed_steps(seed=4):
+        rescaled.observe(*step[:2], step[5], *step[2:5])
+    for a, b in zip(rescaled._coefficients(), reference._coefficients()):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
