@@ -46,12 +46,15 @@ NUM_PROBE_REQUESTS = 4
 # A probe's cost (its catch-up, a proposed and a verified draft) may take at most this share of
 # the time since the last probe: a draft model's probe of a request it has not followed costs a
 # prefill of the whole sequence (6-7 ms alone on the demo models, 7% of a run at concurrency 1).
-PROBE_TIME_FRACTION = 0.02
+# At 32 requests, where neither the draft model nor the suffix proposer paid, their probes'
+# catch-ups (7-11 ms each) were most of what speculation cost against off at 2%.
+PROBE_TIME_FRACTION = 0.01
 # After a plan that granted nothing, the same batch (or what is left of it as requests finish)
 # keeps that plan this many more steps without running the rule (hold_idle): while nothing is
 # drafted no acceptance changes, only the step-cost fit, and the rule's own work was most of
-# speculation's idle cost (about 35 us a step alone).
-IDLE_HOLD_STEPS = 7
+# speculation's idle cost (about 35 us a step alone; at 32 requests a plan and its candidates
+# 150 us, 1.3% of 8 steps).
+IDLE_HOLD_STEPS = 15
 # After a plan that proposed drafts, the same batch (or what is left of it) keeps its proposals
 # this many more steps (plan_at_depths) before the rule runs again: its inputs move little in a
 # few steps, and its work cost single-request speculation 5-10% against a fixed K (60-75 us a

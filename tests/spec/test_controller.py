@@ -211,10 +211,10 @@ def test_plan_respects_each_requests_cap_and_budget() -> None:
     "pass_based, probes",
     [
         (False, {"a": 1, "b": 1}),
-        # A proposer run in passes (a draft model) probes as deep as the budget
-        # holds, so that deep drafts' acceptance and cost are measured: the 1.8 ms budget holds
-        # one request's four drafts (0.2 ms each to verify, 0.03 to propose, with the call and
-        # four passes) but not a second's.
+        # A proposer run in passes (a draft model) probes as deep as the budget holds, so that
+        # deep drafts' acceptance and cost are measured: the 1.8 ms budget (1% of 64 steps of
+        # 2.8 ms) holds one request's four drafts (0.2 ms each to verify, 0.03 to propose,
+        # with the call and four passes) but not a second's.
         (True, {"a": 4}),
     ],
 )
@@ -222,7 +222,7 @@ def test_probes_propose_then_verify(pass_based: bool, probes: dict[str, int]) ->
     controller = SpecController(4, pass_based=pass_based)
     if pass_based:  # a timed catch-up (none here) leaves the fit's catch-up price aside
         controller.observe_step(1, 0, 0.001, 0.0001, 1, catchup_time_s=0.0)
-    feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
+    feed_costs(controller, fixed_s=0.0024, per_token_s=0.0002)
     for request_id in ("a", "b"):
         feed_acceptance(controller, request_id, 0)
     plans = [
@@ -345,7 +345,7 @@ def test_a_probe_that_would_cost_a_long_catch_up_is_skipped() -> None:
     """A draft model's probe of a request it has not followed prefills the whole sequence: the
     probes are rationed to PROBE_TIME_FRACTION of the time since the last one."""
     controller = SpecController(4)
-    feed_costs(controller, fixed_s=0.0008, per_token_s=0.0003)
+    feed_costs(controller, fixed_s=0.0019, per_token_s=0.0003)
     for _ in range(5):  # per pass 0.5 ms, per token 0.05 ms, per catch-up token 0.04 ms
         for passes, tokens, catchup in ((1, 1, 0), (2, 2, 0), (1, 1, 100), (3, 3, 40)):
             controller.propose_cost.observe(
@@ -353,7 +353,7 @@ def test_a_probe_that_would_cost_a_long_catch_up_is_skipped() -> None:
             )
     feed_acceptance(controller, "far", 0)
     feed_acceptance(controller, "near", 0)
-    budget_s = PROBE_TIME_FRACTION * PROBE_INTERVAL_STEPS * (0.0008 + 0.0003)  # about 1.4 ms
+    budget_s = PROBE_TIME_FRACTION * PROBE_INTERVAL_STEPS * (0.0019 + 0.0003)  # about 1.4 ms
     assert 4e-5 * 150 > budget_s > 5e-4 + 3.5e-4 + 4e-5 * 5
     plans = [
         controller.plan({"far": Candidate(0, 4, 150)}, 1, 0, budget=100)
@@ -428,6 +428,35 @@ def test_the_scheduler_plans_a_new_batch_in_full() -> None:
     for scheduled in ({"a": 1}, {"a": 1}, {"a": 1, "b": 1}):  # the second is held
         spec.add_drafts(SimpleNamespace(num_scheduled=scheduled, budget=100), requests)
     assert calls == [{"a"}, {"a", "b"}]
+
+
+def test_steps_held_idle_are_observed_one_in_an_interval() -> None:
+    """Of the steps with an empty plan held (nothing verified or proposed), one in
+    IDLE_OBSERVE_INTERVAL feeds the step-cost fit; every other step is observed."""
+    from corral.config import SpeculativeConfig
+    from corral.core.kv_cache import KVCacheManager
+    from corral.core.spec_decode import IDLE_OBSERVE_INTERVAL, SpecDecodeScheduling
+
+    spec = SpecDecodeScheduling(
+        SpeculativeConfig(method="ngram", num_speculative_tokens=4), KVCacheManager(64, 16),
+        max_model_len=512, capacity_tokens=10_000,
+    )  # fmt: skip
+    observed = []
+    spec.controller.observe_step = lambda *args: observed.append(args)
+    scheduler_output = SimpleNamespace(
+        num_scheduled_tokens={"a": 1}, total_num_scheduled_tokens=1, spec_token_ids={}
+    )
+    model_output = SimpleNamespace(
+        step_time_s=0.001, propose_time_s=0.0, spec_token_ids={}, catchup_time_s=None
+    )
+    spec._held_idle = True
+    for _ in range(3 * IDLE_OBSERVE_INTERVAL):
+        spec.observe(scheduler_output, model_output)
+    assert len(observed) == 3
+    spec._held_idle = False
+    for _ in range(5):
+        spec.observe(scheduler_output, model_output)
+    assert len(observed) == 8
 
 
 def test_deep_drafts_are_granted_where_only_they_pay_for_the_call() -> None:
