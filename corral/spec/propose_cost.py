@@ -18,6 +18,8 @@ from corral.spec.nonnegative_fit import DeferredFit, nonnegative_solve
 WARMUP_SAMPLES = 8
 CLIP_FACTOR = 3.0
 NUM_FEATURES = 4  # call (1), passes, tokens, catch-up tokens
+# Per timed catch-up, the decay of the sums behind the per-token catch-up price.
+CATCHUP_DECAY = 0.9
 
 
 class ProposeCostEstimate(DeferredFit):
@@ -32,8 +34,11 @@ class ProposeCostEstimate(DeferredFit):
         # Weighted sums of x_i x_j (upper triangle, row-major) and x_i y.
         self._xx = [[0.0] * NUM_FEATURES for _ in range(NUM_FEATURES)]
         self._xy = [0.0] * NUM_FEATURES
-        # Catch-up seconds per token where the proposer times its catch-up (observe).
+        # Catch-up seconds per token where the proposer times its catch-up (observe): decayed
+        # sums of timed seconds and of tokens, so that a catch-up weighs by its tokens.
         self._timed_catchup_s: float | None = None
+        self._catchup_time_sum = 0.0
+        self._catchup_token_sum = 0.0
 
     def observe(
         self,
@@ -62,11 +67,19 @@ class ProposeCostEstimate(DeferredFit):
     ) -> None:
         if catchup_time_s is not None:
             if num_catchup_tokens > 0 and catchup_time_s > 0:
-                per_token_s = catchup_time_s / num_catchup_tokens
+                # Weighted by tokens and clipped against the estimate: an EWMA of per-token
+                # ratios took a 3-token catch-up with a garbage collection inside (the suffix
+                # proposer's trees are many small objects) at face value, priced a token at
+                # 217 us against 10-20, and the rule never proposed again.
                 previous = self._timed_catchup_s
-                self._timed_catchup_s = (
-                    per_token_s if previous is None else 0.8 * previous + 0.2 * per_token_s
-                )
+                if previous is not None:
+                    catchup_time_s = min(
+                        catchup_time_s, CLIP_FACTOR * previous * num_catchup_tokens
+                    )
+                d = CATCHUP_DECAY
+                self._catchup_time_sum = self._catchup_time_sum * d + catchup_time_s
+                self._catchup_token_sum = self._catchup_token_sum * d + num_catchup_tokens
+                self._timed_catchup_s = self._catchup_time_sum / self._catchup_token_sum
             propose_time_s = max(propose_time_s - catchup_time_s, 0.0)
             num_catchup_tokens = 0
         if num_passes <= 0 or num_tokens <= 0 or propose_time_s <= 0:

@@ -483,3 +483,18 @@ def test_deep_drafts_are_granted_where_only_they_pay_for_the_call() -> None:
         controller.accepted,
     )
     assert one.plan(candidates(["a"], 0, max_k=1), 1, 0, budget=100).propose == {}
+
+
+def test_a_timed_catch_up_is_priced_per_token_and_an_outlier_is_clipped() -> None:
+    """Timed catch-ups (a prompt's prefill or tree) price a token by their tokens: a 3-token
+    catch-up with a 20 ms pause inside (a garbage collection) moves the price little, where a
+    mean of per-catch-up ratios had priced a token at 200 us and stopped all proposals."""
+    estimate = ProposeCostEstimate()
+    for num_tokens in (500, 3, 480, 2, 520, 3, 300):
+        estimate.observe(1, 4, 2e-4 + 1e-5 * num_tokens, num_tokens, 1e-5 * num_tokens)
+    assert estimate.coefficients()[2] == pytest.approx(1e-5)
+    estimate.observe(1, 4, 0.0202, 3, 0.02)
+    assert estimate.coefficients()[2] < 1.1e-5
+    for _ in range(6):  # a real change in price is followed
+        estimate.observe(1, 4, 2e-4 + 4e-5 * 500, 500, 4e-5 * 500)
+    assert estimate.coefficients()[2] > 3e-5
