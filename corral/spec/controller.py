@@ -12,9 +12,9 @@ while each one's yield per second of its cost beats the step's tokens per second
   on tokens, corral/spec/step_cost.py).
 - Propose: how many drafts to ask for, to verify next step. A draft costs its verification plus
   its proposal (corral/spec/propose_cost.py: per token, and per pass for a draft model, where
-  one more pass is paid by whichever request first needs that depth). A draft model's proposal
-  also costs per call, which deeper drafts share: for it the rule looks past a depth that does
-  not pay alone (pass_based).
+  one more pass is paid by whichever request first needs that depth). Costs that deeper drafts
+  share (a draft model's call, a request's verification bookkeeping and share of a catch-up)
+  make the rule look past a depth that does not pay alone.
 
 A large compute-bound batch gets none, a lone request with a good proposer gets K. After
 PROBE_INTERVAL_STEPS steps without speculation a few requests propose one draft and verify it
@@ -36,6 +36,7 @@ from corral.spec.candidates import (
 )
 from corral.spec.grant import GrantCosts, choose_probes, grant_depths, no_grant_can_pay
 from corral.spec.nonnegative_fit import MAX_PENDING_OBSERVATIONS
+from corral.spec.plan_hold import PlanHold
 from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.stats import SpecDecodeStats
 from corral.spec.step_cost import StepCostEstimate
@@ -49,17 +50,6 @@ NUM_PROBE_REQUESTS = 4
 # At 32 requests, where neither the draft model nor the suffix proposer paid, their probes'
 # catch-ups (7-11 ms each) were most of what speculation cost against off at 2%.
 PROBE_TIME_FRACTION = 0.01
-# After a plan that granted nothing, the same batch (or what is left of it as requests finish)
-# keeps that plan this many more steps without running the rule (hold_idle): while nothing is
-# drafted no acceptance changes, only the step-cost fit, and the rule's own work was most of
-# speculation's idle cost (about 35 us a step alone; at 32 requests a plan and its candidates
-# 150 us, 1.3% of 8 steps).
-IDLE_HOLD_STEPS = 15
-# After a plan that proposed drafts, the same batch (or what is left of it) keeps its proposals
-# this many more steps (plan_at_depths) before the rule runs again: its inputs move little in a
-# few steps, and its work cost single-request speculation 5-10% against a fixed K (60-75 us a
-# step), and 2-4% of a 32-request demo-model step (a plan of 32 took 0.1-0.2 ms).
-PLAN_HOLD_STEPS = 7
 
 
 class SpecController:
@@ -85,19 +75,11 @@ class SpecController:
         self._last_catchup_tokens = 0
         # plan's shortcut when nothing can pay (_nothing_pays); False: always the full rule.
         self.use_bound = True
-        # Steps the last empty plan may still be held for (hold_idle); 0 after any other plan.
-        self.num_idle_steps_left = 0
-        # The last plan's proposals, for its batch, while it is held (PLAN_HOLD_STEPS).
-        self._held_proposals: dict[str, int] = {}
-        self._held_batch: frozenset[str] = frozenset()
-        self.num_plan_steps_left = 0
+        self.hold = PlanHold()
         # True for a proposer that runs a model in passes (a draft model,
         # SpeculativeConfig.runs_in_passes), whose proposals cost mostly per call and little per
-        # pass. Only for such a proposer does the rule price the call apart, look past a depth
-        # that does not pay, and start and probe at full depth; for lookups (n-gram, suffix)
-        # the call is priced as a pass and depths are granted one by one (in a first trial,
-        # looking ahead made n-gram draft 0.33 tokens per output token at 32 requests against
-        # 0.24 before, and no faster).
+        # pass. Only for such a proposer does the rule price the call apart and start and probe
+        # at full depth; for lookups (n-gram, suffix) the call is priced as a pass.
         self.pass_based = pass_based
 
     # ----- learning -----------------------------------------------------------------------
@@ -141,8 +123,7 @@ class SpecController:
                 catchup_time_s,
             )
         # Folded between steps before a step that may plan (not inside the step the fit times).
-        held = self.num_plan_steps_left > 0 or self.num_idle_steps_left > 0
-        if not held or self.step_cost.num_pending >= MAX_PENDING_OBSERVATIONS:
+        if not self.hold.is_held or self.step_cost.num_pending >= MAX_PENDING_OBSERVATIONS:
             self.step_cost.fold_pending()
             self.propose_cost.fold_pending()
 
@@ -170,11 +151,10 @@ class SpecController:
         steps, and no probe is due; this step is counted as one without drafts and the caller
         plans nothing, without building candidates. The caller calls it only for the batch it
         last planned or part of it (a batch with a request new to it is planned in full)."""
-        if self.num_idle_steps_left <= 0:
-            return False
         if self.num_steps_without_drafts + 1 >= self.probe_interval_steps:
             return False  # the probe's step runs the rule
-        self.num_idle_steps_left -= 1
+        if not self.hold.take_idle():
+            return False
         self.num_steps_without_drafts += 1
         self._last_num_passes = 0
         self._last_catchup_tokens = 0
@@ -197,17 +177,11 @@ class SpecController:
         if self.rule == "fixed":
             everyone = dict.fromkeys(candidates, self.max_num_tokens)
             return self._count(plan_at_depths(everyone, candidates, self.max_num_tokens, budget))
-        if self.num_plan_steps_left > 0 and not self._probed:
-            if self._held_batch.issuperset(candidates):
-                self.num_plan_steps_left -= 1
-                held = self._held_proposals
-                proposing = {rid: held[rid] for rid in candidates if rid in held}
-                plan = plan_at_depths(proposing, candidates, self.max_num_tokens, budget)
-                self._last_catchup_tokens = sum(
-                    catchup_tokens(candidates[rid]) for rid in plan.propose
-                )
-                return self._count(plan)
-            self.num_plan_steps_left = 0
+        proposing = self.hold.take_proposals(candidates) if not self._probed else None
+        if proposing is not None:
+            plan = plan_at_depths(proposing, candidates, self.max_num_tokens, budget)
+            self._last_catchup_tokens = sum(catchup_tokens(candidates[rid]) for rid in plan.propose)
+            return self._count(plan)
         if not self.step_cost.is_ready:
             # Nothing measured yet: a few requests propose, to start learning (one draft each;
             # a pass-based proposer K, so that its cost beyond one draft is measured).
@@ -362,11 +336,11 @@ class SpecController:
         could_draft = any(
             min(c.max_num_tokens, self.max_num_tokens) > 0 for c in candidates.values()
         )
-        self.num_idle_steps_left = IDLE_HOLD_STEPS if could_draft and not (verify or propose) else 0
-        held = bool(propose) and not self._probed
-        self.num_plan_steps_left = PLAN_HOLD_STEPS if held else 0
-        self._held_proposals = dict(propose) if held else {}
-        self._held_batch = frozenset(candidates) if held else frozenset()
+        self.hold.start(
+            candidates,
+            propose if not self._probed else {},
+            idle=could_draft and not (verify or propose),
+        )
         return self._count(SpecPlan(verify, propose))
 
     def _count(self, plan: SpecPlan) -> SpecPlan:
@@ -388,8 +362,8 @@ class SpecController:
         call_cost_s: float = 0.0,
     ) -> tuple[dict[str, int], float, float]:
         """grant_depths (corral/spec/grant.py) on the requests' expected yields at each depth
-        (yields: depth_yields of each request to at least its limit, worked out here if None);
-        looking ahead only for a pass-based proposer."""
+        (yields: depth_yields of each request to at least its limit, worked out here if None),
+        looking ahead wherever depths share a cost."""
         if time_s <= 0:
             return {}, tokens, time_s
         granted = [rid for rid, limit in limits.items() if limit > 0]

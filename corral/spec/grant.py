@@ -36,8 +36,10 @@ def grant_depths(
     """Depth by depth: from depth j, the requests granted j - 1 (all at j = 1) are ranked by the
     yield of their drafts j..d per second of their cost (depth_yields[rid][d - 1]: the expected
     tokens of the request's d-th draft); the number granted and the depth d reached are the pair
-    that maximises tokens per second, d = j only unless look_ahead. Looking past j matters where
-    a pass costs much less than the call: one draft may not pay for the call while four do.
+    that maximises tokens per second, d = j only unless look_ahead and the depths share a cost
+    (a pass, the call, or at j = 1 a request's start). Looking past j matters where that cost is
+    large against a draft's: one draft may not pay for the call, or for a verification's
+    bookkeeping, while four do.
     Stops at the first depth from which no grant beats the current rate by MIN_GAIN_FACTOR.
     Returns (grants, tokens, time_s)."""
     granted: dict[str, int] = {}

@@ -8,14 +8,13 @@ from types import SimpleNamespace
 import pytest
 
 from corral.spec.controller import (
-    IDLE_HOLD_STEPS,
-    PLAN_HOLD_STEPS,
     PROBE_INTERVAL_STEPS,
     PROBE_TIME_FRACTION,
     Candidate,
     SpecController,
     SpecPlan,
 )
+from corral.spec.plan_hold import IDLE_HOLD_STEPS, PLAN_HOLD_STEPS
 from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.step_cost import StepCostEstimate
 
