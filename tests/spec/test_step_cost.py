@@ -188,3 +188,22 @@ def test_stored_sums_multiplied_out_give_the_same_fit(monkeypatch) -> None:
         rescaled.observe(*step[:2], step[5], *step[2:5])
     for a, b in zip(rescaled._coefficients(), reference._coefficients()):
         assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
+def test_prefill_steps_do_not_set_a_requests_price() -> None:
+    """A fresh engine's first steps prefill its prompts, whose cost the linear features only
+    approximate (here a term in the square of each step's prompt tokens, and more requests in
+    the cheaper prefills): weighted below decode steps, they leave a request's price near what
+    the decode steps show."""
+    estimate = StepCostEstimate()
+    rng = random.Random(7)
+    for index in range(60):
+        if index % 6 == 0:  # a prefill of 32 prompts in chunks of 2,048 tokens
+            prefill = rng.choice((512, 1024, 2048))
+            requests = 31 if prefill == 512 else rng.randint(4, 12)
+            t = 0.0005 + 14e-6 * prefill + 1e-9 * prefill**2
+            estimate.observe(0, prefill, t, 0, requests, 0)
+        else:
+            n = rng.randint(24, 32)
+            estimate.observe(n, 0, 0.0005 + 30e-6 * n, 0, n, n)
+    assert estimate.per_request_s() == pytest.approx(30e-6, rel=0.2)
