@@ -41,6 +41,8 @@ from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.stats import SpecDecodeStats
 from corral.spec.step_cost import StepCostEstimate
 
+# A draft model's proposals timed before the rule grants any beyond a few starters.
+MIN_PROPOSE_OBSERVATIONS = 2
 PROBE_INTERVAL_STEPS = 64
 MAX_PROBE_INTERVAL = 4096
 NUM_PROBE_REQUESTS = 4
@@ -182,9 +184,13 @@ class SpecController:
             plan = plan_at_depths(proposing, candidates, self.max_num_tokens, budget)
             self._last_catchup_tokens = sum(catchup_tokens(candidates[rid]) for rid in plan.propose)
             return self._count(plan)
-        if not self.step_cost.is_ready:
+        if not self.step_cost.is_ready or (
+            self.pass_based and self.propose_cost.num_observations < MIN_PROPOSE_OBSERVATIONS
+        ):
             # Nothing measured yet: a few requests propose, to start learning (one draft each;
-            # a pass-based proposer K, so that its cost beyond one draft is measured).
+            # a pass-based proposer K, so that its cost beyond one draft is measured). A draft
+            # model's proposals untimed look free: a fresh draft engine at 32 requests granted
+            # every request drafts on its second step and ran its first batch at 0.8x of off.
             depth = self.max_num_tokens if self.pass_based else 1
             starters = [rid for rid, c in candidates.items() if c.max_num_tokens > 0]
             starts = {rid: min(candidates[rid].max_num_tokens, depth) for rid in starters}

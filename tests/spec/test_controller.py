@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from corral.spec.controller import (
+    MIN_PROPOSE_OBSERVATIONS,
     PROBE_INTERVAL_STEPS,
     PROBE_TIME_FRACTION,
     Candidate,
@@ -220,7 +221,8 @@ def test_plan_respects_each_requests_cap_and_budget() -> None:
 def test_probes_propose_then_verify(pass_based: bool, probes: dict[str, int]) -> None:
     controller = SpecController(4, pass_based=pass_based)
     if pass_based:  # a timed catch-up (none here) leaves the fit's catch-up price aside
-        controller.observe_step(1, 0, 0.001, 0.0001, 1, catchup_time_s=0.0)
+        for _ in range(MIN_PROPOSE_OBSERVATIONS):
+            controller.observe_step(1, 0, 0.001, 0.0001, 1, catchup_time_s=0.0)
     feed_costs(controller, fixed_s=0.0024, per_token_s=0.0002)
     for request_id in ("a", "b"):
         feed_acceptance(controller, request_id, 0)
@@ -497,3 +499,16 @@ def test_a_timed_catch_up_is_priced_per_token_and_an_outlier_is_clipped() -> Non
     for _ in range(6):  # a real change in price is followed
         estimate.observe(1, 4, 2e-4 + 4e-5 * 500, 500, 4e-5 * 500)
     assert estimate.coefficients()[2] > 3e-5
+
+
+def test_a_draft_model_untimed_only_starts() -> None:
+    """Until a draft model's proposals have been timed, a few requests start proposing and
+    nothing more is granted, however well drafts are accepted: untimed, proposals look free,
+    and a fresh engine at 32 requests had every request draft on its second step."""
+    controller = SpecController(4, pass_based=True)
+    feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
+    names = [f"r{i}" for i in range(32)]
+    for name in names:
+        feed_acceptance(controller, name, 10)
+    plan = controller.plan(candidates(names, 0), 32, 0, budget=1000)
+    assert plan.verify == {} and len(plan.propose) == 4
