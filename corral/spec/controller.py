@@ -384,5 +384,4 @@ class SpecController:
             costs,
             budget,
             self.max_num_tokens,
-            look_ahead=True,
         )

@@ -31,13 +31,12 @@ def grant_depths(
     costs: GrantCosts,
     budget: int | None,
     max_depth: int,
-    look_ahead: bool = False,
 ) -> tuple[dict[str, int], float, float]:
     """Depth by depth: from depth j, the requests granted j - 1 (all at j = 1) are ranked by the
     yield of their drafts j..d per second of their cost (depth_yields[rid][d - 1]: the expected
     tokens of the request's d-th draft); the number granted and the depth d reached are the pair
-    that maximises tokens per second, d = j only unless look_ahead and the depths share a cost
-    (a pass, the call, or at j = 1 a request's start). Looking past j matters where that cost is
+    that maximises tokens per second, d = j only unless the depths share a cost (a pass, the
+    call, or at j = 1 a request's start). Looking past j matters where that cost is
     large against a draft's: one draft may not pay for the call, or for a verification's
     bookkeeping, while four do.
     Stops at the first depth from which no grant beats the current rate by MIN_GAIN_FACTOR.
@@ -85,9 +84,7 @@ def grant_depths(
                 if new_tokens * best_time > best_tokens * new_time:
                     best_tokens, best_time = new_tokens, new_time
                     choice = (count, depth, ranked)
-            if not look_ahead or (
-                costs.pass_s <= 0 and costs.call_s <= 0 and (j > 1 or not starts_cost)
-            ):
+            if costs.pass_s <= 0 and costs.call_s <= 0 and (j > 1 or not starts_cost):
                 break  # depth by depth (without costs shared by depths as good as looking ahead)
         # The drafts must yield, per second they cost, MIN_GAIN_FACTOR times the step's rate so
         # far (hysteresis against noise in the estimates).
