@@ -41,8 +41,10 @@ from corral.spec.propose_cost import ProposeCostEstimate
 from corral.spec.stats import SpecDecodeStats
 from corral.spec.step_cost import StepCostEstimate
 
-# A draft model's proposals timed before the rule grants any beyond a few starters.
+# A draft model's proposals timed, and verification rounds recorded, before the rule grants
+# any beyond a few starters (_start).
 MIN_PROPOSE_OBSERVATIONS = 2
+MIN_START_ROUNDS = 16
 PROBE_INTERVAL_STEPS = 64
 MAX_PROBE_INTERVAL = 4096
 NUM_PROBE_REQUESTS = 4
@@ -185,16 +187,13 @@ class SpecController:
             self._last_catchup_tokens = sum(catchup_tokens(candidates[rid]) for rid in plan.propose)
             return self._count(plan)
         if not self.step_cost.is_ready or (
-            self.pass_based and self.propose_cost.num_observations < MIN_PROPOSE_OBSERVATIONS
+            self.pass_based
+            and (
+                self.propose_cost.num_observations < MIN_PROPOSE_OBSERVATIONS
+                or self.stats.num_drafts < MIN_START_ROUNDS
+            )
         ):
-            # Nothing measured yet: a few requests propose, to start learning (one draft each;
-            # a pass-based proposer K, so that its cost beyond one draft is measured). A draft
-            # model's proposals untimed look free: a fresh draft engine at 32 requests granted
-            # every request drafts on its second step and ran its first batch at 0.8x of off.
-            depth = self.max_num_tokens if self.pass_based else 1
-            starters = [rid for rid, c in candidates.items() if c.max_num_tokens > 0]
-            starts = {rid: min(candidates[rid].max_num_tokens, depth) for rid in starters}
-            return self._count(SpecPlan({}, dict(list(starts.items())[:NUM_PROBE_REQUESTS])))
+            return self._count(self._start(candidates, budget))
         fixed_s, per_token_s, per_prefill_s = self.step_cost.coefficients()
         # Counted requests cost per_request_s each, their first row included; a candidate of a
         # decode-only step costs that (else one row token).
@@ -264,6 +263,28 @@ class SpecController:
         )
         costs = (decode_step_s, per_token_s, pass_s, token_s, catchup_s)
         return self._finish(candidates, verify, propose, chose_drafts, costs)
+
+    def _start(self, candidates: dict[str, Candidate], budget: int) -> SpecPlan:
+        """Before the rule has measured enough, a few requests propose (one draft each; a
+        pass-based proposer K, so that its cost beyond one draft is measured) and verify what
+        they hold, so that acceptance is measured too. A draft model's proposals untimed look
+        free (a fresh draft engine at 32 requests had every request draft on its second step,
+        at 0.8x of off), and its acceptance unmeasured is the prior's (0.6 a token, where the
+        demo draft model gets about 0.45 on the repeat workload)."""
+        depth = self.max_num_tokens if self.pass_based else 1
+        eligible = [rid for rid, c in candidates.items() if c.max_num_tokens > 0]
+        eligible.sort(key=lambda rid: candidates[rid].num_held == 0)  # holders first
+        chosen = eligible[:NUM_PROBE_REQUESTS]
+        verify: dict[str, int] = {}
+        for rid in chosen:
+            held, max_num_tokens, *_ = candidates[rid]
+            k = min(held, max_num_tokens, self.max_num_tokens, budget)
+            if k > 0:
+                verify[rid] = k
+                budget -= k
+        propose = {rid: min(candidates[rid].max_num_tokens, depth) for rid in chosen}
+        self._last_catchup_tokens = sum(catchup_tokens(candidates[rid]) for rid in propose)
+        return SpecPlan(verify, propose)
 
     def _nothing_pays(
         self,

@@ -9,6 +9,7 @@ import pytest
 
 from corral.spec.controller import (
     MIN_PROPOSE_OBSERVATIONS,
+    MIN_START_ROUNDS,
     PROBE_INTERVAL_STEPS,
     PROBE_TIME_FRACTION,
     Candidate,
@@ -512,3 +513,21 @@ def test_a_draft_model_untimed_only_starts() -> None:
         feed_acceptance(controller, name, 10)
     plan = controller.plan(candidates(names, 0), 32, 0, budget=1000)
     assert plan.verify == {} and len(plan.propose) == 4
+
+
+def test_a_draft_model_starts_by_measuring_acceptance() -> None:
+    """Timed but with fewer than MIN_START_ROUNDS rounds recorded, a draft model's starters
+    (those holding drafts first) verify what they hold and propose K again; once the rounds
+    are in, the rule decides (here: acceptance nil, nothing granted)."""
+    controller = SpecController(4, pass_based=True)
+    for _ in range(MIN_PROPOSE_OBSERVATIONS):
+        controller.observe_step(1, 0, 0.001, 0.0001, 4, catchup_time_s=0.0)
+    feed_costs(controller, fixed_s=0.001, per_token_s=0.0002)
+    names = [f"r{i}" for i in range(8)]
+    cands = {name: Candidate(3 if name in ("r5", "r6") else 0, 4) for name in names}
+    plan = controller.plan(cands, 8, 0, budget=1000)
+    assert plan.verify == {"r5": 3, "r6": 3}
+    assert set(plan.propose) == {"r5", "r6", "r0", "r1"} and set(plan.propose.values()) == {4}
+    for _ in range(MIN_START_ROUNDS):
+        controller.record("r5", 4, 0)
+    assert controller.plan(candidates(names, 0), 8, 0, budget=1000).propose == {}
