@@ -3,6 +3,7 @@ requests; the target model verifies them in one forward pass."""
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ class Proposer(ABC):
     # draft model's prefill of a prompt), for proposers that time it; None: not timed (the
     # controller then fits it from the whole proposal time).
     catchup_time_s: float | None = None
+
+    def add_catchup_time(self, start_s: float) -> None:
+        """Count the time since start_s (time.perf_counter) as catch-up, for proposers that
+        time it (they set catchup_time_s to 0 at the start of each propose)."""
+        self.catchup_time_s = (self.catchup_time_s or 0.0) + time.perf_counter() - start_s
 
     @abstractmethod
     def propose(self, requests: list[ProposalRequest]) -> dict[str, Proposal]:
