@@ -85,3 +85,26 @@ def proposing_ids(candidates: dict[str, Candidate]) -> list[str] | None:
     if any(candidate.num_held > 0 for candidate in candidates.values()):
         return None
     return [rid for rid, candidate in candidates.items() if candidate.max_num_tokens > 0]
+
+
+def start_plan(
+    candidates: dict[str, Candidate],
+    depth: int,
+    max_depth: int,
+    budget: int,
+    max_num_requests: int,
+) -> SpecPlan:
+    """A few requests (those holding drafts first, at most max_num_requests) verify what they
+    hold, within budget, and propose depth drafts: the adaptive rule's start, which measures a
+    proposer's cost and acceptance before the rule grants anything."""
+    eligible = [rid for rid, c in candidates.items() if c.max_num_tokens > 0]
+    eligible.sort(key=lambda rid: candidates[rid].num_held == 0)  # holders first
+    chosen = eligible[:max_num_requests]
+    verify: dict[str, int] = {}
+    for rid in chosen:
+        num_held, max_num_tokens, *_ = candidates[rid]
+        k = min(num_held, max_num_tokens, max_depth, budget)
+        if k > 0:
+            verify[rid] = k
+            budget -= k
+    return SpecPlan(verify, {rid: min(candidates[rid].max_num_tokens, depth) for rid in chosen})

@@ -33,6 +33,7 @@ from corral.spec.candidates import (
     plan_at_depths,
     probe_order,
     proposing_ids,
+    start_plan,
 )
 from corral.spec.grant import GrantCosts, choose_probes, grant_depths, no_grant_can_pay
 from corral.spec.nonnegative_fit import MAX_PENDING_OBSERVATIONS
@@ -265,26 +266,15 @@ class SpecController:
         return self._finish(candidates, verify, propose, chose_drafts, costs)
 
     def _start(self, candidates: dict[str, Candidate], budget: int) -> SpecPlan:
-        """Before the rule has measured enough, a few requests propose (one draft each; a
-        pass-based proposer K, so that its cost beyond one draft is measured) and verify what
-        they hold, so that acceptance is measured too. A draft model's proposals untimed look
-        free (a fresh draft engine at 32 requests had every request draft on its second step,
-        at 0.8x of off), and its acceptance unmeasured is the prior's (0.6 a token, where the
-        demo draft model gets about 0.45 on the repeat workload)."""
+        """Before the rule has measured enough (candidates.start_plan): a draft model's
+        proposals untimed look free (a fresh draft engine at 32 requests had every request
+        draft on its second step, at 0.8x of off), and its acceptance unmeasured is the
+        prior's (0.6 a token, where the demo draft model gets about 0.45 on the repeat
+        workload)."""
         depth = self.max_num_tokens if self.pass_based else 1
-        eligible = [rid for rid, c in candidates.items() if c.max_num_tokens > 0]
-        eligible.sort(key=lambda rid: candidates[rid].num_held == 0)  # holders first
-        chosen = eligible[:NUM_PROBE_REQUESTS]
-        verify: dict[str, int] = {}
-        for rid in chosen:
-            held, max_num_tokens, *_ = candidates[rid]
-            k = min(held, max_num_tokens, self.max_num_tokens, budget)
-            if k > 0:
-                verify[rid] = k
-                budget -= k
-        propose = {rid: min(candidates[rid].max_num_tokens, depth) for rid in chosen}
-        self._last_catchup_tokens = sum(catchup_tokens(candidates[rid]) for rid in propose)
-        return SpecPlan(verify, propose)
+        plan = start_plan(candidates, depth, self.max_num_tokens, budget, NUM_PROBE_REQUESTS)
+        self._last_catchup_tokens = sum(catchup_tokens(candidates[rid]) for rid in plan.propose)
+        return plan
 
     def _nothing_pays(
         self,
