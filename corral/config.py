@@ -123,6 +123,10 @@ class SchedulerConfig:
             )
 
 
+# --cpu-isa caps (corral/model/cpu_features.py, docs/placement.md): the instruction sets corral,
+# PyTorch and oneDNN may use on this CPU.
+CPU_ISA_CAPS = ("native", "avx512_bf16", "avx2")
+
 # --quantization values (docs/quantization.md).
 QUANTIZATION_METHODS = ("none", "int8", "int8-all")
 
@@ -139,6 +143,9 @@ class ModelConfig:
     seed: int = 0
     # Number of CPU threads for torch (0: leave torch's default).
     num_threads: int = 0
+    # Instruction-set cap on CPU (CPU_ISA_CAPS; None: CORRAL_CPU_ISA's, else native): a machine
+    # with AMX measures the AVX-512 bf16 path of a Zen 4, or the AVX2 path of older CPUs.
+    cpu_isa: str | None = None
     # Weight quantization computed at load: None/"none", "int8" (the dense layers' linears) or
     # "int8-all" (the LM head too) (docs/quantization.md).
     quantization: str | None = None
@@ -164,6 +171,9 @@ class ModelConfig:
             raise ValueError(f"dtype {self.dtype!r} is not one of auto, bfloat16, float16, float32")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.cpu_isa is not None and self.cpu_isa not in CPU_ISA_CAPS:
+            caps = ", ".join(CPU_ISA_CAPS)
+            raise ValueError(f"cpu_isa {self.cpu_isa!r} is not one of {caps}")
         if self.quantization not in (None, *QUANTIZATION_METHODS):
             methods = ", ".join(QUANTIZATION_METHODS)
             raise ValueError(f"quantization {self.quantization!r} is not one of {methods}")

@@ -32,6 +32,8 @@ def cpu_facts() -> dict[str, Any]:
         "avx512": any(f.startswith("avx512") for f in flags),
         "avx512_bf16": "avx512_bf16" in flags,
         "amx": any(f.startswith("amx") for f in flags),
+        "cpu_isa_cap": os.environ.get("CORRAL_CPU_ISA", "native") or "native",
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
     }
 
 

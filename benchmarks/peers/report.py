@@ -92,6 +92,21 @@ def _ratio(ratios: dict[str, Any], phase: str, peer: str) -> float | None:
     return (ratios.get(phase, {}).get(peer) or {}).get("median")
 
 
+def cap_lines(cpu: dict[str, Any]) -> list[str]:
+    """The instruction-set cap of the run (--cpu-isa), when there was one."""
+    cap = cpu.get("cpu_isa_cap", "native")
+    if cap == "native":
+        return []
+    return [
+        f"- **Instruction sets capped at `{cap}`** (`--cpu-isa {cap}`: corral's kernels built "
+        f"without what the cap removes, oneDNN under ONEDNN_MAX_CPU_ISA="
+        f"{cpu.get('onednn_max_cpu_isa')} for corral, vLLM and the ceilings below): this CPU "
+        "standing in for one without those instructions. llama-server is not capped: its "
+        "build runs bf16 on AVX-512 bf16 dot products whatever the CPU, and with --no-repack "
+        "its Q8_0 on VNNI; vLLM's own kernels that ask the CPU for AMX directly are not capped."
+    ]
+
+
 def machine_section(doc: dict[str, Any]) -> list[str]:
     m = doc["machine"]
     cpu = m["cpu"]
@@ -102,6 +117,7 @@ def machine_section(doc: dict[str, Any]) -> list[str]:
         f"{', '.join(cpu['flags_of_note'])}; AVX-512: {'yes' if cpu['avx512'] else 'no'}, "
         f"AVX-512 bf16: {'yes' if cpu['avx512_bf16'] else 'no'}, "
         f"AMX: {'yes' if cpu['amx'] else 'no'}.",
+        *cap_lines(cpu),
         f"- Load average (1, 5, 15 min) at the ceilings: "
         f"{', '.join(f'{x:.1f}' for x in m['load_average'])}; at the end: "
         f"{', '.join(f'{x:.1f}' for x in doc['load_average_end'])} (the machine was shared with "

@@ -37,8 +37,9 @@ from benchmarks.peers.servers import (
 from corral.bench.payload import RequestOptions
 from corral.bench.reference import azure_conv_options
 from corral.bench.serve import ServeTarget, run_serve_benchmark
+from corral.config import CPU_ISA_CAPS
 from corral.core.slo_target import parse_slo
-from corral.model.cpu_features import cpu_flags
+from corral.model.cpu_features import apply_cpu_isa, native_cpu_flags
 from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
 
 # Also: corral-t1, llama.cpp-t1 (one thread each), corral-int8 (--quantization int8),
@@ -55,7 +56,7 @@ def llama_repacks(choice: str) -> bool:
     weights into its AMX buffers and dies with SIGILL at `tilezero` in a worker thread (seen on a
     Sapphire-Rapids-class Xeon); with --no-repack it runs its AVX-512 VNNI Q8_0 dot products."""
     if choice == "auto":
-        return "amx_int8" not in cpu_flags()
+        return "amx_int8" not in native_cpu_flags()  # llama-server is not capped (--cpu-isa)
     return choice == "on"
 
 
@@ -280,6 +281,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="llama-server weight repacking (auto: off on CPUs with AMX int8, see llama_repacks)",
     )
+    parser.add_argument(
+        "--cpu-isa",
+        choices=CPU_ISA_CAPS,
+        default=None,
+        help="cap the instruction sets of corral, oneDNN (corral's and vLLM's) and the ceilings "
+        "(corral/model/cpu_features.py): avx512_bf16 stands in for a CPU without AMX (Zen 4)",
+    )
     parser.add_argument("--vllm-bind", default="0-1", help="VLLM_CPU_OMP_THREADS_BIND (tuned)")
     parser.add_argument("--vllm-kv-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
     parser.add_argument("--json", type=Path, default=REPO / "docs/figures/peers.json")
@@ -303,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     model = model_dir()
     gguf_path(model)
+    if args.cpu_isa is not None:
+        apply_cpu_isa(args.cpu_isa)  # the servers inherit the environment it sets
     print("measuring the machine's ceilings ...", flush=True)
     machine = ceilings.measure()
     print(json.dumps(machine), flush=True)

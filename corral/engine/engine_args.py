@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from corral.config import (
+    CPU_ISA_CAPS,
     CacheConfig,
     EngineConfig,
     KVEventsConfig,
@@ -27,6 +28,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=None, help="context length cap")
     group.add_argument("--seed", type=int, default=model.seed)
     group.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0: default)")
+    group.add_argument(
+        "--cpu-isa",
+        choices=CPU_ISA_CAPS,
+        default=None,
+        help="cap the CPU instruction sets corral's kernels, PyTorch and oneDNN use: avx512_bf16 "
+        "(no AMX, as on AMD Zen 4) or avx2 (no AVX-512); default: CORRAL_CPU_ISA, else native",
+    )
     group.add_argument(
         "--tensor-parallel-size",
         type=int,
@@ -300,6 +308,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         max_model_len=args.max_model_len,
         seed=args.seed,
         num_threads=args.num_threads,
+        cpu_isa=getattr(args, "cpu_isa", None),
         quantization=getattr(args, "quantization", None),
         tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
         enable_expert_parallel=getattr(args, "enable_expert_parallel", False),

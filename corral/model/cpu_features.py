@@ -1,13 +1,100 @@
-"""What the CPU can do natively, read once from /proc/cpuinfo (Linux; elsewhere: nothing known)."""
+"""What the CPU can do natively, read once from /proc/cpuinfo (Linux; elsewhere: nothing known),
+under an optional cap on the instruction sets corral, PyTorch and oneDNN may use.
+
+The cap (`--cpu-isa`, or CORRAL_CPU_ISA in the environment) makes a CPU behave like an older or
+smaller one: "avx512_bf16" takes AMX away (the matrix engine of Sapphire Rapids and later),
+leaving AVX-512 with bf16 dot products as on AMD Zen 4; "avx2" takes AVX-512 away as well, as on
+Zen 2/3 EPYCs. It is how one machine measures the paths another runs: the kernels are compiled
+without the removed instructions, the dispatch sees the reduced flags, and oneDNN's and ATen's
+own ceilings are lowered to match. It never adds what the CPU lacks.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
+from dataclasses import dataclass
 from pathlib import Path
+
+CPU_ISA_ENV = "CORRAL_CPU_ISA"
+
+
+@dataclass(frozen=True)
+class IsaCap:
+    """What a cap removes: /proc/cpuinfo flags (by prefix), the compiler's instruction sets,
+    and the ceilings of oneDNN (ONEDNN_MAX_CPU_ISA) and ATen (ATEN_CPU_CAPABILITY)."""
+
+    removed_flag_prefixes: tuple[str, ...] = ()
+    compiler_flags: tuple[str, ...] = ()
+    onednn_max_isa: str | None = None
+    aten_capability: str | None = None
+
+
+# Keyed by corral.config.CPU_ISA_CAPS (the control plane's list of names).
+_NO_AMX = ("-mno-amx-tile", "-mno-amx-bf16", "-mno-amx-int8")
+CPU_ISA_CAPS: dict[str, IsaCap] = {
+    "native": IsaCap(),
+    "avx512_bf16": IsaCap(
+        removed_flag_prefixes=("amx", "avx512_fp16", "avx_vnni"),
+        compiler_flags=(*_NO_AMX, "-mno-avx512fp16", "-mno-avxvnni"),
+        onednn_max_isa="AVX512_CORE_BF16",
+    ),
+    "avx2": IsaCap(
+        removed_flag_prefixes=("amx", "avx512", "avx_vnni"),
+        compiler_flags=(*_NO_AMX, "-mno-avx512f", "-mno-avxvnni"),
+        onednn_max_isa="AVX2",
+        aten_capability="avx2",
+    ),
+}
+
+
+def cpu_isa() -> str:
+    """The cap in force (CORRAL_CPU_ISA; "native" when unset)."""
+    name = os.environ.get(CPU_ISA_ENV, "").strip().lower() or "native"
+    if name not in CPU_ISA_CAPS:
+        raise ValueError(
+            f"{CPU_ISA_ENV}={name!r} is not a known instruction-set cap; "
+            f"choose one of {', '.join(CPU_ISA_CAPS)}"
+        )
+    return name
+
+
+def apply_cpu_isa(name: str) -> None:
+    """Put the cap `name` in force for this process and the processes it starts, before any
+    kernel is built or any matmul runs (oneDNN and ATen read their ceilings once, at first use).
+    A ceiling the environment already sets for oneDNN or ATen is left as it is."""
+    name = (name or "native").strip().lower()
+    if name not in CPU_ISA_CAPS:
+        raise ValueError(
+            f"cpu_isa={name!r} is not a known instruction-set cap; "
+            f"choose one of {', '.join(CPU_ISA_CAPS)}"
+        )
+    current = os.environ.get(CPU_ISA_ENV, "").strip().lower() or "native"
+    if name == current:
+        return
+    from corral.model.kernels import kernels_loaded
+
+    if kernels_loaded():
+        raise RuntimeError(
+            f"cpu_isa={name!r} asked after the CPU kernels were built for {current!r} in this "
+            "process; set it when the process starts (corral serve --cpu-isa, or "
+            f"{CPU_ISA_ENV})"
+        )
+    os.environ[CPU_ISA_ENV] = name
+    cap = CPU_ISA_CAPS[name]
+    if cap.onednn_max_isa:
+        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", cap.onednn_max_isa)
+    if cap.aten_capability:
+        os.environ.setdefault("ATEN_CPU_CAPABILITY", cap.aten_capability)
+
+
+def kernel_compiler_flags() -> list[str]:
+    """The compiler flags that keep the cap's removed instructions out of the kernels."""
+    return list(CPU_ISA_CAPS[cpu_isa()].compiler_flags)
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
+def native_cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -16,6 +103,12 @@ def cpu_flags() -> frozenset[str]:
         if line.startswith("flags"):
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's flags less those the cap in force removes."""
+    removed = CPU_ISA_CAPS[cpu_isa()].removed_flag_prefixes
+    return frozenset(flag for flag in native_cpu_flags() if not flag.startswith(removed))
 
 
 def has_native_bf16_matmul() -> bool:

@@ -23,6 +23,7 @@ from corral.lora.memory import AdapterMemory
 from corral.lora.step import lora_step
 from corral.model.arch import ModelArch
 from corral.model.chunk_blend import ChunkBlender
+from corral.model.cpu_features import apply_cpu_isa
 from corral.model.device import free_memory_bytes, resolve_device, resolve_dtype
 from corral.model.kv_disk import DiskKVStore
 from corral.model.kv_identity import kv_config_hash
@@ -93,6 +94,8 @@ class ModelExecutor:
         lora: LoRAConfig | None = None,
     ) -> ModelExecutor:
         """Load the weights, then size the KV pool from the memory budget (or num_blocks)."""
+        if model_config.cpu_isa is not None:
+            apply_cpu_isa(model_config.cpu_isa)
         device = resolve_device(model_config.device)
         dtype = resolve_dtype(model_config.dtype, arch.dtype, device)
         if model_config.num_threads:

@@ -175,7 +175,7 @@ def build_layout() -> str | None:
     kernels = cpu_kernels()
     if kernels is None:
         return None
-    if kernels.amx_tiles_supported():
+    if kernels.tiles_supported():
         return "tiles"
     return "panels" if kernels.packed_weights_supported() else None
 

@@ -175,6 +175,27 @@ def test_a_packed_model_generates_what_the_plain_one_does(
     _assert_same_generations(packed, plain, LOGPROB_TOLERANCE[_MODEL_LAYOUT])
 
 
+@pytest.mark.skipif(
+    _KERNELS is None or not (_KERNELS.amx_tiles_supported() and _KERNELS.dot_tiles_supported()),
+    reason="needs both tile kernels (a CPU with AMX): elsewhere the test above runs the one there",
+)
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_model_on_dot_product_tiles_generates_what_the_plain_one_does(
+    tiny_model_factory, monkeypatch, family
+):
+    """The tiles of a CPU with AVX-512 bf16 but no AMX (Zen 4), run here by turning AMX off."""
+    path = tiny_model_factory(family)
+    _KERNELS.allow_amx_tiles(False)
+    try:
+        assert not _KERNELS.amx_tiles_supported() and _KERNELS.tiles_supported()
+        packed, model = _generate(path, monkeypatch, True, True)
+    finally:
+        _KERNELS.allow_amx_tiles(True)
+    assert isinstance(model.layers[0].gate_up, PackedWeight) and model.lm_head.layout == "tiles"
+    plain, _ = _generate(path, monkeypatch, False, True)
+    _assert_same_generations(packed, plain, LOGPROB_TOLERANCE["tiles"])
+
+
 @needs_model_packing
 def test_plain_int8_layers_run_beside_a_packed_head(tiny_model_factory, monkeypatch):
     # int8 panels (tests/model/test_int8_panel.py) off in both runs: only the head differs.

@@ -43,6 +43,7 @@ _SOURCES = [
         "cpu_int8.cpp",
         "cpu_int8_panel.cpp",
         "cpu_amx_linear.cpp",
+        "cpu_dot_tiles.cpp",
         "cpu_argmax.cpp",
         "cpu_layer_loop.cpp",
         "cpu_prefill_attention.cpp",
@@ -77,9 +78,23 @@ def _cpu_signature() -> str:
             flags = next((line for line in cpuinfo if line.startswith("flags")), "")
     except OSError:
         pass
-    text = platform.machine() + flags + " ".join(_CFLAGS + _LDFLAGS)
+    text = platform.machine() + flags + " ".join(_cflags() + _LDFLAGS)
     text += "".join(source.read_text() for source in _SOURCES + _HEADERS)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _cflags() -> list[str]:
+    """The build's flags: -march=native less what the instruction-set cap removes
+    (cpu_features.CPU_ISA_CAPS)."""
+    from corral.model.cpu_features import kernel_compiler_flags
+
+    return _CFLAGS + kernel_compiler_flags()
+
+
+def kernels_loaded() -> bool:
+    """Whether this process has built or imported the kernels (or given up on them)."""
+    with _lock:
+        return "module" in _state
 
 
 def cpu_kernels() -> ModuleType | None:
@@ -113,7 +128,7 @@ def _build() -> ModuleType | None:
             f"corral_cpu_kernels_{signature}",
             _SOURCES,
             cache_dir() / "kernels" / signature,
-            cflags=_CFLAGS,
+            cflags=_cflags(),
             ldflags=_LDFLAGS,
             headers=_HEADERS,
         )

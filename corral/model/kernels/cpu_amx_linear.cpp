@@ -132,9 +132,17 @@ inline void tile_block(const uint8_t* x, int64_t x_stride, const uint8_t* w0, co
 
 }  // namespace
 
+namespace {
+// Cleared by allow_amx_tiles(false): tiled weights then take the dot-product kernel
+// (cpu_dot_tiles.cpp), as on a CPU without AMX (tests compare the two in one process).
+bool amx_allowed = true;
+}  // namespace
+
+void allow_amx_tiles(bool allowed) { amx_allowed = allowed; }
+
 bool amx_tiles_supported() {
 #if defined(CORRAL_AMX_TILES)
-  return tiles_permitted();
+  return amx_allowed && tiles_permitted();
 #else
   return false;
 #endif
@@ -143,17 +151,7 @@ bool amx_tiles_supported() {
 #if defined(CORRAL_AMX_TILES)
 namespace {
 
-// A bias block of 16 outputs as float32 lanes (zeros without a bias).
-inline __m512 bias16(const at::BFloat16* bias, int64_t n) {
-  if (bias == nullptr) return _mm512_setzero_ps();
-  return corral_cpu::load_float16(bias + n);
-}
-
-// A float32 lane rounded to bf16 (nearest even) and back: what a bf16 output holds.
-inline __m512 round_bf16(__m512 v) {
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
-}
+using corral_cpu::bias16;
 
 // Both amx_linear and amx_linear_silu. Plain: output blocks in pairs (2p, 2p + 1), each block's
 // sums + bias rounded to bf16. kSilu: the weight's first half of blocks is the gate's, the
@@ -231,20 +229,15 @@ torch::Tensor run_tiles(const torch::Tensor& x, const torch::Tensor& tiles,
             const int half_rows = h == 0 ? rows_low : rows_high;
             for (int r = 0; r < half_rows; ++r) {
               at::BFloat16* o_row = o_ptr + (m0 + h * kTileRows + r) * out_features;
-              const __m512 v0 = _mm512_add_ps(_mm512_load_ps(c[h][0][r]), b0);
+              const __m512 sums0 = _mm512_load_ps(c[h][0][r]);
               if constexpr (kSilu) {
-                const __m512 up = round_bf16(_mm512_add_ps(_mm512_load_ps(c[h][1][r]), b1));
-                const __m512 activated = round_bf16(corral_cpu::silu16(round_bf16(v0)));
-                _mm256_storeu_si256(
-                    reinterpret_cast<__m256i*>(o_row + n0 * kTileOutputs),
-                    _mm512_cvtepi32_epi16(corral_cpu::bf16_bits16(_mm512_mul_ps(activated, up))));
+                corral_cpu::store_silu_tiled16(o_row + n0 * kTileOutputs, sums0, b0,
+                                               _mm512_load_ps(c[h][1][r]), b1);
               } else {
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_row + n0 * kTileOutputs),
-                                    (__m256i)_mm512_cvtneps_pbh(v0));
+                corral_cpu::store_tiled16(o_row + n0 * kTileOutputs, sums0, b0);
                 if (two) {
-                  const __m512 v1 = _mm512_add_ps(_mm512_load_ps(c[h][1][r]), b1);
-                  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o_row + n1 * kTileOutputs),
-                                      (__m256i)_mm512_cvtneps_pbh(v1));
+                  corral_cpu::store_tiled16(o_row + n1 * kTileOutputs,
+                                            _mm512_load_ps(c[h][1][r]), b1);
                 }
               }
             }

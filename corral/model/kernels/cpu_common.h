@@ -168,4 +168,33 @@ inline __m512 load_float16(const at::Half* p) {
 }
 #endif
 
+#if defined(__AVX512BF16__)
+// The row epilogue of the tiled bf16 linears (cpu_amx_linear.cpp, cpu_dot_tiles.cpp), one form
+// so that both store the same bits from the same sums.
+// A bias block of 16 outputs as float32 lanes (zeros without a bias).
+inline __m512 bias16(const at::BFloat16* bias, int64_t n) {
+  if (bias == nullptr) return _mm512_setzero_ps();
+  return load_float16(bias + n);
+}
+// A float32 lane rounded to bf16 (nearest even) and back: what a bf16 output holds.
+inline __m512 round_bf16(__m512 v) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+// 16 outputs: sums + bias, rounded to bf16 once.
+inline void store_tiled16(at::BFloat16* o, __m512 sums, __m512 bias) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o),
+                      (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(sums, bias)));
+}
+// 16 outputs of silu(gate) * up, gate and up first rounded to bf16 as a plain call would store
+// them, then silu_and_mul's own lanes (silu16, rounding as c10): the bits of the two calls.
+inline void store_silu_tiled16(at::BFloat16* o, __m512 gate, __m512 gate_bias, __m512 up,
+                               __m512 up_bias) {
+  const __m512 up_bf16 = round_bf16(_mm512_add_ps(up, up_bias));
+  const __m512 activated = round_bf16(silu16(round_bf16(_mm512_add_ps(gate, gate_bias))));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o),
+                      _mm512_cvtepi32_epi16(bf16_bits16(_mm512_mul_ps(activated, up_bf16))));
+}
+#endif
+
 }  // namespace corral_cpu

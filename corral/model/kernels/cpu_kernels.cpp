@@ -409,7 +409,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether few_row_linear reads packed bf16 weights here");
   m.def("packed_rows", &packed_rows, "rows of a packed weight in the plain layout");
   m.def("amx_tiles_supported", &amx_tiles_supported,
-        "whether few_row_linear reads bf16 weights packed as AMX tiles here");
+        "whether few_row_linear multiplies bf16 weights packed as tiles on AMX here");
+  m.def("allow_amx_tiles", &allow_amx_tiles,
+        "False: tiled weights take the dot-product kernel even where AMX runs (for tests)");
+  m.def("dot_tiles_supported", &dot_tiles_supported,
+        "whether this build multiplies bf16 tiles with AVX-512 bf16 dot products");
+  m.def("tiles_supported", [] { return amx_tiles_supported() || dot_tiles_supported(); },
+        "whether few_row_linear reads bf16 weights packed as tiles here");
+  m.def("dot_tiles_linear", &dot_tiles_linear,
+        "x @ W.T over tiles with AVX-512 bf16 dot products (what few_row_linear runs without AMX)");
+  m.def("dot_tiles_linear_silu", &dot_tiles_linear_silu,
+        "silu(gate) * up over gate/up tiles with AVX-512 bf16 dot products");
   m.def("rms_norm", &rms_norm, "RMSNorm, optionally adding a residual in place first");
   m.def("rotary_inplace", &rotary_inplace, "rotary embedding of q and k heads in place");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");

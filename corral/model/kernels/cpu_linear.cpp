@@ -323,24 +323,31 @@ void few_row_linear_converted(const T* x_ptr, const T* w_ptr, const T* b_ptr, T*
 }  // namespace
 
 // silu(gate) * up of x's gate/up projection (weight [2 * intermediate, in], gate rows first):
-// one pass on AMX tiles (amx_linear_silu), else few_row_linear then silu_and_mul; the same bits.
+// one pass over tiles (amx_linear_silu, or dot_tiles_linear_silu without AMX), else
+// few_row_linear then silu_and_mul; the same bits.
 torch::Tensor few_row_linear_silu(torch::Tensor x, torch::Tensor weight,
                                   c10::optional<torch::Tensor> bias) {
   TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "x and weight must be contiguous");
-  if (weight.dim() == 5) return amx_linear_silu(x, weight, bias);
+  if (weight.dim() == 5) {
+    return amx_tiles_supported() ? amx_linear_silu(x, weight, bias)
+                                 : dot_tiles_linear_silu(x, weight, bias);
+  }
   return silu_and_mul(few_row_linear(x, weight, bias));
 }
 
 // x [rows, in] @ weight[out, in]^T (+ bias), for few rows: each weight row is read once. A 3-D
 // weight is a packed bf16 one ([out / 64, in, 64], panel_linear in cpu_panel_linear.cpp), a 5-D
-// one bf16 AMX tiles ([out / 16, in / 32, 16, 16, 2], amx_linear in cpu_amx_linear.cpp).
+// one bf16 tiles ([out / 16, in / 32, 16, 16, 2]: amx_linear in cpu_amx_linear.cpp where the
+// process may use AMX, else dot_tiles_linear in cpu_dot_tiles.cpp).
 torch::Tensor few_row_linear(torch::Tensor x, torch::Tensor weight,
                              c10::optional<torch::Tensor> bias) {
   TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "x and weight must be contiguous");
   TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x and weight dtypes differ");
   const int64_t rows = x.size(0), in = x.size(1);
   if (weight.dim() == 3) return panel_linear(x, weight, bias);
-  if (weight.dim() == 5) return amx_linear(x, weight, bias);
+  if (weight.dim() == 5) {
+    return amx_tiles_supported() ? amx_linear(x, weight, bias) : dot_tiles_linear(x, weight, bias);
+  }
   const int64_t out_features = weight.size(0);
   auto out = torch::empty({rows, out_features}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear", [&] {

@@ -28,11 +28,18 @@ torch::Tensor panel_linear(const torch::Tensor& x, const torch::Tensor& panels,
 torch::Tensor packed_rows(torch::Tensor weight, torch::Tensor row_ids);
 // Defined in cpu_amx_linear.cpp.
 bool amx_tiles_supported();
+void allow_amx_tiles(bool allowed);
 torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& tiles,
                          const c10::optional<torch::Tensor>& bias);
 torch::Tensor amx_linear_silu(const torch::Tensor& x, const torch::Tensor& tiles,
                               const c10::optional<torch::Tensor>& bias);
 torch::Tensor tiled_rows(const torch::Tensor& tiles, const torch::Tensor& row_ids);
+// Defined in cpu_dot_tiles.cpp.
+bool dot_tiles_supported();
+torch::Tensor dot_tiles_linear(const torch::Tensor& x, const torch::Tensor& tiles,
+                               const c10::optional<torch::Tensor>& bias);
+torch::Tensor dot_tiles_linear_silu(const torch::Tensor& x, const torch::Tensor& tiles,
+                                    const c10::optional<torch::Tensor>& bias);
 // Defined in cpu_fused.cpp.
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps,
                        c10::optional<torch::Tensor> residual);

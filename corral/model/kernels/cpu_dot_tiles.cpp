@@ -1,0 +1,221 @@
+// The bf16 linear over weights packed as tiles (corral/model/packed_weight.py, the layout of
+// cpu_amx_linear.cpp) with AVX-512 bf16 dot products, for CPUs that have them without AMX (AMD
+// Zen 4 and 5, Intel Cooper Lake) or processes that may not use AMX.
+//
+// Layout [out / 16, in / 32, 16, 16, 2] bf16: a block of 16 outputs is one stream of in / 2
+// input pairs, 64 bytes a pair (the 16 outputs' weights of inputs 2t and 2t + 1 side by side):
+// exactly the operand of `vdpbf16ps`, which multiplies 16 such pairs by one x pair broadcast and
+// adds both products to 16 float32 sums. A pass takes up to six rows against up to four blocks
+// (64 outputs): 24 sums and four weight vectors in registers (28 of 32), the x pair an embedded
+// broadcast from memory, so each weight vector loaded serves six rows and each broadcast four
+// blocks (register blocking over rows and outputs: the batch's M and the model's N).
+//
+// Each output of a row is one sum over that row's input pairs in order, whatever the other rows
+// are: a row's result does not depend on its batch (tests/model/test_dot_tiles.py). The
+// epilogue is the AMX kernel's (cpu_common.h store_tiled16, store_silu_tiled16); the sums
+// differ from AMX's in order, so the two agree to rounding, not to the bit.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "cpu_common.h"
+#include "cpu_ops.h"
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define CORRAL_DOT_TILES 1
+#endif
+
+namespace {
+
+constexpr int64_t kBlockOutputs = 16;
+constexpr int64_t kPairBytes = 2 * kBlockOutputs * 2;  // one input pair of a block
+constexpr int64_t kBlockInputs = 32;                   // the layout's input tile
+constexpr int kMaxBlocks = 4;
+constexpr int kMaxTileRows = 6;
+// Rows are taken in blocks of about this many bytes of x, each block against all of a thread's
+// output groups before the next: the rows stay in L2 while the weights stream past them.
+constexpr int64_t kRowBlockBytes = 256 * 1024;
+
+#if defined(CORRAL_DOT_TILES)
+// acc += the pair products of weights and the x pair at `pair` broadcast from memory: written as
+// intrinsics, GCC may keep sums of a six-row pass on the stack.
+inline __m512 dot_broadcast(__m512 acc, __m512 weights, const int32_t* pair) {
+  asm("vdpbf16ps %[x]%{1to16%}, %[w], %[a]" : [a] "+v"(acc) : [w] "v"(weights), [x] "m"(*pair));
+  return acc;
+}
+
+// R rows (x_pairs, row_pairs pairs a row) x B blocks (w[b]) over all `pairs` pairs, the sums to
+// c[r][b][16].
+template <int R, int B>
+inline void rows_times_blocks(const int32_t* x_pairs, int64_t row_pairs, const uint8_t* const* w,
+                              int64_t pairs, float (*c)[kMaxBlocks][kBlockOutputs]) {
+  __m512 acc[R][B];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) acc[r][b] = _mm512_setzero_ps();
+  }
+  for (int64_t t = 0; t < pairs; ++t) {
+    __m512 weights[B];
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) weights[b] = _mm512_loadu_ps(w[b] + t * kPairBytes);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const int32_t* pair = x_pairs + r * row_pairs + t;
+#pragma GCC unroll 4
+      for (int b = 0; b < B; ++b) acc[r][b] = dot_broadcast(acc[r][b], weights[b], pair);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) _mm512_store_ps(c[r][b], acc[r][b]);
+  }
+}
+
+template <int B>
+void tile_times_blocks(int rows, const int32_t* x_pairs, int64_t row_pairs,
+                       const uint8_t* const* w, int64_t pairs,
+                       float (*c)[kMaxBlocks][kBlockOutputs]) {
+  switch (rows) {
+    case 1: return rows_times_blocks<1, B>(x_pairs, row_pairs, w, pairs, c);
+    case 2: return rows_times_blocks<2, B>(x_pairs, row_pairs, w, pairs, c);
+    case 3: return rows_times_blocks<3, B>(x_pairs, row_pairs, w, pairs, c);
+    case 4: return rows_times_blocks<4, B>(x_pairs, row_pairs, w, pairs, c);
+    case 5: return rows_times_blocks<5, B>(x_pairs, row_pairs, w, pairs, c);
+    default: return rows_times_blocks<kMaxTileRows, B>(x_pairs, row_pairs, w, pairs, c);
+  }
+}
+
+void tile_times_group(int rows, int blocks, const int32_t* x_pairs, int64_t row_pairs,
+                      const uint8_t* const* w, int64_t pairs,
+                      float (*c)[kMaxBlocks][kBlockOutputs]) {
+  switch (blocks) {
+    case 1: return tile_times_blocks<1>(rows, x_pairs, row_pairs, w, pairs, c);
+    case 2: return tile_times_blocks<2>(rows, x_pairs, row_pairs, w, pairs, c);
+    case 3: return tile_times_blocks<3>(rows, x_pairs, row_pairs, w, pairs, c);
+    default: return tile_times_blocks<kMaxBlocks>(rows, x_pairs, row_pairs, w, pairs, c);
+  }
+}
+
+// Both dot_tiles_linear and dot_tiles_linear_silu. Plain: groups of four consecutive blocks.
+// kSilu: the weight's first half of blocks is the gate's, the second the up's; a group takes two
+// gate blocks and the two up blocks of the same outputs (the last group of an odd half: one and
+// one), and stores silu(gate) * up.
+template <bool kSilu>
+torch::Tensor run_dot_tiles(const torch::Tensor& x, const torch::Tensor& tiles,
+                            const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && tiles.scalar_type() == at::kBFloat16,
+              "tiled weights and their x are bfloat16");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D tensor");
+  TORCH_CHECK(tiles.dim() == 5 && tiles.size(2) == kBlockInputs / 2 &&
+                  tiles.size(3) == kBlockOutputs && tiles.size(4) == 2 && tiles.is_contiguous(),
+              "tiled weight of shape ", tiles.sizes(),
+              ": expected contiguous [out / 16, in / 32, 16, 16, 2]");
+  const int64_t rows = x.size(0), in = x.size(1);
+  const int64_t num_blocks = tiles.size(0);
+  TORCH_CHECK(tiles.size(1) * kBlockInputs == in, "tiled weight of shape ", tiles.sizes(),
+              " for x of ", in, " columns");
+  TORCH_CHECK(!kSilu || num_blocks % 2 == 0, "a gate/up weight of ", num_blocks * kBlockOutputs,
+              " outputs: the two halves must be whole blocks of ", kBlockOutputs);
+  const int64_t weight_outputs = num_blocks * kBlockOutputs;
+  TORCH_CHECK(!bias.has_value() || (bias->numel() == weight_outputs && bias->is_contiguous() &&
+                                    bias->scalar_type() == at::kBFloat16),
+              "bias must be a contiguous bfloat16 vector of ", weight_outputs);
+  const int64_t out_features = kSilu ? weight_outputs / 2 : weight_outputs;
+  auto out = torch::empty({rows, out_features}, x.options());
+  if (rows == 0) return out;
+  const auto* x_pairs = static_cast<const int32_t*>(x.data_ptr());
+  const auto* w_ptr = static_cast<const uint8_t*>(tiles.data_ptr());
+  const at::BFloat16* b_ptr = bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr;
+  auto* o_ptr = out.data_ptr<at::BFloat16>();
+  const int64_t pairs = in / 2, block_bytes = pairs * kPairBytes;
+  const int64_t half = num_blocks / 2;
+  // A group's outputs: plain four blocks; kSilu two gate blocks (and their two up blocks).
+  constexpr int64_t kGroupBlocks = kSilu ? kMaxBlocks / 2 : kMaxBlocks;
+  const int64_t result_blocks = kSilu ? half : num_blocks;
+  const int64_t num_groups = (result_blocks + kGroupBlocks - 1) / kGroupBlocks;
+  const int64_t grain = std::max<int64_t>(
+      1, corral_cpu::min_parallel_work() /
+             std::max<int64_t>(1, rows * in * kMaxBlocks * kBlockOutputs));
+  const int64_t block_rows =
+      std::max<int64_t>(1, kRowBlockBytes / (in * 2) / kMaxTileRows) * kMaxTileRows;
+  at::parallel_for(0, num_groups, grain, [&](int64_t begin, int64_t end) {
+    alignas(64) float c[kMaxTileRows][kMaxBlocks][kBlockOutputs];
+    for (int64_t block_start = 0; block_start < rows; block_start += block_rows) {
+      const int64_t block_end = std::min(rows, block_start + block_rows);
+      for (int64_t g = begin; g < end; ++g) {
+        const int64_t first = g * kGroupBlocks;
+        const int count = static_cast<int>(std::min(kGroupBlocks, result_blocks - first));
+        // The group's blocks: plain first..first + count; kSilu the gates, then the ups.
+        const uint8_t* w[kMaxBlocks];
+        int64_t n[kMaxBlocks];
+        for (int b = 0; b < count; ++b) {
+          n[b] = first + b;
+          if constexpr (kSilu) n[count + b] = half + first + b;
+        }
+        const int blocks = kSilu ? 2 * count : count;
+        __m512 biases[kMaxBlocks];
+        for (int b = 0; b < blocks; ++b) {
+          w[b] = w_ptr + n[b] * block_bytes;
+          biases[b] = corral_cpu::bias16(b_ptr, n[b] * kBlockOutputs);
+        }
+        for (int64_t m0 = block_start; m0 < block_end; m0 += kMaxTileRows) {
+          const int tile_rows = static_cast<int>(std::min<int64_t>(kMaxTileRows, block_end - m0));
+          tile_times_group(tile_rows, blocks, x_pairs + m0 * pairs, pairs, w, pairs, c);
+          for (int r = 0; r < tile_rows; ++r) {
+            at::BFloat16* o_row = o_ptr + (m0 + r) * out_features;
+            for (int b = 0; b < count; ++b) {
+              const __m512 sums = _mm512_load_ps(c[r][b]);
+              at::BFloat16* o = o_row + (first + b) * kBlockOutputs;
+              if constexpr (kSilu) {
+                corral_cpu::store_silu_tiled16(o, sums, biases[b],
+                                               _mm512_load_ps(c[r][count + b]),
+                                               biases[count + b]);
+              } else {
+                corral_cpu::store_tiled16(o, sums, biases[b]);
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+#endif
+
+}  // namespace
+
+bool dot_tiles_supported() {
+#if defined(CORRAL_DOT_TILES)
+  return true;
+#else
+  return false;
+#endif
+}
+
+torch::Tensor dot_tiles_linear(const torch::Tensor& x, const torch::Tensor& tiles,
+                               const c10::optional<torch::Tensor>& bias) {
+#if defined(CORRAL_DOT_TILES)
+  return run_dot_tiles<false>(x, tiles, bias);
+#else
+  TORCH_CHECK(false, "this build of the kernels has no AVX-512 bf16 dot products for tiles");
+  return {};
+#endif
+}
+
+// silu(x @ gate^T + gate_bias) * (x @ up^T + up_bias) for a gate/up weight tiled as one
+// [2 * intermediate, in] weight (gate rows first): silu_and_mul(dot_tiles_linear(x, tiles,
+// bias)) in one pass, bit for bit.
+torch::Tensor dot_tiles_linear_silu(const torch::Tensor& x, const torch::Tensor& tiles,
+                                    const c10::optional<torch::Tensor>& bias) {
+#if defined(CORRAL_DOT_TILES)
+  return run_dot_tiles<true>(x, tiles, bias);
+#else
+  TORCH_CHECK(false, "this build of the kernels has no AVX-512 bf16 dot products for tiles");
+  return {};
+#endif
+}
