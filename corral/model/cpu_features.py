@@ -59,27 +59,27 @@ def cpu_isa() -> str:
     return name
 
 
-def apply_cpu_isa(name: str) -> None:
-    """Put the cap `name` in force for this process and the processes it starts, before any
-    kernel is built or any matmul runs (oneDNN and ATen read their ceilings once, at first use).
-    A ceiling the environment already sets for oneDNN or ATen is left as it is."""
-    name = (name or "native").strip().lower()
+def apply_cpu_isa(name: str | None = None) -> None:
+    """Put the cap `name` (None: the one CORRAL_CPU_ISA names) in force for this process and the
+    processes it starts, before any kernel is built or any matmul runs (oneDNN and ATen read
+    their ceilings once, at first use). A ceiling the environment already sets for oneDNN or
+    ATen is left as it is."""
+    current = cpu_isa()
+    name = (name or current).strip().lower()
     if name not in CPU_ISA_CAPS:
         raise ValueError(
             f"cpu_isa={name!r} is not a known instruction-set cap; "
             f"choose one of {', '.join(CPU_ISA_CAPS)}"
         )
-    current = os.environ.get(CPU_ISA_ENV, "").strip().lower() or "native"
-    if name == current:
-        return
-    from corral.model.kernels import kernels_loaded
+    if name != current:
+        from corral.model.kernels import kernels_loaded
 
-    if kernels_loaded():
-        raise RuntimeError(
-            f"cpu_isa={name!r} asked after the CPU kernels were built for {current!r} in this "
-            "process; set it when the process starts (corral serve --cpu-isa, or "
-            f"{CPU_ISA_ENV})"
-        )
+        if kernels_loaded():
+            raise RuntimeError(
+                f"cpu_isa={name!r} asked after the CPU kernels were built for {current!r} in "
+                f"this process; set it when the process starts (corral serve --cpu-isa, or "
+                f"{CPU_ISA_ENV})"
+            )
     os.environ[CPU_ISA_ENV] = name
     cap = CPU_ISA_CAPS[name]
     if cap.onednn_max_isa:

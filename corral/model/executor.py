@@ -94,8 +94,7 @@ class ModelExecutor:
         lora: LoRAConfig | None = None,
     ) -> ModelExecutor:
         """Load the weights, then size the KV pool from the memory budget (or num_blocks)."""
-        if model_config.cpu_isa is not None:
-            apply_cpu_isa(model_config.cpu_isa)
+        apply_cpu_isa(model_config.cpu_isa)  # None: CORRAL_CPU_ISA's cap, else native
         device = resolve_device(model_config.device)
         dtype = resolve_dtype(model_config.dtype, arch.dtype, device)
         if model_config.num_threads:

@@ -14,7 +14,7 @@ import torch
 from corral.model.kernels import cpu_kernels
 from corral.model.layers.linear import linear, linear_silu_and_mul
 from corral.model.packed_weight import PackedWeight
-from tests.model.test_amx_tiles import tile_kernel_params
+from tests.model.test_amx_tiles import tile_kernel_params, tile_linear
 
 _KERNELS = cpu_kernels()
 needs_kernels = pytest.mark.skipif(_KERNELS is None, reason="CPU kernels not built")
@@ -24,12 +24,11 @@ needs_tiles = pytest.mark.parametrize("kernel", tile_kernel_params())
 def _two_calls(
     x: torch.Tensor, tiles: torch.Tensor, bias: torch.Tensor | None, kernel: str = "amx"
 ) -> torch.Tensor:
-    linear = _KERNELS.few_row_linear if kernel == "amx" else _KERNELS.dot_tiles_linear
-    return _KERNELS.silu_and_mul(linear(x, tiles, bias))
+    return _KERNELS.silu_and_mul(tile_linear(kernel)(x, tiles, bias))
 
 
 def _one_pass(kernel: str):
-    return _KERNELS.few_row_linear_silu if kernel == "amx" else _KERNELS.dot_tiles_linear_silu
+    return tile_linear(kernel, silu=True)
 
 
 @needs_tiles

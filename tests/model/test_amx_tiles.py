@@ -19,18 +19,34 @@ _KERNELS = cpu_kernels()
 
 
 def tile_kernel_params() -> list:
-    """ "amx" (few_row_linear, which takes AMX where the process may use it) and "dot"
-    (dot_tiles_linear, what few_row_linear runs without AMX), each skipped where it cannot run."""
+    """ "amx" (few_row_linear, which takes AMX where the process may use it) and the two forms of
+    the dot-product kernel (what few_row_linear runs without AMX): "dot" (vdpbf16ps) and "fma"
+    (float32 FMAs on widened weights), each skipped where it cannot run."""
     params = []
-    for name in ("amx", "dot"):
-        runs = _KERNELS is not None and getattr(_KERNELS, f"{name}_tiles_supported")()
+    for name in ("amx", "dot", "fma"):
+        support = "amx_tiles_supported" if name == "amx" else "dot_tiles_supported"
+        runs = _KERNELS is not None and getattr(_KERNELS, support)()
         reason = f"no {name} tile kernel here (CPU, build or the kernel's permission)"
         params.append(pytest.param(name, marks=pytest.mark.skipif(not runs, reason=reason)))
     return params
 
 
-def tile_linear(kernel: str):
-    return _KERNELS.few_row_linear if kernel == "amx" else _KERNELS.dot_tiles_linear
+def tile_linear(kernel: str, silu: bool = False):
+    """The linear (or fused gate/up) of a tile kernel named by tile_kernel_params."""
+    if kernel == "amx":
+        return _KERNELS.few_row_linear_silu if silu else _KERNELS.few_row_linear
+    form = 0 if kernel == "dot" else 1
+    run = _KERNELS.dot_tiles_linear_silu if silu else _KERNELS.dot_tiles_linear
+
+    def linear(x, tiles, bias):
+        previous = _KERNELS.dot_tiles_form()
+        _KERNELS.set_dot_tiles_form(form)
+        try:
+            return run(x, tiles, bias)
+        finally:
+            _KERNELS.set_dot_tiles_form(previous)
+
+    return linear
 
 
 needs_tiles = pytest.mark.parametrize("kernel", tile_kernel_params())
@@ -130,9 +146,14 @@ def test_nan_and_infinity_propagate_and_subnormals_count_as_zero(kernel):
     torch.testing.assert_close(out[1, 4:], expected[1, 4:], rtol=0, atol=0)
     # The tile unit and vdpbf16ps read subnormal operands as zero (as oneDNN's kernels do):
     # 1 * 2^-130 is 0 where torch's float32 keeps 7e-40, 2^-130 * inf is 0 * inf = NaN, 2^100 *
-    # 2^-130 is 0.
+    # 2^-130 is 0. The FMA form multiplies subnormals as they are (2^-130 * inf is inf, 2^100 *
+    # 2^-130 is 2^-30), and its bf16 store (vcvtneps2bf16) flushes a subnormal result to 0.
     assert expected[1, 3] != 0 and out[1, 3] == 0
-    assert out[2, 0] == 0 and out[2, 2].isnan() and out[2, 3] == 0
+    assert out[2, 0] == 0
+    if kernel == "fma":
+        assert out[2, 2] == float("inf") and out[2, 3] == 2.0**-30
+    else:
+        assert out[2, 2].isnan() and out[2, 3] == 0
 
 
 @needs_tiles

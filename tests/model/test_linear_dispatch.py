@@ -13,6 +13,7 @@ from corral.model.layers import linear as linear_module
 from corral.model.layers.linear_dispatch import (
     UNLIMITED,
     choose_max_kernel_rows,
+    choose_tile_form,
     measure_max_kernel_rows,
 )
 
@@ -122,6 +123,10 @@ def test_tuned_limit_routes_rows(monkeypatch):
 
     class FakeKernels:
         @staticmethod
+        def tiles_supported():
+            return False
+
+        @staticmethod
         def few_row_linear(x, weight, bias):
             calls.append(x.shape[0])
             return x @ weight.T
@@ -136,3 +141,29 @@ def test_tuned_limit_routes_rows(monkeypatch):
         out = linear_module.linear(torch.randn(rows, 32).to(torch.bfloat16), weight)
         assert out.shape == (rows, 48)
     assert calls == [1, 2]
+
+
+class FormKernels:
+    """Dot-product tile kernels whose FMA form takes 5 ms a call and dot form nothing."""
+
+    form = 0
+
+    @classmethod
+    def set_dot_tiles_form(cls, form):
+        cls.form = form
+
+    @classmethod
+    def dot_tiles_linear(cls, x, tiles, bias):
+        if cls.form == 1:
+            time.sleep(0.005)
+
+
+def test_the_faster_tile_form_is_kept_and_an_override_wins(monkeypatch):
+    monkeypatch.delenv("CORRAL_TILE_FORM", raising=False)
+    FormKernels.form = 1
+    assert choose_tile_form(TinyModel(), FormKernels) == "dot" and FormKernels.form == 0
+    monkeypatch.setenv("CORRAL_TILE_FORM", "fma")
+    assert choose_tile_form(TinyModel(), FormKernels) == "fma" and FormKernels.form == 1
+    monkeypatch.setenv("CORRAL_TILE_FORM", "avx")
+    with pytest.raises(ValueError, match="CORRAL_TILE_FORM='avx' is not one of dot, fma"):
+        choose_tile_form(TinyModel(), FormKernels)

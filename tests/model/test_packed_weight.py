@@ -179,18 +179,27 @@ def test_a_packed_model_generates_what_the_plain_one_does(
     _KERNELS is None or not (_KERNELS.amx_tiles_supported() and _KERNELS.dot_tiles_supported()),
     reason="needs both tile kernels (a CPU with AMX): elsewhere the test above runs the one there",
 )
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family, form", [("llama", "dot"), ("qwen2", "fma"), ("llama", None)])
 def test_a_model_on_dot_product_tiles_generates_what_the_plain_one_does(
-    tiny_model_factory, monkeypatch, family
+    tiny_model_factory, monkeypatch, family, form
 ):
-    """The tiles of a CPU with AVX-512 bf16 but no AMX (Zen 4), run here by turning AMX off."""
+    """The tiles of a CPU with AVX-512 bf16 but no AMX (Zen 4), run here by turning AMX off, in
+    each form (CORRAL_TILE_FORM) and in the one timed at start-up (None)."""
     path = tiny_model_factory(family)
+    if form is None:
+        monkeypatch.delenv("CORRAL_TILE_FORM", raising=False)
+    else:
+        monkeypatch.setenv("CORRAL_TILE_FORM", form)
     _KERNELS.allow_amx_tiles(False)
+    previous_form = _KERNELS.dot_tiles_form()
     try:
         assert not _KERNELS.amx_tiles_supported() and _KERNELS.tiles_supported()
         packed, model = _generate(path, monkeypatch, True, True)
+        if form is not None:
+            assert _KERNELS.dot_tiles_form() == {"dot": 0, "fma": 1}[form]
     finally:
         _KERNELS.allow_amx_tiles(True)
+        _KERNELS.set_dot_tiles_form(previous_form)
     assert isinstance(model.layers[0].gate_up, PackedWeight) and model.lm_head.layout == "tiles"
     plain, _ = _generate(path, monkeypatch, False, True)
     _assert_same_generations(packed, plain, LOGPROB_TOLERANCE["tiles"])

@@ -18,6 +18,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include "cpu_common.h"
 #include "cpu_ops.h"
@@ -37,6 +39,16 @@ constexpr int kMaxTileRows = 6;
 // Rows are taken in blocks of about this many bytes of x, each block against all of a thread's
 // output groups before the next: the rows stay in L2 while the weights stream past them.
 constexpr int64_t kRowBlockBytes = 256 * 1024;
+// The two forms over the same tiles: vdpbf16ps (kFormDot) or float32 FMAs on widened weights
+// (kFormFma). Which is faster depends on the CPU: on the 2-vCPU Sapphire-Rapids-class Xeon here
+// vdpbf16ps runs at half the rate of vpdpwssd (1.9 G against 3.2 G instructions a second a
+// core) while two FMA units take 32 float multiply-adds a cycle; AMD Zen 4 runs vdpbf16ps at
+// full rate and its FMAs at half. The engine times both at start-up on the model's shapes
+// (corral/model/layers/linear_dispatch.py) and keeps one for the process, so that a row's bits
+// never depend on its batch.
+constexpr int kFormDot = 0;
+constexpr int kFormFma = 1;
+int tile_form = kFormDot;
 
 #if defined(CORRAL_DOT_TILES)
 // acc += the pair products of weights and the x pair at `pair` broadcast from memory: written as
@@ -46,26 +58,30 @@ inline __m512 dot_broadcast(__m512 acc, __m512 weights, const int32_t* pair) {
   return acc;
 }
 
-// R rows (x_pairs, row_pairs pairs a row) x B blocks (w[b]) over all `pairs` pairs, the sums to
+// x is packed per tile of kMaxTileRows rows so that a pass reads its rows' inputs from one
+// pointer at fixed offsets (the rows of a short last tile are zeros):
+// - dot form: [tiles, in / 2, 6] int32, the bf16 pair (2t, 2t + 1) of row r at [t][r];
+// - FMA form: [tiles, in, 6] float32, input k of row r at [k][r].
+
+// R rows x B blocks (w[b]) over all `pairs` pairs of the dot form's packed x, the sums to
 // c[r][b][16].
 template <int R, int B>
-inline void rows_times_blocks(const int32_t* x_pairs, int64_t row_pairs, const uint8_t* const* w,
-                              int64_t pairs, float (*c)[kMaxBlocks][kBlockOutputs]) {
+inline void dot_pass(const int32_t* xp, const uint8_t* const* w, int64_t pairs,
+                     float (*c)[kMaxBlocks][kBlockOutputs]) {
   __m512 acc[R][B];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
     for (int b = 0; b < B; ++b) acc[r][b] = _mm512_setzero_ps();
   }
-  for (int64_t t = 0; t < pairs; ++t) {
+  for (int64_t t = 0; t < pairs; ++t, xp += kMaxTileRows) {
     __m512 weights[B];
 #pragma GCC unroll 4
     for (int b = 0; b < B; ++b) weights[b] = _mm512_loadu_ps(w[b] + t * kPairBytes);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const int32_t* pair = x_pairs + r * row_pairs + t;
 #pragma GCC unroll 4
-      for (int b = 0; b < B; ++b) acc[r][b] = dot_broadcast(acc[r][b], weights[b], pair);
+      for (int b = 0; b < B; ++b) acc[r][b] = dot_broadcast(acc[r][b], weights[b], xp + r);
     }
   }
 #pragma GCC unroll 8
@@ -75,28 +91,106 @@ inline void rows_times_blocks(const int32_t* x_pairs, int64_t row_pairs, const u
   }
 }
 
-template <int B>
-void tile_times_blocks(int rows, const int32_t* x_pairs, int64_t row_pairs,
-                       const uint8_t* const* w, int64_t pairs,
-                       float (*c)[kMaxBlocks][kBlockOutputs]) {
-  switch (rows) {
-    case 1: return rows_times_blocks<1, B>(x_pairs, row_pairs, w, pairs, c);
-    case 2: return rows_times_blocks<2, B>(x_pairs, row_pairs, w, pairs, c);
-    case 3: return rows_times_blocks<3, B>(x_pairs, row_pairs, w, pairs, c);
-    case 4: return rows_times_blocks<4, B>(x_pairs, row_pairs, w, pairs, c);
-    case 5: return rows_times_blocks<5, B>(x_pairs, row_pairs, w, pairs, c);
-    default: return rows_times_blocks<kMaxTileRows, B>(x_pairs, row_pairs, w, pairs, c);
+// acc += weights * the float at x broadcast from memory.
+inline __m512 fma_broadcast(__m512 acc, __m512 weights, const float* x) {
+  asm("vfmadd231ps %[x]%{1to16%}, %[w], %[a]" : [a] "+v"(acc) : [w] "v"(weights), [x] "m"(*x));
+  return acc;
+}
+
+// The even and odd inputs' 16 weights of a pair, widened to float32 (a shift, a mask).
+inline void widen_pair(const uint8_t* at, __m512& even, __m512& odd) {
+  __m512i raw;
+  asm("vmovdqu64 %[m], %[r]" : [r] "=v"(raw) : [m] "m"(*reinterpret_cast<const __m512i*>(at)));
+  even = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+  odd = _mm512_castsi512_ps(
+      _mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u))));
+}
+
+// The FMA form of dot_pass over its packed x: each block's widened pair serves all R rows (two
+// FMAs a row, the even input first) before the next block's is made.
+template <int R, int B>
+inline void fma_pass(const float* xp, const uint8_t* const* w, int64_t pairs,
+                     float (*c)[kMaxBlocks][kBlockOutputs]) {
+  __m512 acc[R][B];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) acc[r][b] = _mm512_setzero_ps();
+  }
+  for (int64_t t = 0; t < pairs; ++t, xp += 2 * kMaxTileRows) {
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) {
+      __m512 even, odd;
+      widen_pair(w[b] + t * kPairBytes, even, odd);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        acc[r][b] = fma_broadcast(acc[r][b], even, xp + r);
+        acc[r][b] = fma_broadcast(acc[r][b], odd, xp + kMaxTileRows + r);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) _mm512_store_ps(c[r][b], acc[r][b]);
   }
 }
 
-void tile_times_group(int rows, int blocks, const int32_t* x_pairs, int64_t row_pairs,
-                      const uint8_t* const* w, int64_t pairs,
-                      float (*c)[kMaxBlocks][kBlockOutputs]) {
+// Rows [m0, m0 + tile rows) of x packed for `form` into xp (see above).
+void pack_tile(int form, const at::BFloat16* x, int64_t in, int64_t m0, int64_t rows,
+               void* xp) {
+  const auto* bits = reinterpret_cast<const uint16_t*>(x);
+  const int64_t tile_rows = std::min<int64_t>(kMaxTileRows, rows - m0);
+  if (form == kFormFma) {
+    auto* out = static_cast<float*>(xp);
+    for (int64_t k = 0; k < in; ++k) {
+      for (int64_t r = 0; r < kMaxTileRows; ++r) {
+        const uint32_t value = r < tile_rows ? bits[(m0 + r) * in + k] : 0;
+        const uint32_t widened = value << 16;
+        std::memcpy(out + k * kMaxTileRows + r, &widened, sizeof(float));
+      }
+    }
+  } else {
+    auto* out = static_cast<int32_t*>(xp);
+    const auto* pairs = reinterpret_cast<const int32_t*>(x);
+    for (int64_t t = 0; t < in / 2; ++t) {
+      for (int64_t r = 0; r < kMaxTileRows; ++r) {
+        out[t * kMaxTileRows + r] = r < tile_rows ? pairs[(m0 + r) * (in / 2) + t] : 0;
+      }
+    }
+  }
+}
+
+template <int R, int B>
+inline void pass_of(int form, const void* xp, const uint8_t* const* w, int64_t pairs,
+                    float (*c)[kMaxBlocks][kBlockOutputs]) {
+  if (form == kFormFma) {
+    fma_pass<R, B>(static_cast<const float*>(xp), w, pairs, c);
+  } else {
+    dot_pass<R, B>(static_cast<const int32_t*>(xp), w, pairs, c);
+  }
+}
+
+template <int B>
+void tile_pass(int form, int rows, const void* xp, const uint8_t* const* w, int64_t pairs,
+               float (*c)[kMaxBlocks][kBlockOutputs]) {
+  switch (rows) {
+    case 1: return pass_of<1, B>(form, xp, w, pairs, c);
+    case 2: return pass_of<2, B>(form, xp, w, pairs, c);
+    case 3: return pass_of<3, B>(form, xp, w, pairs, c);
+    case 4: return pass_of<4, B>(form, xp, w, pairs, c);
+    case 5: return pass_of<5, B>(form, xp, w, pairs, c);
+    default: return pass_of<kMaxTileRows, B>(form, xp, w, pairs, c);
+  }
+}
+
+void group_pass(int form, int rows, int blocks, const void* xp, const uint8_t* const* w,
+                int64_t pairs, float (*c)[kMaxBlocks][kBlockOutputs]) {
   switch (blocks) {
-    case 1: return tile_times_blocks<1>(rows, x_pairs, row_pairs, w, pairs, c);
-    case 2: return tile_times_blocks<2>(rows, x_pairs, row_pairs, w, pairs, c);
-    case 3: return tile_times_blocks<3>(rows, x_pairs, row_pairs, w, pairs, c);
-    default: return tile_times_blocks<kMaxBlocks>(rows, x_pairs, row_pairs, w, pairs, c);
+    case 1: return tile_pass<1>(form, rows, xp, w, pairs, c);
+    case 2: return tile_pass<2>(form, rows, xp, w, pairs, c);
+    case 3: return tile_pass<3>(form, rows, xp, w, pairs, c);
+    default: return tile_pass<kMaxBlocks>(form, rows, xp, w, pairs, c);
   }
 }
 
@@ -127,7 +221,18 @@ torch::Tensor run_dot_tiles(const torch::Tensor& x, const torch::Tensor& tiles,
   const int64_t out_features = kSilu ? weight_outputs / 2 : weight_outputs;
   auto out = torch::empty({rows, out_features}, x.options());
   if (rows == 0) return out;
-  const auto* x_pairs = static_cast<const int32_t*>(x.data_ptr());
+  const int form = tile_form;
+  // x packed per row tile (above): 4 bytes an input (FMA form) or an input pair (dot form).
+  const int64_t num_tiles = (rows + kMaxTileRows - 1) / kMaxTileRows;
+  const int64_t tile_bytes = kMaxTileRows * (form == kFormFma ? in : in / 2) * 4;
+  std::vector<uint8_t> packed_x(num_tiles * tile_bytes);
+  const auto* x_ptr = x.data_ptr<at::BFloat16>();
+  at::parallel_for(0, num_tiles, std::max<int64_t>(1, 16384 / in), [&](int64_t begin,
+                                                                         int64_t end) {
+    for (int64_t tile = begin; tile < end; ++tile) {
+      pack_tile(form, x_ptr, in, tile * kMaxTileRows, rows, packed_x.data() + tile * tile_bytes);
+    }
+  });
   const auto* w_ptr = static_cast<const uint8_t*>(tiles.data_ptr());
   const at::BFloat16* b_ptr = bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr;
   auto* o_ptr = out.data_ptr<at::BFloat16>();
@@ -164,7 +269,8 @@ torch::Tensor run_dot_tiles(const torch::Tensor& x, const torch::Tensor& tiles,
         }
         for (int64_t m0 = block_start; m0 < block_end; m0 += kMaxTileRows) {
           const int tile_rows = static_cast<int>(std::min<int64_t>(kMaxTileRows, block_end - m0));
-          tile_times_group(tile_rows, blocks, x_pairs + m0 * pairs, pairs, w, pairs, c);
+          const uint8_t* xp = packed_x.data() + (m0 / kMaxTileRows) * tile_bytes;
+          group_pass(form, tile_rows, blocks, xp, w, pairs, c);
           for (int r = 0; r < tile_rows; ++r) {
             at::BFloat16* o_row = o_ptr + (m0 + r) * out_features;
             for (int b = 0; b < count; ++b) {
@@ -188,6 +294,14 @@ torch::Tensor run_dot_tiles(const torch::Tensor& x, const torch::Tensor& tiles,
 #endif
 
 }  // namespace
+
+void set_dot_tiles_form(int64_t form) {
+  TORCH_CHECK(form == kFormDot || form == kFormFma, "tile form ", form,
+              ": 0 (vdpbf16ps) or 1 (float32 FMAs)");
+  tile_form = static_cast<int>(form);
+}
+
+int64_t dot_tiles_form() { return tile_form; }
 
 bool dot_tiles_supported() {
 #if defined(CORRAL_DOT_TILES)

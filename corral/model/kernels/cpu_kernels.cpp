@@ -412,6 +412,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether few_row_linear multiplies bf16 weights packed as tiles on AMX here");
   m.def("allow_amx_tiles", &allow_amx_tiles,
         "False: tiled weights take the dot-product kernel even where AMX runs (for tests)");
+  m.def("set_dot_tiles_form", &set_dot_tiles_form,
+        "the form dot_tiles_linear runs in: 0 vdpbf16ps, 1 float32 FMAs (chosen at start-up)");
+  m.def("dot_tiles_form", &dot_tiles_form, "the form dot_tiles_linear runs in");
   m.def("dot_tiles_supported", &dot_tiles_supported,
         "whether this build multiplies bf16 tiles with AVX-512 bf16 dot products");
   m.def("tiles_supported", [] { return amx_tiles_supported() || dot_tiles_supported(); },

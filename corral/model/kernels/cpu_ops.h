@@ -36,6 +36,8 @@ torch::Tensor amx_linear_silu(const torch::Tensor& x, const torch::Tensor& tiles
 torch::Tensor tiled_rows(const torch::Tensor& tiles, const torch::Tensor& row_ids);
 // Defined in cpu_dot_tiles.cpp.
 bool dot_tiles_supported();
+void set_dot_tiles_form(int64_t form);
+int64_t dot_tiles_form();
 torch::Tensor dot_tiles_linear(const torch::Tensor& x, const torch::Tensor& tiles,
                                const c10::optional<torch::Tensor>& bias);
 torch::Tensor dot_tiles_linear_silu(const torch::Tensor& x, const torch::Tensor& tiles,

@@ -9,6 +9,7 @@ from corral.model.kernels import cpu_kernels
 from corral.model.layers.linear_dispatch import (
     UNLIMITED,
     choose_max_kernel_rows,
+    choose_tile_form,
     guessed_max_kernel_rows,
 )
 from corral.model.packed_weight import PackedWeight, pack_model_weights, packing_layout
@@ -31,6 +32,8 @@ def tune_linear_dispatch(model) -> None:
     _MAX_KERNEL_ROWS = choose_max_kernel_rows(
         model, lambda x, w: kernels.few_row_linear(x, w, None)
     )
+    if kernels.tiles_supported() and not kernels.amx_tiles_supported():
+        choose_tile_form(model, kernels)  # AVX-512 bf16 without AMX: dot products or FMAs
 
 
 def pack_weights_for_kernel(model) -> None:

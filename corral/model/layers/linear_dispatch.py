@@ -48,19 +48,19 @@ def _call_s(fn, x: torch.Tensor, weight: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def _timed_pair(kernel_linear, inputs: list[torch.Tensor], weights: list[torch.Tensor]):
-    """Summed over the shapes: the kernel's best time and F.linear's, calls alternating."""
-    kernel_s = reference_s = 0.0
+def _timed_pair(first, second, inputs: list[torch.Tensor], weights: list[torch.Tensor]):
+    """Summed over the shapes: first's best time and second's, calls alternating."""
+    first_s = second_s = 0.0
     for x, weight in zip(inputs, weights, strict=True):
-        kernel_linear(x, weight)
-        F.linear(x, weight)
-        best_kernel = best_reference = float("inf")
+        first(x, weight)
+        second(x, weight)
+        best_first = best_second = float("inf")
         for _ in range(_TRIALS):
-            best_kernel = min(best_kernel, _call_s(kernel_linear, x, weight))
-            best_reference = min(best_reference, _call_s(F.linear, x, weight))
-        kernel_s += best_kernel
-        reference_s += best_reference
-    return kernel_s, reference_s
+            best_first = min(best_first, _call_s(first, x, weight))
+            best_second = min(best_second, _call_s(second, x, weight))
+        first_s += best_first
+        second_s += best_second
+    return first_s, second_s
 
 
 def measure_max_kernel_rows(
@@ -79,14 +79,14 @@ def measure_max_kernel_rows(
             torch.randn(rows, weight.shape[1], generator=generator).to(torch.bfloat16)
             for weight in weights
         ]
-        kernel_s, reference_s = _timed_pair(kernel_linear, inputs, weights)
+        kernel_s, reference_s = _timed_pair(kernel_linear, F.linear, inputs, weights)
         for _ in range(_LOSS_MEASUREMENTS - 1):
             if kernel_s <= reference_s:
                 break
             # A loss is measured again (each side keeps its better time): a burst of other work
             # on a shared machine must not send every batch to the slower matmul for the life
             # of the server.
-            again = _timed_pair(kernel_linear, inputs, weights)
+            again = _timed_pair(kernel_linear, F.linear, inputs, weights)
             kernel_s, reference_s = min(kernel_s, again[0]), min(reference_s, again[1])
         ratios[rows] = reference_s / kernel_s
         if kernel_s > reference_s:
@@ -137,3 +137,61 @@ def choose_max_kernel_rows(model, kernel_linear) -> int:
         time.perf_counter() - start,
     )
     return limit
+
+
+# The row counts the two forms of the dot-product tile kernel are timed at (summed): a decode
+# batch's, where the forms differ (one row streams the weights and reads the same in both).
+TILE_FORM_ROWS = (8, 32, 128)
+TILE_FORMS = {"dot": 0, "fma": 1}
+
+
+def choose_tile_form(model, kernels) -> str:
+    """The form of the dot-product tile kernel (cpu_dot_tiles.cpp) this process runs: vdpbf16ps
+    or float32 FMAs on widened weights, whichever is faster on the model's shapes here (timed
+    alternating, best of _TRIALS; CORRAL_TILE_FORM=dot|fma sets it). Set in the kernels, logged,
+    and returned. One form for the life of the process: a row's bits never depend on its
+    batch."""
+    override = os.environ.get("CORRAL_TILE_FORM", "").strip().lower()
+    if override and override not in TILE_FORMS:
+        raise ValueError(f"CORRAL_TILE_FORM={override!r} is not one of {', '.join(TILE_FORMS)}")
+    from corral.model.packed_weight import PackedWeight
+
+    shapes = [
+        shape
+        for shape in model_linear_shapes(model)
+        if PackedWeight.can_pack(torch.empty(shape, device="meta"), "tiles")
+    ]
+    times_s = {}
+    if not override and shapes:
+        generator = torch.Generator().manual_seed(0)
+        tiles = [
+            PackedWeight.pack(torch.randn(shape, generator=generator).bfloat16(), "tiles").data
+            for shape in shapes
+        ]
+        forms = {
+            name: lambda x, w, form=form: (
+                kernels.set_dot_tiles_form(form),
+                kernels.dot_tiles_linear(x, w, None),
+            )
+            for name, form in TILE_FORMS.items()
+        }
+        times_s = dict.fromkeys(TILE_FORMS, 0.0)
+        for rows in TILE_FORM_ROWS:
+            inputs = [
+                torch.randn(rows, shape[1], generator=generator).bfloat16() for shape in shapes
+            ]
+            dot_s, fma_s = _timed_pair(forms["dot"], forms["fma"], inputs, tiles)
+            times_s["dot"] += dot_s
+            times_s["fma"] += fma_s
+    chosen = override or (min(times_s, key=times_s.get) if times_s else "dot")
+    kernels.set_dot_tiles_form(TILE_FORMS[chosen])
+    logger.info(
+        "bf16 tiles without AMX: %s form%s",
+        chosen,
+        " (CORRAL_TILE_FORM)"
+        if override
+        else f" (summed time at {TILE_FORM_ROWS} rows: "
+        + ", ".join(f"{name} {1e3 * s:.2f} ms" for name, s in times_s.items())
+        + ")",
+    )
+    return chosen
