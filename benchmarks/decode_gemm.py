@@ -26,7 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from corral.model.cpu_features import cpu_flags
+from corral.config import CPU_ISA_CAPS
+from corral.model.cpu_features import apply_cpu_isa, cpu_flags, cpu_isa
 from corral.model.kernels import cpu_kernels
 from corral.model.packed_weight import PackedWeight, build_layout
 from corral.model.quantization import quantize_int8
@@ -56,9 +57,15 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
     # One thread: the calling thread's CPU time, which time spent descheduled by other jobs on a
     # shared machine does not inflate; several threads: wall time.
     clock = time.thread_time if threads == 1 else time.perf_counter
-    kernel_s = torch_s = packed_s = int8_s = 0.0
+    kernel_s = torch_s = int8_s = 0.0
     layout = build_layout() if dtype == torch.bfloat16 else None
     packs = layout is not None
+    # Tiles without AMX run in either form of the dot-product kernel (cpu_dot_tiles.cpp): both
+    # are timed, and the engine keeps the faster (linear_dispatch.choose_tile_form).
+    forms = {layout: None}
+    if layout == "tiles" and not kernels.amx_tiles_supported():
+        forms = {"tiles, dot form": 0, "tiles, FMA form": 1}
+    packed_s = dict.fromkeys(forms, 0.0)
     int8 = dtype == torch.bfloat16 and bool(kernels.int8_panels_supported())
     flops = 0
     for out_features, in_features in SHAPES.values():
@@ -72,9 +79,15 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
         torch_s += best_seconds(lambda w=weight, x=x: F.linear(x, w), repeats, trials, clock)
         if packs:
             packed = PackedWeight.pack(weight, layout).data
-            packed_s += best_seconds(
-                lambda w=packed, x=x: kernels.few_row_linear(x, w, None), repeats, trials, clock
-            )
+            for label, form in forms.items():
+                if form is not None:
+                    kernels.set_dot_tiles_form(form)
+                packed_s[label] += best_seconds(
+                    lambda w=packed, x=x: kernels.few_row_linear(x, w, None),
+                    repeats,
+                    trials,
+                    clock,
+                )
         if int8:
             q = quantize_int8(weight).packed()
             int8_s += best_seconds(
@@ -91,9 +104,12 @@ def measure(rows: int, dtype: torch.dtype, threads: int, trials: int) -> dict:
         "kernel_gflops": flops / kernel_s / 1e9,
         "torch_gflops": flops / torch_s / 1e9,
         "kernel_over_torch": torch_s / kernel_s,
-        "packed_layout": layout,
-        "packed_gflops": flops / packed_s / 1e9 if packs else None,
-        "packed_over_torch": torch_s / packed_s if packs else None,
+        "packed_layout": min(packed_s, key=packed_s.get) if packs else None,
+        "packed_gflops": flops / min(packed_s.values()) / 1e9 if packs else None,
+        "packed_over_torch": torch_s / min(packed_s.values()) if packs else None,
+        "packed_gflops_by_layout": {k: flops / v / 1e9 for k, v in packed_s.items()}
+        if packs
+        else {},
         "int8_panel_gflops": flops / int8_s / 1e9 if int8 else None,
         "int8_panel_over_torch": torch_s / int8_s if int8 else None,
     }
@@ -106,12 +122,22 @@ def main() -> None:
     parser.add_argument("--threads", default=f"1,{os.cpu_count()}")
     parser.add_argument("--trials", type=int, default=7)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--cpu-isa",
+        choices=CPU_ISA_CAPS,
+        default=None,
+        help="cap the instruction sets (corral/model/cpu_features.py): avx512_bf16 stands in "
+        "for a CPU without AMX, avx2 for one without AVX-512",
+    )
     args = parser.parse_args()
+    apply_cpu_isa(args.cpu_isa)  # before the kernels are built and oneDNN's first matmul
     flags = cpu_flags()
     machine = {
         "cpu": platform.processor() or platform.machine(),
         "simd": sorted(f for f in flags if f.startswith(("avx", "amx", "fma"))),
         "torch": torch.__version__,
+        "cpu_isa_cap": cpu_isa(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "load_average": os.getloadavg(),
     }
     print(machine)
@@ -128,8 +154,11 @@ def main() -> None:
                 row = measure(rows, getattr(torch, dtype_name), threads, args.trials)
                 results.append(row)
                 packed = (
-                    f"{row['packed_gflops']:.1f} ({row['packed_layout']}) | "
-                    f"{row['packed_over_torch']:.2f}"
+                    "; ".join(
+                        f"{gflops:.1f} ({label})"
+                        for label, gflops in row["packed_gflops_by_layout"].items()
+                    )
+                    + f" | {row['packed_over_torch']:.2f}"
                     if row["packed_gflops"] is not None
                     else "- | -"
                 )

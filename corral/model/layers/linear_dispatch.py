@@ -156,9 +156,14 @@ def choose_tile_form(model, kernels) -> str:
         raise ValueError(f"CORRAL_TILE_FORM={override!r} is not one of {', '.join(TILE_FORMS)}")
     from corral.model.packed_weight import PackedWeight
 
+    shapes = model_linear_shapes(model)
+    head = getattr(model, "lm_head", None)
+    if not shapes and isinstance(head, torch.Tensor) and head.dim() == 2:
+        # Only the LM head packs (int8 layers): its width, 4,096 of its outputs.
+        shapes = [(min(head.shape[0], 4096), head.shape[1])]
     shapes = [
         shape
-        for shape in model_linear_shapes(model)
+        for shape in shapes
         if PackedWeight.can_pack(torch.empty(shape, device="meta"), "tiles")
     ]
     times_s = {}
@@ -185,13 +190,12 @@ def choose_tile_form(model, kernels) -> str:
             times_s["fma"] += fma_s
     chosen = override or (min(times_s, key=times_s.get) if times_s else "dot")
     kernels.set_dot_tiles_form(TILE_FORMS[chosen])
-    logger.info(
-        "bf16 tiles without AMX: %s form%s",
-        chosen,
-        " (CORRAL_TILE_FORM)"
-        if override
-        else f" (summed time at {TILE_FORM_ROWS} rows: "
-        + ", ".join(f"{name} {1e3 * s:.2f} ms" for name, s in times_s.items())
-        + ")",
-    )
+    if override:
+        evidence = "CORRAL_TILE_FORM"
+    elif times_s:
+        summed = ", ".join(f"{name} {1e3 * s:.2f} ms" for name, s in times_s.items())
+        evidence = f"summed time at {TILE_FORM_ROWS} rows: {summed}"
+    else:
+        evidence = "no tile shapes to time"
+    logger.info("bf16 tiles without AMX: %s form (%s)", chosen, evidence)
     return chosen
