@@ -46,6 +46,7 @@ constexpr int64_t kRowBlockBytes = 256 * 1024;
 // full rate and its FMAs at half. The engine times both at start-up on the model's shapes
 // (corral/model/layers/linear_dispatch.py) and keeps one for the process, so that a row's bits
 // never depend on its batch.
+constexpr int64_t kPrefetchPairs = 24;
 constexpr int kFormDot = 0;
 constexpr int kFormFma = 1;
 int tile_form = kFormDot;
@@ -63,10 +64,35 @@ inline __m512 dot_broadcast(__m512 acc, __m512 weights, const int32_t* pair) {
 // - dot form: [tiles, in / 2, 6] int32, the bf16 pair (2t, 2t + 1) of row r at [t][r];
 // - FMA form: [tiles, in, 6] float32, input k of row r at [k][r].
 
+// The first row tile of a group reads its weights from memory: each block's stream is fetched
+// kPrefetchPairs pairs (cache lines) ahead. Later tiles find them in L2.
+// The later tiles bring one block of the thread's next group into L2 each, a line a pair
+// (`next`), so that the next group's first tile finds its weights there: the memory streams
+// while the tiles compute (a 32-row decode step of the whole model: 44.5 -> 41.3 ms with the
+// first tile's prefetch alone, measured under the avx512_bf16 cap).
+struct Prefetch {
+  bool first_tile;
+  const uint8_t* next;  // a block of the next group, or null
+};
+
+template <int B>
+inline void prefetch_ahead(const Prefetch& prefetch, const uint8_t* const* w, int64_t t) {
+  if (prefetch.first_tile) {
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) {
+      _mm_prefetch(reinterpret_cast<const char*>(w[b] + (t + kPrefetchPairs) * kPairBytes),
+                   _MM_HINT_T0);
+    }
+  }
+  if (prefetch.next != nullptr) {
+    _mm_prefetch(reinterpret_cast<const char*>(prefetch.next + t * kPairBytes), _MM_HINT_T1);
+  }
+}
+
 // R rows x B blocks (w[b]) over all `pairs` pairs of the dot form's packed x, the sums to
 // c[r][b][16].
 template <int R, int B>
-inline void dot_pass(const int32_t* xp, const uint8_t* const* w, int64_t pairs,
+inline void dot_pass(const int32_t* xp, const uint8_t* const* w, int64_t pairs, const Prefetch& prefetch,
                      float (*c)[kMaxBlocks][kBlockOutputs]) {
   __m512 acc[R][B];
 #pragma GCC unroll 8
@@ -75,6 +101,7 @@ inline void dot_pass(const int32_t* xp, const uint8_t* const* w, int64_t pairs,
     for (int b = 0; b < B; ++b) acc[r][b] = _mm512_setzero_ps();
   }
   for (int64_t t = 0; t < pairs; ++t, xp += kMaxTileRows) {
+    prefetch_ahead<B>(prefetch, w, t);
     __m512 weights[B];
 #pragma GCC unroll 4
     for (int b = 0; b < B; ++b) weights[b] = _mm512_loadu_ps(w[b] + t * kPairBytes);
@@ -109,7 +136,7 @@ inline void widen_pair(const uint8_t* at, __m512& even, __m512& odd) {
 // The FMA form of dot_pass over its packed x: each block's widened pair serves all R rows (two
 // FMAs a row, the even input first) before the next block's is made.
 template <int R, int B>
-inline void fma_pass(const float* xp, const uint8_t* const* w, int64_t pairs,
+inline void fma_pass(const float* xp, const uint8_t* const* w, int64_t pairs, const Prefetch& prefetch,
                      float (*c)[kMaxBlocks][kBlockOutputs]) {
   __m512 acc[R][B];
 #pragma GCC unroll 8
@@ -118,6 +145,7 @@ inline void fma_pass(const float* xp, const uint8_t* const* w, int64_t pairs,
     for (int b = 0; b < B; ++b) acc[r][b] = _mm512_setzero_ps();
   }
   for (int64_t t = 0; t < pairs; ++t, xp += 2 * kMaxTileRows) {
+    prefetch_ahead<B>(prefetch, w, t);
 #pragma GCC unroll 4
     for (int b = 0; b < B; ++b) {
       __m512 even, odd;
@@ -163,34 +191,34 @@ void pack_tile(int form, const at::BFloat16* x, int64_t in, int64_t m0, int64_t 
 
 template <int R, int B>
 inline void pass_of(int form, const void* xp, const uint8_t* const* w, int64_t pairs,
-                    float (*c)[kMaxBlocks][kBlockOutputs]) {
+                    const Prefetch& prefetch, float (*c)[kMaxBlocks][kBlockOutputs]) {
   if (form == kFormFma) {
-    fma_pass<R, B>(static_cast<const float*>(xp), w, pairs, c);
+    fma_pass<R, B>(static_cast<const float*>(xp), w, pairs, prefetch, c);
   } else {
-    dot_pass<R, B>(static_cast<const int32_t*>(xp), w, pairs, c);
+    dot_pass<R, B>(static_cast<const int32_t*>(xp), w, pairs, prefetch, c);
   }
 }
 
 template <int B>
 void tile_pass(int form, int rows, const void* xp, const uint8_t* const* w, int64_t pairs,
-               float (*c)[kMaxBlocks][kBlockOutputs]) {
+               const Prefetch& prefetch, float (*c)[kMaxBlocks][kBlockOutputs]) {
   switch (rows) {
-    case 1: return pass_of<1, B>(form, xp, w, pairs, c);
-    case 2: return pass_of<2, B>(form, xp, w, pairs, c);
-    case 3: return pass_of<3, B>(form, xp, w, pairs, c);
-    case 4: return pass_of<4, B>(form, xp, w, pairs, c);
-    case 5: return pass_of<5, B>(form, xp, w, pairs, c);
-    default: return pass_of<kMaxTileRows, B>(form, xp, w, pairs, c);
+    case 1: return pass_of<1, B>(form, xp, w, pairs, prefetch, c);
+    case 2: return pass_of<2, B>(form, xp, w, pairs, prefetch, c);
+    case 3: return pass_of<3, B>(form, xp, w, pairs, prefetch, c);
+    case 4: return pass_of<4, B>(form, xp, w, pairs, prefetch, c);
+    case 5: return pass_of<5, B>(form, xp, w, pairs, prefetch, c);
+    default: return pass_of<kMaxTileRows, B>(form, xp, w, pairs, prefetch, c);
   }
 }
 
 void group_pass(int form, int rows, int blocks, const void* xp, const uint8_t* const* w,
-                int64_t pairs, float (*c)[kMaxBlocks][kBlockOutputs]) {
+                int64_t pairs, const Prefetch& prefetch, float (*c)[kMaxBlocks][kBlockOutputs]) {
   switch (blocks) {
-    case 1: return tile_pass<1>(form, rows, xp, w, pairs, c);
-    case 2: return tile_pass<2>(form, rows, xp, w, pairs, c);
-    case 3: return tile_pass<3>(form, rows, xp, w, pairs, c);
-    default: return tile_pass<kMaxBlocks>(form, rows, xp, w, pairs, c);
+    case 1: return tile_pass<1>(form, rows, xp, w, pairs, prefetch, c);
+    case 2: return tile_pass<2>(form, rows, xp, w, pairs, prefetch, c);
+    case 3: return tile_pass<3>(form, rows, xp, w, pairs, prefetch, c);
+    default: return tile_pass<kMaxBlocks>(form, rows, xp, w, pairs, prefetch, c);
   }
 }
 
@@ -263,6 +291,15 @@ torch::Tensor run_dot_tiles(const torch::Tensor& x, const torch::Tensor& tiles,
           if constexpr (kSilu) n[count + b] = half + first + b;
         }
         const int blocks = kSilu ? 2 * count : count;
+        // The blocks of this thread's next group (none after its last).
+        const uint8_t* next[kMaxBlocks];
+        int next_blocks = 0;
+        const int64_t next_first = first + kGroupBlocks;
+        const int next_count = static_cast<int>(std::min(kGroupBlocks, end - next_first));
+        for (int b = 0; b < next_count; ++b) {
+          next[next_blocks++] = w_ptr + (next_first + b) * block_bytes;
+          if constexpr (kSilu) next[next_blocks++] = w_ptr + (half + next_first + b) * block_bytes;
+        }
         __m512 biases[kMaxBlocks];
         for (int b = 0; b < blocks; ++b) {
           w[b] = w_ptr + n[b] * block_bytes;
@@ -271,7 +308,12 @@ torch::Tensor run_dot_tiles(const torch::Tensor& x, const torch::Tensor& tiles,
         for (int64_t m0 = block_start; m0 < block_end; m0 += kMaxTileRows) {
           const int tile_rows = static_cast<int>(std::min<int64_t>(kMaxTileRows, block_end - m0));
           const uint8_t* xp = packed_x.data() + (m0 / kMaxTileRows) * tile_bytes;
-          group_pass(form, tile_rows, blocks, xp, w, pairs, c);
+          // Tile k >= 1 of the row block brings block k - 1 of the next group.
+          const int64_t tile = (m0 - block_start) / kMaxTileRows;
+          const Prefetch prefetch{
+              m0 == block_start,
+              tile >= 1 && tile <= next_blocks ? next[tile - 1] : nullptr};
+          group_pass(form, tile_rows, blocks, xp, w, pairs, prefetch, c);
           for (int r = 0; r < tile_rows; ++r) {
             at::BFloat16* o_row = o_ptr + (m0 + r) * out_features;
             for (int b = 0; b < count; ++b) {
