@@ -132,6 +132,29 @@ inline void tile_block(const uint8_t* x, int64_t x_stride, const uint8_t* w0, co
 
 }  // namespace
 
+// The checks of a tiled bf16 linear's arguments (both kernels, cpu_dot_tiles.cpp too); returns
+// its number of outputs (half the weight's for the fused gate/up, `silu`).
+int64_t check_tiled_linear(const torch::Tensor& x, const torch::Tensor& tiles,
+                           const c10::optional<torch::Tensor>& bias, bool silu) {
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && tiles.scalar_type() == at::kBFloat16,
+              "tiled weights and their x are bfloat16");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D tensor");
+  TORCH_CHECK(tiles.dim() == 5 && tiles.size(2) == kTileRows && tiles.size(3) == kTileOutputs &&
+                  tiles.size(4) == 2 && tiles.is_contiguous(),
+              "tiled weight of shape ", tiles.sizes(),
+              ": expected contiguous [out / 16, in / 32, 16, 16, 2]");
+  const int64_t in = x.size(1), num_blocks = tiles.size(0);
+  TORCH_CHECK(tiles.size(1) * kTileInputs == in, "tiled weight of shape ", tiles.sizes(),
+              " for x of ", in, " columns");
+  TORCH_CHECK(!silu || num_blocks % 2 == 0, "a gate/up weight of ", num_blocks * kTileOutputs,
+              " outputs: the two halves must be whole blocks of ", kTileOutputs);
+  const int64_t weight_outputs = num_blocks * kTileOutputs;
+  TORCH_CHECK(!bias.has_value() || (bias->numel() == weight_outputs && bias->is_contiguous() &&
+                                    bias->scalar_type() == at::kBFloat16),
+              "bias must be a contiguous bfloat16 vector of ", weight_outputs);
+  return silu ? weight_outputs / 2 : weight_outputs;
+}
+
 namespace {
 // Cleared by allow_amx_tiles(false): tiled weights then take the dot-product kernel
 // (cpu_dot_tiles.cpp), as on a CPU without AMX (tests compare the two in one process).
@@ -163,24 +186,9 @@ template <bool kSilu>
 torch::Tensor run_tiles(const torch::Tensor& x, const torch::Tensor& tiles,
                         const c10::optional<torch::Tensor>& bias) {
   TORCH_CHECK(amx_tiles_supported(), "AMX tiles are not available to this process");
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && tiles.scalar_type() == at::kBFloat16,
-              "tiled weights and their x are bfloat16");
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D tensor");
-  TORCH_CHECK(tiles.dim() == 5 && tiles.size(2) == kTileRows && tiles.size(3) == kTileOutputs &&
-                  tiles.size(4) == 2 && tiles.is_contiguous(),
-              "tiled weight of shape ", tiles.sizes(),
-              ": expected contiguous [out / 16, in / 32, 16, 16, 2]");
+  const int64_t out_features = check_tiled_linear(x, tiles, bias, kSilu);
   const int64_t rows = x.size(0), in = x.size(1);
   const int64_t num_blocks = tiles.size(0), k_tiles = tiles.size(1);
-  TORCH_CHECK(k_tiles * kTileInputs == in, "tiled weight of shape ", tiles.sizes(),
-              " for x of ", in, " columns");
-  TORCH_CHECK(!kSilu || num_blocks % 2 == 0, "a gate/up weight of ", num_blocks * kTileOutputs,
-              " outputs: the two halves must be whole blocks of ", kTileOutputs);
-  const int64_t weight_outputs = num_blocks * kTileOutputs;
-  TORCH_CHECK(!bias.has_value() || (bias->numel() == weight_outputs && bias->is_contiguous() &&
-                                    bias->scalar_type() == at::kBFloat16),
-              "bias must be a contiguous bfloat16 vector of ", weight_outputs);
-  const int64_t out_features = kSilu ? weight_outputs / 2 : weight_outputs;
   auto out = torch::empty({rows, out_features}, x.options());
   if (rows == 0) return out;
   const auto* x_ptr = static_cast<const uint8_t*>(x.data_ptr());

@@ -33,7 +33,6 @@ namespace {
 
 constexpr int64_t kBlockOutputs = 16;
 constexpr int64_t kPairBytes = 2 * kBlockOutputs * 2;  // one input pair of a block
-constexpr int64_t kBlockInputs = 32;                   // the layout's input tile
 constexpr int kMaxBlocks = 4;
 constexpr int kMaxTileRows = 6;
 // Rows are taken in blocks of about this many bytes of x, each block against all of a thread's
@@ -229,24 +228,9 @@ void group_pass(int form, int rows, int blocks, const void* xp, const uint8_t* c
 template <bool kSilu>
 torch::Tensor run_dot_tiles(const torch::Tensor& x, const torch::Tensor& tiles,
                             const c10::optional<torch::Tensor>& bias) {
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && tiles.scalar_type() == at::kBFloat16,
-              "tiled weights and their x are bfloat16");
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D tensor");
-  TORCH_CHECK(tiles.dim() == 5 && tiles.size(2) == kBlockInputs / 2 &&
-                  tiles.size(3) == kBlockOutputs && tiles.size(4) == 2 && tiles.is_contiguous(),
-              "tiled weight of shape ", tiles.sizes(),
-              ": expected contiguous [out / 16, in / 32, 16, 16, 2]");
+  const int64_t out_features = check_tiled_linear(x, tiles, bias, kSilu);
   const int64_t rows = x.size(0), in = x.size(1);
   const int64_t num_blocks = tiles.size(0);
-  TORCH_CHECK(tiles.size(1) * kBlockInputs == in, "tiled weight of shape ", tiles.sizes(),
-              " for x of ", in, " columns");
-  TORCH_CHECK(!kSilu || num_blocks % 2 == 0, "a gate/up weight of ", num_blocks * kBlockOutputs,
-              " outputs: the two halves must be whole blocks of ", kBlockOutputs);
-  const int64_t weight_outputs = num_blocks * kBlockOutputs;
-  TORCH_CHECK(!bias.has_value() || (bias->numel() == weight_outputs && bias->is_contiguous() &&
-                                    bias->scalar_type() == at::kBFloat16),
-              "bias must be a contiguous bfloat16 vector of ", weight_outputs);
-  const int64_t out_features = kSilu ? weight_outputs / 2 : weight_outputs;
   auto out = torch::empty({rows, out_features}, x.options());
   if (rows == 0) return out;
   const int form = tile_form;

@@ -27,6 +27,8 @@ torch::Tensor panel_linear(const torch::Tensor& x, const torch::Tensor& panels,
                            const c10::optional<torch::Tensor>& bias);
 torch::Tensor packed_rows(torch::Tensor weight, torch::Tensor row_ids);
 // Defined in cpu_amx_linear.cpp.
+int64_t check_tiled_linear(const torch::Tensor& x, const torch::Tensor& tiles,
+                           const c10::optional<torch::Tensor>& bias, bool silu);
 bool amx_tiles_supported();
 void allow_amx_tiles(bool allowed);
 torch::Tensor amx_linear(const torch::Tensor& x, const torch::Tensor& tiles,
