@@ -106,9 +106,15 @@ def native_cpu_flags() -> frozenset[str]:
 
 
 def cpu_flags() -> frozenset[str]:
-    """The CPU's flags less those the cap in force removes."""
-    removed = CPU_ISA_CAPS[cpu_isa()].removed_flag_prefixes
-    return frozenset(flag for flag in native_cpu_flags() if not flag.startswith(removed))
+    """The CPU's flags less those the cap in force removes (attention asks on every prefill
+    chunk: a cached lookup)."""
+    return _capped_flags(cpu_isa(), native_cpu_flags())
+
+
+@functools.cache
+def _capped_flags(cap: str, native: frozenset[str]) -> frozenset[str]:
+    removed = CPU_ISA_CAPS[cap].removed_flag_prefixes
+    return frozenset(flag for flag in native if not flag.startswith(removed))
 
 
 def has_native_bf16_matmul() -> bool:
