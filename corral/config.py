@@ -123,7 +123,7 @@ class SchedulerConfig:
             )
 
 
-# --cpu-isa caps (corral/model/cpu_features.py, docs/placement.md): the instruction sets corral,
+# --cpu-isa caps (corral/model/cpu_features.py, docs/performance.md): the instruction sets corral,
 # PyTorch and oneDNN may use on this CPU.
 CPU_ISA_CAPS = ("native", "avx512_bf16", "avx2")
 

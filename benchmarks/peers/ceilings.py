@@ -9,6 +9,7 @@ import os
 import subprocess
 from typing import Any
 
+from corral.model.cpu_features import cpu_isa
 from corral.sim.cost.measure import best_time_s
 
 # SmolLM-135M's linears per layer, (in, out): fused q+k+v, o, fused gate+up, down.
@@ -32,7 +33,7 @@ def cpu_facts() -> dict[str, Any]:
         "avx512": any(f.startswith("avx512") for f in flags),
         "avx512_bf16": "avx512_bf16" in flags,
         "amx": any(f.startswith("amx") for f in flags),
-        "cpu_isa_cap": os.environ.get("CORRAL_CPU_ISA", "native") or "native",
+        "cpu_isa_cap": cpu_isa(),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
     }
 

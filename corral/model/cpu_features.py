@@ -30,9 +30,9 @@ class IsaCap:
     aten_capability: str | None = None
 
 
-# Keyed by corral.config.CPU_ISA_CAPS (the control plane's list of names).
+# What each cap of corral.config.CPU_ISA_CAPS (the control plane's list of names) removes.
 _NO_AMX = ("-mno-amx-tile", "-mno-amx-bf16", "-mno-amx-int8")
-CPU_ISA_CAPS: dict[str, IsaCap] = {
+ISA_CAPS: dict[str, IsaCap] = {
     "native": IsaCap(),
     "avx512_bf16": IsaCap(
         removed_flag_prefixes=("amx", "avx512_fp16", "avx_vnni"),
@@ -48,15 +48,19 @@ CPU_ISA_CAPS: dict[str, IsaCap] = {
 }
 
 
-def cpu_isa() -> str:
-    """The cap in force (CORRAL_CPU_ISA; "native" when unset)."""
-    name = os.environ.get(CPU_ISA_ENV, "").strip().lower() or "native"
-    if name not in CPU_ISA_CAPS:
+def _known_cap(name: str, source: str) -> str:
+    name = name.strip().lower() or "native"
+    if name not in ISA_CAPS:
         raise ValueError(
-            f"{CPU_ISA_ENV}={name!r} is not a known instruction-set cap; "
-            f"choose one of {', '.join(CPU_ISA_CAPS)}"
+            f"{source}={name!r} is not a known instruction-set cap; "
+            f"choose one of {', '.join(ISA_CAPS)}"
         )
     return name
+
+
+def cpu_isa() -> str:
+    """The cap in force (CORRAL_CPU_ISA; "native" when unset)."""
+    return _known_cap(os.environ.get(CPU_ISA_ENV, ""), CPU_ISA_ENV)
 
 
 def apply_cpu_isa(name: str | None = None) -> None:
@@ -65,12 +69,7 @@ def apply_cpu_isa(name: str | None = None) -> None:
     their ceilings once, at first use). A ceiling the environment already sets for oneDNN or
     ATen is left as it is."""
     current = cpu_isa()
-    name = (name or current).strip().lower()
-    if name not in CPU_ISA_CAPS:
-        raise ValueError(
-            f"cpu_isa={name!r} is not a known instruction-set cap; "
-            f"choose one of {', '.join(CPU_ISA_CAPS)}"
-        )
+    name = current if name is None else _known_cap(name, "cpu_isa")
     if name != current:
         from corral.model.kernels import kernels_loaded
 
@@ -81,7 +80,7 @@ def apply_cpu_isa(name: str | None = None) -> None:
                 f"{CPU_ISA_ENV})"
             )
     os.environ[CPU_ISA_ENV] = name
-    cap = CPU_ISA_CAPS[name]
+    cap = ISA_CAPS[name]
     if cap.onednn_max_isa:
         os.environ.setdefault("ONEDNN_MAX_CPU_ISA", cap.onednn_max_isa)
     if cap.aten_capability:
@@ -90,7 +89,7 @@ def apply_cpu_isa(name: str | None = None) -> None:
 
 def kernel_compiler_flags() -> list[str]:
     """The compiler flags that keep the cap's removed instructions out of the kernels."""
-    return list(CPU_ISA_CAPS[cpu_isa()].compiler_flags)
+    return list(ISA_CAPS[cpu_isa()].compiler_flags)
 
 
 @functools.cache
@@ -113,7 +112,7 @@ def cpu_flags() -> frozenset[str]:
 
 @functools.cache
 def _capped_flags(cap: str, native: frozenset[str]) -> frozenset[str]:
-    removed = CPU_ISA_CAPS[cap].removed_flag_prefixes
+    removed = ISA_CAPS[cap].removed_flag_prefixes
     return frozenset(flag for flag in native if not flag.startswith(removed))
 
 

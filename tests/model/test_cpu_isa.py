@@ -17,10 +17,8 @@ import pytest
 from corral.config import CPU_ISA_CAPS, ModelConfig
 from corral.model import cpu_features
 from corral.model.cpu_features import (
-    CPU_ISA_CAPS as CAPS_BY_NAME,
-)
-from corral.model.cpu_features import (
     CPU_ISA_ENV,
+    ISA_CAPS,
     apply_cpu_isa,
     cpu_flags,
     cpu_isa,
@@ -59,7 +57,7 @@ def spr(monkeypatch):
 
 
 def test_the_control_plane_and_the_model_name_the_same_caps():
-    assert set(CPU_ISA_CAPS) == set(CAPS_BY_NAME)
+    assert set(CPU_ISA_CAPS) == set(ISA_CAPS)
     assert ModelConfig(cpu_isa="avx2").cpu_isa == "avx2"
     with pytest.raises(ValueError, match="cpu_isa 'avx9' is not one of native, avx512_bf16"):
         ModelConfig(cpu_isa="avx9")

@@ -85,7 +85,7 @@ def _cpu_signature() -> str:
 
 def _cflags() -> list[str]:
     """The build's flags: -march=native less what the instruction-set cap removes
-    (cpu_features.CPU_ISA_CAPS)."""
+    (cpu_features.ISA_CAPS)."""
     from corral.model.cpu_features import kernel_compiler_flags
 
     return _CFLAGS + kernel_compiler_flags()

@@ -6,12 +6,15 @@
 // input pairs, 64 bytes a pair (the 16 outputs' weights of inputs 2t and 2t + 1 side by side):
 // exactly the operand of `vdpbf16ps`, which multiplies 16 such pairs by one x pair broadcast and
 // adds both products to 16 float32 sums. A pass takes up to six rows against up to four blocks
-// (64 outputs): 24 sums and four weight vectors in registers (28 of 32), the x pair an embedded
-// broadcast from memory, so each weight vector loaded serves six rows and each broadcast four
-// blocks (register blocking over rows and outputs: the batch's M and the model's N).
+// (64 outputs): 24 sums in registers, x packed per six-row tile and broadcast from memory, so
+// each weight vector loaded serves six rows and each broadcast four blocks (register blocking
+// over rows and outputs: the batch's M and the model's N). A second form over the same tiles
+// widens each pair's weights to float32 (a shift, a mask) and runs two FMAs a row and block;
+// which form a process runs is timed at start-up (below).
 //
 // Each output of a row is one sum over that row's input pairs in order, whatever the other rows
-// are: a row's result does not depend on its batch (tests/model/test_dot_tiles.py). The
+// are: a row's result does not depend on its batch (tests/model/test_amx_tiles.py, the "dot"
+// and "fma" cases). The
 // epilogue is the AMX kernel's (cpu_common.h store_tiled16, store_silu_tiled16); the sums
 // differ from AMX's in order, so the two agree to rounding, not to the bit.
 #include <torch/extension.h>
@@ -45,10 +48,11 @@ constexpr int64_t kRowBlockBytes = 256 * 1024;
 // full rate and its FMAs at half. The engine times both at start-up on the model's shapes
 // (corral/model/layers/linear_dispatch.py) and keeps one for the process, so that a row's bits
 // never depend on its batch.
-constexpr int64_t kPrefetchPairs = 24;
 constexpr int kFormDot = 0;
 constexpr int kFormFma = 1;
 int tile_form = kFormDot;
+// How far ahead (pairs, a cache line each) the first row tile prefetches each block's stream.
+constexpr int64_t kPrefetchPairs = 24;
 
 #if defined(CORRAL_DOT_TILES)
 // acc += the pair products of weights and the x pair at `pair` broadcast from memory: written as
