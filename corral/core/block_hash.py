@@ -5,10 +5,28 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 BlockHash = bytes | int
 ExtraKeys = tuple[object, ...]
 BlockHashFn = Callable[[BlockHash | None, Sequence[int], ExtraKeys], BlockHash]
+
+
+class HashedTokens(Protocol):
+    """What the KV manager hashes into blocks: a request, or a chunk stored alone
+    (corral/core/chunk_reuse.py). block_hashes is extended in place."""
+
+    @property
+    def all_token_ids(self) -> list[int]: ...
+
+    @property
+    def block_hashes(self) -> list[BlockHash]: ...
+
+    @property
+    def adapter_id(self) -> str | None: ...
+
+    @property
+    def cache_salt(self) -> object: ...
 
 
 def sha256_block_hash(

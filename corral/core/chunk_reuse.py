@@ -161,6 +161,7 @@ class ChunkReuse:
                 kv.release_held(hold_id)
             kv.release_held(fresh_id)
             return None
+        assert fresh_ids is not None  # else block_ids stayed None above
         if num_fresh:
             hold_ids.append(fresh_id)
         self._holder_ids.extend(hold_ids)

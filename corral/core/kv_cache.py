@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from corral.core.block_hash import BLOCK_HASH_FNS, BlockHash
+from corral.core.block_hash import BLOCK_HASH_FNS, BlockHash, HashedTokens
 from corral.core.block_pool import BlockPool, KVBlock
 from corral.core.kv_events import KVEvent, KVEventBuffer
 from corral.core.kv_holds import KVHolds
@@ -364,7 +364,7 @@ class KVCacheManager(KVHolds):
                     f"{block} is held by {holders.get(block.block_id, 0)} block tables"
                 )
 
-    def _extend_hashes(self, request: Request, num_blocks: int) -> None:
+    def _extend_hashes(self, request: HashedTokens, num_blocks: int) -> None:
         hashes = request.block_hashes
         size = self.block_size
         tokens = request.all_token_ids

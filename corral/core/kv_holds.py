@@ -3,7 +3,7 @@ session pins): the KVCacheManager's holds, in their own module."""
 
 from __future__ import annotations
 
-from corral.core.block_hash import BlockHash
+from corral.core.block_hash import BlockHash, HashedTokens
 from corral.core.block_pool import BlockPool, KVBlock
 from corral.request import Request
 
@@ -15,9 +15,10 @@ class KVHolds:
     enable_prefix_caching: bool
     _holds: dict[str, list[KVBlock]]
     _req_blocks: dict[str, list[KVBlock]]
+    _num_registered: dict[str, int]
     events: object | None
 
-    def _extend_hashes(self, request: Request, num_blocks: int) -> None:
+    def _extend_hashes(self, request: HashedTokens, num_blocks: int) -> None:
         raise NotImplementedError
 
     def _record_stored(self, request: Request, first_index: int, registered: list[bool]) -> None:
@@ -64,7 +65,7 @@ class KVHolds:
             if block.block_hash is None:
                 self.pool.register(block, block_hash)
 
-    def hold_cached_prefix(self, holder_id: str, request: Request, max_num_blocks: int) -> int:
+    def hold_cached_prefix(self, holder_id: str, request: HashedTokens, max_num_blocks: int) -> int:
         """Hold, under holder_id, the leading run of the request's first max_num_blocks blocks
         that the device prefix cache has (no host or disk tier consulted), so that nothing
         evicts them before the request is admitted; returns how many (0: nothing held)."""

@@ -73,9 +73,9 @@ class SchedulerOutput:
     adapter_plan: AdapterPlan | None = None
     # KV transfer between engines (disaggregation): leases to open or expire, fetches to run.
     connector_plan: ConnectorPlan | None = None
-    # Each preempted request's preemption (how, the tokens it held), for the step log; None
-    # when the step preempted none.
-    preemptions: dict[str, RequestInterval] | None = None
+    # Each preempted request's preemption (how, the tokens it held; None where the request
+    # keeps no intervals), for the step log; None when the step preempted none.
+    preemptions: dict[str, RequestInterval | None] | None = None
     # RAG chunk reuse (corral/core/chunk_reuse_plan.py): chunks computed alone, then blends,
     # before the forward pass (None: none this step).
     chunk_reuse: ChunkReusePlan | None = None

@@ -49,7 +49,7 @@ def apply_model_output(
             new_token_ids.append(token_id)
             if check_stop(request, scheduler.max_model_len):
                 break
-        if not settles:
+        if not settles or spec is None:  # settles implies spec (told apart for mypy)
             request.num_computed_tokens += num_tokens
             if request.spec_token_ids:
                 request.spec_token_ids = []  # the proposer made none for it
