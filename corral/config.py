@@ -146,6 +146,9 @@ class ModelConfig:
     # Instruction-set cap on CPU (CPU_ISA_CAPS; None: CORRAL_CPU_ISA's, else native): a machine
     # with AMX measures the AVX-512 bf16 path of a Zen 4, or the AVX2 path of older CPUs.
     cpu_isa: str | None = None
+    # On the CPU, the weights and the KV pool on 2 MiB pages where the kernel's transparent huge
+    # pages allow it (corral/model/huge_pages.py).
+    huge_pages: bool = True
     # Weight quantization computed at load: None/"none", "int8" (the dense layers' linears) or
     # "int8-all" (the LM head too) (docs/quantization.md).
     quantization: str | None = None

@@ -36,6 +36,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "(no AMX, as on AMD Zen 4) or avx2 (no AVX-512); default: CORRAL_CPU_ISA, else native",
     )
     group.add_argument(
+        "--no-huge-pages",
+        dest="huge_pages",
+        action="store_false",
+        help="keep the weights and the KV pool on ordinary 4 KiB pages (default: 2 MiB pages on "
+        "the CPU where transparent huge pages are 'madvise' or 'always')",
+    )
+    group.add_argument(
         "--tensor-parallel-size",
         type=int,
         default=1,
@@ -309,6 +316,7 @@ def engine_config_from_args(args: argparse.Namespace, **overrides: Any) -> Engin
         seed=args.seed,
         num_threads=args.num_threads,
         cpu_isa=getattr(args, "cpu_isa", None),
+        huge_pages=getattr(args, "huge_pages", True),
         quantization=getattr(args, "quantization", None),
         tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
         enable_expert_parallel=getattr(args, "enable_expert_parallel", False),

@@ -25,6 +25,7 @@ from corral.model.arch import ModelArch
 from corral.model.chunk_blend import ChunkBlender
 from corral.model.cpu_features import apply_cpu_isa
 from corral.model.device import free_memory_bytes, resolve_device, resolve_dtype
+from corral.model.huge_pages import move_weights_to_huge_pages
 from corral.model.kv_disk import DiskKVStore
 from corral.model.kv_identity import kv_config_hash
 from corral.model.kv_storage import KVSpec, KVStorage, kv_storage_dtype, num_blocks_from_budget
@@ -113,6 +114,8 @@ class ModelExecutor:
         if offload_to is not None:
             install_weight_offload(model, offloaded, offload_to, model_config.offload_dir)
         pack_weights_for_kernel(model)
+        if model_config.huge_pages:
+            move_weights_to_huge_pages(model)
         spec = KVSpec(
             arch.num_layers,
             cache_config.block_size,
@@ -169,7 +172,9 @@ class ModelExecutor:
             logger.info(
                 "KV disk tier: %s (%d blocks found)", disk.directory, len(disk.existing_hashes())
             )
-        storage = KVStorage(spec, num_blocks, device, num_host_slots, disk)
+        storage = KVStorage(
+            spec, num_blocks, device, num_host_slots, disk, huge_pages=model_config.huge_pages
+        )
         if tp is not None:
             tp.attach(storage)  # the workers make pools alike and mirror its tier copies
         proposer = None
