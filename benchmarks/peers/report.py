@@ -53,7 +53,7 @@ FACTS = """\
 
 
 # corral's configurations (the rest are peers), bf16 first.
-_OURS = ("corral", "corral-int8", "corral-int8-all", "corral-t1")
+_OURS = ("corral", "corral-int8", "corral-int8-all", "corral-t1", "corral-4k")
 
 
 def ratios(results: dict[str, Any], engines: list[str], ref: str = "corral") -> dict[str, Any]:

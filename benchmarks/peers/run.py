@@ -42,7 +42,8 @@ from corral.core.slo_target import parse_slo
 from corral.model.cpu_features import apply_cpu_isa, native_cpu_flags
 from corral.workloads import ArrivalOptions, WorkloadOptions, build_workload
 
-# Also: corral-t1, llama.cpp-t1 (one thread each), corral-int8 (--quantization int8),
+# Also: corral-t1, llama.cpp-t1 (one thread each), corral-4k (--no-huge-pages: weights and KV
+# on 4 KiB pages, the A/B of corral/model/huge_pages.py), corral-int8 (--quantization int8),
 # corral-int8-all (--quantization int8-all: the LM head too) and llama.cpp-q8 (the same
 # checkpoint converted to llama.cpp's Q8_0, every weight 8-bit).
 ENGINES = ("corral", "llama.cpp", "vllm", "vllm-tuned")
@@ -84,6 +85,12 @@ def make_servers(args: argparse.Namespace, model: Path) -> list[Server]:
     # One-thread variants (for a machine oversubscribed by other work).
     if "corral-t1" in engines:
         servers.append(corral_server(model, args.ctx, 1, args.slots, name="corral-t1"))
+    if "corral-4k" in engines:
+        servers.append(
+            corral_server(
+                model, args.ctx, args.threads, args.slots, "corral-4k", ("--no-huge-pages",)
+            )
+        )
     if "llama.cpp-t1" in engines:
         gguf = gguf_path(model)
         servers.append(

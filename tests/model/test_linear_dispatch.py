@@ -143,8 +143,16 @@ def test_tuned_limit_routes_rows(monkeypatch):
     assert calls == [1, 2]
 
 
+def _spin(seconds: float) -> None:
+    """Busy for `seconds` of this thread's CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
 class FormKernels:
-    """Dot-product tile kernels whose FMA form takes 5 ms a call and dot form nothing."""
+    """Dot-product tile kernels whose FMA form computes for 5 ms a call and dot form not at
+    all."""
 
     form = 0
 
@@ -155,7 +163,20 @@ class FormKernels:
     @classmethod
     def dot_tiles_linear(cls, x, tiles, bias):
         if cls.form == 1:
-            time.sleep(0.005)
+            _spin(0.005)
+
+
+class CrowdedFormKernels(FormKernels):
+    """The FMA form computes 1 ms a call, the dot form 3 ms; but each FMA call also waits 10 ms
+    descheduled (another process's work), which must not count."""
+
+    @classmethod
+    def dot_tiles_linear(cls, x, tiles, bias):
+        if cls.form == 1:
+            _spin(0.001)
+            time.sleep(0.01)
+        else:
+            _spin(0.003)
 
 
 def test_the_faster_tile_form_is_kept_and_an_override_wins(monkeypatch):
@@ -167,3 +188,21 @@ def test_the_faster_tile_form_is_kept_and_an_override_wins(monkeypatch):
     monkeypatch.setenv("CORRAL_TILE_FORM", "avx")
     with pytest.raises(ValueError, match="CORRAL_TILE_FORM='avx' is not one of dot, fma"):
         choose_tile_form(TinyModel(), FormKernels)
+
+
+def test_the_tile_form_is_timed_by_cpu_time_on_one_thread(monkeypatch):
+    monkeypatch.delenv("CORRAL_TILE_FORM", raising=False)
+    threads_seen = []
+    monkeypatch.setattr(
+        CrowdedFormKernels,
+        "set_dot_tiles_form",
+        classmethod(
+            lambda cls, form: (
+                threads_seen.append(torch.get_num_threads()),
+                setattr(cls, "form", form),
+            )
+        ),
+    )
+    num_threads = torch.get_num_threads()
+    assert choose_tile_form(TinyModel(), CrowdedFormKernels) == "fma"
+    assert set(threads_seen[:-1]) == {1} and torch.get_num_threads() == num_threads
