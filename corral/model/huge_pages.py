@@ -34,9 +34,9 @@ _ALIGN_BYTES = 64
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
-def _libc_madvise():
-    if not sys.platform.startswith("linux"):
-        return None
+def libc_madvise():
+    """libc's madvise(address, length, advice) through ctypes (which lets go of the GIL
+    meanwhile), or None where there is none."""
     try:
         function = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):
@@ -46,7 +46,7 @@ def _libc_madvise():
     return function
 
 
-_madvise = _libc_madvise()
+_madvise = libc_madvise() if sys.platform.startswith("linux") else None
 
 
 def thp_mode() -> str | None:

@@ -8,7 +8,6 @@ are views the model can compute with in place and nothing is ever written back.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import tempfile
@@ -16,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from corral.model.huge_pages import libc_madvise
 from corral.model.weight_offload import LayerOffload, TensorRef, pack_layer
 
 # Layer regions start on 2 MiB boundaries: the page cache can then hold them in huge folios that
@@ -28,18 +28,7 @@ MADV_DONTNEED = 4
 _MADV_WILLNEED = 3
 
 
-def _libc_madvise():
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.madvise
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-_madvise = _libc_madvise()  # called through ctypes, which lets go of the GIL meanwhile
+_madvise = libc_madvise()  # called through ctypes, which lets go of the GIL meanwhile
 
 
 class LayerFile:

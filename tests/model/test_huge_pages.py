@@ -11,7 +11,7 @@ import torch
 from corral.cli import build_parser
 from corral.config import ModelConfig
 from corral.engine.engine_args import engine_config_from_args
-from corral.llm import LLM
+from corral.llm import LLM, engine_config_from_kwargs
 from corral.model import huge_pages
 from corral.model.huge_pages import (
     HUGE_PAGE_BYTES,
@@ -74,7 +74,8 @@ def test_the_kv_pool_starts_on_a_huge_page(tiny_model_factory, monkeypatch):
 
 
 def test_the_switch():
-    assert ModelConfig().huge_pages and LLM.__init__  # LLM(huge_pages=False): a ModelConfig field
+    assert ModelConfig().huge_pages
+    assert not engine_config_from_kwargs(huge_pages=False).model.huge_pages  # LLM(huge_pages=)
     parser = build_parser("serve")
     args = parser.parse_args(["serve", "--no-huge-pages"])
     assert not engine_config_from_args(args).model.huge_pages
