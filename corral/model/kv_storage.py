@@ -17,7 +17,6 @@ from corral.core.kv_transfer import DiskReadResult, KVTransferPlan
 from corral.memory_budget import parse_memory_budget
 from corral.model.device import free_memory_bytes
 from corral.model.huge_pages import huge_page_zeros
-from corral.model.huge_pages import is_available as huge_pages_available
 from corral.model.kv_disk import DiskKVStore
 from corral.model.layers.attention import LayerKVCache
 from corral.model.layers.kv_quant import is_quantized, raw_view
@@ -74,9 +73,10 @@ class KVStorage:
         self.device = device
         layers, bs, heads, dim = spec.num_layers, spec.block_size, spec.num_kv_heads, spec.head_dim
         # Zeroed, not empty: padded decode slots are masked, but 0 * NaN would still poison them.
-        # On 2 MiB pages where asked (corral/model/huge_pages.py): a request's blocks lie apart.
+        # On 2 MiB pages where asked and the kernel grants them (corral/model/huge_pages.py): a
+        # request's blocks lie apart in the pool.
         shape = (layers, 2, num_blocks, spec.block_elements)
-        if huge_pages and device.type == "cpu" and huge_pages_available():
+        if huge_pages and device.type == "cpu":
             self.values = huge_page_zeros(shape, spec.dtype)
         else:
             self.values = torch.zeros(shape, dtype=spec.dtype, device=device)

@@ -66,8 +66,7 @@ def test_a_model_on_huge_pages_generates_what_it_does_on_small_ones(
     assert on_huge == on_small
 
 
-def test_the_kv_pool_starts_on_a_huge_page(tiny_model_factory, monkeypatch):
-    monkeypatch.setattr(huge_pages, "is_available", lambda: True)
+def test_the_kv_pool_starts_on_a_huge_page(tiny_model_factory):
     path = str(tiny_model_factory("llama"))
     llm = LLM(model=path, dtype="bfloat16", num_blocks=64, block_size=16)
     assert llm.engine.executor.storage.values.data_ptr() % HUGE_PAGE_BYTES == 0

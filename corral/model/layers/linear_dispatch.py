@@ -151,9 +151,8 @@ def choose_tile_form(model, kernels) -> str:
     """The form of the dot-product tile kernel (cpu_dot_tiles.cpp) this process runs: vdpbf16ps
     or float32 FMAs on widened weights, whichever is faster on the model's shapes here (timed
     alternating on one thread by its CPU time, best of _TRIALS; CORRAL_TILE_FORM=dot|fma sets
-    it). Set in the kernels, logged,
-    and returned. One form for the life of the process: a row's bits never depend on its
-    batch."""
+    it). Set in the kernels, logged, and returned. One form for the life of the process: a row's
+    bits never depend on its batch."""
     override = os.environ.get("CORRAL_TILE_FORM", "").strip().lower()
     if override and override not in TILE_FORMS:
         raise ValueError(f"CORRAL_TILE_FORM={override!r} is not one of {', '.join(TILE_FORMS)}")
